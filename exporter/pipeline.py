@@ -1,0 +1,357 @@
+"""The whole export: model -> shards, tokenizer, chat template and manifest, atomically and resumably.
+
+Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C leaves only
+complete files; ``manifest.json`` is written last, so a directory with a manifest is a complete export.
+A journal (``.ai4all-export.json``) records the arguments and the sha256 of each finished file: a re-run
+with the same arguments verifies those files and skips them, and a re-run over a finished export only
+verifies it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from python_peer.core.manifest import (
+    DTYPES,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    Manifest,
+    ShardEntry,
+    TensorSpec,
+    blocks_io,
+    embed_io,
+    head_io,
+)
+from python_peer.core.spans import Span, even_spans, validate_cover
+from python_peer.runner import sha256_file
+
+from .errors import ExportFailedError, OutputDirError
+from .source import LoadedModel, ModelSource
+
+log = logging.getLogger(__name__)
+
+JOURNAL = ".ai4all-export.json"
+STAGING = ".ai4all-staging"
+TOKENIZER_FILE = "tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+EMBED_FILE = "embed.onnx"
+HEAD_FILE = "head.onnx"
+
+
+def blocks_file(span: Span) -> str:
+    return f"blocks_{span.start}-{span.end}.onnx"
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """What to export and how: the arguments of ``ai4all export``."""
+
+    source: ModelSource
+    out: Path
+    dtype: str = "fp32"
+    spans: tuple[Span, ...] | None = None
+    shards: int | None = None
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {
+            "source": self.source.describe(),
+            "dtype": self.dtype,
+            "spans": [str(s) for s in self.spans] if self.spans else None,
+            "shards": self.shards,
+        }
+
+
+# Reports progress: (description of the step now running, steps done, steps in all).
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(step: str, done: int, total: int) -> None:
+    log.info("[%d/%d] %s", done, total, step)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; rename it to ``path`` only if the block completes."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Journal:
+    """The record of finished files of an export in progress; itself written atomically."""
+
+    def __init__(self, out: Path, fingerprint: dict[str, Any]) -> None:
+        self.path = out / JOURNAL
+        self.fingerprint = fingerprint
+        self.done: dict[str, str] = {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("done"), dict):
+            self.done = {str(k): str(v) for k, v in data["done"].items()}
+
+    def finished(self, path: Path) -> bool:
+        """True when ``path`` was finished by this export and still has the sha256 recorded then."""
+        key = str(path.relative_to(self.path.parent))
+        expected = self.done.get(key)
+        if expected is None or not path.is_file():
+            return False
+        if sha256_file(path) != expected:
+            log.warning("%s changed since it was written; exporting it again", key)
+            return False
+        return True
+
+    def record(self, path: Path) -> str:
+        digest = sha256_file(path)
+        self.done[str(path.relative_to(self.path.parent))] = digest
+        write_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "done": self.done}, indent=1).encode())
+        return digest
+
+
+def plan_spans(request: ExportRequest, num_layers: int) -> list[Span]:
+    if request.spans:
+        return validate_cover(list(request.spans), num_layers)
+    return even_spans(num_layers, request.shards or 1)
+
+
+def expected_files(spans: list[Span]) -> set[str]:
+    return {EMBED_FILE, HEAD_FILE, TOKENIZER_FILE, CHAT_TEMPLATE_FILE, MANIFEST_FILE, JOURNAL, STAGING,
+            *(blocks_file(s) for s in spans)}
+
+
+def check_out_dir(out: Path, allowed: set[str] | None) -> None:
+    """Refuse an output path that is a file or a directory holding files that are not ours."""
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"output {out} exists and is not a directory")
+    if not out.exists():
+        return
+    ours = allowed if allowed is not None else set()
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not _is_our_temp(p.name, ours))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputDirError(f"output directory {out} holds other files ({shown}): choose an empty or new directory")
+
+
+def _is_our_temp(name: str, ours: set[str]) -> bool:
+    return name.startswith(".") and ".tmp-" in name and name[1:].split(".tmp-")[0] in ours
+
+
+def existing_export_is_complete(request: ExportRequest) -> Manifest | None:
+    """If ``out`` already holds this very export, verify every file and return its manifest."""
+    from python_peer.core.manifest import load_manifest
+    from python_peer.runner import verify_shard_file
+
+    if not (request.out / MANIFEST_FILE).is_file():
+        return None
+    manifest = load_manifest(request.out)
+    if manifest.raw.get("export", {}).get("args") != request.fingerprint():
+        raise OutputDirError(
+            f"{request.out} holds an export made with other arguments: choose another directory or remove it"
+        )
+    for entry in manifest.shards:
+        verify_shard_file(request.out, entry)
+    return manifest
+
+
+def _manifest_dict(
+    loaded: LoadedModel, request: ExportRequest, shards: list[ShardEntry], has_template: bool,
+    quality: dict[str, Any] | None,
+) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from .modeling import model_shape
+    from .onnx_export import OPSET
+
+    model, tokenizer = loaded.model, loaded.tokenizer
+    shape = model_shape(model)
+    hf_config = json.loads(model.config.to_json_string())
+    eos_ids: list[int] = []
+    for holder in (model.config, getattr(model, "generation_config", None)):
+        value = getattr(holder, "eos_token_id", None) if holder is not None else None
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, int) and item not in eos_ids:
+                eos_ids.append(item)
+    if not eos_ids and tokenizer.eos_token_id is not None:
+        eos_ids.append(int(tokenizer.eos_token_id))
+    special = {k: v for k, v in tokenizer.special_tokens_map.items() if isinstance(v, str)}
+    return {
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": loaded.source.name,
+            "architecture": shape.family,
+            "source": loaded.source.describe(),
+            "config": shape.to_dict(),
+            "hf_config": hf_config,
+        },
+        "dtype": request.dtype,
+        "tokenizer": {
+            "file": TOKENIZER_FILE,
+            "chat_template_file": CHAT_TEMPLATE_FILE if has_template else None,
+            "special_tokens": special,
+            "eos_token_ids": eos_ids,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        "shards": [s.to_dict() for s in shards],
+        "quality": quality,
+        "export": {
+            "args": request.fingerprint(),
+            "exporter": "ai4all 0.1.0",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "opset": OPSET,
+        },
+    }
+
+
+def run_export(request: ExportRequest, progress: Progress = _no_progress,
+               loader: Callable[[ModelSource], LoadedModel] | None = None) -> Manifest:
+    """Export ``request.source`` into ``request.out``; return the manifest written (or verified)."""
+    from python_peer.core.manifest import load_manifest
+
+    from . import onnx_export, quantize
+    from .modeling import model_shape
+    from .source import load
+
+    if request.dtype not in DTYPES:
+        raise ExportFailedError(f"dtype {request.dtype!r} is not one of {', '.join(DTYPES)}")
+    if request.spans is not None:
+        # Spans are checked against each other before anything heavy; against the model once it loads.
+        validate_cover(list(request.spans), max(s.end for s in request.spans))
+    check_out_dir(request.out, _allowed_before_load(request))
+    done = existing_export_is_complete(request)
+    if done is not None:
+        progress("verified existing export", 1, 1)
+        return done
+
+    progress("loading model", 0, 1)
+    loaded = (loader or load)(request.source)
+    shape = model_shape(loaded.model)
+    spans = plan_spans(request, shape.num_layers)
+    check_out_dir(request.out, expected_files(spans))
+    request.out.mkdir(parents=True, exist_ok=True)
+    journal = Journal(request.out, request.fingerprint())
+    quantized = request.dtype != "fp32"
+    fp32_dir = request.out / STAGING / "fp32" if quantized else request.out
+    fp32_dir.mkdir(parents=True, exist_ok=True)
+
+    steps: list[tuple[str, str, Span | None]] = [("embed", EMBED_FILE, None)]
+    steps += [("blocks", blocks_file(s), s) for s in spans]
+    steps.append(("head", HEAD_FILE, None))
+    total = len(steps) * (2 if quantized else 1) + 2 + (1 if quantized else 0)
+    count = 0
+
+    fp32_entries: list[ShardEntry] = []
+    for kind, name, span in steps:
+        count += 1
+        path = fp32_dir / name
+        progress(f"exporting {kind} shard {name}", count, total)
+        if kind == "embed":
+            start, end = 0, 0
+            io = embed_io(shape.hidden_size, learned_positions=shape.learned_positions)
+        elif kind == "head":
+            start, end = shape.num_layers, shape.num_layers
+            io = head_io(shape.hidden_size, shape.vocab_size)
+        else:
+            start, end = span.start, span.end  # type: ignore[union-attr]  # every blocks step has a span
+            io = blocks_io(start, end, shape.hidden_size, shape.num_kv_heads, shape.head_dim)
+        if not journal.finished(path):
+            with atomic_path(path) as tmp:
+                if kind == "embed":
+                    onnx_export.export_embed(loaded.model, shape, tmp)
+                elif kind == "head":
+                    onnx_export.export_head(loaded.model, shape, tmp)
+                else:
+                    onnx_export.export_blocks(loaded.model, shape, start, end, tmp)
+            journal.record(path)
+        fp32_entries.append(_entry(path, journal, kind, start, end, io))
+
+    count += 1
+    progress("writing tokenizer and chat template", count, total)
+    has_template = _write_tokenizer(loaded, request.out)
+
+    quality: dict[str, Any] | None = None
+    entries = fp32_entries
+    if quantized:
+        entries = []
+        for entry in fp32_entries:
+            count += 1
+            progress(f"converting {entry.file} to {request.dtype}", count, total)
+            target = request.out / entry.file
+            if not journal.finished(target):
+                with atomic_path(target) as tmp:
+                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype)
+                journal.record(target)
+            entries.append(_entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs)))
+        count += 1
+        progress(f"measuring {request.dtype} against fp32", count, total)
+        from .quality import measure
+
+        reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
+        candidate = Manifest.from_dict(_manifest_dict(loaded, request, entries, has_template, None))
+        tokenizer_path = request.out / TOKENIZER_FILE
+        quality = measure(fp32_dir, reference, request.out, candidate, tokenizer_path)
+
+    count += 1
+    progress("writing manifest", count, total)
+    data = _manifest_dict(loaded, request, entries, has_template, quality)
+    Manifest.from_dict(data)  # never write a manifest this build could not read back
+    write_atomic(request.out / MANIFEST_FILE, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+    (request.out / JOURNAL).unlink(missing_ok=True)
+    shutil.rmtree(request.out / STAGING, ignore_errors=True)
+    return load_manifest(request.out)
+
+
+def _allowed_before_load(request: ExportRequest) -> set[str] | None:
+    """Names allowed in OUT before the model's layer count is known: ours, with any blocks span name."""
+    if not request.out.is_dir():
+        return None
+    names = expected_files(list(request.spans or []))
+    names |= {p.name for p in request.out.iterdir() if p.name.startswith("blocks_") and p.name.endswith(".onnx")}
+    return names
+
+
+def _entry(path: Path, journal: Journal, kind: str, start: int, end: int,
+           io: tuple[list[TensorSpec], list[TensorSpec]] | tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]) -> ShardEntry:
+    key = str(path.relative_to(journal.path.parent))
+    digest = journal.done.get(key) or sha256_file(path)
+    return ShardEntry(path.name, digest, path.stat().st_size, kind, start, end, tuple(io[0]), tuple(io[1]))
+
+
+def _write_tokenizer(loaded: LoadedModel, out: Path) -> bool:
+    tokenizer = loaded.tokenizer
+    with atomic_path(out / TOKENIZER_FILE) as tmp:
+        tokenizer.backend_tokenizer.save(str(tmp))
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        write_atomic(out / CHAT_TEMPLATE_FILE, template.encode("utf-8"))
+        return True
+    (out / CHAT_TEMPLATE_FILE).unlink(missing_ok=True)
+    return False

@@ -1,0 +1,80 @@
+"""Measures a weight variant against fp32 on a fixed set of prompts.
+
+For each prompt the fp32 chain generates greedily; then both chains read the prompt and those tokens in
+one pass (teacher forcing), and we record the largest absolute logit difference and how often the
+variant's greedy choice agrees with fp32's. The same shards and prompts give the same numbers, which is
+what the tests check a manifest's figures against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from python_peer.chain import LocalChain
+from python_peer.core.manifest import Manifest
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "def fibonacci(n):",
+    "The three primary colours are",
+)
+NEW_TOKENS = 16
+
+
+def _greedy(chain: LocalChain, ids: list[int], steps: int) -> list[int]:
+    session = chain.open(1)
+    try:
+        logits = chain.step(session, np.array([ids], dtype=np.int64), np.ones((1, len(ids)), dtype=np.int64))
+        out: list[int] = []
+        for _ in range(steps):
+            token = int(np.argmax(logits[0, -1]))
+            out.append(token)
+            logits = chain.step(session, np.array([[token]], dtype=np.int64), np.ones((1, 1), dtype=np.int64))
+        return out
+    finally:
+        chain.close(session)
+
+
+def _logits(chain: LocalChain, ids: list[int]) -> np.ndarray:
+    session = chain.open(1)
+    try:
+        return chain.step(session, np.array([ids], dtype=np.int64), np.ones((1, len(ids)), dtype=np.int64))[0]
+    finally:
+        chain.close(session)
+
+
+def measure(
+    reference_dir: Path, reference: Manifest, candidate_dir: Path, candidate: Manifest, tokenizer_path: Path
+) -> dict[str, Any]:
+    """Compare the ``candidate`` chain with the fp32 ``reference`` chain; return the manifest's figures."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    ref_chain = LocalChain(reference_dir, manifest=reference)
+    cand_chain = LocalChain(candidate_dir, manifest=candidate)
+    max_diff = 0.0
+    diffs: list[float] = []
+    agree = total = 0
+    for prompt in PROMPTS:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [0]
+        sequence = ids + _greedy(ref_chain, ids, NEW_TOKENS)
+        ref = _logits(ref_chain, sequence)
+        cand = _logits(cand_chain, sequence)
+        diff = np.abs(ref - cand)
+        max_diff = max(max_diff, float(diff.max()))
+        diffs.append(float(diff.mean()))
+        agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+        total += len(sequence)
+    return {
+        "reference": "fp32",
+        "method": "teacher-forced logits over fixed prompts plus 16 fp32-greedy tokens each",
+        "prompts": len(PROMPTS),
+        "tokens": total,
+        "max_abs_logit_diff": round(max_diff, 6),
+        "mean_abs_logit_diff": round(float(np.mean(diffs)), 6),
+        "greedy_agreement": round(agree / total, 6),
+    }

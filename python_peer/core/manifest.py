@@ -1,0 +1,256 @@
+"""The shard manifest (``manifest.json``): a typed, validated view, and the fixed wire names.
+
+A manifest names the model, its architecture and config, the tokenizer files and chat template, the
+dtype and each shard: ``{file, sha256, bytes, kind, start, end, inputs, outputs}``. Every runner chains
+shards by the names defined here: embed gives ``hidden_states_out``, which a blocks shard takes as
+``hidden_states``, and so on to the head's ``logits``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ManifestError
+from .spans import Span
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+KINDS = ("embed", "blocks", "head")
+DTYPES = ("fp32", "fp16", "q8", "q4")
+
+HIDDEN_IN = "hidden_states"
+HIDDEN_OUT = "hidden_states_out"
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+POSITION_IDS = "position_ids"
+LOGITS = "logits"
+
+
+def past_key(layer: int) -> str:
+    return f"past_key_values.{layer}.key"
+
+
+def past_value(layer: int) -> str:
+    return f"past_key_values.{layer}.value"
+
+
+def present_key(layer: int) -> str:
+    return f"present.{layer}.key"
+
+
+def present_value(layer: int) -> str:
+    return f"present.{layer}.value"
+
+
+Dim = int | str
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type and shape (symbolic axes are strings)."""
+
+    name: str
+    dtype: str
+    shape: tuple[Dim, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> TensorSpec:
+        if not isinstance(data, dict):
+            raise ManifestError(f"a tensor spec must be an object, not {type(data).__name__}")
+        name, dtype, shape = data.get("name"), data.get("dtype"), data.get("shape")
+        if not isinstance(name, str) or not isinstance(dtype, str) or not isinstance(shape, list):
+            raise ManifestError(f"tensor spec {data!r} needs a string name, a string dtype and a shape list")
+        if not all(isinstance(d, int | str) and not isinstance(d, bool) for d in shape):
+            raise ManifestError(f"tensor {name!r} has a shape that is not a list of ints and axis names")
+        return cls(name, dtype, tuple(shape))
+
+
+def embed_io(hidden: int, *, learned_positions: bool) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [TensorSpec(INPUT_IDS, "int64", ("batch", "sequence"))]
+    if learned_positions:
+        inputs.append(TensorSpec(POSITION_IDS, "int64", ("batch", "sequence")))
+    return inputs, [TensorSpec(HIDDEN_OUT, "float32", ("batch", "sequence", hidden))]
+
+
+def head_io(hidden: int, vocab: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    return (
+        [TensorSpec(HIDDEN_IN, "float32", ("batch", "sequence", hidden))],
+        [TensorSpec(LOGITS, "float32", ("batch", "sequence", vocab))],
+    )
+
+
+def blocks_io(
+    start: int, end: int, hidden: int, kv_heads: int, head_dim: int
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    inputs = [
+        TensorSpec(HIDDEN_IN, "float32", ("batch", "sequence", hidden)),
+        TensorSpec(ATTENTION_MASK, "int64", ("batch", "total_sequence")),
+        TensorSpec(POSITION_IDS, "int64", ("batch", "sequence")),
+    ]
+    outputs = [TensorSpec(HIDDEN_OUT, "float32", ("batch", "sequence", hidden))]
+    for layer in range(start, end):
+        for name in (past_key(layer), past_value(layer)):
+            inputs.append(TensorSpec(name, "float32", ("batch", kv_heads, "past_sequence", head_dim)))
+        for name in (present_key(layer), present_value(layer)):
+            outputs.append(TensorSpec(name, "float32", ("batch", kv_heads, "total_sequence", head_dim)))
+    return inputs, outputs
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard file: what it computes and how to check it."""
+
+    file: str
+    sha256: str
+    bytes: int
+    kind: str
+    start: int
+    end: int
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    @property
+    def span(self) -> Span:
+        if self.kind != "blocks":
+            raise ManifestError(f"shard {self.file} is an {self.kind} shard and has no block span")
+        return Span(self.start, self.end)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "kind": self.kind,
+            "start": self.start,
+            "end": self.end,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ShardEntry:
+        if not isinstance(data, dict):
+            raise ManifestError("each entry of 'shards' must be an object")
+        file, sha, size, kind = data.get("file"), data.get("sha256"), data.get("bytes"), data.get("kind")
+        start, end = data.get("start"), data.get("end")
+        if not isinstance(file, str) or not file or "/" in file or "\\" in file or file.startswith("."):
+            raise ManifestError(f"shard file name {file!r} must be a plain file name inside the model directory")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise ManifestError(f"shard {file}: sha256 {sha!r} is not 64 lowercase hex digits")
+        if not isinstance(size, int) or size <= 0:
+            raise ManifestError(f"shard {file}: bytes must be a positive integer")
+        if kind not in KINDS:
+            raise ManifestError(f"shard {file}: kind {kind!r} is not one of {', '.join(KINDS)}")
+        if not isinstance(start, int) or not isinstance(end, int) or start < 0 or end < start:
+            raise ManifestError(f"shard {file}: start/end {start!r}/{end!r} is not a block range")
+        if kind == "blocks" and end == start:
+            raise ManifestError(f"shard {file}: a blocks shard needs at least one layer")
+        inputs, outputs = data.get("inputs"), data.get("outputs")
+        if not isinstance(inputs, list) or not isinstance(outputs, list):
+            raise ManifestError(f"shard {file}: inputs and outputs must be lists")
+        return cls(
+            file, sha, size, kind, start, end,
+            tuple(TensorSpec.from_dict(s) for s in inputs),
+            tuple(TensorSpec.from_dict(s) for s in outputs),
+        )
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed ``manifest.json``; ``raw`` keeps every field, including ones this version ignores."""
+
+    name: str
+    architecture: str
+    config: dict[str, Any]
+    dtype: str
+    tokenizer: dict[str, Any]
+    shards: tuple[ShardEntry, ...]
+    quality: dict[str, Any] | None
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.config["num_layers"])
+
+    @property
+    def embed(self) -> ShardEntry:
+        return self._one("embed")
+
+    @property
+    def head(self) -> ShardEntry:
+        return self._one("head")
+
+    @property
+    def blocks(self) -> tuple[ShardEntry, ...]:
+        return tuple(sorted((s for s in self.shards if s.kind == "blocks"), key=lambda s: s.start))
+
+    def _one(self, kind: str) -> ShardEntry:
+        found = [s for s in self.shards if s.kind == kind]
+        if len(found) != 1:
+            raise ManifestError(f"the manifest must list exactly one {kind} shard, not {len(found)}")
+        return found[0]
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Manifest:
+        from .spans import validate_cover
+
+        if not isinstance(data, dict):
+            raise ManifestError("a manifest must be a JSON object")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+        model, tokenizer, shards = data.get("model"), data.get("tokenizer"), data.get("shards")
+        if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
+            raise ManifestError("manifest 'model' must be an object with a 'config' object")
+        if not isinstance(tokenizer, dict):
+            raise ManifestError("manifest 'tokenizer' must be an object")
+        if not isinstance(shards, list):
+            raise ManifestError("manifest 'shards' must be a list")
+        dtype = data.get("dtype")
+        if dtype not in DTYPES:
+            raise ManifestError(f"manifest dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+        config = model["config"]
+        layers = config.get("num_layers")
+        if not isinstance(layers, int) or layers < 1:
+            raise ManifestError("manifest model.config.num_layers must be a positive integer")
+        quality = data.get("quality")
+        manifest = cls(
+            name=str(model.get("name", "")),
+            architecture=str(model.get("architecture", "")),
+            config=config,
+            dtype=dtype,
+            tokenizer=tokenizer,
+            shards=tuple(ShardEntry.from_dict(s) for s in shards),
+            quality=quality if isinstance(quality, dict) else None,
+            raw=data,
+        )
+        manifest.embed, manifest.head  # noqa: B018 - each raises unless exactly one exists
+        try:
+            validate_cover([s.span for s in manifest.blocks], layers)
+        except ManifestError:
+            raise
+        except Exception as exc:
+            raise ManifestError(f"the manifest's block shards are not a valid cover: {exc}") from exc
+        return manifest
+
+
+def load_manifest(model_dir: str | Path) -> Manifest:
+    """Read and validate ``DIR/manifest.json``."""
+    path = Path(model_dir) / MANIFEST_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path} does not exist: export a model there first (ai4all export --out DIR)") from None
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    return Manifest.from_dict(data)

@@ -1,0 +1,190 @@
+"""One shard in one onnxruntime session, and the per-session KV caches of a blocks shard.
+
+A ``ShardRunner`` checks the shard's sha256 against the manifest before onnxruntime sees a byte of it,
+so an altered or truncated file is refused with a message that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from python_peer.core import manifest as names
+from python_peer.core.manifest import Manifest, ShardEntry
+
+from .errors import SessionError, ShardError, ShardInputError
+
+log = logging.getLogger(__name__)
+
+_NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
+    """Return the shard's path after checking that it exists, has the listed size and the listed sha256."""
+    path = model_dir / entry.file
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardError(f"shard {entry.file} is missing from {model_dir}") from None
+    if size != entry.bytes:
+        raise ShardError(f"shard {entry.file} is {size} bytes, the manifest says {entry.bytes}: the file was altered")
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise ShardError(
+            f"shard {entry.file} has sha256 {actual[:16]}..., the manifest says {entry.sha256[:16]}...: "
+            "the file was altered or corrupted"
+        )
+    return path
+
+
+def session_options(threads: int | None = None) -> ort.SessionOptions:
+    """Options for one of several sessions in a process: without disabled spinning, idle pools steal cores."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return options
+
+
+class ShardRunner:
+    """Runs one verified shard; checks input names, dtypes and ranks before onnxruntime does."""
+
+    def __init__(self, model_dir: str | Path, entry: ShardEntry, *, threads: int | None = None) -> None:
+        self.entry = entry
+        path = verify_shard_file(Path(model_dir), entry)
+        try:
+            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ShardError(f"onnxruntime cannot load shard {entry.file}: {exc}") from exc
+        self._inputs = {spec.name: spec for spec in entry.inputs}
+        self._output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        missing = set(self._inputs) - set(feeds)
+        extra = set(feeds) - set(self._inputs)
+        if missing or extra:
+            raise ShardInputError(
+                f"shard {self.entry.file}: missing inputs {sorted(missing)}, unexpected inputs {sorted(extra)}"
+            )
+        for name, value in feeds.items():
+            spec = self._inputs[name]
+            if value.dtype != _NP_DTYPES.get(spec.dtype):
+                raise ShardInputError(f"shard {self.entry.file}: input {name} is {value.dtype}, expected {spec.dtype}")
+            if value.ndim != len(spec.shape):
+                raise ShardInputError(
+                    f"shard {self.entry.file}: input {name} has rank {value.ndim}, expected shape {list(spec.shape)}"
+                )
+            for axis, dim in enumerate(spec.shape):
+                if isinstance(dim, int) and value.shape[axis] != dim:
+                    raise ShardInputError(
+                        f"shard {self.entry.file}: input {name} has shape {list(value.shape)}, expected {list(spec.shape)}"
+                    )
+            if value.dtype.kind == "f" and not np.isfinite(value).all():
+                raise ShardInputError(f"shard {self.entry.file}: input {name} holds NaN or Inf")
+        try:
+            outputs = self.session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise ShardInputError(f"shard {self.entry.file} refused its inputs: {exc}") from exc
+        return dict(zip(self._output_names, outputs, strict=True))
+
+
+@dataclass
+class KVSession:
+    """The KV cache and attention mask of one inference session on one blocks shard."""
+
+    batch: int
+    mask: np.ndarray  # [batch, length] int64: every token seen so far, 1 = real, 0 = padding
+    cache: dict[str, np.ndarray] = field(default_factory=dict)
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def length(self) -> int:
+        return int(self.mask.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in self.cache.values())
+
+
+class BlocksRunner:
+    """A blocks shard with per-session KV caches: each ``forward`` extends its session by the new tokens."""
+
+    def __init__(self, model_dir: str | Path, entry: ShardEntry, manifest: Manifest, *, threads: int | None = None) -> None:
+        if entry.kind != "blocks":
+            raise ShardError(f"shard {entry.file} is an {entry.kind} shard, not a blocks shard")
+        self.runner = ShardRunner(model_dir, entry, threads=threads)
+        self.span = entry.span
+        self.hidden_size = int(manifest.config["hidden_size"])
+        self.kv_heads = int(manifest.config["num_key_value_heads"])
+        self.head_dim = int(manifest.config["head_dim"])
+        self.sessions: dict[str, KVSession] = {}
+        self._lock = threading.Lock()
+
+    def open(self, session_id: str, batch: int) -> None:
+        with self._lock:
+            if session_id in self.sessions:
+                raise SessionError(f"session {session_id} is already open on span {self.span}")
+            self.sessions[session_id] = KVSession(batch, np.zeros((batch, 0), dtype=np.int64))
+
+    def close(self, session_id: str) -> None:
+        with self._lock:
+            self.sessions.pop(session_id, None)
+
+    def session(self, session_id: str) -> KVSession:
+        try:
+            return self.sessions[session_id]
+        except KeyError:
+            raise SessionError(f"session {session_id} is not open on span {self.span}") from None
+
+    def forward(
+        self, session_id: str, hidden: np.ndarray, mask: np.ndarray, position_ids: np.ndarray
+    ) -> np.ndarray:
+        """Run the new tokens of a session; ``mask`` and ``position_ids`` cover only the new tokens."""
+        state = self.session(session_id)
+        if hidden.ndim != 3 or hidden.shape[0] != state.batch or hidden.shape[2] != self.hidden_size:
+            raise ShardInputError(
+                f"hidden states of shape {list(hidden.shape)} do not fit session {session_id} "
+                f"(batch {state.batch}, hidden {self.hidden_size})"
+            )
+        seq = hidden.shape[1]
+        if mask.shape != (state.batch, seq) or position_ids.shape != (state.batch, seq):
+            raise ShardInputError(
+                f"attention mask {list(mask.shape)} and position ids {list(position_ids.shape)} "
+                f"must both be [{state.batch}, {seq}]"
+            )
+        full_mask = np.concatenate([state.mask, mask.astype(np.int64)], axis=1)
+        feeds: dict[str, np.ndarray] = {
+            names.HIDDEN_IN: np.ascontiguousarray(hidden, dtype=np.float32),
+            names.ATTENTION_MASK: full_mask,
+            names.POSITION_IDS: np.ascontiguousarray(position_ids, dtype=np.int64),
+        }
+        empty = np.zeros((state.batch, self.kv_heads, 0, self.head_dim), dtype=np.float32)
+        for layer in self.span.layers():
+            feeds[names.past_key(layer)] = state.cache.get(names.past_key(layer), empty)
+            feeds[names.past_value(layer)] = state.cache.get(names.past_value(layer), empty)
+        outputs = self.runner.run(feeds)
+        state.mask = full_mask
+        for layer in self.span.layers():
+            state.cache[names.past_key(layer)] = outputs[names.present_key(layer)]
+            state.cache[names.past_value(layer)] = outputs[names.present_value(layer)]
+        state.last_used = time.monotonic()
+        return outputs[names.HIDDEN_OUT]
