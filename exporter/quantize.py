@@ -34,6 +34,9 @@ def convert(src: Path, dst: Path, dtype: str) -> None:
         elif dtype in _BITS:
             from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+            # The quantizer logs every node at INFO through its own handler; keep our progress readable.
+            logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+
             if not any(node.op_type == "MatMul" for node in model.graph.node):
                 onnx.save(model, str(dst))  # nothing to quantize (the embed shard): keep fp32
                 return

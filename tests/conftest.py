@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny random models per family (offline), and helpers to run the ``ai4all`` CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Keep onnxruntime, torch and tokenizers from each taking every core of a 2-core CI machine at once.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def run_cli(args: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``ai4all ARGS`` in a fresh interpreter; return the finished process (never raises on status)."""
+    return subprocess.run(
+        [sys.executable, "-m", "python_peer.cli", *args],
+        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or ROOT,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Build (once per session) a tiny random model directory for a family and options."""
+    from tests import tiny_models
+
+    built: dict[tuple[str, int, bool, bool], Path] = {}
+
+    def make(family: str, *, layers: int = 4, tied: bool = False, gqa: bool = True) -> Path:
+        key = (family, layers, tied, gqa)
+        if key not in built:
+            directory = tmp_path_factory.mktemp(f"{family}-{layers}-{'tied' if tied else 'untied'}-{'gqa' if gqa else 'mha'}")
+            built[key] = tiny_models.build(directory, family, layers=layers, tied=tied, gqa=gqa)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_model_factory) -> Path:
+    return tiny_model_factory("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama exported in fp32 with spans 0-1,1-3,3-4."""
+    from exporter import pipeline, source
+    from python_peer.core.spans import parse_spans
+
+    out = tmp_path_factory.mktemp("tiny-llama-export") / "model"
+    pipeline.run_export(pipeline.ExportRequest(source.resolve(str(tiny_llama)), out, spans=tuple(parse_spans("0-1,1-3,3-4"))))
+    return out
