@@ -6,12 +6,52 @@ it as one line and exits non-zero. Hierarchy of the core::
     AI4AllError
     └── CoreError
         ├── SpanError          a block span that is malformed, overlaps, leaves a gap or runs past the model
-        └── ManifestError      a manifest.json that is missing, malformed or names an unknown format
+        ├── ManifestError      a manifest.json that is missing, malformed or names an unknown format
+        ├── WireError          bytes from a peer that are not a valid frame or chunk (wire.py); ``code``
+        │   │                  is the error code a peer sends back in its ERROR frame
+        │   ├── TruncatedFrameError     the bytes end before the header or the lengths it declares
+        │   ├── FrameHeaderError        a header field that this version does not know
+        │   │   ├── BadMagicError           the frame does not start with the magic bytes
+        │   │   ├── UnsupportedVersionError a wire version other than ours
+        │   │   ├── UnknownFrameTypeError   a frame type number we do not know
+        │   │   └── UnknownFlagsError       flag bits we do not know
+        │   ├── FrameLayoutError        lengths, offsets or padding that disagree with the bytes
+        │   ├── LimitExceededError      a frame, metadata, tensor count, rank or buffer over its bound
+        │   ├── MetadataError           metadata that is not canonical JSON of an object we accept
+        │   │   └── DuplicateTensorError    two tensors with the same name in one frame
+        │   ├── TensorError             unknown dtype, bad dims, shape disagreeing with byte length
+        │   │   └── NonFiniteError          NaN or Inf in a floating point tensor
+        │   └── ChunkError              a data channel chunk that is malformed or inconsistent
+        └── RemoteError        a peer answered with an ERROR frame; ``code`` says why
+            ├── RemoteBadFrameError     bad_frame: the peer could not decode our frame
+            ├── RemoteBadShapeError     bad_shape: the peer refused a tensor's dtype or shape
+            ├── RemoteNonFiniteError    non_finite: the peer found NaN or Inf in our tensors
+            ├── UnknownSessionError     unknown_session: the peer holds no such session
+            ├── OutOfOrderError         out_of_order: a step arrived before the one it expected
+            ├── SessionRefusedError     session_refused: the peer will not open this session
+            ├── OverloadedError         overloaded: the peer has no room now; try another
+            ├── RemoteInternalError     internal: the peer failed while running the step
+            ├── RemoteTimeoutError      timeout: the peer gave up waiting
+            └── PaymentRequiredError    payment_required: the caller's balance does not cover the request
+
+Signing and signaling (``canonical.py``, ``python_peer/identity.py``, ``signaling/``) add::
+
+    CoreError
+    ├── CanonicalError     a value with no canonical JSON form: NaN/Inf, a non-string key, a lone surrogate
+    ├── IdentityError      an identity key file that cannot be read or written, or malformed key material
+    │   └── SignatureError     a signature that does not verify: forged, altered, or made by another key
+    └── SignalingError     a signaling failure; ``code`` is the code of the ``error`` message on the wire
+        ├── MessageError           a message that is not JSON, too large, of unknown type or malformed
+        ├── AnnouncementError      an announcement body that is malformed, out of bounds or expired
+        ├── RemoteSignalingError   a signaling node answered with an ``error`` message; ``code`` says why
+        └── SignalClientError      the signal client is closed, timed out or reached no signaling node
 
 Every message names the offending value so a user can act on it.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class AI4AllError(Exception):
@@ -28,3 +68,184 @@ class SpanError(CoreError, ValueError):
 
 class ManifestError(CoreError):
     """A manifest cannot be read or does not describe a usable set of shards."""
+
+
+class WireError(CoreError, ValueError):
+    """Bytes from a peer are not a valid frame or chunk; the frame is refused, nothing else is affected.
+
+    ``code`` is the error code a peer puts in the ERROR frame it sends back for this error.
+    """
+
+    code: ClassVar[str] = "bad_frame"
+
+
+class TruncatedFrameError(WireError):
+    """The bytes end before the fixed header, or before the lengths the header declares."""
+
+
+class FrameHeaderError(WireError):
+    """A header field holds a value this version of the wire format does not know."""
+
+
+class BadMagicError(FrameHeaderError):
+    """The bytes do not start with the frame magic: not an AI4All frame at all."""
+
+
+class UnsupportedVersionError(FrameHeaderError):
+    """The frame uses another wire version; the peers must upgrade to talk."""
+
+
+class UnknownFrameTypeError(FrameHeaderError):
+    """The frame type number is not one this version defines."""
+
+
+class UnknownFlagsError(FrameHeaderError):
+    """Flag bits are set that this version does not define."""
+
+
+class FrameLayoutError(WireError):
+    """Declared lengths, offsets or padding disagree with the bytes actually present."""
+
+
+class LimitExceededError(WireError):
+    """A frame, its metadata, its tensor count or rank, or a reassembly buffer is over its bound."""
+
+
+class MetadataError(WireError):
+    """The metadata is not canonical UTF-8 JSON of an object holding only values the format allows."""
+
+
+class DuplicateTensorError(MetadataError):
+    """Two tensors in one frame have the same name, so a receiver could not tell them apart."""
+
+
+class TensorError(WireError):
+    """A tensor's dtype is unknown, a dim is negative or too large, or shape and byte length disagree."""
+
+    code: ClassVar[str] = "bad_shape"
+
+
+class NonFiniteError(TensorError):
+    """A floating point tensor holds NaN or Inf, which would poison every later step."""
+
+    code: ClassVar[str] = "non_finite"
+
+
+class ChunkError(WireError):
+    """A data channel chunk is malformed, or disagrees with the other chunks of its message."""
+
+
+class RemoteError(CoreError):
+    """A peer answered with an ERROR frame: ``code`` says why, the message is the peer's own words."""
+
+    code: str = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class RemoteBadFrameError(RemoteError):
+    """The peer could not decode a frame we sent."""
+
+    code = "bad_frame"
+
+
+class RemoteBadShapeError(RemoteError):
+    """The peer refused a tensor we sent for its dtype or shape."""
+
+    code = "bad_shape"
+
+
+class RemoteNonFiniteError(RemoteError):
+    """The peer found NaN or Inf in a tensor we sent."""
+
+    code = "non_finite"
+
+
+class UnknownSessionError(RemoteError):
+    """The peer holds no session with that id: it restarted, or the session expired."""
+
+    code = "unknown_session"
+
+
+class OutOfOrderError(RemoteError):
+    """A step reached the peer before the step it expected."""
+
+    code = "out_of_order"
+
+
+class SessionRefusedError(RemoteError):
+    """The peer will not open the session (wrong model or span, bad parameters, or a ban)."""
+
+    code = "session_refused"
+
+
+class OverloadedError(RemoteError):
+    """The peer has no compute or KV-cache room now; route around it."""
+
+    code = "overloaded"
+
+
+class RemoteInternalError(RemoteError):
+    """The peer failed while running the step; the failure is on its side."""
+
+    code = "internal"
+
+
+class RemoteTimeoutError(RemoteError):
+    """The peer gave up waiting (for the next step, or for a peer further down the chain)."""
+
+    code = "timeout"
+
+
+class PaymentRequiredError(RemoteError):
+    """The caller's ledger balance does not cover the request."""
+
+    code = "payment_required"
+
+
+class CanonicalError(CoreError, ValueError):
+    """A value has no canonical JSON form (NaN/Inf, a non-string key, a lone surrogate, a foreign type)."""
+
+
+class IdentityError(CoreError):
+    """An identity key file cannot be read or written, or key material is malformed."""
+
+
+class SignatureError(IdentityError):
+    """A signature does not verify: the signed bytes were altered, or another key made it."""
+
+
+class SignalingError(CoreError):
+    """Base of signaling failures; ``code`` is the code a signaling node puts in its ``error`` message."""
+
+    code: str = "bad_message"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class MessageError(SignalingError, ValueError):
+    """A signaling message is not JSON (``bad_json``), too large (``too_large``) or malformed."""
+
+
+class AnnouncementError(SignalingError, ValueError):
+    """An announcement body is malformed or out of bounds (``bad_announcement``), or ``expired``."""
+
+    code = "bad_announcement"
+
+
+class RemoteSignalingError(SignalingError):
+    """A signaling node answered with an ``error`` message: ``code`` says why, the message is its own."""
+
+    code = "internal"
+
+
+class SignalClientError(SignalingError):
+    """The signal client is closed, a request timed out, or no signaling node could be reached."""
+
+    code = "client"
