@@ -23,11 +23,15 @@ def register(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("model", nargs="?", default=None, help="model directory, GGUF file or hub id")
-    parser.add_argument("--out", required=True, type=Path, help="output directory (new, empty, or an earlier export)")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output directory (new, empty, or an earlier export)"
+    )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--spans", help="block spans, e.g. 0-10,10-20,20-30 (must cover every layer once)")
     group.add_argument("--shards", type=int, help="cut the layers into N even block shards (default 1)")
-    parser.add_argument("--dtype", choices=DTYPES, default="fp32", help="weights: fp32 (default), fp16, q8 or q4")
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="fp32", help="weights: fp32 (default), fp16, q8 or q4"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -36,11 +40,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         from . import pipeline, source
     except ModuleNotFoundError as exc:
-        raise AI4AllError(f"the exporter needs the [export] extra ({exc.name} is missing): pip install 'ai4all[export]'") from exc
+        raise AI4AllError(
+            f"the exporter needs the [export] extra ({exc.name} is missing): pip install 'ai4all[export]'"
+        ) from exc
 
     spans = tuple(parse_spans(args.spans)) if args.spans else None
     src = source.resolve(args.model)
-    request = pipeline.ExportRequest(source=src, out=args.out, dtype=args.dtype, spans=spans, shards=args.shards)
+    request = pipeline.ExportRequest(
+        source=src, out=args.out, dtype=args.dtype, spans=spans, shards=args.shards
+    )
     if args.quiet:
         manifest = pipeline.run_export(request)
     else:

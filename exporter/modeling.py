@@ -51,7 +51,7 @@ class ModelShape:
         }
 
 
-def model_shape(model: nn.Module) -> ModelShape:
+def model_shape(model: Any) -> ModelShape:
     """Read the model's dimensions, refusing architectures and settings this exporter cannot trace."""
     config = model.config
     family = getattr(config, "model_type", None)
@@ -78,7 +78,9 @@ def model_shape(model: nn.Module) -> ModelShape:
         raise UnsupportedModelError("Qwen2 models with sliding-window attention are not supported")
     rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
     if rope_type in ("dynamic", "longrope"):
-        raise UnsupportedModelError(f"rope scaling {rope_type!r} depends on the sequence length and is not supported")
+        raise UnsupportedModelError(
+            f"rope scaling {rope_type!r} depends on the sequence length and is not supported"
+        )
     heads = config.num_attention_heads
     return ModelShape(
         family=family,
@@ -115,14 +117,24 @@ def _additive_mask(attention_mask: torch.Tensor, seq_len: int, dtype: torch.dtyp
     return torch.where(allowed, zero, minimum)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+def _attend(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Scaled dot-product attention with grouped-query KV heads; returns ``[batch, seq, heads * dim]``."""
     batch, heads, seq, dim = q.shape
     kv_heads = k.shape[1]
     if heads != kv_heads:
         rep = heads // kv_heads
-        k = k[:, :, None, :, :].expand(batch, kv_heads, rep, k.shape[2], dim).reshape(batch, heads, k.shape[2], dim)
-        v = v[:, :, None, :, :].expand(batch, kv_heads, rep, v.shape[2], dim).reshape(batch, heads, v.shape[2], dim)
+        k = (
+            k[:, :, None, :, :]
+            .expand(batch, kv_heads, rep, k.shape[2], dim)
+            .reshape(batch, heads, k.shape[2], dim)
+        )
+        v = (
+            v[:, :, None, :, :]
+            .expand(batch, kv_heads, rep, v.shape[2], dim)
+            .reshape(batch, heads, v.shape[2], dim)
+        )
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale + mask
     probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, v)
@@ -132,7 +144,7 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tenso
 class EmbedShard(nn.Module):
     """Token ids (and learned positions, for GPT-2) -> hidden states."""
 
-    def __init__(self, model: nn.Module, shape: ModelShape) -> None:
+    def __init__(self, model: Any, shape: ModelShape) -> None:
         super().__init__()
         self.learned_positions = shape.learned_positions
         if shape.family == "gpt2":
@@ -152,7 +164,7 @@ class EmbedShard(nn.Module):
 class HeadShard(nn.Module):
     """Final norm + language-model head: hidden states -> logits."""
 
-    def __init__(self, model: nn.Module, shape: ModelShape) -> None:
+    def __init__(self, model: Any, shape: ModelShape) -> None:
         super().__init__()
         self.norm = model.transformer.ln_f if shape.family == "gpt2" else model.model.norm
         self.lm_head = model.lm_head
@@ -169,7 +181,7 @@ class BlocksShard(nn.Module):
     is the order of the ONNX inputs.
     """
 
-    def __init__(self, model: nn.Module, shape: ModelShape, start: int, end: int) -> None:
+    def __init__(self, model: Any, shape: ModelShape, start: int, end: int) -> None:
         super().__init__()
         self.shape = shape
         self.start = start
@@ -186,12 +198,17 @@ class BlocksShard(nn.Module):
             self.rotary_scaling = float(getattr(rotary, "attention_scaling", 1.0))
 
     def _rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        freqs = position_ids[:, :, None].float() * self.inv_freq[None, None, :]
+        inv_freq: torch.Tensor = self.inv_freq  # a buffer; nn.Module's attribute typing cannot say so
+        freqs = position_ids[:, :, None].float() * inv_freq[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.rotary_scaling)[:, None], (emb.sin() * self.rotary_scaling)[:, None]
 
     def forward(
-        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         seq_len = hidden_states.shape[1]
         mask = _additive_mask(attention_mask, seq_len, hidden_states.dtype)
@@ -220,7 +237,7 @@ class BlocksShard(nn.Module):
 
     def _llama_layer(
         self,
-        layer: nn.Module,
+        layer: Any,
         hidden: torch.Tensor,
         mask: torch.Tensor,
         cos: torch.Tensor,
@@ -244,7 +261,7 @@ class BlocksShard(nn.Module):
 
     def _gpt2_layer(
         self,
-        layer: nn.Module,
+        layer: Any,
         layer_idx: int,
         hidden: torch.Tensor,
         mask: torch.Tensor,

@@ -26,12 +26,18 @@ _BATCH, _SEQ, _PAST = 2, 3, 2
 
 def _dynamic_axes(specs: list[TensorSpec]) -> dict[str, dict[int, str]]:
     return {
-        spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)} for spec in specs
+        spec.name: {axis: dim for axis, dim in enumerate(spec.shape) if isinstance(dim, str)}
+        for spec in specs
     }
 
 
-def _export(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[TensorSpec],
-            outputs: list[TensorSpec], path: Path) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple[torch.Tensor, ...],
+    inputs: list[TensorSpec],
+    outputs: list[TensorSpec],
+    path: Path,
+) -> None:
     module.eval()
     try:
         with torch.no_grad(), warnings.catch_warnings():
@@ -51,7 +57,7 @@ def _export(module: nn.Module, args: tuple[torch.Tensor, ...], inputs: list[Tens
         raise ExportFailedError(f"torch.onnx.export of {path.name} failed: {exc}") from exc
 
 
-def export_embed(model: nn.Module, shape: ModelShape, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def export_embed(model: Any, shape: ModelShape, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = embed_io(shape.hidden_size, learned_positions=shape.learned_positions)
     ids = torch.randint(0, shape.vocab_size, (_BATCH, _SEQ), dtype=torch.int64)
     args: tuple[torch.Tensor, ...] = (ids,)
@@ -61,7 +67,7 @@ def export_embed(model: nn.Module, shape: ModelShape, path: Path) -> tuple[list[
     return inputs, outputs
 
 
-def export_head(model: nn.Module, shape: ModelShape, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def export_head(model: Any, shape: ModelShape, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = head_io(shape.hidden_size, shape.vocab_size)
     hidden = torch.randn(_BATCH, _SEQ, shape.hidden_size)
     _export(HeadShard(model, shape), (hidden,), inputs, outputs, path)
@@ -69,7 +75,7 @@ def export_head(model: nn.Module, shape: ModelShape, path: Path) -> tuple[list[T
 
 
 def export_blocks(
-    model: nn.Module, shape: ModelShape, start: int, end: int, path: Path
+    model: Any, shape: ModelShape, start: int, end: int, path: Path
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = blocks_io(start, end, shape.hidden_size, shape.num_kv_heads, shape.head_dim)
     hidden = torch.randn(_BATCH, _SEQ, shape.hidden_size)

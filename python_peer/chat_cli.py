@@ -21,7 +21,9 @@ def register(subparsers: Any) -> None:
         description="Answer PROMPT through the chat template and the chained shards of an exported model.",
     )
     chat.add_argument("prompt", help="the user's message")
-    chat.add_argument("--model", required=True, type=Path, help="directory of an exported model (ai4all export)")
+    chat.add_argument(
+        "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
+    )
     _add_sampling(chat)
     chat.set_defaults(handler=run_chat)
 
@@ -33,14 +35,21 @@ def register(subparsers: Any) -> None:
             "run, then answer a prompt greedily through its embed, three block shards and head."
         ),
     )
-    up.add_argument("--models-dir", type=Path, default=None, help="where exported models live (default: ~/.cache/ai4all/models)")
+    up.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="where exported models live (default: ~/.cache/ai4all/models)",
+    )
     up.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
     _add_sampling(up)
     up.set_defaults(handler=run_up)
 
 
 def _add_sampling(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-tokens", type=int, default=128, help="at most this many new tokens (default 128)")
+    parser.add_argument(
+        "--max-tokens", type=int, default=128, help="at most this many new tokens (default 128)"
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
     parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
@@ -59,7 +68,10 @@ def _reply(model_dir: Path, prompt: str, args: argparse.Namespace) -> int:
     else:
         text = prompt
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
         stop=tuple(args.stop),
     )
     for piece in stream(chain, tokenizer, tokenizer.encode(text), params):
@@ -82,8 +94,11 @@ def run_up(args: argparse.Namespace) -> int:
         print(f"exporting the default model to {model_dir} (first run, about a minute)", file=sys.stderr)
         from exporter.cli import run as export
 
-        status = export(argparse.Namespace(model=None, out=model_dir, spans=DEFAULT_SPANS, shards=None,
-                                           dtype="fp32", quiet=False))
+        status = export(
+            argparse.Namespace(
+                model=None, out=model_dir, spans=DEFAULT_SPANS, shards=None, dtype="fp32", quiet=False
+            )
+        )
         if status:
             return status
     print(f"model: {model_dir}", file=sys.stderr)

@@ -63,7 +63,10 @@ class Generation:
 
 
 def stream(
-    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams,
+    pipeline: Pipeline,
+    tokenizer: ModelTokenizer,
+    prompt_ids: list[int],
+    params: SamplingParams,
     result: Generation | None = None,
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; fill ``result`` with the whole outcome."""
@@ -76,7 +79,9 @@ def stream(
     session = pipeline.open(1)
     held = ""  # text withheld because it may be the start of a stop string
     try:
-        logits = pipeline.step(session, np.array([prompt_ids], dtype=np.int64), np.ones((1, len(prompt_ids)), np.int64))
+        logits = pipeline.step(
+            session, np.array([prompt_ids], dtype=np.int64), np.ones((1, len(prompt_ids)), np.int64)
+        )
         for _ in range(params.max_tokens):
             token = sample(logits[0, -1], params, rng)
             if token in tokenizer.eos_token_ids:
@@ -102,7 +107,9 @@ def stream(
         pipeline.close(session)
 
 
-def generate(pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams) -> Generation:
+def generate(
+    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams
+) -> Generation:
     result = Generation()
     for _ in stream(pipeline, tokenizer, prompt_ids, params, result):
         pass

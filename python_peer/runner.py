@@ -43,7 +43,9 @@ def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
     except FileNotFoundError:
         raise ShardError(f"shard {entry.file} is missing from {model_dir}") from None
     if size != entry.bytes:
-        raise ShardError(f"shard {entry.file} is {size} bytes, the manifest says {entry.bytes}: the file was altered")
+        raise ShardError(
+            f"shard {entry.file} is {size} bytes, the manifest says {entry.bytes}: the file was altered"
+        )
     actual = sha256_file(path)
     if actual != entry.sha256:
         raise ShardError(
@@ -72,7 +74,9 @@ class ShardRunner:
         self.entry = entry
         path = verify_shard_file(Path(model_dir), entry)
         try:
-            self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+            )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ShardError(f"onnxruntime cannot load shard {entry.file}: {exc}") from exc
         self._inputs = {spec.name: spec for spec in entry.inputs}
@@ -88,7 +92,9 @@ class ShardRunner:
         for name, value in feeds.items():
             spec = self._inputs[name]
             if value.dtype != _NP_DTYPES.get(spec.dtype):
-                raise ShardInputError(f"shard {self.entry.file}: input {name} is {value.dtype}, expected {spec.dtype}")
+                raise ShardInputError(
+                    f"shard {self.entry.file}: input {name} is {value.dtype}, expected {spec.dtype}"
+                )
             if value.ndim != len(spec.shape):
                 raise ShardInputError(
                     f"shard {self.entry.file}: input {name} has rank {value.ndim}, expected shape {list(spec.shape)}"
@@ -128,7 +134,9 @@ class KVSession:
 class BlocksRunner:
     """A blocks shard with per-session KV caches: each ``forward`` extends its session by the new tokens."""
 
-    def __init__(self, model_dir: str | Path, entry: ShardEntry, manifest: Manifest, *, threads: int | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, entry: ShardEntry, manifest: Manifest, *, threads: int | None = None
+    ) -> None:
         if entry.kind != "blocks":
             raise ShardError(f"shard {entry.file} is an {entry.kind} shard, not a blocks shard")
         self.runner = ShardRunner(model_dir, entry, threads=threads)

@@ -19,12 +19,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def run_cli(args: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    args: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``ai4all ARGS`` in a fresh interpreter; return the finished process (never raises on status)."""
     return subprocess.run(
         [sys.executable, "-m", "python_peer.cli", *args],
-        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or ROOT,
         check=False,
     )
 
@@ -39,7 +44,9 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
     def make(family: str, *, layers: int = 4, tied: bool = False, gqa: bool = True) -> Path:
         key = (family, layers, tied, gqa)
         if key not in built:
-            directory = tmp_path_factory.mktemp(f"{family}-{layers}-{'tied' if tied else 'untied'}-{'gqa' if gqa else 'mha'}")
+            directory = tmp_path_factory.mktemp(
+                f"{family}-{layers}-{'tied' if tied else 'untied'}-{'gqa' if gqa else 'mha'}"
+            )
             built[key] = tiny_models.build(directory, family, layers=layers, tied=tied, gqa=gqa)
         return built[key]
 
@@ -58,5 +65,7 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
     from python_peer.core.spans import parse_spans
 
     out = tmp_path_factory.mktemp("tiny-llama-export") / "model"
-    pipeline.run_export(pipeline.ExportRequest(source.resolve(str(tiny_llama)), out, spans=tuple(parse_spans("0-1,1-3,3-4"))))
+    pipeline.run_export(
+        pipeline.ExportRequest(source.resolve(str(tiny_llama)), out, spans=tuple(parse_spans("0-1,1-3,3-4")))
+    )
     return out

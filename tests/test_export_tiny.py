@@ -39,7 +39,9 @@ def left_padded_batch(model_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return ids, mask
 
 
-def chain_greedy(chain: LocalChain, ids: np.ndarray, mask: np.ndarray, steps: int) -> tuple[np.ndarray, np.ndarray]:
+def chain_greedy(
+    chain: LocalChain, ids: np.ndarray, mask: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Prefill logits and ``steps`` greedy tokens per row, decoding with the KV cache."""
     session = chain.open(ids.shape[0])
     try:
@@ -57,8 +59,9 @@ def chain_greedy(chain: LocalChain, ids: np.ndarray, mask: np.ndarray, steps: in
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize(("family", "tied", "gqa"), MODELS)
-def test_chain_matches_pytorch(tiny_model_factory, tmp_path: Path, family: str, tied: bool, gqa: bool,
-                               layout: str) -> None:
+def test_chain_matches_pytorch(
+    tiny_model_factory, tmp_path: Path, family: str, tied: bool, gqa: bool, layout: str
+) -> None:
     model_dir = tiny_model_factory(family, tied=tied, gqa=gqa)
     out = tmp_path / "out"
     manifest = pipeline.run_export(
@@ -73,13 +76,19 @@ def test_chain_matches_pytorch(tiny_model_factory, tmp_path: Path, family: str, 
     positions = np.maximum(mask.cumsum(-1) - 1, 0)
     with torch.no_grad():
         reference = loaded.model(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
             position_ids=torch.from_numpy(positions),
         ).logits.numpy()
         generated = loaded.model.generate(
-            input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), max_new_tokens=DECODE_STEPS,
-            min_new_tokens=DECODE_STEPS, do_sample=False, pad_token_id=3, eos_token_id=None,
-        )[:, ids.shape[1]:].numpy()
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=DECODE_STEPS,
+            min_new_tokens=DECODE_STEPS,
+            do_sample=False,
+            pad_token_id=3,
+            eos_token_id=None,
+        )[:, ids.shape[1] :].numpy()
 
     prefill, tokens = chain_greedy(LocalChain(out), ids, mask, DECODE_STEPS)
     real = mask.astype(bool)
@@ -98,7 +107,9 @@ def test_gqa_and_tying_are_really_exercised(tiny_model_factory) -> None:
 
 def test_shard_count_cuts_layers_evenly(tiny_model_factory, tmp_path: Path) -> None:
     model_dir = tiny_model_factory("llama", layers=4)
-    manifest = pipeline.run_export(pipeline.ExportRequest(source.resolve(str(model_dir)), tmp_path / "o", shards=3))
+    manifest = pipeline.run_export(
+        pipeline.ExportRequest(source.resolve(str(model_dir)), tmp_path / "o", shards=3)
+    )
     assert [str(s.span) for s in manifest.blocks] == ["0-2", "2-3", "3-4"]
     embed, head = manifest.embed, manifest.head
     assert (embed.start, embed.end, head.start, head.end) == (0, 0, 4, 4)

@@ -41,7 +41,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(CORPUS, trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="<unk>", bos_token="<|im_start|>", eos_token="<|im_end|>",
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
     )
     fast.chat_template = CHAT_TEMPLATE
@@ -51,19 +54,34 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def config_for(family: str, *, layers: int = 4, tied: bool = False, gqa: bool = True) -> PretrainedConfig:
     common = {"vocab_size": VOCAB, "tie_word_embeddings": tied, "bos_token_id": 1, "eos_token_id": 2}
     if family == "llama":
-        return LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                           num_key_value_heads=2 if gqa else 4, max_position_embeddings=256, rope_theta=10000.0,
-                           **common)
+        return LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2 if gqa else 4,
+            max_position_embeddings=256,
+            rope_theta=10000.0,
+            **common,
+        )
     if family == "qwen2":
-        return Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-                           num_key_value_heads=1 if gqa else 4, max_position_embeddings=256, **common)
+        return Qwen2Config(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=1 if gqa else 4,
+            max_position_embeddings=256,
+            **common,
+        )
     if family == "gpt2":
         return GPT2Config(n_embd=64, n_layer=layers, n_head=4, n_positions=256, **common)
     raise ValueError(family)
 
 
-def build(directory: Path, family: str, *, layers: int = 4, tied: bool = False, gqa: bool = True,
-          seed: int = 0) -> Path:
+def build(
+    directory: Path, family: str, *, layers: int = 4, tied: bool = False, gqa: bool = True, seed: int = 0
+) -> Path:
     """Write a random model of ``family`` with its tokenizer to ``directory`` and return it."""
     torch.manual_seed(seed)
     config = config_for(family, layers=layers, tied=tied, gqa=gqa)

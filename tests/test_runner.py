@@ -1,0 +1,107 @@
+"""The shard runner refuses altered shards and bad inputs with typed errors, and keeps sessions apart."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from python_peer.chain import LocalChain
+from python_peer.core.manifest import load_manifest
+from python_peer.errors import SessionError, ShardError, ShardInputError
+from python_peer.runner import BlocksRunner, ShardRunner
+
+
+@pytest.fixture
+def blocks(tiny_llama_export: Path) -> BlocksRunner:
+    manifest = load_manifest(tiny_llama_export)
+    return BlocksRunner(tiny_llama_export, manifest.blocks[1], manifest)
+
+
+def hidden(batch: int, seq: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((batch, seq, 64)).astype(np.float32)
+
+
+def ones(batch: int, seq: int) -> np.ndarray:
+    return np.ones((batch, seq), dtype=np.int64)
+
+
+def test_truncated_shard_is_refused(tiny_llama_export: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_llama_export, copy)
+    manifest = load_manifest(copy)
+    path = copy / manifest.head.file
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(ShardError, match=r"head.onnx is .* bytes, the manifest says"):
+        ShardRunner(copy, manifest.head)
+
+
+def test_missing_shard_is_refused(tiny_llama_export: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "m"
+    shutil.copytree(tiny_llama_export, copy)
+    manifest = load_manifest(copy)
+    (copy / manifest.embed.file).unlink()
+    with pytest.raises(ShardError, match=r"embed\.onnx is missing"):
+        LocalChain(copy)
+
+
+def test_wrong_inputs_are_refused(blocks: BlocksRunner) -> None:
+    blocks.open("s", 2)
+    with pytest.raises(ShardInputError, match="do not fit session"):
+        blocks.forward("s", hidden(3, 2), ones(3, 2), ones(3, 2))
+    with pytest.raises(ShardInputError, match="must both be"):
+        blocks.forward("s", hidden(2, 2), ones(2, 3), ones(2, 2))
+    bad = hidden(2, 2)
+    bad[1, 1, 5] = np.nan
+    with pytest.raises(ShardInputError, match="NaN or Inf"):
+        blocks.forward("s", bad, ones(2, 2), ones(2, 2))
+    inf = hidden(2, 2)
+    inf[0, 0, 0] = np.inf
+    with pytest.raises(ShardInputError, match="NaN or Inf"):
+        blocks.forward("s", inf, ones(2, 2), ones(2, 2))
+    # The refusals left the session as it was: a good step still works from an empty cache.
+    out = blocks.forward("s", hidden(2, 2), ones(2, 2), np.array([[0, 1], [0, 1]]))
+    assert out.shape == (2, 2, 64) and blocks.session("s").length == 2
+
+
+def test_shard_runner_checks_names_dtypes_and_shapes(tiny_llama_export: Path) -> None:
+    manifest = load_manifest(tiny_llama_export)
+    head = ShardRunner(tiny_llama_export, manifest.head)
+    with pytest.raises(ShardInputError, match="missing inputs"):
+        head.run({})
+    with pytest.raises(ShardInputError, match="unexpected inputs"):
+        head.run({"hidden_states": hidden(1, 1), "extra": hidden(1, 1)})
+    with pytest.raises(ShardInputError, match="is float64, expected float32"):
+        head.run({"hidden_states": hidden(1, 1).astype(np.float64)})
+    with pytest.raises(ShardInputError, match="rank 2"):
+        head.run({"hidden_states": hidden(1, 1)[0]})
+    with pytest.raises(ShardInputError, match="expected"):
+        head.run({"hidden_states": np.zeros((1, 1, 63), dtype=np.float32)})
+
+
+def test_sessions_are_independent_and_closable(blocks: BlocksRunner) -> None:
+    blocks.open("a", 1)
+    blocks.open("b", 1)
+    with pytest.raises(SessionError, match="already open"):
+        blocks.open("a", 1)
+    blocks.forward("a", hidden(1, 3), ones(1, 3), np.array([[0, 1, 2]]))
+    assert blocks.session("a").length == 3 and blocks.session("b").length == 0
+    blocks.close("a")
+    with pytest.raises(SessionError, match="not open"):
+        blocks.forward("a", hidden(1, 1), ones(1, 1), np.array([[3]]))
+
+
+def test_decode_with_cache_equals_one_pass(tiny_llama_export: Path) -> None:
+    """Feeding tokens one at a time through the KV cache gives the logits of one pass over all of them."""
+    chain = LocalChain(tiny_llama_export)
+    ids = np.array([[5, 9, 17, 33, 2, 8]], dtype=np.int64)
+    whole = chain.step(chain.open(1), ids, np.ones_like(ids))
+    session = chain.open(1)
+    steps = [
+        chain.step(session, ids[:, i : i + 1], np.ones((1, 1), dtype=np.int64)) for i in range(ids.shape[1])
+    ]
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, atol=1e-5)
+    with pytest.raises(SessionError):
+        chain.step("nope", ids, np.ones_like(ids))
