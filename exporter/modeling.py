@@ -13,7 +13,7 @@ The wire names are fixed (see ``python_peer.core.manifest``): a runner feeds eac
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -198,7 +198,7 @@ class BlocksShard(nn.Module):
             self.rotary_scaling = float(getattr(rotary, "attention_scaling", 1.0))
 
     def _rotary(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq: torch.Tensor = self.inv_freq  # a buffer; nn.Module's attribute typing cannot say so
+        inv_freq = cast(torch.Tensor, self.inv_freq)  # a buffer; nn.Module's typing cannot say so
         freqs = position_ids[:, :, None].float() * inv_freq[None, None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         return (emb.cos() * self.rotary_scaling)[:, None], (emb.sin() * self.rotary_scaling)[:, None]

@@ -1,1 +1,20 @@
-"""The AI4All signaling node: a rendezvous for peers that federates with other signaling nodes."""
+"""The AI4All signaling node: a rendezvous for peers that federates with other signaling nodes.
+
+The protocol is described in ``docs/signaling.md``. Files:
+
+- ``messages.py``   every message as a strict pydantic model; the one parser, turning bad input into
+                    ``MessageError`` with a wire error code.
+- ``directory.py``  the soft-state table of signed announcements: newest ``seq`` wins, expiry,
+                    withdrawal, lookup by model and block range; bounded.
+- ``ratelimit.py``  token buckets per connection, and a bounded LRU of them per peer id.
+- ``connection.py`` one websocket (incoming or dialed) behind one interface, with its role, state,
+                    bound peer id and bounded outbox drained by its own writer task.
+- ``federation.py`` sibling links: dialing with backoff, routes learned from gossip, broadcast.
+- ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
+- ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``) and
+                    ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM.
+- ``cli.py``        the ``ai4all signal`` subcommand.
+
+Signed bodies and canonical JSON live in ``python_peer/core/canonical.py`` and keys in
+``python_peer/identity.py``, shared with peers; the peer side is ``python_peer/signal_client.py``.
+"""
