@@ -6,8 +6,9 @@ sampling happens here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -52,6 +53,20 @@ def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator)
     return int(rng.choice(len(probs), p=probs))
 
 
+class AsyncSession(Protocol):
+    """One open session of an awaited pipeline."""
+
+    async def step(self, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray: ...
+
+    async def close(self) -> None: ...
+
+
+class AsyncPipeline(Protocol):
+    """A pipeline whose sessions are awaited: the mesh client."""
+
+    async def open(self, batch: int, max_length: int) -> AsyncSession: ...
+
+
 @dataclass
 class Generation:
     """The outcome of one generation: the text, the ids and why it stopped."""
@@ -62,55 +77,114 @@ class Generation:
     prompt_tokens: int = 0
 
 
+class _Detokenizer:
+    """Turns sampled tokens into text pieces: stops at end-of-sequence tokens and stop strings, and holds
+    back text that may be the start of a stop string so the caller never sees part of one."""
+
+    def __init__(self, tokenizer: ModelTokenizer, params: SamplingParams, result: Generation) -> None:
+        self.tokenizer = tokenizer
+        self.params = params
+        self.result = result
+        self.decoder = StreamDecoder(tokenizer)
+        self.held = ""
+        self.holdback = max((len(s) - 1 for s in params.stop), default=0)
+
+    def push(self, token: int) -> tuple[str, bool]:
+        """The text that can be shown after ``token``, and whether generation is over."""
+        if token in self.tokenizer.eos_token_ids:
+            self.result.finish_reason = "stop"
+            return self.flush(), True
+        self.held += self.decoder.push(token)
+        self.result.token_ids = tuple(self.decoder.ids)
+        stop_at = min((i for s in self.params.stop if (i := self.held.find(s)) >= 0), default=-1)
+        if stop_at >= 0:
+            self.held = self.held[:stop_at]
+            self.result.finish_reason = "stop"
+            return self.flush(), True
+        safe = len(self.held) - self.holdback
+        if safe <= 0:
+            return "", False
+        piece, self.held = self.held[:safe], self.held[safe:]
+        self.result.text += piece
+        return piece, False
+
+    def flush(self) -> str:
+        piece, self.held = self.held, ""
+        self.result.text += piece
+        return piece
+
+
+def _prompt_arrays(prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    if not prompt_ids:
+        raise PeerError("the prompt is empty")
+    return np.array([prompt_ids], dtype=np.int64), np.ones((1, len(prompt_ids)), np.int64)
+
+
 def stream(
-    pipeline: Pipeline,
-    tokenizer: ModelTokenizer,
-    prompt_ids: list[int],
-    params: SamplingParams,
+    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams,
     result: Generation | None = None,
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; fill ``result`` with the whole outcome."""
-    if not prompt_ids:
-        raise PeerError("the prompt is empty")
+    ids, mask = _prompt_arrays(prompt_ids)
     result = result if result is not None else Generation()
     result.prompt_tokens = len(prompt_ids)
     rng = np.random.default_rng(params.seed)
-    decoder = StreamDecoder(tokenizer)
+    text = _Detokenizer(tokenizer, params, result)
     session = pipeline.open(1)
-    held = ""  # text withheld because it may be the start of a stop string
     try:
-        logits = pipeline.step(
-            session, np.array([prompt_ids], dtype=np.int64), np.ones((1, len(prompt_ids)), np.int64)
-        )
+        logits = pipeline.step(session, ids, mask)
         for _ in range(params.max_tokens):
             token = sample(logits[0, -1], params, rng)
-            if token in tokenizer.eos_token_ids:
-                result.finish_reason = "stop"
-                break
-            held += decoder.push(token)
-            stop_at = min((i for s in params.stop if (i := held.find(s)) >= 0), default=-1)
-            if stop_at >= 0:
-                held = held[:stop_at]
-                result.finish_reason = "stop"
-                break
-            safe = len(held) - max((len(s) - 1 for s in params.stop), default=0)
-            if safe > 0:
-                yield held[:safe]
-                result.text += held[:safe]
-                held = held[safe:]
+            piece, done = text.push(token)
+            if piece:
+                yield piece
+            if done:
+                return
             logits = pipeline.step(session, np.array([[token]], dtype=np.int64), np.ones((1, 1), np.int64))
-        if held:
-            yield held
-            result.text += held
+        if piece := text.flush():
+            yield piece
     finally:
-        result.token_ids = tuple(decoder.ids)
         pipeline.close(session)
 
 
-def generate(
-    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams
-) -> Generation:
+async def astream(
+    pipeline: AsyncPipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams,
+    result: Generation | None = None,
+) -> AsyncIterator[str]:
+    """``stream`` over a pipeline whose steps are awaited (the mesh)."""
+    ids, mask = _prompt_arrays(prompt_ids)
+    result = result if result is not None else Generation()
+    result.prompt_tokens = len(prompt_ids)
+    rng = np.random.default_rng(params.seed)
+    text = _Detokenizer(tokenizer, params, result)
+    session = await pipeline.open(1, len(prompt_ids) + params.max_tokens)
+    try:
+        logits = await session.step(ids, mask)
+        for _ in range(params.max_tokens):
+            token = sample(logits[0, -1], params, rng)
+            piece, done = text.push(token)
+            if piece:
+                yield piece
+            if done:
+                return
+            logits = await session.step(np.array([[token]], dtype=np.int64), np.ones((1, 1), np.int64))
+        if piece := text.flush():
+            yield piece
+    finally:
+        await session.close()
+
+
+def generate(pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams) -> Generation:
     result = Generation()
     for _ in stream(pipeline, tokenizer, prompt_ids, params, result):
+        pass
+    return result
+
+
+async def agenerate(
+    pipeline: AsyncPipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams
+) -> Generation:
+    result = Generation()
+    async for _ in astream(pipeline, tokenizer, prompt_ids, params, result):
         pass
     return result
