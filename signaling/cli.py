@@ -1,0 +1,81 @@
+"""``ai4all signal``: run a signaling node.
+
+Registering only adds arguments; FastAPI, uvicorn and pynacl are imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``signal`` subcommand to the ``ai4all`` parser."""
+    parser = subparsers.add_parser(
+        "signal",
+        help="run a signaling node (rendezvous for peers; federates with sibling nodes)",
+        description=(
+            "Run a signaling node. Its URL is ws://HOST:PORT (a websocket at the root path); give that URL "
+            "to peers (--signal) and to other signaling nodes (--sibling)."
+        ),
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, required=True, help="TCP port to listen on")
+    parser.add_argument(
+        "--sibling",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ws:// URL of a sibling signaling node to federate with (repeatable)",
+    )
+    parser.add_argument("--url", default=None, help="public URL of this node, if not ws://HOST:PORT")
+    parser.add_argument("--node-id", default=None, help="stable name of this node (default: random)")
+    parser.add_argument(
+        "--max-connections", type=int, default=1024, help="websockets served at once (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=20.0,
+        help="messages per second per peer connection (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--burst", type=int, default=60, help="messages a peer may send at once (default: %(default)s)"
+    )
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the node's configuration from the arguments and serve until SIGINT or SIGTERM."""
+    import asyncio
+    import logging
+    import re
+
+    from python_peer.cli import CommandError
+    from python_peer.core.canonical import URL_RE
+
+    from .app import serve
+    from .node import NodeConfig
+
+    if not 0 < args.port < 65536:
+        raise CommandError(f"--port {args.port} is not a TCP port (1-65535)")
+    for url in [*args.sibling, *([args.url] if args.url else [])]:
+        if URL_RE.match(url) is None:
+            raise CommandError(f"{url!r} is not a signaling URL: give ws://HOST:PORT or wss://HOST:PORT")
+    if args.node_id is not None and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.node_id) is None:
+        raise CommandError(f"--node-id {args.node_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
+    if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
+        raise CommandError("--max-connections, --rate and --burst must be positive")
+    config = NodeConfig(
+        host=args.host,
+        port=args.port,
+        siblings=tuple(dict.fromkeys(args.sibling)),
+        url=args.url,
+        node_id=args.node_id,
+        max_connections=args.max_connections,
+        messages_per_s=args.rate,
+        burst=args.burst,
+    )
+    logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))  # frame dumps
+    asyncio.run(serve(config))
+    return 0

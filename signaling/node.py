@@ -1,0 +1,431 @@
+"""The signaling node: what it does with each message, on peer connections and on sibling links.
+
+Every connection gets a ``hello`` with a fresh nonce, then its messages are decoded, rate limited,
+validated and handled one at a time. Anything wrong with a message is answered with an ``error``
+(code and message) on a peer connection, or dropped with a log line on a sibling link (where replying
+could start an error ping-pong); either way only that message is lost, and other connections never
+notice. A connection is closed only when it floods (``rate_limited`` over and over).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from python_peer.core.canonical import (
+    ANNOUNCE_CONTEXT,
+    AUTH_CONTEXT,
+    MAX_MESSAGE_BYTES,
+    MAX_TTL_MS,
+    PROTOCOL_VERSION,
+    Announcement,
+    SignalBody,
+    signing_bytes,
+)
+from python_peer.core.errors import SignalingError, SignatureError
+from python_peer.identity import verify, verify_body
+
+from .connection import Connection, Role, Transport
+from .directory import Directory, Entry, PutResult
+from .federation import Federation
+from .messages import (
+    MAX_HOPS,
+    MAX_LOOKUP_RESULTS,
+    MAX_RELAY_TTL,
+    MAX_REPLY_BYTES,
+    Ack,
+    Announce,
+    Announced,
+    Bye,
+    Delivered,
+    Error,
+    Federate,
+    Gone,
+    Gossip,
+    Hello,
+    Limits,
+    Lookup,
+    Peers,
+    Relay,
+    Signal,
+    SignalFields,
+    SignedAnnouncement,
+    decode_json,
+    parse_peer_message,
+    parse_sibling_message,
+    request_id,
+)
+from .ratelimit import KeyedBuckets, TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a signaling node is configured with; the defaults suit a small public node."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    siblings: tuple[str, ...] = ()
+    url: str | None = None  # how peers and siblings reach this node; ws://host:port by default
+    node_id: str | None = None  # random when not given
+    max_connections: int = 1024
+    max_entries: int = 10_000
+    messages_per_s: float = 20.0  # per peer connection
+    burst: int = 60
+    sibling_messages_per_s: float = 2_000.0  # per sibling link: gossip of a whole network
+    sibling_burst: int = 20_000
+    announces_per_peer_s: float = 1.0  # per peer id, on every connection together
+    announce_burst: int = 10
+    signals_per_peer_s: float = 50.0
+    signal_burst: int = 200
+    max_limited_in_a_row: int = 100  # then the connection is closed (1008)
+    sweep_interval_s: float = 0.5
+
+    @property
+    def public_url(self) -> str:
+        return self.url or f"ws://{self.host}:{self.port}"
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds: announcements carry absolute times, so expiry needs the wall clock."""
+    return time.time_ns() // 1_000_000
+
+
+class SignalingNode:
+    """A rendezvous for peers: directory, local connections, sibling links. Started and closed by the app."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.node_id = config.node_id or secrets.token_hex(8)
+        self.directory = Directory(config.max_entries)
+        self.local: dict[str, Connection] = {}  # peer id -> the connection it announced on
+        self.connections: set[Connection] = set()
+        self._announce_buckets = KeyedBuckets(
+            config.announces_per_peer_s, config.announce_burst, config.max_entries
+        )
+        self._signal_buckets = KeyedBuckets(
+            config.signals_per_peer_s, config.signal_burst, config.max_entries
+        )
+        self.federation = Federation(
+            self.node_id,
+            config.public_url,
+            config.siblings,
+            self.serve_link,
+            lambda: TokenBucket(config.sibling_messages_per_s, config.sibling_burst),
+            config.max_entries,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._dumps: dict[str, asyncio.Task[None]] = {}
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def start(self) -> None:
+        self.federation.start()
+        self._spawn(self._sweep_forever(), "sweep")
+        log.info("signaling node %s at %s", self.node_id, self.config.public_url)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks))
+        await self.federation.close()
+        for conn in list(self.connections):
+            await conn.close(1001, "signaling node stopping")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.sweep_interval_s)
+            for peer_id in self.directory.expire(now_ms()):
+                self.federation.forget_route(peer_id)
+                log.debug("announcement of %s expired", peer_id[:12])
+
+    # --- connections ----------------------------------------------------------------------------------
+
+    async def serve_incoming(self, transport: Transport) -> None:
+        """Serve one accepted websocket until it closes: a peer, or a sibling once it sends ``federate``."""
+        conn = Connection(transport, TokenBucket(self.config.messages_per_s, self.config.burst))
+        if len(self.connections) >= self.config.max_connections:
+            conn.send(Error(id=None, code="table_full", message="this signaling node is full; try another"))
+            await conn.close(1013, "signaling node full", flush=True)
+            return
+        self.connections.add(conn)
+        conn.send(self._hello(conn))
+        await self._serve(conn)
+
+    async def serve_link(self, link: Connection) -> None:
+        """Serve a sibling link this node dialed (called by ``Federation``)."""
+        self.connections.add(link)
+        if self._link_up(link):
+            await self._serve(link)
+        else:
+            self._forget(link)
+
+    async def _serve(self, conn: Connection) -> None:
+        try:
+            await self._receive_loop(conn)
+        except Exception:
+            log.exception("%r failed; closing it", conn)
+            self._refuse(conn, None, "internal", "the signaling node failed on this connection; reconnect")
+            await conn.close(1011, "internal error", flush=True)
+        finally:
+            self._forget(conn)
+            await conn.close()
+
+    def _forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        if conn.peer_id is not None and self.local.get(conn.peer_id) is conn:
+            del self.local[conn.peer_id]
+        if conn.role is Role.SIBLING:
+            self.federation.remove_link(conn)
+        dump = self._dumps.pop(conn.id, None)
+        if dump is not None:
+            dump.cancel()
+
+    def _hello(self, conn: Connection) -> Hello:
+        limits = Limits(
+            max_message_bytes=MAX_MESSAGE_BYTES,
+            messages_per_s=self.config.messages_per_s,
+            burst=self.config.burst,
+            max_ttl_ms=MAX_TTL_MS,
+            max_lookup_results=MAX_LOOKUP_RESULTS,
+        )
+        return Hello(
+            protocol=PROTOCOL_VERSION,
+            node_id=self.node_id,
+            nonce=conn.nonce,
+            siblings=self.federation.known_urls(),
+            limits=limits,
+        )
+
+    async def _receive_loop(self, conn: Connection) -> None:
+        while (raw := await conn.receive()) is not None:
+            rid: int | None = None
+            allowed = conn.bucket.take()  # charged before anything else, garbage included
+            try:
+                data = decode_json(raw)
+                rid = request_id(data)
+                if not allowed:
+                    conn.limited_in_a_row += 1
+                    if conn.limited_in_a_row > self.config.max_limited_in_a_row:
+                        self._refuse(conn, rid, "rate_limited", "too many messages; closing the connection")
+                        await conn.close(1008, "rate limit exceeded", flush=True)
+                        return
+                    raise SignalingError(
+                        f"over {self.config.messages_per_s:g} messages/s on this connection",
+                        code="rate_limited",
+                    )
+                conn.limited_in_a_row = 0
+                if conn.role is Role.PEER:
+                    self._on_peer_message(conn, parse_peer_message(data))
+                else:
+                    self._on_sibling_message(conn, parse_sibling_message(data))
+            except SignalingError as exc:
+                self._refuse(conn, rid, exc.code, str(exc))
+            except SignatureError as exc:
+                self._refuse(conn, rid, "bad_signature", str(exc))
+
+    def _refuse(self, conn: Connection, rid: int | None, code: str, message: str) -> None:
+        if conn.role is Role.PEER:
+            conn.send(Error(id=rid, code=code, message=message))
+        else:
+            log.debug("%r: dropped a sibling message: %s: %s", conn, code, message)
+
+    # --- peer messages --------------------------------------------------------------------------------
+
+    def _on_peer_message(self, conn: Connection, msg: Announce | Lookup | Signal | Bye | Federate) -> None:
+        if isinstance(msg, Announce):
+            self._on_announce(conn, msg)
+        elif isinstance(msg, Lookup):
+            self._on_lookup(conn, msg)
+        elif isinstance(msg, Signal):
+            self._on_signal(conn, msg)
+        elif isinstance(msg, Bye):
+            self._on_bye(conn, msg)
+        else:
+            self._on_federate(conn, msg)
+
+    def _on_announce(self, conn: Connection, msg: Announce) -> None:
+        ann = Announcement.from_dict(msg.body)
+        if conn.peer_id is not None and conn.peer_id != ann.peer_id:
+            raise SignalingError(
+                f"this connection speaks for peer {conn.peer_id[:12]}…; open another for a new one"
+            )
+        now = now_ms()
+        ann.check_fresh(now)
+        verify_body(ann.peer_id, ANNOUNCE_CONTEXT, msg.body, msg.sig)
+        try:
+            verify(
+                ann.peer_id,
+                signing_bytes(AUTH_CONTEXT, {"node_id": self.node_id, "nonce": conn.nonce}),
+                msg.proof,
+            )
+        except SignatureError as exc:
+            raise SignatureError(f"proof does not sign this connection's hello nonce: {exc}") from exc
+        # Charged only once the signatures hold, so forgeries cannot spend a victim's tokens.
+        if not self._announce_buckets.take(ann.peer_id):
+            raise SignalingError("announcing too often; once a minute is plenty", code="rate_limited")
+        result = self.directory.put(Entry(ann, msg.body, msg.sig, "local"), now)
+        if result is PutResult.STALE:
+            held = self.directory.get(ann.peer_id)
+            newest = held.announcement.seq if held else "a withdrawn"
+            raise SignalingError(f"seq {ann.seq} is not newer than seq {newest} held here", code="stale")
+        conn.peer_id = ann.peer_id
+        self.local[ann.peer_id] = conn
+        self.federation.forget_route(ann.peer_id)
+        if result is not PutResult.SAME:
+            self.federation.broadcast(Gossip(type="gossip", hops=1, body=msg.body, sig=msg.sig))
+        conn.send(Announced(id=msg.id, peer_id=ann.peer_id, seq=ann.seq, expires_ms=ann.expires_ms))
+
+    def _on_lookup(self, conn: Connection, msg: Lookup) -> None:
+        found, size, truncated = [], 0, False
+        for entry in self.directory.lookup(msg.model, msg.start, msg.end, now_ms(), msg.limit):
+            item = SignedAnnouncement(body=entry.body, sig=entry.sig)
+            size += len(item.encode()) + 1
+            if size > MAX_REPLY_BYTES:
+                truncated = True
+                break
+            found.append(item)
+        conn.send(Peers(id=msg.id, peers=found, truncated=truncated))
+
+    def _on_signal(self, conn: Connection, msg: Signal) -> None:
+        if conn.peer_id is None:
+            raise SignalingError("announce before sending signals, so peers can answer", code="not_announced")
+        if msg.from_ != conn.peer_id:
+            raise SignalingError("from must be the peer id this connection announced")
+        body = SignalBody(msg.from_, msg.to, msg.ts_ms, msg.payload)  # payload bound, canonical form
+        body.check_fresh(now_ms())
+        if not self._signal_buckets.take(conn.peer_id):
+            raise SignalingError(
+                f"over {self.config.signals_per_peer_s:g} signals/s from this peer", code="rate_limited"
+            )
+        if not self._deliver(msg, MAX_RELAY_TTL, came_from=None):
+            raise SignalingError(
+                f"peer {msg.to[:12]}… is not connected here nor known to a sibling", code="unknown_peer"
+            )
+        conn.send(Ack(id=msg.id))
+
+    def _on_bye(self, conn: Connection, msg: Bye) -> None:
+        peer_id = conn.peer_id
+        if peer_id is not None:
+            held = self.directory.get(peer_id)
+            seq = held.announcement.seq if held else 0
+            self.directory.withdraw(peer_id, seq)
+            self.federation.broadcast(Gone(type="gone", hops=1, peer_id=peer_id, seq=seq))
+            if self.local.get(peer_id) is conn:
+                del self.local[peer_id]
+            conn.peer_id = None
+            log.debug("peer %s said bye", peer_id[:12])
+        conn.send(Ack(id=msg.id))
+
+    def _on_federate(self, conn: Connection, msg: Federate) -> None:
+        if conn.peer_id is not None:
+            raise SignalingError("a connection that announced a peer cannot become a sibling link")
+        if msg.node_id == self.node_id:
+            raise SignalingError("federate names this very node")
+        conn.role, conn.node_id, conn.url = Role.SIBLING, msg.node_id, msg.url
+        conn.bucket = TokenBucket(self.config.sibling_messages_per_s, self.config.sibling_burst)
+        if not self._link_up(conn):
+            conn.role = Role.PEER
+            raise SignalingError("this node has all the sibling links it accepts", code="table_full")
+
+    # --- sibling messages -----------------------------------------------------------------------------
+
+    def _link_up(self, link: Connection) -> bool:
+        """Register a sibling link and send it the whole directory, in the background."""
+        if not self.federation.add_link(link):
+            return False
+        self._dumps[link.id] = self._spawn(self._dump(link), f"dump-{link.id}")
+        return True
+
+    async def _dump(self, link: Connection) -> None:
+        for entry in self.directory:
+            await link.send_wait(Gossip(type="gossip", hops=1, body=entry.body, sig=entry.sig))
+        self._dumps.pop(link.id, None)
+
+    def _on_sibling_message(self, link: Connection, msg: Gossip | Gone | Relay) -> None:
+        if isinstance(msg, Gossip):
+            self._on_gossip(link, msg)
+        elif isinstance(msg, Gone):
+            if msg.peer_id in self.local:
+                return  # the peer is connected here and said no bye here: a sibling cannot unlist it
+            if self.directory.withdraw(msg.peer_id, msg.seq):
+                self.federation.forget_route(msg.peer_id)
+                if msg.hops < MAX_HOPS:
+                    self.federation.broadcast(msg.model_copy(update={"hops": msg.hops + 1}), skip=link)
+        elif not self._deliver(msg, msg.ttl, came_from=link):
+            log.debug("relay for %s dropped: no route", msg.to[:12])
+
+    def _on_gossip(self, link: Connection, msg: Gossip) -> None:
+        ann = Announcement.from_dict(msg.body)
+        now = now_ms()
+        ann.check_fresh(now)
+        held = self.directory.get(ann.peer_id)
+        if held is not None and held.announcement.seq >= ann.seq:
+            return  # an echo: checked before the signature, which costs more
+        verify_body(ann.peer_id, ANNOUNCE_CONTEXT, msg.body, msg.sig)
+        if not self._announce_buckets.take(ann.peer_id):
+            raise SignalingError(f"gossip of {ann.peer_id[:12]}… too often", code="rate_limited")
+        result = self.directory.put(Entry(ann, msg.body, msg.sig, link.id), now)
+        if result in (PutResult.NEW, PutResult.REPLACED):
+            if ann.peer_id not in self.local:
+                self.federation.learn_route(ann.peer_id, link)
+            if msg.hops < MAX_HOPS:
+                forward = Gossip(type="gossip", hops=msg.hops + 1, body=msg.body, sig=msg.sig)
+                self.federation.broadcast(forward, skip=link)
+
+    def _deliver(self, msg: SignalFields, ttl: int, came_from: Connection | None) -> bool:
+        """Hand a signal to its target if connected here, else relay it toward the target's node."""
+        fields = {"from": msg.from_, "to": msg.to, "ts_ms": msg.ts_ms, "payload": msg.payload, "sig": msg.sig}
+        target = self.local.get(msg.to)
+        if target is not None:
+            return target.send(Delivered.model_validate(fields))
+        link = self.federation.route(msg.to)
+        if link is None or link is came_from or ttl <= 0:
+            return False
+        return link.send(Relay.model_validate({"type": "relay", "ttl": ttl - 1, **fields}))
+
+    # --- views for dashboards -------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "node_id": self.node_id,
+            "url": self.config.public_url,
+            "peers": len(self.directory),
+            "local_peers": len(self.local),
+            "connections": len(self.connections),
+            "siblings": [
+                {"node_id": c.node_id, "url": c.url, "dialed": c.dialed}
+                for c in self.federation.links.values()
+            ],
+        }
+
+    def directory_view(self) -> dict[str, Any]:
+        now = now_ms()
+        entries = []
+        for entry in self.directory:
+            ann = entry.announcement
+            entries.append(
+                {
+                    "peer_id": ann.peer_id,
+                    "kind": ann.kind,
+                    "seq": ann.seq,
+                    "serves": [s.to_dict() for s in ann.serves],
+                    "throughput_milli": ann.throughput_milli,
+                    "kv_free_tokens": ann.kv_free_tokens,
+                    "expires_in_ms": ann.expires_ms - now,
+                    "connected_here": ann.peer_id in self.local,
+                    "via": entry.source,
+                }
+            )
+        return {"node_id": self.node_id, "count": len(entries), "entries": entries}
