@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -29,66 +24,9 @@ from python_peer.core.canonical import ANNOUNCE_CONTEXT, AUTH_CONTEXT, Announcem
 from python_peer.core.errors import RemoteSignalingError, SignalClientError
 from python_peer.identity import Identity
 from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
+from tests.procs import Node, free_port
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Node:
-    """One ``ai4all signal`` subprocess."""
-
-    def __init__(self, name: str, log_dir: Path, siblings: tuple[str, ...] = ()) -> None:
-        self.name = name
-        self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}"
-        self.http = f"http://127.0.0.1:{self.port}"
-        self.log = log_dir / f"{name}.log"
-        args = [sys.executable, "-m", "python_peer.cli", "-v", "signal", "--port", str(self.port)]
-        args += ["--node-id", name]
-        for sibling in siblings:
-            args += ["--sibling", sibling]
-        env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-        with self.log.open("w") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-
-    def health(self) -> dict[str, Any] | None:
-        try:
-            response = httpx.get(f"{self.http}/healthz", timeout=1.0, trust_env=False)
-            return dict(response.json())
-        except httpx.HTTPError:
-            return None
-
-    def directory(self) -> dict[str, Any]:
-        return dict(httpx.get(f"{self.http}/v1/directory", timeout=2.0, trust_env=False).json())
-
-    def wait(self, siblings: int = 0, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"node {self.name} exited:\n{self.log.read_text()[-3000:]}")
-            health = self.health()
-            if health is not None and len(health["siblings"]) >= siblings:
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"node {self.name} not ready:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(
-                f"node {self.name} ignored signal {sig}:\n{self.log.read_text()[-3000:]}"
-            ) from None
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,130 @@
+"""Processes of a test mesh: ``ai4all signal`` nodes and ``ai4all peer`` peers on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Node:
+    """One ``ai4all signal`` subprocess."""
+
+    def __init__(self, name: str, log_dir: Path, siblings: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"ws://127.0.0.1:{self.port}"
+        self.http = f"http://127.0.0.1:{self.port}"
+        self.log = log_dir / f"{name}.log"
+        args = [sys.executable, "-m", "python_peer.cli", "-v", "signal", "--port", str(self.port)]
+        args += ["--node-id", name]
+        for sibling in siblings:
+            args += ["--sibling", sibling]
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            response = httpx.get(f"{self.http}/healthz", timeout=1.0, trust_env=False)
+            return dict(response.json())
+        except httpx.HTTPError:
+            return None
+
+    def directory(self) -> dict[str, Any]:
+        return dict(httpx.get(f"{self.http}/v1/directory", timeout=2.0, trust_env=False).json())
+
+    def wait(self, siblings: int = 0, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"node {self.name} exited:\n{self.log.read_text()[-3000:]}")
+            health = self.health()
+            if health is not None and len(health["siblings"]) >= siblings:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"node {self.name} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"node {self.name} ignored signal {sig}:\n{self.log.read_text()[-3000:]}"
+            ) from None
+
+
+
+class PeerProc:
+    """One ``ai4all peer`` subprocess; ``wait()`` returns once it announced its span."""
+
+    READY = re.compile(r"peer ([0-9a-f]{64}) serves (\S+) blocks (\d+)-(\d+)")
+
+    def __init__(self, name: str, log_dir: Path, model: Path, signals: list[str], *, span: str | None = None,
+                 extra: list[str] | None = None) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self.data_dir = log_dir / name
+        args = [sys.executable, "-m", "python_peer.cli", "-v", "peer", "--model", str(model), "--data-dir", str(self.data_dir)]
+        for url in signals:
+            args += ["--signal", url]
+        if span:
+            args += ["--span", span]
+        args += extra or []
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+        self.peer_id = ""
+        self.span = ""
+
+    def wait(self, timeout: float = 60.0) -> PeerProc:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = self.READY.search(self.log.read_text())
+            if match:
+                self.peer_id, self.span = match.group(1), f"{match.group(3)}-{match.group(4)}"
+                return self
+            if self.proc.poll() is not None:
+                raise AssertionError(f"peer {self.name} exited:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"peer {self.name} not ready:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"peer {self.name} ignored SIGTERM:\n{self.log.read_text()[-3000:]}") from None
+
+    def tail(self) -> str:
+        return self.log.read_text()[-3000:]
