@@ -6,9 +6,15 @@ Hierarchy::
     └── PeerError
         ├── ShardError           a shard file that is missing, altered (sha256) or that onnxruntime refuses
         ├── ShardInputError      inputs of the wrong name, dtype or shape for a shard, or NaN/Inf in them
-        └── SessionError         an unknown, closed or over-budget inference session
+        ├── SessionError         an unknown, closed or over-budget inference session
+        └── TransportError       a WebRTC link that cannot be made or used (transport.py)
+            ├── LinkClosedError      the link is closed: locally, by the remote, or its connection failed
+            │   └── LinkOverflowError    closed because frames arrived faster than the consumer read them
+            ├── LinkTimeoutError     no answer, no open channel or no PONG within the timeout
+            └── SignalPayloadError   a signaling payload that is malformed or names no pending link
 
 onnxruntime's own exceptions are translated at the boundary (``raise ShardError(...) from exc``).
+aiortc's are translated the same way in ``transport.py``.
 """
 
 from __future__ import annotations
@@ -30,3 +36,23 @@ class ShardInputError(PeerError, ValueError):
 
 class SessionError(PeerError):
     """An inference session is unknown, closed, or cannot be opened."""
+
+
+class TransportError(PeerError):
+    """A WebRTC link to another peer cannot be made or used; the message names the remote peer."""
+
+
+class LinkClosedError(TransportError):
+    """The link is closed (by us, by the remote, or its connection failed); open a new one or reroute."""
+
+
+class LinkOverflowError(LinkClosedError):
+    """The link was closed because frames arrived faster than the local consumer called ``recv()``."""
+
+
+class LinkTimeoutError(TransportError, TimeoutError):
+    """The remote did not answer, the data channel did not open, or no PONG came back in time."""
+
+
+class SignalPayloadError(TransportError, ValueError):
+    """A signaling payload is malformed, of an unknown type, or names a link that is not pending."""
