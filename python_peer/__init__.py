@@ -1,10 +1,22 @@
 """The native AI4All peer: runs ONNX shards with onnxruntime, never torch.
 
-- ``core/``       stdlib-only protocol and ledger rules (also run in the browser under Pyodide).
-- ``errors.py``   the peer's exception hierarchy.
-- ``runner.py``   one shard in one onnxruntime session, with per-session KV caches.
-- ``chain.py``    a local chain of runners: embed -> blocks ... -> head.
-- ``tokenizer.py`` tokenizer.json and the chat template, without transformers.
-- ``generate.py`` sampling and the generation loop (greedy, temperature, top-p, stop strings).
-- ``cli.py``      the ``ai4all`` command and its subcommands.
+- ``core/``             stdlib-only rules shared with the browser: spans, manifest, wire format, canonical
+                        JSON and announcements (run under Pyodide there).
+- ``errors.py``         the peer's exception hierarchy.
+- ``runner.py``         one shard in one onnxruntime session, with per-session KV caches.
+- ``chain.py``          a local chain of runners: embed -> blocks ... -> head (the reference).
+- ``tokenizer.py``      tokenizer.json and the chat template, without transformers.
+- ``generate.py``       sampling and the generation loops (greedy, temperature, top-p, stop strings).
+- ``tensors.py``        numpy <-> wire tensors.
+- ``identity.py``       the node's persistent Ed25519 identity.
+- ``signal_client.py``  the connection to signaling nodes: announce, lookup, signals, fail-over.
+- ``transport.py``      WebRTC links (aiortc): chunked frames with backpressure.
+- ``rpc.py``            request/response over links, with liveness probes.
+- ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
+- ``routing.py``        choosing the cheapest route over peers; bans after failures.
+- ``block_selection.py`` which span a peer serves when not told (the least-served).
+- ``mesh_client.py``    generation through the mesh, with fail-over and replay.
+- ``node.py``           a mesh node (identity + signaling + links), a serving ``Peer``, a client.
+- ``cli.py``            the ``ai4all`` command; ``chat_cli.py``, ``peer_cli.py`` and ``up.py`` add
+                        ``chat``, ``peer`` and ``up``.
 """

@@ -3,6 +3,11 @@ chain matches PyTorch, and the README's run command answers the capital-of-Franc
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +16,7 @@ import torch
 
 from python_peer.chain import LocalChain
 from python_peer.up import DEFAULT_SPANS
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -75,15 +80,27 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
 
 
 def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path, tmp_path: Path) -> None:
-    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and stops them all."""
+    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all."""
     port = free_port_pair()
-    result = run_cli(
-        ["up", "--once", "--models-dir", str(models_dir), "--state-dir", str(tmp_path), "--port", str(port)],
-        timeout=600,
+    args = ["up", "--models-dir", str(models_dir), "--state-dir", str(tmp_path), "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "python_peer.cli", *args],
+        cwd=ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    assert result.returncode == 0, result.stderr
-    assert "exporting" not in result.stderr, "an existing export must be reused, not exported again"
-    assert result.stdout.strip() == "The capital of France is Paris."
+    try:
+        assert proc.stdout is not None
+        reply = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert reply.strip() == "The capital of France is Paris.", stderr
+    assert proc.returncode == 0, stderr
+    assert "exporting" not in stderr, "an existing export must be reused, not exported again"
     for what in (
         f"ws://127.0.0.1:{port}",
         f"ws://127.0.0.1:{port + 1}",
@@ -91,8 +108,14 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
         "blocks 10-20",
         "blocks 20-30",
         "spare peer",
+        "stopping the mesh",
     ):
-        assert what in result.stderr, what
+        assert what in stderr, what
+    pids = [int(m) for m in re.findall(r"│ (?:signaling|peer|spare peer)\s+│ (\d+)", stderr)]
+    assert len(pids) == 6, stderr
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
     assert {p.name for p in tmp_path.iterdir()} >= {"peer0", "peer1", "peer2", "peer3", "client"}
 
 

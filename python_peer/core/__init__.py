@@ -1,9 +1,11 @@
 """The pure-Python core of AI4All: protocol and ledger rules, standard library only.
 
 This package must import nothing outside the standard library: the browser node runs it under
-Pyodide. Files:
+Pyodide (``tests/test_wire.py`` checks every import). Files:
 
-- ``errors.py``   the exception hierarchy shared by everything in the core.
-- ``spans.py``    block spans ``[start, end)``: parsing, validation, covering a model's layers.
-- ``manifest.py`` the shard manifest: typed, validated view of ``manifest.json``.
+- ``errors.py``    the exception hierarchy shared by everything in the core.
+- ``spans.py``     block spans ``[start, end)``: parsing, validation, covering a model's layers.
+- ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
+- ``wire.py``      the binary frame format of data channels, chunking and reassembly.
+- ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 """

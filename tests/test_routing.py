@@ -1,0 +1,81 @@
+"""Route choice and block selection: pure functions over announcements and measurements."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from python_peer.block_selection import least_served_span, served_counts
+from python_peer.core.canonical import Announcement, ServedSpan
+from python_peer.core.manifest import load_manifest
+from python_peer.core.spans import Span
+from python_peer.errors import PeerError
+from python_peer.routing import BanList, Candidate, NoRouteError, choose_route
+
+
+def test_cheapest_route_mixes_span_sizes() -> None:
+    candidates = [
+        Candidate("a", 0, 10, throughput=100.0),
+        Candidate("b", 10, 30, throughput=100.0),
+        Candidate("c", 0, 30, throughput=10.0),  # one hop, but slow
+        Candidate("d", 10, 20, throughput=1000.0),
+        Candidate("e", 20, 30, throughput=1000.0),
+    ]
+    route = choose_route(candidates, 0, 30)
+    assert [c.peer_id for c in route] == ["a", "d", "e"]
+
+
+def test_measured_round_trips_count() -> None:
+    near = Candidate("near", 0, 4, throughput=100.0, rtt_s=0.001)
+    far = Candidate("far", 0, 4, throughput=100.0, rtt_s=0.5)
+    assert choose_route([far, near], 0, 4) == [near]
+
+
+def test_banned_and_full_peers_are_avoided() -> None:
+    bans = BanList(seconds=10)
+    bans.ban("fast")
+    candidates = [
+        Candidate("fast", 0, 4, throughput=1000.0, kv_free_tokens=10**6),
+        Candidate("full", 0, 4, throughput=1000.0, kv_free_tokens=10),
+        Candidate("slow", 0, 4, throughput=1.0, kv_free_tokens=10**6),
+    ]
+    assert [c.peer_id for c in choose_route(candidates, 0, 4, banned=bans, tokens_needed=64)] == ["slow"]
+    bans.ban("fast", now=0.0)
+    assert bans.banned("fast", now=9.0) and not bans.banned("fast", now=11.0)
+
+
+def test_gap_means_no_route_with_a_useful_message() -> None:
+    with pytest.raises(NoRouteError, match=r"blocks 0-4 \(usable spans: 0-1, 3-4\)"):
+        choose_route([Candidate("a", 0, 1), Candidate("b", 3, 4)], 0, 4)
+    with pytest.raises(NoRouteError, match="no usable peers"):
+        choose_route([], 0, 4)
+
+
+def test_ban_list_is_bounded() -> None:
+    bans = BanList(seconds=100, max_size=8)
+    for i in range(50):
+        bans.ban(f"p{i}", now=float(i))
+    assert len(bans._until) <= 8 and bans.banned("p49", now=50.0)
+
+
+def announcement(peer: str, model: str, *spans: tuple[int, int]) -> Announcement:
+    return Announcement(peer * 64, "native", 1, 1000, 61000, tuple(ServedSpan(model, a, b) for a, b in spans))
+
+
+def test_least_served_span(tiny_llama_export: Path) -> None:
+    manifest = load_manifest(tiny_llama_export)  # spans 0-1, 1-3, 3-4
+    name = manifest.name
+    mesh = [
+        announcement("a", name, (0, 1)),
+        announcement("b", name, (1, 3)),
+        announcement("c", name, (1, 4)),
+        announcement("d", "other-model", (3, 4)),
+    ]
+    assert served_counts(manifest, mesh) == {Span(0, 1): 1, Span(1, 3): 2, Span(3, 4): 1}
+    assert least_served_span(manifest, mesh, 2**30) == Span(0, 1)  # ties go to the earlier span
+    mesh.append(announcement("e", name, (0, 1)))
+    assert least_served_span(manifest, mesh, 2**30) == Span(3, 4)
+    smallest = min(s.bytes for s in manifest.blocks)
+    with pytest.raises(PeerError, match="fits a memory budget"):
+        least_served_span(manifest, mesh, smallest - 1)
