@@ -349,8 +349,7 @@ def run_export(
 
         reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
         candidate = Manifest.from_dict(_manifest_dict(loaded, request, entries, has_template, None))
-        tokenizer_path = request.out / TOKENIZER_FILE
-        quality = measure(fp32_dir, reference, request.out, candidate, tokenizer_path)
+        quality = measure(fp32_dir, reference, request.out, candidate)
 
     count += 1
     progress("writing manifest", count, total)

@@ -22,6 +22,8 @@ PROMPTS = (
     "def fibonacci(n):",
     "The three primary colours are",
 )
+# Also measured through the chat template, when the model has one: that is how the model is used.
+CHAT_PROMPTS = ("What is the capital of France?",)
 NEW_TOKENS = 16
 
 
@@ -48,19 +50,22 @@ def _logits(chain: LocalChain, ids: list[int]) -> np.ndarray:
 
 
 def measure(
-    reference_dir: Path, reference: Manifest, candidate_dir: Path, candidate: Manifest, tokenizer_path: Path
+    reference_dir: Path, reference: Manifest, candidate_dir: Path, candidate: Manifest
 ) -> dict[str, Any]:
     """Compare the ``candidate`` chain with the fp32 ``reference`` chain; return the manifest's figures."""
-    from tokenizers import Tokenizer
+    from python_peer.tokenizer import ModelTokenizer
 
-    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    tokenizer = ModelTokenizer(candidate_dir, candidate)
+    texts = list(PROMPTS)
+    if tokenizer.chat_template is not None:
+        texts += [tokenizer.render_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
     ref_chain = LocalChain(reference_dir, manifest=reference)
     cand_chain = LocalChain(candidate_dir, manifest=candidate)
     max_diff = 0.0
     diffs: list[float] = []
     agree = total = 0
-    for prompt in PROMPTS:
-        ids = tokenizer.encode(prompt, add_special_tokens=False).ids or [0]
+    for text in texts:
+        ids = tokenizer.encode(text) or [0]
         sequence = ids + _greedy(ref_chain, ids, NEW_TOKENS)
         ref = _logits(ref_chain, sequence)
         cand = _logits(cand_chain, sequence)
@@ -71,8 +76,8 @@ def measure(
         total += len(sequence)
     return {
         "reference": "fp32",
-        "method": "teacher-forced logits over fixed prompts plus 16 fp32-greedy tokens each",
-        "prompts": len(PROMPTS),
+        "method": "teacher-forced logits over fixed prompts (plain and chat-templated) plus 16 fp32-greedy tokens each",
+        "prompts": len(texts),
         "tokens": total,
         "max_abs_logit_diff": round(max_diff, 6),
         "mean_abs_logit_diff": round(float(np.mean(diffs)), 6),
