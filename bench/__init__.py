@@ -3,4 +3,7 @@
 - ``bench_export.py``  the default model as chained ONNX shards vs one whole-model ONNX graph exported by
                        optimum vs PyTorch: decode tokens/s and 128-token prefill side by side in one run,
                        and shard sizes and measured quality per dtype (fp32, fp16, q8, q4).
+- ``bench_mesh.py``    the default model through 3 peers on loopback vs the same shards in one process vs
+                       the whole model: time to first token and decode tokens/s; aggregate tokens/s with 1,
+                       4 and 8 concurrent sessions; signaling relay latency and announcements per second.
 """

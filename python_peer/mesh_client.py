@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from python_peer.core import manifest as names
+from python_peer.core.canonical import Announcement
 from python_peer.core.errors import AI4AllError, RemoteError, WireError
 from python_peer.core.manifest import Manifest
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
@@ -50,6 +51,7 @@ class ClientConfig:
     connect_timeout_s: float = 15.0
     ban_seconds: float = 60.0
     max_failovers: int = 8  # per session
+    lookup_cache_s: float = 2.0  # signaling allows a connection 20 messages a second
     threads: int | None = None
 
 
@@ -117,6 +119,7 @@ class MeshClient:
         self.rtts: dict[str, float] = {}
         self._rpcs: dict[str, RpcClient] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._lookups: dict[tuple[int, int], tuple[float, list[Announcement]]] = {}
 
     @property
     def model(self) -> str:
@@ -144,8 +147,16 @@ class MeshClient:
             return rpc
 
     async def candidates(self, start: int, end: int) -> list[Candidate]:
+        """Peers serving blocks in ``[start, end)``; lookups are cached briefly, as signaling rate-limits them."""
+        loop = asyncio.get_running_loop()
+        cached = self._lookups.get((start, end))
+        if cached is not None and loop.time() - cached[0] < self.config.lookup_cache_s:
+            announcements = cached[1]
+        else:
+            announcements = await self.signal.lookup(self.model, start, end)
+            self._lookups[(start, end)] = (loop.time(), announcements)
         found: list[Candidate] = []
-        for announcement in await self.signal.lookup(self.model, start, end):
+        for announcement in announcements:
             for served in announcement.serves:
                 if served.model == self.model and served.overlaps(self.model, start, end):
                     found.append(

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
@@ -20,7 +21,8 @@ log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_REQUESTS = 32  # per link, on the serving side
 PROBE_EVERY_S = 1.0  # while waiting for an answer, ping the peer this often
-PROBE_TIMEOUT_S = 2.0  # a ping unanswered this long means the peer is gone
+PROBE_TIMEOUT_S = 3.0  # a ping unanswered this long is a miss
+PROBE_MISSES = 2  # this many misses in a row mean the peer is gone
 
 
 class RpcClient:
@@ -57,24 +59,48 @@ class RpcClient:
         deadline = loop.time() + timeout
         try:
             await self.link.send(frame)
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"peer {self.link.remote_id[:16]} did not answer {frame.type.name} within {timeout:.1f} s"
-                    )
-                done, _ = await asyncio.wait({future}, timeout=min(probe_every, remaining))
-                if done:
-                    answer = future.result()
-                    break
-                try:
-                    await self.link.ping(timeout_s=min(probe_every, PROBE_TIMEOUT_S))
-                except TimeoutError as exc:
-                    raise LinkClosedError(f"peer {self.link.remote_id[:16]} stopped answering pings") from exc
+            answer = await self._await_answer(future, deadline, timeout, frame, probe_every)
         finally:
             self._pending.pop(key, None)
         raise_for_error(answer)
         return answer
+
+    async def _await_answer(
+        self, future: asyncio.Future[Frame], deadline: float, timeout: float, frame: Frame, probe_every: float
+    ) -> Frame:
+        """Wait for ``future``, probing the link with pings that run alongside the wait.
+
+        A ping can be held up behind a lost SCTP packet (resent after a second or more) on a busy link, so
+        one late PONG proves nothing; ``PROBE_MISSES`` in a row do.
+        """
+        loop = asyncio.get_running_loop()
+        misses = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"peer {self.link.remote_id[:16]} did not answer {frame.type.name} within {timeout:.1f} s"
+                )
+            done, _ = await asyncio.wait({future}, timeout=min(probe_every, remaining))
+            if done:
+                return future.result()
+            ping = asyncio.ensure_future(self.link.ping(timeout_s=PROBE_TIMEOUT_S))
+            waiting: set[asyncio.Future[Any]] = {future, ping}
+            done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            if future in done:
+                ping.cancel()
+                return future.result()
+            if ping not in done:
+                ping.cancel()
+                continue
+            if ping.exception() is None:
+                misses = 0
+                continue
+            misses += 1
+            if misses >= PROBE_MISSES:
+                raise LinkClosedError(
+                    f"peer {self.link.remote_id[:16]} missed {misses} pings in a row: {ping.exception()}"
+                )
 
     async def _read(self) -> None:
         try:
