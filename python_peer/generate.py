@@ -16,6 +16,9 @@ from .chain import Pipeline
 from .errors import PeerError
 from .tokenizer import ModelTokenizer, StreamDecoder
 
+# Below this, dividing the logits by the temperature overflows to inf and the softmax to NaN: it is greedy.
+MIN_TEMPERATURE = 1e-6
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -38,7 +41,7 @@ class SamplingParams:
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
     """One token from a ``[vocab]`` logit vector."""
-    if params.temperature == 0.0:
+    if params.temperature < MIN_TEMPERATURE:
         return int(np.argmax(logits))
     scaled = logits.astype(np.float64) / params.temperature
     probs = np.exp(scaled - scaled.max())

@@ -1,0 +1,19 @@
+"""The OpenAI-compatible HTTP API of a native node: point any OpenAI client at ``http://HOST:PORT/v1``.
+
+The prompt, the tokenizer and the logits stay on the node that runs the API; only hidden states go
+through the mesh. Layered so that each part can be read and tested alone:
+
+- ``types.py``      the wire types: pydantic request, response, chunk, error and status models, with the
+                    bounds every request is checked against. Imports nothing of the mesh.
+- ``translate.py``  the boundary between the mesh and OpenAI's shapes: messages -> prompt ids through
+                    the chat template, request -> ``SamplingParams``, ``Generation`` -> response and
+                    chunks, and every exception -> (HTTP status, OpenAI error body). The API's own
+                    errors (``ApiError`` and its subclasses) live here too.
+- ``service.py``    ``NodeService`` (the protocol the app needs) and ``MeshNodeService``, which holds a
+                    mesh client per model, the tokenizers, the generation slots and the node's status.
+- ``app.py``        the thin FastAPI app: routes, the API key, a per-client token-bucket rate limit, a
+                    body size limit, error handlers; and ``ApiServer`` to run it inside a peer's event loop.
+
+The token balance (``GET /v1/tokens/balance``) and the 402 status come from the ledger: until a node has
+one, ``MeshNodeService.balance()`` raises ``LedgerUnavailableError`` (503).
+"""

@@ -1,0 +1,397 @@
+"""The FastAPI app over a ``NodeService``, and ``ApiServer`` to run it inside a peer's event loop.
+
+Thin on purpose: each route parses its request model, asks the service, and hands the outcome to the
+translator. In front of the routes, one ASGI guard applies a per-client token-bucket rate limit, the
+optional API key (``Authorization: Bearer KEY``, on every ``/v1`` route) and a bound on the body size.
+Every error, wherever it is raised, leaves in OpenAI's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import secrets
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from python_peer.core.errors import AI4AllError
+
+from . import translate
+from .service import Job, NodeService
+from .translate import (
+    ApiError,
+    AuthenticationError,
+    BodyTooLargeError,
+    MethodNotAllowedError,
+    NotFoundError,
+    RateLimitedError,
+)
+from .types import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    NodeStatus,
+    TokenBalance,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    """Who may call the API and how often."""
+
+    api_key: str | None = None  # when set, every /v1 route wants ``Authorization: Bearer <api_key>``
+    rate_per_s: float = 5.0  # requests per second per client, refilled continuously
+    burst: int = 20  # requests a client may make at once
+    max_body_bytes: int = 4 * 2**20
+    max_clients: int = 4096  # clients whose buckets are remembered; the least recent are forgotten
+
+    def __post_init__(self) -> None:
+        if self.rate_per_s <= 0 or self.burst < 1:
+            raise ValueError(f"rate_per_s ({self.rate_per_s}) must be > 0 and burst ({self.burst}) >= 1")
+
+
+class TokenBuckets:
+    """One token bucket per client, in bounded memory."""
+
+    def __init__(self, rate_per_s: float, burst: int, max_clients: int) -> None:
+        self.rate = rate_per_s
+        self.burst = float(burst)
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # client -> (tokens, at)
+
+    def take(self, client: str, now: float | None = None) -> float:
+        """Take one token for ``client``: 0.0 when allowed, else the seconds until one is there."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.pop(client, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        wait = 0.0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = (1.0 - tokens) / self.rate
+        self._buckets[client] = (tokens, now)
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
+        return wait
+
+
+class _Guard:
+    """Rate limit, API key and body size, before any route runs."""
+
+    def __init__(self, app: ASGIApp, config: ApiConfig) -> None:
+        self.app = app
+        self.config = config
+        self.buckets = TokenBuckets(config.rate_per_s, config.burst, config.max_clients)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            client = scope.get("client")
+            wait = self.buckets.take(client[0] if client else "unknown")
+            if wait > 0:
+                raise RateLimitedError(
+                    f"rate limit of {self.config.rate_per_s:g} requests/s (burst {self.config.burst}) "
+                    f"reached; retry in {wait:.1f} s",
+                    retry_after=wait,
+                )
+            if self.config.api_key is not None and str(scope.get("path", "")).startswith("/v1"):
+                _check_key(scope, self.config.api_key)
+            self._check_length(scope)
+        except ApiError as exc:
+            await _error(exc)(scope, receive, send)
+            return
+        await self.app(scope, self._bounded(receive), send)
+
+    def _check_length(self, scope: Scope) -> None:
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.config.max_body_bytes:
+            raise BodyTooLargeError(f"the body is over {self.config.max_body_bytes} bytes")
+
+    def _bounded(self, receive: Receive) -> Receive:
+        limit, seen = self.config.max_body_bytes, 0
+
+        async def bounded() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLargeError(f"the body is over {limit} bytes")
+            return message
+
+        return bounded
+
+
+def _check_key(scope: Scope, key: str) -> None:
+    headers = dict(scope.get("headers", []))
+    scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
+    if scheme.lower() != b"bearer" or not secrets.compare_digest(given.strip(), key.encode()):
+        raise AuthenticationError(
+            "this node wants an API key: send 'Authorization: Bearer <key>'"
+            if not given
+            else "the API key is not valid for this node"
+        )
+
+
+def _error(exc: BaseException) -> Response:
+    status, body = translate.error_response(exc)
+    if status == 500:
+        log.error("request failed: %s: %s", type(exc).__name__, exc, exc_info=exc)
+    elif status >= 500:
+        log.warning("request refused with %d: %s", status, exc)
+    headers = {}
+    if isinstance(exc, RateLimitedError):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after + 0.49)))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _http_error(exc: HTTPException, request: Request) -> Response:
+    if isinstance(exc.__cause__, ApiError):  # raised while FastAPI read the body (a too large one)
+        return _error(exc.__cause__)
+    if exc.status_code == 404:
+        return _error(NotFoundError(f"no endpoint {request.method} {request.url.path}"))
+    if exc.status_code == 405:
+        return _error(MethodNotAllowedError(f"{request.method} is not allowed on {request.url.path}"))
+    if exc.status_code == 400:
+        return _error(translate.InvalidRequestError(f"the body cannot be read: {exc.detail}"))
+    body = translate.error_body(str(exc.detail), "invalid_request_error")
+    return JSONResponse(body.model_dump(), status_code=exc.status_code)
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "invalid request"),
+        (401, "missing or wrong API key"),
+        (402, "the balance does not cover the request"),
+        (404, "unknown model"),
+        (429, "rate limited"),
+        (503, "no route through the mesh covers the model, or the ledger is disabled"),
+    )
+}
+_STREAMED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the completion; with stream=true, server-sent events of chunks and then [DONE]",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    **_ERRORS,
+}
+
+
+async def _first(job: Job) -> tuple[AsyncIterator[str], str | None]:
+    """Start ``job`` and take its first piece, so that failing to route still gets a status code."""
+    pieces = job.pieces()
+    try:
+        return pieces, await anext(pieces)
+    except StopAsyncIteration:
+        return pieces, None
+
+
+def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        events,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI:
+    """The API of one node over ``service``; the OpenAPI schema is served at ``/openapi.json``."""
+    config = config or ApiConfig()
+    app = FastAPI(
+        title="AI4All node API",
+        version="1",
+        description="OpenAI-compatible inference through the AI4All mesh: point an OpenAI client at /v1.",
+    )
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAMED)
+    async def chat_completions(request: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
+        job = await service.chat(request)
+        id, created = translate.new_id("chatcmpl"), translate.now()
+        if request.stream:
+            pieces, first = await _first(job)
+            return _sse(
+                translate.chat_events(
+                    pieces,
+                    first,
+                    job.result,
+                    model=job.model,
+                    id=id,
+                    created=created,
+                    include_usage=request.include_usage,
+                )
+            )
+        return translate.chat_completion(await job.run(), model=job.model, id=id, created=created)
+
+    @app.post("/v1/completions", response_model=Completion, responses=_STREAMED)
+    async def completions(request: CompletionRequest) -> Completion | StreamingResponse:
+        job = await service.complete(request)
+        id, created = translate.new_id("cmpl"), translate.now()
+        if request.stream:
+            pieces, first = await _first(job)
+            return _sse(
+                translate.completion_events(
+                    pieces,
+                    first,
+                    job.result,
+                    model=job.model,
+                    id=id,
+                    created=created,
+                    include_usage=request.include_usage,
+                )
+            )
+        return translate.completion(await job.run(), model=job.model, id=id, created=created)
+
+    @app.get("/v1/models", responses=_ERRORS)
+    async def models() -> ModelList:
+        return await service.models()
+
+    @app.get("/v1/models/{model_id:path}", responses=_ERRORS)
+    async def model(model_id: str) -> ModelCard:
+        return await service.model(model_id)
+
+    @app.get("/v1/tokens/balance", responses=_ERRORS)
+    async def balance() -> TokenBalance:
+        return await service.balance()
+
+    @app.get("/v1/node/status", responses=_ERRORS)
+    async def status() -> NodeStatus:
+        return await service.status()
+
+    async def on_error(request: Request, exc: Exception) -> Response:
+        return _error(exc)
+
+    async def on_validation(request: Request, exc: Exception) -> Response:
+        errors = exc.errors() if isinstance(exc, RequestValidationError | ValidationError) else []
+        return JSONResponse(translate.validation_error(errors).model_dump(), status_code=400)
+
+    async def on_http(request: Request, exc: Exception) -> Response:
+        return _http_error(exc, request) if isinstance(exc, HTTPException) else _error(exc)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(AI4AllError, on_error)
+    app.add_exception_handler(Exception, on_error)
+    app.add_middleware(_Guard, config=config)
+    return app
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (the default; anything else wants an API key)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ApiListenError(AI4AllError):
+    """The API cannot listen on the address it was given."""
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn in a loop it does not own: the owner (the peer) handles SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class ApiServer:
+    """An ASGI app served by uvicorn as a task of the running loop; ``async with`` starts and stops it."""
+
+    def __init__(self, app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/v1"
+
+    def _listen(self) -> socket.socket:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, kind, proto)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError as exc:
+            raise ApiListenError(f"the API cannot listen on {self.host}:{self.port}: {exc}") from exc
+        sock.set_inheritable(True)
+        return sock
+
+    async def start(self, timeout: float = 10.0) -> None:
+        """Listen (port 0 picks a free one, then ``port`` says which) and wait until requests are served."""
+        sock = self._listen()
+        self.port = int(sock.getsockname()[1])
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,  # the peer's logging, as configured by the CLI
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="api-server")
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._server.started:
+            if self._task.done():
+                sock.close()
+                self._task.result()  # raises what stopped it
+                raise ApiListenError(f"the API server on {self.url} stopped during start-up")
+            if asyncio.get_running_loop().time() > deadline:
+                await self.aclose()
+                raise ApiListenError(f"the API server on {self.url} did not start within {timeout} s")
+            await asyncio.sleep(0.02)
+
+    async def aclose(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
+            except TimeoutError:
+                self._task.cancel()
+                await asyncio.gather(self._task, return_exceptions=True)
+        self._server = self._task = None
+
+    async def __aenter__(self) -> ApiServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+__all__ = ["ApiConfig", "ApiListenError", "ApiServer", "TokenBuckets", "create_app", "is_loopback"]

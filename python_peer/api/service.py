@@ -1,0 +1,498 @@
+"""What the API serves from: the node's mesh clients, tokenizers, generation slots and status.
+
+``NodeService`` is the protocol the app is written against; ``MeshNodeService`` implements it over a
+``MeshNode``: its own (``open``, for a node that only asks) or a serving peer's (``create`` with
+``peer=``), in which case a route through this very peer's span runs in-process instead of over a
+WebRTC link to itself. Generations run in tasks owned by the service, so a client that disconnects
+mid-stream still has its mesh sessions closed cleanly, and at most ``max_generations`` run at once with
+``max_waiting`` more queued; beyond that a request is refused with 429.
+
+The ledger plugs in through ``LedgerView``: ``admit`` may raise ``PaymentRequiredError`` (402) before a
+generation starts and ``balance`` answers ``GET /v1/tokens/balance``. Without a ledger the balance is a
+503 ("the ledger is not enabled on this node") and nothing is charged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from python_peer.core.manifest import Manifest, load_manifest
+from python_peer.core.wire import Frame, raise_for_error
+from python_peer.errors import LinkClosedError, PeerError
+from python_peer.generate import Generation, SamplingParams, astream
+from python_peer.mesh_client import ClientConfig, MeshClient
+from python_peer.node import MeshNode, NodeConfig, Peer
+from python_peer.rpc import PROBE_EVERY_S, RpcClient
+from python_peer.server import MAX_LENGTH_LIMIT, SpanServer
+from python_peer.tokenizer import ModelTokenizer
+from python_peer.transport import LinkState
+
+from . import translate
+from .translate import LedgerUnavailableError, ModelNotFoundError, RateLimitedError
+from .types import (
+    ApiCounters,
+    ChatCompletionRequest,
+    CompletionRequest,
+    Coverage,
+    ModelCard,
+    ModelList,
+    NodeStatus,
+    ServedSpanStatus,
+    SignalingStatus,
+    SpanCoverage,
+    TokenBalance,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Limits of the API's generations on this node."""
+
+    max_generations: int = 4  # running at once
+    max_waiting: int = 16  # queued for a slot; more are refused with 429
+    lookup_limit: int = 64  # announcements read to compute a model's coverage
+
+
+class LedgerView(Protocol):
+    """What the API needs from the node's ledger."""
+
+    async def admit(self, model: str, blocks: int, tokens: int) -> None:
+        """Raise ``PaymentRequiredError`` when this node's balance does not cover ``tokens`` (the prompt
+        and the most the reply may take) through ``blocks`` blocks of ``model``."""
+        ...
+
+    async def balance(self) -> TokenBalance: ...
+
+
+class Job(Protocol):
+    """One generation, not started until its pieces are read."""
+
+    model: str
+    result: Generation
+
+    def pieces(self) -> AsyncIterator[str]: ...
+
+    async def run(self) -> Generation: ...
+
+
+class NodeService(Protocol):
+    """Everything the app asks of the node; each method raises an ``AI4AllError`` the translator maps."""
+
+    async def models(self) -> ModelList: ...
+
+    async def model(self, model_id: str) -> ModelCard: ...
+
+    async def chat(self, request: ChatCompletionRequest) -> Job: ...
+
+    async def complete(self, request: CompletionRequest) -> Job: ...
+
+    async def status(self) -> NodeStatus: ...
+
+    async def balance(self) -> TokenBalance: ...
+
+
+class _LoopbackRpc(RpcClient):
+    """Calls to the span server of this process: the peer's own span, with no link to itself."""
+
+    def __init__(self, server: SpanServer, client_id: str) -> None:  # no link, so no reader task either
+        self._server = server
+        self._client_id = client_id
+        self._open = True
+
+    @property
+    def closed(self) -> bool:
+        return not self._open
+
+    async def call(self, frame: Frame, timeout: float, *, probe_every: float = PROBE_EVERY_S) -> Frame:
+        if not self._open:
+            raise LinkClosedError("the in-process route to this peer's own span is closed")
+        answer = await asyncio.wait_for(self._server.handle(self._client_id, frame), timeout)
+        raise_for_error(answer)
+        return answer
+
+    async def aclose(self) -> None:
+        self._open = False
+        self._server.close_client(self._client_id)
+
+
+class _NodeMeshClient(MeshClient):
+    """A mesh client on a serving peer's node: hops to the peer itself run in-process."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        node: MeshNode,
+        config: ClientConfig | None,
+        local: SpanServer | None,
+    ) -> None:
+        super().__init__(model_dir, manifest, node.signal, node.links, config)
+        self.local = local
+
+    async def rpc(self, peer_id: str) -> RpcClient:
+        if self.local is None or peer_id != self.signal.peer_id:
+            return await super().rpc(peer_id)
+        rpc = self._rpcs.get(peer_id)
+        if rpc is None or rpc.closed:
+            rpc = _LoopbackRpc(self.local, f"api:{peer_id}")
+            self._rpcs[peer_id] = rpc
+            self.rtts[peer_id] = 0.0
+        return rpc
+
+
+@dataclass
+class _Model:
+    name: str
+    model_dir: Path
+    manifest: Manifest
+    tokenizer: ModelTokenizer
+    client: MeshClient
+    created: int
+
+    @property
+    def context_length(self) -> int:
+        declared = self.manifest.config.get("max_position_embeddings")
+        return min(int(declared) if isinstance(declared, int) and declared > 0 else 2048, MAX_LENGTH_LIMIT)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.manifest.config.get("vocab_size") or 0)
+
+
+@dataclass
+class _Counters:
+    generations: int = 0  # finished
+    admitted: int = 0  # read by a client now: running, or waiting for a slot
+    running: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class GenerationJob:
+    """One admitted generation: ``pieces()`` streams its text, ``run()`` waits for all of it."""
+
+    def __init__(
+        self,
+        service: MeshNodeService,
+        model: _Model,
+        prompt_ids: list[int],
+        params: SamplingParams,
+    ) -> None:
+        self.service = service
+        self.model = model.name
+        self._entry = model
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.result = Generation(prompt_tokens=len(prompt_ids))
+        self._started = False
+
+    async def run(self) -> Generation:
+        async for _ in self.pieces():
+            pass
+        return self.result
+
+    async def pieces(self) -> AsyncIterator[str]:
+        """The reply's text pieces; the generation runs in a task of the service, closed on exit."""
+        if self._started:
+            raise PeerError("this generation has been read already")
+        self._started = True
+        self.service._admit()
+        try:
+            queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+            task = self.service._spawn(self._produce(queue), f"generate-{self.model}")
+        except BaseException:
+            self.service._release()
+            raise
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # Cancelled once, the task's own ``finally`` still closes the mesh sessions, whatever
+            # cancellation reaches the reader of this generator (a client gone mid-stream).
+            task.cancel()
+            self.service._release()
+
+    async def _produce(self, queue: asyncio.Queue[str | BaseException | None]) -> None:
+        counters = self.service.counters
+        try:
+            async with self.service._slot():
+                async for piece in astream(
+                    self._entry.client, self._entry.tokenizer, self.prompt_ids, self.params, self.result
+                ):
+                    queue.put_nowait(piece)
+            counters.generations += 1
+            counters.prompt_tokens += self.result.prompt_tokens
+            counters.completion_tokens += len(self.result.token_ids)
+            queue.put_nowait(None)
+        except Exception as exc:
+            queue.put_nowait(exc)
+
+
+class MeshNodeService:
+    """The ``NodeService`` of a native node: its models, served through the mesh it is part of."""
+
+    def __init__(
+        self,
+        node: MeshNode,
+        models: Sequence[_Model],
+        *,
+        peer: Peer | None = None,
+        config: ServiceConfig | None = None,
+        ledger: LedgerView | None = None,
+        owns_node: bool = False,
+    ) -> None:
+        self.node = node
+        self.models_by_name = {m.name: m for m in models}
+        self.peer = peer
+        self.config = config or ServiceConfig()
+        self.ledger = ledger
+        self.counters = _Counters()
+        self.started = time.time()
+        self._owns_node = owns_node
+        self._slots = asyncio.Semaphore(self.config.max_generations)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @classmethod
+    async def create(
+        cls,
+        node: MeshNode,
+        model_dirs: Sequence[Path],
+        *,
+        peer: Peer | None = None,
+        config: ServiceConfig | None = None,
+        client_config: ClientConfig | None = None,
+        ledger: LedgerView | None = None,
+        owns_node: bool = False,
+    ) -> MeshNodeService:
+        """A service over ``node`` for the models exported in ``model_dirs`` (tokenizer, embed, head)."""
+        models: list[_Model] = []
+        try:
+            for model_dir in model_dirs:
+                models.append(
+                    await asyncio.to_thread(_load_model, Path(model_dir), node, peer, client_config)
+                )
+            names = Counter(m.name for m in models)
+            twice = [n for n, count in names.items() if count > 1]
+            if twice:
+                raise PeerError(f"two model directories hold the same model {twice[0]!r}")
+        except BaseException:
+            for model in models:
+                await model.client.aclose()
+            if owns_node:
+                await node.aclose()
+            raise
+        return cls(node, models, peer=peer, config=config, ledger=ledger, owns_node=owns_node)
+
+    @classmethod
+    async def open(
+        cls,
+        node_config: NodeConfig,
+        model_dirs: Sequence[Path],
+        *,
+        config: ServiceConfig | None = None,
+        client_config: ClientConfig | None = None,
+        ledger: LedgerView | None = None,
+    ) -> MeshNodeService:
+        """A service on a node of its own that serves nothing: a client of the mesh only."""
+        node = await MeshNode.create(node_config)
+        return await cls.create(
+            node, model_dirs, config=config, client_config=client_config, ledger=ledger, owns_node=True
+        )
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for model in self.models_by_name.values():
+            await model.client.aclose()
+        if self._owns_node:
+            await self.node.aclose()
+
+    async def __aenter__(self) -> MeshNodeService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- generation slots -------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[object, object, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _admit(self) -> None:
+        """Count a generation in, or refuse it (429) when enough are running and waiting already."""
+        counters, config = self.counters, self.config
+        if counters.admitted >= config.max_generations + config.max_waiting:
+            raise RateLimitedError(
+                f"{counters.running} generations are running on this node and "
+                f"{counters.admitted - counters.running} are waiting; try again shortly",
+                retry_after=2.0,
+            )
+        counters.admitted += 1
+
+    def _release(self) -> None:
+        self.counters.admitted -= 1
+
+    @contextlib.asynccontextmanager
+    async def _slot(self) -> AsyncIterator[None]:
+        await self._slots.acquire()
+        self.counters.running += 1
+        try:
+            yield
+        finally:
+            self.counters.running -= 1
+            self._slots.release()
+
+    # --- NodeService --------------------------------------------------------------------------------
+
+    def _model(self, model_id: str) -> _Model:
+        model = self.models_by_name.get(model_id)
+        if model is None:
+            known = ", ".join(sorted(self.models_by_name)) or "none"
+            raise ModelNotFoundError(
+                f"the model {model_id!r} does not exist on this node (it serves: {known})", param="model"
+            )
+        return model
+
+    async def chat(self, request: ChatCompletionRequest) -> GenerationJob:
+        model = self._model(request.model)
+        ids = await asyncio.to_thread(translate.chat_prompt_ids, model.tokenizer, request.messages)
+        return await self._job(model, ids, request)
+
+    async def complete(self, request: CompletionRequest) -> GenerationJob:
+        model = self._model(request.model)
+        ids = await asyncio.to_thread(
+            translate.completion_prompt_ids, model.tokenizer, request, model.vocab_size
+        )
+        return await self._job(model, ids, request)
+
+    async def _job(
+        self, model: _Model, ids: list[int], request: ChatCompletionRequest | CompletionRequest
+    ) -> GenerationJob:
+        params = translate.sampling_params(request, len(ids), model.context_length)
+        if self.ledger is not None:
+            await self.ledger.admit(model.name, model.manifest.num_layers, len(ids) + params.max_tokens)
+        return GenerationJob(self, model, ids, params)
+
+    async def coverage(self, model: _Model) -> Coverage:
+        blocks = model.manifest.num_layers
+        found = await self.node.signal.lookup(model.name, 0, blocks, limit=self.config.lookup_limit)
+        spans: Counter[tuple[int, int]] = Counter()
+        per_block = [0] * blocks
+        for announcement in found:
+            for served in announcement.serves:
+                if served.model != model.name:
+                    continue
+                start, end = max(0, served.start), min(blocks, served.end)
+                if start >= end:
+                    continue
+                spans[(start, end)] += 1
+                for block in range(start, end):
+                    per_block[block] += 1
+        covered = sum(1 for peers in per_block if peers)
+        return Coverage(
+            blocks=blocks,
+            covered_blocks=covered,
+            servable=covered == blocks,
+            spans=[SpanCoverage(start=s, end=e, peers=n) for (s, e), n in sorted(spans.items())],
+        )
+
+    def _card(self, model: _Model, coverage: Coverage) -> ModelCard:
+        return ModelCard(id=model.name, created=model.created, coverage=coverage)
+
+    async def models(self) -> ModelList:
+        cards = []
+        for model in self.models_by_name.values():
+            coverage = await self.coverage(model)
+            if coverage.servable:
+                cards.append(self._card(model, coverage))
+        return ModelList(data=cards)
+
+    async def model(self, model_id: str) -> ModelCard:
+        model = self._model(model_id)
+        return self._card(model, await self.coverage(model))
+
+    async def status(self) -> NodeStatus:
+        serving: list[ServedSpanStatus] = []
+        served_sessions = tokens_served = 0
+        if self.peer is not None:
+            server = self.peer.server
+            served_sessions, tokens_served = len(server.sessions), server.tokens_served
+            serving.append(
+                ServedSpanStatus(
+                    model=self.peer.manifest.name,
+                    start=server.span.start,
+                    end=server.span.end,
+                    open_sessions=served_sessions,
+                    tokens_served=tokens_served,
+                    kv_free_tokens=server.kv_free_tokens,
+                )
+            )
+        signal = self.node.signal
+        counters = self.counters
+        return NodeStatus(
+            peer_id=self.node.peer_id,
+            uptime_s=round(time.time() - (self.peer.started if self.peer else self.started), 3),
+            models=sorted(self.models_by_name),
+            serving=serving,
+            tokens_served=tokens_served,
+            open_sessions=served_sessions + counters.running,
+            connected_peers=sorted(
+                {link.remote_id for link in self.node.links.links if link.state is LinkState.OPEN}
+            ),
+            signaling=SignalingStatus(
+                state=signal.state.value, connected=signal.url, known=list(signal.urls)
+            ),
+            api=ApiCounters(
+                generations=counters.generations,
+                running=counters.running,
+                waiting=max(0, counters.admitted - counters.running),
+                prompt_tokens=counters.prompt_tokens,
+                completion_tokens=counters.completion_tokens,
+            ),
+        )
+
+    async def balance(self) -> TokenBalance:
+        if self.ledger is None:
+            raise LedgerUnavailableError("the ledger is not enabled on this node")
+        return await self.ledger.balance()
+
+
+def _load_model(
+    model_dir: Path, node: MeshNode, peer: Peer | None, client_config: ClientConfig | None
+) -> _Model:
+    manifest = load_manifest(model_dir)
+    local = peer.server if peer is not None and peer.manifest.name == manifest.name else None
+    client = _NodeMeshClient(model_dir, manifest, node, client_config, local)
+    created = int((model_dir / "manifest.json").stat().st_mtime)
+    return _Model(manifest.name, model_dir, manifest, ModelTokenizer(model_dir, manifest), client, created)
+
+
+__all__ = [
+    "GenerationJob",
+    "Job",
+    "LedgerView",
+    "MeshNodeService",
+    "NodeService",
+    "ServiceConfig",
+]
