@@ -7,9 +7,12 @@ The protocol is described in ``docs/signaling.md``. Files:
 - ``directory.py``  the soft-state table of signed announcements: newest ``seq`` wins, expiry,
                     withdrawal, lookup by model and block range; bounded.
 - ``ratelimit.py``  token buckets per connection, and a bounded LRU of them per peer id.
+- ``outbox.py``     what a connection still has to send: a bounded FIFO (replies, signals) and the
+                    newest state per peer (gossip, ``gone``), coalesced so a burst loses nothing current.
 - ``connection.py`` one websocket (incoming or dialed) behind one interface, with its role, state,
-                    bound peer id and bounded outbox drained by its own writer task.
-- ``federation.py`` sibling links: dialing with backoff, routes learned from gossip, broadcast.
+                    bound peer id and outbox drained by its own writer task.
+- ``federation.py`` sibling links, one per sibling node: dialing with backoff, the rule that picks
+                    between two links to one node, routes learned from gossip, broadcast.
 - ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
 - ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``) and
                     ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM.

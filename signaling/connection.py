@@ -2,8 +2,9 @@
 
 Both kinds of websocket (Starlette's for incoming, ``websockets``' for links we dial) hide behind
 ``Transport``, so the node handles messages the same way whichever side opened the link. Each
-connection owns a writer task that drains a bounded outbox: a slow reader never blocks the node, and
-what does not fit is dropped (signals and gossip are best effort; peers re-announce).
+connection owns a writer task that drains a bounded ``Outbox``: a slow reader never blocks the node.
+Replies and signals that do not fit are dropped, counted and logged (clients retry signals); gossip
+coalesces to the newest state per peer, so a burst never loses the latest announcement.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import contextlib
 import enum
 import itertools
 import logging
+import math
 import secrets
+import time
 from typing import Protocol
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -21,12 +24,14 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from .messages import Message
+from .outbox import Outbox, Rank
 from .ratelimit import TokenBucket
 
 log = logging.getLogger(__name__)
 
-OUTBOX_SIZE = 256
+OUTBOX_SIZE = 256  # replies and signals waiting to be written, per connection
 FLUSH_TIMEOUT_S = 0.5
+DROP_LOG_INTERVAL_S = 10.0  # at most one warning this often per connection, with the count so far
 _ids = itertools.count(1)
 
 
@@ -114,7 +119,9 @@ class ConnectionState(enum.Enum):
 class Connection:
     """A websocket with its role, its bound peer id, its rate limit and its outbox."""
 
-    def __init__(self, transport: Transport, bucket: TokenBucket, *, dialed: bool = False) -> None:
+    def __init__(
+        self, transport: Transport, bucket: TokenBucket, *, dialed: bool = False, max_states: int = 10_000
+    ) -> None:
         self.id = f"c{next(_ids)}"
         self.transport = transport
         self.bucket = bucket
@@ -126,7 +133,9 @@ class Connection:
         self.url: str | None = None  # the sibling's URL, if it told us
         self.limited_in_a_row = 0
         self.state = ConnectionState.OPEN
-        self._outbox: asyncio.Queue[str] = asyncio.Queue(OUTBOX_SIZE)
+        self.sent = 0  # messages written to the websocket
+        self.outbox = Outbox(OUTBOX_SIZE, max_states)  # max_states: the directory's bound on peers
+        self._drop_logged_at = -math.inf
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"writer-{self.id}")
 
     def __repr__(self) -> str:
@@ -139,36 +148,44 @@ class Connection:
             self.state = state
 
     def send(self, message: Message | str) -> bool:
-        """Queue a message; drop it (and say so) when the outbox is full or the connection closing."""
+        """Queue a message; drop it (counted, and logged now and then) when the outbox is full."""
         if self.state is not ConnectionState.OPEN:
             return False
-        text = message if isinstance(message, str) else message.encode()
-        try:
-            self._outbox.put_nowait(text)
-        except asyncio.QueueFull:
-            log.warning("%s: outbox full, dropping a message", self.id)
-            return False
-        return True
+        if self.outbox.put(message if isinstance(message, str) else message.encode()):
+            return True
+        self._log_drop()
+        return False
 
-    async def send_wait(self, message: Message) -> None:
-        """Queue a message, waiting for room (used for the directory dump to a new sibling)."""
-        if self.state is ConnectionState.OPEN:
-            await self._outbox.put(message.encode())
+    def send_latest(self, key: str, rank: Rank, message: Message | str) -> bool:
+        """Queue the newest state of peer ``key``, replacing an older one still waiting (gossip, ``gone``)."""
+        if self.state is not ConnectionState.OPEN:
+            return False
+        if self.outbox.put_latest(key, rank, message if isinstance(message, str) else message.encode()):
+            return True
+        self._log_drop()
+        return False
+
+    def _log_drop(self) -> None:
+        now = time.monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL_S:
+            self._drop_logged_at = now
+            log.warning("%r: outbox full; %d messages dropped so far", self, self.outbox.dropped)
 
     async def receive(self) -> str | bytes | None:
         return await self.transport.receive()
 
     async def _write_loop(self) -> None:
         while True:
-            text = await self._outbox.get()
+            text = await self.outbox.get()
             try:
                 await self.transport.send_text(text)
+                self.sent += 1
             except ConnectionError as exc:
                 log.debug("%s: send failed: %s", self.id, exc)
                 self._set_state(ConnectionState.CLOSING)
                 return
             finally:
-                self._outbox.task_done()
+                self.outbox.task_done()
 
     async def close(self, code: int = 1000, reason: str = "", *, flush: bool = False) -> None:
         """Close the websocket, first sending what is queued when ``flush`` (an error reply, say)."""
@@ -176,7 +193,7 @@ class Connection:
             return
         if flush and self.state is ConnectionState.OPEN and not self._writer.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._outbox.join(), FLUSH_TIMEOUT_S)
+                await asyncio.wait_for(self.outbox.join(), FLUSH_TIMEOUT_S)
         self._set_state(ConnectionState.CLOSING)
         self._writer.cancel()
         await asyncio.wait({self._writer})  # unlike awaiting it, never swallows our own cancellation

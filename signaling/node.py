@@ -153,7 +153,11 @@ class SignalingNode:
 
     async def serve_incoming(self, transport: Transport) -> None:
         """Serve one accepted websocket until it closes: a peer, or a sibling once it sends ``federate``."""
-        conn = Connection(transport, TokenBucket(self.config.messages_per_s, self.config.burst))
+        conn = Connection(
+            transport,
+            TokenBucket(self.config.messages_per_s, self.config.burst),
+            max_states=self.config.max_entries,
+        )
         if len(self.connections) >= self.config.max_connections:
             conn.send(Error(id=None, code="table_full", message="this signaling node is full; try another"))
             await conn.close(1013, "signaling node full", flush=True)
@@ -283,7 +287,8 @@ class SignalingNode:
         self.local[ann.peer_id] = conn
         self.federation.forget_route(ann.peer_id)
         if result is not PutResult.SAME:
-            self.federation.broadcast(Gossip(type="gossip", hops=1, body=msg.body, sig=msg.sig))
+            gossip = Gossip(type="gossip", hops=1, body=msg.body, sig=msg.sig)
+            self.federation.broadcast(ann.peer_id, ann.seq, gossip)
         conn.send(Announced(id=msg.id, peer_id=ann.peer_id, seq=ann.seq, expires_ms=ann.expires_ms))
 
     def _on_lookup(self, conn: Connection, msg: Lookup) -> None:
@@ -320,7 +325,7 @@ class SignalingNode:
             held = self.directory.get(peer_id)
             seq = held.announcement.seq if held else 0
             self.directory.withdraw(peer_id, seq)
-            self.federation.broadcast(Gone(type="gone", hops=1, peer_id=peer_id, seq=seq))
+            self.federation.broadcast(peer_id, seq, Gone(type="gone", hops=1, peer_id=peer_id, seq=seq))
             if self.local.get(peer_id) is conn:
                 del self.local[peer_id]
             conn.peer_id = None
@@ -334,22 +339,32 @@ class SignalingNode:
             raise SignalingError("federate names this very node")
         conn.role, conn.node_id, conn.url = Role.SIBLING, msg.node_id, msg.url
         conn.bucket = TokenBucket(self.config.sibling_messages_per_s, self.config.sibling_burst)
-        if not self._link_up(conn):
-            conn.role = Role.PEER
-            raise SignalingError("this node has all the sibling links it accepts", code="table_full")
+        try:
+            self._link_up(conn)  # when another link to that node is kept, this one is being closed
+        except SignalingError:
+            conn.role, conn.node_id, conn.url = Role.PEER, None, None
+            raise
 
     # --- sibling messages -----------------------------------------------------------------------------
 
     def _link_up(self, link: Connection) -> bool:
-        """Register a sibling link and send it the whole directory, in the background."""
+        """Register a sibling link and send it the whole directory; ``False`` if another link is kept."""
         if not self.federation.add_link(link):
             return False
         self._dumps[link.id] = self._spawn(self._dump(link), f"dump-{link.id}")
         return True
 
     async def _dump(self, link: Connection) -> None:
-        for entry in self.directory:
-            await link.send_wait(Gossip(type="gossip", hops=1, body=entry.body, sig=entry.sig))
+        """Queue every entry on a new link, pausing now and then so a big directory does not stall the node.
+
+        The link's outbox keeps one state per peer, so this fits, and a newer announcement broadcast
+        meanwhile is never overwritten by the older copy taken here.
+        """
+        for i, entry in enumerate(self.directory):
+            gossip = Gossip(type="gossip", hops=1, body=entry.body, sig=entry.sig)
+            self.federation.offer(link, entry.peer_id, entry.announcement.seq, gossip)
+            if i % 256 == 255:
+                await asyncio.sleep(0)
         self._dumps.pop(link.id, None)
 
     def _on_sibling_message(self, link: Connection, msg: Gossip | Gone | Relay) -> None:
@@ -361,7 +376,8 @@ class SignalingNode:
             if self.directory.withdraw(msg.peer_id, msg.seq):
                 self.federation.forget_route(msg.peer_id)
                 if msg.hops < MAX_HOPS:
-                    self.federation.broadcast(msg.model_copy(update={"hops": msg.hops + 1}), skip=link)
+                    forward = msg.model_copy(update={"hops": msg.hops + 1})
+                    self.federation.broadcast(msg.peer_id, msg.seq, forward, skip=link.node_id)
         elif not self._deliver(msg, msg.ttl, came_from=link):
             log.debug("relay for %s dropped: no route", msg.to[:12])
 
@@ -381,7 +397,7 @@ class SignalingNode:
                 self.federation.learn_route(ann.peer_id, link)
             if msg.hops < MAX_HOPS:
                 forward = Gossip(type="gossip", hops=msg.hops + 1, body=msg.body, sig=msg.sig)
-                self.federation.broadcast(forward, skip=link)
+                self.federation.broadcast(ann.peer_id, ann.seq, forward, skip=link.node_id)
 
     def _deliver(self, msg: SignalFields, ttl: int, came_from: Connection | None) -> bool:
         """Hand a signal to its target if connected here, else relay it toward the target's node."""
@@ -390,7 +406,7 @@ class SignalingNode:
         if target is not None:
             return target.send(Delivered.model_validate(fields))
         link = self.federation.route(msg.to)
-        if link is None or link is came_from or ttl <= 0:
+        if link is None or ttl <= 0 or (came_from is not None and link.node_id == came_from.node_id):
             return False
         return link.send(Relay.model_validate({"type": "relay", "ttl": ttl - 1, **fields}))
 
@@ -405,7 +421,15 @@ class SignalingNode:
             "local_peers": len(self.local),
             "connections": len(self.connections),
             "siblings": [
-                {"node_id": c.node_id, "url": c.url, "dialed": c.dialed}
+                {
+                    "node_id": c.node_id,
+                    "url": c.url,
+                    "dialed": c.dialed,
+                    "link": c.id,
+                    "sent": c.sent,
+                    "queued": len(c.outbox),
+                    "dropped": c.outbox.dropped,
+                }
                 for c in self.federation.links.values()
             ],
         }

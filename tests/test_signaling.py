@@ -1,6 +1,7 @@
 """Signaling against real nodes: ``ai4all signal`` subprocesses on free loopback ports, real websockets.
 
-Two federated nodes serve most tests (module scope); failover and clean stops get their own nodes.
+Two federated nodes serve most tests (module scope); two that list each other (as ``ai4all up`` starts
+them) serve the tests of one link per pair and of gossip under a burst; failover gets its own nodes.
 Raw websocket peers speak the protocol by hand where a test needs to send what ``SignalClient`` never
 would (forgeries, garbage, floods).
 """
@@ -24,6 +25,7 @@ from python_peer.core.canonical import ANNOUNCE_CONTEXT, AUTH_CONTEXT, Announcem
 from python_peer.core.errors import RemoteSignalingError, SignalClientError
 from python_peer.identity import Identity
 from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
+from tests import procs
 from tests.procs import Node, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -428,3 +430,108 @@ async def test_closed_client_refuses_use_and_ends_iteration(mesh: tuple[Node, No
     with pytest.raises(SignalClientError, match="closed"):
         await client.lookup("m", 0, 1)
     await client.close()  # closing twice is harmless
+
+
+# --- siblings that list each other, as ``ai4all up`` starts them ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mutual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
+    """Two nodes, each with the other as ``--sibling``: both dial, and one link per pair must remain."""
+    logs = tmp_path_factory.mktemp("signaling-mutual")
+    ports = [free_port()]
+    while len(ports) < 2:
+        ports += [port for port in [free_port()] if port not in ports]
+    with pytest.MonkeyPatch.context() as patch:  # Node picks its own port; hand it the ones named here
+        patch.setattr(procs, "free_port", iter(ports).__next__)
+        ant = Node("ant", logs, siblings=(f"ws://127.0.0.1:{ports[1]}",))
+        bee = Node("bee", logs, siblings=(ant.url,))
+    try:
+        ant.wait(siblings=1)
+        bee.wait(siblings=1)
+        yield ant, bee
+    finally:
+        codes = (ant.stop(), bee.stop())
+    assert codes == (0, 0)
+
+
+def sibling_links(node: Node) -> list[dict[str, Any]]:
+    health = node.health()
+    assert health is not None
+    return list(health["siblings"])
+
+
+async def one_link(ant: Node, bee: Node) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Wait until each node lists one link to the other, the one ``ant`` (the smaller id) dialed."""
+
+    async def settled() -> bool:
+        seen = [(s["node_id"], s["dialed"]) for node in (ant, bee) for s in sibling_links(node)]
+        return seen == [("bee", True), ("ant", False)]
+
+    assert await eventually(settled, timeout=10.0), (sibling_links(ant), sibling_links(bee))
+    (on_ant,), (on_bee,) = sibling_links(ant), sibling_links(bee)
+    return on_ant, on_bee
+
+
+async def test_mutual_siblings_keep_one_link(mutual: tuple[Node, Node]) -> None:
+    ant, bee = mutual
+    on_ant, on_bee = await one_link(ant, bee)
+    await asyncio.sleep(1.0)  # well past a redial: the link closed as a duplicate stays closed
+    assert [s["link"] for s in sibling_links(ant) + sibling_links(bee)] == [on_ant["link"], on_bee["link"]]
+    assert "duplicate sibling link; keeping the one ant dialed" in ant.log.read_text() + bee.log.read_text()
+
+
+async def test_gossip_burst_reaches_the_sibling_with_the_latest_state(mutual: tuple[Node, Node]) -> None:
+    """200 peers announce 10 times each, at once, on one node: the other ends with every newest ``seq``."""
+    ant, bee = mutual
+    peers, times = 200, 10
+    now = time.time_ns() // 1_000_000
+    identities = [Identity.generate() for _ in range(peers)]
+    signed: list[list[tuple[dict[str, Any], str]]] = []
+    for identity in identities:
+        bodies = [
+            Announcement(
+                peer_id=identity.peer_id,
+                kind="native",
+                seq=now + k,
+                issued_ms=now,
+                expires_ms=now + 60_000,
+                serves=spans("burst/m", 0, 4),
+            ).to_dict()
+            for k in range(times)
+        ]
+        signed.append([(b, identity.sign_body(ANNOUNCE_CONTEXT, b)) for b in bodies])
+    before = (await one_link(ant, bee))[1]
+    opened, start = [0], asyncio.Event()
+
+    async def announce_all(identity: Identity, announcements: list[tuple[dict[str, Any], str]]) -> list[str]:
+        # one connection per peer keeps within the per-connection budget; 10 is the per-peer burst
+        async with connect(ant.url, proxy=None, max_size=2**22) as ws:
+            hello = json.loads(await ws.recv())
+            proof = identity.sign_body(AUTH_CONTEXT, {"node_id": hello["node_id"], "nonce": hello["nonce"]})
+            opened[0] += 1
+            if opened[0] == peers:
+                start.set()  # every connection is open: send all 2000 at once
+            await start.wait()
+            for i, (body, sig) in enumerate(announcements):
+                await ws.send(
+                    json.dumps({"type": "announce", "id": i, "body": body, "sig": sig, "proof": proof})
+                )
+            return [json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] for _ in announcements]
+
+    replies = await asyncio.gather(*(announce_all(i, s) for i, s in zip(identities, signed, strict=True)))
+    assert all(r == ["announced"] * times for r in replies)
+    latest = {identity.peer_id: now + times - 1 for identity in identities}
+    up_to_date = 0
+
+    async def bee_has_latest() -> bool:
+        nonlocal up_to_date
+        held = {e["peer_id"]: e["seq"] for e in bee.directory()["entries"] if e["peer_id"] in latest}
+        up_to_date = sum(held.get(peer) == seq for peer, seq in latest.items())
+        return up_to_date == peers
+
+    assert await eventually(bee_has_latest, timeout=5.0), f"bee has the newest seq of {up_to_date}/{peers}"
+    on_ant, on_bee = await one_link(ant, bee)
+    assert on_ant["dropped"] == on_bee["dropped"] == 0
+    assert on_bee["link"] == before["link"]
+    assert on_bee["sent"] == before["sent"]  # nothing went back to the node it came from

@@ -3,6 +3,7 @@ limits and message parsing (with Hypothesis fuzzing: nothing but our typed error
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -35,9 +36,12 @@ from python_peer.core.errors import (
     SignatureError,
 )
 from python_peer.identity import IDENTITY_FILE, Identity, verify, verify_body
+from signaling.connection import Connection, Role
 from signaling.directory import Directory, Entry, PutResult
+from signaling.federation import Federation
 from signaling.messages import (
     Announce,
+    Gone,
     Gossip,
     Lookup,
     Relay,
@@ -47,6 +51,7 @@ from signaling.messages import (
     parse_sibling_message,
     request_id,
 )
+from signaling.outbox import Outbox
 from signaling.ratelimit import KeyedBuckets, TokenBucket
 
 NOW = 1_700_000_000_000
@@ -320,6 +325,136 @@ def test_keyed_buckets_are_bounded() -> None:
         buckets.take(key)
     assert len(buckets) == 3
     assert buckets.take("a")  # forgotten, so a fresh bucket: bounded memory, not a bypass of note
+
+
+# --- outbox ---------------------------------------------------------------------------------------------
+
+
+async def test_outbox_keeps_the_newest_state_of_each_peer_in_its_place() -> None:
+    box = Outbox(max_messages=4, max_keys=300)
+    for seq in range(10):  # a burst: 200 peers x 10 announcements, far more than the FIFO holds
+        for peer in range(200):
+            assert box.put_latest(f"p{peer}", (seq, 0), f"p{peer}@{seq}")
+    assert len(box) == 200 and box.dropped == 0 and box.coalesced == 1800
+    assert box.put_latest("p0", (3, 0), "p0@3")  # an older copy (the dump to a new link) changes nothing
+    assert box.put_latest("p1", (9, 1), "p1 gone@9")  # a withdrawal outranks the announcement it withdraws
+    assert box.put_latest("p1", (9, 0), "p1@9")
+    assert [await box.get() for _ in range(3)] == ["p0@9", "p1 gone@9", "p2@9"]  # first queued, first out
+
+
+async def test_outbox_bounds_messages_and_states_and_counts_drops() -> None:
+    box = Outbox(max_messages=2, max_keys=2)
+    assert box.put("r1") and box.put("r2") and not box.put("r3")
+    assert box.put_latest("a", (1, 0), "a1") and box.put_latest("b", (1, 0), "b1")
+    assert not box.put_latest("c", (1, 0), "c1")  # a third peer: the table is full
+    assert box.put_latest("a", (2, 0), "a2")  # a known peer always fits
+    assert box.dropped == 2
+    assert [await box.get() for _ in range(4)] == ["r1", "a2", "r2", "b1"]  # the two take turns
+    joined = asyncio.ensure_future(box.join())
+    await asyncio.sleep(0)
+    assert not joined.done()
+    for _ in range(4):
+        box.task_done()
+    await asyncio.wait_for(joined, 1)
+    with pytest.raises(ValueError, match="room"):
+        Outbox(max_messages=0, max_keys=1)
+
+
+# --- sibling links --------------------------------------------------------------------------------------
+
+
+class FakeTransport:
+    """A websocket that records what is written and how it was closed, and never receives."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(text)
+
+    async def receive(self) -> str | bytes | None:
+        await asyncio.Event().wait()
+        return None
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+def link(node_id: str, *, dialed: bool) -> tuple[Connection, FakeTransport]:
+    transport = FakeTransport()
+    conn = Connection(transport, TokenBucket(100, 100), dialed=dialed, max_states=100)
+    conn.role, conn.node_id = Role.SIBLING, node_id
+    return conn, transport
+
+
+def federation(node_id: str) -> Federation:
+    async def serve(link: Connection) -> None:
+        return None
+
+    return Federation(node_id, f"ws://{node_id}:1", (), serve, lambda: TokenBucket(100, 100))
+
+
+@pytest.mark.parametrize("own_first", [True, False])
+async def test_both_ends_keep_the_link_the_smaller_node_id_dialed(own_first: bool) -> None:
+    """``ant`` and ``bee`` dial each other: the link ``ant`` dialed survives on both, whatever came first."""
+    ant, bee = federation("ant"), federation("bee")
+    (ant_own, _), (ant_in, ant_in_ws) = link("bee", dialed=True), link("bee", dialed=False)
+    (bee_own, bee_own_ws), (bee_in, _) = link("ant", dialed=True), link("ant", dialed=False)
+    for fed, own, incoming in ((ant, ant_own, ant_in), (bee, bee_own, bee_in)):
+        first, second = (own, incoming) if own_first else (incoming, own)
+        assert fed.add_link(first)
+        assert fed.add_link(second) == (second in (ant_own, bee_in))
+    assert ant.links == {"bee": ant_own} and bee.links == {"ant": bee_in}
+    await asyncio.sleep(0.01)  # the losers are closed in the background, with a reason
+    for closed in (ant_in_ws.closed, bee_own_ws.closed):
+        assert closed == (1000, "duplicate sibling link; keeping the one ant dialed")
+    ant.remove_link(ant_in)  # the end of the loser changes nothing
+    assert ant.links == {"bee": ant_own}
+    for conn in (ant_own, ant_in, bee_own, bee_in):
+        await conn.close()
+
+
+async def test_a_newer_incoming_link_replaces_a_half_open_one_and_keeps_the_routes() -> None:
+    fed = federation("bee")
+    old, old_transport = link("ant", dialed=False)
+    new, _ = link("ant", dialed=False)
+    assert fed.add_link(old)
+    fed.learn_route("aa" * 32, old)
+    assert fed.add_link(new)  # ant redialed: its old link may be dead without a close yet
+    assert fed.links == {"ant": new} and fed.route("aa" * 32) is new
+    second_url, _ = link("ant", dialed=True)
+    assert not fed.add_link(second_url)  # a second --sibling URL for a node already linked
+    fed.remove_link(new)
+    assert fed.links == {} and fed.route("aa" * 32) is None
+    await asyncio.sleep(0.01)
+    assert old_transport.closed is not None and "duplicate" in old_transport.closed[1]
+    for conn in (old, new, second_url):
+        await conn.close()
+
+
+async def test_broadcast_skips_the_source_node_and_coalesces_per_peer() -> None:
+    fed = federation("ant")
+    (bee, on_bee), (cat, on_cat) = link("bee", dialed=True), link("cat", dialed=True)
+    assert fed.add_link(bee) and fed.add_link(cat)
+    peer = "aa" * 32
+
+    def gossip(seq: int) -> Gossip:
+        return Gossip(type="gossip", hops=1, body={"peer_id": peer, "seq": seq}, sig="00" * 64)
+
+    def sent(transport: FakeTransport) -> list[tuple[str, int]]:
+        return [(m["type"], m.get("seq") or m["body"]["seq"]) for m in map(json.loads, transport.sent)]
+
+    for seq in range(1, 6):
+        fed.broadcast(peer, seq, gossip(seq), skip="bee")  # it came from bee: never sent back there
+    await asyncio.sleep(0.01)
+    assert sent(on_cat) == [("gossip", 5)] and sent(on_bee) == []
+    fed.broadcast(peer, 5, Gone(type="gone", hops=1, peer_id=peer, seq=5))
+    fed.offer(cat, peer, 4, gossip(4))  # an older copy, from the dump to a new link, loses to it
+    await asyncio.sleep(0.01)
+    assert sent(on_cat) == [("gossip", 5), ("gone", 5)] and sent(on_bee) == [("gone", 5)]
+    await bee.close()
+    await cat.close()
 
 
 # --- message parsing ------------------------------------------------------------------------------------
