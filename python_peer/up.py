@@ -62,7 +62,7 @@ def register(subparsers: Any) -> None:
         "--port",
         type=int,
         default=8765,
-        help="first signaling port; the second node takes the next (default 8765)",
+        help="first signaling port; the second node takes the next and the API the one after (default 8765)",
     )
     up.add_argument(
         "--prompt",
@@ -209,6 +209,8 @@ async def up(args: argparse.Namespace) -> int:
         ]
         if span is not None:
             cmd += ["--span", span]
+        if i == 0:
+            cmd += ["--api-port", str(args.port + 2)]
         peers.append(Child("peer" if span else "spare peer", f"on {home}", cmd))
     children = nodes + peers
     stop = asyncio.Event()
@@ -230,7 +232,9 @@ async def up(args: argparse.Namespace) -> int:
             _DRAINS.add(loop.create_task(_drain(node)))
         for url in urls:
             await asyncio.to_thread(_wait_http, url.replace("ws://", "http://") + "/healthz", 30)
-        await asyncio.gather(*(_start(p, "serves", 180) for p in peers[:3]))
+        await asyncio.gather(
+            _start(peers[0], "api http", 180), *(_start(p, "serves", 180) for p in peers[1:3])
+        )
         await _start(peers[3], "serves", 180)  # the spare picks its span once the others are announced
 
         table = Table(title="AI4All local mesh")
@@ -248,6 +252,7 @@ async def up(args: argparse.Namespace) -> int:
             f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]}',
             soft_wrap=True,
         )
+        console.print(f"OpenAI-compatible API: http://127.0.0.1:{args.port + 2}/v1", soft_wrap=True)
         console.print(f"prompt: {args.prompt}", soft_wrap=True)
         await mesh_reply(model_dir, args.prompt, _client_args(args, state), [urls[1], urls[0]])
         if not args.once:

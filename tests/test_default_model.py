@@ -81,8 +81,9 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
 
 def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path, tmp_path: Path) -> None:
     """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all."""
-    port = free_port_pair()
+    port = free_ports()
     args = ["up", "--models-dir", str(models_dir), "--state-dir", str(tmp_path), "--port", str(port)]
+    api = f"http://127.0.0.1:{port + 2}/v1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "python_peer.cli", *args],
         cwd=ROOT,
@@ -93,12 +94,22 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
     try:
         assert proc.stdout is not None
         reply = proc.stdout.readline()
+        # The mesh keeps running after the answer: the OpenAI-compatible API on the first peer answers too.
+        from openai import OpenAI
+
+        chat = OpenAI(base_url=api, api_key="unused").chat.completions.create(
+            model="SmolLM2-135M-Instruct",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16,
+            temperature=0,
+        )
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert reply.strip() == "The capital of France is Paris.", stderr
+    assert chat.choices[0].message.content == "The capital of France is Paris."
     assert proc.returncode == 0, stderr
     assert "exporting" not in stderr, "an existing export must be reused, not exported again"
     for what in (
@@ -119,17 +130,21 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
     assert {p.name for p in tmp_path.iterdir()} >= {"peer0", "peer1", "peer2", "peer3", "client"}
 
 
-def free_port_pair() -> int:
-    """A port P such that P and P + 1 are both free now."""
+def free_ports(count: int = 3) -> int:
+    """A port P such that P, P + 1, ... P + count - 1 are all free now."""
     import socket
 
     for _ in range(50):
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = int(first.getsockname()[1])
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            sockets[0].bind(("127.0.0.1", 0))
+            port = int(sockets[0].getsockname()[1])
+            for offset, sock in enumerate(sockets[1:], start=1):
+                sock.bind(("127.0.0.1", port + offset))
             return port
-    raise RuntimeError("no two consecutive free ports")
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise RuntimeError(f"no {count} consecutive free ports")
