@@ -19,6 +19,7 @@ from python_peer.core.errors import AI4AllError
 _SUBCOMMAND_MODULES = (
     "exporter.cli",
     "python_peer.chat_cli",
+    "python_peer.ledger_cli",
     "python_peer.peer_cli",
     "python_peer.up",
     "signaling.cli",

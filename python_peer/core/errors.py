@@ -46,6 +46,12 @@ Signing and signaling (``canonical.py``, ``python_peer/identity.py``, ``signalin
         ├── RemoteSignalingError   a signaling node answered with an ``error`` message; ``code`` says why
         └── SignalClientError      the signal client is closed, timed out or reached no signaling node
 
+The ledger (``ledger.py``, ``economics.py``, ``gossip.py``, ``python_peer/ledger_store.py``) adds::
+
+    CoreError
+    └── LedgerError        a ledger entry, rule set, gossip message or store that is malformed or refused;
+                           ``code`` names the rejection (``malformed``, ``bad_signature``, ``forked`` ...)
+
 Every message names the offending value so a user can act on it.
 """
 
@@ -249,3 +255,14 @@ class SignalClientError(SignalingError):
     """The signal client is closed, a request timed out, or no signaling node could be reached."""
 
     code = "client"
+
+
+class LedgerError(CoreError, ValueError):
+    """A ledger entry, rule set, gossip message or store is malformed or refused; ``code`` says why."""
+
+    code: str = "malformed"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code is not None:
+            self.code = code

@@ -1,0 +1,613 @@
+"""The ledger on a native peer: a SQLite database (WAL) of validated entries, crash-safe.
+
+Rules live in ``python_peer.core.ledger``; this file only decides what to keep. Two tables:
+
+- ``entries``: each author's linked chain from seq 1 (one row per seq), every row checked by
+  ``check_entry`` and ``check_link`` before it was written;
+- ``evidence``: for each forked author, the two entries with the smallest hashes among those seen at
+  the lowest forked seq. Learning a fork at seq ``f`` deletes that author's chain rows from ``f`` on
+  (they no longer count) and refuses later ones, so per-author storage stays bounded.
+
+What the store holds is then a function of the entries it was offered, whatever their order, and
+``report()`` is ``core.ledger.compute`` over both tables (cached until the next write).
+
+Every write is one transaction: a batch (``insert_many``, ``append_many``, ``merge`` chunks) is stored
+whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
+invalid entry inside a batch is refused alone and does not abort the others. ``durable=True`` (the
+default) sets ``synchronous=FULL``: an own entry is on disk before ``append`` returns, so a crash can
+never make this node sign a second, different entry for a seq it already gossiped (a self-fork).
+
+Blocking: async callers use ``asyncio.to_thread``; a lock serialises callers from several threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol
+
+from python_peer.core.economics import DEFAULT_RULES, Rules, can_pay, price
+from python_peer.core.errors import LedgerError, PaymentRequiredError, SignatureError
+from python_peer.core.ledger import (
+    GENESIS,
+    Body,
+    Entry,
+    ForkProof,
+    Grant,
+    LedgerReport,
+    Outcome,
+    ReceiptBody,
+    Rejection,
+    Verify,
+    check_entry,
+    check_fork_proof,
+    check_link,
+    compute,
+    mine_grant,
+    next_entry,
+)
+from python_peer.identity import verify as _nacl_verify
+
+__all__ = ["LEDGER_FILE", "LedgerStore", "MergeResult", "Quote", "Signer", "native_verify", "now_ms"]
+
+LEDGER_FILE = "ledger.sqlite3"
+SCHEMA_VERSION = "1"
+MERGE_CHUNK = 500  # entries per transaction when merging another store
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS entries (
+    hash TEXT PRIMARY KEY,
+    author TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    prev TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    receipt_id TEXT,
+    subject TEXT,
+    raw BLOB NOT NULL,
+    UNIQUE (author, seq)
+);
+CREATE INDEX IF NOT EXISTS entries_receipt ON entries (receipt_id) WHERE receipt_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS evidence (
+    hash TEXT PRIMARY KEY,
+    author TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    raw BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evidence_author ON evidence (author, seq);
+"""
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the Unix epoch: the ledger's time."""
+    return time.time_ns() // 1_000_000
+
+
+def native_verify(peer_id: str, message: bytes, signature: str) -> bool:
+    """``core.ledger.Verify`` backed by pynacl (``python_peer.identity.verify``)."""
+    try:
+        _nacl_verify(peer_id, message, signature)
+    except SignatureError:
+        return False
+    return True
+
+
+class Signer(Protocol):
+    """What appending needs from an identity: ``python_peer.identity.Identity`` is one."""
+
+    peer_id: str
+
+    def sign(self, message: bytes) -> str: ...
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A client's balance as this node sees it, against the price of one request."""
+
+    client: str
+    balance: int
+    price: int
+    standing: int
+    outstanding: int = 0
+
+    @property
+    def refusal(self) -> str | None:
+        """Why the request must be refused (a sentence naming balance and price), or None."""
+        return can_pay(self.balance, self.price, self.outstanding)
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """How many of another store's entries and fork proofs were new, duplicates, forks or refused."""
+
+    stored: int = 0
+    duplicate: int = 0
+    fork: int = 0
+    rejected: int = 0
+
+
+@dataclass(frozen=True)
+class _Link:
+    seq: int
+    hash: str
+    time: int
+
+
+class LedgerStore:
+    """One node's copy of the ledger. Open with ``LedgerStore.open``; close, or use ``with``."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, rules: Rules, verify: Verify) -> None:
+        self._conn = conn
+        self.path = path
+        self.rules = rules
+        self.verify = verify
+        self._lock = threading.RLock()
+        self._writes = 0
+        self._cache: tuple[tuple[int, int], LedgerReport] | None = None
+        self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path | None,
+        *,
+        rules: Rules = DEFAULT_RULES,
+        verify: Verify = native_verify,
+        durable: bool = True,
+        create: bool = True,
+    ) -> LedgerStore:
+        """Open (or create) the database at ``path`` (``None``: in memory, for tests) and check its chains.
+
+        ``durable=False`` keeps atomicity but lets the OS delay the fsync (tests, benchmarks).
+        """
+        target = ":memory:" if path is None else str(path)
+        if path is not None and not create and not Path(path).exists():
+            raise LedgerError(f"no ledger at {path}", code="missing")
+        try:
+            conn = sqlite3.connect(target, isolation_level=None, check_same_thread=False, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.executescript(_SCHEMA)
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            (version,) = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot open the ledger at {target}: {exc}", code="store") from exc
+        if version != SCHEMA_VERSION:
+            conn.close()
+            raise LedgerError(f"ledger {target} has schema {version}, this version reads {SCHEMA_VERSION}")
+        store = cls(conn, target, rules, verify)
+        try:
+            store.check()
+        except LedgerError:
+            conn.close()
+            raise
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> LedgerStore:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- transactions and rows --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction under the lock: everything in it is stored, or none of it."""
+        with self._lock:
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise LedgerError(f"ledger {self.path} is not writable: {exc}", code="store") from exc
+            try:
+                yield
+            except sqlite3.Error as exc:
+                self._conn.execute("ROLLBACK")
+                raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
+                raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
+            self._writes += 1
+
+    def _version(self) -> tuple[int, int]:
+        """Changes whenever any connection commits a write: the key of every cache."""
+        (data_version,) = self._conn.execute("PRAGMA data_version").fetchone()
+        return (int(data_version), self._writes)
+
+    def _decode(self, raw: bytes) -> Entry:
+        """A row's entry; rows were validated when written, so only the parse is repeated."""
+        return Entry.from_dict(json.loads(raw))
+
+    def _row(self, author: str, seq: int) -> Entry | None:
+        row = self._conn.execute(
+            "SELECT raw FROM entries WHERE author = ? AND seq = ?", (author, seq)
+        ).fetchone()
+        return self._decode(row[0]) if row else None
+
+    def _link(self, author: str, seq: int) -> _Link | None:
+        """The (seq, hash, time) of a chain row, without parsing the entry: all linking needs."""
+        row = self._conn.execute(
+            "SELECT seq, hash, time FROM entries WHERE author = ? AND seq = ?", (author, seq)
+        ).fetchone()
+        return _Link(int(row[0]), row[1], int(row[2])) if row else None
+
+    def _fork_seq(self, author: str) -> int | None:
+        row = self._conn.execute("SELECT MIN(seq) FROM evidence WHERE author = ?", (author,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def _holds(self, entry_hash: str) -> bool:
+        sql = "SELECT 1 FROM entries WHERE hash = ? UNION ALL SELECT 1 FROM evidence WHERE hash = ?"
+        return self._conn.execute(sql, (entry_hash, entry_hash)).fetchone() is not None
+
+    def _write_entry(self, entry: Entry) -> None:
+        body = entry.body
+        receipt_id = body.receipt.id if isinstance(body, ReceiptBody) else None
+        subject = body.author if isinstance(body, ForkProof) else None
+        self._conn.execute(
+            "INSERT INTO entries VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.hash,
+                entry.author,
+                entry.seq,
+                entry.prev,
+                entry.time,
+                entry.kind,
+                receipt_id,
+                subject,
+                entry.encoded,
+            ),
+        )
+
+    def _record_fork(self, author: str, seq: int, variants: Sequence[Entry]) -> bool:
+        """Keep the two smallest-hash entries at the lowest forked seq; drop the chain from there on."""
+        current = self._fork_seq(author)
+        if current is not None and seq > current:
+            return False
+        known: dict[str, Entry] = {v.hash: v for v in variants if v.author == author and v.seq == seq}
+        if current == seq:
+            for (raw,) in self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)):
+                entry = self._decode(raw)
+                known[entry.hash] = entry
+        held = self._row(author, seq)
+        if held is not None:
+            known[held.hash] = held
+        if len(known) < 2:
+            return False
+        keep = sorted(known)[:2]
+        self._conn.execute("DELETE FROM evidence WHERE author = ?", (author,))
+        for h in keep:
+            self._conn.execute("INSERT INTO evidence VALUES (?, ?, ?, ?)", (h, author, seq, known[h].encoded))
+        self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, seq))
+        return current != seq
+
+    # --- inserting others' entries ----------------------------------------------------------------------
+
+    def _offer(self, entry: Entry, now: int) -> Outcome:
+        """Decide one entry inside an open transaction; checks run before anything is written."""
+        if self._holds(entry.hash):
+            return Outcome(entry.hash, "duplicate")
+        fork = self._fork_seq(entry.author)
+        if fork is not None and entry.seq > fork:
+            body = entry.body  # its author's entry does not count, but the evidence it carries is still proof
+            if isinstance(body, ForkProof) and check_fork_proof(body, self.verify) is None:
+                self._record_fork(body.author, body.seq, [body.a, body.b])
+            return Outcome(entry.hash, "rejected", Rejection("forked", f"author forked at seq {fork}"))
+        rejection = check_entry(entry, self.verify, now, self.rules)
+        if rejection is not None:
+            return Outcome(entry.hash, "rejected", rejection)
+        if fork == entry.seq:  # one more variant at the fork, kept if among the two smallest hashes
+            self._record_fork(entry.author, entry.seq, [entry])
+            return Outcome(entry.hash, "fork", Rejection("forked", f"author forked at seq {fork}"))
+        held = self._link(entry.author, entry.seq)
+        if held is not None:
+            self._record_fork(entry.author, entry.seq, [entry])
+            return Outcome(
+                entry.hash, "fork", Rejection("forked", f"a second entry {entry.seq} of its author")
+            )
+        rejection = check_link(self._link(entry.author, entry.seq - 1) if entry.seq > 1 else None, entry)
+        if rejection is not None:
+            return Outcome(entry.hash, "rejected", rejection)
+        self._write_entry(entry)
+        if isinstance(entry.body, ForkProof):
+            self._record_fork(entry.body.author, entry.body.seq, [entry.body.a, entry.body.b])
+        return Outcome(entry.hash, "stored")
+
+    def insert(self, entry: Entry, now: int | None = None) -> Outcome:
+        """Offer one entry from another node; see ``Outcome`` for what can happen."""
+        return self.insert_many([entry], now)[0]
+
+    def insert_many(self, entries: Sequence[Entry], now: int | None = None) -> list[Outcome]:
+        """Offer a batch (in seq order per author, as gossip sends them) in one transaction."""
+        clock = now_ms() if now is None else now
+        with self._transaction():
+            return [self._offer(entry, clock) for entry in entries]
+
+    def add_fork_proofs(self, proofs: Sequence[ForkProof], now: int | None = None) -> list[Outcome]:
+        """Record fork evidence received outside any log (gossip's ``proofs``); one transaction."""
+        del now  # evidence is timeless: a fork is proven whenever its entries were dated
+        outcomes = []
+        with self._transaction():
+            for proof in proofs:
+                tag = proof.a.hash
+                rejection = check_fork_proof(proof, self.verify)
+                if rejection is not None:
+                    outcomes.append(Outcome(tag, "rejected", rejection))
+                elif self._record_fork(proof.author, proof.seq, [proof.a, proof.b]):
+                    outcomes.append(Outcome(tag, "fork"))
+                else:
+                    outcomes.append(Outcome(tag, "duplicate"))
+        return outcomes
+
+    def merge(self, other: LedgerStore, now: int | None = None) -> MergeResult:
+        """Offer everything ``other`` holds (chains in seq order, then its fork evidence)."""
+        counts = {"stored": 0, "duplicate": 0, "fork": 0, "rejected": 0}
+        chunk: list[Entry] = []
+        for entry in other.entries():
+            chunk.append(entry)
+            if len(chunk) >= MERGE_CHUNK:
+                for outcome in self.insert_many(chunk, now):
+                    counts[outcome.status] += 1
+                chunk = []
+        for outcome in self.insert_many(chunk, now) if chunk else []:
+            counts[outcome.status] += 1
+        proofs = [p for author in other.forks() if (p := other.fork_proof(author)) is not None]
+        for outcome in self.add_fork_proofs(proofs, now) if proofs else []:
+            counts[outcome.status] += 1
+        return MergeResult(**counts)
+
+    # --- own entries ------------------------------------------------------------------------------------
+
+    def append(self, identity: Signer, body: Body, now: int | None = None) -> Entry:
+        """Sign ``body`` as the next entry of ``identity``'s log and store it durably."""
+        return self.append_many(identity, [body], now)[0]
+
+    def append_many(self, identity: Signer, bodies: Sequence[Body], now: int | None = None) -> list[Entry]:
+        """Append several bodies in one transaction (one fsync): all of them are stored, or none."""
+        clock = now_ms() if now is None else now
+        author = identity.peer_id
+        written: list[Entry] = []
+        with self._transaction():
+            if (fork := self._fork_seq(author)) is not None:
+                raise LedgerError(
+                    f"this identity's log is forked at seq {fork} (the key was used by two writers): "
+                    "use a new identity",
+                    code="forked",
+                )
+            head = self.head(author)
+            for body in bodies:
+                rejection = self._own_rejection(author, body, written)
+                if rejection is not None:
+                    raise rejection.error()
+                entry = next_entry(author, head, clock, body, identity.sign)
+                outcome = self._offer(entry, clock)
+                if outcome.status != "stored":
+                    raise (outcome.rejection or Rejection("store", f"entry was {outcome.status}")).error()
+                written.append(entry)
+                head = entry
+        return written
+
+    def _own_rejection(self, author: str, body: Body, pending: Sequence[Entry]) -> Rejection | None:
+        """What an honest writer refuses to sign: a second grant, a receipt its log already carries."""
+        if isinstance(body, Grant):
+            held = self._conn.execute(
+                "SELECT seq FROM entries WHERE author = ? AND kind = 'grant' LIMIT 1", (author,)
+            ).fetchone()
+            if held is not None or any(isinstance(e.body, Grant) for e in pending):
+                return Rejection("grant_claimed", "this identity has already claimed its starter grant")
+        if isinstance(body, ReceiptBody):
+            rid = body.receipt.id
+            held = self._conn.execute(
+                "SELECT seq FROM entries WHERE author = ? AND receipt_id = ? LIMIT 1", (author, rid)
+            ).fetchone()
+            if held is not None or any(
+                isinstance(e.body, ReceiptBody) and e.body.receipt.id == rid for e in pending
+            ):
+                return Rejection("duplicate_receipt", f"receipt {rid[:12]}… is already in this log")
+        return None
+
+    def append_receipt(self, identity: Signer, body: ReceiptBody, now: int | None = None) -> Entry:
+        """Record a co-signed receipt in ``identity``'s log (it must be the receipt's client or server)."""
+        return self.append(identity, body, now)
+
+    def claim_grant(self, identity: Signer, now: int | None = None, nonce: int | None = None) -> Entry:
+        """Mine the proof of work (unless ``nonce`` is given) and append the starter grant.
+
+        Mining takes about 2**grant_pow_bits hashes (seconds under the default rules): call it in a thread.
+        """
+        if nonce is None:
+            nonce = mine_grant(identity.peer_id, self.rules.grant_pow_bits)
+            if nonce is None:
+                raise LedgerError("no proof of work found for the starter grant", code="bad_pow")
+        return self.append(identity, Grant(nonce), now)
+
+    def publish_fork_proofs(self, identity: Signer, now: int | None = None, limit: int = 8) -> list[Entry]:
+        """Append a ``fork_proof`` entry for each known fork this identity has not yet published."""
+        with self._lock:
+            published = {
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT subject FROM entries WHERE author = ? AND kind = 'fork_proof'",
+                    (identity.peer_id,),
+                )
+            }
+            proofs = [
+                proof
+                for author in sorted(self.forks())
+                if author not in published and author != identity.peer_id
+                if (proof := self.fork_proof(author)) is not None
+            ][:limit]
+        return self.append_many(identity, proofs, now) if proofs else []
+
+    # --- reads ------------------------------------------------------------------------------------------
+
+    def head(self, author: str) -> Entry | None:
+        """The last entry of ``author``'s chain held here."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT raw FROM entries WHERE author = ? ORDER BY seq DESC LIMIT 1", (author,)
+            ).fetchone()
+            return self._decode(row[0]) if row else None
+
+    def heads(self) -> dict[str, tuple[int, str]]:
+        """Author -> (seq, hash) of the last entry held in each chain: what gossip compares."""
+        with self._lock:
+            version = self._version()
+            if self._heads_cache is not None and self._heads_cache[0] == version:
+                return dict(self._heads_cache[1])
+            rows = self._conn.execute("SELECT author, MAX(seq), hash FROM entries GROUP BY author")
+            heads = {author: (int(seq), h) for author, seq, h in rows}
+            self._heads_cache = (version, heads)
+            return dict(heads)
+
+    def forks(self) -> dict[str, int]:
+        """Author -> the lowest seq at which two entries of that author are known."""
+        with self._lock:
+            rows = self._conn.execute("SELECT author, MIN(seq) FROM evidence GROUP BY author")
+            return {author: int(seq) for author, seq in rows}
+
+    def fork_proof(self, author: str) -> ForkProof | None:
+        """The evidence against ``author``, as a fork proof, if it forked."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT raw FROM evidence WHERE author = ? ORDER BY hash LIMIT 2", (author,)
+            ).fetchall()
+        if len(rows) < 2:
+            return None
+        return ForkProof.of(self._decode(rows[0][0]), self._decode(rows[1][0]))
+
+    def hash_at(self, author: str, seq: int) -> str | None:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT hash FROM entries WHERE author = ? AND seq = ?", (author, seq)
+            ).fetchone()
+            return row[0] if row else None
+
+    def entries_from(self, author: str, from_seq: int, limit: int) -> list[Entry]:
+        """Up to ``limit`` entries of ``author`` from ``from_seq`` on, in order."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT raw FROM entries WHERE author = ? AND seq >= ? ORDER BY seq LIMIT ?",
+                (author, from_seq, max(0, limit)),
+            ).fetchall()
+        return [self._decode(raw) for (raw,) in rows]
+
+    def entries(self) -> Iterator[Entry]:
+        """Every chain entry, by author then seq (a snapshot taken under the lock)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT raw FROM entries ORDER BY author, seq").fetchall()
+        for (raw,) in rows:
+            yield self._decode(raw)
+
+    def evidence(self) -> list[Entry]:
+        """The entries kept as fork evidence."""
+        with self._lock:
+            rows = self._conn.execute("SELECT raw FROM evidence ORDER BY author, hash").fetchall()
+        return [self._decode(raw) for (raw,) in rows]
+
+    def hashes(self) -> tuple[frozenset[str], frozenset[str]]:
+        """(chain entry hashes, evidence hashes): two stores holding the same sets hold the same ledger."""
+        with self._lock:
+            chain = frozenset(r[0] for r in self._conn.execute("SELECT hash FROM entries"))
+            evidence = frozenset(r[0] for r in self._conn.execute("SELECT hash FROM evidence"))
+        return chain, evidence
+
+    def __len__(self) -> int:
+        with self._lock:
+            (count,) = self._conn.execute("SELECT COUNT(*) FROM entries").fetchone()
+            return int(count)
+
+    # --- balances and spending --------------------------------------------------------------------------
+
+    def report(self) -> LedgerReport:
+        """``core.ledger.compute`` over everything held; recomputed only after a write (same input, same output)."""
+        with self._lock:
+            version = self._version()
+            if self._cache is not None and self._cache[0] == version:
+                return self._cache[1]
+            rows = self._conn.execute("SELECT raw FROM entries UNION ALL SELECT raw FROM evidence").fetchall()
+            result = compute((self._decode(raw) for (raw,) in rows), rules=self.rules)
+            self._cache = (version, result)
+            return result
+
+    def balances(self) -> dict[str, int]:
+        return self.report().balances
+
+    def balance(self, peer_id: str) -> int:
+        return self.report().balance(peer_id)
+
+    def quote(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
+        """The price of ``tokens`` through ``blocks`` blocks for ``client``, and its balance here."""
+        report = self.report()
+        standing = report.standing(client)
+        cost = price(blocks, tokens, standing, self.rules)
+        return Quote(client, report.balance(client), cost, standing, outstanding)
+
+    def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
+        """``quote``, raising ``PaymentRequiredError`` (code ``payment_required``) if the balance falls short."""
+        quote = self.quote(client, blocks, tokens, outstanding)
+        if quote.refusal is not None:
+            raise PaymentRequiredError(f"client {client[:12]}…: {quote.refusal}")
+        return quote
+
+    # --- integrity --------------------------------------------------------------------------------------
+
+    def check(self, *, full: bool = False) -> None:
+        """Raise ``LedgerError`` (code ``corrupt``) unless every chain is linked from seq 1 without gaps.
+
+        The quick check (run by ``open``) is SQL over the columns; ``full`` also re-parses every row,
+        recomputes its hash and link in Python and verifies every signature.
+        """
+        with self._lock:
+            (quick,) = self._conn.execute("PRAGMA quick_check").fetchone()
+            if quick != "ok":
+                raise LedgerError(f"ledger {self.path} is damaged ({quick}): move it aside", code="corrupt")
+            broken = self._conn.execute(
+                """SELECT e.author, e.seq FROM entries e WHERE
+                     (e.seq = 1 AND e.prev != ?) OR (e.seq > 1 AND NOT EXISTS (
+                        SELECT 1 FROM entries p WHERE p.author = e.author AND p.seq = e.seq - 1
+                        AND p.hash = e.prev AND p.time <= e.time))
+                   LIMIT 1""",
+                (GENESIS,),
+            ).fetchone()
+            if broken is not None:
+                raise LedgerError(
+                    f"ledger {self.path}: entry {broken[1]} of {broken[0][:12]}… does not extend entry "
+                    f"{broken[1] - 1}: move the file aside",
+                    code="corrupt",
+                )
+            if not full:
+                return
+            previous: Entry | None = None
+            for h, raw in self._conn.execute("SELECT hash, raw FROM entries ORDER BY author, seq").fetchall():
+                entry = Entry.decode(raw)
+                if entry.hash != h:
+                    raise LedgerError(
+                        f"ledger {self.path}: row {h[:12]}… holds another entry", code="corrupt"
+                    )
+                same_author = previous is not None and previous.author == entry.author
+                problem = check_link(previous if same_author else None, entry) or check_entry(
+                    entry, self.verify, entry.time, self.rules
+                )
+                if problem is not None:
+                    raise LedgerError(f"ledger {self.path}: entry {h[:12]}…: {problem}", code="corrupt")
+                previous = entry

@@ -1,0 +1,180 @@
+"""Properties of the ledger (Hypothesis): balances depend on the set of entries only, merging stores is
+commutative and idempotent, self-dealing never mints credits, no balance passes the cap, and random
+input never raises anything but our typed errors."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from python_peer.core.canonical import canonical_bytes
+from python_peer.core.economics import HOUR_MS, Rules
+from python_peer.core.errors import CanonicalError, LedgerError
+from python_peer.core.ledger import Entry, ForkProof, Grant, ReceiptBody, compute, make_entry, parse_entry
+from python_peer.ledger_store import LedgerStore, native_verify
+from tests.test_ledger import NOW, RULES, T0, Log, cosign, grant, ids
+
+PEOPLE = ids(5, 1000)
+SESSIONS = [f"{i:032x}" for i in range(3)]
+SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+STORE_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+Action = tuple[int, str, int, int, int, int, int, int]
+
+
+def plans(min_size: int = 1, max_size: int = 30) -> st.SearchStrategy[list[Action]]:
+    return st.lists(
+        st.tuples(
+            st.integers(0, len(PEOPLE) - 1),  # who acts
+            st.sampled_from(["grant", "serve", "serve", "serve", "carry", "fork", "proof"]),
+            st.integers(0, len(PEOPLE) - 1),  # the other party
+            st.integers(0, 3),  # first block
+            st.integers(1, 3),  # blocks
+            st.integers(1, 2000),  # tokens
+            st.integers(0, 2 * HOUR_MS),  # time since the previous action
+            st.integers(0, len(SESSIONS) - 1),  # session (repeats make cumulative receipts)
+        ),
+        min_size=min_size,
+        max_size=max_size,
+    )
+
+
+actions = plans()
+
+
+def build(plan: list[Action]) -> list[Entry]:
+    """Entries of five identities following ``plan``: grants (some twice), receipts (some carried by both
+    parties, some cumulative), forks (a second entry at a seq already written) and fork proofs."""
+    logs = [Log(p) for p in PEOPLE]
+    extra: list[Entry] = []
+    forks: list[tuple[Entry, Entry]] = []
+    last: ReceiptBody | None = None
+    now = T0
+    for who, kind, other, start, blocks, tokens, step, session in plan:
+        now += step
+        log = logs[who]
+        if kind == "grant":
+            log.add(grant(log.identity), time=max(now, log.entries[-1].time if log.entries else now))
+        elif kind == "serve" and other != who:
+            last = cosign(
+                PEOPLE[other],
+                PEOPLE[who],
+                tokens=tokens,
+                start=start,
+                end=start + blocks,
+                time=now,
+                session=SESSIONS[session],
+            )
+            log.add(last)
+        elif (
+            kind == "carry"
+            and last is not None
+            and log.identity.peer_id in (last.receipt.client, last.receipt.server)
+        ):
+            log.add(last)
+        elif kind == "fork" and log.entries and not isinstance(log.entries[-1].body, ForkProof):
+            head = log.entries[-1]
+            partner = PEOPLE[(who + 1) % len(PEOPLE)]
+            body = cosign(partner, log.identity, tokens=tokens, time=head.time, session=SESSIONS[session])
+            twin = make_entry(head.author, head.seq, head.prev, head.time, body, log.identity.sign)
+            if twin.hash != head.hash:
+                extra.append(twin)
+                forks.append((head, twin))
+        elif kind == "proof" and forks:
+            log.add(ForkProof.of(*forks[other % len(forks)]))
+    return [e for log in logs for e in log.entries] + extra
+
+
+def summary(report: Any) -> tuple[Any, ...]:
+    return (report.balances, report.forks, report.counted, {h: r.code for h, r in report.ignored.items()})
+
+
+@SETTINGS
+@given(plan=actions, data=st.data())
+def test_balances_depend_on_the_set_of_entries_only(plan: list[Action], data: st.DataObject) -> None:
+    entries = build(plan)
+    reference = compute(entries, rules=RULES)
+    shuffled = data.draw(st.permutations(entries))
+    repeats = data.draw(st.lists(st.sampled_from(entries), max_size=10)) if entries else []
+    assert summary(compute([*shuffled, *repeats], rules=RULES)) == summary(reference)
+    assert summary(compute(shuffled, rules=RULES, verify=native_verify)) == summary(reference)
+
+
+@SETTINGS
+@given(plan=actions)
+def test_self_dealing_never_mints_credits_and_the_cap_holds(plan: list[Action]) -> None:
+    entries = build(plan)
+    report = compute(entries, rules=RULES)
+    granted = sum(a.granted for a in report.accounts.values())
+    assert sum(report.balances.values()) <= granted  # every receipt burns at least what it pays out
+    no_grants = compute([e for e in entries if not isinstance(e.body, Grant)], rules=RULES)
+    assert sum(no_grants.balances.values()) <= 0
+    capped = Rules(grant_pow_bits=RULES.grant_pow_bits, balance_cap=210_000)
+    assert all(b <= 210_000 for b in compute(entries, rules=capped).balances.values())
+
+
+def _store(entries: list[Entry]) -> LedgerStore:
+    store = LedgerStore.open(None, rules=RULES)
+    store.insert_many(sorted(entries, key=lambda e: (e.seq, e.hash)), NOW)  # gaps are refused, forks recorded
+    return store
+
+
+def _state(store: LedgerStore) -> tuple[Any, ...]:
+    return (*store.hashes(), store.forks(), store.balances())
+
+
+@STORE_SETTINGS
+@given(plan=plans(12, 40), data=st.data())
+def test_merging_stores_is_commutative_and_idempotent(plan: list[Action], data: st.DataObject) -> None:
+    entries = build(plan)
+    sides = data.draw(st.lists(st.sampled_from("ABX"), min_size=len(entries), max_size=len(entries)))
+    part_a = [e for e, side in zip(entries, sides, strict=True) if side in "AX"]
+    part_b = [e for e, side in zip(entries, sides, strict=True) if side in "BX"]
+    a, b = _store(part_a), _store(part_b)
+    b_copy = _store([])
+    b_copy.merge(b, NOW)
+    a.merge(b, NOW)
+    b.merge(_store(part_a), NOW)
+    assert _state(a) == _state(b)  # A + B == B + A
+    event(f"forked authors: {len(a.forks())}, entries held: {'>10' if len(a) > 10 else '<=10'}")
+    once = _state(a)
+    result = a.merge(b_copy, NOW)
+    assert result.stored == 0 and _state(a) == once  # (A + B) + B == A + B
+    a.merge(a, NOW)
+    assert _state(a) == once  # A + A == A
+    # and a store holding everything the two held computes the pure function's balances
+    assert a.balances() == compute([*a.entries(), *a.evidence()], rules=RULES).balances
+
+
+@SETTINGS
+@given(plan=actions)
+def test_a_store_agrees_with_the_pure_rules_on_what_it_accepted(plan: list[Action]) -> None:
+    entries = build(plan)
+    store = _store(entries)
+    assert all(e.encoded == canonical_bytes(e.to_dict()) for e in entries)  # the fast encoder is canonical
+    held = [*store.entries(), *store.evidence()]
+    assert store.balances() == compute(held, rules=RULES).balances
+    assert store.forks() == compute(held, rules=RULES).forks
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=70) | st.floats(allow_nan=True),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=6)
+    ),
+    max_leaves=30,
+)
+
+
+@SETTINGS
+@given(data=json_values, mutate=st.sampled_from(["author", "seq", "prev", "time", "body", "signature", None]))
+def test_random_input_only_raises_typed_errors(data: Any, mutate: str | None) -> None:
+    base = Log(PEOPLE[0]).add(grant(PEOPLE[0])).to_dict()
+    candidate = data if mutate is None else {**base, mutate: data}
+    result = parse_entry(candidate)
+    assert isinstance(result, Entry) or result.code in ("malformed", "too_large")
+    with contextlib.suppress(LedgerError, CanonicalError):
+        Entry.decode(repr(data).encode())

@@ -1,0 +1,246 @@
+"""The SQLite ledger: atomic batches, reopening, a writer killed with SIGKILL mid-batch, corruption
+found on open, threads, and the ``ai4all ledger`` commands."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from python_peer.core.economics import format_units
+from python_peer.core.errors import LedgerError
+from python_peer.core.ledger import Entry, Grant, ReceiptBody
+from python_peer.identity import IDENTITY_FILE, Identity
+from python_peer.ledger_store import LEDGER_FILE, LedgerStore
+from tests.conftest import ROOT, run_cli
+from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
+
+
+def test_append_reopen_and_read_back(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    client, server = ids(2, 800)
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.claim_grant(server, T0)
+        first = store.append_receipt(server, cosign(client, server, time=T0 + 1000), T0 + 2000)
+        second = store.append_receipt(server, cosign(client, server, time=T0 + 3000), T0 + 4000)
+        heads, balances = store.heads(), store.balances()
+    assert heads == {server.peer_id: (3, second.hash)}
+    assert second.prev == first.hash and second.seq == 3
+    with LedgerStore.open(path, rules=RULES) as again:
+        assert again.heads() == heads and again.balances() == balances
+        assert [e.hash for e in again.entries_from(server.peer_id, 2, 10)] == [first.hash, second.hash]
+        assert again.entries_from(server.peer_id, 4, 10) == []
+        again.check(full=True)
+        assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_an_invalid_entry_in_a_batch_is_refused_alone(tmp_path: Path) -> None:
+    client, server = ids(2, 810)
+    log = Log(server)
+    good = [log.add(grant(server)), log.add(cosign(client, server))]
+    forged = Log(server)
+    forged.entries = list(good)
+    bad = forged.add(cosign(client, server, tokens=7))
+    bad = type(bad)(bad.author, bad.seq, bad.prev, bad.time, bad.body, client.sign(bad.signing_bytes))
+    after_bad = log.add(cosign(client, server, tokens=9))
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES)
+    outcomes = store.insert_many([*good, bad, after_bad], NOW)
+    assert [o.status for o in outcomes] == ["stored", "stored", "rejected", "stored"]
+    assert outcomes[2].rejection is not None and outcomes[2].rejection.code == "bad_signature"
+    assert len(store) == 3
+
+
+def test_a_failure_mid_batch_stores_nothing_of_the_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, server = ids(2, 820)
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES)
+    store.claim_grant(server, T0)
+    before = store.hashes()
+    real = store._write_entry
+    calls = {"n": 0}
+
+    def failing(entry: Entry) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(entry)
+
+    monkeypatch.setattr(store, "_write_entry", failing)
+    bodies = [cosign(client, server, tokens=i + 1) for i in range(5)]
+    with pytest.raises(LedgerError, match="disk I/O error") as caught:
+        store.append_many(server, bodies, T0 + 100_000)
+    assert caught.value.code == "store"
+    assert store.hashes() == before and len(store) == 1
+    monkeypatch.setattr(store, "_write_entry", real)
+    assert len(store.append_many(server, bodies, T0 + 100_000)) == 5
+
+
+_WRITER = textwrap.dedent(
+    """
+    import hashlib, sys
+    from python_peer.core.economics import Rules
+    from python_peer.core.ledger import Receipt, ReceiptBody
+    from python_peer.identity import Identity
+    from python_peer.ledger_store import LedgerStore
+
+    path, batch_size, t0 = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    server = Identity.from_seed(hashlib.sha256(b"writer-server").digest())
+    client = Identity.from_seed(hashlib.sha256(b"writer-client").digest())
+    store = LedgerStore.open(path, rules=Rules(grant_pow_bits=4))
+    n = len(store)
+    print(f"ready {n}", flush=True)
+    while True:
+        bodies = []
+        for i in range(batch_size):
+            r = Receipt(f"{n + i:032x}", "m", 0, 4, 10, client.peer_id, server.peer_id, t0 + n + i)
+            bodies.append(ReceiptBody(r, client.sign(r.signing_bytes()), server.sign(r.signing_bytes())))
+        print(f"begin {n}", flush=True)
+        store.append_many(server, bodies, t0 + n + batch_size)
+        n += batch_size
+    """
+)
+
+
+def test_a_writer_killed_mid_batch_leaves_an_intact_chain(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    batch = 200
+    rng = random.Random(7)
+    mid_batch = 0
+    for _ in range(4):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(batch), str(T0)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        try:
+            assert writer.stdout is not None
+            ready = writer.stdout.readline()
+            assert ready.startswith("ready"), ready
+            begun = []
+            for _ in range(rng.randint(1, 3)):
+                begun.append(int(writer.stdout.readline().split()[1]))
+            time.sleep(rng.uniform(0.0, 0.04))
+        finally:
+            writer.send_signal(signal.SIGKILL)
+            writer.wait(timeout=30)
+        assert writer.returncode == -signal.SIGKILL
+        with LedgerStore.open(path, rules=RULES) as store:  # the quick chain check runs on open
+            store.check(full=True)
+            held = len(store)
+            assert held % batch == 0, f"{held} entries: a batch was stored in part"
+            assert held in (begun[-1], begun[-1] + batch)
+            mid_batch += held == begun[-1]
+            head = store.head(store.entries_from(next(iter(store.heads())), 1, 1)[0].author)
+            assert head is not None and head.seq == held
+    assert mid_batch >= 1, "no kill landed inside a batch: make the batches bigger"
+
+
+def test_a_broken_chain_is_found_on_open(tmp_path: Path) -> None:
+    path = tmp_path / LEDGER_FILE
+    client, server = ids(2, 830)
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.claim_grant(server, T0)
+        store.append_many(server, [cosign(client, server, tokens=n) for n in (1, 2, 3)], T0 + 100_000)
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "UPDATE entries SET raw = CAST(REPLACE(CAST(raw AS TEXT), '\"tokens\":2', '\"tokens\":9') AS BLOB)"
+        )
+    with LedgerStore.open(path, rules=RULES) as store:  # columns still link: only the full check sees it
+        with pytest.raises(LedgerError, match="holds another entry") as caught:
+            store.check(full=True)
+        assert caught.value.code == "corrupt"
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM entries WHERE seq = 2")
+    with pytest.raises(LedgerError, match="does not extend entry 2") as caught:
+        LedgerStore.open(path, rules=RULES)
+    assert caught.value.code == "corrupt"
+    with pytest.raises(LedgerError, match="no ledger at"):
+        LedgerStore.open(tmp_path / "absent.sqlite3", create=False)
+
+
+def test_an_own_fork_is_refused_and_never_extended(tmp_path: Path) -> None:
+    client, server = ids(2, 840)
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES)
+    first = store.claim_grant(server, T0)
+    store.append(server, cosign(client, server), T0 + 70_000)
+    other = Log(server)
+    other.entries = [first]
+    assert store.insert(other.add(cosign(client, server, tokens=3)), NOW).status == "fork"
+    with pytest.raises(LedgerError, match="log is forked at seq 2") as caught:
+        store.append(server, cosign(client, server), NOW)
+    assert caught.value.code == "forked"
+
+
+async def test_threads_share_one_store(tmp_path: Path) -> None:
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES, durable=False)
+    writers = ids(4, 850)
+    client = ids(1, 860)[0]
+
+    def work(me: Identity) -> None:
+        store.claim_grant(me, T0)
+        for i in range(10):
+            store.append_receipt(me, cosign(client, me, tokens=i + 1), T0 + 100_000)
+            store.balances()
+
+    await asyncio.gather(*(asyncio.to_thread(work, w) for w in writers))
+    assert len(store) == 4 * 11
+    assert all(store.heads()[w.peer_id][0] == 11 for w in writers)
+    store.check(full=True)
+
+
+# --- the command line -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> tuple[Path, Identity]:
+    """A node's data directory: the golden identity, its grant (real difficulty) and one served span."""
+    GOLDEN.save(tmp_path / IDENTITY_FILE)
+    client = ids(1, 870)[0]
+    with LedgerStore.open(tmp_path / LEDGER_FILE) as store:
+        store.insert(Log(GOLDEN).add(Grant(GOLDEN_NONCE), time=T0), NOW)
+        body: ReceiptBody = cosign(client, GOLDEN, tokens=500, time=T0 + 60_000)
+        store.append_receipt(GOLDEN, body, T0 + 61_000)
+    return tmp_path, client
+
+
+def test_cli_balance_prints_the_balance_alone(data_dir: tuple[Path, Identity]) -> None:
+    directory, client = data_dir
+    with LedgerStore.open(directory / LEDGER_FILE) as store:
+        mine, theirs = store.balance(GOLDEN.peer_id), store.balance(client.peer_id)
+    assert mine == 240_000
+    done = run_cli(["ledger", "balance", "--data-dir", str(directory)], timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{format_units(mine)}\n" == "240.000\n"
+    done = run_cli(
+        ["ledger", "balance", client.peer_id[:10], "--data-dir", str(directory), "--units"], timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{theirs}\n" == "-51000\n"
+
+
+def test_cli_show_and_errors(
+    data_dir: tuple[Path, Identity], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    directory, _ = data_dir
+    done = run_cli(["ledger", "show", "--data-dir", str(directory)], timeout=60, env={"COLUMNS": "200"})
+    assert done.returncode == 0, done.stderr
+    for text in ("starter grant", "served smollm2-135m [0, 10) x 500 tok", "rarity bonus", "240.000"):
+        assert text in done.stdout
+    empty = tmp_path_factory.mktemp("empty")
+    done = run_cli(["ledger", "balance", "--data-dir", str(empty)], timeout=60)
+    assert done.returncode == 1 and done.stdout == ""
+    assert "no ledger at" in done.stderr
+    done = run_cli(["ledger", "balance", "ffff", "--data-dir", str(directory)], timeout=60)
+    assert done.returncode == 1 and "neither a peer id nor a prefix" in done.stderr
+    assert os.path.exists(directory / IDENTITY_FILE)
