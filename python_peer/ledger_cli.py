@@ -64,7 +64,9 @@ def _open(args: argparse.Namespace) -> tuple[LedgerStore, str]:
     path = data_dir / LEDGER_FILE
     if not path.exists():
         raise CommandError(f"no ledger at {path}: run a peer with --data-dir {data_dir} first")
-    store = LedgerStore.open(path, create=False)
+    from python_peer.ledger_service import network_rules
+
+    store = LedgerStore.open(path, create=False, rules=network_rules())
     try:
         if args.id is None:
             peer_id = Identity.load(data_dir / IDENTITY_FILE).peer_id

@@ -20,12 +20,13 @@ import numpy as np
 
 from python_peer.core import manifest as names
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import AI4AllError, RemoteError, WireError
+from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, RemoteError, WireError
 from python_peer.core.manifest import Manifest
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
 from .errors import LinkClosedError, PeerError
+from .ledger_service import LedgerService
 from .routing import BanList, Candidate, NoRouteError, choose_route
 from .rpc import RpcClient
 from .runner import ShardRunner
@@ -66,6 +67,7 @@ class _Hop:
     session: bytes = field(default_factory=lambda: os.urandom(16))
     next_step: int = 0
     history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
+    tokens: int = 0  # token positions sent (batch x length), what the receipt may claim
 
     async def forward(
         self,
@@ -87,6 +89,7 @@ class _Hop:
             ),
         )
         answer = await self.rpc.call(frame, timeout)
+        self.tokens += hidden.shape[0] * hidden.shape[1]
         out = expect(answer, names.HIDDEN_OUT, "f", 3)
         if out.shape != hidden.shape:
             raise PeerError(
@@ -106,6 +109,7 @@ class MeshClient:
         signal: SignalClient,
         links: LinkManager,
         config: ClientConfig | None = None,
+        ledger: LedgerService | None = None,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.manifest = manifest
@@ -116,6 +120,7 @@ class MeshClient:
         self.head_runner = ShardRunner(self.model_dir, manifest.head, threads=self.config.threads)
         self.learned_positions = bool(manifest.config.get("learned_positions", False))
         self.bans = BanList(self.config.ban_seconds)
+        self.ledger = ledger
         self.rtts: dict[str, float] = {}
         self._rpcs: dict[str, RpcClient] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
@@ -144,6 +149,11 @@ class MeshClient:
                 self.rtts[peer_id] = await asyncio.wait_for(link.ping(), self.config.connect_timeout_s)
             except HOP_FAILURES as exc:
                 log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
+            if self.ledger is not None:
+                # The peer judges our balance from the entries it holds: make sure it holds ours.
+                entries = await asyncio.to_thread(self.ledger.own_entries)
+                push = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta={"kind": "push", "entries": entries})
+                await rpc.call(push, self.config.request_timeout_s)
             return rpc
 
     async def candidates(self, start: int, end: int) -> list[Candidate]:
@@ -257,6 +267,10 @@ class MeshSession:
                         hop.history.append(inputs)
                         inputs = (out, inputs[1], inputs[2])
                 return hops
+            except PaymentRequiredError as exc:
+                for hop in hops:
+                    await self._close_hop(hop)
+                raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
             except HOP_FAILURES as exc:
                 self._note_failure(current, exc)
                 for hop in hops:
@@ -298,12 +312,34 @@ class MeshSession:
         return await asyncio.to_thread(self.client.head, hidden[:, -1:])
 
     async def _close_hop(self, hop: _Hop) -> None:
+        """Close the hop's session; countersign and return the receipt the peer proposes for it."""
         if hop.rpc.closed:
             return
         try:
-            await hop.rpc.call(Frame(FrameType.CLOSE, hop.session, hop.next_step), 5.0)
-        except HOP_FAILURES as exc:
-            log.debug("closing session on %s: %s", hop.peer_id[:8], exc)
+            answer = await hop.rpc.call(Frame(FrameType.CLOSE, hop.session, hop.next_step), 5.0)
+            ledger = self.client.ledger
+            if ledger is None or "receipt" not in answer.meta:
+                return
+            receipt, client_sig = await asyncio.to_thread(
+                ledger.countersign,
+                answer.meta["receipt"],
+                answer.meta.get("server_sig"),
+                server=hop.peer_id,
+                session=hop.session,
+                model=self.client.model,
+                start=hop.start,
+                end=hop.end,
+                tokens=hop.tokens,
+            )
+            meta = {
+                "kind": "receipt",
+                "receipt": receipt.to_dict(),
+                "client_sig": client_sig,
+                "server_sig": answer.meta.get("server_sig"),
+            }
+            await hop.rpc.call(Frame(FrameType.GOSSIP, hop.session, hop.next_step + 1, meta=meta), 5.0)
+        except (*HOP_FAILURES, LedgerError) as exc:
+            log.warning("closing session on %s: %s", hop.peer_id[:8], exc)
 
     async def close(self) -> None:
         if self.closed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from python_peer.core.spans import Span
 
 from .block_selection import least_served_span
 from .identity import Identity
+from .ledger_service import LedgerService
 from .mesh_client import ClientConfig, MeshClient
 from .rpc import serve_link
 from .server import ServerConfig, SpanServer
@@ -29,6 +31,8 @@ from .signal_client import SignalClient, SignalClientConfig
 from .transport import Link, LinkManager, TransportConfig
 
 log = logging.getLogger(__name__)
+
+LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
 
 
 @dataclass(frozen=True)
@@ -40,25 +44,44 @@ class NodeConfig:
     transport: TransportConfig = field(default_factory=TransportConfig)
     announce_ttl_s: float = 120.0
     reannounce_s: float = 40.0
+    claim_grant: bool = True  # claim the ledger's starter grant if this identity has no log yet
+    gossip_interval_s: float = 10.0  # how often the ledger is gossiped with a few other peers
+    gossip_fanout: int = 3
 
 
 class MeshNode:
-    """Identity + signaling + links, with the task that hands incoming signals to the links."""
+    """Identity + ledger + signaling + links, with the tasks that hand incoming signals on and gossip."""
 
-    def __init__(self, identity: Identity, signal: SignalClient, transport: TransportConfig) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        signal: SignalClient,
+        transport: TransportConfig,
+        ledger: LedgerService | None = None,
+        config: NodeConfig | None = None,
+    ) -> None:
         self.identity = identity
         self.signal = signal
+        self.ledger = ledger
+        self.config = config
         self.links = LinkManager(signal.send_signal, on_link=self._incoming_link, config=transport)
         # What to do with a link another peer opened to us; a node that serves nothing refuses them.
         self.link_handler: Callable[[Link], None] | None = None
+        # The model whose peers this node gossips the ledger with (set by the peer or the client).
+        self.gossip_model: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.spawn(self._pump_signals(), "signal-pump")
+        if ledger is not None and config is not None:
+            self.spawn(self._gossip_rounds(config.gossip_interval_s, config.gossip_fanout), "ledger-gossip")
 
     @classmethod
     async def create(cls, config: NodeConfig) -> MeshNode:
-        """Load or make the identity, connect to signaling and announce (serving nothing yet)."""
+        """Load or make the identity and the ledger, connect to signaling and announce (serving nothing yet)."""
         identity = await asyncio.to_thread(
             lambda: Identity.load_or_create(config.data_dir) if config.data_dir else Identity.generate()
+        )
+        ledger = await asyncio.to_thread(
+            LedgerService.open, config.data_dir, identity, claim_grant=config.claim_grant
         )
         signal = await SignalClient.create(
             identity,
@@ -69,7 +92,7 @@ class MeshNode:
                 reannounce_s=config.reannounce_s,
             ),
         )
-        return cls(identity, signal, config.transport)
+        return cls(identity, signal, config.transport, ledger, config)
 
     async def _incoming_link(self, link: Link) -> None:
         if self.link_handler is None:
@@ -96,9 +119,41 @@ class MeshNode:
     async def _pump_signals(self) -> None:
         async for incoming in self.signal.signals():
             try:
-                await self.links.handle_signal(incoming.sender, incoming.payload)
+                if incoming.payload.get("kind") == LEDGER_SIGNAL:
+                    await self._gossip_received(incoming.sender, incoming.payload.get("msg"))
+                else:
+                    await self.links.handle_signal(incoming.sender, incoming.payload)
             except AI4AllError as exc:
                 log.warning("bad signal from %s: %s", incoming.sender[:8], exc)
+
+    async def _gossip_received(self, sender: str, message: object) -> None:
+        if self.ledger is None:
+            return
+        replies = await asyncio.to_thread(self.ledger.gossip_receive, sender, message)
+        for reply in replies:
+            await self.signal.send_signal(sender, {"kind": LEDGER_SIGNAL, "msg": reply})
+
+    async def gossip_now(self, fanout: int) -> int:
+        """Open a gossip round with up to ``fanout`` random peers of the model; return how many."""
+        if self.ledger is None or self.gossip_model is None:
+            return 0
+        model, layers = self.gossip_model
+        peers = {a.peer_id for a in await self.signal.lookup(model, 0, layers, limit=64)} - {self.peer_id}
+        chosen = random.sample(sorted(peers), min(fanout, len(peers)))
+        for peer in chosen:
+            message = await asyncio.to_thread(self.ledger.gossip_start, peer)
+            if message is not None:
+                await self.signal.send_signal(peer, {"kind": LEDGER_SIGNAL, "msg": message})
+        return len(chosen)
+
+    async def _gossip_rounds(self, interval: float, fanout: int) -> None:
+        """Anti-entropy through signaling, so peers that share no link still converge."""
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.5, 1.5))
+            try:
+                await self.gossip_now(fanout)
+            except AI4AllError as exc:
+                log.info("ledger gossip round failed: %s", exc)
 
     async def aclose(self) -> None:
         for task in list(self._tasks):
@@ -108,6 +163,8 @@ class MeshNode:
                 await task
         await self.links.aclose()
         await self.signal.close()
+        if self.ledger is not None:
+            await asyncio.to_thread(self.ledger.close)
 
     async def __aenter__(self) -> MeshNode:
         return self
@@ -151,6 +208,8 @@ class Peer:
             server = await asyncio.to_thread(SpanServer, config.model_dir, manifest, span, config.server)
             throughput = await asyncio.to_thread(server.measure_throughput)
             peer = cls(config, manifest, node, server)
+            server.ledger = node.ledger
+            node.gossip_model = (manifest.name, manifest.num_layers)
             node.link_handler = peer._on_link
             await node.signal.update(
                 serves=(ServedSpan(manifest.name, span.start, span.end),),
@@ -207,8 +266,9 @@ async def open_client(
     node = await MeshNode.create(config)
     try:
         client = await asyncio.to_thread(
-            MeshClient, model_dir, manifest, node.signal, node.links, client_config
+            MeshClient, model_dir, manifest, node.signal, node.links, client_config, node.ledger
         )
+        node.gossip_model = (manifest.name, manifest.num_layers)
     except BaseException:
         await node.aclose()
         raise

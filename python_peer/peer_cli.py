@@ -43,6 +43,12 @@ def register(subparsers: Any) -> None:
         "--max-weights-mb", type=int, default=4096, help="weights this peer may load, for choosing a span"
     )
     parser.add_argument(
+        "--gossip-interval",
+        type=float,
+        default=10.0,
+        help="seconds between ledger gossip rounds (default 10)",
+    )
+    parser.add_argument(
         "--idle-timeout", type=float, default=300.0, help="seconds before an idle session is evicted"
     )
     api = parser.add_argument_group("OpenAI-compatible API")
@@ -107,8 +113,10 @@ async def start_api(peer: Peer, args: argparse.Namespace) -> tuple[MeshNodeServi
     """The API on the peer's own node, listening; the caller closes both (server first)."""
     from .api.app import ApiConfig, ApiServer, create_app
     from .api.service import MeshNodeService
+    from .ledger_service import ApiLedger
 
-    service = await MeshNodeService.create(peer.node, [args.model], peer=peer)
+    ledger = ApiLedger(peer.node.ledger) if peer.node.ledger is not None else None
+    service = await MeshNodeService.create(peer.node, [args.model], peer=peer, ledger=ledger)
     config = ApiConfig(api_key=args.api_key or None, rate_per_s=args.api_rate, burst=args.api_burst)
     server = ApiServer(create_app(service, config), args.api_host, args.api_port)
     try:
@@ -126,7 +134,9 @@ async def serve(args: argparse.Namespace) -> int:
     from .server import ServerConfig
 
     config = PeerConfig(
-        node=NodeConfig(signal_urls=tuple(args.signal), data_dir=args.data_dir),
+        node=NodeConfig(
+            signal_urls=tuple(args.signal), data_dir=args.data_dir, gossip_interval_s=args.gossip_interval
+        ),
         model_dir=args.model,
         span=Span.parse(args.span) if args.span else None,
         server=ServerConfig(

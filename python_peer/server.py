@@ -14,22 +14,27 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.errors import WireError
+from python_peer.core.canonical import is_peer_id
+from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
+from python_peer.core.ledger import Receipt
 from python_peer.core.manifest import Manifest
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .errors import PeerError, SessionError, ShardInputError
+from .ledger_service import LedgerService
 from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
 
 MAX_SESSIONS = 64
+MAX_PENDING_RECEIPTS = 1024
 MAX_LENGTH_LIMIT = 32768
 
 
@@ -49,6 +54,9 @@ class _Session:
     batch: int
     max_length: int
     reserved: int
+    client: str = ""
+    price: int = 0  # what the client was quoted at OPEN, counted against its balance while open
+    tokens: int = 0  # token positions processed (batch x length), for the receipt
     length: int = 0
     next_step: int = 0
     last_used: float = field(default_factory=time.monotonic)
@@ -78,6 +86,8 @@ class SpanServer:
         self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
         self.sessions: dict[str, _Session] = {}
         self.tokens_served = 0
+        self.ledger: LedgerService | None = None  # set by the peer; without it sessions are free
+        self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
 
     @property
     def reserved_bytes(self) -> int:
@@ -113,12 +123,13 @@ class SpanServer:
         """Answer one request frame; every failure becomes an ERROR frame, never an exception."""
         try:
             if frame.type is FrameType.OPEN:
-                return self._open(client, frame)
+                return await self._open(client, frame)
             if frame.type is FrameType.FORWARD:
                 return await self._forward(client, frame)
             if frame.type is FrameType.CLOSE:
-                self._close(self._key(client, frame.session))
-                return Frame(FrameType.RESULT, frame.session, frame.step, meta={"closed": True})
+                return await self._finish(client, frame)
+            if frame.type is FrameType.GOSSIP:
+                return await self._ledger_request(client, frame)
             return error_frame(
                 frame.session,
                 frame.step,
@@ -127,6 +138,10 @@ class SpanServer:
             )
         except _Refusal as exc:
             return error_frame(frame.session, frame.step, exc.code, str(exc))
+        except PaymentRequiredError as exc:
+            return error_frame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, str(exc))
+        except LedgerError as exc:
+            return error_frame(frame.session, frame.step, ErrorCode.BAD_FRAME, f"ledger: {exc}")
         except WireError as exc:
             return error_frame(frame.session, frame.step, exc.code, str(exc))
         except Exception as exc:  # a bug here must not take the peer down; the client fails over
@@ -139,7 +154,7 @@ class SpanServer:
     def _key(client: str, session: bytes) -> str:
         return f"{client}:{session.hex()}"
 
-    def _open(self, client: str, frame: Frame) -> Frame:
+    async def _open(self, client: str, frame: Frame) -> Frame:
         meta = frame.meta
         model, start, end = meta.get("model"), meta.get("start"), meta.get("end")
         batch, max_length = meta.get("batch"), meta.get("max_length")
@@ -157,6 +172,16 @@ class SpanServer:
         key = self._key(client, frame.session)
         if key in self.sessions:
             raise _Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
+        price = 0
+        if self.ledger is not None and is_peer_id(client):
+            # The client pays for what it may use; its other open sessions here are already spoken for.
+            outstanding = sum(s.price for s in self.sessions.values() if s.client == client)
+            quote = await asyncio.to_thread(
+                self.ledger.require_payment, client, len(self.span), batch * max_length, outstanding
+            )
+            price = quote.price
+            if key in self.sessions:
+                raise _Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         self.evict_idle()
         need = batch * max_length * self.bytes_per_token
         budget = self.config.memory_budget_bytes
@@ -168,7 +193,7 @@ class SpanServer:
             )
         for runner in self.runners:
             runner.open(key, batch)
-        self.sessions[key] = _Session(key, batch, max_length, need)
+        self.sessions[key] = _Session(key, batch, max_length, need, client=client, price=price)
         log.info("opened session %s (batch %d, max length %d)", key[-8:], batch, max_length)
         return Frame(
             FrameType.RESULT,
@@ -212,6 +237,7 @@ class SpanServer:
             except SessionError as exc:
                 raise _Refusal(ErrorCode.UNKNOWN_SESSION, str(exc)) from exc
             session.length += seq
+            session.tokens += batch * seq
             session.next_step += 1
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
@@ -228,6 +254,51 @@ class SpanServer:
                 self._close(key)
             raise
         return hidden
+
+    async def _finish(self, client: str, frame: Frame) -> Frame:
+        """CLOSE: free the session and, with a ledger, propose the receipt for the work done."""
+        key = self._key(client, frame.session)
+        session = self.sessions.get(key)
+        self._close(key)
+        meta: dict[str, Any] = {"closed": True}
+        if session is not None and session.tokens > 0 and self.ledger is not None and is_peer_id(client):
+            receipt, signature = await asyncio.to_thread(
+                self.ledger.server_receipt,
+                frame.session,
+                self.model,
+                self.span.start,
+                self.span.end,
+                session.tokens,
+                client,
+            )
+            self._receipts[key] = receipt
+            while len(self._receipts) > MAX_PENDING_RECEIPTS:
+                self._receipts.pop(next(iter(self._receipts)))
+            meta.update(receipt=receipt.to_dict(), server_sig=signature)
+        return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
+
+    async def _ledger_request(self, client: str, frame: Frame) -> Frame:
+        """GOSSIP frames on a session link: a client pushing its log, or returning a countersigned receipt."""
+        if self.ledger is None or not is_peer_id(client):
+            raise _Refusal(ErrorCode.BAD_FRAME, "this peer keeps no ledger for this client")
+        kind = frame.meta.get("kind")
+        if kind == "push":
+            stored = await asyncio.to_thread(self.ledger.accept_entries, frame.meta.get("entries"))
+            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"stored": stored})
+        if kind == "receipt":
+            receipt = self._receipts.pop(self._key(client, frame.session), None)
+            client_sig, server_sig = frame.meta.get("client_sig"), frame.meta.get("server_sig")
+            if (
+                receipt is None
+                or frame.meta.get("receipt") != receipt.to_dict()
+                or not isinstance(client_sig, str)
+            ):
+                raise _Refusal(
+                    ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature"
+                )
+            await asyncio.to_thread(self.ledger.record_receipt, receipt, client_sig, str(server_sig))
+            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"recorded": receipt.id})
+        raise _Refusal(ErrorCode.BAD_FRAME, f"unknown ledger request {kind!r:.40}")
 
     def _close(self, key: str) -> None:
         if self.sessions.pop(key, None) is not None:

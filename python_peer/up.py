@@ -14,8 +14,10 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from python_peer.core.errors import AI4AllError
 
 DEFAULT_PROMPT = "What is the capital of France?"
 DEFAULT_SPANS = "0-10,10-20,20-30"
+LOCAL_POW_BITS = 12  # the starter grant's proof of work on this private mesh: milliseconds, not seconds
 MODEL_NAME = "SmolLM2-135M-Instruct"
 
 
@@ -56,7 +59,7 @@ def register(subparsers: Any) -> None:
         "--state-dir",
         type=Path,
         default=None,
-        help="peers' identities and state (default: ~/.cache/ai4all/up)",
+        help="peers' identities and ledgers (default: a fresh temporary directory, removed at the end)",
     )
     up.add_argument(
         "--port",
@@ -176,7 +179,13 @@ async def up(args: argparse.Namespace) -> int:
     from .chat_cli import mesh_reply
 
     model_dir = (args.models_dir or cache_dir() / "models") / MODEL_NAME
-    state = args.state_dir or cache_dir() / "up"
+    from .ledger_service import POW_BITS_ENV
+
+    # A fresh private network each run unless told otherwise: new identities, each with its starter grant.
+    temporary = args.state_dir is None
+    state = args.state_dir or Path(tempfile.mkdtemp(prefix="ai4all-up-"))
+    # Its ledger asks a light proof of work for starter grants; every process of this mesh inherits it.
+    os.environ.setdefault(POW_BITS_ENV, str(LOCAL_POW_BITS))
     await asyncio.to_thread(_export_default, model_dir)
 
     urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
@@ -261,6 +270,8 @@ async def up(args: argparse.Namespace) -> int:
     finally:
         console.print("stopping the mesh")
         await _stop(children)
+        if temporary:
+            shutil.rmtree(state, ignore_errors=True)
     return 0
 
 

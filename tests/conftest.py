@@ -17,6 +17,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Test meshes are private networks: a cheap proof of work for the ledger's starter grant (every process
+# of a test inherits it, so all agree on the rules).
+os.environ.setdefault("AI4ALL_LEDGER_POW_BITS", "4")
 
 
 def run_cli(

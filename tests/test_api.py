@@ -32,11 +32,12 @@ from pydantic import ValidationError
 from python_peer.api import translate
 from python_peer.api.app import ApiConfig, TokenBuckets, create_app
 from python_peer.api.service import MeshNodeService, ServiceConfig
-from python_peer.api.types import ChatCompletionRequest, CompletionRequest, TokenBalance
+from python_peer.api.types import ChatCompletionRequest, CompletionRequest
 from python_peer.chain import LocalChain
 from python_peer.core.errors import PaymentRequiredError, SignalClientError
 from python_peer.core.manifest import load_manifest
 from python_peer.generate import Generation, SamplingParams, generate
+from python_peer.ledger_service import ApiLedger
 from python_peer.mesh_client import ClientConfig, MeshError
 from python_peer.node import NodeConfig
 from python_peer.routing import NoRouteError
@@ -409,10 +410,16 @@ def test_unknown_models_are_404_in_openai_shape(mesh: ApiMesh, client: openai.Op
     assert_openai_error(httpx.get(f"{mesh.url}/chat/completions", trust_env=False), 405, "method_not_allowed")
 
 
-def test_balance_is_503_until_the_node_keeps_a_ledger(mesh: ApiMesh) -> None:
+def test_balance_of_the_api_peer(mesh: ApiMesh, client: openai.OpenAI) -> None:
+    client.chat.completions.create(model=mesh.model_id, messages=MESSAGES, max_tokens=4, temperature=0)
     response = httpx.get(f"{mesh.url}/tokens/balance", trust_env=False)
-    error = assert_openai_error(response, 503, "ledger_disabled")
-    assert error["message"] == "the ledger is not enabled on this node"
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert len(body["peer_id"]) == 64 and body["granted"] > 0
+    assert body["balance"] == body["granted"] + body["earned"] + body["bonuses"] - body["spent"]
+    assert body["spent"] > 0, "the chat through the other peers' blocks must have been paid for"
+    roles = {r["role"] for r in body["receipts"]}
+    assert "used" in roles and all(len(r["id"]) == 64 for r in body["receipts"])
 
 
 @contextlib.asynccontextmanager
@@ -421,16 +428,18 @@ async def in_process(
     model_dirs: list[Path] | None = None,
     api: ApiConfig | None = None,
     config: ServiceConfig | None = None,
-    ledger: Any = None,
+    ledger: bool = False,
+    claim_grant: bool = True,
 ) -> AsyncIterator[tuple[httpx.AsyncClient, openai.AsyncOpenAI]]:
     """The app over a real ``MeshNodeService`` on a client node of the mesh, called without sockets."""
     service = await MeshNodeService.open(
-        NodeConfig(signal_urls=(mesh.node.url,)),
+        NodeConfig(signal_urls=(mesh.node.url,), claim_grant=claim_grant),
         model_dirs or [mesh.model],
         config=config,
         client_config=FAST,
-        ledger=ledger,
     )
+    if ledger and service.node.ledger is not None:
+        service.ledger = ApiLedger(service.node.ledger)
     app = create_app(service, api or ApiConfig(rate_per_s=1000, burst=1000))
     try:
         async with (
@@ -502,19 +511,9 @@ async def test_generations_beyond_the_queue_are_429(mesh: ApiMesh) -> None:
         assert (await http.post("/v1/chat/completions", json=body)).status_code == 200
 
 
-class _BrokeLedger:
-    """Stands in for the ledger a colleague is building (a fake is fine for 402 until it lands): it
-    refuses every request as the real one will when the balance is too small."""
-
-    async def admit(self, model: str, blocks: int, tokens: int) -> None:
-        raise PaymentRequiredError(f"a balance of 0 does not cover {tokens} tokens through {blocks} blocks")
-
-    async def balance(self) -> TokenBalance:
-        return TokenBalance(peer_id="0" * 64, balance=0, receipts=[])
-
-
 async def test_payment_required_is_402_in_openai_shape(mesh: ApiMesh) -> None:
-    async with in_process(mesh, ledger=_BrokeLedger()) as (http, client):
+    """A node that never claimed its starter grant has nothing to pay with: its API answers 402."""
+    async with in_process(mesh, ledger=True, claim_grant=False) as (http, client):
         with pytest.raises(openai.APIStatusError) as raised:
             await client.chat.completions.create(
                 model=mesh.model_id,

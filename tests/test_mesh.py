@@ -19,6 +19,7 @@ from python_peer.chain import LocalChain
 from python_peer.core.canonical import ServedSpan
 from python_peer.core.errors import (
     OutOfOrderError,
+    PaymentRequiredError,
     RemoteBadFrameError,
     RemoteBadShapeError,
     RemoteNonFiniteError,
@@ -29,6 +30,7 @@ from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
 from python_peer.generate import SamplingParams, agenerate, generate
 from python_peer.identity import Identity
+from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import ClientConfig, MeshClient, MeshError
 from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
@@ -36,6 +38,7 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import Link, LinkManager, TransportConfig
+from tests.conftest import run_cli
 from tests.procs import Node, PeerProc
 
 pytestmark = pytest.mark.timeout(180)
@@ -60,6 +63,7 @@ class Mesh:
         return node
 
     def peer(self, name: str, span: str | None, *nodes: Node, extra: list[str] | None = None) -> PeerProc:
+        extra = ["--gossip-interval", "0.5", *(extra or [])]
         peer = PeerProc(name, self.tmp, self.model, [n.url for n in nodes], span=span, extra=extra)
         self.peers.append(peer)
         return peer
@@ -227,6 +231,7 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
     identity = Identity.generate()
     signal_client = await SignalClient.create(identity, SignalClientConfig(urls=(mesh.nodes[0].url,)))
     node = MeshNode(identity, signal_client, FAST_TRANSPORT)
+    ledger = LedgerService.open(None, identity)
     try:
         rpc = RpcClient(await node.links.connect(target.peer_id))
         good, bad = b"\x01" * 16, b"\x02" * 16
@@ -252,6 +257,13 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
             )
 
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
+        # A client the peer knows nothing of has no balance: it is refused, saying the balance and the price.
+        with pytest.raises(PaymentRequiredError, match=r"balance 0\.000 credits does not cover the price"):
+            await rpc.call(opening(good), 5)
+        push = Frame(
+            FrameType.GOSSIP, b"\x09" * 16, 0, meta={"kind": "push", "entries": ledger.own_entries()}
+        )
+        assert (await rpc.call(push, 5)).meta == {"stored": 1}  # the starter grant
         await rpc.call(opening(good), 5)
         reference = await rpc.call(forward(good, 0, hidden), 5)
 
@@ -290,6 +302,7 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
         await rpc.aclose()
     finally:
         await node.aclose()
+        ledger.close()
 
 
 def _hidden(frame: Frame) -> np.ndarray:
@@ -328,3 +341,40 @@ async def test_a_peer_that_never_answers_is_routed_around(mesh: Mesh) -> None:
         task.cancel()
         await silent.aclose()
         await signal_client.close()
+
+
+async def test_a_chat_moves_tokens_from_the_client_to_the_peers_in_every_ledger(mesh: Mesh) -> None:
+    """Receipts co-signed at the end of the session reach every peer's ledger through gossip."""
+    config = NodeConfig(signal_urls=(mesh.nodes[1].url,), gossip_interval_s=0.5)
+    node, client = await open_client(config, mesh.model, FAST)
+    try:
+        assert client.ledger is not None
+        grant = client.ledger.store.rules.starter_grant
+        assert client.ledger.balance() == grant
+        await mesh_tokens(client, PROMPTS[0], 8)
+        session = await client.open(1, 4)
+        route = session.route
+        await session.close()
+        paid = client.ledger.balance()
+        assert paid < grant, "the client must have paid for the blocks it used"
+        client_id = client.ledger.peer_id
+        servers = {peer for peer, _, _ in route}
+    finally:
+        await client.aclose()
+        await node.aclose()
+
+    def balance_at(peer: PeerProc, who: str) -> int:
+        result = run_cli(["ledger", "balance", who, "--units", "--data-dir", str(peer.data_dir)], timeout=60)
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout.strip())
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        seen = {peer.name: balance_at(peer, client_id) for peer in mesh.peers}
+        if all(v == paid for v in seen.values()) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert seen == {peer.name: paid for peer in mesh.peers}, "every peer's ledger must agree on the client"
+    for peer in mesh.peers:
+        if peer.peer_id in servers:
+            assert balance_at(peer, peer.peer_id) > grant, f"{peer.name} served and must have earned"

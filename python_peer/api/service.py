@@ -136,7 +136,7 @@ class _NodeMeshClient(MeshClient):
         config: ClientConfig | None,
         local: SpanServer | None,
     ) -> None:
-        super().__init__(model_dir, manifest, node.signal, node.links, config)
+        super().__init__(model_dir, manifest, node.signal, node.links, config, node.ledger)
         self.local = local
 
     async def rpc(self, peer_id: str) -> RpcClient:

@@ -354,15 +354,19 @@ class Receipt(BaseModel):
     start: int
     end: int
     tokens: int
-    amount: int
-    time: float
+    time: float  # seconds since the Unix epoch
 
 
 class TokenBalance(BaseModel):
-    """``GET /v1/tokens/balance``: this node's balance and its recent receipts."""
+    """``GET /v1/tokens/balance``: this node's balance (in ledger units; 1000 units = 1 credit), where it
+    comes from, and its recent receipts."""
 
     peer_id: str
     balance: int
+    granted: int = 0
+    earned: int = 0
+    bonuses: int = 0
+    spent: int = 0
     receipts: list[Receipt]
 
 

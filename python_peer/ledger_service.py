@@ -1,0 +1,226 @@
+"""The ledger of a running node: its store, its identity, receipts at the end of sessions, gossip.
+
+Everything here is synchronous and thread-safe (the store serialises itself); async callers go through
+``asyncio.to_thread``. A serving peer uses it to refuse clients that cannot pay and to co-sign receipts;
+a client uses it to push its own log to the peers it is about to use (so they can see its balance) and
+to countersign receipts; every node gossips with others through signaling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.errors import LedgerError
+from python_peer.core.gossip import GossipConfig, GossipSession
+from python_peer.core.ledger import Entry, Receipt, ReceiptBody, check_receipt_terms, parse_entry
+
+from .identity import Identity
+from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
+
+if TYPE_CHECKING:
+    from .api.types import TokenBalance
+
+log = logging.getLogger(__name__)
+
+# A private mesh (tests, ``ai4all up``) may lower the starter grant's proof of work; every node of one
+# network must use the same value, or their balances disagree.
+POW_BITS_ENV = "AI4ALL_LEDGER_POW_BITS"
+PUSH_ENTRIES = 64  # own entries a client pushes to a peer before opening sessions there
+MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
+# Signal payloads hold 32 KiB of JSON; gossip through signaling stays under that.
+SIGNALING_GOSSIP = GossipConfig(max_message_bytes=28 * 1024)
+
+
+def network_rules() -> Rules:
+    """The ledger rules of this network: the defaults, with ``$AI4ALL_LEDGER_POW_BITS`` if set."""
+    bits = os.environ.get(POW_BITS_ENV)
+    if not bits:
+        return DEFAULT_RULES
+    try:
+        return Rules(grant_pow_bits=int(bits))
+    except ValueError as exc:
+        raise LedgerError(f"${POW_BITS_ENV}={bits!r} is not a number of bits in 0..64") from exc
+
+
+class LedgerService:
+    """One node's ledger: the store plus the node's identity."""
+
+    def __init__(self, store: LedgerStore, identity: Identity) -> None:
+        self.store = store
+        self.identity = identity
+        self._gossip: dict[str, GossipSession] = {}
+        self._gossip_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, data_dir: Path | None, identity: Identity, *, claim_grant: bool = True) -> LedgerService:
+        """Open the node's store (in memory without a data dir) and claim the starter grant once."""
+        path = data_dir / LEDGER_FILE if data_dir is not None else None
+        if data_dir is not None:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        store = LedgerStore.open(path, rules=network_rules())
+        service = cls(store, identity)
+        if claim_grant and store.head(identity.peer_id) is None:
+            log.info("claiming the starter grant (proof of work, %d bits)", store.rules.grant_pow_bits)
+            store.claim_grant(identity)
+        return service
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def balance(self, peer_id: str | None = None) -> int:
+        return self.store.balance(peer_id or self.peer_id)
+
+    # --- before a session: the client's log, the price -------------------------------------------------
+
+    def own_entries(self, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]]:
+        """The first entry (the grant) and the latest ``limit - 1`` of this node's log, as JSON."""
+        head = self.store.head(self.peer_id)
+        if head is None:
+            return []
+        first = self.store.entries_from(self.peer_id, 1, 1)
+        recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
+        return [e.to_dict() for e in [*first, *recent]]
+
+    def accept_entries(self, entries: object) -> int:
+        """Store valid entries a client pushed; return how many were new. Invalid ones are skipped."""
+        if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:
+            raise LedgerError(f"a push carries a list of at most {PUSH_ENTRIES} entries")
+        parsed = [p for p in (parse_entry(e) for e in entries) if isinstance(p, Entry)]
+        outcomes = self.store.insert_many(parsed)
+        return sum(1 for o in outcomes if o.status == "stored")
+
+    def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
+        """Raise ``PaymentRequiredError`` (balance and price in the message) unless ``client`` can pay."""
+        return self.store.require_payment(client, blocks, tokens, outstanding)
+
+    # --- after a session: the receipt ------------------------------------------------------------------
+
+    def server_receipt(
+        self, session: bytes, model: str, start: int, end: int, tokens: int, client: str
+    ) -> tuple[Receipt, str]:
+        """The receipt a serving peer proposes for a closed session, with its signature."""
+        receipt = Receipt(session.hex(), model, start, end, tokens, client, self.peer_id, now_ms())
+        return receipt, self.identity.sign(receipt.signing_bytes())
+
+    def countersign(
+        self,
+        data: object,
+        server_sig: object,
+        *,
+        server: str,
+        session: bytes,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+    ) -> tuple[Receipt, str]:
+        """The client's side: check the proposed receipt against what it sent, sign it, keep it."""
+        receipt = Receipt.from_dict(data)
+        refusal = check_receipt_terms(
+            receipt,
+            client=self.peer_id,
+            server=server,
+            session=session.hex(),
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+            now_ms=now_ms(),
+        )
+        if refusal is not None:
+            raise LedgerError(f"not signing the receipt of {server[:12]}: {refusal.reason}")
+        if not isinstance(server_sig, str):
+            raise LedgerError("the receipt came without the server's signature")
+        client_sig = self.identity.sign(receipt.signing_bytes())
+        self.store.append_receipt(self.identity, ReceiptBody(receipt, client_sig, server_sig))
+        return receipt, client_sig
+
+    def record_receipt(self, receipt: Receipt, client_sig: str, server_sig: str) -> None:
+        """The server's side: the co-signed receipt enters its log (verified, once)."""
+        self.store.append_receipt(self.identity, ReceiptBody(receipt, client_sig, server_sig))
+
+    # --- gossip ----------------------------------------------------------------------------------------
+
+    def _session(self, peer: str) -> GossipSession:
+        with self._gossip_lock:
+            session = self._gossip.get(peer)
+            if session is None:
+                if len(self._gossip) >= MAX_GOSSIP_PEERS:
+                    self._gossip.pop(next(iter(self._gossip)))
+                session = self._gossip[peer] = GossipSession(self.store, SIGNALING_GOSSIP, peer=peer)
+            return session
+
+    def gossip_start(self, peer: str) -> dict[str, Any] | None:
+        return self._session(peer).start(now_ms(), force=True)
+
+    def gossip_receive(self, peer: str, message: object) -> list[dict[str, Any]]:
+        if not isinstance(message, dict):
+            raise LedgerError("a gossip message must be a JSON object")
+        received = self._session(peer).receive(message, now_ms())
+        if received.problem:
+            log.info("gossip from %s dropped: %s", peer[:8], received.problem)
+        if received.forks:
+            self.store.publish_fork_proofs(self.identity)
+        return received.replies
+
+
+class ApiLedger:
+    """The API's view of a node's ledger: admission before a generation, and the balance endpoint."""
+
+    def __init__(self, ledger: LedgerService) -> None:
+        self.ledger = ledger
+
+    async def admit(self, model: str, blocks: int, tokens: int) -> None:
+        """Refuse (``PaymentRequiredError``, a 402) a request this node's own balance could not pay for."""
+        await asyncio.to_thread(self.ledger.require_payment, self.ledger.peer_id, blocks, tokens)
+
+    async def balance(self) -> TokenBalance:
+        return await asyncio.to_thread(self._balance)
+
+    def _balance(self, recent: int = 20) -> TokenBalance:
+        from .api.types import Receipt as ReceiptView
+        from .api.types import TokenBalance
+
+        me = self.ledger.peer_id
+        account = self.ledger.store.report().accounts.get(me)
+        head = self.ledger.store.head(me)
+        entries = (
+            self.ledger.store.entries_from(me, max(1, head.seq - 4 * recent), 4 * recent) if head else []
+        )
+        receipts: list[ReceiptView] = []
+        for entry in reversed(entries):
+            body = entry.body
+            if isinstance(body, ReceiptBody) and len(receipts) < recent:
+                r = body.receipt
+                served = r.server == me
+                receipts.append(
+                    ReceiptView(
+                        id=r.id,
+                        role="served" if served else "used",
+                        counterparty=r.client if served else r.server,
+                        model=r.model,
+                        start=r.start,
+                        end=r.end,
+                        tokens=r.tokens,
+                        time=r.time / 1000,
+                    )
+                )
+        return TokenBalance(
+            peer_id=me,
+            balance=account.balance if account else 0,
+            granted=account.granted if account else 0,
+            earned=account.earned if account else 0,
+            bonuses=(account.rarity_bonus + account.uptime_bonus) if account else 0,
+            spent=account.spent if account else 0,
+            receipts=receipts,
+        )
