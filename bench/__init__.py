@@ -6,4 +6,6 @@
 - ``bench_mesh.py``    the default model through 3 peers on loopback vs the same shards in one process vs
                        the whole model: time to first token and decode tokens/s; aggregate tokens/s with 1,
                        4 and 8 concurrent sessions; signaling relay latency and announcements per second.
+- ``bench_ledger.py``  ledger entries verified and applied per second, balance computation, gossip
+                       convergence of 10 nodes.
 """

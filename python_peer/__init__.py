@@ -16,7 +16,11 @@
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served).
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
-- ``node.py``           a mesh node (identity + signaling + links), a serving ``Peer``, a client.
+- ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer``, a client.
+- ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
+- ``ledger_service.py`` a node's ledger at work: pushes, receipts at session end, gossip, the API's view.
+- ``ledger_cli.py``     ``ai4all ledger balance|show``.
+- ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app).
 - ``cli.py``            the ``ai4all`` command; ``chat_cli.py``, ``peer_cli.py`` and ``up.py`` add
                         ``chat``, ``peer`` and ``up``.
 """

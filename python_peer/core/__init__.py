@@ -8,4 +8,7 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
+- ``ledger.py``    ledger entries, co-signed receipts, fork proofs, validation with reasons, balances.
+- ``economics.py`` the ledger's constants and prices, with the reasoning next to them.
+- ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
 """
