@@ -35,7 +35,12 @@ def register(subparsers: Any) -> None:
         metavar="URL",
         help="signaling node of the mesh, ws://HOST:PORT (repeatable); without it the shards run here",
     )
-    chat.add_argument("--data-dir", type=Path, default=None, help="where this client keeps its identity")
+    chat.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where this client keeps its identity and ledger (default: $AI4ALL_DATA_DIR or ~/.local/share/ai4all)",
+    )
     add_sampling(chat)
     chat.set_defaults(handler=run_chat)
 
@@ -90,9 +95,11 @@ async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, sig
     from .node import NodeConfig, open_client
     from .tokenizer import ModelTokenizer
 
-    node, client = await open_client(
-        NodeConfig(signal_urls=tuple(signal_urls), data_dir=args.data_dir), model_dir
-    )
+    from .ledger_cli import default_data_dir
+
+    # The identity and its ledger are kept, so the starter grant's proof of work is paid once.
+    data_dir = args.data_dir or default_data_dir()
+    node, client = await open_client(NodeConfig(signal_urls=tuple(signal_urls), data_dir=data_dir), model_dir)
     try:
         tokenizer = ModelTokenizer(model_dir, client.manifest)
         async for piece in astream(client, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):

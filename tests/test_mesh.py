@@ -378,3 +378,24 @@ async def test_a_chat_moves_tokens_from_the_client_to_the_peers_in_every_ledger(
     for peer in mesh.peers:
         if peer.peer_id in servers:
             assert balance_at(peer, peer.peer_id) > grant, f"{peer.name} served and must have earned"
+
+
+def test_chat_command_through_the_mesh_prints_the_local_reply(mesh: Mesh, tmp_path: Path) -> None:
+    chain = LocalChain(mesh.model)
+    tokenizer = ModelTokenizer(mesh.model, chain.manifest)
+    ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPTS[0]}]))
+    expected = generate(chain, tokenizer, ids, SamplingParams(max_tokens=8)).text
+    args = [
+        "chat",
+        PROMPTS[0],
+        "--model",
+        str(mesh.model),
+        "--signal",
+        mesh.nodes[0].url,
+        "--max-tokens",
+        "8",
+    ]
+    result = run_cli([*args, "--data-dir", str(tmp_path / "client")], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    assert (tmp_path / "client" / "ledger.sqlite3").exists(), "the client keeps its identity and ledger"
