@@ -92,10 +92,9 @@ def local_reply(model_dir: Path, prompt: str, args: argparse.Namespace) -> int:
 async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, signal_urls: list[str]) -> int:
     """Answer through the mesh: embed and head here, every block on peers found through signaling."""
     from .generate import astream
+    from .ledger_cli import default_data_dir
     from .node import NodeConfig, open_client
     from .tokenizer import ModelTokenizer
-
-    from .ledger_cli import default_data_dir
 
     # The identity and its ledger are kept, so the starter grant's proof of work is paid once.
     data_dir = args.data_dir or default_data_dir()
