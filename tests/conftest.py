@@ -72,3 +72,11 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
         pipeline.ExportRequest(source.resolve(str(tiny_llama)), out, spans=tuple(parse_spans("0-1,1-3,3-4")))
     )
     return out
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the browser tests last: Playwright's sync API keeps an event loop running in the main thread
+    for the rest of the session, and every asyncio test after it would fail to start its own."""
+    browser = [item for item in items if "tests/browser/" in item.nodeid.replace("\\", "/")]
+    if browser:
+        items[:] = [item for item in items if item not in browser] + browser
