@@ -261,6 +261,7 @@ async def up(args: argparse.Namespace) -> int:
             f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]}',
             soft_wrap=True,
         )
+        console.print(f"chat page: http://127.0.0.1:{args.port + 2}/chat", soft_wrap=True)
         console.print(f"OpenAI-compatible API: http://127.0.0.1:{args.port + 2}/v1", soft_wrap=True)
         console.print(f"prompt: {args.prompt}", soft_wrap=True)
         await mesh_reply(model_dir, args.prompt, _client_args(args, state), [urls[1], urls[0]])

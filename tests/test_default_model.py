@@ -119,6 +119,8 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
         "blocks 10-20",
         "blocks 20-30",
         "spare peer",
+        api,
+        f"http://127.0.0.1:{port + 2}/chat",
         "stopping the mesh",
     ):
         assert what in stderr, what

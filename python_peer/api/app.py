@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from python_peer.core.errors import AI4AllError
 
 from . import translate
+from .pages import create_pages
 from .service import Job, NodeService
 from .translate import (
     ApiError,
@@ -279,6 +280,8 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
     @app.get("/v1/node/status", responses=_ERRORS)
     async def status() -> NodeStatus:
         return await service.status()
+
+    app.include_router(create_pages(service, api_key=config.api_key))  # the pages: /chat, /dashboard, ...
 
     async def on_error(request: Request, exc: Exception) -> Response:
         return _error(exc)
