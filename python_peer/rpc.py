@@ -98,9 +98,12 @@ class RpcClient:
                 continue
             misses += 1
             if misses >= PROBE_MISSES:
-                raise LinkClosedError(
+                dead = LinkClosedError(
                     f"peer {self.link.remote_id[:16]} missed {misses} pings in a row: {ping.exception()}"
                 )
+                future.cancel()  # this call raises ``dead`` itself
+                self._fail(dead)  # every other call on this link fails now too, instead of probing again
+                raise dead
 
     async def _read(self) -> None:
         try:
