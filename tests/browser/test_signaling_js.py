@@ -1,0 +1,248 @@
+"""The browser SignalClient (``web/src/signaling/client.js``) in Chromium against real signaling nodes.
+
+A JS peer and a Python ``SignalClient`` meet on an ``ai4all signal`` subprocess: the Python side finds
+the JS announcement by lookup and each verifies the other's signals; the JS canonical signing bytes
+match Python's byte for byte; a tampered announcement is refused; and after its node is SIGKILLed
+the JS peer fails over to a second node and is found there. The Python client runs on its own event
+loop in a background thread, so these tests stay synchronous, as Playwright's sync API needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from python_peer.core.canonical import ANNOUNCE_CONTEXT, SIGNAL_CONTEXT, ServedSpan, signing_bytes
+from python_peer.identity import Identity
+from python_peer.signal_client import SignalClient, SignalClientConfig
+from tests.browser.conftest import Harness
+from tests.procs import Node
+
+pytestmark = pytest.mark.browser
+
+T = TypeVar("T")
+MODEL = "smollm2-135m"
+GOLDEN_BODY: dict[str, Any] = {
+    "v": 1,
+    "peer_id": "ab" * 32,
+    "kind": "browser",
+    "seq": 5,
+    "issued_ms": 1_700_000_000_000,
+    "expires_ms": 1_700_000_060_000,
+    "serves": [{"model": MODEL, "start": 0, "end": 10}],
+    "throughput_milli": 22_000,
+    "kv_free_tokens": 4096,
+    "signaling": ["ws://127.0.0.1:9000"],
+}
+GOLDEN_SIGNAL: dict[str, Any] = {
+    "from": "ab" * 32,
+    "to": "cd" * 32,
+    "ts_ms": 1_700_000_000_000,
+    "payload": {"type": "offer", "sdp": 'v=0\r\no=- "é" 1', "ice": [{"candidate": "a", "mline": 0}]},
+}
+
+# The module as `window.S`, plus a registry of JS clients by name.
+SETUP_JS = """async () => {
+  window.S = await import('/web/src/signaling/client.js');
+  window.clients = {};
+  return true;
+}"""
+
+
+class PyPeer:
+    """A Python ``SignalClient`` on its own event loop in a daemon thread; ``run`` waits for a coroutine."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        config = SignalClientConfig(urls=tuple(urls), request_timeout_s=5.0)
+        self.client: SignalClient = self.run(SignalClient.create(Identity.generate(), config))
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        try:
+            self.run(self.client.close())
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+            self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("signaling_js")
+
+
+@pytest.fixture(scope="module")
+def node(log_dir: Path) -> Iterator[Node]:
+    started = Node("js-a", log_dir)
+    started.wait()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+def page(harness: Harness) -> Harness:
+    assert harness.page.evaluate(SETUP_JS)
+    return harness
+
+
+def start_js(page: Harness, name: str, urls: list[str], span: tuple[int, int] = (0, 10)) -> str:
+    """Start a JS client called ``name`` announcing ``span`` of MODEL; returns its peer id."""
+    return str(
+        page.page.evaluate(
+            """async ([name, urls, start, end]) => {
+              const identity = await S.Identity.generate();
+              clients[name] = await S.SignalClient.create(identity, {
+                urls, serves: [{model: 'smollm2-135m', start, end}], throughputMilli: 1000,
+                backoffInitialMs: 50, backoffMaxMs: 500,
+              });
+              return clients[name].peerId;
+            }""",
+            [name, urls, span[0], span[1]],
+        )
+    )
+
+
+def close_js(page: Harness, name: str) -> None:
+    page.page.evaluate("async (name) => { await clients[name].close(); delete clients[name]; }", name)
+
+
+def test_golden_signing_bytes(page: Harness) -> None:
+    """(c) JS and Python sign exactly the same bytes for an announcement and a signal body."""
+    got = page.page.evaluate(
+        """([ann, sig, ctxA, ctxS]) => [S.toHex(S.signingBytes(ctxA, ann)), S.toHex(S.signingBytes(ctxS, sig))]""",
+        [GOLDEN_BODY, GOLDEN_SIGNAL, ANNOUNCE_CONTEXT, SIGNAL_CONTEXT],
+    )
+    assert got[0] == signing_bytes(ANNOUNCE_CONTEXT, GOLDEN_BODY).hex()
+    assert got[1] == signing_bytes(SIGNAL_CONTEXT, GOLDEN_SIGNAL).hex()
+    refused = page.page.evaluate(
+        """() => [1.5, 2 ** 53, NaN].map((x) => {
+          try { S.canonicalBytes({x}); return 'accepted'; } catch (e) { return e.name; }
+        })"""
+    )
+    assert refused == ["CanonicalError"] * 3
+    page.note("golden signing bytes equal Python's")
+
+
+def test_identity_export_import(page: Harness) -> None:
+    """An exported identity (JWK and PKCS8) imports to the same peer id and signs verifiably."""
+    ok = page.page.evaluate(
+        """async () => {
+          const a = await S.Identity.generate();
+          const out = [];
+          for (const format of ['jwk', 'pkcs8']) {
+            const b = await S.importIdentity(await a.exportIdentity(format));
+            const bytes = new TextEncoder().encode('hello');
+            await S.verify(a.peerId, bytes, await b.sign(bytes));
+            out.push(b.peerId === a.peerId);
+          }
+          return out;
+        }"""
+    )
+    assert ok == [True, True]
+
+
+def test_announce_lookup_and_signals(page: Harness, node: Node) -> None:
+    """(a) Python finds the JS announcement; (b) signals flow both ways, each side verifying."""
+    js_id = start_js(page, "a", [node.url], (2, 6))
+    py = PyPeer([node.url])
+    try:
+        found = py.run(py.client.lookup(MODEL, 0, 8))
+        match = [ann for ann in found if ann.peer_id == js_id]
+        assert match and match[0].kind == "browser" and match[0].serves == (ServedSpan(MODEL, 2, 6),)
+
+        # JS -> Python: Python's recv_signal verifies the signature.
+        payload = {"type": "offer", "sdp": "v=0\r\né", "n": 1}
+        page.page.evaluate(
+            "async ([to, payload]) => { await clients.a.sendSignal(to, payload); }",
+            [py.client.peer_id, payload],
+        )
+        incoming = py.run(asyncio.wait_for(py.client.recv_signal(), 5))
+        assert incoming.sender == js_id and incoming.payload == payload
+
+        # Python -> JS: the JS client verifies before delivering.
+        answer = {"type": "answer", "sdp": "v=0", "ice": [{"candidate": "c", "mline": 0}]}
+        py.run(py.client.send_signal(js_id, answer))
+        got = page.page.evaluate(
+            """async () => {
+              const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error('no signal')), 5000));
+              return await Promise.race([clients.a.recvSignal(), timeout]);
+            }"""
+        )
+        assert got["sender"] == py.client.peer_id and got["payload"] == answer
+
+        # The JS client's own lookup verifies the Python announcement.
+        peers = page.page.evaluate(
+            "async () => (await clients.a.lookup('smollm2-135m', 0, 8)).map((a) => a.peer_id)"
+        )
+        assert js_id in peers
+    finally:
+        close_js(page, "a")
+        py.close()
+    page.note("JS announce found by Python; signals verified both ways")
+
+
+def test_forged_announcement_refused(page: Harness, node: Node) -> None:
+    """(d) A lookup result with a tampered or re-signed-by-another-key body is dropped; the real one kept."""
+    result = page.page.evaluate(
+        """async () => {
+          const a = await S.Identity.generate();
+          const b = await S.Identity.generate();
+          const now = Date.now();
+          const body = {v: 1, peer_id: a.peerId, kind: 'browser', seq: now, issued_ms: now, expires_ms: now + 60000,
+            serves: [{model: 'smollm2-135m', start: 0, end: 4}], throughput_milli: 1, kv_free_tokens: 0,
+            signaling: []};
+          const sig = await a.signBody(S.ANNOUNCE_CONTEXT, body);
+          const tampered = {...body, throughput_milli: 10 ** 9};
+          const otherKey = await b.signBody(S.ANNOUNCE_CONTEXT, body);
+          const items = [{body: tampered, sig}, {body, sig: otherKey}, {body, sig: 'zz'}, {body, sig}];
+          const kept = await S.verifyPeers(items, 'smollm2-135m', 0, 4, {log: {warn() {}, info() {}}});
+          let error = null;
+          try { await S.verifyPeerItem({body: tampered, sig}, now); } catch (e) { error = e.name; }
+          return {kept: kept.map((k) => k.throughput_milli), error};
+        }"""
+    )
+    assert result == {"kept": [1], "error": "SignatureError"}
+    page.note("forged announcements refused")
+
+
+def test_failover_to_second_node(page: Harness, node: Node, log_dir: Path) -> None:
+    """(e) SIGKILL the JS client's node; it reconnects to the second and is found there."""
+    first = Node("js-b1", log_dir)
+    second = Node("js-b2", log_dir)
+    first.wait()
+    second.wait()
+    py: PyPeer | None = None
+    try:
+        js_id = start_js(page, "f", [first.url, second.url], (0, 3))
+        assert page.page.evaluate("() => clients.f.url") == first.url
+        first.stop(signal.SIGKILL)
+        py = PyPeer([second.url])
+        deadline = time.monotonic() + 10
+        found: list[str] = []
+        while time.monotonic() < deadline and js_id not in found:
+            found = [ann.peer_id for ann in py.run(py.client.lookup(MODEL, 0, 3))]
+            time.sleep(0.1)
+        assert js_id in found, (
+            f"JS peer not found on the second node; state {page.page.evaluate('() => clients.f.state')}"
+        )
+        assert page.page.evaluate("() => clients.f.url") == second.url
+        close_js(page, "f")
+    finally:
+        if py is not None:
+            py.close()
+        first.stop(signal.SIGKILL)
+        second.stop()
+    assert page.take_errors() == []
+    page.note("failover after SIGKILL")
