@@ -470,7 +470,7 @@ function byCodePoint(a, b) {
  * @param {unknown} value
  * @returns {string}
  */
-function canonicalJson(value) {
+export function canonicalJson(value) {
   if (value === null) return 'null';
   if (value === true) return 'true';
   if (value === false) return 'false';

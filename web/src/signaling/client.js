@@ -23,7 +23,7 @@
  *         └── SignalClientError      closed, timed out, or no node reachable
  */
 
-import { CoreError, FrameType, HEADER_SIZE, MetadataError, encodeFrame } from '../protocol/wire.js';
+import { CoreError, MetadataError, canonicalJson } from '../protocol/wire.js';
 
 export const PROTOCOL_VERSION = 1;
 export const ANNOUNCE_CONTEXT = 'ai4all/announce/v1';
@@ -132,26 +132,21 @@ function checkCanonical(value, depth) {
 
 /**
  * Canonical JSON of `value` as UTF-8: Python's `canonical_bytes`, written by the wire codec's
- * Python-compatible writer. That writer is not exported yet, so this adapter reaches it through
- * `encodeFrame` (a PING frame's metadata is exactly `canonicalJson(meta)`); it therefore also refuses
- * non-ASCII keys, nesting past 16 and a top-level `tensors` key, none of which signed bodies use.
+ * Python-compatible writer (one writer for frames and signatures).
  * @param {unknown} value
  * @returns {Uint8Array}
  */
 export function canonicalBytes(value) {
   checkCanonical(value, 0);
   if (!isPlainObject(value)) throw new CanonicalError('only objects are signed');
-  let frame;
   try {
-    frame = encodeFrame({ type: FrameType.PING, meta: value });
+    return UTF8.encode(canonicalJson(value));
   } catch (err) {
     if (err instanceof MetadataError || err instanceof CoreError) {
       throw new CanonicalError(`value has no canonical JSON form: ${err.message}`, { cause: err });
     }
     throw err;
   }
-  const length = new DataView(frame.buffer, frame.byteOffset).getUint32(28, true);
-  return frame.slice(HEADER_SIZE, HEADER_SIZE + length);
 }
 
 /**
