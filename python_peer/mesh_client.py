@@ -182,9 +182,16 @@ class MeshClient:
         return found
 
     async def route(self, start: int, end: int, tokens: int) -> list[Candidate]:
-        return choose_route(
-            await self.candidates(start, end), start, end, banned=self.bans, tokens_needed=tokens
-        )
+        """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again
+        (a peer that failed once under load may be fine now; a dead one fails again and counts)."""
+        candidates = await self.candidates(start, end)
+        try:
+            return choose_route(candidates, start, end, banned=self.bans, tokens_needed=tokens)
+        except NoRouteError:
+            if not any(self.bans.banned(c.peer_id) for c in candidates):
+                raise
+            self._lookups.pop((start, end), None)
+            return choose_route(await self.candidates(start, end), start, end, tokens_needed=tokens)
 
     async def open(self, batch: int, max_length: int) -> MeshSession:
         session = MeshSession(self, batch, max_length)
