@@ -16,7 +16,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -218,6 +218,32 @@ def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
     )
 
 
+async def _answer(
+    job: Job,
+    stream: bool,
+    include_usage: bool,
+    prefix: str,
+    events: Callable[..., Any],
+    final: Callable[..., Any],
+) -> Any:
+    """One generation as OpenAI answers it: server-sent chunks from ``events``, or one body from ``final``."""
+    id, created = translate.new_id(prefix), translate.now()
+    if stream:
+        pieces, first = await _first(job)
+        return _sse(
+            events(
+                pieces,
+                first,
+                job.result,
+                model=job.model,
+                id=id,
+                created=created,
+                include_usage=include_usage,
+            )
+        )
+    return final(await job.run(), model=job.model, id=id, created=created)
+
+
 def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI:
     """The API of one node over ``service``; the OpenAPI schema is served at ``/openapi.json``."""
     config = config or ApiConfig()
@@ -230,40 +256,26 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAMED)
     async def chat_completions(request: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
         job = await service.chat(request)
-        id, created = translate.new_id("chatcmpl"), translate.now()
-        if request.stream:
-            pieces, first = await _first(job)
-            return _sse(
-                translate.chat_events(
-                    pieces,
-                    first,
-                    job.result,
-                    model=job.model,
-                    id=id,
-                    created=created,
-                    include_usage=request.include_usage,
-                )
-            )
-        return translate.chat_completion(await job.run(), model=job.model, id=id, created=created)
+        return await _answer(
+            job,
+            request.stream,
+            request.include_usage,
+            "chatcmpl",
+            translate.chat_events,
+            translate.chat_completion,
+        )
 
     @app.post("/v1/completions", response_model=Completion, responses=_STREAMED)
     async def completions(request: CompletionRequest) -> Completion | StreamingResponse:
         job = await service.complete(request)
-        id, created = translate.new_id("cmpl"), translate.now()
-        if request.stream:
-            pieces, first = await _first(job)
-            return _sse(
-                translate.completion_events(
-                    pieces,
-                    first,
-                    job.result,
-                    model=job.model,
-                    id=id,
-                    created=created,
-                    include_usage=request.include_usage,
-                )
-            )
-        return translate.completion(await job.run(), model=job.model, id=id, created=created)
+        return await _answer(
+            job,
+            request.stream,
+            request.include_usage,
+            "cmpl",
+            translate.completion_events,
+            translate.completion,
+        )
 
     @app.get("/v1/models", responses=_ERRORS)
     async def models() -> ModelList:
