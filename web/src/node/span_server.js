@@ -1,0 +1,352 @@
+/**
+ * A span server in the browser: the mirror of `python_peer/server.py` (docs/mesh.md).
+ *
+ * OPEN reserves `batch * max_length * bytes_per_token` of a KV budget (refused with `session_refused`
+ * when the budget or the session table is full), FORWARD runs new tokens in step order, CLOSE frees the
+ * session. Sessions are keyed by the client's peer id and its 16-byte session id, so no client reaches
+ * another's session; idle ones are evicted. Every failure is answered with an ERROR frame carrying the
+ * code Python would send.
+ *
+ * No ledger yet: sessions are free here. OPEN never answers `payment_required`, CLOSE proposes no
+ * receipt, and a client's GOSSIP push is answered `{stored: 0}` (other GOSSIP with `bad_frame`).
+ */
+
+import {
+  ErrorCode,
+  FrameType,
+  TensorError,
+  WireError,
+  checkFinite,
+  errorFrame,
+  frameTensor,
+  frameTypeName,
+  makeFrame,
+  tensorAsInt64,
+  tensorToFloat32,
+} from '../protocol/wire.js';
+import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
+
+export const MAX_SESSIONS = 64;
+export const MAX_LENGTH_LIMIT = 32768;
+
+/**
+ * @typedef {object} ServerConfig
+ * @property {number} [memoryBudgetBytes]  for KV caches
+ * @property {number} [idleTimeoutMs]
+ * @property {number} [maxSessions]
+ */
+
+/**
+ * @typedef {object} Session
+ * @property {string} key
+ * @property {string} client
+ * @property {number} batch
+ * @property {number} maxLength
+ * @property {number} reserved
+ * @property {number} tokens
+ * @property {number} length
+ * @property {number} nextStep
+ * @property {number} lastUsed
+ * @property {Promise<unknown>} queue  the session's requests run one after another
+ * @property {boolean} busy
+ */
+
+class Refusal extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   */
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+const hex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+const mib = (/** @type {number} */ n) => (n / 2 ** 20).toFixed(2);
+
+/**
+ * A tensor of `frame` as float32 (float16 widened) or int64 of the given rank; TensorError otherwise.
+ * Floats must be finite (NonFiniteError), as Python's `tensors.expect`.
+ * @param {import('../protocol/wire.js').Frame} frame
+ * @param {string} name
+ * @param {'f' | 'i'} kind
+ * @param {number} rank
+ */
+function expect(frame, name, kind, rank) {
+  const tensor = frameTensor(frame, name);
+  const isFloat = tensor.dtype !== 'int64';
+  if (isFloat) checkFinite(tensor);
+  if ((kind === 'f') !== isFloat || tensor.shape.length !== rank) {
+    throw new TensorError(
+      `tensor ${name} is ${tensor.dtype} of rank ${tensor.shape.length}; expected ` +
+        `${kind === 'f' ? 'a float' : 'an int64'} tensor of rank ${rank}`,
+    );
+  }
+  return tensor;
+}
+
+/** The blocks `[start, end)` of one model, served to clients over frames. */
+export class SpanServer {
+  /**
+   * @param {import('../runtime/shard.js').Manifest} manifest
+   * @param {{start: number, end: number}} span
+   * @param {BlocksRunner[]} runners  consecutive, covering the span exactly
+   * @param {ServerConfig} [config]
+   */
+  constructor(manifest, span, runners, config = {}) {
+    if (!runners.length || runners[0].start !== span.start || runners[runners.length - 1].end !== span.end) {
+      throw new Error(`runners do not cover blocks ${span.start}-${span.end}`);
+    }
+    for (let i = 1; i < runners.length; i++) {
+      if (runners[i - 1].end !== runners[i].start) throw new Error('runners are not consecutive');
+    }
+    this.model = manifest.model.name;
+    this.start = span.start;
+    this.end = span.end;
+    this.runners = runners;
+    this.config = { memoryBudgetBytes: 512 * 1024 * 1024, idleTimeoutMs: 300_000, maxSessions: MAX_SESSIONS, ...config };
+    const cfg = manifest.model.config;
+    this.hiddenSize = Number(cfg.hidden_size);
+    // KV bytes per token per sequence: two fp32 tensors per layer.
+    this.bytesPerToken = (this.end - this.start) * 2 * Number(cfg.num_key_value_heads) * Number(cfg.head_dim) * 4;
+    /** @type {Map<string, Session>} */
+    this.sessions = new Map();
+    this.tokensServed = 0;
+  }
+
+  /**
+   * Download, verify and load the block shards that make up `[start, end)`.
+   * @param {string | URL} baseUrl  the folder of manifest.json
+   * @param {import('../runtime/shard.js').Manifest} manifest
+   * @param {{start: number, end: number}} span
+   * @param {ServerConfig} [config]
+   * @param {import('../runtime/shard.js').LoadOptions} [loadOptions]
+   */
+  static async load(baseUrl, manifest, span, config, loadOptions) {
+    const shards = manifest.shards
+      .filter((s) => s.kind === 'blocks' && span.start <= s.start && s.end <= span.end)
+      .sort((a, b) => a.start - b.start);
+    const contiguous = shards.every((s, i) => i === 0 || shards[i - 1].end === s.start);
+    if (!shards.length || shards[0].start !== span.start || shards[shards.length - 1].end !== span.end || !contiguous) {
+      const available = manifest.shards.filter((s) => s.kind === 'blocks').map((s) => `${s.start}-${s.end}`);
+      throw new Error(`span ${span.start}-${span.end} is not a run of this model's block shards (${available.join(', ')})`);
+    }
+    const runners = [];
+    for (const entry of shards) runners.push(await BlocksRunner.load(baseUrl, entry, manifest, loadOptions));
+    return new SpanServer(manifest, span, runners, config);
+  }
+
+  get span() {
+    return `${this.start}-${this.end}`;
+  }
+
+  get reservedBytes() {
+    let total = 0;
+    for (const s of this.sessions.values()) total += s.reserved;
+    return total;
+  }
+
+  get kvFreeTokens() {
+    return Math.max(0, Math.floor((this.config.memoryBudgetBytes - this.reservedBytes) / this.bytesPerToken));
+  }
+
+  /**
+   * Answer one request frame; every failure becomes an ERROR frame, never an exception.
+   * @param {string} client  the remote peer id of the link the frame came on
+   * @param {import('../protocol/wire.js').Frame} frame
+   * @returns {Promise<import('../protocol/wire.js').Frame>}
+   */
+  async handle(client, frame) {
+    try {
+      if (frame.type === FrameType.OPEN) return this.#open(client, frame);
+      if (frame.type === FrameType.FORWARD) return await this.#forward(client, frame);
+      if (frame.type === FrameType.CLOSE) return this.#finish(client, frame);
+      if (frame.type === FrameType.GOSSIP) return this.#gossip(frame);
+      throw new Refusal(ErrorCode.BAD_FRAME, `a server does not take ${frameTypeName(frame.type)} frames`);
+    } catch (err) {
+      if (err instanceof Refusal || err instanceof WireError) return errorFrame(frame.session, frame.step, err.code, err.message);
+      console.error(`span server: internal error on ${frameTypeName(frame.type)}`, err);
+      const name = err instanceof Error ? err.name : typeof err;
+      return errorFrame(frame.session, frame.step, ErrorCode.INTERNAL, `internal error: ${name}`);
+    }
+  }
+
+  /**
+   * GOSSIP without a ledger: a client's push (sent right after it connects) is taken and nothing is
+   * stored (`stored: 0`), so clients need not special-case this peer; anything else is `bad_frame`.
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  #gossip(frame) {
+    if (frame.meta.kind !== 'push') throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger yet');
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: { stored: 0 } });
+  }
+
+  /**
+   * @param {string} client
+   * @param {Uint8Array} session
+   */
+  static key(client, session) {
+    return `${client}:${hex(session)}`;
+  }
+
+  /**
+   * @param {string} client
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  #open(client, frame) {
+    const { model, start, end, batch, max_length: maxLength } = /** @type {{[key: string]: any}} */ (frame.meta);
+    if (model !== this.model || start !== this.start || end !== this.end) {
+      throw new Refusal(
+        ErrorCode.SESSION_REFUSED,
+        `this peer serves ${this.model} blocks ${this.span}, not ${model} blocks ${start}-${end}`,
+      );
+    }
+    if (!Number.isInteger(batch) || batch < 1 || batch > 64) {
+      throw new Refusal(ErrorCode.BAD_FRAME, `batch ${JSON.stringify(batch)} must be an integer in 1..64`);
+    }
+    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > MAX_LENGTH_LIMIT) {
+      throw new Refusal(ErrorCode.BAD_FRAME, `max_length ${JSON.stringify(maxLength)} must be an integer in 1..${MAX_LENGTH_LIMIT}`);
+    }
+    const key = SpanServer.key(client, frame.session);
+    if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
+    // No ledger yet: the session is free (Python would quote and check the client's balance here).
+    this.evictIdle();
+    const need = batch * maxLength * this.bytesPerToken;
+    const budget = this.config.memoryBudgetBytes;
+    if (this.sessions.size >= this.config.maxSessions || this.reservedBytes + need > budget) {
+      throw new Refusal(
+        ErrorCode.SESSION_REFUSED,
+        `KV memory budget full: ${this.sessions.size} sessions hold ${mib(this.reservedBytes)} MiB ` +
+          `of ${mib(budget)} MiB and this one needs ${mib(need)} MiB; try another peer`,
+      );
+    }
+    for (const runner of this.runners) runner.open(key, batch);
+    this.sessions.set(key, {
+      key,
+      client,
+      batch,
+      maxLength,
+      reserved: need,
+      tokens: 0,
+      length: 0,
+      nextStep: 0,
+      lastUsed: performance.now(),
+      queue: Promise.resolve(),
+      busy: false,
+    });
+    return makeFrame({
+      type: FrameType.RESULT,
+      session: frame.session,
+      step: frame.step,
+      meta: { opened: true, kv_free_tokens: this.kvFreeTokens },
+    });
+  }
+
+  /**
+   * @param {string} client
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  #forward(client, frame) {
+    const key = SpanServer.key(client, frame.session);
+    const session = this.sessions.get(key);
+    if (session === undefined) {
+      throw new Refusal(ErrorCode.UNKNOWN_SESSION, `session ${hex(frame.session)} is not open here (expired or never opened)`);
+    }
+    const run = session.queue.then(() => this.#forwardNow(key, session, frame));
+    session.queue = run.catch(() => {});
+    return run;
+  }
+
+  /**
+   * @param {string} key
+   * @param {Session} session
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  async #forwardNow(key, session, frame) {
+    if (this.sessions.get(key) !== session) {
+      throw new Refusal(ErrorCode.UNKNOWN_SESSION, `session ${hex(frame.session)} is not open here (expired or never opened)`);
+    }
+    if (frame.step !== session.nextStep) {
+      throw new Refusal(ErrorCode.OUT_OF_ORDER, `step ${frame.step} arrived, step ${session.nextStep} was expected`);
+    }
+    const hidden = expect(frame, HIDDEN_IN, 'f', 3);
+    const mask = expect(frame, ATTENTION_MASK, 'i', 2);
+    const positions = expect(frame, POSITION_IDS, 'i', 2);
+    const [batch, seq, width] = hidden.shape;
+    if (width !== this.hiddenSize || batch !== session.batch) {
+      throw new Refusal(
+        ErrorCode.BAD_SHAPE,
+        `hidden states [${hidden.shape.join(', ')}] do not fit batch ${session.batch}, hidden ${this.hiddenSize}`,
+      );
+    }
+    if (session.length + seq > session.maxLength) {
+      throw new Refusal(
+        ErrorCode.BAD_SHAPE,
+        `${session.length} + ${seq} tokens exceed the session's max_length ${session.maxLength}`,
+      );
+    }
+    let out = { data: tensorToFloat32(hidden), dims: [batch, seq, width] };
+    const maskValues = tensorAsInt64(mask);
+    const positionValues = tensorAsInt64(positions);
+    session.busy = true;
+    let done = 0;
+    try {
+      for (const runner of this.runners) {
+        out = await runner.forward(key, out, maskValues, positionValues);
+        done++;
+      }
+    } catch (err) {
+      if (done) this.#close(key); // some runners advanced and some did not: the session can't be trusted
+      if (err instanceof ShardInputError) throw new Refusal(ErrorCode.BAD_SHAPE, err.message);
+      if (err instanceof SessionError) throw new Refusal(ErrorCode.UNKNOWN_SESSION, err.message);
+      throw err;
+    } finally {
+      session.busy = false;
+    }
+    session.length += seq;
+    session.tokens += batch * seq;
+    session.nextStep++;
+    session.lastUsed = performance.now();
+    this.tokensServed += batch * seq;
+    return makeFrame({
+      type: FrameType.RESULT,
+      session: frame.session,
+      step: frame.step,
+      tensors: [{ name: HIDDEN_OUT, dtype: 'float32', shape: out.dims, data: out.data }],
+    });
+  }
+
+  /**
+   * CLOSE: free the session (no receipt: no ledger yet).
+   * @param {string} client
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  #finish(client, frame) {
+    this.#close(SpanServer.key(client, frame.session));
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: { closed: true } });
+  }
+
+  /** @param {string} key */
+  #close(key) {
+    if (this.sessions.delete(key)) for (const runner of this.runners) runner.close(key);
+  }
+
+  /** Drop every session of a client whose link is gone. @param {string} client */
+  closeClient(client) {
+    for (const key of [...this.sessions.keys()]) if (key.startsWith(`${client}:`)) this.#close(key);
+  }
+
+  /** @param {number} [now]  `performance.now()` */
+  evictIdle(now = performance.now()) {
+    const idle = [...this.sessions.values()].filter((s) => now - s.lastUsed > this.config.idleTimeoutMs && !s.busy);
+    for (const s of idle) this.#close(s.key);
+    return idle.length;
+  }
+
+  /** Close every session and free the runners. */
+  async release() {
+    for (const key of [...this.sessions.keys()]) this.#close(key);
+    for (const runner of this.runners) await runner.release();
+  }
+}
