@@ -135,7 +135,9 @@ def open_tab(browser: Browser, viewport: ViewportSize, **options: Any) -> Iterat
 
 def _live(page: Page) -> None:
     """Wait for the first snapshot of /v1/node/events to reach the header."""
-    page.wait_for_function("document.getElementById('balance').dataset.units !== ''", timeout=15000)
+    # Locator assertions, not wait_for_function: polling a string predicate needs eval, which the
+    # pages' CSP (script-src 'self') forbids, so it fails whenever the condition is not true at once.
+    expect(page.locator("#balance")).to_have_attribute("data-units", re.compile(r"^-?\d+$"), timeout=15000)
 
 
 def _balance(page: Page) -> int:
@@ -206,9 +208,7 @@ def test_chat_streams_a_reply_and_the_balance_moves(browser: Browser, mesh: Page
         expect(privacy).to_contain_text("Blocks 1-3 ran on this node itself")
 
         # The API peer paid the two other peers for blocks 0-1 and 3-4; its own span is free to it.
-        page.wait_for_function(
-            f"Number(document.getElementById('balance').dataset.units) !== {before}", timeout=15000
-        )
+        expect(page.locator("#balance")).not_to_have_attribute("data-units", str(before), timeout=15000)
         assert _balance(page) < before
         expect(page.locator("#balance-delta")).to_contain_text("-")
         page.screenshot(path=shots / "chat-desktop.png", full_page=True)
