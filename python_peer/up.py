@@ -2,8 +2,9 @@
 
 It exports the default model on first run, then starts two federated signaling nodes, three native peers
 whose spans cover the model (0-10, 10-20, 20-30) and one spare peer that picks the least-served span,
-each as its own process; prints what runs where; answers a prompt through the mesh; and keeps running
-until Ctrl-C, when it stops every process cleanly.
+each as its own process. Each signaling node also serves the browser node and the model's files:
+opening http://127.0.0.1:PORT/ in a browser joins the mesh. It prints what runs where, answers a
+prompt through the mesh, and keeps running until Ctrl-C, when it stops every process cleanly.
 """
 
 from __future__ import annotations
@@ -189,16 +190,26 @@ async def up(args: argparse.Namespace) -> int:
     await asyncio.to_thread(_export_default, model_dir)
 
     urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
+    model_args = ["--model-dir", str(model_dir)]  # browsers download the model's shards from either node
     nodes = [
         Child(
             "signaling",
             urls[0],
-            ["signal", "--port", str(args.port), "--sibling", urls[1], "--node-id", "node-a"],
+            ["signal", "--port", str(args.port), "--sibling", urls[1], "--node-id", "node-a", *model_args],
         ),
         Child(
             "signaling",
             urls[1],
-            ["signal", "--port", str(args.port + 1), "--sibling", urls[0], "--node-id", "node-b"],
+            [
+                "signal",
+                "--port",
+                str(args.port + 1),
+                "--sibling",
+                urls[0],
+                "--node-id",
+                "node-b",
+                *model_args,
+            ],
         ),
     ]
     peers = []
@@ -263,6 +274,11 @@ async def up(args: argparse.Namespace) -> int:
         )
         console.print(f"chat page: http://127.0.0.1:{args.port + 2}/chat", soft_wrap=True)
         console.print(f"OpenAI-compatible API: http://127.0.0.1:{args.port + 2}/v1", soft_wrap=True)
+        for url in urls:
+            site = url.replace("ws://", "http://")
+            console.print(
+                f"browser node: contribute at {site}/, chat in the browser at {site}/chat", soft_wrap=True
+            )
         console.print(f"prompt: {args.prompt}", soft_wrap=True)
         await mesh_reply(model_dir, args.prompt, _client_args(args, state), [urls[1], urls[0]])
         if not args.once:

@@ -14,8 +14,11 @@ The protocol is described in ``docs/signaling.md``. Files:
 - ``federation.py`` sibling links, one per sibling node: dialing with backoff, the rule that picks
                     between two links to one node, routes learned from gossip, broadcast.
 - ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
-- ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``) and
-                    ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM.
+- ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``, the browser
+                    node's pages) and ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM.
+- ``web.py``        the browser node served by every node: the contribute page at ``/``, ``/chat``,
+                    ``/embed.js``, the modules, the browser dependencies, the ledger's Python core, the
+                    model files of ``--model-dir`` and ``/v1/config`` (``docs/browser.md``).
 - ``cli.py``        the ``ai4all signal`` subcommand.
 
 Signed bodies and canonical JSON live in ``python_peer/core/canonical.py`` and keys in

@@ -1,7 +1,9 @@
 """The FastAPI app of a signaling node, and running it under uvicorn until SIGINT or SIGTERM.
 
 Thin on purpose: the websocket at ``/`` hands each connection to ``SignalingNode``; ``/healthz`` and
-``/v1/directory`` are JSON views for dashboards and tests.
+``/v1/directory`` are JSON views for dashboards and tests. The browser node's pages, modules and model
+files (``GET /`` and the rest, ``web.BrowserSite``) share the port: a websocket route and an HTTP route
+on one path do not clash.
 """
 
 from __future__ import annotations
@@ -9,24 +11,42 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
 
 from python_peer.core.canonical import MAX_MESSAGE_BYTES
+from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.errors import SignalingError
 
 from .connection import StarletteTransport
 from .node import NodeConfig, SignalingNode
+from .web import BrowserSite, ServedModel
 
 log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 3
 
 
-def create_app(node: SignalingNode) -> FastAPI:
-    """The ASGI app serving ``node``; the node starts and stops with the app's lifespan."""
+def browser_site(
+    node: SignalingNode, models: Sequence[ServedModel] = (), pow_bits: int = GRANT_POW_BITS
+) -> BrowserSite:
+    """What ``node`` serves to browsers: its pages, and the model directories ``models``."""
+    return BrowserSite(
+        node_id=node.node_id,
+        public_url=node.config.public_url,
+        url_given=node.config.url is not None,
+        siblings=node.config.siblings,
+        models=models,
+        pow_bits=pow_bits,
+        known_siblings=node.federation.known_urls,
+    )
+
+
+def create_app(node: SignalingNode, site: BrowserSite | None = None) -> FastAPI:
+    """The ASGI app serving ``node`` and ``site`` (the browser node; by default with no models); the node
+    starts and stops with the app's lifespan."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +71,7 @@ def create_app(node: SignalingNode) -> FastAPI:
     async def directory() -> dict[str, object]:
         return node.directory_view()
 
+    (site or browser_site(node)).install(app)
     return app
 
 
@@ -68,12 +89,16 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-async def serve(config: NodeConfig) -> None:
-    """Run a signaling node until SIGINT or SIGTERM, then close every connection and return."""
+async def serve(
+    config: NodeConfig, models: Sequence[ServedModel] = (), pow_bits: int = GRANT_POW_BITS
+) -> None:
+    """Run a signaling node serving ``models`` to browsers until SIGINT or SIGTERM, then close every
+    connection and return. ``pow_bits`` is the network's grant proof of work, told to browsers."""
     node = SignalingNode(config)
+    site = browser_site(node, models, pow_bits)
     server = _Server(
         uvicorn.Config(
-            create_app(node),
+            create_app(node, site),
             host=config.host,
             port=config.port,
             ws="websockets-sansio",

@@ -6,6 +6,7 @@ Registering only adds arguments; FastAPI, uvicorn and pynacl are imported when t
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 
@@ -16,7 +17,9 @@ def register(subparsers: Any) -> None:
         help="run a signaling node (rendezvous for peers; federates with sibling nodes)",
         description=(
             "Run a signaling node. Its URL is ws://HOST:PORT (a websocket at the root path); give that URL "
-            "to peers (--signal) and to other signaling nodes (--sibling)."
+            "to peers (--signal) and to other signaling nodes (--sibling). Browsers join by opening "
+            "http://HOST:PORT/ (the contribute page) or /chat; --model-dir makes the node serve a model's "
+            "files to them."
         ),
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
@@ -42,6 +45,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--burst", type=int, default=60, help="messages a peer may send at once (default: %(default)s)"
     )
+    parser.add_argument(
+        "--model-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help=(
+            "an exported model directory (with manifest.json) whose files browsers download from this "
+            "node at /models/NAME/ (repeatable)"
+        ),
+    )
     parser.set_defaults(handler=run)
 
 
@@ -53,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
 
     from python_peer.cli import CommandError
     from python_peer.core.canonical import URL_RE
+    from python_peer.core.errors import LedgerError
+    from python_peer.ledger_service import network_rules
 
     from .app import serve
     from .node import NodeConfig
+    from .web import ServedModel, SiteError, index_models
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port {args.port} is not a TCP port (1-65535)")
@@ -66,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--node-id {args.node_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
     if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
         raise CommandError("--max-connections, --rate and --burst must be positive")
+    try:
+        models = [ServedModel.load(directory) for directory in args.model_dir]
+        index_models(models)
+        pow_bits = network_rules().grant_pow_bits
+    except (SiteError, LedgerError) as exc:
+        raise CommandError(str(exc)) from exc
     config = NodeConfig(
         host=args.host,
         port=args.port,
@@ -77,5 +100,5 @@ def run(args: argparse.Namespace) -> int:
         burst=args.burst,
     )
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))  # frame dumps
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, models, pow_bits))
     return 0

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,35 @@ def free_port() -> int:
 
 
 class Node:
-    """One ``ai4all signal`` subprocess."""
+    """One ``ai4all signal`` subprocess; it serves the browser node's pages and ``model_dirs`` over HTTP.
 
-    def __init__(self, name: str, log_dir: Path, siblings: tuple[str, ...] = ()) -> None:
+    ``env`` adds to (or overrides) the test process's environment for this node only.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        log_dir: Path,
+        siblings: Sequence[str] = (),
+        model_dirs: Sequence[Path] = (),
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
-        self.http = f"http://127.0.0.1:{self.port}"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.http = self.http_url
         self.log = log_dir / f"{name}.log"
         args = [sys.executable, "-m", "python_peer.cli", "-v", "signal", "--port", str(self.port)]
         args += ["--node-id", name]
         for sibling in siblings:
             args += ["--sibling", sibling]
+        for model_dir in model_dirs:
+            args += ["--model-dir", str(model_dir)]
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**_env(), **(env or {})}
+            )
 
     def health(self) -> dict[str, Any] | None:
         try:

@@ -37,6 +37,7 @@ from python_peer.core.economics import UNITS_PER_CREDIT, earnings
 from python_peer.core.errors import AI4AllError
 from python_peer.core.ledger import ReceiptBody
 from python_peer.ledger_service import LedgerService
+from signaling.web import mime_type, resolve_file
 
 from .control import MAX_BUDGET_MB, MIB, NodeControl, NotServingError, ServingState
 from .service import MeshNodeService, NodeService
@@ -51,19 +52,6 @@ LOOKUP_TIMEOUT_S = 2.0
 EVENT_INTERVAL_S = 1.0
 MAX_EVENT_STREAMS = 32
 EARNINGS_WINDOW = 2000  # own ledger entries read for the earnings plot
-MIME_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".wasm": "application/wasm",
-    ".html": "text/html; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".txt": "text/plain; charset=utf-8",
-    ".md": "text/markdown; charset=utf-8",
-}
 # Pages and their files come from this origin only; cross-origin isolation for the browser node's WASM.
 PAGE_HEADERS = {
     "Content-Security-Policy": (
@@ -538,8 +526,7 @@ def create_pages(service: NodeService, *, api_key: str | None = None, web_dir: P
         file = _static_file(web_dir, path)
         if file is None:
             raise NotFoundError(f"no file /static/{path} (files come from {web_dir}, templates excepted)")
-        media = MIME_TYPES.get(file.suffix, "application/octet-stream")
-        return FileResponse(file, media_type=media, headers=STATIC_HEADERS)
+        return FileResponse(file, media_type=mime_type(file), headers=STATIC_HEADERS)
 
     @router.get("/v1/node/events", response_model=None)
     async def events(limit: Annotated[int | None, Query(ge=1, le=86400)] = None) -> StreamingResponse:
@@ -629,16 +616,9 @@ def _check_origin(request: Request, api_key: str | None) -> None:
 
 def _static_file(web_dir: Path, path: str) -> Path | None:
     """The file ``path`` names under ``web_dir``: no hidden names, no ``..``, no templates, no links out."""
-    parts = path.split("/")
-    if not parts or parts[0] == "templates":
+    if path.split("/")[0] == "templates":
         return None
-    if any(not part or part.startswith(".") or "\\" in part or "\0" in part for part in parts):
-        return None
-    root = web_dir.resolve()
-    file = root.joinpath(*parts).resolve()
-    if not file.is_relative_to(root) or not file.is_file():
-        return None
-    return file
+    return resolve_file(web_dir, path)
 
 
 def _page_config(name: str, service: MeshNodeService | None, control: NodeControl | None) -> dict[str, Any]:
