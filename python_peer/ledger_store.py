@@ -1,6 +1,7 @@
 """The ledger on a native peer: a SQLite database (WAL) of validated entries, crash-safe.
 
-Rules live in ``python_peer.core.ledger``; this file only decides what to keep. Two tables:
+Rules live in ``python_peer.core.ledger``, and so does what to keep (``ChainStore``, shared with the
+browser's ``core.memory_store.MemoryStore``); this file keeps the rows. Two tables:
 
 - ``entries``: each author's linked chain from seq 1 (one row per seq), every row checked by
   ``check_entry`` and ``check_link`` before it was written;
@@ -26,32 +27,27 @@ import contextlib
 import json
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
-from python_peer.core.economics import DEFAULT_RULES, Rules, can_pay, price
-from python_peer.core.errors import LedgerError, PaymentRequiredError, SignatureError
+from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.errors import LedgerError, SignatureError
 from python_peer.core.ledger import (
     GENESIS,
-    Body,
+    ChainStore,
     Entry,
     ForkProof,
-    Grant,
     LedgerReport,
-    Outcome,
+    Quote,
     ReceiptBody,
-    Rejection,
+    Signer,
     Verify,
     check_entry,
-    check_fork_proof,
     check_link,
     compute,
-    mine_grant,
-    next_entry,
+    wall_clock_ms,
 )
 from python_peer.identity import verify as _nacl_verify
 
@@ -86,9 +82,7 @@ CREATE INDEX IF NOT EXISTS evidence_author ON evidence (author, seq);
 """
 
 
-def now_ms() -> int:
-    """Wall-clock milliseconds since the Unix epoch: the ledger's time."""
-    return time.time_ns() // 1_000_000
+now_ms = wall_clock_ms  # wall-clock milliseconds since the Unix epoch: the ledger's time
 
 
 def native_verify(peer_id: str, message: bytes, signature: str) -> bool:
@@ -98,30 +92,6 @@ def native_verify(peer_id: str, message: bytes, signature: str) -> bool:
     except SignatureError:
         return False
     return True
-
-
-class Signer(Protocol):
-    """What appending needs from an identity: ``python_peer.identity.Identity`` is one."""
-
-    peer_id: str
-
-    def sign(self, message: bytes) -> str: ...
-
-
-@dataclass(frozen=True)
-class Quote:
-    """A client's balance as this node sees it, against the price of one request."""
-
-    client: str
-    balance: int
-    price: int
-    standing: int
-    outstanding: int = 0
-
-    @property
-    def refusal(self) -> str | None:
-        """Why the request must be refused (a sentence naming balance and price), or None."""
-        return can_pay(self.balance, self.price, self.outstanding)
 
 
 @dataclass(frozen=True)
@@ -141,8 +111,8 @@ class _Link:
     time: int
 
 
-class LedgerStore:
-    """One node's copy of the ledger. Open with ``LedgerStore.open``; close, or use ``with``."""
+class LedgerStore(ChainStore):
+    """One node's copy of the ledger in SQLite; every decision is ``ChainStore``'s. Open with ``open``; close, or use ``with``."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, rules: Rules, verify: Verify) -> None:
         self._conn = conn
@@ -278,87 +248,35 @@ class LedgerStore:
             ),
         )
 
-    def _record_fork(self, author: str, seq: int, variants: Sequence[Entry]) -> bool:
-        """Keep the two smallest-hash entries at the lowest forked seq; drop the chain from there on."""
-        current = self._fork_seq(author)
-        if current is not None and seq > current:
-            return False
-        known: dict[str, Entry] = {v.hash: v for v in variants if v.author == author and v.seq == seq}
-        if current == seq:
-            for (raw,) in self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)):
-                entry = self._decode(raw)
-                known[entry.hash] = entry
-        held = self._row(author, seq)
-        if held is not None:
-            known[held.hash] = held
-        if len(known) < 2:
-            return False
-        keep = sorted(known)[:2]
+    def _evidence_of(self, author: str) -> list[Entry]:
+        rows = self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)).fetchall()
+        return [self._decode(raw) for (raw,) in rows]
+
+    def _set_evidence(self, author: str, seq: int, entries: Sequence[Entry]) -> None:
         self._conn.execute("DELETE FROM evidence WHERE author = ?", (author,))
-        for h in keep:
-            self._conn.execute("INSERT INTO evidence VALUES (?, ?, ?, ?)", (h, author, seq, known[h].encoded))
-        self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, seq))
-        return current != seq
-
-    # --- inserting others' entries ----------------------------------------------------------------------
-
-    def _offer(self, entry: Entry, now: int) -> Outcome:
-        """Decide one entry inside an open transaction; checks run before anything is written."""
-        if self._holds(entry.hash):
-            return Outcome(entry.hash, "duplicate")
-        fork = self._fork_seq(entry.author)
-        if fork is not None and entry.seq > fork:
-            body = entry.body  # its author's entry does not count, but the evidence it carries is still proof
-            if isinstance(body, ForkProof) and check_fork_proof(body, self.verify) is None:
-                self._record_fork(body.author, body.seq, [body.a, body.b])
-            return Outcome(entry.hash, "rejected", Rejection("forked", f"author forked at seq {fork}"))
-        rejection = check_entry(entry, self.verify, now, self.rules)
-        if rejection is not None:
-            return Outcome(entry.hash, "rejected", rejection)
-        if fork == entry.seq:  # one more variant at the fork, kept if among the two smallest hashes
-            self._record_fork(entry.author, entry.seq, [entry])
-            return Outcome(entry.hash, "fork", Rejection("forked", f"author forked at seq {fork}"))
-        held = self._link(entry.author, entry.seq)
-        if held is not None:
-            self._record_fork(entry.author, entry.seq, [entry])
-            return Outcome(
-                entry.hash, "fork", Rejection("forked", f"a second entry {entry.seq} of its author")
+        for entry in entries:
+            self._conn.execute(
+                "INSERT INTO evidence VALUES (?, ?, ?, ?)", (entry.hash, author, seq, entry.encoded)
             )
-        rejection = check_link(self._link(entry.author, entry.seq - 1) if entry.seq > 1 else None, entry)
-        if rejection is not None:
-            return Outcome(entry.hash, "rejected", rejection)
-        self._write_entry(entry)
-        if isinstance(entry.body, ForkProof):
-            self._record_fork(entry.body.author, entry.body.seq, [entry.body.a, entry.body.b])
-        return Outcome(entry.hash, "stored")
 
-    def insert(self, entry: Entry, now: int | None = None) -> Outcome:
-        """Offer one entry from another node; see ``Outcome`` for what can happen."""
-        return self.insert_many([entry], now)[0]
+    def _drop_chain(self, author: str, from_seq: int) -> None:
+        self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, from_seq))
 
-    def insert_many(self, entries: Sequence[Entry], now: int | None = None) -> list[Outcome]:
-        """Offer a batch (in seq order per author, as gossip sends them) in one transaction."""
-        clock = now_ms() if now is None else now
-        with self._transaction():
-            return [self._offer(entry, clock) for entry in entries]
+    def _has_grant(self, author: str) -> bool:
+        sql = "SELECT 1 FROM entries WHERE author = ? AND kind = 'grant' LIMIT 1"
+        return self._conn.execute(sql, (author,)).fetchone() is not None
 
-    def add_fork_proofs(self, proofs: Sequence[ForkProof], now: int | None = None) -> list[Outcome]:
-        """Record fork evidence received outside any log (gossip's ``proofs``); one transaction."""
-        del now  # evidence is timeless: a fork is proven whenever its entries were dated
-        outcomes = []
-        with self._transaction():
-            for proof in proofs:
-                tag = proof.a.hash
-                rejection = check_fork_proof(proof, self.verify)
-                if rejection is not None:
-                    outcomes.append(Outcome(tag, "rejected", rejection))
-                elif self._record_fork(proof.author, proof.seq, [proof.a, proof.b]):
-                    outcomes.append(Outcome(tag, "fork"))
-                else:
-                    outcomes.append(Outcome(tag, "duplicate"))
-        return outcomes
+    def _has_receipt(self, author: str, receipt_id: str) -> bool:
+        sql = "SELECT 1 FROM entries WHERE author = ? AND receipt_id = ? LIMIT 1"
+        return self._conn.execute(sql, (author, receipt_id)).fetchone() is not None
 
-    def merge(self, other: LedgerStore, now: int | None = None) -> MergeResult:
+    def _published(self, author: str) -> set[str]:
+        sql = "SELECT subject FROM entries WHERE author = ? AND kind = 'fork_proof'"
+        return {row[0] for row in self._conn.execute(sql, (author,))}
+
+    # --- merging ----------------------------------------------------------------------------------------
+
+    def merge(self, other: ChainStore, now: int | None = None) -> MergeResult:
         """Offer everything ``other`` holds (chains in seq order, then its fork evidence)."""
         counts = {"stored": 0, "duplicate": 0, "fork": 0, "rejected": 0}
         chunk: list[Entry] = []
@@ -374,89 +292,6 @@ class LedgerStore:
         for outcome in self.add_fork_proofs(proofs, now) if proofs else []:
             counts[outcome.status] += 1
         return MergeResult(**counts)
-
-    # --- own entries ------------------------------------------------------------------------------------
-
-    def append(self, identity: Signer, body: Body, now: int | None = None) -> Entry:
-        """Sign ``body`` as the next entry of ``identity``'s log and store it durably."""
-        return self.append_many(identity, [body], now)[0]
-
-    def append_many(self, identity: Signer, bodies: Sequence[Body], now: int | None = None) -> list[Entry]:
-        """Append several bodies in one transaction (one fsync): all of them are stored, or none."""
-        clock = now_ms() if now is None else now
-        author = identity.peer_id
-        written: list[Entry] = []
-        with self._transaction():
-            if (fork := self._fork_seq(author)) is not None:
-                raise LedgerError(
-                    f"this identity's log is forked at seq {fork} (the key was used by two writers): "
-                    "use a new identity",
-                    code="forked",
-                )
-            head = self.head(author)
-            for body in bodies:
-                rejection = self._own_rejection(author, body, written)
-                if rejection is not None:
-                    raise rejection.error()
-                entry = next_entry(author, head, clock, body, identity.sign)
-                outcome = self._offer(entry, clock)
-                if outcome.status != "stored":
-                    raise (outcome.rejection or Rejection("store", f"entry was {outcome.status}")).error()
-                written.append(entry)
-                head = entry
-        return written
-
-    def _own_rejection(self, author: str, body: Body, pending: Sequence[Entry]) -> Rejection | None:
-        """What an honest writer refuses to sign: a second grant, a receipt its log already carries."""
-        if isinstance(body, Grant):
-            held = self._conn.execute(
-                "SELECT seq FROM entries WHERE author = ? AND kind = 'grant' LIMIT 1", (author,)
-            ).fetchone()
-            if held is not None or any(isinstance(e.body, Grant) for e in pending):
-                return Rejection("grant_claimed", "this identity has already claimed its starter grant")
-        if isinstance(body, ReceiptBody):
-            rid = body.receipt.id
-            held = self._conn.execute(
-                "SELECT seq FROM entries WHERE author = ? AND receipt_id = ? LIMIT 1", (author, rid)
-            ).fetchone()
-            if held is not None or any(
-                isinstance(e.body, ReceiptBody) and e.body.receipt.id == rid for e in pending
-            ):
-                return Rejection("duplicate_receipt", f"receipt {rid[:12]}… is already in this log")
-        return None
-
-    def append_receipt(self, identity: Signer, body: ReceiptBody, now: int | None = None) -> Entry:
-        """Record a co-signed receipt in ``identity``'s log (it must be the receipt's client or server)."""
-        return self.append(identity, body, now)
-
-    def claim_grant(self, identity: Signer, now: int | None = None, nonce: int | None = None) -> Entry:
-        """Mine the proof of work (unless ``nonce`` is given) and append the starter grant.
-
-        Mining takes about 2**grant_pow_bits hashes (seconds under the default rules): call it in a thread.
-        """
-        if nonce is None:
-            nonce = mine_grant(identity.peer_id, self.rules.grant_pow_bits)
-            if nonce is None:
-                raise LedgerError("no proof of work found for the starter grant", code="bad_pow")
-        return self.append(identity, Grant(nonce), now)
-
-    def publish_fork_proofs(self, identity: Signer, now: int | None = None, limit: int = 8) -> list[Entry]:
-        """Append a ``fork_proof`` entry for each known fork this identity has not yet published."""
-        with self._lock:
-            published = {
-                row[0]
-                for row in self._conn.execute(
-                    "SELECT subject FROM entries WHERE author = ? AND kind = 'fork_proof'",
-                    (identity.peer_id,),
-                )
-            }
-            proofs = [
-                proof
-                for author in sorted(self.forks())
-                if author not in published and author != identity.peer_id
-                if (proof := self.fork_proof(author)) is not None
-            ][:limit]
-        return self.append_many(identity, proofs, now) if proofs else []
 
     # --- reads ------------------------------------------------------------------------------------------
 
@@ -536,7 +371,7 @@ class LedgerStore:
             (count,) = self._conn.execute("SELECT COUNT(*) FROM entries").fetchone()
             return int(count)
 
-    # --- balances and spending --------------------------------------------------------------------------
+    # --- balances ---------------------------------------------------------------------------------------
 
     def report(self) -> LedgerReport:
         """``core.ledger.compute`` over everything held; recomputed only after a write (same input, same output)."""
@@ -548,26 +383,6 @@ class LedgerStore:
             result = compute((self._decode(raw) for (raw,) in rows), rules=self.rules)
             self._cache = (version, result)
             return result
-
-    def balances(self) -> dict[str, int]:
-        return self.report().balances
-
-    def balance(self, peer_id: str) -> int:
-        return self.report().balance(peer_id)
-
-    def quote(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
-        """The price of ``tokens`` through ``blocks`` blocks for ``client``, and its balance here."""
-        report = self.report()
-        standing = report.standing(client)
-        cost = price(blocks, tokens, standing, self.rules)
-        return Quote(client, report.balance(client), cost, standing, outstanding)
-
-    def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
-        """``quote``, raising ``PaymentRequiredError`` (code ``payment_required``) if the balance falls short."""
-        quote = self.quote(client, blocks, tokens, outstanding)
-        if quote.refusal is not None:
-            raise PaymentRequiredError(f"client {client[:12]}…: {quote.refusal}")
-        return quote
 
     # --- integrity --------------------------------------------------------------------------------------
 

@@ -11,4 +11,6 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``ledger.py``    ledger entries, co-signed receipts, fork proofs, validation with reasons, balances.
 - ``economics.py`` the ledger's constants and prices, with the reasoning next to them.
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
+- ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.
+- ``browser_ledger.py``  what the browser calls under Pyodide: the store behind JSON calls.
 """
