@@ -1,0 +1,833 @@
+// @ts-check
+/**
+ * The ledger in the browser: `python_peer/core` (entries, balances, gossip, `memory_store.py`) run
+ * under Pyodide, signatures made and checked with WebCrypto Ed25519, every entry kept in IndexedDB.
+ * Mirrors `python_peer/ledger_service.py`; `docs/ledger.md` ("In the browser") explains the design.
+ *
+ * - Python under Pyodide cannot wait on a promise, so each call that takes entries asks Python first
+ *   which signatures their acceptance needs (`claims`), checks them here with WebCrypto, and hands
+ *   Python the good ones; Python's `verify` accepts exactly those. Signing works the other way round:
+ *   Python dry-runs the operation to learn the bytes to sign, the identity signs them here, and the
+ *   operation runs again with the signatures.
+ * - Every write comes back as a journal of changes. It is written to IndexedDB in one transaction
+ *   before Python keeps the write (`commit`), or forgotten (`rollback`) if IndexedDB fails: an own
+ *   entry is on disk before it is returned or gossiped, and memory never holds what the disk lacks.
+ * - `open` replays IndexedDB into the store, re-checking every signature in bulk, and claims the
+ *   starter grant when the own log is empty (its proof of work mined here: a SHA-256 midstate loop,
+ *   about twice as fast as Python under Pyodide; Python checks it again when storing the grant).
+ * - Every operation runs through one queue, so each is atomic with respect to the others. Tabs and
+ *   workers of one browser share the identity and the database: own entries are signed under a Web
+ *   Lock after taking in what another tab wrote, and an own row is never replaced on disk.
+ *
+ * Amounts are integer units (1 credit = 1000 units); entries and receipts are plain JSON objects as
+ * Python's `Entry.to_dict()` and `Receipt.to_dict()`.
+ */
+
+import { CoreError } from '../protocol/wire.js';
+import { verify } from '../signaling/client.js';
+import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
+
+export const PUSH_ENTRIES = 64;
+export const DEFAULT_POW_BITS = 22;
+/** Gossip budgets: through a signaling node (a signal payload holds 32 KiB) and over a data channel. */
+export const SIGNALING_GOSSIP_BYTES = 28 * 1024;
+export const CHANNEL_GOSSIP_BYTES = 60 * 1024;
+const MAX_GOSSIP_MESSAGE_BYTES = 64 * 1024 - 1024;
+/** The files of `python_peer/core` the ledger imports, fetched from the page config's `python_core`. */
+export const CORE_FILES = Object.freeze([
+  '__init__.py',
+  'errors.py',
+  'canonical.py',
+  'economics.py',
+  'ledger.py',
+  'gossip.py',
+  'memory_store.py',
+  'browser_ledger.py',
+]);
+const PY_ROOT = '/home/pyodide/ai4all';
+const VERIFY_BATCH = 256;
+const UTF8 = new TextEncoder();
+
+// --- errors -------------------------------------------------------------------------------------------
+
+/** A ledger entry, request or store that is malformed or refused; `code` as in Python's `LedgerError`. */
+export class LedgerError extends CoreError {
+  /**
+   * @param {string} message
+   * @param {{code?: string, cause?: unknown}} [options]
+   */
+  constructor(message, { code = 'malformed', cause } = {}) {
+    super(message, { cause });
+    /** @type {string} */
+    this.code = code;
+  }
+}
+
+/** The client's balance does not cover the request (code `payment_required`); the message names both. */
+export class PaymentRequiredError extends LedgerError {
+  /**
+   * @param {string} message
+   * @param {{cause?: unknown}} [options]
+   */
+  constructor(message, { cause } = {}) {
+    super(message, { code: 'payment_required', cause });
+  }
+}
+
+// --- Pyodide --------------------------------------------------------------------------------------------
+
+/** @type {Map<string, Promise<any>>} python_core URL -> the Pyodide instance with those files imported */
+const runtimes = new Map();
+
+/**
+ * Load Pyodide (once per page and `coreUrl`) and import `python_peer.core.browser_ledger` from `coreUrl`.
+ * @param {string | URL} coreUrl
+ * @returns {Promise<any>} the Python module `browser_ledger`
+ */
+export function loadCore(coreUrl) {
+  const base = new URL(String(coreUrl), globalThis.location?.href);
+  if (!base.pathname.endsWith('/')) base.pathname += '/';
+  const key = base.href;
+  let runtime = runtimes.get(key);
+  if (runtime === undefined) {
+    runtime = startCore(base);
+    runtimes.set(key, runtime);
+    runtime.catch(() => runtimes.delete(key));
+  }
+  return runtime;
+}
+
+/** @param {URL} base */
+async function startCore(base) {
+  const indexURL = new URL('../../node_modules/pyodide/', import.meta.url).href;
+  /** @type {any} */
+  let pyodide;
+  const files = Promise.all(
+    CORE_FILES.map(async (name) => {
+      const url = new URL(name, base);
+      let response;
+      try {
+        response = await fetch(url);
+      } catch (error) {
+        throw new LedgerError(`cannot fetch the ledger rules ${url}: ${error}`, { code: 'store', cause: error });
+      }
+      if (!response.ok) throw new LedgerError(`cannot fetch the ledger rules ${url}: HTTP ${response.status}`, { code: 'store' });
+      return [name, await response.text()];
+    }),
+  );
+  try {
+    const { loadPyodide } = await import(new URL('pyodide.mjs', indexURL).href);
+    pyodide = await loadPyodide({ indexURL });
+  } catch (error) {
+    throw new LedgerError(`cannot start Pyodide from ${indexURL}: ${error}`, { code: 'store', cause: error });
+  }
+  const dir = `${PY_ROOT}/python_peer/core`;
+  pyodide.FS.mkdirTree(dir);
+  pyodide.FS.writeFile(`${PY_ROOT}/python_peer/__init__.py`, '');
+  for (const [name, text] of await files) pyodide.FS.writeFile(`${dir}/${name}`, text);
+  pyodide.runPython(`import sys\nif ${JSON.stringify(PY_ROOT)} not in sys.path: sys.path.insert(0, ${JSON.stringify(PY_ROOT)})`);
+  return pyodide.pyimport('python_peer.core.browser_ledger');
+}
+
+// --- the grant's proof of work -------------------------------------------------------------------------
+
+export const GRANT_POW_CONTEXT = 'ai4all/ledger/grant-pow/v1';
+// prettier-ignore
+const K = new Int32Array([
+  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
+]);
+const H0 = new Int32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+
+/**
+ * The message schedule of the 64-byte block at `offset` of `block` (FIPS 180-4), into `w`.
+ * @param {Uint8Array} block
+ * @param {number} offset
+ * @param {Int32Array} w 64 words
+ */
+function schedule(block, offset, w) {
+  for (let i = 0; i < 16; i++) {
+    const j = offset + 4 * i;
+    w[i] = (block[j] << 24) | (block[j + 1] << 16) | (block[j + 2] << 8) | block[j + 3];
+  }
+  for (let i = 16; i < 64; i++) {
+    const a = w[i - 15];
+    const b = w[i - 2];
+    const s0 = ((a >>> 7) | (a << 25)) ^ ((a >>> 18) | (a << 14)) ^ (a >>> 3);
+    const s1 = ((b >>> 17) | (b << 15)) ^ ((b >>> 19) | (b << 13)) ^ (b >>> 10);
+    w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
+  }
+}
+
+/**
+ * The 64 rounds of one SHA-256 compression of a scheduled block into `state` (updated in place).
+ * @param {Int32Array} state 8 words
+ * @param {Int32Array} w the block's schedule
+ */
+function rounds(state, w) {
+  let a = state[0], b = state[1], c = state[2], d = state[3], e = state[4], f = state[5], g = state[6], h = state[7];
+  for (let i = 0; i < 64; i++) {
+    const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+    const t1 = (h + s1 + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
+    const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+    const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+    h = g;
+    g = f;
+    f = e;
+    e = (d + t1) | 0;
+    d = c;
+    c = b;
+    b = a;
+    a = (t1 + t2) | 0;
+  }
+  state[0] = (state[0] + a) | 0;
+  state[1] = (state[1] + b) | 0;
+  state[2] = (state[2] + c) | 0;
+  state[3] = (state[3] + d) | 0;
+  state[4] = (state[4] + e) | 0;
+  state[5] = (state[5] + f) | 0;
+  state[6] = (state[6] + g) | 0;
+  state[7] = (state[7] + h) | 0;
+}
+
+/**
+ * Leading zero bits of a digest held as 8 words.
+ * @param {Int32Array} state
+ */
+function leadingZeroBits(state) {
+  let bits = 0;
+  for (let i = 0; i < 8; i++) {
+    const z = Math.clz32(state[i]);
+    bits += z;
+    if (z < 32) break;
+  }
+  return bits;
+}
+
+/**
+ * SHA-256 of the grant's proof-of-work bytes for consecutive nonces. The prefix's whole blocks are
+ * hashed once (the midstate); the last one or two blocks hold the rest of the prefix, the nonce's
+ * digits (incremented in place) and the padding, and a second block, when there is one, is the same
+ * for every nonce of a given number of digits, so its schedule is computed once.
+ */
+class PowHasher {
+  /** @param {Uint8Array} prefix */
+  constructor(prefix) {
+    const whole = prefix.length - (prefix.length % 64);
+    this.mid = Int32Array.from(H0);
+    this.w = new Int32Array(64);
+    for (let offset = 0; offset < whole; offset += 64) {
+      schedule(prefix, offset, this.w);
+      rounds(this.mid, this.w);
+    }
+    this.rest = prefix.slice(whole);
+    this.total = prefix.length;
+    this.block = new Uint8Array(128);
+    this.w2 = new Int32Array(64);
+    this.state = new Int32Array(8);
+    this.digits = 0;
+    this.blocks = 1;
+  }
+
+  /**
+   * Lay out the tail for `nonce`; later nonces of as many digits follow with `next`.
+   * @param {number} nonce
+   */
+  seek(nonce) {
+    const text = `${nonce}}`;
+    const { block, rest } = this;
+    const used = rest.length + text.length;
+    this.blocks = used + 9 <= 64 ? 1 : 2;
+    this.digits = text.length - 1;
+    block.fill(0);
+    block.set(rest, 0);
+    for (let i = 0; i < text.length; i++) block[rest.length + i] = text.charCodeAt(i);
+    block[used] = 0x80;
+    const bits = (this.total + text.length) * 8;
+    const end = this.blocks * 64;
+    block[end - 5] = Math.floor(bits / 2 ** 32) & 0xff;
+    block[end - 4] = (bits >>> 24) & 0xff;
+    block[end - 3] = (bits >>> 16) & 0xff;
+    block[end - 2] = (bits >>> 8) & 0xff;
+    block[end - 1] = bits & 0xff;
+    if (this.blocks === 2 && rest.length + this.digits > 64) throw new LedgerError('nonce digits past the first block');
+    if (this.blocks === 2) schedule(block, 64, this.w2);
+  }
+
+  /** The next nonce's digits, when it has as many digits (the caller checks). */
+  next() {
+    const { block } = this;
+    let i = this.rest.length + this.digits - 1;
+    while (block[i] === 0x39) block[i--] = 0x30;
+    block[i] += 1;
+  }
+
+  /** Leading zero bits of the current nonce's digest. */
+  zeroBits() {
+    const { state } = this;
+    state.set(this.mid);
+    schedule(this.block, 0, this.w);
+    rounds(state, this.w);
+    if (this.blocks === 2) rounds(state, this.w2);
+    return leadingZeroBits(state);
+  }
+}
+
+/** @param {string} author */
+function powPrefix(author) {
+  if (!/^[0-9a-f]{64}$/.test(author)) throw new LedgerError('a grant author is a peer id (64 lowercase hex digits)');
+  return UTF8.encode(`${GRANT_POW_CONTEXT}\n{"author":"${author}","nonce":`);
+}
+
+/**
+ * Leading zero bits of the grant proof of work of `author` with `nonce`: Python's `pow_bits`.
+ * @param {string} author
+ * @param {number} nonce
+ */
+export function powBits(author, nonce) {
+  if (!Number.isSafeInteger(nonce) || nonce < 0) throw new LedgerError(`grant nonce ${nonce} is not a safe non-negative integer`);
+  const hasher = new PowHasher(powPrefix(author));
+  hasher.seek(nonce);
+  return hasher.zeroBits();
+}
+
+/**
+ * The first nonce from `start` whose proof of work has `bits` leading zero bits, or null past `limit`
+ * nonces: Python's `mine_grant`. Synchronous: call it in slices (see `mineGrant`).
+ * @param {string} author
+ * @param {number} bits
+ * @param {number} [start]
+ * @param {number} [limit]
+ * @returns {number | null}
+ */
+export function mineGrantSlice(author, bits, start = 0, limit = 2 ** 20) {
+  const hasher = new PowHasher(powPrefix(author));
+  const end = Math.min(start + limit, Number.MAX_SAFE_INTEGER);
+  let nonce = start;
+  while (nonce < end) {
+    hasher.seek(nonce);
+    const stop = Math.min(end, 10 ** hasher.digits); // the first nonce with one digit more
+    for (;;) {
+      if (hasher.zeroBits() >= bits) return nonce;
+      if (++nonce >= stop) break;
+      hasher.next();
+    }
+  }
+  return null;
+}
+
+/**
+ * Mine the grant's nonce in slices of `slice` nonces, yielding to the event loop between slices so a
+ * page stays responsive (a Worker may pass a large slice).
+ * @param {string} author
+ * @param {number} bits
+ * @param {{slice?: number, signal?: AbortSignal}} [options]
+ * @returns {Promise<number>}
+ */
+export async function mineGrant(author, bits, { slice = 50_000, signal } = {}) {
+  for (let start = 0; start < Number.MAX_SAFE_INTEGER; start += slice) {
+    signal?.throwIfAborted();
+    const nonce = mineGrantSlice(author, bits, start, slice);
+    if (nonce !== null) return nonce;
+    await new Promise((resolve) => setTimeout(resolve, 0));
+  }
+  throw new LedgerError('no proof of work found for the starter grant', { code: 'bad_pow' });
+}
+
+// --- signatures -----------------------------------------------------------------------------------------
+
+/** @typedef {[string, string, string]} Claim [peer id, signed message (ASCII text), signature hex] */
+
+/**
+ * The claims whose signatures verify, checked with WebCrypto in batches.
+ * @param {Claim[]} claims
+ * @returns {Promise<Claim[]>}
+ */
+export async function verifyClaims(claims) {
+  /** @type {Claim[]} */
+  const good = [];
+  for (let i = 0; i < claims.length; i += VERIFY_BATCH) {
+    const batch = claims.slice(i, i + VERIFY_BATCH);
+    const results = await Promise.all(
+      batch.map(([peer, message, signature]) =>
+        verify(peer, UTF8.encode(message), signature).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
+    batch.forEach((claim, j) => results[j] && good.push(claim));
+  }
+  return good;
+}
+
+/** @param {string | Uint8Array} session 16 bytes, or their 32 hex digits */
+function sessionHex(session) {
+  if (typeof session === 'string') return session;
+  if (session instanceof Uint8Array) return Array.from(session, (b) => b.toString(16).padStart(2, '0')).join('');
+  throw new LedgerError('a session id is 16 bytes or 32 hex digits');
+}
+
+// --- the ledger -----------------------------------------------------------------------------------------
+
+/**
+ * @typedef {object} OpenOptions
+ * @property {IDBDatabase} db from `openDatabase` (web/src/storage/db.js)
+ * @property {import('../signaling/client.js').Identity} identity
+ * @property {number} [powBits] the network's grant proof of work (page config `ledger.pow_bits`)
+ * @property {string | URL} coreUrl where `python_peer/core/*.py` are served (page config `python_core`)
+ * @property {boolean} [claimGrant] mine and append the starter grant when the own log is empty
+ * @property {Pick<Console, 'info' | 'warn'>} [log]
+ */
+
+/** @typedef {{balance: number, granted: number, earned: number, bonuses: number, spent: number, forked_at: number | null}} Account */
+/** @typedef {Record<string, any>} Entry an entry as `Entry.to_dict()` */
+/** @typedef {Record<string, any>} Receipt a receipt as `Receipt.to_dict()` */
+/** @typedef {Record<string, any>} GossipMessage */
+
+/** One browser node's ledger. Open with `BrowserLedger.open`. */
+export class BrowserLedger {
+  /**
+   * @param {any} module the Python module `browser_ledger`
+   * @param {any} core its `BrowserLedgerCore` (a PyProxy)
+   * @param {IDBDatabase} db
+   * @param {import('../signaling/client.js').Identity} identity
+   * @param {Pick<Console, 'info' | 'warn'>} log
+   */
+  constructor(module, core, db, identity, log) {
+    this.module = module;
+    this.core = core;
+    this.db = db;
+    this.identity = identity;
+    /** the console-like sink of warnings (named so as not to hide the `log` method) */
+    this.logger = log;
+    /** @type {Promise<unknown>} */
+    this.queue = Promise.resolve();
+    this.closed = false;
+    this.powBits = DEFAULT_POW_BITS;
+    /** @type {{loadMs: number, replayMs: number, grantMs: number, replayed: number}} */
+    this.timings = { loadMs: 0, replayMs: 0, grantMs: 0, replayed: 0 };
+  }
+
+  /**
+   * Start Pyodide, replay IndexedDB into the store, and claim the starter grant if the own log is empty.
+   * @param {OpenOptions} options
+   * @returns {Promise<BrowserLedger>}
+   */
+  static async open({ db, identity, powBits = DEFAULT_POW_BITS, coreUrl, claimGrant = true, log = console }) {
+    if (!Number.isInteger(powBits) || powBits < 0 || powBits > 64) {
+      throw new LedgerError(`powBits = ${powBits} is not a number of bits in 0..64`);
+    }
+    const t0 = performance.now();
+    const module = await loadCore(coreUrl);
+    const core = module.BrowserLedgerCore(identity.peerId, powBits);
+    const ledger = new BrowserLedger(module, core, db, identity, log);
+    ledger.powBits = powBits;
+    ledger.timings.loadMs = performance.now() - t0;
+    try {
+      await ledger.run(async () => {
+        const t1 = performance.now();
+        await ledger.replay();
+        ledger.timings.replayMs = performance.now() - t1;
+        if (claimGrant && ledger.call('own_entries', { limit: 1 }).length === 0) {
+          const t2 = performance.now();
+          log.info(`claiming the starter grant (proof of work, ${powBits} bits)`);
+          const nonce = await ledger.mine();
+          try {
+            await ledger.sign('grant', { nonce });
+          } catch (error) {
+            // another tab of this browser claimed it meanwhile (`sign` caught up with its entries first)
+            if (!(error instanceof LedgerError && error.code === 'grant_claimed')) throw error;
+          }
+          ledger.timings.grantMs = performance.now() - t2;
+        }
+      });
+    } catch (error) {
+      core.destroy();
+      throw error;
+    }
+    return ledger;
+  }
+
+  get peerId() {
+    return this.identity.peerId;
+  }
+
+  // --- plumbing ---------------------------------------------------------------------------------------
+
+  /**
+   * Run `work` after every operation queued before it; nothing else runs in between.
+   * @template T
+   * @param {() => Promise<T>} work
+   * @returns {Promise<T>}
+   */
+  run(work) {
+    const next = this.queue.then(() => {
+      if (this.closed) throw new LedgerError('the ledger is closed', { code: 'closed' });
+      return work();
+    });
+    this.queue = next.catch(() => {});
+    return next;
+  }
+
+  /**
+   * Call the Python core synchronously; its errors become LedgerError / PaymentRequiredError.
+   * @param {string} method
+   * @param {Record<string, any>} [args]
+   * @returns {any}
+   */
+  call(method, args = {}) {
+    const out = JSON.parse(this.module.call_on(this.core, method, JSON.stringify(args)));
+    if (out.error) {
+      const { code, message } = out.error;
+      if (code === 'payment_required') throw new PaymentRequiredError(message);
+      throw new LedgerError(message, { code });
+    }
+    return out.ok;
+  }
+
+  /**
+   * Write a held write's journal to IndexedDB, then let Python keep it (or forget it if the disk failed).
+   * @param {{result: any, journal: any[]}} held
+   */
+  async persist(held) {
+    if (held.journal.length === 0) return held.result;
+    try {
+      await writeJournal(this.db, held.journal, { protect: this.peerId });
+    } catch (error) {
+      this.call('rollback');
+      const message = error instanceof Error ? error.message : String(error);
+      throw new LedgerError(`ledger not changed: ${message}`, { code: 'store', cause: error });
+    }
+    this.call('commit');
+    return held.result;
+  }
+
+  /**
+   * Check the signatures `kind` of `payload` needs; the good ones, for Python.
+   * @param {string} kind
+   * @param {unknown} payload
+   */
+  async checked(kind, payload) {
+    return verifyClaims(this.call('claims', { kind, payload }));
+  }
+
+  /**
+   * An operation that signs (grant, receipt, fork_proofs): dry run, sign here, run again, persist.
+   * @param {string} op
+   * @param {Record<string, any>} args
+   * @param {Claim[]} [verified] signatures of others the operation needs, already checked
+   * @returns {Promise<Entry[]>} the new own entries
+   */
+  async sign(op, args, verified = []) {
+    return this.ownLock(async () => {
+      await this.catchUp();
+      return this.signHeld(op, args, verified);
+    });
+  }
+
+  /**
+   * Run `work` holding this identity's write lock, shared by every tab and worker of this browser
+   * (Web Locks), so two of them never sign the same seq; without Web Locks, just run it.
+   * @template T
+   * @param {() => Promise<T>} work
+   * @returns {Promise<T>}
+   */
+  ownLock(work) {
+    const locks = globalThis.navigator?.locks;
+    if (locks === undefined) return work();
+    return locks.request(`ai4all-ledger:${this.db.name}:${this.peerId}`, { mode: 'exclusive' }, work);
+  }
+
+  /**
+   * Take in the own entries another tab or worker of this browser wrote since this one last looked
+   * (before signing, and before the reads that show this node's own log or balance). A read goes on
+   * with this tab's copy when IndexedDB cannot be read; a write does not.
+   * @param {{reading?: boolean}} [options]
+   */
+  async catchUp({ reading = false } = {}) {
+    /** @type {string[]} */
+    let newer;
+    try {
+      newer = await loadEntriesAfter(this.db, this.peerId, this.call('own_head'));
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      if (!reading) throw new LedgerError(`ledger not changed: ${message}`, { code: 'store', cause: error });
+      this.logger.warn(`ledger: showing this tab's copy, the stored log is unreadable: ${message}`);
+      return;
+    }
+    if (newer.length === 0) return;
+    const verified = await this.checked('raw', newer);
+    await this.persist(this.call('catch_up', { raws: newer, verified }));
+  }
+
+  /**
+   * @param {string} op
+   * @param {Record<string, any>} args
+   * @param {Claim[]} verified
+   * @returns {Promise<Entry[]>}
+   */
+  async signHeld(op, args, verified) {
+    const prepared = this.call('prepare', { op, args, verified });
+    /** @type {string[]} */
+    const messages = prepared.messages;
+    const signatures = await Promise.all(messages.map((m) => this.identity.sign(UTF8.encode(m))));
+    /** @type {Claim[]} */
+    const own = messages.map((m, i) => [this.peerId, m, signatures[i]]);
+    const checked = await verifyClaims(own); // never keep an own entry whose signature would not verify
+    if (checked.length !== own.length) {
+      throw new LedgerError('this identity made a signature that does not verify', { code: 'bad_signature' });
+    }
+    const held = this.call('perform', {
+      op,
+      args: { ...args, now: prepared.now },
+      messages,
+      signatures,
+      verified: [...verified, ...checked],
+    });
+    return this.persist(held);
+  }
+
+  async replay() {
+    const { entries, evidence } = await loadLedger(this.db);
+    const verified = await verifyClaims(this.call('claims', { kind: 'raw', payload: [...entries, ...evidence] }));
+    const loaded = this.call('load', { entries, evidence, verified });
+    this.timings.replayed = loaded.entries;
+    if (loaded.dropped.length > 0) {
+      for (const [hash, code, reason] of loaded.dropped.slice(0, 8)) {
+        this.logger.warn(`ledger: stored entry ${String(hash ?? '?').slice(0, 12)} dropped at load: ${code}: ${reason}`);
+      }
+      await deleteLedgerRows(this.db, loaded.dropped.map((/** @type {any[]} */ d) => d[3]));
+    }
+  }
+
+  /** The grant's nonce, mined here (a SHA-256 midstate loop); Python checks the proof again when storing it. */
+  mine() {
+    return mineGrant(this.peerId, this.powBits);
+  }
+
+  // --- balances ---------------------------------------------------------------------------------------
+
+  /** @param {string} [peerId] */
+  balance(peerId = this.peerId) {
+    return this.run(async () => {
+      await this.catchUp({ reading: true });
+      return /** @type {number} */ (this.call('balance', { peer_id: peerId }));
+    });
+  }
+
+  /**
+   * @param {string} [peerId]
+   * @returns {Promise<Account>}
+   */
+  account(peerId = this.peerId) {
+    return this.run(async () => {
+      await this.catchUp({ reading: true });
+      return this.call('account', { peer_id: peerId });
+    });
+  }
+
+  /** @returns {Promise<Record<string, number>>} every known peer's balance */
+  balances() {
+    return this.run(async () => this.call('balances'));
+  }
+
+  /**
+   * Throw PaymentRequiredError unless `client`'s balance covers `tokens` through `blocks` blocks.
+   * @param {string} client
+   * @param {number} blocks
+   * @param {number} tokens
+   * @param {number} [outstanding] units already promised to open sessions
+   * @returns {Promise<{client: string, balance: number, price: number, standing: number}>}
+   */
+  requirePayment(client, blocks, tokens, outstanding = 0) {
+    return this.run(async () => this.call('require_payment', { client, blocks, tokens, outstanding }));
+  }
+
+  // --- entries ----------------------------------------------------------------------------------------
+
+  /**
+   * The first own entry (the grant) and the latest `limit - 1`: what a client pushes to a peer.
+   * @param {number} [limit]
+   * @returns {Promise<Entry[]>}
+   */
+  ownEntries(limit = PUSH_ENTRIES) {
+    return this.run(async () => {
+      await this.catchUp({ reading: true });
+      return this.call('own_entries', { limit });
+    });
+  }
+
+  /**
+   * Store the valid entries a client pushed; invalid ones are skipped. LedgerError if `entries` is not
+   * a list of at most PUSH_ENTRIES.
+   * @param {unknown} entries
+   * @returns {Promise<number>} how many were new
+   */
+  async acceptEntries(entries) {
+    return (await this.offerEntries(entries)).stored;
+  }
+
+  /**
+   * `acceptEntries` with the reasons: `refused` lists [hash or null, code, reason] per refused entry.
+   * @param {unknown} entries
+   * @returns {Promise<{stored: number, refused: [string | null, string, string][]}>}
+   */
+  offerEntries(entries) {
+    return this.run(async () => {
+      if (!Array.isArray(entries) || entries.length > PUSH_ENTRIES) {
+        throw new LedgerError(`a push carries a list of at most ${PUSH_ENTRIES} entries`);
+      }
+      const verified = await this.checked('push', entries);
+      return this.persist(this.call('accept_entries', { entries, verified }));
+    });
+  }
+
+  /**
+   * `peerId`'s latest entries, newest first.
+   * @param {string} [peerId]
+   * @param {number} [limit]
+   * @returns {Promise<Entry[]>}
+   */
+  log(peerId = this.peerId, limit = 50) {
+    return this.run(async () => {
+      await this.catchUp({ reading: true });
+      return this.call('log', { peer_id: peerId, limit });
+    });
+  }
+
+  /** @returns {Promise<{entries: number, authors: number, peerId: string, balance: number, forks: number}>} */
+  stats() {
+    return this.run(async () => {
+      await this.catchUp({ reading: true });
+      return this.call('stats');
+    });
+  }
+
+  /** @returns {Promise<Record<string, [number, string]>>} author -> [seq, hash] of each chain's last entry */
+  heads() {
+    return this.run(async () => this.call('heads'));
+  }
+
+  /** @returns {Promise<Record<string, number>>} author -> the seq at which it forked */
+  forks() {
+    return this.run(async () => this.call('forks'));
+  }
+
+  // --- receipts ---------------------------------------------------------------------------------------
+
+  /**
+   * The server's side at CLOSE: the receipt to propose, signed by this node.
+   * @param {{session: string | Uint8Array, model: string, start: number, end: number, tokens: number, client: string}} terms
+   * @returns {Promise<{receipt: Receipt, serverSig: string}>}
+   */
+  serverReceipt({ session, model, start, end, tokens, client }) {
+    return this.run(async () => {
+      const proposed = this.call('server_receipt', { session: sessionHex(session), model, start, end, tokens, client });
+      return { receipt: proposed.receipt, serverSig: await this.identity.sign(UTF8.encode(proposed.message)) };
+    });
+  }
+
+  /**
+   * The server's side when the client returns the receipt co-signed: it enters this node's log.
+   * @param {Receipt} receipt
+   * @param {string} clientSig
+   * @param {string} serverSig
+   * @returns {Promise<Entry>} the new own entry
+   */
+  recordReceipt(receipt, clientSig, serverSig) {
+    return this.run(async () => {
+      const body = { kind: 'receipt', receipt, client_sig: clientSig, server_sig: serverSig };
+      const verified = await this.checked('receipt', body);
+      const [entry] = await this.sign('receipt', { body }, verified);
+      return entry;
+    });
+  }
+
+  /**
+   * The client's side: check the proposed receipt against what this node sent, sign it, keep it.
+   * @param {Receipt} receipt
+   * @param {string} serverSig
+   * @param {{server: string, session: string | Uint8Array, model: string, start: number, end: number, tokens: number}} terms
+   * @returns {Promise<{receipt: Receipt, clientSig: string, entry: Entry}>}
+   */
+  countersign(receipt, serverSig, { server, session, model, start, end, tokens }) {
+    return this.run(async () => {
+      const checked = this.call('check_terms', {
+        receipt,
+        server_sig: serverSig,
+        server,
+        session: sessionHex(session),
+        model,
+        start,
+        end,
+        tokens,
+      });
+      const clientSig = await this.identity.sign(UTF8.encode(checked.message));
+      const body = { kind: 'receipt', receipt: checked.receipt, client_sig: clientSig, server_sig: serverSig };
+      const verified = await this.checked('receipt', body);
+      const [entry] = await this.sign('receipt', { body }, verified);
+      return { receipt: checked.receipt, clientSig, entry };
+    });
+  }
+
+  // --- gossip -----------------------------------------------------------------------------------------
+
+  /**
+   * Open a gossip round with `peer`: a `summary` message to send it (or null).
+   * @param {string} peer
+   * @param {{maxMessageBytes?: number}} [options] 28 KiB through signaling (default), 60 KiB on a data channel
+   * @returns {Promise<GossipMessage | null>}
+   */
+  gossipStart(peer, { maxMessageBytes = SIGNALING_GOSSIP_BYTES } = {}) {
+    return this.run(async () => this.call('gossip_start', { peer, max_message_bytes: maxMessageBytes }));
+  }
+
+  /**
+   * Handle one gossip message from `peer`; returns the replies to send back. A malformed, oversized or
+   * rate-limited message is dropped (logged) and answered with nothing; one that is not a JSON object
+   * is a LedgerError, as in `LedgerService.gossip_receive`.
+   * @param {string} peer
+   * @param {unknown} message
+   * @param {{maxMessageBytes?: number}} [options]
+   * @returns {Promise<GossipMessage[]>}
+   */
+  gossipReceive(peer, message, { maxMessageBytes = SIGNALING_GOSSIP_BYTES } = {}) {
+    return this.run(async () => {
+      if (message === null || typeof message !== 'object' || Array.isArray(message)) {
+        throw new LedgerError('a gossip message must be a JSON object');
+      }
+      let size;
+      try {
+        size = UTF8.encode(JSON.stringify(message) ?? '').length;
+      } catch {
+        size = Infinity;
+      }
+      if (size > MAX_GOSSIP_MESSAGE_BYTES) {
+        this.logger.info(`gossip from ${String(peer).slice(0, 8)} dropped: ${size} bytes is over ${MAX_GOSSIP_MESSAGE_BYTES}`);
+        return [];
+      }
+      const verified = await this.checked('gossip', message);
+      const received = await this.persist(
+        this.call('gossip_receive', { peer, message, verified, max_message_bytes: maxMessageBytes }),
+      );
+      if (received.problem) this.logger.info(`gossip from ${String(peer).slice(0, 8)} dropped: ${received.problem}`);
+      if (received.publish) await this.sign('fork_proofs', {});
+      return received.replies;
+    });
+  }
+
+  /** Wait for queued operations, then release Python's store. The database stays open (the caller's). */
+  close() {
+    return this.run(async () => {
+      this.closed = true;
+      this.core.destroy();
+    });
+  }
+}
