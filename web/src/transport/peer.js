@@ -1,6 +1,8 @@
 /**
- * The answering side of WebRTC links in the browser, the mirror of `python_peer/transport.py`
- * (docs/wire.md, "Transport"): a native or browser peer offers through signaling, this module answers.
+ * WebRTC links in the browser, the mirror of `python_peer/transport.py` (docs/wire.md, "Transport"):
+ * `handleSignal` answers the offers that native or browser peers send through signaling, and
+ * `connect(remoteId)` offers (creating the `ai4all` channel before the offer, as the connecting side
+ * must) and completes the link when `handleSignal` gets the answer.
  *
  * - One `RTCPeerConnection({iceServers: []})` per link, exactly one ordered, reliable data channel
  *   labelled `ai4all`; any other channel is closed.
@@ -14,8 +16,9 @@
  *   packet targets a non-loopback address.
  * - Every data channel message is one chunk; frames are cut with `chunkMessage`, one frame's chunks
  *   are never interleaved with another's, and the sender waits on `bufferedamountlow` above the high
- *   water mark. PING is answered with PONG here; malformed input is answered with ERROR and the link
- *   stays open. Other frames go to `onFrame(link, frame)`.
+ *   water mark. PING is answered with PONG here, and `link.ping()` waits for the remote's PONG (the
+ *   client's liveness probe); malformed input is answered with ERROR and the link stays open. Other
+ *   frames go to `onFrame(link, frame)`.
  *
  * No DOM: only `RTCPeerConnection`, which workers and pages both have.
  */
@@ -29,6 +32,7 @@ import {
   MAGIC,
   MAX_FRAME_BYTES,
   MAX_MESSAGE_ID,
+  MAX_STEP,
   NO_SESSION,
   Reassembler,
   WireError,
@@ -43,6 +47,7 @@ export const CHANNEL_LABEL = 'ai4all';
 export const SIGNAL_KIND = 'webrtc';
 export const LOOPBACK = '127.0.0.1';
 export const MAX_SDP_CHARS = 65536;
+export const MAX_PEER_ID_CHARS = 256;
 const LINK_ID_RE = /^[0-9A-Za-z_-]{1,64}$/;
 const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
 const MAGIC_BYTES = Uint8Array.from(MAGIC, (c) => c.charCodeAt(0));
@@ -55,6 +60,9 @@ export class LinkClosedError extends CoreError {}
 
 /** The manager is closed or full. */
 export class TransportError extends CoreError {}
+
+/** No answer came, the data channel did not open, or no PONG came back in time. */
+export class LinkTimeoutError extends TransportError {}
 
 /**
  * @typedef {object} TransportConfig
@@ -181,7 +189,7 @@ function headerIds(message) {
   return [message.slice(8, 24), view.getUint32(24, true)];
 }
 
-/** One RTCPeerConnection with its one `ai4all` data channel, answered by this side. */
+/** One RTCPeerConnection with its one `ai4all` data channel, answered or offered by this side. */
 export class BrowserLink {
   /** @type {RTCDataChannel | null} */
   #channel = null;
@@ -193,6 +201,9 @@ export class BrowserLink {
   #lowWaiters = [];
   /** @type {(() => void)[]} */
   #openWaiters = [];
+  #nextPingStep = 1;
+  /** @type {Map<number, {resolve: (at: number) => void, reject: (err: Error) => void}>} */
+  #pings = new Map();
 
   /**
    * @param {string} remoteId
@@ -213,6 +224,10 @@ export class BrowserLink {
     this.state = 'new';
     /** @type {string | null} */
     this.closeReason = null;
+    /** true when this side offered (`BrowserTransport.connect`), false when it answered */
+    this.initiator = false;
+    /** @type {number | null} smoothed round trip of `ping()` in ms (TCP's 1/8 weighting); null before any */
+    this.rttMs = null;
     /** @type {string[]} this side's candidates as gathered, before the rewrite (for diagnostics) */
     this.gatheredCandidates = [];
     this.stats = { framesSent: 0, bytesSent: 0, framesReceived: 0, bytesReceived: 0, badFrames: 0 };
@@ -235,6 +250,14 @@ export class BrowserLink {
     if (state === this.state) return;
     this.config.log.info(`${this.name}: ${this.state} -> ${state}`);
     this.state = /** @type {BrowserLink['state']} */ (state);
+  }
+
+  /**
+   * Take the data channel this side created before its offer (`BrowserTransport.connect`).
+   * @param {RTCDataChannel} channel
+   */
+  adoptChannel(channel) {
+    this.#attach(channel);
   }
 
   /** @param {RTCDataChannel} channel */
@@ -285,8 +308,9 @@ export class BrowserLink {
   }
 
   /**
-   * Send one frame; resolves when its last chunk is queued on the channel.
+   * Send one frame; resolves with its encoded size in bytes when its last chunk is queued on the channel.
    * @param {import('../protocol/wire.js').FrameInit | import('../protocol/wire.js').Frame} frame
+   * @returns {Promise<number>}
    */
   send(frame) {
     const bytes = encodeFrame(frame, { maxFrameBytes: this.config.maxMessageBytes });
@@ -311,6 +335,38 @@ export class BrowserLink {
     }
     this.stats.framesSent++;
     this.stats.bytesSent += bytes.byteLength;
+    return bytes.byteLength;
+  }
+
+  /**
+   * Send a PING and resolve with the milliseconds until its PONG (queueing behind earlier frames
+   * included); LinkTimeoutError after `timeoutMs`, LinkClosedError if the link closes first.
+   * @param {number} [timeoutMs]
+   * @returns {Promise<number>}
+   */
+  async ping(timeoutMs = 5_000) {
+    const step = this.#nextPingStep;
+    this.#nextPingStep = step >= MAX_STEP ? 1 : step + 1;
+    const start = performance.now();
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
+    const answered = new Promise((resolve, reject) => {
+      this.#pings.set(step, { resolve, reject });
+      timer = setTimeout(
+        () => reject(new LinkTimeoutError(`${this.name}: no PONG within ${timeoutMs} ms`)),
+        timeoutMs,
+      );
+    });
+    try {
+      await Promise.race([answered, this.send(makeFrame({ type: FrameType.PING, step })).then(() => answered)]);
+      const at = /** @type {number} */ (await answered);
+      const rtt = at - start;
+      this.rttMs = this.rttMs === null ? rtt : 0.875 * this.rttMs + 0.125 * rtt;
+      return rtt;
+    } finally {
+      clearTimeout(timer);
+      this.#pings.delete(step);
+    }
   }
 
   /** @param {import('../protocol/wire.js').Frame} frame */
@@ -359,7 +415,9 @@ export class BrowserLink {
     this.stats.bytesReceived += message.byteLength;
     if (frame.type === FrameType.PING) {
       this.#reply(makeFrame({ type: FrameType.PONG, session: frame.session, step: frame.step, meta: frame.meta }));
-    } else if (frame.type !== FrameType.PONG) {
+    } else if (frame.type === FrameType.PONG) {
+      this.#pings.get(frame.step)?.resolve(performance.now());
+    } else {
       this.onFrame(this, frame);
     }
   }
@@ -386,6 +444,7 @@ export class BrowserLink {
     this.#setState('closed');
     this.#wakeSenders();
     for (const wake of this.#openWaiters.splice(0)) wake();
+    for (const pending of this.#pings.values()) pending.reject(this.#closedError());
     try {
       this.#channel?.close();
       this.pc.close();
@@ -402,8 +461,10 @@ export class BrowserLink {
 }
 
 /**
- * Answers offers that arrive through signaling and keeps the links.
- * `sendSignal(peerId, payload)` is typically `signalClient.sendSignal.bind(signalClient)`.
+ * Answers offers that arrive through signaling, makes offers (`connect`), and keeps the links.
+ * `sendSignal(peerId, payload)` is typically `signalClient.sendSignal.bind(signalClient)`; every
+ * verified `webrtc` signal goes to `handleSignal` (offers are answered, answers complete a `connect`).
+ * `onLinkOpen` is called for answered links only: `connect` itself returns the open link.
  */
 export class BrowserTransport {
   /** @type {Map<string, BrowserLink>} */
@@ -437,15 +498,15 @@ export class BrowserTransport {
 
   /**
    * Handle one verified signal (`{sender, payload}` from SignalClient). An offer is answered; an answer
-   * is refused (this side never offers yet). Throws SignalPayloadError on bad payloads; other links
-   * are not affected.
+   * completes the `connect()` waiting for it. Throws SignalPayloadError on bad payloads and on answers
+   * that no `connect()` waits for; other links are not affected.
    * @param {{sender: string, payload: {[key: string]: unknown}}} signal
    * @returns {Promise<BrowserLink>}
    */
   async handleSignal({ sender, payload }) {
     if (this.#closed) throw new TransportError('the transport is closed');
     const { type, sdp, link: linkId } = parseSignal(sender, payload);
-    if (type !== 'offer') throw new SignalPayloadError(`answer from peer ${sender} for link ${linkId}: this peer made no offer`);
+    if (type === 'answer') return this.#complete(sender, linkId, sdp);
     const key = `${sender}/${linkId}`;
     if (this.#links.has(key)) throw new SignalPayloadError(`offer from peer ${sender} repeats link ${linkId}`);
     if (this.#links.size >= this.config.maxLinks) {
@@ -482,8 +543,105 @@ export class BrowserTransport {
     return link;
   }
 
-  /** @param {RTCPeerConnection} pc */
-  #gathered(pc) {
+  /**
+   * Open a link to `remoteId`: create the `ai4all` channel, send the offer through `sendSignal`, wait for
+   * the answer (given to `handleSignal`) and the open channel. LinkTimeoutError after `timeoutMs` ("no
+   * answer came" or "the data channel did not open"), TransportError when the offer cannot be made or
+   * delivered, LinkClosedError when the connection fails first; the half-open link is closed in each case.
+   * @param {string} remoteId
+   * @param {{timeoutMs?: number}} [options]
+   * @returns {Promise<BrowserLink>}
+   */
+  async connect(remoteId, { timeoutMs = this.config.connectTimeoutMs } = {}) {
+    if (this.#closed) throw new TransportError('the transport is closed');
+    if (typeof remoteId !== 'string' || remoteId.length < 1 || remoteId.length > MAX_PEER_ID_CHARS) {
+      throw new TransportError(`peer id ${String(remoteId).slice(0, 80)} is not a string of 1..${MAX_PEER_ID_CHARS} chars`);
+    }
+    if (!(timeoutMs > 0)) throw new TransportError(`timeoutMs must be positive, not ${timeoutMs}`);
+    if (this.#links.size >= this.config.maxLinks) {
+      throw new TransportError(`${this.#links.size} links already; refusing a link to ${remoteId}`);
+    }
+    const linkId = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, '0')).join('');
+    const key = `${remoteId}/${linkId}`;
+    const pc = new RTCPeerConnection({ iceServers: [] });
+    const link = new BrowserLink(remoteId, linkId, pc, this.config, this.onFrame, (closed) => {
+      if (this.#links.get(key) === closed) this.#links.delete(key);
+      this.onLinkClosed(closed);
+    });
+    link.initiator = true;
+    this.#links.set(key, link);
+    const started = performance.now();
+    const left = () => timeoutMs - (performance.now() - started);
+    const stage = () => (pc.remoteDescription === null ? 'no answer came' : 'the data channel did not open');
+    try {
+      link.adoptChannel(pc.createDataChannel(CHANNEL_LABEL, { ordered: true }));
+      link.markConnecting();
+      await pc.setLocalDescription(await pc.createOffer());
+      try {
+        await this.#gathered(pc, Math.min(this.config.gatherTimeoutMs, Math.max(1, left())));
+      } catch (err) {
+        throw new LinkTimeoutError(`${link.name}: ${err instanceof Error ? err.message : err}`);
+      }
+      const local = pc.localDescription;
+      if (local === null) throw new TransportError('no local description after gathering');
+      link.gatheredCandidates = local.sdp.split(/\r?\n/).filter((line) => line.startsWith('a=candidate:'));
+      const offer = rewriteLocalCandidates(local.sdp, this.config.localAddress);
+      if (offer.kept === 0) throw new TransportError('no usable ICE candidate was gathered for the offer');
+      try {
+        await this.sendSignal(remoteId, { kind: SIGNAL_KIND, type: 'offer', sdp: offer.sdp, link: linkId });
+      } catch (err) {
+        throw new TransportError(`the offer to peer ${remoteId} was not delivered: ${err instanceof Error ? err.message : err}`);
+      }
+      if (left() <= 0) throw new LinkTimeoutError(`${link.name}: ${stage()} within ${timeoutMs} ms`);
+      try {
+        await link.waitOpen(left());
+      } catch (err) {
+        if (link.closeReason?.startsWith('data channel did not open within')) {
+          throw new LinkTimeoutError(`${link.name}: ${stage()} within ${timeoutMs} ms`);
+        }
+        throw err;
+      }
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      link.close(`connect failed: ${message}`);
+      if (err instanceof CoreError) throw err;
+      throw new TransportError(`link to peer ${remoteId}: ${message}`);
+    }
+    return link;
+  }
+
+  /**
+   * An answer to one of our offers: set it on the waiting link.
+   * @param {string} sender
+   * @param {string} linkId
+   * @param {string} sdp
+   * @returns {Promise<BrowserLink>}
+   */
+  async #complete(sender, linkId, sdp) {
+    const link = this.#links.get(`${sender}/${linkId}`);
+    if (link === undefined || !link.initiator || link.pc.signalingState !== 'have-local-offer') {
+      throw new SignalPayloadError(
+        `answer from peer ${sender} for link ${linkId}: no connect() is waiting for it ` +
+          '(unknown, timed out, closed or answered already)',
+      );
+    }
+    const remote = filterRemoteCandidates(sdp, this.config.remoteAddresses);
+    if (remote.dropped) this.config.log.info(`answer from ${sender.slice(0, 8)}: dropped ${remote.dropped} candidates outside remoteAddresses`);
+    try {
+      await link.pc.setRemoteDescription({ type: 'answer', sdp: remote.sdp });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      link.close(`unusable answer: ${message}`);
+      throw new SignalPayloadError(`answer from peer ${sender} for link ${linkId} is unusable: ${message}`);
+    }
+    return link;
+  }
+
+  /**
+   * @param {RTCPeerConnection} pc
+   * @param {number} [timeoutMs]
+   */
+  #gathered(pc, timeoutMs = this.config.gatherTimeoutMs) {
     if (pc.iceGatheringState === 'complete') return Promise.resolve();
     return new Promise((resolve, reject) => {
       const done = () => {
@@ -494,8 +652,8 @@ export class BrowserTransport {
       };
       const timer = setTimeout(() => {
         pc.removeEventListener('icegatheringstatechange', done);
-        reject(new SignalPayloadError(`ICE gathering did not complete within ${this.config.gatherTimeoutMs} ms`));
-      }, this.config.gatherTimeoutMs);
+        reject(new SignalPayloadError(`ICE gathering did not complete within ${timeoutMs} ms`));
+      }, timeoutMs);
       pc.addEventListener('icegatheringstatechange', done);
     });
   }
