@@ -6,7 +6,7 @@ Every signaling node serves, on its own port next to the websocket at ``/`` (``d
 - ``GET /chat``   the browser chat page (``web/src/ui/browser_chat.js``)
 - ``GET /embed.js``  the embed script (``web/src/embed/embed.js``)
 - ``GET /web/src/**`` the browser node's modules
-- ``GET /web/node_modules/<dependency>/**`` the four browser dependencies (``BROWSER_DEPENDENCIES``)
+- ``GET /web/node_modules/<dependency>/**`` the five browser dependencies (``BROWSER_DEPENDENCIES``)
 - ``GET /py/python_peer/core/*.py`` the standard-library ledger rules, for Pyodide
 - ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists
 - ``GET /v1/config`` the page configuration (``BrowserSite.config``)
@@ -73,6 +73,7 @@ BROWSER_DEPENDENCIES = (
     "pyodide",
     "@huggingface/tokenizers/dist",
     "@huggingface/jinja/dist",
+    "@noble/hashes",  # its ES modules lie at the package's top and import each other relatively
 )
 
 # What the browser node needs and no more. 'wasm-unsafe-eval': WebAssembly.instantiate (onnxruntime-web,

@@ -184,6 +184,11 @@ def test_config_names_this_node_its_siblings_models_and_ledger_rules(
             "web/node_modules/@huggingface/jinja/dist/index.js",
         ),
         (
+            "/web/node_modules/@noble/hashes/sha2.js",
+            "text/javascript; charset=utf-8",
+            "web/node_modules/@noble/hashes/sha2.js",
+        ),
+        (
             "/py/python_peer/core/economics.py",
             "text/x-python; charset=utf-8",
             "python_peer/core/economics.py",
@@ -199,6 +204,27 @@ def test_static_files_with_mime_types_and_cross_origin_headers(
     assert has_headers(headers, STATIC_HEADERS), headers
     assert body == (ROOT / source).read_bytes()
     assert int(headers["content-length"]) == len(body)
+
+
+RELATIVE_IMPORT_RE = re.compile(r"""^(?:import|export)\b[^'"]*?\bfrom\s*['"](\./[^'"]+)['"]""", re.MULTILINE)
+
+
+def test_the_ledgers_hash_module_and_everything_it_imports_are_served(nodes: tuple[Node, Node]) -> None:
+    """``web/src/ledger/ledger.js`` imports @noble/hashes' ``sha2.js``, which imports its siblings."""
+    ledger = (ROOT / "web/src/ledger/ledger.js").read_text()
+    assert "from '../../node_modules/@noble/hashes/sha2.js'" in ledger
+    package = ROOT / "web/node_modules/@noble/hashes"
+    pending, seen = ["sha2.js"], set()
+    while pending:
+        name = pending.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        status, headers, body = get(nodes[0], f"/web/node_modules/@noble/hashes/{name}")
+        assert status == 200 and headers["content-type"] == "text/javascript; charset=utf-8", name
+        assert body == (package / name).read_bytes(), name
+        pending += [match.removeprefix("./") for match in RELATIVE_IMPORT_RE.findall(body.decode())]
+    assert {"sha2.js", "_md.js", "_u64.js", "utils.js"} <= seen, seen
 
 
 def test_model_files_are_the_ones_the_manifest_lists(nodes: tuple[Node, Node], model_copy: Path) -> None:
@@ -283,6 +309,12 @@ REFUSED = [
     "/web/node_modules/@huggingface/jinja/package.json",
     "/web/node_modules/@huggingface/jinja/dist/../../tokenizers/package.json",
     "/web/node_modules/onnxruntime-common/dist/esm/index.js",
+    "/web/node_modules/@noble/",
+    "/web/node_modules/@noble/hashes/",
+    "/web/node_modules/@noble/hashes/../../ws/index.js",
+    "/web/node_modules/@noble/hashes/%2e%2e/%2e%2e/ws/package.json",
+    "/web/node_modules/@noble/hashes/src/../../../ws/index.js",
+    "/web/node_modules/@noble/hashesx/sha2.js",
     "/py/python_peer/core/",
     "/py/python_peer/core/../ledger_service.py",
     "/py/python_peer/core/%2e%2e/ledger_service.py",

@@ -13,8 +13,9 @@
  *   before Python keeps the write (`commit`), or forgotten (`rollback`) if IndexedDB fails: an own
  *   entry is on disk before it is returned or gossiped, and memory never holds what the disk lacks.
  * - `open` replays IndexedDB into the store, re-checking every signature in bulk, and claims the
- *   starter grant when the own log is empty (its proof of work mined here: a SHA-256 midstate loop,
- *   about twice as fast as Python under Pyodide; Python checks it again when storing the grant).
+ *   starter grant when the own log is empty (its proof of work mined here, in slices that yield to the
+ *   event loop: `@noble/hashes` SHA-256 from the prefix's midstate; Python checks it again when
+ *   storing the grant).
  * - Every operation runs through one queue, so each is atomic with respect to the others. Tabs and
  *   workers of one browser share the identity and the database: own entries are signed under a Web
  *   Lock after taking in what another tab wrote, and an own row is never replaced on disk.
@@ -23,6 +24,7 @@
  * Python's `Entry.to_dict()` and `Receipt.to_dict()`.
  */
 
+import { sha256 } from '../../node_modules/@noble/hashes/sha2.js';
 import { CoreError } from '../protocol/wire.js';
 import { verify } from '../signaling/client.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
@@ -132,107 +134,34 @@ async function startCore(base) {
 // --- the grant's proof of work -------------------------------------------------------------------------
 
 export const GRANT_POW_CONTEXT = 'ai4all/ledger/grant-pow/v1';
-// prettier-ignore
-const K = new Int32Array([
-  0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-  0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-  0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-  0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-  0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-  0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-  0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-  0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-]);
-const H0 = new Int32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
 
 /**
- * The message schedule of the 64-byte block at `offset` of `block` (FIPS 180-4), into `w`.
- * @param {Uint8Array} block
- * @param {number} offset
- * @param {Int32Array} w 64 words
+ * Leading zero bits of a digest.
+ * @param {Uint8Array} digest
  */
-function schedule(block, offset, w) {
-  for (let i = 0; i < 16; i++) {
-    const j = offset + 4 * i;
-    w[i] = (block[j] << 24) | (block[j + 1] << 16) | (block[j + 2] << 8) | block[j + 3];
-  }
-  for (let i = 16; i < 64; i++) {
-    const a = w[i - 15];
-    const b = w[i - 2];
-    const s0 = ((a >>> 7) | (a << 25)) ^ ((a >>> 18) | (a << 14)) ^ (a >>> 3);
-    const s1 = ((b >>> 17) | (b << 15)) ^ ((b >>> 19) | (b << 13)) ^ (b >>> 10);
-    w[i] = (w[i - 16] + s0 + w[i - 7] + s1) | 0;
-  }
-}
-
-/**
- * The 64 rounds of one SHA-256 compression of a scheduled block into `state` (updated in place).
- * @param {Int32Array} state 8 words
- * @param {Int32Array} w the block's schedule
- */
-function rounds(state, w) {
-  let a = state[0], b = state[1], c = state[2], d = state[3], e = state[4], f = state[5], g = state[6], h = state[7];
-  for (let i = 0; i < 64; i++) {
-    const s1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-    const t1 = (h + s1 + ((e & f) ^ (~e & g)) + K[i] + w[i]) | 0;
-    const s0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-    const t2 = (s0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
-    h = g;
-    g = f;
-    f = e;
-    e = (d + t1) | 0;
-    d = c;
-    c = b;
-    b = a;
-    a = (t1 + t2) | 0;
-  }
-  state[0] = (state[0] + a) | 0;
-  state[1] = (state[1] + b) | 0;
-  state[2] = (state[2] + c) | 0;
-  state[3] = (state[3] + d) | 0;
-  state[4] = (state[4] + e) | 0;
-  state[5] = (state[5] + f) | 0;
-  state[6] = (state[6] + g) | 0;
-  state[7] = (state[7] + h) | 0;
-}
-
-/**
- * Leading zero bits of a digest held as 8 words.
- * @param {Int32Array} state
- */
-function leadingZeroBits(state) {
+function leadingZeroBits(digest) {
   let bits = 0;
-  for (let i = 0; i < 8; i++) {
-    const z = Math.clz32(state[i]);
+  for (let i = 0; i < digest.length; i++) {
+    const z = Math.clz32(digest[i]) - 24;
     bits += z;
-    if (z < 32) break;
+    if (z < 8) break;
   }
   return bits;
 }
 
 /**
- * SHA-256 of the grant's proof-of-work bytes for consecutive nonces. The prefix's whole blocks are
- * hashed once (the midstate); the last one or two blocks hold the rest of the prefix, the nonce's
- * digits (incremented in place) and the padding, and a second block, when there is one, is the same
- * for every nonce of a given number of digits, so its schedule is computed once.
+ * SHA-256 (`@noble/hashes`) of the grant's proof-of-work bytes for consecutive nonces. The constant
+ * prefix is hashed once (the midstate); each nonce clones the midstate into one reused hasher and adds
+ * the nonce's digits and the closing brace, kept as bytes and incremented in place.
  */
 class PowHasher {
   /** @param {Uint8Array} prefix */
   constructor(prefix) {
-    const whole = prefix.length - (prefix.length % 64);
-    this.mid = Int32Array.from(H0);
-    this.w = new Int32Array(64);
-    for (let offset = 0; offset < whole; offset += 64) {
-      schedule(prefix, offset, this.w);
-      rounds(this.mid, this.w);
-    }
-    this.rest = prefix.slice(whole);
-    this.total = prefix.length;
-    this.block = new Uint8Array(128);
-    this.w2 = new Int32Array(64);
-    this.state = new Int32Array(8);
+    this.mid = sha256.create().update(prefix);
+    this.hasher = sha256.create();
+    this.tail = new Uint8Array(0);
+    this.digest = new Uint8Array(sha256.outputLen);
     this.digits = 0;
-    this.blocks = 1;
   }
 
   /**
@@ -240,42 +169,22 @@ class PowHasher {
    * @param {number} nonce
    */
   seek(nonce) {
-    const text = `${nonce}}`;
-    const { block, rest } = this;
-    const used = rest.length + text.length;
-    this.blocks = used + 9 <= 64 ? 1 : 2;
-    this.digits = text.length - 1;
-    block.fill(0);
-    block.set(rest, 0);
-    for (let i = 0; i < text.length; i++) block[rest.length + i] = text.charCodeAt(i);
-    block[used] = 0x80;
-    const bits = (this.total + text.length) * 8;
-    const end = this.blocks * 64;
-    block[end - 5] = Math.floor(bits / 2 ** 32) & 0xff;
-    block[end - 4] = (bits >>> 24) & 0xff;
-    block[end - 3] = (bits >>> 16) & 0xff;
-    block[end - 2] = (bits >>> 8) & 0xff;
-    block[end - 1] = bits & 0xff;
-    if (this.blocks === 2 && rest.length + this.digits > 64) throw new LedgerError('nonce digits past the first block');
-    if (this.blocks === 2) schedule(block, 64, this.w2);
+    this.tail = UTF8.encode(`${nonce}}`);
+    this.digits = this.tail.length - 1;
   }
 
   /** The next nonce's digits, when it has as many digits (the caller checks). */
   next() {
-    const { block } = this;
-    let i = this.rest.length + this.digits - 1;
-    while (block[i] === 0x39) block[i--] = 0x30;
-    block[i] += 1;
+    const { tail } = this;
+    let i = this.digits - 1;
+    while (tail[i] === 0x39) tail[i--] = 0x30;
+    tail[i] += 1;
   }
 
   /** Leading zero bits of the current nonce's digest. */
   zeroBits() {
-    const { state } = this;
-    state.set(this.mid);
-    schedule(this.block, 0, this.w);
-    rounds(state, this.w);
-    if (this.blocks === 2) rounds(state, this.w2);
-    return leadingZeroBits(state);
+    this.mid._cloneInto(this.hasher).update(this.tail).digestInto(this.digest);
+    return leadingZeroBits(this.digest);
   }
 }
 
