@@ -1,12 +1,17 @@
-"""A browser serving blocks 1-3 of the tiny model in a mesh of native peers, over real WebRTC.
+"""Browser tabs serving blocks of the tiny model in a mesh of native peers, over real WebRTC.
 
-The harness page imports ``web/src/transport/peer.js`` and ``web/src/node/span_server.js``, loads the
-1-3 shard of the tiny Llama export (mounted under ``/model/``), announces itself with the JS
-``SignalClient`` on an ``ai4all signal`` subprocess and answers the offers that come through it.
-Native ``ai4all peer`` processes serve 0-1 and 3-4. A Python mesh client, on its own event loop in a
-background thread (Playwright's sync API and asyncio tests do not mix), generates greedy tokens: they
-equal ``LocalChain``'s, and the route goes through the browser for 1-3. A second test closes the page
-mid-generation while a native spare serves 1-3; the client fails over with the same tokens.
+The harness page runs a ``BrowserNode`` (``web/src/node/node.js``): identity and ledger in IndexedDB
+(the ledger rules under Pyodide, from ``/py/python_peer/core/``), the JS ``SignalClient`` on an
+``ai4all signal`` subprocess, the shards of its span from the tiny Llama export (mounted under
+``/model/``) through the IndexedDB cache, and a ``SpanServer`` answering the offers that come through
+signaling. Native ``ai4all peer`` processes serve the other spans. A Python mesh client, on its own event
+loop in a background thread (Playwright's sync API and asyncio tests do not mix), generates greedy
+tokens: they equal ``LocalChain``'s, with one browser in the route and with two, and the browser earns
+the receipts the client countersigns. Bad frames, bad payments, forged receipts and junk gossip get
+Python's error codes (or are dropped), and the tab's log reaches a Python ledger by gossip through
+signaling. The span a tab picks when not told is Python's ``least_served_span`` over random meshes.
+The last tests take the tab away mid-generation (closed without a word, or paused past its grace)
+while a native spare serves 1-3; the client fails over with the same tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -26,19 +32,25 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page
 
+from python_peer.block_selection import least_served_span
 from python_peer.chain import LocalChain
+from python_peer.core.canonical import Announcement, ServedSpan
 from python_peer.core.errors import (
     OutOfOrderError,
+    PaymentRequiredError,
     RemoteBadFrameError,
     RemoteBadShapeError,
     RemoteNonFiniteError,
     SessionRefusedError,
     UnknownSessionError,
 )
+from python_peer.core.ledger import Receipt, ReceiptBody
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import CHUNK_HEADER, CHUNK_MAGIC, HEADER, MAGIC, Frame, FrameType, chunk_message
+from python_peer.errors import PeerError
 from python_peer.generate import SamplingParams, agenerate, generate
 from python_peer.identity import Identity
+from python_peer.ledger_service import POW_BITS_ENV, LedgerService
 from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
@@ -46,71 +58,65 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import from_wire, to_wire
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
-from tests.browser.conftest import HARNESS_PATH, MOUNTS, WebServer
+from tests.browser.conftest import HARNESS_PATH, MOUNTS, ROOT, Harness, WebServer
 from tests.procs import Node, PeerProc
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 T = TypeVar("T")
-MODEL_PREFIX = "/model/"
 PROMPT = "What is the capital of France?"
 MAX_TOKENS = 12
 FAST = ClientConfig(request_timeout_s=15.0, connect_timeout_s=15.0, ban_seconds=60.0)
 
-# Load the 1-3 span, announce it with the JS SignalClient, and answer offers; `window.node` keeps it all.
-SERVE_JS = """async ({ base, signalUrl, serverConfig }) => {
-  const S = await import('/web/src/signaling/client.js');
+MODEL_PREFIX = "/model/"
+CORE_PREFIX = "/py/python_peer/core/"
+
+# Start a BrowserNode on the harness page; its transport counts what it answers. `window.node` keeps it.
+SERVE_JS = """async ({ config, span, memoryBudgetMb }) => {
+  const { openDatabase } = await import('/web/src/storage/db.js');
+  const { BrowserNode } = await import('/web/src/node/node.js');
   const { BrowserTransport } = await import('/web/src/transport/peer.js');
-  const { SpanServer } = await import('/web/src/node/span_server.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const server = await SpanServer.load(base, manifest, { start: 1, end: 3 }, serverConfig,
-    { runtime: { allowWebGPU: false, threads: 1 } });
-  const answered = { frames: 0, errors: 0, refusedOffers: [], opened: [] };
-  let client = null;
-  const transport = new BrowserTransport({
-    sendSignal: (peerId, payload) => client.sendSignal(peerId, payload),
-    onFrame: (link, frame) => {
-      server.handle(link.remoteId, frame).then((answer) => {
-        answered.frames++;
-        if (answer.type === 5) answered.errors++;
-        return link.send(answer);
-      }).catch((err) => console.warn(`answer not sent: ${err.message}`));
-    },
-    onLinkOpen: async (link) => {
-      const report = await link.pc.getStats();
-      let pairId = null;
-      report.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId; });
-      const pair = pairId === null ? undefined : report.get(pairId);
-      const address = (id) => (id === undefined ? null : report.get(id)?.address ?? null);
-      answered.opened.push({
-        remote: link.remoteId,
-        gathered: link.gatheredCandidates,
-        pairRemote: address(pair?.remoteCandidateId),
-      });
-    },
-    onLinkClosed: (link) => {
-      if (!transport.links.some((l) => l.remoteId === link.remoteId)) server.closeClient(link.remoteId);
-    },
+  const answered = { frames: 0, errors: 0, opened: [] };
+  let transport = null;
+  const createTransport = (hooks) => {
+    transport = new BrowserTransport({
+      ...hooks,
+      onFrame: (link, frame) => hooks.onFrame({
+        remoteId: link.remoteId,
+        send: (answer) => {
+          answered.frames++;
+          if (answer.type === 5) answered.errors++;
+          return link.send(answer);
+        },
+      }, frame),
+      onLinkOpen: async (link) => {
+        hooks.onLinkOpen(link);
+        const report = await link.pc.getStats();
+        let pairId = null;
+        report.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId; });
+        const pair = pairId === null ? undefined : report.get(pairId);
+        const address = (id) => (id === undefined ? null : report.get(id)?.address ?? null);
+        answered.opened.push({ remote: link.remoteId, gathered: link.gatheredCandidates, pairRemote: address(pair?.remoteCandidateId) });
+      },
+    });
+    return transport;
+  };
+  const refused = [];
+  const log = { info: () => {}, warn: (m) => { if (m.startsWith('refused an offer')) refused.push(m); } };
+  const db = await openDatabase('ai4all');
+  const node = await BrowserNode.start(config, {
+    db, span, memoryBudgetMb, runtime: { allowWebGPU: false, threads: 1 }, createTransport, log,
   });
-  client = await S.SignalClient.create(await S.Identity.generate(), {
-    urls: [signalUrl],
-    serves: [{ model: manifest.model.name, start: 1, end: 3 }],
-    kvFreeTokens: server.kvFreeTokens,
-    throughputMilli: 1_000_000,
-    onSignal: (signal) => {
-      if (signal.payload.kind !== 'webrtc') return; // ledger gossip: no ledger in the browser yet
-      transport.handleSignal(signal).catch((err) => answered.refusedOffers.push(err.message));
-    },
-  });
-  window.node = { client, transport, server, answered };
-  return client.peerId;
+  window.node = { node, answered, refused, transport: () => transport };
+  return node.peerId;
 }"""
 
-# What the page's links saw: Chromium's own candidates, link states, frames answered.
+# What the page's links saw: Chromium's own candidates, link states, frames answered; the node's status.
 STATS_JS = """() => ({
-  links: window.node.transport.links.map((l) => ({ state: l.state, gathered: l.gatheredCandidates, stats: l.stats })),
+  links: window.node.transport().links.map((l) => ({ state: l.state, gathered: l.gatheredCandidates, stats: l.stats })),
   answered: window.node.answered,
-  sessions: window.node.server.sessions.size,
+  refusedOffers: window.node.refused,
+  status: window.node.node.status(),
 })"""
 
 
@@ -147,7 +153,19 @@ class Mesh:
 def served_model(tiny_llama_export: Path) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(MOUNTS, MODEL_PREFIX, tiny_llama_export)
+        patch.setitem(MOUNTS, CORE_PREFIX, ROOT / "python_peer" / "core")
         yield tiny_llama_export
+
+
+def page_config(web_server: WebServer, signal_url: str, model: Path) -> dict[str, Any]:
+    """The page configuration of docs/browser.md for the harness server and one signaling node."""
+    return {
+        "node_id": "test",
+        "signal": [signal_url],
+        "models": [{"name": load_manifest(model).name, "base": web_server.url_for(MODEL_PREFIX)}],
+        "ledger": {"pow_bits": int(os.environ[POW_BITS_ENV])},
+        "python_core": web_server.url_for(CORE_PREFIX),
+    }
 
 
 @contextlib.contextmanager
@@ -170,21 +188,57 @@ def running_mesh(tmp: Path, model: Path, spans: list[str]) -> Iterator[Mesh]:
 
 @contextlib.contextmanager
 def browser_peer(
-    browser: Browser, web_server: WebServer, signal_url: str, server_config: dict[str, Any] | None = None
+    browser: Browser,
+    web_server: WebServer,
+    signal_url: str,
+    model: Path,
+    span: tuple[int, int] = (1, 3),
+    memory_budget_mb: float = 512,
 ) -> Iterator[tuple[Page, str]]:
+    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span``."""
     context = browser.new_context()
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
     try:
         page.goto(web_server.url_for(HARNESS_PATH))
-        args = {"base": MODEL_PREFIX, "signalUrl": signal_url, "serverConfig": server_config or {}}
+        args = {
+            "config": page_config(web_server, signal_url, model),
+            "span": {"start": span[0], "end": span[1]},
+            "memoryBudgetMb": memory_budget_mb,
+        }
         peer_id = page.evaluate(SERVE_JS, args)
         yield page, str(peer_id)
         assert errors == []
     finally:
         if not page.is_closed():
             context.close()
+
+
+def wait_listed(node: Node, peer_id: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while peer_id not in json.dumps(node.directory()):
+        assert time.monotonic() < deadline, f"{peer_id[:8]} never showed up: {node.directory()}"
+        time.sleep(0.1)
+
+
+def announced(node: Node, peer_id: str) -> list[tuple[int, int]] | None:
+    """The spans ``peer_id`` announces on ``node`` now, or None when the node has no entry for it."""
+    for entry in node.directory()["entries"]:
+        if entry["peer_id"] == peer_id:
+            return [(s["start"], s["end"]) for s in entry["serves"]]
+    return None
+
+
+def wait_earned(page: Page, timeout: float = 15) -> dict[str, Any]:
+    """The node's status once the countersigned receipt has reached its ledger (earned > 0)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = page.evaluate("() => window.node.node.status()")
+        if (status["earned"] or 0) > 0:
+            return status
+        assert time.monotonic() < deadline, f"the browser never earned anything: {status}"
+        time.sleep(0.25)
 
 
 def local_tokens(model: Path) -> tuple[int, ...]:
@@ -227,20 +281,24 @@ def test_browser_serves_a_span_in_the_mesh(
     assert len(expected) == MAX_TOKENS, "the tiny model must not stop early for this comparison"
     with (
         running_mesh(tmp_path, served_model, ["0-1", "3-4"]) as mesh,
-        browser_peer(browser, web_server, mesh.node.url) as (page, browser_id),
+        browser_peer(browser, web_server, mesh.node.url, served_model) as (page, browser_id),
     ):
-        deadline = time.monotonic() + 10
-        while browser_id not in json.dumps(mesh.node.directory()):
-            assert time.monotonic() < deadline, f"the browser never showed up: {mesh.node.directory()}"
-            time.sleep(0.1)
+        wait_listed(mesh.node, browser_id)
         tokens, route, _ = LoopThread(mesh_run(mesh.node, served_model)).result(timeout=180)
+        status = wait_earned(page)
         stats = page.evaluate(STATS_JS)
     assert tokens == expected, stats
     assert [(a, b) for _, a, b in route] == [(0, 1), (1, 3), (3, 4)]
     assert route[1][0] == browser_id
     assert route[0][0] == mesh.peers[0].peer_id and route[2][0] == mesh.peers[1].peer_id
-    assert stats["answered"]["errors"] == 0 and stats["answered"]["refusedOffers"] == []
+    assert stats["answered"]["errors"] == 0 and stats["refusedOffers"] == []
     assert stats["answered"]["frames"] >= MAX_TOKENS
+    assert status["state"] == "serving" and status["span"] == {"start": 1, "end": 3}
+    assert status["tokensPerSecond"] > 0 and status["sessions"] == 0
+    assert (
+        status["tokensServed"] >= MAX_TOKENS
+        and status["download"]["loaded"] == status["download"]["total"] > 0
+    )
     # One link from the client; Chromium gathers on the machine's interfaces only (never loopback), the
     # answer rewrote its host candidates to 127.0.0.1, and the pair in use targets the client on loopback.
     opened = stats["answered"]["opened"]
@@ -248,25 +306,120 @@ def test_browser_serves_a_span_in_the_mesh(
     assert opened[0]["pairRemote"] == "127.0.0.1", opened
 
 
+SPAN_CHOICE_JS = """async ({ manifest, cases }) => {
+  const { leastServedSpan } = await import('/web/src/node/node.js');
+  return cases.map(({ announcements, budget }) => {
+    try {
+      return leastServedSpan(manifest, announcements, budget);
+    } catch (err) {
+      return { error: `${err.name}: ${err.message}` };
+    }
+  });
+}"""
+
+
+def test_span_choice_mirrors_block_selection(harness: Harness, tiny_llama_export: Path) -> None:
+    """The browser picks the span Python's ``least_served_span`` picks, over random meshes and budgets."""
+    manifest = load_manifest(tiny_llama_export)
+    rng = np.random.default_rng(7)
+    peers = [f"{i:064x}" for i in range(1, 9)]
+    spans = [(0, 1), (1, 3), (3, 4), (0, 4), (1, 4), (0, 3), (2, 3)]
+    sizes = sorted({s.bytes for s in manifest.blocks})
+    budgets = [10**9, sizes[0] - 1, sizes[0], sizes[-1] - 1, sizes[-1]]
+    cases: list[dict[str, Any]] = []
+    expected: list[Any] = []
+    for _ in range(60):
+        announcements = []
+        for peer in rng.choice(peers, size=int(rng.integers(0, 6)), replace=False):
+            serves = [
+                spans[int(i)] for i in rng.choice(len(spans), size=int(rng.integers(1, 3)), replace=False)
+            ]
+            model = manifest.name if rng.random() < 0.85 else "another-model"
+            announcements.append(
+                Announcement(
+                    str(peer), "native", 1, 0, 60_000, tuple(ServedSpan(model, a, b) for a, b in serves)
+                )
+            )
+        budget = int(rng.choice(budgets))
+        cases.append(
+            {
+                "budget": budget,
+                "announcements": [
+                    {
+                        "peer_id": a.peer_id,
+                        "serves": [{"model": s.model, "start": s.start, "end": s.end} for s in a.serves],
+                    }
+                    for a in announcements
+                ],
+            }
+        )
+        try:
+            span = least_served_span(manifest, announcements, budget)
+            expected.append({"start": span.start, "end": span.end})
+        except PeerError as exc:
+            expected.append(str(exc).split(":")[0])
+    got = harness.page.evaluate(SPAN_CHOICE_JS, {"manifest": manifest.raw, "cases": cases})
+    for case, want, have in zip(cases, expected, got, strict=True):
+        if isinstance(want, str):
+            assert "error" in have and have["error"].startswith(f"NodeError: {want}:"), (case, have)
+        else:
+            assert have == want, case
+    assert any(isinstance(w, str) for w in expected) and len({str(w) for w in expected}) >= 3
+
+
+def test_two_browser_tabs_in_one_chain(
+    browser: Browser, web_server: WebServer, served_model: Path, tmp_path: Path
+) -> None:
+    """Blocks 1-3 and 3-4 in two tabs, 0-1 native: the same greedy tokens, through both tabs."""
+    expected = local_tokens(served_model)
+    with (
+        running_mesh(tmp_path, served_model, ["0-1"]) as mesh,
+        browser_peer(browser, web_server, mesh.node.url, served_model, (1, 3)) as (page_a, id_a),
+        browser_peer(browser, web_server, mesh.node.url, served_model, (3, 4)) as (page_b, id_b),
+    ):
+        wait_listed(mesh.node, id_a)
+        wait_listed(mesh.node, id_b)
+        tokens, route, _ = LoopThread(mesh_run(mesh.node, served_model)).result(timeout=180)
+        earned_a, earned_b = wait_earned(page_a)["earned"], wait_earned(page_b)["earned"]
+    assert tokens == expected
+    assert route == [(mesh.peers[0].peer_id, 0, 1), (id_a, 1, 3), (id_b, 3, 4)]
+    assert earned_a > 0 and earned_b > 0
+
+
 def test_bad_input_to_the_browser_gets_pythons_error_codes(
     browser: Browser, web_server: WebServer, served_model: Path, tmp_path: Path
 ) -> None:
-    config = load_manifest(served_model).config
-    bytes_per_token = 2 * 2 * int(config["num_key_value_heads"]) * int(config["head_dim"]) * 4  # 2 blocks
-    budget = {"memoryBudgetBytes": 64 * bytes_per_token}  # two sessions of 32 tokens, not three
+    manifest = load_manifest(served_model)
+    bytes_per_token = (
+        2 * 2 * int(manifest.config["num_key_value_heads"]) * int(manifest.config["head_dim"]) * 4
+    )
+    weights = sum(s.bytes for s in manifest.blocks if s.start >= 1 and s.end <= 3)
+    budget_mb = (
+        weights + 64 * bytes_per_token
+    ) / 2**20  # the weights, then two sessions of 32 tokens, not three
     with (
         running_mesh(tmp_path, served_model, []) as mesh,
-        browser_peer(browser, web_server, mesh.node.url, budget) as (page, browser_id),
+        browser_peer(browser, web_server, mesh.node.url, served_model, memory_budget_mb=budget_mb) as (
+            page,
+            browser_id,
+        ),
     ):
-        LoopThread(bad_input_run(mesh.node.url, browser_id, served_model)).result(timeout=120)
+        recorded = LoopThread(bad_input_run(mesh.node.url, browser_id, served_model)).result(timeout=120)
         stats = page.evaluate(STATS_JS)
-    assert stats["answered"]["refusedOffers"] == []
+        log = page.evaluate("() => window.node.node.ledger.log()")
+    assert stats["refusedOffers"] == []
+    assert stats["status"]["earned"] > 0
+    receipts = [e["body"]["receipt"] for e in log if e["body"]["kind"] == "receipt"]
+    assert [Receipt.from_dict(r).id for r in receipts] == [recorded]
 
 
-async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> None:
+async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> str:
+    """Bad frames, payments and receipts against the browser; return the id of the receipt it recorded."""
     identity = Identity.generate()
+    ledger = await asyncio.to_thread(LedgerService.open, None, identity)
     signal_client = await SignalClient.create(identity, SignalClientConfig(urls=(signal_url,)))
-    node = MeshNode(identity, signal_client, TransportConfig(connect_timeout_s=15.0))
+    # With the ledger, the node answers the browser's gossip signals (no rounds of its own: no config).
+    node = MeshNode(identity, signal_client, TransportConfig(connect_timeout_s=15.0), ledger)
     try:
         link = await node.links.connect(browser_id)
         assert await link.ping(5) > 0  # PING is answered by the browser's transport
@@ -308,8 +461,21 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> No
             )
             return Frame(FrameType.FORWARD, session, step, tensors=tensors)
 
-        push = Frame(FrameType.GOSSIP, b"\x09" * 16, 0, meta={"kind": "push", "entries": []})
-        assert (await rpc.call(push, 5)).meta == {"stored": 0}  # no ledger yet: sessions are free
+        def gossip(meta: dict[str, Any], session: bytes = b"\x09" * 16) -> Frame:
+            return Frame(FrameType.GOSSIP, session, 0, meta=meta)
+
+        assert (await rpc.call(gossip({"kind": "push", "entries": []}), 5)).meta == {"stored": 0}
+        with pytest.raises(PaymentRequiredError, match="balance"):  # the browser knows no grant of ours yet
+            await rpc.call(opening(good), 5)
+        own = ledger.own_entries()
+        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 1}
+        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 0}
+        with pytest.raises(RemoteBadFrameError, match="ledger"):
+            await rpc.call(gossip({"kind": "push", "entries": "not a list"}), 5)
+        with pytest.raises(RemoteBadFrameError, match="ledger"):
+            await rpc.call(gossip({"kind": "push", "entries": own * 65}), 5)
+        with pytest.raises(RemoteBadFrameError, match="unknown ledger request"):
+            await rpc.call(gossip({"kind": "steal"}), 5)
         opened = await rpc.call(opening(good), 5)
         assert opened.meta == {"opened": True, "kv_free_tokens": 32}
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
@@ -353,27 +519,93 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> No
         second = runner.forward("x", step, np.ones((1, 1), np.int64), np.array([[3]]))
         np.testing.assert_allclose(from_wire(reference.tensor("hidden_states_out")), first, atol=1e-4)
         np.testing.assert_allclose(from_wire(answer.tensor("hidden_states_out")), second, atol=1e-4)
+
+        # CLOSE proposes the receipt of the 4 token positions served; only that receipt, countersigned,
+        # for that session, is recorded, once. Forged ones are refused and lose nothing.
+        closed = await rpc.call(Frame(FrameType.CLOSE, good, 2), 5)
+        assert closed.meta["closed"] is True and isinstance(closed.meta["server_sig"], str)
+        receipt, client_sig = ledger.countersign(
+            closed.meta["receipt"],
+            closed.meta["server_sig"],
+            server=browser_id,
+            session=good,
+            model=model,
+            start=1,
+            end=3,
+            tokens=4,
+        )
+        signed = {
+            "kind": "receipt",
+            "receipt": receipt.to_dict(),
+            "client_sig": client_sig,
+            "server_sig": closed.meta["server_sig"],
+        }
+        forged = {**signed, "receipt": {**receipt.to_dict(), "tokens": 400}}
+        for meta, session in ((forged, good), (signed, bad), ({**signed, "client_sig": 7}, good)):
+            with pytest.raises(RemoteBadFrameError, match="no receipt of this session"):
+                await rpc.call(gossip(meta, session), 5)
+        with pytest.raises(RemoteBadFrameError, match=r"ledger: .*signature"):  # the ledger checks it
+            await rpc.call(gossip({**signed, "client_sig": "0" * 128}, good), 5)
+        assert (await rpc.call(gossip(signed, good), 5)).meta == {"recorded": receipt.id}
+        with pytest.raises(RemoteBadFrameError, match="no receipt of this session"):
+            await rpc.call(gossip(signed, good), 5)
         await rpc.aclose()
+
+        # Ledger gossip through signaling: junk is dropped without a word, and rounds we open bring the
+        # browser's log (its grant and the receipt it recorded) into our ledger.
+        junk: list[dict[str, Any]] = [
+            {"kind": "ledger", "msg": "junk"},
+            {"kind": "ledger", "msg": {"type": "summary", "v": 1, "buckets": 5}},
+            {
+                "kind": "ledger",
+                "msg": {"type": "entries", "v": 1, "entries": [{"forged": True}], "more": False},
+            },
+            {"kind": "nonsense"},
+        ]
+        for payload in junk:
+            await signal_client.send_signal(browser_id, payload)
+        deadline = asyncio.get_running_loop().time() + 20
+        while receipt.id not in {
+            e.body.receipt.id
+            for e in ledger.store.entries_from(browser_id, 1, 10)
+            if isinstance(e.body, ReceiptBody)
+        }:
+            assert asyncio.get_running_loop().time() < deadline, "the browser's log never came by gossip"
+            message = ledger.gossip_start(browser_id)
+            if message is not None:
+                await signal_client.send_signal(browser_id, {"kind": "ledger", "msg": message})
+            await asyncio.sleep(0.5)
+        return receipt.id
     finally:
-        await node.aclose()
+        await node.aclose()  # closes the ledger too
 
 
-def test_browser_closed_mid_generation_fails_over_with_identical_tokens(
-    browser: Browser, web_server: WebServer, served_model: Path, tmp_path: Path
+@pytest.mark.parametrize("leave", ["close the tab", "pause past its grace"])
+def test_browser_gone_mid_generation_fails_over_with_identical_tokens(
+    browser: Browser, web_server: WebServer, served_model: Path, tmp_path: Path, leave: str
 ) -> None:
+    """The tab closes without a word, or pauses and closes its open session when the grace runs out:
+    the client fails over to a native spare and finishes with the same tokens."""
     expected = local_tokens(served_model)
     reached, go_on = threading.Event(), threading.Event()
     with (
         running_mesh(tmp_path, served_model, ["0-1", "3-4"]) as mesh,
-        browser_peer(browser, web_server, mesh.node.url) as (page, browser_id),
+        browser_peer(browser, web_server, mesh.node.url, served_model) as (page, browser_id),
     ):
+        wait_listed(mesh.node, browser_id)
         run = LoopThread(failover_run(mesh.node, served_model, reached, go_on))
         assert reached.wait(120), "the generation never reached the pause"
         spare = PeerProc("spare1-3", tmp_path, served_model, [mesh.node.url], span="1-3")
         try:
             spare.wait()
             time.sleep(FAST.lookup_cache_s + 0.5)  # the client's cached lookup predates the spare
-            page.context.close()  # the browser peer goes away without a word
+            if leave == "close the tab":
+                page.context.close()  # the browser peer goes away without a word
+            else:
+                page.evaluate("() => window.node.node.pause({ graceMs: 300 })")  # resolves once closed
+                status = page.evaluate("() => window.node.node.status()")
+                assert status["state"] == "paused" and status["sessions"] == 0, status
+                assert announced(mesh.node, browser_id) == []
             go_on.set()
             tokens, first_route, last_route, failovers = run.result(timeout=120)
         finally:

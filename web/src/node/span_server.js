@@ -7,8 +7,21 @@
  * another's session; idle ones are evicted. Every failure is answered with an ERROR frame carrying the
  * code Python would send.
  *
- * No ledger yet: sessions are free here. OPEN never answers `payment_required`, CLOSE proposes no
- * receipt, and a client's GOSSIP push is answered `{stored: 0}` (other GOSSIP with `bad_frame`).
+ * With a ledger (`config.ledger`, the node's `BrowserLedger`), sessions are paid for as in Python: OPEN
+ * quotes the client's request and answers `payment_required` when its balance (as this node's ledger
+ * sees it, minus what its other open sessions here are quoted) does not cover it; FORWARD counts token
+ * positions; CLOSE proposes the receipt of the work done (`meta.receipt`, `meta.server_sig`); GOSSIP
+ * takes a client's log (`{kind: 'push', entries}` -> `{stored: n}`) and the countersigned receipt of a
+ * closed session (`{kind: 'receipt', receipt, client_sig, server_sig}` -> `{recorded: id}`), only the
+ * one waiting for that session, once. Unlike Python, a forged or badly signed receipt frame does not
+ * discard the waiting receipt: the client's genuine one is still recorded after it. Ledger errors
+ * (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python does.
+ * Without a ledger sessions are free: OPEN never answers
+ * `payment_required`, CLOSE proposes no receipt, a client's push is answered `{stored: 0}` and other
+ * GOSSIP with `bad_frame`.
+ *
+ * `paused` refuses new sessions (`session_refused`, as `python_peer/api/control.py`) while open ones
+ * run to their end.
  */
 
 import {
@@ -16,6 +29,7 @@ import {
   FrameType,
   TensorError,
   WireError,
+  canonicalJson,
   checkFinite,
   errorFrame,
   frameTensor,
@@ -25,15 +39,34 @@ import {
   tensorToFloat32,
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
+import { signingBytes } from '../signaling/client.js';
 
 export const MAX_SESSIONS = 64;
+export const MAX_PENDING_RECEIPTS = 1024;
 export const MAX_LENGTH_LIMIT = 32768;
+export const RECEIPT_CONTEXT = 'ai4all/ledger/receipt/v1';
+const PEER_ID_RE = /^[0-9a-f]{64}$/;
+
+/**
+ * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`.
+ * `requirePayment` throws an error with `code === 'payment_required'` when the client cannot pay;
+ * an error named `LedgerError` is the client's bad input (answered `bad_frame`).
+ * @typedef {object} ServerLedger
+ * @property {(client: string, blocks: number, tokens: number, outstanding: number) => unknown} requirePayment
+ *   resolves to the quote (`{price}`)
+ * @property {(entries: unknown) => Promise<number> | number} acceptEntries
+ * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
+ *   Promise<{receipt: {[key: string]: unknown}, serverSig: string}>} serverReceipt
+ * @property {(receipt: {[key: string]: unknown}, clientSig: string, serverSig: string) => unknown} recordReceipt
+ */
 
 /**
  * @typedef {object} ServerConfig
  * @property {number} [memoryBudgetBytes]  for KV caches
  * @property {number} [idleTimeoutMs]
  * @property {number} [maxSessions]
+ * @property {ServerLedger | null} [ledger]  null: sessions are free
+ * @property {(event: {type: 'opened' | 'closed' | 'forward' | 'receipt', client: string, tokens?: number}) => void} [onChange]
  */
 
 /**
@@ -43,7 +76,8 @@ export const MAX_LENGTH_LIMIT = 32768;
  * @property {number} batch
  * @property {number} maxLength
  * @property {number} reserved
- * @property {number} tokens
+ * @property {number} price  what the client was quoted at OPEN, counted against its balance while open
+ * @property {number} tokens  token positions processed (batch x length), for the receipt
  * @property {number} length
  * @property {number} nextStep
  * @property {number} lastUsed
@@ -60,6 +94,15 @@ class Refusal extends Error {
     super(message);
     this.code = code;
   }
+}
+
+/**
+ * The receipt id of `docs/ledger.md`: the sha256 of the bytes both parties sign.
+ * @param {{[key: string]: unknown}} receipt
+ */
+async function receiptId(receipt) {
+  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', signingBytes(RECEIPT_CONTEXT, receipt)));
+  return hex(digest);
 }
 
 const hex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
@@ -105,7 +148,15 @@ export class SpanServer {
     this.start = span.start;
     this.end = span.end;
     this.runners = runners;
-    this.config = { memoryBudgetBytes: 512 * 1024 * 1024, idleTimeoutMs: 300_000, maxSessions: MAX_SESSIONS, ...config };
+    const { ledger = null, onChange = () => {}, ...limits } = config;
+    this.config = { memoryBudgetBytes: 512 * 1024 * 1024, idleTimeoutMs: 300_000, maxSessions: MAX_SESSIONS, ...limits };
+    /** @type {ServerLedger | null} */
+    this.ledger = ledger;
+    this.onChange = onChange;
+    /** New sessions are refused while paused; open ones go on. */
+    this.paused = false;
+    /** @type {Map<string, {receipt: {[key: string]: unknown}, canonical: string, recording: boolean}>} proposed at CLOSE */
+    this.receipts = new Map();
     const cfg = manifest.model.config;
     this.hiddenSize = Number(cfg.hidden_size);
     // KV bytes per token per sequence: two fp32 tensors per layer.
@@ -141,6 +192,31 @@ export class SpanServer {
     return `${this.start}-${this.end}`;
   }
 
+  /**
+   * Block-tokens per second of one decode step, measured now (after an 8-token prefill), as Python's
+   * `SpanServer.measure_throughput`: what this peer announces.
+   * @param {number} [steps]
+   */
+  async measureThroughput(steps = 3) {
+    const key = '__throughput__';
+    for (const runner of this.runners) runner.open(key, 1);
+    try {
+      const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
+      let hidden = { data: new Float32Array(8 * this.hiddenSize), dims: [1, 8, this.hiddenSize] };
+      const positions = BigInt64Array.from({ length: 8 }, (_, i) => BigInt(i));
+      for (const runner of this.runners) hidden = await runner.forward(key, hidden, ones(8), positions);
+      const begin = performance.now();
+      for (let i = 0; i < steps; i++) {
+        let h = { data: new Float32Array(this.hiddenSize), dims: [1, 1, this.hiddenSize] };
+        for (const runner of this.runners) h = await runner.forward(key, h, ones(1), BigInt64Array.of(BigInt(8 + i)));
+      }
+      const elapsedS = Math.max((performance.now() - begin) / 1000, 1e-6);
+      return ((this.end - this.start) * steps) / elapsedS;
+    } finally {
+      for (const runner of this.runners) runner.close(key);
+    }
+  }
+
   get reservedBytes() {
     let total = 0;
     for (const s of this.sessions.values()) total += s.reserved;
@@ -159,13 +235,20 @@ export class SpanServer {
    */
   async handle(client, frame) {
     try {
-      if (frame.type === FrameType.OPEN) return this.#open(client, frame);
+      if (frame.type === FrameType.OPEN) return await this.#open(client, frame);
       if (frame.type === FrameType.FORWARD) return await this.#forward(client, frame);
-      if (frame.type === FrameType.CLOSE) return this.#finish(client, frame);
-      if (frame.type === FrameType.GOSSIP) return this.#gossip(frame);
+      if (frame.type === FrameType.CLOSE) return await this.#finish(client, frame);
+      if (frame.type === FrameType.GOSSIP) return await this.#gossip(client, frame);
       throw new Refusal(ErrorCode.BAD_FRAME, `a server does not take ${frameTypeName(frame.type)} frames`);
     } catch (err) {
       if (err instanceof Refusal || err instanceof WireError) return errorFrame(frame.session, frame.step, err.code, err.message);
+      const code = /** @type {{code?: unknown}} */ (err)?.code;
+      if (code === ErrorCode.PAYMENT_REQUIRED) {
+        return errorFrame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, /** @type {Error} */ (err).message);
+      }
+      if (err instanceof Error && err.name === 'LedgerError') {
+        return errorFrame(frame.session, frame.step, ErrorCode.BAD_FRAME, `ledger: ${err.message}`);
+      }
       console.error(`span server: internal error on ${frameTypeName(frame.type)}`, err);
       const name = err instanceof Error ? err.name : typeof err;
       return errorFrame(frame.session, frame.step, ErrorCode.INTERNAL, `internal error: ${name}`);
@@ -173,13 +256,50 @@ export class SpanServer {
   }
 
   /**
-   * GOSSIP without a ledger: a client's push (sent right after it connects) is taken and nothing is
-   * stored (`stored: 0`), so clients need not special-case this peer; anything else is `bad_frame`.
+   * GOSSIP frames on a session link: a client pushing its log, or returning a countersigned receipt.
+   * Without a ledger a push (sent right after a client connects) is taken and nothing is stored
+   * (`stored: 0`), so clients need not special-case this peer; anything else is `bad_frame`.
+   * @param {string} client
    * @param {import('../protocol/wire.js').Frame} frame
    */
-  #gossip(frame) {
-    if (frame.meta.kind !== 'push') throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger yet');
-    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: { stored: 0 } });
+  async #gossip(client, frame) {
+    const meta = /** @type {{[key: string]: unknown}} */ (frame.meta);
+    const answer = (/** @type {{[key: string]: unknown}} */ result) =>
+      makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: result });
+    if (this.ledger === null) {
+      if (meta.kind !== 'push') throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger');
+      return answer({ stored: 0 });
+    }
+    if (!PEER_ID_RE.test(client)) throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger for this client');
+    if (meta.kind === 'push') return answer({ stored: await this.ledger.acceptEntries(meta.entries) });
+    if (meta.kind === 'receipt') {
+      const key = SpanServer.key(client, frame.session);
+      const pending = this.receipts.get(key);
+      const { client_sig: clientSig, server_sig: serverSig } = meta;
+      let same = false;
+      if (pending !== undefined && !pending.recording) {
+        try {
+          same = canonicalJson(meta.receipt) === pending.canonical;
+        } catch {
+          same = false; // not canonical JSON (a float, say): not our receipt
+        }
+      }
+      if (pending === undefined || !same || typeof clientSig !== 'string') {
+        throw new Refusal(ErrorCode.BAD_FRAME, 'no receipt of this session is waiting for that signature');
+      }
+      // A bad signature is refused by the ledger and the receipt waits on for the right one; the
+      // `recording` mark keeps a second copy of this frame from recording it twice meanwhile.
+      pending.recording = true;
+      try {
+        await this.ledger.recordReceipt(pending.receipt, clientSig, String(serverSig));
+      } finally {
+        pending.recording = false;
+      }
+      this.receipts.delete(key);
+      this.onChange({ type: 'receipt', client });
+      return answer({ recorded: await receiptId(pending.receipt) });
+    }
+    throw new Refusal(ErrorCode.BAD_FRAME, `unknown ledger request ${JSON.stringify(String(meta.kind)).slice(0, 40)}`);
   }
 
   /**
@@ -194,7 +314,13 @@ export class SpanServer {
    * @param {string} client
    * @param {import('../protocol/wire.js').Frame} frame
    */
-  #open(client, frame) {
+  async #open(client, frame) {
+    if (this.paused) {
+      throw new Refusal(
+        ErrorCode.SESSION_REFUSED,
+        'this peer has paused serving: it finishes its open sessions and takes no new ones; open the session on another peer',
+      );
+    }
     const { model, start, end, batch, max_length: maxLength } = /** @type {{[key: string]: any}} */ (frame.meta);
     if (model !== this.model || start !== this.start || end !== this.end) {
       throw new Refusal(
@@ -210,7 +336,18 @@ export class SpanServer {
     }
     const key = SpanServer.key(client, frame.session);
     if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
-    // No ledger yet: the session is free (Python would quote and check the client's balance here).
+    let price = 0;
+    if (this.ledger !== null && PEER_ID_RE.test(client)) {
+      // The client pays for what it may use; its other open sessions here are already spoken for.
+      let outstanding = 0;
+      for (const s of this.sessions.values()) if (s.client === client) outstanding += s.price;
+      const quote = /** @type {{price?: unknown} | null | undefined} */ (
+        await this.ledger.requirePayment(client, this.end - this.start, batch * maxLength, outstanding)
+      );
+      price = typeof quote?.price === 'number' ? quote.price : 0;
+      if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
+      if (this.paused) throw new Refusal(ErrorCode.SESSION_REFUSED, 'this peer has paused serving; open the session on another peer');
+    }
     this.evictIdle();
     const need = batch * maxLength * this.bytesPerToken;
     const budget = this.config.memoryBudgetBytes;
@@ -228,6 +365,7 @@ export class SpanServer {
       batch,
       maxLength,
       reserved: need,
+      price,
       tokens: 0,
       length: 0,
       nextStep: 0,
@@ -235,6 +373,7 @@ export class SpanServer {
       queue: Promise.resolve(),
       busy: false,
     });
+    this.onChange({ type: 'opened', client });
     return makeFrame({
       type: FrameType.RESULT,
       session: frame.session,
@@ -309,6 +448,7 @@ export class SpanServer {
     session.nextStep++;
     session.lastUsed = performance.now();
     this.tokensServed += batch * seq;
+    this.onChange({ type: 'forward', client: session.client, tokens: batch * seq });
     return makeFrame({
       type: FrameType.RESULT,
       session: frame.session,
@@ -318,23 +458,50 @@ export class SpanServer {
   }
 
   /**
-   * CLOSE: free the session (no receipt: no ledger yet).
+   * CLOSE: free the session and, with a ledger, propose the receipt for the work done.
    * @param {string} client
    * @param {import('../protocol/wire.js').Frame} frame
    */
-  #finish(client, frame) {
-    this.#close(SpanServer.key(client, frame.session));
-    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: { closed: true } });
+  async #finish(client, frame) {
+    const key = SpanServer.key(client, frame.session);
+    const session = this.sessions.get(key);
+    this.#close(key);
+    /** @type {{[key: string]: unknown}} */
+    const meta = { closed: true };
+    if (session !== undefined && session.tokens > 0 && this.ledger !== null && PEER_ID_RE.test(client)) {
+      const { receipt, serverSig } = await this.ledger.serverReceipt({
+        session: hex(frame.session),
+        model: this.model,
+        start: this.start,
+        end: this.end,
+        tokens: session.tokens,
+        client,
+      });
+      this.receipts.delete(key);
+      this.receipts.set(key, { receipt, canonical: canonicalJson(receipt), recording: false });
+      while (this.receipts.size > MAX_PENDING_RECEIPTS) this.receipts.delete(/** @type {string} */ (this.receipts.keys().next().value));
+      meta.receipt = receipt;
+      meta.server_sig = serverSig;
+    }
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta });
   }
 
   /** @param {string} key */
   #close(key) {
-    if (this.sessions.delete(key)) for (const runner of this.runners) runner.close(key);
+    const session = this.sessions.get(key);
+    if (!this.sessions.delete(key)) return;
+    for (const runner of this.runners) runner.close(key);
+    this.onChange({ type: 'closed', client: /** @type {Session} */ (session).client });
   }
 
   /** Drop every session of a client whose link is gone. @param {string} client */
   closeClient(client) {
     for (const key of [...this.sessions.keys()]) if (key.startsWith(`${client}:`)) this.#close(key);
+  }
+
+  /** Close every open session (their clients' next frames get `unknown_session` and fail over). */
+  closeAll() {
+    for (const key of [...this.sessions.keys()]) this.#close(key);
   }
 
   /** @param {number} [now]  `performance.now()` */
@@ -346,7 +513,8 @@ export class SpanServer {
 
   /** Close every session and free the runners. */
   async release() {
-    for (const key of [...this.sessions.keys()]) this.#close(key);
+    this.closeAll();
+    this.receipts.clear();
     for (const runner of this.runners) await runner.release();
   }
 }

@@ -1,0 +1,785 @@
+/**
+ * The browser node: identity + ledger + signal client + WebRTC transport + span server, the mirror of
+ * `python_peer/node.py`'s `Peer` (docs/browser.md, docs/mesh.md).
+ *
+ * `BrowserNode.start(config, options)` takes the node's Web Lock (one node per IndexedDB database: two
+ * tabs writing one ledger would fork it), loads (or makes) the node's Ed25519 identity and its ledger
+ * from IndexedDB (mining the starter grant the first time), connects to the signaling nodes of the
+ * page configuration (announcing nothing yet), picks the span to serve (the mesh's least-served block shard whose file fits the memory budget, as
+ * `python_peer/block_selection.py`, unless one is given), downloads its shards through the IndexedDB
+ * cache (progress, size and sha256 checked), loads them into onnxruntime-web, measures its throughput
+ * and announces the span. It then answers WebRTC offers and serves inference sessions through
+ * `SpanServer`, paid for through the ledger (payment check at OPEN, receipts at CLOSE), and gossips the
+ * ledger through signaling (`{kind: 'ledger', msg}` signal payloads, as native peers do) in periodic
+ * rounds with a few peers of the model, answering theirs.
+ *
+ * `pause()` stops serving cleanly: new sessions are refused, the span is no longer announced, open
+ * sessions run to their end (closed after `pauseGraceMs`, 30 s: their clients fail over) and the ledger
+ * keeps gossiping. Links stay answered while paused, so an OPEN is refused at once, not timed out.
+ * `resume()` announces again; `stop()` releases everything.
+ *
+ * No DOM: the transport is injected (`createTransport`), so the node also runs in a Web Worker with a
+ * transport that relays frames to the page, which keeps the RTCPeerConnections.
+ */
+
+import { BrowserLedger } from '../ledger/ledger.js';
+import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
+import { SignalClient } from '../signaling/client.js';
+import { ShardCache, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
+import { BrowserTransport } from '../transport/peer.js';
+import { SpanServer } from './span_server.js';
+
+export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
+export const WEBRTC_SIGNAL = 'webrtc';
+export const SIGNALING_GOSSIP_BYTES = 28 * 1024; // signal payloads hold 32 KiB of JSON
+export const MIB = 2 ** 20;
+const RATE_WINDOW_MS = 10_000;
+const STATUS_THROTTLE_MS = 250;
+const SHARD_FILE_RE = /^[^/\\.][^/\\]{0,254}$/; // a plain file name in the model's folder, as manifest.py
+
+/** The node cannot start or go on: no shard fits, a shard fails its check, a bad configuration. */
+export class NodeError extends Error {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.name = 'NodeError';
+  }
+}
+
+/**
+ * The page configuration of docs/browser.md.
+ * @typedef {object} PageConfig
+ * @property {string} [node_id]
+ * @property {string[]} signal
+ * @property {{name: string, base: string}[]} models
+ * @property {{pow_bits: number}} ledger
+ * @property {string} python_core
+ */
+
+/** @typedef {{start: number, end: number}} SpanChoice */
+/** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
+
+/**
+ * What a transport must offer the node: `BrowserTransport`, or a relay to the page for a Worker.
+ * @typedef {object} NodeTransport
+ * @property {(signal: {sender: string, payload: {[key: string]: unknown}}) => Promise<unknown>} handleSignal
+ * @property {{remoteId: string, state: string}[]} links
+ * @property {() => void} close
+ */
+
+/**
+ * The hooks a transport calls: the node's side of `BrowserTransport`'s constructor options.
+ * @typedef {object} TransportHooks
+ * @property {(peerId: string, payload: {[key: string]: unknown}) => Promise<void>} sendSignal
+ * @property {(link: {remoteId: string, send(frame: import('../protocol/wire.js').Frame): Promise<void>},
+ *   frame: import('../protocol/wire.js').Frame) => void} onFrame
+ * @property {(link: {remoteId: string}) => void} onLinkClosed
+ * @property {(link: {remoteId: string}) => void} onLinkOpen
+ * @property {{log: Logger}} config
+ */
+
+/**
+ * @typedef {object} NodeOptions
+ * @property {IDBDatabase} db  from `openDatabase` (web/src/storage/db.js)
+ * @property {number} [memoryBudgetMb]  weights of the span plus its KV caches
+ * @property {SpanChoice | null} [span]  null: the mesh's least-served block shard that fits
+ * @property {string | null} [model]  a model name of `config.models`; null: the first
+ * @property {import('../runtime/onnx.js').RuntimeOptions} [runtime]
+ * @property {(hooks: TransportHooks) => NodeTransport} [createTransport]
+ * @property {(event: {type: 'status', status: NodeStatus}) => void} [onEvent]
+ * @property {Logger} [log]
+ * @property {number} [gossipIntervalMs]  mean time between ledger gossip rounds
+ * @property {number} [gossipFanout]  peers per round
+ * @property {number} [housekeepingMs]  idle eviction, KV room re-announcement, balance refresh
+ * @property {number} [pauseGraceMs]  how long `pause()` lets open sessions finish before closing them
+ */
+
+/**
+ * @typedef {object} NodeStatus
+ * @property {'starting' | 'downloading' | 'serving' | 'paused' | 'stopped' | 'error'} state
+ * @property {string | null} error
+ * @property {string | null} peerId
+ * @property {string | null} model
+ * @property {SpanChoice | null} span
+ * @property {{loaded: number, total: number, cached: boolean}} download
+ * @property {number} sessions
+ * @property {number} tokensServed
+ * @property {number} tokensPerSecond
+ * @property {{peerId: string, state: string}[]} peers
+ * @property {number | null} balance  units (1 credit = 1000 units)
+ * @property {number | null} earned
+ * @property {string[]} signaling  the URL of the signaling node this node is announced on, if any
+ */
+
+/**
+ * The least-served block shard of the manifest whose file fits `budgetBytes`, as
+ * `python_peer/block_selection.py`: counts are distinct peers whose announced spans cover the shard,
+ * ties go to the earlier shard.
+ * @param {{model: {name: string}, shards: {kind: string, start: number, end: number, bytes: number}[]}} manifest
+ * @param {import('../signaling/client.js').Announcement[]} announcements
+ * @param {number} budgetBytes
+ * @returns {SpanChoice}
+ */
+export function leastServedSpan(manifest, announcements, budgetBytes) {
+  const name = manifest.model.name;
+  const blocks = manifest.shards.filter((s) => s.kind === 'blocks').sort((a, b) => a.start - b.start);
+  if (!blocks.length) throw new NodeError(`the manifest of ${name} has no block shards`);
+  const count = (/** @type {{start: number, end: number}} */ shard) =>
+    new Set(
+      announcements
+        .filter((a) => a.serves.some((s) => s.model === name && s.start <= shard.start && shard.end <= s.end))
+        .map((a) => a.peer_id),
+    ).size;
+  const fitting = blocks.filter((s) => s.bytes <= budgetBytes);
+  if (!fitting.length) {
+    const smallest = Math.min(...blocks.map((s) => s.bytes));
+    throw new NodeError(
+      `no block shard of ${name} fits a memory budget of ${(budgetBytes / MIB).toFixed(0)} MiB ` +
+        `(the smallest needs ${(smallest / MIB).toFixed(0)} MiB): raise the memory budget`,
+    );
+  }
+  let best = fitting[0];
+  let bestCount = count(best);
+  for (const shard of fitting.slice(1)) {
+    const n = count(shard);
+    if (n < bestCount) [best, bestCount] = [shard, n];
+  }
+  return { start: best.start, end: best.end };
+}
+
+/**
+ * The block shards that make up `span` exactly, in order; NodeError if it is not a run of them.
+ * @param {{shards: import('../runtime/shard.js').ShardEntry[]}} manifest
+ * @param {SpanChoice} span
+ */
+export function spanShards(manifest, span) {
+  const shards = manifest.shards
+    .filter((s) => s.kind === 'blocks' && span.start <= s.start && s.end <= span.end)
+    .sort((a, b) => a.start - b.start);
+  const contiguous = shards.every((s, i) => i === 0 || shards[i - 1].end === s.start);
+  if (!shards.length || shards[0].start !== span.start || shards[shards.length - 1].end !== span.end || !contiguous) {
+    const available = manifest.shards.filter((s) => s.kind === 'blocks').map((s) => `${s.start}-${s.end}`);
+    throw new NodeError(`span ${span.start}-${span.end} is not a run of this model's block shards (${available.join(', ')})`);
+  }
+  return shards;
+}
+
+/** @param {{model: {config: {num_layers: number}}}} manifest */
+const numLayers = (manifest) => manifest.model.config.num_layers;
+
+/** @param {unknown} err */
+const message = (err) => (err instanceof Error ? err.message : String(err));
+
+/** A node serving one span of one model from this browser. Use `await BrowserNode.start(...)`. */
+export class BrowserNode {
+  /** @type {NodeStatus['state']} */
+  #state = 'starting';
+  /** @type {string | null} */
+  #error = null;
+  /** @type {{loaded: number, total: number, cached: boolean}} */
+  #download = { loaded: 0, total: 0, cached: false };
+  /** @type {{balance: number | null, earned: number | null}} */
+  #account = { balance: null, earned: null };
+  /** @type {[number, number][]} (time ms, tokens served) samples for the rate */
+  #samples = [];
+  /** @type {ReturnType<typeof setTimeout>[]} */
+  #timers = [];
+  #lastEmit = 0;
+  /** @type {ReturnType<typeof setTimeout> | null} */
+  #emitTimer = null;
+  #pauseEpoch = 0;
+  #refreshing = false;
+  /** @type {Promise<void> | null} */
+  #pump = null;
+
+  /**
+   * @param {PageConfig} config
+   * @param {NodeOptions} options
+   */
+  constructor(config, options) {
+    checkConfig(config);
+    this.config = config;
+    const {
+      db,
+      memoryBudgetMb = 512,
+      span = null,
+      model = null,
+      runtime = { allowWebGPU: true, threads: 1 },
+      createTransport = (hooks) => new BrowserTransport(hooks),
+      onEvent = () => {},
+      log = console,
+      gossipIntervalMs = 10_000,
+      gossipFanout = 3,
+      housekeepingMs = 5_000,
+      pauseGraceMs = 30_000,
+    } = options;
+    if (!db) throw new NodeError('give the IndexedDB database (openDatabase) as options.db');
+    if (!(typeof memoryBudgetMb === 'number' && memoryBudgetMb > 0 && Number.isFinite(memoryBudgetMb))) {
+      throw new NodeError(`memory budget ${memoryBudgetMb} MiB must be a positive number`);
+    }
+    const entry = model === null ? config.models[0] : config.models.find((m) => m.name === model);
+    if (entry === undefined) throw new NodeError(`this network serves no model called ${JSON.stringify(model)}`);
+    this.db = db;
+    this.modelEntry = entry;
+    this.budgetBytes = Math.floor(memoryBudgetMb * MIB);
+    this.requestedSpan = span;
+    this.runtimeOptions = runtime;
+    this.createTransport = createTransport;
+    this.onEvent = onEvent;
+    this.log = log;
+    this.gossipIntervalMs = gossipIntervalMs;
+    this.gossipFanout = gossipFanout;
+    this.housekeepingMs = housekeepingMs;
+    this.pauseGraceMs = pauseGraceMs;
+    /** @type {import('../signaling/client.js').Identity | null} */
+    this.identity = null;
+    /** @type {BrowserLedger | null} */
+    this.ledger = null;
+    /** @type {(() => void) | null} releases the node lock */
+    this.unlock = null;
+    /** @type {SignalClient | null} */
+    this.signal = null;
+    /** @type {NodeTransport | null} */
+    this.transport = null;
+    /** @type {SpanServer | null} */
+    this.server = null;
+    /** @type {any} */
+    this.manifest = null;
+    /** @type {SpanChoice | null} */
+    this.span = null;
+    this.throughput = 0;
+    /** @type {BlocksRunner[]} */
+    this.runners = [];
+  }
+
+  /**
+   * Start a node and return it once it serves; on failure everything is released, the status says
+   * why (`state: 'error'`) and the error is thrown.
+   * @param {PageConfig} config
+   * @param {NodeOptions} options
+   */
+  static async start(config, options) {
+    const node = new BrowserNode(config, options);
+    try {
+      await node.#boot();
+    } catch (err) {
+      node.#error = message(err);
+      await node.#release();
+      node.#setState('error');
+      throw err;
+    }
+    return node;
+  }
+
+  get peerId() {
+    return this.identity?.peerId ?? null;
+  }
+
+  /** @returns {NodeStatus} */
+  status() {
+    const server = this.server;
+    return {
+      state: this.#state,
+      error: this.#error,
+      peerId: this.peerId,
+      model: this.modelEntry.name,
+      span: this.span === null ? null : { ...this.span },
+      download: { ...this.#download },
+      sessions: server?.sessions.size ?? 0,
+      tokensServed: server?.tokensServed ?? 0,
+      tokensPerSecond: this.#rate(),
+      peers: (this.transport?.links ?? []).map((l) => ({ peerId: l.remoteId, state: l.state })),
+      balance: this.#account.balance,
+      earned: this.#account.earned,
+      signaling: this.signal?.url ? [this.signal.url] : [],
+    };
+  }
+
+  // --- start ----------------------------------------------------------------------------------------
+
+  async #boot() {
+    this.#setState('starting');
+    // One node per identity: two tabs of one browser share the IndexedDB key and ledger, and two
+    // writers of one log would fork it (and the author would be excluded by every peer).
+    this.unlock = await acquireNodeLock(`ai4all-node/${this.db.name}`);
+    this.identity = await loadOrCreateIdentity(this.db);
+    this.#emit();
+    this.log.info(`browser node ${this.identity.peerId.slice(0, 16)} starting`);
+    this.ledger = await BrowserLedger.open({
+      db: this.db,
+      identity: this.identity,
+      powBits: this.config.ledger.pow_bits,
+      coreUrl: this.config.python_core,
+      log: this.log,
+    });
+    await this.#refreshAccount();
+    this.manifest = await this.#fetchManifest();
+    this.signal = await SignalClient.create(this.identity, {
+      urls: this.config.signal,
+      serves: [],
+      log: this.log,
+    });
+    this.#pump = this.#pumpSignals();
+    const manifest = this.manifest;
+    let span = this.requestedSpan;
+    if (span === null) {
+      const announcements = await this.signal.lookup(manifest.model.name, 0, numLayers(manifest), { limit: 64 });
+      span = leastServedSpan(manifest, announcements, this.budgetBytes);
+      this.log.info(`serving the least-served span ${span.start}-${span.end}`);
+    }
+    const shards = spanShards(manifest, span);
+    const weights = shards.reduce((sum, s) => sum + s.bytes, 0);
+    if (weights > this.budgetBytes) {
+      throw new NodeError(
+        `blocks ${span.start}-${span.end} need ${(weights / MIB).toFixed(1)} MiB of weights, over the memory ` +
+          `budget of ${(this.budgetBytes / MIB).toFixed(1)} MiB: raise the budget or serve a smaller span`,
+      );
+    }
+    this.span = { start: span.start, end: span.end };
+    await this.#loadShards(shards);
+    this.server = new SpanServer(manifest, this.span, this.runners, {
+      memoryBudgetBytes: this.budgetBytes - weights,
+      ledger: this.ledger,
+      onChange: (event) => {
+        if (event.type === 'receipt') this.#refreshAccount().catch(() => {});
+        this.#changed();
+      },
+    });
+    this.throughput = await this.server.measureThroughput();
+    this.transport = this.createTransport({
+      sendSignal: (peerId, payload) => this.#sendSignal(peerId, payload),
+      onFrame: (link, frame) => this.#onFrame(link, frame),
+      onLinkClosed: (link) => {
+        const links = this.transport?.links ?? [];
+        if (!links.some((l) => l.remoteId === link.remoteId)) this.server?.closeClient(link.remoteId);
+        this.#changed();
+      },
+      onLinkOpen: () => this.#changed(),
+      config: { log: this.log },
+    });
+    await this.#announce();
+    this.#setState('serving');
+    this.log.info(
+      `browser node ${this.identity.peerId.slice(0, 16)} serves ${manifest.model.name} blocks ` +
+        `${span.start}-${span.end} at ${this.throughput.toFixed(0)} block-tokens/s`,
+    );
+    this.#sample(); // the rate counts from here
+    this.#every(this.housekeepingMs, () => this.#housekeeping());
+    this.#every(1_000, () => this.#sample());
+    this.#gossipLoop();
+  }
+
+  async #fetchManifest() {
+    const url = new URL('manifest.json', folder(this.modelEntry.base));
+    let response;
+    try {
+      response = await fetch(url, { cache: 'no-store' });
+    } catch (err) {
+      throw new NodeError(`cannot fetch the manifest of ${this.modelEntry.name}: ${message(err)}`, { cause: err });
+    }
+    if (!response.ok) throw new NodeError(`cannot fetch the manifest of ${this.modelEntry.name}: HTTP ${response.status}`);
+    let manifest;
+    try {
+      manifest = await response.json();
+    } catch (err) {
+      throw new NodeError(`the manifest at ${url} is not JSON: ${message(err)}`, { cause: err });
+    }
+    if (
+      typeof manifest?.model?.name !== 'string' ||
+      typeof manifest.model.config !== 'object' ||
+      !(Number.isInteger(manifest.model.config?.num_layers) && manifest.model.config.num_layers > 0) ||
+      !Array.isArray(manifest.shards)
+    ) {
+      throw new NodeError(`the manifest at ${url} lacks model.name, model.config.num_layers or shards`);
+    }
+    for (const shard of manifest.shards) {
+      if (typeof shard?.file !== 'string' || !SHARD_FILE_RE.test(shard.file)) {
+        throw new NodeError(`the manifest at ${url} names a shard file ${JSON.stringify(shard?.file)} outside its folder`);
+      }
+    }
+    if (manifest.model.name !== this.modelEntry.name) {
+      throw new NodeError(`the manifest at ${url} is for ${manifest.model.name}, not ${this.modelEntry.name}`);
+    }
+    return manifest;
+  }
+
+  /**
+   * Download (or read from the IndexedDB cache) and load the shards; `download.cached` says whether
+   * every byte came from the cache (a corrupt cached copy is downloaded again by `fetchShardCached`).
+   * @param {import('../runtime/shard.js').ShardEntry[]} shards
+   */
+  async #loadShards(shards) {
+    this.#download = { loaded: 0, total: shards.reduce((sum, s) => sum + s.bytes, 0), cached: false };
+    this.#setState('downloading');
+    /** @type {Set<string>} */
+    let inCache = new Set();
+    try {
+      inCache = new Set((await new ShardCache(this.db).list()).map((info) => info.sha256));
+    } catch (err) {
+      this.log.warn(`cannot list the shard cache: ${message(err)}`);
+    }
+    let done = 0;
+    let allCached = true;
+    for (const entry of shards) {
+      const url = new URL(entry.file, folder(this.modelEntry.base)).href;
+      let fetched = !inCache.has(entry.sha256);
+      const log = {
+        warn: (/** @type {string} */ text) => {
+          fetched = true; // the cached copy was unreadable or corrupt: downloaded again
+          this.log.warn(text);
+        },
+      };
+      const onProgress = (/** @type {number} */ loaded) => {
+        this.#download = { ...this.#download, loaded: done + loaded };
+        this.#changed();
+      };
+      const meta = { model: this.modelEntry.name, file: entry.file, start: entry.start, end: entry.end };
+      const bytes = await fetchShardCached(this.db, url, entry.sha256, entry.bytes, onProgress, { meta, log });
+      allCached &&= !fetched;
+      done += entry.bytes;
+      this.#download = { loaded: done, total: this.#download.total, cached: allCached };
+      this.#changed();
+      this.runners.push(new BlocksRunner(await ShardRunner.fromBytes(bytes, entry, this.runtimeOptions), this.manifest));
+    }
+  }
+
+  async #announce() {
+    const server = /** @type {SpanServer} */ (this.server);
+    const span = /** @type {SpanChoice} */ (this.span);
+    await this.signal?.update({
+      serves: [{ model: this.modelEntry.name, start: span.start, end: span.end }],
+      throughputMilli: Math.max(1, Math.round(this.throughput * 1000)),
+      kvFreeTokens: server.kvFreeTokens,
+    });
+    this.announcedKv = server.kvFreeTokens;
+  }
+
+  // --- signals, frames, gossip -----------------------------------------------------------------------
+
+  /**
+   * @param {string} peerId
+   * @param {{[key: string]: unknown}} payload
+   */
+  async #sendSignal(peerId, payload) {
+    if (this.signal === null) throw new NodeError('the node is stopped');
+    await this.signal.sendSignal(peerId, payload);
+  }
+
+  /** Hand WebRTC signals to the transport and answer ledger gossip, until the signal client closes. */
+  async #pumpSignals() {
+    const signal = /** @type {SignalClient} */ (this.signal);
+    for await (const incoming of signal.signals()) {
+      const kind = incoming.payload.kind;
+      if (kind === LEDGER_SIGNAL) {
+        await this.#gossipReceived(incoming.sender, incoming.payload.msg);
+      } else if (kind === WEBRTC_SIGNAL) {
+        if (this.transport === null) {
+          // Not loaded yet (nothing is announced, so only a stale lookup sends this): the offerer times out.
+          this.log.info(`ignoring an offer from ${incoming.sender.slice(0, 8)}: not serving yet`);
+          continue;
+        }
+        // Paused links are still answered: an OPEN then gets session_refused at once, not a timeout.
+        this.transport.handleSignal(incoming).catch((err) => this.log.warn(`refused an offer: ${message(err)}`));
+      } else {
+        this.log.info(`ignoring a signal of kind ${JSON.stringify(String(kind)).slice(0, 40)} from ${incoming.sender.slice(0, 8)}`);
+      }
+    }
+  }
+
+  /**
+   * @param {string} sender
+   * @param {unknown} msg
+   */
+  async #gossipReceived(sender, msg) {
+    const ledger = this.ledger;
+    if (ledger === null) return;
+    try {
+      const replies = await ledger.gossipReceive(sender, msg);
+      for (const reply of replies) await this.#sendSignal(sender, { kind: LEDGER_SIGNAL, msg: reply });
+    } catch (err) {
+      this.log.warn(`ledger gossip from ${sender.slice(0, 8)} dropped: ${message(err)}`);
+    }
+  }
+
+  /** Open a gossip round with up to `fanout` random peers of the model; resolve to how many. */
+  async gossipNow(fanout = this.gossipFanout) {
+    const ledger = this.ledger;
+    const signal = this.signal;
+    if (ledger === null || signal === null || this.manifest === null) return 0;
+    const found = await signal.lookup(this.modelEntry.name, 0, numLayers(this.manifest), { limit: 64 });
+    const peers = [...new Set(found.map((a) => a.peer_id))].filter((p) => p !== this.peerId);
+    const chosen = shuffle(peers).slice(0, fanout);
+    for (const peer of chosen) {
+      const msg = await ledger.gossipStart(peer, { maxMessageBytes: SIGNALING_GOSSIP_BYTES });
+      if (msg) await this.#sendSignal(peer, { kind: LEDGER_SIGNAL, msg });
+    }
+    return chosen.length;
+  }
+
+  #gossipLoop() {
+    const next = () => {
+      if (this.#state === 'stopped' || this.#state === 'error') return;
+      const timer = setTimeout(async () => {
+        try {
+          await this.gossipNow();
+        } catch (err) {
+          this.log.info(`ledger gossip round failed: ${message(err)}`);
+        }
+        next();
+      }, this.gossipIntervalMs * (0.5 + Math.random()));
+      this.#timers.push(timer);
+    };
+    next();
+  }
+
+  /**
+   * @param {{remoteId: string, send(frame: import('../protocol/wire.js').Frame): Promise<void>}} link
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  #onFrame(link, frame) {
+    const server = this.server;
+    if (server === null) return;
+    server
+      .handle(link.remoteId, frame)
+      .then((answer) => link.send(answer))
+      .catch((err) => this.log.warn(`answer to ${link.remoteId.slice(0, 8)} not sent: ${message(err)}`));
+  }
+
+  // --- housekeeping and status -----------------------------------------------------------------------
+
+  async #housekeeping() {
+    const server = this.server;
+    if (server === null) return;
+    server.evictIdle();
+    const free = server.kvFreeTokens;
+    if (this.#state === 'serving' && free !== this.announcedKv) {
+      await this.signal?.update({ kvFreeTokens: free });
+      this.announcedKv = free;
+    }
+    await this.#refreshAccount();
+  }
+
+  async #refreshAccount() {
+    if (this.ledger === null || this.#refreshing) return;
+    this.#refreshing = true;
+    try {
+      const account = await this.ledger.account();
+      if (account.balance !== this.#account.balance || account.earned !== this.#account.earned) {
+        this.#account = { balance: account.balance, earned: account.earned };
+        this.#changed();
+      }
+    } catch (err) {
+      this.log.warn(`reading the balance failed: ${message(err)}`);
+    } finally {
+      this.#refreshing = false;
+    }
+  }
+
+  #sample() {
+    const now = Date.now();
+    this.#samples.push([now, this.server?.tokensServed ?? 0]);
+    while (this.#samples.length > 2 && now - this.#samples[0][0] > RATE_WINDOW_MS) this.#samples.shift();
+    this.#changed();
+  }
+
+  /** Token positions served per second since the oldest sample of the window (at least 1 s back). */
+  #rate() {
+    const first = this.#samples[0];
+    if (first === undefined) return 0;
+    const served = (this.server?.tokensServed ?? 0) - first[1];
+    return (served * 1000) / Math.max(Date.now() - first[0], 1000);
+  }
+
+  /**
+   * @param {number} ms
+   * @param {() => Promise<void> | void} task
+   */
+  #every(ms, task) {
+    let running = false;
+    const timer = setInterval(async () => {
+      if (running) return;
+      running = true;
+      try {
+        await task();
+      } catch (err) {
+        this.log.warn(`housekeeping failed: ${message(err)}`);
+      } finally {
+        running = false;
+      }
+    }, ms);
+    this.#timers.push(timer);
+  }
+
+  /** @param {NodeStatus['state']} state */
+  #setState(state) {
+    this.#state = state;
+    this.#emit();
+  }
+
+  /** Emit the status now, or within STATUS_THROTTLE_MS when one was just emitted. */
+  #changed() {
+    if (this.#emitTimer !== null) return;
+    const wait = this.#lastEmit + STATUS_THROTTLE_MS - Date.now();
+    if (wait <= 0) {
+      this.#emit();
+      return;
+    }
+    this.#emitTimer = setTimeout(() => {
+      this.#emitTimer = null;
+      this.#emit();
+    }, wait);
+  }
+
+  #emit() {
+    this.#lastEmit = Date.now();
+    try {
+      this.onEvent({ type: 'status', status: this.status() });
+    } catch (err) {
+      this.log.warn(`status listener failed: ${message(err)}`);
+    }
+  }
+
+  // --- pause, resume, stop ---------------------------------------------------------------------------
+
+  /**
+   * Stop serving cleanly: refuse new sessions and stop announcing the span now; let open sessions run
+   * to their end for up to `graceMs`, then close the rest (their clients fail over). The ledger stays
+   * and keeps gossiping. Resolves once no session is open.
+   * @param {{graceMs?: number}} [options]
+   */
+  async pause({ graceMs = this.pauseGraceMs } = {}) {
+    if (this.#state !== 'serving' || this.server === null) return;
+    const server = this.server;
+    const epoch = ++this.#pauseEpoch;
+    server.paused = true;
+    this.#setState('paused');
+    try {
+      await this.signal?.update({ serves: [], kvFreeTokens: 0 });
+    } catch (err) {
+      this.log.warn(`withdrawing the announcement failed: ${message(err)}`);
+    }
+    const deadline = Date.now() + graceMs;
+    while (server.sessions.size > 0 && Date.now() < deadline && this.#pauseEpoch === epoch && this.#state === 'paused') {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    if (this.#pauseEpoch === epoch && this.#state === 'paused' && server.sessions.size > 0) {
+      this.log.info(`closing ${server.sessions.size} sessions still open after ${graceMs} ms of pause`);
+      server.closeAll();
+    }
+    this.#changed();
+  }
+
+  /** Announce the span again and take new sessions. */
+  async resume() {
+    if (this.#state !== 'paused' || this.server === null) return;
+    this.#pauseEpoch++;
+    this.server.paused = false;
+    this.#setState('serving');
+    await this.#announce();
+  }
+
+  /** Release everything: links, sessions and runtime sessions, the signal client (with a bye), the ledger. */
+  async stop() {
+    if (this.#state === 'stopped') return;
+    this.#pauseEpoch++;
+    if (this.server !== null) this.server.paused = true;
+    await this.#release();
+    this.#setState('stopped');
+  }
+
+  async #release() {
+    for (const timer of this.#timers.splice(0)) {
+      clearTimeout(timer);
+      clearInterval(timer);
+    }
+    if (this.#emitTimer !== null) clearTimeout(this.#emitTimer);
+    this.#emitTimer = null;
+    this.transport?.close();
+    const signal = this.signal;
+    if (signal !== null) {
+      try {
+        await signal.close();
+      } catch (err) {
+        this.log.warn(`closing the signal client: ${message(err)}`);
+      }
+      await this.#pump;
+    }
+    if (this.server !== null) await this.server.release();
+    else for (const runner of this.runners) await runner.release();
+    if (this.ledger !== null) {
+      try {
+        await this.ledger.close();
+      } catch (err) {
+        this.log.warn(`closing the ledger: ${message(err)}`);
+      }
+    }
+    this.unlock?.();
+    this.unlock = null;
+  }
+}
+
+/**
+ * Hold the Web Lock `name` until the returned function is called; NodeError if another tab or worker
+ * holds it. Without the Web Locks API (old browsers) nothing is locked.
+ * @param {string} name
+ * @returns {Promise<() => void>}
+ */
+export async function acquireNodeLock(name) {
+  const locks = globalThis.navigator?.locks;
+  if (locks === undefined) return () => {};
+  /** @type {() => void} */
+  let release = () => {};
+  const held = new Promise((resolve) => {
+    release = () => resolve(undefined);
+  });
+  const granted = await new Promise((resolve, reject) => {
+    locks
+      .request(name, { ifAvailable: true }, (lock) => {
+        resolve(lock !== null);
+        return lock === null ? undefined : held;
+      })
+      .catch(reject);
+  });
+  if (!granted) {
+    throw new NodeError('another tab of this browser already contributes as this node: use that one, or close it first');
+  }
+  return release;
+}
+
+/** @param {unknown} config */
+function checkConfig(config) {
+  const c = /** @type {any} */ (config);
+  if (c === null || typeof c !== 'object') throw new NodeError('the page configuration is not an object');
+  if (!Array.isArray(c.signal) || !c.signal.length || !c.signal.every((/** @type {unknown} */ u) => typeof u === 'string')) {
+    throw new NodeError('the page configuration lists no signaling URL (signal)');
+  }
+  if (
+    !Array.isArray(c.models) ||
+    !c.models.length ||
+    !c.models.every((/** @type {any} */ m) => typeof m?.name === 'string' && typeof m?.base === 'string')
+  ) {
+    throw new NodeError('the page configuration lists no model ({name, base})');
+  }
+  if (!Number.isInteger(c.ledger?.pow_bits)) throw new NodeError('the page configuration has no ledger.pow_bits');
+  if (typeof c.python_core !== 'string') throw new NodeError('the page configuration has no python_core URL');
+}
+
+/** @param {string} base */
+function folder(base) {
+  const url = new URL(base, globalThis.location?.href ?? 'http://localhost/');
+  if (!url.pathname.endsWith('/')) url.pathname += '/';
+  return url;
+}
+
+/**
+ * @template T
+ * @param {T[]} items
+ */
+function shuffle(items) {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
