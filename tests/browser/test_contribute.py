@@ -256,6 +256,14 @@ def test_pause_finishes_open_sessions_then_resume(
             "another tab of this browser already contributes"
         )
         second.close()
+        # Nor may the chat page announce the same identity at signaling while the node serves.
+        chat = seen.context.new_page()
+        chat.goto(mesh.node.http_url + "/chat")
+        expect(chat.get_by_test_id("status")).to_contain_text(
+            "another tab of this browser already contributes as this node or chats as it", timeout=60_000
+        )
+        chat.close()
+        wait_announced(mesh.node, browser_id, [(1, 3)])
         run = LoopThread(failover_run(mesh.node, mesh.model, reached, go_on))
         spare: PeerProc | None = None
         try:

@@ -741,7 +741,9 @@ export async function acquireNodeLock(name) {
       .catch(reject);
   });
   if (!granted) {
-    throw new NodeError('another tab of this browser already contributes as this node: use that one, or close it first');
+    throw new NodeError(
+      'another tab of this browser already contributes as this node or chats as it (one identity is announced once): use that one, or close it first',
+    );
   }
   return release;
 }

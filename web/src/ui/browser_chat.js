@@ -20,6 +20,7 @@ import { MeshClient } from '../client/mesh_client.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
 import { fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
+import { acquireNodeLock } from '../node/node.js';
 
 /**
  * The page configuration (docs/browser.md, "Page configuration").
@@ -99,6 +100,8 @@ class ChatPage {
     this.model = null;
     /** @type {Promise<void> | null} */
     this.loading = null;
+    /** @type {(() => void) | null} releases the node lock this page holds while it is connected */
+    this.unlock = null;
     /** @type {Turn[]} */
     this.conversation = [];
     /** @type {AbortController | null} */
@@ -276,6 +279,9 @@ class ChatPage {
       const manifest = await response.json();
       const tokenizer = await ModelTokenizer.load(entry.base, manifest);
       const ledger = await this.ledger;
+      // Signaling binds a peer id to one connection: while the contribute page of this browser serves as
+      // this identity, announcing it here would take the node's place. Hold the node's lock instead.
+      this.unlock ??= await acquireNodeLock(`ai4all-node/${db.name}`);
       const local = manifest.shards.filter((/** @type {any} */ s) => s.kind === 'embed' || s.kind === 'head');
       const total = local.reduce((/** @type {number} */ n, /** @type {any} */ s) => n + s.bytes, 0);
       /** @type {Map<string, number>} */
