@@ -3,8 +3,8 @@
 One ``ai4all signal`` node serves the pages, the modules and the tiny Llama export (``--model-dir``);
 native ``ai4all peer`` processes serve blocks 0-1 and 3-4 (gossiping their ledgers every 2 s). The page
 at ``/`` must fetch nothing from signaling or the model before the visitor opts in; then it serves the
-least-served span (1-3), a Python mesh client's greedy tokens equal ``LocalChain``'s through it, its
-receipts reach the native peers' ledgers by gossip, and after a reload its identity, balance and log
+least-served span (1-3), a Python mesh client's greedy tokens equal ``LocalChain``'s through it, the
+chat page of another browser is served (and pays) through it too, its receipts reach the native peers' ledgers by gossip, and after a reload its identity, balance and log
 are still there (IndexedDB) while nothing starts by itself. Pausing takes it out of lookups while an
 open session runs to its end; new clients go to a native spare; resuming serves again. A corrupt cached
 shard is downloaded again; a shard altered on the server is refused with a clear error.
@@ -29,6 +29,7 @@ from python_peer.core.ledger import ReceiptBody
 from python_peer.core.manifest import load_manifest
 from python_peer.ledger_service import network_rules
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
+from tests.browser.test_browser_client import CHAT_PROMPT, chat_reference
 from tests.browser.test_browser_peer import LoopThread, failover_run, local_tokens, mesh_run
 from tests.procs import Node, PeerProc
 
@@ -207,6 +208,26 @@ def test_opt_in_serve_gossip_and_reload(browser: Browser, mesh: Mesh, artifacts_
         earned = wait_earned(seen)
         assert int((seen.testid("tokens-served").text_content() or "0").replace(",", "")) >= len(expected)
         expect(seen.testid("ledger-log").locator("[data-kind=receipt]")).not_to_have_count(0)
+
+        # A browser client (the chat page of another browser: its own identity and ledger) is served by
+        # this tab too, and pays it: the tab's ledger checks its balance and co-signs the receipt.
+        chat_context = browser.new_context()
+        try:
+            chat = chat_context.new_page()
+            chat.goto(mesh.node.http_url + "/chat")
+            expect(chat.get_by_test_id("status")).to_contain_text("is ready", timeout=START_TIMEOUT_MS)
+            chat.get_by_test_id("temperature").fill("0")
+            chat.get_by_test_id("max-tokens").fill("6")
+            chat.get_by_test_id("prompt").fill(CHAT_PROMPT)
+            chat.get_by_test_id("send").click()
+            reply = chat.get_by_test_id("assistant-message").last
+            expect(reply).to_have_attribute("data-finish", "length", timeout=120_000)
+            assert reply.text_content() == chat_reference(mesh.model, 6)
+            expect(chat.get_by_test_id("receipts")).to_have_text("3", timeout=20_000)
+            assert chat.get_by_test_id("peers").locator(f"tr[data-peer='{browser_id}']").count() == 1
+        finally:
+            chat_context.close()
+        earned = wait_earned(seen, above=earned)
 
         # Gossip carries the browser's receipts to both native peers, whose ledgers credit it.
         seen.page.screenshot(path=artifacts_dir / "contribute_serving.png", full_page=True)
