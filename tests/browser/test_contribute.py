@@ -274,14 +274,15 @@ def test_pause_finishes_open_sessions_then_resume(
         expect(second.get_by_test_id("opt-in")).to_be_enabled()
         second.get_by_test_id("opt-in").click()
         expect(second.get_by_test_id("error")).to_contain_text(
-            "another tab of this browser already contributes"
+            "another tab of this browser already contributes", timeout=START_TIMEOUT_MS
         )
         second.close()
         # Nor may the chat page announce the same identity at signaling while the node serves.
         chat = seen.context.new_page()
         chat.goto(mesh.node.http_url + "/chat")
         expect(chat.get_by_test_id("status")).to_contain_text(
-            "another tab of this browser already contributes as this node or chats as it", timeout=60_000
+            "another tab of this browser already contributes as this node or chats as it",
+            timeout=START_TIMEOUT_MS,
         )
         chat.close()
         wait_announced(mesh.node, browser_id, [(1, 3)])

@@ -25,7 +25,7 @@
 import { BrowserLedger } from '../ledger/ledger.js';
 import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
 import { SignalClient } from '../signaling/client.js';
-import { ShardCache, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
+import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
 import { BrowserTransport } from '../transport/peer.js';
 import { SpanServer } from './span_server.js';
 
@@ -718,35 +718,6 @@ export class BrowserNode {
   }
 }
 
-/**
- * Hold the Web Lock `name` until the returned function is called; NodeError if another tab or worker
- * holds it. Without the Web Locks API (old browsers) nothing is locked.
- * @param {string} name
- * @returns {Promise<() => void>}
- */
-export async function acquireNodeLock(name) {
-  const locks = globalThis.navigator?.locks;
-  if (locks === undefined) return () => {};
-  /** @type {() => void} */
-  let release = () => {};
-  const held = new Promise((resolve) => {
-    release = () => resolve(undefined);
-  });
-  const granted = await new Promise((resolve, reject) => {
-    locks
-      .request(name, { ifAvailable: true }, (lock) => {
-        resolve(lock !== null);
-        return lock === null ? undefined : held;
-      })
-      .catch(reject);
-  });
-  if (!granted) {
-    throw new NodeError(
-      'another tab of this browser already contributes as this node or chats as it (one identity is announced once): use that one, or close it first',
-    );
-  }
-  return release;
-}
 
 /** @param {unknown} config */
 function checkConfig(config) {
@@ -785,3 +756,5 @@ function shuffle(items) {
   }
   return out;
 }
+
+export { acquireNodeLock };

@@ -412,3 +412,38 @@ export async function fetchShardCached(db, url, sha256, bytes, onProgress, { met
   }
   return fresh;
 }
+
+// --- one node per identity ----------------------------------------------------------------------------
+
+/**
+ * Hold the Web Lock `name` until the returned function is called; StorageError (code `locked`) if
+ * another tab or worker holds it. Without the Web Locks API (old browsers) nothing is locked. The
+ * contribute page's node and the chat page take `ai4all-node/<database>`: signaling binds a peer id to
+ * one connection, so one identity must be announced from one place.
+ * @param {string} name
+ * @returns {Promise<() => void>}
+ */
+export async function acquireNodeLock(name) {
+  const locks = globalThis.navigator?.locks;
+  if (locks === undefined) return () => {};
+  /** @type {() => void} */
+  let release = () => {};
+  const held = new Promise((resolve) => {
+    release = () => resolve(undefined);
+  });
+  const granted = await new Promise((resolve, reject) => {
+    locks
+      .request(name, { ifAvailable: true }, (lock) => {
+        resolve(lock !== null);
+        return lock === null ? undefined : held;
+      })
+      .catch(reject);
+  });
+  if (!granted) {
+    throw new StorageError(
+      'another tab of this browser already contributes as this node or chats as it (one identity is announced once): use that one, or close it first',
+      { code: 'locked' },
+    );
+  }
+  return release;
+}

@@ -16,11 +16,11 @@
  * carry `data-testid` attributes for tests/browser/test_browser_client.py.
  */
 
+import { credits, el, message, mountPage } from './dom.js';
 import { MeshClient } from '../client/mesh_client.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
-import { fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
-import { acquireNodeLock } from '../node/node.js';
+import { acquireNodeLock, fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
 
 /**
  * The page configuration (docs/browser.md, "Page configuration").
@@ -30,25 +30,6 @@ import { acquireNodeLock } from '../node/node.js';
 
 /** @typedef {{role: 'user' | 'assistant', content: string}} Turn */
 
-/**
- * An element with attributes and children.
- * @param {string} tag
- * @param {{[key: string]: string | boolean | undefined}} [attrs]
- * @param {(Node | string)[]} children
- */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value === undefined || value === false) continue;
-    if (name === 'class') node.className = String(value);
-    else node.setAttribute(name, value === true ? '' : value);
-  }
-  node.append(...children);
-  return node;
-}
-
-/** @param {unknown} err */
-const message = (err) => (err instanceof Error ? err.message : String(err));
 /** @param {string} id */
 const short = (id) => `${id.slice(0, 8)}…`;
 /** @param {number} bytes */
@@ -56,12 +37,6 @@ export function formatBytes(bytes) {
   if (bytes < 1024) return `${bytes} B`;
   if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
   return `${(bytes / 1024 / 1024).toFixed(2)} MiB`;
-}
-/** Ledger units (1 credit = 1000 units) as credits with three decimals. @param {number} units */
-export function credits(units) {
-  const sign = units < 0 ? '-' : '';
-  const abs = Math.abs(Math.trunc(units));
-  return `${sign}${Math.floor(abs / 1000).toLocaleString('en')}.${String(abs % 1000).padStart(3, '0')}`;
 }
 
 /**
@@ -462,14 +437,8 @@ class ChatPage {
 }
 
 function main() {
-  const link = document.createElement('link');
-  link.rel = 'stylesheet';
-  link.href = new URL('./browser_chat.css', import.meta.url).href;
-  document.head.append(link);
-  const root = document.getElementById('app');
-  const script = document.getElementById('ai4all-config');
-  if (root === null || script === null) throw new Error('the page has no #app or #ai4all-config element');
-  const page = new ChatPage(root, JSON.parse(script.textContent ?? '{}'));
+  const { root, config } = mountPage(new URL('./browser_chat.css', import.meta.url));
+  const page = new ChatPage(root, config);
   page.init().catch((err) => page.showStatus(message(err), 'error'));
   window.addEventListener('pagehide', () => {
     page.running?.abort();

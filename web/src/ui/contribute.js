@@ -16,6 +16,7 @@
  * Elements carry `data-testid` attributes for the browser tests (tests/browser/test_contribute.py).
  */
 
+import { credits, el, message, mountPage } from './dom.js';
 import { BrowserLedger } from '../ledger/ledger.js';
 import { BrowserNode, MIB } from '../node/node.js';
 import { getSetting, loadOrCreateIdentity, openDatabase, setSetting } from '../storage/db.js';
@@ -29,37 +30,11 @@ const LOG_ROWS = 20;
 /** @typedef {import('../node/node.js').NodeStatus} NodeStatus */
 /** @typedef {{optedIn: boolean, memoryBudgetMb: number, span: string}} Settings */
 
-/**
- * An element with attributes and children; `data-testid` and other attributes are set as given.
- * @param {string} tag
- * @param {{[key: string]: string | boolean | undefined}} [attrs]
- * @param {(Node | string)[]} children
- */
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs)) {
-    if (value === undefined || value === false) continue;
-    if (name === 'class') node.className = String(value);
-    else node.setAttribute(name, value === true ? '' : value);
-  }
-  node.append(...children);
-  return node;
-}
-
-/** Ledger units as credits with three decimals, exactly. @param {number | null} units */
-export function credits(units) {
-  if (units === null || !Number.isFinite(units)) return '—';
-  const sign = units < 0 ? '-' : '';
-  const abs = Math.abs(Math.trunc(units));
-  return `${sign}${Math.floor(abs / 1000).toLocaleString('en')}.${String(abs % 1000).padStart(3, '0')}`;
-}
 
 /** @param {number} bytes */
 const mib = (bytes) => `${(bytes / MIB).toFixed(1)} MiB`;
 /** @param {string} id */
 const short = (id) => `${id.slice(0, 8)}…${id.slice(-4)}`;
-/** @param {unknown} err */
-const message = (err) => (err instanceof Error ? err.message : String(err));
 
 /**
  * "START-END" or empty (automatic) -> a span or null; throws a readable error otherwise.
@@ -454,14 +429,8 @@ export function describeEntry(entry, me) {
 }
 
 function main() {
-  const link = document.createElement('link');
-  link.rel = 'stylesheet';
-  link.href = new URL('./contribute.css', import.meta.url).href;
-  document.head.append(link);
-  const root = document.getElementById('app');
-  const script = document.getElementById('ai4all-config');
-  if (root === null || script === null) throw new Error('the page has no #app or #ai4all-config element');
-  const page = new ContributePage(root, JSON.parse(script.textContent ?? '{}'));
+  const { root, config } = mountPage(new URL('./contribute.css', import.meta.url));
+  const page = new ContributePage(root, config);
   page.init().catch((err) => page.showError(message(err)));
   // Leaving the page: say bye to signaling (best effort), so the mesh stops routing to this tab now.
   window.addEventListener('pagehide', () => {
