@@ -10,17 +10,19 @@ tests import modules. The signaling node will serve ``web/`` later; this server 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import shutil
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page
@@ -251,3 +253,28 @@ def harness(
         name = request.module.__name__.rsplit(".", 1)[-1]
         page.screenshot(path=artifacts_dir / f"{name}.png", full_page=True)
         context.close()
+
+
+T = TypeVar("T")
+
+
+class LoopThread:
+    """``asyncio.run`` of one coroutine in a daemon thread; ``result`` waits for it."""
+
+    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
+        self.future: Future[Any] = Future()
+
+        def main() -> None:
+            try:
+                self.future.set_result(asyncio.run(coro))
+            except BaseException as exc:  # handed to the test thread
+                self.future.set_exception(exc)
+
+        self.thread = threading.Thread(target=main, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float) -> Any:
+        try:
+            return self.future.result(timeout)
+        finally:
+            self.thread.join(1)

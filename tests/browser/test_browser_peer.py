@@ -22,11 +22,10 @@ import json
 import os
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -58,12 +57,11 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import from_wire, to_wire
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
-from tests.browser.conftest import HARNESS_PATH, MOUNTS, ROOT, Harness, WebServer
+from tests.browser.conftest import HARNESS_PATH, MOUNTS, ROOT, Harness, LoopThread, WebServer
 from tests.procs import Node, PeerProc
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-T = TypeVar("T")
 PROMPT = "What is the capital of France?"
 MAX_TOKENS = 12
 FAST = ClientConfig(request_timeout_s=15.0, connect_timeout_s=15.0, ban_seconds=60.0)
@@ -118,28 +116,6 @@ STATS_JS = """() => ({
   refusedOffers: window.node.refused,
   status: window.node.node.status(),
 })"""
-
-
-class LoopThread:
-    """``asyncio.run`` of one coroutine in a daemon thread; ``result`` waits for it."""
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self.future: Future[Any] = Future()
-
-        def main() -> None:
-            try:
-                self.future.set_result(asyncio.run(coro))
-            except BaseException as exc:  # handed to the test thread
-                self.future.set_exception(exc)
-
-        self.thread = threading.Thread(target=main, daemon=True)
-        self.thread.start()
-
-    def result(self, timeout: float) -> Any:
-        try:
-            return self.future.result(timeout)
-        finally:
-            self.thread.join(1)
 
 
 @dataclass

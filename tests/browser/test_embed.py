@@ -28,13 +28,12 @@ import html
 import re
 import threading
 import time
-from collections.abc import Coroutine, Iterator
-from concurrent.futures import Future
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request, WebSocket, expect
@@ -50,11 +49,11 @@ from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
+from tests.browser.conftest import LoopThread
 from tests.procs import Node, PeerProc
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-T = TypeVar("T")
 PROMPT = "What is the capital of France?"
 MAX_TOKENS = 12
 FAST = ClientConfig(request_timeout_s=15.0, connect_timeout_s=15.0, ban_seconds=60.0)
@@ -78,28 +77,6 @@ setInterval(() => {{
 </body></html>
 """
 RESET_TICKER = "() => { const t = window.ticker; t.count = 0; t.maxGapMs = 0; t.last = performance.now(); }"
-
-
-class LoopThread:
-    """``asyncio.run`` of one coroutine in a daemon thread; ``result`` waits for it."""
-
-    def __init__(self, coro: Coroutine[Any, Any, T]) -> None:
-        self.future: Future[Any] = Future()
-
-        def main() -> None:
-            try:
-                self.future.set_result(asyncio.run(coro))
-            except BaseException as exc:  # handed to the test thread
-                self.future.set_exception(exc)
-
-        self.thread = threading.Thread(target=main, daemon=True)
-        self.thread.start()
-
-    def result(self, timeout: float) -> Any:
-        try:
-            return self.future.result(timeout)
-        finally:
-            self.thread.join(1)
 
 
 # --- the host site: another origin, plain pages ---------------------------------------------------
