@@ -35,6 +35,8 @@ PUSH_ENTRIES = 64  # own entries a client pushes to a peer before opening sessio
 MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
 # Signal payloads hold 32 KiB of JSON; gossip through signaling stays under that.
 SIGNALING_GOSSIP = GossipConfig(max_message_bytes=28 * 1024)
+# On a session link a GOSSIP frame's metadata holds 64 KiB: a message plus its envelope stays under that.
+CHANNEL_GOSSIP = GossipConfig(max_message_bytes=60 * 1024)
 
 
 def network_rules() -> Rules:
@@ -151,22 +153,29 @@ class LedgerService:
 
     # --- gossip ----------------------------------------------------------------------------------------
 
-    def _session(self, peer: str) -> GossipSession:
+    def _session(self, peer: str, config: GossipConfig) -> GossipSession:
+        """The one session with ``peer`` (its rate limits cover every transport), at ``config``'s budget."""
         with self._gossip_lock:
             session = self._gossip.get(peer)
             if session is None:
                 if len(self._gossip) >= MAX_GOSSIP_PEERS:
                     self._gossip.pop(next(iter(self._gossip)))
-                session = self._gossip[peer] = GossipSession(self.store, SIGNALING_GOSSIP, peer=peer)
+                session = self._gossip[peer] = GossipSession(self.store, config, peer=peer)
+            elif session.config != config:
+                session.config = config
             return session
 
-    def gossip_start(self, peer: str) -> dict[str, Any] | None:
-        return self._session(peer).start(now_ms(), force=True)
+    def gossip_start(self, peer: str, config: GossipConfig = SIGNALING_GOSSIP) -> dict[str, Any] | None:
+        """A ``summary`` opening a round with ``peer``; ``config``: SIGNALING_GOSSIP or CHANNEL_GOSSIP."""
+        return self._session(peer, config).start(now_ms(), force=True)
 
-    def gossip_receive(self, peer: str, message: object) -> list[dict[str, Any]]:
+    def gossip_receive(
+        self, peer: str, message: object, config: GossipConfig = SIGNALING_GOSSIP
+    ) -> list[dict[str, Any]]:
+        """The replies to one message from ``peer`` (none when it is dropped: malformed, too big, too many)."""
         if not isinstance(message, dict):
             raise LedgerError("a gossip message must be a JSON object")
-        received = self._session(peer).receive(message, now_ms())
+        received = self._session(peer, config).receive(message, now_ms())
         if received.problem:
             log.info("gossip from %s dropped: %s", peer[:8], received.problem)
         if received.forks:

@@ -6,6 +6,11 @@ and runs each step down the chain. When a hop fails (its link closes, it answers
 does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
 then goes on, and the tokens come out as if nothing had failed.
+
+With a ledger, the client pushes its own log to a peer before its first session there and countersigns
+the receipt the peer proposes at CLOSE. Once that receipt is recorded, it runs an anti-entropy exchange
+with the peer over the same link (at most once per peer per ``gossip_every_s``, in the background): both
+sides pull the entries they lack, third parties' included, without waiting for gossip through signaling.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +32,7 @@ from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
 from .errors import LinkClosedError, PeerError
-from .ledger_service import LedgerService
+from .ledger_service import CHANNEL_GOSSIP, LedgerService
 from .routing import BanList, Candidate, NoRouteError, choose_route
 from .rpc import RpcClient
 from .runner import ShardRunner
@@ -54,6 +60,8 @@ class ClientConfig:
     max_failovers: int = 8  # per session
     lookup_cache_s: float = 2.0  # signaling allows a connection 20 messages a second
     threads: int | None = None
+    gossip_every_s: float | None = 30.0  # ledger gossip on a session link, per peer; None: never
+    gossip_max_requests: int = 16  # GOSSIP requests of one exchange
 
 
 @dataclass
@@ -99,6 +107,31 @@ class _Hop:
         return out
 
 
+async def gossip_exchange(
+    ledger: LedgerService, peer_id: str, rpc: RpcClient, *, timeout: float, max_requests: int = 16
+) -> int:
+    """Anti-entropy with a serving peer over its link: send our ``summary`` as a GOSSIP request
+    ``{kind: "gossip", msg}``, feed each message of its answer (``{replies: [...]}``) to our gossip session
+    with the peer, send what that answers as new requests, and stop when nothing is left to send or after
+    ``max_requests``. Returns the number of requests sent. A failing link raises (``HOP_FAILURES``), a
+    reply that is not a JSON object ``LedgerError``; other bad replies are dropped by the session."""
+    first = await asyncio.to_thread(ledger.gossip_start, peer_id, CHANNEL_GOSSIP)
+    queue = deque([first] if first is not None else [])
+    sent = 0
+    while queue and sent < max_requests:
+        meta = {"kind": "gossip", "msg": queue.popleft()}
+        answer = await rpc.call(Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=meta), timeout)
+        sent += 1
+        replies = answer.meta.get("replies")
+        if not isinstance(replies, list):
+            raise PeerError(f"peer {peer_id[:16]} answered a gossip request without a list of replies")
+        for reply in replies:
+            queue.extend(await asyncio.to_thread(ledger.gossip_receive, peer_id, reply, CHANNEL_GOSSIP))
+    if queue:
+        log.info("ledger gossip with %s stopped after %d requests", peer_id[:8], sent)
+    return sent
+
+
 class MeshClient:
     """Everything a user's machine needs to generate through the mesh."""
 
@@ -125,12 +158,17 @@ class MeshClient:
         self._rpcs: dict[str, RpcClient] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lookups: dict[tuple[int, int], tuple[float, list[Announcement]]] = {}
+        self._gossiped: dict[str, float] = {}  # peer id -> when the last exchange with it started
+        self._gossip_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def model(self) -> str:
         return self.manifest.name
 
     async def aclose(self) -> None:
+        for task in list(self._gossip_tasks):
+            task.cancel()
+        await asyncio.gather(*self._gossip_tasks, return_exceptions=True)
         for rpc in list(self._rpcs.values()):
             await rpc.aclose()
         self._rpcs.clear()
@@ -155,6 +193,42 @@ class MeshClient:
                 push = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta={"kind": "push", "entries": entries})
                 await rpc.call(push, self.config.request_timeout_s)
             return rpc
+
+    def gossip_soon(self, peer_id: str, rpc: RpcClient) -> asyncio.Task[None] | None:
+        """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
+        ``gossip_every_s`` ago; the task (or None). Its failures are logged, never raised."""
+        every = self.config.gossip_every_s
+        if self.ledger is None or every is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        last = self._gossiped.get(peer_id)
+        if last is not None and now - last < every:
+            return None
+        self._gossiped[peer_id] = now
+        task = asyncio.create_task(self._gossip_logged(peer_id, rpc), name=f"gossip-{peer_id[:8]}")
+        self._gossip_tasks.add(task)
+        task.add_done_callback(self._gossip_tasks.discard)
+        return task
+
+    async def gossip_settled(self) -> None:
+        """Wait for the gossip exchanges under way."""
+        while self._gossip_tasks:
+            await asyncio.gather(*self._gossip_tasks, return_exceptions=True)
+
+    async def _gossip_logged(self, peer_id: str, rpc: RpcClient) -> None:
+        if self.ledger is None:
+            return
+        try:
+            sent = await gossip_exchange(
+                self.ledger,
+                peer_id,
+                rpc,
+                timeout=self.config.request_timeout_s,
+                max_requests=self.config.gossip_max_requests,
+            )
+            log.debug("ledger gossip with %s: %d requests", peer_id[:8], sent)
+        except (*HOP_FAILURES, LedgerError) as exc:
+            log.warning("ledger gossip with %s failed: %s: %s", peer_id[:8], type(exc).__name__, exc)
 
     async def candidates(self, start: int, end: int) -> list[Candidate]:
         """Peers serving blocks in ``[start, end)``; lookups are cached briefly, as signaling rate-limits them."""
@@ -345,6 +419,8 @@ class MeshSession:
                 "server_sig": answer.meta.get("server_sig"),
             }
             await hop.rpc.call(Frame(FrameType.GOSSIP, hop.session, hop.next_step + 1, meta=meta), 5.0)
+            # The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
+            self.client.gossip_soon(hop.peer_id, hop.rpc)
         except (*HOP_FAILURES, LedgerError) as exc:
             log.warning("closing session on %s: %s", hop.peer_id[:8], exc)
 

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.canonical import is_peer_id
+from python_peer.core.canonical import canonical_bytes, is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
 from python_peer.core.ledger import Receipt
 from python_peer.core.manifest import Manifest
 from python_peer.core.spans import Span
-from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
+from python_peer.core.wire import MAX_METADATA_BYTES, ErrorCode, Frame, FrameType, error_frame
 
 from .errors import PeerError, SessionError, ShardInputError
-from .ledger_service import LedgerService
+from .ledger_service import CHANNEL_GOSSIP, LedgerService
 from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
@@ -88,6 +88,7 @@ class SpanServer:
         self.tokens_served = 0
         self.ledger: LedgerService | None = None  # set by the peer; without it sessions are free
         self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
+        self._recording: set[str] = set()  # receipts being recorded now
 
     @property
     def reserved_bytes(self) -> int:
@@ -278,7 +279,8 @@ class SpanServer:
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
 
     async def _ledger_request(self, client: str, frame: Frame) -> Frame:
-        """GOSSIP frames on a session link: a client pushing its log, or returning a countersigned receipt."""
+        """GOSSIP frames on a session link: a client pushing its log, returning a countersigned receipt,
+        or sending one anti-entropy message (answered with the replies of its gossip session here)."""
         if self.ledger is None or not is_peer_id(client):
             raise _Refusal(ErrorCode.BAD_FRAME, "this peer keeps no ledger for this client")
         kind = frame.meta.get("kind")
@@ -286,19 +288,35 @@ class SpanServer:
             stored = await asyncio.to_thread(self.ledger.accept_entries, frame.meta.get("entries"))
             return Frame(FrameType.RESULT, frame.session, frame.step, meta={"stored": stored})
         if kind == "receipt":
-            receipt = self._receipts.pop(self._key(client, frame.session), None)
-            client_sig, server_sig = frame.meta.get("client_sig"), frame.meta.get("server_sig")
-            if (
-                receipt is None
-                or frame.meta.get("receipt") != receipt.to_dict()
-                or not isinstance(client_sig, str)
-            ):
-                raise _Refusal(
-                    ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature"
-                )
-            await asyncio.to_thread(self.ledger.record_receipt, receipt, client_sig, str(server_sig))
-            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"recorded": receipt.id})
+            return await self._record_receipt(self.ledger, client, frame)
+        if kind == "gossip":
+            replies = await asyncio.to_thread(
+                self.ledger.gossip_receive, client, frame.meta.get("msg"), CHANNEL_GOSSIP
+            )
+            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"replies": fit_replies(replies)})
         raise _Refusal(ErrorCode.BAD_FRAME, f"unknown ledger request {kind!r:.40}")
+
+    async def _record_receipt(self, ledger: LedgerService, client: str, frame: Frame) -> Frame:
+        """The countersigned receipt of a closed session: recorded once, and only if it verifies. A forged
+        or badly signed frame is refused and the receipt waits on for the client's genuine one."""
+        key = self._key(client, frame.session)
+        receipt = self._receipts.get(key)
+        client_sig, server_sig = frame.meta.get("client_sig"), frame.meta.get("server_sig")
+        if (
+            receipt is None
+            or key in self._recording
+            or frame.meta.get("receipt") != receipt.to_dict()
+            or not isinstance(client_sig, str)
+        ):
+            raise _Refusal(ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature")
+        self._recording.add(key)  # a second copy of the frame meanwhile cannot record it twice
+        try:
+            await asyncio.to_thread(ledger.record_receipt, receipt, client_sig, str(server_sig))
+        finally:
+            self._recording.discard(key)
+        if self._receipts.get(key) is receipt:
+            del self._receipts[key]
+        return Frame(FrameType.RESULT, frame.session, frame.step, meta={"recorded": receipt.id})
 
     def _close(self, key: str) -> None:
         if self.sessions.pop(key, None) is not None:
@@ -321,6 +339,22 @@ class SpanServer:
             log.info("evicting idle session %s", key[-8:])
             self._close(key)
         return len(idle)
+
+
+def fit_replies(replies: list[dict[str, Any]], limit: int = MAX_METADATA_BYTES) -> list[dict[str, Any]]:
+    """The leading gossip replies whose ``{"replies": [...]}`` fits one frame's metadata. Two replies can
+    outgrow it (a 60 KiB ``heads`` and its ``want``); the ones left out cost a round, as pulling is
+    idempotent: the client asks again."""
+    kept: list[dict[str, Any]] = []
+    size = len(b'{"replies":[]}')
+    for reply in replies:
+        cost = len(canonical_bytes(reply)) + (1 if kept else 0)
+        if size + cost > limit:
+            log.info("gossip reply of %d bytes left out: the frame is full", cost)
+            break
+        kept.append(reply)
+        size += cost
+    return kept
 
 
 class _Refusal(Exception):

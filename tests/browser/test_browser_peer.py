@@ -70,7 +70,7 @@ MODEL_PREFIX = "/model/"
 CORE_PREFIX = "/py/python_peer/core/"
 
 # Start a BrowserNode on the harness page; its transport counts what it answers. `window.node` keeps it.
-SERVE_JS = """async ({ config, span, memoryBudgetMb }) => {
+SERVE_JS = """async ({ config, span, memoryBudgetMb, options }) => {
   const { openDatabase } = await import('/web/src/storage/db.js');
   const { BrowserNode } = await import('/web/src/node/node.js');
   const { BrowserTransport } = await import('/web/src/transport/peer.js');
@@ -103,7 +103,7 @@ SERVE_JS = """async ({ config, span, memoryBudgetMb }) => {
   const log = { info: () => {}, warn: (m) => { if (m.startsWith('refused an offer')) refused.push(m); } };
   const db = await openDatabase('ai4all');
   const node = await BrowserNode.start(config, {
-    db, span, memoryBudgetMb, runtime: { allowWebGPU: false, threads: 1 }, createTransport, log,
+    db, span, memoryBudgetMb, runtime: { allowWebGPU: false, threads: 1 }, createTransport, log, ...options,
   });
   window.node = { node, answered, refused, transport: () => transport };
   return node.peerId;
@@ -170,8 +170,12 @@ def browser_peer(
     model: Path,
     span: tuple[int, int] = (1, 3),
     memory_budget_mb: float = 512,
+    options: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Page, str]]:
-    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span``."""
+    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span``.
+
+    ``options`` go to ``BrowserNode.start`` as they are (``gossipIntervalMs``, say).
+    """
     context = browser.new_context()
     page = context.new_page()
     errors: list[str] = []
@@ -182,6 +186,7 @@ def browser_peer(
             "config": page_config(web_server, signal_url, model),
             "span": {"start": span[0], "end": span[1]},
             "memoryBudgetMb": memory_budget_mb,
+            "options": options or {},
         }
         peer_id = page.evaluate(SERVE_JS, args)
         yield page, str(peer_id)

@@ -17,6 +17,9 @@
  *
  * After CLOSE, a peer that keeps a ledger proposes a receipt; the client checks and countersigns it
  * with its `BrowserLedger` (`web/src/ledger/ledger.js`) and sends it back (GOSSIP `{kind: 'receipt'}`).
+ * Once a receipt is recorded, the client runs a ledger gossip exchange with that peer over the same link
+ * (GOSSIP `{kind: 'gossip', msg}` answered `{replies: [...]}`, at most once per peer per `gossipEveryMs`,
+ * in the background): both sides pull the entries they lack, third parties' included.
  * With `ledger: null` the client pushes nothing and countersigns nothing (browser span servers that keep
  * no ledger serve it; native peers answer OPEN with `payment_required`, raised as MeshError).
  *
@@ -37,6 +40,7 @@ import {
   frameTensor,
   tensorToFloat32,
 } from '../protocol/wire.js';
+import { CHANNEL_GOSSIP_BYTES } from '../ledger/ledger.js';
 import { SignalClient } from '../signaling/client.js';
 import { BrowserTransport, LinkClosedError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
@@ -78,6 +82,8 @@ export function isHopFailure(err) {
  * @property {number} lookupCacheMs  signaling allows a connection 20 messages a second
  * @property {number} [probeEveryMs]
  * @property {number} [probeTimeoutMs]
+ * @property {number | null} gossipEveryMs  ledger gossip on a session link, per peer; null: never
+ * @property {number} gossipMaxRequests  GOSSIP requests of one exchange
  */
 
 /** @type {Readonly<ClientConfig>} */
@@ -88,6 +94,8 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   banSeconds: 60,
   maxFailovers: 8,
   lookupCacheMs: 2_000,
+  gossipEveryMs: 30_000,
+  gossipMaxRequests: 16,
 });
 
 /**
@@ -97,6 +105,10 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
  * @property {(limit?: number) => Promise<unknown[]> | unknown[]} ownEntries
  * @property {(receipt: unknown, serverSig: unknown, terms: {server: string, session: string, model: string,
  *   start: number, end: number, tokens: number}) => Promise<{receipt: unknown, clientSig: string}>} countersign
+ * @property {(peer: string, options: {maxMessageBytes: number}) => Promise<unknown>} [gossipStart]
+ *   a `summary` opening a gossip round with `peer` (or null)
+ * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
+ *   the replies to one gossip message from `peer`
  */
 
 /** @typedef {{data: Float32Array, dims: number[]}} Hidden */
@@ -238,6 +250,10 @@ export class MeshClient {
   #byLink = new WeakMap();
   /** @type {Map<string, {at: number, announcements: import('../signaling/client.js').Announcement[]}>} */
   #lookups = new Map();
+  /** @type {Map<string, number>} peer id -> when the last gossip exchange with it started */
+  #gossiped = new Map();
+  /** @type {Set<Promise<void>>} */
+  #gossipRuns = new Set();
 
   /**
    * Use `MeshClient.connect(...)`, which builds the signal client and transport; this constructor takes
@@ -443,6 +459,65 @@ export class MeshClient {
       }
     }
     return rpc;
+  }
+
+  /**
+   * Start a ledger gossip exchange with `peerId` in the background, unless one started less than
+   * `gossipEveryMs` ago (or the ledger cannot gossip); its promise, or null. Failures are logged, never thrown.
+   * @param {string} peerId
+   * @param {RpcClient} rpc
+   * @returns {Promise<void> | null}
+   */
+  gossipSoon(peerId, rpc) {
+    const every = this.config.gossipEveryMs;
+    const ledger = this.ledger;
+    if (ledger === null || every === null || !ledger.gossipStart || !ledger.gossipReceive || this.closed) return null;
+    const now = performance.now();
+    const last = this.#gossiped.get(peerId);
+    if (last !== undefined && now - last < every) return null;
+    this.#gossiped.set(peerId, now);
+    const run = this.gossipExchange(peerId, rpc).then(
+      (sent) => this.log.info(`ledger gossip with ${peerId.slice(0, 8)}: ${sent} requests`),
+      (err) => this.log.warn(`ledger gossip with ${peerId.slice(0, 8)} failed: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`),
+    );
+    const tracked = run.finally(() => this.#gossipRuns.delete(tracked));
+    this.#gossipRuns.add(tracked);
+    return tracked;
+  }
+
+  /** Wait for the gossip exchanges under way. */
+  async gossipSettled() {
+    while (this.#gossipRuns.size) await Promise.all([...this.#gossipRuns]);
+  }
+
+  /**
+   * Anti-entropy with a serving peer over its link (Python's `mesh_client.gossip_exchange`): send our
+   * `summary` as a GOSSIP request `{kind: 'gossip', msg}`, feed each message of the answer
+   * (`{replies: [...]}`) to our gossip session with the peer, send what that answers as new requests, and
+   * stop when nothing is left or after `gossipMaxRequests`. Resolves to the number of requests sent.
+   * @param {string} peerId
+   * @param {RpcClient} rpc
+   * @returns {Promise<number>}
+   */
+  async gossipExchange(peerId, rpc) {
+    const ledger = this.ledger;
+    if (ledger === null || !ledger.gossipStart || !ledger.gossipReceive) return 0;
+    const options = { maxMessageBytes: CHANNEL_GOSSIP_BYTES };
+    const first = await ledger.gossipStart(peerId, options);
+    const queue = first === null || first === undefined ? [] : [first];
+    let sent = 0;
+    while (queue.length && sent < this.config.gossipMaxRequests) {
+      if (this.closed) throw new MeshError('the mesh client is closed');
+      const meta = { kind: 'gossip', msg: /** @type {any} */ (queue.shift()) };
+      const session = crypto.getRandomValues(new Uint8Array(16));
+      const answer = await this.call(rpc, { type: FrameType.GOSSIP, session, step: 0, meta }, this.config.requestTimeoutMs);
+      sent++;
+      const replies = answer.meta.replies;
+      if (!Array.isArray(replies)) throw new BadAnswerError(`peer ${peerId.slice(0, 16)} answered a gossip request without a list of replies`);
+      for (const reply of replies) queue.push(...(await ledger.gossipReceive(peerId, reply, options)));
+    }
+    if (queue.length) this.log.info(`ledger gossip with ${peerId.slice(0, 8)} stopped after ${sent} requests`);
+    return sent;
   }
 
   /**
@@ -741,6 +816,8 @@ export class MeshSession {
       const meta = { kind: 'receipt', receipt: /** @type {any} */ (receipt), client_sig: clientSig, server_sig: serverSig ?? null };
       const recorded = await client.call(hop.rpc, { type: FrameType.GOSSIP, session: hop.session, step: hop.nextStep + 1, meta }, timeout);
       client.receipts.push({ peerId: hop.peerId, recorded: String(recorded.meta.recorded) });
+      // The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
+      client.gossipSoon(hop.peerId, hop.rpc);
     } catch (err) {
       // a failing peer, or a receipt the ledger refuses to sign: logged, and the generation stands
       if (!(err instanceof AI4AllError)) throw err;

@@ -13,8 +13,11 @@
  * positions; CLOSE proposes the receipt of the work done (`meta.receipt`, `meta.server_sig`); GOSSIP
  * takes a client's log (`{kind: 'push', entries}` -> `{stored: n}`) and the countersigned receipt of a
  * closed session (`{kind: 'receipt', receipt, client_sig, server_sig}` -> `{recorded: id}`), only the
- * one waiting for that session, once. Unlike Python, a forged or badly signed receipt frame does not
- * discard the waiting receipt: the client's genuine one is still recorded after it. Ledger errors
+ * one waiting for that session, once, and one anti-entropy message (`{kind: 'gossip', msg}` ->
+ * `{replies: [...]}`: what the node's gossip session with that client answers, at the data channel's
+ * budget, as many as fit one frame; none for a message the session drops). As in Python, a forged or
+ * badly signed receipt frame does not discard the waiting receipt: the client's genuine one is still
+ * recorded after it. Ledger errors
  * (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python does.
  * Without a ledger sessions are free: OPEN never answers
  * `payment_required`, CLOSE proposes no receipt, a client's push is answered `{stored: 0}` and other
@@ -24,9 +27,11 @@
  * run to their end.
  */
 
+import { CHANNEL_GOSSIP_BYTES } from '../ledger/ledger.js';
 import {
   ErrorCode,
   FrameType,
+  MAX_METADATA_BYTES,
   TensorError,
   WireError,
   canonicalJson,
@@ -58,6 +63,8 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
  * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
  *   Promise<{receipt: {[key: string]: unknown}, serverSig: string}>} serverReceipt
  * @property {(receipt: {[key: string]: unknown}, clientSig: string, serverSig: string) => unknown} recordReceipt
+ * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
+ *   the replies of the gossip session with `peer`; a LedgerError for a message that is not an object
  */
 
 /**
@@ -105,6 +112,25 @@ async function receiptId(receipt) {
   return hex(digest);
 }
 
+/**
+ * The leading gossip replies whose `{"replies": [...]}` fits one frame's metadata (Python's
+ * `server.fit_replies`): a 60 KiB `heads` and its `want` can outgrow it, and what is left out costs a
+ * round, as pulling is idempotent.
+ * @param {unknown[]} replies
+ */
+export function fitReplies(replies, limit = MAX_METADATA_BYTES) {
+  const kept = [];
+  let size = '{"replies":[]}'.length;
+  for (const reply of replies) {
+    const cost = UTF8.encode(canonicalJson(reply)).length + (kept.length ? 1 : 0);
+    if (size + cost > limit) break;
+    kept.push(reply);
+    size += cost;
+  }
+  return kept;
+}
+
+const UTF8 = new TextEncoder();
 const hex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 const mib = (/** @type {number} */ n) => (n / 2 ** 20).toFixed(2);
 
@@ -256,7 +282,8 @@ export class SpanServer {
   }
 
   /**
-   * GOSSIP frames on a session link: a client pushing its log, or returning a countersigned receipt.
+   * GOSSIP frames on a session link: a client pushing its log, returning a countersigned receipt, or
+   * sending one gossip message.
    * Without a ledger a push (sent right after a client connects) is taken and nothing is stored
    * (`stored: 0`), so clients need not special-case this peer; anything else is `bad_frame`.
    * @param {string} client
@@ -298,6 +325,10 @@ export class SpanServer {
       this.receipts.delete(key);
       this.onChange({ type: 'receipt', client });
       return answer({ recorded: await receiptId(pending.receipt) });
+    }
+    if (meta.kind === 'gossip' && this.ledger.gossipReceive !== undefined) {
+      const replies = await this.ledger.gossipReceive(client, meta.msg, { maxMessageBytes: CHANNEL_GOSSIP_BYTES });
+      return answer({ replies: fitReplies(replies) });
     }
     throw new Refusal(ErrorCode.BAD_FRAME, `unknown ledger request ${JSON.stringify(String(meta.kind)).slice(0, 40)}`);
   }
