@@ -74,6 +74,20 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
     return out
 
 
+@pytest.fixture(scope="session")
+def default_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The default model exported exactly as ``ai4all up`` exports it, through the CLI (once per session):
+    ``<dir>/SmolLM2-135M-Instruct``. Only the tests marked ``slow`` use it."""
+    from python_peer.up import DEFAULT_SPANS
+
+    models = tmp_path_factory.mktemp("models")
+    result = run_cli(
+        ["export", "--out", str(models / "SmolLM2-135M-Instruct"), "--spans", DEFAULT_SPANS], timeout=900
+    )
+    assert result.returncode == 0, result.stderr
+    return models
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the browser tests last: Playwright's sync API keeps an event loop running in the main thread
     for the rest of the session, and every asyncio test after it would fail to start its own."""

@@ -16,7 +16,7 @@ import torch
 
 from python_peer.chain import LocalChain
 from python_peer.up import DEFAULT_SPANS
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +25,8 @@ DECODE_STEPS = 16
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The default model exported exactly as ``ai4all up`` exports it, through the CLI."""
-    models = tmp_path_factory.mktemp("models")
-    result = run_cli(
-        ["export", "--out", str(models / "SmolLM2-135M-Instruct"), "--spans", DEFAULT_SPANS], timeout=900
-    )
-    assert result.returncode == 0, result.stderr
-    return models
+def models_dir(default_models_dir: Path) -> Path:
+    return default_models_dir
 
 
 @pytest.fixture(scope="module")
