@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .peer_cli import add_ice_args, ice_settings
+
 if TYPE_CHECKING:
     from .generate import SamplingParams
     from .tokenizer import ModelTokenizer
@@ -41,6 +43,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="where this client keeps its identity and ledger (default: $AI4ALL_DATA_DIR or ~/.local/share/ai4all)",
     )
+    add_ice_args(chat)
     add_sampling(chat)
     chat.set_defaults(handler=run_chat)
 
@@ -98,7 +101,10 @@ async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, sig
 
     # The identity and its ledger are kept, so the starter grant's proof of work is paid once.
     data_dir = args.data_dir or default_data_dir()
-    node, client = await open_client(NodeConfig(signal_urls=tuple(signal_urls), data_dir=data_dir), model_dir)
+    transport = ice_settings(args).transport_config()
+    node, client = await open_client(
+        NodeConfig(signal_urls=tuple(signal_urls), data_dir=data_dir, transport=transport), model_dir
+    )
     try:
         tokenizer = ModelTokenizer(model_dir, client.manifest)
         async for piece in astream(client, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):
@@ -112,6 +118,7 @@ async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, sig
 
 
 def run_chat(args: argparse.Namespace) -> int:
+    ice_settings(args)  # refused before anything loads, with or without --signal
     if args.signal:
         import asyncio
 

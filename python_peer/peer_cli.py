@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,17 @@ if TYPE_CHECKING:
     from .api.app import ApiServer
     from .api.service import MeshNodeService
     from .node import Peer
+    from .transport import IceServer, TransportConfig
+
+# RFC 7064 (stun:, stuns:) and RFC 7065 (turn:, turns:) URLs: a host name or IPv4 address, an optional
+# port, and for TURN an optional ?transport=udp|tcp. No IPv6 literal: aiortc's parser cannot read one.
+ICE_URL_RE = re.compile(
+    r"(?P<scheme>stuns?|turns?):(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)"
+    r"(?::(?P<port>[0-9]{1,5}))?(?:\?transport=(?P<transport>udp|tcp))?"
+)
+MAX_ICE_SERVERS = 16
+MAX_ICE_SECRET_CHARS = 512
+_PRINTABLE_RE = re.compile(r"[\x21-\x7e][\x20-\x7e]*")
 
 
 def register(subparsers: Any) -> None:
@@ -30,6 +43,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_signal_args(parser)
+    add_ice_args(parser)
     parser.add_argument(
         "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
     )
@@ -91,6 +105,135 @@ def add_signal_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_ice_args(parser: argparse.ArgumentParser, *, for_browsers: bool = False) -> None:
+    """The ICE flags, shared by ``ai4all peer``, ``ai4all chat`` and ``ai4all signal`` (which hands
+    them to browsers in its page configuration); ``ice_settings`` reads them back."""
+    whose = "browsers' " if for_browsers else ""
+    group = parser.add_argument_group(
+        "ICE (WebRTC connectivity)",
+        "By default links are made over 127.0.0.1 only, with no STUN or TURN server. For a mesh across "
+        "machines give --ice-any-address, and STUN/TURN servers where peers sit behind NAT.",
+    )
+    group.add_argument(
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help=(
+            f"a STUN or TURN server for {whose}ICE: stun:HOST[:PORT], "
+            + ("stuns:HOST[:PORT], " if for_browsers else "")
+            + "turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT][?transport=tcp] (repeatable)"
+            + ("" if for_browsers else "; the native stack uses the first stun: and the first turn(s): one")
+        ),
+    )
+    group.add_argument("--ice-username", default=None, help="username for the turn:/turns: servers")
+    group.add_argument(
+        "--ice-credential", default=None, help="credential (password) for the turn:/turns: servers"
+    )
+    group.add_argument(
+        "--ice-any-address",
+        action="store_true",
+        help=(
+            f"do not confine {whose}ICE candidates to 127.0.0.1: gather on every interface and accept "
+            "any remote address (needed for a mesh across machines)"
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    """The ICE flags, checked: server URLs, the TURN servers' username and credential, and whether
+    candidates stay on loopback (the default, which every test relies on)."""
+
+    urls: tuple[str, ...] = ()
+    username: str | None = None
+    credential: str | None = None
+    loopback_only: bool = True
+
+    def __post_init__(self) -> None:
+        if len(self.urls) > MAX_ICE_SERVERS:
+            raise ValueError(f"{len(self.urls)} ICE servers: at most {MAX_ICE_SERVERS}")
+        turn = False
+        for url in self.urls:
+            match = ICE_URL_RE.fullmatch(url) if len(url) <= 300 else None
+            if match is None:
+                raise ValueError(
+                    f"--ice-server {url[:100]!r} is not a STUN or TURN URL: give stun:HOST[:PORT], "
+                    "stuns:HOST[:PORT], turn:HOST[:PORT][?transport=udp|tcp] or turns:HOST[:PORT] "
+                    "(a host name or IPv4 address, no //)"
+                )
+            if match["port"] is not None and not 0 < int(match["port"]) < 65536:
+                raise ValueError(f"--ice-server {url!r}: port {match['port']} is not in 1..65535")
+            if match["transport"] is not None and match["scheme"].startswith("stun"):
+                raise ValueError(f"--ice-server {url!r}: ?transport= is for turn: and turns: URLs only")
+            if match["scheme"] == "turns" and match["transport"] == "udp":
+                raise ValueError(f"--ice-server {url!r}: turns: runs over TLS, so over tcp only")
+            turn = turn or match["scheme"].startswith("turn")
+        for name, value in (("--ice-username", self.username), ("--ice-credential", self.credential)):
+            if value is None:
+                if turn:
+                    raise ValueError("a turn: or turns: server needs --ice-username and --ice-credential")
+                continue
+            if not turn:
+                raise ValueError(f"{name} is for turn: and turns: servers, and no --ice-server names one")
+            if len(value) > MAX_ICE_SECRET_CHARS or _PRINTABLE_RE.fullmatch(value) is None:
+                raise ValueError(
+                    f"{name} must be 1-{MAX_ICE_SECRET_CHARS} printable ASCII characters, not starting with a space"
+                )
+
+    def ice_servers(self) -> tuple[IceServer, ...]:
+        """One ``IceServer`` per URL; the turn(s) servers carry the username and credential."""
+        from .transport import IceServer
+
+        return tuple(
+            IceServer(url, self.username, self.credential) if url.startswith("turn") else IceServer(url)
+            for url in self.urls
+        )
+
+    def transport_config(self) -> TransportConfig:
+        """The native transport's configuration: loopback as before, or any address."""
+        from .transport import TransportConfig
+
+        if self.loopback_only:
+            return TransportConfig(ice_servers=self.ice_servers())
+        return TransportConfig(ice_servers=self.ice_servers(), ice_addresses=None, remote_addresses=None)
+
+    def page_config(self) -> dict[str, Any]:
+        """The ``ice`` entry of a browser page's configuration (docs/browser.md)."""
+        servers: list[dict[str, Any]] = []
+        for server in self.ice_servers():
+            entry: dict[str, Any] = {"urls": [server.urls]}
+            if server.username is not None:
+                entry["username"] = server.username
+                entry["credential"] = server.credential
+            servers.append(entry)
+        return {"servers": servers, "loopback_only": self.loopback_only}
+
+
+def ice_settings(args: argparse.Namespace, *, native: bool = True) -> IceSettings:
+    """The checked ICE flags of ``add_ice_args``; CommandError names what is wrong. ``native``: refuse
+    what aiortc cannot use (stuns:) rather than drop it silently."""
+    from .cli import CommandError
+
+    try:
+        settings = IceSettings(
+            urls=tuple(dict.fromkeys(args.ice_server)),
+            username=args.ice_username,
+            credential=args.ice_credential,
+            loopback_only=not args.ice_any_address,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    if native:
+        for url in settings.urls:
+            if url.startswith("stuns:"):
+                raise CommandError(
+                    f"--ice-server {url!r}: the native WebRTC stack (aiortc) has no STUN over TLS; "
+                    "give a stun: or turns: URL"
+                )
+    return settings
+
+
 def check_api_args(args: argparse.Namespace) -> None:
     """Refuse an API that listens beyond this machine without a key, before anything loads."""
     from .cli import CommandError
@@ -135,7 +278,10 @@ async def serve(args: argparse.Namespace) -> int:
 
     config = PeerConfig(
         node=NodeConfig(
-            signal_urls=tuple(args.signal), data_dir=args.data_dir, gossip_interval_s=args.gossip_interval
+            signal_urls=tuple(args.signal),
+            data_dir=args.data_dir,
+            gossip_interval_s=args.gossip_interval,
+            transport=ice_settings(args).transport_config(),
         ),
         model_dir=args.model,
         span=Span.parse(args.span) if args.span else None,
@@ -170,4 +316,5 @@ async def serve(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     check_api_args(args)
+    ice_settings(args)  # refused before anything loads
     return asyncio.run(serve(args))

@@ -19,6 +19,7 @@ from fastapi import FastAPI, WebSocket
 from python_peer.core.canonical import MAX_MESSAGE_BYTES
 from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.errors import SignalingError
+from python_peer.peer_cli import IceSettings
 
 from .connection import StarletteTransport
 from .node import NodeConfig, SignalingNode
@@ -30,9 +31,13 @@ GRACEFUL_SHUTDOWN_S = 3
 
 
 def browser_site(
-    node: SignalingNode, models: Sequence[ServedModel] = (), pow_bits: int = GRANT_POW_BITS
+    node: SignalingNode,
+    models: Sequence[ServedModel] = (),
+    pow_bits: int = GRANT_POW_BITS,
+    ice: IceSettings | None = None,
 ) -> BrowserSite:
-    """What ``node`` serves to browsers: its pages, and the model directories ``models``."""
+    """What ``node`` serves to browsers: its pages, the model directories ``models``, and the ICE
+    settings its pages' WebRTC links use (by default: loopback only, no STUN or TURN server)."""
     return BrowserSite(
         node_id=node.node_id,
         public_url=node.config.public_url,
@@ -41,6 +46,7 @@ def browser_site(
         models=models,
         pow_bits=pow_bits,
         known_siblings=node.federation.known_urls,
+        ice=ice or IceSettings(),
     )
 
 
@@ -90,12 +96,16 @@ class _Server(uvicorn.Server):
 
 
 async def serve(
-    config: NodeConfig, models: Sequence[ServedModel] = (), pow_bits: int = GRANT_POW_BITS
+    config: NodeConfig,
+    models: Sequence[ServedModel] = (),
+    pow_bits: int = GRANT_POW_BITS,
+    ice: IceSettings | None = None,
 ) -> None:
     """Run a signaling node serving ``models`` to browsers until SIGINT or SIGTERM, then close every
-    connection and return. ``pow_bits`` is the network's grant proof of work, told to browsers."""
+    connection and return. ``pow_bits`` is the network's grant proof of work and ``ice`` the pages'
+    ICE settings, both told to browsers."""
     node = SignalingNode(config)
-    site = browser_site(node, models, pow_bits)
+    site = browser_site(node, models, pow_bits, ice)
     server = _Server(
         uvicorn.Config(
             create_app(node, site),

@@ -9,6 +9,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from python_peer.peer_cli import add_ice_args
+
 
 def register(subparsers: Any) -> None:
     """Add the ``signal`` subcommand to the ``ai4all`` parser."""
@@ -56,6 +58,7 @@ def register(subparsers: Any) -> None:
             "node at /models/NAME/ (repeatable)"
         ),
     )
+    add_ice_args(parser, for_browsers=True)
     parser.set_defaults(handler=run)
 
 
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from python_peer.core.canonical import URL_RE
     from python_peer.core.errors import LedgerError
     from python_peer.ledger_service import network_rules
+    from python_peer.peer_cli import ice_settings
 
     from .app import serve
     from .node import NodeConfig
@@ -83,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--node-id {args.node_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
     if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
         raise CommandError("--max-connections, --rate and --burst must be positive")
+    ice = ice_settings(args, native=False)  # browsers speak stuns: too
     try:
         models = [ServedModel.load(directory) for directory in args.model_dir]
         index_models(models)
@@ -100,5 +105,5 @@ def run(args: argparse.Namespace) -> int:
         burst=args.burst,
     )
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))  # frame dumps
-    asyncio.run(serve(config, models, pow_bits))
+    asyncio.run(serve(config, models, pow_bits, ice))
     return 0

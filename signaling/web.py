@@ -40,6 +40,7 @@ from python_peer.core.canonical import MODEL_RE
 from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.errors import ManifestError
 from python_peer.core.manifest import MANIFEST_FILE, load_manifest
+from python_peer.peer_cli import IceSettings
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 WEB_DIR = REPO_DIR / "web"
@@ -238,6 +239,7 @@ class BrowserSite:
     web_dir: Path = WEB_DIR
     core_dir: Path = PYTHON_CORE_DIR
     known_siblings: Callable[[], Iterable[str]] | None = None  # siblings learned since (federation)
+    ice: IceSettings = field(default_factory=IceSettings)  # --ice-server etc.: loopback only by default
     _by_name: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -276,7 +278,8 @@ class BrowserSite:
         return urls
 
     def config(self, request: Request) -> dict[str, Any]:
-        """The page configuration (``docs/browser.md``, "Page configuration"): nothing secret."""
+        """The page configuration (``docs/browser.md``, "Page configuration"): nothing secret but the
+        TURN servers' username and credential, which every browser of the mesh needs to use them."""
         base = self.http_base(request)
         return {
             "node_id": self.node_id,
@@ -287,6 +290,7 @@ class BrowserSite:
             ],
             "ledger": {"pow_bits": self.pow_bits},
             "python_core": f"{base}/py/python_peer/core/",
+            "ice": self.ice.page_config(),
         }
 
     # --- responses -----------------------------------------------------------------------------------

@@ -17,6 +17,10 @@ import json
 import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,13 @@ from python_peer.core.canonical import ServedSpan
 from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.manifest import load_manifest
 from python_peer.identity import Identity
+from python_peer.peer_cli import IceSettings
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from signaling.app import browser_site, create_app
 from signaling.node import NodeConfig, SignalingNode
 from signaling.web import PAGE_CSP, WEB_DIR, BrowserSite, ServedModel, SiteError
 from tests.conftest import run_cli
-from tests.procs import Node
+from tests.procs import Node, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -136,6 +141,7 @@ def test_config_names_this_node_its_siblings_models_and_ledger_rules(
         "models": [{"name": name, "base": f"{node.http_url}/models/{name}/"}],
         "ledger": {"pow_bits": POW_BITS},
         "python_core": f"{node.http_url}/py/python_peer/core/",
+        "ice": {"servers": [], "loopback_only": True},  # no --ice-* flag: loopback only, as before
     }
     # The sibling learned web-a when it dialed in, and has no models and the test's proof of work.
     other = json.loads(get(sibling, "/v1/config")[2])
@@ -536,3 +542,76 @@ def test_bad_model_dirs_are_refused_with_the_reason(tiny_llama_export: Path, tmp
 def test_a_bad_pow_bits_setting_is_refused(tiny_llama_export: Path) -> None:
     result = run_cli(["signal", "--port", "1"], env={"AI4ALL_LEDGER_POW_BITS": "lots"}, timeout=60)
     assert result.returncode == 1 and "AI4ALL_LEDGER_POW_BITS" in result.stderr, result.stderr
+
+
+# --- ICE settings for the pages (--ice-server, --ice-username, --ice-credential, --ice-any-address) -------
+
+
+def test_config_carries_the_ice_settings_it_is_given() -> None:
+    ice = IceSettings(("stun:stun.example.org", "turns:turn.example.org:5349"), "user", "pass word", False)
+    node = SignalingNode(NodeConfig(node_id="n"))
+    with TestClient(create_app(node, browser_site(node, ice=ice))) as client:
+        body = client.get("/v1/config").json()
+        html = client.get("/chat").text
+    assert body["ice"] == {
+        "servers": [
+            {"urls": ["stun:stun.example.org"]},
+            {"urls": ["turns:turn.example.org:5349"], "username": "user", "credential": "pass word"},
+        ],
+        "loopback_only": False,
+    }
+    match = CONFIG_RE.search(html)
+    assert match is not None and json.loads(match.group(1))["ice"] == body["ice"]
+
+
+def test_the_ice_flags_reach_the_page_config() -> None:
+    port = free_port()
+    args = [sys.executable, "-m", "python_peer.cli", "signal", "--port", str(port), "--node-id", "ice"]
+    args += ["--ice-server", "stun:192.0.2.1:3478", "--ice-server", "turn:turn.example.org?transport=tcp"]
+    args += ["--ice-username", "mesh", "--ice-credential", "hunter2", "--ice-any-address"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the node did not start: {proc.communicate(timeout=5)[0][-2000:]}")
+            try:
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+                connection.request("GET", "/v1/config")
+                body = json.loads(connection.getresponse().read())
+                connection.close()
+                break
+            except (ConnectionError, OSError):
+                time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    assert body["ice"] == {
+        "servers": [
+            {"urls": ["stun:192.0.2.1:3478"]},
+            {"urls": ["turn:turn.example.org?transport=tcp"], "username": "mesh", "credential": "hunter2"},
+        ],
+        "loopback_only": False,
+    }
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--ice-server", "stun//x"], "--ice-server 'stun//x' is not a STUN or TURN URL"),
+        (["--ice-server", "https://turn.example.org"], "is not a STUN or TURN URL"),
+        (["--ice-server", "stun:a.example:70000"], "port 70000 is not in 1..65535"),
+        (["--ice-server", "turns:turn.example.org"], "a turn: or turns: server needs --ice-username and"),
+        (
+            ["--ice-server", "turn:t.example", "--ice-credential", "c"],
+            "needs --ice-username and --ice-credential",
+        ),
+        (["--ice-username", "u", "--ice-credential", "c"], "no --ice-server names one"),
+    ],
+)
+def test_bad_ice_flags_are_refused_at_start(flags: list[str], reason: str) -> None:
+    result = run_cli(["signal", "--port", "1", *flags], timeout=60)
+    stderr = result.stderr.strip()
+    assert result.returncode == 1 and stderr.startswith("ai4all signal: error: "), stderr
+    assert reason in stderr and "Traceback" not in stderr and len(stderr.splitlines()) == 1, stderr

@@ -302,7 +302,8 @@ export class MeshClient {
    * @param {string} options.baseUrl  the folder of the model's manifest.json
    * @param {ClientLedger | null} [options.ledger]
    * @param {Partial<ClientConfig>} [options.config]
-   * @param {import('../transport/peer.js').TransportConfig} [options.transportConfig]
+   * @param {import('../transport/peer.js').TransportConfig} [options.transportConfig]  e.g. the page
+   *   configuration's ICE settings, `transportConfigFor(pageConfig)` (default: loopback only, no STUN/TURN)
    * @param {import('../runtime/shard.js').LoadOptions} [options.load]  download progress, runtime options
    * @param {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
    *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} [options.shardBytes]

@@ -7,6 +7,9 @@
  *   `new RelayTransport(port, {sendSignal, onFrame, onLinkOpen, onLinkClosed, config})`,
  *   `handleSignal(signal)`, `links` (each with `remoteId`, `linkId`, `state`, `send(frame)`,
  *   `close(reason)`, `waitOpen()`), `close()`. A `BrowserNode` takes it through its `createTransport`.
+ * - The worker's `hello` carries its transport config (`cloneableConfig`): the page configuration's ICE
+ *   settings (`iceServers`, `remoteAddresses`, `localAddress`, from `transportConfigFor` in the worker's
+ *   BrowserNode), which the page's `BrowserTransport` checks again; a malformed one is dropped.
  * - `RelayHost` (page side) owns the real `BrowserTransport`, answers offers, and relays: signals the
  *   worker verified go to `handleSignal`, answers go back through the worker's signal client, frames
  *   cross in both directions as encoded bytes whose ArrayBuffer is transferred (one copy, and every
@@ -27,7 +30,7 @@
  */
 
 import { ErrorCode, FrameType, MAX_FRAME_BYTES, decodeFrame, encodeFrame, errorFrame } from '../protocol/wire.js';
-import { BrowserTransport, LinkClosedError, SignalPayloadError, TransportError } from '../transport/peer.js';
+import { BrowserTransport, LinkClosedError, SignalPayloadError, TransportError, checkIceServers } from '../transport/peer.js';
 
 /** Bumped when a message changes shape; both halves come from the same node, so they must agree. */
 export const RELAY_VERSION = 1;
@@ -277,14 +280,18 @@ function checkedLimits(limits = {}) {
 }
 
 /**
- * The part of a TransportConfig that crosses to the page: numbers, strings, null and string arrays
- * (no `log`, no functions).
+ * The part of a TransportConfig that crosses to the page: numbers, strings, null, string arrays and
+ * the checked `iceServers` (no `log`, no functions). The page's BrowserTransport checks them again.
  * @param {{[key: string]: unknown}} config
  */
 function cloneableConfig(config) {
   /** @type {{[key: string]: unknown}} */
   const out = {};
   for (const [key, value] of Object.entries(config)) {
+    if (key === 'iceServers') {
+      out.iceServers = checkIceServers(value);
+      continue;
+    }
     const plain =
       value === null ||
       typeof value === 'number' ||

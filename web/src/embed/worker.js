@@ -17,6 +17,10 @@
  * status, throttled by the node), `{t: 'failed', message}` when the node cannot start or run, and
  * `{t: 'stopped'}` once `stop` released everything (the signal client said bye, the links closed), or
  * at once when the node was still starting (it announces nothing before it serves).
+ *
+ * The configuration's ICE settings (`ice`: STUN/TURN servers, loopback confinement) reach the page's
+ * RelayHost, which makes the real RTCPeerConnections, in the relay's `hello`: the BrowserNode gives
+ * them to its RelayTransport (`transportConfigFor`), and the page checks them again.
  */
 
 import { BrowserNode } from '../node/node.js';

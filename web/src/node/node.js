@@ -26,7 +26,7 @@ import { BrowserLedger } from '../ledger/ledger.js';
 import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
 import { SignalClient } from '../signaling/client.js';
 import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
-import { BrowserTransport } from '../transport/peer.js';
+import { BrowserTransport, TransportError, transportConfigFor } from '../transport/peer.js';
 import { SpanServer } from './span_server.js';
 
 export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
@@ -54,6 +54,8 @@ export class NodeError extends Error {
  * @property {{name: string, base: string}[]} models
  * @property {{pow_bits: number}} ledger
  * @property {string} python_core
+ * @property {{servers: {urls: string[], username?: string, credential?: string}[], loopback_only: boolean}} [ice]
+ *   STUN/TURN servers and loopback confinement of the WebRTC links (absent: loopback only, no servers)
  */
 
 /** @typedef {{start: number, end: number}} SpanChoice */
@@ -75,7 +77,7 @@ export class NodeError extends Error {
  *   frame: import('../protocol/wire.js').Frame) => void} onFrame
  * @property {(link: {remoteId: string}) => void} onLinkClosed
  * @property {(link: {remoteId: string}) => void} onLinkOpen
- * @property {{log: Logger}} config
+ * @property {{log: Logger} & ReturnType<typeof transportConfigFor>} config  the page config's ICE settings
  */
 
 /**
@@ -199,6 +201,8 @@ export class BrowserNode {
   constructor(config, options) {
     checkConfig(config);
     this.config = config;
+    /** The ICE settings of every link, from the page configuration's `ice`. */
+    this.transportConfig = transportConfigFor(config);
     const {
       db,
       memoryBudgetMb = 512,
@@ -355,7 +359,7 @@ export class BrowserNode {
         this.#changed();
       },
       onLinkOpen: () => this.#changed(),
-      config: { log: this.log },
+      config: { log: this.log, ...this.transportConfig },
     });
     await this.#announce();
     this.#setState('serving');
@@ -735,6 +739,12 @@ function checkConfig(config) {
   }
   if (!Number.isInteger(c.ledger?.pow_bits)) throw new NodeError('the page configuration has no ledger.pow_bits');
   if (typeof c.python_core !== 'string') throw new NodeError('the page configuration has no python_core URL');
+  try {
+    transportConfigFor(c);
+  } catch (err) {
+    if (err instanceof TransportError) throw new NodeError(err.message);
+    throw err;
+  }
 }
 
 /** @param {string} base */

@@ -4,8 +4,9 @@
  * `connect(remoteId)` offers (creating the `ai4all` channel before the offer, as the connecting side
  * must) and completes the link when `handleSignal` gets the answer.
  *
- * - One `RTCPeerConnection({iceServers: []})` per link, exactly one ordered, reliable data channel
- *   labelled `ai4all`; any other channel is closed.
+ * - One `RTCPeerConnection({iceServers})` per link (no STUN or TURN server by default; a page's
+ *   `ice.servers` through `transportConfigFor`), exactly one ordered, reliable data channel labelled
+ *   `ai4all`; any other channel is closed.
  * - ICE is not trickled: the answer is sent once gathering is complete, with every candidate in it.
  * - Loopback only by default: remote candidates on any address but 127.0.0.1 are dropped from the
  *   offer, and this side's host candidates are rewritten to 127.0.0.1 (Chromium gathers on the
@@ -13,7 +14,8 @@
  *   Chromium 156 offers e.g. `192.0.2.2` and `fd00::2` host candidates on sockets bound to 0.0.0.0 and
  *   [::], so `127.0.0.1:<same port>` reaches it; tests/browser/test_browser_peer.py checks the selected
  *   pair targets 127.0.0.1). Relayed, reflexive, TCP, IPv6 and mDNS candidates are left out, so no
- *   packet targets a non-loopback address.
+ *   packet targets a non-loopback address. `remoteAddresses: null, localAddress: null` (a page config's
+ *   `ice.loopback_only: false`) lifts both: every candidate is kept as gathered and as received.
  * - Every data channel message is one chunk; frames are cut with `chunkMessage`, one frame's chunks
  *   are never interleaved with another's, and the sender waits on `bufferedamountlow` above the high
  *   water mark. PING is answered with PONG here, and `link.ping()` waits for the remote's PONG (the
@@ -50,6 +52,11 @@ export const MAX_SDP_CHARS = 65536;
 export const MAX_PEER_ID_CHARS = 256;
 const LINK_ID_RE = /^[0-9A-Za-z_-]{1,64}$/;
 const IPV4_RE = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})$/;
+/** RFC 7064/7065 STUN and TURN URLs, as `ai4all signal --ice-server` checks them (python_peer/peer_cli.py). */
+export const ICE_URL_RE = /^(stuns?|turns?):[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?(?::\d{1,5})?(?:\?transport=(?:udp|tcp))?$/;
+export const MAX_ICE_SERVERS = 16;
+const MAX_ICE_SECRET_CHARS = 512;
+const MAX_ADDRESSES = 64;
 const MAGIC_BYTES = Uint8Array.from(MAGIC, (c) => c.charCodeAt(0));
 
 /** A signaling payload that is malformed, of another kind, or refused. */
@@ -77,6 +84,7 @@ export class LinkTimeoutError extends TransportError {}
  * @property {number} [maxLinks]
  * @property {string[] | null} [remoteAddresses]  remote candidate addresses kept (null: all)
  * @property {string | null} [localAddress]  host candidates rewritten to this address (null: as gathered)
+ * @property {RTCIceServer[]} [iceServers]  STUN/TURN servers of every link (none by default)
  * @property {{info: Function, warn: Function}} [log]
  */
 
@@ -92,7 +100,104 @@ const DEFAULTS = Object.freeze({
   maxLinks: 64,
   remoteAddresses: /** @type {string[] | null} */ ([LOOPBACK]),
   localAddress: /** @type {string | null} */ (LOOPBACK),
+  iceServers: /** @type {RTCIceServer[]} */ ([]),
 });
+
+/**
+ * @param {unknown} value
+ * @returns {value is {[key: string]: unknown}}
+ */
+function isPlainObject(value) {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+/** @param {unknown} value */
+const shown = (value) => JSON.stringify(value)?.slice(0, 100) ?? String(value);
+
+/**
+ * Checked copies of STUN/TURN servers (`RTCIceServer`s): each `{urls, username?, credential?}` with
+ * `urls` a STUN/TURN URL or a non-empty list of them; a turn:/turns: server needs a username and a
+ * credential (1-512 printable characters). Throws TransportError on anything else.
+ * @param {unknown} servers
+ * @returns {RTCIceServer[]}
+ */
+export function checkIceServers(servers) {
+  if (!Array.isArray(servers) || servers.length > MAX_ICE_SERVERS) {
+    throw new TransportError(`ICE servers must be a list of at most ${MAX_ICE_SERVERS}, not ${shown(servers)}`);
+  }
+  return servers.map((server, i) => {
+    if (!isPlainObject(server)) throw new TransportError(`ICE server ${i} is not an object: ${shown(server)}`);
+    const extra = Object.keys(server).filter((k) => !['urls', 'username', 'credential'].includes(k));
+    if (extra.length) throw new TransportError(`ICE server ${i} has unknown keys ${shown(extra)}`);
+    const urls = typeof server.urls === 'string' ? [server.urls] : server.urls;
+    if (!Array.isArray(urls) || urls.length < 1 || urls.length > MAX_ICE_SERVERS) {
+      throw new TransportError(`ICE server ${i} needs urls: 1..${MAX_ICE_SERVERS} STUN/TURN URLs, not ${shown(server.urls)}`);
+    }
+    for (const url of urls) {
+      if (typeof url !== 'string' || url.length > 300 || !ICE_URL_RE.test(url)) {
+        throw new TransportError(
+          `ICE server ${i}: ${shown(url)} is not a STUN or TURN URL (stun:HOST[:PORT], stuns:, turn:HOST[:PORT][?transport=udp|tcp], turns:)`,
+        );
+      }
+    }
+    /** @type {RTCIceServer} */
+    const out = { urls: [...urls] };
+    const turn = urls.some((url) => url.startsWith('turn'));
+    for (const key of /** @type {const} */ (['username', 'credential'])) {
+      const value = server[key];
+      if (value === undefined || value === null) {
+        if (turn) throw new TransportError(`ICE server ${i} (${urls[0]}) is a TURN server: it needs a username and a credential`);
+        continue;
+      }
+      if (typeof value !== 'string' || value.length < 1 || value.length > MAX_ICE_SECRET_CHARS || !/^[\x21-\x7e][\x20-\x7e]*$/.test(value)) {
+        throw new TransportError(`ICE server ${i}: ${key} must be 1-${MAX_ICE_SECRET_CHARS} printable characters`);
+      }
+      out[key] = value;
+    }
+    return out;
+  });
+}
+
+/**
+ * The ICE part of a BrowserTransport's config from a page configuration (docs/browser.md, "Page
+ * configuration"): its `ice.servers`, and loopback confinement unless `ice.loopback_only` is false. A
+ * configuration without `ice` (an older node) keeps the loopback defaults. Throws TransportError on a
+ * malformed `ice`.
+ * @param {{ice?: unknown}} pageConfig
+ * @returns {{iceServers: RTCIceServer[], remoteAddresses: string[] | null, localAddress: string | null}}
+ */
+export function transportConfigFor(pageConfig) {
+  const ice = pageConfig?.ice;
+  if (ice === undefined) return { iceServers: [], remoteAddresses: [LOOPBACK], localAddress: LOOPBACK };
+  if (!isPlainObject(ice) || typeof ice.loopback_only !== 'boolean') {
+    throw new TransportError(`the page configuration's ice must be {servers: [...], loopback_only: true|false}, not ${shown(ice)}`);
+  }
+  const iceServers = checkIceServers(ice.servers);
+  if (ice.loopback_only) return { iceServers, remoteAddresses: [LOOPBACK], localAddress: LOOPBACK };
+  return { iceServers, remoteAddresses: null, localAddress: null };
+}
+
+/**
+ * Check the address and server settings of a transport config (they may come from another context,
+ * e.g. the embed worker's relay): throws TransportError, returns checked copies.
+ * @param {{remoteAddresses: unknown, localAddress: unknown, iceServers: unknown}} config
+ */
+function checkIceConfig({ remoteAddresses, localAddress, iceServers }) {
+  const okList =
+    remoteAddresses === null ||
+    (Array.isArray(remoteAddresses) && remoteAddresses.length <= MAX_ADDRESSES && remoteAddresses.every((a) => typeof a === 'string' && a.length <= 64));
+  if (!okList) throw new TransportError(`remoteAddresses must be null or a list of addresses, not ${shown(remoteAddresses)}`);
+  if (localAddress !== null && !(typeof localAddress === 'string' && IPV4_RE.test(localAddress))) {
+    throw new TransportError(`localAddress must be null or an IPv4 address, not ${shown(localAddress)}`);
+  }
+  return {
+    remoteAddresses: remoteAddresses === null ? null : [.../** @type {string[]} */ (remoteAddresses)],
+    localAddress: /** @type {string | null} */ (localAddress),
+    iceServers: checkIceServers(iceServers),
+  };
+}
 
 /**
  * Check an incoming signaling payload; return its type, sdp and link id, or throw SignalPayloadError.
@@ -485,6 +590,7 @@ export class BrowserTransport {
     this.onLinkClosed = onLinkClosed ?? (() => {});
     this.onLinkOpen = onLinkOpen ?? (() => {});
     this.config = { ...DEFAULTS, log: console, ...config };
+    Object.assign(this.config, checkIceConfig(this.config));
     const { chunkSize, highWaterBytes, lowWaterBytes } = this.config;
     if (lowWaterBytes > highWaterBytes - chunkSize) {
       throw new TransportError(`lowWaterBytes ${lowWaterBytes} must be at most highWaterBytes - chunkSize`);
@@ -514,7 +620,7 @@ export class BrowserTransport {
     }
     const remote = filterRemoteCandidates(sdp, this.config.remoteAddresses);
     if (remote.dropped) this.config.log.info(`offer from ${sender.slice(0, 8)}: dropped ${remote.dropped} candidates outside remoteAddresses`);
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers: this.config.iceServers });
     const link = new BrowserLink(sender, linkId, pc, this.config, this.onFrame, (closed) => {
       if (this.#links.get(key) === closed) this.#links.delete(key);
       this.onLinkClosed(closed);
@@ -563,7 +669,7 @@ export class BrowserTransport {
     }
     const linkId = Array.from(crypto.getRandomValues(new Uint8Array(8)), (b) => b.toString(16).padStart(2, '0')).join('');
     const key = `${remoteId}/${linkId}`;
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection({ iceServers: this.config.iceServers });
     const link = new BrowserLink(remoteId, linkId, pc, this.config, this.onFrame, (closed) => {
       if (this.#links.get(key) === closed) this.#links.delete(key);
       this.onLinkClosed(closed);

@@ -18,6 +18,7 @@
 
 import { credits, el, message, mountPage } from './dom.js';
 import { MeshClient } from '../client/mesh_client.js';
+import { transportConfigFor } from '../transport/peer.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
 import { acquireNodeLock, fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
@@ -265,6 +266,7 @@ class ChatPage {
       const client = await MeshClient.connect({
         identity: /** @type {import('../signaling/client.js').Identity} */ (this.identity),
         signalUrls: this.config.signal,
+        transportConfig: transportConfigFor(this.config),
         manifest,
         baseUrl: entry.base,
         ledger,
