@@ -293,7 +293,15 @@ async def up(args: argparse.Namespace) -> int:
 
 
 def _client_args(args: argparse.Namespace, state: Path) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), "data_dir": state / "client"})
+    """``ai4all chat``'s arguments for the mesh's own client: its data dir, and ICE on loopback (the
+    whole mesh of ``up`` runs on 127.0.0.1, as its peers do with their default flags)."""
+    loopback: dict[str, object] = {
+        "ice_server": [],
+        "ice_username": None,
+        "ice_credential": None,
+        "ice_any_address": False,
+    }
+    return argparse.Namespace(**{**loopback, **vars(args), "data_dir": state / "client"})
 
 
 def run_up(args: argparse.Namespace) -> int:
