@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from python_peer.core.economics import DEFAULT_RULES, Rules
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
-from python_peer.core.ledger import Entry, Receipt, ReceiptBody, check_receipt_terms, parse_entry
+from python_peer.core.ledger import Entry, Receipt, ReceiptBody, parse_entry, receipt_to_countersign
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
@@ -127,9 +127,9 @@ class LedgerService:
         tokens: int,
     ) -> tuple[Receipt, str]:
         """The client's side: check the proposed receipt against what it sent, sign it, keep it."""
-        receipt = Receipt.from_dict(data)
-        refusal = check_receipt_terms(
-            receipt,
+        receipt = receipt_to_countersign(
+            data,
+            server_sig,
             client=self.peer_id,
             server=server,
             session=session.hex(),
@@ -139,10 +139,7 @@ class LedgerService:
             tokens=tokens,
             now_ms=now_ms(),
         )
-        if refusal is not None:
-            raise LedgerError(f"not signing the receipt of {server[:12]}: {refusal.reason}")
-        if not isinstance(server_sig, str):
-            raise LedgerError("the receipt came without the server's signature")
+        assert isinstance(server_sig, str)  # checked by receipt_to_countersign
         client_sig = self.identity.sign(receipt.signing_bytes())
         self.store.append_receipt(self.identity, ReceiptBody(receipt, client_sig, server_sig))
         return receipt, client_sig

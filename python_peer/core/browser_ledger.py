@@ -34,10 +34,10 @@ from .ledger import (
     KnownSignatures,
     Receipt,
     ReceiptBody,
-    check_receipt_terms,
     mine_grant,
     parse_body,
     parse_entry,
+    receipt_to_countersign,
     signature_claims,
     wall_clock_ms,
 )
@@ -479,9 +479,9 @@ class BrowserLedgerCore:
         tokens: int,
     ) -> dict[str, Any]:
         """The client's check before countersigning (``LedgerService.countersign``); ``message`` to sign."""
-        parsed = Receipt.from_dict(receipt)
-        refusal = check_receipt_terms(
-            parsed,
+        parsed = receipt_to_countersign(
+            receipt,
+            server_sig,
             client=self.peer_id,
             server=server,
             session=session,
@@ -491,12 +491,6 @@ class BrowserLedgerCore:
             tokens=tokens,
             now_ms=wall_clock_ms(),
         )
-        if refusal is not None:
-            raise LedgerError(
-                f"not signing the receipt of {str(server)[:12]}: {refusal.reason}", code=refusal.code
-            )
-        if not isinstance(server_sig, str):
-            raise LedgerError("the receipt came without the server's signature")
         return {"receipt": parsed.to_dict(), "message": parsed.signing_bytes().decode("utf-8")}
 
     # --- reads ----------------------------------------------------------------------------------------

@@ -594,6 +594,41 @@ def check_receipt_terms(
     return None
 
 
+def receipt_to_countersign(
+    data: object,
+    server_sig: object,
+    *,
+    client: str,
+    server: str,
+    session: str,
+    model: str,
+    start: int,
+    end: int,
+    tokens: int,
+    now_ms: int,
+) -> Receipt:
+    """The client's side before countersigning a receipt its server proposed: parsed, its terms checked
+    against what the client sent (``check_receipt_terms``), the server's signature present. Raises
+    ``LedgerError`` (with the refusal's code) otherwise."""
+    receipt = Receipt.from_dict(data)
+    refusal = check_receipt_terms(
+        receipt,
+        client=client,
+        server=server,
+        session=session,
+        model=model,
+        start=start,
+        end=end,
+        tokens=tokens,
+        now_ms=now_ms,
+    )
+    if refusal is not None:
+        raise LedgerError(f"not signing the receipt of {server[:12]}: {refusal.reason}", code=refusal.code)
+    if not isinstance(server_sig, str):
+        raise LedgerError("the receipt came without the server's signature")
+    return receipt
+
+
 # --- balances -------------------------------------------------------------------------------------------
 
 
