@@ -19,6 +19,7 @@ from python_peer.core.economics import DEFAULT_RULES, Rules
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
 from python_peer.core.ledger import Entry, Receipt, ReceiptBody, parse_entry, receipt_to_countersign
+from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
@@ -31,12 +32,11 @@ log = logging.getLogger(__name__)
 # A private mesh (tests, ``ai4all up``) may lower the starter grant's proof of work; every node of one
 # network must use the same value, or their balances disagree.
 POW_BITS_ENV = "AI4ALL_LEDGER_POW_BITS"
-PUSH_ENTRIES = 64  # own entries a client pushes to a peer before opening sessions there
 MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
 # Signal payloads hold 32 KiB of JSON; gossip through signaling stays under that.
-SIGNALING_GOSSIP = GossipConfig(max_message_bytes=28 * 1024)
+SIGNALING_GOSSIP = GossipConfig(max_message_bytes=SIGNALING_GOSSIP_BYTES)
 # On a session link a GOSSIP frame's metadata holds 64 KiB: a message plus its envelope stays under that.
-CHANNEL_GOSSIP = GossipConfig(max_message_bytes=60 * 1024)
+CHANNEL_GOSSIP = GossipConfig(max_message_bytes=CHANNEL_GOSSIP_BYTES)
 
 
 def network_rules() -> Rules:

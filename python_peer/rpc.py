@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from python_peer.core.protocol import PROBE_EVERY_MS, PROBE_MISSES, PROBE_TIMEOUT_MS
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
 from .errors import LinkClosedError
@@ -20,9 +21,8 @@ from .transport import Link
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_REQUESTS = 32  # per link, on the serving side
-PROBE_EVERY_S = 1.0  # while waiting for an answer, ping the peer this often
-PROBE_TIMEOUT_S = 3.0  # a ping unanswered this long is a miss
-PROBE_MISSES = 2  # this many misses in a row mean the peer is gone
+PROBE_EVERY_S = PROBE_EVERY_MS / 1000
+PROBE_TIMEOUT_S = PROBE_TIMEOUT_MS / 1000
 
 
 class RpcClient:

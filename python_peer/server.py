@@ -23,6 +23,7 @@ from python_peer.core.canonical import canonical_bytes, is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
 from python_peer.core.ledger import Receipt
 from python_peer.core.manifest import Manifest
+from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS
 from python_peer.core.spans import Span
 from python_peer.core.wire import MAX_METADATA_BYTES, ErrorCode, Frame, FrameType, error_frame
 
@@ -32,10 +33,6 @@ from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
-
-MAX_SESSIONS = 64
-MAX_PENDING_RECEIPTS = 1024
-MAX_LENGTH_LIMIT = 32768
 
 
 @dataclass(frozen=True)

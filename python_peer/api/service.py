@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Protocol
 
 from python_peer.core.manifest import Manifest, load_manifest
+from python_peer.core.protocol import MAX_LENGTH_LIMIT
 from python_peer.core.wire import Frame, raise_for_error
 from python_peer.errors import LinkClosedError, PeerError
 from python_peer.generate import Generation, SamplingParams, astream
 from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, Peer
 from python_peer.rpc import PROBE_EVERY_S, RpcClient
-from python_peer.server import MAX_LENGTH_LIMIT, SpanServer
+from python_peer.server import SpanServer
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import LinkState
 

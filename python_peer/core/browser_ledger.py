@@ -42,12 +42,11 @@ from .ledger import (
     wall_clock_ms,
 )
 from .memory_store import Change, DropChain, MemoryStore, Put, SetEvidence
+from .protocol import PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 
 __all__ = ["PUSH_ENTRIES", "BrowserLedgerCore", "call_on"]
 
-PUSH_ENTRIES = 64  # as python_peer.ledger_service: own entries a client pushes before opening sessions
 MAX_GOSSIP_PEERS = 256
-SIGNALING_BUDGET = 28 * 1024  # gossip through signaling: a signal payload holds 32 KiB
 MAX_REPLAY_FUTURE_MS = 2**53 - 1  # replaying the browser's own copy: entries were dated-checked on arrival
 
 Json = Any
@@ -353,7 +352,7 @@ class BrowserLedgerCore:
         if not isinstance(peer, str) or not peer or len(peer) > 256:
             raise LedgerError("a gossip peer is a non-empty string")
         session = self._gossip.get(peer)
-        budget = SIGNALING_BUDGET if max_message_bytes is None else max_message_bytes
+        budget = SIGNALING_GOSSIP_BYTES if max_message_bytes is None else max_message_bytes
         if session is None:
             if len(self._gossip) >= MAX_GOSSIP_PEERS:
                 self._gossip.pop(next(iter(self._gossip)))

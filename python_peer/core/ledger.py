@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Protocol
 
-from .canonical import MAX_SAFE_INT, MODEL_RE, is_peer_id, is_signature, signing_bytes
+from .canonical import MAX_LAYER, MAX_SAFE_INT, MODEL_RE, is_peer_id, is_signature, signing_bytes
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, can_pay, earnings, price
 from .errors import CanonicalError, LedgerError, PaymentRequiredError
 
@@ -48,7 +48,6 @@ MAX_ENTRY_BYTES = 4096  # canonical JSON of a grant or receipt entry, signature 
 MAX_FORK_PROOF_BYTES = 2 * MAX_ENTRY_BYTES + 1024  # a fork proof carries two entries
 MAX_RECEIPT_BLOCKS = 4096
 MAX_RECEIPT_TOKENS = 1 << 24  # token positions per receipt (batch x length), ~16.7 M
-MAX_LAYER = 65_536
 
 KINDS = ("grant", "receipt", "fork_proof")
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")

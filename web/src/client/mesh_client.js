@@ -40,12 +40,12 @@ import {
   frameTensor,
   tensorToFloat32,
 } from '../protocol/wire.js';
-import { CHANNEL_GOSSIP_BYTES } from '../ledger/ledger.js';
 import { SignalClient } from '../signaling/client.js';
 import { BrowserTransport, LinkClosedError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute } from './routing.js';
 import { RpcClient, hex } from './rpc.js';
+import { CHANNEL_GOSSIP_BYTES } from '../protocol/constants.js';
 
 export const HIDDEN_IN = 'hidden_states';
 export const HIDDEN_OUT = 'hidden_states_out';

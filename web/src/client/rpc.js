@@ -14,10 +14,7 @@
 
 import { FrameType, frameTypeName, raiseForError } from '../protocol/wire.js';
 import { LinkClosedError, LinkTimeoutError } from '../transport/peer.js';
-
-export const PROBE_EVERY_MS = 1_000;
-export const PROBE_TIMEOUT_MS = 3_000;
-export const PROBE_MISSES = 2;
+import { PROBE_EVERY_MS, PROBE_MISSES, PROBE_TIMEOUT_MS } from '../protocol/constants.js';
 
 /** A peer did not answer a request in time (it may still answer pings). */
 export class RequestTimeoutError extends LinkTimeoutError {}

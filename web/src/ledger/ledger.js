@@ -28,12 +28,10 @@ import { sha256 } from '../../node_modules/@noble/hashes/sha2.js';
 import { CoreError } from '../protocol/wire.js';
 import { verify } from '../signaling/client.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
+import { CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
-export const PUSH_ENTRIES = 64;
 export const DEFAULT_POW_BITS = 22;
 /** Gossip budgets: through a signaling node (a signal payload holds 32 KiB) and over a data channel. */
-export const SIGNALING_GOSSIP_BYTES = 28 * 1024;
-export const CHANNEL_GOSSIP_BYTES = 60 * 1024;
 const MAX_GOSSIP_MESSAGE_BYTES = 64 * 1024 - 1024;
 /** The files of `python_peer/core` the ledger imports, fetched from the page config's `python_core`. */
 export const CORE_FILES = Object.freeze([
@@ -41,6 +39,7 @@ export const CORE_FILES = Object.freeze([
   'errors.py',
   'canonical.py',
   'economics.py',
+  'protocol.py',
   'ledger.py',
   'gossip.py',
   'memory_store.py',

@@ -28,10 +28,10 @@ import { SignalClient } from '../signaling/client.js';
 import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
 import { BrowserTransport, TransportError, transportConfigFor } from '../transport/peer.js';
 import { SpanServer } from './span_server.js';
+import { SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
 export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
 export const WEBRTC_SIGNAL = 'webrtc';
-export const SIGNALING_GOSSIP_BYTES = 28 * 1024; // signal payloads hold 32 KiB of JSON
 export const MIB = 2 ** 20;
 const RATE_WINDOW_MS = 10_000;
 const STATUS_THROTTLE_MS = 250;

@@ -27,7 +27,6 @@
  * run to their end.
  */
 
-import { CHANNEL_GOSSIP_BYTES } from '../ledger/ledger.js';
 import {
   ErrorCode,
   FrameType,
@@ -45,11 +44,8 @@ import {
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
 import { signingBytes } from '../signaling/client.js';
+import { CHANNEL_GOSSIP_BYTES, MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS, RECEIPT_CONTEXT } from '../protocol/constants.js';
 
-export const MAX_SESSIONS = 64;
-export const MAX_PENDING_RECEIPTS = 1024;
-export const MAX_LENGTH_LIMIT = 32768;
-export const RECEIPT_CONTEXT = 'ai4all/ledger/receipt/v1';
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 
 /**

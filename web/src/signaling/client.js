@@ -24,6 +24,7 @@
  */
 
 import { CoreError, MetadataError, canonicalJson } from '../protocol/wire.js';
+import { MAX_LAYER } from '../protocol/constants.js';
 
 export const PROTOCOL_VERSION = 1;
 export const ANNOUNCE_CONTEXT = 'ai4all/announce/v1';
@@ -38,7 +39,6 @@ export const MAX_SIGNAL_AGE_MS = 60_000;
 export const MAX_SIGNAL_PAYLOAD_BYTES = 32 * 1024;
 export const MAX_SERVES = 32;
 export const MAX_SIGNALING_URLS = 8;
-export const MAX_LAYER = 65_536;
 export const MAX_COUNTER = 10 ** 15;
 export const MAX_PENDING = 256;
 export const MAX_REPLY_BYTES = 1024 * 1024;

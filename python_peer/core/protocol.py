@@ -1,0 +1,21 @@
+"""Constants of the session protocol between a client and a span server, shared by every implementation.
+
+The native peer (``python_peer/server.py``, ``rpc.py``, ``ledger_service.py``) and the browser node
+(``web/src/node/span_server.js``, ``web/src/client/rpc.js``, ``web/src/ledger/ledger.js``) both follow these
+numbers; the browser's copies are generated from this module into ``web/src/protocol/constants.js`` by
+``python -m python_peer.core.js_constants`` (a test fails when that file is stale).
+"""
+
+from __future__ import annotations
+
+MAX_SESSIONS = 64  # open inference sessions a span server holds at once
+MAX_PENDING_RECEIPTS = 1024  # receipts a server proposed and still waits to see countersigned
+MAX_LENGTH_LIMIT = 32768  # the largest ``max_length`` an OPEN may ask for
+
+PUSH_ENTRIES = 64  # own ledger entries a client pushes to a peer before opening sessions there
+CHANNEL_GOSSIP_BYTES = 60 * 1024  # a gossip message on a session link (its frame's metadata holds 64 KiB)
+SIGNALING_GOSSIP_BYTES = 28 * 1024  # a gossip message through signaling (a signal payload holds 32 KiB)
+
+PROBE_EVERY_MS = 1_000  # while waiting for an answer, a client pings the peer this often
+PROBE_TIMEOUT_MS = 3_000  # a ping unanswered this long is a miss
+PROBE_MISSES = 2  # this many misses in a row mean the peer is gone
