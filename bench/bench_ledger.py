@@ -6,7 +6,7 @@ It signs a synthetic ledger (servers earning co-signed receipts from clients, on
 - **verify**: ``check_entry`` alone (three Ed25519 checks per receipt entry, pynacl);
 - **apply**: ``LedgerStore.insert_many`` in gossip-sized batches (256 entries, one transaction each):
   verify + chain link + SQLite write, durable (``synchronous=FULL``) and not;
-- **balances**: ``core.ledger.compute`` over N parsed entries, and ``LedgerStore.report`` (read + parse +
+- **balances**: ``core.balances.compute`` over N parsed entries, and ``LedgerStore.report`` (read + parse +
   compute) on a cold cache;
 - **gossip**: ten peers each holding only their own log, full mesh, rounds of the real messages over
   an in-memory channel (canonical JSON measured, no network) until every store holds the same entries.
@@ -35,19 +35,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
 from python_peer.core.economics import Rules
+from python_peer.core.entries import Entry, Grant, next_entry
 from python_peer.core.gossip import GossipSession
-from python_peer.core.ledger import (
-    Entry,
-    Grant,
-    Receipt,
-    ReceiptBody,
-    check_entry,
-    compute,
-    mine_grant,
-    next_entry,
-)
+from python_peer.core.proof_of_work import mine_grant
+from python_peer.core.receipts import Receipt, ReceiptBody
+from python_peer.core.rules import check_entry
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
 

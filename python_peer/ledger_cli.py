@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from python_peer.core.ledger import LedgerReport
+    from python_peer.core.balances import LedgerReport
     from python_peer.ledger_store import LedgerStore
 
 MIN_PREFIX = 8
@@ -112,7 +112,8 @@ def run_show(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from python_peer.core.economics import format_units
-    from python_peer.core.ledger import ForkProof, Grant, ReceiptBody
+    from python_peer.core.entries import ForkProof, Grant
+    from python_peer.core.receipts import ReceiptBody
 
     store, peer_id = _open(args)
     with store:

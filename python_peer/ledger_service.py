@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.entries import Entry, parse_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
-from python_peer.core.ledger import Entry, Receipt, ReceiptBody, parse_entry, receipt_to_countersign
 from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
+from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersign
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms

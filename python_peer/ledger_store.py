@@ -1,6 +1,6 @@
 """The ledger on a native peer: a SQLite database (WAL) of validated entries, crash-safe.
 
-Rules live in ``python_peer.core.ledger``, and so does what to keep (``ChainStore``, shared with the
+Rules live in ``python_peer.core``, and so does what to keep (``chain_store.ChainStore``, shared with the
 browser's ``core.memory_store.MemoryStore``); this file keeps the rows. Two tables:
 
 - ``entries``: each author's linked chain from seq 1 (one row per seq), every row checked by
@@ -10,7 +10,7 @@ browser's ``core.memory_store.MemoryStore``); this file keeps the rows. Two tabl
   (they no longer count) and refuses later ones, so per-author storage stays bounded.
 
 What the store holds is then a function of the entries it was offered, whatever their order, and
-``report()`` is ``core.ledger.compute`` over both tables (cached until the next write).
+``report()`` is ``core.balances.compute`` over both tables (cached until the next write).
 
 Every write is one transaction: a batch (``insert_many``, ``append_many``, ``merge`` chunks) is stored
 whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
@@ -32,23 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from python_peer.core.balances import LedgerReport, compute
+from python_peer.core.chain_store import ChainStore, Quote, Signer, wall_clock_ms
 from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.entries import GENESIS, Entry, ForkProof
 from python_peer.core.errors import LedgerError, SignatureError
-from python_peer.core.ledger import (
-    GENESIS,
-    ChainStore,
-    Entry,
-    ForkProof,
-    LedgerReport,
-    Quote,
-    ReceiptBody,
-    Signer,
-    Verify,
-    check_entry,
-    check_link,
-    compute,
-    wall_clock_ms,
-)
+from python_peer.core.ledger_fields import Verify
+from python_peer.core.receipts import ReceiptBody
+from python_peer.core.rules import check_entry, check_link
 from python_peer.identity import verify as _nacl_verify
 
 __all__ = ["LEDGER_FILE", "LedgerStore", "MergeResult", "Quote", "Signer", "native_verify", "now_ms"]
@@ -86,7 +77,7 @@ now_ms = wall_clock_ms  # wall-clock milliseconds since the Unix epoch: the ledg
 
 
 def native_verify(peer_id: str, message: bytes, signature: str) -> bool:
-    """``core.ledger.Verify`` backed by pynacl (``python_peer.identity.verify``)."""
+    """``core.ledger_fields.Verify`` backed by pynacl (``python_peer.identity.verify``)."""
     try:
         _nacl_verify(peer_id, message, signature)
     except SignatureError:
@@ -374,7 +365,7 @@ class LedgerStore(ChainStore):
     # --- balances ---------------------------------------------------------------------------------------
 
     def report(self) -> LedgerReport:
-        """``core.ledger.compute`` over everything held; recomputed only after a write (same input, same output)."""
+        """``core.balances.compute`` over everything held; recomputed only after a write (same input, same output)."""
         with self._lock:
             version = self._version()
             if self._cache is not None and self._cache[0] == version:

@@ -21,9 +21,9 @@ import numpy as np
 from python_peer.core import manifest as names
 from python_peer.core.canonical import canonical_bytes, is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
-from python_peer.core.ledger import Receipt
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS
+from python_peer.core.receipts import Receipt
 from python_peer.core.spans import Span
 from python_peer.core.wire import MAX_METADATA_BYTES, ErrorCode, Frame, FrameType, error_frame
 

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 
 from python_peer.core.canonical import canonical_bytes
+from python_peer.core.entries import Entry
 from python_peer.core.errors import RemoteBadFrameError
-from python_peer.core.ledger import Entry, Receipt, ReceiptBody
 from python_peer.core.manifest import load_manifest
+from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.wire import MAX_METADATA_BYTES, Frame, FrameType
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService, network_rules

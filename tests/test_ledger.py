@@ -16,30 +16,24 @@ from typing import Any
 import pytest
 
 from python_peer.core import economics
+from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
 from python_peer.core.economics import DEFAULT_RULES, Rules, can_pay, format_units, price
-from python_peer.core.errors import LedgerError, PaymentRequiredError
-from python_peer.core.ledger import (
+from python_peer.core.entries import (
     GENESIS,
     MAX_FORK_PROOF_BYTES,
-    MAX_FUTURE_MS,
     Entry,
     ForkProof,
     Grant,
-    Receipt,
-    ReceiptBody,
-    Rejection,
-    check_body,
-    check_entry,
-    check_link,
-    check_receipt_terms,
-    compute,
     make_entry,
-    mine_grant,
     next_entry,
     parse_entry,
-    pow_bits,
 )
+from python_peer.core.errors import LedgerError, PaymentRequiredError
+from python_peer.core.ledger_fields import MAX_FUTURE_MS, Rejection
+from python_peer.core.proof_of_work import mine_grant, pow_bits
+from python_peer.core.receipts import Receipt, ReceiptBody, check_receipt_terms
+from python_peer.core.rules import check_body, check_entry, check_link
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
 

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
+from python_peer.core.entries import Entry, make_entry
 from python_peer.core.gossip import MAX_GOSSIP_MESSAGE_BYTES, GossipConfig, GossipSession
-from python_peer.core.ledger import Entry, compute, make_entry
 from python_peer.core.wire import MAX_METADATA_BYTES, Frame, FrameType, decode_frame, encode_frame
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore

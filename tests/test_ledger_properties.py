@@ -10,10 +10,12 @@ from typing import Any
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
 from python_peer.core.economics import HOUR_MS, Rules
+from python_peer.core.entries import Entry, ForkProof, Grant, make_entry, parse_entry
 from python_peer.core.errors import CanonicalError, LedgerError
-from python_peer.core.ledger import Entry, ForkProof, Grant, ReceiptBody, compute, make_entry, parse_entry
+from python_peer.core.receipts import ReceiptBody
 from python_peer.ledger_store import LedgerStore, native_verify
 from tests.test_ledger import NOW, RULES, T0, Log, cosign, grant, ids
 

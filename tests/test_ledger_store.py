@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from python_peer.core.economics import format_units
+from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
-from python_peer.core.ledger import Entry, Grant, ReceiptBody
+from python_peer.core.receipts import ReceiptBody
 from python_peer.identity import IDENTITY_FILE, Identity
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.conftest import ROOT, run_cli
@@ -89,7 +90,7 @@ _WRITER = textwrap.dedent(
     """
     import hashlib, sys
     from python_peer.core.economics import Rules
-    from python_peer.core.ledger import Receipt, ReceiptBody
+    from python_peer.core.receipts import Receipt, ReceiptBody
     from python_peer.identity import Identity
     from python_peer.ledger_store import LedgerStore
 

@@ -23,26 +23,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from python_peer.core import browser_ledger
+from python_peer.core.balances import compute
+from python_peer.core.chain_store import ChainStore
 from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.entries import Entry, ForkProof, Grant, next_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
-from python_peer.core.ledger import (
-    MAX_FUTURE_MS,
-    ChainStore,
-    Claim,
-    Entry,
-    ForkProof,
-    Grant,
-    KnownSignatures,
-    Receipt,
-    ReceiptBody,
-    check_body,
-    check_fork_proof,
-    compute,
-    next_entry,
-    signature_claims,
-)
+from python_peer.core.ledger_fields import MAX_FUTURE_MS
 from python_peer.core.memory_store import DropChain, MemoryStore, Put, SetEvidence
+from python_peer.core.receipts import Receipt, ReceiptBody
+from python_peer.core.rules import check_body, check_fork_proof
+from python_peer.core.signature_claims import Claim, KnownSignatures, signature_claims
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
 from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids

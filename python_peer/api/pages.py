@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from python_peer.core.economics import UNITS_PER_CREDIT, earnings
 from python_peer.core.errors import AI4AllError
-from python_peer.core.ledger import ReceiptBody
+from python_peer.core.receipts import ReceiptBody
 from python_peer.ledger_service import LedgerService
 from signaling.web import mime_type, resolve_file
 

@@ -8,7 +8,14 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
-- ``ledger.py``    ledger entries, co-signed receipts, fork proofs, validation with reasons, balances.
+- ``ledger_fields.py``  what ledger records are built from: checked fields, canonical bytes, ``Rejection``.
+- ``receipts.py``  co-signed receipts: the receipt, its two signatures, the checks before countersigning.
+- ``entries.py``   the signed, hash-chained log entry and its bodies (grant, receipt, fork proof).
+- ``proof_of_work.py``  the starter grant's proof of work: checking and mining it.
+- ``rules.py``     validators of one entry and of its link to the previous one, returning rejections.
+- ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
+- ``signature_claims.py``  signatures listed ahead of time, for a caller that verifies asynchronously.
+- ``chain_store.py``  ``ChainStore``: what a ledger store keeps and decides, whatever holds its rows.
 - ``economics.py`` the ledger's constants and prices, with the reasoning next to them.
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
 - ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.

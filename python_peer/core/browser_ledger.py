@@ -5,7 +5,7 @@ Standard library only. JavaScript calls ``call(method, args_json)`` and gets JSO
 
 Python under Pyodide cannot wait on a promise, and WebCrypto's Ed25519 answers with one. So every call
 that takes entries comes in two steps: ``claims`` lists the signatures the entries' acceptance needs
-(``core.ledger.signature_claims``), JavaScript checks them with WebCrypto, and the call itself gets the
+(``core.signature_claims``), JavaScript checks them with WebCrypto, and the call itself gets the
 good ones as ``verified``; the store's ``verify`` is a ``KnownSignatures`` of exactly those (anything
 else is a bad signature). Signing is the same in reverse: an operation that signs (a grant, a receipt,
 fork proofs) runs once with a signer that records what it would sign, then rolls back; JavaScript
@@ -22,27 +22,16 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .chain_store import wall_clock_ms
 from .economics import DEFAULT_RULES, Rules
+from .entries import Body, Entry, ForkProof, Grant, parse_body, parse_entry
 from .errors import AI4AllError, CanonicalError, LedgerError
 from .gossip import GossipConfig, GossipSession
-from .ledger import (
-    Body,
-    Claim,
-    Entry,
-    ForkProof,
-    Grant,
-    KnownSignatures,
-    Receipt,
-    ReceiptBody,
-    mine_grant,
-    parse_body,
-    parse_entry,
-    receipt_to_countersign,
-    signature_claims,
-    wall_clock_ms,
-)
 from .memory_store import Change, DropChain, MemoryStore, Put, SetEvidence
+from .proof_of_work import mine_grant
 from .protocol import PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
+from .receipts import Receipt, ReceiptBody, receipt_to_countersign
+from .signature_claims import Claim, KnownSignatures, signature_claims
 
 __all__ = ["PUSH_ENTRIES", "BrowserLedgerCore", "call_on"]
 

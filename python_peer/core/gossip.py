@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .canonical import canonical_bytes, is_peer_id
+from .chain_store import Outcome
+from .entries import HASH_RE, MAX_FORK_PROOF_BYTES, Entry, ForkProof
 from .errors import CanonicalError, LedgerError
-from .ledger import HASH_RE, MAX_FORK_PROOF_BYTES, Entry, ForkProof, Outcome, Rejection
+from .ledger_fields import Rejection
 
 GOSSIP_VERSION = 1
 MAX_GOSSIP_MESSAGE_BYTES = 64 * 1024 - 1024  # what a receiver accepts, whatever the sender's budget

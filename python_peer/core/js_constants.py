@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from . import canonical, ledger, protocol
+from . import canonical, protocol, receipts
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -34,7 +34,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
         ),
     ),
     (canonical, ("MAX_LAYER",)),
-    (ledger, ("RECEIPT_CONTEXT",)),
+    (receipts, ("RECEIPT_CONTEXT",)),
 )
 
 

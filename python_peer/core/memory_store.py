@@ -2,7 +2,7 @@
 
 Standard library only. It holds exactly what ``python_peer.ledger_store.LedgerStore`` (SQLite) holds
 when offered the same entries, with the same outcomes: both inherit every decision from
-``core.ledger.ChainStore`` and differ only in where rows live.
+``core.chain_store.ChainStore`` and differ only in where rows live.
 
 Persistence is the caller's: every committed write is described in ``journal`` as a list of changes
 (``Put``, ``DropChain``, ``SetEvidence``) that a browser writes to IndexedDB. ``hold()`` keeps a
@@ -18,20 +18,14 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from .balances import LedgerReport, compute
+from .chain_store import ChainStore
 from .economics import DEFAULT_RULES, Rules
+from .entries import Entry, ForkProof, Grant
 from .errors import LedgerError
-from .ledger import (
-    ChainStore,
-    Entry,
-    ForkProof,
-    Grant,
-    LedgerReport,
-    ReceiptBody,
-    Verify,
-    check_entry,
-    check_link,
-    compute,
-)
+from .ledger_fields import Verify
+from .receipts import ReceiptBody
+from .rules import check_entry, check_link
 
 __all__ = ["Change", "DropChain", "MemoryStore", "Put", "SetEvidence"]
 

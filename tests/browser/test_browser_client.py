@@ -44,8 +44,8 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, WebSocket, expect
 
 from python_peer.chain import LocalChain
-from python_peer.core.ledger import ReceiptBody
 from python_peer.core.manifest import load_manifest
+from python_peer.core.receipts import ReceiptBody
 from python_peer.core.spans import Span
 from python_peer.core.wire import (
     ErrorCode,

@@ -43,8 +43,8 @@ from python_peer.core.errors import (
     SessionRefusedError,
     UnknownSessionError,
 )
-from python_peer.core.ledger import Receipt, ReceiptBody
 from python_peer.core.manifest import load_manifest
+from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.wire import CHUNK_HEADER, CHUNK_MAGIC, HEADER, MAGIC, Frame, FrameType, chunk_message
 from python_peer.errors import PeerError
 from python_peer.generate import SamplingParams, agenerate, generate

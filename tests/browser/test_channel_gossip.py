@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
-from python_peer.core.ledger import Entry
+from python_peer.core.entries import Entry
 from python_peer.generate import SamplingParams, agenerate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService, network_rules

@@ -21,17 +21,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
+from python_peer.core.balances import compute
 from python_peer.core.economics import DEFAULT_RULES, STARTER_GRANT
-from python_peer.core.ledger import (
-    Entry,
-    ForkProof,
-    Receipt,
-    compute,
-    make_entry,
-    mine_grant,
-    next_entry,
-    pow_bits,
-)
+from python_peer.core.entries import Entry, ForkProof, make_entry, next_entry
+from python_peer.core.proof_of_work import mine_grant, pow_bits
+from python_peer.core.receipts import Receipt
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LedgerStore, native_verify

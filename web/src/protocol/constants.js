@@ -16,5 +16,5 @@ export const PROBE_MISSES = 2;
 // python_peer.core.canonical
 export const MAX_LAYER = 65536;
 
-// python_peer.core.ledger
+// python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";
