@@ -8,6 +8,8 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
+- ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).
+- ``js_constants.py``  writes ``web/src/protocol/constants.js``, the browser's copy of those constants.
 - ``ledger_fields.py``  what ledger records are built from: checked fields, canonical bytes, ``Rejection``.
 - ``receipts.py``  co-signed receipts: the receipt, its two signatures, the checks before countersigning.
 - ``entries.py``   the signed, hash-chained log entry and its bodies (grant, receipt, fork proof).
@@ -20,4 +22,6 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
 - ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.
 - ``browser_ledger.py``  what the browser calls under Pyodide: the store behind JSON calls.
+- ``browser_signing.py``  signatures across the Pyodide boundary: claims for WebCrypto, two-step signing.
+- ``browser_persistence.py``  the browser's IndexedDB copy: the journal of each write, and its replay.
 """

@@ -3,17 +3,12 @@
 Standard library only. JavaScript calls ``call(method, args_json)`` and gets JSON back, either
 ``{"ok": result}`` or ``{"error": {"code", "message"}}``; no Python object crosses the boundary.
 
-Python under Pyodide cannot wait on a promise, and WebCrypto's Ed25519 answers with one. So every call
-that takes entries comes in two steps: ``claims`` lists the signatures the entries' acceptance needs
-(``core.signature_claims``), JavaScript checks them with WebCrypto, and the call itself gets the
-good ones as ``verified``; the store's ``verify`` is a ``KnownSignatures`` of exactly those (anything
-else is a bad signature). Signing is the same in reverse: an operation that signs (a grant, a receipt,
-fork proofs) runs once with a signer that records what it would sign, then rolls back; JavaScript
-signs those messages with the node's key; the operation runs again with the signatures.
-
-Every write is held open (``MemoryStore.hold``) and its changes are returned as ``journal``: the
-caller writes them to IndexedDB, then calls ``commit`` (or ``rollback`` if the write failed), so an own
-entry is on disk before anyone sees it and memory never holds what the disk lacks.
+Every call that takes entries comes in two steps, because WebCrypto answers with a promise that Python
+cannot wait on: ``claims`` lists the signatures to check, and the call itself gets the good ones as
+``verified``; signing runs the other way, prepared then performed (``browser_signing.py``). Every write
+is held open and its changes go back as ``journal``: the caller writes them to IndexedDB, then calls
+``commit`` (or ``rollback`` if the write failed), so an own entry is on disk before anyone sees it and
+memory never holds what the disk lacks (``browser_persistence.py``).
 """
 
 from __future__ import annotations
@@ -22,109 +17,39 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from .browser_persistence import (
+    MAX_REPLAY_FUTURE_MS,
+    decode_raw,
+    journal_json,
+    raw_list,
+    refuse_damaged_own_log,
+    replay,
+)
+from .browser_signing import (
+    CaptureSigner,
+    PresignedSigner,
+    check_push,
+    claims_for,
+    held_claims,
+    signing_operation,
+    verified_claims,
+)
 from .chain_store import wall_clock_ms
 from .economics import DEFAULT_RULES, Rules
-from .entries import Body, Entry, ForkProof, Grant, parse_body, parse_entry
-from .errors import AI4AllError, CanonicalError, LedgerError
+from .entries import Entry, parse_entry
+from .errors import AI4AllError, LedgerError
 from .gossip import GossipConfig, GossipSession
-from .memory_store import Change, DropChain, MemoryStore, Put, SetEvidence
+from .memory_store import MemoryStore
 from .proof_of_work import mine_grant
 from .protocol import PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
-from .receipts import Receipt, ReceiptBody, receipt_to_countersign
-from .signature_claims import Claim, KnownSignatures, signature_claims
+from .receipts import Receipt, receipt_to_countersign
+from .signature_claims import Claim, KnownSignatures
 
 __all__ = ["PUSH_ENTRIES", "BrowserLedgerCore", "call_on"]
 
 MAX_GOSSIP_PEERS = 256
-MAX_REPLAY_FUTURE_MS = 2**53 - 1  # replaying the browser's own copy: entries were dated-checked on arrival
 
 Json = Any
-
-
-def _claims_json(claims: list[Claim]) -> list[list[str]]:
-    """Claims for JavaScript: messages are ASCII (every string of an entry is), sent as text."""
-    out: dict[tuple[str, bytes, str], None] = {}
-    for claim in claims:
-        out.setdefault(claim, None)
-    return [[peer, message.decode("utf-8"), sig] for peer, message, sig in out]
-
-
-def _verified(data: object) -> list[Claim]:
-    if not isinstance(data, list):
-        raise LedgerError("verified must be a list of [peer_id, message, signature]")
-    claims: list[Claim] = []
-    for item in data:
-        if not (isinstance(item, list) and len(item) == 3 and all(isinstance(x, str) for x in item)):
-            raise LedgerError("a verified claim is [peer_id, message, signature]")
-        claims.append((item[0], item[1].encode("utf-8"), item[2]))
-    return claims
-
-
-def _journal_json(changes: list[Change]) -> list[list[Any]]:
-    out: list[list[Any]] = []
-    for change in changes:
-        if isinstance(change, Put):
-            e = change.entry
-            out.append(["put", e.author, e.seq, e.hash, e.encoded.decode("utf-8")])
-        elif isinstance(change, DropChain):
-            out.append(["drop", change.author, change.from_seq])
-        elif isinstance(change, SetEvidence):
-            pairs = [[e.hash, e.encoded.decode("utf-8")] for e in change.entries]
-            out.append(["evidence", change.author, change.seq, pairs])
-    return out
-
-
-def _entries_of(message: object) -> tuple[list[Entry], list[ForkProof]]:
-    """The entries and proofs a gossip ``entries`` message carries (malformed ones left out)."""
-    if not isinstance(message, dict) or message.get("type") != "entries":
-        return [], []
-    entries: list[Entry] = []
-    proofs: list[ForkProof] = []
-    raw_entries, raw_proofs = message.get("entries"), message.get("proofs")
-    for data in raw_entries if isinstance(raw_entries, list) else []:
-        parsed = parse_entry(data)
-        if isinstance(parsed, Entry):
-            entries.append(parsed)
-    for data in raw_proofs if isinstance(raw_proofs, list) else []:
-        try:
-            if isinstance(data, dict) and set(data) == {"a", "b"}:
-                a = Entry.from_dict(data["a"], nested=True)
-                b = Entry.from_dict(data["b"], nested=True)
-                proofs.append(ForkProof(a, b))
-        except (LedgerError, CanonicalError, RecursionError):
-            continue
-    return entries, proofs
-
-
-class _CaptureSigner:
-    """Records what an operation would sign, answering with a placeholder it also vouches for."""
-
-    def __init__(self, peer_id: str, known: KnownSignatures) -> None:
-        self.peer_id = peer_id
-        self.known = known
-        self.messages: list[bytes] = []
-
-    def sign(self, message: bytes) -> str:
-        placeholder = f"{len(self.messages):0128x}"
-        self.messages.append(bytes(message))
-        self.known.add([(self.peer_id, message, placeholder)])
-        return placeholder
-
-
-class _PresignedSigner:
-    """Answers with the signatures JavaScript made for exactly these messages, in order."""
-
-    def __init__(self, peer_id: str, messages: list[bytes], signatures: list[str]) -> None:
-        self.peer_id = peer_id
-        self.pairs = list(zip(messages, signatures, strict=True))
-        self.used = 0
-
-    def sign(self, message: bytes) -> str:
-        if self.used >= len(self.pairs) or self.pairs[self.used][0] != message:
-            raise LedgerError("the ledger changed between preparing and signing an entry", code="store")
-        signature = self.pairs[self.used][1]
-        self.used += 1
-        return signature
 
 
 class BrowserLedgerCore:
@@ -153,7 +78,7 @@ class BrowserLedgerCore:
             raise
         finally:
             self.known.clear()
-        journal = _journal_json(self.store.journal)
+        journal = journal_json(self.store.journal)
         if not journal:
             self.store.commit()
         return {"result": result, "journal": journal}
@@ -170,40 +95,7 @@ class BrowserLedgerCore:
 
     def claims(self, kind: str, payload: object) -> list[list[str]]:
         """The signatures JavaScript must check before ``kind`` (push, gossip, raw, receipt) with ``payload``."""
-        if kind == "push":
-            self._check_push(payload)
-            assert isinstance(payload, list)
-            return self.claims("entries", payload)
-        if kind == "entries":
-            listed = payload if isinstance(payload, list) else []
-            parsed = [p for p in (parse_entry(e) for e in listed) if isinstance(p, Entry)]
-            return _claims_json([c for e in parsed for c in signature_claims(e)])
-        if kind == "gossip":
-            entries, proofs = _entries_of(payload)
-            items: list[Entry | ForkProof] = [*proofs, *entries]
-            return _claims_json([c for item in items for c in signature_claims(item)])
-        if kind == "raw":
-            parsed = [e for e in (self._decode(r) for r in self._raw_list(payload)) if isinstance(e, Entry)]
-            return _claims_json([c for e in parsed for c in signature_claims(e)])
-        if kind == "receipt":
-            body = ReceiptBody.from_dict(payload)
-            message = body.receipt.signing_bytes()
-            r = body.receipt
-            return _claims_json([(r.client, message, body.client_sig), (r.server, message, body.server_sig)])
-        raise LedgerError(f"no claims for {kind!r:.40}")
-
-    @staticmethod
-    def _raw_list(payload: object) -> list[str]:
-        if not isinstance(payload, list) or not all(isinstance(r, str) for r in payload):
-            raise LedgerError("raw entries must be a list of canonical JSON strings")
-        return payload
-
-    @staticmethod
-    def _decode(raw: str) -> Entry | LedgerError:
-        try:
-            return Entry.decode(raw.encode("utf-8"))
-        except (LedgerError, CanonicalError, RecursionError, UnicodeError) as exc:
-            return exc if isinstance(exc, LedgerError) else LedgerError(str(exc))
+        return claims_for(kind, payload)
 
     # --- replay ---------------------------------------------------------------------------------------
 
@@ -214,83 +106,15 @@ class BrowserLedgerCore:
         remove it from disk. An own entry that does not load is an error (``corrupt``): signing its seq
         again could fork this identity's log.
         """
-        raws, evidence_raws = self._raw_list(entries), self._raw_list(evidence)
+        raws, evidence_raws = raw_list(entries), raw_list(evidence)
         self.known.clear()
-        self.known.add(_verified(verified))
-        dropped: list[list[Any]] = []
-        parsed: list[tuple[Entry, str]] = []
-        for raw in raws:
-            entry = self._decode(raw)
-            if isinstance(entry, Entry):
-                parsed.append((entry, raw))
-            else:
-                dropped.append([None, entry.code, str(entry), raw])
-        parsed.sort(key=lambda pair: (pair[0].author, pair[0].seq, pair[0].hash))
-        proofs: list[ForkProof] = []
-        by_author: dict[str, list[Entry]] = {}
-        for raw in evidence_raws:
-            entry = self._decode(raw)
-            if isinstance(entry, Entry):
-                by_author.setdefault(entry.author, []).append(entry)
-            else:
-                dropped.append([None, entry.code, str(entry), raw])
-        for variants in by_author.values():
-            variants.sort(key=lambda e: (e.seq, e.hash))
-            if (
-                len(variants) >= 2
-                and variants[0].seq == variants[1].seq
-                and variants[0].hash != variants[1].hash
-            ):
-                proofs.append(ForkProof.of(variants[0], variants[1]))
+        self.known.add(verified_claims(verified))
         try:
-            outcomes = self.store.insert_many([e for e, _ in parsed], MAX_REPLAY_FUTURE_MS)
-            proof_outcomes = self.store.add_fork_proofs(proofs) if proofs else []
+            dropped = replay(self.store, raws, evidence_raws)
         finally:
             self.known.clear()
-        for (entry, raw), outcome in zip(parsed, outcomes, strict=True):
-            if outcome.status == "rejected" and outcome.rejection is not None:
-                dropped.append([entry.hash, outcome.rejection.code, outcome.rejection.reason, raw])
-        for proof, outcome in zip(proofs, proof_outcomes, strict=True):
-            if outcome.status == "rejected" and outcome.rejection is not None:
-                for e in (proof.a, proof.b):
-                    dropped.append(
-                        [e.hash, outcome.rejection.code, outcome.rejection.reason, e.encoded.decode()]
-                    )
-        chain, kept = self.store.hashes()
-        held = chain | kept
-        for variants in by_author.values():  # evidence no longer needed (a lower fork was found)
-            for e in variants:
-                if e.hash not in held and not any(d[0] == e.hash for d in dropped):
-                    dropped.append(
-                        [e.hash, "superseded", "evidence of a fork at a higher seq", e.encoded.decode()]
-                    )
-        for entry, raw in parsed:  # chain rows that a fork dropped after they were stored
-            if entry.hash not in held and not any(d[0] == entry.hash for d in dropped):
-                dropped.append([entry.hash, "forked", "its author forked at or below this seq", raw])
-        fork = self.store.forks().get(self.peer_id)
-        own = [d for d in dropped if self._author_seq(d[3])[0] == self.peer_id]
-        own = [d for d in own if fork is None or not self._at_or_after(d[3], fork)]
-        if own:
-            code, reason = own[0][1], own[0][2]
-            raise LedgerError(
-                f"this browser's copy of its own log is damaged ({code}: {reason}); signing again could "
-                "fork its log: clear this site's data to start over with a new identity",
-                code="corrupt",
-            )
+        refuse_damaged_own_log(self.store, self.peer_id, dropped)
         return {"entries": len(self.store), "dropped": dropped}
-
-    def _at_or_after(self, raw: str, seq: int) -> bool:
-        claimed = self._author_seq(raw)[1]
-        return isinstance(claimed, int) and claimed >= seq
-
-    @staticmethod
-    def _author_seq(raw: str) -> tuple[object, object]:
-        """The author and seq a stored row claims, even when it no longer parses as an entry."""
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            return None, None
-        return (data.get("author"), data.get("seq")) if isinstance(data, dict) else (None, None)
 
     def own_head(self) -> int:
         """The seq of this node's last entry here (0 for none): where catching up with other tabs starts."""
@@ -299,23 +123,18 @@ class BrowserLedgerCore:
 
     def catch_up(self, raws: object, verified: object) -> dict[str, Any]:
         """Own entries another tab of this browser stored (canonical JSON), in seq order."""
-        entries = [e for e in (self._decode(r) for r in self._raw_list(raws)) if isinstance(e, Entry)]
+        entries = [e for e in (decode_raw(r) for r in raw_list(raws)) if isinstance(e, Entry)]
         entries.sort(key=lambda e: e.seq)
         return self._write(
-            _verified(verified),
+            verified_claims(verified),
             lambda: sum(o.status == "stored" for o in self.store.insert_many(entries, MAX_REPLAY_FUTURE_MS)),
         )
 
     # --- others' entries ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _check_push(entries: object) -> None:
-        if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:
-            raise LedgerError(f"a push carries a list of at most {PUSH_ENTRIES} entries")
-
     def accept_entries(self, entries: object, verified: object) -> dict[str, Any]:
         """``LedgerService.accept_entries``: store valid pushed entries; ``result`` is how many were new."""
-        self._check_push(entries)
+        check_push(entries)
         assert isinstance(entries, list)
 
         def work() -> dict[str, Any]:
@@ -333,7 +152,7 @@ class BrowserLedgerCore:
                     refused.append([outcome.hash, outcome.rejection.code, outcome.rejection.reason])
             return {"stored": sum(1 for o in outcomes if o.status == "stored"), "refused": refused}
 
-        return self._write(_verified(verified), work)
+        return self._write(verified_claims(verified), work)
 
     # --- gossip ---------------------------------------------------------------------------------------
 
@@ -374,26 +193,9 @@ class BrowserLedgerCore:
                 else False,
             }
 
-        return self._write(_verified(verified), work)
+        return self._write(verified_claims(verified), work)
 
     # --- own entries ----------------------------------------------------------------------------------
-
-    def _op(self, op: str, args: dict[str, Any]) -> Callable[[Any], list[Entry]]:
-        if op == "grant":
-            nonce = args.get("nonce")
-            if isinstance(nonce, bool) or not isinstance(nonce, int):
-                raise LedgerError("a grant needs its nonce")
-            grant = Grant(nonce)
-            return lambda signer: [self.store.append(signer, grant, args["now"])]
-        if op == "receipt":
-            body = ReceiptBody.from_dict(args.get("body"))
-            return lambda signer: [self.store.append_receipt(signer, body, args["now"])]
-        if op == "fork_proofs":
-            return lambda signer: self.store.publish_fork_proofs(signer, args["now"])
-        if op == "append":
-            bodies: list[Body] = [parse_body(b) for b in args.get("bodies") or []]
-            return lambda signer: self.store.append_many(signer, bodies, args["now"])
-        raise LedgerError(f"unknown ledger operation {op!r:.40}")
 
     def prepare(self, op: str, args: dict[str, Any], verified: object) -> dict[str, Any]:
         """Dry-run a signing ``op`` (grant, receipt, fork_proofs, append): what it signs, at which time.
@@ -401,10 +203,10 @@ class BrowserLedgerCore:
         Nothing is kept. JavaScript signs ``messages`` with the node's key and calls ``perform``.
         """
         args = {**args, "now": args.get("now") or wall_clock_ms()}
-        run = self._op(op, args)
+        run = signing_operation(self.store, op, args)
         self.known.clear()
-        self.known.add([*_verified(verified), *self._held_claims(op)])
-        capture = _CaptureSigner(self.peer_id, self.known)
+        self.known.add([*verified_claims(verified), *held_claims(self.store, self.peer_id, op)])
+        capture = CaptureSigner(self.peer_id, self.known)
         self.store.hold()
         try:
             run(capture)
@@ -421,10 +223,11 @@ class BrowserLedgerCore:
         ``verified`` must hold the new signatures as well (checked like any other): an entry whose
         signature does not verify is never kept, even an own one.
         """
-        run = self._op(op, args)
+        run = signing_operation(self.store, op, args)
         encoded = [m.encode("utf-8") for m in messages]
-        signer = _PresignedSigner(self.peer_id, encoded, list(signatures))
-        claims = [*_verified(verified), *self._held_claims(op)]  # the new signatures too: JS checks them
+        signer = PresignedSigner(self.peer_id, encoded, list(signatures))
+        # the new signatures too: JS checks them
+        claims = [*verified_claims(verified), *held_claims(self.store, self.peer_id, op)]
 
         def work() -> list[dict[str, Any]]:
             entries = run(signer)
@@ -433,12 +236,6 @@ class BrowserLedgerCore:
             return [e.to_dict() for e in entries]
 
         return self._write(claims, work)
-
-    def _held_claims(self, op: str) -> list[Claim]:
-        """Signatures of what ``op`` copies from the store itself (checked when it arrived)."""
-        if op != "fork_proofs":
-            return []
-        return [c for p in self.store.unpublished_fork_proofs(self.peer_id) for c in signature_claims(p)]
 
     def mine(self, start: int, limit: int) -> int | None:
         """A grant nonce for this node within ``[start, start + limit)`` under the network's bits, or None."""
@@ -551,7 +348,7 @@ class BrowserLedgerCore:
 
 
 _METHODS = frozenset(
-    {
+    [
         "commit",
         "rollback",
         "own_head",
@@ -577,7 +374,7 @@ _METHODS = frozenset(
         "forks",
         "fork_proof",
         "balances",
-    }
+    ]
 )
 
 

@@ -50,6 +50,8 @@ export const CORE_FILES = Object.freeze([
   'chain_store.py',
   'gossip.py',
   'memory_store.py',
+  'browser_persistence.py',
+  'browser_signing.py',
   'browser_ledger.py',
 ]);
 const PY_ROOT = '/home/pyodide/ai4all';
