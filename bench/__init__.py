@@ -6,6 +6,11 @@
 - ``bench_mesh.py``    the default model through 3 peers on loopback vs the same shards in one process vs
                        the whole model: time to first token and decode tokens/s; aggregate tokens/s with 1,
                        4 and 8 concurrent sessions; signaling relay latency and announcements per second.
+                       Its parts: ``mesh_processes.py`` (the signaling nodes and peers it starts and
+                       stops), ``mesh_contenders.py`` (mesh, local chain and whole model behind one
+                       interface; single sessions), ``mesh_concurrency.py`` (concurrent sessions),
+                       ``mesh_signaling.py`` (relay round trips, announcements), ``mesh_report.py``
+                       (its tables).
 - ``bench_ledger.py``  ledger entries verified and applied per second, balance computation, gossip
                        convergence of 10 nodes.
 """

@@ -38,7 +38,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.bench_mesh import Child, _health, free_port
+from bench.mesh_processes import Child, free_port, node_health
 from python_peer.chain import LocalChain, position_ids_for
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import ShardEntry, load_manifest
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + START_TIMEOUT_S
-            while _health(url) is None:
+            while node_health(url) is None:
                 node.check_alive()
                 if time.monotonic() > deadline:
                     raise BenchError(f"the signaling node did not start:\n{node.tail()}")

@@ -1,0 +1,139 @@
+"""The contenders the mesh benchmark decodes with, and one greedy run of each, interleaved per repeat.
+
+The mesh (a ``MeshClient`` session through the peers), the same shards chained in this process and the
+whole model, each behind one async interface (``AsyncDecoder``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from rich.console import Console
+
+from bench.bench_export import Decoder
+from bench.mesh_processes import BenchError
+from python_peer.mesh_client import MeshClient, MeshSession
+
+PROMPT = "What is the capital of France?"
+WARMUP_TOKENS = 4
+
+MESH = "mesh (3 peers, loopback)"
+CHAIN = "local chain (same shards)"
+WHOLE_OPTIMUM = "whole model (optimum graph)"
+WHOLE_SHARD = "whole model (one blocks shard)"
+
+
+class AsyncDecoder(Protocol):
+    """One contender, async: a fresh session per ``begin``, greedy steps with ``next``, then ``end``."""
+
+    name: str
+
+    async def begin(self, ids: Sequence[int]) -> np.ndarray: ...
+
+    async def next(self, token: int) -> np.ndarray: ...
+
+    async def end(self) -> None: ...
+
+
+class InProcess:
+    """A ``bench_export`` decoder run in a worker thread, so the event loop (and its links) stays live."""
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.name = decoder.name
+
+    async def begin(self, ids: Sequence[int]) -> np.ndarray:
+        return await asyncio.to_thread(self.decoder.begin, ids)
+
+    async def next(self, token: int) -> np.ndarray:
+        return await asyncio.to_thread(self.decoder.next, token)
+
+    async def end(self) -> None:
+        await asyncio.to_thread(self.decoder.end)
+
+
+class MeshDecoder:
+    """One mesh session per ``begin``: embed and head here, every block on the peers."""
+
+    def __init__(self, name: str, client: MeshClient, max_length: int) -> None:
+        self.name = name
+        self.client = client
+        self.max_length = max_length
+        self._session: MeshSession | None = None
+
+    async def begin(self, ids: Sequence[int]) -> np.ndarray:
+        self._session = await self.client.open(1, self.max_length)
+        return await self._step(np.array([ids], dtype=np.int64))
+
+    async def next(self, token: int) -> np.ndarray:
+        return await self._step(np.array([[token]], dtype=np.int64))
+
+    async def _step(self, ids: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise BenchError(f"{self.name}: step before begin")
+        logits = await self._session.step(ids, np.ones_like(ids))
+        last: np.ndarray = logits[0, -1]
+        return last
+
+    async def end(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+@dataclass(frozen=True)
+class Run:
+    ttft_s: float  # session open + prompt + the first token's logits and argmax
+    decode_s: float  # the decode steps after it
+    tokens: list[int]
+
+
+async def greedy(decoder: AsyncDecoder, prompt: Sequence[int], steps: int) -> Run:
+    start = time.perf_counter()
+    try:
+        tokens = [int(np.argmax(await decoder.begin(prompt)))]
+        first = time.perf_counter()
+        for _ in range(steps):
+            tokens.append(int(np.argmax(await decoder.next(tokens[-1]))))
+        return Run(first - start, time.perf_counter() - first, tokens)
+    finally:
+        await decoder.end()
+
+
+@dataclass
+class Samples:
+    """One contender's single-session runs across repeats."""
+
+    ttft_s: list[float] = field(default_factory=list)
+    decode_tok_s: list[float] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)  # the first repeat's
+    deterministic: bool = True
+
+
+async def single_sessions(
+    decoders: list[AsyncDecoder], prompt: list[int], steps: int, repeats: int, log: Console
+) -> dict[str, Samples]:
+    """Warm up, then A, B, C, A, B, C, ...: every contender once per repeat, back to back."""
+    for decoder in decoders:
+        await greedy(decoder, prompt, WARMUP_TOKENS)
+    samples = {d.name: Samples() for d in decoders}
+    for repeat in range(repeats):
+        for decoder in decoders:
+            run = await greedy(decoder, prompt, steps)
+            s = samples[decoder.name]
+            s.ttft_s.append(run.ttft_s)
+            s.decode_tok_s.append(steps / run.decode_s)
+            if not s.tokens:
+                s.tokens = run.tokens
+            elif run.tokens != s.tokens:
+                s.deterministic = False
+        line = ", ".join(
+            f"{n}: {s.ttft_s[-1] * 1e3:.0f} ms, {s.decode_tok_s[-1]:.1f} tok/s" for n, s in samples.items()
+        )
+        log.log(f"single session, repeat {repeat + 1}/{repeats}: {line}")
+    return samples
