@@ -57,6 +57,7 @@ Every message names the offending value so a user can act on it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -266,3 +267,29 @@ class LedgerError(CoreError, ValueError):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class SettingsError(CoreError, ValueError):
+    """A configuration value that is not valid; ``field`` names it.
+
+    The message is a template whose ``{field}`` placeholders are filled with how the reader knows each
+    field: ``str()`` uses the names given at construction (the domain's), and a command line calls
+    ``render`` with its flag names, so the same check speaks of ``username`` in a library and of
+    ``--ice-username`` on the command line.
+    """
+
+    def __init__(
+        self, field: str, template: str, values: Mapping[str, object], names: Mapping[str, str]
+    ) -> None:
+        self.field = field
+        self.template = template
+        self.values = dict(values)
+        super().__init__(self.render(names))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message, each field named as ``names`` says."""
+        return self.template.format(**names, **self.values)
+
+
+class CommandError(AI4AllError):
+    """A failure a user of the ``ai4all`` command can act on: printed as one line on stderr, exit status 1."""
