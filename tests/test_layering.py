@@ -195,6 +195,28 @@ def test_core_imports_only_the_standard_library() -> None:
     assert (core / "wire.py").exists() and errors.WireError.code == "bad_frame"
 
 
+def _is_exception(node: ast.ClassDef) -> bool:
+    """A class deriving, by name, from an error or exception class (``Error`` of signaling's messages is not)."""
+    names = [
+        b.id if isinstance(b, ast.Name) else b.attr if isinstance(b, ast.Attribute) else ""
+        for b in node.bases
+    ]
+    return any(n.endswith(("Error", "Exception")) for n in names)
+
+
+def test_the_drawn_exception_tree_names_every_exception_class() -> None:
+    """``python_peer/core/errors.py`` draws the whole hierarchy: a new public exception goes in it."""
+    drawn = errors.__doc__ or ""
+    missing = [
+        f"{name}.{node.name}"
+        for name, path in _modules().items()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_") and _is_exception(node)
+        if not re.search(rf"\b{node.name}\b", drawn)
+    ]
+    assert missing == []
+
+
 # --- module size ---------------------------------------------------------------------------------------
 
 
