@@ -167,6 +167,25 @@ def test_the_peer_never_imports_signaling() -> None:
     assert wrong == []
 
 
+# The command-line modules, and the one shared definition of the ICE flags; below them, library functions
+# take typed options (frozen dataclasses), never an ``argparse.Namespace``.
+_COMMAND_LINE = {
+    "exporter.cli",
+    "python_peer.cli",
+    "python_peer.chat_cli",
+    "python_peer.ledger_cli",
+    "python_peer.peer_cli",
+    "python_peer.up",
+    "python_peer.core.ice",
+    "signaling.cli",
+}
+
+
+def test_only_the_command_line_reads_arguments() -> None:
+    readers = sorted(name for name, targets in _all_imports().items() if "argparse" in targets)
+    assert set(readers) <= _COMMAND_LINE, sorted(set(readers) - _COMMAND_LINE)
+
+
 def test_no_import_cycle_in_python() -> None:
     graph = _graph()
     assert "python_peer.api.app" in graph and "signaling.web" in graph  # the graph is the real one
