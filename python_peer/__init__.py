@@ -1,8 +1,9 @@
 """The native AI4All peer: runs ONNX shards with onnxruntime, never torch.
 
-- ``core/``             stdlib-only rules shared with the browser: spans, manifest, wire format, canonical
-                        JSON and announcements (run under Pyodide there).
-- ``errors.py``         the peer's exception hierarchy.
+- ``core/``             stdlib-only rules shared with the browser and the signaling node: spans, manifest,
+                        wire format, canonical JSON and announcements, ledger, ICE settings, static files
+                        (run under Pyodide there).
+- ``errors.py``         the peer's exception hierarchy (``core/errors.py`` draws every package's tree).
 - ``runner.py``         one shard in one onnxruntime session, with per-session KV caches.
 - ``chain.py``          a local chain of runners: embed -> blocks ... -> head (the reference).
 - ``tokenizer.py``      tokenizer.json and the chat template, without transformers.
@@ -10,7 +11,9 @@
 - ``tensors.py``        numpy <-> wire tensors.
 - ``identity.py``       the node's persistent Ed25519 identity.
 - ``signal_client.py``  the connection to signaling nodes: announce, lookup, signals, fail-over.
-- ``transport.py``      WebRTC links (aiortc): chunked frames with backpressure.
+- ``transport.py``      ``LinkManager`` and ``TransportConfig``: making WebRTC links (aiortc) through signaling.
+- ``link.py``           one link: chunked frames with backpressure, PING answered.
+- ``ice.py``            aiortc and aioice configured for ICE: STUN/TURN servers, gathering on loopback.
 - ``rpc.py``            request/response over links, with liveness probes.
 - ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
@@ -18,9 +21,11 @@
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
 - ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer``, a client.
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
-- ``ledger_service.py`` a node's ledger at work: pushes, receipts at session end, gossip, the API's view.
+- ``ledger_service.py`` a node's ledger at work: pushes, receipts at session end, gossip.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
-- ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app).
-- ``cli.py``            the ``ai4all`` command; ``chat_cli.py``, ``peer_cli.py`` and ``up.py`` add
-                        ``chat``, ``peer`` and ``up``.
+- ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app, pages).
+- ``chat.py``           one chat reply, through the mesh or local shards (``ChatOptions``).
+- ``serving.py``        a serving peer as a process, with its API (``PeerOptions``).
+- ``cli.py``            the ``ai4all`` command; ``chat_cli.py``, ``peer_cli.py``, ``ledger_cli.py`` and ``up.py``
+                        add ``chat``, ``peer``, ``ledger`` and ``up``. They only parse flags into options.
 """

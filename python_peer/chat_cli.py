@@ -1,20 +1,20 @@
 """``ai4all chat``: one reply, through the mesh (``--signal``) or through shards loaded here.
 
-The reply goes alone to stdout, streamed; progress and logs go to stderr.
+The reply goes alone to stdout, streamed; progress and logs go to stderr. This module parses the flags
+into ``ChatOptions``; ``chat.py`` answers.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .peer_cli import add_ice_args, ice_settings
+from python_peer.core.ice import add_ice_args, ice_settings
 
 if TYPE_CHECKING:
+    from .chat import ChatOptions
     from .generate import SamplingParams
-    from .tokenizer import ModelTokenizer
 
 
 def register(subparsers: Any) -> None:
@@ -70,57 +70,22 @@ def sampling_params(args: argparse.Namespace) -> SamplingParams:
     )
 
 
-def prompt_ids(tokenizer: ModelTokenizer, prompt: str) -> list[int]:
-    """The user's message through the chat template (a plain prompt for models without one)."""
-    if tokenizer.chat_template is not None:
-        return tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": prompt}]))
-    return tokenizer.encode(prompt)
+def chat_options(args: argparse.Namespace) -> ChatOptions:
+    """The checked arguments of ``ai4all chat``; ``CommandError`` names the flag that is wrong."""
+    from .chat import ChatOptions
 
-
-def local_reply(model_dir: Path, prompt: str, args: argparse.Namespace) -> int:
-    """Answer through every shard loaded in this process."""
-    from .chain import LocalChain
-    from .generate import stream
-    from .tokenizer import ModelTokenizer
-
-    chain = LocalChain(model_dir)
-    tokenizer = ModelTokenizer(model_dir, chain.manifest)
-    for piece in stream(chain, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
-    return 0
-
-
-async def mesh_reply(model_dir: Path, prompt: str, args: argparse.Namespace, signal_urls: list[str]) -> int:
-    """Answer through the mesh: embed and head here, every block on peers found through signaling."""
-    from .generate import astream
-    from .ledger_cli import default_data_dir
-    from .node import NodeConfig, open_client
-    from .tokenizer import ModelTokenizer
-
-    # The identity and its ledger are kept, so the starter grant's proof of work is paid once.
-    data_dir = args.data_dir or default_data_dir()
-    transport = ice_settings(args).transport_config()
-    node, client = await open_client(
-        NodeConfig(signal_urls=tuple(signal_urls), data_dir=data_dir, transport=transport), model_dir
+    ice = ice_settings(args)  # refused before anything loads, with or without --signal
+    return ChatOptions(
+        model_dir=args.model,
+        prompt=args.prompt,
+        sampling=sampling_params(args),
+        signal_urls=tuple(args.signal),
+        data_dir=args.data_dir,
+        ice=ice,
     )
-    try:
-        tokenizer = ModelTokenizer(model_dir, client.manifest)
-        async for piece in astream(client, tokenizer, prompt_ids(tokenizer, prompt), sampling_params(args)):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-        sys.stdout.write("\n")
-    finally:
-        await client.aclose()
-        await node.aclose()
-    return 0
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    ice_settings(args)  # refused before anything loads, with or without --signal
-    if args.signal:
-        import asyncio
+    from .chat import reply
 
-        return asyncio.run(mesh_reply(args.model, args.prompt, args, args.signal))
-    return local_reply(args.model, args.prompt, args)
+    return reply(chat_options(args))

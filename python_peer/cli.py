@@ -2,7 +2,9 @@
 
 Each subcommand lives in the module that owns its concept and exposes ``register(subparsers)``;
 registering must stay cheap (no torch, no onnxruntime at import time), so heavy imports happen
-inside the handlers. A handler returns the process exit status.
+inside the handlers. A handler parses its arguments into a typed options object and calls a library
+function with it; it returns the process exit status. Any ``AI4AllError`` (``CommandError`` for a bad
+flag) is printed as one line on stderr, with exit status 1.
 """
 
 from __future__ import annotations
@@ -24,10 +26,6 @@ _SUBCOMMAND_MODULES = (
     "python_peer.up",
     "signaling.cli",
 )
-
-
-class CommandError(AI4AllError):
-    """A failure a user can act on: printed as one line on stderr, exit status 1."""
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""Exceptions of the native peer.
+"""Exceptions of the native peer (``python_peer/core/errors.py`` draws every package's tree).
 
 Hierarchy::
 
@@ -7,14 +7,15 @@ Hierarchy::
         ├── ShardError           a shard file that is missing, altered (sha256) or that onnxruntime refuses
         ├── ShardInputError      inputs of the wrong name, dtype or shape for a shard, or NaN/Inf in them
         ├── SessionError         an unknown, closed or over-budget inference session
-        └── TransportError       a WebRTC link that cannot be made or used (transport.py)
+        └── TransportError       a WebRTC link that cannot be made or used (transport.py, link.py)
             ├── LinkClosedError      the link is closed: locally, by the remote, or its connection failed
             │   └── LinkOverflowError    closed because frames arrived faster than the consumer read them
             ├── LinkTimeoutError     no answer, no open channel or no PONG within the timeout
             └── SignalPayloadError   a signaling payload that is malformed or names no pending link
+    UpError                      ``ai4all up`` could not start its local mesh
 
 onnxruntime's own exceptions are translated at the boundary (``raise ShardError(...) from exc``).
-aiortc's are translated the same way in ``transport.py``.
+aiortc's are translated the same way in ``transport.py`` and ``link.py``.
 """
 
 from __future__ import annotations
@@ -56,3 +57,7 @@ class LinkTimeoutError(TransportError, TimeoutError):
 
 class SignalPayloadError(TransportError, ValueError):
     """A signaling payload is malformed, of an unknown type, or names a link that is not pending."""
+
+
+class UpError(AI4AllError):
+    """``ai4all up`` could not start its local mesh (a process did not start, the export failed)."""

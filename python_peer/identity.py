@@ -26,6 +26,17 @@ from python_peer.core.errors import CanonicalError, IdentityError, SignatureErro
 __all__ = ["IDENTITY_FILE", "Identity", "verify", "verify_body"]
 
 IDENTITY_FILE = "identity.key"
+
+
+def default_data_dir() -> Path:
+    """Where a node keeps its identity and ledger by default: ``$AI4ALL_DATA_DIR``, else
+    ``$XDG_DATA_HOME/ai4all``, else ``~/.local/share/ai4all``."""
+    explicit = os.environ.get("AI4ALL_DATA_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_DATA_HOME", "~/.local/share")).expanduser() / "ai4all"
+
+
 _SEED_BYTES = 32
 
 log = logging.getLogger(__name__)

@@ -7,24 +7,17 @@ identity and may be any unique prefix (8+ hex digits) of a peer id the ledger kn
 from __future__ import annotations
 
 import argparse
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from python_peer.core.errors import CommandError
 
 if TYPE_CHECKING:
     from python_peer.core.balances import LedgerReport
     from python_peer.ledger_store import LedgerStore
 
 MIN_PREFIX = 8
-
-
-def default_data_dir() -> Path:
-    """``$AI4ALL_DATA_DIR``, else ``$XDG_DATA_HOME/ai4all``, else ``~/.local/share/ai4all``."""
-    explicit = os.environ.get("AI4ALL_DATA_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    return Path(os.environ.get("XDG_DATA_HOME", "~/.local/share")).expanduser() / "ai4all"
 
 
 def register(subparsers: Any) -> None:
@@ -55,17 +48,15 @@ def register(subparsers: Any) -> None:
 
 
 def _open(args: argparse.Namespace) -> tuple[LedgerStore, str]:
-    from python_peer.cli import CommandError
     from python_peer.core.canonical import is_peer_id
-    from python_peer.identity import IDENTITY_FILE, Identity
+    from python_peer.core.economics import network_rules
+    from python_peer.identity import IDENTITY_FILE, Identity, default_data_dir
     from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 
     data_dir = args.data_dir or default_data_dir()
     path = data_dir / LEDGER_FILE
     if not path.exists():
         raise CommandError(f"no ledger at {path}: run a peer with --data-dir {data_dir} first")
-    from python_peer.ledger_service import network_rules
-
     store = LedgerStore.open(path, create=False, rules=network_rules())
     try:
         if args.id is None:
@@ -81,8 +72,6 @@ def _open(args: argparse.Namespace) -> tuple[LedgerStore, str]:
 
 
 def _resolve(store: LedgerStore, prefix: str) -> str:
-    from python_peer.cli import CommandError
-
     if len(prefix) < MIN_PREFIX or any(c not in "0123456789abcdef" for c in prefix):
         raise CommandError(f"ID {prefix!r:.80} is neither a peer id nor a prefix of {MIN_PREFIX}+ hex digits")
     known = set(store.report().accounts) | set(store.heads())

@@ -8,14 +8,12 @@ to countersign receipts; every node gossips with others through signaling.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from python_peer.core.economics import DEFAULT_RULES, Rules
+from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry, parse_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
@@ -25,30 +23,13 @@ from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersi
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
 
-if TYPE_CHECKING:
-    from .api.types import TokenBalance
-
 log = logging.getLogger(__name__)
 
-# A private mesh (tests, ``ai4all up``) may lower the starter grant's proof of work; every node of one
-# network must use the same value, or their balances disagree.
-POW_BITS_ENV = "AI4ALL_LEDGER_POW_BITS"
 MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
 # Signal payloads hold 32 KiB of JSON; gossip through signaling stays under that.
 SIGNALING_GOSSIP = GossipConfig(max_message_bytes=SIGNALING_GOSSIP_BYTES)
 # On a session link a GOSSIP frame's metadata holds 64 KiB: a message plus its envelope stays under that.
 CHANNEL_GOSSIP = GossipConfig(max_message_bytes=CHANNEL_GOSSIP_BYTES)
-
-
-def network_rules() -> Rules:
-    """The ledger rules of this network: the defaults, with ``$AI4ALL_LEDGER_POW_BITS`` if set."""
-    bits = os.environ.get(POW_BITS_ENV)
-    if not bits:
-        return DEFAULT_RULES
-    try:
-        return Rules(grant_pow_bits=int(bits))
-    except ValueError as exc:
-        raise LedgerError(f"${POW_BITS_ENV}={bits!r} is not a number of bits in 0..64") from exc
 
 
 class LedgerService:
@@ -179,55 +160,3 @@ class LedgerService:
         if received.forks:
             self.store.publish_fork_proofs(self.identity)
         return received.replies
-
-
-class ApiLedger:
-    """The API's view of a node's ledger: admission before a generation, and the balance endpoint."""
-
-    def __init__(self, ledger: LedgerService) -> None:
-        self.ledger = ledger
-
-    async def admit(self, model: str, blocks: int, tokens: int) -> None:
-        """Refuse (``PaymentRequiredError``, a 402) a request this node's own balance could not pay for."""
-        await asyncio.to_thread(self.ledger.require_payment, self.ledger.peer_id, blocks, tokens)
-
-    async def balance(self) -> TokenBalance:
-        return await asyncio.to_thread(self._balance)
-
-    def _balance(self, recent: int = 20) -> TokenBalance:
-        from .api.types import Receipt as ReceiptView
-        from .api.types import TokenBalance
-
-        me = self.ledger.peer_id
-        account = self.ledger.store.report().accounts.get(me)
-        head = self.ledger.store.head(me)
-        entries = (
-            self.ledger.store.entries_from(me, max(1, head.seq - 4 * recent), 4 * recent) if head else []
-        )
-        receipts: list[ReceiptView] = []
-        for entry in reversed(entries):
-            body = entry.body
-            if isinstance(body, ReceiptBody) and len(receipts) < recent:
-                r = body.receipt
-                served = r.server == me
-                receipts.append(
-                    ReceiptView(
-                        id=r.id,
-                        role="served" if served else "used",
-                        counterparty=r.client if served else r.server,
-                        model=r.model,
-                        start=r.start,
-                        end=r.end,
-                        tokens=r.tokens,
-                        time=r.time / 1000,
-                    )
-                )
-        return TokenBalance(
-            peer_id=me,
-            balance=account.balance if account else 0,
-            granted=account.granted if account else 0,
-            earned=account.earned if account else 0,
-            bonuses=(account.rarity_bonus + account.uptime_bonus) if account else 0,
-            spent=account.spent if account else 0,
-            receipts=receipts,
-        )

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from python_peer.core.errors import AI4AllError
+from python_peer.core.economics import POW_BITS_ENV
+
+from .errors import UpError
 
 DEFAULT_PROMPT = "What is the capital of France?"
 DEFAULT_SPANS = "0-10,10-20,20-30"
@@ -36,10 +38,6 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 _READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+-\d+)")
 # Tasks reading children's stderr; they end when the children do.
 _DRAINS: set[asyncio.Task[None]] = set()
-
-
-class UpError(AI4AllError):
-    """The local mesh could not be started."""
 
 
 def register(subparsers: Any) -> None:
@@ -160,13 +158,10 @@ def _export_default(model_dir: Path) -> None:
     if (model_dir / "manifest.json").is_file():
         return
     print(f"exporting the default model to {model_dir} (first run, about a minute)", file=sys.stderr)
-    from exporter.cli import run as export
+    from .cli import build_parser
 
-    status = export(
-        argparse.Namespace(
-            model=None, out=model_dir, spans=DEFAULT_SPANS, shards=None, dtype="fp32", quiet=False
-        )
-    )
+    export = build_parser().parse_args(["export", "--out", str(model_dir), "--spans", DEFAULT_SPANS])
+    status = export.handler(export)
     if status:
         raise UpError("exporting the default model failed")
 
@@ -177,11 +172,10 @@ async def up(args: argparse.Namespace) -> int:
 
     from exporter.source import cache_dir
 
-    from .chat_cli import mesh_reply
+    from .chat import ChatOptions, mesh_reply
+    from .chat_cli import sampling_params
 
     model_dir = (args.models_dir or cache_dir() / "models") / MODEL_NAME
-    from .ledger_service import POW_BITS_ENV
-
     # A fresh private network each run unless told otherwise: new identities, each with its starter grant.
     temporary = args.state_dir is None
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="ai4all-up-"))
@@ -280,7 +274,16 @@ async def up(args: argparse.Namespace) -> int:
                 f"browser node: contribute at {site}/, chat in the browser at {site}/chat", soft_wrap=True
             )
         console.print(f"prompt: {args.prompt}", soft_wrap=True)
-        await mesh_reply(model_dir, args.prompt, _client_args(args, state), [urls[1], urls[0]])
+        # The mesh's own client: its data dir, and ICE on loopback (the default settings), as the
+        # peers of this mesh on 127.0.0.1 have with their default flags.
+        client = ChatOptions(
+            model_dir=model_dir,
+            prompt=args.prompt,
+            sampling=sampling_params(args),
+            signal_urls=(urls[1], urls[0]),
+            data_dir=state / "client",
+        )
+        await mesh_reply(client)
         if not args.once:
             console.print("the mesh is running; Ctrl-C stops it")
             await stop.wait()
@@ -290,18 +293,6 @@ async def up(args: argparse.Namespace) -> int:
         if temporary:
             shutil.rmtree(state, ignore_errors=True)
     return 0
-
-
-def _client_args(args: argparse.Namespace, state: Path) -> argparse.Namespace:
-    """``ai4all chat``'s arguments for the mesh's own client: its data dir, and ICE on loopback (the
-    whole mesh of ``up`` runs on 127.0.0.1, as its peers do with their default flags)."""
-    loopback: dict[str, object] = {
-        "ice_server": [],
-        "ice_username": None,
-        "ice_credential": None,
-        "ice_any_address": False,
-    }
-    return argparse.Namespace(**{**loopback, **vars(args), "data_dir": state / "client"})
 
 
 def run_up(args: argparse.Namespace) -> int:

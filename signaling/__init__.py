@@ -15,12 +15,17 @@ The protocol is described in ``docs/signaling.md``. Files:
                     between two links to one node, routes learned from gossip, broadcast.
 - ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
 - ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``, the browser
-                    node's pages) and ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM.
+                    node's pages), ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM, and
+                    ``run_node(SignalOptions)``.
 - ``web.py``        the browser node served by every node: the contribute page at ``/``, ``/chat``,
                     ``/embed.js``, the modules, the browser dependencies, the ledger's Python core, the
                     model files of ``--model-dir`` and ``/v1/config`` (``docs/browser.md``).
-- ``cli.py``        the ``ai4all signal`` subcommand.
+- ``errors.py``     what only a signaling node raises (``SiteError``); the protocol's errors are in
+                    ``python_peer/core/errors.py``.
+- ``cli.py``        the ``ai4all signal`` subcommand: its flags into ``app.SignalOptions``.
 
-Signed bodies and canonical JSON live in ``python_peer/core/canonical.py`` and keys in
-``python_peer/identity.py``, shared with peers; the peer side is ``python_peer/signal_client.py``.
+A signaling node imports from ``python_peer`` only the stdlib core (signed bodies and canonical JSON in
+``core/canonical.py``, ICE settings in ``core/ice.py``, static files in ``core/static_files.py``, the
+ledger rules) and the keys of ``python_peer/identity.py`` (``tests/test_layering.py`` checks it); the
+peer side is ``python_peer/signal_client.py``.
 """

@@ -8,22 +8,25 @@ on one path do not clash.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
 
 from python_peer.core.canonical import MAX_MESSAGE_BYTES
-from python_peer.core.economics import GRANT_POW_BITS
+from python_peer.core.economics import GRANT_POW_BITS, network_rules
 from python_peer.core.errors import SignalingError
-from python_peer.peer_cli import IceSettings
+from python_peer.core.ice import IceSettings
 
 from .connection import StarletteTransport
 from .node import NodeConfig, SignalingNode
-from .web import BrowserSite, ServedModel
+from .web import BrowserSite, ServedModel, index_models
 
 log = logging.getLogger(__name__)
 
@@ -129,3 +132,27 @@ async def serve(
             code="internal",
         ) from exc
     log.info("signaling node %s stopped", node.node_id)
+
+
+@dataclass(frozen=True)
+class SignalOptions:
+    """What ``ai4all signal`` runs: the node's configuration, the model directories its site serves to
+    browsers, and the ICE settings its pages hand to their WebRTC links."""
+
+    node: NodeConfig
+    model_dirs: tuple[Path, ...] = ()
+    ice: IceSettings = field(default_factory=IceSettings)
+
+
+def load_site(options: SignalOptions) -> tuple[list[ServedModel], int]:
+    """The served models and the network's grant proof of work, checked before anything listens;
+    ``SiteError`` or ``LedgerError`` says what is wrong."""
+    models = [ServedModel.load(directory) for directory in options.model_dirs]
+    index_models(models)
+    return models, network_rules().grant_pow_bits
+
+
+def run_node(options: SignalOptions) -> None:
+    """Serve a signaling node as ``options`` say until SIGINT or SIGTERM (blocking: its own event loop)."""
+    models, pow_bits = load_site(options)
+    asyncio.run(serve(options.node, models, pow_bits, options.ice))

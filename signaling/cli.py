@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from python_peer.peer_cli import add_ice_args
+from python_peer.core.ice import add_ice_args
+
+if TYPE_CHECKING:
+    from .app import SignalOptions
 
 
 def register(subparsers: Any) -> None:
@@ -62,21 +65,16 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Build the node's configuration from the arguments and serve until SIGINT or SIGTERM."""
-    import asyncio
-    import logging
+def signal_options(args: argparse.Namespace) -> SignalOptions:
+    """The checked arguments of ``ai4all signal``; ``CommandError`` names the flag that is wrong."""
     import re
 
-    from python_peer.cli import CommandError
     from python_peer.core.canonical import URL_RE
-    from python_peer.core.errors import LedgerError
-    from python_peer.ledger_service import network_rules
-    from python_peer.peer_cli import ice_settings
+    from python_peer.core.errors import CommandError
+    from python_peer.core.ice import ice_settings
 
-    from .app import serve
+    from .app import SignalOptions
     from .node import NodeConfig
-    from .web import ServedModel, SiteError, index_models
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port {args.port} is not a TCP port (1-65535)")
@@ -88,13 +86,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
         raise CommandError("--max-connections, --rate and --burst must be positive")
     ice = ice_settings(args, native=False)  # browsers speak stuns: too
-    try:
-        models = [ServedModel.load(directory) for directory in args.model_dir]
-        index_models(models)
-        pow_bits = network_rules().grant_pow_bits
-    except (SiteError, LedgerError) as exc:
-        raise CommandError(str(exc)) from exc
-    config = NodeConfig(
+    node = NodeConfig(
         host=args.host,
         port=args.port,
         siblings=tuple(dict.fromkeys(args.sibling)),
@@ -104,6 +96,22 @@ def run(args: argparse.Namespace) -> int:
         messages_per_s=args.rate,
         burst=args.burst,
     )
+    return SignalOptions(node=node, model_dirs=tuple(args.model_dir), ice=ice)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the arguments, then serve the node until SIGINT or SIGTERM."""
+    import logging
+
+    from python_peer.core.errors import CommandError, LedgerError
+
+    from .app import run_node
+    from .errors import SiteError
+
+    options = signal_options(args)
     logging.getLogger("websockets").setLevel(max(logging.INFO, logging.getLogger().level))  # frame dumps
-    asyncio.run(serve(config, models, pow_bits, ice))
+    try:
+        run_node(options)  # the models and the ledger rules are checked before anything listens
+    except (SiteError, LedgerError) as exc:
+        raise CommandError(str(exc)) from exc
     return 0

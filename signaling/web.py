@@ -16,8 +16,8 @@ plain file under it (no ``..``, no hidden names, no empty segments, no backslash
 it resolves to, links followed, must still lie under that folder. Model files are looked up by name in
 the manifest's list, never built from the request. Nothing else is listed or served.
 
-The helpers ``resolve_file`` and ``MIME_TYPES`` are shared with the native node's pages
-(``python_peer/api/pages.py``).
+``resolve_file`` and ``mime_type`` come from ``python_peer/core/static_files.py``, shared with the native
+node's pages (``python_peer/api/``).
 """
 
 from __future__ import annotations
@@ -39,34 +39,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from python_peer.core.canonical import MODEL_RE
 from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.errors import ManifestError
+from python_peer.core.ice import IceSettings
 from python_peer.core.manifest import MANIFEST_FILE, load_manifest
-from python_peer.peer_cli import IceSettings
+from python_peer.core.static_files import mime_type, resolve_file
+
+from .errors import SiteError
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 WEB_DIR = REPO_DIR / "web"
 PYTHON_CORE_DIR = REPO_DIR / "python_peer" / "core"
 TEMPLATE = "node/page.html"
-
-MIME_TYPES = {
-    ".js": "text/javascript; charset=utf-8",
-    ".mjs": "text/javascript; charset=utf-8",
-    ".css": "text/css; charset=utf-8",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".wasm": "application/wasm",
-    ".html": "text/html; charset=utf-8",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".txt": "text/plain; charset=utf-8",
-    ".md": "text/markdown; charset=utf-8",
-    ".py": "text/x-python; charset=utf-8",
-    ".zip": "application/zip",
-    ".jinja": "text/plain; charset=utf-8",
-    ".onnx": "application/octet-stream",
-    ".data": "application/octet-stream",
-    ".bin": "application/octet-stream",
-}
-DEFAULT_MIME_TYPE = "application/octet-stream"
 
 # The browser dependencies a page may load, as folders of web/node_modules/: nothing else of it is served.
 BROWSER_DEPENDENCIES = (
@@ -126,33 +108,6 @@ PAGES = {
     "chat": ("Chat in your browser", "browser_chat.js"),
 }
 _HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])(?::[0-9]{1,5})?$")
-
-
-class SiteError(ManifestError):
-    """A model directory that cannot be served: no valid manifest, a listed file missing, a clash."""
-
-
-def resolve_file(root: Path, path: str) -> Path | None:
-    """The regular file ``path`` (``a/b/c``) names under ``root``, or None.
-
-    Refused: empty segments (so no leading ``/``), ``.``, ``..`` and other hidden names, backslashes,
-    NUL, names the OS cannot resolve, and any file that, links followed, lies outside ``root``.
-    """
-    parts = path.split("/")
-    if any(not part or part.startswith(".") or "\\" in part or "\0" in part for part in parts):
-        return None
-    try:
-        base = root.resolve()
-        file = base.joinpath(*parts).resolve()
-        if not file.is_relative_to(base) or not file.is_file():
-            return None
-    except (OSError, ValueError):  # a name too long, a link loop
-        return None
-    return file
-
-
-def mime_type(file: Path | str) -> str:
-    return MIME_TYPES.get(Path(file).suffix.lower(), DEFAULT_MIME_TYPE)
 
 
 @dataclass(frozen=True)
@@ -406,15 +361,11 @@ def _is_wildcard(host: str) -> bool:
 
 __all__ = [
     "BROWSER_DEPENDENCIES",
-    "MIME_TYPES",
     "PAGE_CSP",
     "PAGE_HEADERS",
     "STATIC_HEADERS",
     "BrowserSite",
     "NoSniff",
     "ServedModel",
-    "SiteError",
     "index_models",
-    "mime_type",
-    "resolve_file",
 ]

@@ -29,15 +29,16 @@ from hypothesis import strategies as st
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
 
+from python_peer.api import errors as api_errors
 from python_peer.api import translate
 from python_peer.api.app import ApiConfig, TokenBuckets, create_app
+from python_peer.api.ledger import ApiLedger
 from python_peer.api.service import MeshNodeService, ServiceConfig
 from python_peer.api.types import ChatCompletionRequest, CompletionRequest
 from python_peer.chain import LocalChain
 from python_peer.core.errors import PaymentRequiredError, SignalClientError
 from python_peer.core.manifest import load_manifest
 from python_peer.generate import Generation, SamplingParams, generate
-from python_peer.ledger_service import ApiLedger
 from python_peer.mesh_client import ClientConfig, MeshError
 from python_peer.node import NodeConfig
 from python_peer.routing import NoRouteError
@@ -580,9 +581,9 @@ def test_errors_map_to_statuses_and_codes() -> None:
         (MeshError("gave up after 9 peer failures"), 503, "no_route"),
         (SignalClientError("no signaling node reachable"), 503, "signaling_unavailable"),
         (PaymentRequiredError("balance 0"), 402, "insufficient_balance"),
-        (translate.RateLimitedError("slow down"), 429, "rate_limit_exceeded"),
-        (translate.ModelNotFoundError("no such model", param="model"), 404, "model_not_found"),
-        (translate.LedgerUnavailableError("the ledger is not enabled on this node"), 503, "ledger_disabled"),
+        (api_errors.RateLimitedError("slow down"), 429, "rate_limit_exceeded"),
+        (api_errors.ModelNotFoundError("no such model", param="model"), 404, "model_not_found"),
+        (api_errors.LedgerUnavailableError("the ledger is not enabled on this node"), 503, "ledger_disabled"),
         (RuntimeError("a bug"), 500, "internal_error"),
     ]
     try:  # a peer on the route refused payment: the mesh gave up, and the cause is what counts
@@ -615,9 +616,9 @@ def test_sampling_params_follow_the_request_and_the_context() -> None:
     # Found by the fuzz: a subnormal temperature overflowed the logits to NaN; it is greedy now.
     assert translate.sampling_params(request(temperature=2.2e-311), 10, 256).temperature == 0.0
     assert translate.sampling_params(request(), 250, 256).max_tokens == 6
-    with pytest.raises(translate.ContextLengthError):
+    with pytest.raises(api_errors.ContextLengthError):
         translate.sampling_params(request(max_tokens=7), 250, 256)
-    with pytest.raises(translate.ContextLengthError):
+    with pytest.raises(api_errors.ContextLengthError):
         translate.sampling_params(request(), 256, 256)
 
 

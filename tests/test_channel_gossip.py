@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from python_peer.core.canonical import canonical_bytes
+from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry
 from python_peer.core.errors import RemoteBadFrameError
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.wire import MAX_METADATA_BYTES, Frame, FrameType
 from python_peer.identity import Identity
-from python_peer.ledger_service import LedgerService, network_rules
+from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from python_peer.mesh_client import gossip_exchange
 from python_peer.node import MeshNode, NodeConfig, open_client

@@ -1,4 +1,4 @@
-"""The ICE flags of ``ai4all peer`` and ``ai4all chat`` (``python_peer/peer_cli.py``): what they build
+"""The ICE flags of ``ai4all peer`` and ``ai4all chat`` (``python_peer/core/ice.py``): what they build
 (the native ``TransportConfig``, the pages' ``ice`` entry) and what they refuse, with the reason."""
 
 from __future__ import annotations
@@ -7,9 +7,10 @@ import argparse
 
 import pytest
 
-from python_peer.cli import CommandError, build_parser
-from python_peer.peer_cli import IceSettings, ice_settings
-from python_peer.transport import IceServer, TransportConfig
+from python_peer.cli import build_parser
+from python_peer.core.errors import CommandError
+from python_peer.core.ice import IceServer, IceSettings, ice_settings
+from python_peer.transport import TransportConfig
 from tests.conftest import run_cli
 
 
@@ -24,7 +25,7 @@ def _parse(command: str, *flags: str) -> argparse.Namespace:
 
 @pytest.mark.parametrize("command", ["peer", "chat"])
 def test_without_flags_the_transport_stays_on_loopback(command: str) -> None:
-    config = ice_settings(_parse(command)).transport_config()
+    config = TransportConfig.from_ice(ice_settings(_parse(command)))
     assert config == TransportConfig()
     assert config.ice_servers == () and config.ice_addresses == ("127.0.0.1",)
     assert config.remote_addresses == ("127.0.0.1",)
@@ -40,7 +41,7 @@ def test_flags_build_servers_and_lift_the_loopback_confinement(command: str) -> 
         *("--ice-username", "alice", "--ice-credential", "s3cret pass"),
         "--ice-any-address",
     )
-    config = ice_settings(args).transport_config()
+    config = TransportConfig.from_ice(ice_settings(args))
     assert config.ice_servers == (
         IceServer("stun:stun.example.org:3478"),
         IceServer("turn:192.0.2.7?transport=tcp", "alice", "s3cret pass"),
@@ -49,7 +50,7 @@ def test_flags_build_servers_and_lift_the_loopback_confinement(command: str) -> 
     assert config.ice_addresses is None and config.remote_addresses is None
     # Servers alone keep loopback confinement; a repeated URL is given once.
     args = _parse(command, "--ice-server", "stun:10.0.0.1", "--ice-server", "stun:10.0.0.1")
-    config = ice_settings(args).transport_config()
+    config = TransportConfig.from_ice(ice_settings(args))
     assert config.ice_servers == (IceServer("stun:10.0.0.1"),) and config.ice_addresses == ("127.0.0.1",)
 
 

@@ -20,13 +20,13 @@ import pytest
 
 from python_peer.api.app import ApiConfig, create_app
 from python_peer.api.control import NodeControl, shard_runs
-from python_peer.api.pages import Earnings, MeshSnapshot, NodeSnapshot, SettingsView
+from python_peer.api.ledger import ApiLedger
+from python_peer.api.page_types import Earnings, MeshSnapshot, NodeSnapshot, SettingsView
 from python_peer.api.service import MeshNodeService
 from python_peer.api.types import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, NodeStatus
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType
-from python_peer.ledger_service import ApiLedger
 from python_peer.node import NodeConfig, Peer, PeerConfig
 from tests.procs import Node
 

@@ -30,13 +30,14 @@ from fastapi.testclient import TestClient
 
 from python_peer.core.canonical import ServedSpan
 from python_peer.core.economics import GRANT_POW_BITS
+from python_peer.core.ice import IceSettings
 from python_peer.core.manifest import load_manifest
 from python_peer.identity import Identity
-from python_peer.peer_cli import IceSettings
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from signaling.app import browser_site, create_app
+from signaling.errors import SiteError
 from signaling.node import NodeConfig, SignalingNode
-from signaling.web import PAGE_CSP, WEB_DIR, BrowserSite, ServedModel, SiteError
+from signaling.web import PAGE_CSP, WEB_DIR, BrowserSite, ServedModel
 from tests.conftest import run_cli
 from tests.procs import Node, free_port
 

@@ -38,12 +38,12 @@ from python_peer.errors import (
     SignalPayloadError,
     TransportError,
 )
+from python_peer.ice import filter_remote_candidates
 from python_peer.transport import (
     Link,
     LinkManager,
     LinkState,
     TransportConfig,
-    _filter_remote_candidates,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,10 +179,10 @@ def test_remote_candidates_outside_the_allowed_addresses_are_dropped() -> None:
             "a=candidate:4 1 udp 1694498815 203.0.113.9 5003 typ srflx raddr 0.0.0.0 rport 0",
         ]
     )
-    kept, dropped = _filter_remote_candidates(sdp, frozenset({"127.0.0.1"}))
+    kept, dropped = filter_remote_candidates(sdp, frozenset({"127.0.0.1"}))
     assert dropped == 3
     assert "127.0.0.1 5000" in kept and "192.0.2.2" not in kept and ".local" not in kept
-    assert _filter_remote_candidates(sdp, None) == (sdp, 0)
+    assert filter_remote_candidates(sdp, None) == (sdp, 0)
 
 
 async def test_malformed_input_gets_error_frames_and_the_link_survives() -> None:

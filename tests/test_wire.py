@@ -1,8 +1,8 @@
-"""Tests of the wire format: golden vectors, every malformed input, fuzzing, chunking, stdlib-only core."""
+"""Tests of the wire format: golden vectors, every malformed input, fuzzing, chunking (the core's
+stdlib-only rule is checked in ``test_layering.py``)."""
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import random
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from python_peer.core import errors, wire
+from python_peer.core import wire
 from python_peer.core.errors import (
     BadMagicError,
     ChunkError,
@@ -610,22 +610,3 @@ def test_fuzz_random_chunks_raise_only_wire_errors(garbage: list[bytes]) -> None
             with contextlib.suppress(WireError):
                 r.feed(data, 0.0)
         assert len(r) <= 4 and r.buffered_bytes <= 128
-
-
-# --- the core stays stdlib-only -----------------------------------------------------------------------
-
-
-def test_core_imports_only_the_standard_library() -> None:
-    core = ROOT / "python_peer" / "core"
-    foreign = []
-    for path in sorted(core.rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            else:
-                continue
-            foreign += [f"{path.name}: {n}" for n in names if n.split(".")[0] not in sys.stdlib_module_names]
-    assert foreign == []
-    assert (core / "wire.py").exists() and errors.WireError.code == "bad_frame"

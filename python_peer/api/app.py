@@ -31,16 +31,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from python_peer.core.errors import AI4AllError
 
 from . import translate
-from .pages import create_pages
-from .service import Job, NodeService
-from .translate import (
+from .errors import (
     ApiError,
+    ApiListenError,
     AuthenticationError,
     BodyTooLargeError,
     MethodNotAllowedError,
     NotFoundError,
     RateLimitedError,
 )
+from .pages import create_pages
+from .service import Job, NodeService
 from .types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -322,10 +323,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-class ApiListenError(AI4AllError):
-    """The API cannot listen on the address it was given."""
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -29,8 +29,8 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 from python_peer.rpc import serve_link
 from python_peer.server import SpanServer
 
+from .errors import ApiError, InvalidRequestError
 from .service import MeshNodeService, _NodeMeshClient
-from .translate import ApiError, InvalidRequestError
 
 if TYPE_CHECKING:
     from python_peer.node import Peer

@@ -37,7 +37,7 @@ from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import LinkState
 
 from . import translate
-from .translate import LedgerUnavailableError, ModelNotFoundError, RateLimitedError
+from .errors import LedgerUnavailableError, ModelNotFoundError, RateLimitedError
 from .types import (
     ApiCounters,
     ChatCompletionRequest,

@@ -3,19 +3,7 @@
 Inbound: messages -> prompt ids through the model's chat template, a plain prompt -> ids, a request ->
 ``SamplingParams`` checked against the model's context. Outbound: a ``Generation`` -> a response, text
 pieces -> server-sent events in OpenAI's chunk format, and any exception -> an HTTP status and OpenAI's
-error body. The API's own errors are defined here, each with its status::
-
-    AI4AllError
-    └── ApiError                     status, type and code of the OpenAI error body
-        ├── InvalidRequestError      400 invalid_request_error: a request the models cannot refuse alone
-        │   └── ContextLengthError   400 context_length_exceeded: prompt + max_tokens over the context
-        ├── AuthenticationError      401 invalid_api_key: the node wants an API key and got another
-        ├── ModelNotFoundError       404 model_not_found: this node has no such model
-        ├── NotFoundError            404 not_found: no such endpoint
-        ├── MethodNotAllowedError    405 method_not_allowed
-        ├── BodyTooLargeError        413 request_too_large
-        ├── RateLimitedError         429 rate_limit_exceeded: too many requests, or generations waiting
-        └── LedgerUnavailableError   503 ledger_disabled: this node keeps no ledger yet
+error body. The API's own errors (``ApiError``, each with its status) are in ``errors.py``.
 
 Errors of the mesh map as: ``PaymentRequiredError`` (raised by the ledger, or the cause of a mesh
 failure) -> 402 insufficient_balance; ``MeshError``, ``NoRouteError`` -> 503 no_route; a signaling
@@ -28,7 +16,7 @@ import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
@@ -39,6 +27,7 @@ from python_peer.mesh_client import MeshError
 from python_peer.routing import NoRouteError
 from python_peer.tokenizer import ModelTokenizer, TemplateError
 
+from .errors import ApiError, ContextLengthError, InvalidRequestError
 from .types import (
     AssistantMessage,
     ChatChoice,
@@ -58,71 +47,6 @@ from .types import (
 
 DEFAULT_MAX_TOKENS = 256  # when a request names none, capped by what is left of the context
 SSE_DONE = b"data: [DONE]\n\n"
-
-
-class ApiError(AI4AllError):
-    """An error the API answers with its own status; ``param`` names the request field at fault."""
-
-    status: ClassVar[int] = 400
-    type: ClassVar[str] = "invalid_request_error"
-    code: ClassVar[str | None] = None
-
-    def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class InvalidRequestError(ApiError):
-    """The request is well formed but cannot be served as asked."""
-
-
-class ContextLengthError(InvalidRequestError):
-    """The prompt, plus the tokens asked for, does not fit the model's context."""
-
-    code = "context_length_exceeded"
-
-
-class AuthenticationError(ApiError):
-    status = 401
-    code = "invalid_api_key"
-
-
-class ModelNotFoundError(ApiError):
-    status = 404
-    code = "model_not_found"
-
-
-class NotFoundError(ApiError):
-    status = 404
-    code = "not_found"
-
-
-class MethodNotAllowedError(ApiError):
-    status = 405
-    code = "method_not_allowed"
-
-
-class BodyTooLargeError(ApiError):
-    status = 413
-    code = "request_too_large"
-
-
-class RateLimitedError(ApiError):
-    """Too many requests from one client, or too many generations waiting; ``retry_after`` in seconds."""
-
-    status = 429
-    type = "rate_limit_error"
-    code = "rate_limit_exceeded"
-
-    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class LedgerUnavailableError(ApiError):
-    status = 503
-    type = "service_unavailable_error"
-    code = "ledger_disabled"
 
 
 # --- inbound ----------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The pure-Python core of AI4All: protocol and ledger rules, standard library only.
 
 This package must import nothing outside the standard library: the browser node runs it under
-Pyodide (``tests/test_wire.py`` checks every import). Files:
+Pyodide (``tests/test_layering.py`` checks every import). It is also all that the signaling node shares
+with peers, besides ``python_peer/identity.py``. Files:
 
-- ``errors.py``    the exception hierarchy shared by everything in the core.
+- ``errors.py``    the exception hierarchy of the core, and the drawing of every package's tree.
 - ``spans.py``     block spans ``[start, end)``: parsing, validation, covering a model's layers.
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
@@ -18,10 +19,12 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
 - ``signature_claims.py``  signatures listed ahead of time, for a caller that verifies asynchronously.
 - ``chain_store.py``  ``ChainStore``: what a ledger store keeps and decides, whatever holds its rows.
-- ``economics.py`` the ledger's constants and prices, with the reasoning next to them.
+- ``economics.py`` the ledger's constants and prices, with the reasoning next to them; ``network_rules``.
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
 - ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.
 - ``browser_ledger.py``  what the browser calls under Pyodide: the store behind JSON calls.
 - ``browser_signing.py``  signatures across the Pyodide boundary: claims for WebCrypto, two-step signing.
 - ``browser_persistence.py``  the browser's IndexedDB copy: the journal of each write, and its replay.
+- ``ice.py``       ICE settings (STUN/TURN servers, loopback only) and the ``--ice-*`` flags, defined once.
+- ``static_files.py``  strict resolution of static file paths, and their MIME types.
 """

@@ -24,6 +24,7 @@ quiet keeps its tokens.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from .errors import LedgerError
@@ -153,6 +154,21 @@ class Rules:
 
 
 DEFAULT_RULES = Rules()
+
+# A private mesh (tests, ``ai4all up``) may lower the starter grant's proof of work; every node of one
+# network must use the same value, or their balances disagree.
+POW_BITS_ENV = "AI4ALL_LEDGER_POW_BITS"
+
+
+def network_rules() -> Rules:
+    """The ledger rules of this network: the defaults, with ``$AI4ALL_LEDGER_POW_BITS`` if set."""
+    bits = os.environ.get(POW_BITS_ENV)
+    if not bits:
+        return DEFAULT_RULES
+    try:
+        return Rules(grant_pow_bits=int(bits))
+    except ValueError as exc:
+        raise LedgerError(f"${POW_BITS_ENV}={bits!r} is not a number of bits in 0..64") from exc
 
 
 def price(blocks: int, tokens: int, contributor_standing: int = 0, rules: Rules = DEFAULT_RULES) -> int:

@@ -1,62 +1,96 @@
-"""Exceptions of the stdlib-only core.
+"""Exceptions of the stdlib-only core, and the map of every AI4All exception.
 
-Every error a user can act on, in every package, derives from ``AI4AllError``; the CLI prints
-it as one line and exits non-zero. Hierarchy of the core::
+Every error a user can act on, in every package, derives from ``AI4AllError``; the CLI prints it as one
+line (``ai4all COMMAND: error: ...``) and exits 1. Third-party errors (onnxruntime, aiortc, websockets,
+pynacl, pydantic) are translated where they are caught (``raise ShardError(...) from exc``). Each
+package keeps its own errors in one module: the core's here, the peer's in ``python_peer/errors.py``, the
+API's in ``python_peer/api/errors.py``, the exporter's in ``exporter/errors.py`` and the signaling node's
+in ``signaling/errors.py``. The whole tree::
 
     AI4AllError
-    └── CoreError
-        ├── SpanError          a block span that is malformed, overlaps, leaves a gap or runs past the model
-        ├── ManifestError      a manifest.json that is missing, malformed or names an unknown format
-        ├── WireError          bytes from a peer that are not a valid frame or chunk (wire.py); ``code``
-        │   │                  is the error code a peer sends back in its ERROR frame
-        │   ├── TruncatedFrameError     the bytes end before the header or the lengths it declares
-        │   ├── FrameHeaderError        a header field that this version does not know
-        │   │   ├── BadMagicError           the frame does not start with the magic bytes
-        │   │   ├── UnsupportedVersionError a wire version other than ours
-        │   │   ├── UnknownFrameTypeError   a frame type number we do not know
-        │   │   └── UnknownFlagsError       flag bits we do not know
-        │   ├── FrameLayoutError        lengths, offsets or padding that disagree with the bytes
-        │   ├── LimitExceededError      a frame, metadata, tensor count, rank or buffer over its bound
-        │   ├── MetadataError           metadata that is not canonical JSON of an object we accept
-        │   │   └── DuplicateTensorError    two tensors with the same name in one frame
-        │   ├── TensorError             unknown dtype, bad dims, shape disagreeing with byte length
-        │   │   └── NonFiniteError          NaN or Inf in a floating point tensor
-        │   └── ChunkError              a data channel chunk that is malformed or inconsistent
-        └── RemoteError        a peer answered with an ERROR frame; ``code`` says why
-            ├── RemoteBadFrameError     bad_frame: the peer could not decode our frame
-            ├── RemoteBadShapeError     bad_shape: the peer refused a tensor's dtype or shape
-            ├── RemoteNonFiniteError    non_finite: the peer found NaN or Inf in our tensors
-            ├── UnknownSessionError     unknown_session: the peer holds no such session
-            ├── OutOfOrderError         out_of_order: a step arrived before the one it expected
-            ├── SessionRefusedError     session_refused: the peer will not open this session
-            ├── OverloadedError         overloaded: the peer has no room now; try another
-            ├── RemoteInternalError     internal: the peer failed while running the step
-            ├── RemoteTimeoutError      timeout: the peer gave up waiting
-            └── PaymentRequiredError    payment_required: the caller's balance does not cover the request
-
-Signing and signaling (``canonical.py``, ``python_peer/identity.py``, ``signaling/``) add::
-
-    CoreError
-    ├── CanonicalError     a value with no canonical JSON form: NaN/Inf, a non-string key, a lone surrogate
-    ├── IdentityError      an identity key file that cannot be read or written, or malformed key material
-    │   └── SignatureError     a signature that does not verify: forged, altered, or made by another key
-    └── SignalingError     a signaling failure; ``code`` is the code of the ``error`` message on the wire
-        ├── MessageError           a message that is not JSON, too large, of unknown type or malformed
-        ├── AnnouncementError      an announcement body that is malformed, out of bounds or expired
-        ├── RemoteSignalingError   a signaling node answered with an ``error`` message; ``code`` says why
-        └── SignalClientError      the signal client is closed, timed out or reached no signaling node
-
-The ledger (``ledger.py``, ``economics.py``, ``gossip.py``, ``python_peer/ledger_store.py``) adds::
-
-    CoreError
-    └── LedgerError        a ledger entry, rule set, gossip message or store that is malformed or refused;
-                           ``code`` names the rejection (``malformed``, ``bad_signature``, ``forked`` ...)
+    ├── CoreError                          (this module)
+    │   ├── SpanError          a block span that is malformed, overlaps, leaves a gap or runs past the model
+    │   ├── ManifestError      a manifest.json that is missing, malformed or names an unknown format
+    │   │   └── SiteError          (signaling/errors.py) a --model-dir a signaling node cannot serve
+    │   ├── WireError          bytes from a peer that are not a valid frame or chunk (wire.py); ``code``
+    │   │   │                  is the error code a peer sends back in its ERROR frame
+    │   │   ├── TruncatedFrameError     the bytes end before the header or the lengths it declares
+    │   │   ├── FrameHeaderError        a header field that this version does not know
+    │   │   │   ├── BadMagicError           the frame does not start with the magic bytes
+    │   │   │   ├── UnsupportedVersionError a wire version other than ours
+    │   │   │   ├── UnknownFrameTypeError   a frame type number we do not know
+    │   │   │   └── UnknownFlagsError       flag bits we do not know
+    │   │   ├── FrameLayoutError        lengths, offsets or padding that disagree with the bytes
+    │   │   ├── LimitExceededError      a frame, metadata, tensor count, rank or buffer over its bound
+    │   │   ├── MetadataError           metadata that is not canonical JSON of an object we accept
+    │   │   │   └── DuplicateTensorError    two tensors with the same name in one frame
+    │   │   ├── TensorError             unknown dtype, bad dims, shape disagreeing with byte length
+    │   │   │   └── NonFiniteError          NaN or Inf in a floating point tensor
+    │   │   └── ChunkError              a data channel chunk that is malformed or inconsistent
+    │   ├── RemoteError        a peer answered with an ERROR frame; ``code`` says why
+    │   │   ├── RemoteBadFrameError     bad_frame: the peer could not decode our frame
+    │   │   ├── RemoteBadShapeError     bad_shape: the peer refused a tensor's dtype or shape
+    │   │   ├── RemoteNonFiniteError    non_finite: the peer found NaN or Inf in our tensors
+    │   │   ├── UnknownSessionError     unknown_session: the peer holds no such session
+    │   │   ├── OutOfOrderError         out_of_order: a step arrived before the one it expected
+    │   │   ├── SessionRefusedError     session_refused: the peer will not open this session
+    │   │   ├── OverloadedError         overloaded: the peer has no room now; try another
+    │   │   ├── RemoteInternalError     internal: the peer failed while running the step
+    │   │   ├── RemoteTimeoutError      timeout: the peer gave up waiting
+    │   │   └── PaymentRequiredError    payment_required: the caller's balance does not cover the request
+    │   ├── CanonicalError     a value with no canonical JSON form: NaN/Inf, a non-string key, a lone surrogate
+    │   ├── IdentityError      an identity key file that cannot be read or written, or malformed key material
+    │   │   └── SignatureError     a signature that does not verify: forged, altered, or made by another key
+    │   ├── SignalingError     a signaling failure; ``code`` is the code of the ``error`` message on the wire
+    │   │   ├── MessageError           a message that is not JSON, too large, of unknown type or malformed
+    │   │   ├── AnnouncementError      an announcement body that is malformed, out of bounds or expired
+    │   │   ├── RemoteSignalingError   a signaling node answered with an ``error`` message; ``code`` says why
+    │   │   └── SignalClientError      the signal client is closed, timed out or reached no signaling node
+    │   ├── LedgerError        a ledger entry, rule set, gossip message or store that is malformed or refused;
+    │   │                      ``code`` names the rejection (``malformed``, ``bad_signature``, ``forked`` ...)
+    │   └── SettingsError      a configuration value that is not valid (``ice.py``); ``field`` names it
+    ├── CommandError           (this module) a bad flag or argument of the ``ai4all`` command
+    ├── PeerError                          (python_peer/errors.py)
+    │   ├── ShardError             a shard file that is missing, altered (sha256) or that onnxruntime refuses
+    │   ├── ShardInputError        inputs of the wrong name, dtype or shape for a shard, or NaN/Inf in them
+    │   ├── SessionError           an unknown, closed or over-budget inference session
+    │   ├── TransportError         a WebRTC link that cannot be made or used (transport.py, link.py)
+    │   │   ├── LinkClosedError        the link is closed: locally, by the remote, or its connection failed
+    │   │   │   └── LinkOverflowError      closed because frames arrived faster than the consumer read them
+    │   │   ├── LinkTimeoutError       no answer, no open channel or no PONG within the timeout
+    │   │   └── SignalPayloadError     a signaling payload that is malformed or names no pending link
+    │   └── TemplateError          (python_peer/tokenizer.py) the chat template cannot render the messages
+    ├── UpError                            (python_peer/errors.py) ``ai4all up`` could not start its mesh
+    ├── NoRouteError                       (python_peer/routing.py) no reachable peers cover the blocks
+    ├── MeshError                          (python_peer/mesh_client.py) generation through the mesh gave up
+    ├── ApiError                           (python_peer/api/errors.py) status, type and code of the OpenAI body
+    │   ├── InvalidRequestError        400 a request the models cannot refuse alone
+    │   │   └── ContextLengthError     400 prompt + max_tokens over the model's context
+    │   ├── AuthenticationError        401 the node wants an API key and got another
+    │   ├── ForbiddenHostError         403 a settings change through a host name, not an address
+    │   ├── ModelNotFoundError         404 this node has no such model
+    │   ├── NotFoundError              404 no such endpoint or page
+    │   ├── MethodNotAllowedError      405
+    │   ├── BodyTooLargeError          413
+    │   ├── UnsupportedMediaTypeError  415 settings not sent as JSON
+    │   ├── RateLimitedError           429 too many requests, or generations waiting
+    │   ├── LedgerUnavailableError     503 this node keeps no ledger yet
+    │   ├── NotServingError            409 (python_peer/api/control.py) the node serves no span
+    │   ├── SpanLoadError              500 (python_peer/api/control.py) a span this machine failed to load
+    │   └── SettingsBusyError          409 (python_peer/api/control.py) another settings change is under way
+    ├── ApiListenError                     (python_peer/api/errors.py) the API cannot listen on its address
+    └── ExportError                        (exporter/errors.py)
+        ├── ModelSourceError       the model directory, GGUF file or hub id is missing, corrupt or unreachable
+        ├── UnsupportedModelError  an architecture or setting the exporter does not handle
+        ├── OutputDirError         the output directory holds files that are not ours
+        └── ExportFailedError      torch -> ONNX, quantization or verification of a shard failed
 
 Every message names the offending value so a user can act on it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
 
@@ -266,3 +300,29 @@ class LedgerError(CoreError, ValueError):
         super().__init__(message)
         if code is not None:
             self.code = code
+
+
+class SettingsError(CoreError, ValueError):
+    """A configuration value that is not valid; ``field`` names it.
+
+    The message is a template whose ``{field}`` placeholders are filled with how the reader knows each
+    field: ``str()`` uses the names given at construction (the domain's), and a command line calls
+    ``render`` with its flag names, so the same check speaks of ``username`` in a library and of
+    ``--ice-username`` on the command line.
+    """
+
+    def __init__(
+        self, field: str, template: str, values: Mapping[str, object], names: Mapping[str, str]
+    ) -> None:
+        self.field = field
+        self.template = template
+        self.values = dict(values)
+        super().__init__(self.render(names))
+
+    def render(self, names: Mapping[str, str]) -> str:
+        """The message, each field named as ``names`` says."""
+        return self.template.format(**names, **self.values)
+
+
+class CommandError(AI4AllError):
+    """A failure a user of the ``ai4all`` command can act on: printed as one line on stderr, exit status 1."""

@@ -44,6 +44,7 @@ import pytest
 from playwright.sync_api import Browser, Page, Request, WebSocket, expect
 
 from python_peer.chain import LocalChain
+from python_peer.core.economics import network_rules
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
 from python_peer.core.spans import Span
@@ -57,7 +58,6 @@ from python_peer.core.wire import (
     error_frame,
 )
 from python_peer.generate import SamplingParams, generate
-from python_peer.ledger_service import network_rules
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from python_peer.node import NodeConfig, Peer, PeerConfig
 from python_peer.tensors import from_wire, to_wire

@@ -34,6 +34,7 @@ from playwright.sync_api import Browser, Page
 from python_peer.block_selection import least_served_span
 from python_peer.chain import LocalChain
 from python_peer.core.canonical import Announcement, ServedSpan
+from python_peer.core.economics import POW_BITS_ENV
 from python_peer.core.errors import (
     OutOfOrderError,
     PaymentRequiredError,
@@ -49,7 +50,7 @@ from python_peer.core.wire import CHUNK_HEADER, CHUNK_MAGIC, HEADER, MAGIC, Fram
 from python_peer.errors import PeerError
 from python_peer.generate import SamplingParams, agenerate, generate
 from python_peer.identity import Identity
-from python_peer.ledger_service import POW_BITS_ENV, LedgerService
+from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient

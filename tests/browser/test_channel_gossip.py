@@ -19,10 +19,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser
 
+from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry
 from python_peer.generate import SamplingParams, agenerate
 from python_peer.identity import Identity
-from python_peer.ledger_service import LedgerService, network_rules
+from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from python_peer.node import NodeConfig, open_client
 from python_peer.tokenizer import ModelTokenizer

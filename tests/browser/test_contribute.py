@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
+from python_peer.core.economics import network_rules
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
-from python_peer.ledger_service import network_rules
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.browser.test_browser_client import CHAT_PROMPT, chat_reference
 from tests.browser.test_browser_peer import LoopThread, failover_run, local_tokens, mesh_run

@@ -1,0 +1,106 @@
+"""A serving peer as a process: serve a span of a model to the mesh until SIGINT or SIGTERM, and with
+``ApiOptions`` the OpenAI-compatible API on the same node (generations route through the mesh, and
+through this peer's own span in-process).
+
+``ai4all peer`` (``peer_cli.py``) parses its flags into ``PeerOptions`` and calls ``serve``; nothing here
+reads command-line arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from python_peer.core.ice import IceSettings
+from python_peer.core.spans import Span
+
+from .api.app import ApiConfig, ApiServer, create_app
+from .api.ledger import ApiLedger
+from .api.service import MeshNodeService
+from .node import NodeConfig, Peer, PeerConfig
+from .server import ServerConfig
+from .transport import TransportConfig
+
+
+@dataclass(frozen=True)
+class ApiOptions:
+    """Where the peer's API listens (port 0 picks a free one) and who may call it how often."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    config: ApiConfig = field(default_factory=ApiConfig)
+
+
+@dataclass(frozen=True)
+class PeerOptions:
+    """What a serving peer runs: its signaling nodes, the model and span, its budgets, ICE, the API."""
+
+    signal_urls: tuple[str, ...]
+    model_dir: Path
+    data_dir: Path | None = None
+    span: Span | None = None  # None: the span the mesh serves least
+    max_memory_mb: float = 512  # KV-cache budget in MiB
+    max_weights_mb: int = 4096  # weights this peer may load, for choosing a span
+    gossip_interval_s: float = 10.0
+    idle_timeout_s: float = 300.0
+    ice: IceSettings = field(default_factory=IceSettings)
+    api: ApiOptions | None = None
+
+    def peer_config(self) -> PeerConfig:
+        """The ``Peer``'s configuration."""
+        return PeerConfig(
+            node=NodeConfig(
+                signal_urls=self.signal_urls,
+                data_dir=self.data_dir,
+                gossip_interval_s=self.gossip_interval_s,
+                transport=TransportConfig.from_ice(self.ice),
+            ),
+            model_dir=self.model_dir,
+            span=self.span,
+            server=ServerConfig(
+                memory_budget_bytes=int(self.max_memory_mb * 2**20), idle_timeout_s=self.idle_timeout_s
+            ),
+            max_weights_bytes=self.max_weights_mb * 2**20,
+        )
+
+
+async def start_api(peer: Peer, model_dir: Path, options: ApiOptions) -> tuple[MeshNodeService, ApiServer]:
+    """The API for ``model_dir`` on the peer's own node, listening; the caller closes both (server first)."""
+    ledger = ApiLedger(peer.node.ledger) if peer.node.ledger is not None else None
+    service = await MeshNodeService.create(peer.node, [model_dir], peer=peer, ledger=ledger)
+    server = ApiServer(create_app(service, options.config), options.host, options.port)
+    try:
+        await server.start()
+    except BaseException:
+        await service.aclose()
+        raise
+    return service, server
+
+
+async def serve(options: PeerOptions) -> int:
+    """Serve until SIGINT or SIGTERM; progress lines go to stderr (``ai4all up`` waits for them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with await Peer.create(options.peer_config()) as peer:
+        api = await start_api(peer, options.model_dir, options.api) if options.api is not None else None
+        try:
+            print(
+                f"peer {peer.node.peer_id} serves {peer.manifest.name} blocks {peer.span} "
+                f"(KV budget {options.max_memory_mb} MiB)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if api is not None:
+                print(f"api {api[1].url}", file=sys.stderr, flush=True)
+            await stop.wait()
+            print("peer stopping", file=sys.stderr, flush=True)
+        finally:
+            if api is not None:
+                await api[1].aclose()
+                await api[0].aclose()
+    return 0
