@@ -11,6 +11,7 @@ Pyodide (``tests/test_wire.py`` checks every import). Files:
 - ``ledger.py``    ledger entries, co-signed receipts, fork proofs, validation with reasons, balances.
 - ``economics.py`` the ledger's constants and prices, with the reasoning next to them.
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
+- ``ledger_exchange.py``  the ledger requests on a session link (push, receipt, gossip) and their answers.
 - ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.
 - ``browser_ledger.py``  what the browser calls under Pyodide: the store behind JSON calls.
 """
