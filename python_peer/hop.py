@@ -6,7 +6,8 @@ frames of a WebRTC link; ``LocalHop`` feeds it the frames of this process's own 
 that also serves the API and routes through its own span.
 
 A client side is a ``HopClient``: ``rpc.RpcClient`` over a link, or ``LocalHop`` in-process. The mesh
-client and the ledger exchange talk to a hop only through it.
+client and the ledger exchange talk to a hop only through it. Links are ``FrameLink``s, opened by a
+``LinkConnector``: WebRTC (``transport.py``) in a node, in-memory pairs in the fast tests.
 """
 
 from __future__ import annotations
@@ -21,6 +22,32 @@ from .errors import LinkClosedError, PeerError
 
 # What counts as a hop failing: a client routes around these; anything else is a bug and propagates.
 HOP_FAILURES = (LinkClosedError, RemoteError, WireError, TimeoutError, PeerError)
+
+
+class FrameLink(Protocol):
+    """A link that carries frames to and from one remote peer: ``transport.Link`` (WebRTC), or an
+    in-memory pair in tests."""
+
+    @property
+    def remote_id(self) -> str: ...
+
+    async def send(self, frame: Frame) -> None: ...
+
+    async def recv(self) -> Frame:
+        """The next frame; ``LinkClosedError`` once the link is closed."""
+        ...
+
+    async def ping(self, timeout_s: float | None = None) -> float:
+        """Seconds until the remote's PONG."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class LinkConnector(Protocol):
+    """Opens links to peers by id: ``transport.LinkManager``, or an in-memory network in tests."""
+
+    async def connect(self, peer_id: str) -> FrameLink: ...
 
 
 class FrameHandler(Protocol):
@@ -80,4 +107,4 @@ class LocalHop:
         self._handler.close_client(self._client_id)
 
 
-__all__ = ["HOP_FAILURES", "FrameHandler", "HopClient", "LocalHop", "Refusal"]
+__all__ = ["HOP_FAILURES", "FrameHandler", "FrameLink", "HopClient", "LinkConnector", "LocalHop", "Refusal"]

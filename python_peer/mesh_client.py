@@ -24,6 +24,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -35,17 +36,24 @@ from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
 from .errors import PeerError
-from .hop import HOP_FAILURES, FrameHandler, HopClient, LocalHop
+from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .link_ledger import ClientExchange
 from .routing import BanList, Candidate, NoRouteError, choose_route
 from .rpc import RpcClient
 from .runner import ShardRunner
-from .signal_client import SignalClient
 from .tensors import expect, to_wire
-from .transport import LinkManager
 
 log = logging.getLogger(__name__)
+
+
+class PeerDirectory(Protocol):
+    """Where the client finds peers: ``signal_client.SignalClient``, or an in-memory directory in tests."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    async def lookup(self, model: str, start: int, end: int, *, limit: int = 32) -> list[Announcement]: ...
 
 
 class MeshError(AI4AllError):
@@ -116,8 +124,8 @@ class MeshClient:
         self,
         model_dir: str | Path,
         manifest: Manifest,
-        signal: SignalClient,
-        links: LinkManager,
+        signal: PeerDirectory,
+        links: LinkConnector,
         config: ClientConfig | None = None,
         ledger: LedgerService | None = None,
         *,

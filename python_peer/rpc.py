@@ -18,8 +18,7 @@ from python_peer.core.protocol import PROBE_EVERY_MS, PROBE_MISSES, PROBE_TIMEOU
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
 from .errors import LinkClosedError
-from .hop import FrameHandler
-from .transport import Link
+from .hop import FrameHandler, FrameLink
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +30,7 @@ PROBE_TIMEOUT_S = PROBE_TIMEOUT_MS / 1000
 class RpcClient:
     """Calls over one link we opened; answers without a waiting request are dropped and logged."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: FrameLink) -> None:
         self.link = link
         self._pending: dict[tuple[bytes, int], asyncio.Future[Frame]] = {}
         self._closed: Exception | None = None
@@ -142,7 +141,7 @@ class RpcClient:
         await self.link.aclose()
 
 
-async def serve_link(link: Link, handler: FrameHandler) -> None:
+async def serve_link(link: FrameLink, handler: FrameHandler) -> None:
     """Answer every request that arrives on ``link`` with ``handler`` until it closes; requests run
     concurrently. When the link is gone, ``handler`` drops the sessions of its remote."""
     slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
