@@ -14,14 +14,21 @@
 - ``transport.py``      ``LinkManager`` and ``TransportConfig``: making WebRTC links (aiortc) through signaling.
 - ``link.py``           one link: chunked frames with backpressure, PING answered.
 - ``ice.py``            aiortc and aioice configured for ICE: STUN/TURN servers, gathering on loopback.
-- ``rpc.py``            request/response over links, with liveness probes.
+- ``hop.py``            the seam of one hop: ``FrameHandler`` (answers frames for a span), ``HopClient``
+                        (calls one), ``LocalHop`` (in-process), ``FrameLink``/``LinkConnector``.
+- ``rpc.py``            request/response over links, with liveness probes (the remote ``HopClient``).
 - ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
+- ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served).
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
-- ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer``, a client.
+- ``link_ledger.py``    the ledger exchange, one object per side: ``ClientExchange`` (push, countersign,
+                        gossip cadence), ``ServerExchange`` (receipts once, gossip answers), and
+                        ``SignalingExchange`` (ledger gossip through signaling).
+- ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer`` (owning its
+                        ``SpanGate`` from construction), a client.
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
-- ``ledger_service.py`` a node's ledger at work: pushes, receipts at session end, gossip.
+- ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
 - ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app, pages).
 - ``chat.py``           one chat reply, through the mesh or local shards (``ChatOptions``).

@@ -7,10 +7,14 @@ does not answer in time) the client bans that peer for a while, routes around it
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
 then goes on, and the tokens come out as if nothing had failed.
 
-With a ledger, the client pushes its own log to a peer before its first session there and countersigns
-the receipt the peer proposes at CLOSE. Once that receipt is recorded, it runs an anti-entropy exchange
-with the peer over the same link (at most once per peer per ``gossip_every_s``, in the background): both
-sides pull the entries they lack, third parties' included, without waiting for gossip through signaling.
+With a ledger, its ``link_ledger.ClientExchange`` pushes the client's own log to a peer before its first
+session there and countersigns the receipt the peer proposes at CLOSE. Once that receipt is recorded, it
+runs an anti-entropy exchange with the peer over the same link (at most once per peer per
+``gossip_every_s``, in the background): both sides pull the entries they lack, third parties' included,
+without waiting for gossip through signaling.
+
+A hop is a ``hop.HopClient``: an ``RpcClient`` over a WebRTC link, or, for the span of a peer that runs
+this client itself (``local``), a ``LocalHop`` calling its ``FrameHandler`` in-process.
 """
 
 from __future__ import annotations
@@ -18,32 +22,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from python_peer.core import manifest as names
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, RemoteError, WireError
+from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError
 from python_peer.core.manifest import Manifest
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
-from .errors import LinkClosedError, PeerError
-from .ledger_service import CHANNEL_GOSSIP, LedgerService
+from .errors import PeerError
+from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
+from .ledger_service import LedgerService
+from .link_ledger import ClientExchange
 from .routing import BanList, Candidate, NoRouteError, choose_route
 from .rpc import RpcClient
 from .runner import ShardRunner
-from .signal_client import SignalClient
 from .tensors import expect, to_wire
-from .transport import LinkManager
 
 log = logging.getLogger(__name__)
 
-# What counts as a hop failing: the client routes around these; anything else is a bug and propagates.
-HOP_FAILURES = (LinkClosedError, RemoteError, WireError, TimeoutError, PeerError)
+
+class PeerDirectory(Protocol):
+    """Where the client finds peers: ``signal_client.SignalClient``, or an in-memory directory in tests."""
+
+    @property
+    def peer_id(self) -> str: ...
+
+    async def lookup(self, model: str, start: int, end: int, *, limit: int = 32) -> list[Announcement]: ...
 
 
 class MeshError(AI4AllError):
@@ -71,7 +81,7 @@ class _Hop:
     peer_id: str
     start: int
     end: int
-    rpc: RpcClient
+    rpc: HopClient
     session: bytes = field(default_factory=lambda: os.urandom(16))
     next_step: int = 0
     history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
@@ -107,31 +117,6 @@ class _Hop:
         return out
 
 
-async def gossip_exchange(
-    ledger: LedgerService, peer_id: str, rpc: RpcClient, *, timeout: float, max_requests: int = 16
-) -> int:
-    """Anti-entropy with a serving peer over its link: send our ``summary`` as a GOSSIP request
-    ``{kind: "gossip", msg}``, feed each message of its answer (``{replies: [...]}``) to our gossip session
-    with the peer, send what that answers as new requests, and stop when nothing is left to send or after
-    ``max_requests``. Returns the number of requests sent. A failing link raises (``HOP_FAILURES``), a
-    reply that is not a JSON object ``LedgerError``; other bad replies are dropped by the session."""
-    first = await asyncio.to_thread(ledger.gossip_start, peer_id, CHANNEL_GOSSIP)
-    queue = deque([first] if first is not None else [])
-    sent = 0
-    while queue and sent < max_requests:
-        meta = {"kind": "gossip", "msg": queue.popleft()}
-        answer = await rpc.call(Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=meta), timeout)
-        sent += 1
-        replies = answer.meta.get("replies")
-        if not isinstance(replies, list):
-            raise PeerError(f"peer {peer_id[:16]} answered a gossip request without a list of replies")
-        for reply in replies:
-            queue.extend(await asyncio.to_thread(ledger.gossip_receive, peer_id, reply, CHANNEL_GOSSIP))
-    if queue:
-        log.info("ledger gossip with %s stopped after %d requests", peer_id[:8], sent)
-    return sent
-
-
 class MeshClient:
     """Everything a user's machine needs to generate through the mesh."""
 
@@ -139,11 +124,14 @@ class MeshClient:
         self,
         model_dir: str | Path,
         manifest: Manifest,
-        signal: SignalClient,
-        links: LinkManager,
+        signal: PeerDirectory,
+        links: LinkConnector,
         config: ClientConfig | None = None,
         ledger: LedgerService | None = None,
+        *,
+        local: FrameHandler | None = None,
     ) -> None:
+        """``local``: the span this very node serves, reached in-process instead of over a link to itself."""
         self.model_dir = Path(model_dir)
         self.manifest = manifest
         self.signal = signal
@@ -154,27 +142,43 @@ class MeshClient:
         self.learned_positions = bool(manifest.config.get("learned_positions", False))
         self.bans = BanList(self.config.ban_seconds)
         self.ledger = ledger
+        self.local = local
+        self.exchange = (
+            ClientExchange(
+                ledger,
+                request_timeout_s=self.config.request_timeout_s,
+                gossip_every_s=self.config.gossip_every_s,
+                gossip_max_requests=self.config.gossip_max_requests,
+            )
+            if ledger is not None
+            else None
+        )
         self.rtts: dict[str, float] = {}
-        self._rpcs: dict[str, RpcClient] = {}
+        self._rpcs: dict[str, HopClient] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lookups: dict[tuple[int, int], tuple[float, list[Announcement]]] = {}
-        self._gossiped: dict[str, float] = {}  # peer id -> when the last exchange with it started
-        self._gossip_tasks: set[asyncio.Task[None]] = set()
 
     @property
     def model(self) -> str:
         return self.manifest.name
 
+    @property
+    def gossiped(self) -> dict[str, float]:
+        """Peer id -> when the last ledger exchange with it started (loop time)."""
+        return self.exchange.gossiped if self.exchange is not None else {}
+
     async def aclose(self) -> None:
-        for task in list(self._gossip_tasks):
-            task.cancel()
-        await asyncio.gather(*self._gossip_tasks, return_exceptions=True)
+        if self.exchange is not None:
+            await self.exchange.aclose()
         for rpc in list(self._rpcs.values()):
             await rpc.aclose()
         self._rpcs.clear()
 
-    async def rpc(self, peer_id: str) -> RpcClient:
-        """The link to ``peer_id``, connected (and its round trip measured) on first use."""
+    async def rpc(self, peer_id: str) -> HopClient:
+        """The hop to ``peer_id``: its link, connected (and its round trip measured) on first use; in
+        process for this node's own span."""
+        if self.local is not None and peer_id == self.signal.peer_id:
+            return self._local_hop(peer_id, self.local)
         lock = self._connecting.setdefault(peer_id, asyncio.Lock())
         async with lock:
             rpc = self._rpcs.get(peer_id)
@@ -187,48 +191,28 @@ class MeshClient:
                 self.rtts[peer_id] = await asyncio.wait_for(link.ping(), self.config.connect_timeout_s)
             except HOP_FAILURES as exc:
                 log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
-            if self.ledger is not None:
+            if self.exchange is not None:
                 # The peer judges our balance from the entries it holds: make sure it holds ours.
-                entries = await asyncio.to_thread(self.ledger.own_entries)
-                push = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta={"kind": "push", "entries": entries})
-                await rpc.call(push, self.config.request_timeout_s)
+                await self.exchange.push(peer_id, rpc)
             return rpc
 
-    def gossip_soon(self, peer_id: str, rpc: RpcClient) -> asyncio.Task[None] | None:
+    def _local_hop(self, peer_id: str, handler: FrameHandler) -> HopClient:
+        hop = self._rpcs.get(peer_id)
+        if hop is None or hop.closed:
+            hop = LocalHop(handler, f"api:{peer_id}")
+            self._rpcs[peer_id] = hop
+            self.rtts[peer_id] = 0.0
+        return hop
+
+    def gossip_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
         """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
         ``gossip_every_s`` ago; the task (or None). Its failures are logged, never raised."""
-        every = self.config.gossip_every_s
-        if self.ledger is None or every is None:
-            return None
-        now = asyncio.get_running_loop().time()
-        last = self._gossiped.get(peer_id)
-        if last is not None and now - last < every:
-            return None
-        self._gossiped[peer_id] = now
-        task = asyncio.create_task(self._gossip_logged(peer_id, rpc), name=f"gossip-{peer_id[:8]}")
-        self._gossip_tasks.add(task)
-        task.add_done_callback(self._gossip_tasks.discard)
-        return task
+        return self.exchange.gossip_soon(peer_id, hop) if self.exchange is not None else None
 
     async def gossip_settled(self) -> None:
         """Wait for the gossip exchanges under way."""
-        while self._gossip_tasks:
-            await asyncio.gather(*self._gossip_tasks, return_exceptions=True)
-
-    async def _gossip_logged(self, peer_id: str, rpc: RpcClient) -> None:
-        if self.ledger is None:
-            return
-        try:
-            sent = await gossip_exchange(
-                self.ledger,
-                peer_id,
-                rpc,
-                timeout=self.config.request_timeout_s,
-                max_requests=self.config.gossip_max_requests,
-            )
-            log.debug("ledger gossip with %s: %d requests", peer_id[:8], sent)
-        except (*HOP_FAILURES, LedgerError) as exc:
-            log.warning("ledger gossip with %s failed: %s: %s", peer_id[:8], type(exc).__name__, exc)
+        if self.exchange is not None:
+            await self.exchange.settled()
 
     async def candidates(self, start: int, end: int) -> list[Candidate]:
         """Peers serving blocks in ``[start, end)``; lookups are cached briefly, as signaling rate-limits them."""
@@ -398,29 +382,18 @@ class MeshSession:
             return
         try:
             answer = await hop.rpc.call(Frame(FrameType.CLOSE, hop.session, hop.next_step), 5.0)
-            ledger = self.client.ledger
-            if ledger is None or "receipt" not in answer.meta:
-                return
-            receipt, client_sig = await asyncio.to_thread(
-                ledger.countersign,
-                answer.meta["receipt"],
-                answer.meta.get("server_sig"),
-                server=hop.peer_id,
-                session=hop.session,
-                model=self.client.model,
-                start=hop.start,
-                end=hop.end,
-                tokens=hop.tokens,
-            )
-            meta = {
-                "kind": "receipt",
-                "receipt": receipt.to_dict(),
-                "client_sig": client_sig,
-                "server_sig": answer.meta.get("server_sig"),
-            }
-            await hop.rpc.call(Frame(FrameType.GOSSIP, hop.session, hop.next_step + 1, meta=meta), 5.0)
-            # The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
-            self.client.gossip_soon(hop.peer_id, hop.rpc)
+            exchange = self.client.exchange
+            if exchange is not None:
+                await exchange.settle(
+                    hop.peer_id,
+                    hop.rpc,
+                    answer,
+                    model=self.client.model,
+                    start=hop.start,
+                    end=hop.end,
+                    tokens=hop.tokens,
+                    timeout=5.0,
+                )
         except (*HOP_FAILURES, LedgerError) as exc:
             log.warning("closing session on %s: %s", hop.peer_id[:8], exc)
 

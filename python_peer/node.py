@@ -1,8 +1,10 @@
 """A native node on the mesh: identity, signaling and WebRTC links; a peer serves a span, a client asks.
 
 ``MeshNode`` is what both roles share: a persistent identity from the data directory, a signal client
-connected to one of several signaling nodes, and a link manager fed by the signals that arrive.
-``Peer`` adds a span server and announces it; ``open_client`` adds a mesh client for generation.
+connected to one of several signaling nodes, a link manager fed by the signals that arrive, and ledger
+gossip through signaling (``link_ledger.SignalingExchange``). ``Peer`` adds the span it serves: a
+``SpanServer`` behind a ``SpanGate`` (pause, new span) that answers every link; ``open_client`` adds a
+mesh client for generation.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from python_peer.core.canonical import ServedSpan
@@ -22,17 +24,19 @@ from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
 
 from .block_selection import least_served_span
+from .errors import PeerError
+from .hop import FrameHandler
 from .identity import Identity
 from .ledger_service import LedgerService
+from .link_ledger import LEDGER_SIGNAL, SignalingExchange
 from .mesh_client import ClientConfig, MeshClient
 from .rpc import serve_link
 from .server import ServerConfig, SpanServer
 from .signal_client import SignalClient, SignalClientConfig
+from .span_gate import ServingState, SpanGate
 from .transport import Link, LinkManager, TransportConfig
 
 log = logging.getLogger(__name__)
-
-LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
 
 
 @dataclass(frozen=True)
@@ -59,24 +63,27 @@ class MeshNode:
         transport: TransportConfig,
         ledger: LedgerService | None = None,
         config: NodeConfig | None = None,
+        gossip_model: tuple[str, int] | None = None,
     ) -> None:
         self.identity = identity
         self.signal = signal
         self.ledger = ledger
         self.config = config
         self.links = LinkManager(signal.send_signal, on_link=self._incoming_link, config=transport)
-        # What to do with a link another peer opened to us; a node that serves nothing refuses them.
-        self.link_handler: Callable[[Link], None] | None = None
-        # The model whose peers this node gossips the ledger with (set by the peer or the client).
-        self.gossip_model: tuple[str, int] | None = None
+        # What answers the links other peers open to us (``serve``); a node that serves nothing refuses them.
+        self._handler: FrameHandler | None = None
+        # The model (name, layers) whose peers this node gossips the ledger with through signaling.
+        self.gossip_model = gossip_model
+        self.ledger_gossip = SignalingExchange(ledger, signal.send_signal) if ledger is not None else None
         self._tasks: set[asyncio.Task[None]] = set()
         self.spawn(self._pump_signals(), "signal-pump")
         if ledger is not None and config is not None:
             self.spawn(self._gossip_rounds(config.gossip_interval_s, config.gossip_fanout), "ledger-gossip")
 
     @classmethod
-    async def create(cls, config: NodeConfig) -> MeshNode:
-        """Load or make the identity and the ledger, connect to signaling and announce (serving nothing yet)."""
+    async def create(cls, config: NodeConfig, *, gossip_model: tuple[str, int] | None = None) -> MeshNode:
+        """Load or make the identity and the ledger, connect to signaling and announce (serving nothing yet);
+        the ledger is gossiped with the peers of ``gossip_model`` (name, layers), if given."""
         identity = await asyncio.to_thread(
             lambda: Identity.load_or_create(config.data_dir) if config.data_dir else Identity.generate()
         )
@@ -92,14 +99,21 @@ class MeshNode:
                 reannounce_s=config.reannounce_s,
             ),
         )
-        return cls(identity, signal, config.transport, ledger, config)
+        return cls(identity, signal, config.transport, ledger, config, gossip_model)
+
+    def serve(self, handler: FrameHandler) -> None:
+        """Answer the links other peers open to this node with ``handler`` (once: a node serves one span
+        gate; its span changes behind it)."""
+        if self._handler is not None:
+            raise PeerError("this node already serves its links")
+        self._handler = handler
 
     async def _incoming_link(self, link: Link) -> None:
-        if self.link_handler is None:
+        if self._handler is None:
             log.info("refusing a link from %s: this node serves nothing", link.remote_id[:8])
             await link.aclose()
             return
-        self.link_handler(link)
+        self.spawn(serve_link(link, self._handler), f"serve-{link.remote_id[:8]}")
 
     @property
     def peer_id(self) -> str:
@@ -120,30 +134,22 @@ class MeshNode:
         async for incoming in self.signal.signals():
             try:
                 if incoming.payload.get("kind") == LEDGER_SIGNAL:
-                    await self._gossip_received(incoming.sender, incoming.payload.get("msg"))
+                    if self.ledger_gossip is not None:
+                        await self.ledger_gossip.receive(incoming.sender, incoming.payload)
                 else:
                     await self.links.handle_signal(incoming.sender, incoming.payload)
             except AI4AllError as exc:
                 log.warning("bad signal from %s: %s", incoming.sender[:8], exc)
 
-    async def _gossip_received(self, sender: str, message: object) -> None:
-        if self.ledger is None:
-            return
-        replies = await asyncio.to_thread(self.ledger.gossip_receive, sender, message)
-        for reply in replies:
-            await self.signal.send_signal(sender, {"kind": LEDGER_SIGNAL, "msg": reply})
-
     async def gossip_now(self, fanout: int) -> int:
         """Open a gossip round with up to ``fanout`` random peers of the model; return how many."""
-        if self.ledger is None or self.gossip_model is None:
+        if self.ledger_gossip is None or self.gossip_model is None:
             return 0
         model, layers = self.gossip_model
         peers = {a.peer_id for a in await self.signal.lookup(model, 0, layers, limit=64)} - {self.peer_id}
         chosen = random.sample(sorted(peers), min(fanout, len(peers)))
         for peer in chosen:
-            message = await asyncio.to_thread(self.ledger.gossip_start, peer)
-            if message is not None:
-                await self.signal.send_signal(peer, {"kind": LEDGER_SIGNAL, "msg": message})
+            await self.ledger_gossip.open_round(peer)
         return len(chosen)
 
     async def _gossip_rounds(self, interval: float, fanout: int) -> None:
@@ -186,31 +192,36 @@ class PeerConfig:
 
 
 class Peer:
-    """A native peer serving one span of one model to clients over WebRTC."""
+    """A native peer serving one span of one model to clients over WebRTC.
 
-    def __init__(self, config: PeerConfig, manifest: Manifest, node: MeshNode, server: SpanServer) -> None:
+    It owns its serving side from construction: a ``SpanGate`` over the current ``SpanServer``, which
+    answers every link of the node. Pausing and moving to another span go through the peer's methods.
+    """
+
+    def __init__(self, config: PeerConfig, manifest: Manifest, node: MeshNode, gate: SpanGate) -> None:
         self.config = config
         self.manifest = manifest
         self.node = node
-        self.server = server
+        self.gate = gate
         self.started = time.time()
+        self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
+        node.serve(gate)
 
     @classmethod
     async def create(cls, config: PeerConfig) -> Peer:
         manifest = load_manifest(config.model_dir)
         span = config.span
-        node = await MeshNode.create(config.node)
+        node = await MeshNode.create(config.node, gossip_model=(manifest.name, manifest.num_layers))
         try:
             if span is None:
                 announcements = await node.signal.lookup(manifest.name, 0, manifest.num_layers, limit=64)
                 span = least_served_span(manifest, announcements, config.max_weights_bytes)
                 log.info("serving the least-served span %s", span)
-            server = await asyncio.to_thread(SpanServer, config.model_dir, manifest, span, config.server)
+            server = await asyncio.to_thread(
+                SpanServer, config.model_dir, manifest, span, config.server, node.ledger
+            )
             throughput = await asyncio.to_thread(server.measure_throughput)
-            peer = cls(config, manifest, node, server)
-            server.ledger = node.ledger
-            node.gossip_model = (manifest.name, manifest.num_layers)
-            node.link_handler = peer._on_link
+            peer = cls(config, manifest, node, SpanGate(server, node.peer_id))
             await node.signal.update(
                 serves=(ServedSpan(manifest.name, span.start, span.end),),
                 throughput_milli=int(throughput * 1000),
@@ -230,13 +241,50 @@ class Peer:
         return peer
 
     @property
+    def server(self) -> SpanServer:
+        """The span server new sessions open on."""
+        return self.gate.server
+
+    @property
     def span(self) -> Span:
         return self.server.span
 
-    def _on_link(self, link: Link) -> None:
-        self.node.spawn(
-            serve_link(link, self.server.handle, self.server.close_client), f"serve-{link.remote_id[:8]}"
+    @property
+    def serving(self) -> bool:
+        return self.gate.state is ServingState.SERVING
+
+    def set_serving(self, serving: bool) -> bool:
+        """Take new sessions, or pause: finish the open ones, refuse new ones; True if it changed.
+        ``announce`` tells signaling."""
+        return self.gate.set_serving(serving)
+
+    def set_memory_budget(self, budget_bytes: int) -> None:
+        """The KV budget of the current server (its frozen config, replaced whole)."""
+        server = self.server
+        server.config = replace(server.config, memory_budget_bytes=budget_bytes)
+        self.config = replace(self.config, server=server.config)
+
+    async def load_span(self, span: Span) -> tuple[SpanServer, float]:
+        """A server for ``span`` (same budget and ledger), loaded in a thread, and its throughput; it
+        serves nothing until ``move_to``. Loading fails with whatever onnxruntime or the disk raise."""
+        old = self.server
+        new = await asyncio.to_thread(
+            SpanServer, self.config.model_dir, self.manifest, span, old.config, old.ledger
         )
+        return new, await asyncio.to_thread(new.measure_throughput)
+
+    async def move_to(self, server: SpanServer, throughput: float) -> SpanServer:
+        """Serve new sessions from ``server`` (from ``load_span``); the old one, returned, finishes its own."""
+        old = self.gate.swap(server)
+        self.config = replace(self.config, span=server.span)
+        await self.node.signal.update(throughput_milli=int(throughput * 1000))
+        return old
+
+    async def announce(self) -> None:
+        """Tell signaling what this peer serves now: its span while serving, nothing while paused."""
+        server = self.server
+        serves = (ServedSpan(self.manifest.name, server.span.start, server.span.end),) if self.serving else ()
+        await self.node.signal.update(serves=serves, kv_free_tokens=server.kv_free_tokens)
 
     async def _housekeeping(self) -> None:
         announced = self.server.kv_free_tokens
@@ -263,12 +311,11 @@ async def open_client(
 ) -> tuple[MeshNode, MeshClient]:
     """A node that serves nothing and a mesh client on it, for ``ai4all chat`` and the API."""
     manifest = load_manifest(model_dir)
-    node = await MeshNode.create(config)
+    node = await MeshNode.create(config, gossip_model=(manifest.name, manifest.num_layers))
     try:
         client = await asyncio.to_thread(
             MeshClient, model_dir, manifest, node.signal, node.links, client_config, node.ledger
         )
-        node.gossip_model = (manifest.name, manifest.num_layers)
     except BaseException:
         await node.aclose()
         raise

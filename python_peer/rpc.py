@@ -1,5 +1,8 @@
 """Request/response over links: the client side matches answers to requests, the server side answers.
 
+``RpcClient`` is the ``hop.HopClient`` of a remote hop; ``serve_link`` feeds a link's requests to a
+``hop.FrameHandler``.
+
 One session's requests are sequential (the client awaits each answer before the next step), so an
 answer is matched to its request by ``(session, step)``. Many sessions share a link concurrently.
 """
@@ -9,14 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from python_peer.core.protocol import PROBE_EVERY_MS, PROBE_MISSES, PROBE_TIMEOUT_MS
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
 from .errors import LinkClosedError
-from .transport import Link
+from .hop import FrameHandler, FrameLink
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ PROBE_TIMEOUT_S = PROBE_TIMEOUT_MS / 1000
 class RpcClient:
     """Calls over one link we opened; answers without a waiting request are dropped and logged."""
 
-    def __init__(self, link: Link) -> None:
+    def __init__(self, link: FrameLink) -> None:
         self.link = link
         self._pending: dict[tuple[bytes, int], asyncio.Future[Frame]] = {}
         self._closed: Exception | None = None
@@ -139,17 +141,15 @@ class RpcClient:
         await self.link.aclose()
 
 
-Handler = Callable[[str, Frame], Awaitable[Frame]]
-
-
-async def serve_link(link: Link, handle: Handler, on_close: Callable[[str], None] | None = None) -> None:
-    """Answer every request that arrives on ``link`` until it closes; requests run concurrently."""
+async def serve_link(link: FrameLink, handler: FrameHandler) -> None:
+    """Answer every request that arrives on ``link`` with ``handler`` until it closes; requests run
+    concurrently. When the link is gone, ``handler`` drops the sessions of its remote."""
     slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
     tasks: set[asyncio.Task[None]] = set()
 
     async def answer(frame: Frame) -> None:
         try:
-            reply = await handle(link.remote_id, frame)
+            reply = await handler.handle(link.remote_id, frame)
             await link.send(reply)
         except LinkClosedError:
             pass
@@ -170,5 +170,4 @@ async def serve_link(link: Link, handle: Handler, on_close: Callable[[str], None
     finally:
         for task in list(tasks):
             task.cancel()
-        if on_close is not None:
-            on_close(link.remote_id)
+        handler.close_client(link.remote_id)

@@ -4,6 +4,10 @@ A ``SpanServer`` owns the blocks runners of the span this peer serves and answer
 KV memory for a session (refused with a clear error when the budget is full), FORWARD runs new tokens
 (steps must come in order), CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
+
+With a ledger, OPEN is refused (``payment_required``) to a client that cannot pay, CLOSE proposes the
+receipt of the work done, and GOSSIP frames carry the ledger exchange (``link_ledger.ServerExchange``).
+A ``SpanServer`` is a ``hop.FrameHandler``: links (``rpc.serve_link``) and in-process hops call it alike.
 """
 
 from __future__ import annotations
@@ -14,21 +18,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.canonical import canonical_bytes, is_peer_id
+from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
+from python_peer.core.ledger_exchange import close_answer
 from python_peer.core.manifest import Manifest
-from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS
-from python_peer.core.receipts import Receipt
+from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_SESSIONS
 from python_peer.core.spans import Span
-from python_peer.core.wire import MAX_METADATA_BYTES, ErrorCode, Frame, FrameType, error_frame
+from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .errors import PeerError, SessionError, ShardInputError
-from .ledger_service import CHANNEL_GOSSIP, LedgerService
+from .hop import Refusal
+from .ledger_service import LedgerService
+from .link_ledger import ServerExchange
 from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
@@ -63,7 +68,14 @@ class _Session:
 class SpanServer:
     """The blocks ``[span.start, span.end)`` of one model, served to clients over frames."""
 
-    def __init__(self, model_dir: str | Path, manifest: Manifest, span: Span, config: ServerConfig) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        manifest: Manifest,
+        span: Span,
+        config: ServerConfig,
+        ledger: LedgerService | None = None,
+    ) -> None:
         shards = [s for s in manifest.blocks if span.start <= s.start and s.end <= span.end]
         if (
             not shards
@@ -83,9 +95,8 @@ class SpanServer:
         self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
         self.sessions: dict[str, _Session] = {}
         self.tokens_served = 0
-        self.ledger: LedgerService | None = None  # set by the peer; without it sessions are free
-        self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
-        self._recording: set[str] = set()  # receipts being recorded now
+        self.ledger = ledger  # without it sessions are free
+        self.exchange = ServerExchange(ledger) if ledger is not None else None
 
     @property
     def reserved_bytes(self) -> int:
@@ -134,7 +145,7 @@ class SpanServer:
                 ErrorCode.BAD_FRAME,
                 f"a server does not take {frame.type.name} frames",
             )
-        except _Refusal as exc:
+        except Refusal as exc:
             return error_frame(frame.session, frame.step, exc.code, str(exc))
         except PaymentRequiredError as exc:
             return error_frame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, str(exc))
@@ -157,19 +168,19 @@ class SpanServer:
         model, start, end = meta.get("model"), meta.get("start"), meta.get("end")
         batch, max_length = meta.get("batch"), meta.get("max_length")
         if model != self.model or (start, end) != (self.span.start, self.span.end):
-            raise _Refusal(
+            raise Refusal(
                 ErrorCode.SESSION_REFUSED,
                 f"this peer serves {self.model} blocks {self.span}, not {model} blocks {start}-{end}",
             )
         if not isinstance(batch, int) or not 1 <= batch <= 64:
-            raise _Refusal(ErrorCode.BAD_FRAME, f"batch {batch!r} must be an integer in 1..64")
+            raise Refusal(ErrorCode.BAD_FRAME, f"batch {batch!r} must be an integer in 1..64")
         if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH_LIMIT:
-            raise _Refusal(
+            raise Refusal(
                 ErrorCode.BAD_FRAME, f"max_length {max_length!r} must be an integer in 1..{MAX_LENGTH_LIMIT}"
             )
         key = self._key(client, frame.session)
         if key in self.sessions:
-            raise _Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
+            raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         price = 0
         if self.ledger is not None and is_peer_id(client):
             # The client pays for what it may use; its other open sessions here are already spoken for.
@@ -179,12 +190,12 @@ class SpanServer:
             )
             price = quote.price
             if key in self.sessions:
-                raise _Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
+                raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         self.evict_idle()
         need = batch * max_length * self.bytes_per_token
         budget = self.config.memory_budget_bytes
         if len(self.sessions) >= self.config.max_sessions or self.reserved_bytes + need > budget:
-            raise _Refusal(
+            raise Refusal(
                 ErrorCode.SESSION_REFUSED,
                 f"KV memory budget full: {len(self.sessions)} sessions hold {self.reserved_bytes / 2**20:.2f} MiB "
                 f"of {budget / 2**20:.2f} MiB and this one needs {need / 2**20:.2f} MiB; try another peer",
@@ -204,13 +215,13 @@ class SpanServer:
         key = self._key(client, frame.session)
         session = self.sessions.get(key)
         if session is None:
-            raise _Refusal(
+            raise Refusal(
                 ErrorCode.UNKNOWN_SESSION,
                 f"session {frame.session.hex()} is not open here (expired or never opened)",
             )
         async with session.lock:
             if frame.step != session.next_step:
-                raise _Refusal(
+                raise Refusal(
                     ErrorCode.OUT_OF_ORDER,
                     f"step {frame.step} arrived, step {session.next_step} was expected",
                 )
@@ -219,21 +230,21 @@ class SpanServer:
             positions = expect(frame, names.POSITION_IDS, "i", 2)
             batch, seq = hidden.shape[0], hidden.shape[1]
             if hidden.shape[2] != self.hidden_size or batch != session.batch:
-                raise _Refusal(
+                raise Refusal(
                     ErrorCode.BAD_SHAPE,
                     f"hidden states {list(hidden.shape)} do not fit batch {session.batch}, hidden {self.hidden_size}",
                 )
             if session.length + seq > session.max_length:
-                raise _Refusal(
+                raise Refusal(
                     ErrorCode.BAD_SHAPE,
                     f"{session.length} + {seq} tokens exceed the session's max_length {session.max_length}",
                 )
             try:
                 out = await asyncio.to_thread(self._run, key, hidden, mask, positions)
             except ShardInputError as exc:
-                raise _Refusal(ErrorCode.BAD_SHAPE, str(exc)) from exc
+                raise Refusal(ErrorCode.BAD_SHAPE, str(exc)) from exc
             except SessionError as exc:
-                raise _Refusal(ErrorCode.UNKNOWN_SESSION, str(exc)) from exc
+                raise Refusal(ErrorCode.UNKNOWN_SESSION, str(exc)) from exc
             session.length += seq
             session.tokens += batch * seq
             session.next_step += 1
@@ -258,62 +269,25 @@ class SpanServer:
         key = self._key(client, frame.session)
         session = self.sessions.get(key)
         self._close(key)
-        meta: dict[str, Any] = {"closed": True}
-        if session is not None and session.tokens > 0 and self.ledger is not None and is_peer_id(client):
-            receipt, signature = await asyncio.to_thread(
-                self.ledger.server_receipt,
-                frame.session,
-                self.model,
-                self.span.start,
-                self.span.end,
-                session.tokens,
+        meta = close_answer(None, None)
+        if session is not None and session.tokens > 0 and self.exchange is not None and is_peer_id(client):
+            meta = await self.exchange.propose(
                 client,
+                frame.session,
+                model=self.model,
+                start=self.span.start,
+                end=self.span.end,
+                tokens=session.tokens,
             )
-            self._receipts[key] = receipt
-            while len(self._receipts) > MAX_PENDING_RECEIPTS:
-                self._receipts.pop(next(iter(self._receipts)))
-            meta.update(receipt=receipt.to_dict(), server_sig=signature)
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
 
     async def _ledger_request(self, client: str, frame: Frame) -> Frame:
         """GOSSIP frames on a session link: a client pushing its log, returning a countersigned receipt,
-        or sending one anti-entropy message (answered with the replies of its gossip session here)."""
-        if self.ledger is None or not is_peer_id(client):
-            raise _Refusal(ErrorCode.BAD_FRAME, "this peer keeps no ledger for this client")
-        kind = frame.meta.get("kind")
-        if kind == "push":
-            stored = await asyncio.to_thread(self.ledger.accept_entries, frame.meta.get("entries"))
-            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"stored": stored})
-        if kind == "receipt":
-            return await self._record_receipt(self.ledger, client, frame)
-        if kind == "gossip":
-            replies = await asyncio.to_thread(
-                self.ledger.gossip_receive, client, frame.meta.get("msg"), CHANNEL_GOSSIP
-            )
-            return Frame(FrameType.RESULT, frame.session, frame.step, meta={"replies": fit_replies(replies)})
-        raise _Refusal(ErrorCode.BAD_FRAME, f"unknown ledger request {kind!r:.40}")
-
-    async def _record_receipt(self, ledger: LedgerService, client: str, frame: Frame) -> Frame:
-        """The countersigned receipt of a closed session: recorded once, and only if it verifies. A forged
-        or badly signed frame is refused and the receipt waits on for the client's genuine one."""
-        key = self._key(client, frame.session)
-        receipt = self._receipts.get(key)
-        client_sig, server_sig = frame.meta.get("client_sig"), frame.meta.get("server_sig")
-        if (
-            receipt is None
-            or key in self._recording
-            or frame.meta.get("receipt") != receipt.to_dict()
-            or not isinstance(client_sig, str)
-        ):
-            raise _Refusal(ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature")
-        self._recording.add(key)  # a second copy of the frame meanwhile cannot record it twice
-        try:
-            await asyncio.to_thread(ledger.record_receipt, receipt, client_sig, str(server_sig))
-        finally:
-            self._recording.discard(key)
-        if self._receipts.get(key) is receipt:
-            del self._receipts[key]
-        return Frame(FrameType.RESULT, frame.session, frame.step, meta={"recorded": receipt.id})
+        or sending one anti-entropy message; ``ServerExchange`` answers them."""
+        if self.exchange is None or not is_peer_id(client):
+            raise Refusal(ErrorCode.BAD_FRAME, "this peer keeps no ledger for this client")
+        meta = await self.exchange.answer(client, frame.session, frame.meta)
+        return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
 
     def _close(self, key: str) -> None:
         if self.sessions.pop(key, None) is not None:
@@ -336,25 +310,3 @@ class SpanServer:
             log.info("evicting idle session %s", key[-8:])
             self._close(key)
         return len(idle)
-
-
-def fit_replies(replies: list[dict[str, Any]], limit: int = MAX_METADATA_BYTES) -> list[dict[str, Any]]:
-    """The leading gossip replies whose ``{"replies": [...]}`` fits one frame's metadata. Two replies can
-    outgrow it (a 60 KiB ``heads`` and its ``want``); the ones left out cost a round, as pulling is
-    idempotent: the client asks again."""
-    kept: list[dict[str, Any]] = []
-    size = len(b'{"replies":[]}')
-    for reply in replies:
-        cost = len(canonical_bytes(reply)) + (1 if kept else 0)
-        if size + cost > limit:
-            log.info("gossip reply of %d bytes left out: the frame is full", cost)
-            break
-        kept.append(reply)
-        size += cost
-    return kept
-
-
-class _Refusal(Exception):
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code

@@ -24,7 +24,7 @@ from python_peer.core.wire import MAX_METADATA_BYTES, Frame, FrameType
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
-from python_peer.mesh_client import gossip_exchange
+from python_peer.link_ledger import gossip_exchange
 from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
@@ -131,7 +131,7 @@ async def test_a_generation_gossips_third_party_entries_both_ways_over_the_links
         await mesh_tokens(client, PROMPTS[0], 4)
         await client.gossip_settled()
         servers = {p.peer_id for p in mesh.peers}
-        assert set(client._gossiped) == servers, "an exchange with every peer that served a receipt"
+        assert set(client.gossiped) == servers, "an exchange with every peer that served a receipt"
         # The client learned the planted third party's log, and each server's receipt entry.
         assert store.head(mesh.planted.peer_id) is not None
         for peer_id in servers:

@@ -70,7 +70,7 @@ async def serving(node: Node, model: Path, span: str = "0-1") -> AsyncIterator[S
         service = await MeshNodeService.create(peer.node, [model], peer=peer, ledger=ledger)
         app = create_app(service, ApiConfig(rate_per_s=1000, burst=1000))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as http:
-            yield Served(http, peer, service, NodeControl.install(peer))
+            yield Served(http, peer, service, NodeControl(peer))
     finally:
         if service is not None:
             await service.aclose()

@@ -74,9 +74,7 @@ def create_pages(service: NodeService, *, api_key: str | None = None, web_dir: P
     router = APIRouter()
     mesh_service = service if isinstance(service, MeshNodeService) else None
     control = (
-        NodeControl.install(mesh_service.peer, mesh_service)
-        if mesh_service is not None and mesh_service.peer is not None
-        else None
+        NodeControl(mesh_service.peer) if mesh_service is not None and mesh_service.peer is not None else None
     )
     view = NodeView(mesh_service, control) if mesh_service is not None else None
     templates = jinja2.Environment(

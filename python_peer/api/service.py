@@ -26,13 +26,10 @@ from typing import Protocol
 
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.protocol import MAX_LENGTH_LIMIT
-from python_peer.core.wire import Frame, raise_for_error
-from python_peer.errors import LinkClosedError, PeerError
+from python_peer.errors import PeerError
 from python_peer.generate import Generation, SamplingParams, astream
 from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, Peer
-from python_peer.rpc import PROBE_EVERY_S, RpcClient
-from python_peer.server import SpanServer
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import LinkState
 
@@ -100,55 +97,6 @@ class NodeService(Protocol):
     async def status(self) -> NodeStatus: ...
 
     async def balance(self) -> TokenBalance: ...
-
-
-class _LoopbackRpc(RpcClient):
-    """Calls to the span server of this process: the peer's own span, with no link to itself."""
-
-    def __init__(self, server: SpanServer, client_id: str) -> None:  # no link, so no reader task either
-        self._server = server
-        self._client_id = client_id
-        self._open = True
-
-    @property
-    def closed(self) -> bool:
-        return not self._open
-
-    async def call(self, frame: Frame, timeout: float, *, probe_every: float = PROBE_EVERY_S) -> Frame:
-        if not self._open:
-            raise LinkClosedError("the in-process route to this peer's own span is closed")
-        answer = await asyncio.wait_for(self._server.handle(self._client_id, frame), timeout)
-        raise_for_error(answer)
-        return answer
-
-    async def aclose(self) -> None:
-        self._open = False
-        self._server.close_client(self._client_id)
-
-
-class _NodeMeshClient(MeshClient):
-    """A mesh client on a serving peer's node: hops to the peer itself run in-process."""
-
-    def __init__(
-        self,
-        model_dir: Path,
-        manifest: Manifest,
-        node: MeshNode,
-        config: ClientConfig | None,
-        local: SpanServer | None,
-    ) -> None:
-        super().__init__(model_dir, manifest, node.signal, node.links, config, node.ledger)
-        self.local = local
-
-    async def rpc(self, peer_id: str) -> RpcClient:
-        if self.local is None or peer_id != self.signal.peer_id:
-            return await super().rpc(peer_id)
-        rpc = self._rpcs.get(peer_id)
-        if rpc is None or rpc.closed:
-            rpc = _LoopbackRpc(self.local, f"api:{peer_id}")
-            self._rpcs[peer_id] = rpc
-            self.rtts[peer_id] = 0.0
-        return rpc
 
 
 @dataclass
@@ -483,8 +431,9 @@ def _load_model(
     model_dir: Path, node: MeshNode, peer: Peer | None, client_config: ClientConfig | None
 ) -> _Model:
     manifest = load_manifest(model_dir)
-    local = peer.server if peer is not None and peer.manifest.name == manifest.name else None
-    client = _NodeMeshClient(model_dir, manifest, node, client_config, local)
+    # A route through this very peer's span runs in-process, through the gate its links go through.
+    local = peer.gate if peer is not None and peer.manifest.name == manifest.name else None
+    client = MeshClient(model_dir, manifest, node.signal, node.links, client_config, node.ledger, local=local)
     created = int((model_dir / "manifest.json").stat().st_mtime)
     return _Model(manifest.name, model_dir, manifest, ModelTokenizer(model_dir, manifest), client, created)
 

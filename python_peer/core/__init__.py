@@ -21,6 +21,7 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``chain_store.py``  ``ChainStore``: what a ledger store keeps and decides, whatever holds its rows.
 - ``economics.py`` the ledger's constants and prices, with the reasoning next to them; ``network_rules``.
 - ``gossip.py``    anti-entropy messages between two ledgers, bounded and rate-limited.
+- ``ledger_exchange.py``  the ledger requests on a session link (push, receipt, gossip) and their answers.
 - ``memory_store.py``  the ledger store in memory (the browser's), same decisions as the SQLite one.
 - ``browser_ledger.py``  what the browser calls under Pyodide: the store behind JSON calls.
 - ``browser_signing.py``  signatures across the Pyodide boundary: claims for WebCrypto, two-step signing.

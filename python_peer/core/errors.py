@@ -47,13 +47,15 @@ in ``signaling/errors.py``. The whole tree::
     │   │   ├── RemoteSignalingError   a signaling node answered with an ``error`` message; ``code`` says why
     │   │   └── SignalClientError      the signal client is closed, timed out or reached no signaling node
     │   ├── LedgerError        a ledger entry, rule set, gossip message or store that is malformed or refused;
-    │   │                      ``code`` names the rejection (``malformed``, ``bad_signature``, ``forked`` ...)
+    │   │   │                  ``code`` names the rejection (``malformed``, ``bad_signature``, ``forked`` ...)
+    │   │   └── ExchangeError      (ledger_exchange.py) ledger metadata on a session link that is malformed
     │   └── SettingsError      a configuration value that is not valid (``ice.py``); ``field`` names it
     ├── CommandError           (this module) a bad flag or argument of the ``ai4all`` command
     ├── PeerError                          (python_peer/errors.py)
     │   ├── ShardError             a shard file that is missing, altered (sha256) or that onnxruntime refuses
     │   ├── ShardInputError        inputs of the wrong name, dtype or shape for a shard, or NaN/Inf in them
     │   ├── SessionError           an unknown, closed or over-budget inference session
+    │   ├── Refusal                (python_peer/hop.py) a request a serving side refuses: sent as an ERROR frame
     │   ├── TransportError         a WebRTC link that cannot be made or used (transport.py, link.py)
     │   │   ├── LinkClosedError        the link is closed: locally, by the remote, or its connection failed
     │   │   │   └── LinkOverflowError      closed because frames arrived faster than the consumer read them

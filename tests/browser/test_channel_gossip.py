@@ -84,7 +84,7 @@ async def generate_holding(node: Node, model: Path, entries: list[dict[str, Any]
         await agenerate(client, tokenizer, ids, SamplingParams(max_tokens=4))
         await client.gossip_settled()
         heads = client.ledger.store.heads()
-        return {"gossiped": sorted(client._gossiped), "heads": {a: seq for a, (seq, _) in heads.items()}}
+        return {"gossiped": sorted(client.gossiped), "heads": {a: seq for a, (seq, _) in heads.items()}}
     finally:
         await client.aclose()
         await mesh_node.aclose()

@@ -5,7 +5,7 @@
 everything in IndexedDB. Checked here: the grant is mined and kept across a page reload (same peer id,
 log and balance); entries made natively are accepted and bad ones refused with reasons, storing
 nothing; receipts are co-signed in both directions with a native ``LedgerService`` and both sides
-compute the same balances as ``core.ledger.compute``; gossip relayed by the test converges; a native
+compute the same balances as ``core.balances.compute``; gossip relayed by the test converges; a native
 author's fork is detected in the browser, published, and survives a reload; the shard cache serves
 from IndexedDB without a request and replaces a corrupt copy.
 """

@@ -1,0 +1,278 @@
+"""The ledger exchange of a native node, one object per side, over the messages of ``core/ledger_exchange.py``.
+
+``ClientExchange`` (a mesh client's): pushes the node's own log to a peer before its first session there,
+countersigns and returns the receipt a peer proposes at CLOSE, then runs an anti-entropy exchange with
+that peer over the same link, in the background, at most once per peer per ``gossip_every_s`` and at
+most ``max_requests`` requests each time.
+
+``ServerExchange`` (a span server's): stores a client's pushed entries, proposes the receipt of a closed
+session, records the countersigned receipt exactly once (a forged or replayed frame is refused and the
+genuine one stays recordable), and answers gossip with the replies of its session with that client.
+
+``SignalingExchange`` (every node's): ledger gossip carried by signaling, for peers that share no link.
+
+Ledger calls are synchronous (SQLite) and run in threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from python_peer.core.errors import LedgerError
+from python_peer.core.ledger_exchange import (
+    ExchangeError,
+    PushRequest,
+    ReceiptRequest,
+    close_answer,
+    gossip_answer,
+    gossip_request,
+    parse_close_answer,
+    parse_gossip_answer,
+    parse_push_answer,
+    parse_receipt_answer,
+    parse_request,
+    push_answer,
+    push_request,
+    receipt_answer,
+    receipt_request,
+)
+from python_peer.core.protocol import MAX_PENDING_RECEIPTS
+from python_peer.core.receipts import Receipt
+from python_peer.core.wire import ErrorCode, Frame, FrameType
+
+from .errors import PeerError
+from .hop import HOP_FAILURES, HopClient, Refusal
+from .ledger_service import CHANNEL_GOSSIP, LedgerService
+
+log = logging.getLogger(__name__)
+
+LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
+
+
+def _from_peer(peer_id: str, exc: ExchangeError) -> PeerError:
+    """A malformed answer is the failure of the peer that sent it."""
+    return PeerError(f"peer {peer_id[:16]} {exc}")
+
+
+async def gossip_exchange(
+    ledger: LedgerService, peer_id: str, hop: HopClient, *, timeout: float, max_requests: int = 16
+) -> int:
+    """Anti-entropy with a serving peer over its link: send our ``summary`` as a gossip request, feed each
+    message of its answer to our gossip session with the peer, send what that answers as new requests,
+    and stop when nothing is left to send or after ``max_requests``. Returns the number of requests sent.
+    A failing link raises (``HOP_FAILURES``), a reply that is not a JSON object ``LedgerError``; other bad
+    replies are dropped by the session."""
+    first = await asyncio.to_thread(ledger.gossip_start, peer_id, CHANNEL_GOSSIP)
+    queue = deque([first] if first is not None else [])
+    sent = 0
+    while queue and sent < max_requests:
+        frame = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=gossip_request(queue.popleft()))
+        answer = await hop.call(frame, timeout)
+        sent += 1
+        if not isinstance(answer.meta.get("replies"), list):
+            raise _from_peer(peer_id, ExchangeError("answered a gossip request without a list of replies"))
+        for reply in parse_gossip_answer(answer.meta):  # a reply that is not an object: ExchangeError
+            queue.extend(await asyncio.to_thread(ledger.gossip_receive, peer_id, reply, CHANNEL_GOSSIP))
+    if queue:
+        log.info("ledger gossip with %s stopped after %d requests", peer_id[:8], sent)
+    return sent
+
+
+class ClientExchange:
+    """A mesh client's side of the ledger exchange with the peers it uses."""
+
+    def __init__(
+        self,
+        ledger: LedgerService,
+        *,
+        request_timeout_s: float,
+        gossip_every_s: float | None = 30.0,
+        gossip_max_requests: int = 16,
+    ) -> None:
+        self.ledger = ledger
+        self.request_timeout_s = request_timeout_s
+        self.gossip_every_s = gossip_every_s
+        self.gossip_max_requests = gossip_max_requests
+        self.gossiped: dict[str, float] = {}  # peer id -> when the last exchange with it started
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def push(self, peer_id: str, hop: HopClient) -> int:
+        """Send our own log to ``peer_id``, which judges our balance from the entries it holds."""
+        entries = await asyncio.to_thread(self.ledger.own_entries)
+        frame = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=push_request(entries))
+        answer = await hop.call(frame, self.request_timeout_s)
+        try:
+            return parse_push_answer(answer.meta)
+        except ExchangeError as exc:  # the push went through; what it says about it is only a count
+            log.info("peer %s: %s", peer_id[:8], exc)
+            return 0
+
+    async def settle(
+        self,
+        peer_id: str,
+        hop: HopClient,
+        closed: Frame,
+        *,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+        timeout: float,
+    ) -> Receipt | None:
+        """After CLOSE (answered ``closed``): countersign the receipt the peer proposes for what we sent
+        it, return it on the session's link, then gossip with the peer soon. None: nothing proposed."""
+        proposed = parse_close_answer(closed.meta)
+        if proposed is None:
+            return None
+        data, server_sig = proposed
+        receipt, client_sig = await asyncio.to_thread(
+            self.ledger.countersign,
+            data,
+            server_sig,
+            server=peer_id,
+            session=closed.session,
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+        )
+        meta = receipt_request(receipt.to_dict(), client_sig, server_sig)
+        answer = await hop.call(Frame(FrameType.GOSSIP, closed.session, closed.step + 1, meta=meta), timeout)
+        try:
+            parse_receipt_answer(answer.meta)
+        except ExchangeError as exc:
+            log.info("peer %s: %s", peer_id[:8], exc)
+        # The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
+        self.gossip_soon(peer_id, hop)
+        return receipt
+
+    def gossip_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
+        """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
+        ``gossip_every_s`` ago; the task (or None). Its failures are logged, never raised."""
+        every = self.gossip_every_s
+        if every is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        last = self.gossiped.get(peer_id)
+        if last is not None and now - last < every:
+            return None
+        self.gossiped[peer_id] = now
+        task = asyncio.create_task(self._gossip_logged(peer_id, hop), name=f"gossip-{peer_id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def settled(self) -> None:
+        """Wait for the gossip exchanges under way."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _gossip_logged(self, peer_id: str, hop: HopClient) -> None:
+        try:
+            sent = await gossip_exchange(
+                self.ledger,
+                peer_id,
+                hop,
+                timeout=self.request_timeout_s,
+                max_requests=self.gossip_max_requests,
+            )
+            log.debug("ledger gossip with %s: %d requests", peer_id[:8], sent)
+        except (*HOP_FAILURES, LedgerError) as exc:
+            log.warning("ledger gossip with %s failed: %s: %s", peer_id[:8], type(exc).__name__, exc)
+
+    async def aclose(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class ServerExchange:
+    """A span server's side of the ledger exchange with its clients."""
+
+    def __init__(self, ledger: LedgerService) -> None:
+        self.ledger = ledger
+        self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
+        self._recording: set[str] = set()  # receipts being recorded now
+
+    @staticmethod
+    def _key(client: str, session: bytes) -> str:
+        return f"{client}:{session.hex()}"
+
+    async def propose(
+        self, client: str, session: bytes, *, model: str, start: int, end: int, tokens: int
+    ) -> dict[str, Any]:
+        """The answer to CLOSE: the receipt of ``tokens`` served to ``client``, signed, kept until the
+        client returns it countersigned (at most ``MAX_PENDING_RECEIPTS`` wait, oldest dropped first)."""
+        receipt, signature = await asyncio.to_thread(
+            self.ledger.server_receipt, session, model, start, end, tokens, client
+        )
+        self._receipts[self._key(client, session)] = receipt
+        while len(self._receipts) > MAX_PENDING_RECEIPTS:
+            self._receipts.pop(next(iter(self._receipts)))
+        return close_answer(receipt.to_dict(), signature)
+
+    async def answer(self, client: str, session: bytes, meta: object) -> dict[str, Any]:
+        """The answer's metadata to one ledger request of ``client``; ``LedgerError`` (``ExchangeError``
+        for malformed metadata) or ``Refusal`` when it is refused."""
+        request = parse_request(meta)
+        if isinstance(request, PushRequest):
+            return push_answer(await asyncio.to_thread(self.ledger.accept_entries, request.entries))
+        if isinstance(request, ReceiptRequest):
+            return receipt_answer(await self._record(client, session, request))
+        replies = await asyncio.to_thread(self.ledger.gossip_receive, client, request.msg, CHANNEL_GOSSIP)
+        return gossip_answer(replies)
+
+    async def _record(self, client: str, session: bytes, request: ReceiptRequest) -> str:
+        """The countersigned receipt of a closed session: recorded once, and only if it verifies. A forged
+        or badly signed frame is refused and the receipt waits on for the client's genuine one."""
+        key = self._key(client, session)
+        receipt = self._receipts.get(key)
+        if receipt is None or key in self._recording or request.receipt != receipt.to_dict():
+            raise Refusal(ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature")
+        self._recording.add(key)  # a second copy of the frame meanwhile cannot record it twice
+        try:
+            await asyncio.to_thread(
+                self.ledger.record_receipt, receipt, request.client_sig, request.server_sig
+            )
+        finally:
+            self._recording.discard(key)
+        if self._receipts.get(key) is receipt:
+            del self._receipts[key]
+        return receipt.id
+
+
+SendSignal = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class SignalingExchange:
+    """Ledger gossip through signaling: ``{kind: "ledger", msg}`` payloads to and from other peers."""
+
+    def __init__(self, ledger: LedgerService, send_signal: SendSignal) -> None:
+        self.ledger = ledger
+        self._send = send_signal
+
+    async def receive(self, sender: str, payload: dict[str, Any]) -> None:
+        """Answer one gossip payload from ``sender`` with the replies of our session with it."""
+        replies = await asyncio.to_thread(self.ledger.gossip_receive, sender, payload.get("msg"))
+        for reply in replies:
+            await self._send(sender, {"kind": LEDGER_SIGNAL, "msg": reply})
+
+    async def open_round(self, peer: str) -> None:
+        """Send ``peer`` the summary that opens a gossip round."""
+        message = await asyncio.to_thread(self.ledger.gossip_start, peer)
+        if message is not None:
+            await self._send(peer, {"kind": LEDGER_SIGNAL, "msg": message})
+
+
+__all__ = [
+    "LEDGER_SIGNAL",
+    "ClientExchange",
+    "ServerExchange",
+    "SignalingExchange",
+    "gossip_exchange",
+]

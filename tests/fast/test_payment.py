@@ -1,0 +1,57 @@
+"""Payment refusal, in memory: a client without balance is refused with its balance and the price."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+
+from python_peer.core.errors import PaymentRequiredError
+from python_peer.core.wire import ErrorCode, Frame, FrameType
+from python_peer.ledger_service import LedgerService
+from python_peer.mesh_client import MeshError
+from python_peer.rpc import RpcClient
+from tests.fast.conftest import ToyMesh, greedy
+
+REFUSAL = r"balance 0\.000 credits does not cover the price of \d+\.\d{3} credits"
+
+
+async def test_a_client_without_balance_is_refused_naming_balance_and_price(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    m = toy_mesh
+    for span in ((0, 1), (1, 3), (3, 4)):
+        m.peer(span, ledger=make_ledger())
+    poor = make_ledger(grant=False)
+    client = m.client(poor)
+
+    with pytest.raises(MeshError, match="refused to serve") as caught:
+        await greedy(client, [1, 2, 3], 4)
+    cause = caught.value.__cause__
+    assert isinstance(cause, PaymentRequiredError) and cause.code == ErrorCode.PAYMENT_REQUIRED
+    assert re.search(REFUSAL, str(cause)), str(cause)
+    assert all(not server.sessions for server in m.servers.values()), "no session stays open"
+
+
+async def test_the_refusal_is_an_error_frame_with_its_code(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    m = toy_mesh
+    server = m.peer((1, 3), ledger=make_ledger())
+    poor = make_ledger(grant=False)
+    rpc = RpcClient(await m.network.connect(poor.peer_id, server))
+    try:
+        meta = {"model": m.manifest.name, "start": 1, "end": 3, "batch": 1, "max_length": 8}
+        with pytest.raises(PaymentRequiredError, match=REFUSAL):
+            await rpc.call(Frame(FrameType.OPEN, b"\x01" * 16, 0, meta=meta), 5)
+        # The same client, once its grant is on its log and pushed, opens the session.
+        rich = make_ledger()
+        rpc_rich = RpcClient(await m.network.connect(rich.peer_id, server))
+        push = Frame(FrameType.GOSSIP, b"\x02" * 16, 0, meta={"kind": "push", "entries": rich.own_entries()})
+        assert (await rpc_rich.call(push, 5)).meta == {"stored": 1}
+        opened = await rpc_rich.call(Frame(FrameType.OPEN, b"\x03" * 16, 0, meta=meta), 5)
+        assert opened.meta["opened"] is True
+        await rpc_rich.aclose()
+    finally:
+        await rpc.aclose()
