@@ -3,8 +3,8 @@
  * The browser's side of signaling: a mirror of `python_peer/signal_client.py` on WebCrypto and the
  * browser WebSocket. `docs/signaling.md` is the protocol; this module imports nothing of the server.
  *
- * `Identity` holds an Ed25519 key pair (peer id = hex of the raw public key) and can be exported and
- * imported (JWK or PKCS8) so a storage layer can keep it. `SignalClient` connects to the first
+ * `SignalClient` takes an `Identity` (`../identity/identity.js`: an Ed25519 key pair, peer id = hex of
+ * the raw public key) and connects to the first
  * reachable URL of its list, proves it holds its key (signing the hello nonce), announces itself as a
  * "browser" peer and re-announces every `reannounceMs`; when the node goes away it fails over to the
  * next URL at once, then backs off exponentially (with jitter) once every URL failed in a row.
