@@ -655,6 +655,7 @@ def test_max_frame_bytes_is_applied_alike(wire_page: Harness) -> None:
 
 
 def test_float_metadata_passes_the_canonical_check_exactly_when_python_writes_it(wire_page: Harness) -> None:
+    # Python's answers are as the name says; JS refuses every float as it reads it (see js_cannot_hold).
     rng = random.Random(20240611)
     values = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(300)]
     values += [rng.uniform(-1000, 1000) for _ in range(100)] + [
