@@ -18,7 +18,11 @@
  *         │   └── ChunkError
  *         └── RemoteError (code from the ERROR frame) and one subclass per ErrorCode
  *
- * Only the `code` travels between peers: it is what both codecs must agree on.
+ * Only the `code` travels between peers: it is what both codecs must agree on. The other layers hang
+ * their errors under the same roots: `identity/identity.js` (CanonicalError, IdentityError >
+ * SignatureError), `signaling/messages.js` (SignalingError and its subclasses),
+ * `transport/peer.js` (LinkClosedError, TransportError > LinkTimeoutError), `client/routing.js`
+ * (NoRouteError) and `client/generate.js` (GenerationError).
  * Misuse of the API that Python answers with ValueError or TypeError (a message id out of range, data
  * that is not bytes) throws RangeError or TypeError here.
  */
