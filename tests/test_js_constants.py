@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from python_peer.core import js_constants
+import pytest
+
+from python_peer.core import js_constants, wire
 
 
 def test_checked_in_constants_are_current() -> None:
@@ -23,3 +26,20 @@ def test_no_generated_constant_is_redefined_in_web_src() -> None:
             continue
         offenders += [f"{path.relative_to(src)}: {m.group(1)}" for m in pattern.finditer(path.read_text())]
     assert not offenders, f"constants written twice (import them from protocol/constants.js): {offenders}"
+
+
+def test_enums_and_tables_are_frozen_objects_with_every_member() -> None:
+    text = js_constants.render()
+    for enum in (wire.FrameType, wire.FrameFlags, wire.ErrorCode):
+        block = text.split(f"export const {enum.__name__} = Object.freeze({{\n", 1)[1].split("\n});", 1)[0]
+        assert block.splitlines() == [f"  {m.name}: {json.dumps(m.value)}," for m in enum], enum
+    assert 'export const MAGIC = "A4AF";' in text
+    assert (
+        "export const DTYPE_SIZES = Object.freeze({\n  float32: 4,\n  float16: 2,\n  int64: 8,\n});" in text
+    )
+
+
+def test_only_exact_values_are_exported() -> None:
+    for bad in (0.5, True, 2**53, b"\xff", None):
+        with pytest.raises((TypeError, ValueError)):
+            js_constants._literal("X", bad)

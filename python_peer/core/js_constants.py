@@ -1,7 +1,9 @@
 """Writes the browser's copy of the protocol constants: ``web/src/protocol/constants.js``.
 
 Each protocol constant is written once, in this core; the browser imports the generated module instead of
-repeating the numbers. Run ``python -m python_peer.core.js_constants`` after changing one of the constants
+repeating the numbers: the wire format's sizes, limits and enums (``FrameType``, ``FrameFlags`` and
+``ErrorCode`` become frozen objects), the signaling protocol's contexts and bounds, and the session
+protocol's. Run ``python -m python_peer.core.js_constants`` after changing one of the constants
 below (``--check`` exits 1 when the checked-in file is stale; ``tests/test_js_constants.py`` does the same).
 """
 
@@ -10,15 +12,65 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import canonical, protocol, receipts
+from . import canonical, protocol, receipts, wire
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
 # (module, names): what the browser needs, in the order the generated file lists them.
 EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
+    (
+        wire,
+        (
+            "MAGIC",
+            "VERSION",
+            "HEADER_SIZE",
+            "SESSION_ID_BYTES",
+            "ALIGN",
+            "MAX_FRAME_BYTES",
+            "MAX_METADATA_BYTES",
+            "MAX_TENSORS",
+            "MAX_RANK",
+            "MAX_DIM",
+            "MAX_NAME_BYTES",
+            "MAX_META_DEPTH",
+            "MAX_SAFE_INT",
+            "MAX_ERROR_MESSAGE_BYTES",
+            "MAX_STEP",
+            "CHUNK_MAGIC",
+            "CHUNK_HEADER_SIZE",
+            "DEFAULT_CHUNK_SIZE",
+            "MAX_CHUNKS",
+            "MAX_MESSAGE_ID",
+            "DTYPE_SIZES",
+            "FrameType",
+            "FrameFlags",
+            "ErrorCode",
+        ),
+    ),
+    (
+        canonical,
+        (
+            "PROTOCOL_VERSION",
+            "ANNOUNCE_CONTEXT",
+            "SIGNAL_CONTEXT",
+            "AUTH_CONTEXT",
+            "MAX_DEPTH",
+            "MAX_MESSAGE_BYTES",
+            "MAX_SIGNAL_PAYLOAD_BYTES",
+            "MIN_TTL_MS",
+            "MAX_TTL_MS",
+            "MAX_CLOCK_SKEW_MS",
+            "MAX_SIGNAL_AGE_MS",
+            "MAX_SERVES",
+            "MAX_SIGNALING_URLS",
+            "MAX_COUNTER",
+            "MAX_LAYER",
+        ),
+    ),
     (
         protocol,
         (
@@ -33,17 +85,32 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "PROBE_MISSES",
         ),
     ),
-    (canonical, ("MAX_LAYER",)),
     (receipts, ("RECEIPT_CONTEXT",)),
 )
 
 
+def _frozen(name: str, table: dict[str, object]) -> str:
+    items = "".join(f"\n  {key}: {_literal(f'{name}.{key}', item)}," for key, item in table.items())
+    return f"Object.freeze({{{items}\n}})"
+
+
 def _literal(name: str, value: object) -> str:
+    """One constant as JavaScript: a number, a string (ASCII bytes too), or a frozen object for an enum
+    or a str -> int table."""
+    if isinstance(value, type) and issubclass(value, Enum):
+        return _frozen(name, {m.name: m.value for m in value})
+    if isinstance(value, dict):
+        return _frozen(name, value)
+    if isinstance(value, bytes):
+        if not value.isascii() or not value.isalnum():
+            raise ValueError(f"{name}: only ASCII letters and digits are exported from bytes")
+        value = value.decode("ascii")
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise TypeError(f"{name}: only int and str constants are exported, not {type(value).__name__}")
+        kind = type(value).__name__
+        raise TypeError(f"{name}: only int, str, bytes, enum and dict constants are exported, not {kind}")
     if isinstance(value, int) and abs(value) > 2**53 - 1:
         raise ValueError(f"{name}: {value} is not exact in a JavaScript number")
-    return json.dumps(value)
+    return json.dumps(int(value) if isinstance(value, int) else str(value))
 
 
 def render() -> str:

@@ -11,6 +11,7 @@ Cases are sent to the page in batches, so the module runs in seconds.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import math
 import random
@@ -128,10 +129,39 @@ def py_decode_outcome(data: bytes, max_frame_bytes: int | None = None) -> str:
     return "OK" if encode_frame(frame) == data else "OK but re-encodes differently"
 
 
+def js_cannot_hold(data: bytes) -> bool:
+    """Whether a frame's metadata holds a number ``JSON.parse`` cannot hold exactly: a float, or an integer
+    past ±(2**53 - 1). No valid frame holds one. Python's json reads them exactly and refuses them only
+    after the tensor checks; the JS codec (JSON.parse, not a copy of CPython's parser) refuses them as it
+    reads the metadata, so both refuse the frame but JS may name MetadataError where Python, finding a
+    second fault first, names another error."""
+    if len(data) < wire.HEADER_SIZE:
+        return False
+    meta_len = HEADER.unpack_from(data)[6]
+    found = False
+
+    def parse_float(text: str) -> float:
+        nonlocal found
+        found = True
+        return float(text)
+
+    def parse_int(text: str) -> int:
+        nonlocal found
+        found = found or abs(int(text)) > wire.MAX_SAFE_INT
+        return int(text)
+
+    with contextlib.suppress(ValueError, RecursionError):  # the decoders refuse what json cannot read
+        json.loads(
+            data[wire.HEADER_SIZE : wire.HEADER_SIZE + meta_len], parse_float=parse_float, parse_int=parse_int
+        )
+    return found
+
+
 def compare_decoding(
     harness: Harness, cases: list[tuple[str, bytes]], max_frame_bytes: int | None = None
 ) -> dict[str, int]:
-    """Decode every case in both codecs; fail listing the cases where the answers differ."""
+    """Decode every case in both codecs; fail listing the cases where the answers differ (a frame holding
+    a number JSON.parse cannot hold may be refused with MetadataError in JS: see js_cannot_hold)."""
     js_answers: list[str] = harness.page.evaluate(
         DECODE_BATCH_JS, [[b64(d) for _, d in cases], max_frame_bytes]
     )
@@ -140,7 +170,8 @@ def compare_decoding(
     for (label, data), js_answer in zip(cases, js_answers, strict=True):
         py_answer = py_decode_outcome(data, max_frame_bytes)
         tally[py_answer] = tally.get(py_answer, 0) + 1
-        if js_answer != py_answer:
+        relaxed = js_answer == "MetadataError" and py_answer.endswith("Error") and js_cannot_hold(data)
+        if js_answer != py_answer and not relaxed:
             mismatches.append(f"{label}: Python {py_answer}, JS {js_answer} ({data[:120]!r})")
     assert not mismatches, f"{len(mismatches)} of {len(cases)} cases differ:\n" + "\n".join(mismatches[:20])
     return tally
@@ -624,6 +655,7 @@ def test_max_frame_bytes_is_applied_alike(wire_page: Harness) -> None:
 
 
 def test_float_metadata_passes_the_canonical_check_exactly_when_python_writes_it(wire_page: Harness) -> None:
+    # Python's answers are as the name says; JS refuses every float as it reads it (see js_cannot_hold).
     rng = random.Random(20240611)
     values = [struct.unpack("<d", rng.randbytes(8))[0] for _ in range(300)]
     values += [rng.uniform(-1000, 1000) for _ in range(100)] + [

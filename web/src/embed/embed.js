@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * AI4All embed script (docs/browser.md, "embed.js"): one tag on any website,
  *

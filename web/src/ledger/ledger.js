@@ -26,7 +26,7 @@
 
 import { sha256 } from '../../node_modules/@noble/hashes/sha2.js';
 import { CoreError } from '../protocol/wire.js';
-import { verify } from '../signaling/client.js';
+import { verify } from '../identity/identity.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
 import { CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
@@ -296,7 +296,7 @@ function sessionHex(session) {
 /**
  * @typedef {object} OpenOptions
  * @property {IDBDatabase} db from `openDatabase` (web/src/storage/db.js)
- * @property {import('../signaling/client.js').Identity} identity
+ * @property {import('../identity/identity.js').Identity} identity
  * @property {number} [powBits] the network's grant proof of work (page config `ledger.pow_bits`)
  * @property {string | URL} coreUrl where `python_peer/core/*.py` are served (page config `python_core`)
  * @property {boolean} [claimGrant] mine and append the starter grant when the own log is empty
@@ -314,7 +314,7 @@ export class BrowserLedger {
    * @param {any} module the Python module `browser_ledger`
    * @param {any} core its `BrowserLedgerCore` (a PyProxy)
    * @param {IDBDatabase} db
-   * @param {import('../signaling/client.js').Identity} identity
+   * @param {import('../identity/identity.js').Identity} identity
    * @param {Pick<Console, 'info' | 'warn'>} log
    */
   constructor(module, core, db, identity, log) {

@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * The browser node: identity + ledger + signal client + WebRTC transport + span server, the mirror of
  * `python_peer/node.py`'s `Peer` (docs/browser.md, docs/mesh.md).

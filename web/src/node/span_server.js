@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * A span server in the browser: the mirror of `python_peer/server.py` (docs/mesh.md).
  *
@@ -43,7 +44,7 @@ import {
   tensorToFloat32,
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
-import { signingBytes } from '../signaling/client.js';
+import { signingBytes } from '../identity/identity.js';
 import { CHANNEL_GOSSIP_BYTES, MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS, RECEIPT_CONTEXT } from '../protocol/constants.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;

@@ -3,431 +3,69 @@
  * The browser's side of signaling: a mirror of `python_peer/signal_client.py` on WebCrypto and the
  * browser WebSocket. `docs/signaling.md` is the protocol; this module imports nothing of the server.
  *
- * `Identity` holds an Ed25519 key pair (peer id = hex of the raw public key) and can be exported and
- * imported (JWK or PKCS8) so a storage layer can keep it. `SignalClient` connects to the first
+ * `SignalClient` takes an `Identity` (`../identity/identity.js`: an Ed25519 key pair, peer id = hex of
+ * the raw public key) and connects to the first
  * reachable URL of its list, proves it holds its key (signing the hello nonce), announces itself as a
  * "browser" peer and re-announces every `reannounceMs`; when the node goes away it fails over to the
  * next URL at once, then backs off exponentially (with jitter) once every URL failed in a row.
  * Announcements from `lookup` and incoming signals are verified against the signer's key, so a node
  * can drop messages but not forge them. No DOM: it runs in a page or a Worker.
  *
- * Errors::
- *
- *     AI4AllError > CoreError (web/src/protocol/wire.js)
- *     ├── CanonicalError        a value with no canonical JSON form
- *     ├── IdentityError         key material that cannot be generated, imported or exported
- *     │   └── SignatureError    a signature that does not verify
- *     └── SignalingError        `code` is the code of the `error` message on the wire
- *         ├── MessageError, AnnouncementError
- *         ├── RemoteSignalingError   a node answered with `error`; `code` says why
- *         └── SignalClientError      closed, timed out, or no node reachable
+ * Files: `messages.js` (signaling errors, announcements parsed and verified), `link.js` (one
+ * websocket to one node), this module (the client: connection, fail-over, announce, lookup, signals),
+ * and `../identity/identity.js` (keys, signatures, signing bytes). This module re-exports the names of
+ * the other three, so `import ... from 'signaling/client.js'` keeps working; new code should import
+ * the identity from `identity/identity.js`.
  */
 
-import { CoreError, MetadataError, canonicalJson } from '../protocol/wire.js';
-import { MAX_LAYER } from '../protocol/constants.js';
+import {
+  ANNOUNCE_CONTEXT,
+  AUTH_CONTEXT,
+  MAX_SIGNAL_AGE_MS,
+  MAX_SIGNAL_PAYLOAD_BYTES,
+  MAX_TTL_MS,
+  MIN_TTL_MS,
+  PROTOCOL_VERSION,
+  SIGNAL_CONTEXT,
+} from '../protocol/constants.js';
+import { CoreError } from '../protocol/errors.js';
+import { isPlainObject } from '../protocol/values.js';
+import { PEER_ID_RE, canonicalBytes, verifyBody } from '../identity/identity.js';
+import { Flag, Link, LinkLost, withTimeout } from './link.js';
+import {
+  MessageError,
+  RemoteSignalingError,
+  SignalClientError,
+  URL_RE,
+  parseAnnouncement,
+  verifyPeers,
+} from './messages.js';
 
-export const PROTOCOL_VERSION = 1;
-export const ANNOUNCE_CONTEXT = 'ai4all/announce/v1';
-export const SIGNAL_CONTEXT = 'ai4all/signal/v1';
-export const AUTH_CONTEXT = 'ai4all/auth/v1';
-export const MAX_SAFE_INT = 2 ** 53 - 1;
-export const MAX_DEPTH = 32;
-export const MIN_TTL_MS = 1_000;
-export const MAX_TTL_MS = 600_000;
-export const MAX_CLOCK_SKEW_MS = 60_000;
-export const MAX_SIGNAL_AGE_MS = 60_000;
-export const MAX_SIGNAL_PAYLOAD_BYTES = 32 * 1024;
-export const MAX_SERVES = 32;
-export const MAX_SIGNALING_URLS = 8;
-export const MAX_COUNTER = 10 ** 15;
-export const MAX_PENDING = 256;
-export const MAX_REPLY_BYTES = 1024 * 1024;
+export {
+  ANNOUNCE_CONTEXT,
+  AUTH_CONTEXT,
+  MAX_CLOCK_SKEW_MS,
+  MAX_COUNTER,
+  MAX_DEPTH,
+  MAX_SAFE_INT,
+  MAX_SERVES,
+  MAX_SIGNAL_AGE_MS,
+  MAX_SIGNAL_PAYLOAD_BYTES,
+  MAX_SIGNALING_URLS,
+  MAX_TTL_MS,
+  MIN_TTL_MS,
+  PROTOCOL_VERSION,
+  SIGNAL_CONTEXT,
+} from '../protocol/constants.js';
+export * from '../identity/identity.js';
+export * from './messages.js';
+export { MAX_PENDING, MAX_REPLY_BYTES } from './link.js';
 
-const PEER_ID_RE = /^[0-9a-f]{64}$/;
-const SIGNATURE_RE = /^[0-9a-f]{128}$/;
-const MODEL_RE = /^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$/;
-const URL_RE = /^wss?:\/\/[\x21-\x7e]{1,250}$/;
-const ANNOUNCEMENT_KEYS = [
-  'v', 'peer_id', 'kind', 'seq', 'issued_ms', 'expires_ms', 'serves', 'throughput_milli', 'kv_free_tokens',
-  'signaling',
-];
-const SPAN_KEYS = ['model', 'start', 'end'];
-const UTF8 = new TextEncoder();
-const VERIFY_KEY_CACHE = 256;
-
-// --- errors -----------------------------------------------------------------------------------------
-
-/** A value with no canonical JSON form (a float, NaN, an unsafe integer, too deep, not plain data). */
-export class CanonicalError extends CoreError {}
-/** Key material that cannot be generated, imported or exported. */
-export class IdentityError extends CoreError {}
-/** A signature that does not verify: forged, altered, or made by another key. */
-export class SignatureError extends IdentityError {}
-
-/** Base of signaling failures; `code` is the code a node puts in its `error` message. */
-export class SignalingError extends CoreError {
-  /**
-   * @param {string} message
-   * @param {{code?: string}} [options]
-   */
-  constructor(message, { code } = {}) {
-    super(message);
-    /** @type {string} */
-    this.code = code ?? 'bad_message';
-  }
-}
-/** A message that is not JSON, of an unknown type, or malformed. */
-export class MessageError extends SignalingError {}
-/** An announcement body that is malformed, out of bounds or expired. */
-export class AnnouncementError extends SignalingError {
-  /**
-   * @param {string} message
-   * @param {{code?: string}} [options]
-   */
-  constructor(message, { code } = {}) {
-    super(message, { code: code ?? 'bad_announcement' });
-  }
-}
-/** A signaling node answered with an `error` message: `code` says why. */
-export class RemoteSignalingError extends SignalingError {}
-/** The client is closed, a request timed out, or no signaling node was reachable. */
-export class SignalClientError extends SignalingError {}
-
-// --- canonical JSON and signing bytes ---------------------------------------------------------------
-
-/**
- * @param {unknown} value
- * @returns {value is {[key: string]: unknown}}
- */
-function isPlainObject(value) {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
-}
-
-/**
- * The rules of docs/signaling.md that the wire codec's writer does not check itself.
- * @param {unknown} value
- * @param {number} depth
- */
-function checkCanonical(value, depth) {
-  if (depth > MAX_DEPTH) throw new CanonicalError(`value nested deeper than ${MAX_DEPTH} levels`);
-  if (value === null || typeof value === 'boolean' || typeof value === 'string') return;
-  if (typeof value === 'number') {
-    if (!Number.isInteger(value) || Math.abs(value) > MAX_SAFE_INT) {
-      throw new CanonicalError(`${value} is not an integer within ±(2**53 - 1); signed bodies hold no floats`);
-    }
-    return;
-  }
-  if (Array.isArray(value)) {
-    for (const item of value) checkCanonical(item, depth + 1);
-    return;
-  }
-  if (isPlainObject(value)) {
-    for (const item of Object.values(value)) checkCanonical(item, depth + 1);
-    return;
-  }
-  throw new CanonicalError(`a ${typeof value} has no JSON form`);
-}
-
-/**
- * Canonical JSON of `value` as UTF-8: Python's `canonical_bytes`, written by the wire codec's
- * Python-compatible writer (one writer for frames and signatures).
- * @param {unknown} value
- * @returns {Uint8Array}
- */
-export function canonicalBytes(value) {
-  checkCanonical(value, 0);
-  if (!isPlainObject(value)) throw new CanonicalError('only objects are signed');
-  try {
-    return UTF8.encode(canonicalJson(value));
-  } catch (err) {
-    if (err instanceof MetadataError || err instanceof CoreError) {
-      throw new CanonicalError(`value has no canonical JSON form: ${err.message}`, { cause: err });
-    }
-    throw err;
-  }
-}
-
-/**
- * The bytes a signature covers: `context`, a newline, the canonical JSON of `body`.
- * @param {string} context
- * @param {unknown} body
- */
-export function signingBytes(context, body) {
-  const head = UTF8.encode(`${context}\n`);
-  const tail = canonicalBytes(body);
-  const out = new Uint8Array(head.length + tail.length);
-  out.set(head, 0);
-  out.set(tail, head.length);
-  return out;
-}
-
-/** @param {Uint8Array} bytes */
-export const toHex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-/** @param {string} text */
-const fromHex = (text) => Uint8Array.from(text.match(/../g) ?? [], (h) => parseInt(h, 16));
-
-// --- identity ---------------------------------------------------------------------------------------
-
-/** @typedef {{format: 'jwk', key: JsonWebKey} | {format: 'pkcs8', key: string}} ExportedIdentity */
-
-/** An Ed25519 key pair; the peer id is the hex of the raw public key. */
-export class Identity {
-  /**
-   * Use `Identity.generate()` or `Identity.importIdentity()`.
-   * @param {CryptoKey} privateKey
-   * @param {string} peerId
-   */
-  constructor(privateKey, peerId) {
-    this.privateKey = privateKey;
-    this.peerId = peerId;
-  }
-
-  /** A fresh key pair (extractable, so `exportIdentity` can hand it to storage). */
-  static async generate() {
-    try {
-      const pair = /** @type {CryptoKeyPair} */ (
-        await crypto.subtle.generateKey({ name: 'Ed25519' }, true, ['sign', 'verify'])
-      );
-      const raw = new Uint8Array(await crypto.subtle.exportKey('raw', pair.publicKey));
-      return new Identity(pair.privateKey, toHex(raw));
-    } catch (err) {
-      throw new IdentityError(`this browser cannot make Ed25519 keys: ${err}`, { cause: err });
-    }
-  }
-
-  /**
-   * The identity `exportIdentity` wrote.
-   * @param {ExportedIdentity} data
-   */
-  static async importIdentity(data) {
-    try {
-      const algo = { name: 'Ed25519' };
-      const key =
-        data.format === 'jwk'
-          ? await crypto.subtle.importKey('jwk', data.key, algo, true, ['sign'])
-          : data.format === 'pkcs8'
-            ? await crypto.subtle.importKey('pkcs8', fromHex(data.key), algo, true, ['sign'])
-            : null;
-      if (key === null) throw new TypeError(`format ${JSON.stringify(data.format)} is not jwk or pkcs8`);
-      const jwk = await crypto.subtle.exportKey('jwk', key);
-      if (typeof jwk.x !== 'string') throw new TypeError('the key has no public part');
-      const raw = Uint8Array.from(atob(jwk.x.replace(/-/g, '+').replace(/_/g, '/')), (c) => c.charCodeAt(0));
-      if (raw.length !== 32) throw new TypeError(`public key of ${raw.length} bytes, not 32`);
-      return new Identity(key, toHex(raw));
-    } catch (err) {
-      throw new IdentityError(`cannot import the identity: ${err}`, { cause: err });
-    }
-  }
-
-  /**
-   * The private key, for storage: `{format: 'jwk', key}` or `{format: 'pkcs8', key: <hex>}`.
-   * @param {'jwk' | 'pkcs8'} [format]
-   * @returns {Promise<ExportedIdentity>}
-   */
-  async exportIdentity(format = 'jwk') {
-    if (format === 'jwk') return { format, key: await crypto.subtle.exportKey('jwk', this.privateKey) };
-    if (format === 'pkcs8') {
-      return { format, key: toHex(new Uint8Array(await crypto.subtle.exportKey('pkcs8', this.privateKey))) };
-    }
-    throw new IdentityError(`cannot export as ${JSON.stringify(format)}: use "jwk" or "pkcs8"`);
-  }
-
-  /**
-   * Sign raw bytes; 128 hex digits.
-   * @param {Uint8Array} bytes
-   */
-  async sign(bytes) {
-    return toHex(new Uint8Array(await crypto.subtle.sign({ name: 'Ed25519' }, this.privateKey, bytes)));
-  }
-
-  /**
-   * Sign `signingBytes(context, body)`.
-   * @param {string} context
-   * @param {unknown} body
-   */
-  async signBody(context, body) {
-    return this.sign(signingBytes(context, body));
-  }
-}
-
-/** @type {Map<string, CryptoKey>} peer id -> imported public key, least recently used first */
-const verifyKeys = new Map();
-
-/**
- * Check that `signature` (hex) over `bytes` was made by `peerId`; throws SignatureError.
- * @param {string} peerId
- * @param {Uint8Array} bytes
- * @param {unknown} signature
- */
-export async function verify(peerId, bytes, signature) {
-  if (typeof peerId !== 'string' || !PEER_ID_RE.test(peerId)) {
-    throw new SignatureError('the signer is not a peer id (64 lowercase hex digits)');
-  }
-  if (typeof signature !== 'string' || !SIGNATURE_RE.test(signature)) {
-    throw new SignatureError('a signature is 128 lowercase hex digits');
-  }
-  let key = verifyKeys.get(peerId);
-  if (key === undefined) {
-    try {
-      key = await crypto.subtle.importKey('raw', fromHex(peerId), { name: 'Ed25519' }, false, ['verify']);
-    } catch (err) {
-      throw new SignatureError(`cannot use the key of peer ${peerId.slice(0, 12)}…: ${err}`, { cause: err });
-    }
-    if (verifyKeys.size >= VERIFY_KEY_CACHE) verifyKeys.delete(/** @type {string} */ (verifyKeys.keys().next().value));
-  }
-  verifyKeys.delete(peerId);
-  verifyKeys.set(peerId, key);
-  const ok = await crypto.subtle.verify({ name: 'Ed25519' }, key, fromHex(signature), bytes);
-  if (!ok) throw new SignatureError(`signature does not match the signed bytes for peer ${peerId.slice(0, 12)}…`);
-}
-
-/**
- * `verify` over `signingBytes(context, body)`; a body with no canonical form fails too.
- * @param {string} peerId
- * @param {string} context
- * @param {unknown} body
- * @param {unknown} signature
- */
-export async function verifyBody(peerId, context, body, signature) {
-  let bytes;
-  try {
-    bytes = signingBytes(context, body);
-  } catch (err) {
-    throw new SignatureError(`signed body has no canonical form: ${err}`, { cause: err });
-  }
-  await verify(peerId, bytes, signature);
-}
-
-// --- announcements ----------------------------------------------------------------------------------
-
-/**
- * @typedef {{model: string, start: number, end: number}} ServedSpan
- * @typedef {object} Announcement
- * @property {number} v
- * @property {string} peer_id
- * @property {'native' | 'browser'} kind
- * @property {number} seq
- * @property {number} issued_ms
- * @property {number} expires_ms
- * @property {ServedSpan[]} serves
- * @property {number} throughput_milli
- * @property {number} kv_free_tokens
- * @property {string[]} signaling
- */
-
-/**
- * @param {string} name
- * @param {unknown} value
- * @param {number} low
- * @param {number} high
- */
-function checkInt(name, value, low, high) {
-  if (typeof value !== 'number' || !Number.isInteger(value)) {
-    throw new AnnouncementError(`${name} must be an integer, not ${typeof value}`);
-  }
-  if (value < low || value > high) throw new AnnouncementError(`${name} = ${value} is outside [${low}, ${high}]`);
-}
-
-/**
- * @param {string} what
- * @param {unknown} data
- * @param {readonly string[]} keys
- * @returns {{[key: string]: unknown}}
- */
-function exactKeys(what, data, keys) {
-  if (!isPlainObject(data)) throw new AnnouncementError(`${what} must be a JSON object`);
-  const own = Object.keys(data);
-  if (own.length !== keys.length || !keys.every((k) => Object.prototype.hasOwnProperty.call(data, k))) {
-    throw new AnnouncementError(`${what} must have exactly the fields ${keys.join(', ')}`);
-  }
-  return data;
-}
-
-/**
- * Validate an announcement body received as JSON (Python's `Announcement.from_dict`).
- * @param {unknown} data
- * @returns {Announcement}
- */
-export function parseAnnouncement(data) {
-  const body = exactKeys('an announcement body', data, ANNOUNCEMENT_KEYS);
-  checkInt('v', body.v, PROTOCOL_VERSION, PROTOCOL_VERSION);
-  if (typeof body.peer_id !== 'string' || !PEER_ID_RE.test(body.peer_id)) {
-    throw new AnnouncementError('peer_id must be 64 lowercase hex digits (an Ed25519 public key)');
-  }
-  if (body.kind !== 'native' && body.kind !== 'browser') throw new AnnouncementError('kind is not native or browser');
-  checkInt('seq', body.seq, 0, MAX_SAFE_INT);
-  checkInt('issued_ms', body.issued_ms, 0, MAX_SAFE_INT);
-  const issued = /** @type {number} */ (body.issued_ms);
-  checkInt('expires_ms', body.expires_ms, issued + MIN_TTL_MS, issued + MAX_TTL_MS);
-  checkInt('throughput_milli', body.throughput_milli, 0, MAX_COUNTER);
-  checkInt('kv_free_tokens', body.kv_free_tokens, 0, MAX_COUNTER);
-  if (!Array.isArray(body.serves) || body.serves.length > MAX_SERVES) {
-    throw new AnnouncementError(`serves must be a list of at most ${MAX_SERVES} spans`);
-  }
-  for (const item of body.serves) {
-    const span = exactKeys('a served span', item, SPAN_KEYS);
-    if (typeof span.model !== 'string' || !MODEL_RE.test(span.model)) {
-      throw new AnnouncementError(`model ${JSON.stringify(span.model)} is not a model name`);
-    }
-    checkInt('start', span.start, 0, MAX_LAYER - 1);
-    checkInt('end', span.end, /** @type {number} */ (span.start) + 1, MAX_LAYER);
-  }
-  if (!Array.isArray(body.signaling) || body.signaling.length > MAX_SIGNALING_URLS) {
-    throw new AnnouncementError(`signaling must be a list of at most ${MAX_SIGNALING_URLS} URLs`);
-  }
-  for (const url of body.signaling) {
-    if (typeof url !== 'string' || !URL_RE.test(url)) throw new AnnouncementError('a signaling URL is not ws:// or wss://');
-  }
-  return /** @type {Announcement} */ (/** @type {unknown} */ (body));
-}
-
-/**
- * One `{body, sig}` of a `peers` reply, checked: schema, signature by `body.peer_id`, freshness.
- * @param {unknown} item
- * @param {number} nowMs
- * @returns {Promise<Announcement>}
- */
-export async function verifyPeerItem(item, nowMs) {
-  if (!isPlainObject(item)) throw new MessageError('peer item is not an object');
-  const ann = parseAnnouncement(item.body);
-  await verifyBody(ann.peer_id, ANNOUNCE_CONTEXT, item.body, item.sig);
-  if (ann.expires_ms <= nowMs) throw new AnnouncementError('announcement expired', { code: 'expired' });
-  if (ann.issued_ms > nowMs + MAX_CLOCK_SKEW_MS) throw new AnnouncementError('announcement issued in the future');
-  return ann;
-}
-
-/**
- * The verified announcements of a `peers` list that serve a block of `model` in `[start, end)`;
- * the rest are dropped with a warning (a node can drop entries, never forge them).
- * @param {unknown} items
- * @param {string} model
- * @param {number} start
- * @param {number} end
- * @param {{nowMs?: number, limit?: number, log?: Logger}} [options]
- */
-export async function verifyPeers(items, model, start, end, { nowMs = Date.now(), limit = 64, log = console } = {}) {
-  if (!Array.isArray(items)) throw new MessageError('peers reply without a peers list');
-  /** @type {Announcement[]} */
-  const found = [];
-  for (const item of items.slice(0, limit)) {
-    let ann;
-    try {
-      ann = await verifyPeerItem(item, nowMs);
-    } catch (err) {
-      if (!(err instanceof CoreError)) throw err;
-      log.warn(`dropping an announcement from a lookup reply: ${err.message}`);
-      continue;
-    }
-    if (ann.serves.some((s) => s.model === model && s.start < end && start < s.end)) found.push(ann);
-  }
-  return found;
-}
-
-// --- the client -------------------------------------------------------------------------------------
-
-/** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
+/** @typedef {import('./messages.js').Logger} Logger */
+/** @typedef {import('./messages.js').ServedSpan} ServedSpan */
+/** @typedef {import('./messages.js').Announcement} Announcement */
+/** @typedef {import('../identity/identity.js').Identity} Identity */
+/** @typedef {import('../identity/identity.js').ExportedIdentity} ExportedIdentity */
 /** @typedef {{sender: string, payload: {[key: string]: unknown}, tsMs: number}} IncomingSignal */
 
 /**
@@ -457,134 +95,6 @@ export const SignalClientState = Object.freeze({
   CLOSING: 'closing',
   CLOSED: 'closed',
 });
-
-/** The websocket a request went out on closed before the answer: retry on the next one. */
-class LinkLost extends Error {}
-
-/** A settable flag whose `wait()` resolves while it is set. */
-class Flag {
-  constructor() {
-    this.isSet = false;
-    /** @type {(() => void)[]} */
-    this.waiters = [];
-  }
-  set() {
-    this.isSet = true;
-    for (const wake of this.waiters.splice(0)) wake();
-  }
-  clear() {
-    this.isSet = false;
-  }
-  /** @returns {Promise<void>} */
-  wait() {
-    return this.isSet ? Promise.resolve() : new Promise((resolve) => this.waiters.push(resolve));
-  }
-}
-
-/**
- * @template T
- * @param {Promise<T>} promise
- * @param {number} ms
- * @param {() => Error} onTimeout
- * @returns {Promise<T>}
- */
-function withTimeout(promise, ms, onTimeout) {
-  /** @type {ReturnType<typeof setTimeout> | undefined} */
-  let timer;
-  const expiry = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(onTimeout()), Math.max(0, ms));
-  });
-  return /** @type {Promise<T>} */ (Promise.race([promise, expiry])).finally(() => clearTimeout(timer));
-}
-
-/** One websocket to one node, with the requests waiting for their answers on it. */
-class Link {
-  /**
-   * @param {string} url
-   * @param {WebSocket} ws
-   * @param {(message: {[key: string]: unknown}) => void} onSignal
-   * @param {Logger} log
-   */
-  constructor(url, ws, onSignal, log) {
-    this.url = url;
-    this.ws = ws;
-    this.nodeId = '';
-    this.nonce = '';
-    /** @type {{[key: string]: unknown} | null} */
-    this.hello = null;
-    /** @type {Map<number, {resolve: (m: {[key: string]: unknown}) => void, reject: (e: Error) => void}>} */
-    this.pending = new Map();
-    this.closed = new Flag();
-    this.helloSeen = new Flag();
-    ws.onmessage = (event) => {
-      if (typeof event.data !== 'string' || event.data.length > MAX_REPLY_BYTES) return;
-      let message;
-      try {
-        message = JSON.parse(event.data);
-      } catch {
-        log.warn(`${url} sent a message that is not JSON`);
-        return;
-      }
-      if (!isPlainObject(message)) return;
-      if (this.hello === null) {
-        this.hello = message;
-        this.helloSeen.set();
-      } else if (message.type === 'signal') {
-        onSignal(message);
-      } else {
-        const waiter = typeof message.id === 'number' ? this.pending.get(message.id) : undefined;
-        if (waiter) waiter.resolve(message);
-        else if (message.type === 'error') log.warn(`${url}: error ${message.code}: ${message.message}`);
-      }
-    };
-    ws.onclose = () => this.lost();
-    ws.onerror = () => this.lost();
-  }
-
-  /**
-   * Send `message` under `id` and wait for the answer carrying the same id.
-   * @param {{[key: string]: unknown}} message
-   * @param {number} id
-   * @param {number} timeoutMs
-   * @returns {Promise<{[key: string]: unknown}>}
-   */
-  async request(message, id, timeoutMs) {
-    if (this.closed.isSet) throw new LinkLost(this.url);
-    if (this.pending.size >= MAX_PENDING) {
-      throw new SignalClientError(`${MAX_PENDING} requests are already waiting on ${this.url}`);
-    }
-    /** @type {Promise<{[key: string]: unknown}>} */
-    const answer = new Promise((resolve, reject) => this.pending.set(id, { resolve, reject }));
-    let reply;
-    try {
-      this.ws.send(JSON.stringify({ ...message, id }));
-      reply = await withTimeout(answer, timeoutMs, () => new SignalClientError(`${message.type} timed out on ${this.url}`));
-    } finally {
-      this.pending.delete(id);
-    }
-    if (reply.type === 'error') {
-      const code = typeof reply.code === 'string' ? reply.code : 'internal';
-      throw new RemoteSignalingError(`${this.url}: ${reply.message}`, { code });
-    }
-    return reply;
-  }
-
-  lost() {
-    this.closed.set();
-    this.helloSeen.set();
-    for (const waiter of this.pending.values()) waiter.reject(new LinkLost(this.url));
-    this.pending.clear();
-  }
-
-  close() {
-    this.lost();
-    try {
-      this.ws.close(1000);
-    } catch {
-      // already closed
-    }
-  }
-}
 
 /** A browser peer's connection to the signaling mesh: announce, look up peers, exchange signals. */
 export class SignalClient {
@@ -1028,13 +538,3 @@ export class SignalClient {
   }
 }
 
-/**
- * Module-level forms of `Identity.importIdentity` and `identity.exportIdentity`, for a storage layer.
- * @param {ExportedIdentity} data
- */
-export const importIdentity = (data) => Identity.importIdentity(data);
-/**
- * @param {Identity} identity
- * @param {'jwk' | 'pkcs8'} [format]
- */
-export const exportIdentity = (identity, format) => identity.exportIdentity(format);

@@ -22,7 +22,7 @@
 
 import { CoreError } from '../protocol/wire.js';
 import { fetchShard, sha256Hex } from '../runtime/shard.js';
-import { Identity } from '../signaling/client.js';
+import { Identity } from '../identity/identity.js';
 
 export const DB_NAME = 'ai4all';
 export const DB_VERSION = 1;

@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * WebRTC links in the browser, the mirror of `python_peer/transport.py` (docs/wire.md, "Transport"):
  * `handleSignal` answers the offers that native or browser peers send through signaling, and
