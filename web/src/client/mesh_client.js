@@ -40,8 +40,8 @@ import {
   frameTensor,
   tensorToFloat32,
 } from '../protocol/wire.js';
-import { SignalClient } from '../signaling/client.js';
-import { BrowserTransport, LinkClosedError, TransportError } from '../transport/peer.js';
+import { BrowserNodeCore } from '../node/core.js';
+import { LinkClosedError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute } from './routing.js';
 import { RpcClient, hex } from './rpc.js';
@@ -111,6 +111,9 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
  *   the replies to one gossip message from `peer`
  */
 
+/** @typedef {import('../node/core.js').Logger} Logger */
+/** @typedef {import('../signaling/client.js').SignalClient} SignalClient */
+/** @typedef {import('../transport/peer.js').BrowserTransport} BrowserTransport */
 /** @typedef {{data: Float32Array, dims: number[]}} Hidden */
 /** @typedef {{hidden: Hidden, mask: BigInt64Array, positions: BigInt64Array}} StepInputs */
 
@@ -240,6 +243,37 @@ function readHidden(answer, peerId, dims) {
   return { data: tensorToFloat32(tensor).slice(), dims: [...dims] };
 }
 
+/**
+ * The verified bytes of a shard, e.g. `fetchShardCached` of web/src/storage/db.js.
+ * @typedef {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
+ *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} ShardBytes
+ */
+
+/**
+ * Load the embed and head shards of `manifest`: what runs on this machine.
+ * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} manifest
+ * @param {string} baseUrl
+ * @param {import('../runtime/shard.js').LoadOptions} [load]
+ * @param {ShardBytes} [shardBytes]  default: `ShardRunner.load` (fetch and check)
+ */
+async function loadLocalShards(manifest, baseUrl, load, shardBytes) {
+  const entryOf = (/** @type {string} */ kind) => {
+    const entry = manifest.shards.find((s) => s.kind === kind);
+    if (entry === undefined) throw new MeshError(`the manifest of ${manifest.model.name} lists no ${kind} shard`);
+    return entry;
+  };
+  const loadShard = async (/** @type {import('../runtime/shard.js').ShardEntry} */ entry) => {
+    if (shardBytes === undefined) return ShardRunner.load(baseUrl, entry, load);
+    const base = new URL(String(baseUrl), globalThis.location?.href);
+    if (!base.pathname.endsWith('/')) base.pathname += '/';
+    const bytes = await shardBytes(new URL(entry.file, base), entry, load?.onProgress);
+    return ShardRunner.fromBytes(bytes, entry, load?.runtime);
+  };
+  const embed = new EmbedRunner(await loadShard(entryOf('embed')), manifest);
+  const head = new HeadRunner(await loadShard(entryOf('head')), manifest);
+  return { embed, head };
+}
+
 /** Everything a user's browser needs to generate through the mesh. */
 export class MeshClient {
   /** @type {Map<string, RpcClient>} */
@@ -266,7 +300,7 @@ export class MeshClient {
    * @param {HeadRunner} options.head
    * @param {ClientLedger | null} [options.ledger]
    * @param {Partial<ClientConfig>} [options.config]
-   * @param {{info: Function, warn: Function}} [options.log]
+   * @param {Logger} [options.log]
    */
   constructor({ manifest, signal, transport, embed, head, ledger = null, config = {}, log = console }) {
     this.manifest = manifest;
@@ -294,7 +328,55 @@ export class MeshClient {
   }
 
   /**
-   * Connect to signaling, load the embed and head shards, and make the client.
+   * Load the embed and head shards and plug a client onto a node assembly (`BrowserNodeCore` of
+   * web/src/node/core.js) that is connected to signaling: the client offers links through the core's
+   * transport and gets the frames of the links it opened; ledger gossip through signaling is the core's.
+   * `close()` unplugs the client and leaves the core as it is.
+   * @param {import('../node/core.js').BrowserNodeCore} core
+   * @param {object} options
+   * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} options.manifest
+   * @param {string} options.baseUrl  the folder of the model's manifest.json
+   * @param {ClientLedger | null} [options.ledger]  default: the core's ledger
+   * @param {Partial<ClientConfig>} [options.config]
+   * @param {import('../runtime/shard.js').LoadOptions} [options.load]  download progress, runtime options
+   * @param {ShardBytes} [options.shardBytes]
+   *   the verified bytes of a shard (e.g. `fetchShardCached` of web/src/storage/db.js); default: `fetchShard`
+   */
+  static async attach(core, { manifest, baseUrl, ledger, config, load, shardBytes }) {
+    const signal = core.signal;
+    if (signal === null) throw new MeshError('the node is not connected to signaling: call core.connect first');
+    const clientLedger = ledger === undefined ? /** @type {ClientLedger | null} */ (/** @type {unknown} */ (core.ledger)) : ledger;
+    if (clientLedger !== null && clientLedger.peerId !== core.peerId) {
+      throw new MeshError(`the ledger belongs to ${clientLedger.peerId.slice(0, 12)}, the identity is ${core.peerId.slice(0, 12)}`);
+    }
+    const { embed, head } = await loadLocalShards(manifest, baseUrl, load, shardBytes);
+    const transport = /** @type {{connect: BrowserTransport['connect']}} */ (core.openTransport());
+    const lookup = /** @type {SignalClient['lookup']} */ ((...args) => signal.lookup(...args));
+    const client = new MeshClient({
+      manifest,
+      signal: { lookup, peerId: core.peerId },
+      transport,
+      embed,
+      head,
+      ledger: clientLedger,
+      config,
+      log: core.log,
+    });
+    /** @type {import('../node/core.js').NodeRole} */
+    const role = {
+      serves: false,
+      claims: (link) => client.holds(link),
+      onFrame: (link, frame) => client.deliver(link, frame),
+      onLinkClosed: (link) => client.linkClosed(link),
+    };
+    core.plug(role);
+    client.#unplug = () => core.unplug(role);
+    return client;
+  }
+
+  /**
+   * Connect to signaling through a node assembly of its own (identity, signal client, transport; no
+   * lock), load the embed and head shards, and make the client; `close()` closes that assembly too.
    * @param {object} options
    * @param {import('../signaling/client.js').Identity} options.identity  the ledger's identity too
    * @param {string[]} options.signalUrls
@@ -305,63 +387,41 @@ export class MeshClient {
    * @param {import('../transport/peer.js').TransportConfig} [options.transportConfig]  e.g. the page
    *   configuration's ICE settings, `transportConfigFor(pageConfig)` (default: loopback only, no STUN/TURN)
    * @param {import('../runtime/shard.js').LoadOptions} [options.load]  download progress, runtime options
-   * @param {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
-   *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} [options.shardBytes]
-   *   the verified bytes of a shard (e.g. `fetchShardCached` of web/src/storage/db.js); default: `fetchShard`
-   * @param {(signal: import('../signaling/client.js').IncomingSignal) => void} [options.onOtherSignal]
-   *   signals that are not WebRTC answers (ledger gossip)
-   * @param {{info: Function, warn: Function}} [options.log]
+   * @param {ShardBytes} [options.shardBytes]  as `attach`
+   * @param {Logger} [options.log]
    */
-  static async connect({ identity, signalUrls, manifest, baseUrl, ledger = null, config, transportConfig, load, shardBytes, onOtherSignal, log = console }) {
+  static async connect({ identity, signalUrls, manifest, baseUrl, ledger = null, config, transportConfig, load, shardBytes, log = console }) {
     if (ledger !== null && ledger.peerId !== identity.peerId) {
       throw new MeshError(`the ledger belongs to ${ledger.peerId.slice(0, 12)}, the identity is ${identity.peerId.slice(0, 12)}`);
     }
-    const entryOf = (/** @type {string} */ kind) => {
-      const entry = manifest.shards.find((s) => s.kind === kind);
-      if (entry === undefined) throw new MeshError(`the manifest of ${manifest.model.name} lists no ${kind} shard`);
-      return entry;
-    };
-    const loadShard = async (/** @type {import('../runtime/shard.js').ShardEntry} */ entry) => {
-      if (shardBytes === undefined) return ShardRunner.load(baseUrl, entry, load);
-      const base = new URL(String(baseUrl), globalThis.location?.href);
-      if (!base.pathname.endsWith('/')) base.pathname += '/';
-      const bytes = await shardBytes(new URL(entry.file, base), entry, load?.onProgress);
-      return ShardRunner.fromBytes(bytes, entry, load?.runtime);
-    };
-    const embed = new EmbedRunner(await loadShard(entryOf('embed')), manifest);
-    const head = new HeadRunner(await loadShard(entryOf('head')), manifest);
-    /** @type {MeshClient | null} */
-    let client = null;
-    const transport = new BrowserTransport({
-      sendSignal: (peerId, payload) => signal.sendSignal(peerId, payload),
-      onFrame: (link, frame) => client?.deliver(link, frame),
-      onLinkClosed: (link) => client?.linkClosed(link),
-      config: { log, ...transportConfig },
-    });
-    const signal = await SignalClient.create(identity, {
-      urls: signalUrls,
-      log,
-      onSignal: (incoming) => {
-        const payload = incoming.payload;
-        if (payload.kind === 'webrtc' && payload.type === 'answer') {
-          transport.handleSignal(incoming).catch((err) => log.warn(`signal from ${incoming.sender.slice(0, 8)} refused: ${err.message}`));
-        } else if (payload.kind === 'webrtc') {
-          log.info(`ignoring a ${String(payload.type).slice(0, 20)} from ${incoming.sender.slice(0, 8)}: this client serves nothing`);
-        } else {
-          onOtherSignal?.(incoming);
-        }
-      },
-    });
-    client = new MeshClient({ manifest, signal, transport, embed, head, ledger, config, log });
-    client.ownsConnections = { signal, transport };
-    return client;
+    const gossipLedger = /** @type {import('../node/core.js').GossipLedger | null} */ (/** @type {unknown} */ (ledger));
+    const core = new BrowserNodeCore({ identity, ledger: gossipLedger, transportConfig, log });
+    try {
+      await core.connect(signalUrls);
+      const client = await MeshClient.attach(core, { manifest, baseUrl, ledger, config, load, shardBytes });
+      client.ownsCore = core;
+      return client;
+    } catch (err) {
+      await core.close();
+      throw err;
+    }
   }
 
-  /** @type {{signal: SignalClient, transport: BrowserTransport} | null} */
-  ownsConnections = null;
+  /** @type {import('../node/core.js').BrowserNodeCore | null} the assembly `connect` made, closed with the client */
+  ownsCore = null;
+  /** @type {() => void} */
+  #unplug = () => {};
 
   get model() {
     return this.manifest.model.name;
+  }
+
+  /**
+   * Whether `link` is one this client opened (its frames are this client's).
+   * @param {unknown} link
+   */
+  holds(link) {
+    return typeof link === 'object' && link !== null && this.#byLink.has(/** @type {any} */ (link));
   }
 
   /**
@@ -618,15 +678,13 @@ export class MeshClient {
     this.log.warn(`peer ${peerId.slice(0, 16)} failed (${error}); routing around it`);
   }
 
-  /** Close every link (and the signal client and transport when `connect` made them). */
+  /** Close every link and unplug from the node assembly (closing it when `connect` made it). */
   async close() {
     this.closed = true;
     for (const rpc of this.#rpcs.values()) rpc.close();
     this.#rpcs.clear();
-    if (this.ownsConnections !== null) {
-      this.ownsConnections.transport.close();
-      await this.ownsConnections.signal.close();
-    }
+    this.#unplug();
+    if (this.ownsCore !== null) await this.ownsCore.close();
   }
 
   /** Free the embed and head shards too. */

@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * A span server in the browser: the mirror of `python_peer/server.py` (docs/mesh.md).
  *
