@@ -48,7 +48,7 @@ export const WEBRTC_SIGNAL = 'webrtc';
  * @property {(link: any, frame: import('../protocol/wire.js').Frame) => void} onFrame
  * @property {(link: any) => void} onLinkClosed
  * @property {(link: any) => void} onLinkOpen
- * @property {{log: Logger} & import('../transport/peer.js').TransportConfig} config  the ICE settings
+ * @property {{log: Logger} & Omit<import('../transport/peer.js').TransportConfig, 'log'>} config  the ICE settings
  */
 
 /**
@@ -187,7 +187,7 @@ export class BrowserNodeCore {
       onLinkOpen: (link) => {
         for (const role of this.#roles) role.onLinkOpen?.(link);
       },
-      config: { log: this.log, ...this.transportConfig },
+      config: /** @type {TransportHooks['config']} */ ({ log: this.log, ...this.transportConfig }),
     });
     return this.transport;
   }

@@ -491,10 +491,11 @@ export class BrowserNode {
       this.log.warn(`withdrawing the announcement failed: ${message(err)}`);
     }
     const deadline = Date.now() + graceMs;
-    while (server.sessions.size > 0 && Date.now() < deadline && this.#pauseEpoch === epoch && this.#state === 'paused') {
+    const paused = () => this.#pauseEpoch === epoch && this.status().state === 'paused';
+    while (server.sessions.size > 0 && Date.now() < deadline && paused()) {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    if (this.#pauseEpoch === epoch && this.#state === 'paused' && server.sessions.size > 0) {
+    if (paused() && server.sessions.size > 0) {
       this.log.info(`closing ${server.sessions.size} sessions still open after ${graceMs} ms of pause`);
       server.closeAll();
     }

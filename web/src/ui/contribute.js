@@ -1,3 +1,4 @@
+// @ts-check
 /**
  * The contribute page (`/` of every signaling node, docs/browser.md): this browser serves blocks of a
  * model to the mesh, once the visitor opts in.
