@@ -35,7 +35,7 @@ import { ExchangeCodec } from './exchange_codec.js';
 import { CORE_FILES, loadCore } from './pyodide.js';
 import { GRANT_POW_CONTEXT, mineGrant, mineGrantSlice, powBits } from './pow.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
-import { CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
+import { PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
 export { CORE_FILES, GRANT_POW_CONTEXT, LedgerError, PaymentRequiredError, loadCore, mineGrant, mineGrantSlice, powBits };
 

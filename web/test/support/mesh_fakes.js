@@ -107,6 +107,7 @@ export async function referenceLogits(steps, spans) {
   for (const b of blocks) b.open('ref', 1);
   const out = [];
   for (const ids of steps) {
+    /** @type {{data: Float32Array, dims: number[]}} */
     let hidden = await fakeEmbed.run(ids, [1, ids.length]);
     for (const b of blocks) hidden = await b.forward('ref', hidden);
     const seq = ids.length;
