@@ -28,6 +28,8 @@ import { SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
 export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
 export const WEBRTC_SIGNAL = 'webrtc';
+/** Ledger gossip messages through signaling waiting to be answered; past it new ones are dropped. */
+export const MAX_PENDING_GOSSIP = 64;
 
 /** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
 /** @typedef {{remoteId: string, send(frame: import('../protocol/wire.js').Frame): Promise<void>}} FrameLink */
@@ -93,6 +95,7 @@ export class BrowserNodeCore {
   #pump = null;
   /** @type {Promise<void>} gossip through signaling is answered one message after another */
   #gossipQueue = Promise.resolve();
+  #gossipPending = 0;
   /** @type {ReturnType<typeof setTimeout> | null} */
   #gossipTimer = null;
   #closed = false;
@@ -223,7 +226,14 @@ export class BrowserNodeCore {
       const kind = incoming.payload.kind;
       if (kind === LEDGER_SIGNAL) {
         const msg = incoming.payload.msg;
-        this.#gossipQueue = this.#gossipQueue.then(() => this.#gossipReceived(incoming.sender, msg));
+        if (this.#gossipPending >= MAX_PENDING_GOSSIP) {
+          this.log.warn(`ledger gossip from ${incoming.sender.slice(0, 8)} dropped: ${MAX_PENDING_GOSSIP} messages are waiting`);
+          continue;
+        }
+        this.#gossipPending++;
+        this.#gossipQueue = this.#gossipQueue
+          .then(() => this.#gossipReceived(incoming.sender, msg))
+          .finally(() => this.#gossipPending--);
       } else if (kind === WEBRTC_SIGNAL) {
         this.#webrtcSignal(incoming);
       } else {
