@@ -10,7 +10,7 @@
  */
 
 import { LedgerError } from './errors.js';
-import { loadCoreModule } from './pyodide.js';
+import { loadCoreModule } from './python_core.js';
 
 /**
  * @typedef {{kind: 'push', entries: unknown[]} | {kind: 'receipt', receipt: {[key: string]: unknown},

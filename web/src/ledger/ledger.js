@@ -22,7 +22,7 @@
  *
  * - `codec` builds and parses the ledger messages of a session link (`ledger_exchange.py`, for
  *   `ClientExchange` and `ServerExchange` of ./exchange.js) in the same Pyodide.
- * - The module is split: Pyodide loading in ./pyodide.js, the grant's proof of work in ./pow.js, the
+ * - The module is split: Pyodide loading in ./python_core.js, the grant's proof of work in ./pow.js, the
  *   errors in ./errors.js (all re-exported here).
  *
  * Amounts are integer units (1 credit = 1000 units); entries and receipts are plain JSON objects as
@@ -32,7 +32,7 @@
 import { verify } from '../signaling/client.js';
 import { LedgerError, PaymentRequiredError } from './errors.js';
 import { ExchangeCodec } from './exchange_codec.js';
-import { CORE_FILES, loadCore } from './pyodide.js';
+import { CORE_FILES, loadCore } from './python_core.js';
 import { GRANT_POW_CONTEXT, mineGrant, mineGrantSlice, powBits } from './pow.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
 import { PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
