@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import canonical, protocol, receipts, wire
+from . import canonical, proof_of_work, protocol, receipts, wire
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -86,6 +86,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
         ),
     ),
     (receipts, ("RECEIPT_CONTEXT",)),
+    (proof_of_work, ("GRANT_POW_CONTEXT",)),
 )
 
 

@@ -637,6 +637,17 @@ def test_chat_page_replies_through_the_mesh_and_sends_no_prompt(
         page.on("websocket", on_websocket)
         page.goto(node.http_url + "/chat")
         expect(page.get_by_test_id("status")).to_contain_text("is ready", timeout=120_000)
+        # The privacy table's empty state is one line in one cell spanning the table, not a letter per line.
+        empty = page.get_by_test_id("peers-empty")
+        expect(empty).to_have_text("No peer has been sent anything yet.")
+        layout = empty.evaluate(
+            """(cell) => ({ height: cell.getBoundingClientRect().height, width: cell.getBoundingClientRect().width,
+                 table: cell.closest('table').getBoundingClientRect().width,
+                 line: parseFloat(getComputedStyle(cell).lineHeight) || 1.5 * parseFloat(getComputedStyle(cell).fontSize),
+                 padding: parseFloat(getComputedStyle(cell).paddingTop) + parseFloat(getComputedStyle(cell).paddingBottom) })"""
+        )
+        assert layout["height"] - layout["padding"] < 1.6 * layout["line"], layout
+        assert layout["width"] > 0.9 * layout["table"], layout
         page.get_by_test_id("temperature").fill("0")
         page.get_by_test_id("max-tokens").fill(str(max_tokens))
         page.get_by_test_id("prompt").fill(CHAT_PROMPT)

@@ -15,62 +15,37 @@
  * span (one FORWARD with the REPLAY flag), which rebuilds the KV cache there; the step then goes on,
  * and the tokens come out as if nothing had failed.
  *
- * After CLOSE, a peer that keeps a ledger proposes a receipt; the client checks and countersigns it
- * with its `BrowserLedger` (`web/src/ledger/ledger.js`) and sends it back (GOSSIP `{kind: 'receipt'}`).
- * Once a receipt is recorded, the client runs a ledger gossip exchange with that peer over the same link
- * (GOSSIP `{kind: 'gossip', msg}` answered `{replies: [...]}`, at most once per peer per `gossipEveryMs`,
- * in the background): both sides pull the entries they lack, third parties' included.
- * With `ledger: null` the client pushes nothing and countersigns nothing (browser span servers that keep
- * no ledger serve it; native peers answer OPEN with `payment_required`, raised as MeshError).
+ * The ledger exchange on the links is `ClientExchange`'s (`web/src/ledger/exchange.js`, its messages
+ * built and parsed by `python_peer/core/ledger_exchange.py`): the client pushes its own log to a peer
+ * before its first session there; after CLOSE, a peer that keeps a ledger proposes a receipt, which the
+ * client checks, countersigns with its `BrowserLedger` and returns; once a receipt is recorded, the
+ * client runs a ledger gossip exchange with that peer over the same link (at most once per peer per
+ * `gossipEveryMs`, in the background). With `ledger: null` the client pushes nothing and countersigns
+ * nothing (browser span servers that keep no ledger serve it; native peers answer OPEN with
+ * `payment_required`, raised as MeshError).
+ *
+ * The client is a role plugged onto the browser node assembly (`MeshClient.attach(core, ...)`, with
+ * `BrowserNodeCore` of web/src/node/core.js); `MeshClient.connect` makes an assembly of its own.
+ *
+ * The module is split along its seams: one hop and its tensors in ./hop.js, a session's steps and
+ * failover in ./session.js, the errors in ./errors.js (all re-exported here).
  *
  * Every frame sent is counted per peer in `traffic` (hidden-state frames apart from control frames),
  * which the chat page's privacy indicator shows.
  */
 
-import {
-  AI4AllError,
-  FrameFlags,
-  FrameType,
-  NO_FLAGS,
-  PaymentRequiredError,
-  RemoteError,
-  TensorError,
-  WireError,
-  checkFinite,
-  frameTensor,
-  tensorToFloat32,
-} from '../protocol/wire.js';
-import { SignalClient } from '../signaling/client.js';
-import { BrowserTransport, LinkClosedError, TransportError } from '../transport/peer.js';
+import { FrameType } from '../protocol/wire.js';
+import { BrowserNodeCore } from '../node/core.js';
+import { LinkClosedError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute } from './routing.js';
-import { RpcClient, hex } from './rpc.js';
-import { CHANNEL_GOSSIP_BYTES } from '../protocol/constants.js';
+import { RpcClient } from './rpc.js';
+import { ClientExchange } from '../ledger/exchange.js';
+import { BadAnswerError, MeshError, isHopFailure } from './errors.js';
+import { ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, concatInputs, positionIdsFor } from './hop.js';
+import { MeshSession } from './session.js';
 
-export const HIDDEN_IN = 'hidden_states';
-export const HIDDEN_OUT = 'hidden_states_out';
-export const ATTENTION_MASK = 'attention_mask';
-export const POSITION_IDS = 'position_ids';
-
-/** Generation through the mesh could not go on (no route left, too many failures, refused). */
-export class MeshError extends AI4AllError {}
-
-/** A peer answered with something unusable (Python's PeerError on the client): routed around. */
-export class BadAnswerError extends AI4AllError {}
-
-/**
- * What counts as a hop failing: the client routes around these; anything else is a bug and propagates.
- * @param {unknown} err
- */
-export function isHopFailure(err) {
-  return (
-    err instanceof LinkClosedError ||
-    err instanceof TransportError ||
-    err instanceof RemoteError ||
-    err instanceof WireError ||
-    err instanceof BadAnswerError
-  );
-}
+export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshSession, POSITION_IDS, concatInputs, isHopFailure, positionIdsFor };
 
 /**
  * @typedef {object} ClientConfig  times in ms
@@ -98,21 +73,12 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   gossipMaxRequests: 16,
 });
 
-/**
- * What the client needs of a ledger: helper A's `BrowserLedger`.
- * @typedef {object} ClientLedger
- * @property {string} peerId
- * @property {(limit?: number) => Promise<unknown[]> | unknown[]} ownEntries
- * @property {(receipt: unknown, serverSig: unknown, terms: {server: string, session: string, model: string,
- *   start: number, end: number, tokens: number}) => Promise<{receipt: unknown, clientSig: string}>} countersign
- * @property {(peer: string, options: {maxMessageBytes: number}) => Promise<unknown>} [gossipStart]
- *   a `summary` opening a gossip round with `peer` (or null)
- * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
- *   the replies to one gossip message from `peer`
- */
-
-/** @typedef {{data: Float32Array, dims: number[]}} Hidden */
-/** @typedef {{hidden: Hidden, mask: BigInt64Array, positions: BigInt64Array}} StepInputs */
+/** @typedef {import('../ledger/exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
+/** @typedef {import('../node/core.js').Logger} Logger */
+/** @typedef {import('../signaling/client.js').SignalClient} SignalClient */
+/** @typedef {import('../transport/peer.js').BrowserTransport} BrowserTransport */
+/** @typedef {import('./hop.js').Hidden} Hidden */
+/** @typedef {import('./hop.js').StepInputs} StepInputs */
 
 /**
  * What was sent to one peer, for the privacy indicator.
@@ -127,117 +93,34 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
  */
 
 /**
- * Concatenate step inputs along the sequence axis (for replay).
- * @param {StepInputs[]} parts
- * @returns {StepInputs | null}
+ * The verified bytes of a shard, e.g. `fetchShardCached` of web/src/storage/db.js.
+ * @typedef {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
+ *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} ShardBytes
  */
-export function concatInputs(parts) {
-  if (!parts.length) return null;
-  const [batch, , width] = parts[0].hidden.dims;
-  const total = parts.reduce((n, p) => n + p.hidden.dims[1], 0);
-  const hidden = new Float32Array(batch * total * width);
-  const mask = new BigInt64Array(batch * total);
-  const positions = new BigInt64Array(batch * total);
-  let offset = 0;
-  for (const part of parts) {
-    const seq = part.hidden.dims[1];
-    for (let b = 0; b < batch; b++) {
-      hidden.set(part.hidden.data.subarray(b * seq * width, (b + 1) * seq * width), (b * total + offset) * width);
-      mask.set(part.mask.subarray(b * seq, (b + 1) * seq), b * total + offset);
-      positions.set(part.positions.subarray(b * seq, (b + 1) * seq), b * total + offset);
-    }
-    offset += seq;
-  }
-  return { hidden: { data: hidden, dims: [batch, total, width] }, mask, positions };
-}
 
 /**
- * Positions of new tokens: the count of real tokens before each one (left padding gets position 0),
- * Python's `chain.position_ids_for`.
- * @param {BigInt64Array} mask  [batch, seq] of the new tokens
- * @param {number} batch
- * @param {number[]} pastCounts  real tokens already in the session, per row
+ * Load the embed and head shards of `manifest`: what runs on this machine.
+ * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} manifest
+ * @param {string} baseUrl
+ * @param {import('../runtime/shard.js').LoadOptions} [load]
+ * @param {ShardBytes} [shardBytes]  default: `ShardRunner.load` (fetch and check)
  */
-export function positionIdsFor(mask, batch, pastCounts) {
-  const seq = mask.length / batch;
-  const positions = new BigInt64Array(mask.length);
-  for (let b = 0; b < batch; b++) {
-    let count = BigInt(pastCounts[b]);
-    for (let i = 0; i < seq; i++) {
-      count += mask[b * seq + i];
-      const p = count - 1n;
-      positions[b * seq + i] = p < 0n ? 0n : p;
-    }
-  }
-  return positions;
-}
-
-/** One peer serving one span within a session, and what we sent it (for replay). */
-class Hop {
-  /**
-   * @param {MeshClient} client
-   * @param {string} peerId
-   * @param {number} start
-   * @param {number} end
-   * @param {RpcClient} rpc
-   */
-  constructor(client, peerId, start, end, rpc) {
-    this.client = client;
-    this.peerId = peerId;
-    this.start = start;
-    this.end = end;
-    this.rpc = rpc;
-    this.session = crypto.getRandomValues(new Uint8Array(16));
-    this.nextStep = 0;
-    /** @type {StepInputs[]} */
-    this.history = [];
-    /** token positions sent and answered with usable hidden states: what the receipt may claim */
-    this.tokens = 0;
-  }
-
-  /**
-   * @param {StepInputs} inputs
-   * @param {number} flags
-   * @returns {Promise<Hidden>}
-   */
-  async forward({ hidden, mask, positions }, flags = NO_FLAGS) {
-    const [batch, seq] = hidden.dims;
-    const frame = {
-      type: FrameType.FORWARD,
-      session: this.session,
-      step: this.nextStep,
-      flags,
-      tensors: [
-        { name: HIDDEN_IN, dtype: /** @type {const} */ ('float32'), shape: hidden.dims, data: hidden.data },
-        { name: ATTENTION_MASK, dtype: /** @type {const} */ ('int64'), shape: [batch, seq], data: mask },
-        { name: POSITION_IDS, dtype: /** @type {const} */ ('int64'), shape: [batch, seq], data: positions },
-      ],
-    };
-    const answer = await this.client.call(this.rpc, frame, this.client.config.requestTimeoutMs, batch * seq);
-    const out = readHidden(answer, this.peerId, hidden.dims);
-    this.tokens += batch * seq;
-    this.nextStep++;
-    return out;
-  }
-}
-
-/**
- * The `hidden_states_out` of an answer: a finite float tensor of the shape sent, else a hop failure.
- * @param {import('../protocol/wire.js').Frame} answer
- * @param {string} peerId
- * @param {number[]} dims
- * @returns {Hidden}
- */
-function readHidden(answer, peerId, dims) {
-  const tensor = frameTensor(answer, HIDDEN_OUT); // MetadataError (a WireError) when missing
-  if (tensor.dtype === 'int64') throw new TensorError(`peer ${peerId.slice(0, 16)} returned ${HIDDEN_OUT} as int64, not float`);
-  checkFinite(tensor); // NonFiniteError
-  if (tensor.shape.length !== dims.length || tensor.shape.some((d, i) => d !== dims[i])) {
-    throw new BadAnswerError(
-      `peer ${peerId.slice(0, 16)} returned hidden states [${tensor.shape.join(', ')}] for [${dims.join(', ')}]`,
-    );
-  }
-  return { data: tensorToFloat32(tensor).slice(), dims: [...dims] };
+async function loadLocalShards(manifest, baseUrl, load, shardBytes) {
+  const entryOf = (/** @type {string} */ kind) => {
+    const entry = manifest.shards.find((s) => s.kind === kind);
+    if (entry === undefined) throw new MeshError(`the manifest of ${manifest.model.name} lists no ${kind} shard`);
+    return entry;
+  };
+  const loadShard = async (/** @type {import('../runtime/shard.js').ShardEntry} */ entry) => {
+    if (shardBytes === undefined) return ShardRunner.load(baseUrl, entry, load);
+    const base = new URL(String(baseUrl), globalThis.location?.href);
+    if (!base.pathname.endsWith('/')) base.pathname += '/';
+    const bytes = await shardBytes(new URL(entry.file, base), entry, load?.onProgress);
+    return ShardRunner.fromBytes(bytes, entry, load?.runtime);
+  };
+  const embed = new EmbedRunner(await loadShard(entryOf('embed')), manifest);
+  const head = new HeadRunner(await loadShard(entryOf('head')), manifest);
+  return { embed, head };
 }
 
 /** Everything a user's browser needs to generate through the mesh. */
@@ -250,10 +133,6 @@ export class MeshClient {
   #byLink = new WeakMap();
   /** @type {Map<string, {at: number, announcements: import('../signaling/client.js').Announcement[]}>} */
   #lookups = new Map();
-  /** @type {Map<string, number>} peer id -> when the last gossip exchange with it started */
-  #gossiped = new Map();
-  /** @type {Set<Promise<void>>} */
-  #gossipRuns = new Set();
 
   /**
    * Use `MeshClient.connect(...)`, which builds the signal client and transport; this constructor takes
@@ -266,7 +145,7 @@ export class MeshClient {
    * @param {HeadRunner} options.head
    * @param {ClientLedger | null} [options.ledger]
    * @param {Partial<ClientConfig>} [options.config]
-   * @param {{info: Function, warn: Function}} [options.log]
+   * @param {Logger} [options.log]
    */
   constructor({ manifest, signal, transport, embed, head, ledger = null, config = {}, log = console }) {
     this.manifest = manifest;
@@ -291,12 +170,69 @@ export class MeshClient {
     /** @type {{peerId: string, recorded: string}[]} receipts countersigned and recorded by their peer */
     this.receipts = [];
     this.closed = false;
+    /** The ledger exchange on this client's links: push on connect, receipts at close, gossip. */
+    this.exchange = new ClientExchange({
+      ledger,
+      send: (rpc, frame, timeoutMs) => this.call(rpc, frame, timeoutMs),
+      config: this.config,
+      log,
+      closed: () => this.closed,
+      badAnswer: (message, cause) => new BadAnswerError(message, { cause }),
+    });
   }
 
   /**
-   * Connect to signaling, load the embed and head shards, and make the client.
+   * Load the embed and head shards and plug a client onto a node assembly (`BrowserNodeCore` of
+   * web/src/node/core.js) that is connected to signaling: the client offers links through the core's
+   * transport and gets the frames of the links it opened; ledger gossip through signaling is the core's.
+   * `close()` unplugs the client and leaves the core as it is.
+   * @param {import('../node/core.js').BrowserNodeCore} core
    * @param {object} options
-   * @param {import('../signaling/client.js').Identity} options.identity  the ledger's identity too
+   * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} options.manifest
+   * @param {string} options.baseUrl  the folder of the model's manifest.json
+   * @param {ClientLedger | null} [options.ledger]  default: the core's ledger
+   * @param {Partial<ClientConfig>} [options.config]
+   * @param {import('../runtime/shard.js').LoadOptions} [options.load]  download progress, runtime options
+   * @param {ShardBytes} [options.shardBytes]
+   *   the verified bytes of a shard (e.g. `fetchShardCached` of web/src/storage/db.js); default: `fetchShard`
+   */
+  static async attach(core, { manifest, baseUrl, ledger, config, load, shardBytes }) {
+    const signal = core.signal;
+    if (signal === null) throw new MeshError('the node is not connected to signaling: call core.connect first');
+    const clientLedger = ledger === undefined ? /** @type {ClientLedger | null} */ (/** @type {unknown} */ (core.ledger)) : ledger;
+    if (clientLedger !== null && clientLedger.peerId !== core.peerId) {
+      throw new MeshError(`the ledger belongs to ${clientLedger.peerId.slice(0, 12)}, the identity is ${core.peerId.slice(0, 12)}`);
+    }
+    const { embed, head } = await loadLocalShards(manifest, baseUrl, load, shardBytes);
+    const transport = /** @type {{connect: BrowserTransport['connect']}} */ (core.openTransport());
+    const lookup = /** @type {SignalClient['lookup']} */ ((...args) => signal.lookup(...args));
+    const client = new MeshClient({
+      manifest,
+      signal: { lookup, peerId: core.peerId },
+      transport,
+      embed,
+      head,
+      ledger: clientLedger,
+      config,
+      log: core.log,
+    });
+    /** @type {import('../node/core.js').NodeRole} */
+    const role = {
+      serves: false,
+      claims: (link) => client.holds(link),
+      onFrame: (link, frame) => client.deliver(link, frame),
+      onLinkClosed: (link) => client.linkClosed(link),
+    };
+    core.plug(role);
+    client.#unplug = () => core.unplug(role);
+    return client;
+  }
+
+  /**
+   * Connect to signaling through a node assembly of its own (identity, signal client, transport; no
+   * lock), load the embed and head shards, and make the client; `close()` closes that assembly too.
+   * @param {object} options
+   * @param {import('../identity/identity.js').Identity} options.identity  the ledger's identity too
    * @param {string[]} options.signalUrls
    * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} options.manifest
    * @param {string} options.baseUrl  the folder of the model's manifest.json
@@ -305,63 +241,41 @@ export class MeshClient {
    * @param {import('../transport/peer.js').TransportConfig} [options.transportConfig]  e.g. the page
    *   configuration's ICE settings, `transportConfigFor(pageConfig)` (default: loopback only, no STUN/TURN)
    * @param {import('../runtime/shard.js').LoadOptions} [options.load]  download progress, runtime options
-   * @param {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
-   *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} [options.shardBytes]
-   *   the verified bytes of a shard (e.g. `fetchShardCached` of web/src/storage/db.js); default: `fetchShard`
-   * @param {(signal: import('../signaling/client.js').IncomingSignal) => void} [options.onOtherSignal]
-   *   signals that are not WebRTC answers (ledger gossip)
-   * @param {{info: Function, warn: Function}} [options.log]
+   * @param {ShardBytes} [options.shardBytes]  as `attach`
+   * @param {Logger} [options.log]
    */
-  static async connect({ identity, signalUrls, manifest, baseUrl, ledger = null, config, transportConfig, load, shardBytes, onOtherSignal, log = console }) {
+  static async connect({ identity, signalUrls, manifest, baseUrl, ledger = null, config, transportConfig, load, shardBytes, log = console }) {
     if (ledger !== null && ledger.peerId !== identity.peerId) {
       throw new MeshError(`the ledger belongs to ${ledger.peerId.slice(0, 12)}, the identity is ${identity.peerId.slice(0, 12)}`);
     }
-    const entryOf = (/** @type {string} */ kind) => {
-      const entry = manifest.shards.find((s) => s.kind === kind);
-      if (entry === undefined) throw new MeshError(`the manifest of ${manifest.model.name} lists no ${kind} shard`);
-      return entry;
-    };
-    const loadShard = async (/** @type {import('../runtime/shard.js').ShardEntry} */ entry) => {
-      if (shardBytes === undefined) return ShardRunner.load(baseUrl, entry, load);
-      const base = new URL(String(baseUrl), globalThis.location?.href);
-      if (!base.pathname.endsWith('/')) base.pathname += '/';
-      const bytes = await shardBytes(new URL(entry.file, base), entry, load?.onProgress);
-      return ShardRunner.fromBytes(bytes, entry, load?.runtime);
-    };
-    const embed = new EmbedRunner(await loadShard(entryOf('embed')), manifest);
-    const head = new HeadRunner(await loadShard(entryOf('head')), manifest);
-    /** @type {MeshClient | null} */
-    let client = null;
-    const transport = new BrowserTransport({
-      sendSignal: (peerId, payload) => signal.sendSignal(peerId, payload),
-      onFrame: (link, frame) => client?.deliver(link, frame),
-      onLinkClosed: (link) => client?.linkClosed(link),
-      config: { log, ...transportConfig },
-    });
-    const signal = await SignalClient.create(identity, {
-      urls: signalUrls,
-      log,
-      onSignal: (incoming) => {
-        const payload = incoming.payload;
-        if (payload.kind === 'webrtc' && payload.type === 'answer') {
-          transport.handleSignal(incoming).catch((err) => log.warn(`signal from ${incoming.sender.slice(0, 8)} refused: ${err.message}`));
-        } else if (payload.kind === 'webrtc') {
-          log.info(`ignoring a ${String(payload.type).slice(0, 20)} from ${incoming.sender.slice(0, 8)}: this client serves nothing`);
-        } else {
-          onOtherSignal?.(incoming);
-        }
-      },
-    });
-    client = new MeshClient({ manifest, signal, transport, embed, head, ledger, config, log });
-    client.ownsConnections = { signal, transport };
-    return client;
+    const gossipLedger = /** @type {import('../node/core.js').GossipLedger | null} */ (/** @type {unknown} */ (ledger));
+    const core = new BrowserNodeCore({ identity, ledger: gossipLedger, transportConfig, log });
+    try {
+      await core.connect(signalUrls);
+      const client = await MeshClient.attach(core, { manifest, baseUrl, ledger, config, load, shardBytes });
+      client.ownsCore = core;
+      return client;
+    } catch (err) {
+      await core.close();
+      throw err;
+    }
   }
 
-  /** @type {{signal: SignalClient, transport: BrowserTransport} | null} */
-  ownsConnections = null;
+  /** @type {import('../node/core.js').BrowserNodeCore | null} the assembly `connect` made, closed with the client */
+  ownsCore = null;
+  /** @type {() => void} */
+  #unplug = () => {};
 
   get model() {
     return this.manifest.model.name;
+  }
+
+  /**
+   * Whether `link` is one this client opened (its frames are this client's).
+   * @param {unknown} link
+   */
+  holds(link) {
+    return typeof link === 'object' && link !== null && this.#byLink.has(/** @type {any} */ (link));
   }
 
   /**
@@ -449,10 +363,7 @@ export class MeshClient {
       // The peer judges our balance from the entries it holds: make sure it holds ours (or drop the link,
       // so that the next use connects and pushes again).
       try {
-        const entries = await this.ledger.ownEntries();
-        const session = crypto.getRandomValues(new Uint8Array(16));
-        const meta = { kind: 'push', entries: /** @type {any} */ (entries) };
-        await this.call(rpc, { type: FrameType.GOSSIP, session, step: 0, meta }, this.config.requestTimeoutMs);
+        await this.exchange.push(rpc);
       } catch (err) {
         if (this.#rpcs.get(peerId) === rpc) this.#rpcs.delete(peerId);
         rpc.close();
@@ -463,62 +374,19 @@ export class MeshClient {
   }
 
   /**
-   * Start a ledger gossip exchange with `peerId` in the background, unless one started less than
-   * `gossipEveryMs` ago (or the ledger cannot gossip); its promise, or null. Failures are logged, never thrown.
+   * Start a ledger gossip exchange with `peerId` in the background (`ClientExchange.gossipSoon`: at
+   * most once per peer per `gossipEveryMs`); its promise, or null. Failures are logged, never thrown.
    * @param {string} peerId
    * @param {RpcClient} rpc
    * @returns {Promise<void> | null}
    */
   gossipSoon(peerId, rpc) {
-    const every = this.config.gossipEveryMs;
-    const ledger = this.ledger;
-    if (ledger === null || every === null || !ledger.gossipStart || !ledger.gossipReceive || this.closed) return null;
-    const now = performance.now();
-    const last = this.#gossiped.get(peerId);
-    if (last !== undefined && now - last < every) return null;
-    this.#gossiped.set(peerId, now);
-    const run = this.gossipExchange(peerId, rpc).then(
-      (sent) => this.log.info(`ledger gossip with ${peerId.slice(0, 8)}: ${sent} requests`),
-      (err) => this.log.warn(`ledger gossip with ${peerId.slice(0, 8)} failed: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`),
-    );
-    const tracked = run.finally(() => this.#gossipRuns.delete(tracked));
-    this.#gossipRuns.add(tracked);
-    return tracked;
+    return this.exchange.gossipSoon(peerId, rpc);
   }
 
   /** Wait for the gossip exchanges under way. */
-  async gossipSettled() {
-    while (this.#gossipRuns.size) await Promise.all([...this.#gossipRuns]);
-  }
-
-  /**
-   * Anti-entropy with a serving peer over its link (Python's `mesh_client.gossip_exchange`): send our
-   * `summary` as a GOSSIP request `{kind: 'gossip', msg}`, feed each message of the answer
-   * (`{replies: [...]}`) to our gossip session with the peer, send what that answers as new requests, and
-   * stop when nothing is left or after `gossipMaxRequests`. Resolves to the number of requests sent.
-   * @param {string} peerId
-   * @param {RpcClient} rpc
-   * @returns {Promise<number>}
-   */
-  async gossipExchange(peerId, rpc) {
-    const ledger = this.ledger;
-    if (ledger === null || !ledger.gossipStart || !ledger.gossipReceive) return 0;
-    const options = { maxMessageBytes: CHANNEL_GOSSIP_BYTES };
-    const first = await ledger.gossipStart(peerId, options);
-    const queue = first === null || first === undefined ? [] : [first];
-    let sent = 0;
-    while (queue.length && sent < this.config.gossipMaxRequests) {
-      if (this.closed) throw new MeshError('the mesh client is closed');
-      const meta = { kind: 'gossip', msg: /** @type {any} */ (queue.shift()) };
-      const session = crypto.getRandomValues(new Uint8Array(16));
-      const answer = await this.call(rpc, { type: FrameType.GOSSIP, session, step: 0, meta }, this.config.requestTimeoutMs);
-      sent++;
-      const replies = answer.meta.replies;
-      if (!Array.isArray(replies)) throw new BadAnswerError(`peer ${peerId.slice(0, 16)} answered a gossip request without a list of replies`);
-      for (const reply of replies) queue.push(...(await ledger.gossipReceive(peerId, reply, options)));
-    }
-    if (queue.length) this.log.info(`ledger gossip with ${peerId.slice(0, 8)} stopped after ${sent} requests`);
-    return sent;
+  gossipSettled() {
+    return this.exchange.gossipSettled();
   }
 
   /**
@@ -618,15 +486,13 @@ export class MeshClient {
     this.log.warn(`peer ${peerId.slice(0, 16)} failed (${error}); routing around it`);
   }
 
-  /** Close every link (and the signal client and transport when `connect` made them). */
+  /** Close every link and unplug from the node assembly (closing it when `connect` made it). */
   async close() {
     this.closed = true;
     for (const rpc of this.#rpcs.values()) rpc.close();
     this.#rpcs.clear();
-    if (this.ownsConnections !== null) {
-      this.ownsConnections.transport.close();
-      await this.ownsConnections.signal.close();
-    }
+    this.#unplug();
+    if (this.ownsCore !== null) await this.ownsCore.close();
   }
 
   /** Free the embed and head shards too. */
@@ -637,200 +503,3 @@ export class MeshClient {
   }
 }
 
-/** One generation's sessions along a route; `step` returns the logits of the last new token. */
-export class MeshSession {
-  /**
-   * @param {MeshClient} client
-   * @param {number} batch
-   * @param {number} maxLength
-   */
-  constructor(client, batch, maxLength) {
-    if (!Number.isInteger(batch) || batch < 1 || batch > 64) throw new MeshError(`batch ${batch} must be an integer in 1..64`);
-    if (!Number.isInteger(maxLength) || maxLength < 1) throw new MeshError(`max_length ${maxLength} must be a positive integer`);
-    this.client = client;
-    this.batch = batch;
-    this.maxLength = maxLength;
-    /** @type {Hop[]} */
-    this.hops = [];
-    this.length = 0;
-    /** @type {number[]} real tokens so far, per row */
-    this.pastCounts = new Array(batch).fill(0);
-    this.failovers = 0;
-    this.lastFailure = '';
-    this.closed = false;
-    /** @type {Promise<void>} steps run one after another */
-    this.queue = Promise.resolve();
-  }
-
-  /** @returns {[string, number, number][]} (peer id, start, end) of each hop */
-  get route() {
-    return this.hops.map((h) => [h.peerId, h.start, h.end]);
-  }
-
-  async start() {
-    this.hops = await this.#openSpan(0, this.client.numLayers, []);
-  }
-
-  /**
-   * Open sessions on a route over `[start, end)`; replay `replay` (inputs to `start`) through it.
-   * @param {number} start
-   * @param {number} end
-   * @param {StepInputs[]} replay
-   * @returns {Promise<Hop[]>}
-   */
-  async #openSpan(start, end, replay) {
-    const client = this.client;
-    for (;;) {
-      let route;
-      try {
-        route = await client.route(start, end, this.batch * this.maxLength);
-      } catch (err) {
-        if (!(err instanceof NoRouteError)) throw err;
-        const why = this.lastFailure ? `; last failure: ${this.lastFailure}` : '';
-        throw new MeshError(`${err.message}${why}`, { cause: err });
-      }
-      /** @type {Hop[]} */
-      const hops = [];
-      let current = route[0].peerId;
-      try {
-        let inputs = concatInputs(replay);
-        for (const cand of route) {
-          current = cand.peerId;
-          const hop = new Hop(client, cand.peerId, cand.start, cand.end, await client.rpc(cand.peerId));
-          const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
-          await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, client.config.requestTimeoutMs);
-          hops.push(hop);
-          const spans = client.traffic.get(hop.peerId)?.spans;
-          if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);
-          if (inputs !== null) {
-            client.log.info(`replaying ${inputs.hidden.dims[1]} tokens to ${hop.peerId.slice(0, 8)} for blocks ${hop.start}-${hop.end}`);
-            const out = await hop.forward(inputs, FrameFlags.REPLAY);
-            hop.history.push(inputs);
-            inputs = { hidden: out, mask: inputs.mask, positions: inputs.positions };
-          }
-        }
-        return hops;
-      } catch (err) {
-        if (err instanceof PaymentRequiredError) {
-          for (const hop of hops) await this.#closeHop(hop);
-          throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${err.message}`, { cause: err });
-        }
-        if (!isHopFailure(err)) throw err;
-        this.#noteFailure(current, err);
-        for (const hop of hops) await this.#closeHop(hop);
-      }
-    }
-  }
-
-  /**
-   * @param {string} peerId
-   * @param {unknown} err
-   */
-  #noteFailure(peerId, err) {
-    this.failovers++;
-    this.lastFailure = `peer ${peerId.slice(0, 16)}: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`;
-    this.client.noteFailure(peerId, err);
-    if (this.failovers > this.client.config.maxFailovers) {
-      throw new MeshError(`gave up after ${this.failovers} peer failures; last: ${this.lastFailure}`, { cause: err });
-    }
-  }
-
-  /**
-   * Feed new tokens (`ids` and `mask`: [batch, seq] flattened) and return the logits of the last one,
-   * [batch, 1, vocab]. Steps run one after another.
-   * @param {BigInt64Array} ids
-   * @param {BigInt64Array} mask
-   * @returns {Promise<Hidden>}
-   */
-  step(ids, mask) {
-    const run = this.queue.then(() => this.#step(ids, mask));
-    this.queue = run.then(
-      () => {},
-      () => {},
-    );
-    return run;
-  }
-
-  /**
-   * @param {BigInt64Array} ids
-   * @param {BigInt64Array} mask
-   */
-  async #step(ids, mask) {
-    if (this.closed) throw new MeshError('this session is closed');
-    if (!(ids instanceof BigInt64Array) || !(mask instanceof BigInt64Array) || ids.length !== mask.length || ids.length === 0 || ids.length % this.batch) {
-      throw new MeshError(`ids and mask must be BigInt64Arrays of the same [${this.batch}, seq] shape`);
-    }
-    if (mask.some((m) => m !== 0n && m !== 1n)) throw new MeshError('attention mask values must be 0 or 1');
-    const seq = ids.length / this.batch;
-    if (this.length + seq > this.maxLength) throw new MeshError(`the session's max_length ${this.maxLength} would be exceeded`);
-    const positions = positionIdsFor(mask, this.batch, this.pastCounts);
-    let hidden = await this.client.embed(ids, this.batch, positions);
-    let index = 0;
-    while (index < this.hops.length) {
-      const hop = this.hops[index];
-      let out;
-      try {
-        out = await hop.forward({ hidden, mask, positions });
-      } catch (err) {
-        if (!isHopFailure(err)) throw err;
-        this.#noteFailure(hop.peerId, err);
-        await this.#closeHop(hop);
-        const replacement = await this.#openSpan(hop.start, hop.end, hop.history);
-        this.hops.splice(index, 1, ...replacement);
-        continue;
-      }
-      hop.history.push({ hidden, mask, positions });
-      hidden = out;
-      index++;
-    }
-    this.length += seq;
-    for (let b = 0; b < this.batch; b++) {
-      for (let i = 0; i < seq; i++) this.pastCounts[b] += Number(mask[b * seq + i]);
-    }
-    const [batch, , width] = hidden.dims;
-    const last = new Float32Array(batch * width);
-    for (let b = 0; b < batch; b++) last.set(hidden.data.subarray((b * seq + seq - 1) * width, (b * seq + seq) * width), b * width);
-    return this.client.head({ data: last, dims: [batch, 1, width] });
-  }
-
-  /**
-   * Close the hop's session; countersign and return the receipt the peer proposes for it.
-   * @param {Hop} hop
-   */
-  async #closeHop(hop) {
-    if (hop.rpc.closed) return;
-    const client = this.client;
-    const timeout = client.config.closeTimeoutMs;
-    try {
-      const answer = await client.call(hop.rpc, { type: FrameType.CLOSE, session: hop.session, step: hop.nextStep }, timeout);
-      const ledger = client.ledger;
-      if (ledger === null || !('receipt' in answer.meta)) return;
-      const serverSig = answer.meta.server_sig;
-      const { receipt, clientSig } = await ledger.countersign(answer.meta.receipt, serverSig, {
-        server: hop.peerId,
-        session: hex(hop.session),
-        model: client.model,
-        start: hop.start,
-        end: hop.end,
-        tokens: hop.tokens,
-      });
-      const meta = { kind: 'receipt', receipt: /** @type {any} */ (receipt), client_sig: clientSig, server_sig: serverSig ?? null };
-      const recorded = await client.call(hop.rpc, { type: FrameType.GOSSIP, session: hop.session, step: hop.nextStep + 1, meta }, timeout);
-      client.receipts.push({ peerId: hop.peerId, recorded: String(recorded.meta.recorded) });
-      // The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
-      client.gossipSoon(hop.peerId, hop.rpc);
-    } catch (err) {
-      // a failing peer, or a receipt the ledger refuses to sign: logged, and the generation stands
-      if (!(err instanceof AI4AllError)) throw err;
-      client.log.warn(`closing session on ${hop.peerId.slice(0, 8)}: ${err.name}: ${err.message}`);
-    }
-  }
-
-  /** Close every hop's session (receipts included); later steps are refused. */
-  async close() {
-    if (this.closed) return;
-    await this.queue;
-    this.closed = true;
-    await Promise.all(this.hops.map((h) => this.#closeHop(h)));
-  }
-}

@@ -20,242 +20,31 @@
  *   workers of one browser share the identity and the database: own entries are signed under a Web
  *   Lock after taking in what another tab wrote, and an own row is never replaced on disk.
  *
+ * - `codec` builds and parses the ledger messages of a session link (`ledger_exchange.py`, for
+ *   `ClientExchange` and `ServerExchange` of ./exchange.js) in the same Pyodide.
+ * - The module is split: Pyodide loading in ./python_core.js, the grant's proof of work in ./pow.js, the
+ *   errors in ./errors.js (all re-exported here).
+ *
  * Amounts are integer units (1 credit = 1000 units); entries and receipts are plain JSON objects as
  * Python's `Entry.to_dict()` and `Receipt.to_dict()`.
  */
 
-import { sha256 } from '../../node_modules/@noble/hashes/sha2.js';
-import { CoreError } from '../protocol/wire.js';
 import { verify } from '../identity/identity.js';
+import { LedgerError, PaymentRequiredError } from './errors.js';
+import { ExchangeCodec } from './exchange_codec.js';
+import { CORE_FILES, loadCore } from './python_core.js';
+import { GRANT_POW_CONTEXT } from '../protocol/constants.js';
+import { mineGrant, mineGrantSlice, powBits } from './pow.js';
 import { deleteLedgerRows, loadEntriesAfter, loadLedger, writeJournal } from '../storage/db.js';
-import { CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
+import { PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
+
+export { CORE_FILES, GRANT_POW_CONTEXT, LedgerError, PaymentRequiredError, loadCore, mineGrant, mineGrantSlice, powBits };
 
 export const DEFAULT_POW_BITS = 22;
 /** Gossip budgets: through a signaling node (a signal payload holds 32 KiB) and over a data channel. */
 const MAX_GOSSIP_MESSAGE_BYTES = 64 * 1024 - 1024;
-/** The files of `python_peer/core` the ledger imports, fetched from the page config's `python_core`. */
-export const CORE_FILES = Object.freeze([
-  '__init__.py',
-  'errors.py',
-  'canonical.py',
-  'economics.py',
-  'protocol.py',
-  'ledger_fields.py',
-  'receipts.py',
-  'entries.py',
-  'proof_of_work.py',
-  'rules.py',
-  'balances.py',
-  'signature_claims.py',
-  'chain_store.py',
-  'gossip.py',
-  'memory_store.py',
-  'browser_persistence.py',
-  'browser_signing.py',
-  'browser_ledger.py',
-]);
-const PY_ROOT = '/home/pyodide/ai4all';
 const VERIFY_BATCH = 256;
 const UTF8 = new TextEncoder();
-
-// --- errors -------------------------------------------------------------------------------------------
-
-/** A ledger entry, request or store that is malformed or refused; `code` as in Python's `LedgerError`. */
-export class LedgerError extends CoreError {
-  /**
-   * @param {string} message
-   * @param {{code?: string, cause?: unknown}} [options]
-   */
-  constructor(message, { code = 'malformed', cause } = {}) {
-    super(message, { cause });
-    /** @type {string} */
-    this.code = code;
-  }
-}
-
-/** The client's balance does not cover the request (code `payment_required`); the message names both. */
-export class PaymentRequiredError extends LedgerError {
-  /**
-   * @param {string} message
-   * @param {{cause?: unknown}} [options]
-   */
-  constructor(message, { cause } = {}) {
-    super(message, { code: 'payment_required', cause });
-  }
-}
-
-// --- Pyodide --------------------------------------------------------------------------------------------
-
-/** @type {Map<string, Promise<any>>} python_core URL -> the Pyodide instance with those files imported */
-const runtimes = new Map();
-
-/**
- * Load Pyodide (once per page and `coreUrl`) and import `python_peer.core.browser_ledger` from `coreUrl`.
- * @param {string | URL} coreUrl
- * @returns {Promise<any>} the Python module `browser_ledger`
- */
-export function loadCore(coreUrl) {
-  const base = new URL(String(coreUrl), globalThis.location?.href);
-  if (!base.pathname.endsWith('/')) base.pathname += '/';
-  const key = base.href;
-  let runtime = runtimes.get(key);
-  if (runtime === undefined) {
-    runtime = startCore(base);
-    runtimes.set(key, runtime);
-    runtime.catch(() => runtimes.delete(key));
-  }
-  return runtime;
-}
-
-/** @param {URL} base */
-async function startCore(base) {
-  const indexURL = new URL('../../node_modules/pyodide/', import.meta.url).href;
-  /** @type {any} */
-  let pyodide;
-  const files = Promise.all(
-    CORE_FILES.map(async (name) => {
-      const url = new URL(name, base);
-      let response;
-      try {
-        response = await fetch(url);
-      } catch (error) {
-        throw new LedgerError(`cannot fetch the ledger rules ${url}: ${error}`, { code: 'store', cause: error });
-      }
-      if (!response.ok) throw new LedgerError(`cannot fetch the ledger rules ${url}: HTTP ${response.status}`, { code: 'store' });
-      return [name, await response.text()];
-    }),
-  );
-  try {
-    const { loadPyodide } = await import(new URL('pyodide.mjs', indexURL).href);
-    pyodide = await loadPyodide({ indexURL });
-  } catch (error) {
-    throw new LedgerError(`cannot start Pyodide from ${indexURL}: ${error}`, { code: 'store', cause: error });
-  }
-  const dir = `${PY_ROOT}/python_peer/core`;
-  pyodide.FS.mkdirTree(dir);
-  pyodide.FS.writeFile(`${PY_ROOT}/python_peer/__init__.py`, '');
-  for (const [name, text] of await files) pyodide.FS.writeFile(`${dir}/${name}`, text);
-  pyodide.runPython(`import sys\nif ${JSON.stringify(PY_ROOT)} not in sys.path: sys.path.insert(0, ${JSON.stringify(PY_ROOT)})`);
-  return pyodide.pyimport('python_peer.core.browser_ledger');
-}
-
-// --- the grant's proof of work -------------------------------------------------------------------------
-
-export const GRANT_POW_CONTEXT = 'ai4all/ledger/grant-pow/v1';
-
-/**
- * Leading zero bits of a digest.
- * @param {Uint8Array} digest
- */
-function leadingZeroBits(digest) {
-  let bits = 0;
-  for (let i = 0; i < digest.length; i++) {
-    const z = Math.clz32(digest[i]) - 24;
-    bits += z;
-    if (z < 8) break;
-  }
-  return bits;
-}
-
-/**
- * SHA-256 (`@noble/hashes`) of the grant's proof-of-work bytes for consecutive nonces. The constant
- * prefix is hashed once (the midstate); each nonce clones the midstate into one reused hasher and adds
- * the nonce's digits and the closing brace, kept as bytes and incremented in place.
- */
-class PowHasher {
-  /** @param {Uint8Array} prefix */
-  constructor(prefix) {
-    this.mid = sha256.create().update(prefix);
-    this.hasher = sha256.create();
-    this.tail = new Uint8Array(0);
-    this.digest = new Uint8Array(sha256.outputLen);
-    this.digits = 0;
-  }
-
-  /**
-   * Lay out the tail for `nonce`; later nonces of as many digits follow with `next`.
-   * @param {number} nonce
-   */
-  seek(nonce) {
-    this.tail = UTF8.encode(`${nonce}}`);
-    this.digits = this.tail.length - 1;
-  }
-
-  /** The next nonce's digits, when it has as many digits (the caller checks). */
-  next() {
-    const { tail } = this;
-    let i = this.digits - 1;
-    while (tail[i] === 0x39) tail[i--] = 0x30;
-    tail[i] += 1;
-  }
-
-  /** Leading zero bits of the current nonce's digest. */
-  zeroBits() {
-    this.mid._cloneInto(this.hasher).update(this.tail).digestInto(this.digest);
-    return leadingZeroBits(this.digest);
-  }
-}
-
-/** @param {string} author */
-function powPrefix(author) {
-  if (!/^[0-9a-f]{64}$/.test(author)) throw new LedgerError('a grant author is a peer id (64 lowercase hex digits)');
-  return UTF8.encode(`${GRANT_POW_CONTEXT}\n{"author":"${author}","nonce":`);
-}
-
-/**
- * Leading zero bits of the grant proof of work of `author` with `nonce`: Python's `pow_bits`.
- * @param {string} author
- * @param {number} nonce
- */
-export function powBits(author, nonce) {
-  if (!Number.isSafeInteger(nonce) || nonce < 0) throw new LedgerError(`grant nonce ${nonce} is not a safe non-negative integer`);
-  const hasher = new PowHasher(powPrefix(author));
-  hasher.seek(nonce);
-  return hasher.zeroBits();
-}
-
-/**
- * The first nonce from `start` whose proof of work has `bits` leading zero bits, or null past `limit`
- * nonces: Python's `mine_grant`. Synchronous: call it in slices (see `mineGrant`).
- * @param {string} author
- * @param {number} bits
- * @param {number} [start]
- * @param {number} [limit]
- * @returns {number | null}
- */
-export function mineGrantSlice(author, bits, start = 0, limit = 2 ** 20) {
-  const hasher = new PowHasher(powPrefix(author));
-  const end = Math.min(start + limit, Number.MAX_SAFE_INTEGER);
-  let nonce = start;
-  while (nonce < end) {
-    hasher.seek(nonce);
-    const stop = Math.min(end, 10 ** hasher.digits); // the first nonce with one digit more
-    for (;;) {
-      if (hasher.zeroBits() >= bits) return nonce;
-      if (++nonce >= stop) break;
-      hasher.next();
-    }
-  }
-  return null;
-}
-
-/**
- * Mine the grant's nonce in slices of `slice` nonces, yielding to the event loop between slices so a
- * page stays responsive (a Worker may pass a large slice).
- * @param {string} author
- * @param {number} bits
- * @param {{slice?: number, signal?: AbortSignal}} [options]
- * @returns {Promise<number>}
- */
-export async function mineGrant(author, bits, { slice = 50_000, signal } = {}) {
-  for (let start = 0; start < Number.MAX_SAFE_INTEGER; start += slice) {
-    signal?.throwIfAborted();
-    const nonce = mineGrantSlice(author, bits, start, slice);
-    if (nonce !== null) return nonce;
-    await new Promise((resolve) => setTimeout(resolve, 0));
-  }
-  throw new LedgerError('no proof of work found for the starter grant', { code: 'bad_pow' });
-}
 
 // --- signatures -----------------------------------------------------------------------------------------
 
@@ -328,6 +117,8 @@ export class BrowserLedger {
     this.queue = Promise.resolve();
     this.closed = false;
     this.powBits = DEFAULT_POW_BITS;
+    /** @type {ExchangeCodec | undefined} the session link's ledger messages, built and parsed by the core */
+    this.codec = undefined;
     /** @type {{loadMs: number, replayMs: number, grantMs: number, replayed: number}} */
     this.timings = { loadMs: 0, replayMs: 0, grantMs: 0, replayed: 0 };
   }
@@ -346,6 +137,7 @@ export class BrowserLedger {
     const core = module.BrowserLedgerCore(identity.peerId, powBits);
     const ledger = new BrowserLedger(module, core, db, identity, log);
     ledger.powBits = powBits;
+    ledger.codec = await ExchangeCodec.load(coreUrl);
     ledger.timings.loadMs = performance.now() - t0;
     try {
       await ledger.run(async () => {
@@ -459,7 +251,7 @@ export class BrowserLedger {
   ownLock(work) {
     const locks = globalThis.navigator?.locks;
     if (locks === undefined) return work();
-    return locks.request(`ai4all-ledger:${this.db.name}:${this.peerId}`, { mode: 'exclusive' }, work);
+    return /** @type {Promise<T>} */ (locks.request(`ai4all-ledger:${this.db.name}:${this.peerId}`, { mode: 'exclusive' }, work));
   }
 
   /**

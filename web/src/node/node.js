@@ -1,7 +1,9 @@
 // @ts-check
 /**
- * The browser node: identity + ledger + signal client + WebRTC transport + span server, the mirror of
- * `python_peer/node.py`'s `Peer` (docs/browser.md, docs/mesh.md).
+ * The serving browser node: the node assembly (`BrowserNodeCore` of ./core.js: identity, lock, ledger,
+ * signal client, WebRTC transport, ledger gossip through signaling) with a span server plugged on, the
+ * mirror of `python_peer/node.py`'s `Peer` (docs/browser.md, docs/mesh.md). Used by the contribute page
+ * and the embed worker.
  *
  * `BrowserNode.start(config, options)` takes the node's Web Lock (one node per IndexedDB database: two
  * tabs writing one ledger would fork it), loads (or makes) the node's Ed25519 identity and its ledger
@@ -12,7 +14,7 @@
  * and announces the span. It then answers WebRTC offers and serves inference sessions through
  * `SpanServer`, paid for through the ledger (payment check at OPEN, receipts at CLOSE), and gossips the
  * ledger through signaling (`{kind: 'ledger', msg}` signal payloads, as native peers do) in periodic
- * rounds with a few peers of the model, answering theirs.
+ * rounds with a few peers of the model, answering theirs (both through the core).
  *
  * `pause()` stops serving cleanly: new sessions are refused, the span is no longer announced, open
  * sessions run to their end (closed after `pauseGraceMs`, 30 s: their clients fail over) and the ledger
@@ -25,61 +27,23 @@
 
 import { BrowserLedger } from '../ledger/ledger.js';
 import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
-import { SignalClient } from '../signaling/client.js';
 import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
-import { BrowserTransport, TransportError, transportConfigFor } from '../transport/peer.js';
+import { transportConfigFor } from '../transport/peer.js';
+import { MIB, NodeError, checkConfig, fetchManifest, folder, numLayers } from './config.js';
+import { BrowserNodeCore, LEDGER_SIGNAL, WEBRTC_SIGNAL } from './core.js';
+import { leastServedSpan, spanShards } from './span_choice.js';
 import { SpanServer } from './span_server.js';
-import { SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
 
-export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
-export const WEBRTC_SIGNAL = 'webrtc';
-export const MIB = 2 ** 20;
+export { LEDGER_SIGNAL, WEBRTC_SIGNAL, MIB, NodeError, leastServedSpan, spanShards, acquireNodeLock };
+
 const RATE_WINDOW_MS = 10_000;
 const STATUS_THROTTLE_MS = 250;
-const SHARD_FILE_RE = /^[^/\\.][^/\\]{0,254}$/; // a plain file name in the model's folder, as manifest.py
 
-/** The node cannot start or go on: no shard fits, a shard fails its check, a bad configuration. */
-export class NodeError extends Error {
-  /** @param {string} message @param {ErrorOptions} [options] */
-  constructor(message, options) {
-    super(message, options);
-    this.name = 'NodeError';
-  }
-}
-
-/**
- * The page configuration of docs/browser.md.
- * @typedef {object} PageConfig
- * @property {string} [node_id]
- * @property {string[]} signal
- * @property {{name: string, base: string}[]} models
- * @property {{pow_bits: number}} ledger
- * @property {string} python_core
- * @property {{servers: {urls: string[], username?: string, credential?: string}[], loopback_only: boolean}} [ice]
- *   STUN/TURN servers and loopback confinement of the WebRTC links (absent: loopback only, no servers)
- */
-
-/** @typedef {{start: number, end: number}} SpanChoice */
-/** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
-
-/**
- * What a transport must offer the node: `BrowserTransport`, or a relay to the page for a Worker.
- * @typedef {object} NodeTransport
- * @property {(signal: {sender: string, payload: {[key: string]: unknown}}) => Promise<unknown>} handleSignal
- * @property {{remoteId: string, state: string}[]} links
- * @property {() => void} close
- */
-
-/**
- * The hooks a transport calls: the node's side of `BrowserTransport`'s constructor options.
- * @typedef {object} TransportHooks
- * @property {(peerId: string, payload: {[key: string]: unknown}) => Promise<void>} sendSignal
- * @property {(link: {remoteId: string, send(frame: import('../protocol/wire.js').Frame): Promise<void>},
- *   frame: import('../protocol/wire.js').Frame) => void} onFrame
- * @property {(link: {remoteId: string}) => void} onLinkClosed
- * @property {(link: {remoteId: string}) => void} onLinkOpen
- * @property {{log: Logger} & ReturnType<typeof transportConfigFor>} config  the page config's ICE settings
- */
+/** @typedef {import('./config.js').PageConfig} PageConfig */
+/** @typedef {import('./span_choice.js').SpanChoice} SpanChoice */
+/** @typedef {import('./core.js').Logger} Logger */
+/** @typedef {import('./core.js').NodeTransport} NodeTransport */
+/** @typedef {import('./core.js').TransportHooks} TransportHooks */
 
 /**
  * @typedef {object} NodeOptions
@@ -114,62 +78,6 @@ export class NodeError extends Error {
  * @property {string[]} signaling  the URL of the signaling node this node is announced on, if any
  */
 
-/**
- * The least-served block shard of the manifest whose file fits `budgetBytes`, as
- * `python_peer/block_selection.py`: counts are distinct peers whose announced spans cover the shard,
- * ties go to the earlier shard.
- * @param {{model: {name: string}, shards: {kind: string, start: number, end: number, bytes: number}[]}} manifest
- * @param {import('../signaling/client.js').Announcement[]} announcements
- * @param {number} budgetBytes
- * @returns {SpanChoice}
- */
-export function leastServedSpan(manifest, announcements, budgetBytes) {
-  const name = manifest.model.name;
-  const blocks = manifest.shards.filter((s) => s.kind === 'blocks').sort((a, b) => a.start - b.start);
-  if (!blocks.length) throw new NodeError(`the manifest of ${name} has no block shards`);
-  const count = (/** @type {{start: number, end: number}} */ shard) =>
-    new Set(
-      announcements
-        .filter((a) => a.serves.some((s) => s.model === name && s.start <= shard.start && shard.end <= s.end))
-        .map((a) => a.peer_id),
-    ).size;
-  const fitting = blocks.filter((s) => s.bytes <= budgetBytes);
-  if (!fitting.length) {
-    const smallest = Math.min(...blocks.map((s) => s.bytes));
-    throw new NodeError(
-      `no block shard of ${name} fits a memory budget of ${(budgetBytes / MIB).toFixed(0)} MiB ` +
-        `(the smallest needs ${(smallest / MIB).toFixed(0)} MiB): raise the memory budget`,
-    );
-  }
-  let best = fitting[0];
-  let bestCount = count(best);
-  for (const shard of fitting.slice(1)) {
-    const n = count(shard);
-    if (n < bestCount) [best, bestCount] = [shard, n];
-  }
-  return { start: best.start, end: best.end };
-}
-
-/**
- * The block shards that make up `span` exactly, in order; NodeError if it is not a run of them.
- * @param {{shards: import('../runtime/shard.js').ShardEntry[]}} manifest
- * @param {SpanChoice} span
- */
-export function spanShards(manifest, span) {
-  const shards = manifest.shards
-    .filter((s) => s.kind === 'blocks' && span.start <= s.start && s.end <= span.end)
-    .sort((a, b) => a.start - b.start);
-  const contiguous = shards.every((s, i) => i === 0 || shards[i - 1].end === s.start);
-  if (!shards.length || shards[0].start !== span.start || shards[shards.length - 1].end !== span.end || !contiguous) {
-    const available = manifest.shards.filter((s) => s.kind === 'blocks').map((s) => `${s.start}-${s.end}`);
-    throw new NodeError(`span ${span.start}-${span.end} is not a run of this model's block shards (${available.join(', ')})`);
-  }
-  return shards;
-}
-
-/** @param {{model: {config: {num_layers: number}}}} manifest */
-const numLayers = (manifest) => manifest.model.config.num_layers;
-
 /** @param {unknown} err */
 const message = (err) => (err instanceof Error ? err.message : String(err));
 
@@ -192,8 +100,6 @@ export class BrowserNode {
   #emitTimer = null;
   #pauseEpoch = 0;
   #refreshing = false;
-  /** @type {Promise<void> | null} */
-  #pump = null;
 
   /**
    * @param {PageConfig} config
@@ -210,7 +116,7 @@ export class BrowserNode {
       span = null,
       model = null,
       runtime = { allowWebGPU: true, threads: 1 },
-      createTransport = (hooks) => new BrowserTransport(hooks),
+      createTransport,
       onEvent = () => {},
       log = console,
       gossipIntervalMs = 10_000,
@@ -236,16 +142,12 @@ export class BrowserNode {
     this.gossipFanout = gossipFanout;
     this.housekeepingMs = housekeepingMs;
     this.pauseGraceMs = pauseGraceMs;
-    /** @type {import('../signaling/client.js').Identity | null} */
+    /** @type {import('../identity/identity.js').Identity | null} */
     this.identity = null;
     /** @type {BrowserLedger | null} */
     this.ledger = null;
-    /** @type {(() => void) | null} releases the node lock */
-    this.unlock = null;
-    /** @type {SignalClient | null} */
-    this.signal = null;
-    /** @type {NodeTransport | null} */
-    this.transport = null;
+    /** @type {BrowserNodeCore | null} identity, lock, signal client, transport, signaling gossip */
+    this.core = null;
     /** @type {SpanServer | null} */
     this.server = null;
     /** @type {any} */
@@ -280,6 +182,16 @@ export class BrowserNode {
     return this.identity?.peerId ?? null;
   }
 
+  /** The signal client (null before start). */
+  get signal() {
+    return this.core?.signal ?? null;
+  }
+
+  /** The transport (null until the span is loaded). */
+  get transport() {
+    return this.core?.transport ?? null;
+  }
+
   /** @returns {NodeStatus} */
   status() {
     const server = this.server;
@@ -306,8 +218,21 @@ export class BrowserNode {
     this.#setState('starting');
     // One node per identity: two tabs of one browser share the IndexedDB key and ledger, and two
     // writers of one log would fork it (and the author would be excluded by every peer).
-    this.unlock = await acquireNodeLock(`ai4all-node/${this.db.name}`);
-    this.identity = await loadOrCreateIdentity(this.db);
+    const lock = await acquireNodeLock(`ai4all-node/${this.db.name}`);
+    try {
+      this.identity = await loadOrCreateIdentity(this.db);
+    } catch (err) {
+      lock();
+      throw err;
+    }
+    const core = new BrowserNodeCore({
+      identity: this.identity,
+      transportConfig: this.transportConfig,
+      createTransport: this.createTransport,
+      log: this.log,
+    });
+    core.unlock = lock;
+    this.core = core;
     this.#emit();
     this.log.info(`browser node ${this.identity.peerId.slice(0, 16)} starting`);
     this.ledger = await BrowserLedger.open({
@@ -317,18 +242,14 @@ export class BrowserNode {
       coreUrl: this.config.python_core,
       log: this.log,
     });
+    core.useLedger(this.ledger);
     await this.#refreshAccount();
-    this.manifest = await this.#fetchManifest();
-    this.signal = await SignalClient.create(this.identity, {
-      urls: this.config.signal,
-      serves: [],
-      log: this.log,
-    });
-    this.#pump = this.#pumpSignals();
+    this.manifest = await fetchManifest(this.modelEntry);
+    const signal = await core.connect(this.config.signal, { serves: [] });
     const manifest = this.manifest;
     let span = this.requestedSpan;
     if (span === null) {
-      const announcements = await this.signal.lookup(manifest.model.name, 0, numLayers(manifest), { limit: 64 });
+      const announcements = await signal.lookup(manifest.model.name, 0, numLayers(manifest), { limit: 64 });
       span = leastServedSpan(manifest, announcements, this.budgetBytes);
       this.log.info(`serving the least-served span ${span.start}-${span.end}`);
     }
@@ -351,17 +272,19 @@ export class BrowserNode {
       },
     });
     this.throughput = await this.server.measureThroughput();
-    this.transport = this.createTransport({
-      sendSignal: (peerId, payload) => this.#sendSignal(peerId, payload),
+    const server = this.server;
+    core.plug({
+      serves: true,
+      claims: () => true,
       onFrame: (link, frame) => this.#onFrame(link, frame),
       onLinkClosed: (link) => {
         const links = this.transport?.links ?? [];
-        if (!links.some((l) => l.remoteId === link.remoteId)) this.server?.closeClient(link.remoteId);
+        if (!links.some((l) => l.remoteId === link.remoteId)) server.closeClient(link.remoteId);
         this.#changed();
       },
       onLinkOpen: () => this.#changed(),
-      config: { log: this.log, ...this.transportConfig },
     });
+    core.openTransport();
     await this.#announce();
     this.#setState('serving');
     this.log.info(
@@ -371,41 +294,12 @@ export class BrowserNode {
     this.#sample(); // the rate counts from here
     this.#every(this.housekeepingMs, () => this.#housekeeping());
     this.#every(1_000, () => this.#sample());
-    this.#gossipLoop();
-  }
-
-  async #fetchManifest() {
-    const url = new URL('manifest.json', folder(this.modelEntry.base));
-    let response;
-    try {
-      response = await fetch(url, { cache: 'no-store' });
-    } catch (err) {
-      throw new NodeError(`cannot fetch the manifest of ${this.modelEntry.name}: ${message(err)}`, { cause: err });
-    }
-    if (!response.ok) throw new NodeError(`cannot fetch the manifest of ${this.modelEntry.name}: HTTP ${response.status}`);
-    let manifest;
-    try {
-      manifest = await response.json();
-    } catch (err) {
-      throw new NodeError(`the manifest at ${url} is not JSON: ${message(err)}`, { cause: err });
-    }
-    if (
-      typeof manifest?.model?.name !== 'string' ||
-      typeof manifest.model.config !== 'object' ||
-      !(Number.isInteger(manifest.model.config?.num_layers) && manifest.model.config.num_layers > 0) ||
-      !Array.isArray(manifest.shards)
-    ) {
-      throw new NodeError(`the manifest at ${url} lacks model.name, model.config.num_layers or shards`);
-    }
-    for (const shard of manifest.shards) {
-      if (typeof shard?.file !== 'string' || !SHARD_FILE_RE.test(shard.file)) {
-        throw new NodeError(`the manifest at ${url} names a shard file ${JSON.stringify(shard?.file)} outside its folder`);
-      }
-    }
-    if (manifest.model.name !== this.modelEntry.name) {
-      throw new NodeError(`the manifest at ${url} is for ${manifest.model.name}, not ${this.modelEntry.name}`);
-    }
-    return manifest;
+    core.gossipRounds({
+      model: manifest.model.name,
+      numLayers: numLayers(manifest),
+      intervalMs: this.gossipIntervalMs,
+      fanout: this.gossipFanout,
+    });
   }
 
   /**
@@ -459,82 +353,15 @@ export class BrowserNode {
     this.announcedKv = server.kvFreeTokens;
   }
 
-  // --- signals, frames, gossip -----------------------------------------------------------------------
+  // --- frames and gossip ----------------------------------------------------------------------------
 
   /**
-   * @param {string} peerId
-   * @param {{[key: string]: unknown}} payload
+   * Open a ledger gossip round through signaling with up to `fanout` random peers of the model
+   * (`BrowserNodeCore.gossipNow`); resolve to how many.
    */
-  async #sendSignal(peerId, payload) {
-    if (this.signal === null) throw new NodeError('the node is stopped');
-    await this.signal.sendSignal(peerId, payload);
-  }
-
-  /** Hand WebRTC signals to the transport and answer ledger gossip, until the signal client closes. */
-  async #pumpSignals() {
-    const signal = /** @type {SignalClient} */ (this.signal);
-    for await (const incoming of signal.signals()) {
-      const kind = incoming.payload.kind;
-      if (kind === LEDGER_SIGNAL) {
-        await this.#gossipReceived(incoming.sender, incoming.payload.msg);
-      } else if (kind === WEBRTC_SIGNAL) {
-        if (this.transport === null) {
-          // Not loaded yet (nothing is announced, so only a stale lookup sends this): the offerer times out.
-          this.log.info(`ignoring an offer from ${incoming.sender.slice(0, 8)}: not serving yet`);
-          continue;
-        }
-        // Paused links are still answered: an OPEN then gets session_refused at once, not a timeout.
-        this.transport.handleSignal(incoming).catch((err) => this.log.warn(`refused an offer: ${message(err)}`));
-      } else {
-        this.log.info(`ignoring a signal of kind ${JSON.stringify(String(kind)).slice(0, 40)} from ${incoming.sender.slice(0, 8)}`);
-      }
-    }
-  }
-
-  /**
-   * @param {string} sender
-   * @param {unknown} msg
-   */
-  async #gossipReceived(sender, msg) {
-    const ledger = this.ledger;
-    if (ledger === null) return;
-    try {
-      const replies = await ledger.gossipReceive(sender, msg);
-      for (const reply of replies) await this.#sendSignal(sender, { kind: LEDGER_SIGNAL, msg: reply });
-    } catch (err) {
-      this.log.warn(`ledger gossip from ${sender.slice(0, 8)} dropped: ${message(err)}`);
-    }
-  }
-
-  /** Open a gossip round with up to `fanout` random peers of the model; resolve to how many. */
   async gossipNow(fanout = this.gossipFanout) {
-    const ledger = this.ledger;
-    const signal = this.signal;
-    if (ledger === null || signal === null || this.manifest === null) return 0;
-    const found = await signal.lookup(this.modelEntry.name, 0, numLayers(this.manifest), { limit: 64 });
-    const peers = [...new Set(found.map((a) => a.peer_id))].filter((p) => p !== this.peerId);
-    const chosen = shuffle(peers).slice(0, fanout);
-    for (const peer of chosen) {
-      const msg = await ledger.gossipStart(peer, { maxMessageBytes: SIGNALING_GOSSIP_BYTES });
-      if (msg) await this.#sendSignal(peer, { kind: LEDGER_SIGNAL, msg });
-    }
-    return chosen.length;
-  }
-
-  #gossipLoop() {
-    const next = () => {
-      if (this.#state === 'stopped' || this.#state === 'error') return;
-      const timer = setTimeout(async () => {
-        try {
-          await this.gossipNow();
-        } catch (err) {
-          this.log.info(`ledger gossip round failed: ${message(err)}`);
-        }
-        next();
-      }, this.gossipIntervalMs * (0.5 + Math.random()));
-      this.#timers.push(timer);
-    };
-    next();
+    if (this.core === null || this.manifest === null) return 0;
+    return this.core.gossipNow(this.modelEntry.name, numLayers(this.manifest), fanout);
   }
 
   /**
@@ -664,10 +491,11 @@ export class BrowserNode {
       this.log.warn(`withdrawing the announcement failed: ${message(err)}`);
     }
     const deadline = Date.now() + graceMs;
-    while (server.sessions.size > 0 && Date.now() < deadline && this.#pauseEpoch === epoch && this.#state === 'paused') {
+    const paused = () => this.#pauseEpoch === epoch && this.status().state === 'paused';
+    while (server.sessions.size > 0 && Date.now() < deadline && paused()) {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
-    if (this.#pauseEpoch === epoch && this.#state === 'paused' && server.sessions.size > 0) {
+    if (paused() && server.sessions.size > 0) {
       this.log.info(`closing ${server.sessions.size} sessions still open after ${graceMs} ms of pause`);
       server.closeAll();
     }
@@ -699,16 +527,7 @@ export class BrowserNode {
     }
     if (this.#emitTimer !== null) clearTimeout(this.#emitTimer);
     this.#emitTimer = null;
-    this.transport?.close();
-    const signal = this.signal;
-    if (signal !== null) {
-      try {
-        await signal.close();
-      } catch (err) {
-        this.log.warn(`closing the signal client: ${message(err)}`);
-      }
-      await this.#pump;
-    }
+    await this.core?.close();
     if (this.server !== null) await this.server.release();
     else for (const runner of this.runners) await runner.release();
     if (this.ledger !== null) {
@@ -718,54 +537,6 @@ export class BrowserNode {
         this.log.warn(`closing the ledger: ${message(err)}`);
       }
     }
-    this.unlock?.();
-    this.unlock = null;
+    await this.core?.release();
   }
 }
-
-
-/** @param {unknown} config */
-function checkConfig(config) {
-  const c = /** @type {any} */ (config);
-  if (c === null || typeof c !== 'object') throw new NodeError('the page configuration is not an object');
-  if (!Array.isArray(c.signal) || !c.signal.length || !c.signal.every((/** @type {unknown} */ u) => typeof u === 'string')) {
-    throw new NodeError('the page configuration lists no signaling URL (signal)');
-  }
-  if (
-    !Array.isArray(c.models) ||
-    !c.models.length ||
-    !c.models.every((/** @type {any} */ m) => typeof m?.name === 'string' && typeof m?.base === 'string')
-  ) {
-    throw new NodeError('the page configuration lists no model ({name, base})');
-  }
-  if (!Number.isInteger(c.ledger?.pow_bits)) throw new NodeError('the page configuration has no ledger.pow_bits');
-  if (typeof c.python_core !== 'string') throw new NodeError('the page configuration has no python_core URL');
-  try {
-    transportConfigFor(c);
-  } catch (err) {
-    if (err instanceof TransportError) throw new NodeError(err.message);
-    throw err;
-  }
-}
-
-/** @param {string} base */
-function folder(base) {
-  const url = new URL(base, globalThis.location?.href ?? 'http://localhost/');
-  if (!url.pathname.endsWith('/')) url.pathname += '/';
-  return url;
-}
-
-/**
- * @template T
- * @param {T[]} items
- */
-function shuffle(items) {
-  const out = [...items];
-  for (let i = out.length - 1; i > 0; i--) {
-    const j = Math.floor(Math.random() * (i + 1));
-    [out[i], out[j]] = [out[j], out[i]];
-  }
-  return out;
-}
-
-export { acquireNodeLock };

@@ -11,18 +11,11 @@
  * With a ledger (`config.ledger`, the node's `BrowserLedger`), sessions are paid for as in Python: OPEN
  * quotes the client's request and answers `payment_required` when its balance (as this node's ledger
  * sees it, minus what its other open sessions here are quoted) does not cover it; FORWARD counts token
- * positions; CLOSE proposes the receipt of the work done (`meta.receipt`, `meta.server_sig`); GOSSIP
- * takes a client's log (`{kind: 'push', entries}` -> `{stored: n}`) and the countersigned receipt of a
- * closed session (`{kind: 'receipt', receipt, client_sig, server_sig}` -> `{recorded: id}`), only the
- * one waiting for that session, once, and one anti-entropy message (`{kind: 'gossip', msg}` ->
- * `{replies: [...]}`: what the node's gossip session with that client answers, at the data channel's
- * budget, as many as fit one frame; none for a message the session drops). As in Python, a forged or
- * badly signed receipt frame does not discard the waiting receipt: the client's genuine one is still
- * recorded after it. Ledger errors
- * (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python does.
- * Without a ledger sessions are free: OPEN never answers
- * `payment_required`, CLOSE proposes no receipt, a client's push is answered `{stored: 0}` and other
- * GOSSIP with `bad_frame`.
+ * positions. The ledger exchange on the link (the receipt proposed at CLOSE, the GOSSIP requests: push,
+ * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/exchange.js`); ledger
+ * errors (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python
+ * does. Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
+ * receipt, a client's push is answered `{stored: 0}` and other GOSSIP with `bad_frame`.
  *
  * `paused` refuses new sessions (`session_refused`, as `python_peer/api/control.py`) while open ones
  * run to their end.
@@ -31,10 +24,8 @@
 import {
   ErrorCode,
   FrameType,
-  MAX_METADATA_BYTES,
   TensorError,
   WireError,
-  canonicalJson,
   checkFinite,
   errorFrame,
   frameTensor,
@@ -44,24 +35,18 @@ import {
   tensorToFloat32,
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
-import { signingBytes } from '../identity/identity.js';
-import { CHANNEL_GOSSIP_BYTES, MAX_LENGTH_LIMIT, MAX_PENDING_RECEIPTS, MAX_SESSIONS, RECEIPT_CONTEXT } from '../protocol/constants.js';
+import { ExchangeRefusal, ServerExchange } from '../ledger/exchange.js';
+import { MAX_LENGTH_LIMIT, MAX_SESSIONS } from '../protocol/constants.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 
 /**
- * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`.
+ * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`, the
+ * exchange's needs (`ServerLedger` of web/src/ledger/exchange.js) and the payment check.
  * `requirePayment` throws an error with `code === 'payment_required'` when the client cannot pay;
  * an error named `LedgerError` is the client's bad input (answered `bad_frame`).
- * @typedef {object} ServerLedger
- * @property {(client: string, blocks: number, tokens: number, outstanding: number) => unknown} requirePayment
- *   resolves to the quote (`{price}`)
- * @property {(entries: unknown) => Promise<number> | number} acceptEntries
- * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
- *   Promise<{receipt: {[key: string]: unknown}, serverSig: string}>} serverReceipt
- * @property {(receipt: {[key: string]: unknown}, clientSig: string, serverSig: string) => unknown} recordReceipt
- * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
- *   the replies of the gossip session with `peer`; a LedgerError for a message that is not an object
+ * @typedef {import('../ledger/exchange.js').ServerLedger & {requirePayment: (client: string, blocks: number,
+ *   tokens: number, outstanding: number) => unknown}} ServerLedger  `requirePayment` resolves to the quote (`{price}`)
  */
 
 /**
@@ -100,34 +85,6 @@ class Refusal extends Error {
   }
 }
 
-/**
- * The receipt id of `docs/ledger.md`: the sha256 of the bytes both parties sign.
- * @param {{[key: string]: unknown}} receipt
- */
-async function receiptId(receipt) {
-  const digest = new Uint8Array(await crypto.subtle.digest('SHA-256', signingBytes(RECEIPT_CONTEXT, receipt)));
-  return hex(digest);
-}
-
-/**
- * The leading gossip replies whose `{"replies": [...]}` fits one frame's metadata (Python's
- * `server.fit_replies`): a 60 KiB `heads` and its `want` can outgrow it, and what is left out costs a
- * round, as pulling is idempotent.
- * @param {unknown[]} replies
- */
-export function fitReplies(replies, limit = MAX_METADATA_BYTES) {
-  const kept = [];
-  let size = '{"replies":[]}'.length;
-  for (const reply of replies) {
-    const cost = UTF8.encode(canonicalJson(reply)).length + (kept.length ? 1 : 0);
-    if (size + cost > limit) break;
-    kept.push(reply);
-    size += cost;
-  }
-  return kept;
-}
-
-const UTF8 = new TextEncoder();
 const hex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 const mib = (/** @type {number} */ n) => (n / 2 ** 20).toFixed(2);
 
@@ -155,7 +112,7 @@ function expect(frame, name, kind, rank) {
 /** The blocks `[start, end)` of one model, served to clients over frames. */
 export class SpanServer {
   /**
-   * @param {import('../runtime/shard.js').Manifest} manifest
+   * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} manifest
    * @param {{start: number, end: number}} span
    * @param {BlocksRunner[]} runners  consecutive, covering the span exactly
    * @param {ServerConfig} [config]
@@ -178,8 +135,8 @@ export class SpanServer {
     this.onChange = onChange;
     /** New sessions are refused while paused; open ones go on. */
     this.paused = false;
-    /** @type {Map<string, {receipt: {[key: string]: unknown}, canonical: string, recording: boolean}>} proposed at CLOSE */
-    this.receipts = new Map();
+    /** The ledger exchange on the links: receipts proposed at CLOSE, the GOSSIP requests. */
+    this.exchange = new ServerExchange({ ledger, onReceipt: (client) => this.onChange({ type: 'receipt', client }) });
     const cfg = manifest.model.config;
     this.hiddenSize = Number(cfg.hidden_size);
     // KV bytes per token per sequence: two fp32 tensors per layer.
@@ -192,7 +149,7 @@ export class SpanServer {
   /**
    * Download, verify and load the block shards that make up `[start, end)`.
    * @param {string | URL} baseUrl  the folder of manifest.json
-   * @param {import('../runtime/shard.js').Manifest} manifest
+   * @param {import('../runtime/shard.js').Manifest & {model: {name: string}}} manifest
    * @param {{start: number, end: number}} span
    * @param {ServerConfig} [config]
    * @param {import('../runtime/shard.js').LoadOptions} [loadOptions]
@@ -225,11 +182,13 @@ export class SpanServer {
     for (const runner of this.runners) runner.open(key, 1);
     try {
       const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
+      /** @type {import('../runtime/shard.js').Float32Tensor} */
       let hidden = { data: new Float32Array(8 * this.hiddenSize), dims: [1, 8, this.hiddenSize] };
       const positions = BigInt64Array.from({ length: 8 }, (_, i) => BigInt(i));
       for (const runner of this.runners) hidden = await runner.forward(key, hidden, ones(8), positions);
       const begin = performance.now();
       for (let i = 0; i < steps; i++) {
+        /** @type {import('../runtime/shard.js').Float32Tensor} */
         let h = { data: new Float32Array(this.hiddenSize), dims: [1, 1, this.hiddenSize] };
         for (const runner of this.runners) h = await runner.forward(key, h, ones(1), BigInt64Array.of(BigInt(8 + i)));
       }
@@ -264,7 +223,7 @@ export class SpanServer {
       if (frame.type === FrameType.GOSSIP) return await this.#gossip(client, frame);
       throw new Refusal(ErrorCode.BAD_FRAME, `a server does not take ${frameTypeName(frame.type)} frames`);
     } catch (err) {
-      if (err instanceof Refusal || err instanceof WireError) return errorFrame(frame.session, frame.step, err.code, err.message);
+      if (err instanceof Refusal || err instanceof ExchangeRefusal || err instanceof WireError) return errorFrame(frame.session, frame.step, err.code, err.message);
       const code = /** @type {{code?: unknown}} */ (err)?.code;
       if (code === ErrorCode.PAYMENT_REQUIRED) {
         return errorFrame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, /** @type {Error} */ (err).message);
@@ -280,54 +239,13 @@ export class SpanServer {
 
   /**
    * GOSSIP frames on a session link: a client pushing its log, returning a countersigned receipt, or
-   * sending one gossip message.
-   * Without a ledger a push (sent right after a client connects) is taken and nothing is stored
-   * (`stored: 0`), so clients need not special-case this peer; anything else is `bad_frame`.
+   * sending one gossip message (`ServerExchange.answer`).
    * @param {string} client
    * @param {import('../protocol/wire.js').Frame} frame
    */
   async #gossip(client, frame) {
-    const meta = /** @type {{[key: string]: unknown}} */ (frame.meta);
-    const answer = (/** @type {{[key: string]: unknown}} */ result) =>
-      makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: result });
-    if (this.ledger === null) {
-      if (meta.kind !== 'push') throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger');
-      return answer({ stored: 0 });
-    }
-    if (!PEER_ID_RE.test(client)) throw new Refusal(ErrorCode.BAD_FRAME, 'this peer keeps no ledger for this client');
-    if (meta.kind === 'push') return answer({ stored: await this.ledger.acceptEntries(meta.entries) });
-    if (meta.kind === 'receipt') {
-      const key = SpanServer.key(client, frame.session);
-      const pending = this.receipts.get(key);
-      const { client_sig: clientSig, server_sig: serverSig } = meta;
-      let same = false;
-      if (pending !== undefined && !pending.recording) {
-        try {
-          same = canonicalJson(meta.receipt) === pending.canonical;
-        } catch {
-          same = false; // not canonical JSON (a float, say): not our receipt
-        }
-      }
-      if (pending === undefined || !same || typeof clientSig !== 'string') {
-        throw new Refusal(ErrorCode.BAD_FRAME, 'no receipt of this session is waiting for that signature');
-      }
-      // A bad signature is refused by the ledger and the receipt waits on for the right one; the
-      // `recording` mark keeps a second copy of this frame from recording it twice meanwhile.
-      pending.recording = true;
-      try {
-        await this.ledger.recordReceipt(pending.receipt, clientSig, String(serverSig));
-      } finally {
-        pending.recording = false;
-      }
-      this.receipts.delete(key);
-      this.onChange({ type: 'receipt', client });
-      return answer({ recorded: await receiptId(pending.receipt) });
-    }
-    if (meta.kind === 'gossip' && this.ledger.gossipReceive !== undefined) {
-      const replies = await this.ledger.gossipReceive(client, meta.msg, { maxMessageBytes: CHANNEL_GOSSIP_BYTES });
-      return answer({ replies: fitReplies(replies) });
-    }
-    throw new Refusal(ErrorCode.BAD_FRAME, `unknown ledger request ${JSON.stringify(String(meta.kind)).slice(0, 40)}`);
+    const meta = await this.exchange.answer(client, SpanServer.key(client, frame.session), frame.meta);
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: /** @type {any} */ (meta) });
   }
 
   /**
@@ -453,6 +371,7 @@ export class SpanServer {
         `${session.length} + ${seq} tokens exceed the session's max_length ${session.maxLength}`,
       );
     }
+    /** @type {import('../runtime/shard.js').Float32Tensor} */
     let out = { data: tensorToFloat32(hidden), dims: [batch, seq, width] };
     const maskValues = tensorAsInt64(mask);
     const positionValues = tensorAsInt64(positions);
@@ -494,24 +413,15 @@ export class SpanServer {
     const key = SpanServer.key(client, frame.session);
     const session = this.sessions.get(key);
     this.#close(key);
-    /** @type {{[key: string]: unknown}} */
-    const meta = { closed: true };
-    if (session !== undefined && session.tokens > 0 && this.ledger !== null && PEER_ID_RE.test(client)) {
-      const { receipt, serverSig } = await this.ledger.serverReceipt({
-        session: hex(frame.session),
-        model: this.model,
-        start: this.start,
-        end: this.end,
-        tokens: session.tokens,
-        client,
-      });
-      this.receipts.delete(key);
-      this.receipts.set(key, { receipt, canonical: canonicalJson(receipt), recording: false });
-      while (this.receipts.size > MAX_PENDING_RECEIPTS) this.receipts.delete(/** @type {string} */ (this.receipts.keys().next().value));
-      meta.receipt = receipt;
-      meta.server_sig = serverSig;
-    }
-    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta });
+    const meta = await this.exchange.closeAnswer(key, {
+      client,
+      session: frame.session,
+      model: this.model,
+      start: this.start,
+      end: this.end,
+      tokens: session?.tokens ?? 0,
+    });
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: /** @type {any} */ (meta) });
   }
 
   /** @param {string} key */
@@ -542,7 +452,7 @@ export class SpanServer {
   /** Close every session and free the runners. */
   async release() {
     this.closeAll();
-    this.receipts.clear();
+    this.exchange.clear();
     for (const runner of this.runners) await runner.release();
   }
 }

@@ -85,3 +85,6 @@ export const PROBE_MISSES = 2;
 
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";
+
+// python_peer.core.proof_of_work
+export const GRANT_POW_CONTEXT = "ai4all/ledger/grant-pow/v1";

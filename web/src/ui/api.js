@@ -123,7 +123,8 @@ export async function postJson(path, body, signal) {
  * @returns {AsyncGenerator<SseEvent>}
  */
 export async function* readEvents(body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
+  const decoder = /** @type {ReadableWritablePair<string, Uint8Array>} */ (/** @type {unknown} */ (new TextDecoderStream()));
+  const reader = body.pipeThrough(decoder).getReader();
   let buffer = "";
   /** @type {string[]} */
   let data = [];

@@ -12,22 +12,21 @@
  * only peer lookups and connection set-up.
  *
  * The identity and the ledger (which pays the peers) come from IndexedDB (`web/src/storage/db.js`,
- * `web/src/ledger/ledger.js`); the embed and head shards are cached there by sha256 too. Elements
+ * `web/src/ledger/ledger.js`); the embed and head shards are cached there by sha256 too. The page is a
+ * browser node (`BrowserNodeCore`, web/src/node/core.js: lock, signal client, transport, ledger gossip
+ * through signaling) with a mesh client plugged on. Elements
  * carry `data-testid` attributes for tests/browser/test_browser_client.py.
  */
 
 import { credits, el, message, mountPage } from './dom.js';
 import { MeshClient } from '../client/mesh_client.js';
+import { BrowserNodeCore } from '../node/core.js';
 import { transportConfigFor } from '../transport/peer.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
-import { acquireNodeLock, fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
+import { fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
 
-/**
- * The page configuration (docs/browser.md, "Page configuration").
- * @typedef {{node_id: string, signal: string[], models: {name: string, base: string}[],
- *   ledger: {pow_bits: number}, python_core: string}} PageConfig
- */
+/** @typedef {import('../node/config.js').PageConfig} PageConfig */
 
 /** @typedef {{role: 'user' | 'assistant', content: string}} Turn */
 
@@ -58,6 +57,20 @@ function readNumber(input, name, low, high, { integer = false, optional = false 
   return value;
 }
 
+/**
+ * The privacy table's empty state: one row whose one cell spans every column. (It was a CSS
+ * `tbody:empty::after` table caption inside the body, which Chromium laid out one letter per line.)
+ */
+function emptyPeersRow() {
+  return el(
+    'tr',
+    { class: 'empty' },
+    el('td', { colspan: String(PEER_COLUMNS.length), class: 'muted', 'data-testid': 'peers-empty' }, 'No peer has been sent anything yet.'),
+  );
+}
+
+const PEER_COLUMNS = ['Peer', 'Blocks', 'Hidden-state frames', 'Hidden-state bytes', 'Token positions', 'Control frames'];
+
 class ChatPage {
   /**
    * @param {HTMLElement} root
@@ -68,7 +81,7 @@ class ChatPage {
     this.config = config;
     /** @type {IDBDatabase | null} */
     this.db = null;
-    /** @type {import('../signaling/client.js').Identity | null} */
+    /** @type {import('../identity/identity.js').Identity | null} */
     this.identity = null;
     /** @type {Promise<import('../ledger/ledger.js').BrowserLedger | null> | null} */
     this.ledger = null;
@@ -76,8 +89,8 @@ class ChatPage {
     this.model = null;
     /** @type {Promise<void> | null} */
     this.loading = null;
-    /** @type {(() => void) | null} releases the node lock this page holds while it is connected */
-    this.unlock = null;
+    /** @type {BrowserNodeCore | null} the node assembly: lock, signal client, transport, signaling gossip */
+    this.core = null;
     /** @type {Turn[]} */
     this.conversation = [];
     /** @type {AbortController | null} */
@@ -116,7 +129,7 @@ class ChatPage {
       this.facts[key] = el('dd', { 'data-testid': key }, text);
       return [el('dt', {}, label), this.facts[key]];
     };
-    this.peerRows = el('tbody', { 'data-testid': 'peers' });
+    this.peerRows = el('tbody', { 'data-testid': 'peers' }, emptyPeersRow());
     const privacy = el(
       'section',
       { class: 'card chat-privacy', 'aria-labelledby': 'privacy-title', 'data-testid': 'privacy' },
@@ -138,7 +151,7 @@ class ChatPage {
         el(
           'thead',
           {},
-          el('tr', {}, ...['Peer', 'Blocks', 'Hidden-state frames', 'Hidden-state bytes', 'Token positions', 'Control frames'].map((h) => el('th', { scope: 'col' }, h))),
+          el('tr', {}, ...PEER_COLUMNS.map((h) => el('th', { scope: 'col' }, h))),
         ),
         this.peerRows,
       ),
@@ -228,12 +241,14 @@ class ChatPage {
       .then(({ BrowserLedger }) =>
         BrowserLedger.open({ db, identity, powBits: this.config.ledger.pow_bits, coreUrl: this.config.python_core }),
       )
-      .catch((err) => {
+      .catch((/** @type {unknown} */ err) => {
         this.warning.textContent = `The ledger did not start (${message(err)}): peers that keep a ledger will refuse to serve this tab.`;
         this.warning.hidden = false;
         this.facts.balance.textContent = 'no ledger';
         return null;
       });
+    const ledger = /** @type {Promise<import('../node/core.js').GossipLedger | null>} */ (/** @type {unknown} */ (this.ledger));
+    this.core = new BrowserNodeCore({ identity, ledger, transportConfig: transportConfigFor(this.config) });
     this.loading = this.loadModel(this.modelSelect.value);
     await this.loading;
     await this.refreshAccount();
@@ -242,7 +257,8 @@ class ChatPage {
   /** @param {string} name */
   async loadModel(name) {
     const entry = (this.config.models ?? []).find((m) => m.name === name);
-    if (entry === undefined || this.db === null || this.identity === null || this.ledger === null) return;
+    const core = this.core;
+    if (entry === undefined || this.db === null || core === null || this.ledger === null) return;
     this.send.disabled = true;
     const previous = this.model;
     this.model = null;
@@ -257,16 +273,14 @@ class ChatPage {
       const ledger = await this.ledger;
       // Signaling binds a peer id to one connection: while the contribute page of this browser serves as
       // this identity, announcing it here would take the node's place. Hold the node's lock instead.
-      this.unlock ??= await acquireNodeLock(`ai4all-node/${db.name}`);
+      await core.lock(`ai4all-node/${db.name}`);
+      await core.connect(this.config.signal);
       const local = manifest.shards.filter((/** @type {any} */ s) => s.kind === 'embed' || s.kind === 'head');
       const total = local.reduce((/** @type {number} */ n, /** @type {any} */ s) => n + s.bytes, 0);
       /** @type {Map<string, number>} */
       const received = new Map();
       this.progress.hidden = false;
-      const client = await MeshClient.connect({
-        identity: /** @type {import('../signaling/client.js').Identity} */ (this.identity),
-        signalUrls: this.config.signal,
-        transportConfig: transportConfigFor(this.config),
+      const client = await MeshClient.attach(core, {
         manifest,
         baseUrl: entry.base,
         ledger,
@@ -276,7 +290,6 @@ class ChatPage {
             this.progress.value = [...received.values()].reduce((a, b) => a + b, 0) / total;
             onProgress?.(got, size);
           }, { meta: { model: name, file: shard.file, kind: shard.kind } }),
-        onOtherSignal: (incoming) => this.gossip(incoming),
       });
       this.progress.hidden = true;
       client.trafficListeners.add(() => this.showTraffic());
@@ -289,24 +302,6 @@ class ChatPage {
       this.progress.hidden = true;
       this.showStatus(`Cannot load ${name}: ${message(err)}`, 'error');
       throw err;
-    }
-  }
-
-  /**
-   * Ledger gossip that peers send through signaling: answered like the browser node does.
-   * @param {import('../signaling/client.js').IncomingSignal} incoming
-   */
-  async gossip(incoming) {
-    if (incoming.payload.kind !== 'ledger') return;
-    const ledger = await this.ledger;
-    const signal = this.model?.client.ownsConnections?.signal;
-    if (!ledger || !signal) return;
-    try {
-      for (const reply of await ledger.gossipReceive(incoming.sender, incoming.payload.msg)) {
-        await signal.sendSignal(incoming.sender, { kind: 'ledger', msg: reply });
-      }
-    } catch (err) {
-      console.info(`ledger gossip from ${incoming.sender.slice(0, 8)} dropped: ${message(err)}`);
     }
   }
 
@@ -346,7 +341,7 @@ class ChatPage {
         ),
       );
     }
-    this.peerRows.replaceChildren(...rows);
+    this.peerRows.replaceChildren(...(rows.length ? rows : [emptyPeersRow()]));
     this.facts['hidden-total'].textContent = `${hiddenFrames} frames, ${formatBytes(hiddenBytes)} to ${client.traffic.size} peers`;
     this.facts['hidden-total'].dataset.bytes = String(hiddenBytes);
     this.facts['control-total'].textContent = `${controlFrames} frames, ${formatBytes(controlBytes)} (open, close, ledger)`;
@@ -445,6 +440,7 @@ function main() {
   window.addEventListener('pagehide', () => {
     page.running?.abort();
     page.model?.client.close().catch(() => {});
+    page.core?.release().catch(() => {});
   });
 }
 

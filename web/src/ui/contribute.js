@@ -66,7 +66,7 @@ class ContributePage {
     this.node = null;
     /** @type {BrowserLedger | null} */
     this.ledger = null;
-    /** @type {import('../signaling/client.js').Identity | null} */
+    /** @type {import('../identity/identity.js').Identity | null} */
     this.identity = null;
     /** @type {Settings} */
     this.settings = { optedIn: false, memoryBudgetMb: DEFAULT_BUDGET_MB, span: '' };

@@ -1,0 +1,213 @@
+// @ts-check
+/**
+ * One generation's sessions along a route through the mesh (the mirror of Python's `MeshSession`):
+ * opening a session on each hop, running each step down the chain, and failover: when a hop fails, its
+ * peer is banned, the span is routed around, and the hidden states sent to it are replayed to the
+ * replacement (one FORWARD with the REPLAY flag). At close, each hop's receipt is settled through the
+ * client's ledger exchange.
+ */
+
+import { AI4AllError, FrameFlags, FrameType, PaymentRequiredError } from '../protocol/wire.js';
+import { MeshError, isHopFailure } from './errors.js';
+import { Hop, concatInputs, positionIdsFor } from './hop.js';
+import { NoRouteError } from './routing.js';
+
+/** @typedef {import('./hop.js').Hidden} Hidden */
+/** @typedef {import('./hop.js').StepInputs} StepInputs */
+/** @typedef {import('./mesh_client.js').MeshClient} MeshClient */
+
+/** One generation's sessions along a route; `step` returns the logits of the last new token. */
+export class MeshSession {
+  /**
+   * @param {MeshClient} client
+   * @param {number} batch
+   * @param {number} maxLength
+   */
+  constructor(client, batch, maxLength) {
+    if (!Number.isInteger(batch) || batch < 1 || batch > 64) throw new MeshError(`batch ${batch} must be an integer in 1..64`);
+    if (!Number.isInteger(maxLength) || maxLength < 1) throw new MeshError(`max_length ${maxLength} must be a positive integer`);
+    this.client = client;
+    this.batch = batch;
+    this.maxLength = maxLength;
+    /** @type {Hop[]} */
+    this.hops = [];
+    this.length = 0;
+    /** @type {number[]} real tokens so far, per row */
+    this.pastCounts = new Array(batch).fill(0);
+    this.failovers = 0;
+    this.lastFailure = '';
+    this.closed = false;
+    /** @type {Promise<void>} steps run one after another */
+    this.queue = Promise.resolve();
+  }
+
+  /** @returns {[string, number, number][]} (peer id, start, end) of each hop */
+  get route() {
+    return this.hops.map((h) => [h.peerId, h.start, h.end]);
+  }
+
+  async start() {
+    this.hops = await this.#openSpan(0, this.client.numLayers, []);
+  }
+
+  /**
+   * Open sessions on a route over `[start, end)`; replay `replay` (inputs to `start`) through it.
+   * @param {number} start
+   * @param {number} end
+   * @param {StepInputs[]} replay
+   * @returns {Promise<Hop[]>}
+   */
+  async #openSpan(start, end, replay) {
+    const client = this.client;
+    for (;;) {
+      let route;
+      try {
+        route = await client.route(start, end, this.batch * this.maxLength);
+      } catch (err) {
+        if (!(err instanceof NoRouteError)) throw err;
+        const why = this.lastFailure ? `; last failure: ${this.lastFailure}` : '';
+        throw new MeshError(`${err.message}${why}`, { cause: err });
+      }
+      /** @type {Hop[]} */
+      const hops = [];
+      let current = route[0].peerId;
+      try {
+        let inputs = concatInputs(replay);
+        for (const cand of route) {
+          current = cand.peerId;
+          const hop = new Hop(client, cand.peerId, cand.start, cand.end, await client.rpc(cand.peerId));
+          const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
+          await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, client.config.requestTimeoutMs);
+          hops.push(hop);
+          const spans = client.traffic.get(hop.peerId)?.spans;
+          if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);
+          if (inputs !== null) {
+            client.log.info(`replaying ${inputs.hidden.dims[1]} tokens to ${hop.peerId.slice(0, 8)} for blocks ${hop.start}-${hop.end}`);
+            const out = await hop.forward(inputs, FrameFlags.REPLAY);
+            hop.history.push(inputs);
+            inputs = { hidden: out, mask: inputs.mask, positions: inputs.positions };
+          }
+        }
+        return hops;
+      } catch (err) {
+        if (err instanceof PaymentRequiredError) {
+          for (const hop of hops) await this.#closeHop(hop);
+          throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${err.message}`, { cause: err });
+        }
+        if (!isHopFailure(err)) throw err;
+        this.#noteFailure(current, err);
+        for (const hop of hops) await this.#closeHop(hop);
+      }
+    }
+  }
+
+  /**
+   * @param {string} peerId
+   * @param {unknown} err
+   */
+  #noteFailure(peerId, err) {
+    this.failovers++;
+    this.lastFailure = `peer ${peerId.slice(0, 16)}: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`;
+    this.client.noteFailure(peerId, err);
+    if (this.failovers > this.client.config.maxFailovers) {
+      throw new MeshError(`gave up after ${this.failovers} peer failures; last: ${this.lastFailure}`, { cause: err });
+    }
+  }
+
+  /**
+   * Feed new tokens (`ids` and `mask`: [batch, seq] flattened) and return the logits of the last one,
+   * [batch, 1, vocab]. Steps run one after another.
+   * @param {BigInt64Array} ids
+   * @param {BigInt64Array} mask
+   * @returns {Promise<Hidden>}
+   */
+  step(ids, mask) {
+    const run = this.queue.then(() => this.#step(ids, mask));
+    this.queue = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
+  /**
+   * @param {BigInt64Array} ids
+   * @param {BigInt64Array} mask
+   */
+  async #step(ids, mask) {
+    if (this.closed) throw new MeshError('this session is closed');
+    if (!(ids instanceof BigInt64Array) || !(mask instanceof BigInt64Array) || ids.length !== mask.length || ids.length === 0 || ids.length % this.batch) {
+      throw new MeshError(`ids and mask must be BigInt64Arrays of the same [${this.batch}, seq] shape`);
+    }
+    if (mask.some((m) => m !== 0n && m !== 1n)) throw new MeshError('attention mask values must be 0 or 1');
+    const seq = ids.length / this.batch;
+    if (this.length + seq > this.maxLength) throw new MeshError(`the session's max_length ${this.maxLength} would be exceeded`);
+    const positions = positionIdsFor(mask, this.batch, this.pastCounts);
+    let hidden = await this.client.embed(ids, this.batch, positions);
+    let index = 0;
+    while (index < this.hops.length) {
+      const hop = this.hops[index];
+      let out;
+      try {
+        out = await hop.forward({ hidden, mask, positions });
+      } catch (err) {
+        if (!isHopFailure(err)) throw err;
+        this.#noteFailure(hop.peerId, err);
+        await this.#closeHop(hop);
+        const replacement = await this.#openSpan(hop.start, hop.end, hop.history);
+        this.hops.splice(index, 1, ...replacement);
+        continue;
+      }
+      hop.history.push({ hidden, mask, positions });
+      hidden = out;
+      index++;
+    }
+    this.length += seq;
+    for (let b = 0; b < this.batch; b++) {
+      for (let i = 0; i < seq; i++) this.pastCounts[b] += Number(mask[b * seq + i]);
+    }
+    const [batch, , width] = hidden.dims;
+    const last = new Float32Array(batch * width);
+    for (let b = 0; b < batch; b++) last.set(hidden.data.subarray((b * seq + seq - 1) * width, (b * seq + seq) * width), b * width);
+    return this.client.head({ data: last, dims: [batch, 1, width] });
+  }
+
+  /**
+   * Close the hop's session; countersign and return the receipt the peer proposes for it.
+   * @param {Hop} hop
+   */
+  async #closeHop(hop) {
+    if (hop.rpc.closed) return;
+    const client = this.client;
+    const timeout = client.config.closeTimeoutMs;
+    try {
+      const answer = await client.call(hop.rpc, { type: FrameType.CLOSE, session: hop.session, step: hop.nextStep }, timeout);
+      const terms = {
+        server: hop.peerId,
+        session: hop.session,
+        step: hop.nextStep + 1,
+        model: client.model,
+        start: hop.start,
+        end: hop.end,
+        tokens: hop.tokens,
+      };
+      const recorded = await client.exchange.settle(hop.rpc, answer.meta, terms, timeout);
+      if (recorded === null) return;
+      client.receipts.push({ peerId: hop.peerId, recorded });
+      // The receipt is in both logs: a good moment to exchange the rest, off the generation's path.
+      client.gossipSoon(hop.peerId, hop.rpc);
+    } catch (err) {
+      // a failing peer, or a receipt the ledger refuses to sign: logged, and the generation stands
+      if (!(err instanceof AI4AllError)) throw err;
+      client.log.warn(`closing session on ${hop.peerId.slice(0, 8)}: ${err.name}: ${err.message}`);
+    }
+  }
+
+  /** Close every hop's session (receipts included); later steps are refused. */
+  async close() {
+    if (this.closed) return;
+    await this.queue;
+    this.closed = true;
+    await Promise.all(this.hops.map((h) => this.#closeHop(h)));
+  }
+}

@@ -1,0 +1,363 @@
+// @ts-check
+/**
+ * The ledger exchange on a session link, one object per side (the mirror of Python's link ledger):
+ *
+ * - `ClientExchange` (used by `MeshClient`): pushes the client's own log to a peer before its first
+ *   session there (GOSSIP `{kind: 'push', entries}` -> `{stored}`), countersigns the receipt a peer
+ *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
+ *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
+ *   peer per `gossipEveryMs` and at most `gossipMaxRequests` requests per exchange.
+ * - `ServerExchange` (used by `SpanServer`): proposes the receipt at CLOSE, keeps it waiting (at most
+ *   MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests.
+ *
+ * Every message is built and parsed by `python_peer/core/ledger_exchange.py` through an
+ * `ExchangeCodec` (the ledger's, under Pyodide, unless one is given). Without a ledger nothing goes
+ * through Python: a client pushes and countersigns nothing; a server answers a push `{stored: 0}` (so
+ * clients need not special-case it), refuses other requests, and proposes no receipt.
+ */
+
+import { FrameType, canonicalJson } from '../protocol/wire.js';
+import { signingBytes } from '../identity/identity.js';
+import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, RECEIPT_CONTEXT } from '../protocol/constants.js';
+
+const PEER_ID_RE = /^[0-9a-f]{64}$/;
+const BAD_FRAME = 'bad_frame';
+
+/** @typedef {import('./exchange_codec.js').ExchangeCodec} ExchangeCodec */
+/** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
+/** @typedef {{[key: string]: unknown}} Json */
+
+/** A ledger request refused with an error code (`bad_frame`): the span server answers an ERROR frame. */
+export class ExchangeRefusal extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   * @param {ErrorOptions} [options]
+   */
+  constructor(code, message, options) {
+    super(message, options);
+    this.name = 'ExchangeRefusal';
+    this.code = code;
+  }
+}
+
+/** @param {Uint8Array} bytes */
+const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+
+/**
+ * The receipt id of `docs/ledger.md`: the sha256 of the bytes both parties sign.
+ * @param {Json} receipt
+ */
+export async function receiptId(receipt) {
+  const bytes = /** @type {Uint8Array<ArrayBuffer>} */ (signingBytes(RECEIPT_CONTEXT, receipt));
+  return hex(new Uint8Array(await crypto.subtle.digest('SHA-256', bytes)));
+}
+
+/**
+ * @param {{codec?: ExchangeCodec} | null} ledger
+ * @param {ExchangeCodec | null | undefined} codec
+ */
+function codecOf(ledger, codec) {
+  if (ledger === null) return null;
+  const found = codec ?? ledger.codec ?? null;
+  if (found === null) throw new TypeError('a ledger exchange needs an ExchangeCodec (the ledger has none)');
+  return found;
+}
+
+// --- the client's side --------------------------------------------------------------------------------
+
+/**
+ * What the client side needs of a ledger: `BrowserLedger`.
+ * @typedef {object} ClientLedger
+ * @property {string} peerId
+ * @property {ExchangeCodec} [codec]
+ * @property {(limit?: number) => Promise<unknown[]> | unknown[]} ownEntries
+ * @property {(receipt: unknown, serverSig: string, terms: {server: string, session: string, model: string,
+ *   start: number, end: number, tokens: number}) => Promise<{receipt: unknown, clientSig: string}>} countersign
+ * @property {(peer: string, options: {maxMessageBytes: number}) => Promise<unknown>} [gossipStart]
+ * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
+ */
+
+/**
+ * A link to one peer, as the exchange sees it: `RpcClient`.
+ * @typedef {{remoteId: string}} ExchangeLink
+ */
+
+/**
+ * Send one GOSSIP request on a link and get its RESULT (remote errors thrown): `MeshClient.call`.
+ * @typedef {(link: any, frame: import('../protocol/wire.js').FrameInit, timeoutMs: number) =>
+ *   Promise<import('../protocol/wire.js').Frame>} SendRequest
+ */
+
+/** The client's side of the ledger exchange on its session links. */
+export class ClientExchange {
+  /** @type {Map<string, number>} peer id -> when the last gossip exchange with it started */
+  #gossiped = new Map();
+  /** @type {Set<Promise<void>>} */
+  #runs = new Set();
+
+  /**
+   * @param {object} options
+   * @param {ClientLedger | null} options.ledger  null: push nothing, countersign nothing, never gossip
+   * @param {ExchangeCodec | null} [options.codec]  default: the ledger's
+   * @param {SendRequest} options.send
+   * @param {{requestTimeoutMs: number, gossipEveryMs: number | null, gossipMaxRequests: number}} options.config
+   * @param {Logger} [options.log]
+   * @param {() => boolean} [options.closed]  whether the client is closed (stops a gossip exchange)
+   * @param {(message: string, cause: unknown) => Error} [options.badAnswer]  the error for a peer's
+   *   malformed answer (the mesh client's BadAnswerError: the peer is routed around)
+   */
+  constructor({ ledger, codec, send, config, log = console, closed = () => false, badAnswer }) {
+    this.ledger = ledger;
+    this.badAnswer = badAnswer ?? ((message, cause) => new ExchangeRefusal(BAD_FRAME, message, { cause }));
+    this.codec = codecOf(ledger, codec);
+    this.send = send;
+    this.config = config;
+    this.log = log;
+    this.closed = closed;
+  }
+
+  /**
+   * Push our own log to a peer we have just connected to: it judges our balance from the entries it
+   * holds. Resolves to how many it stored (0 without a ledger, nothing sent).
+   * @param {ExchangeLink} link
+   */
+  async push(link) {
+    if (this.ledger === null || this.codec === null) return 0;
+    const entries = await this.ledger.ownEntries();
+    const answer = await this.#request(link, this.codec.pushRequest(entries), this.config.requestTimeoutMs);
+    return this.#parse(link, 'push', () => /** @type {ExchangeCodec} */ (this.codec).parsePushAnswer(answer.meta));
+  }
+
+  /**
+   * After CLOSE: countersign the receipt the peer proposed in its answer (checked against what this
+   * client sent) and return it on the session's link; resolves to the id the peer recorded, or null
+   * when no receipt was proposed or this client keeps no ledger.
+   * @param {ExchangeLink} link
+   * @param {unknown} closeMeta  the metadata of the answer to CLOSE
+   * @param {{server: string, session: Uint8Array, step: number, model: string, start: number, end: number, tokens: number}} terms
+   * @param {number} timeoutMs
+   * @returns {Promise<string | null>}
+   */
+  async settle(link, closeMeta, { server, session, step, model, start, end, tokens }, timeoutMs) {
+    if (this.ledger === null || this.codec === null) return null;
+    const codec = this.codec;
+    const proposed = this.#parse({ remoteId: server }, 'CLOSE', () => codec.parseCloseAnswer(closeMeta));
+    if (proposed === null) return null;
+    const { receipt, clientSig } = await this.ledger.countersign(proposed.receipt, proposed.serverSig, {
+      server,
+      session: hex(session),
+      model,
+      start,
+      end,
+      tokens,
+    });
+    const meta = codec.receiptRequest(receipt, clientSig, proposed.serverSig);
+    const answer = await this.send(link, { type: FrameType.GOSSIP, session, step, meta: /** @type {any} */ (meta) }, timeoutMs);
+    return this.#parse(link, 'receipt', () => codec.parseReceiptAnswer(answer.meta));
+  }
+
+  /**
+   * Start a gossip exchange with `peerId` in the background, unless one started less than
+   * `gossipEveryMs` ago (or the ledger cannot gossip); its promise, or null. Failures are logged, never thrown.
+   * @param {string} peerId
+   * @param {ExchangeLink} link
+   * @returns {Promise<void> | null}
+   */
+  gossipSoon(peerId, link) {
+    const every = this.config.gossipEveryMs;
+    const ledger = this.ledger;
+    if (ledger === null || every === null || !ledger.gossipStart || !ledger.gossipReceive || this.closed()) return null;
+    const now = performance.now();
+    const last = this.#gossiped.get(peerId);
+    if (last !== undefined && now - last < every) return null;
+    this.#gossiped.set(peerId, now);
+    const run = this.gossipExchange(peerId, link).then(
+      (sent) => this.log.info(`ledger gossip with ${peerId.slice(0, 8)}: ${sent} requests`),
+      (err) => this.log.warn(`ledger gossip with ${peerId.slice(0, 8)} failed: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`),
+    );
+    const tracked = run.finally(() => this.#runs.delete(tracked));
+    this.#runs.add(tracked);
+    return tracked;
+  }
+
+  /** Wait for the gossip exchanges under way. */
+  async gossipSettled() {
+    while (this.#runs.size) await Promise.all([...this.#runs]);
+  }
+
+  /**
+   * Anti-entropy with a serving peer over its link (Python's `gossip_exchange`): send our `summary` as a
+   * gossip request, feed each reply of the answer to our gossip session with the peer, send what that
+   * answers as new requests, and stop when nothing is left or after `gossipMaxRequests`. Resolves to
+   * the number of requests sent.
+   * @param {string} peerId
+   * @param {ExchangeLink} link
+   * @returns {Promise<number>}
+   */
+  async gossipExchange(peerId, link) {
+    const ledger = this.ledger;
+    const codec = this.codec;
+    if (ledger === null || codec === null || !ledger.gossipStart || !ledger.gossipReceive) return 0;
+    const options = { maxMessageBytes: CHANNEL_GOSSIP_BYTES };
+    const first = await ledger.gossipStart(peerId, options);
+    const queue = first === null || first === undefined ? [] : [first];
+    let sent = 0;
+    while (queue.length && sent < this.config.gossipMaxRequests) {
+      if (this.closed()) throw new ExchangeRefusal(BAD_FRAME, 'the mesh client is closed');
+      const answer = await this.#request(link, codec.gossipRequest(queue.shift()), this.config.requestTimeoutMs);
+      sent++;
+      const replies = this.#parse(link, 'gossip request', () => codec.parseGossipAnswer(answer.meta));
+      for (const reply of replies) queue.push(...(await ledger.gossipReceive(peerId, reply, options)));
+    }
+    if (queue.length) this.log.info(`ledger gossip with ${peerId.slice(0, 8)} stopped after ${sent} requests`);
+    return sent;
+  }
+
+  /**
+   * Parse a peer's answer; a malformed one is the peer's failure (`badAnswer`).
+   * @template T
+   * @param {ExchangeLink} link
+   * @param {string} what
+   * @param {() => T} parse
+   * @returns {T}
+   */
+  #parse(link, what, parse) {
+    try {
+      return parse();
+    } catch (err) {
+      const why = err instanceof Error ? err.message : String(err);
+      throw this.badAnswer(`peer ${link.remoteId.slice(0, 16)} answered a ${what}: ${why}`, err);
+    }
+  }
+
+  /**
+   * A request outside any session: a fresh random session id, step 0.
+   * @param {ExchangeLink} link
+   * @param {Json} meta
+   * @param {number} timeoutMs
+   */
+  #request(link, meta, timeoutMs) {
+    const session = crypto.getRandomValues(new Uint8Array(16));
+    return this.send(link, { type: FrameType.GOSSIP, session, step: 0, meta: /** @type {any} */ (meta) }, timeoutMs);
+  }
+}
+
+// --- the server's side --------------------------------------------------------------------------------
+
+/**
+ * What the server side needs of the node's ledger: `BrowserLedger`. An error named `LedgerError` is
+ * the client's bad input (the span server answers `bad_frame` with `ledger: ...`).
+ * @typedef {object} ServerLedger
+ * @property {ExchangeCodec} [codec]
+ * @property {(entries: unknown) => Promise<number> | number} acceptEntries
+ * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
+ *   Promise<{receipt: Json, serverSig: string}>} serverReceipt
+ * @property {(receipt: Json, clientSig: string, serverSig: string) => unknown} recordReceipt
+ * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
+ */
+
+/** The server's side of the ledger exchange: receipts proposed at CLOSE and the GOSSIP requests. */
+export class ServerExchange {
+  /**
+   * @param {object} options
+   * @param {ServerLedger | null} options.ledger  null: sessions are free
+   * @param {ExchangeCodec | null} [options.codec]  default: the ledger's
+   * @param {(client: string) => void} [options.onReceipt]  a countersigned receipt was recorded
+   */
+  constructor({ ledger, codec, onReceipt = () => {} }) {
+    this.ledger = ledger;
+    this.codec = codecOf(ledger, codec);
+    this.onReceipt = onReceipt;
+    /** @type {Map<string, {receipt: Json, canonical: string, recording: boolean}>} proposed at CLOSE, by session key */
+    this.receipts = new Map();
+  }
+
+  /**
+   * The answer to CLOSE of session `key`: with a ledger and work done by a client with a peer id, the
+   * receipt proposed (signed by this node), kept waiting for the client's signature.
+   * @param {string} key  the session's key (client and session id)
+   * @param {{client: string, session: Uint8Array, model: string, start: number, end: number, tokens: number}} terms
+   * @returns {Promise<Json>}
+   */
+  async closeAnswer(key, { client, session, model, start, end, tokens }) {
+    if (this.ledger === null || this.codec === null) return { closed: true };
+    if (tokens <= 0 || !PEER_ID_RE.test(client)) return this.codec.closeAnswer(null, null);
+    const { receipt, serverSig } = await this.ledger.serverReceipt({ session: hex(session), model, start, end, tokens, client });
+    this.receipts.delete(key);
+    this.receipts.set(key, { receipt, canonical: canonicalJson(receipt), recording: false });
+    while (this.receipts.size > MAX_PENDING_RECEIPTS) this.receipts.delete(/** @type {string} */ (this.receipts.keys().next().value));
+    return this.codec.closeAnswer(receipt, serverSig);
+  }
+
+  /**
+   * The answer to a GOSSIP frame on a session link: a client pushing its log, returning a
+   * countersigned receipt, or sending one gossip message. As in Python, a forged or badly signed
+   * receipt frame does not discard the waiting receipt: the genuine one is still recorded after it.
+   * @param {string} client  the link's remote peer id
+   * @param {string} key  the frame's session key (client and session id)
+   * @param {unknown} meta
+   * @returns {Promise<Json>}
+   */
+  async answer(client, key, meta) {
+    const ledger = this.ledger;
+    const codec = this.codec;
+    if (ledger === null || codec === null) {
+      const kind = /** @type {{kind?: unknown}} */ (meta)?.kind;
+      if (kind !== 'push') throw new ExchangeRefusal(BAD_FRAME, 'this peer keeps no ledger');
+      return { stored: 0 };
+    }
+    if (!PEER_ID_RE.test(client)) throw new ExchangeRefusal(BAD_FRAME, 'this peer keeps no ledger for this client');
+    if (/** @type {{kind?: unknown}} */ (meta)?.kind === 'receipt') return this.#record(client, key, meta);
+    const request = codec.parseRequest(meta); // LedgerError: answered bad_frame `ledger: ...`
+    if (request.kind === 'push') return codec.pushAnswer(await ledger.acceptEntries(request.entries));
+    if (request.kind === 'gossip' && ledger.gossipReceive !== undefined) {
+      const replies = await ledger.gossipReceive(client, request.msg, { maxMessageBytes: CHANNEL_GOSSIP_BYTES });
+      return codec.gossipAnswer(replies);
+    }
+    throw new ExchangeRefusal(BAD_FRAME, `unknown ledger request ${JSON.stringify(String(request.kind)).slice(0, 40)}`);
+  }
+
+  /**
+   * @param {string} client
+   * @param {string} key
+   * @param {unknown} meta
+   */
+  async #record(client, key, meta) {
+    const ledger = /** @type {ServerLedger} */ (this.ledger);
+    const codec = /** @type {ExchangeCodec} */ (this.codec);
+    const pending = this.receipts.get(key);
+    const refused = () => new ExchangeRefusal(BAD_FRAME, 'no receipt of this session is waiting for that signature');
+    if (pending === undefined || pending.recording) throw refused();
+    /** @type {import('./exchange_codec.js').LedgerRequest} */
+    let request;
+    try {
+      request = codec.parseRequest(meta);
+    } catch {
+      throw refused(); // not a receipt request at all (a signature that is not a string, say): not ours
+    }
+    let same = false;
+    try {
+      same = request.kind === 'receipt' && canonicalJson(request.receipt) === pending.canonical;
+    } catch {
+      same = false; // not canonical JSON (a float, say): not our receipt
+    }
+    if (!same || request.kind !== 'receipt') throw refused();
+    // A bad signature is refused by the ledger and the receipt waits on for the right one; the
+    // `recording` mark keeps a second copy of this frame from recording it twice meanwhile.
+    pending.recording = true;
+    try {
+      await ledger.recordReceipt(pending.receipt, request.client_sig, request.server_sig);
+    } finally {
+      pending.recording = false;
+    }
+    this.receipts.delete(key);
+    this.onReceipt(client);
+    return codec.receiptAnswer(await receiptId(pending.receipt));
+  }
+
+  /** Forget every waiting receipt. */
+  clear() {
+    this.receipts.clear();
+  }
+}

@@ -1,0 +1,107 @@
+// @ts-check
+/**
+ * The browser node's configuration: the page configuration of docs/browser.md (checked), the model's
+ * manifest (fetched and checked), and the node's error.
+ */
+
+import { TransportError, transportConfigFor } from '../transport/peer.js';
+
+export const MIB = 2 ** 20;
+const SHARD_FILE_RE = /^[^/\\.][^/\\]{0,254}$/; // a plain file name in the model's folder, as manifest.py
+
+/** The node cannot start or go on: no shard fits, a shard fails its check, a bad configuration. */
+export class NodeError extends Error {
+  /** @param {string} message @param {ErrorOptions} [options] */
+  constructor(message, options) {
+    super(message, options);
+    this.name = 'NodeError';
+  }
+}
+
+/**
+ * The page configuration of docs/browser.md.
+ * @typedef {object} PageConfig
+ * @property {string} [node_id]
+ * @property {string[]} signal
+ * @property {{name: string, base: string}[]} models
+ * @property {{pow_bits: number}} ledger
+ * @property {string} python_core
+ * @property {{servers: {urls: string[], username?: string, credential?: string}[], loopback_only: boolean}} [ice]
+ *   STUN/TURN servers and loopback confinement of the WebRTC links (absent: loopback only, no servers)
+ */
+
+/** @param {{model: {config: {num_layers: number}}}} manifest */
+export const numLayers = (manifest) => manifest.model.config.num_layers;
+
+/** @param {unknown} err */
+const message = (err) => (err instanceof Error ? err.message : String(err));
+
+/**
+ * Fetch and check the manifest of a model of the page configuration.
+ * @param {{name: string, base: string}} modelEntry
+ * @returns {Promise<any>}
+ */
+export async function fetchManifest(modelEntry) {
+  const url = new URL('manifest.json', folder(modelEntry.base));
+  let response;
+  try {
+    response = await fetch(url, { cache: 'no-store' });
+  } catch (err) {
+    throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: ${message(err)}`, { cause: err });
+  }
+  if (!response.ok) throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: HTTP ${response.status}`);
+  let manifest;
+  try {
+    manifest = await response.json();
+  } catch (err) {
+    throw new NodeError(`the manifest at ${url} is not JSON: ${message(err)}`, { cause: err });
+  }
+  if (
+    typeof manifest?.model?.name !== 'string' ||
+    typeof manifest.model.config !== 'object' ||
+    !(Number.isInteger(manifest.model.config?.num_layers) && manifest.model.config.num_layers > 0) ||
+    !Array.isArray(manifest.shards)
+  ) {
+    throw new NodeError(`the manifest at ${url} lacks model.name, model.config.num_layers or shards`);
+  }
+  for (const shard of manifest.shards) {
+    if (typeof shard?.file !== 'string' || !SHARD_FILE_RE.test(shard.file)) {
+      throw new NodeError(`the manifest at ${url} names a shard file ${JSON.stringify(shard?.file)} outside its folder`);
+    }
+  }
+  if (manifest.model.name !== modelEntry.name) {
+    throw new NodeError(`the manifest at ${url} is for ${manifest.model.name}, not ${modelEntry.name}`);
+  }
+  return manifest;
+}
+
+/** @param {unknown} config */
+export function checkConfig(config) {
+  const c = /** @type {any} */ (config);
+  if (c === null || typeof c !== 'object') throw new NodeError('the page configuration is not an object');
+  if (!Array.isArray(c.signal) || !c.signal.length || !c.signal.every((/** @type {unknown} */ u) => typeof u === 'string')) {
+    throw new NodeError('the page configuration lists no signaling URL (signal)');
+  }
+  if (
+    !Array.isArray(c.models) ||
+    !c.models.length ||
+    !c.models.every((/** @type {any} */ m) => typeof m?.name === 'string' && typeof m?.base === 'string')
+  ) {
+    throw new NodeError('the page configuration lists no model ({name, base})');
+  }
+  if (!Number.isInteger(c.ledger?.pow_bits)) throw new NodeError('the page configuration has no ledger.pow_bits');
+  if (typeof c.python_core !== 'string') throw new NodeError('the page configuration has no python_core URL');
+  try {
+    transportConfigFor(c);
+  } catch (err) {
+    if (err instanceof TransportError) throw new NodeError(err.message);
+    throw err;
+  }
+}
+
+/** @param {string} base */
+export function folder(base) {
+  const url = new URL(base, globalThis.location?.href ?? 'http://localhost/');
+  if (!url.pathname.endsWith('/')) url.pathname += '/';
+  return url;
+}
