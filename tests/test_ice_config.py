@@ -10,7 +10,7 @@ import pytest
 from python_peer.cli import CommandError, build_parser
 from python_peer.peer_cli import IceSettings, ice_settings
 from python_peer.transport import IceServer, TransportConfig
-from tests.conftest import run_cli
+from tests.support.procs import run_cli
 
 
 def _parse(command: str, *flags: str) -> argparse.Namespace:

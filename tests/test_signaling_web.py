@@ -37,8 +37,7 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from signaling.app import browser_site, create_app
 from signaling.node import NodeConfig, SignalingNode
 from signaling.web import PAGE_CSP, WEB_DIR, BrowserSite, ServedModel, SiteError
-from tests.conftest import run_cli
-from tests.procs import Node, free_port
+from tests.support.procs import Node, free_port, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 
