@@ -32,7 +32,7 @@ def wait_for(
     interval: float = DEFAULT_INTERVAL,
     describe: Callable[[], object] | None = None,
 ) -> T:
-    """Call ``condition`` until it returns something truthy; return that (checked once more at the end)."""
+    """Call ``condition`` until it returns something truthy, and return that; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
         value = condition()
