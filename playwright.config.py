@@ -6,7 +6,7 @@ names another binary and wins when set. ``playwright install`` is never needed a
 it downloads a browser, which this project does not use (and which fails offline).
 
 The file name is fixed by the project layout, so it is not importable as ``playwright.config`` (that
-is Playwright's package); ``tests/browser/conftest.py`` loads it by path. Stdlib only.
+is Playwright's package); ``tests/support/browser.py`` loads it by path. Stdlib only.
 """
 
 from __future__ import annotations

@@ -1,16 +1,17 @@
-"""Shared fixtures: tiny random models per family (offline), and helpers to run the ``ai4all`` CLI."""
+"""Shared fixtures: tiny random models per family (offline) and the default model's export.
+
+Helpers that are not fixtures (processes, waiting, ledger data, browser pages) live in ``tests/support/``;
+no test module imports another test module or a conftest.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.procs import run_cli
 
 # Keep onnxruntime, torch and tokenizers from each taking every core of a 2-core CI machine at once.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
@@ -22,25 +23,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("AI4ALL_LEDGER_POW_BITS", "4")
 
 
-def run_cli(
-    args: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None, cwd: Path | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``ai4all ARGS`` in a fresh interpreter; return the finished process (never raises on status)."""
-    return subprocess.run(
-        [sys.executable, "-m", "python_peer.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        cwd=cwd or ROOT,
-        check=False,
-    )
-
-
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
     """Build (once per session) a tiny random model directory for a family and options."""
-    from tests import tiny_models
+    from tests.support import tiny_models
 
     built: dict[tuple[str, int, bool, bool], Path] = {}
 

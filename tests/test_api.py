@@ -43,8 +43,7 @@ from python_peer.mesh_client import ClientConfig, MeshError
 from python_peer.node import NodeConfig
 from python_peer.routing import NoRouteError
 from python_peer.tokenizer import ModelTokenizer
-from tests.conftest import run_cli
-from tests.procs import Node, PeerProc
+from tests.support.procs import Node, PeerProc, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 

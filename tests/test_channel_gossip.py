@@ -29,9 +29,8 @@ from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
-from tests.conftest import run_cli
-from tests.procs import Node, PeerProc
-from tests.test_mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
+from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
+from tests.support.procs import Node, PeerProc, run_cli
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -16,7 +16,7 @@ import torch
 
 from python_peer.chain import LocalChain
 from python_peer.up import DEFAULT_SPANS
-from tests.conftest import ROOT
+from tests.support.procs import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.support.procs import run_cli
 
 
 def assert_one_line_error(result, *needles: str) -> str:

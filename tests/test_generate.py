@@ -11,7 +11,7 @@ from python_peer.chain import LocalChain
 from python_peer.errors import PeerError
 from python_peer.generate import Generation, SamplingParams, generate, sample, stream
 from python_peer.tokenizer import ModelTokenizer, TemplateError
-from tests.conftest import run_cli
+from tests.support.procs import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from python_peer.cli import build_parser
 from python_peer.core.errors import CommandError
 from python_peer.core.ice import IceServer, IceSettings, ice_settings
 from python_peer.transport import TransportConfig
-from tests.conftest import run_cli
+from tests.support.procs import run_cli
 
 
 def _parse(command: str, *flags: str) -> argparse.Namespace:

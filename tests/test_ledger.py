@@ -1,7 +1,7 @@
 """Ledger rules: entry bytes (golden), validators and their reasons, balances, and every attack.
 
-Each attack asserts the rejection's code and reason and that no balance changed. Shared helpers here
-are imported by the other ledger test files.
+Each attack asserts the rejection's code and reason and that no balance changed. The helpers it shares
+with the other ledger test files live in ``tests/support/ledger.py``.
 """
 
 from __future__ import annotations
@@ -31,20 +31,13 @@ from python_peer.core.entries import (
 )
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.ledger_fields import MAX_FUTURE_MS, Rejection
-from python_peer.core.proof_of_work import mine_grant, pow_bits
+from python_peer.core.proof_of_work import pow_bits
 from python_peer.core.receipts import Receipt, ReceiptBody, check_receipt_terms
 from python_peer.core.rules import check_body, check_entry, check_link
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
+from tests.support.ledger import GOLDEN, GOLDEN_NONCE, MODEL, NOW, RULES, T0, Log, cosign, grant, ids
 
-T0 = 1_700_000_000_000
-NOW = T0 + 30 * 86_400_000  # "now" of every validation: a month after the first entry
-RULES = Rules(grant_pow_bits=4)  # the network's economics, with a proof of work tests can afford
-MODEL = "smollm2-135m"
-
-# The golden identity: seed 00 01 .. 1f, and a grant nonce meeting the real 22-bit difficulty.
-GOLDEN = Identity.from_seed(bytes(range(32)))
-GOLDEN_NONCE = 614645
 GOLDEN_GRANT_HASH = "8ae95e7c38567a93d3f8f00c88a186c11e134dc06a17bc49ded354c53454756a"
 GOLDEN_GRANT_BYTES = (
     b'{"author":"03a107bff3ce10be1d70dd18e74bc09967e4d6309ba50d5f1ddc8664125531b8",'
@@ -55,60 +48,6 @@ GOLDEN_GRANT_BYTES = (
 )
 GOLDEN_RECEIPT_ID = "3d03df9d101111b565669a34fc88e0219c3ab37a48337960bb802ffeab68ef03"
 GOLDEN_RECEIPT_ENTRY_HASH = "001a8b23f25616a54b3e77e7e68d63bf0d6a87cb95d6374111a9eb4af9e593e6"
-
-_NONCES: dict[str, int] = {}
-
-
-def ids(n: int, offset: int = 0) -> list[Identity]:
-    """``n`` fixed identities (seeds 1.., never the golden one), so runs are reproducible."""
-    return [Identity.from_seed(hashlib.sha256(b"ledger-test-%d" % (i + offset)).digest()) for i in range(n)]
-
-
-def grant(identity: Identity, rules: Rules = RULES) -> Grant:
-    """A grant whose proof of work meets ``rules`` (mined once per identity and difficulty)."""
-    key = f"{identity.peer_id}:{rules.grant_pow_bits}"
-    if key not in _NONCES:
-        nonce = mine_grant(identity.peer_id, rules.grant_pow_bits)
-        assert nonce is not None
-        _NONCES[key] = nonce
-    return Grant(_NONCES[key])
-
-
-def cosign(
-    client: Identity,
-    server: Identity,
-    *,
-    tokens: int = 100,
-    start: int = 0,
-    end: int = 10,
-    time: int = T0 + 60_000,
-    session: str | None = None,
-    model: str = MODEL,
-) -> ReceiptBody:
-    """A receipt both parties signed over the same bytes, as the mesh produces at a session's end."""
-    receipt = Receipt(
-        session or os.urandom(16).hex(), model, start, end, tokens, client.peer_id, server.peer_id, time
-    )
-    message = receipt.signing_bytes()
-    return ReceiptBody(receipt, client.sign(message), server.sign(message))
-
-
-class Log:
-    """An author's chain built by hand (bypassing any store), for feeding the pure rules."""
-
-    def __init__(self, identity: Identity) -> None:
-        self.identity = identity
-        self.entries: list[Entry] = []
-
-    def add(self, body: Any, time: int | None = None) -> Entry:
-        head = self.entries[-1] if self.entries else None
-        when = head.time + 1000 if head else T0
-        if isinstance(body, ReceiptBody):  # carried after the session closed, as the mesh does
-            when = max(when, body.receipt.time)
-        when = time if time is not None else when
-        entry = next_entry(self.identity.peer_id, head, when, body, self.identity.sign)
-        self.entries.append(entry)
-        return entry
 
 
 def report_of(entries: Iterable[Entry], rules: Rules = RULES) -> Any:

@@ -5,7 +5,6 @@ malformed messages dropped with a reason. Every message goes through the real GO
 from __future__ import annotations
 
 import random
-from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +16,10 @@ from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
 from python_peer.core.entries import Entry, make_entry
 from python_peer.core.gossip import MAX_GOSSIP_MESSAGE_BYTES, GossipConfig, GossipSession
-from python_peer.core.wire import MAX_METADATA_BYTES, Frame, FrameType, decode_frame, encode_frame
+from python_peer.core.wire import MAX_METADATA_BYTES
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore
-from tests.test_ledger import NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.ledger import NOW, RULES, T0, Log, Wire, cosign, grant, ids
 
 
 class Node:
@@ -36,39 +35,6 @@ class Node:
         if peer not in self.sessions:
             self.sessions[peer] = GossipSession(self.store, self.config, peer=str(peer))
         return self.sessions[peer]
-
-
-class Wire:
-    """The in-memory channel: every message is framed, decoded, measured and delivered in order."""
-
-    def __init__(self) -> None:
-        self.messages = 0
-        self.largest = 0
-        self.kinds: dict[str, int] = {}
-
-    def carry(self, message: dict[str, Any], budget: int) -> dict[str, Any]:
-        size = len(canonical_bytes(message))
-        assert size <= budget, f"{message['type']} of {size} bytes is over the budget of {budget}"
-        frame = decode_frame(encode_frame(Frame(FrameType.GOSSIP, meta=message)))
-        self.messages += 1
-        self.largest = max(self.largest, size)
-        self.kinds[message["type"]] = self.kinds.get(message["type"], 0) + 1
-        return frame.meta
-
-    def round(self, nodes: list[Node], i: int, j: int, now: int) -> None:
-        """One anti-entropy round opened by ``i`` toward ``j``, run until neither has anything to say."""
-        opening = nodes[i].session(j).start(now, force=True)
-        queue: deque[tuple[int, int, dict[str, Any]]] = deque([(i, j, opening)] if opening else [])
-        for _ in range(10_000):
-            if not queue:
-                return
-            src, dst, message = queue.popleft()
-            received = (
-                nodes[dst].session(src).receive(self.carry(message, nodes[src].config.max_message_bytes), now)
-            )
-            assert received.problem is None, received.problem
-            queue.extend((dst, src, reply) for reply in received.replies)
-        raise AssertionError("a gossip round did not end")
 
 
 def _converged(nodes: list[Node]) -> bool:

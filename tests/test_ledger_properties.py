@@ -12,82 +12,26 @@ from hypothesis import strategies as st
 
 from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
-from python_peer.core.economics import HOUR_MS, Rules
-from python_peer.core.entries import Entry, ForkProof, Grant, make_entry, parse_entry
+from python_peer.core.economics import Rules
+from python_peer.core.entries import Entry, Grant, parse_entry
 from python_peer.core.errors import CanonicalError, LedgerError
-from python_peer.core.receipts import ReceiptBody
 from python_peer.ledger_store import LedgerStore, native_verify
-from tests.test_ledger import NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.ledger import (
+    NOW,
+    PEOPLE,
+    RULES,
+    Action,
+    Log,
+    build,
+    grant,
+    plans,
+)
 
-PEOPLE = ids(5, 1000)
-SESSIONS = [f"{i:032x}" for i in range(3)]
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 STORE_SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-Action = tuple[int, str, int, int, int, int, int, int]
-
-
-def plans(min_size: int = 1, max_size: int = 30) -> st.SearchStrategy[list[Action]]:
-    return st.lists(
-        st.tuples(
-            st.integers(0, len(PEOPLE) - 1),  # who acts
-            st.sampled_from(["grant", "serve", "serve", "serve", "carry", "fork", "proof"]),
-            st.integers(0, len(PEOPLE) - 1),  # the other party
-            st.integers(0, 3),  # first block
-            st.integers(1, 3),  # blocks
-            st.integers(1, 2000),  # tokens
-            st.integers(0, 2 * HOUR_MS),  # time since the previous action
-            st.integers(0, len(SESSIONS) - 1),  # session (repeats make cumulative receipts)
-        ),
-        min_size=min_size,
-        max_size=max_size,
-    )
-
 
 actions = plans()
-
-
-def build(plan: list[Action]) -> list[Entry]:
-    """Entries of five identities following ``plan``: grants (some twice), receipts (some carried by both
-    parties, some cumulative), forks (a second entry at a seq already written) and fork proofs."""
-    logs = [Log(p) for p in PEOPLE]
-    extra: list[Entry] = []
-    forks: list[tuple[Entry, Entry]] = []
-    last: ReceiptBody | None = None
-    now = T0
-    for who, kind, other, start, blocks, tokens, step, session in plan:
-        now += step
-        log = logs[who]
-        if kind == "grant":
-            log.add(grant(log.identity), time=max(now, log.entries[-1].time if log.entries else now))
-        elif kind == "serve" and other != who:
-            last = cosign(
-                PEOPLE[other],
-                PEOPLE[who],
-                tokens=tokens,
-                start=start,
-                end=start + blocks,
-                time=now,
-                session=SESSIONS[session],
-            )
-            log.add(last)
-        elif (
-            kind == "carry"
-            and last is not None
-            and log.identity.peer_id in (last.receipt.client, last.receipt.server)
-        ):
-            log.add(last)
-        elif kind == "fork" and log.entries and not isinstance(log.entries[-1].body, ForkProof):
-            head = log.entries[-1]
-            partner = PEOPLE[(who + 1) % len(PEOPLE)]
-            body = cosign(partner, log.identity, tokens=tokens, time=head.time, session=SESSIONS[session])
-            twin = make_entry(head.author, head.seq, head.prev, head.time, body, log.identity.sign)
-            if twin.hash != head.hash:
-                extra.append(twin)
-                forks.append((head, twin))
-        elif kind == "proof" and forks:
-            log.add(ForkProof.of(*forks[other % len(forks)]))
-    return [e for log in logs for e in log.entries] + extra
 
 
 def summary(report: Any) -> tuple[Any, ...]:

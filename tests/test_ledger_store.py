@@ -22,8 +22,8 @@ from python_peer.core.errors import LedgerError
 from python_peer.core.receipts import ReceiptBody
 from python_peer.identity import IDENTITY_FILE, Identity
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
-from tests.conftest import ROOT, run_cli
-from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.procs import ROOT, run_cli
 
 
 def test_append_reopen_and_read_back(tmp_path: Path) -> None:

@@ -36,9 +36,20 @@ from python_peer.core.rules import check_body, check_fork_proof
 from python_peer.core.signature_claims import Claim, KnownSignatures, signature_claims
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
-from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
-from tests.test_ledger_gossip import Wire
-from tests.test_ledger_properties import build, plans
+from tests.support.ledger import (
+    GOLDEN,
+    GOLDEN_NONCE,
+    NOW,
+    RULES,
+    T0,
+    Log,
+    Wire,
+    build,
+    cosign,
+    grant,
+    ids,
+    plans,
+)
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -332,10 +343,10 @@ def test_gossip_between_memory_and_sqlite_stores_converges() -> None:
     wire = Wire()
     for n in range(40):
         i, j = rng.sample(range(4), 2)
-        wire.round(nodes, i, j, NOW + n * 10_000)  # type: ignore[arg-type]
+        wire.round(nodes, i, j, NOW + n * 10_000)
     for n in range(4):  # a ring to finish
         for i in range(4):
-            wire.round(nodes, i, (i + 1) % 4, NOW + (50 + n) * 10_000)  # type: ignore[arg-type]
+            wire.round(nodes, i, (i + 1) % 4, NOW + (50 + n) * 10_000)
     first = state(nodes[0].store)[:7]
     assert all(state(n.store)[:7] == first for n in nodes[1:])
     assert nodes[0].store.forks() == {cheat.identity.peer_id: 6}

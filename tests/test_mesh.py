@@ -28,7 +28,7 @@ from python_peer.core.errors import (
 )
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
-from python_peer.generate import SamplingParams, agenerate, generate
+from python_peer.generate import SamplingParams, generate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import ClientConfig, MeshClient, MeshError
@@ -37,15 +37,11 @@ from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from python_peer.tokenizer import ModelTokenizer
-from python_peer.transport import Link, LinkManager, TransportConfig
-from tests.conftest import run_cli
-from tests.procs import Node, PeerProc
+from python_peer.transport import Link, LinkManager
+from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
+from tests.support.procs import Node, PeerProc, run_cli
 
 pytestmark = pytest.mark.timeout(180)
-
-PROMPTS = ["What is the capital of France?", "Write a short poem about the sea.", "hello world"]
-FAST = ClientConfig(request_timeout_s=8.0, connect_timeout_s=8.0, ban_seconds=30.0)
-FAST_TRANSPORT = TransportConfig(connect_timeout_s=8.0)
 
 
 class Mesh:
@@ -118,12 +114,6 @@ def local_tokens(model: Path, prompt: str, max_tokens: int = 16) -> tuple[int, .
     tokenizer = ModelTokenizer(model, chain.manifest)
     ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": prompt}]))
     return generate(chain, tokenizer, ids, SamplingParams(max_tokens=max_tokens)).token_ids
-
-
-async def mesh_tokens(client: MeshClient, prompt: str, max_tokens: int = 16) -> tuple[int, ...]:
-    tokenizer = ModelTokenizer(client.model_dir, client.manifest)
-    ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": prompt}]))
-    return (await agenerate(client, tokenizer, ids, SamplingParams(max_tokens=max_tokens))).token_ids
 
 
 async def test_greedy_through_the_mesh_equals_the_local_chain(mesh: Mesh) -> None:

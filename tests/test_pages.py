@@ -28,7 +28,7 @@ from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType
 from python_peer.node import NodeConfig, Peer, PeerConfig
-from tests.procs import Node
+from tests.support.procs import Node
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -7,7 +7,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from tests.conftest import ROOT
+from tests.support.procs import ROOT
 
 BLOCKER = """
 import importlib.abc, sys

@@ -25,8 +25,9 @@ from python_peer.core.canonical import ANNOUNCE_CONTEXT, AUTH_CONTEXT, Announcem
 from python_peer.core.errors import RemoteSignalingError, SignalClientError
 from python_peer.identity import Identity
 from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
-from tests import procs
-from tests.procs import Node, free_port
+from tests.support import procs
+from tests.support.procs import Node, free_port
+from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,16 +53,6 @@ def config(*urls: str, **kw: Any) -> SignalClientConfig:
 
 def spans(model: str, start: int, end: int) -> tuple[ServedSpan, ...]:
     return (ServedSpan(model, start, end),)
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> Any:
-    """Await ``check()`` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(0.05)
 
 
 class RawPeer:
@@ -162,7 +153,7 @@ async def test_peers_on_two_nodes_meet_and_signal_both_ways(mesh: tuple[Node, No
             seen_by_b = {x.peer_id for x in await b.lookup("fed/m", 0, 4)}
             return seen_by_a == seen_by_b == {a.peer_id, b.peer_id}
 
-        assert await eventually(both_seen)
+        assert await wait_for_async(both_seen, 5.0, what="both peers seen on both nodes")
         await a.send_signal(b.peer_id, {"sdp": "offer from a", "kind": "offer"})
         got = await asyncio.wait_for(b.recv_signal(), 5)
         assert (got.sender, got.payload) == (a.peer_id, {"sdp": "offer from a", "kind": "offer"})
@@ -179,7 +170,7 @@ async def test_peers_on_two_nodes_meet_and_signal_both_ways(mesh: tuple[Node, No
             e["peer_id"] in (a.peer_id, b.peer_id) for node in mesh for e in node.directory()["entries"]
         )
 
-    assert await eventually(gone)
+    assert await wait_for_async(gone, 5.0, what="both announcements withdrawn")
 
 
 async def test_client_reannounces_before_expiry(mesh: tuple[Node, Node]) -> None:
@@ -192,6 +183,7 @@ async def test_client_reannounces_before_expiry(mesh: tuple[Node, Node]) -> None
             return int(entries[0]["seq"]) if entries else -1
 
         first = seq_on_beta()
+        # Time passing IS the test: past one ttl the entry must still be there, re-announced meanwhile.
         await asyncio.sleep(2.0)  # well past one ttl
         assert seq_on_beta() > first > 0
         assert [p.peer_id for p in await peer.lookup("renew/m", 0, 1)] == [peer.peer_id]
@@ -272,13 +264,13 @@ async def test_announcement_expires_from_every_node(mesh: tuple[Node, Node]) -> 
         async def on_beta() -> list[str]:
             return await other.lookup("expiry/m")
 
-        assert await eventually(on_beta, timeout=1.0) == [raw.identity.peer_id]  # gossiped
+        assert await wait_for_async(on_beta, 1.0, what="gossip to beta") == [raw.identity.peer_id]  # gossiped
 
         async def expired_everywhere() -> bool:
             listed = [e["peer_id"] for node in mesh for e in node.directory()["entries"]]
             return raw.identity.peer_id not in listed and not await other.lookup("expiry/m")
 
-        assert await eventually(expired_everywhere, timeout=4.0)
+        assert await wait_for_async(expired_everywhere, 4.0, what="expiry on every node")
 
 
 async def test_oversized_and_malformed_messages(mesh: tuple[Node, Node]) -> None:
@@ -334,7 +326,7 @@ async def test_rate_limits(mesh: tuple[Node, Node]) -> None:
             replies = [await raw.recv() for _ in range(count)]
             limited = [r for r in replies if r.get("code") == "rate_limited"]
             assert len(limited) >= 10 and {r["id"] for r in replies} == set(range(count))
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # waiting out the rate limit's refill IS the test: no condition to poll
             assert await raw.lookup("nobody/m") == []  # tokens came back
         async with raw_peer(alpha.url) as flood:  # a connection that keeps flooding is closed
             with pytest.raises(ConnectionClosed) as closed:
@@ -385,7 +377,7 @@ async def test_failover_when_a_node_is_killed(tmp_path: Path) -> None:
             async def backing_off() -> bool:
                 return mover.state in (SignalClientState.BACKOFF, SignalClientState.CONNECTING)
 
-            assert await eventually(backing_off)
+            assert await wait_for_async(backing_off, 5.0, what="the client backing off")
     finally:
         for node in (first, second):
             if node.proc.poll() is None:
@@ -468,7 +460,9 @@ async def one_link(ant: Node, bee: Node) -> tuple[dict[str, Any], dict[str, Any]
         seen = [(s["node_id"], s["dialed"]) for node in (ant, bee) for s in sibling_links(node)]
         return seen == [("bee", True), ("ant", False)]
 
-    assert await eventually(settled, timeout=10.0), (sibling_links(ant), sibling_links(bee))
+    assert await wait_for_async(
+        settled, 10.0, what="one sibling link", describe=lambda: (sibling_links(ant), sibling_links(bee))
+    )
     (on_ant,), (on_bee,) = sibling_links(ant), sibling_links(bee)
     return on_ant, on_bee
 
@@ -476,6 +470,7 @@ async def one_link(ant: Node, bee: Node) -> tuple[dict[str, Any], dict[str, Any]
 async def test_mutual_siblings_keep_one_link(mutual: tuple[Node, Node]) -> None:
     ant, bee = mutual
     on_ant, on_bee = await one_link(ant, bee)
+    # Proving that nothing happens during an interval: no condition to poll for.
     await asyncio.sleep(1.0)  # well past a redial: the link closed as a duplicate stays closed
     assert [s["link"] for s in sibling_links(ant) + sibling_links(bee)] == [on_ant["link"], on_bee["link"]]
     assert "duplicate sibling link; keeping the one ant dialed" in ant.log.read_text() + bee.log.read_text()
@@ -530,7 +525,12 @@ async def test_gossip_burst_reaches_the_sibling_with_the_latest_state(mutual: tu
         up_to_date = sum(held.get(peer) == seq for peer, seq in latest.items())
         return up_to_date == peers
 
-    assert await eventually(bee_has_latest, timeout=5.0), f"bee has the newest seq of {up_to_date}/{peers}"
+    assert await wait_for_async(
+        bee_has_latest,
+        5.0,
+        what="every newest seq on bee",
+        describe=lambda: f"bee has the newest seq of {up_to_date}/{peers}",
+    )
     on_ant, on_bee = await one_link(ant, bee)
     assert on_ant["dropped"] == on_bee["dropped"] == 0
     assert on_bee["link"] == before["link"]

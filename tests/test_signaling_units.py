@@ -53,6 +53,7 @@ from signaling.messages import (
 )
 from signaling.outbox import Outbox
 from signaling.ratelimit import KeyedBuckets, TokenBucket
+from tests.support.waiting import wait_for_async
 
 NOW = 1_700_000_000_000
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -351,7 +352,7 @@ async def test_outbox_bounds_messages_and_states_and_counts_drops() -> None:
     assert box.dropped == 2
     assert [await box.get() for _ in range(4)] == ["r1", "a2", "r2", "b1"]  # the two take turns
     joined = asyncio.ensure_future(box.join())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop, to prove the join does NOT finish: nothing to poll for
     assert not joined.done()
     for _ in range(4):
         box.task_done()
@@ -406,7 +407,8 @@ async def test_both_ends_keep_the_link_the_smaller_node_id_dialed(own_first: boo
         assert fed.add_link(first)
         assert fed.add_link(second) == (second in (ant_own, bee_in))
     assert ant.links == {"bee": ant_own} and bee.links == {"ant": bee_in}
-    await asyncio.sleep(0.01)  # the losers are closed in the background, with a reason
+    # the losers are closed in the background, with a reason
+    await wait_for_async(lambda: ant_in_ws.closed and bee_own_ws.closed, 5.0, what="the losing links closed")
     for closed in (ant_in_ws.closed, bee_own_ws.closed):
         assert closed == (1000, "duplicate sibling link; keeping the one ant dialed")
     ant.remove_link(ant_in)  # the end of the loser changes nothing
@@ -427,7 +429,7 @@ async def test_a_newer_incoming_link_replaces_a_half_open_one_and_keeps_the_rout
     assert not fed.add_link(second_url)  # a second --sibling URL for a node already linked
     fed.remove_link(new)
     assert fed.links == {} and fed.route("aa" * 32) is None
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: old_transport.closed, 5.0, what="the half-open link closed")
     assert old_transport.closed is not None and "duplicate" in old_transport.closed[1]
     for conn in (old, new, second_url):
         await conn.close()
@@ -447,11 +449,13 @@ async def test_broadcast_skips_the_source_node_and_coalesces_per_peer() -> None:
 
     for seq in range(1, 6):
         fed.broadcast(peer, seq, gossip(seq), skip="bee")  # it came from bee: never sent back there
-    await asyncio.sleep(0.01)
+    await wait_for_async(lambda: on_cat.sent, 5.0, what="the gossip sent to cat")
     assert sent(on_cat) == [("gossip", 5)] and sent(on_bee) == []
     fed.broadcast(peer, 5, Gone(type="gone", hops=1, peer_id=peer, seq=5))
     fed.offer(cat, peer, 4, gossip(4))  # an older copy, from the dump to a new link, loses to it
-    await asyncio.sleep(0.01)
+    await wait_for_async(
+        lambda: len(on_cat.sent) >= 2 and on_bee.sent, 5.0, what="the withdrawal sent to cat and bee"
+    )
     assert sent(on_cat) == [("gossip", 5), ("gone", 5)] and sent(on_bee) == [("gone", 5)]
     await bee.close()
     await cat.close()

@@ -38,8 +38,7 @@ from signaling.app import browser_site, create_app
 from signaling.errors import SiteError
 from signaling.node import NodeConfig, SignalingNode
 from signaling.web import PAGE_CSP, WEB_DIR, BrowserSite, ServedModel
-from tests.conftest import run_cli
-from tests.procs import Node, free_port
+from tests.support.procs import Node, free_port, run_cli
 
 pytestmark = pytest.mark.timeout(120)
 

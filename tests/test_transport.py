@@ -45,6 +45,7 @@ from python_peer.transport import (
     LinkState,
     TransportConfig,
 )
+from tests.support.waiting import wait_for_async
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(60)
@@ -123,7 +124,7 @@ async def test_backpressure_keeps_buffered_amount_under_high_water() -> None:
         async def sample() -> None:
             while not done.is_set():
                 samples.append(link_a.buffered_amount)
-                await asyncio.sleep(0.0005)
+                await asyncio.sleep(0.0005)  # the sampling period of the measurement, not a wait
 
         async def send_all() -> None:
             for i in range(count):
@@ -221,8 +222,8 @@ async def test_remote_close_fails_pending_and_later_calls_promptly() -> None:
     async with linked(relay=relay) as (link_a, link_b):
         pending = asyncio.create_task(link_b.recv())
         sending = asyncio.create_task(link_b.send(tensor_frame(0, 2 * 1024 * 1024, seed=0)))  # 8 MiB
-        while link_b.stats.backpressure_waits == 0:  # the send is under way, waiting on bufferedAmount
-            await asyncio.sleep(0.005)
+        # the send is under way, waiting on bufferedAmount
+        await wait_for_async(lambda: link_b.stats.backpressure_waits, 10.0, what="a backpressure wait")
         started = time.perf_counter()
         await link_a.aclose()
         with pytest.raises(LinkClosedError, match="'a'"):
@@ -343,7 +344,7 @@ async def test_slow_consumer_overflow_closes_the_link_with_a_clear_error() -> No
             async with asyncio.timeout(10):
                 while True:
                     await link_b.send(Frame(FrameType.CLOSE, step=99))
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # the pace of the flood that overflows the consumer
         assert [(await link_a.recv()).step for _ in range(4)] == [0, 1, 2, 3]  # what arrived stays readable
         with pytest.raises(LinkOverflowError, match="consumer is too slow"):
             await link_a.recv()
@@ -357,7 +358,7 @@ async def test_stale_partial_messages_expire() -> None:
         raw.send(chunk_message(77, bytes(40000))[0])  # the first of 3 chunks; the rest never come
         await link_a.ping()  # round trip: the chunk has arrived
         assert len(link_b._reassembler) == 1
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # waiting out reassembly_timeout_s IS the test: no condition to poll
         await link_a.send(Frame(FrameType.CLOSE, step=5))
         assert (await link_b.recv()).step == 5
         assert len(link_b._reassembler) == 0 and link_b.stats.bad_frames == 0
@@ -376,7 +377,7 @@ async def test_link_between_two_processes_over_loopback() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.transport_peer",
+        "tests.support.transport_peer",
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,

@@ -32,7 +32,6 @@ import contextlib
 import json
 import re
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -62,25 +61,23 @@ from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from python_peer.node import NodeConfig, Peer, PeerConfig
 from python_peer.tensors import from_wire, to_wire
 from python_peer.tokenizer import ModelTokenizer
-from tests.browser.conftest import MOUNTS, Harness
-from tests.browser.test_browser_peer import LoopThread
-from tests.procs import Node, PeerProc
+from tests.support.browser import Harness, script
+from tests.support.browser_client import (
+    CHAT_PROMPT,
+    CLIENT_CONFIG,
+    MAX_TOKENS,
+    MESSAGES,
+    chat_reference,
+    run_generation,
+    setup_client,
+)
+from tests.support.loop_thread import LoopThread
+from tests.support.procs import Node, PeerProc
+from tests.support.static_server import MODEL_PREFIX, MOUNTS, ROOT
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parents[2]
-MODEL_PREFIX = "/model/"
-CORE_PREFIX = "/py/python_peer/core/"
-PROMPT = "What is the capital of France?"
-MESSAGES = [{"role": "user", "content": PROMPT}]
-MAX_TOKENS = 12
-# Short timeouts so that failures are found quickly; the tiny model answers in milliseconds.
-CLIENT_CONFIG = {
-    "requestTimeoutMs": 15000,
-    "connectTimeoutMs": 15000,
-    "closeTimeoutMs": 5000,
-    "banSeconds": 60,
-}
 DEFAULT_PREFIX = "/default-model/"
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "ai4all" / "models" / "SmolLM2-135M-Instruct"
 
@@ -104,32 +101,7 @@ CHATS = [
 ]
 
 # Load the tokenizer of the model at `base` and encode/render/decode everything it is given.
-TOKENIZE_JS = """async ({ base, texts, chats, decode }) => {
-  const { ModelTokenizer, StreamDecoder } = await import('/web/src/runtime/tokenizer.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const tokenizer = await ModelTokenizer.load(base, manifest);
-  const streamed = (ids) => {
-    const decoder = new StreamDecoder(tokenizer);
-    return ids.map((id) => decoder.push(id)).join('');
-  };
-  return {
-    texts: texts.map((t) => tokenizer.encode(t)),
-    chats: chats.map((c) => {
-      const prompt = tokenizer.renderChat(c);
-      return { prompt, ids: tokenizer.encode(prompt), open: tokenizer.renderChat(c, { addGenerationPrompt: false }) };
-    }),
-    decoded: decode.map((ids) => tokenizer.decode(ids)),
-    streamed: decode.map(streamed),
-    eos: [...tokenizer.eosTokenIds],
-  };
-}"""
-
-
-@pytest.fixture
-def served_model(tiny_llama_export: Path) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(MOUNTS, MODEL_PREFIX, tiny_llama_export)
-        yield tiny_llama_export
+TOKENIZE_JS = script("browser_client/tokenize")
 
 
 def check_tokenizer(harness: Harness, model: Path, prefix: str) -> None:
@@ -169,75 +141,11 @@ def test_tokenizer_ids_equal_pythons_default_model(harness: Harness) -> None:
 
 # --- the mesh client against native peers ------------------------------------------------------------
 
-# Identity and ledger from a fresh IndexedDB database, the tokenizer, and `window.t.generate`: greedy
-# generation through `generate.js` over a MeshClient, pausing before step `pauseAt` until `goOn()`.
-SETUP_JS = """async ({ base, coreUrl, powBits, dbName, withLedger }) => {
-  const { openDatabase, loadOrCreateIdentity } = await import('/web/src/storage/db.js');
-  const { BrowserLedger } = await import('/web/src/ledger/ledger.js');
-  const { ModelTokenizer } = await import('/web/src/runtime/tokenizer.js');
-  const { MeshClient } = await import('/web/src/client/mesh_client.js');
-  const gen = await import('/web/src/client/generate.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const db = await openDatabase(dbName);
-  const identity = await loadOrCreateIdentity(db);
-  const ledger = withLedger ? await BrowserLedger.open({ db, identity, powBits, coreUrl }) : null;
-  const tokenizer = await ModelTokenizer.load(base, manifest);
-  const t = { identity, ledger, tokenizer, manifest, client: null, reached: false, goOn: null };
-  t.connect = async (signalUrls, config) => {
-    if (t.client !== null) await t.client.close();
-    t.client = await MeshClient.connect({ identity, signalUrls, manifest, baseUrl: base, ledger, config,
-      load: { runtime: { allowWebGPU: false, threads: 1 } } });
-  };
-  t.generate = async ({ messages, maxTokens, pauseAt = -1, stop = [] }) => {
-    const client = t.client;
-    const ids = tokenizer.encode(tokenizer.renderChat(messages));
-    const routes = [];
-    let failovers = 0;
-    let steps = 0;
-    t.reached = false;
-    const pipeline = {
-      open: async (batch, maxLength) => {
-        const session = await client.open(batch, maxLength);
-        routes.push(session.route);
-        return {
-          step: async (stepIds, mask) => {
-            if (steps++ === pauseAt) {
-              await new Promise((resolve) => { t.goOn = resolve; t.reached = true; });
-            }
-            return session.step(stepIds, mask);
-          },
-          close: async () => {
-            routes.push(session.route);
-            failovers = session.failovers;
-            await session.close();
-          },
-        };
-      },
-    };
-    const result = await gen.generate(pipeline, tokenizer, ids, gen.samplingParams({ maxTokens, stop }));
-    return {
-      ids, tokens: result.tokenIds, text: result.text, finish: result.finishReason, routes, failovers,
-      receipts: client.receipts.splice(0), failures: client.failures.splice(0).map((f) => [f.peerId, f.error]),
-      traffic: [...client.traffic.values()],
-      own: ledger === null ? [] : (await ledger.log(identity.peerId, 200)).filter((e) => e.body.kind === 'receipt'),
-    };
-  };
-  window.t = t;
-  return identity.peerId;
-}"""
-
 
 @dataclass
 class Mesh:
     node: Node
     peers: list[PeerProc] = field(default_factory=list)
-
-
-@pytest.fixture
-def served_core() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(MOUNTS, CORE_PREFIX, ROOT / "python_peer" / "core")
-        yield
 
 
 @contextlib.contextmanager
@@ -270,24 +178,6 @@ def local_tokens(model: Path) -> tuple[list[int], list[int]]:
     tokens = generate(chain, tokenizer, ids, SamplingParams(max_tokens=MAX_TOKENS)).token_ids
     assert len(tokens) == MAX_TOKENS, "the tiny model must not stop early for these comparisons"
     return ids, list(tokens)
-
-
-def setup_client(page: Page, name: str, signal_url: str, *, with_ledger: bool = True) -> str:
-    args = {
-        "base": MODEL_PREFIX,
-        "coreUrl": CORE_PREFIX,
-        "powBits": 4,
-        "dbName": name,
-        "withLedger": with_ledger,
-    }
-    peer_id = str(page.evaluate(SETUP_JS, args))
-    page.evaluate("([urls, config]) => window.t.connect(urls, config)", [[signal_url], CLIENT_CONFIG])
-    return peer_id
-
-
-def run_generation(page: Page, pause_at: int = -1) -> dict[str, Any]:
-    args = {"messages": MESSAGES, "maxTokens": MAX_TOKENS, "pauseAt": pause_at}
-    return dict(page.evaluate("(args) => window.t.generate(args)", args))
 
 
 def peer_receipts(peer: PeerProc, client: str) -> list[ReceiptBody]:
@@ -372,10 +262,12 @@ def test_js_client_fails_over_when_a_peer_is_killed(
             "(args) => { window.t.running = window.t.generate(args); }",
             {"messages": MESSAGES, "maxTokens": MAX_TOKENS, "pauseAt": 4},
         )
-        deadline = time.monotonic() + 60
-        while not harness.page.evaluate("() => window.t.reached"):
-            assert time.monotonic() < deadline, "the generation never reached the pause"
-            time.sleep(0.1)
+        wait_for(
+            lambda: harness.page.evaluate("() => window.t.reached"),
+            60,
+            what="the generation reaching the pause",
+            interval=0.1,
+        )
         first = harness.page.evaluate(
             "() => [...window.t.client.traffic.values()].map((t) => [t.peerId, t.spans])"
         )
@@ -547,39 +439,9 @@ def test_js_client_routes_around_bad_answers(
 
 # --- the chat page --------------------------------------------------------------------------------------
 
-CHAT_PROMPT = "Tell me the secret word: xylophone-quartz, naïve café ☕"
 
 # Before any page script: keep a copy of every data channel message this page sends.
-RECORD_CHANNELS_JS = """
-(() => {
-  const sent = [];
-  const ids = new WeakMap();
-  let next = 0;
-  const original = RTCDataChannel.prototype.send;
-  RTCDataChannel.prototype.send = function (data) {
-    if (!ids.has(this)) ids.set(this, next++);
-    let bytes;
-    if (typeof data === 'string') bytes = new TextEncoder().encode(data);
-    else if (data instanceof ArrayBuffer) bytes = new Uint8Array(data.slice(0));
-    else if (ArrayBuffer.isView(data)) bytes = new Uint8Array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-    else bytes = new Uint8Array(0);
-    sent.push([ids.get(this), this.label, typeof data === 'string', bytes]);
-    return original.call(this, data);
-  };
-  window.__channelSent = () => sent.map(([id, label, text, bytes]) => {
-    let binary = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) binary += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return [id, label, text, btoa(binary)];
-  });
-})();
-"""
-
-
-def chat_reference(model: Path, max_tokens: int) -> str:
-    chain = LocalChain(model)
-    tokenizer = ModelTokenizer(model, chain.manifest)
-    ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": CHAT_PROMPT}]))
-    return generate(chain, tokenizer, ids, SamplingParams(max_tokens=max_tokens)).text
+RECORD_CHANNELS_JS = script("browser_client/record_channels")
 
 
 def decode_channel_messages(sent: list[list[Any]]) -> tuple[list[Frame], bytes]:
@@ -719,78 +581,7 @@ def test_chat_page_replies_through_the_mesh_and_sends_no_prompt(
 # Two transports in one page, signals handed across directly: `a` offers to `b`, which echoes frames.
 # Then the refusals: no answer, an undeliverable offer, stray and repeated answers, an unusable answer,
 # a bad peer id, and a link closed by the remote.
-TRANSPORT_JS = """async () => {
-  const P = await import('/web/src/transport/peer.js');
-  const W = await import('/web/src/protocol/wire.js');
-  const idA = 'a'.repeat(64);
-  const idB = 'b'.repeat(64);
-  const signalErrors = [];
-  let answers = [];
-  const deliver = (to, sender) => (peer, payload) => {
-    if (payload.type === 'answer') answers.push(payload);
-    setTimeout(() => to().handleSignal({ sender, payload }).catch((e) => signalErrors.push(`${e.name}: ${e.message}`)), 0);
-    return Promise.resolve();
-  };
-  const b = new P.BrowserTransport({
-    sendSignal: deliver(() => a, idB),
-    onFrame: (link, frame) => {
-      link.send(W.makeFrame({ type: W.FrameType.RESULT, session: frame.session, step: frame.step,
-        meta: { echo: frame.meta, bytes: frame.tensors.reduce((n, t) => n + t.data.byteLength, 0) } }));
-    },
-  });
-  const got = [];
-  const a = new P.BrowserTransport({ sendSignal: deliver(() => b, idA), onFrame: (link, frame) => got.push(frame) });
-  const out = {};
-  const link = await a.connect(idB, { timeoutMs: 10000 });
-  out.state = link.state;
-  out.initiator = link.initiator;
-  out.remoteInitiator = b.links.map((l) => l.initiator);
-  out.rtt = await link.ping(3000);
-  out.rttMs = link.rttMs;
-  const big = new Float32Array(100000).fill(0.5); // 400 KB: 25 chunks
-  const sentBytes = await link.send({ type: W.FrameType.FORWARD, session: new Uint8Array(16).fill(7), step: 3,
-    meta: { hello: 'world' }, tensors: [{ name: 'x', dtype: 'float32', shape: [100000], data: big }] });
-  while (got.length < 1) await new Promise((r) => setTimeout(r, 10));
-  out.sentBytes = sentBytes;
-  out.echo = { type: got[0].type, step: got[0].step, meta: got[0].meta };
-  const caught = async (promise) => { try { await promise; return 'no error'; } catch (e) { return `${e.name}: ${e.message}`; } };
-  // an answer for a link nobody waits for, and the same answer again
-  out.stray = await caught(a.handleSignal({ sender: idB, payload: { ...answers[0], link: 'nobody-waits' } }));
-  out.repeated = await caught(a.handleSignal({ sender: idB, payload: answers[0] }));
-  out.badKind = await caught(a.handleSignal({ sender: idB, payload: { kind: 'x', type: 'answer', sdp: 'v=0', link: 'l' } }));
-  out.badPeer = await caught(a.connect(''));
-  // nobody answers: the offer goes nowhere
-  const silent = new P.BrowserTransport({ sendSignal: async () => {}, onFrame: () => {} });
-  const t0 = performance.now();
-  out.silent = await caught(silent.connect(idB, { timeoutMs: 1500 }));
-  out.silentMs = performance.now() - t0;
-  out.silentLinks = silent.links.length;
-  // the offer cannot be delivered (signaling refused it)
-  const refused = new P.BrowserTransport({ sendSignal: async () => { throw new Error('unknown_peer: not connected here'); }, onFrame: () => {} });
-  out.refused = await caught(refused.connect(idB, { timeoutMs: 5000 }));
-  out.refusedLinks = refused.links.length;
-  // an unusable answer: the waiting connect fails at once, the link is gone
-  let pending = null;
-  const broken = new P.BrowserTransport({
-    sendSignal: async (peer, payload) => { pending = payload; },
-    onFrame: () => {},
-  });
-  const connecting = caught(broken.connect(idB, { timeoutMs: 5000 }));
-  while (pending === null) await new Promise((r) => setTimeout(r, 10));
-  out.unusable = await caught(broken.handleSignal({ sender: idB,
-    payload: { kind: 'webrtc', type: 'answer', link: pending.link, sdp: 'v=0\\r\\nm=application 9 nonsense\\r\\n' } }));
-  out.unusableConnect = await connecting;
-  out.brokenLinks = broken.links.length;
-  // the remote closes the link: this side sees it closed and its pings fail
-  for (const remote of b.links) remote.close('remote went away');
-  const t1 = performance.now();
-  while (link.state !== 'closed' && performance.now() - t1 < 10000) await new Promise((r) => setTimeout(r, 20));
-  out.closedState = link.state;
-  out.pingAfterClose = await caught(link.ping(1000));
-  out.signalErrors = signalErrors;
-  a.close(); b.close();
-  return out;
-}"""
+TRANSPORT_JS = script("browser_client/transport")
 
 
 def test_browser_transport_offers_to_another_browser_and_refuses_bad_signals(harness: Harness) -> None:
@@ -823,45 +614,9 @@ def test_browser_transport_offers_to_another_browser_and_refuses_bad_signals(har
 
 # --- routing and sampling against Python -----------------------------------------------------------------
 
-ROUTE_JS = """async (cases) => {
-  const { BanList, chooseRoute } = await import('/web/src/client/routing.js');
-  return cases.map(({ candidates, start, end, banned, tokens }) => {
-    const bans = new BanList(60);
-    for (const peer of banned) bans.ban(peer);
-    try {
-      return chooseRoute(candidates, start, end, { banned: bans, tokensNeeded: tokens }).map((c) => [c.peerId, c.start, c.end]);
-    } catch (e) {
-      return `${e.name}: ${e.message}`;
-    }
-  });
-}"""
+ROUTE_JS = script("browser_client/route")
 
-SAMPLE_JS = """async ({ logits, draws }) => {
-  const G = await import('/web/src/client/generate.js');
-  const caught = (f) => { try { f(); return 'no error'; } catch (e) { return `${e.name}: ${e.message}`; } };
-  const counts = (params) => {
-    const rng = G.makeRng(params.seed);
-    const seen = new Array(logits.length).fill(0);
-    for (let i = 0; i < draws; i++) seen[G.sample(logits, params, rng)]++;
-    return seen;
-  };
-  const seeded = (seed) => { const rng = G.makeRng(seed); return Array.from({ length: 20 }, () => G.sample(logits, G.samplingParams({ temperature: 1, seed }), rng)); };
-  return {
-    greedy: G.sample(logits, G.samplingParams({ temperature: 0 }), G.makeRng(1)),
-    tiny: G.sample(logits, G.samplingParams({ temperature: 1e-7 }), G.makeRng(1)),
-    full: counts(G.samplingParams({ temperature: 0.8, seed: 11 })),
-    nucleus: counts(G.samplingParams({ temperature: 1.3, topP: 0.6, seed: 12 })),
-    sameSeed: JSON.stringify(seeded(5)) === JSON.stringify(seeded(5)),
-    otherSeed: JSON.stringify(seeded(5)) !== JSON.stringify(seeded(6)),
-    refusals: [
-      caught(() => G.samplingParams({ maxTokens: 0 })),
-      caught(() => G.samplingParams({ temperature: 11 })),
-      caught(() => G.samplingParams({ topP: 0 })),
-      caught(() => G.samplingParams({ seed: -1 })),
-      caught(() => G.samplingParams({ stop: [''] })),
-    ],
-  };
-}"""
+SAMPLE_JS = script("browser_client/sample")
 
 
 def python_probs(logits: np.ndarray, temperature: float, top_p: float) -> np.ndarray:
@@ -952,37 +707,7 @@ def test_routing_and_sampling_match_python(harness: Harness) -> None:
 # --- without a ledger: browser span servers ---------------------------------------------------------------
 
 # A tab serving all of the tiny model (0-4) with a SpanServer that keeps no ledger.
-SERVE_ALL_JS = """async ({ base, signalUrl }) => {
-  const S = await import('/web/src/signaling/client.js');
-  const { BrowserTransport } = await import('/web/src/transport/peer.js');
-  const { SpanServer } = await import('/web/src/node/span_server.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const server = await SpanServer.load(base, manifest, { start: 0, end: 4 }, {}, { runtime: { allowWebGPU: false, threads: 1 } });
-  let client = null;
-  const answered = { frames: 0, errors: 0 };
-  const transport = new BrowserTransport({
-    sendSignal: (peerId, payload) => client.sendSignal(peerId, payload),
-    onFrame: (link, frame) => {
-      server.handle(link.remoteId, frame).then((answer) => {
-        answered.frames++;
-        if (answer.type === 5) answered.errors++;
-        return link.send(answer);
-      }).catch((err) => console.warn(`answer not sent: ${err.message}`));
-    },
-    onLinkClosed: (link) => server.closeClient(link.remoteId),
-  });
-  client = await S.SignalClient.create(await S.Identity.generate(), {
-    urls: [signalUrl],
-    serves: [{ model: manifest.model.name, start: 0, end: 4 }],
-    kvFreeTokens: server.kvFreeTokens,
-    throughputMilli: 1_000_000,
-    onSignal: (signal) => {
-      if (signal.payload.kind === 'webrtc') transport.handleSignal(signal).catch((err) => console.warn(err.message));
-    },
-  });
-  window.node = { client, server, answered };
-  return client.peerId;
-}"""
+SERVE_ALL_JS = script("browser_client/serve_all")
 
 
 def test_js_client_without_ledger(

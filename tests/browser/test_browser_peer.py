@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +32,6 @@ from playwright.sync_api import Browser, Page
 from python_peer.block_selection import least_served_span
 from python_peer.chain import LocalChain
 from python_peer.core.canonical import Announcement, ServedSpan
-from python_peer.core.economics import POW_BITS_ENV
 from python_peer.core.errors import (
     OutOfOrderError,
     PaymentRequiredError,
@@ -48,75 +45,32 @@ from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.wire import CHUNK_HEADER, CHUNK_MAGIC, HEADER, MAGIC, Frame, FrameType, chunk_message
 from python_peer.errors import PeerError
-from python_peer.generate import SamplingParams, agenerate, generate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
-from python_peer.mesh_client import ClientConfig, MeshClient
-from python_peer.node import MeshNode, NodeConfig, open_client
+from python_peer.node import MeshNode
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import from_wire, to_wire
-from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
-from tests.browser.conftest import HARNESS_PATH, MOUNTS, ROOT, Harness, LoopThread, WebServer
-from tests.procs import Node, PeerProc
+from tests.support.browser import Harness, script
+from tests.support.browser_node import (
+    FAST,
+    MAX_TOKENS,
+    browser_peer,
+    failover_run,
+    local_tokens,
+    mesh_run,
+    wait_listed,
+)
+from tests.support.loop_thread import LoopThread
+from tests.support.procs import Node, PeerProc
+from tests.support.static_server import WebServer
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-PROMPT = "What is the capital of France?"
-MAX_TOKENS = 12
-FAST = ClientConfig(request_timeout_s=15.0, connect_timeout_s=15.0, ban_seconds=60.0)
-
-MODEL_PREFIX = "/model/"
-CORE_PREFIX = "/py/python_peer/core/"
-
-# Start a BrowserNode on the harness page; its transport counts what it answers. `window.node` keeps it.
-SERVE_JS = """async ({ config, span, memoryBudgetMb, options }) => {
-  const { openDatabase } = await import('/web/src/storage/db.js');
-  const { BrowserNode } = await import('/web/src/node/node.js');
-  const { BrowserTransport } = await import('/web/src/transport/peer.js');
-  const answered = { frames: 0, errors: 0, opened: [] };
-  let transport = null;
-  const createTransport = (hooks) => {
-    transport = new BrowserTransport({
-      ...hooks,
-      onFrame: (link, frame) => hooks.onFrame({
-        remoteId: link.remoteId,
-        send: (answer) => {
-          answered.frames++;
-          if (answer.type === 5) answered.errors++;
-          return link.send(answer);
-        },
-      }, frame),
-      onLinkOpen: async (link) => {
-        hooks.onLinkOpen(link);
-        const report = await link.pc.getStats();
-        let pairId = null;
-        report.forEach((r) => { if (r.type === 'transport' && r.selectedCandidatePairId) pairId = r.selectedCandidatePairId; });
-        const pair = pairId === null ? undefined : report.get(pairId);
-        const address = (id) => (id === undefined ? null : report.get(id)?.address ?? null);
-        answered.opened.push({ remote: link.remoteId, gathered: link.gatheredCandidates, pairRemote: address(pair?.remoteCandidateId) });
-      },
-    });
-    return transport;
-  };
-  const refused = [];
-  const log = { info: () => {}, warn: (m) => { if (m.startsWith('refused an offer')) refused.push(m); } };
-  const db = await openDatabase('ai4all');
-  const node = await BrowserNode.start(config, {
-    db, span, memoryBudgetMb, runtime: { allowWebGPU: false, threads: 1 }, createTransport, log, ...options,
-  });
-  window.node = { node, answered, refused, transport: () => transport };
-  return node.peerId;
-}"""
-
 # What the page's links saw: Chromium's own candidates, link states, frames answered; the node's status.
-STATS_JS = """() => ({
-  links: window.node.transport().links.map((l) => ({ state: l.state, gathered: l.gatheredCandidates, stats: l.stats })),
-  answered: window.node.answered,
-  refusedOffers: window.node.refused,
-  status: window.node.node.status(),
-})"""
+STATS_JS = script("browser_peer/stats")
 
 
 @dataclass
@@ -127,22 +81,9 @@ class Mesh:
 
 
 @pytest.fixture
-def served_model(tiny_llama_export: Path) -> Iterator[Path]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(MOUNTS, MODEL_PREFIX, tiny_llama_export)
-        patch.setitem(MOUNTS, CORE_PREFIX, ROOT / "python_peer" / "core")
-        yield tiny_llama_export
-
-
-def page_config(web_server: WebServer, signal_url: str, model: Path) -> dict[str, Any]:
-    """The page configuration of docs/browser.md for the harness server and one signaling node."""
-    return {
-        "node_id": "test",
-        "signal": [signal_url],
-        "models": [{"name": load_manifest(model).name, "base": web_server.url_for(MODEL_PREFIX)}],
-        "ledger": {"pow_bits": int(os.environ[POW_BITS_ENV])},
-        "python_core": web_server.url_for(CORE_PREFIX),
-    }
+def served_model(served_model: Path, served_core: None) -> Path:
+    """The tiny model with the core beside it: a browser node runs the ledger rules under Pyodide."""
+    return served_model
 
 
 @contextlib.contextmanager
@@ -163,47 +104,6 @@ def running_mesh(tmp: Path, model: Path, spans: list[str]) -> Iterator[Mesh]:
             node.stop()
 
 
-@contextlib.contextmanager
-def browser_peer(
-    browser: Browser,
-    web_server: WebServer,
-    signal_url: str,
-    model: Path,
-    span: tuple[int, int] = (1, 3),
-    memory_budget_mb: float = 512,
-    options: dict[str, Any] | None = None,
-) -> Iterator[tuple[Page, str]]:
-    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span``.
-
-    ``options`` go to ``BrowserNode.start`` as they are (``gossipIntervalMs``, say).
-    """
-    context = browser.new_context()
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
-    try:
-        page.goto(web_server.url_for(HARNESS_PATH))
-        args = {
-            "config": page_config(web_server, signal_url, model),
-            "span": {"start": span[0], "end": span[1]},
-            "memoryBudgetMb": memory_budget_mb,
-            "options": options or {},
-        }
-        peer_id = page.evaluate(SERVE_JS, args)
-        yield page, str(peer_id)
-        assert errors == []
-    finally:
-        if not page.is_closed():
-            context.close()
-
-
-def wait_listed(node: Node, peer_id: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while peer_id not in json.dumps(node.directory()):
-        assert time.monotonic() < deadline, f"{peer_id[:8]} never showed up: {node.directory()}"
-        time.sleep(0.1)
-
-
 def announced(node: Node, peer_id: str) -> list[tuple[int, int]] | None:
     """The spans ``peer_id`` announces on ``node`` now, or None when the node has no entry for it."""
     for entry in node.directory()["entries"]:
@@ -214,46 +114,13 @@ def announced(node: Node, peer_id: str) -> list[tuple[int, int]] | None:
 
 def wait_earned(page: Page, timeout: float = 15) -> dict[str, Any]:
     """The node's status once the countersigned receipt has reached its ledger (earned > 0)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status: dict[str, Any] = page.evaluate("() => window.node.node.status()")
-        if (status["earned"] or 0) > 0:
-            return status
-        assert time.monotonic() < deadline, f"the browser never earned anything: {status}"
-        time.sleep(0.25)
+    last: list[dict[str, Any]] = [{}]
 
+    def earned() -> dict[str, Any] | None:
+        last[0] = dict(page.evaluate("() => window.node.node.status()"))
+        return last[0] if (last[0]["earned"] or 0) > 0 else None
 
-def local_tokens(model: Path) -> tuple[int, ...]:
-    chain = LocalChain(model)
-    tokenizer = ModelTokenizer(model, chain.manifest)
-    ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
-    return generate(chain, tokenizer, ids, SamplingParams(max_tokens=MAX_TOKENS)).token_ids
-
-
-async def mesh_run(
-    node: Node, model: Path
-) -> tuple[tuple[int, ...], list[tuple[str, int, int]], list[tuple[str, int, int]]]:
-    """Generate through the mesh; return the tokens, the route before and the route after."""
-    mesh_node, client = await open_client(NodeConfig(signal_urls=(node.url,)), model, FAST)
-    try:
-        route_before = await probe_route(client)
-        tokenizer = ModelTokenizer(client.model_dir, client.manifest)
-        ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
-        result = await agenerate(client, tokenizer, ids, SamplingParams(max_tokens=MAX_TOKENS))
-        tokens = result.token_ids
-        route_after = await probe_route(client)
-        return tokens, route_before, route_after
-    finally:
-        await client.aclose()
-        await mesh_node.aclose()
-
-
-async def probe_route(client: MeshClient) -> list[tuple[str, int, int]]:
-    session = await client.open(1, 8)
-    try:
-        return [(peer, start, end) for peer, start, end in session.route]
-    finally:
-        await session.close()
+    return wait_for(earned, timeout, what="the browser earning", interval=0.25, describe=lambda: last[0])
 
 
 def test_browser_serves_a_span_in_the_mesh(
@@ -288,16 +155,7 @@ def test_browser_serves_a_span_in_the_mesh(
     assert opened[0]["pairRemote"] == "127.0.0.1", opened
 
 
-SPAN_CHOICE_JS = """async ({ manifest, cases }) => {
-  const { leastServedSpan } = await import('/web/src/node/node.js');
-  return cases.map(({ announcements, budget }) => {
-    try {
-      return leastServedSpan(manifest, announcements, budget);
-    } catch (err) {
-      return { error: `${err.name}: ${err.message}` };
-    }
-  });
-}"""
+SPAN_CHOICE_JS = script("browser_peer/span_choice")
 
 
 def test_span_choice_mirrors_block_selection(harness: Harness, tiny_llama_export: Path) -> None:
@@ -580,7 +438,8 @@ def test_browser_gone_mid_generation_fails_over_with_identical_tokens(
         spare = PeerProc("spare1-3", tmp_path, served_model, [mesh.node.url], span="1-3")
         try:
             spare.wait()
-            time.sleep(FAST.lookup_cache_s + 0.5)  # the client's cached lookup predates the spare
+            # Waiting out the client's lookup cache (it predates the spare) is the point: nothing to poll.
+            time.sleep(FAST.lookup_cache_s + 0.5)
             if leave == "close the tab":
                 page.context.close()  # the browser peer goes away without a word
             else:
@@ -597,31 +456,3 @@ def test_browser_gone_mid_generation_fails_over_with_identical_tokens(
     assert [p for p, a, b in first_route if (a, b) == (1, 3)] == [browser_id]
     assert [p for p, a, b in last_route if (a, b) == (1, 3)] == [spare.peer_id]
     assert failovers >= 1
-
-
-async def failover_run(
-    node: Node, model: Path, reached: threading.Event, go_on: threading.Event
-) -> tuple[tuple[int, ...], list[tuple[str, int, int]], list[tuple[str, int, int]], int]:
-    """Greedy tokens step by step; after the fourth, wait for the test to swap the 1-3 peer."""
-    mesh_node, client = await open_client(NodeConfig(signal_urls=(node.url,)), model, FAST)
-    try:
-        tokenizer = ModelTokenizer(client.model_dir, client.manifest)
-        ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
-        session = await client.open(1, len(ids) + MAX_TOKENS)
-        first_route = list(session.route)
-        logits = await session.step(np.array([ids]), np.ones((1, len(ids)), dtype=np.int64))
-        tokens: list[int] = []
-        for step in range(MAX_TOKENS):
-            token = int(np.argmax(logits[0, -1]))
-            tokens.append(token)
-            if step == 3:
-                reached.set()
-                await asyncio.to_thread(go_on.wait, 120)
-            if step < MAX_TOKENS - 1:
-                logits = await session.step(np.array([[token]]), np.ones((1, 1), dtype=np.int64))
-        last_route = list(session.route)
-        await session.close()
-        return tuple(tokens), first_route, last_route, session.failovers
-    finally:
-        await client.aclose()
-        await mesh_node.aclose()

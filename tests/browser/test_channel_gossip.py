@@ -27,14 +27,12 @@ from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from python_peer.node import NodeConfig, open_client
 from python_peer.tokenizer import ModelTokenizer
-from tests.browser.conftest import Harness, LoopThread, WebServer
-from tests.browser.test_browser_client import (
-    run_generation,
-    served_core,  # noqa: F401 (a fixture)
-    setup_client,
-)
-from tests.browser.test_browser_peer import FAST, PROMPT, browser_peer, served_model, wait_listed  # noqa: F401
-from tests.procs import Node, PeerProc
+from tests.support.browser import Harness
+from tests.support.browser_client import run_generation, setup_client
+from tests.support.browser_node import FAST, PROMPT, browser_peer, wait_listed
+from tests.support.loop_thread import LoopThread
+from tests.support.procs import Node, PeerProc
+from tests.support.static_server import WebServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -93,7 +91,8 @@ async def generate_holding(node: Node, model: Path, entries: list[dict[str, Any]
 def test_a_native_client_and_a_browser_span_server_gossip_over_the_link(
     browser: Browser,
     web_server: WebServer,
-    served_model: Path,  # noqa: F811
+    served_model: Path,
+    served_core: None,
     tmp_path: Path,
 ) -> None:
     stranger = Identity.generate()
@@ -116,8 +115,8 @@ def test_a_native_client_and_a_browser_span_server_gossip_over_the_link(
 
 def test_the_browser_client_gossips_with_native_peers_over_the_links(
     harness: Harness,
-    served_model: Path,  # noqa: F811
-    served_core: None,  # noqa: F811
+    served_model: Path,
+    served_core: None,
     tmp_path: Path,
 ) -> None:
     stranger = Identity.generate()

@@ -16,26 +16,27 @@ import contextlib
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
+from playwright.sync_api import Browser, expect
 
 from python_peer.core.economics import network_rules
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
-from tests.browser.test_browser_client import CHAT_PROMPT, chat_reference
-from tests.browser.test_browser_peer import LoopThread, failover_run, local_tokens, mesh_run
-from tests.procs import Node, PeerProc
+from tests.support.browser import script
+from tests.support.browser_client import CHAT_PROMPT, chat_reference
+from tests.support.browser_node import failover_run, local_tokens, mesh_run
+from tests.support.loop_thread import LoopThread
+from tests.support.node_page import START_TIMEOUT_MS, Visit, start, visit, wait_serving
+from tests.support.procs import Node, PeerProc
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
-START_TIMEOUT_MS = 90_000  # Pyodide, the ledger, the shard and onnxruntime-web, on a busy 2-core machine
 GOSSIP_PEER_ARGS = ["--gossip-interval", "2"]
 
 
@@ -46,27 +47,6 @@ class Mesh:
     model: Path
     model_name: str
     tmp: Path
-
-
-@dataclass
-class Visit:
-    """A tab on a page, with what it requested and the errors it raised."""
-
-    context: BrowserContext
-    page: Page
-    requests: list[str] = field(default_factory=list)
-    sockets: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-
-    def testid(self, name: str) -> Any:
-        return self.page.get_by_test_id(name)
-
-    def clear(self) -> None:
-        self.requests.clear()
-        self.sockets.clear()
-
-    def paths(self) -> list[str]:
-        return [re.sub(r"^https?://[^/]+", "", url) for url in self.requests]
 
 
 @pytest.fixture(scope="module")
@@ -91,46 +71,6 @@ def mesh(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             node.stop()
 
 
-@contextlib.contextmanager
-def visit(browser: Browser, url: str) -> Iterator[Visit]:
-    """A fresh context (empty IndexedDB) on ``url``; no page error may happen while it is open."""
-    context = browser.new_context()
-    page = context.new_page()
-    seen = Visit(context, page)
-
-    def on_console(message: ConsoleMessage) -> None:
-        if message.type == "error":
-            seen.errors.append(f"console.error: {message.text}")
-
-    page.on("pageerror", lambda error: seen.errors.append(f"uncaught: {error}"))
-    page.on("console", on_console)
-    page.on("request", lambda request: seen.requests.append(request.url))
-    page.on("websocket", lambda socket: seen.sockets.append(socket.url))
-    try:
-        page.goto(url)
-        yield seen
-        assert seen.errors == []
-    finally:
-        context.close()
-
-
-def start(seen: Visit, *, span: str = "", budget_mb: str = "512") -> None:
-    """Fill the settings and press Start."""
-    expect(seen.testid("opt-in")).to_be_enabled()
-    seen.testid("memory-budget").fill(budget_mb)
-    seen.testid("span-input").fill(span)
-    seen.testid("opt-in").click()
-
-
-def wait_serving(seen: Visit, model: str, span: str) -> str:
-    """Wait until the page serves ``span``; return its peer id."""
-    expect(seen.testid("state")).to_have_text("serving", timeout=START_TIMEOUT_MS)
-    expect(seen.testid("serving")).to_have_text(f"Serving blocks {span} of {model}.")
-    peer_id = seen.testid("peer-id").text_content() or ""
-    assert re.fullmatch(r"[0-9a-f]{64}", peer_id), peer_id
-    return peer_id
-
-
 def announced(node: Node, peer_id: str) -> list[tuple[int, int]] | None:
     """The spans ``peer_id`` announces on ``node`` now, or None when the node has no entry for it."""
     for entry in node.directory()["entries"]:
@@ -140,10 +80,13 @@ def announced(node: Node, peer_id: str) -> list[tuple[int, int]] | None:
 
 
 def wait_announced(node: Node, peer_id: str, want: list[tuple[int, int]] | None, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while (now := announced(node, peer_id)) != want:
-        assert time.monotonic() < deadline, f"{peer_id[:8]} announces {now}, not {want}"
-        time.sleep(0.1)
+    wait_for(
+        lambda: announced(node, peer_id) == want,
+        timeout,
+        what=f"{peer_id[:8]} announcing {want}",
+        interval=0.1,
+        describe=lambda: f"it announces {announced(node, peer_id)}",
+    )
 
 
 def credits_of(text: str | None) -> int:
@@ -155,11 +98,22 @@ def credits_of(text: str | None) -> int:
 
 
 def wait_earned(seen: Visit, above: int = 0, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while (earned := credits_of(seen.testid("earned").text_content())) <= above:
-        assert time.monotonic() < deadline, f"earned stays at {earned} units"
-        time.sleep(0.2)
-    return earned
+    """The page's earnings once they exceed ``above`` units."""
+
+    def earned() -> int:
+        return credits_of(seen.testid("earned").text_content())
+
+    def more() -> int | None:
+        units = earned()
+        return units if units > above else None
+
+    return wait_for(
+        more,
+        timeout,
+        what=f"earnings above {above} units",
+        interval=0.2,
+        describe=lambda: f"earned stays at {earned()} units",
+    )
 
 
 def served_receipts(peer: PeerProc, browser_id: str) -> tuple[set[str], int]:
@@ -231,14 +185,19 @@ def test_opt_in_serve_gossip_and_reload(browser: Browser, mesh: Mesh, artifacts_
 
         # Gossip carries the browser's receipts to both native peers, whose ledgers credit it.
         seen.page.screenshot(path=artifacts_dir / "contribute_serving.png", full_page=True)
-        own: set[str] = set()
-        deadline = time.monotonic() + 60
-        while True:
-            views = [served_receipts(peer, browser_id) for peer in mesh.natives]
-            if all(ids and earned_there > 0 for ids, earned_there in views):
-                break
-            assert time.monotonic() < deadline, f"the natives never learned the browser's receipts: {views}"
-            time.sleep(0.5)
+        views: list[tuple[set[str], int]] = []
+
+        def learned() -> bool:
+            views[:] = [served_receipts(peer, browser_id) for peer in mesh.natives]
+            return all(ids and earned_there > 0 for ids, earned_there in views)
+
+        wait_for(
+            learned,
+            60,
+            what="the natives learning the browser's receipts",
+            interval=0.5,
+            describe=lambda: views,
+        )
         own = views[0][0]
         assert views[1][0] == own
 
@@ -329,27 +288,7 @@ def test_pause_finishes_open_sessions_then_resume(
                 spare.stop()
 
 
-CORRUPT_JS = """async ({ sha }) => {
-  const db = await new Promise((resolve, reject) => {
-    const request = indexedDB.open('ai4all');
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-  const tx = db.transaction('shard_bytes', 'readwrite');
-  const store = tx.objectStore('shard_bytes');
-  const bytes = await new Promise((resolve, reject) => {
-    const request = store.get(sha);
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-  if (bytes === undefined) return false;
-  const copy = new Uint8Array(bytes);
-  copy[copy.length >> 1] ^= 0xff;
-  store.put(copy, sha);
-  await new Promise((resolve, reject) => { tx.oncomplete = resolve; tx.onerror = () => reject(tx.error); });
-  db.close();
-  return true;
-}"""
+CORRUPT_JS = script("contribute/corrupt")
 
 
 def test_shard_cache_and_altered_shards(

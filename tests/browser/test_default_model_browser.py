@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.browser.test_contribute import start, visit, wait_serving
-from tests.procs import Node, PeerProc
+from tests.support.node_page import start, visit, wait_serving
+from tests.support.procs import Node, PeerProc
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(600)]
 

@@ -49,8 +49,9 @@ from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
-from tests.browser.conftest import LoopThread
-from tests.procs import Node, PeerProc
+from tests.support.browser import JS_DIR, script
+from tests.support.loop_thread import LoopThread
+from tests.support.procs import Node, PeerProc
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -59,24 +60,10 @@ MAX_TOKENS = 12
 FAST = ClientConfig(request_timeout_s=15.0, connect_timeout_s=15.0, ban_seconds=60.0)
 WIDGET = "ai4all-widget"
 
-HOST_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>Someone else's page</title>
-<style>button, p, dl, dd, div {{ display: none !important; }} * {{ font-size: 40px !important; color: #f0f !important; }}</style>
-</head><body><h1>Someone else's page</h1><output id="ticks">0</output>
-<script>
-window.ticker = {{ count: 0, maxGapMs: 0, last: performance.now() }};
-setInterval(() => {{
-  const t = window.ticker, now = performance.now();
-  t.maxGapMs = Math.max(t.maxGapMs, now - t.last);
-  t.last = now;
-  t.count++;
-  document.getElementById('ticks').textContent = String(t.count);
-}}, 20);
-</script>
-{tag}
-</body></html>
-"""
-RESET_TICKER = "() => { const t = window.ticker; t.count = 0; t.maxGapMs = 0; t.last = performance.now(); }"
+# Someone else's page: its own styles (which must not reach the widget) and a ticker that shows whether
+# the page stays responsive; "<!-- the embed tag -->" is replaced by the script tag under test.
+HOST_PAGE = (JS_DIR / "embed" / "host_page.html").read_text(encoding="utf-8")
+RESET_TICKER = script("embed/reset_ticker")
 
 
 # --- the host site: another origin, plain pages ---------------------------------------------------
@@ -123,7 +110,7 @@ class HostSite:
         """A page holding only the embed tag of ``node`` (with ``attrs``); returns its URL."""
         extra = "".join(f' {name.replace("_", "-")}="{html.escape(value)}"' for name, value in attrs.items())
         tag = f'<script src="{node.http_url}/embed.js"{extra}></script>'
-        self.pages[path] = HOST_PAGE.format(tag=tag).encode()
+        self.pages[path] = HOST_PAGE.replace("<!-- the embed tag -->", tag).encode()
         return self.url + path
 
 
@@ -469,121 +456,7 @@ def test_data_signal_picks_the_signaling_node(
 
 # --- the relay -------------------------------------------------------------------------------------------
 
-RELAY_CHECKS_JS = """async (nodeUrl) => {
-  const relay = await import(`${nodeUrl}/web/src/embed/relay.js`);
-  const wire = await import(`${nodeUrl}/web/src/protocol/wire.js`);
-  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-  const logger = () => {
-    const warnings = [];
-    return { warnings, info() {}, warn: (m) => warnings.push(String(m)) };
-  };
-  const outcome = (promise) => promise.then(
-    (value) => ({ ok: true, value: value === undefined ? null : String(value) }),
-    (err) => ({ ok: false, name: err.name, message: err.message }),
-  );
-  const peer = 'a'.repeat(64);
-  const offer = { kind: 'webrtc', type: 'offer', sdp: 'v=0\\r\\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\\r\\n', link: 'q1' };
-  const out = {};
-
-  // Both halves over one channel, no WebRTC: errors cross with their class and message.
-  {
-    const ch = new MessageChannel();
-    const hostLog = logger();
-    const workerLog = logger();
-    const frames = [];
-    const host = new relay.RelayHost(ch.port1, { log: hostLog });
-    const proxy = new relay.RelayTransport(ch.port2, { sendSignal: async () => {}, onFrame: (link, f) => frames.push([link.remoteId, f.type]) }, { log: workerLog });
-    out.noSdpSection = await outcome(proxy.handleSignal({ sender: peer, payload: { ...offer, sdp: 'v=0' } }));
-    out.notAnObject = await outcome(proxy.handleSignal({ sender: peer, payload: 'offer' }));
-    // Malformed messages to the page: dropped with a warning; a forged reply reaches no request.
-    ch.port2.postMessage(42);
-    ch.port2.postMessage({ t: 'no-such-type' });
-    ch.port2.postMessage({ t: 'send', id: 9999, link: 77, bytes: new ArrayBuffer(40) });
-    ch.port2.postMessage({ t: 'hello', version: 99, config: {} });
-    // ...and to the worker: a frame on a link the page never opened, undecodable bytes, a good frame.
-    ch.port1.postMessage(null);
-    ch.port1.postMessage({ t: 'frame', link: 5, remoteId: peer, linkId: 'L5', bytes: new ArrayBuffer(8) });
-    ch.port1.postMessage({ t: 'link-open', link: 6, remoteId: peer, linkId: 'L6' });
-    ch.port1.postMessage({ t: 'frame', link: 6, remoteId: peer, linkId: 'L6', bytes: new ArrayBuffer(8) });
-    const good = wire.encodeFrame({ type: wire.FrameType.CLOSE, session: new Uint8Array(16).fill(7) });
-    ch.port1.postMessage({ t: 'frame', link: 6, remoteId: peer, linkId: 'L6', bytes: good.slice().buffer });
-    await sleep(200);
-    const link6 = proxy.links.find((l) => l.handle === 6);
-    out.link6 = link6 ? { state: link6.state, stats: link6.stats } : null;
-    out.sendOnUnknown = await outcome(link6.send({ type: wire.FrameType.PING }));
-    out.frames = frames;
-    out.linkCount = proxy.links.length;
-    out.hostWarnings = hostLog.warnings;
-    out.workerWarnings = workerLog.warnings;
-    proxy.close();
-    out.afterClose = await outcome(proxy.handleSignal({ sender: peer, payload: offer }));
-    out.linkAfterClose = link6.state;
-    host.close();
-  }
-
-  // Bounds: a page that never answers; requests beyond maxPending fail at once, the rest time out.
-  {
-    const ch = new MessageChannel();
-    const log = logger();
-    const proxy = new relay.RelayTransport(ch.port2, { sendSignal: async () => {}, onFrame() {} }, {
-      log, maxPending: 2, maxSendsPerLink: 2, requestTimeoutMs: 300,
-    });
-    const started = performance.now();
-    out.bounded = await Promise.all([0, 1, 2].map(() => outcome(proxy.handleSignal({ sender: peer, payload: offer }))));
-    out.boundedMs = performance.now() - started;
-    const raw = new MessageChannel();
-    const proxy2 = new relay.RelayTransport(raw.port2, { sendSignal: async () => {}, onFrame() {} }, { log, maxSendsPerLink: 2, requestTimeoutMs: 300 });
-    raw.port1.postMessage({ t: 'link-open', link: 1, remoteId: peer, linkId: 'L1' });
-    await sleep(50);
-    out.sendsBounded = await Promise.all([0, 1, 2].map(() => outcome(proxy2.links[0].send({ type: wire.FrameType.PING }))));
-    proxy.close();
-    proxy2.close();
-  }
-
-  // Oversized frames: refused by the page's half, and by the worker's half before they cross.
-  {
-    const ch = new MessageChannel();
-    const replies = [];
-    ch.port2.onmessage = (e) => replies.push(e.data);
-    const host = new relay.RelayHost(ch.port1, { log: logger(), maxMessageBytes: 1024 });
-    ch.port2.postMessage({ t: 'hello', version: relay.RELAY_VERSION, config: {} });
-    ch.port2.postMessage({ t: 'send', id: 1, link: 1, bytes: new ArrayBuffer(2048) });
-    ch.port2.postMessage({ t: 'send', id: 2, link: 1, bytes: 'not bytes' });
-    await sleep(100);
-    out.pageOversized = replies.filter((m) => m.t === 'reply');
-    host.close();
-
-    const ch2 = new MessageChannel();
-    const proxy = new relay.RelayTransport(ch2.port2, { sendSignal: async () => {}, onFrame() {} }, { log: logger(), maxMessageBytes: 1024 });
-    ch2.port1.postMessage({ t: 'link-open', link: 1, remoteId: peer, linkId: 'L1' });
-    await sleep(50);
-    const big = { name: 'hidden_states', dtype: 'float32', shape: [1, 1, 512], data: new Float32Array(512) };
-    out.workerOversized = await outcome(proxy.links[0].send({ type: wire.FrameType.RESULT, tensors: [big] }));
-    proxy.close();
-  }
-
-  // A dead worker: silent after hello, it is declared dead; a live one (answering pings) is not.
-  for (const live of [false, true]) {
-    const ch = new MessageChannel();
-    const log = logger();
-    let dead = null;
-    const began = performance.now();
-    const host = new relay.RelayHost(ch.port1, {
-      log, heartbeatMs: 50, deadAfterMs: 400, onDead: (reason) => { dead = { reason, afterMs: performance.now() - began }; },
-    });
-    const seen = [];
-    if (live) {
-      new relay.RelayTransport(ch.port2, { sendSignal: async () => {}, onFrame() {} }, { log: logger() });
-    } else {
-      ch.port2.onmessage = (e) => seen.push(e.data.t);
-      ch.port2.postMessage({ t: 'hello', version: relay.RELAY_VERSION, config: {} });
-    }
-    await sleep(1000);
-    out[live ? 'live' : 'dead'] = { dead, seen: [...new Set(seen)], warnings: log.warnings };
-    host.close();
-  }
-  return out;
-}"""
+RELAY_CHECKS_JS = script("embed/relay_checks")
 
 
 def test_relay_refuses_malformed_oversized_and_unanswered_messages(
@@ -644,47 +517,7 @@ def test_relay_refuses_malformed_oversized_and_unanswered_messages(
 
 # A page-side RelayHost whose "worker" speaks the protocol but never takes a frame (so the relay's queue
 # fills up), relaying offers it receives through a JS SignalClient; `silence()` makes it stop answering.
-FAKE_WORKER_JS = """async ({ nodeUrl, signalUrl }) => {
-  const relay = await import(`${nodeUrl}/web/src/embed/relay.js`);
-  const S = await import(`${nodeUrl}/web/src/signaling/client.js`);
-  const ch = new MessageChannel();
-  const warnings = [];
-  const state = { dead: null, framesToWorker: 0, alive: true, warnings };
-  const host = new relay.RelayHost(ch.port1, {
-    log: { info() {}, warn: (m) => warnings.push(String(m)) },
-    maxQueuedFrames: 2, heartbeatMs: 100, deadAfterMs: 1500,
-    onDead: (reason) => { state.dead = reason; },
-  });
-  const fake = ch.port2;
-  let nextId = 1;
-  let client = null;
-  fake.onmessage = async (event) => {
-    const m = event.data;
-    if (!state.alive) return;
-    if (m.t === 'ping') fake.postMessage({ t: 'pong', n: m.n });
-    else if (m.t === 'frame') state.framesToWorker++; // never acknowledged
-    else if (m.t === 'send-signal') {
-      await client.sendSignal(m.peerId, m.payload);
-      fake.postMessage({ t: 'reply', id: m.id, ok: true, value: null });
-    }
-  };
-  fake.postMessage({ t: 'hello', version: relay.RELAY_VERSION, config: {} });
-  client = await S.SignalClient.create(await S.Identity.generate(), {
-    urls: [signalUrl],
-    serves: [],
-    onSignal: (signal) => {
-      if (signal.payload.kind === 'webrtc') {
-        fake.postMessage({ t: 'handle-signal', id: nextId++, sender: signal.sender, payload: signal.payload });
-      }
-    },
-  });
-  window.fakeWorker = {
-    state,
-    silence: () => { state.alive = false; },
-    links: () => host.links.map((l) => l.state),
-  };
-  return client.peerId;
-}"""
+FAKE_WORKER_JS = script("embed/fake_worker")
 
 
 async def overload_run(

@@ -29,8 +29,9 @@ from python_peer.core.receipts import Receipt
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LedgerStore, native_verify
-from tests.browser.conftest import HARNESS_PATH, MOUNTS, ROOT, Harness, WebServer
-from tests.test_ledger import RULES, Log, cosign, grant, ids
+from tests.support.browser import Harness, script
+from tests.support.ledger import RULES, Log, cosign, grant, ids
+from tests.support.static_server import HARNESS_PATH, MOUNTS, ROOT, WebServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -38,39 +39,13 @@ CORE_PREFIX = "/py/python_peer/core/"
 SHARD_PREFIX = "/ledger-test-shards/"
 MODEL = "tiny-llama"
 
-SETUP_JS = """async () => {
-  window.DB = await import('/web/src/storage/db.js');
-  window.LJ = await import('/web/src/ledger/ledger.js');
-  window.ledgers = window.ledgers ?? {};
-  return true;
-}"""
+SETUP_JS = script("ledger_js/setup")
 
-OPEN_JS = """async ({ name, bits, claimGrant }) => {
-  const db = await DB.openDatabase(name);
-  const identity = await DB.loadOrCreateIdentity(db);
-  const t = performance.now();
-  const ledger = await LJ.BrowserLedger.open({ db, identity, powBits: bits, coreUrl: '/py/python_peer/core/', claimGrant });
-  ledgers[name] = ledger;
-  return { peerId: ledger.peerId, timings: ledger.timings, openMs: performance.now() - t };
-}"""
+OPEN_JS = script("ledger_js/open")
 
-CALL_JS = """async ({ name, method, args }) => {
-  try {
-    return { ok: await ledgers[name][method](...args) };
-  } catch (e) {
-    return { error: { name: e.name, code: e.code ?? null, message: e.message } };
-  }
-}"""
+CALL_JS = script("ledger_js/call")
 
-ROWS_JS = """async (name) => {
-  const db = ledgers[name].db;
-  const count = (store) => new Promise((resolve, reject) => {
-    const request = db.transaction(store).objectStore(store).count();
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-  return { entries: await count('entries'), evidence: await count('evidence') };
-}"""
+ROWS_JS = script("ledger_js/rows")
 
 
 class JsError(Exception):
@@ -186,10 +161,7 @@ def test_grant_identity_and_log_survive_a_reload(page: Harness) -> None:
     assert closed.value.code == "closed"
 
 
-POW_JS = """async ({ cases, mines }) => ({
-  bits: cases.map(([author, nonce]) => LJ.powBits(author, nonce)),
-  mined: mines.map(([author, bits, start]) => LJ.mineGrantSlice(author, bits, start, 1 << 20)),
-})"""
+POW_JS = script("ledger_js/pow")
 
 
 def test_js_proof_of_work_matches_python_and_a_22_bit_grant_is_accepted_natively(page: Harness) -> None:
@@ -488,9 +460,7 @@ def test_a_native_authors_fork_is_found_published_and_kept(page: Harness) -> Non
         native.close()
 
 
-FAIL_DISK_JS = """async (name) => {
-  ledgers[name].db.close(); // every IndexedDB write now fails
-}"""
+FAIL_DISK_JS = script("ledger_js/fail_disk")
 
 
 def test_a_failed_disk_write_keeps_nothing_in_memory(page: Harness) -> None:
@@ -551,23 +521,9 @@ def test_a_thousand_entries_replay_on_open(page: Harness) -> None:
 
 # --- the shard cache ----------------------------------------------------------------------------------
 
-SHARD_JS = """async ({ url, sha256, bytes, dbName }) => {
-  const db = await DB.openDatabase(dbName);
-  const progress = [];
-  const got = await DB.fetchShardCached(db, url, sha256, bytes, (r, t) => progress.push([r, t]));
-  const list = await new DB.ShardCache(db).list();
-  db.close();
-  return { size: got.length, progress: progress.at(-1), cached: list.map((s) => [s.sha256, s.size]) };
-}"""
+SHARD_JS = script("ledger_js/shard")
 
-CORRUPT_JS = """async ({ sha256, dbName }) => {
-  const db = await DB.openDatabase(dbName);
-  const cache = new DB.ShardCache(db);
-  const hit = await cache.get(sha256);
-  hit.bytes[0] ^= 0xff;
-  await cache.put(sha256, hit.bytes, hit.info.meta);
-  db.close();
-}"""
+CORRUPT_JS = script("ledger_js/corrupt")
 
 
 @pytest.fixture
@@ -599,20 +555,7 @@ def test_shard_cache_serves_without_a_request_and_replaces_a_corrupt_copy(
     assert page.take_errors() == []  # the corrupt copy is a warning, and no test left a page error
 
 
-QUOTA_JS = """async ({ url, sha256, bytes, dbName }) => {
-  const db = await DB.openDatabase(dbName);
-  const warnings = [];
-  const got = await DB.fetchShardCached(db, url, sha256, bytes, undefined, { log: { warn: (m) => warnings.push(m) } });
-  let putError = null;
-  try {
-    await new DB.ShardCache(db).put(sha256, got, {});
-  } catch (e) {
-    putError = { name: e.name, code: e.code, message: e.message };
-  }
-  const cached = (await new DB.ShardCache(db).list()).length;
-  db.close();
-  return { size: got.length, warnings, putError, cached };
-}"""
+QUOTA_JS = script("ledger_js/quota")
 
 
 def test_a_full_disk_still_serves_the_shard_with_a_clear_warning(

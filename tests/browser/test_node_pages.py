@@ -27,8 +27,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Request, Response, Route
 
 from python_peer.core.manifest import load_manifest
-from tests.browser.conftest import WebServer
-from tests.procs import Node
+from tests.support.browser import script
+from tests.support.procs import Node
+from tests.support.static_server import WebServer
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
 
@@ -36,12 +37,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PAGES = {"/": "web/src/ui/contribute.js", "/chat": "web/src/ui/browser_chat.js"}
 
 # Collects CSP violations from the start of every document, before any page script runs.
-WATCH_CSP = """
-window.__cspViolations = [];
-document.addEventListener('securitypolicyviolation', (event) => {
-  window.__cspViolations.push(`${event.effectiveDirective} blocked ${event.blockedURI || 'inline'}`);
-});
-"""
+WATCH_CSP = script("node_pages/watch_csp")
 
 
 @dataclass
@@ -107,18 +103,7 @@ def open_page(context: BrowserContext, url: str, *, without_module: str | None =
 
 
 def page_state(page: Page) -> dict[str, Any]:
-    return dict(
-        page.evaluate(
-            """() => ({
-              isolated: globalThis.crossOriginIsolated,
-              config: JSON.parse(document.getElementById('ai4all-config').textContent),
-              module: document.querySelector('script[type=module]').getAttribute('src'),
-              app: !!document.querySelector('main#app'),
-              styled: [...document.styleSheets].some((s) => (s.href || '').endsWith('/web/src/ui/node.css')
-                && s.cssRules.length > 0),
-            })"""
-        )
-    )
+    return dict(page.evaluate(script("node_pages/page_state")))
 
 
 @pytest.mark.parametrize("path", list(PAGES))
@@ -170,26 +155,7 @@ def test_page_with_its_module_loads_without_serving_errors(
 
 def test_pyodide_loads_under_the_page_csp_and_imports_the_core(node: Node, context: BrowserContext) -> None:
     opened = open_page(context, node.http_url + "/chat", without_module="/src/ui/browser_chat.js")
-    result = opened.page.evaluate(
-        """async () => {
-          const config = JSON.parse(document.getElementById('ai4all-config').textContent);
-          const { loadPyodide } = await import('/web/node_modules/pyodide/pyodide.mjs');
-          const pyodide = await loadPyodide({ indexURL: '/web/node_modules/pyodide/' });
-          const sum = pyodide.runPython('1+1');
-          pyodide.FS.mkdirTree('/home/pyodide/python_peer/core');
-          pyodide.FS.writeFile('/home/pyodide/python_peer/__init__.py', '');
-          for (const name of ['__init__.py', 'errors.py', 'economics.py']) {
-            const response = await fetch(new URL(name, config.python_core));
-            if (!response.ok) throw new Error(`${name}: HTTP ${response.status}`);
-            pyodide.FS.writeFile(`/home/pyodide/python_peer/core/${name}`, await response.text());
-          }
-          const bits = pyodide.runPython(
-            'import sys; sys.path.insert(0, "/home/pyodide")\\n' +
-            'from python_peer.core.economics import Rules\\n' +
-            `Rules(grant_pow_bits=${config.ledger.pow_bits}).grant_pow_bits`);
-          return { sum, bits, expected: config.ledger.pow_bits, version: pyodide.version };
-        }"""
-    )
+    result = opened.page.evaluate(script("node_pages/pyodide_core"))
     assert result["sum"] == 2 and result["bits"] == result["expected"], result
     assert opened.csp_violations() == [] and opened.failed == [], (opened.csp_violations(), opened.failed)
 
@@ -203,21 +169,7 @@ def test_onnxruntime_wasm_runs_a_shard_from_the_node(
     ids = [[1, 5, 9, 2]]
     opened = open_page(context, node.http_url + "/", without_module="/src/ui/contribute.js")
     result = opened.page.evaluate(
-        """async (ids) => {
-          const config = JSON.parse(document.getElementById('ai4all-config').textContent);
-          const { ShardRunner } = await import('/web/src/runtime/shard.js');
-          const { makeTensor, runSession } = await import('/web/src/runtime/onnx.js');
-          const base = config.models[0].base;
-          const manifest = await (await fetch(new URL('manifest.json', base))).json();
-          const entry = manifest.shards.find((s) => s.kind === 'embed');
-          const runner = await ShardRunner.load(base, entry, { runtime: { allowWebGPU: false, threads: 2 } });
-          const input = makeTensor(runner.runtime, 'int64', BigInt64Array.from(ids.flat().map(BigInt)),
-            [ids.length, ids[0].length]);
-          const out = await runSession(runner.session, { input_ids: input }, entry.file);
-          const hidden = out.hidden_states_out;
-          return { backend: runner.backend, threads: runner.runtime.threads, dims: hidden.dims,
-                   data: Array.from(hidden.data), name: manifest.model.name };
-        }""",
+        script("node_pages/wasm_shard"),
         ids,
     )
     assert result["backend"] == "wasm" and result["name"] == manifest.name
@@ -239,17 +191,7 @@ def test_a_page_of_another_origin_reads_config_modules_and_shards(
         page = context.new_page()
         page.goto(web_server.url_for("/"))
         result = page.evaluate(
-            """async (origin) => {
-              const config = await (await fetch(`${origin}/v1/config`)).json();
-              const shard = await import(`${origin}/web/src/runtime/shard.js`);
-              const base = config.models[0].base;
-              const manifest = await (await fetch(new URL('manifest.json', base))).json();
-              const entry = manifest.shards.find((s) => s.kind === 'head');
-              const bytes = await shard.fetchShard(new URL(entry.file, base), entry.sha256, entry.bytes);
-              const embed = await fetch(`${origin}/embed.js`);
-              return { isolated: globalThis.crossOriginIsolated, node: config.node_id, size: bytes.byteLength,
-                       expected: entry.bytes, embed: embed.status };
-            }""",
+            script("node_pages/other_origin"),
             node.http_url,
         )
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,8 +22,9 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, ViewportSize, expect
 
 from python_peer.core.manifest import load_manifest
-from tests.conftest import run_cli
-from tests.procs import Node, PeerProc
+from tests.support.browser import script
+from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
@@ -85,20 +85,18 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
 
 
 def _wait_api(peer: PeerProc, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = API_LINE.search(peer.log.read_text())
-        if match:
-            return match.group(1)
-        time.sleep(0.05)
-    raise AssertionError(f"the API of {peer.name} did not start:\n{peer.tail()}")
+    match = wait_for(
+        lambda: API_LINE.search(peer.log.read_text()),
+        timeout,
+        what=f"the API of {peer.name} starting",
+        interval=0.05,
+        describe=peer.tail,
+    )
+    return match.group(1)
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.1)
+    wait_for(check, timeout, what=what, interval=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -152,14 +150,7 @@ def _no_horizontal_scroll(page: Page) -> None:
 
 
 # Records the assistant's text length at each change, to see the reply grow while it streams.
-WATCH_REPLY = """() => {
-  window.__lengths = [];
-  const list = document.getElementById('messages');
-  new MutationObserver(() => {
-    const reply = list.querySelector('.message.assistant .content');
-    if (reply) window.__lengths.push(reply.textContent.length);
-  }).observe(list, {subtree: true, childList: true, characterData: true});
-}"""
+WATCH_REPLY = script("pages/watch_reply")
 
 
 def _ask(page: Page, question: str, max_tokens: int) -> str:

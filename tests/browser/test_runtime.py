@@ -25,7 +25,8 @@ from playwright.sync_api import Browser, Page
 
 from python_peer.core.manifest import Manifest, ShardEntry, load_manifest
 from python_peer.runner import BlocksRunner
-from tests.browser.conftest import HARNESS_PATH, MOUNTS, Harness, WebServer
+from tests.support.browser import Harness, script
+from tests.support.static_server import HARNESS_PATH, MOUNTS, WebServer
 
 pytestmark = pytest.mark.browser
 
@@ -42,99 +43,13 @@ WEBGPU_TOLERANCE = 1e-3
 
 # Runs the prefill then the decode steps of one session in the page; returns each step's output as
 # base64 float32 bytes and its time in milliseconds, then times `timedSteps` more decode steps.
-RUN_STEPS_JS = """async ({ base, file, allowWebGPU, steps, timedSteps }) => {
-  const shard = await import('/web/src/runtime/shard.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const entry = manifest.shards.find((s) => s.file === file);
-  let progress = 0;
-  const runner = await shard.BlocksRunner.load(base, entry, manifest, {
-    onProgress: (received) => { progress = received; },
-    runtime: { allowWebGPU, threads: 1 },
-  });
-  const fromB64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0)).buffer;
-  const toB64 = (a) => {
-    const bytes = new Uint8Array(a.buffer, a.byteOffset, a.byteLength);
-    let text = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(text);
-  };
-  runner.open('s1', 1);
-  const outputs = [];
-  for (const step of steps) {
-    const hidden = { data: new Float32Array(fromB64(step.hidden)), dims: step.dims };
-    const mask = BigInt64Array.from(step.mask, BigInt);
-    const positions = BigInt64Array.from(step.positions, BigInt);
-    const t0 = performance.now();
-    const out = await runner.forward('s1', hidden, mask, positions);
-    outputs.push({ data: toB64(out.data), dims: out.dims, ms: performance.now() - t0 });
-  }
-  const length = runner.session('s1').length;
-  // steady-state decode timing: more steps of the last hidden state, not compared
-  const last = steps[steps.length - 1];
-  const times = [];
-  for (let i = 0; i < timedSteps; i++) {
-    const hidden = { data: new Float32Array(fromB64(last.hidden)), dims: last.dims };
-    const t0 = performance.now();
-    await runner.forward('s1', hidden, new BigInt64Array([1n]), new BigInt64Array([BigInt(length + i)]));
-    times.push(performance.now() - t0);
-  }
-  times.sort((a, b) => a - b);
-  const decodeMedianMs = times.length ? times[times.length >> 1] : null;
-  runner.close('s1');
-  await runner.release();
-  return { backend: runner.runner.backend, progress, length, outputs, decodeMedianMs };
-}"""
+RUN_STEPS_JS = script("runtime/run_steps")
 
 # Loads a shard through the public API and reports the error it throws.
-LOAD_ERROR_JS = """async ({ base, file, manifestBase }) => {
-  const shard = await import('/web/src/runtime/shard.js');
-  const manifest = await (await fetch(manifestBase + 'manifest.json')).json();
-  const entry = manifest.shards.find((s) => s.file === file);
-  try {
-    await shard.BlocksRunner.load(base, entry, manifest, { runtime: { allowWebGPU: false, threads: 1 } });
-    return { ok: true };
-  } catch (error) {
-    return { ok: false, name: error.name, message: error.message, isShardError: error instanceof shard.ShardError };
-  }
-}"""
+LOAD_ERROR_JS = script("runtime/load_error")
 
 # One bad call per case on an open session; each must throw ShardInputError (or SessionError).
-BAD_INPUTS_JS = """async ({ base, file }) => {
-  const shard = await import('/web/src/runtime/shard.js');
-  const manifest = await (await fetch(base + 'manifest.json')).json();
-  const entry = manifest.shards.find((s) => s.file === file);
-  const runner = await shard.BlocksRunner.load(base, entry, manifest, { runtime: { allowWebGPU: false, threads: 1 } });
-  const hiddenSize = manifest.model.config.hidden_size;
-  const ones = (n) => new BigInt64Array(n).fill(1n);
-  const range = (n) => BigInt64Array.from({ length: n }, (_, i) => BigInt(i));
-  const good = () => ({ data: new Float32Array(2 * hiddenSize).fill(0.5), dims: [1, 2, hiddenSize] });
-  const cases = {
-    wrong_hidden_size: () => runner.forward('s', { data: new Float32Array(2 * 32), dims: [1, 2, 32] }, ones(2), range(2)),
-    wrong_batch: () => runner.forward('s', { data: new Float32Array(4 * hiddenSize), dims: [2, 2, hiddenSize] }, ones(4), range(4)),
-    data_length: () => runner.forward('s', { data: new Float32Array(3), dims: [1, 2, hiddenSize] }, ones(2), range(2)),
-    not_float32: () => runner.forward('s', { data: new Float64Array(2 * hiddenSize), dims: [1, 2, hiddenSize] }, ones(2), range(2)),
-    mask_length: () => runner.forward('s', good(), ones(3), range(2)),
-    mask_type: () => runner.forward('s', good(), new Int32Array(2), range(2)),
-    nan_hidden: () => { const h = good(); h.data[7] = NaN; return runner.forward('s', h, ones(2), range(2)); },
-    inf_hidden: () => { const h = good(); h.data[0] = -Infinity; return runner.forward('s', h, ones(2), range(2)); },
-    unknown_session: () => runner.forward('nope', good(), ones(2), range(2)),
-  };
-  runner.open('s', 1);
-  const results = {};
-  for (const [name, call] of Object.entries(cases)) {
-    try {
-      await call();
-      results[name] = { ok: true };
-    } catch (error) {
-      results[name] = { ok: false, name: error.name, message: error.message };
-    }
-  }
-  // the refusals left the session untouched: a good step still runs from an empty cache
-  const out = await runner.forward('s', good(), ones(2), range(2));
-  results.after = { ok: true, dims: out.dims, length: runner.session('s').length };
-  await runner.release();
-  return results;
-}"""
+BAD_INPUTS_JS = script("runtime/bad_inputs")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,8 +21,9 @@ import pytest
 from python_peer.core.canonical import ANNOUNCE_CONTEXT, SIGNAL_CONTEXT, ServedSpan, signing_bytes
 from python_peer.identity import Identity
 from python_peer.signal_client import SignalClient, SignalClientConfig
-from tests.browser.conftest import Harness
-from tests.procs import Node
+from tests.support.browser import Harness, script
+from tests.support.procs import Node
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -49,11 +49,7 @@ GOLDEN_SIGNAL: dict[str, Any] = {
 }
 
 # The module as `window.S`, plus a registry of JS clients by name.
-SETUP_JS = """async () => {
-  window.S = await import('/web/src/signaling/client.js');
-  window.clients = {};
-  return true;
-}"""
+SETUP_JS = script("signaling_js/setup")
 
 
 class PyPeer:
@@ -101,55 +97,32 @@ def start_js(page: Harness, name: str, urls: list[str], span: tuple[int, int] = 
     """Start a JS client called ``name`` announcing ``span`` of MODEL; returns its peer id."""
     return str(
         page.page.evaluate(
-            """async ([name, urls, start, end]) => {
-              const identity = await S.Identity.generate();
-              clients[name] = await S.SignalClient.create(identity, {
-                urls, serves: [{model: 'smollm2-135m', start, end}], throughputMilli: 1000,
-                backoffInitialMs: 50, backoffMaxMs: 500,
-              });
-              return clients[name].peerId;
-            }""",
+            script("signaling_js/start_client"),
             [name, urls, span[0], span[1]],
         )
     )
 
 
 def close_js(page: Harness, name: str) -> None:
-    page.page.evaluate("async (name) => { await clients[name].close(); delete clients[name]; }", name)
+    page.page.evaluate(script("signaling_js/close_client"), name)
 
 
 def test_golden_signing_bytes(page: Harness) -> None:
     """(c) JS and Python sign exactly the same bytes for an announcement and a signal body."""
     got = page.page.evaluate(
-        """([ann, sig, ctxA, ctxS]) => [S.toHex(S.signingBytes(ctxA, ann)), S.toHex(S.signingBytes(ctxS, sig))]""",
+        script("signaling_js/signing_bytes"),
         [GOLDEN_BODY, GOLDEN_SIGNAL, ANNOUNCE_CONTEXT, SIGNAL_CONTEXT],
     )
     assert got[0] == signing_bytes(ANNOUNCE_CONTEXT, GOLDEN_BODY).hex()
     assert got[1] == signing_bytes(SIGNAL_CONTEXT, GOLDEN_SIGNAL).hex()
-    refused = page.page.evaluate(
-        """() => [1.5, 2 ** 53, NaN].map((x) => {
-          try { S.canonicalBytes({x}); return 'accepted'; } catch (e) { return e.name; }
-        })"""
-    )
+    refused = page.page.evaluate(script("signaling_js/signing_floats"))
     assert refused == ["CanonicalError"] * 3
     page.note("golden signing bytes equal Python's")
 
 
 def test_identity_export_import(page: Harness) -> None:
     """An exported identity (JWK and PKCS8) imports to the same peer id and signs verifiably."""
-    ok = page.page.evaluate(
-        """async () => {
-          const a = await S.Identity.generate();
-          const out = [];
-          for (const format of ['jwk', 'pkcs8']) {
-            const b = await S.importIdentity(await a.exportIdentity(format));
-            const bytes = new TextEncoder().encode('hello');
-            await S.verify(a.peerId, bytes, await b.sign(bytes));
-            out.push(b.peerId === a.peerId);
-          }
-          return out;
-        }"""
-    )
+    ok = page.page.evaluate(script("signaling_js/identity_round_trip"))
     assert ok == [True, True]
 
 
@@ -174,12 +147,7 @@ def test_announce_lookup_and_signals(page: Harness, node: Node) -> None:
         # Python -> JS: the JS client verifies before delivering.
         answer = {"type": "answer", "sdp": "v=0", "ice": [{"candidate": "c", "mline": 0}]}
         py.run(py.client.send_signal(js_id, answer))
-        got = page.page.evaluate(
-            """async () => {
-              const timeout = new Promise((_, reject) => setTimeout(() => reject(new Error('no signal')), 5000));
-              return await Promise.race([clients.a.recvSignal(), timeout]);
-            }"""
-        )
+        got = page.page.evaluate(script("signaling_js/wait_peers"))
         assert got["sender"] == py.client.peer_id and got["payload"] == answer
 
         # The JS client's own lookup verifies the Python announcement.
@@ -195,24 +163,7 @@ def test_announce_lookup_and_signals(page: Harness, node: Node) -> None:
 
 def test_forged_announcement_refused(page: Harness, node: Node) -> None:
     """(d) A lookup result with a tampered or re-signed-by-another-key body is dropped; the real one kept."""
-    result = page.page.evaluate(
-        """async () => {
-          const a = await S.Identity.generate();
-          const b = await S.Identity.generate();
-          const now = Date.now();
-          const body = {v: 1, peer_id: a.peerId, kind: 'browser', seq: now, issued_ms: now, expires_ms: now + 60000,
-            serves: [{model: 'smollm2-135m', start: 0, end: 4}], throughput_milli: 1, kv_free_tokens: 0,
-            signaling: []};
-          const sig = await a.signBody(S.ANNOUNCE_CONTEXT, body);
-          const tampered = {...body, throughput_milli: 10 ** 9};
-          const otherKey = await b.signBody(S.ANNOUNCE_CONTEXT, body);
-          const items = [{body: tampered, sig}, {body, sig: otherKey}, {body, sig: 'zz'}, {body, sig}];
-          const kept = await S.verifyPeers(items, 'smollm2-135m', 0, 4, {log: {warn() {}, info() {}}});
-          let error = null;
-          try { await S.verifyPeerItem({body: tampered, sig}, now); } catch (e) { error = e.name; }
-          return {kept: kept.map((k) => k.throughput_milli), error};
-        }"""
-    )
+    result = page.page.evaluate(script("signaling_js/forged_announcement"))
     assert result == {"kept": [1], "error": "SignatureError"}
     page.note("forged announcements refused")
 
@@ -229,11 +180,19 @@ def test_failover_to_second_node(page: Harness, node: Node, log_dir: Path) -> No
         assert page.page.evaluate("() => clients.f.url") == first.url
         first.stop(signal.SIGKILL)
         py = PyPeer([second.url])
-        deadline = time.monotonic() + 10
         found: list[str] = []
-        while time.monotonic() < deadline and js_id not in found:
-            found = [ann.peer_id for ann in py.run(py.client.lookup(MODEL, 0, 3))]
-            time.sleep(0.1)
+
+        def listed() -> bool:
+            found[:] = [ann.peer_id for ann in py.run(py.client.lookup(MODEL, 0, 3))]
+            return js_id in found
+
+        wait_for(
+            listed,
+            10,
+            what="the JS peer showing up on the second node",
+            interval=0.1,
+            describe=lambda: f"state {page.page.evaluate('() => clients.f.state')}",
+        )
         assert js_id in found, (
             f"JS peer not found on the second node; state {page.page.evaluate('() => clients.f.state')}"
         )

@@ -43,7 +43,8 @@ from python_peer.core.wire import (
     error_frame,
     raise_for_error,
 )
-from tests.browser.conftest import Harness, WebServer, launch_config
+from tests.support.browser import Harness, launch_config, script
+from tests.support.static_server import WebServer, resolve_url_path
 
 pytestmark = pytest.mark.browser
 
@@ -56,57 +57,11 @@ SESSION = bytes(range(16))
 
 # Installed once per page: the codec as `T.wire`, plus base64/hex helpers and a frame description in
 # the shape of index.json.
-SETUP_JS = """async () => {
-  const wire = await import('/web/src/protocol/wire.js');
-  const fromB64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-  const toB64 = (bytes) => {
-    let s = '';
-    for (let i = 0; i < bytes.length; i += 0x8000) s += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-    return btoa(s);
-  };
-  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
-  const fromHex = (s) => Uint8Array.from(s.match(/../g) ?? [], (h) => parseInt(h, 16));
-  const errorName = (e) => (e instanceof wire.WireError ? e.name : `not a WireError: ${e && e.name}: ${e && e.message}`);
-  const describe = (f) => ({
-    type: wire.frameTypeName(f.type),
-    session: hex(f.session),
-    step: f.step,
-    flags: Object.entries(wire.FrameFlags).filter(([, bit]) => f.flags & bit).map(([name]) => name),
-    meta: f.meta,
-    tensors: f.tensors.map((t) => ({
-      name: t.name, dtype: t.dtype, shape: [...t.shape], values: wire.tensorValues(t).map(Number),
-    })),
-  });
-  const decodeOutcome = (b64, maxFrameBytes) => {
-    try {
-      const frame = wire.decodeFrame(fromB64(b64), maxFrameBytes ? { maxFrameBytes } : {});
-      return toB64(wire.encodeFrame(frame)) === b64 ? 'OK' : 'OK but re-encodes differently';
-    } catch (e) {
-      return errorName(e);
-    }
-  };
-  const buildFrame = (spec) => ({
-    type: spec.type,
-    session: fromHex(spec.session),
-    step: spec.step,
-    flags: spec.flags,
-    meta: JSON.parse(spec.meta),
-    tensors: spec.tensors.map((t) => ({ name: t.name, dtype: t.dtype, shape: t.shape, data: fromB64(t.data) })),
-  });
-  globalThis.T = { wire, fromB64, toB64, hex, fromHex, errorName, describe, decodeOutcome, buildFrame };
-  return Object.keys(wire).length;
-}"""
+SETUP_JS = script("wire_vectors/setup")
 
 DECODE_BATCH_JS = "([cases, max]) => cases.map((b64) => T.decodeOutcome(b64, max))"
 
-ENCODE_BATCH_JS = """(specs) => specs.map((spec) => {
-  try {
-    const options = spec.max ? { maxFrameBytes: spec.max } : {};
-    return 'OK:' + T.toB64(T.wire.encodeFrame(T.buildFrame(spec), options));
-  } catch (e) {
-    return T.errorName(e);
-  }
-})"""
+ENCODE_BATCH_JS = script("wire_vectors/encode_batch")
 
 
 def b64(data: bytes) -> str:
@@ -254,15 +209,7 @@ def test_page_is_cross_origin_isolated_and_files_have_their_mime_types(
             "/web/node_modules/onnxruntime-web/dist/ort.min.mjs",
         ]
     result = wire_page.page.evaluate(
-        """async (paths) => ({
-          isolated: self.crossOriginIsolated,
-          types: await Promise.all(paths.map(async (p) => {
-            const r = await fetch(p);
-            return [r.status, r.headers.get('content-type'), r.headers.get('cross-origin-embedder-policy')];
-          })),
-          missing: (await fetch('/web/no-such-file.js')).status,
-          directory: (await fetch('/web/src/protocol/')).status,
-        })""",
+        script("wire_vectors/isolation_and_mime"),
         paths,
     )
     assert result["isolated"] is True
@@ -290,7 +237,6 @@ def test_the_browser_is_the_configured_chromium(wire_page: Harness) -> None:
 
 
 def test_resolve_url_path_stays_inside_the_mounts() -> None:
-    from tests.browser.conftest import resolve_url_path
 
     assert resolve_url_path("/tests/vectors/open.bin?x=1") == VECTORS / "open.bin"
     for path in (
@@ -306,15 +252,7 @@ def test_resolve_url_path_stays_inside_the_mounts() -> None:
 
 def test_constants_and_error_classes_mirror_python(wire_page: Harness) -> None:
     js = wire_page.page.evaluate(
-        """(names) => {
-          const w = T.wire;
-          const classes = Object.fromEntries(names.filter((n) => typeof w[n] === 'function').map((n) => [
-            n, { parent: Object.getPrototypeOf(w[n]).name, code: w[n].code ?? null }]));
-          const consts = {};
-          for (const [k, v] of Object.entries(w)) if (typeof v !== 'function' && !(v instanceof Uint8Array)) consts[k] = v;
-          return { classes, consts, remote: Object.fromEntries(Object.entries(w.REMOTE_ERRORS).map(([c, k]) => [c, k.name])),
-                   noSession: T.hex(w.NO_SESSION) };
-        }""",
+        script("wire_vectors/constants"),
         [name for name in dir(core_errors) if isinstance(getattr(core_errors, name), type)],
     )
     consts = js["consts"]
@@ -349,19 +287,7 @@ def test_golden_frame_decodes_and_encodes_to_the_bytes_on_disk(
     wire_page: Harness, entry: dict[str, Any]
 ) -> None:
     result = wire_page.page.evaluate(
-        """async (entry) => {
-          const bytes = new Uint8Array(await (await fetch('/tests/vectors/' + entry.file)).arrayBuffer());
-          const frame = T.wire.decodeFrame(bytes);
-          const built = T.wire.encodeFrame({
-            type: T.wire.FrameType[entry.type],
-            session: T.fromHex(entry.session),
-            step: entry.step,
-            flags: entry.flags.reduce((bits, name) => bits | T.wire.FrameFlags[name], 0),
-            meta: entry.meta,
-            tensors: entry.tensors.map((t) => T.wire.tensorFromValues(t.name, t.dtype, t.shape, t.values)),
-          });
-          return { described: T.describe(frame), reencoded: T.toB64(T.wire.encodeFrame(frame)), built: T.toB64(built) };
-        }""",
+        script("wire_vectors/golden_frame"),
         entry,
     )
     expected = {k: v for k, v in entry.items() if k != "file"}
@@ -379,19 +305,7 @@ def test_golden_frame_decodes_and_encodes_to_the_bytes_on_disk(
 @pytest.mark.parametrize("entry", CHUNK_ENTRIES, ids=[e["message_file"] for e in CHUNK_ENTRIES])
 def test_golden_chunks_are_cut_and_joined_like_python(wire_page: Harness, entry: dict[str, Any]) -> None:
     result = wire_page.page.evaluate(
-        """async (entry) => {
-          const load = async (name) => new Uint8Array(await (await fetch('/tests/vectors/' + name)).arrayBuffer());
-          const message = await load(entry.message_file);
-          const files = await Promise.all(entry.files.map(load));
-          const cut = T.wire.chunkMessage(entry.message_id, message, entry.chunk_size).map(T.toB64);
-          const orders = [files.map((_, i) => i), files.map((_, i) => files.length - 1 - i)];
-          const joined = orders.map((order) => {
-            const r = new T.wire.Reassembler();
-            const outs = order.map((i) => r.feed(files[i], 0));
-            return { pending: outs.slice(0, -1).every((o) => o === null), message: T.toB64(outs.at(-1)), left: r.size };
-          });
-          return { cut, files: files.map(T.toB64), joined, message: T.toB64(message) };
-        }""",
+        script("wire_vectors/golden_chunks"),
         entry,
     )
     assert result["cut"] == result["files"]
@@ -914,12 +828,7 @@ def test_error_frames_and_remote_errors_match_python(wire_page: Harness) -> None
         (code, "boom") for code in codes
     ]
     result = wire_page.page.evaluate(
-        """(cases) => JSON.parse(cases).map(([code, message], i) => {
-          const bytes = T.wire.encodeFrame(T.wire.errorFrame(T.fromHex('000102030405060708090a0b0c0d0e0f'), i, code, message));
-          let raised = null;
-          try { T.wire.raiseForError(T.wire.decodeFrame(bytes)); } catch (e) { raised = [e.name, e.code, e.message, e instanceof T.wire.RemoteError]; }
-          return [T.toB64(bytes), raised];
-        })""",
+        script("wire_vectors/error_frames"),
         json.dumps(cases, ensure_ascii=True),
     )
     for i, ((code, message), (js_bytes, js_raised)) in enumerate(zip(cases, result, strict=True)):
@@ -1014,26 +923,7 @@ def py_reassembler_run(scenario: dict[str, Any]) -> list[str]:
 def test_reassembler_matches_python(wire_page: Harness) -> None:
     scenarios = reassembler_scenarios(random.Random(99))
     js_runs = wire_page.page.evaluate(
-        """(scenarios) => scenarios.map(({ params, steps }) => {
-          const r = new T.wire.Reassembler({
-            maxMessageBytes: params.max_message_bytes, maxPartial: params.max_partial,
-            maxBufferedBytes: params.max_buffered_bytes, timeoutS: params.timeout_s,
-          });
-          return steps.map((step) => {
-            let answer;
-            if (step[0] === 'expire') {
-              answer = `expired [${r.expire(step[1]).join(', ')}]`;
-            } else {
-              try {
-                const message = r.feed(T.fromB64(step[1]), step[2]);
-                answer = message === null ? 'none' : 'message ' + T.toB64(message);
-              } catch (e) {
-                answer = T.errorName(e);
-              }
-            }
-            return `${answer} | ${r.size} partial, ${r.bufferedBytes} bytes`;
-          });
-        })""",
+        script("wire_vectors/reassembler"),
         scenarios,
     )
     steps = 0
@@ -1071,14 +961,7 @@ def test_check_finite_matches_python(wire_page: Harness) -> None:
         return "OK"
 
     answers = wire_page.page.evaluate(
-        """(specs) => specs.map((t) => {
-          try {
-            T.wire.checkFinite(T.wire.makeTensor(t.name, t.dtype, t.shape, T.fromB64(t.data)));
-            return 'OK';
-          } catch (e) {
-            return e instanceof T.wire.NonFiniteError ? e.message.split(' holds ')[1] : T.errorName(e);
-          }
-        })""",
+        script("wire_vectors/check_finite"),
         [{"name": t.name, "dtype": t.dtype, "shape": list(t.shape), "data": b64(t.data)} for t in tensors],
     )
     assert answers == [py_answer(t) for t in tensors]
@@ -1086,10 +969,7 @@ def test_check_finite_matches_python(wire_page: Harness) -> None:
 
 
 def test_float16_conversions_match_python_struct(wire_page: Harness) -> None:
-    to_number = wire_page.page.evaluate(
-        "() => Array.from({length: 65536}, (_, bits) => { const x = T.wire.float16BitsToNumber(bits);"
-        " return Number.isNaN(x) ? 'nan' : Number.isFinite(x) ? x : String(x); })"
-    )
+    to_number = wire_page.page.evaluate(script("wire_vectors/float16_all"))
     expected_numbers: list[Any] = []
     for bits in range(65536):
         (x,) = struct.unpack("<e", struct.pack("<H", bits))
@@ -1124,13 +1004,7 @@ def test_float16_conversions_match_python_struct(wire_page: Harness) -> None:
     inputs += [-x for x in inputs]
     packed = struct.pack(f"<{len(inputs)}d", *inputs)
     answers = wire_page.page.evaluate(
-        """(b64) => {
-          const bytes = T.fromB64(b64);
-          const values = new Float64Array(bytes.buffer, 0, bytes.length / 8);
-          const out = Array.from(values, (x) => { try { return T.wire.numberToFloat16Bits(x); } catch (e) { return e.name; } });
-          out.push(T.wire.numberToFloat16Bits(NaN) & 0x7fff);
-          return out;
-        }""",
+        script("wire_vectors/float16"),
         b64(packed),
     )
 
@@ -1146,33 +1020,7 @@ def test_float16_conversions_match_python_struct(wire_page: Harness) -> None:
 
 
 def test_tensor_views_and_helpers(wire_page: Harness) -> None:
-    result = wire_page.page.evaluate(
-        """async () => {
-          const w = T.wire;
-          const buffer = await (await fetch('/tests/vectors/forward_f16_pos.bin')).arrayBuffer();
-          const aligned = w.decodeFrame(buffer);  // an ArrayBuffer, as a data channel delivers it
-          const shifted = new Uint8Array(buffer.byteLength + 1);
-          shifted.set(new Uint8Array(buffer), 1);
-          const unaligned = w.decodeFrame(shifted.subarray(1));  // typed array views need copies
-          const [h, pos] = aligned.tensors;
-          const [h2, pos2] = unaligned.tensors;
-          let missing = null;
-          try { w.frameTensor(aligned, 'attention_mask'); } catch (e) { missing = e.name; }
-          let overflow = null;
-          try { w.float32ToFloat16Array([70000]); } catch (e) { overflow = e.name; }
-          let wrongDtype = null;
-          try { w.tensorAsFloat32(pos); } catch (e) { wrongDtype = e.name; }
-          return {
-            views: [w.tensorAsFloat16Bits(h).buffer === buffer, w.tensorAsInt64(pos).buffer === buffer],
-            copies: [w.tensorAsFloat16Bits(h2).buffer === shifted.buffer, w.tensorAsInt64(pos2).buffer === shifted.buffer],
-            widened: Array.from(w.tensorToFloat32(h2)),
-            positions: Array.from(w.tensorAsInt64(pos2), Number),
-            named: w.frameTensor(aligned, 'position_ids') === pos,
-            missing, overflow, wrongDtype,
-            roundTrip: Array.from(w.float16ToFloat32Array(w.float32ToFloat16Array([0.1, -2, 65504, 1e-8]))),
-          };
-        }"""
-    )
+    result = wire_page.page.evaluate(script("wire_vectors/tensor_views"))
     entry = next(e for e in FRAME_ENTRIES if e["file"] == "forward_f16_pos.bin")
     assert result["views"] == [True, True] and result["copies"] == [False, False]
     assert result["widened"] == entry["tensors"][0]["values"]

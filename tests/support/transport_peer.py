@@ -1,4 +1,4 @@
-"""The other peer of the cross-process test in ``test_transport.py``; run as ``python -m tests.transport_peer``.
+"""The other peer of the cross-process test in ``test_transport.py``; run as ``python -m tests.support.transport_peer``.
 
 Signaling travels as JSON lines: ``{"from": id, "payload": {...}}`` on stdin goes to
 ``LinkManager.handle_signal``, and ``send_signal`` writes ``{"to": id, "payload": {...}}`` to stdout.

@@ -1,4 +1,4 @@
-"""Processes of a test mesh: ``ai4all signal`` nodes and ``ai4all peer`` peers on free loopback ports."""
+"""Processes of a test: ``ai4all`` CLI runs, ``ai4all signal`` nodes and ``ai4all peer`` peers on free loopback ports."""
 
 from __future__ import annotations
 
@@ -15,7 +15,22 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_cli(
+    args: Sequence[str], *, timeout: float = 600, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``ai4all ARGS`` in a fresh interpreter; return the finished process (never raises on status)."""
+    return subprocess.run(
+        [sys.executable, "-m", "python_peer.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd or ROOT,
+        check=False,
+    )
 
 
 def _env() -> dict[str, str]:

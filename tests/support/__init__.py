@@ -1,0 +1,21 @@
+"""Helpers the test modules share; fixtures live in the conftest files, tests never import each other.
+
+- ``procs.py``: ``run_cli`` (the ``ai4all`` CLI in a fresh interpreter), ``Node`` and ``PeerProc``
+  (``ai4all signal`` and ``ai4all peer`` subprocesses on free loopback ports), ``free_port``.
+- ``waiting.py``: ``wait_for`` / ``wait_for_async``, polls for a condition with a deadline (never a
+  fixed sleep for background work).
+- ``loop_thread.py``: ``LoopThread``, one asyncio program in a thread beside Playwright's sync API.
+- ``tiny_models.py``: tiny random Llama, Qwen2 and GPT-2 models with a real tokenizer, built offline.
+- ``transport_peer.py``: the other process of ``test_transport.py``'s cross-process link
+  (``python -m tests.support.transport_peer``).
+- ``ledger.py``: ledger data: fixed identities, mined grants, co-signed receipts, hand-built logs,
+  random histories (hypothesis) and the in-memory gossip ``Wire``.
+- ``mesh.py``: short timeouts, prompts and greedy runs of the multi-process mesh tests.
+- ``static_server.py``: the browser tests' static server (``web/``, ``tests/vectors/``, mounts a test
+  adds) with the cross-origin isolation headers, and its harness page.
+- ``browser.py``: Chromium's launch settings (``playwright.config.py``), the ``Harness`` page, and
+  ``script(name)``: the page scripts in ``tests/browser/js/``.
+- ``browser_node.py``: a tab serving blocks (``browser_peer``) and native generations through the mesh.
+- ``browser_client.py``: the browser's mesh client on a harness page, set up and generating.
+- ``node_page.py``: a ``Visit`` to a signaling node's contribute page: Start, serving.
+"""
