@@ -59,5 +59,9 @@ class SignalPayloadError(TransportError, ValueError):
     """A signaling payload is malformed, of an unknown type, or names a link that is not pending."""
 
 
+class TemplateError(PeerError):
+    """The chat template cannot render these messages."""
+
+
 class UpError(AI4AllError):
     """``ai4all up`` could not start its local mesh (a process did not start, the export failed)."""

@@ -41,7 +41,7 @@ from python_peer.core.ledger_exchange import (
     receipt_answer,
     receipt_request,
 )
-from python_peer.core.protocol import MAX_PENDING_RECEIPTS
+from python_peer.core.protocol import LEDGER_SIGNAL, MAX_PENDING_RECEIPTS
 from python_peer.core.receipts import Receipt
 from python_peer.core.wire import ErrorCode, Frame, FrameType
 
@@ -50,8 +50,6 @@ from .hop import HOP_FAILURES, HopClient, Refusal
 from .ledger_service import CHANNEL_GOSSIP, LedgerService
 
 log = logging.getLogger(__name__)
-
-LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
 
 
 def _from_peer(peer_id: str, exc: ExchangeError) -> PeerError:

@@ -13,11 +13,9 @@ from typing import Any
 
 from python_peer.core.manifest import Manifest
 
-from .errors import PeerError
+from .errors import PeerError, TemplateError
 
-
-class TemplateError(PeerError):
-    """The chat template cannot render these messages."""
+__all__ = ["ModelTokenizer", "StreamDecoder", "TemplateError"]
 
 
 def _raise_exception(message: str) -> None:

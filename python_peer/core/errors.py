@@ -61,7 +61,7 @@ in ``signaling/errors.py``. The whole tree::
     │   │   │   └── LinkOverflowError      closed because frames arrived faster than the consumer read them
     │   │   ├── LinkTimeoutError       no answer, no open channel or no PONG within the timeout
     │   │   └── SignalPayloadError     a signaling payload that is malformed or names no pending link
-    │   └── TemplateError          (python_peer/tokenizer.py) the chat template cannot render the messages
+    │   └── TemplateError          the chat template cannot render the messages (tokenizer.py)
     ├── UpError                            (python_peer/errors.py) ``ai4all up`` could not start its mesh
     ├── NoRouteError                       (python_peer/routing.py) no reachable peers cover the blocks
     ├── MeshError                          (python_peer/mesh_client.py) generation through the mesh gave up

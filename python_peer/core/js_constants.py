@@ -80,6 +80,8 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "PUSH_ENTRIES",
             "CHANNEL_GOSSIP_BYTES",
             "SIGNALING_GOSSIP_BYTES",
+            "WEBRTC_SIGNAL",
+            "LEDGER_SIGNAL",
             "PROBE_EVERY_MS",
             "PROBE_TIMEOUT_MS",
             "PROBE_MISSES",

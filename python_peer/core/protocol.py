@@ -16,6 +16,9 @@ PUSH_ENTRIES = 64  # own ledger entries a client pushes to a peer before opening
 CHANNEL_GOSSIP_BYTES = 60 * 1024  # a gossip message on a session link (its frame's metadata holds 64 KiB)
 SIGNALING_GOSSIP_BYTES = 28 * 1024  # a gossip message through signaling (a signal payload holds 32 KiB)
 
+WEBRTC_SIGNAL = "webrtc"  # signal payloads of this kind carry WebRTC descriptions (an offer or an answer)
+LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
+
 PROBE_EVERY_MS = 1_000  # while waiting for an answer, a client pings the peer this often
 PROBE_TIMEOUT_MS = 3_000  # a ping unanswered this long is a miss
 PROBE_MISSES = 2  # this many misses in a row mean the peer is gone

@@ -24,10 +24,9 @@
 import { SignalClient } from '../signaling/client.js';
 import { acquireNodeLock } from '../storage/db.js';
 import { BrowserTransport } from '../transport/peer.js';
-import { SIGNALING_GOSSIP_BYTES } from '../protocol/constants.js';
+import { LEDGER_SIGNAL, SIGNALING_GOSSIP_BYTES, WEBRTC_SIGNAL } from '../protocol/constants.js';
 
-export const LEDGER_SIGNAL = 'ledger'; // signal payloads of this kind carry ledger gossip, not WebRTC
-export const WEBRTC_SIGNAL = 'webrtc';
+export { LEDGER_SIGNAL, WEBRTC_SIGNAL };
 /** Ledger gossip messages through signaling waiting to be answered; past it new ones are dropped. */
 export const MAX_PENDING_GOSSIP = 64;
 
