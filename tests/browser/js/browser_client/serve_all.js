@@ -7,6 +7,7 @@
  */
 async ({ base, signalUrl }) => {
   const S = await import('/web/src/signaling/client.js');
+  const { Identity } = await import('/web/src/identity/identity.js');
   const { BrowserTransport } = await import('/web/src/transport/peer.js');
   const { SpanServer } = await import('/web/src/node/span_server.js');
   const manifest = await (await fetch(base + 'manifest.json')).json();
@@ -24,7 +25,7 @@ async ({ base, signalUrl }) => {
     },
     onLinkClosed: (link) => server.closeClient(link.remoteId),
   });
-  client = await S.SignalClient.create(await S.Identity.generate(), {
+  client = await S.SignalClient.create(await Identity.generate(), {
     urls: [signalUrl],
     serves: [{ model: manifest.model.name, start: 0, end: 4 }],
     kvFreeTokens: server.kvFreeTokens,
