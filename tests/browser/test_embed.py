@@ -800,7 +800,23 @@ BIG_SHARD_JS = """async (origin) => {
         URL.revokeObjectURL(url);  // from now on a download fails: only the cache can answer
         const second = await sha256Hex(await storage.fetchShardCached(db, url, sha, size, undefined, { log }));
         const listed = (await new storage.ShardCache(db).list()).map((info) => [info.size, info.pieces]);
-        postMessage({ ok: true, same: first === sha && second === sha, warnings, listed, size });
+        // A corrupt piece (one byte flipped) fails the sha256 check: the copy is dropped, downloaded again.
+        await new Promise((resolve, reject) => {
+          const tx = db.transaction('shard_bytes', 'readwrite');
+          const store = tx.objectStore('shard_bytes');
+          const request = store.get([sha, 3]);
+          request.onsuccess = () => {
+            const piece = new Uint8Array(request.result);
+            piece[100] ^= 0xff;
+            store.put(piece, [sha, 3]);
+          };
+          tx.oncomplete = resolve;
+          tx.onerror = () => reject(tx.error);
+        });
+        const corrupt = await storage.fetchShardCached(db, url, sha, size, undefined, { log }).then(
+          () => 'served', (err) => err.name);
+        const after = await new storage.ShardCache(db).list();
+        postMessage({ ok: true, same: first === sha && second === sha, warnings, listed, size, corrupt, after: after.length });
       } catch (err) {
         postMessage({ ok: false, error: String(err && err.stack || err) });
       }
@@ -829,5 +845,8 @@ def test_the_shard_cache_holds_a_shard_bigger_than_one_indexeddb_value(
         context.close()
     assert result["ok"], result.get("error")
     assert result["same"] is True
-    assert result["warnings"] == []
     assert result["listed"] == [[result["size"], 9]]  # 16 MiB pieces
+    # The corrupt copy was not served: it was deleted, and the download it fell back on failed.
+    assert result["corrupt"] == "ShardError"
+    assert result["after"] == 0
+    assert len(result["warnings"]) == 1 and "is corrupt" in result["warnings"][0], result["warnings"]

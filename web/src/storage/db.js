@@ -14,8 +14,9 @@
  * | `identity`     | `'self'`            | the Ed25519 key, `Identity.exportIdentity('jwk')` |
  * | `entries`      | `[author, seq]`     | `{author, seq, hash, raw}`: a ledger chain entry, `raw` its canonical JSON |
  * | `evidence`     | `hash`              | `{author, seq, hash, raw}`: fork evidence (index `author`) |
- * | `shard_meta`   | `sha256`            | `{sha256, size, pieces, meta, storedMs}` |
- * | `shard_bytes`  | `[sha256, i]`       | piece `i` of the shard's bytes (`Uint8Array`, 16 MiB; ./shard_cache.js) |
+ * | `shard_meta`   | `sha256`            | `{sha256, size, meta, storedMs}`, and `pieces` for a shard over 16 MiB |
+ * | `shard_bytes`  | `sha256`            | the shard's bytes (`Uint8Array`), when they fit one piece |
+ * | `shard_bytes`  | `[sha256, i]`       | piece `i` (16 MiB) of a bigger shard's bytes (./shard_cache.js) |
  * | `settings`     | any string          | any structured-cloneable value |
  *
  * Shard bytes and their metadata live in two stores so that listing the cache never reads the bytes.

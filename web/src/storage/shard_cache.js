@@ -4,13 +4,13 @@
  * `openDatabase` in ./db.js): verified shards kept by sha256, so a second visit loads its span without
  * downloading it again.
  *
- * A shard's bytes are stored in pieces of `SHARD_PIECE_BYTES` under the keys `[sha256, 0]`,
- * `[sha256, 1]`, ... of `shard_bytes`, and its metadata (`{sha256, size, pieces, meta, storedMs}`) in
- * `shard_meta`, all in one transaction: Chromium refuses a single IndexedDB value over ~127 MiB ("The
- * serialized keys and/or value are too large", which aborts the transaction), and a shard of a real
- * model's span is often bigger. Each piece is its own copy (`slice`, never `subarray`: a structured clone
- * of a view copies its whole buffer). An entry of the first layout (metadata without `pieces`, the bytes
- * whole under the key `sha256`) is still read.
+ * Chromium refuses a single IndexedDB value over ~127 MiB ("The serialized keys and/or value are too
+ * large", which aborts the transaction), and a shard of a real model's span is often bigger. So a shard
+ * over `SHARD_PIECE_BYTES` is stored in pieces under the keys `[sha256, 0]`, `[sha256, 1]`, ... of
+ * `shard_bytes`, its metadata saying how many (`{sha256, size, pieces, meta, storedMs}` in
+ * `shard_meta`); a smaller one is stored whole under the key `sha256`, its metadata without `pieces`
+ * (the layout every entry had before). Metadata and bytes are written in one transaction. Each piece
+ * is its own copy (`slice`, never `subarray`: a structured clone of a view copies its whole buffer).
  *
  * A cached shard is re-hashed before use (`fetchShardCached`): a corrupt entry is deleted and the shard
  * downloaded again; a cache that cannot be written is a warning, since serving works without it.
@@ -23,7 +23,7 @@ import { done, inTransaction } from './idb.js';
 export const SHARD_PIECE_BYTES = 16 * 1024 * 1024;
 
 /**
- * `pieces` is absent in entries of the first layout (one value under the key `sha256`).
+ * `pieces` is absent when the bytes are stored whole, under the key `sha256`.
  * @typedef {{sha256: string, size: number, pieces?: number, meta: Record<string, any>, storedMs: number}} ShardInfo
  */
 
@@ -46,7 +46,8 @@ export class ShardCache {
   }
 
   /**
-   * The cached bytes of `sha256` and their metadata, or null when it is not cached (or incomplete).
+   * The cached bytes of `sha256` and their metadata, or null when it is not cached. The bytes are as
+   * stored: the caller checks their size and sha256 (`fetchShardCached` does).
    * @param {string} sha256
    * @returns {Promise<{bytes: Uint8Array, info: ShardInfo} | null>}
    */
@@ -61,41 +62,50 @@ export class ShardCache {
         if (whole === undefined) return null;
         return { bytes: whole instanceof Uint8Array ? whole : new Uint8Array(whole), info };
       }
-      if (!Number.isSafeInteger(info.size) || info.size < 0 || !Number.isSafeInteger(info.pieces) || info.pieces < 0) return null;
+      // A piece missing or of the wrong size gives empty bytes: the caller's size check finds it corrupt.
+      const broken = { bytes: new Uint8Array(0), info };
+      if (!Number.isSafeInteger(info.size) || info.size < 0 || !Number.isSafeInteger(info.pieces) || info.pieces < 0) return broken;
       // One request per piece, copied into place as it arrives, so the pieces are not all held twice.
       const bytes = new Uint8Array(info.size);
       let offset = 0;
       for (let i = 0; i < info.pieces; i++) {
         const piece = await done(store.get([sha256, i]));
-        if (piece === undefined) return null;
+        if (piece === undefined) return broken;
         const view = piece instanceof Uint8Array ? piece : new Uint8Array(piece);
-        if (offset + view.byteLength > bytes.byteLength) return null; // a corrupt entry: not this shard
+        if (offset + view.byteLength > bytes.byteLength) return broken;
         bytes.set(view, offset);
         offset += view.byteLength;
       }
-      if (offset !== info.size) return null;
-      return { bytes, info };
+      return offset === info.size ? { bytes, info } : broken;
     });
   }
 
   /**
-   * Store a shard: its metadata and every piece in one transaction (all of it, or nothing). Throws
+   * Store a shard: its metadata and its bytes (whole, or every piece) in one transaction: all of it, or
+   * nothing. Throws
    * StorageError, code `quota` when the disk is full.
    * @param {string} sha256
    * @param {Uint8Array} bytes
    * @param {Record<string, any>} [meta] e.g. {model, file, start, end}
    */
   async put(sha256, bytes, meta = {}) {
+    const whole = bytes.byteLength <= this.pieceBytes;
     const pieces = Math.ceil(bytes.byteLength / this.pieceBytes);
     /** @type {ShardInfo} */
-    const info = { sha256, size: bytes.byteLength, pieces, meta, storedMs: Date.now() };
+    const info = whole
+      ? { sha256, size: bytes.byteLength, meta, storedMs: Date.now() }
+      : { sha256, size: bytes.byteLength, pieces, meta, storedMs: Date.now() };
     await inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readwrite', `cannot cache shard ${sha256.slice(0, 12)}`, (tx) => {
       const store = tx.objectStore('shard_bytes');
       /** @type {Promise<unknown>[]} */
       const pending = [done(store.delete(sha256)), done(store.delete(piecesOf(sha256)))];
-      for (let i = 0; i < pieces; i++) {
-        // put() clones its value at once: each piece's copy can go as soon as it is queued
-        pending.push(done(store.put(bytes.slice(i * this.pieceBytes, (i + 1) * this.pieceBytes), [sha256, i])));
+      if (whole) {
+        pending.push(done(store.put(bytes, sha256)));
+      } else {
+        for (let i = 0; i < pieces; i++) {
+          // put() clones its value at once: each piece's copy can go as soon as it is queued
+          pending.push(done(store.put(bytes.slice(i * this.pieceBytes, (i + 1) * this.pieceBytes), [sha256, i])));
+        }
       }
       pending.push(done(tx.objectStore('shard_meta').put(info)));
       return Promise.all(pending);
