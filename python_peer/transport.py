@@ -24,7 +24,7 @@ from typing import Any
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from python_peer.core.ice import IceServer, IceSettings
-from python_peer.core.protocol import WEBRTC_SIGNAL
+from python_peer.core.protocol import MAX_SDP_CHARS, WEBRTC_SIGNAL
 from python_peer.core.wire import CHUNK_HEADER_SIZE, DEFAULT_CHUNK_SIZE, MAX_FRAME_BYTES
 from python_peer.errors import LinkClosedError, LinkTimeoutError, SignalPayloadError, TransportError
 
@@ -44,7 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SIGNAL_KIND = WEBRTC_SIGNAL
-MAX_SDP_CHARS = 64 * 1024
 MAX_PEER_ID_CHARS = 256
 _LINK_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 

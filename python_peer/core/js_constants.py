@@ -82,6 +82,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "SIGNALING_GOSSIP_BYTES",
             "WEBRTC_SIGNAL",
             "LEDGER_SIGNAL",
+            "MAX_SDP_CHARS",
             "PROBE_EVERY_MS",
             "PROBE_TIMEOUT_MS",
             "PROBE_MISSES",

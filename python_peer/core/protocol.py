@@ -18,6 +18,7 @@ SIGNALING_GOSSIP_BYTES = 28 * 1024  # a gossip message through signaling (a sign
 
 WEBRTC_SIGNAL = "webrtc"  # signal payloads of this kind carry WebRTC descriptions (an offer or an answer)
 LEDGER_SIGNAL = "ledger"  # signal payloads of this kind carry ledger gossip, not WebRTC descriptions
+MAX_SDP_CHARS = 64 * 1024  # the longest session description an offer or an answer may carry
 
 PROBE_EVERY_MS = 1_000  # while waiting for an answer, a client pings the peer this often
 PROBE_TIMEOUT_MS = 3_000  # a ping unanswered this long is a miss

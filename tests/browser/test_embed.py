@@ -579,3 +579,107 @@ def test_relay_queue_overload_and_dead_worker_over_webrtc(
     assert any("answered" in w and "overloaded" in w for w in state["warnings"])
     assert state["dead"] is not None and "has not answered for" in state["dead"]
     assert links == []
+
+
+# --- the shard cache ---------------------------------------------------------------------------------------
+
+
+def test_a_second_visit_loads_the_shard_from_the_cache(
+    browser: Browser, host_site: HostSite, tiny_llama_export: Path, tmp_path: Path
+) -> None:
+    """After consent the worker caches its verified shard in the site's IndexedDB; a reload and a second
+    consent serve from that cache: no second request for the shard's bytes, no cache warning."""
+    node = Node("node-a", tmp_path, model_dirs=[tiny_llama_export])
+    try:
+        node.wait()
+        with host_page(browser) as host:
+            url = host_site.add("/cached", node)
+            for visit in ("first", "second"):
+                host.goto(url)  # the second visit reloads the page: the first visit's worker ends
+                host.console.clear()
+                host.field("start").click()
+                wait_serving(host)
+                shards = [
+                    u
+                    for u in host.requests
+                    if u.startswith(node.http_url + "/models/") and u.endswith(".onnx")
+                ]
+                cache_warnings = [line for line in host.console if "cache" in line or "cached" in line]
+                assert cache_warnings == [], (visit, cache_warnings)
+                if visit == "first":
+                    assert len(shards) == 1, host.requests
+                else:
+                    assert shards == [], host.requests
+            assert host.errors == []
+    finally:
+        node.stop()
+
+
+BIG_SHARD_JS = """async (origin) => {
+  const source = `
+    const storage = await import('${origin}/web/src/storage/db.js');
+    const { sha256Hex } = await import('${origin}/web/src/runtime/shard.js');
+    self.onmessage = async () => {
+      try {
+        const warnings = [];
+        const log = { warn: (m) => warnings.push(String(m)) };
+        const size = 130 * 1024 * 1024 + 5;  // over Chromium's ~127 MiB limit on one IndexedDB value
+        const bytes = new Uint8Array(size);
+        for (let i = 0; i < size; i += 4093) bytes[i] = (i % 251) + 1;
+        const sha = await sha256Hex(bytes);
+        const url = URL.createObjectURL(new Blob([bytes]));
+        const db = await storage.openDatabase('big-shard');
+        const first = await sha256Hex(await storage.fetchShardCached(db, url, sha, size, undefined, { log }));
+        URL.revokeObjectURL(url);  // from now on a download fails: only the cache can answer
+        const second = await sha256Hex(await storage.fetchShardCached(db, url, sha, size, undefined, { log }));
+        const listed = (await new storage.ShardCache(db).list()).map((info) => [info.size, info.pieces]);
+        // A corrupt piece (one byte flipped) fails the sha256 check: the copy is dropped, downloaded again.
+        await new Promise((resolve, reject) => {
+          const tx = db.transaction('shard_bytes', 'readwrite');
+          const store = tx.objectStore('shard_bytes');
+          const request = store.get([sha, 3]);
+          request.onsuccess = () => {
+            const piece = new Uint8Array(request.result);
+            piece[100] ^= 0xff;
+            store.put(piece, [sha, 3]);
+          };
+          tx.oncomplete = resolve;
+          tx.onerror = () => reject(tx.error);
+        });
+        const corrupt = await storage.fetchShardCached(db, url, sha, size, undefined, { log }).then(
+          () => 'served', (err) => err.name);
+        const after = await new storage.ShardCache(db).list();
+        postMessage({ ok: true, same: first === sha && second === sha, warnings, listed, size, corrupt, after: after.length });
+      } catch (err) {
+        postMessage({ ok: false, error: String(err && err.stack || err) });
+      }
+    };
+    postMessage('ready');`;
+  const worker = new Worker(URL.createObjectURL(new Blob([source], { type: 'text/javascript' })), { type: 'module' });
+  await new Promise((resolve) => { worker.onmessage = resolve; });
+  const result = await new Promise((resolve) => { worker.onmessage = (e) => resolve(e.data); worker.postMessage('go'); });
+  worker.terminate();
+  return result;
+}"""
+
+
+def test_the_shard_cache_holds_a_shard_bigger_than_one_indexeddb_value(
+    browser: Browser, web_server: Any
+) -> None:
+    """A real model's span is often over the ~127 MiB Chromium allows one IndexedDB value (the put aborted
+    the transaction: "The transaction was aborted", so every visit downloaded it again): in a worker, as
+    the embedded node runs, a 130 MiB shard is cached in pieces and read back without a download."""
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        page.goto(web_server.url_for("/"))
+        result = page.evaluate(BIG_SHARD_JS, web_server.url)
+    finally:
+        context.close()
+    assert result["ok"], result.get("error")
+    assert result["same"] is True
+    assert result["listed"] == [[result["size"], 9]]  # 16 MiB pieces
+    # The corrupt copy was not served: it was deleted, and the download it fell back on failed.
+    assert result["corrupt"] == "ShardError"
+    assert result["after"] == 0
+    assert len(result["warnings"]) == 1 and "is corrupt" in result["warnings"][0], result["warnings"]

@@ -153,7 +153,7 @@ button:disabled { opacity: 0.6; cursor: default; }
   ]);
   const startButton = el('button', { id: 'ai4all-start', type: 'button', class: 'primary' }, ['Contribute']);
   const dismissButton = el('button', { id: 'ai4all-dismiss', type: 'button' }, ['Not now']);
-  const stopButton = el('button', { id: 'ai4all-stop', type: 'button' }, ['Stop']);
+  const stopButton = /** @type {HTMLButtonElement} */ (el('button', { id: 'ai4all-stop', type: 'button' }, ['Stop']));
   shadow.append(
     el('div', { class: 'box', role: 'region', 'aria-label': 'AI4All' }, [
       el('p', { class: 'title' }, ['AI4All']),

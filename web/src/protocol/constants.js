@@ -81,6 +81,7 @@ export const CHANNEL_GOSSIP_BYTES = 61440;
 export const SIGNALING_GOSSIP_BYTES = 28672;
 export const WEBRTC_SIGNAL = "webrtc";
 export const LEDGER_SIGNAL = "ledger";
+export const MAX_SDP_CHARS = 65536;
 export const PROBE_EVERY_MS = 1000;
 export const PROBE_TIMEOUT_MS = 3000;
 export const PROBE_MISSES = 2;

@@ -3,6 +3,10 @@
  * The browser node's storage: one IndexedDB database (`ai4all`) holding the identity, the ledger,
  * cached shards and small settings. No DOM: it runs in a page or a Worker.
  *
+ * Files of this folder: `db.js` (this one: the database and its stores, the identity, settings, the
+ * ledger's rows, the one-node lock), `shard_cache.js` (verified shards by sha256, `fetchShardCached`),
+ * `idb.js` (IndexedDB as promises, and `StorageError`). Importers take every name from here.
+ *
  * Object stores (version 1):
  *
  * | store          | key                 | value |
@@ -10,8 +14,9 @@
  * | `identity`     | `'self'`            | the Ed25519 key, `Identity.exportIdentity('jwk')` |
  * | `entries`      | `[author, seq]`     | `{author, seq, hash, raw}`: a ledger chain entry, `raw` its canonical JSON |
  * | `evidence`     | `hash`              | `{author, seq, hash, raw}`: fork evidence (index `author`) |
- * | `shard_meta`   | `sha256`            | `{sha256, size, meta, storedMs}` |
- * | `shard_bytes`  | `sha256`            | the shard's bytes (`Uint8Array`) |
+ * | `shard_meta`   | `sha256`            | `{sha256, size, meta, storedMs}`, and `pieces` for a shard over 16 MiB |
+ * | `shard_bytes`  | `sha256`            | the shard's bytes (`Uint8Array`), when they fit one piece |
+ * | `shard_bytes`  | `[sha256, i]`       | piece `i` (16 MiB) of a bigger shard's bytes (./shard_cache.js) |
  * | `settings`     | any string          | any structured-cloneable value |
  *
  * Shard bytes and their metadata live in two stores so that listing the cache never reads the bytes.
@@ -20,102 +25,15 @@
  * shard cache swallows it with a warning, since serving works without a cache.
  */
 
-import { CoreError } from '../protocol/wire.js';
-import { fetchShard, sha256Hex } from '../runtime/shard.js';
 import { Identity } from '../identity/identity.js';
+import { StorageError, done, inTransaction, storageError } from './idb.js';
+
+export { StorageError } from './idb.js';
+export { SHARD_PIECE_BYTES, ShardCache, fetchShardCached } from './shard_cache.js';
 
 export const DB_NAME = 'ai4all';
 export const DB_VERSION = 1;
 const IDENTITY_KEY = 'self';
-
-/** IndexedDB failed; `code` is `quota` (the browser's storage is full), `blocked` or `storage`. */
-export class StorageError extends CoreError {
-  /**
-   * @param {string} message
-   * @param {{code?: string, cause?: unknown}} [options]
-   */
-  constructor(message, { code = 'storage', cause } = {}) {
-    super(message, { cause });
-    /** @type {string} */
-    this.code = code;
-  }
-}
-
-/**
- * A StorageError for what IndexedDB reported, naming a full disk plainly.
- * @param {string} what
- * @param {unknown} error
- */
-function storageError(what, error) {
-  const name = error instanceof DOMException ? error.name : '';
-  if (name === 'QuotaExceededError') {
-    return new StorageError(
-      `${what}: the browser's storage for this site is full (quota exceeded); free space or allow more storage`,
-      { code: 'quota', cause: error },
-    );
-  }
-  const message = error instanceof Error ? error.message : String(error);
-  return new StorageError(`${what}: ${message || name || 'IndexedDB failed'}`, { cause: error });
-}
-
-/**
- * @template T
- * @param {IDBRequest<T>} request
- * @returns {Promise<T>}
- */
-function done(request) {
-  return new Promise((resolve, reject) => {
-    request.onsuccess = () => resolve(request.result);
-    request.onerror = () => reject(request.error);
-  });
-}
-
-/**
- * Resolve when `tx` commits; reject with its error (or an abort).
- * @param {IDBTransaction} tx
- * @returns {Promise<void>}
- */
-function committed(tx) {
-  return new Promise((resolve, reject) => {
-    tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-    tx.onabort = () => reject(tx.error ?? new DOMException('transaction aborted', 'AbortError'));
-  });
-}
-
-/**
- * Run `work` in one transaction over `stores` and wait for it to commit (or fail whole).
- * @template T
- * @param {IDBDatabase} db
- * @param {string[]} stores
- * @param {IDBTransactionMode} mode
- * @param {string} what for error messages
- * @param {(tx: IDBTransaction) => Promise<T> | T} work
- * @returns {Promise<T>}
- */
-async function inTransaction(db, stores, mode, what, work) {
-  /** @type {IDBTransaction} */
-  let tx;
-  try {
-    tx = db.transaction(stores, mode, mode === 'readwrite' ? { durability: 'strict' } : undefined);
-  } catch (error) {
-    throw storageError(what, error);
-  }
-  const finished = committed(tx);
-  try {
-    const result = await work(tx);
-    await finished;
-    return result;
-  } catch (error) {
-    try {
-      tx.abort();
-    } catch {
-      // already finished or aborted
-    }
-    await finished.catch(() => {});
-    throw error instanceof StorageError ? error : storageError(what, error);
-  }
-}
 
 /**
  * Open (or create) the database; `name` is overridable so tests can use a fresh one.
@@ -318,99 +236,6 @@ export async function deleteLedgerRows(db, raws) {
       await Promise.all(doomed.map((key) => done(store.delete(key))));
     }
   });
-}
-
-// --- shards -------------------------------------------------------------------------------------------
-
-/** @typedef {{sha256: string, size: number, meta: Record<string, any>, storedMs: number}} ShardInfo */
-
-/** Shards kept by sha256: bytes and metadata in separate stores, so `list` never reads bytes. */
-export class ShardCache {
-  /** @param {IDBDatabase} db */
-  constructor(db) {
-    this.db = db;
-  }
-
-  /**
-   * @param {string} sha256
-   * @returns {Promise<{bytes: Uint8Array, info: ShardInfo} | null>}
-   */
-  get(sha256) {
-    return inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readonly', `cannot read cached shard ${sha256.slice(0, 12)}`, async (tx) => {
-      const [info, bytes] = await Promise.all([
-        done(tx.objectStore('shard_meta').get(sha256)),
-        done(tx.objectStore('shard_bytes').get(sha256)),
-      ]);
-      if (info === undefined || bytes === undefined) return null;
-      return { bytes: bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes), info };
-    });
-  }
-
-  /**
-   * Store a shard (both stores in one transaction). Throws StorageError, code `quota` when full.
-   * @param {string} sha256
-   * @param {Uint8Array} bytes
-   * @param {Record<string, any>} [meta] e.g. {model, file, start, end}
-   */
-  async put(sha256, bytes, meta = {}) {
-    /** @type {ShardInfo} */
-    const info = { sha256, size: bytes.byteLength, meta, storedMs: Date.now() };
-    await inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readwrite', `cannot cache shard ${sha256.slice(0, 12)}`, (tx) =>
-      Promise.all([done(tx.objectStore('shard_meta').put(info)), done(tx.objectStore('shard_bytes').put(bytes, sha256))]),
-    );
-  }
-
-  /** @param {string} sha256 */
-  async delete(sha256) {
-    await inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readwrite', `cannot delete cached shard ${sha256.slice(0, 12)}`, (tx) =>
-      Promise.all([done(tx.objectStore('shard_meta').delete(sha256)), done(tx.objectStore('shard_bytes').delete(sha256))]),
-    );
-  }
-
-  /** @returns {Promise<ShardInfo[]>} every cached shard's metadata (no bytes) */
-  list() {
-    return inTransaction(this.db, ['shard_meta'], 'readonly', 'cannot list cached shards', (tx) =>
-      done(tx.objectStore('shard_meta').getAll()),
-    );
-  }
-}
-
-/**
- * `fetchShard` through the cache: a cached copy whose size and sha256 still match is returned without
- * a request; a corrupt one is deleted and the shard downloaded again; a downloaded shard is cached
- * when there is room (a full disk is a warning: the bytes are still returned).
- * @param {IDBDatabase} db
- * @param {string | URL} url
- * @param {string} sha256 from the manifest
- * @param {number} bytes the size, from the manifest
- * @param {import('../runtime/shard.js').ProgressCallback} [onProgress]
- * @param {{meta?: Record<string, any>, log?: Pick<Console, 'warn'>}} [options]
- * @returns {Promise<Uint8Array>}
- */
-export async function fetchShardCached(db, url, sha256, bytes, onProgress, { meta = {}, log = console } = {}) {
-  const cache = new ShardCache(db);
-  /** @type {{bytes: Uint8Array, info: ShardInfo} | null} */
-  let hit = null;
-  try {
-    hit = await cache.get(sha256);
-  } catch (error) {
-    log.warn(`shard cache unreadable, downloading: ${error instanceof Error ? error.message : error}`);
-  }
-  if (hit !== null) {
-    if (hit.bytes.byteLength === bytes && (await sha256Hex(hit.bytes)) === sha256) {
-      onProgress?.(bytes, bytes);
-      return hit.bytes;
-    }
-    log.warn(`cached shard ${sha256.slice(0, 12)}… is corrupt (size or sha256 differ): downloading it again`);
-    await cache.delete(sha256).catch((error) => log.warn(`cannot delete the corrupt shard: ${error.message}`));
-  }
-  const fresh = await fetchShard(url, sha256, bytes, onProgress);
-  try {
-    await cache.put(sha256, fresh, { url: String(url), ...meta });
-  } catch (error) {
-    log.warn(`shard ${sha256.slice(0, 12)}… not cached: ${error instanceof Error ? error.message : error}`);
-  }
-  return fresh;
 }
 
 // --- one node per identity ----------------------------------------------------------------------------
