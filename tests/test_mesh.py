@@ -23,11 +23,13 @@ from python_peer.core.errors import (
     RemoteBadFrameError,
     RemoteBadShapeError,
     RemoteNonFiniteError,
+    RemoteSignalingError,
     SessionRefusedError,
     UnknownSessionError,
 )
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import LinkClosedError
 from python_peer.generate import SamplingParams, agenerate, generate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
@@ -231,6 +233,19 @@ async def test_a_chat_right_after_a_peer_and_its_signaling_node_die_goes_through
         assert elapsed < FAST.connect_timeout_s, f"the chat took {elapsed:.1f} s"
     finally:
         mesh.stop()
+
+
+async def test_link_manager_connect_raises_link_closed_when_signaling_refuses_the_offer() -> None:
+    """The WebRTC connector types the refusal itself: ``connect`` raises ``LinkClosedError``, never a
+    signaling error, and leaves no half-open link behind (the fast tier's connector cannot show this)."""
+
+    async def refusing(peer_id: str, payload: dict[str, object]) -> None:
+        raise RemoteSignalingError(f"peer {peer_id[:12]}… is not connected here nor known to a sibling")
+
+    async with LinkManager(refusing, config=TransportConfig(connect_timeout_s=5.0)) as links:
+        with pytest.raises(LinkClosedError, match="signaling could not relay the offer"):
+            await links.connect("ab" * 32)
+        assert links.links == ()
 
 
 async def test_eight_concurrent_sessions_and_a_refused_ninth(tmp_path: Path, tiny_llama_export: Path) -> None:

@@ -11,12 +11,8 @@ import asyncio
 import time
 from dataclasses import replace
 
-import pytest
-
 from python_peer.core.wire import Frame, FrameType
-from python_peer.errors import LinkClosedError
 from python_peer.server import SpanServer
-from python_peer.transport import LinkManager, TransportConfig
 from tests.fast.conftest import FAST, ToyMesh, greedy
 from tests.fast.test_failover import NEW_TOKENS, PROMPT, local_greedy
 
@@ -132,17 +128,3 @@ async def test_every_way_of_being_unreachable_at_once_still_serves_the_chat(toy_
     assert session.failovers == 3
     assert all(client.bans.banned(p) for p in (dead, gone, mute))
     assert [hop[0] for hop in session.route][1] == spare
-
-
-async def test_link_manager_connect_raises_link_closed_when_signaling_refuses_the_offer() -> None:
-    """The WebRTC connector types the refusal itself: ``connect`` raises ``LinkClosedError``, never a
-    signaling error, and leaves no half-open link behind."""
-    from python_peer.core.errors import RemoteSignalingError
-
-    async def refusing(peer_id: str, payload: dict[str, object]) -> None:
-        raise RemoteSignalingError(f"peer {peer_id[:12]}… is not connected here nor known to a sibling")
-
-    async with LinkManager(refusing, config=TransportConfig(connect_timeout_s=5.0)) as links:
-        with pytest.raises(LinkClosedError, match="signaling could not relay the offer"):
-            await links.connect("ab" * 32)
-        assert links.links == ()
