@@ -356,9 +356,9 @@ class MeshSession:
                     await self._close_hop(hop)
                 raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
             except HOP_FAILURES as exc:
-                self._note_failure(current, exc)
-                for hop in hops:
+                for hop in hops:  # before giving up too: the sessions opened on the route are closed
                     await self._close_hop(hop)
+                self._note_failure(current, exc)
 
     def _note_failure(self, peer_id: str, exc: BaseException) -> None:
         self.failovers += 1
