@@ -5,7 +5,13 @@ finds peers through signaling, picks the cheapest route (``routing.py``), opens 
 and runs each step down the chain. When a hop fails (its link closes, it answers with an error, or it
 does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
-then goes on, and the tokens come out as if nothing had failed.
+then goes on, and the tokens come out as if nothing had failed. Reaching a routed peer at all is part of
+the hop: signaling refusing to relay the offer (the peer or its signaling node is gone while its
+announcement lingers), a link that never opens, or no answer to OPEN are hop failures too, routed around
+the same way, so a chat started right after a peer's death goes through any other peer serving its span.
+A dead peer costs a client at most ``connect_timeout_s`` (no link) or ``open_timeout_s`` (no answer to
+OPEN; a dead link is noticed sooner, by the pings of ``rpc.RpcClient.call``), and at most
+``max_failovers`` peers are tried per session.
 
 With a ledger, its ``link_ledger.ClientExchange`` pushes the client's own log to a peer before its first
 session there and countersigns the receipt the peer proposes at CLOSE. Once that receipt is recorded, it
@@ -30,12 +36,12 @@ import numpy as np
 
 from python_peer.core import manifest as names
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError
+from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
-from .errors import PeerError
+from .errors import LinkClosedError, PeerError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .link_ledger import ClientExchange
@@ -66,6 +72,7 @@ class ClientConfig:
 
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 15.0
+    open_timeout_s: float = 10.0  # OPEN does no compute: a peer silent this long is routed around
     ban_seconds: float = 60.0
     max_failovers: int = 8  # per session
     lookup_cache_s: float = 2.0  # signaling allows a connection 20 messages a second
@@ -163,6 +170,11 @@ class MeshClient:
         return self.manifest.name
 
     @property
+    def open_timeout_s(self) -> float:
+        """How long an OPEN may go unanswered before its peer counts as failed."""
+        return min(self.config.open_timeout_s, self.config.request_timeout_s)
+
+    @property
     def gossiped(self) -> dict[str, float]:
         """Peer id -> when the last ledger exchange with it started (loop time)."""
         return self.exchange.gossiped if self.exchange is not None else {}
@@ -184,7 +196,14 @@ class MeshClient:
             rpc = self._rpcs.get(peer_id)
             if rpc is not None and not rpc.closed:
                 return rpc
-            link = await asyncio.wait_for(self.links.connect(peer_id), self.config.connect_timeout_s)
+            try:
+                link = await asyncio.wait_for(self.links.connect(peer_id), self.config.connect_timeout_s)
+            except SignalingError as exc:
+                # Signaling could not relay our offer: the peer (or the node it used) is gone while its
+                # announcement lingers. That is this hop failing, not the chat.
+                raise LinkClosedError(
+                    f"peer {peer_id[:16]} cannot be reached through signaling: {exc}"
+                ) from exc
             rpc = RpcClient(link)
             self._rpcs[peer_id] = rpc
             try:
@@ -315,7 +334,7 @@ class MeshSession:
                             "max_length": self.max_length,
                         },
                     )
-                    await hop.rpc.call(open_frame, self.client.config.request_timeout_s)
+                    await hop.rpc.call(open_frame, self.client.open_timeout_s)
                     hop.next_step = 0
                     hops.append(hop)
                     if inputs is not None:
@@ -337,9 +356,9 @@ class MeshSession:
                     await self._close_hop(hop)
                 raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
             except HOP_FAILURES as exc:
-                self._note_failure(current, exc)
-                for hop in hops:
+                for hop in hops:  # before giving up too: the sessions opened on the route are closed
                     await self._close_hop(hop)
+                self._note_failure(current, exc)
 
     def _note_failure(self, peer_id: str, exc: BaseException) -> None:
         self.failovers += 1

@@ -2,7 +2,8 @@
 
 A ``SpanServer`` owns the blocks runners of the span this peer serves and answers frames: OPEN reserves
 KV memory for a session (refused with a clear error when the budget is full), FORWARD runs new tokens
-(steps must come in order), CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
+(steps must come in order, positions within the model's context and the session's ``max_length``),
+CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
 
 With a ledger, OPEN is refused (``payment_required``) to a client that cannot pay, CLOSE proposes the
@@ -65,6 +66,16 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def model_context(manifest: Manifest) -> int | None:
+    """The most positions the model takes (``max_position_embeddings``, GPT-2's ``n_positions``), or None
+    when the manifest's config does not say."""
+    for name in ("max_position_embeddings", "n_positions"):
+        value = manifest.config.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
 class SpanServer:
     """The blocks ``[span.start, span.end)`` of one model, served to clients over frames."""
 
@@ -91,6 +102,7 @@ class SpanServer:
         self.runners = [BlocksRunner(model_dir, s, manifest, threads=config.threads) for s in shards]
         cfg = manifest.config
         self.hidden_size = int(cfg["hidden_size"])
+        self.context = model_context(manifest)
         # KV bytes per token per sequence: two fp32 tensors per layer.
         self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
         self.sessions: dict[str, _Session] = {}
@@ -239,6 +251,7 @@ class SpanServer:
                     ErrorCode.BAD_SHAPE,
                     f"{session.length} + {seq} tokens exceed the session's max_length {session.max_length}",
                 )
+            self._check_positions(positions, session)
             try:
                 out = await asyncio.to_thread(self._run, key, hidden, mask, positions)
             except ShardInputError as exc:
@@ -251,6 +264,21 @@ class SpanServer:
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
         return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(to_wire(names.HIDDEN_OUT, out),))
+
+    def _check_positions(self, positions: np.ndarray, session: _Session) -> None:
+        """Positions past the model's context or the session's ``max_length`` are refused (``bad_shape``,
+        like tokens past ``max_length``) before anything runs: no model was trained for them."""
+        limit = session.max_length if self.context is None else min(session.max_length, self.context)
+        if positions.size == 0:
+            return
+        low, high = int(positions.min()), int(positions.max())
+        if low < 0 or high >= limit:
+            context = "" if self.context is None else f", the model's context {self.context}"
+            raise Refusal(
+                ErrorCode.BAD_SHAPE,
+                f"position_ids {low}..{high} are outside 0..{limit - 1} (the session's max_length "
+                f"{session.max_length}{context})",
+            )
 
     def _run(self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         done = 0

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
+from python_peer.core.errors import SignalingError
 from python_peer.core.ice import IceServer, IceSettings
 from python_peer.core.protocol import MAX_SDP_CHARS, WEBRTC_SIGNAL
 from python_peer.core.wire import CHUNK_HEADER_SIZE, DEFAULT_CHUNK_SIZE, MAX_FRAME_BYTES
@@ -212,7 +213,8 @@ class LinkManager:
         """Open a link to ``peer_id``: offer through signaling, wait for the answer and an open channel.
 
         Raises ``LinkTimeoutError`` after ``connect_timeout_s`` (the half-open connection is closed) and
-        ``LinkClosedError`` if the connection fails first.
+        ``LinkClosedError`` if the connection fails first, or if signaling cannot relay the offer (the
+        peer is connected to no signaling node we reach): either way the link never opens.
         """
         if not isinstance(peer_id, str) or not 0 < len(peer_id) <= MAX_PEER_ID_CHARS:
             raise ValueError(f"peer id {peer_id!r:.80} is not a string of 1..{MAX_PEER_ID_CHARS} chars")
@@ -227,6 +229,10 @@ class LinkManager:
                 offer = {"kind": SIGNAL_KIND, "type": "offer", "sdp": sdp, "link": link.link_id}
                 await self._send_signal(peer_id, offer)
                 await link._wait_open()
+        except SignalingError as exc:
+            message = f"link {link.link_id} to peer {peer_id!r}: signaling could not relay the offer: {exc}"
+            await link._abort(LinkClosedError(message))
+            raise LinkClosedError(message) from exc
         except TimeoutError:
             if not deadline.expired():  # a TimeoutError of send_signal's own
                 await link._abort(LinkClosedError(f"link {link.link_id} to peer {peer_id!r}: connect failed"))

@@ -6,7 +6,9 @@
 - ``MemoryNetwork``: the peers of one test. ``serve`` puts a ``FrameHandler`` (a real ``SpanServer`` or
   ``SpanGate``) behind a peer id and announces it; ``connector`` gives a client a ``LinkConnector`` whose
   links are answered by ``rpc.serve_link``; ``kill`` makes a peer die mid-generation (its links close,
-  new connections fail) while its announcement stays, as a dead peer's does until it expires.
+  new connections fail) while its announcement stays, as a dead peer's does until it expires;
+  ``refuse_signals`` makes signaling refuse to relay offers to a peer (``unknown_peer``), as a node does
+  for a listed peer whose own signaling node died.
 - ``MemorySignalClient``: announce / lookup / signals against the network's in-memory directory.
 
 The real ``RpcClient`` runs over these links, so the fakes replace only aiortc and websockets.
@@ -21,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from python_peer.core.canonical import Announcement, ServedSpan
+from python_peer.core.errors import RemoteSignalingError
 from python_peer.core.wire import MAX_STEP, Frame, FrameType, decode_frame, encode_frame
 from python_peer.errors import LinkClosedError, LinkTimeoutError
 from python_peer.hop import FrameHandler
@@ -148,6 +151,7 @@ class MemoryNetwork:
         self.handlers: dict[str, FrameHandler] = {}
         self.links: list[MemoryLink] = []
         self.inboxes: dict[str, asyncio.Queue[IncomingSignal]] = {}
+        self.refused: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def serve(self, peer_id: str, handler: FrameHandler, announced: Announcement | None = None) -> None:
@@ -163,10 +167,20 @@ class MemoryNetwork:
             if peer_id in (link.local_id, link.remote_id):
                 link.close()
 
+    def refuse_signals(self, peer_id: str) -> None:
+        """Offers to ``peer_id`` are refused by signaling, as a node refuses them for a peer listed through a
+        sibling that is gone; its handler and announcement stay."""
+        self.refused.add(peer_id)
+
     def connector(self, client_id: str) -> MemoryConnector:
         return MemoryConnector(self, client_id)
 
     async def connect(self, client_id: str, peer_id: str) -> MemoryLink:
+        if peer_id in self.refused:
+            # What ``SignalClient.send_signal`` raises when the node answers the offer with an error.
+            raise RemoteSignalingError(
+                f"peer {peer_id[:12]}… is not connected here nor known to a sibling", code="unknown_peer"
+            )
         handler = self.handlers.get(peer_id)
         if handler is None:
             raise LinkTimeoutError(f"peer {peer_id[:16]} does not answer")

@@ -23,11 +23,13 @@ from python_peer.core.errors import (
     RemoteBadFrameError,
     RemoteBadShapeError,
     RemoteNonFiniteError,
+    RemoteSignalingError,
     SessionRefusedError,
     UnknownSessionError,
 )
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import LinkClosedError
 from python_peer.generate import SamplingParams, generate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
@@ -37,7 +39,7 @@ from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from python_peer.tokenizer import ModelTokenizer
-from python_peer.transport import Link, LinkManager
+from python_peer.transport import Link, LinkManager, TransportConfig
 from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
 from tests.support.procs import Node, PeerProc, run_cli
 
@@ -180,6 +182,60 @@ async def test_signaling_node_killed_peers_move_and_open_sessions_go_on(mesh: Me
             if asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
+
+
+async def test_a_chat_right_after_a_peer_and_its_signaling_node_die_goes_through_the_spare(
+    tmp_path: Path, tiny_llama_export: Path
+) -> None:
+    """The probe's case: the 1-3 peer and the only signaling node it used are SIGKILLed; node B still lists
+    the peer (gossiped from A, until it expires) and refuses offers to it (``unknown_peer``). A chat started
+    one second later bans it and goes through the spare on B, with the reference reply."""
+    mesh = Mesh(tmp_path, tiny_llama_export)
+    a = mesh.node("node-a")
+    b = mesh.node("node-b", a)
+    mesh.peer("p0-1", "0-1", b)
+    victim = mesh.peer("p1-3", "1-3", a)
+    mesh.peer("p3-4", "3-4", b)
+    spare = mesh.peer("spare1-3", "1-3", b)
+    try:
+        mesh.ready()
+        expected = local_tokens(mesh.model, PROMPTS[0], 8)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
+        while victim.peer_id not in {e["peer_id"] for e in b.directory()["entries"]}:
+            assert loop.time() < deadline, "node B never learned the victim's announcement from node A"
+            await asyncio.sleep(0.1)
+
+        victim.kill()
+        a.stop(signal.SIGKILL)
+        await asyncio.sleep(1.0)  # the scenario: a chat started one second after the deaths
+
+        async with client_on(b, mesh.model) as client:
+            # Make the spare look slow, so that the dead peer is the route's first choice and must be
+            # routed around (the victim is still listed on B: its announcement has not expired).
+            client.rtts[spare.peer_id] = 1.0
+            started = loop.time()
+            assert await mesh_tokens(client, PROMPTS[0], 8) == expected
+            elapsed = loop.time() - started
+            assert client.bans.banned(victim.peer_id), "the dead peer must have been tried, then banned"
+            assert not client.bans.banned(spare.peer_id)
+        # Signaling refuses the offer at once: the dead peer costs far less than a connect timeout.
+        assert elapsed < FAST.connect_timeout_s, f"the chat took {elapsed:.1f} s"
+    finally:
+        mesh.stop()
+
+
+async def test_link_manager_connect_raises_link_closed_when_signaling_refuses_the_offer() -> None:
+    """The WebRTC connector types the refusal itself: ``connect`` raises ``LinkClosedError``, never a
+    signaling error, and leaves no half-open link behind (the fast tier's connector cannot show this)."""
+
+    async def refusing(peer_id: str, payload: dict[str, object]) -> None:
+        raise RemoteSignalingError(f"peer {peer_id[:12]}… is not connected here nor known to a sibling")
+
+    async with LinkManager(refusing, config=TransportConfig(connect_timeout_s=5.0)) as links:
+        with pytest.raises(LinkClosedError, match="signaling could not relay the offer"):
+            await links.connect("ab" * 32)
+        assert links.links == ()
 
 
 async def test_eight_concurrent_sessions_and_a_refused_ninth(tmp_path: Path, tiny_llama_export: Path) -> None:
