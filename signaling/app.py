@@ -45,7 +45,7 @@ def browser_site(
         node_id=node.node_id,
         public_url=node.config.public_url,
         url_given=node.config.url is not None,
-        siblings=node.config.siblings,
+        siblings=node.config.sibling_urls,
         models=models,
         pow_bits=pow_bits,
         known_siblings=node.federation.known_urls,

@@ -57,8 +57,8 @@ class Mesh:
         self.nodes: list[Node] = []
         self.peers: list[PeerProc] = []
 
-    def node(self, name: str, *siblings: Node) -> Node:
-        node = Node(name, self.tmp, tuple(s.url for s in siblings))
+    def node(self, name: str, *siblings: Node, accept: tuple[str, ...] = ()) -> Node:
+        node = Node(name, self.tmp, siblings, accept=accept)
         self.nodes.append(node)
         return node
 
@@ -90,7 +90,7 @@ class Mesh:
 def mesh(tmp_path: Path, tiny_llama_export: Path) -> Iterator[Mesh]:
     """Two federated nodes; peers for 0-1 and 1-3 on A, for 3-4 and a spare 1-3 on B."""
     mesh = Mesh(tmp_path, tiny_llama_export)
-    a = mesh.node("node-a")
+    a = mesh.node("node-a", accept=("node-b",))
     b = mesh.node("node-b", a)
     mesh.peer("p0-1", "0-1", a, b)
     mesh.peer("p1-3", "1-3", a, b)

@@ -35,8 +35,8 @@ pytestmark = pytest.mark.timeout(60)
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
     """Two federated nodes; only the second is told about the first (links work both ways)."""
     logs = tmp_path_factory.mktemp("signaling-mesh")
-    first = Node("alpha", logs)
-    second = Node("beta", logs, siblings=(first.url,))
+    first = Node("alpha", logs, accept=("beta",))
+    second = Node("beta", logs, siblings=(first,))
     try:
         first.wait(siblings=1)
         second.wait(siblings=1)
@@ -360,8 +360,8 @@ async def test_announce_rate_limit_per_peer(mesh: tuple[Node, Node]) -> None:
 
 
 async def test_failover_when_a_node_is_killed(tmp_path: Path) -> None:
-    first = Node("gamma", tmp_path)
-    second = Node("delta", tmp_path, siblings=(first.url,))
+    first = Node("gamma", tmp_path, accept=("delta",))
+    second = Node("delta", tmp_path, siblings=(first,))
     try:
         first.wait(siblings=1)
         second.wait(siblings=1)
@@ -444,8 +444,8 @@ def mutual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Nod
         ports += [port for port in [free_port()] if port not in ports]
     with pytest.MonkeyPatch.context() as patch:  # Node picks its own port; hand it the ones named here
         patch.setattr(procs, "free_port", iter(ports).__next__)
-        ant = Node("ant", logs, siblings=(f"ws://127.0.0.1:{ports[1]}",))
-        bee = Node("bee", logs, siblings=(ant.url,))
+        ant = Node("ant", logs, siblings=(f"ws://127.0.0.1:{ports[1]}#{procs.node_key(logs, 'bee')}",))
+        bee = Node("bee", logs, siblings=(ant,))
     try:
         ant.wait(siblings=1)
         bee.wait(siblings=1)

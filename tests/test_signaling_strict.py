@@ -7,16 +7,27 @@ announcement with seq = 2^53 - 1.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from python_peer.core.canonical import ANNOUNCE_CONTEXT, MAX_SAFE_INT, MAX_SEQ_AHEAD_MS, Announcement
+from python_peer.core.canonical import (
+    ANNOUNCE_CONTEXT,
+    MAX_SAFE_INT,
+    MAX_SEQ_AHEAD_MS,
+    Announcement,
+    signing_bytes,
+)
 from python_peer.core.errors import AnnouncementError
-from tests.procs import Node
+from python_peer.identity import Identity, verify
+from signaling.messages import FEDERATE_CONTEXT, federate_claim
+from tests.procs import Node, node_data_dir
 from tests.test_signaling import RawPeer, eventually, raw_peer
 
 pytestmark = pytest.mark.timeout(60)
@@ -25,8 +36,8 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
     logs = tmp_path_factory.mktemp("signaling-strict")
-    first = Node("strict-a", logs)
-    second = Node("strict-b", logs, siblings=(first.url,))
+    first = Node("strict-a", logs, accept=("strict-b",))
+    second = Node("strict-b", logs, siblings=(first,))
     try:
         first.wait(siblings=1)
         second.wait(siblings=1)
@@ -37,38 +48,74 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]
 
 
 async def test_forged_gone_with_a_far_seq_hides_no_one(mesh: tuple[Node, Node]) -> None:
-    """The reported attack: forged federate on node A, then ``gone`` for P (on B) with seq + 10^9."""
+    """The reported attack: a federate from any connection on node A, then ``gone`` for P (on B) with
+    seq + 10^9. The federate is refused and the connection closed; even had it been taken, a ``gone``
+    withdraws only the seq it names, so P stays listed and its next announcement is not ``stale``."""
     a, b = mesh
     async with raw_peer(b.url) as p, raw_peer(a.url) as user:
         body = p.body(model="gone/m")
         assert (await p.announce(body))["type"] == "announced"
         assert await eventually(lambda: _has(user, p.identity.peer_id, "gone/m"))
         async with raw_peer(a.url) as evil:
-            await evil.send({"type": "federate", "node_id": "zzzz-evil", "url": "ws://127.0.0.1:9"})
-            for seq in (body["seq"] + 10**9, body["seq"] + 1, MAX_SAFE_INT):
-                await evil.send({"type": "gone", "hops": 0, "peer_id": p.identity.peer_id, "seq": seq})
-            # the node has read the forgeries once it answers something sent after them on that link
-            await evil.send({"type": "lookup", "id": 1, "model": "gone/m", "start": 0, "end": 4})
-            await _drain(evil)
+            await evil.send(_federate(Identity.generate(), "zzzz-evil", evil.hello))
+            reply = await evil.recv()
+            assert (reply["type"], reply["code"]) == ("error", "not_sibling"), reply
+            assert "not a sibling" in reply["message"]
+            for seq in (body["seq"], body["seq"] + 10**9, MAX_SAFE_INT):
+                with contextlib.suppress(ConnectionClosed):
+                    await evil.send({"type": "gone", "hops": 0, "peer_id": p.identity.peer_id, "seq": seq})
+            assert await _drain(evil) == [], "a refused federate gets no directory gossip"
         assert await user.lookup("gone/m") == [p.identity.peer_id]
         assert any(e["peer_id"] == p.identity.peer_id for e in a.directory()["entries"])
-        # and P's own next announcement is not `stale` on either node
         later = p.body(model="gone/m")
         later["seq"] = body["seq"] + 1
         assert (await p.announce(later))["type"] == "announced"
+
+
+async def test_federate_must_prove_the_configured_key(mesh: tuple[Node, Node], tmp_path: Path) -> None:
+    """A configured sibling's key is accepted only with a signature of this connection's nonce."""
+    a, b = mesh
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))  # B's own key file
+    async with raw_peer(a.url) as replay:
+        stale_hello = {**replay.hello, "nonce": "ab" * 16}  # a proof made for another connection
+        await replay.send(_federate(b_key, "strict-b", stale_hello))
+        reply = await replay.recv()
+        assert (reply["type"], reply["code"]) == ("error", "bad_signature"), reply
+        assert await _drain(replay) == []
+    # the same key with a fresh proof is a sibling: A proves its own key over our nonce, then gossips
+    async with raw_peer(a.url) as sibling:
+        await sibling.send(_federate(b_key, "strict-b2", sibling.hello, nonce="cd" * 16))
+        answer = await sibling.recv()
+        assert answer["type"] == "federated" and answer["key"] == a.key, answer
+        claim = federate_claim(answer["node_id"], a.key, "strict-b2", "cd" * 16)
+        verify(a.key, signing_bytes(FEDERATE_CONTEXT, claim), answer["proof"])
+
+
+def _federate(
+    identity: Identity, node_id: str, hello: dict[str, Any], nonce: str = "ef" * 16
+) -> dict[str, Any]:
+    claim = federate_claim(node_id, identity.peer_id, hello["node_id"], hello["nonce"])
+    return {
+        "type": "federate",
+        "node_id": node_id,
+        "url": "ws://127.0.0.1:9",
+        "key": identity.peer_id,
+        "nonce": nonce,
+        "proof": identity.sign_body(FEDERATE_CONTEXT, claim),
+    }
 
 
 async def _has(user: RawPeer, peer_id: str, model: str) -> bool:
     return peer_id in await user.lookup(model)
 
 
-async def _drain(raw: RawPeer) -> None:
-    """Read until the connection closes or goes quiet (a sibling link answers nothing)."""
-    try:
+async def _drain(raw: RawPeer) -> list[dict[str, Any]]:
+    """What the node still sends until it closes the connection (within a bound)."""
+    got: list[dict[str, Any]] = []
+    with contextlib.suppress(ConnectionClosed):
         while True:
-            await raw.recv(timeout=0.5)
-    except (TimeoutError, ConnectionClosed):
-        return
+            got.append(await raw.recv(timeout=5.0))
+    return got
 
 
 async def test_announce_seq_far_past_its_issue_time_is_refused(mesh: tuple[Node, Node]) -> None:
