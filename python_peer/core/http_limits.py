@@ -8,8 +8,7 @@ handed (uvicorn's), so the core imports neither uvicorn nor h11.
 - A request's body must arrive within ``BODY_TIMEOUT_S`` of its headers: one shorter than its
   Content-Length is answered 408 (the API) then.
 - An idle keep-alive connection is closed after ``KEEP_ALIVE_S`` (uvicorn's ``timeout_keep_alive``).
-- A signaling websocket that neither announces, looks up nor federates within ``FIRST_MESSAGE_S``
-  is closed.
+- Websockets (signaling) are pinged every 20 s and closed when a pong is 20 s late.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ from typing import Any
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
-FIRST_MESSAGE_S = 30.0
 
 
 def with_header_deadline(base: type[Any], timeout_s: float = HEADER_TIMEOUT_S) -> type[Any]:
