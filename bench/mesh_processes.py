@@ -23,6 +23,7 @@ from rich.console import Console
 
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest
+from python_peer.identity import Identity
 
 START_TIMEOUT_S = 180.0
 READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+)-(\d+)")
@@ -144,11 +145,12 @@ class LocalMesh:
 
     def _start(self) -> None:
         a, b = self.urls
-        for name, url, sibling in (("node-a", a, b), ("node-b", b, a)):
+        keys = {n: Identity.load_or_create(self.log_dir / f"{n}.node").peer_id for n in ("node-a", "node-b")}
+        for name, url, other, sibling in (("node-a", a, "node-b", b), ("node-b", b, "node-a", a)):
             port = url.rsplit(":", 1)[1]
-            self.children.append(
-                Child(name, ["signal", "--port", port, "--sibling", sibling, "--node-id", name], self.log_dir)
-            )
+            args = ["signal", "--port", port, "--sibling", f"{sibling}#{keys[other]}", "--node-id", name]
+            args += ["--data-dir", str(self.log_dir / f"{name}.node")]
+            self.children.append(Child(name, args, self.log_dir))
         solo_port = self.solo_url.rsplit(":", 1)[1]
         self.children.append(
             Child("node-solo", ["signal", "--port", solo_port, "--node-id", "node-solo"], self.log_dir)

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from python_peer.core.economics import POW_BITS_ENV
+from python_peer.identity import Identity
 
 from .errors import UpError
 
@@ -185,26 +186,27 @@ async def up(args: argparse.Namespace) -> int:
 
     urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
     model_args = ["--model-dir", str(model_dir)]  # browsers download the model's shards from either node
+    # Each node keeps its node key in the state directory; each names the other by URL#KEY.
+    node_dirs = [state / "node-a", state / "node-b"]
+    keys = [Identity.load_or_create(d).peer_id for d in node_dirs]
     nodes = [
         Child(
             "signaling",
-            urls[0],
-            ["signal", "--port", str(args.port), "--sibling", urls[1], "--node-id", "node-a", *model_args],
-        ),
-        Child(
-            "signaling",
-            urls[1],
+            urls[i],
             [
                 "signal",
                 "--port",
-                str(args.port + 1),
+                str(args.port + i),
                 "--sibling",
-                urls[0],
+                f"{urls[1 - i]}#{keys[1 - i]}",
+                "--data-dir",
+                str(node_dirs[i]),
                 "--node-id",
-                "node-b",
+                name,
                 *model_args,
             ],
-        ),
+        )
+        for i, name in enumerate(("node-a", "node-b"))
     ]
     peers = []
     for i, span in enumerate([*DEFAULT_SPANS.split(","), None]):

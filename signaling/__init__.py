@@ -11,7 +11,8 @@ The protocol is described in ``docs/signaling.md``. Files:
                     newest state per peer (gossip, ``gone``), coalesced so a burst loses nothing current.
 - ``connection.py`` one websocket (incoming or dialed) behind one interface, with its role, state,
                     bound peer id and outbox drained by its own writer task.
-- ``federation.py`` sibling links, one per sibling node: dialing with backoff, the rule that picks
+- ``federation.py`` sibling links, one per sibling node: the authenticated handshake (node keys,
+                    ``federate``/``federated`` proofs), dialing with backoff, the rule that picks
                     between two links to one node, routes learned from gossip, broadcast.
 - ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
 - ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``, the browser

@@ -18,10 +18,12 @@ from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI, WebSocket
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from python_peer.core.canonical import MAX_MESSAGE_BYTES
 from python_peer.core.economics import GRANT_POW_BITS, network_rules
 from python_peer.core.errors import SignalingError
+from python_peer.core.http_limits import KEEP_ALIVE_S, with_header_deadline
 from python_peer.core.ice import IceSettings
 
 from .connection import StarletteTransport
@@ -45,7 +47,7 @@ def browser_site(
         node_id=node.node_id,
         public_url=node.config.public_url,
         url_given=node.config.url is not None,
-        siblings=node.config.siblings,
+        siblings=node.config.sibling_urls,
         models=models,
         pow_bits=pow_bits,
         known_siblings=node.federation.known_urls,
@@ -122,6 +124,8 @@ async def serve(
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+            http=with_header_deadline(H11Protocol),  # headers within HEADER_TIMEOUT_S
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
     )
     try:

@@ -33,11 +33,29 @@ def register(subparsers: Any) -> None:
         "--sibling",
         action="append",
         default=[],
-        metavar="URL",
-        help="ws:// URL of a sibling signaling node to federate with (repeatable)",
+        metavar="URL#KEY",
+        help=(
+            "a sibling signaling node to federate with: its ws:// URL and its node key (64 hex digits, "
+            "printed when it starts and at /healthz), as URL#KEY (repeatable)"
+        ),
+    )
+    parser.add_argument(
+        "--accept-sibling",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="node key of a sibling that dials this node (it lists this node's URL#KEY); repeatable",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="directory holding this node's key, created on first start (default: a fresh key each start)",
     )
     parser.add_argument("--url", default=None, help="public URL of this node, if not ws://HOST:PORT")
-    parser.add_argument("--node-id", default=None, help="stable name of this node (default: random)")
+    parser.add_argument(
+        "--node-id", default=None, help="name of this node in logs and views (default: the key's start)"
+    )
     parser.add_argument(
         "--max-connections", type=int, default=1024, help="websockets served at once (default: %(default)s)"
     )
@@ -69,29 +87,45 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
     """The checked arguments of ``ai4all signal``; ``CommandError`` names the flag that is wrong."""
     import re
 
-    from python_peer.core.canonical import URL_RE
-    from python_peer.core.errors import CommandError
+    from python_peer.core.canonical import URL_RE, is_peer_id
+    from python_peer.core.errors import CommandError, IdentityError
     from python_peer.core.ice import ice_settings
+    from python_peer.identity import Identity
 
     from .app import SignalOptions
     from .node import NodeConfig
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port {args.port} is not a TCP port (1-65535)")
-    for url in [*args.sibling, *([args.url] if args.url else [])]:
-        if URL_RE.match(url) is None:
-            raise CommandError(f"{url!r} is not a signaling URL: give ws://HOST:PORT or wss://HOST:PORT")
+    for spec in args.sibling:
+        url, _, key = spec.partition("#")
+        if URL_RE.match(url) is None or not is_peer_id(key):
+            raise CommandError(
+                f"--sibling {spec!r}: give URL#KEY, the sibling's ws:// or wss:// URL and its node key "
+                "(64 lowercase hex digits, printed when it starts and at /healthz)"
+            )
+    for key in args.accept_sibling:
+        if not is_peer_id(key):
+            raise CommandError(f"--accept-sibling {key!r}: a node key is 64 lowercase hex digits")
+    if args.url and URL_RE.match(args.url) is None:
+        raise CommandError(f"{args.url!r} is not a signaling URL: give ws://HOST:PORT or wss://HOST:PORT")
     if args.node_id is not None and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", args.node_id) is None:
         raise CommandError(f"--node-id {args.node_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
     if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
         raise CommandError("--max-connections, --rate and --burst must be positive")
     ice = ice_settings(args, native=False)  # browsers speak stuns: too
+    try:
+        identity = Identity.load_or_create(args.data_dir) if args.data_dir else Identity.generate()
+    except IdentityError as exc:
+        raise CommandError(f"--data-dir {args.data_dir}: {exc}") from exc
     node = NodeConfig(
         host=args.host,
         port=args.port,
         siblings=tuple(dict.fromkeys(args.sibling)),
         url=args.url,
         node_id=args.node_id,
+        identity=identity,
+        accept=tuple(args.accept_sibling),
         max_connections=args.max_connections,
         messages_per_s=args.rate,
         burst=args.burst,

@@ -127,7 +127,8 @@ class Connection:
         self.bucket = bucket
         self.dialed = dialed  # we opened it (an outgoing sibling link)
         self.role = Role.SIBLING if dialed else Role.PEER
-        self.nonce = secrets.token_hex(16)
+        self.nonce = secrets.token_hex(16)  # this node's challenge, in its hello
+        self.peer_nonce = ""  # on a dialed sibling link: the other node's hello nonce
         self.peer_id: str | None = None  # bound by the first valid announce
         self.node_id: str | None = None  # the sibling's node id
         self.url: str | None = None  # the sibling's URL, if it told us

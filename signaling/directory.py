@@ -86,16 +86,19 @@ class Directory:
         return PutResult.REPLACED if held is not None else PutResult.NEW
 
     def withdraw(self, peer_id: str, seq: int) -> bool:
-        """Drop the peer's announcement if it is not newer than ``seq``; remember the withdrawal."""
+        """Drop the peer's announcement if ``seq`` is the seq it was signed with; remember the withdrawal.
+
+        A withdrawal names the announcement it withdraws: one for a seq this node does not hold (older,
+        newer, or of a peer it never heard of) does nothing, so a ``gone`` can never carry a seq beyond
+        what the peer itself signed and hide its later announcements.
+        """
         held = self._entries.get(peer_id)
-        if held is not None and held.announcement.seq > seq:
+        if held is None or held.announcement.seq != seq:
             return False
         self._tombstones[peer_id] = max(seq, self._tombstones.get(peer_id, seq))
         self._tombstones.move_to_end(peer_id)
         while len(self._tombstones) > self.max_entries:
             self._tombstones.popitem(last=False)
-        if held is None:
-            return False
         self._remove(held)
         return True
 

@@ -7,6 +7,13 @@ smaller node id wins, and between two links dialed the same way the newer wins (
 current attempt; a dialer never opens a second link to a node it is linked to). The loser is closed
 with a reason saying so, and a dialer whose node is already linked waits until that link drops.
 
+Federation is authenticated: every node has an Ed25519 node key, and a sibling is configured by its URL
+and its key (``URL#KEY``). The dialer reads the hello, sends ``federate`` with its key, a signature of
+the hello's nonce and a nonce of its own; the accepting node takes it only from a key it has configured
+(``--sibling`` or ``--accept-sibling``) whose signature holds, and answers ``federated`` signing the
+dialer's nonce, which the dialer checks against the key its ``--sibling`` names before it reads any
+gossip. Anything else is refused with an error and the link is closed.
+
 Announcements travel as ``gossip`` (de-duplicated by the directory: only an announcement newer than
 the one held goes further, never back to the node it came from, and ``hops`` bounds the flood). The
 node an announcement arrived from is the route to its peer, so a ``signal`` for a peer connected
@@ -19,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import secrets
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
@@ -27,11 +35,22 @@ from pydantic import ValidationError
 from websockets.asyncio.client import connect
 from websockets.exceptions import WebSocketException
 
-from python_peer.core.canonical import MAX_MESSAGE_BYTES
-from python_peer.core.errors import MessageError, SignalingError
+from python_peer.core.canonical import MAX_MESSAGE_BYTES, signing_bytes
+from python_peer.core.errors import MessageError, SignalingError, SignatureError
+from python_peer.identity import Identity, verify
 
 from .connection import Connection, WebsocketsTransport
-from .messages import Federate, Gone, Gossip, Hello, decode_json
+from .messages import (
+    FEDERATE_CONTEXT,
+    Error,
+    Federate,
+    Federated,
+    Gone,
+    Gossip,
+    Hello,
+    decode_json,
+    federate_claim,
+)
 from .outbox import Rank
 from .ratelimit import TokenBucket
 
@@ -46,6 +65,12 @@ DUPLICATE_CLOSE_CODE = 1000  # a normal closure: the pair goes on over the other
 ServeLink = Callable[[Connection], Awaitable[None]]
 
 
+def split_sibling(spec: str) -> tuple[str, str | None]:
+    """``URL#KEY`` -> (URL, KEY); a spec with no ``#`` has no key (such a sibling is never dialed)."""
+    url, _, key = spec.partition("#")
+    return url, key or None
+
+
 def state_rank(seq: int, message: Gossip | Gone) -> Rank:
     """Orders the states of one peer: by ``seq``, and a withdrawal after the announcement it withdraws."""
     return (seq, 1 if isinstance(message, Gone) else 0)
@@ -58,14 +83,21 @@ class Federation:
         self,
         node_id: str,
         own_url: str,
-        sibling_urls: tuple[str, ...],
+        siblings: tuple[str, ...],
         serve_link: ServeLink,
         make_bucket: Callable[[], TokenBucket],
         max_entries: int = 10_000,
+        *,
+        identity: Identity | None = None,
+        accept: tuple[str, ...] = (),
     ) -> None:
         self.node_id = node_id
         self.own_url = own_url
-        self.sibling_urls = sibling_urls
+        self.identity = identity or Identity.generate()  # the node key
+        self.sibling_keys = dict(split_sibling(spec) for spec in siblings)  # URL -> its node key
+        self.sibling_urls = tuple(self.sibling_keys)
+        # The node keys a federate is accepted from: configured siblings and --accept-sibling.
+        self.trusted = {key for key in self.sibling_keys.values() if key} | set(accept)
         self._serve_link = serve_link
         self._make_bucket = make_bucket
         self._max_entries = max_entries  # bounds the routes, and the states queued on each link
@@ -81,8 +113,36 @@ class Federation:
 
     def start(self) -> None:
         """Start one dialer per configured sibling."""
-        for url in self.sibling_urls:
-            self._spawn(self._dial_forever(url), f"dial-{url}")
+        for url, key in self.sibling_keys.items():
+            if key is None:
+                log.error("sibling %s has no node key (give URL#KEY): not dialing it", url)
+                continue
+            self._spawn(self._dial_forever(url, key), f"dial-{url}")
+
+    def accept(self, link: Connection, msg: Federate) -> Federated:
+        """Check a ``federate`` on ``link`` (its key configured, its proof of the hello's nonce) and
+        return the ``federated`` answer; ``SignalingError`` (``not_sibling``) or ``SignatureError`` if not.
+        """
+        if msg.key not in self.trusted:
+            raise SignalingError(
+                f"node key {msg.key[:12]}… is not a sibling of this node: federation is refused "
+                "(configure it with --sibling URL#KEY or --accept-sibling KEY)",
+                code="not_sibling",
+            )
+        claim = federate_claim(msg.node_id, msg.key, self.node_id, link.nonce)
+        try:
+            verify(msg.key, signing_bytes(FEDERATE_CONTEXT, claim), msg.proof)
+        except SignatureError as exc:
+            raise SignatureError(f"federate proof does not sign this connection's nonce: {exc}") from exc
+        proof = self.identity.sign_body(
+            FEDERATE_CONTEXT, federate_claim(self.node_id, self.key, msg.node_id, msg.nonce)
+        )
+        return Federated(node_id=self.node_id, key=self.key, proof=proof)
+
+    @property
+    def key(self) -> str:
+        """This node's key: the Ed25519 public key its siblings configure, 64 hex digits."""
+        return self.identity.peer_id
 
     async def close(self) -> None:
         """Stop dialing and close every link."""
@@ -194,7 +254,7 @@ class Federation:
 
     # --- dialing --------------------------------------------------------------------------------------
 
-    async def _dial_forever(self, url: str) -> None:
+    async def _dial_forever(self, url: str, key: str) -> None:
         """Keep a link to ``url``'s node up: dial, serve until it drops, back off, dial again.
 
         Once a hello said which node ``url`` is, dial only while no other link to that node is up.
@@ -236,7 +296,7 @@ class Federation:
                             log.info("sibling %s (%s): not federating: %s (%s)", url, node, reason, held.id)
                             await link.close(DUPLICATE_CLOSE_CODE, reason)
                             continue
-                        link.send(Federate(type="federate", node_id=self.node_id, url=self.own_url))
+                        await self._federate(link, url, key)
                         backoff = BACKOFF_INITIAL_S
                         await self._serve_link(link)
                     finally:
@@ -245,6 +305,8 @@ class Federation:
                     log.info("link to sibling %s closed: %s", url, websocket.close_reason)
             except (OSError, TimeoutError, WebSocketException, MessageError, ValidationError) as exc:
                 log.debug("sibling %s: %s", url, exc)
+            except (SignalingError, SignatureError) as exc:
+                log.error("sibling %s: federation failed: %s", url, exc)
             delay = backoff * (0.5 + random.random())
             log.info("sibling %s: dialing again in %.2f s", url, delay)
             await asyncio.sleep(delay)
@@ -256,5 +318,42 @@ class Federation:
         if raw is None:
             raise MessageError(f"{url} closed before its hello")
         hello = Hello.model_validate(decode_json(raw))
-        link.node_id, link.url = hello.node_id, url
+        link.node_id, link.url, link.peer_nonce = hello.node_id, url, hello.nonce
         return hello.node_id
+
+    async def _federate(self, link: Connection, url: str, key: str) -> None:
+        """Prove this node's key to the sibling and check its proof of ``key``, before any gossip is read.
+
+        Raises ``SignalingError`` when the sibling refuses, ``SignatureError`` when it does not prove
+        ``key``, ``MessageError`` or ``TimeoutError`` when it answers nothing useful.
+        """
+        nonce = secrets.token_hex(16)
+        claim = federate_claim(self.node_id, self.key, str(link.node_id), link.peer_nonce)
+        proof = self.identity.sign_body(FEDERATE_CONTEXT, claim)
+        link.send(
+            Federate(
+                type="federate",
+                node_id=self.node_id,
+                url=self.own_url,
+                key=self.key,
+                nonce=nonce,
+                proof=proof,
+            )
+        )
+        raw = await asyncio.wait_for(link.receive(), HELLO_TIMEOUT_S)
+        if raw is None:
+            raise MessageError(f"{url} closed before answering federate")
+        data = decode_json(raw)
+        if data.get("type") == "error":
+            error = Error.model_validate(data)
+            raise SignalingError(f"{url} refused federation: {error.code}: {error.message}", code=error.code)
+        answer = Federated.model_validate(data)
+        if answer.key != key or answer.node_id != link.node_id:
+            raise SignatureError(
+                f"{url} answered with node key {answer.key[:12]}… ({answer.node_id}); --sibling names {key[:12]}…"
+            )
+        verify(
+            key,
+            signing_bytes(FEDERATE_CONTEXT, federate_claim(answer.node_id, key, self.node_id, nonce)),
+            answer.proof,
+        )

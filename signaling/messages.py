@@ -53,6 +53,8 @@ Signature = Annotated[str, Field(pattern=SIGNATURE_RE.pattern)]
 ModelName = Annotated[str, Field(pattern=MODEL_RE.pattern)]
 Url = Annotated[str, Field(pattern=URL_RE.pattern)]
 NodeId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Nonce = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
+FEDERATE_CONTEXT = "ai4all/federate/v1"  # signatures of signaling nodes proving their node key
 SafeInt = Annotated[int, Field(ge=0, le=MAX_SAFE_INT)]
 RequestId = Annotated[int | None, Field(ge=0, le=MAX_SAFE_INT)]
 JsonObject = dict[str, Any]
@@ -127,12 +129,34 @@ class Bye(Message):
 
 
 class Federate(Message):
-    """Sent by a signaling node that dials a sibling: the connection becomes a sibling link."""
+    """Sent by a signaling node that dials a sibling: the connection becomes a sibling link.
+
+    ``key`` is the dialer's node key (Ed25519, 64 hex digits), which the other node must have configured
+    as a sibling; ``proof`` signs ``federate_claim(node_id, key, the other node's id, the hello's nonce)``
+    under ``FEDERATE_CONTEXT``; ``nonce`` is the dialer's own challenge, which the ``federated`` reply signs.
+    """
 
     type: Literal["federate"]
     id: RequestId = None
     node_id: NodeId
     url: Url | None = None
+    key: PeerId
+    nonce: Nonce
+    proof: Signature
+
+
+class Federated(Message):
+    """The accepting node's answer to ``federate``: its node key and its signature of the dialer's nonce."""
+
+    type: Literal["federated"] = "federated"
+    node_id: NodeId
+    key: PeerId
+    proof: Signature
+
+
+def federate_claim(from_node: str, key: str, to_node: str, nonce: str) -> dict[str, str]:
+    """What a ``federate`` or ``federated`` proof signs: who speaks, with which key, to whom, which nonce."""
+    return {"from": from_node, "key": key, "to": to_node, "nonce": nonce}
 
 
 # --- sibling <-> sibling ------------------------------------------------------------------------------

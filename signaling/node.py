@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +26,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
-from python_peer.identity import verify, verify_body
+from python_peer.identity import Identity, verify, verify_body
 
 from .connection import Connection, Role, Transport
 from .directory import Directory, Entry, PutResult
@@ -70,9 +69,11 @@ class NodeConfig:
 
     host: str = "127.0.0.1"
     port: int = 8765
-    siblings: tuple[str, ...] = ()
+    siblings: tuple[str, ...] = ()  # URL#KEY: a sibling's URL and its node key
     url: str | None = None  # how peers and siblings reach this node; ws://host:port by default
-    node_id: str | None = None  # random when not given
+    node_id: str | None = None  # a name; the start of the node key when not given
+    identity: Identity | None = None  # the node key; a fresh one when not given
+    accept: tuple[str, ...] = ()  # node keys of siblings that dial this node without being dialed
     max_connections: int = 1024
     max_entries: int = 10_000
     messages_per_s: float = 20.0  # per peer connection
@@ -90,6 +91,11 @@ class NodeConfig:
     def public_url(self) -> str:
         return self.url or f"ws://{self.host}:{self.port}"
 
+    @property
+    def sibling_urls(self) -> tuple[str, ...]:
+        """The siblings' URLs, without their keys."""
+        return tuple(spec.partition("#")[0] for spec in self.siblings)
+
 
 def now_ms() -> int:
     """Wall-clock milliseconds: announcements carry absolute times, so expiry needs the wall clock."""
@@ -101,7 +107,8 @@ class SignalingNode:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.node_id = config.node_id or secrets.token_hex(8)
+        self.identity = config.identity or Identity.generate()
+        self.node_id = config.node_id or self.identity.peer_id[:16]
         self.directory = Directory(config.max_entries)
         self.local: dict[str, Connection] = {}  # peer id -> the connection it announced on
         self.connections: set[Connection] = set()
@@ -118,6 +125,8 @@ class SignalingNode:
             self.serve_link,
             lambda: TokenBucket(config.sibling_messages_per_s, config.sibling_burst),
             config.max_entries,
+            identity=self.identity,
+            accept=config.accept,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._dumps: dict[str, asyncio.Task[None]] = {}
@@ -131,7 +140,12 @@ class SignalingNode:
     async def start(self) -> None:
         self.federation.start()
         self._spawn(self._sweep_forever(), "sweep")
-        log.info("signaling node %s at %s", self.node_id, self.config.public_url)
+        log.info(
+            "signaling node %s (node key %s) at %s",
+            self.node_id,
+            self.identity.peer_id,
+            self.config.public_url,
+        )
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -337,6 +351,16 @@ class SignalingNode:
             raise SignalingError("a connection that announced a peer cannot become a sibling link")
         if msg.node_id == self.node_id:
             raise SignalingError("federate names this very node")
+        try:
+            answer = self.federation.accept(conn, msg)
+        except (SignalingError, SignatureError) as exc:
+            # Refused: say why, then close, so an unauthenticated connection learns nothing more.
+            code = exc.code if isinstance(exc, SignalingError) else "bad_signature"
+            self._refuse(conn, msg.id, code, str(exc))
+            self._spawn(conn.close(1008, "federation refused", flush=True), f"refuse-{conn.id}")
+            log.warning("%r: federate refused: %s", conn, exc)
+            return
+        conn.send(answer)
         conn.role, conn.node_id, conn.url = Role.SIBLING, msg.node_id, msg.url
         conn.bucket = TokenBucket(self.config.sibling_messages_per_s, self.config.sibling_burst)
         try:
@@ -416,6 +440,7 @@ class SignalingNode:
         return {
             "status": "ok",
             "node_id": self.node_id,
+            "key": self.identity.peer_id,
             "url": self.config.public_url,
             "peers": len(self.directory),
             "local_peers": len(self.local),

@@ -43,6 +43,7 @@ from python_peer.mesh_client import ClientConfig, MeshError
 from python_peer.node import NodeConfig
 from python_peer.routing import NoRouteError
 from python_peer.tokenizer import ModelTokenizer
+from tests.support.openai_errors import ERROR_KEYS, assert_openai_error
 from tests.support.procs import Node, PeerProc, run_cli
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,7 +51,6 @@ pytestmark = pytest.mark.timeout(180)
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPT = "hello world, the quick brown fox"
 FAST = ClientConfig(request_timeout_s=8.0, connect_timeout_s=8.0)
-ERROR_KEYS = {"message", "type", "param", "code"}
 API_LINE = re.compile(r"^api (http://\S+/v1)$", re.MULTILINE)
 
 
@@ -123,20 +123,6 @@ def reference(tiny_llama_export: Path) -> Reference:
 def client(mesh: ApiMesh) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=mesh.url, api_key="x", max_retries=0, timeout=60) as client:
         yield client
-
-
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
-    """``response`` is an error of ``status`` in OpenAI's shape; returns the inner error object."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert set(error) == ERROR_KEYS, error
-    assert isinstance(error["message"], str) and error["message"]
-    assert isinstance(error["type"], str) and error["type"]
-    if code is not None:
-        assert error["code"] == code, error
-    return dict(error)
 
 
 # --- replies through the mesh ----------------------------------------------------------------------

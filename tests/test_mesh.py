@@ -55,8 +55,8 @@ class Mesh:
         self.nodes: list[Node] = []
         self.peers: list[PeerProc] = []
 
-    def node(self, name: str, *siblings: Node) -> Node:
-        node = Node(name, self.tmp, tuple(s.url for s in siblings))
+    def node(self, name: str, *siblings: Node, accept: tuple[str, ...] = ()) -> Node:
+        node = Node(name, self.tmp, siblings, accept=accept)
         self.nodes.append(node)
         return node
 
@@ -88,7 +88,7 @@ class Mesh:
 def mesh(tmp_path: Path, tiny_llama_export: Path) -> Iterator[Mesh]:
     """Two federated nodes; peers for 0-1 and 1-3 on A, for 3-4 and a spare 1-3 on B."""
     mesh = Mesh(tmp_path, tiny_llama_export)
-    a = mesh.node("node-a")
+    a = mesh.node("node-a", accept=("node-b",))
     b = mesh.node("node-b", a)
     mesh.peer("p0-1", "0-1", a, b)
     mesh.peer("p1-3", "1-3", a, b)
@@ -191,7 +191,7 @@ async def test_a_chat_right_after_a_peer_and_its_signaling_node_die_goes_through
     the peer (gossiped from A, until it expires) and refuses offers to it (``unknown_peer``). A chat started
     one second later bans it and goes through the spare on B, with the reference reply."""
     mesh = Mesh(tmp_path, tiny_llama_export)
-    a = mesh.node("node-a")
+    a = mesh.node("node-a", accept=("node-b",))
     b = mesh.node("node-b", a)
     mesh.peer("p0-1", "0-1", b)
     victim = mesh.peer("p1-3", "1-3", a)

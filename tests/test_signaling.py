@@ -12,21 +12,21 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from python_peer.core.canonical import ANNOUNCE_CONTEXT, AUTH_CONTEXT, Announcement, ServedSpan
+from python_peer.core.canonical import ANNOUNCE_CONTEXT, AUTH_CONTEXT, Announcement
 from python_peer.core.errors import RemoteSignalingError, SignalClientError
 from python_peer.identity import Identity
 from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
 from tests.support import procs
 from tests.support.procs import Node, free_port
+from tests.support.raw_signaling import raw_peer, spans
 from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.timeout(60)
@@ -36,8 +36,8 @@ pytestmark = pytest.mark.timeout(60)
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]]:
     """Two federated nodes; only the second is told about the first (links work both ways)."""
     logs = tmp_path_factory.mktemp("signaling-mesh")
-    first = Node("alpha", logs)
-    second = Node("beta", logs, siblings=(first.url,))
+    first = Node("alpha", logs, accept=("beta",))
+    second = Node("beta", logs, siblings=(first,))
     try:
         first.wait(siblings=1)
         second.wait(siblings=1)
@@ -49,66 +49,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Node]
 
 def config(*urls: str, **kw: Any) -> SignalClientConfig:
     return SignalClientConfig(urls=tuple(urls), request_timeout_s=5.0, connect_timeout_s=5.0, **kw)
-
-
-def spans(model: str, start: int, end: int) -> tuple[ServedSpan, ...]:
-    return (ServedSpan(model, start, end),)
-
-
-class RawPeer:
-    """A hand-driven websocket peer, for sending what a correct client never would."""
-
-    def __init__(self, ws: ClientConnection, hello: dict[str, Any], identity: Identity) -> None:
-        self.ws, self.hello, self.identity = ws, hello, identity
-        self._ids = 0
-
-    async def send(self, message: dict[str, Any] | str | bytes) -> None:
-        await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
-
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
-
-    async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        self._ids += 1
-        await self.send({**message, "id": self._ids})
-        reply = await self.recv()
-        assert reply.get("id") == self._ids, reply
-        return reply
-
-    def body(
-        self, ttl_ms: int = 60_000, issued_ms: int | None = None, model: str = "raw/m"
-    ) -> dict[str, Any]:
-        now = issued_ms if issued_ms is not None else time.time_ns() // 1_000_000
-        return Announcement(
-            peer_id=self.identity.peer_id,
-            kind="browser",
-            seq=now,
-            issued_ms=now,
-            expires_ms=now + ttl_ms,
-            serves=spans(model, 0, 4),
-        ).to_dict()
-
-    def proof(self, signer: Identity | None = None) -> str:
-        who = signer or self.identity
-        return who.sign_body(AUTH_CONTEXT, {"node_id": self.hello["node_id"], "nonce": self.hello["nonce"]})
-
-    async def announce(self, body: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
-        body = body if body is not None else self.body(**kw)
-        sig = self.identity.sign_body(ANNOUNCE_CONTEXT, body)
-        return await self.ask({"type": "announce", "body": body, "sig": sig, "proof": self.proof()})
-
-    async def lookup(self, model: str = "raw/m") -> list[str]:
-        reply = await self.ask({"type": "lookup", "model": model, "start": 0, "end": 64})
-        assert reply["type"] == "peers", reply
-        return [p["body"]["peer_id"] for p in reply["peers"]]
-
-
-@asynccontextmanager
-async def raw_peer(url: str) -> AsyncIterator[RawPeer]:
-    async with connect(url, proxy=None, max_size=2**22) as ws:
-        hello = json.loads(await ws.recv())
-        assert hello["type"] == "hello" and hello["protocol"] == 1
-        yield RawPeer(ws, hello, Identity.generate())
 
 
 # --- one node -------------------------------------------------------------------------------------------
@@ -352,8 +292,8 @@ async def test_announce_rate_limit_per_peer(mesh: tuple[Node, Node]) -> None:
 
 
 async def test_failover_when_a_node_is_killed(tmp_path: Path) -> None:
-    first = Node("gamma", tmp_path)
-    second = Node("delta", tmp_path, siblings=(first.url,))
+    first = Node("gamma", tmp_path, accept=("delta",))
+    second = Node("delta", tmp_path, siblings=(first,))
     try:
         first.wait(siblings=1)
         second.wait(siblings=1)
@@ -436,8 +376,8 @@ def mutual(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Node, Nod
         ports += [port for port in [free_port()] if port not in ports]
     with pytest.MonkeyPatch.context() as patch:  # Node picks its own port; hand it the ones named here
         patch.setattr(procs, "free_port", iter(ports).__next__)
-        ant = Node("ant", logs, siblings=(f"ws://127.0.0.1:{ports[1]}",))
-        bee = Node("bee", logs, siblings=(ant.url,))
+        ant = Node("ant", logs, siblings=(f"ws://127.0.0.1:{ports[1]}#{procs.node_key(logs, 'bee')}",))
+        bee = Node("bee", logs, siblings=(ant,))
     try:
         ant.wait(siblings=1)
         bee.wait(siblings=1)

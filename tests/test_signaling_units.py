@@ -598,7 +598,14 @@ VALID: dict[str, dict[str, Any]] = {
         "sig": "00" * 64,
     },
     "announce": {"type": "announce", "body": body(), "sig": "00" * 64, "proof": "00" * 64},
-    "federate": {"type": "federate", "node_id": "n1", "url": "ws://127.0.0.1:1"},
+    "federate": {
+        "type": "federate",
+        "node_id": "n1",
+        "url": "ws://127.0.0.1:1",
+        "key": "cc" * 32,
+        "nonce": "dd" * 16,
+        "proof": "00" * 64,
+    },
 }
 
 

@@ -73,11 +73,11 @@ def model_copy(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory, model_copy: Path) -> Iterator[tuple[Node, Node]]:
     logs = tmp_path_factory.mktemp("signaling-web")
-    sibling = Node("web-b", logs)
+    sibling = Node("web-b", logs, accept=("web-a",))
     node = Node(
         "web-a",
         logs,
-        siblings=(sibling.url,),
+        siblings=(sibling,),
         model_dirs=[model_copy],
         env={"AI4ALL_LEDGER_POW_BITS": str(POW_BITS)},
     )

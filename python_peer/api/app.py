@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import secrets
 import socket
@@ -27,8 +28,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from python_peer.core.errors import AI4AllError
+from python_peer.core.http_limits import BODY_TIMEOUT_S, KEEP_ALIVE_S, with_header_deadline
 
 from . import translate
 from .errors import (
@@ -109,6 +112,7 @@ class _Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_csp(send)
         try:
             client = scope.get("client")
             wait = self.buckets.take(client[0] if client else "unknown")
@@ -121,10 +125,43 @@ class _Guard:
             if self.config.api_key is not None and str(scope.get("path", "")).startswith("/v1"):
                 _check_key(scope, self.config.api_key)
             self._check_length(scope)
+            if scope.get("method") != "POST":
+                await self.app(scope, self._bounded(receive), send)
+                return
+            body = await self._read_body(self._bounded(receive))
         except ApiError as exc:
             await _error(exc)(scope, receive, send)
             return
-        await self.app(scope, self._bounded(receive), send)
+        except TimeoutError:
+            text = f"the body did not arrive within {BODY_TIMEOUT_S:g} s"
+            await JSONResponse(
+                translate.error_body(text, "invalid_request_error").model_dump(),
+                status_code=408,
+                headers={"Connection": "close"},
+            )(scope, receive, send)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _read_body(self, receive: Receive) -> bytes:
+        """The whole body, within ``BODY_TIMEOUT_S`` (``TimeoutError``: one shorter than its
+        Content-Length gets a 408), refused when JSON with a duplicate key (OpenAI answers 400)."""
+        chunks: list[bytes] = []
+        async with asyncio.timeout(BODY_TIMEOUT_S):
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    break
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    break
+        body = b"".join(chunks)
+        try:
+            json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        except ValueError as exc:
+            if isinstance(exc, _DuplicateKey):
+                raise translate.InvalidRequestError(str(exc)) from None
+            # not JSON: the route's own parsing says so
+        return body
 
     def _check_length(self, scope: Scope) -> None:
         declared = dict(scope.get("headers", [])).get(b"content-length")
@@ -144,6 +181,57 @@ class _Guard:
             return message
 
         return bounded
+
+
+# For HTML the pages do not set a policy for themselves: FastAPI's /docs and /redoc, which load their
+# script and style from jsDelivr and run one inline script that points them at /openapi.json.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com; "
+    "connect-src 'self'; worker-src blob:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+)
+
+
+def _with_csp(send: Send) -> Send:
+    """``send`` adding ``DOCS_CSP`` to every HTML response that carries no Content-Security-Policy."""
+
+    async def send_with_csp(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = list(message.get("headers", []))
+            names = {name.lower() for name, _ in headers}
+            html = any(n.lower() == b"content-type" and v.startswith(b"text/html") for n, v in headers)
+            if html and b"content-security-policy" not in names:
+                message = {**message, "headers": [*headers, (b"content-security-policy", DOCS_CSP.encode())]}
+        await send(message)
+
+    return send_with_csp
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object naming one key twice."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [key for key, _ in pairs]
+    if len(set(keys)) != len(keys):
+        twice = sorted({key for key in keys if keys.count(key) > 1})
+        raise _DuplicateKey(f"the body names {', '.join(repr(k) for k in twice)} more than once")
+    return dict(pairs)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body already read, then what the connection says next."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
 
 
 def _check_key(scope: Scope, key: str) -> None:
@@ -372,6 +460,8 @@ class ApiServer:
             lifespan="off",
             access_log=False,
             timeout_graceful_shutdown=5,
+            http=with_header_deadline(H11Protocol),  # headers within HEADER_TIMEOUT_S
+            timeout_keep_alive=KEEP_ALIVE_S,
         )
         self._server = _EmbeddedServer(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="api-server")

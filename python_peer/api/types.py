@@ -43,7 +43,8 @@ Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", str_max_length=MAX_PROMPT_CHARS)
+    # strict: no coercion of strings or booleans to numbers, nor of "yes" to a boolean, as OpenAI answers
+    model_config = ConfigDict(extra="ignore", str_max_length=MAX_PROMPT_CHARS, strict=True)
 
 
 class TextPart(_Request):

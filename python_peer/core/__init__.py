@@ -28,4 +28,5 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``browser_persistence.py``  the browser's IndexedDB copy: the journal of each write, and its replay.
 - ``ice.py``       ICE settings (STUN/TURN servers, loopback only) and the ``--ice-*`` flags, defined once.
 - ``static_files.py``  strict resolution of static file paths, and their MIME types.
+- ``http_limits.py``  time bounds of every HTTP and websocket server (headers, bodies, keep-alive).
 """

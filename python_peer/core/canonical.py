@@ -36,6 +36,11 @@ MAX_SIGNAL_PAYLOAD_BYTES = 32 * 1024  # canonical JSON of one signal's payload
 MIN_TTL_MS = 1_000
 MAX_TTL_MS = 600_000
 MAX_CLOCK_SKEW_MS = 60_000  # how far in the future an announcement may be issued
+# How far ``seq`` may run ahead of ``issued_ms``: peers announce with seq = max(previous + 1, now in ms),
+# so a seq far past its issue time is a forgery or a bug that would make every later announcement of
+# that identity ``stale`` until it expired. With issued_ms bounded by now + MAX_CLOCK_SKEW_MS, a seq
+# can never be more than MAX_SEQ_AHEAD_MS + MAX_CLOCK_SKEW_MS ahead of a node's clock.
+MAX_SEQ_AHEAD_MS = 60_000
 MAX_SIGNAL_AGE_MS = 60_000  # a signal older (or newer) than this is refused as a replay
 MAX_SERVES = 32
 MAX_SIGNALING_URLS = 8
@@ -176,6 +181,11 @@ class Announcement:
             raise AnnouncementError(f"kind {self.kind!r} is not one of {', '.join(PEER_KINDS)}")
         _int("seq", self.seq, 0, MAX_SAFE_INT)
         _int("issued_ms", self.issued_ms, 0, MAX_SAFE_INT)
+        if self.seq > self.issued_ms + MAX_SEQ_AHEAD_MS:
+            raise AnnouncementError(
+                f"seq {self.seq} runs more than {MAX_SEQ_AHEAD_MS} ahead of issued_ms {self.issued_ms}: "
+                "announce with seq = max(previous seq + 1, now in ms)"
+            )
         _int("expires_ms", self.expires_ms, self.issued_ms + MIN_TTL_MS, self.issued_ms + MAX_TTL_MS)
         _int("throughput_milli", self.throughput_milli, 0, MAX_COUNTER)
         _int("kv_free_tokens", self.kv_free_tokens, 0, MAX_COUNTER)

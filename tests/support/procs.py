@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 
+from python_peer.identity import Identity
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -43,30 +45,47 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def node_data_dir(log_dir: Path, name: str) -> Path:
+    """Where the node ``name`` of a test mesh in ``log_dir`` keeps its node key."""
+    return log_dir / f"{name}.node"
+
+
+def node_key(log_dir: Path, name: str) -> str:
+    """The node key of the node ``name`` in ``log_dir``, created before the node starts if need be,
+    so a node started earlier can ``--accept-sibling`` it."""
+    return Identity.load_or_create(node_data_dir(log_dir, name)).peer_id
+
+
 class Node:
     """One ``ai4all signal`` subprocess; it serves the browser node's pages and ``model_dirs`` over HTTP.
 
-    ``env`` adds to (or overrides) the test process's environment for this node only.
+    ``siblings`` are nodes (or ``URL#KEY`` strings) it dials; ``accept`` names nodes of the same
+    ``log_dir`` that will dial it (their keys are made now). ``env`` adds to (or overrides) the test
+    process's environment for this node only.
     """
 
     def __init__(
         self,
         name: str,
         log_dir: Path,
-        siblings: Sequence[str] = (),
+        siblings: Sequence[Node | str] = (),
         model_dirs: Sequence[Path] = (),
         env: dict[str, str] | None = None,
+        accept: Sequence[str] = (),
     ) -> None:
         self.name = name
+        self.key = node_key(log_dir, name)
         self.port = free_port()
         self.url = f"ws://127.0.0.1:{self.port}"
         self.http_url = f"http://127.0.0.1:{self.port}"
         self.http = self.http_url
         self.log = log_dir / f"{name}.log"
         args = [sys.executable, "-m", "python_peer.cli", "-v", "signal", "--port", str(self.port)]
-        args += ["--node-id", name]
+        args += ["--node-id", name, "--data-dir", str(node_data_dir(log_dir, name))]
         for sibling in siblings:
-            args += ["--sibling", sibling]
+            args += ["--sibling", sibling if isinstance(sibling, str) else f"{sibling.url}#{sibling.key}"]
+        for other in accept:
+            args += ["--accept-sibling", node_key(log_dir, other)]
         for model_dir in model_dirs:
             args += ["--model-dir", str(model_dir)]
         with self.log.open("w") as out:
