@@ -36,7 +36,7 @@ from python_peer.core.rules import check_body, check_fork_proof
 from python_peer.core.signature_claims import Claim, KnownSignatures, signature_claims
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
-from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
+from tests.test_ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, funded, grant, ids
 from tests.test_ledger_gossip import Wire
 from tests.test_ledger_properties import build, plans
 
@@ -168,7 +168,10 @@ def test_the_cap_and_cumulative_receipts_end_the_same_in_both_stores() -> None:
     rules = Rules(grant_pow_bits=4, balance_cap=300_000, uptime_bonus=0)
     twin = Twin(rules)
     client, server = ids(2, 5150)
-    s, c = Log(server), Log(client)
+    s = Log(server)
+    c, paid = funded(client, rules, extra=True)  # the client can pay both receipts below in full
+    for entry in paid:
+        twin.insert(entry)
     twin.insert(s.add(grant(server, rules)))
     twin.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 1000)))
     twin.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 2000)))
