@@ -91,7 +91,8 @@ def build(plan: list[Action]) -> list[Entry]:
 
 
 def summary(report: Any) -> tuple[Any, ...]:
-    return (report.balances, report.forks, report.counted, {h: r.code for h, r in report.ignored.items()})
+    ignored = {h: r.code for h, r in report.ignored.items()}
+    return (report.balances, report.forks, report.counted, ignored, report.settled)
 
 
 @SETTINGS
@@ -112,8 +113,17 @@ def test_self_dealing_never_mints_credits_and_the_cap_holds(plan: list[Action]) 
     report = compute(entries, rules=RULES)
     granted = sum(a.granted for a in report.accounts.values())
     assert sum(report.balances.values()) <= granted  # every receipt burns at least what it pays out
+    assert all(b >= 0 for b in report.balances.values())  # a client spends what it holds, never debt
     no_grants = compute([e for e in entries if not isinstance(e.body, Grant)], rules=RULES)
     assert sum(no_grants.balances.values()) <= 0
+    # no credit from nothing: without a grant nobody can pay, so no receipt credits or earns a bonus
+    assert all(b == 0 for b in no_grants.balances.values())
+    assert all(s.status == "none" for s in no_grants.settled.values())
+    assert not any(
+        a.rarity_bonus or a.uptime_bonus or a.served_block_tokens for a in no_grants.accounts.values()
+    )
+    for s in report.settled.values():  # a server gets at most what its client paid beyond the fee
+        assert s.paid <= s.price and s.earned + s.rarity_bonus <= max(0, s.paid - s.base_fee)
     capped = Rules(grant_pow_bits=RULES.grant_pow_bits, balance_cap=210_000)
     assert all(b <= 210_000 for b in compute(entries, rules=capped).balances.values())
 
