@@ -241,7 +241,13 @@ def test_cli_show_and_errors(
     directory, _ = data_dir
     done = run_cli(["ledger", "show", "--data-dir", str(directory)], timeout=60, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    for text in ("starter grant", "served smollm2-135m [0, 10) x 500 tok", "rarity bonus", "240.000"):
+    for text in (
+        "starter grant",
+        "served smollm2-135m [0, 10) x 500 tok",
+        "rarity bonus",
+        "240.000",
+        "full:",
+    ):
         assert text in done.stdout
     empty = tmp_path_factory.mktemp("empty")
     done = run_cli(["ledger", "balance", "--data-dir", str(empty)], timeout=60)
