@@ -13,7 +13,10 @@ Two inequalities hold the economy together and ``Rules`` refuses constants that 
 1. **Self-dealing never pays.** A peer can be its own client through a second identity. Whatever a
    receipt earns its server (base rate + the largest rarity bonus) must not exceed what it costs its
    client after the largest discount: ``(earn + max rarity) * 1000 <= cost * (1000 - max discount)``.
-   The base fee per receipt is burnt, so a colluding pair always loses at least that much.
+   The base fee per receipt is burnt, so a colluding pair always loses at least that much. This holds
+   only because a client pays from what it holds, never into debt (``balances.compute`` settles each
+   receipt for at most the client's balance, and credits its server in proportion): a throwaway
+   identity's debt would be paid by no one (docs/trust.md).
 2. **Uptime cannot be farmed.** An hour's uptime bonus needs at least one receipt in that hour, which
    burns a base fee; the bonus is at most the base fee (``uptime_bonus <= base_fee``).
 
