@@ -128,6 +128,30 @@ def test_self_dealing_never_mints_credits_and_the_cap_holds(plan: list[Action]) 
     assert all(b <= 210_000 for b in compute(entries, rules=capped).balances.values())
 
 
+@SETTINGS
+@given(plan=actions)
+def test_no_coalition_ends_with_more_than_its_grants_and_what_outsiders_paid_it(plan: list[Action]) -> None:
+    """docs/trust.md: receipts inside a coalition never gain it anything, bonuses included."""
+    entries = build(plan)
+    poor = Rules(grant_pow_bits=RULES.grant_pow_bits, starter_grant=20_000)  # most receipts paid in part
+    for report in (compute(entries, rules=RULES), compute(entries, rules=poor)):
+        _coalitions_hold_no_more_than_they_got(report)
+
+
+def _coalitions_hold_no_more_than_they_got(report: Any) -> None:
+    for mask in range(1, 1 << len(PEOPLE)):
+        coalition = {p.peer_id for i, p in enumerate(PEOPLE) if mask >> i & 1}
+        held = sum(report.balance(p) for p in coalition)
+        granted = sum(a.granted for p, a in report.accounts.items() if p in coalition)
+        paid_in = sum(
+            s.paid for s in report.settled.values() if s.server in coalition and s.client not in coalition
+        )
+        paid_out = sum(
+            s.paid for s in report.settled.values() if s.client in coalition and s.server not in coalition
+        )
+        assert held <= granted + paid_in - paid_out
+
+
 def _store(entries: list[Entry]) -> LedgerStore:
     store = LedgerStore.open(None, rules=RULES)
     store.insert_many(sorted(entries, key=lambda e: (e.seq, e.hash)), NOW)  # gaps are refused, forks recorded

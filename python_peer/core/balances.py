@@ -50,6 +50,8 @@ class Settlement:
     """
 
     receipt: str
+    client: str
+    server: str
     price: int
     paid: int
     base_fee: int
@@ -79,7 +81,7 @@ class Settlement:
 
 def settle(receipt: Receipt, cost: int, paid: int, rules: Rules) -> Settlement:
     """The settlement of ``receipt`` priced ``cost`` of which its client could pay ``paid``."""
-    s = Settlement(receipt.id, cost, paid, min(rules.base_fee, cost))
+    s = Settlement(receipt.id, receipt.client, receipt.server, cost, paid, min(rules.base_fee, cost))
     return replace(
         s,
         earned=s.share(earnings(receipt.blocks, receipt.tokens, rules)),
