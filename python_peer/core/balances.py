@@ -37,6 +37,9 @@ class Account:
     receipts_paid: int = 0
     entries: int = 0
     forked_at: int | None = None
+    # bonus units credited at the end of an hour (uptime) or a UTC day (rarity), by the millisecond they
+    # are credited at: a receipt dated before then cannot spend them yet (``LedgerReport.spendable``)
+    deferred: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,15 @@ class LedgerReport:
     def balance(self, peer_id: str) -> int:
         account = self.accounts.get(peer_id)
         return account.balance if account else 0
+
+    def spendable(self, peer_id: str, now: int) -> int:
+        """What ``peer_id`` can pay for a receipt dated ``now``: its balance less the bonuses of the current
+        hour and day, which are credited only at their end (so a request now would settle before them)."""
+        account = self.accounts.get(peer_id)
+        if account is None:
+            return 0
+        later = sum(units for at, units in account.deferred.items() if at >= now)
+        return max(0, account.balance - later)
 
     def standing(self, peer_id: str) -> int:
         """Lifetime block-tokens ``peer_id`` served in paid receipts: what earns a price discount."""
@@ -324,7 +336,14 @@ def compute(
     served_times: dict[str, list[int]] = defaultdict(list)
     served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
     hourly: dict[tuple[str, int], int] = defaultdict(int)
-    for _, kind, _, item in sweep:
+
+    def defer(peer: str, at: int, amount: int) -> None:
+        credited = credit(peer, amount)
+        if credited:
+            deferred = account(peer).deferred
+            deferred[at] = deferred.get(at, 0) + credited
+
+    for at, kind, _, item in sweep:
         if kind == 0 and isinstance(item, str):
             credit(item, rules.starter_grant)
         elif kind == 1 and isinstance(item, Receipt):
@@ -351,7 +370,7 @@ def compute(
             server, hour = item
             if rules.uptime_bonus and hourly.get((server, hour), 0) >= rules.uptime_min_block_tokens:
                 account(server).uptime_bonus += rules.uptime_bonus
-                credit(server, rules.uptime_bonus)
+                defer(server, at, rules.uptime_bonus)
         elif kind == 3 and isinstance(item, tuple):
             paying = [r for r in days[item] if settled[r.id].counts]
             rarity = _rarity_bonus(paying, rules)
@@ -360,7 +379,7 @@ def compute(
                 bonus = s.share(rarity[r.id])
                 settled[r.id] = replace(s, rarity_bonus=bonus)
                 account(r.server).rarity_bonus += bonus
-                credit(r.server, bonus)
+                defer(r.server, at, bonus)
     return LedgerReport(accounts, ignored, forks, frozenset(e.hash for e in counted), settled)
 
 

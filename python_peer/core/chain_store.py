@@ -53,7 +53,8 @@ class Signer(Protocol):
 
 @dataclass(frozen=True)
 class Quote:
-    """A client's balance as this node sees it, against the price of one request."""
+    """What a client can spend as this node sees it now (``balance``: its balance less the bonuses of the
+    current hour and day, credited at their end), against the price of one request."""
 
     client: str
     balance: int
@@ -324,12 +325,17 @@ class ChainStore(ABC):
     def balance(self, peer_id: str) -> int:
         return self.report().balance(peer_id)
 
-    def quote(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
-        """The price of ``tokens`` through ``blocks`` blocks for ``client``, and its balance here."""
+    def quote(
+        self, client: str, blocks: int, tokens: int, outstanding: int = 0, now: int | None = None
+    ) -> Quote:
+        """The price of ``tokens`` through ``blocks`` blocks for ``client``, and what it can spend here now:
+        its balance less this hour's and this day's bonuses, credited only at their end (a receipt dated
+        now would be settled before them and paid only in part)."""
         report = self.report()
         standing = report.standing(client)
         cost = price(blocks, tokens, standing, self.rules)
-        return Quote(client, report.balance(client), cost, standing, outstanding)
+        spendable = report.spendable(client, wall_clock_ms() if now is None else now)
+        return Quote(client, spendable, cost, standing, outstanding)
 
     def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
         """``quote``, raising ``PaymentRequiredError`` (code ``payment_required``) if the balance falls short."""

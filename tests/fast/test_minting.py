@@ -120,3 +120,18 @@ def test_spending_stops_at_the_balance_and_a_partial_payment_pays_in_proportion(
     assert report.accounts[server.peer_id].rarity_bonus == 2 * (10_000 + 9_800)
     assert report.accounts[server.peer_id].uptime_bonus == RULES.uptime_bonus
     assert log.entries  # the client's grant is in its own log
+
+
+def test_the_bonuses_of_this_hour_and_day_are_spendable_only_once_credited() -> None:
+    client, server = ids(2, 7400)
+    _, paid = funded(client)
+    work = Log(server).add(cosign(client, server, tokens=1000, time=T0 + 1000))  # 10,000 bt: uptime too
+    report = compute([*paid, work], rules=RULES)
+    account = report.accounts[server.peer_id]
+    bonuses = account.rarity_bonus + account.uptime_bonus
+    assert bonuses == 2 * 10_000 + RULES.uptime_bonus and account.balance == 60_000 + bonuses
+    assert report.spendable(server.peer_id, T0 + 2000) == 60_000  # a receipt now settles before both
+    hour_end, day_end = T0 - T0 % 3_600_000 + 3_600_000, T0 - T0 % 86_400_000 + 86_400_000
+    assert report.spendable(server.peer_id, hour_end) == 60_000 + RULES.uptime_bonus
+    assert report.spendable(server.peer_id, day_end) == account.balance
+    assert report.spendable(client.peer_id, T0 + 2000) == report.balance(client.peer_id)
