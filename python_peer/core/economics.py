@@ -201,13 +201,19 @@ def format_units(units: int) -> str:
     return f"{sign}{whole}.{frac:03d}"
 
 
-def can_pay(balance: int, cost: int, outstanding: int = 0) -> str | None:
-    """Why a client with ``balance`` (minus ``outstanding`` already promised) cannot pay ``cost``, or None."""
-    available = balance - outstanding
+def can_pay(balance: int, cost: int, outstanding: int = 0, pending: int = 0) -> str | None:
+    """Why a client with ``balance`` (minus ``outstanding`` already promised, and minus ``pending``
+    bonuses not yet credited at the time a request now would settle) cannot pay ``cost``, or None."""
+    available = balance - outstanding - pending
     if available >= cost:
         return None
     held = f" ({format_units(outstanding)} held for open sessions)" if outstanding else ""
+    later = (
+        f" ({format_units(pending)} of bonuses credited only at the end of this hour or day)"
+        if pending
+        else ""
+    )
     return (
-        f"balance {format_units(balance)} credits{held} does not cover the price of "
+        f"balance {format_units(balance)} credits{held}{later} does not cover the price of "
         f"{format_units(cost)} credits for this request; serve blocks to earn credits"
     )

@@ -15,7 +15,7 @@ from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.link_ledger import SignalingExchange
-from tests.test_ledger import RULES, T0, Log, cosign, funded, ids
+from tests.test_ledger import RULES, T0, Log, cosign, funded, ids, store_with
 
 MODEL = "smollm2-135m"
 HUGE = 1 << 24  # token positions: the most a receipt may claim
@@ -135,3 +135,12 @@ def test_the_bonuses_of_this_hour_and_day_are_spendable_only_once_credited() -> 
     assert report.spendable(server.peer_id, hour_end) == 60_000 + RULES.uptime_bonus
     assert report.spendable(server.peer_id, day_end) == account.balance
     assert report.spendable(client.peer_id, T0 + 2000) == report.balance(client.peer_id)
+    # the payment check counts only what a request now can spend, and says why
+    store = store_with(*paid, work)
+    try:
+        quote = store.quote(server.peer_id, 10, 595, now=T0 + 2000)  # price 60,500 > 60,000 spendable
+        assert (quote.balance, quote.pending, quote.price) == (account.balance, bonuses, 60_500)
+        assert quote.refusal is not None and "21.000 of bonuses credited only at the end" in quote.refusal
+        assert store.quote(server.peer_id, 10, 595, now=day_end).refusal is None
+    finally:
+        store.close()
