@@ -133,7 +133,9 @@ def test_self_dealing_never_mints_credits_and_the_cap_holds(plan: list[Action]) 
 def test_no_coalition_ends_with_more_than_its_grants_and_what_outsiders_paid_it(plan: list[Action]) -> None:
     """docs/trust.md: receipts inside a coalition never gain it anything, bonuses included."""
     entries = build(plan)
-    poor = Rules(grant_pow_bits=RULES.grant_pow_bits, starter_grant=20_000)  # many receipts paid in part or not at all
+    poor = Rules(
+        grant_pow_bits=RULES.grant_pow_bits, starter_grant=20_000
+    )  # many receipts paid in part or not at all
     for report in (compute(entries, rules=RULES), compute(entries, rules=poor)):
         _coalitions_hold_no_more_than_they_got(report)
 
