@@ -1,5 +1,6 @@
 """``ai4all ledger``: read a node's ledger: ``balance`` for scripts, ``show`` for people.
 
+``show`` says, per receipt, what it credited (full, partial or 0, and why: a client pays only what it holds).
 Both read ``<data dir>/ledger.sqlite3`` and never write an identity; ID defaults to the data dir's own
 identity and may be any unique prefix (8+ hex digits) of a peer id the ledger knows.
 """
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from python_peer.core.errors import CommandError
 
 if TYPE_CHECKING:
-    from python_peer.core.balances import LedgerReport
+    from python_peer.core.balances import LedgerReport, Settlement
     from python_peer.ledger_store import LedgerStore
 
 MIN_PREFIX = 8
@@ -112,7 +113,7 @@ def run_show(args: argparse.Namespace) -> int:
         entries = store.entries_from(peer_id, first, max(0, args.limit)) if head else []
     console = Console()
     log = Table(title=f"log of {peer_id}", title_justify="left")
-    for column in ("seq", "time (UTC)", "kind", "what", "counts", "hash"):
+    for column in ("seq", "time (UTC)", "kind", "what", "counts", "credited", "hash"):
         log.add_column(column)
     for entry in entries:
         body = entry.body
@@ -127,14 +128,31 @@ def run_show(args: argparse.Namespace) -> int:
             what = f"fork proof: {body.author[:12]}… at seq {body.seq}"
         else:
             what = ""
+        credited = ""
+        if isinstance(body, ReceiptBody) and body.receipt.id in report.settled:
+            credited = _credited(report.settled[body.receipt.id], format_units)
         if entry.hash in report.ignored:
             counts = f"no: {report.ignored[entry.hash].reason}"
         else:
             counts = "yes" if entry.hash in report.counted else "no"
-        log.add_row(str(entry.seq), _when(entry.time), entry.kind, what, counts, entry.hash[:12] + "…")
+        log.add_row(
+            str(entry.seq), _when(entry.time), entry.kind, what, counts, credited, entry.hash[:12] + "…"
+        )
     console.print(log)
     console.print(_breakdown(report, peer_id, format_units))
     return 0
+
+
+def _credited(settled: Settlement, fmt: Any) -> str:
+    """What one receipt moved: full, partial or 0, and why (a client pays only what it holds)."""
+    to_server = fmt(settled.earned + settled.rarity_bonus)
+    if settled.status == "full":
+        return f"full: {to_server} to the server, {fmt(settled.paid)} paid"
+    if settled.status == "partial":
+        return f"partial: {to_server}; the client could pay {fmt(settled.paid)} of {fmt(settled.price)}"
+    if settled.paid == 0:
+        return f"0: the client had nothing to pay {fmt(settled.price)} with"
+    return f"0: the client could pay {fmt(settled.paid)}, not more than the base fee"
 
 
 def _breakdown(report: LedgerReport, peer_id: str, fmt: Any) -> Any:

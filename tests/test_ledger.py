@@ -36,7 +36,20 @@ from python_peer.core.receipts import Receipt, ReceiptBody, check_receipt_terms
 from python_peer.core.rules import check_body, check_entry, check_link
 from python_peer.identity import Identity
 from python_peer.ledger_store import LedgerStore, native_verify
-from tests.support.ledger import GOLDEN, GOLDEN_NONCE, MODEL, NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.ledger import (
+    GOLDEN,
+    GOLDEN_NONCE,
+    MODEL,
+    NOW,
+    RULES,
+    T0,
+    Log,
+    cosign,
+    funded,
+    grant,
+    ids,
+    store_with,
+)
 
 GOLDEN_GRANT_HASH = "8ae95e7c38567a93d3f8f00c88a186c11e134dc06a17bc49ded354c53454756a"
 GOLDEN_GRANT_BYTES = (
@@ -52,13 +65,6 @@ GOLDEN_RECEIPT_ENTRY_HASH = "001a8b23f25616a54b3e77e7e68d63bf0d6a87cb95d6374111a
 
 def report_of(entries: Iterable[Entry], rules: Rules = RULES) -> Any:
     return compute(list(entries), rules=rules, verify=native_verify)
-
-
-def store_with(*entries: Entry, rules: Rules = RULES) -> LedgerStore:
-    store = LedgerStore.open(None, rules=rules)
-    for outcome in store.insert_many(list(entries), NOW):
-        assert outcome.ok, outcome
-    return store
 
 
 # --- entry bytes ----------------------------------------------------------------------------------------
@@ -205,7 +211,8 @@ def test_grant_receipt_and_price_arithmetic() -> None:
 def test_rarity_bonus_falls_as_more_peers_serve_a_block() -> None:
     client, s1, s2, s3 = ids(4)
     logs = [Log(s) for s in (s1, s2, s3)]
-    entries = [logs[0].add(cosign(client, s1, start=0, end=4))]
+    _, paid = funded(client)
+    entries = [*paid, logs[0].add(cosign(client, s1, start=0, end=4))]
     one = report_of(entries).accounts[s1.peer_id].rarity_bonus
     entries.append(logs[1].add(cosign(client, s2, start=2, end=6)))
     two = report_of(entries).accounts[s1.peer_id].rarity_bonus
@@ -216,34 +223,39 @@ def test_rarity_bonus_falls_as_more_peers_serve_a_block() -> None:
     assert two == (2 * 2 + 2 * 1) * 100
     assert three == (1 + 1 + 0 + 1) * 100  # blocks 0, 1, 3: two servers each; block 2: three
     # ... and the next day, every block is rare again
-    next_day = report_of([Log(s1).add(cosign(client, s1, start=0, end=4, time=T0 + 86_400_000))])
+    next_day = report_of([*paid, Log(s1).add(cosign(client, s1, start=0, end=4, time=T0 + 86_400_000))])
     assert next_day.accounts[s1.peer_id].rarity_bonus == one
 
 
 def test_uptime_bonus_needs_enough_work_in_the_hour() -> None:
     client, server = ids(2)
+    rich = dataclasses.replace(RULES, starter_grant=400_000)  # three hours of 101 credits each are paid
+    _, paid = funded(client, rich)
     log = Log(server)
     small = [log.add(cosign(client, server, tokens=10, time=T0 + i * 60_000)) for i in range(3)]  # 300 bt
-    assert report_of(small).accounts[server.peer_id].uptime_bonus == 0
+    assert report_of([*paid, *small], rich).accounts[server.peer_id].uptime_bonus == 0
     busy = Log(server)
     hours = [
-        busy.add(cosign(client, server, tokens=1000, time=T0 + h * 3_600_000)) for h in range(3)
+        busy.add(cosign(client, server, tokens=1000, time=T0 + h * 3_600_000 + 1)) for h in range(3)
     ]  # 10k bt each
-    assert report_of(hours).accounts[server.peer_id].uptime_bonus == 3 * RULES.uptime_bonus
+    assert report_of([*paid, *hours], rich).accounts[server.peer_id].uptime_bonus == 3 * RULES.uptime_bonus
 
 
 def test_discount_for_high_contributors_uses_standing_before_the_request() -> None:
     client, server, other = ids(3)
-    # the client first serves 1M block-tokens to someone else
-    earlier = [Log(client).add(cosign(other, client, tokens=100_000, end=10, time=T0 + 1))]
+    # the client first serves 1M block-tokens to someone else, who can pay for them
+    rich = dataclasses.replace(RULES, starter_grant=20_000_000)
+    _, paid = funded(other, rich)
+    c, granted = funded(client, rich)
+    earlier = [*paid, *granted, c.add(cosign(other, client, tokens=100_000, end=10, time=T0 + 1))]
     request = Log(server).add(cosign(client, server, tokens=1000, end=10, time=T0 + 10_000))
-    report = report_of([*earlier, request])
+    report = report_of([*earlier, request], rich)
     discounted = price(10, 1000, 1_000_000, RULES)
     assert discounted < price(10, 1000, 0, RULES)
     assert report.accounts[client.peer_id].spent == discounted
     # a request dated before the serving gets no discount: standing counts only earlier receipts
     before = Log(server).add(cosign(client, server, tokens=1000, end=10, time=T0))
-    assert report_of([*earlier, before]).accounts[client.peer_id].spent == price(10, 1000, 0, RULES)
+    assert report_of([*earlier, before], rich).accounts[client.peer_id].spent == price(10, 1000, 0, RULES)
 
 
 def test_cumulative_receipts_for_one_session_span_count_once() -> None:
@@ -252,7 +264,7 @@ def test_cumulative_receipts_for_one_session_span_count_once() -> None:
     log = Log(server)
     first = log.add(cosign(client, server, tokens=100, session=session))
     second = log.add(cosign(client, server, tokens=300, session=session, time=T0 + 120_000))
-    report = report_of([first, second])
+    report = report_of([*funded(client)[1], first, second])
     assert report.accounts[server.peer_id].served_block_tokens == 3000
     assert report.ignored[first.hash].code == "superseded"
 
@@ -438,15 +450,16 @@ def test_attack_accrual_over_the_cap() -> None:
     rules = Rules(grant_pow_bits=4, balance_cap=300_000, uptime_bonus=0)
     client, server = ids(2, 600)
     s = Log(server)
-    store = store_with(s.add(grant(server, rules)), rules=rules)
+    c, paid = funded(client, rules, extra=True)  # 202,400 units: both receipts below are paid in full
+    store = store_with(*paid, s.add(grant(server, rules)), rules=rules)
     store.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 1000)), NOW)  # +80,000 -> 280,000
     assert store.balance(server.peer_id) == 280_000
     store.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 2000)), NOW)  # +80,000 -> capped
     account = store.report().accounts[server.peer_id]
     assert account.balance == rules.balance_cap
     assert account.clipped == 60_000
-    # spending brings it under the cap again, and earning counts again
-    store.insert(Log(client).add(cosign(server, client, tokens=1, end=1, time=T0 + 3000)), NOW)
+    # spending (the next day: the day's rarity bonus is credited at its end) brings it under the cap again
+    store.insert(c.add(cosign(server, client, tokens=1, end=1, time=T0 + 86_400_000)), NOW)
     assert store.balance(server.peer_id) == rules.balance_cap - price(1, 1, 20_000, rules)
 
 

@@ -35,7 +35,8 @@ actions = plans()
 
 
 def summary(report: Any) -> tuple[Any, ...]:
-    return (report.balances, report.forks, report.counted, {h: r.code for h, r in report.ignored.items()})
+    ignored = {h: r.code for h, r in report.ignored.items()}
+    return (report.balances, report.forks, report.counted, ignored, report.settled)
 
 
 @SETTINGS
@@ -56,10 +57,45 @@ def test_self_dealing_never_mints_credits_and_the_cap_holds(plan: list[Action]) 
     report = compute(entries, rules=RULES)
     granted = sum(a.granted for a in report.accounts.values())
     assert sum(report.balances.values()) <= granted  # every receipt burns at least what it pays out
+    assert all(b >= 0 for b in report.balances.values())  # a client spends what it holds, never debt
     no_grants = compute([e for e in entries if not isinstance(e.body, Grant)], rules=RULES)
     assert sum(no_grants.balances.values()) <= 0
+    # no credit from nothing: without a grant nobody can pay, so no receipt credits or earns a bonus
+    assert all(b == 0 for b in no_grants.balances.values())
+    assert all(s.status == "none" for s in no_grants.settled.values())
+    assert not any(
+        a.rarity_bonus or a.uptime_bonus or a.served_block_tokens for a in no_grants.accounts.values()
+    )
+    for s in report.settled.values():  # a server gets at most what its client paid beyond the fee
+        assert s.paid <= s.price and s.earned + s.rarity_bonus <= max(0, s.paid - s.base_fee)
     capped = Rules(grant_pow_bits=RULES.grant_pow_bits, balance_cap=210_000)
     assert all(b <= 210_000 for b in compute(entries, rules=capped).balances.values())
+
+
+@SETTINGS
+@given(plan=actions)
+def test_no_coalition_ends_with_more_than_its_grants_and_what_outsiders_paid_it(plan: list[Action]) -> None:
+    """docs/trust.md: receipts inside a coalition never gain it anything, bonuses included."""
+    entries = build(plan)
+    poor = Rules(
+        grant_pow_bits=RULES.grant_pow_bits, starter_grant=20_000
+    )  # many receipts paid in part or not at all
+    for report in (compute(entries, rules=RULES), compute(entries, rules=poor)):
+        _coalitions_hold_no_more_than_they_got(report)
+
+
+def _coalitions_hold_no_more_than_they_got(report: Any) -> None:
+    for mask in range(1, 1 << len(PEOPLE)):
+        coalition = {p.peer_id for i, p in enumerate(PEOPLE) if mask >> i & 1}
+        held = sum(report.balance(p) for p in coalition)
+        granted = sum(a.granted for p, a in report.accounts.items() if p in coalition)
+        paid_in = sum(
+            s.paid for s in report.settled.values() if s.server in coalition and s.client not in coalition
+        )
+        paid_out = sum(
+            s.paid for s in report.settled.values() if s.client in coalition and s.server not in coalition
+        )
+        assert held <= granted + paid_in - paid_out
 
 
 def _store(entries: list[Entry]) -> LedgerStore:

@@ -25,6 +25,9 @@ from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.support.ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
 from tests.support.procs import ROOT, run_cli
 
+# A starter-grant nonce for ids(1, 870)[0] that meets the network's real 22-bit difficulty.
+CLIENT_870_NONCE = 816030
+
 
 def test_append_reopen_and_read_back(tmp_path: Path) -> None:
     path = tmp_path / LEDGER_FILE
@@ -205,11 +208,13 @@ async def test_threads_share_one_store(tmp_path: Path) -> None:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> tuple[Path, Identity]:
-    """A node's data directory: the golden identity, its grant (real difficulty) and one served span."""
+    """A node's data directory: the golden identity, its grant (real difficulty) and one served span,
+    paid by a client from its own grant (a client spends only what it holds)."""
     GOLDEN.save(tmp_path / IDENTITY_FILE)
     client = ids(1, 870)[0]
     with LedgerStore.open(tmp_path / LEDGER_FILE) as store:
         store.insert(Log(GOLDEN).add(Grant(GOLDEN_NONCE), time=T0), NOW)
+        store.insert(Log(client).add(Grant(CLIENT_870_NONCE), time=T0), NOW)
         body: ReceiptBody = cosign(client, GOLDEN, tokens=500, time=T0 + 60_000)
         store.append_receipt(GOLDEN, body, T0 + 61_000)
     return tmp_path, client
@@ -227,7 +232,7 @@ def test_cli_balance_prints_the_balance_alone(data_dir: tuple[Path, Identity]) -
         ["ledger", "balance", client.peer_id[:10], "--data-dir", str(directory), "--units"], timeout=60
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout == f"{theirs}\n" == "-51000\n"
+    assert done.stdout == f"{theirs}\n" == "149000\n"  # its grant less the receipt's price
 
 
 def test_cli_show_and_errors(
@@ -236,7 +241,13 @@ def test_cli_show_and_errors(
     directory, _ = data_dir
     done = run_cli(["ledger", "show", "--data-dir", str(directory)], timeout=60, env={"COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
-    for text in ("starter grant", "served smollm2-135m [0, 10) x 500 tok", "rarity bonus", "240.000"):
+    for text in (
+        "starter grant",
+        "served smollm2-135m [0, 10) x 500 tok",
+        "rarity bonus",
+        "240.000",
+        "full:",
+    ):
         assert text in done.stdout
     empty = tmp_path_factory.mktemp("empty")
     done = run_cli(["ledger", "balance", "--data-dir", str(empty)], timeout=60)

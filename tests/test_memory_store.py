@@ -46,6 +46,7 @@ from tests.support.ledger import (
     Wire,
     build,
     cosign,
+    funded,
     grant,
     ids,
     plans,
@@ -179,7 +180,10 @@ def test_the_cap_and_cumulative_receipts_end_the_same_in_both_stores() -> None:
     rules = Rules(grant_pow_bits=4, balance_cap=300_000, uptime_bonus=0)
     twin = Twin(rules)
     client, server = ids(2, 5150)
-    s, c = Log(server), Log(client)
+    s = Log(server)
+    c, paid = funded(client, rules, extra=True)  # the client can pay both receipts below in full
+    for entry in paid:
+        twin.insert(entry)
     twin.insert(s.add(grant(server, rules)))
     twin.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 1000)))
     twin.insert(s.add(cosign(client, server, tokens=1000, time=T0 + 2000)))

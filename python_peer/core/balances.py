@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from .canonical import MAX_SAFE_INT
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
@@ -37,6 +37,59 @@ class Account:
     receipts_paid: int = 0
     entries: int = 0
     forked_at: int | None = None
+    # bonus units credited at the end of an hour (uptime) or a UTC day (rarity), by the millisecond they
+    # are credited at: a receipt dated before then cannot spend them yet (``LedgerReport.spendable``)
+    deferred: dict[int, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one counted receipt moved: its price, what its client could pay of it, what its server got.
+
+    A client pays ``min(price, its balance just before)``, never into debt. The first ``base_fee`` units of
+    a payment are the burnt fee; the rest pays for the work, and the server earns that fraction of the
+    receipt's earnings, rarity bonus and block-tokens (``share``). A receipt paid no more than the base fee
+    (and not in full) credits nobody and counts for no bonus.
+    """
+
+    receipt: str
+    client: str
+    server: str
+    price: int
+    paid: int
+    base_fee: int
+    earned: int = 0  # base earnings due to the server (before the cap)
+    block_tokens: int = 0  # block-tokens that count: for standing, uptime and the rarity of the day
+    rarity_bonus: int = 0  # due to the server at the end of the receipt's UTC day (before the cap)
+
+    @property
+    def counts(self) -> bool:
+        return self.paid >= self.price or self.paid > self.base_fee
+
+    @property
+    def status(self) -> str:
+        """``full``, ``partial`` or ``none``."""
+        if self.paid >= self.price:
+            return "full"
+        return "partial" if self.counts else "none"
+
+    def share(self, amount: int) -> int:
+        """The part of ``amount`` (due for the whole receipt) that its payment covers, rounded down."""
+        if self.paid >= self.price:
+            return amount
+        if self.paid <= self.base_fee:
+            return 0
+        return amount * (self.paid - self.base_fee) // (self.price - self.base_fee)
+
+
+def settle(receipt: Receipt, cost: int, paid: int, rules: Rules) -> Settlement:
+    """The settlement of ``receipt`` priced ``cost`` of which its client could pay ``paid``."""
+    s = Settlement(receipt.id, receipt.client, receipt.server, cost, paid, min(rules.base_fee, cost))
+    return replace(
+        s,
+        earned=s.share(earnings(receipt.blocks, receipt.tokens, rules)),
+        block_tokens=s.share(receipt.block_tokens),
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +100,7 @@ class LedgerReport:
     ignored: dict[str, Rejection]  # entry hash -> why it has no effect
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: frozenset[str]  # hashes of entries in counting positions
+    settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
 
     @property
     def balances(self) -> dict[str, int]:
@@ -56,8 +110,17 @@ class LedgerReport:
         account = self.accounts.get(peer_id)
         return account.balance if account else 0
 
+    def spendable(self, peer_id: str, now: int) -> int:
+        """What ``peer_id`` can pay for a receipt dated ``now``: its balance less the bonuses of the current
+        hour and day, which are credited only at their end (so a request now would settle before them)."""
+        account = self.accounts.get(peer_id)
+        if account is None:
+            return 0
+        later = sum(units for at, units in account.deferred.items() if at >= now)
+        return max(0, account.balance - later)
+
     def standing(self, peer_id: str) -> int:
-        """Lifetime block-tokens ``peer_id`` served in counted receipts: what earns a price discount."""
+        """Lifetime block-tokens ``peer_id`` served in paid receipts: what earns a price discount."""
         account = self.accounts.get(peer_id)
         return account.served_block_tokens if account else 0
 
@@ -180,9 +243,17 @@ def compute(
       only its entries below that seq; each author counts its linked prefix from seq 1;
     - grants: the author's first counted grant credits the starter grant at its entry time;
     - receipts: counted once per receipt id; of receipts for one session span, the one with the most
-      tokens; the client pays ``price`` (discounted by its standing just before), the server earns
-      per block-token plus the rarity bonus, and an uptime bonus per busy UTC hour;
-    - the credits and debits are applied in order of (time, id) with each balance capped.
+      tokens;
+    - one sweep in order of (time, kind, id), grants before receipts before the hour's uptime bonus before
+      the day's rarity bonus at one instant: a receipt's client pays ``price`` (discounted by its standing
+      just before) but never more than its balance at that point, so no one spends into debt; the server
+      earns its per-block-token earnings in proportion to what was paid beyond the base fee
+      (``Settlement``); at the end of each UTC hour, a server whose paid block-tokens that hour reach the
+      threshold gets the uptime bonus; at the end of each UTC day, the rarity bonus of that day's paid
+      receipts (a receipt that paid no more than the base fee counts for no one), in the same proportion;
+    - every credit is capped at ``balance_cap``.
+
+    Only grants and bonuses create credits; a receipt moves at most what its client had (docs/trust.md).
     """
     ignored: dict[str, Rejection] = {}
     pool = _dedupe(entries, verify, rules, ignored)
@@ -196,7 +267,6 @@ def compute(
             found = accounts[peer] = Account(peer)
         return found
 
-    events: list[tuple[int, str, str, int]] = []  # (time, tie-break, peer, +credit / -debit)
     grants: dict[str, Entry] = {}
     carriers: dict[str, list[Entry]] = defaultdict(list)
     for entry in counted:
@@ -212,9 +282,6 @@ def compute(
             carriers[entry.body.receipt.id].append(entry)
     for author, forked_at in forks.items():
         account(author).forked_at = forked_at
-    for author, grant in grants.items():
-        events.append((grant.time, "g" + grant.hash, author, rules.starter_grant))
-        account(author).granted = rules.starter_grant
 
     best: dict[tuple[str, str, str, str, int, int], Receipt] = {}
     for copies in carriers.values():
@@ -238,46 +305,82 @@ def compute(
                 "superseded", "a receipt with more tokens for the same session span counts"
             )
 
-    served_times: dict[str, list[int]] = defaultdict(list)
-    served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
-    for r in receipts:  # sorted by time: prefix sums of block-tokens served, per server
-        served_times[r.server].append(r.time)
-        served_totals[r.server].append(served_totals[r.server][-1] + r.block_tokens)
-    rarity = _rarity_bonus(receipts, rules)
-    hourly: dict[tuple[str, int], int] = defaultdict(int)
+    # One sweep in canonical order: (time, kind, key). At one instant grants come first, then receipts,
+    # then the hour's uptime bonuses, then the day's rarity bonuses, so a bonus sees every receipt of its
+    # hour or day. A receipt debits its client at most what the client holds at that point, and credits
+    # its server in proportion to what was paid (see ``settle``).
+    sweep: list[tuple[int, int, str, object]] = []
+    for author, grant in grants.items():
+        sweep.append((grant.time, 0, grant.hash, author))
+        account(author).granted = rules.starter_grant
+    hours: set[tuple[str, int]] = set()
+    days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)
     for r in receipts:
-        standing = (
-            served_totals[r.client][bisect.bisect_left(served_times[r.client], r.time)]
-            if r.client in served_times
-            else 0
-        )
-        cost = price(r.blocks, r.tokens, standing, rules)
-        earned = earnings(r.blocks, r.tokens, rules)
-        events.append((r.time, r.id + "c", r.client, -cost))
-        events.append((r.time, r.id + "s", r.server, earned + rarity[r.id]))
-        payer, payee = account(r.client), account(r.server)
-        payer.spent += cost
-        payer.receipts_paid += 1
-        payee.earned += earned
-        payee.rarity_bonus += rarity[r.id]
-        payee.served_block_tokens += r.block_tokens
-        payee.receipts_served += 1
-        hourly[(r.server, r.time // HOUR_MS)] += r.block_tokens
-    for (server, hour), block_tokens in hourly.items():
-        if block_tokens >= rules.uptime_min_block_tokens and rules.uptime_bonus:
-            events.append((hour * HOUR_MS + HOUR_MS - 1, f"u{hour}", server, rules.uptime_bonus))
-            account(server).uptime_bonus += rules.uptime_bonus
+        sweep.append((r.time, 1, r.id, r))
+        hours.add((r.server, r.time // HOUR_MS))
+        days[(r.model, r.time // DAY_MS)].append(r)
+    for server, hour in hours:
+        sweep.append((hour * HOUR_MS + HOUR_MS - 1, 2, f"{hour}:{server}", (server, hour)))
+    for model, day in days:
+        sweep.append((day * DAY_MS + DAY_MS - 1, 3, f"{day}:{model}", (model, day)))
+    sweep.sort(key=lambda item: item[:3])
 
-    events.sort()
-    for _, _, peer, amount in events:
-        acc = accounts[peer]
-        if amount < 0:
-            acc.balance += amount
-            continue
+    def credit(peer: str, amount: int) -> int:
+        acc = account(peer)
         credited = max(0, min(amount, rules.balance_cap - acc.balance))
         acc.balance += credited
         acc.clipped += amount - credited
-    return LedgerReport(accounts, ignored, forks, frozenset(e.hash for e in counted))
+        return credited
+
+    settled: dict[str, Settlement] = {}
+    served_times: dict[str, list[int]] = defaultdict(list)
+    served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
+    hourly: dict[tuple[str, int], int] = defaultdict(int)
+
+    def defer(peer: str, at: int, amount: int) -> None:
+        credited = credit(peer, amount)
+        if credited:
+            deferred = account(peer).deferred
+            deferred[at] = deferred.get(at, 0) + credited
+
+    for at, kind, _, item in sweep:
+        if kind == 0 and isinstance(item, str):
+            credit(item, rules.starter_grant)
+        elif kind == 1 and isinstance(item, Receipt):
+            r = item
+            times = served_times.get(r.client)
+            standing = served_totals[r.client][bisect.bisect_left(times, r.time)] if times else 0
+            cost = price(r.blocks, r.tokens, standing, rules)
+            payer, payee = account(r.client), account(r.server)
+            paid = min(cost, max(0, payer.balance))
+            s = settle(r, cost, paid, rules)
+            settled[r.id] = s
+            payer.balance -= paid
+            payer.spent += paid
+            payer.receipts_paid += 1
+            payee.receipts_served += 1
+            if s.counts:
+                payee.earned += s.earned
+                credit(r.server, s.earned)
+                payee.served_block_tokens += s.block_tokens
+                hourly[(r.server, r.time // HOUR_MS)] += s.block_tokens
+                served_times[r.server].append(r.time)
+                served_totals[r.server].append(served_totals[r.server][-1] + s.block_tokens)
+        elif kind == 2 and isinstance(item, tuple):
+            server, hour = item
+            if rules.uptime_bonus and hourly.get((server, hour), 0) >= rules.uptime_min_block_tokens:
+                account(server).uptime_bonus += rules.uptime_bonus
+                defer(server, at, rules.uptime_bonus)
+        elif kind == 3 and isinstance(item, tuple):
+            paying = [r for r in days[item] if settled[r.id].counts]
+            rarity = _rarity_bonus(paying, rules)
+            for r in paying:  # sorted by (time, id) like ``receipts``
+                s = settled[r.id]
+                bonus = s.share(rarity[r.id])
+                settled[r.id] = replace(s, rarity_bonus=bonus)
+                account(r.server).rarity_bonus += bonus
+                defer(r.server, at, bonus)
+    return LedgerReport(accounts, ignored, forks, frozenset(e.hash for e in counted), settled)
 
 
 def balances(

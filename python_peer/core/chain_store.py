@@ -53,18 +53,21 @@ class Signer(Protocol):
 
 @dataclass(frozen=True)
 class Quote:
-    """A client's balance as this node sees it, against the price of one request."""
+    """A client's balance as this node sees it, against the price of one request. ``pending``: the part of
+    the balance that a request now cannot spend (this hour's and this day's bonuses, credited at their
+    end, after a receipt dated now would be settled)."""
 
     client: str
     balance: int
     price: int
     standing: int
     outstanding: int = 0
+    pending: int = 0
 
     @property
     def refusal(self) -> str | None:
         """Why the request must be refused (a sentence naming balance and price), or None."""
-        return can_pay(self.balance, self.price, self.outstanding)
+        return can_pay(self.balance, self.price, self.outstanding, self.pending)
 
 
 class ChainStore(ABC):
@@ -324,12 +327,18 @@ class ChainStore(ABC):
     def balance(self, peer_id: str) -> int:
         return self.report().balance(peer_id)
 
-    def quote(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
-        """The price of ``tokens`` through ``blocks`` blocks for ``client``, and its balance here."""
+    def quote(
+        self, client: str, blocks: int, tokens: int, outstanding: int = 0, now: int | None = None
+    ) -> Quote:
+        """The price of ``tokens`` through ``blocks`` blocks for ``client``, its balance here, and the part of
+        it a request now cannot spend: this hour's and this day's bonuses, credited only at their end (a
+        receipt dated now would be settled before them and paid only in part)."""
         report = self.report()
         standing = report.standing(client)
         cost = price(blocks, tokens, standing, self.rules)
-        return Quote(client, report.balance(client), cost, standing, outstanding)
+        balance = report.balance(client)
+        spendable = report.spendable(client, wall_clock_ms() if now is None else now)
+        return Quote(client, balance, cost, standing, outstanding, balance - spendable)
 
     def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
         """``quote``, raising ``PaymentRequiredError`` (code ``payment_required``) if the balance falls short."""

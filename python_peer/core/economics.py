@@ -13,7 +13,10 @@ Two inequalities hold the economy together and ``Rules`` refuses constants that 
 1. **Self-dealing never pays.** A peer can be its own client through a second identity. Whatever a
    receipt earns its server (base rate + the largest rarity bonus) must not exceed what it costs its
    client after the largest discount: ``(earn + max rarity) * 1000 <= cost * (1000 - max discount)``.
-   The base fee per receipt is burnt, so a colluding pair always loses at least that much.
+   The base fee per receipt is burnt, so a colluding pair always loses at least that much. This holds
+   only because a client pays from what it holds, never into debt (``balances.compute`` settles each
+   receipt for at most the client's balance, and credits its server in proportion): a throwaway
+   identity's debt would be paid by no one (docs/trust.md).
 2. **Uptime cannot be farmed.** An hour's uptime bonus needs at least one receipt in that hour, which
    burns a base fee; the bonus is at most the base fee (``uptime_bonus <= base_fee``).
 
@@ -198,13 +201,19 @@ def format_units(units: int) -> str:
     return f"{sign}{whole}.{frac:03d}"
 
 
-def can_pay(balance: int, cost: int, outstanding: int = 0) -> str | None:
-    """Why a client with ``balance`` (minus ``outstanding`` already promised) cannot pay ``cost``, or None."""
-    available = balance - outstanding
+def can_pay(balance: int, cost: int, outstanding: int = 0, pending: int = 0) -> str | None:
+    """Why a client with ``balance`` (minus ``outstanding`` already promised, and minus ``pending``
+    bonuses not yet credited at the time a request now would settle) cannot pay ``cost``, or None."""
+    available = balance - outstanding - pending
     if available >= cost:
         return None
     held = f" ({format_units(outstanding)} held for open sessions)" if outstanding else ""
+    later = (
+        f" ({format_units(pending)} of bonuses credited only at the end of this hour or day)"
+        if pending
+        else ""
+    )
     return (
-        f"balance {format_units(balance)} credits{held} does not cover the price of "
+        f"balance {format_units(balance)} credits{held}{later} does not cover the price of "
         f"{format_units(cost)} credits for this request; serve blocks to earn credits"
     )

@@ -16,8 +16,8 @@ from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import ClientConfig, MeshClient, MeshSession
 from python_peer.server import ServerConfig, SpanServer
-from tests.fakes import MemoryNetwork, announcement
 from tests.fast import toy_model
+from tests.support.fakes import MemoryNetwork, announcement
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,8 +12,8 @@ from python_peer.errors import LinkClosedError
 from python_peer.mesh_client import MeshError
 from python_peer.server import SpanServer
 from python_peer.span_gate import SpanGate
-from tests.fakes import MemoryNetwork
 from tests.fast.conftest import ToyMesh, greedy
+from tests.support.fakes import MemoryNetwork
 
 PROMPT = [3, 5, 7, 11]
 NEW_TOKENS = 10

@@ -20,8 +20,8 @@ from python_peer.ledger_service import LedgerService
 from python_peer.link_ledger import SignalingExchange, gossip_exchange
 from python_peer.rpc import RpcClient
 from python_peer.tensors import to_wire
-from tests.fakes import MemoryNetwork
 from tests.fast.conftest import ToyMesh, greedy
+from tests.support.fakes import MemoryNetwork
 
 
 def receipts(ledger: LedgerService, author: str) -> list[Receipt]:

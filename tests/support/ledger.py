@@ -24,6 +24,7 @@ from python_peer.core.proof_of_work import mine_grant
 from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.wire import Frame, FrameType, decode_frame, encode_frame
 from python_peer.identity import Identity
+from python_peer.ledger_store import LedgerStore
 
 T0 = 1_700_000_000_000
 NOW = T0 + 30 * 86_400_000  # "now" of every validation: a month after the first entry
@@ -200,3 +201,24 @@ class Wire:
             assert received.problem is None, received.problem
             queue.extend((dst, src, reply) for reply in received.replies)
         raise AssertionError("a gossip round did not end")
+
+
+def funded(client: Identity, rules: Rules = RULES, *, extra: bool = False) -> tuple[Log, list[Entry]]:
+    """``client``'s log holding its grant, so that its receipts are paid (a client spends only what it
+    holds); with ``extra``, the client also earned 2,400 units at T0 + 500 serving 10 blocks x 40 tokens
+    to a payer that has a grant. Returns the log (to go on with) and every entry to feed."""
+    log = Log(client)
+    entries = [log.add(grant(client, rules))]
+    if extra:
+        payer = Identity.from_seed(hashlib.sha256(b"payer-of-" + client.peer_id.encode()).digest())
+        entries.append(Log(payer).add(grant(payer, rules)))
+        # another model, so that it shares no block's rarity with the test's own receipts
+        entries.append(log.add(cosign(payer, client, tokens=40, time=T0 + 500, model="other-model")))
+    return log, entries
+
+
+def store_with(*entries: Entry, rules: Rules = RULES) -> LedgerStore:
+    store = LedgerStore.open(None, rules=rules)
+    for outcome in store.insert_many(list(entries), NOW):
+        assert outcome.ok, outcome
+    return store
