@@ -216,9 +216,10 @@ RELATIVE_IMPORT_RE = re.compile(r"""^(?:import|export)\b[^'"]*?\bfrom\s*['"](\./
 
 
 def test_the_ledgers_hash_module_and_everything_it_imports_are_served(nodes: tuple[Node, Node]) -> None:
-    """``web/src/ledger/ledger.js`` imports @noble/hashes' ``sha2.js``, which imports its siblings."""
-    ledger = (ROOT / "web/src/ledger/ledger.js").read_text()
-    assert "from '../../node_modules/@noble/hashes/sha2.js'" in ledger
+    """The ledger's proof of work (``web/src/ledger/pow.js``) imports @noble/hashes' ``sha2.js``, which imports
+    its siblings."""
+    pow_module = (ROOT / "web/src/ledger/pow.js").read_text()
+    assert "from '../../node_modules/@noble/hashes/sha2.js'" in pow_module
     package = ROOT / "web/node_modules/@noble/hashes"
     pending, seen = ["sha2.js"], set()
     while pending:

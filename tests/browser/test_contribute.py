@@ -188,8 +188,10 @@ def test_opt_in_serve_gossip_and_reload(browser: Browser, mesh: Mesh, artifacts_
         views: list[tuple[set[str], int]] = []
 
         def learned() -> bool:
+            # Both natives credit the browser, and gossip has settled: they hold the same receipts (one may
+            # hold the first receipt while the second is still on its way).
             views[:] = [served_receipts(peer, browser_id) for peer in mesh.natives]
-            return all(ids and earned_there > 0 for ids, earned_there in views)
+            return all(ids and earned_there > 0 for ids, earned_there in views) and views[0][0] == views[1][0]
 
         wait_for(
             learned,
