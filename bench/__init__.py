@@ -11,6 +11,7 @@
                        interface; single sessions), ``mesh_concurrency.py`` (concurrent sessions),
                        ``mesh_signaling.py`` (relay round trips, announcements), ``mesh_report.py``
                        (its tables).
+- ``bench_browser.py`` one blocks span in Chromium (onnxruntime-web, WASM) vs native onnxruntime, per token.
 - ``bench_ledger.py``  ledger entries verified and applied per second, balance computation, gossip
                        convergence of 10 nodes.
 """

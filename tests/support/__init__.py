@@ -18,4 +18,9 @@
 - ``browser_node.py``: a tab serving blocks (``browser_peer``) and native generations through the mesh.
 - ``browser_client.py``: the browser's mesh client on a harness page, set up and generating.
 - ``node_page.py``: a ``Visit`` to a signaling node's contribute page: Start, serving.
+- ``fakes.py``: the fast tier's in-memory network (``MemoryNetwork``): links, rpc and a signal client
+  without sockets or processes, with switches for the faults the tests inject.
+- ``raw_signaling.py``: ``RawPeer``/``raw_peer``, a hand-driven signaling websocket speaking
+  ``docs/signaling.md`` only, for the attacks a correct client never sends.
+- ``openai_errors.py``: ``assert_openai_error``, OpenAI's error shape as the API tests check it.
 """
