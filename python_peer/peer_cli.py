@@ -98,7 +98,7 @@ def check_api_args(args: argparse.Namespace) -> None:
         raise CommandError(f"--api-port {args.api_port} is not a port (0..65535)")
     if args.api_rate <= 0 or args.api_burst < 1:
         raise CommandError("--api-rate must be above 0 and --api-burst at least 1")
-    from .api.app import is_loopback
+    from .api.hosts import is_loopback
 
     if not is_loopback(args.api_host) and not args.api_key:
         raise CommandError(

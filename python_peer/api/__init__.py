@@ -16,6 +16,7 @@ through the mesh. Layered so that each part can be read and tested alone:
 - ``pages.py``      the node's pages (chat, dashboard, settings): the router, templates, static files.
 - ``page_types.py`` the JSON the pages read and send (snapshots, earnings, settings).
 - ``node_view.py``  the node as the pages see it, cached, and the server-sent event stream.
+- ``hosts.py``      ``is_loopback``: the host names that stay on this machine.
 - ``app.py``        the thin FastAPI app: routes, the API key, a per-client token-bucket rate limit, a
                     body size limit, error handlers; and ``ApiServer`` to run it inside a peer's event loop.
 

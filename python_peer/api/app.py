@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import secrets
@@ -43,6 +42,7 @@ from .errors import (
     NotFoundError,
     RateLimitedError,
 )
+from .hosts import is_loopback
 from .pages import create_pages
 from .service import Job, NodeService
 from .types import (
@@ -401,16 +401,6 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
     app.add_exception_handler(Exception, on_error)
     app.add_middleware(_Guard, config=config)
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine (the default; anything else wants an API key)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class _EmbeddedServer(uvicorn.Server):

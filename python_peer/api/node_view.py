@@ -6,7 +6,6 @@ server-sent event stream of snapshots (``/v1/node/events``).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from python_peer.core.receipts import ReceiptBody
 from python_peer.ledger_service import LedgerService
 
 from .control import NodeControl
+from .hosts import is_loopback
 from .page_types import (
     BalanceView,
     Earnings,
@@ -245,7 +245,7 @@ def _health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
     """A signaling node's ``/healthz`` (``ws://H:P`` -> ``http://H:P/healthz``), or None if it does not answer."""
     parts = urllib.parse.urlsplit(url)
     scheme = "https" if parts.scheme == "wss" else "http"
-    handlers = [urllib.request.ProxyHandler({})] if _is_local(parts.hostname or "") else []
+    handlers = [urllib.request.ProxyHandler({})] if is_loopback(parts.hostname or "") else []
     opener = urllib.request.build_opener(*handlers)
     try:
         with opener.open(f"{scheme}://{parts.netloc}/healthz", timeout=timeout) as response:
@@ -253,15 +253,6 @@ def _health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return body if isinstance(body, dict) else None
-
-
-def _is_local(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _earnings(ledger: LedgerService, since: float) -> Earnings:

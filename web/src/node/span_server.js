@@ -37,6 +37,7 @@ import {
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
 import { ExchangeRefusal, ServerExchange } from '../ledger/exchange.js';
 import { MAX_LENGTH_LIMIT, MAX_SESSIONS } from '../protocol/constants.js';
+import { spanShards } from './span_choice.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 
@@ -155,14 +156,7 @@ export class SpanServer {
    * @param {import('../runtime/shard.js').LoadOptions} [loadOptions]
    */
   static async load(baseUrl, manifest, span, config, loadOptions) {
-    const shards = manifest.shards
-      .filter((s) => s.kind === 'blocks' && span.start <= s.start && s.end <= span.end)
-      .sort((a, b) => a.start - b.start);
-    const contiguous = shards.every((s, i) => i === 0 || shards[i - 1].end === s.start);
-    if (!shards.length || shards[0].start !== span.start || shards[shards.length - 1].end !== span.end || !contiguous) {
-      const available = manifest.shards.filter((s) => s.kind === 'blocks').map((s) => `${s.start}-${s.end}`);
-      throw new Error(`span ${span.start}-${span.end} is not a run of this model's block shards (${available.join(', ')})`);
-    }
+    const shards = spanShards(manifest, span);
     const runners = [];
     for (const entry of shards) runners.push(await BlocksRunner.load(baseUrl, entry, manifest, loadOptions));
     return new SpanServer(manifest, span, runners, config);

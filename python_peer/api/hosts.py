@@ -1,0 +1,16 @@
+"""Which host names stay on this machine: the API listens there without a key, and the pages fetch
+their own node's status there without a proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` only listens on this machine (the default; anything else wants an API key)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
