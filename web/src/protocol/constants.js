@@ -66,6 +66,7 @@ export const MAX_SIGNAL_PAYLOAD_BYTES = 32768;
 export const MIN_TTL_MS = 1000;
 export const MAX_TTL_MS = 600000;
 export const MAX_CLOCK_SKEW_MS = 60000;
+export const MAX_SEQ_AHEAD_MS = 60000;
 export const MAX_SIGNAL_AGE_MS = 60000;
 export const MAX_SERVES = 32;
 export const MAX_SIGNALING_URLS = 8;
@@ -85,6 +86,7 @@ export const MAX_SDP_CHARS = 65536;
 export const PROBE_EVERY_MS = 1000;
 export const PROBE_TIMEOUT_MS = 3000;
 export const PROBE_MISSES = 2;
+export const OPEN_TIMEOUT_MS = 10000;
 
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";
