@@ -247,6 +247,7 @@ class SignalingNode:
                     self._on_peer_message(conn, parse_peer_message(data))
                 else:
                     self._on_sibling_message(conn, parse_sibling_message(data))
+                conn.took_message()  # its time bounds restart (connection.py)
             except SignalingError as exc:
                 self._refuse(conn, rid, exc.code, str(exc))
             except SignatureError as exc:
