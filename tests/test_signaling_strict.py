@@ -23,9 +23,12 @@ from websockets.exceptions import ConnectionClosed
 
 from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
+    MAX_CLOCK_SKEW_MS,
     MAX_SAFE_INT,
     MAX_SEQ_AHEAD_MS,
+    MAX_SIGNAL_AGE_MS,
     MAX_TTL_MS,
+    SIGNAL_CONTEXT,
     Announcement,
     signing_bytes,
 )
@@ -348,3 +351,73 @@ async def test_a_sibling_cannot_override_what_the_peer_signed_later(mesh: tuple[
         await wait_for_async(
             lambda: _async(_held_seq(a, pid_of(p)) == newest["seq"]), 5.0, what="P's newest announcement on A"
         )
+
+
+# --- times bounded relative to now ------------------------------------------------------------------------
+
+
+async def test_times_are_bounded_relative_to_the_nodes_clock(mesh: tuple[Node, Node]) -> None:
+    """Every time a node accepts is checked against its clock: an announcement issued more than
+    MAX_CLOCK_SKEW_MS ahead is ``bad_announcement``, one already expired ``expired``; a signal whose
+    ``ts_ms`` is more than MAX_SIGNAL_AGE_MS off, either way, ``expired``; and gossip of a (really signed)
+    announcement from the future, from a trusted sibling, is dropped, not listed."""
+    a, b = mesh
+    now = time.time_ns() // 1_000_000
+    async with raw_peer(a.url) as raw:
+        ahead = raw.body(issued_ms=now + MAX_CLOCK_SKEW_MS + 5_000, model="time/m")
+        reply = await raw.ask(
+            {
+                "type": "announce",
+                "body": ahead,
+                "sig": raw.identity.sign_body(ANNOUNCE_CONTEXT, ahead),
+                "proof": raw.proof(),
+            }
+        )
+        assert (reply["type"], reply["code"]) == ("error", "bad_announcement"), reply
+        assert "future" in reply["message"]
+        gone_by = raw.body(issued_ms=now - 30_000, ttl_ms=10_000, model="time/m")
+        reply = await raw.ask(
+            {
+                "type": "announce",
+                "body": gone_by,
+                "sig": raw.identity.sign_body(ANNOUNCE_CONTEXT, gone_by),
+                "proof": raw.proof(),
+            }
+        )
+        assert (reply["type"], reply["code"]) == ("error", "expired"), reply
+        assert (await raw.announce(model="time/m"))["type"] == "announced"
+        async with raw_peer(a.url) as target:
+            assert (await target.announce(model="time/t"))["type"] == "announced"
+            for skew in (-(MAX_SIGNAL_AGE_MS + 5_000), MAX_SIGNAL_AGE_MS + 5_000):
+                body = {
+                    "from": raw.identity.peer_id,
+                    "to": target.identity.peer_id,
+                    "ts_ms": now + skew,
+                    "payload": {},
+                }
+                sig = raw.identity.sign_body(SIGNAL_CONTEXT, body)
+                reply = await raw.ask({"type": "signal", **body, "sig": sig})
+                assert (reply["type"], reply["code"]) == ("error", "expired"), (skew, reply)
+
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
+    future_peer = Identity.generate()
+    future = Announcement(
+        peer_id=future_peer.peer_id,
+        kind="native",
+        seq=now + MAX_CLOCK_SKEW_MS + 5_000,
+        issued_ms=now + MAX_CLOCK_SKEW_MS + 5_000,
+        expires_ms=now + MAX_CLOCK_SKEW_MS + 65_000,
+    ).to_dict()
+    marker = Identity.generate()
+    present = Announcement(
+        peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+    )
+    async with raw_peer(a.url) as sibling:
+        await sibling.send(_federate(b_key, "strict-b4", sibling.hello, nonce="34" * 16))
+        assert (await sibling.recv())["type"] == "federated"
+        for body, who in ((future, future_peer), (present.to_dict(), marker)):
+            await sibling.send(
+                {"type": "gossip", "hops": 0, "body": body, "sig": who.sign_body(ANNOUNCE_CONTEXT, body)}
+            )
+        await wait_for_async(lambda: _async(_held_seq(a, marker.peer_id) == now), 5.0, what="the marker on A")
+        assert _held_seq(a, future_peer.peer_id) is None
