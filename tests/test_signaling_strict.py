@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 
 from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
+    BYE_CONTEXT,
     MAX_CLOCK_SKEW_MS,
     MAX_SAFE_INT,
     MAX_SEQ_AHEAD_MS,
@@ -30,6 +31,7 @@ from python_peer.core.canonical import (
     MAX_TTL_MS,
     SIGNAL_CONTEXT,
     Announcement,
+    bye_body,
     signing_bytes,
 )
 from python_peer.core.errors import AnnouncementError
@@ -261,8 +263,8 @@ async def test_bye_from_a_connection_that_does_not_speak_for_the_peer_withdraws_
     mesh: tuple[Node, Node],
 ) -> None:
     """``bye`` withdraws only the peer this very connection announced with a proof of its key: a bye
-    before any announce, after announcing another identity, or after a replayed announcement (refused:
-    its proof is not this connection's) leaves P listed on both nodes."""
+    before any announce, after a replayed announcement (refused: its proof is not this connection's),
+    after announcing another identity, even one carrying P's signature, leaves P listed on both nodes."""
     a, b = mesh
     async with raw_peer(a.url) as p, raw_peer(a.url) as evil:
         body = p.body(model="bye/m")
@@ -274,8 +276,21 @@ async def test_bye_from_a_connection_that_does_not_speak_for_the_peer_withdraws_
         stolen_proof = await evil.ask({"type": "announce", "body": body, "sig": sig, "proof": p.proof()})
         assert (stolen_proof["type"], stolen_proof["code"]) == ("error", "bad_signature"), stolen_proof
         assert (await evil.ask({"type": "bye"}))["type"] == "ack"
-        assert (await evil.announce(model="bye/m"))["type"] == "announced"  # its own identity
-        assert (await evil.ask({"type": "bye"}))["type"] == "ack"  # withdraws only itself
+        own = evil.body(model="bye/m")
+        assert (await evil.announce(own))["type"] == "announced"  # its own identity
+        own_bye = {
+            "type": "bye",
+            "seq": own["seq"],
+            "sig": _bye_sig(evil.identity, evil.identity.peer_id, own["seq"]),
+        }
+        assert (await evil.ask(own_bye))["type"] == "ack"  # withdraws only itself, here and on B
+        p_bye = {
+            "type": "bye",
+            "seq": body["seq"],
+            "sig": _bye_sig(p.identity, p.identity.peer_id, body["seq"]),
+        }
+        reply = await evil.ask(p_bye)  # P's own signed bye, from a connection that does not speak for P
+        assert reply["type"] == "ack", reply  # it speaks for no one now: nothing withdrawn
         assert await evil.lookup("bye/m") == [p.identity.peer_id]
         await wait_for_async(
             lambda: _async(_held_seq(b, p.identity.peer_id) == body["seq"]),
@@ -292,65 +307,119 @@ async def _async(value: bool) -> bool:
     return value
 
 
-async def test_a_sibling_cannot_override_what_the_peer_signed_later(mesh: tuple[Node, Node]) -> None:
-    """A trusted sibling (it holds B's key) can withdraw P's current announcement with ``gone``, the
-    documented limit of an unsigned bye; once P re-announces, a replay of that ``gone``, a ``gone`` past
-    what P signed, and gossip of P's older (or an altered) announcement change nothing: A keeps the
-    newest announcement P signed."""
+async def test_a_sibling_cannot_withdraw_what_the_peer_did_not(mesh: tuple[Node, Node]) -> None:
+    """Even a trusted sibling (it holds B's key) withdraws a peer only with the peer's own signed ``bye``:
+    an unsigned ``gone``, one signed by another key, or one whose signature is for another seq changes
+    nothing. P's signed bye on B withdraws it on A too; once P re-announces, a replay of that very
+    ``gone`` (P's signature and all), a ``gone`` past what P signed, and gossip of P's older (or an
+    altered) announcement change nothing: A keeps the newest announcement P signed."""
     a, b = mesh
     b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
-    pid_of = lambda raw: raw.identity.peer_id  # noqa: E731
+    pid = ""
+
+    async def marker_seen(sibling: RawPeer) -> None:
+        """A marker gossip after the attacks on the same link: once A holds it, A has read them all."""
+        marker = Identity.generate()
+        now = time.time_ns() // 1_000_000
+        body = Announcement(
+            peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+        )
+        sig = marker.sign_body(ANNOUNCE_CONTEXT, body.to_dict())
+        await sibling.send({"type": "gossip", "hops": 0, "body": body.to_dict(), "sig": sig})
+        await wait_for_async(
+            lambda: _async(_held_seq(a, marker.peer_id) is not None), 5.0, what="a marker on A"
+        )
+
     async with raw_peer(b.url) as p, raw_peer(a.url) as sibling:
+        pid = p.identity.peer_id
         await sibling.send(_federate(b_key, "strict-b3", sibling.hello, nonce="12" * 16))
         assert (await sibling.recv())["type"] == "federated"
         first = p.body(model="sib/m")
         assert (await p.announce(first))["type"] == "announced"
-        await wait_for_async(
-            lambda: _async(_held_seq(a, pid_of(p)) == first["seq"]), 5.0, what="P's first announcement on A"
-        )
-        await sibling.send({"type": "gone", "hops": 0, "peer_id": pid_of(p), "seq": first["seq"]})
-        await wait_for_async(lambda: _async(_held_seq(a, pid_of(p)) is None), 5.0, what="the gone taken")
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == first["seq"]), 5.0, what="P on A")
+
+        evil = Identity.generate()
+        forged: list[dict[str, Any]] = [
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"]},  # unsigned
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"], "sig": "00" * 64},
+            {
+                "type": "gone",
+                "hops": 0,
+                "peer_id": pid,
+                "seq": first["seq"],
+                "sig": _bye_sig(evil, pid, first["seq"]),
+            },
+            {
+                "type": "gone",
+                "hops": 0,
+                "peer_id": pid,
+                "seq": first["seq"],
+                "sig": _bye_sig(p.identity, pid, 1),
+            },
+        ]
+        for attack in forged:
+            await sibling.send(attack)
+        await marker_seen(sibling)
+        assert _held_seq(a, pid) == first["seq"], "a gone P did not sign withdrew it"
+
+        bye_sig = _bye_sig(p.identity, pid, first["seq"])
+        assert (await p.ask({"type": "bye", "seq": first["seq"], "sig": bye_sig}))["type"] == "ack"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) is None), 5.0, what="P's signed bye reaching A")
 
         later = p.body(model="sib/m")
         later["seq"] = first["seq"] + 1
         assert (await p.announce(later))["type"] == "announced"
-        await wait_for_async(
-            lambda: _async(_held_seq(a, pid_of(p)) == later["seq"]), 5.0, what="P's later announcement on A"
-        )
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == later["seq"]), 5.0, what="P back on A")
         old_sig = p.identity.sign_body(ANNOUNCE_CONTEXT, first)
-        altered = {**first, "seq": later["seq"] + 5}
         attacks: list[dict[str, Any]] = [
-            {"type": "gone", "hops": 0, "peer_id": pid_of(p), "seq": first["seq"]},  # replayed
-            {"type": "gone", "hops": 0, "peer_id": pid_of(p), "seq": later["seq"] + 10**9},
-            {"type": "gone", "hops": 0, "peer_id": pid_of(p), "seq": MAX_SAFE_INT},
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"], "sig": bye_sig},  # replayed
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": later["seq"] + 10**9, "sig": bye_sig},
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": MAX_SAFE_INT},
             {"type": "gossip", "hops": 0, "body": first, "sig": old_sig},  # older, really signed
-            {"type": "gossip", "hops": 0, "body": altered, "sig": old_sig},  # signature of another body
+            {
+                "type": "gossip",
+                "hops": 0,
+                "body": {**first, "seq": later["seq"] + 5},
+                "sig": old_sig,
+            },  # altered
         ]
         for attack in attacks:
             await sibling.send(attack)
-        # A marker after the attacks on the same link: once A holds it, A has read every attack.
-        marker = Identity.generate()
-        marker_body = Announcement(
-            peer_id=marker.peer_id,
-            kind="native",
-            seq=later["seq"],
-            issued_ms=later["issued_ms"],
-            expires_ms=later["expires_ms"],
-        ).to_dict()
-        marker_sig = marker.sign_body(ANNOUNCE_CONTEXT, marker_body)
-        await sibling.send({"type": "gossip", "hops": 0, "body": marker_body, "sig": marker_sig})
-        await wait_for_async(
-            lambda: _async(_held_seq(a, marker.peer_id) is not None), 5.0, what="the marker gossip on A"
-        )
-        assert _held_seq(a, pid_of(p)) == later["seq"]  # what P signed last, untouched
+        await marker_seen(sibling)
+        assert _held_seq(a, pid) == later["seq"]  # what P signed last, untouched
         async with raw_peer(a.url) as user:
-            assert await user.lookup("sib/m") == [pid_of(p)]
+            assert await user.lookup("sib/m") == [pid]
         newest = p.body(model="sib/m")
         newest["seq"] = later["seq"] + 1
         assert (await p.announce(newest))["type"] == "announced"  # never `stale`
-        await wait_for_async(
-            lambda: _async(_held_seq(a, pid_of(p)) == newest["seq"]), 5.0, what="P's newest announcement on A"
-        )
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == newest["seq"]), 5.0, what="P's newest on A")
+
+
+async def test_a_bye_with_a_bad_signature_is_refused_and_an_unsigned_one_stays_here(
+    mesh: tuple[Node, Node],
+) -> None:
+    """A signed ``bye`` must be signed by the connection's peer (``bad_signature`` otherwise, and P
+    stays listed everywhere); ``seq`` without ``sig`` is ``bad_message``. An unsigned ``bye`` (an older
+    client) withdraws P on its own node only: the siblings cannot check it."""
+    a, b = mesh
+    async with raw_peer(a.url) as p:
+        pid = p.identity.peer_id
+        body = p.body(model="bye2/m")
+        assert (await p.announce(body))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(b, pid) == body["seq"]), 5.0, what="P on B")
+        other = _bye_sig(Identity.generate(), pid, body["seq"])
+        reply = await p.ask({"type": "bye", "seq": body["seq"], "sig": other})
+        assert (reply["type"], reply["code"]) == ("error", "bad_signature"), reply
+        reply = await p.ask({"type": "bye", "seq": body["seq"]})
+        assert (reply["type"], reply["code"]) == ("error", "bad_message"), reply
+        assert _held_seq(a, pid) == body["seq"] and _held_seq(b, pid) == body["seq"]
+        assert (await p.ask({"type": "bye"}))["type"] == "ack"
+        assert _held_seq(a, pid) is None
+        assert _held_seq(b, pid) == body["seq"]  # until it expires
+
+
+def _bye_sig(signer: Identity, peer_id: str, seq: int) -> str:
+    return signer.sign_body(BYE_CONTEXT, bye_body(peer_id, seq))
 
 
 # --- times bounded relative to now ------------------------------------------------------------------------

@@ -58,6 +58,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "ANNOUNCE_CONTEXT",
             "SIGNAL_CONTEXT",
             "AUTH_CONTEXT",
+            "BYE_CONTEXT",
             "MAX_DEPTH",
             "MAX_MESSAGE_BYTES",
             "MAX_SIGNAL_PAYLOAD_BYTES",

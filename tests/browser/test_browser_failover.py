@@ -5,6 +5,9 @@ the browser's mesh client (``web/src/client/``) on the harness page. The 1-3 pee
 through is SIGKILLed, its announcement still listed (it said no ``bye``), and a chat starts at once: the
 client's offer to it is refused by signaling (``unknown_peer``) or never answered, the dead peer is
 banned, the span goes through the spare, and the reply is the local chain's greedy reply, token for token.
+
+A browser peer that leaves says ``bye`` signed for its last announcement, and the sibling node withdraws
+it too (a node takes only a ``gone`` its peer signed).
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ import pytest
 from python_peer.chain import LocalChain
 from python_peer.generate import SamplingParams, generate
 from python_peer.tokenizer import ModelTokenizer
-from tests.support.browser import Harness
+from tests.support.browser import Harness, script
 from tests.support.browser_client import CLIENT_CONFIG, MAX_TOKENS, MESSAGES, run_generation, setup_client
 from tests.support.procs import Node, PeerProc
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -73,4 +77,28 @@ def test_chat_right_after_a_listed_peer_is_killed_goes_through_the_spare(
     ), error
     assert [(p, a, b) for p, a, b in result["routes"][0] if (a, b) == (1, 3)] == [(spare.peer_id, 1, 3)]
     assert took < CLIENT_CONFIG["connectTimeoutMs"] / 1000 + 30, took
+    assert harness.take_errors() == []
+
+
+def test_js_bye_is_signed_and_withdraws_the_peer_on_a_sibling(harness: Harness, tmp_path: Path) -> None:
+    """The browser's ``SignalClient.close()`` sends ``bye`` signed for its last announcement, so the
+    sibling node (which only takes a ``gone`` the peer signed) withdraws it too, not at expiry."""
+    first = Node("bye-a", tmp_path, accept=("bye-b",))
+    second = Node("bye-b", tmp_path, siblings=(first,))
+    try:
+        first.wait(siblings=1)
+        second.wait(siblings=1)
+        assert harness.page.evaluate(script("signaling_js/setup"))
+        js_id = str(harness.page.evaluate(script("signaling_js/start_client"), ["bye", [first.url], 0, 3]))
+
+        def on_second() -> bool:
+            return any(e["peer_id"] == js_id for e in second.directory()["entries"])
+
+        wait_for(on_second, 10, what="the browser's announcement on the sibling", interval=0.1)
+        harness.page.evaluate(script("signaling_js/close_client"), "bye")
+        wait_for(lambda: not on_second(), 5, what="the browser's signed bye withdrawing it on the sibling")
+        assert not any(e["peer_id"] == js_id for e in first.directory()["entries"])
+    finally:
+        first.stop()
+        second.stop()
     assert harness.take_errors() == []

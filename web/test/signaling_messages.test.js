@@ -4,22 +4,24 @@
  * core's bounds (python_peer/core/canonical.py, through the generated constants): a seq more than
  * MAX_SEQ_AHEAD_MS past its issue time, an issue time more than MAX_CLOCK_SKEW_MS in the future, an
  * expiry already past or outside the TTL bounds are refused; a `peers` reply carrying such an item loses
- * only that item. Every announcement is really signed, so only the bound can refuse it.
+ * only that item. Every announcement is really signed, so only the bound can refuse it. A signed
+ * `bye` signs the bytes Python's node checks.
  */
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { Identity } from '../src/identity/identity.js';
+import { Identity, importIdentity, signingBytes, toHex } from '../src/identity/identity.js';
 import {
   ANNOUNCE_CONTEXT,
+  BYE_CONTEXT,
   MAX_CLOCK_SKEW_MS,
   MAX_SAFE_INT,
   MAX_SEQ_AHEAD_MS,
   MAX_TTL_MS,
   MIN_TTL_MS,
 } from '../src/protocol/constants.js';
-import { AnnouncementError, parseAnnouncement, verifyPeerItem, verifyPeers } from '../src/signaling/messages.js';
+import { AnnouncementError, byeBody, parseAnnouncement, verifyPeerItem, verifyPeers } from '../src/signaling/messages.js';
 
 const NOW = 1_700_000_000_000;
 const quiet = { info: () => {}, warn: () => {} };
@@ -84,5 +86,20 @@ test('a lookup reply loses only the item out of bounds', async () => {
   assert.deepEqual(
     found.map((a) => a.peer_id),
     [honest.peerId],
+  );
+});
+
+test('a bye is signed over the bytes Python checks (bye_body, BYE_CONTEXT)', async () => {
+  // Python: Identity.from_seed(bytes(range(32))).sign_body(BYE_CONTEXT, bye_body(peer_id, 1_700_000_000_000))
+  const seed = Array.from({ length: 32 }, (_, i) => i.toString(16).padStart(2, '0')).join('');
+  const identity = await importIdentity({ format: 'pkcs8', key: `302e020100300506032b657004220420${seed}` });
+  const body = byeBody(identity.peerId, NOW);
+  assert.equal(
+    toHex(signingBytes(BYE_CONTEXT, body)),
+    '616934616c6c2f6279652f76310a7b22706565725f6964223a2230336131303762666633636531306265316437306464313865373462633039393637653464363330396261353064356631646463383636343132353533316238222c22736571223a313730303030303030303030307d',
+  );
+  assert.equal(
+    await identity.signBody(BYE_CONTEXT, body),
+    '8f3e3564f30b68307e14ed9d63256d299d62c47d761b19358554a4752572178a7b12f4250c53d74f5a1be23f662e2283b8da0d9d0520e1a9086ba34dd6b98309',
   );
 });

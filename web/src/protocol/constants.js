@@ -60,6 +60,7 @@ export const PROTOCOL_VERSION = 1;
 export const ANNOUNCE_CONTEXT = "ai4all/announce/v1";
 export const SIGNAL_CONTEXT = "ai4all/signal/v1";
 export const AUTH_CONTEXT = "ai4all/auth/v1";
+export const BYE_CONTEXT = "ai4all/bye/v1";
 export const MAX_DEPTH = 32;
 export const MAX_MESSAGE_BYTES = 65536;
 export const MAX_SIGNAL_PAYLOAD_BYTES = 32768;

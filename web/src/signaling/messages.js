@@ -86,6 +86,16 @@ export class SignalClientError extends SignalingError {}
  */
 
 /**
+ * What a peer signs (`BYE_CONTEXT`) to withdraw its announcement `seq`, Python's `bye_body`: a `bye`
+ * carries the signature to the node, and the node's `gone` carries it on to its siblings.
+ * @param {string} peerId
+ * @param {number} seq
+ */
+export function byeBody(peerId, seq) {
+  return { peer_id: peerId, seq };
+}
+
+/**
  * @param {string} name
  * @param {unknown} value
  * @param {number} low
