@@ -38,6 +38,7 @@ from python_peer.core import manifest as names
 from python_peer.core.canonical import Announcement
 from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, SignalingError
 from python_peer.core.manifest import Manifest
+from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
@@ -72,7 +73,7 @@ class ClientConfig:
 
     request_timeout_s: float = 60.0
     connect_timeout_s: float = 15.0
-    open_timeout_s: float = 10.0  # OPEN does no compute: a peer silent this long is routed around
+    open_timeout_s: float = OPEN_TIMEOUT_MS / 1000  # a peer silent this long on OPEN is routed around
     ban_seconds: float = 60.0
     max_failovers: int = 8  # per session
     lookup_cache_s: float = 2.0  # signaling allows a connection 20 messages a second

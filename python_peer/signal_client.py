@@ -30,6 +30,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
     AUTH_CONTEXT,
+    BYE_CONTEXT,
     MAX_TTL_MS,
     MIN_TTL_MS,
     PEER_KINDS,
@@ -38,6 +39,7 @@ from python_peer.core.canonical import (
     Announcement,
     ServedSpan,
     SignalBody,
+    bye_body,
     is_signature,
 )
 from python_peer.core.errors import (
@@ -344,6 +346,13 @@ class SignalClient:
             with contextlib.suppress(_LinkLost):  # the next connection announces the new values anyway
                 await self._announce(link)
 
+    def _bye(self) -> dict[str, Any]:
+        """``bye``, signed for the last announcement so that sibling nodes withdraw it too."""
+        if self._seq == 0:
+            return {"type": "bye"}
+        sig = self._identity.sign_body(BYE_CONTEXT, bye_body(self.peer_id, self._seq))
+        return {"type": "bye", "seq": self._seq, "sig": sig}
+
     async def close(self) -> None:
         """Say ``bye`` (so the directory forgets this peer now, not at expiry), then close."""
         if self._state in (SignalClientState.CLOSING, SignalClientState.CLOSED):
@@ -352,7 +361,7 @@ class SignalClient:
         self._set_state(SignalClientState.CLOSING)
         if link is not None:
             with contextlib.suppress(_LinkLost, RemoteSignalingError, TimeoutError):
-                await asyncio.wait_for(link.request({"type": "bye"}, next(self._ids)), 1.0)
+                await asyncio.wait_for(link.request(self._bye(), next(self._ids)), 1.0)
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:

@@ -5,6 +5,12 @@ Both kinds of websocket (Starlette's for incoming, ``websockets``' for links we 
 connection owns a writer task that drains a bounded ``Outbox``: a slow reader never blocks the node.
 Replies and signals that do not fit are dropped, counted and logged (clients retry signals); gossip
 coalesces to the newest state per peer, so a burst never loses the latest announcement.
+
+Time bounds (docs/signaling.md, "Bounds"): a websocket must send a message the node takes (an
+``announce``, a ``lookup``, a ``federate``...) within ``FIRST_MESSAGE_TIMEOUT_S`` of opening, and a peer
+connection is closed after ``IDLE_TIMEOUT_S`` without one; either way it is told why with an ``error``
+(``timeout``) and closed with 1008. Sibling links have no idle bound (gossip may be quiet for long);
+the websocket pings (20 s, see ``app.py``) find dead ones.
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from .messages import Message
+from python_peer.core.canonical import MAX_CLOCK_SKEW_MS, MAX_TTL_MS
+
+from .messages import Error, Message
 from .outbox import Outbox, Rank
 from .ratelimit import TokenBucket
 
@@ -32,6 +40,13 @@ log = logging.getLogger(__name__)
 OUTBOX_SIZE = 256  # replies and signals waiting to be written, per connection
 FLUSH_TIMEOUT_S = 0.5
 DROP_LOG_INTERVAL_S = 10.0  # at most one warning this often per connection, with the count so far
+# A websocket that opens and says nothing useful (a slowloris of websockets) holds a connection slot:
+# the first message the node takes must come this soon; clients send ``announce`` or ``lookup`` at once.
+FIRST_MESSAGE_TIMEOUT_S = 10.0
+# A peer re-announces well within its announcement's lifetime (at most MAX_TTL_MS): a peer connection
+# silent longer than that, plus the clock skew allowed, has nothing listed here any more.
+IDLE_TIMEOUT_S = (MAX_TTL_MS + MAX_CLOCK_SKEW_MS) / 1000
+TIMEOUT_CLOSE_CODE = 1008
 _ids = itertools.count(1)
 
 
@@ -136,6 +151,10 @@ class Connection:
         self.state = ConnectionState.OPEN
         self.sent = 0  # messages written to the websocket
         self.outbox = Outbox(OUTBOX_SIZE, max_states)  # max_states: the directory's bound on peers
+        self.first_message_timeout_s = FIRST_MESSAGE_TIMEOUT_S
+        self.idle_timeout_s = IDLE_TIMEOUT_S
+        self.greeted = dialed  # True once the node took a message (a link we dialed is greeted already)
+        self._heard_at = time.monotonic()  # when the node last took a message from it
         self._drop_logged_at = -math.inf
         self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name=f"writer-{self.id}")
 
@@ -172,8 +191,38 @@ class Connection:
             self._drop_logged_at = now
             log.warning("%r: outbox full; %d messages dropped so far", self, self.outbox.dropped)
 
+    def took_message(self) -> None:
+        """The node took a message from this connection (valid, not refused): its time bounds restart."""
+        self.greeted = True
+        self._heard_at = time.monotonic()
+
+    def _deadline(self) -> tuple[float, str] | None:
+        """Seconds left before this connection is cut off for silence, and why; ``None``: no bound."""
+        if not self.greeted:
+            bound, why = self.first_message_timeout_s, "no announce, lookup or federate"
+        elif self.role is Role.PEER:
+            bound, why = self.idle_timeout_s, "no message the node took"
+        else:
+            return None
+        return self._heard_at + bound - time.monotonic(), f"{why} within {bound:g} s"
+
     async def receive(self) -> str | bytes | None:
-        return await self.transport.receive()
+        """The next message, or ``None`` once the websocket is closed; a connection silent past its
+        bound (``FIRST_MESSAGE_TIMEOUT_S``, then ``IDLE_TIMEOUT_S`` for a peer) is told why and closed."""
+        while True:
+            deadline = self._deadline()
+            if deadline is None:
+                return await self.transport.receive()
+            left, why = deadline
+            if left > 0:
+                try:
+                    return await asyncio.wait_for(self.transport.receive(), left)
+                except TimeoutError:
+                    continue  # the bound may have moved (a message taken meanwhile): look again
+            log.info("%r: %s; closing it", self, why)
+            self.send(Error(id=None, code="timeout", message=f"{why}: closing the connection"))
+            await self.close(TIMEOUT_CLOSE_CODE, why, flush=True)
+            return None
 
     async def _write_loop(self) -> None:
         while True:

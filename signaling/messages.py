@@ -45,6 +45,8 @@ ERROR_CODES = (
     "unknown_peer",
     "rate_limited",
     "table_full",
+    "not_sibling",
+    "timeout",
     "internal",
 )
 
@@ -122,10 +124,22 @@ class Signal(SignalFields):
 
 
 class Bye(Message):
-    """The peer leaves: its announcement is withdrawn here and on siblings."""
+    """The peer leaves: its announcement is withdrawn here, and on siblings when signed.
+
+    ``seq`` and ``sig``, both or neither: the peer's signature (``BYE_CONTEXT``) over
+    ``bye_body(peer_id, seq)``, ``seq`` being the announcement it withdraws. Only a signed bye travels
+    to siblings (as ``gone``, with the signature): a node cannot withdraw what the peer did not."""
 
     type: Literal["bye"]
     id: RequestId = None
+    seq: SafeInt | None = None
+    sig: Signature | None = None
+
+    @model_validator(mode="after")
+    def _signed_or_not(self) -> Bye:
+        if (self.seq is None) != (self.sig is None):
+            raise ValueError("a signed bye carries both seq and sig")
+        return self
 
 
 class Federate(Message):
@@ -172,12 +186,14 @@ class Gossip(Message):
 
 
 class Gone(Message):
-    """A peer said ``bye``: drop its announcement if it is not newer than ``seq``."""
+    """A peer said ``bye``: drop its announcement ``seq`` (only that one). ``sig`` is the peer's own
+    signature of ``bye_body(peer_id, seq)`` (``BYE_CONTEXT``), checked by every node that takes it."""
 
     type: Literal["gone"]
     hops: Annotated[int, Field(ge=0, le=MAX_HOPS)]
     peer_id: PeerId
     seq: SafeInt
+    sig: Signature
 
 
 class Relay(SignalFields):

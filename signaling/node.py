@@ -18,11 +18,13 @@ from typing import Any
 from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
     AUTH_CONTEXT,
+    BYE_CONTEXT,
     MAX_MESSAGE_BYTES,
     MAX_TTL_MS,
     PROTOCOL_VERSION,
     Announcement,
     SignalBody,
+    bye_body,
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
@@ -247,6 +249,7 @@ class SignalingNode:
                     self._on_peer_message(conn, parse_peer_message(data))
                 else:
                     self._on_sibling_message(conn, parse_sibling_message(data))
+                conn.took_message()  # its time bounds restart (connection.py)
             except SignalingError as exc:
                 self._refuse(conn, rid, exc.code, str(exc))
             except SignatureError as exc:
@@ -336,10 +339,18 @@ class SignalingNode:
     def _on_bye(self, conn: Connection, msg: Bye) -> None:
         peer_id = conn.peer_id
         if peer_id is not None:
-            held = self.directory.get(peer_id)
-            seq = held.announcement.seq if held else 0
-            self.directory.withdraw(peer_id, seq)
-            self.federation.broadcast(peer_id, seq, Gone(type="gone", hops=1, peer_id=peer_id, seq=seq))
+            if msg.seq is not None and msg.sig is not None:
+                # Signed: withdrawn here and, as a ``gone`` carrying the peer's signature, on siblings.
+                verify_body(peer_id, BYE_CONTEXT, bye_body(peer_id, msg.seq), msg.sig)
+                self.directory.withdraw(peer_id, msg.seq)
+                gone = Gone(type="gone", hops=1, peer_id=peer_id, seq=msg.seq, sig=msg.sig)
+                self.federation.broadcast(peer_id, msg.seq, gone)
+            else:
+                # Unsigned (an older client): the connection proved the key, so it is withdrawn here;
+                # siblings cannot check it and keep the announcement until it expires.
+                held = self.directory.get(peer_id)
+                if held is not None:
+                    self.directory.withdraw(peer_id, held.announcement.seq)
             if self.local.get(peer_id) is conn:
                 del self.local[peer_id]
             conn.peer_id = None
@@ -397,6 +408,10 @@ class SignalingNode:
         elif isinstance(msg, Gone):
             if msg.peer_id in self.local:
                 return  # the peer is connected here and said no bye here: a sibling cannot unlist it
+            held = self.directory.get(msg.peer_id)
+            if held is None or held.announcement.seq != msg.seq:
+                return  # it names no announcement held here: changes nothing (checked before the signature)
+            verify_body(msg.peer_id, BYE_CONTEXT, bye_body(msg.peer_id, msg.seq), msg.sig)  # else dropped
             if self.directory.withdraw(msg.peer_id, msg.seq):
                 self.federation.forget_route(msg.peer_id)
                 if msg.hops < MAX_HOPS:

@@ -1,13 +1,17 @@
-"""Directory state from outside a peer's own signature cannot hide it, and announcement seq is bounded.
+"""Directory state from outside a peer's own signature cannot hide it, announcement seq is bounded, and
+websockets that say nothing are closed.
 
 Real ``ai4all signal`` nodes, and raw websocket clients that speak only the documented protocol: the
-attack of issue 12 (a ``federate`` from any connection, then a ``gone`` with the peer's seq + 10^9) and an
-announcement with seq = 2^53 - 1.
+attack of issue 12 (a ``federate`` from any connection, then a ``gone`` with the peer's seq + 10^9), an
+announcement with seq = 2^53 - 1, ``bye`` from a connection that does not speak for the peer, a trusted
+sibling replaying a ``gone`` or an older announcement, and idle websockets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -19,14 +23,22 @@ from websockets.exceptions import ConnectionClosed
 
 from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
+    BYE_CONTEXT,
+    MAX_CLOCK_SKEW_MS,
     MAX_SAFE_INT,
     MAX_SEQ_AHEAD_MS,
+    MAX_SIGNAL_AGE_MS,
+    MAX_TTL_MS,
+    SIGNAL_CONTEXT,
     Announcement,
+    bye_body,
     signing_bytes,
 )
 from python_peer.core.errors import AnnouncementError
 from python_peer.identity import Identity, verify
+from signaling.connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection
 from signaling.messages import FEDERATE_CONTEXT, federate_claim
+from signaling.ratelimit import TokenBucket
 from tests.support.procs import Node, node_data_dir
 from tests.support.raw_signaling import RawPeer, raw_peer
 from tests.support.waiting import wait_for_async
@@ -147,3 +159,334 @@ def test_seq_window_is_relative_to_issued_ms() -> None:
     assert at(0).seq == 0
     with pytest.raises(AnnouncementError, match="ahead of issued_ms"):
         at(now + MAX_SEQ_AHEAD_MS + 1)
+
+
+# --- idle websockets ------------------------------------------------------------------------------------
+
+
+async def _cut_off(raw: RawPeer, bound: float) -> tuple[dict[str, Any], int | None, float]:
+    """The ``error`` a node sends before closing ``raw`` for silence, the close code, and when."""
+    started = time.monotonic()
+    replies: list[dict[str, Any]] = []
+    with contextlib.suppress(ConnectionClosed):
+        while time.monotonic() - started < bound:
+            replies.append(await raw.recv(timeout=bound))
+    timeouts = [r for r in replies if r.get("code") == "timeout"]
+    assert len(timeouts) == 1, replies
+    return timeouts[0], raw.ws.close_code, time.monotonic() - started
+
+
+async def test_a_websocket_that_says_nothing_useful_is_closed(mesh: tuple[Node, Node]) -> None:
+    """A websocket must send a message the node takes within FIRST_MESSAGE_TIMEOUT_S: one silent after
+    the hello, and one sending only garbage (answered, but not taken), are told ``timeout`` and closed
+    with 1008; one that looked up at once stays open past the bound."""
+    a, _ = mesh
+    bound = FIRST_MESSAGE_TIMEOUT_S + 8
+
+    async def garbage(raw: RawPeer) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            for _ in range(int(FIRST_MESSAGE_TIMEOUT_S) + 4):
+                await raw.send("{not json")
+                await asyncio.sleep(1.0)
+
+    async with raw_peer(a.url) as silent, raw_peer(a.url) as noisy, raw_peer(a.url) as user:
+        assert await user.lookup("idle/m") == []
+        chatter = asyncio.create_task(garbage(noisy))
+        (error, code, took), (noisy_error, noisy_code, noisy_took) = await asyncio.gather(
+            _cut_off(silent, bound), _cut_off(noisy, bound)
+        )
+        await chatter
+        for e, c, t in ((error, code, took), (noisy_error, noisy_code, noisy_took)):
+            assert e == {"type": "error", "id": None, "code": "timeout", "message": e["message"]}, e
+            assert "within 10 s" in e["message"]
+            assert c == 1008
+            assert FIRST_MESSAGE_TIMEOUT_S - 2 < t < FIRST_MESSAGE_TIMEOUT_S + 6, t
+        assert await user.lookup("idle/m") == []  # past the bound, and still served
+    health = a.health()
+    assert health is not None and len(health["siblings"]) == 1  # the sibling link is untouched
+
+
+class _SilentTransport:
+    """A websocket that never speaks: what a ``Connection`` sees of an idle client."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+        self._gone = asyncio.Event()
+
+    async def send_text(self, text: str) -> None:
+        self.sent.append(json.loads(text))
+
+    async def receive(self) -> str | bytes | None:
+        await self._gone.wait()
+        return None
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+        self._gone.set()
+
+
+async def test_a_peer_connection_idle_past_its_bound_is_closed_and_a_sibling_link_is_not() -> None:
+    """After its first message, a peer connection is closed once silent for IDLE_TIMEOUT_S (longer than
+    any announcement lives, so a live peer's re-announcements keep it open); a sibling link has no idle
+    bound (its pings find it dead). In process, with the bound shortened."""
+    assert IDLE_TIMEOUT_S * 1000 > MAX_TTL_MS  # a peer re-announces within its TTL: never idle that long
+    peer = Connection(_SilentTransport(), TokenBucket(20, 60))
+    peer.idle_timeout_s = 0.3
+    peer.took_message()
+    started = time.monotonic()
+    assert await peer.receive() is None
+    assert 0.25 < time.monotonic() - started < 3
+    transport = peer.transport
+    assert isinstance(transport, _SilentTransport)
+    assert transport.closed is not None and transport.closed[0] == 1008
+    assert [m["code"] for m in transport.sent] == ["timeout"]
+    assert "within 0.3 s" in transport.sent[0]["message"]
+
+    sibling = Connection(_SilentTransport(), TokenBucket(20, 60), dialed=True)
+    sibling.idle_timeout_s = sibling.first_message_timeout_s = 0.1
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(sibling.receive(), 0.5)
+    assert isinstance(sibling.transport, _SilentTransport) and sibling.transport.closed is None
+    await sibling.close()
+    await peer.close()
+
+
+# --- bye and gone: only what the peer signed, and never over what it signed later ------------------------
+
+
+def _held_seq(node: Node, peer_id: str) -> int | None:
+    return next((e["seq"] for e in node.directory()["entries"] if e["peer_id"] == peer_id), None)
+
+
+async def test_bye_from_a_connection_that_does_not_speak_for_the_peer_withdraws_nothing(
+    mesh: tuple[Node, Node],
+) -> None:
+    """``bye`` withdraws only the peer this very connection announced with a proof of its key: a bye
+    before any announce, after a replayed announcement (refused: its proof is not this connection's),
+    after announcing another identity, even one carrying P's signature, leaves P listed on both nodes."""
+    a, b = mesh
+    async with raw_peer(a.url) as p, raw_peer(a.url) as evil:
+        body = p.body(model="bye/m")
+        assert (await p.announce(body))["type"] == "announced"
+        assert (await evil.ask({"type": "bye"}))["type"] == "ack"  # speaks for no one: nothing to withdraw
+        sig = p.identity.sign_body(ANNOUNCE_CONTEXT, body)
+        replayed = await evil.ask({"type": "announce", "body": body, "sig": sig, "proof": evil.proof()})
+        assert (replayed["type"], replayed["code"]) == ("error", "bad_signature"), replayed
+        stolen_proof = await evil.ask({"type": "announce", "body": body, "sig": sig, "proof": p.proof()})
+        assert (stolen_proof["type"], stolen_proof["code"]) == ("error", "bad_signature"), stolen_proof
+        assert (await evil.ask({"type": "bye"}))["type"] == "ack"
+        own = evil.body(model="bye/m")
+        assert (await evil.announce(own))["type"] == "announced"  # its own identity
+        own_bye = {
+            "type": "bye",
+            "seq": own["seq"],
+            "sig": _bye_sig(evil.identity, evil.identity.peer_id, own["seq"]),
+        }
+        assert (await evil.ask(own_bye))["type"] == "ack"  # withdraws only itself, here and on B
+        p_bye = {
+            "type": "bye",
+            "seq": body["seq"],
+            "sig": _bye_sig(p.identity, p.identity.peer_id, body["seq"]),
+        }
+        reply = await evil.ask(p_bye)  # P's own signed bye, from a connection that does not speak for P
+        assert reply["type"] == "ack", reply  # it speaks for no one now: nothing withdrawn
+        assert await evil.lookup("bye/m") == [p.identity.peer_id]
+        await wait_for_async(
+            lambda: _async(_held_seq(b, p.identity.peer_id) == body["seq"]),
+            5.0,
+            what="P's announcement on the sibling",
+        )
+        await wait_for_async(  # the evil identity's own bye reached B; P's announcement stays
+            lambda: _async(_held_seq(b, evil.identity.peer_id) is None), 5.0, what="evil's bye on the sibling"
+        )
+        assert _held_seq(b, p.identity.peer_id) == body["seq"]
+
+
+async def _async(value: bool) -> bool:
+    return value
+
+
+async def test_a_sibling_cannot_withdraw_what_the_peer_did_not(mesh: tuple[Node, Node]) -> None:
+    """Even a trusted sibling (it holds B's key) withdraws a peer only with the peer's own signed ``bye``:
+    an unsigned ``gone``, one signed by another key, or one whose signature is for another seq changes
+    nothing. P's signed bye on B withdraws it on A too; once P re-announces, a replay of that very
+    ``gone`` (P's signature and all), a ``gone`` past what P signed, and gossip of P's older (or an
+    altered) announcement change nothing: A keeps the newest announcement P signed."""
+    a, b = mesh
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
+    pid = ""
+
+    async def marker_seen(sibling: RawPeer) -> None:
+        """A marker gossip after the attacks on the same link: once A holds it, A has read them all."""
+        marker = Identity.generate()
+        now = time.time_ns() // 1_000_000
+        body = Announcement(
+            peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+        )
+        sig = marker.sign_body(ANNOUNCE_CONTEXT, body.to_dict())
+        await sibling.send({"type": "gossip", "hops": 0, "body": body.to_dict(), "sig": sig})
+        await wait_for_async(
+            lambda: _async(_held_seq(a, marker.peer_id) is not None), 5.0, what="a marker on A"
+        )
+
+    async with raw_peer(b.url) as p, raw_peer(a.url) as sibling:
+        pid = p.identity.peer_id
+        await sibling.send(_federate(b_key, "strict-b3", sibling.hello, nonce="12" * 16))
+        assert (await sibling.recv())["type"] == "federated"
+        first = p.body(model="sib/m")
+        assert (await p.announce(first))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == first["seq"]), 5.0, what="P on A")
+
+        evil = Identity.generate()
+        forged: list[dict[str, Any]] = [
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"]},  # unsigned
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"], "sig": "00" * 64},
+            {
+                "type": "gone",
+                "hops": 0,
+                "peer_id": pid,
+                "seq": first["seq"],
+                "sig": _bye_sig(evil, pid, first["seq"]),
+            },
+            {
+                "type": "gone",
+                "hops": 0,
+                "peer_id": pid,
+                "seq": first["seq"],
+                "sig": _bye_sig(p.identity, pid, 1),
+            },
+        ]
+        for attack in forged:
+            await sibling.send(attack)
+        await marker_seen(sibling)
+        assert _held_seq(a, pid) == first["seq"], "a gone P did not sign withdrew it"
+
+        bye_sig = _bye_sig(p.identity, pid, first["seq"])
+        assert (await p.ask({"type": "bye", "seq": first["seq"], "sig": bye_sig}))["type"] == "ack"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) is None), 5.0, what="P's signed bye reaching A")
+
+        later = p.body(model="sib/m")
+        later["seq"] = first["seq"] + 1
+        assert (await p.announce(later))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == later["seq"]), 5.0, what="P back on A")
+        old_sig = p.identity.sign_body(ANNOUNCE_CONTEXT, first)
+        attacks: list[dict[str, Any]] = [
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": first["seq"], "sig": bye_sig},  # replayed
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": later["seq"] + 10**9, "sig": bye_sig},
+            {"type": "gone", "hops": 0, "peer_id": pid, "seq": MAX_SAFE_INT},
+            {"type": "gossip", "hops": 0, "body": first, "sig": old_sig},  # older, really signed
+            {
+                "type": "gossip",
+                "hops": 0,
+                "body": {**first, "seq": later["seq"] + 5},
+                "sig": old_sig,
+            },  # altered
+        ]
+        for attack in attacks:
+            await sibling.send(attack)
+        await marker_seen(sibling)
+        assert _held_seq(a, pid) == later["seq"]  # what P signed last, untouched
+        async with raw_peer(a.url) as user:
+            assert await user.lookup("sib/m") == [pid]
+        newest = p.body(model="sib/m")
+        newest["seq"] = later["seq"] + 1
+        assert (await p.announce(newest))["type"] == "announced"  # never `stale`
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == newest["seq"]), 5.0, what="P's newest on A")
+
+
+async def test_a_bye_with_a_bad_signature_is_refused_and_an_unsigned_one_stays_here(
+    mesh: tuple[Node, Node],
+) -> None:
+    """A signed ``bye`` must be signed by the connection's peer (``bad_signature`` otherwise, and P
+    stays listed everywhere); ``seq`` without ``sig`` is ``bad_message``. An unsigned ``bye`` (an older
+    client) withdraws P on its own node only: the siblings cannot check it."""
+    a, b = mesh
+    async with raw_peer(a.url) as p:
+        pid = p.identity.peer_id
+        body = p.body(model="bye2/m")
+        assert (await p.announce(body))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(b, pid) == body["seq"]), 5.0, what="P on B")
+        other = _bye_sig(Identity.generate(), pid, body["seq"])
+        reply = await p.ask({"type": "bye", "seq": body["seq"], "sig": other})
+        assert (reply["type"], reply["code"]) == ("error", "bad_signature"), reply
+        reply = await p.ask({"type": "bye", "seq": body["seq"]})
+        assert (reply["type"], reply["code"]) == ("error", "bad_message"), reply
+        assert _held_seq(a, pid) == body["seq"] and _held_seq(b, pid) == body["seq"]
+        assert (await p.ask({"type": "bye"}))["type"] == "ack"
+        assert _held_seq(a, pid) is None
+        assert _held_seq(b, pid) == body["seq"]  # until it expires
+
+
+def _bye_sig(signer: Identity, peer_id: str, seq: int) -> str:
+    return signer.sign_body(BYE_CONTEXT, bye_body(peer_id, seq))
+
+
+# --- times bounded relative to now ------------------------------------------------------------------------
+
+
+async def test_times_are_bounded_relative_to_the_nodes_clock(mesh: tuple[Node, Node]) -> None:
+    """Every time a node accepts is checked against its clock: an announcement issued more than
+    MAX_CLOCK_SKEW_MS ahead is ``bad_announcement``, one already expired ``expired``; a signal whose
+    ``ts_ms`` is more than MAX_SIGNAL_AGE_MS off, either way, ``expired``; and gossip of a (really signed)
+    announcement from the future, from a trusted sibling, is dropped, not listed."""
+    a, b = mesh
+    now = time.time_ns() // 1_000_000
+    async with raw_peer(a.url) as raw:
+        ahead = raw.body(issued_ms=now + MAX_CLOCK_SKEW_MS + 5_000, model="time/m")
+        reply = await raw.ask(
+            {
+                "type": "announce",
+                "body": ahead,
+                "sig": raw.identity.sign_body(ANNOUNCE_CONTEXT, ahead),
+                "proof": raw.proof(),
+            }
+        )
+        assert (reply["type"], reply["code"]) == ("error", "bad_announcement"), reply
+        assert "future" in reply["message"]
+        gone_by = raw.body(issued_ms=now - 30_000, ttl_ms=10_000, model="time/m")
+        reply = await raw.ask(
+            {
+                "type": "announce",
+                "body": gone_by,
+                "sig": raw.identity.sign_body(ANNOUNCE_CONTEXT, gone_by),
+                "proof": raw.proof(),
+            }
+        )
+        assert (reply["type"], reply["code"]) == ("error", "expired"), reply
+        assert (await raw.announce(model="time/m"))["type"] == "announced"
+        async with raw_peer(a.url) as target:
+            assert (await target.announce(model="time/t"))["type"] == "announced"
+            for skew in (-(MAX_SIGNAL_AGE_MS + 5_000), MAX_SIGNAL_AGE_MS + 5_000):
+                body = {
+                    "from": raw.identity.peer_id,
+                    "to": target.identity.peer_id,
+                    "ts_ms": now + skew,
+                    "payload": {},
+                }
+                sig = raw.identity.sign_body(SIGNAL_CONTEXT, body)
+                reply = await raw.ask({"type": "signal", **body, "sig": sig})
+                assert (reply["type"], reply["code"]) == ("error", "expired"), (skew, reply)
+
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
+    future_peer = Identity.generate()
+    future = Announcement(
+        peer_id=future_peer.peer_id,
+        kind="native",
+        seq=now + MAX_CLOCK_SKEW_MS + 5_000,
+        issued_ms=now + MAX_CLOCK_SKEW_MS + 5_000,
+        expires_ms=now + MAX_CLOCK_SKEW_MS + 65_000,
+    ).to_dict()
+    marker = Identity.generate()
+    present = Announcement(
+        peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+    )
+    async with raw_peer(a.url) as sibling:
+        await sibling.send(_federate(b_key, "strict-b4", sibling.hello, nonce="34" * 16))
+        assert (await sibling.recv())["type"] == "federated"
+        for body, who in ((future, future_peer), (present.to_dict(), marker)):
+            await sibling.send(
+                {"type": "gossip", "hops": 0, "body": body, "sig": who.sign_body(ANNOUNCE_CONTEXT, body)}
+            )
+        await wait_for_async(lambda: _async(_held_seq(a, marker.peer_id) == now), 5.0, what="the marker on A")
+        assert _held_seq(a, future_peer.peer_id) is None

@@ -451,7 +451,7 @@ async def test_broadcast_skips_the_source_node_and_coalesces_per_peer() -> None:
         fed.broadcast(peer, seq, gossip(seq), skip="bee")  # it came from bee: never sent back there
     await wait_for_async(lambda: on_cat.sent, 5.0, what="the gossip sent to cat")
     assert sent(on_cat) == [("gossip", 5)] and sent(on_bee) == []
-    fed.broadcast(peer, 5, Gone(type="gone", hops=1, peer_id=peer, seq=5))
+    fed.broadcast(peer, 5, Gone(type="gone", hops=1, peer_id=peer, seq=5, sig="00" * 64))
     fed.offer(cat, peer, 4, gossip(4))  # an older copy, from the dump to a new link, loses to it
     await wait_for_async(
         lambda: len(on_cat.sent) >= 2 and on_bee.sent, 5.0, what="the withdrawal sent to cat and bee"

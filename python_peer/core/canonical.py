@@ -28,6 +28,7 @@ MAX_DEPTH = 32
 ANNOUNCE_CONTEXT = "ai4all/announce/v1"
 SIGNAL_CONTEXT = "ai4all/signal/v1"
 AUTH_CONTEXT = "ai4all/auth/v1"
+BYE_CONTEXT = "ai4all/bye/v1"  # a peer withdrawing its announcement: signs ``bye_body(peer_id, seq)``
 
 PROTOCOL_VERSION = 1
 PEER_KINDS = ("native", "browser")
@@ -51,6 +52,13 @@ PEER_ID_RE = re.compile(r"^[0-9a-f]{64}$")
 SIGNATURE_RE = re.compile(r"^[0-9a-f]{128}$")
 MODEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 URL_RE = re.compile(r"^wss?://[\x21-\x7e]{1,250}$")
+
+
+def bye_body(peer_id: str, seq: int) -> dict[str, Any]:
+    """What a peer signs (``BYE_CONTEXT``) to withdraw its announcement ``seq``: a ``bye`` to its node
+    carries it, and the ``gone`` the node gossips carries it on, so no node can withdraw an announcement
+    its peer did not."""
+    return {"peer_id": peer_id, "seq": seq}
 
 
 def _check_canonical(value: Any, depth: int) -> None:

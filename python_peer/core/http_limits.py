@@ -8,7 +8,9 @@ handed (uvicorn's), so the core imports neither uvicorn nor h11.
 - A request's body must arrive within ``BODY_TIMEOUT_S`` of its headers: one shorter than its
   Content-Length is answered 408 (the API) then.
 - An idle keep-alive connection is closed after ``KEEP_ALIVE_S`` (uvicorn's ``timeout_keep_alive``).
-- Websockets (signaling) are pinged every 20 s and closed when a pong is 20 s late.
+- Websockets (signaling) are pinged every 20 s and closed when a pong is 20 s late; one that sends no
+  message the node takes within 10 s of opening, or a peer's silent for 660 s, is closed too
+  (``signaling/connection.py``). A peer's API serves no websockets.
 """
 
 from __future__ import annotations

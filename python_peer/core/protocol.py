@@ -23,3 +23,4 @@ MAX_SDP_CHARS = 64 * 1024  # the longest session description an offer or an answ
 PROBE_EVERY_MS = 1_000  # while waiting for an answer, a client pings the peer this often
 PROBE_TIMEOUT_MS = 3_000  # a ping unanswered this long is a miss
 PROBE_MISSES = 2  # this many misses in a row mean the peer is gone
+OPEN_TIMEOUT_MS = 10_000  # OPEN does no compute: a peer that leaves it unanswered this long is routed around

@@ -34,9 +34,10 @@
  * which the chat page's privacy indicator shows.
  */
 
-import { FrameType } from '../protocol/wire.js';
+import { AI4AllError, FrameType } from '../protocol/wire.js';
+import { OPEN_TIMEOUT_MS } from '../protocol/constants.js';
 import { BrowserNodeCore } from '../node/core.js';
-import { LinkClosedError } from '../transport/peer.js';
+import { LinkClosedError, LinkTimeoutError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute } from './routing.js';
 import { RpcClient } from './rpc.js';
@@ -50,7 +51,9 @@ export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshS
 /**
  * @typedef {object} ClientConfig  times in ms
  * @property {number} requestTimeoutMs
- * @property {number} connectTimeoutMs
+ * @property {number} connectTimeoutMs  a link that is not open this long after the offer is a hop failure
+ * @property {number} openTimeoutMs  OPEN does no compute: a peer that leaves it unanswered this long is
+ *   routed around (`OPEN_TIMEOUT_MS`, as the native client's `open_timeout_s`; at most `requestTimeoutMs`)
  * @property {number} closeTimeoutMs
  * @property {number} banSeconds
  * @property {number} maxFailovers  per session
@@ -65,6 +68,7 @@ export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshS
 export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   requestTimeoutMs: 60_000,
   connectTimeoutMs: 15_000,
+  openTimeoutMs: OPEN_TIMEOUT_MS,
   closeTimeoutMs: 5_000,
   banSeconds: 60,
   maxFailovers: 8,
@@ -349,7 +353,7 @@ export class MeshClient {
   /** @param {string} peerId */
   async #connect(peerId) {
     if (this.closed) throw new MeshError('the mesh client is closed');
-    const link = await this.transport.connect(peerId, { timeoutMs: this.config.connectTimeoutMs });
+    const link = await this.#reach(peerId);
     const rpc = new RpcClient(link, { probeEveryMs: this.config.probeEveryMs, probeTimeoutMs: this.config.probeTimeoutMs });
     this.#byLink.set(link, rpc);
     this.#rpcs.set(peerId, rpc);
@@ -371,6 +375,43 @@ export class MeshClient {
       }
     }
     return rpc;
+  }
+
+  /**
+   * Offer a link to `peerId`, bounded by `connectTimeoutMs` whatever the transport does. Any failure to
+   * reach a routed peer is a hop failure (routed around, as natively): signaling refusing the offer
+   * (`unknown_peer`: the peer or its node is gone while its announcement lingers), no answer, a channel
+   * that never opens. A link that opens after we gave up is closed.
+   * @param {string} peerId
+   * @returns {Promise<import('../transport/peer.js').BrowserLink>}
+   */
+  async #reach(peerId) {
+    const timeoutMs = this.config.connectTimeoutMs;
+    /** @type {ReturnType<typeof setTimeout> | undefined} */
+    let timer;
+    let gaveUp = false;
+    const connecting = this.transport.connect(peerId, { timeoutMs });
+    const expired = new Promise((_, reject) => {
+      timer = setTimeout(() => {
+        gaveUp = true;
+        reject(new LinkTimeoutError(`peer ${peerId.slice(0, 16)}: no link within ${timeoutMs} ms (the transport did not give up)`));
+      }, timeoutMs + 1_000); // the transport's own bound fires first; this one catches a transport that ignores it
+    });
+    connecting.then(
+      (late) => {
+        if (gaveUp) late.close('connected after the client gave up on it');
+      },
+      () => {},
+    );
+    try {
+      return await Promise.race([connecting, expired]);
+    } catch (err) {
+      if (isHopFailure(err) || !(err instanceof AI4AllError) || err instanceof MeshError) throw err;
+      // e.g. a SignalingError from a transport that does not wrap it: still this hop failing, not the chat
+      throw new TransportError(`peer ${peerId.slice(0, 16)} cannot be reached: ${err.name}: ${err.message}`, { cause: err });
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /**

@@ -77,7 +77,8 @@ export class MeshSession {
           current = cand.peerId;
           const hop = new Hop(client, cand.peerId, cand.start, cand.end, await client.rpc(cand.peerId));
           const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
-          await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, client.config.requestTimeoutMs);
+          const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
+          await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
           hops.push(hop);
           const spans = client.traffic.get(hop.peerId)?.spans;
           if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);

@@ -60,12 +60,14 @@ export const PROTOCOL_VERSION = 1;
 export const ANNOUNCE_CONTEXT = "ai4all/announce/v1";
 export const SIGNAL_CONTEXT = "ai4all/signal/v1";
 export const AUTH_CONTEXT = "ai4all/auth/v1";
+export const BYE_CONTEXT = "ai4all/bye/v1";
 export const MAX_DEPTH = 32;
 export const MAX_MESSAGE_BYTES = 65536;
 export const MAX_SIGNAL_PAYLOAD_BYTES = 32768;
 export const MIN_TTL_MS = 1000;
 export const MAX_TTL_MS = 600000;
 export const MAX_CLOCK_SKEW_MS = 60000;
+export const MAX_SEQ_AHEAD_MS = 60000;
 export const MAX_SIGNAL_AGE_MS = 60000;
 export const MAX_SERVES = 32;
 export const MAX_SIGNALING_URLS = 8;
@@ -85,6 +87,7 @@ export const MAX_SDP_CHARS = 65536;
 export const PROBE_EVERY_MS = 1000;
 export const PROBE_TIMEOUT_MS = 3000;
 export const PROBE_MISSES = 2;
+export const OPEN_TIMEOUT_MS = 10000;
 
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";

@@ -20,6 +20,7 @@
 
 import {
   ANNOUNCE_CONTEXT,
+  BYE_CONTEXT,
   AUTH_CONTEXT,
   MAX_SIGNAL_AGE_MS,
   MAX_SIGNAL_PAYLOAD_BYTES,
@@ -37,6 +38,7 @@ import {
   RemoteSignalingError,
   SignalClientError,
   URL_RE,
+  byeBody,
   parseAnnouncement,
   verifyPeers,
 } from './messages.js';
@@ -290,12 +292,16 @@ export class SignalClient {
   /** Say `bye` (so the directory forgets this peer now, not at expiry), then close. */
   async close() {
     if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
+    // Signed for the last announcement, so that sibling nodes withdraw it too; signed before stopping,
+    // which closes the link.
+    const bye = this.seq === 0 ? { type: 'bye' } : { type: 'bye', seq: this.seq, sig: await this.identity.signBody(BYE_CONTEXT, byeBody(this.peerId, this.seq)) };
+    if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
     const link = this.connected.isSet ? this.link : null;
     this.setState(SignalClientState.CLOSING);
     this.stopped.set();
     if (link !== null) {
       try {
-        await link.request({ type: 'bye' }, this.nextId++, 1_000);
+        await link.request(bye, this.nextId++, 1_000);
       } catch {
         // leaving anyway: without bye the entry lives until it expires
       }

@@ -19,6 +19,7 @@ import {
   MAX_COUNTER,
   MAX_LAYER,
   MAX_SAFE_INT,
+  MAX_SEQ_AHEAD_MS,
   MAX_SERVES,
   MAX_SIGNALING_URLS,
   MAX_TTL_MS,
@@ -85,6 +86,16 @@ export class SignalClientError extends SignalingError {}
  */
 
 /**
+ * What a peer signs (`BYE_CONTEXT`) to withdraw its announcement `seq`, Python's `bye_body`: a `bye`
+ * carries the signature to the node, and the node's `gone` carries it on to its siblings.
+ * @param {string} peerId
+ * @param {number} seq
+ */
+export function byeBody(peerId, seq) {
+  return { peer_id: peerId, seq };
+}
+
+/**
  * @param {string} name
  * @param {unknown} value
  * @param {number} low
@@ -127,6 +138,12 @@ export function parseAnnouncement(data) {
   checkInt('seq', body.seq, 0, MAX_SAFE_INT);
   checkInt('issued_ms', body.issued_ms, 0, MAX_SAFE_INT);
   const issued = /** @type {number} */ (body.issued_ms);
+  if (/** @type {number} */ (body.seq) > issued + MAX_SEQ_AHEAD_MS) {
+    // A seq far past its issue time would make the peer's later announcements stale until it expired.
+    throw new AnnouncementError(
+      `seq ${body.seq} runs more than ${MAX_SEQ_AHEAD_MS} ahead of issued_ms ${issued}: announce with seq = max(previous seq + 1, now in ms)`,
+    );
+  }
   checkInt('expires_ms', body.expires_ms, issued + MIN_TTL_MS, issued + MAX_TTL_MS);
   checkInt('throughput_milli', body.throughput_milli, 0, MAX_COUNTER);
   checkInt('kv_free_tokens', body.kv_free_tokens, 0, MAX_COUNTER);
