@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from .canonical import MAX_SAFE_INT
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
 from .entries import Entry, ForkProof, Grant
+from .holds import HeldCredits, collect_holds
 from .ledger_fields import Rejection, Verify
 from .receipts import Receipt, ReceiptBody
 from .rules import check_body, check_link
@@ -101,6 +102,10 @@ class LedgerReport:
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: frozenset[str]  # hashes of entries in counting positions
     settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
+    # holds in counting positions (author -> in seq order) and the (client, server, session) of every
+    # counted receipt, which consumes the hold of that session (``holds.py``); holds move no credits
+    holds: dict[str, list[HeldCredits]] = field(default_factory=dict)
+    consumed: frozenset[tuple[str, str, str]] = frozenset()
 
     @property
     def balances(self) -> dict[str, int]:
@@ -380,7 +385,16 @@ def compute(
                 settled[r.id] = replace(s, rarity_bonus=bonus)
                 account(r.server).rarity_bonus += bonus
                 defer(r.server, at, bonus)
-    return LedgerReport(accounts, ignored, forks, frozenset(e.hash for e in counted), settled)
+    consumed = frozenset((r.client, r.server, r.session) for r in receipts)
+    return LedgerReport(
+        accounts,
+        ignored,
+        forks,
+        frozenset(e.hash for e in counted),
+        settled,
+        collect_holds(counted),
+        consumed,
+    )
 
 
 def balances(

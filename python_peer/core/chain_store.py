@@ -18,6 +18,7 @@ from .balances import LedgerReport
 from .economics import Rules, can_pay, price
 from .entries import Body, Entry, ForkProof, Grant, next_entry
 from .errors import LedgerError, PaymentRequiredError
+from .holds import admit_hold
 from .ledger_fields import Rejection, Verify
 from .proof_of_work import mine_grant
 from .receipts import ReceiptBody
@@ -63,6 +64,7 @@ class Quote:
     standing: int
     outstanding: int = 0
     pending: int = 0
+    hold_expires: int = 0  # with a hold (``require_hold``): when it expires, ms
 
     @property
     def refusal(self) -> str | None:
@@ -346,6 +348,46 @@ class ChainStore(ABC):
         if quote.refusal is not None:
             raise PaymentRequiredError(f"client {client[:12]}…: {quote.refusal}")
         return quote
+
+
+    def require_hold(
+        self,
+        client: str,
+        hold: object,
+        *,
+        server: str,
+        session: str,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+        now: int | None = None,
+    ) -> Quote:
+        """A server's check at OPEN (``holds.admit_hold``): ``client``'s hold ``hold`` (an entry hash) is
+        held here, pays for exactly this session and covers its price, and all the client's open holds
+        fit what it can spend. Raises ``PaymentRequiredError`` naming the rule that failed."""
+        clock = wall_clock_ms() if now is None else now
+        report = self.report()
+        standing = report.standing(client)
+        cost = price(end - start, tokens, standing, self.rules)
+        try:
+            held = admit_hold(
+                report,
+                client,
+                hold,
+                server=server,
+                session=session,
+                model=model,
+                start=start,
+                end=end,
+                price=cost,
+                now=clock,
+            )
+        except LedgerError as exc:
+            raise PaymentRequiredError(str(exc)) from None
+        balance = report.balance(client)
+        pending = balance - report.spendable(client, clock)
+        return Quote(client, balance, cost, standing, 0, pending, held.hold.expires)
 
 
 def wall_clock_ms() -> int:

@@ -1,0 +1,58 @@
+"""The hold protocol spoken raw (docs/ledger.md, docs/mesh.md): what a client writes and sends before OPEN.
+
+``write_hold`` appends a ``hold`` entry to a ledger's own log through its store, without the honest
+client's own balance check (an attacker writes whatever it likes); ``open_meta`` is OPEN's metadata
+naming it; ``push_frame`` the GOSSIP push of a log's entries.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from python_peer.core.economics import price
+from python_peer.core.entries import Entry
+from python_peer.core.holds import HOLD_TTL_MS, Hold
+from python_peer.core.wire import Frame, FrameType
+from python_peer.ledger_service import LedgerService
+from python_peer.ledger_store import now_ms
+
+
+def write_hold(
+    ledger: LedgerService,
+    server: str,
+    session: bytes,
+    model: str,
+    start: int,
+    end: int,
+    tokens: int,
+    *,
+    amount: int | None = None,
+    ttl_ms: int = HOLD_TTL_MS,
+) -> Entry:
+    """Append a hold of ``amount`` (default: the undiscounted price) to ``ledger``'s own log."""
+    now = now_ms()
+    units = price(end - start, tokens, 0, ledger.store.rules) if amount is None else amount
+    body = Hold(session.hex(), server, model, start, end, units, now + ttl_ms)
+    return ledger.store.append(ledger.identity, body, now)
+
+
+def open_meta(
+    model: str, start: int, end: int, batch: int, max_length: int, hold: str | None
+) -> dict[str, Any]:
+    """OPEN's metadata, naming ``hold`` (an entry hash) when given."""
+    meta: dict[str, Any] = {
+        "model": model,
+        "start": start,
+        "end": end,
+        "batch": batch,
+        "max_length": max_length,
+    }
+    if hold is not None:
+        meta["hold"] = hold
+    return meta
+
+
+def push_frame(entries: list[dict[str, Any]]) -> Frame:
+    """A GOSSIP push of ``entries`` on a fresh session id."""
+    return Frame(FrameType.GOSSIP, os.urandom(16), 0, meta={"kind": "push", "entries": entries})
