@@ -349,7 +349,6 @@ class ChainStore(ABC):
             raise PaymentRequiredError(f"client {client[:12]}…: {quote.refusal}")
         return quote
 
-
     def require_hold(
         self,
         client: str,
