@@ -2,7 +2,7 @@
 
 ``write_hold`` appends a ``hold`` entry to a ledger's own log through its store, without the honest
 client's own balance check (an attacker writes whatever it likes); ``open_meta`` is OPEN's metadata
-naming it; ``push_frame`` the GOSSIP push of a log's entries.
+naming it; ``push_frame`` the GOSSIP push of a log's entries; ``hold_vector`` the golden hold entry.
 """
 
 from __future__ import annotations
@@ -11,11 +11,14 @@ import os
 from typing import Any
 
 from python_peer.core.economics import price
-from python_peer.core.entries import Entry
+from python_peer.core.entries import ENTRY_CONTEXT, Entry, make_entry
 from python_peer.core.holds import HOLD_TTL_MS, Hold
+from python_peer.core.ledger_fields import context_bytes
 from python_peer.core.wire import Frame, FrameType
+from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import now_ms
+from tests.support.ledger import GOLDEN, T0
 
 
 def write_hold(
@@ -56,3 +59,17 @@ def open_meta(
 def push_frame(entries: list[dict[str, Any]]) -> Frame:
     """A GOSSIP push of ``entries`` on a fresh session id."""
     return Frame(FrameType.GOSSIP, os.urandom(16), 0, meta={"kind": "push", "entries": entries})
+
+
+def hold_vector() -> dict[str, Any]:
+    """The golden hold entry (``tests/vectors/hold_entry.json``): the golden identity's seq 2, after its
+    golden grant, promising a fixed server 10.5 credits; fixed keys and times, so always the same bytes."""
+    server = Identity.from_seed(bytes(range(1, 33))).peer_id
+    body = Hold(bytes(range(16)).hex(), server, "SmolLM2-135M-Instruct", 0, 10, 10_500, T0 + 601_000)
+    prev = "8ae95e7c38567a93d3f8f00c88a186c11e134dc06a17bc49ded354c53454756a"  # the golden grant
+    entry = make_entry(GOLDEN.peer_id, 2, prev, T0 + 1000, body, GOLDEN.sign)
+    return {
+        "entry": entry.to_dict(),
+        "signing_bytes": context_bytes(ENTRY_CONTEXT, entry.signed_dict()).decode("ascii"),
+        "hash": entry.hash,
+    }
