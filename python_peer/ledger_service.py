@@ -13,11 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from python_peer.core.economics import network_rules, price
+from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry, parse_entry
-from python_peer.core.errors import LedgerError, PaymentRequiredError
+from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
-from python_peer.core.holds import HOLD_TTL_MS, Hold, held_units
 from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersign
 
@@ -89,23 +88,17 @@ class LedgerService:
         return self.store.require_payment(client, blocks, tokens, outstanding)
 
     def hold(self, server: str, session: bytes, model: str, start: int, end: int, tokens: int) -> Entry:
-        """The client's side before OPEN: append a hold of the undiscounted price of ``tokens`` through
-        ``[start, end)`` for ``session`` on ``server`` (so it covers any peer's quote), lasting
-        ``HOLD_TTL_MS``. Refused here (``PaymentRequiredError``) when our own open holds and this one
-        would exceed what we can spend: every honest peer would refuse it too."""
-        now = now_ms()
-        amount = price(end - start, tokens, 0, self.store.rules)
-        report = self.store.report()
-        held = held_units(report, self.peer_id, now)
-        spendable = report.spendable(self.peer_id, now)
-        if held + amount > spendable:
-            beside = f" beside {held / 1000:.3f} credits held for open sessions" if held else ""
-            raise PaymentRequiredError(
-                f"balance {spendable / 1000:.3f} credits does not cover the price of {amount / 1000:.3f} "
-                f"credits for this request{beside}; serve blocks to earn credits"
-            )
-        body = Hold(session.hex(), server, model, start, end, amount, now + HOLD_TTL_MS)
-        return self.store.append(self.identity, body, now)
+        """The client's side before OPEN: append the hold for ``session`` on ``server``
+        (``ChainStore.append_hold``; ``PaymentRequiredError`` when it would not fit our balance)."""
+        return self.store.append_hold(
+            self.identity,
+            server=server,
+            session=session.hex(),
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+        )
 
     def require_hold(
         self, client: str, hold: object, *, session: bytes, model: str, start: int, end: int, tokens: int

@@ -18,7 +18,7 @@ from .balances import LedgerReport
 from .economics import Rules, can_pay, price
 from .entries import Body, Entry, ForkProof, Grant, next_entry
 from .errors import LedgerError, PaymentRequiredError
-from .holds import admit_hold
+from .holds import admit_hold, own_hold
 from .ledger_fields import Rejection, Verify
 from .proof_of_work import mine_grant
 from .receipts import ReceiptBody
@@ -304,6 +304,36 @@ class ChainStore(ABC):
             if nonce is None:
                 raise LedgerError("no proof of work found for the starter grant", code="bad_pow")
         return self.append(identity, Grant(nonce), now)
+
+    def append_hold(
+        self,
+        identity: Signer,
+        *,
+        server: str,
+        session: str,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+        now: int | None = None,
+    ) -> Entry:
+        """Append the hold an honest client writes before OPEN (``holds.own_hold``), checked against
+        its open holds under the store's lock, so two holds written at once each see the other."""
+        clock = wall_clock_ms() if now is None else now
+        with self._lock:
+            body = own_hold(
+                self.report(),
+                identity.peer_id,
+                server=server,
+                session=session,
+                model=model,
+                start=start,
+                end=end,
+                tokens=tokens,
+                now=clock,
+                rules=self.rules,
+            )
+            return self.append(identity, body, clock)
 
     def unpublished_fork_proofs(self, author: str, limit: int = 8) -> list[ForkProof]:
         """Proofs of the known forks (of others) that ``author``'s log does not carry yet."""

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .canonical import MAX_LAYER, MAX_SAFE_INT, MODEL_RE
-from .errors import LedgerError
+from .economics import DEFAULT_RULES, Rules, price
+from .errors import LedgerError, PaymentRequiredError
 from .ledger_fields import Rejection, int_field, object_fields, peer_field
 from .receipts import MAX_RECEIPT_BLOCKS, SESSION_RE
 
@@ -177,6 +178,35 @@ def admit_hold(
     return found
 
 
+def own_hold(
+    report: LedgerReport,
+    author: str,
+    *,
+    server: str,
+    session: str,
+    model: str,
+    start: int,
+    end: int,
+    tokens: int,
+    now: int,
+    rules: Rules = DEFAULT_RULES,
+) -> Hold:
+    """The hold an honest client writes before OPEN: the undiscounted price of ``tokens`` through
+    ``[start, end)`` (so it covers any peer's quote), lasting ``HOLD_TTL_MS``. Refused here
+    (``PaymentRequiredError``) when the author's open holds and this one would exceed what it can spend:
+    every honest peer would refuse it too."""
+    amount = price(end - start, tokens, 0, rules)
+    held = held_units(report, author, now)
+    spendable = report.spendable(author, now)
+    if held + amount > spendable:
+        beside = f" beside {held / 1000:.3f} credits held for open sessions" if held else ""
+        raise PaymentRequiredError(
+            f"balance {spendable / 1000:.3f} credits does not cover the price of {amount / 1000:.3f} "
+            f"credits for this request{beside}; serve blocks to earn credits"
+        )
+    return Hold(session, server, model, start, end, amount, now + HOLD_TTL_MS)
+
+
 def collect_holds(counted: list[Entry]) -> dict[str, list[HeldCredits]]:
     """Author -> its holds, in seq order, from the entries in counting positions."""
     holds: dict[str, list[HeldCredits]] = {}
@@ -199,4 +229,5 @@ __all__ = [
     "collect_holds",
     "held_units",
     "open_holds",
+    "own_hold",
 ]
