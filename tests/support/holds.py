@@ -73,3 +73,12 @@ def hold_vector() -> dict[str, Any]:
         "signing_bytes": context_bytes(ENTRY_CONTEXT, entry.signed_dict()).decode("ascii"),
         "hash": entry.hash,
     }
+
+
+def hold_for(ledger: LedgerService, server: str, session: bytes, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` (an OPEN's) naming a new hold of ``ledger`` that pays ``server`` for ``session``."""
+    tokens = int(meta["batch"]) * int(meta["max_length"])
+    entry = write_hold(
+        ledger, server, session, str(meta["model"]), int(meta["start"]), int(meta["end"]), tokens
+    )
+    return {**meta, "hold": entry.hash}
