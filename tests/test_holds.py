@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator, Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -163,9 +164,9 @@ async def test_one_price_opened_at_three_peers_at_once_is_served_once(mesh: Mesh
             await work(mesh, ledger, rpcs[peers[0]], peers[0], sessions[0], 1, 8)
         paid = price(2, 8, 0, network_rules())
         assert ledger.balance() == grant - paid
-        for peer in mesh.peers:  # the receipt reaches every peer by gossip; all agree, none below zero
+        for proc in mesh.peers:  # the receipt reaches every peer by gossip; all agree, none below zero
             await wait_for_async(
-                lambda p=peer: balance_is(p, ledger.peer_id, grant - paid), 60, what=f"{peer.name} agreeing"
+                partial(balance_is, proc, ledger.peer_id, grant - paid), 60, what=f"{proc.name} agreeing"
             )
     finally:
         ledger.close()
@@ -207,9 +208,9 @@ async def test_the_same_credits_in_two_logs_are_a_fork_the_peers_prove_and_sprea
                     )
             assert served >= 1
             # The peers' own gossip meets the two histories: the fork is proven and reaches c.
-            for peer in mesh.peers:
+            for proc in mesh.peers:
                 await wait_for_async(
-                    lambda p=peer: knows_fork(p, key.peer_id, 2), 90, what=f"{peer.name} knowing the fork"
+                    partial(knows_fork, proc, key.peer_id, 2), 90, what=f"{proc.name} knowing the fork"
                 )
             late = b"\x0c" * 16
             hold_c = write_hold(one, c, late, mesh.name, *SPAN, 8)
@@ -221,9 +222,9 @@ async def test_the_same_credits_in_two_logs_are_a_fork_the_peers_prove_and_sprea
 
         # Every receipt settles everywhere: the client paid what it had and no more, never below zero.
         left = max(0, rules.starter_grant - served * cost)
-        for peer in mesh.peers:
+        for proc in mesh.peers:
             await wait_for_async(
-                lambda p=peer: balance_is(p, key.peer_id, left), 60, what=f"{peer.name} settling the receipts"
+                partial(balance_is, proc, key.peer_id, left), 60, what=f"{proc.name} settling the receipts"
             )
         earned = {p.name: cli_balance(p, p.peer_id) for p in mesh.peers}
         assert all(value >= 0 for value in earned.values()), earned

@@ -709,7 +709,7 @@ def test_the_facade_writes_and_admits_holds_like_the_native_peer() -> None:
     client = LedgerService.open(None, Identity.generate())
     serving = FakeBrowser(Identity.generate())
     terms = {**terms, "server": serving.identity.peer_id, "tokens": 100}
-    hold = client.hold(terms["server"], bytes.fromhex("ab" * 16), "m", 0, 4, 100)
+    hold = client.hold(serving.identity.peer_id, bytes.fromhex("ab" * 16), "m", 0, 4, 100)
     serving.accept(client.own_entries())
     check = {"client": client.peer_id, "hold": hold.hash, **{k: v for k, v in terms.items() if k != "tokens"}}
     quote = serving.call("require_hold", **check, tokens=100)
