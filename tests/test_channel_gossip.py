@@ -227,4 +227,6 @@ async def test_malformed_gossip_requests_are_answered_without_harm(mesh: Mesh) -
         assert await gossip_exchange(ledger, server, rpc, timeout=5) >= 3
         assert ledger.store.head(server) is not None
         opening = {"model": load_manifest(mesh.model).name, "start": 3, "end": 4, "batch": 1, "max_length": 4}
+        opening = hold_for(ledger, server, b"\x08" * 16, opening)  # the hold reaches the peer by gossip too
+        assert await gossip_exchange(ledger, server, rpc, timeout=5) >= 1
         assert (await rpc.call(Frame(FrameType.OPEN, b"\x08" * 16, 0, meta=opening), 5)).meta["opened"]
