@@ -256,7 +256,9 @@ def compute(
       (``Settlement``); at the end of each UTC hour, a server whose paid block-tokens that hour reach the
       threshold gets the uptime bonus; at the end of each UTC day, the rarity bonus of that day's paid
       receipts (a receipt that paid no more than the base fee counts for no one), in the same proportion;
-    - every credit is capped at ``balance_cap``.
+    - every credit is capped at ``balance_cap``;
+    - holds move no credits: the report lists each author's holds in counting positions (``holds``) and
+      the (client, server, session) of every counted receipt (``consumed``), for ``holds.py``.
 
     Only grants and bonuses create credits; a receipt moves at most what its client had (docs/trust.md).
     """
