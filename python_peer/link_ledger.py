@@ -120,10 +120,15 @@ class ClientExchange:
         """Before OPEN: append a hold paying ``peer_id`` for ``session`` to our own log (refused here,
         ``PaymentRequiredError``, when our open holds would exceed what we can spend), push our log so the
         peer holds it up to the hold, and return the hold's hash for OPEN's ``hold``. A log longer than
-        one push reaches a peer we never exchanged with by anti-entropy first."""
+        one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an anti-entropy
+        exchange first, unless one ran less than ``gossip_every_s`` ago (the peer then lacks at most the
+        few entries written since, which the push carries)."""
         entry = await asyncio.to_thread(self.ledger.hold, peer_id, session, model, start, end, tokens)
-        if entry.seq > PUSH_ENTRIES and peer_id not in self.gossiped:
-            self.gossiped[peer_id] = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        last = self.gossiped.get(peer_id)
+        recent = last is not None and now - last < (self.gossip_every_s or 30.0)
+        if entry.seq > PUSH_ENTRIES and not recent:
+            self.gossiped[peer_id] = now
             await gossip_exchange(
                 self.ledger,
                 peer_id,

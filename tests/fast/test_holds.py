@@ -388,3 +388,36 @@ async def test_the_same_credits_in_two_logs_are_a_fork_caught_and_gossiped(
     finally:
         one.close()
         other.close()
+
+
+async def test_a_log_longer_than_one_push_reaches_a_new_peer_before_its_hold(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """A push carries the grant and the latest 63 entries: a peer that never saw the rest could not link
+    them. The client's exchange runs anti-entropy first, so the new peer holds the log up to the hold."""
+    m = toy_mesh
+    elsewhere, fresh = m.peer(SPAN, ledger=make_ledger()), m.peer(SPAN, ledger=make_ledger())
+    me = make_ledger()
+    for i in range(70):  # 70 small holds at another peer: the log is longer than one push
+        write_hold(me, elsewhere, bytes([i]) * 16, m.manifest.name, *SPAN, 1)
+    client = m.client(me)
+    assert client.exchange is not None
+    rpc = RpcClient(await m.network.connect(me.peer_id, fresh))
+    try:
+        session = b"\xee" * 16
+        hold = await client.exchange.hold(
+            fresh, rpc, session, model=m.manifest.name, start=1, end=3, tokens=8
+        )
+        assert me.store.head(me.peer_id).seq == 72  # type: ignore[union-attr]
+        meta = open_meta(m.manifest.name, *SPAN, 1, 8, hold)
+        assert (await rpc.call(Frame(FrameType.OPEN, session, 0, meta=meta), 5)).meta["opened"] is True
+        # without the exchange, the push alone leaves the new peer a gap: it cannot see the hold
+        other = m.peer(SPAN, ledger=make_ledger())
+        at_other = await Client.connect(m, me, other)
+        late = at_other.hold(b"\xef" * 16, tokens=8)
+        await at_other.push()
+        with pytest.raises(PaymentRequiredError, match="does not hold the hold"):
+            await at_other.open(b"\xef" * 16, late.hash, 8)
+        await at_other.aclose()
+    finally:
+        await rpc.aclose()
