@@ -330,6 +330,12 @@ async def test_a_hold_naming_another_peer_or_unknown_here_is_refused(
             await at_b.open(b"\x02" * 16, unseen.hash, 100)
         with pytest.raises(PaymentRequiredError, match="OPEN must name the hold"):
             await at_b.open(b"\x02" * 16, None, 100)
+        # another client's hold, for this very peer and session, pays nothing for us
+        victim = make_ledger()
+        theirs = write_hold(victim, b, b"\x03" * 16, m.manifest.name, *SPAN, 100)
+        await at_b.push(victim.own_entries())
+        with pytest.raises(PaymentRequiredError, match="does not hold the hold"):
+            await at_b.open(b"\x03" * 16, theirs.hash, 100)
     finally:
         await at_b.aclose()
 
