@@ -15,10 +15,9 @@ OPEN; a dead link is noticed sooner, by the pings of ``rpc.RpcClient.call``), an
 
 With a ledger, its ``link_ledger.ClientExchange`` writes a hold for each session in the client's own log
 and pushes the log to the peer before OPEN (which names the hold: ``core/holds.py``), and countersigns
-the receipt the peer proposes at CLOSE. Once that receipt is recorded, it
-runs an anti-entropy exchange with the peer over the same link (at most once per peer per
-``gossip_every_s``, in the background): both sides pull the entries they lack, third parties' included,
-without waiting for gossip through signaling.
+the receipt the peer proposes at CLOSE. Once that receipt is recorded, it runs an anti-entropy exchange
+with the peer over the same link (at most once per peer per ``gossip_every_s``, in the background): both
+sides pull the entries they lack, third parties' included, without waiting for gossip through signaling.
 
 A hop is a ``hop.HopClient``: an ``RpcClient`` over a WebRTC link, or, for the span of a peer that runs
 this client itself (``local``), a ``LocalHop`` calling its ``FrameHandler`` in-process.
@@ -223,8 +222,8 @@ class MeshClient:
 
     async def hold(self, hop: _Hop, tokens: int) -> str | None:
         """With a ledger, the hash of a new hold paying ``hop``'s peer for its session (``tokens`` token
-        positions at most), our log pushed
-        there (``ClientExchange.hold``); None for this node's own span (reached in process, free)."""
+        positions at most), our log pushed there (``ClientExchange.hold``); None for this node's own span
+        (reached in process, free)."""
         if self.exchange is None or (self.local is not None and hop.peer_id == self.signal.peer_id):
             return None
         return await self.exchange.hold(
