@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from python_peer.core.balances import compute
 from python_peer.core.economics import price
@@ -201,3 +203,49 @@ def test_holds_move_no_credits() -> None:
     log.add(_hold(amount=199_000))
     report = compute(log.entries, rules=RULES)
     assert report.balance(CLIENT.peer_id) == 200_000 and report.balance(SERVER.peer_id) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.integers(1_000, 120_000), st.integers(2, 20), st.integers(0, 6)),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_what_peers_admit_never_exceeds_the_balance_at_any_instant(
+    plan: list[tuple[int, int, int, int]],
+) -> None:
+    """One log, holds for three peers in random amounts, lifetimes and pauses; each peer sees the log up
+    to the hold it is asked to admit (as a push gives it). At every instant, the holds admitted and still
+    open promise no more than the client's balance."""
+    servers = [SERVER.peer_id, OTHER.peer_id, ids(1, 900)[0].peer_id]
+    log = Log(CLIENT)
+    log.add(grant(CLIENT))
+    when = T0 + 1000
+    admitted: list[tuple[int, int, int]] = []  # (admitted at, expires, amount)
+    for i, (server, amount, minutes, pause) in enumerate(plan):
+        when += pause * 60_000
+        session = f"{i:032x}"
+        body = Hold(session, servers[server], MODEL, 0, 10, amount, when + minutes * 60_000)
+        entry = log.add(body, time=when)
+        report = compute(log.entries, rules=RULES)
+        try:
+            admit_hold(
+                report,
+                CLIENT.peer_id,
+                entry.hash,
+                server=servers[server],
+                session=session,
+                model=MODEL,
+                start=0,
+                end=10,
+                price=amount,
+                now=when,
+            )
+        except LedgerError:
+            continue
+        admitted.append((when, body.expires, amount))
+    for instant, _, _ in admitted:
+        promised = sum(amount for at, until, amount in admitted if at <= instant < until)
+        assert promised <= RULES.starter_grant
