@@ -3,7 +3,7 @@
 Forged, self-addressed and long-lived holds are refused by every node; a server admits a hold only for
 its own session, within the client's spendable balance beside its other open holds, while unexpired and
 unconsumed; a receipt consumes it and expiry releases it; a hold past a fork does not count; the golden
-hold entry is the bytes in ``tests/vectors/hold_entry.json``.
+hold entry is the bytes in ``tests/vectors/ledger/hold_entry.json``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from python_peer.ledger_store import native_verify
 from tests.support.holds import hold_vector
 from tests.support.ledger import RULES, T0, Log, cosign, grant, ids
 
-VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "hold_entry.json"
+VECTOR = Path(__file__).resolve().parents[1] / "vectors" / "ledger" / "hold_entry.json"
 CLIENT, SERVER, OTHER = ids(3, 500)
 SESSION = "ab" * 16
 MODEL = "smollm2-135m"

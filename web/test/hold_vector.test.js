@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * The golden hold entry (tests/vectors/hold_entry.json, written by Python's `tests/support/holds.py`):
+ * The golden hold entry (tests/vectors/ledger/hold_entry.json, written by Python's `tests/support/holds.py`):
  * its signing bytes, hash and author's signature, checked here with the browser's own canonical JSON
  * and WebCrypto, equal Python's; altering its amount breaks the signature.
  */
@@ -11,7 +11,7 @@ import { test } from 'node:test';
 
 import { SignatureError, signingBytes, toHex, verify } from '../src/identity/identity.js';
 
-const VECTOR = new URL('../../tests/vectors/hold_entry.json', import.meta.url);
+const VECTOR = new URL('../../tests/vectors/ledger/hold_entry.json', import.meta.url);
 const ENTRY_CONTEXT = 'ai4all/ledger/entry/v1';
 
 test('the golden hold entry: signing bytes, hash and signature as Python made them', async () => {
