@@ -62,8 +62,9 @@ def push_frame(entries: list[dict[str, Any]]) -> Frame:
 
 
 def hold_vector() -> dict[str, Any]:
-    """The golden hold entry (``tests/vectors/ledger/hold_entry.json``): the golden identity's seq 2, after its
-    golden grant, promising a fixed server 10.5 credits; fixed keys and times, so always the same bytes."""
+    """The golden hold entry (``tests/vectors/ledger/hold_entry.json``): the golden identity's seq 2,
+    after its golden grant, promising a fixed server 10.5 credits; fixed keys and times, so always the
+    same bytes."""
     server = Identity.from_seed(bytes(range(1, 33))).peer_id
     body = Hold(bytes(range(16)).hex(), server, "SmolLM2-135M-Instruct", 0, 10, 10_500, T0 + 601_000)
     prev = "8ae95e7c38567a93d3f8f00c88a186c11e134dc06a17bc49ded354c53454756a"  # the golden grant
