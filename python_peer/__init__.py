@@ -22,8 +22,9 @@
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served).
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
-- ``link_ledger.py``    the ledger exchange, one object per side: ``ClientExchange`` (push, countersign,
-                        gossip cadence), ``ServerExchange`` (receipts once, gossip answers), and
+- ``link_ledger.py``    the ledger exchange, one object per side: ``ClientExchange`` (a hold and a push
+                        before OPEN, countersign, gossip cadence), ``ServerExchange`` (OPEN admitted on a
+                        hold, receipts once, gossip answers), and
                         ``SignalingExchange`` (ledger gossip through signaling).
 - ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer`` (owning its
                         ``SpanGate`` from construction), a client.

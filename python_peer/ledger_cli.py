@@ -103,6 +103,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     from python_peer.core.economics import format_units
     from python_peer.core.entries import ForkProof, Grant
+    from python_peer.core.holds import Hold
     from python_peer.core.receipts import ReceiptBody
 
     store, peer_id = _open(args)
@@ -126,6 +127,10 @@ def run_show(args: argparse.Namespace) -> int:
             what = f"{role} {r.model} [{r.start}, {r.end}) x {r.tokens} tok, with {other[:12]}…"
         elif isinstance(body, ForkProof):
             what = f"fork proof: {body.author[:12]}… at seq {body.seq}"
+        elif isinstance(body, Hold):
+            consumed = (entry.author, *body.key) in report.consumed
+            state = "paid by its receipt" if consumed else f"until {_when(body.expires)}"
+            what = f"hold {format_units(body.amount)} credits for {body.model} [{body.start}, {body.end}) at {body.server[:12]}…, {state}"
         else:
             what = ""
         credited = ""
@@ -158,6 +163,9 @@ def _credited(settled: Settlement, fmt: Any) -> str:
 def _breakdown(report: LedgerReport, peer_id: str, fmt: Any) -> Any:
     from rich.table import Table
 
+    from python_peer.core.holds import held_units
+    from python_peer.ledger_store import now_ms
+
     account = report.accounts.get(peer_id)
     table = Table(title="balance", title_justify="left", show_header=False)
     table.add_column("item")
@@ -176,6 +184,7 @@ def _breakdown(report: LedgerReport, peer_id: str, fmt: Any) -> Any:
     for label, units in rows:
         table.add_row(label, fmt(units))
     table.add_row("[bold]balance[/bold]", f"[bold]{fmt(account.balance)}[/bold]")
+    table.add_row("held for open sessions", fmt(held_units(report, peer_id, now_ms())))
     table.add_row("block-tokens served", f"{account.served_block_tokens:,}")
     table.add_row("receipts served / paid", f"{account.receipts_served} / {account.receipts_paid}")
     if account.forked_at is not None:

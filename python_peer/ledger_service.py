@@ -87,6 +87,34 @@ class LedgerService:
         """Raise ``PaymentRequiredError`` (balance and price in the message) unless ``client`` can pay."""
         return self.store.require_payment(client, blocks, tokens, outstanding)
 
+    def hold(self, server: str, session: bytes, model: str, start: int, end: int, tokens: int) -> Entry:
+        """The client's side before OPEN: append the hold for ``session`` on ``server``
+        (``ChainStore.append_hold``; ``PaymentRequiredError`` when it would not fit our balance)."""
+        return self.store.append_hold(
+            self.identity,
+            server=server,
+            session=session.hex(),
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+        )
+
+    def require_hold(
+        self, client: str, hold: object, *, session: bytes, model: str, start: int, end: int, tokens: int
+    ) -> Quote:
+        """The server's check at OPEN (``ChainStore.require_hold``) for a session on this node."""
+        return self.store.require_hold(
+            client,
+            hold,
+            server=self.peer_id,
+            session=session.hex(),
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+        )
+
     # --- after a session: the receipt ------------------------------------------------------------------
 
     def server_receipt(

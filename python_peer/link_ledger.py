@@ -1,13 +1,16 @@
 """The ledger exchange of a native node, one object per side, over the messages of ``core/ledger_exchange.py``.
 
-``ClientExchange`` (a mesh client's): pushes the node's own log to a peer before its first session there,
-countersigns and returns the receipt a peer proposes at CLOSE, then runs an anti-entropy exchange with
-that peer over the same link, in the background, at most once per peer per ``gossip_every_s`` and at
-most ``max_requests`` requests each time.
+``ClientExchange`` (a mesh client's): before each session on a peer, appends a hold for it to the
+node's own log and pushes the log there (the hold's hash goes in OPEN: ``core/holds.py``); countersigns
+and returns the receipt a peer proposes at CLOSE, then runs an anti-entropy exchange with that peer over
+the same link, in the background, at most once per peer per ``gossip_every_s`` and at most
+``max_requests`` requests each time.
 
-``ServerExchange`` (a span server's): stores a client's pushed entries, proposes the receipt of a closed
-session, records the countersigned receipt exactly once (a forged or replayed frame is refused and the
-genuine one stays recordable), and answers gossip with the replies of its session with that client.
+``ServerExchange`` (a span server's): stores a client's pushed entries, admits a session at OPEN only on
+a hold that pays for it (once: a hold replayed for a second OPEN is refused), proposes the receipt of a
+closed session, records the countersigned receipt exactly once (a forged or replayed frame is refused
+and the genuine one stays recordable), and answers gossip with the replies of its session with that
+client.
 
 ``SignalingExchange`` (every node's): ledger gossip carried by signaling, for peers that share no link.
 
@@ -19,11 +22,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from python_peer.core.errors import LedgerError
+from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.ledger_exchange import (
     ExchangeError,
     PushRequest,
@@ -41,15 +44,18 @@ from python_peer.core.ledger_exchange import (
     receipt_answer,
     receipt_request,
 )
-from python_peer.core.protocol import LEDGER_SIGNAL, MAX_PENDING_RECEIPTS
+from python_peer.core.protocol import LEDGER_SIGNAL, MAX_PENDING_RECEIPTS, PUSH_ENTRIES
 from python_peer.core.receipts import Receipt
 from python_peer.core.wire import ErrorCode, Frame, FrameType
 
 from .errors import PeerError
 from .hop import HOP_FAILURES, HopClient, Refusal
 from .ledger_service import CHANNEL_GOSSIP, LedgerService
+from .ledger_store import now_ms
 
 log = logging.getLogger(__name__)
+
+MAX_ADMITTED_HOLDS = 4096  # holds a server remembers having opened a session on (each opens one)
 
 
 def _from_peer(peer_id: str, exc: ExchangeError) -> PeerError:
@@ -109,6 +115,31 @@ class ClientExchange:
         except ExchangeError as exc:  # the push went through; what it says about it is only a count
             log.info("peer %s: %s", peer_id[:8], exc)
             return 0
+
+    async def hold(
+        self, peer_id: str, hop: HopClient, session: bytes, *, model: str, start: int, end: int, tokens: int
+    ) -> str:
+        """Before OPEN: append a hold paying ``peer_id`` for ``session`` to our own log (refused here,
+        ``PaymentRequiredError``, when our open holds would exceed what we can spend), push our log so the
+        peer holds it up to the hold, and return the hold's hash for OPEN's ``hold``. A log longer than
+        one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an anti-entropy
+        exchange first, unless one ran less than ``gossip_every_s`` ago (the peer then lacks at most the
+        few entries written since, which the push carries)."""
+        entry = await asyncio.to_thread(self.ledger.hold, peer_id, session, model, start, end, tokens)
+        now = asyncio.get_running_loop().time()
+        last = self.gossiped.get(peer_id)
+        recent = last is not None and now - last < (self.gossip_every_s or 30.0)
+        if entry.seq > PUSH_ENTRIES and not recent:
+            self.gossiped[peer_id] = now
+            await gossip_exchange(
+                self.ledger,
+                peer_id,
+                hop,
+                timeout=self.request_timeout_s,
+                max_requests=self.gossip_max_requests,
+            )
+        await self.push(peer_id, hop)
+        return entry.hash
 
     async def settle(
         self,
@@ -196,10 +227,54 @@ class ServerExchange:
         self.ledger = ledger
         self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
         self._recording: set[str] = set()  # receipts being recorded now
+        # hold hash -> (client:session it opened, when the hold expires): each hold opens one session
+        self._admitted: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._expiry: dict[str, int] = {}  # client:session -> when the hold that opened it expires
 
     @staticmethod
     def _key(client: str, session: bytes) -> str:
         return f"{client}:{session.hex()}"
+
+    async def admit(
+        self, client: str, session: bytes, hold: object, *, model: str, start: int, end: int, tokens: int
+    ) -> int:
+        """OPEN's payment check: ``client``'s hold ``hold`` (the entry hash OPEN names) is in its log here,
+        pays for exactly this session on this peer, covers the price, has not opened a session before,
+        and all the client's open holds fit what it can spend (``ChainStore.require_hold``). Returns the
+        price; raises ``PaymentRequiredError`` saying which rule failed."""
+        if not isinstance(hold, str):
+            raise PaymentRequiredError(
+                f"client {client[:12]}…: OPEN must name the hold (its entry hash) that pays for this session"
+            )
+        if hold in self._admitted:
+            raise PaymentRequiredError(
+                f"client {client[:12]}…: its hold {hold[:12]}… has already opened a session here; "
+                "each session needs a hold of its own"
+            )
+        quote = await asyncio.to_thread(
+            self.ledger.require_hold,
+            client,
+            hold,
+            session=session,
+            model=model,
+            start=start,
+            end=end,
+            tokens=tokens,
+        )
+        if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
+            raise PaymentRequiredError(f"client {client[:12]}…: its hold {hold[:12]}… is already in use")
+        key = self._key(client, session)
+        self._admitted[hold] = (key, quote.hold_expires)
+        self._expiry[key] = quote.hold_expires
+        while len(self._admitted) > MAX_ADMITTED_HOLDS:
+            self._expiry.pop(self._admitted.popitem(last=False)[1][0], None)
+        return quote.price
+
+    def hold_expired(self, client: str, session: bytes, now: int | None = None) -> bool:
+        """Whether the hold that opened ``client``'s ``session`` here has expired: the session then stops,
+        since the client may promise those credits elsewhere."""
+        until = self._expiry.get(self._key(client, session))
+        return until is not None and until <= (now_ms() if now is None else now)
 
     async def propose(
         self, client: str, session: bytes, *, model: str, start: int, end: int, tokens: int

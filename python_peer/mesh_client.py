@@ -13,11 +13,11 @@ A dead peer costs a client at most ``connect_timeout_s`` (no link) or ``open_tim
 OPEN; a dead link is noticed sooner, by the pings of ``rpc.RpcClient.call``), and at most
 ``max_failovers`` peers are tried per session.
 
-With a ledger, its ``link_ledger.ClientExchange`` pushes the client's own log to a peer before its first
-session there and countersigns the receipt the peer proposes at CLOSE. Once that receipt is recorded, it
-runs an anti-entropy exchange with the peer over the same link (at most once per peer per
-``gossip_every_s``, in the background): both sides pull the entries they lack, third parties' included,
-without waiting for gossip through signaling.
+With a ledger, its ``link_ledger.ClientExchange`` writes a hold for each session in the client's own log
+and pushes the log to the peer before OPEN (which names the hold: ``core/holds.py``), and countersigns
+the receipt the peer proposes at CLOSE. Once that receipt is recorded, it runs an anti-entropy exchange
+with the peer over the same link (at most once per peer per ``gossip_every_s``, in the background): both
+sides pull the entries they lack, third parties' included, without waiting for gossip through signaling.
 
 A hop is a ``hop.HopClient``: an ``RpcClient`` over a WebRTC link, or, for the span of a peer that runs
 this client itself (``local``), a ``LocalHop`` calling its ``FrameHandler`` in-process.
@@ -211,9 +211,6 @@ class MeshClient:
                 self.rtts[peer_id] = await asyncio.wait_for(link.ping(), self.config.connect_timeout_s)
             except HOP_FAILURES as exc:
                 log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
-            if self.exchange is not None:
-                # The peer judges our balance from the entries it holds: make sure it holds ours.
-                await self.exchange.push(peer_id, rpc)
             return rpc
 
     def _local_hop(self, peer_id: str, handler: FrameHandler) -> HopClient:
@@ -223,6 +220,22 @@ class MeshClient:
             self._rpcs[peer_id] = hop
             self.rtts[peer_id] = 0.0
         return hop
+
+    async def hold(self, hop: _Hop, tokens: int) -> str | None:
+        """With a ledger, the hash of a new hold paying ``hop``'s peer for its session (``tokens`` token
+        positions at most), our log pushed there (``ClientExchange.hold``); None for this node's own span
+        (reached in process, free)."""
+        if self.exchange is None or (self.local is not None and hop.peer_id == self.signal.peer_id):
+            return None
+        return await self.exchange.hold(
+            hop.peer_id,
+            hop.rpc,
+            hop.session,
+            model=self.model,
+            start=hop.start,
+            end=hop.end,
+            tokens=tokens,
+        )
 
     def gossip_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
         """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
@@ -323,18 +336,17 @@ class MeshSession:
                 for cand in route:
                     current = cand.peer_id
                     hop = _Hop(cand.peer_id, cand.start, cand.end, await self.client.rpc(cand.peer_id))
-                    open_frame = Frame(
-                        FrameType.OPEN,
-                        hop.session,
-                        0,
-                        meta={
-                            "model": self.client.model,
-                            "start": hop.start,
-                            "end": hop.end,
-                            "batch": self.batch,
-                            "max_length": self.max_length,
-                        },
-                    )
+                    meta = {
+                        "model": self.client.model,
+                        "start": hop.start,
+                        "end": hop.end,
+                        "batch": self.batch,
+                        "max_length": self.max_length,
+                    }
+                    hold = await self.client.hold(hop, self.batch * self.max_length)
+                    if hold is not None:
+                        meta["hold"] = hold
+                    open_frame = Frame(FrameType.OPEN, hop.session, 0, meta=meta)
                     await hop.rpc.call(open_frame, self.client.open_timeout_s)
                     hop.next_step = 0
                     hops.append(hop)

@@ -6,7 +6,8 @@ KV memory for a session (refused with a clear error when the budget is full), FO
 CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
 
-With a ledger, OPEN is refused (``payment_required``) to a client that cannot pay, CLOSE proposes the
+With a ledger, OPEN is refused (``payment_required``) unless it names a hold in the client's log that
+pays for the session and fits the client's balance with its other open holds, CLOSE proposes the
 receipt of the work done, and GOSSIP frames carry the ledger exchange (``link_ledger.ServerExchange``).
 A ``SpanServer`` is a ``hop.FrameHandler``: links (``rpc.serve_link``) and in-process hops call it alike.
 """
@@ -194,13 +195,18 @@ class SpanServer:
         if key in self.sessions:
             raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         price = 0
-        if self.ledger is not None and is_peer_id(client):
-            # The client pays for what it may use; its other open sessions here are already spoken for.
-            outstanding = sum(s.price for s in self.sessions.values() if s.client == client)
-            quote = await asyncio.to_thread(
-                self.ledger.require_payment, client, len(self.span), batch * max_length, outstanding
+        if self.exchange is not None and is_peer_id(client):
+            # The client pays for what it may use, through a hold in its own log that pays for this session
+            # and fits its balance with all its other open holds, at every peer (``core/holds.py``).
+            price = await self.exchange.admit(
+                client,
+                frame.session,
+                meta.get("hold"),
+                model=self.model,
+                start=self.span.start,
+                end=self.span.end,
+                tokens=batch * max_length,
             )
-            price = quote.price
             if key in self.sessions:
                 raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         self.evict_idle()

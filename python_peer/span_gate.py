@@ -2,7 +2,8 @@
 
 A ``SpanGate`` is the ``hop.FrameHandler`` a ``Peer`` serves every link (and its API's in-process hops)
 through. OPEN goes to the current ``SpanServer``, or is refused while the peer is paused; every other
-frame of a session goes to the server that opened it. Swapping in a server for a new span keeps the old
+frame of a session goes to the server that opened it, and FORWARD is refused (``payment_required``) once
+the hold that paid for the session has expired. Swapping in a server for a new span keeps the old
 one answering its open sessions (and their receipts) until they are done and ``RETIRED_GRACE_S`` more
 has passed; then it is unloaded.
 """
@@ -99,6 +100,18 @@ class SpanGate:
                     self._routes.popitem(last=False)
             return answer
         server = self._routes.get(key, self.server)
+        if (
+            frame.type is FrameType.FORWARD
+            and server.exchange is not None
+            and server.exchange.hold_expired(client, frame.session)
+        ):
+            return error_frame(
+                frame.session,
+                frame.step,
+                ErrorCode.PAYMENT_REQUIRED,
+                "the hold that pays for this session has expired (its credits may be promised elsewhere "
+                "now): open a new session",
+            )
         answer = await server.handle(client, frame)
         if frame.type is FrameType.GOSSIP and frame.meta.get("kind") == RECEIPT:
             self._routes.pop(key, None)  # the session's last frame

@@ -29,6 +29,7 @@ from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
+from tests.support.holds import hold_for
 from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
 from tests.support.procs import Node, PeerProc, run_cli
 
@@ -152,6 +153,11 @@ async def test_a_forged_receipt_does_not_keep_the_genuine_one_from_being_recorde
     async with raw_link(mesh, "p1-3") as (ledger, rpc):
         session = b"\x07" * 16
         opening = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": 8}
+        opening = hold_for(ledger, server, session, opening)  # a hold that pays for it, pushed
+        push = Frame(
+            FrameType.GOSSIP, b"\x0a" * 16, 0, meta={"kind": "push", "entries": ledger.own_entries()}
+        )
+        assert (await rpc.call(push, 5)).meta == {"stored": 1}
         await rpc.call(Frame(FrameType.OPEN, session, 0, meta=opening), 5)
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
         tensors = (
@@ -221,4 +227,6 @@ async def test_malformed_gossip_requests_are_answered_without_harm(mesh: Mesh) -
         assert await gossip_exchange(ledger, server, rpc, timeout=5) >= 3
         assert ledger.store.head(server) is not None
         opening = {"model": load_manifest(mesh.model).name, "start": 3, "end": 4, "batch": 1, "max_length": 4}
+        opening = hold_for(ledger, server, b"\x08" * 16, opening)  # the hold reaches the peer by gossip too
+        assert await gossip_exchange(ledger, server, rpc, timeout=5) >= 1
         assert (await rpc.call(Frame(FrameType.OPEN, b"\x08" * 16, 0, meta=opening), 5)).meta["opened"]

@@ -35,6 +35,7 @@ from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.rules import check_body, check_fork_proof
 from python_peer.core.signature_claims import Claim, KnownSignatures, signature_claims
 from python_peer.identity import Identity
+from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LedgerStore, native_verify
 from tests.support.ledger import (
     GOLDEN,
@@ -685,3 +686,35 @@ def test_a_second_tab_catches_up_before_signing() -> None:
     other = cosign(client, first.identity).to_dict()
     (entry,) = second.sign("receipt", {"body": other}, second.verified("receipt", other))
     assert entry["seq"] == 3 and second.call("forks") == {}
+
+
+def test_the_facade_writes_and_admits_holds_like_the_native_peer() -> None:
+    """The browser writes its hold in two steps like any own entry, a native store accepts it, and a
+    browser server admits holds by the same rule (``holds.admit_hold``): one within the balance, not a
+    second of the same credits."""
+    browser = FakeBrowser()
+    browser.grant()
+    server = Identity.generate().peer_id
+    terms = {"server": server, "session": "ab" * 16, "model": "m", "start": 0, "end": 4, "tokens": 4975}
+    (entry,) = browser.sign("hold", {"terms": terms})  # 1000 + 4 x 4975 x 10 = 200 000: the whole grant
+    assert entry["body"]["amount"] == 200_000 and entry["body"]["kind"] == "hold"
+    hold_hash = browser.call("entry_hash", entry=entry)
+    native = LedgerStore.open(None, rules=RULES)
+    native.insert_many([Entry.from_dict(e) for e in browser.call("own_entries")])
+    assert native.head(browser.identity.peer_id).hash == hold_hash  # type: ignore[union-attr]
+    with pytest.raises(LedgerError) as beyond:
+        browser.sign("hold", {"terms": {**terms, "session": "cd" * 16}})
+    assert beyond.value.code == "payment_required"
+    # a browser serving as ``server`` admits the native client's hold, once its log is pushed
+    client = LedgerService.open(None, Identity.generate())
+    serving = FakeBrowser(Identity.generate())
+    terms = {**terms, "server": serving.identity.peer_id, "tokens": 100}
+    hold = client.hold(serving.identity.peer_id, bytes.fromhex("ab" * 16), "m", 0, 4, 100)
+    serving.accept(client.own_entries())
+    check = {"client": client.peer_id, "hold": hold.hash, **{k: v for k, v in terms.items() if k != "tokens"}}
+    quote = serving.call("require_hold", **check, tokens=100)
+    assert quote["price"] == 1000 + 4 * 100 * 10 and quote["hold_expires"] == hold.body.expires  # type: ignore[union-attr]
+    with pytest.raises(LedgerError) as elsewhere:
+        serving.call("require_hold", **{**check, "session": "cd" * 16}, tokens=100)
+    assert elsewhere.value.code == "payment_required"
+    client.close()

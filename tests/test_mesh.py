@@ -40,6 +40,7 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import Link, LinkManager, TransportConfig
+from tests.support.holds import hold_for
 from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
 from tests.support.procs import Node, PeerProc, run_cli
 
@@ -287,6 +288,11 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
             base: dict[str, object] = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": 32}
             return Frame(FrameType.OPEN, session, 0, meta={**base, **meta})
 
+        def holding(session: bytes) -> Frame:
+            """OPEN naming a new hold of our log for ``session`` (pushed before it is sent)."""
+            base: dict[str, object] = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": 32}
+            return Frame(FrameType.OPEN, session, 0, meta=hold_for(ledger, target.peer_id, session, base))
+
         def forward(session: bytes, step: int, hidden: np.ndarray, mask=None, pos=None) -> Frame:
             seq = hidden.shape[1]
             mask = np.ones((1, seq), dtype=np.int64) if mask is None else mask
@@ -303,14 +309,16 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
             )
 
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
-        # A client the peer knows nothing of has no balance: it is refused, saying the balance and the price.
-        with pytest.raises(PaymentRequiredError, match=r"balance 0\.000 credits does not cover the price"):
-            await rpc.call(opening(good), 5)
+        # A client whose log the peer does not hold is refused: the hold OPEN names is not there.
+        good_open = holding(good)
+        with pytest.raises(PaymentRequiredError, match=r"does not hold the hold .* push the log"):
+            await rpc.call(good_open, 5)
+        bad_open = holding(bad)
         push = Frame(
             FrameType.GOSSIP, b"\x09" * 16, 0, meta={"kind": "push", "entries": ledger.own_entries()}
         )
-        assert (await rpc.call(push, 5)).meta == {"stored": 1}  # the starter grant
-        await rpc.call(opening(good), 5)
+        assert (await rpc.call(push, 5)).meta == {"stored": 3}  # the starter grant and the two holds
+        await rpc.call(good_open, 5)
         reference = await rpc.call(forward(good, 0, hidden), 5)
 
         with pytest.raises(SessionRefusedError, match=r"blocks 1-3, not .* blocks 0-4"):
@@ -319,7 +327,7 @@ async def test_bad_input_to_a_peer_gets_typed_errors_and_harms_no_other_session(
             await rpc.call(opening(bad, batch=0), 5)
         with pytest.raises(UnknownSessionError):
             await rpc.call(forward(bad, 0, hidden), 5)
-        await rpc.call(opening(bad), 5)
+        await rpc.call(bad_open, 5)
         with pytest.raises(OutOfOrderError, match="step 3 arrived, step 0 was expected"):
             await rpc.call(forward(bad, 3, hidden), 5)
         with pytest.raises(RemoteBadShapeError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from .canonical import MAX_SAFE_INT
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
 from .entries import Entry, ForkProof, Grant
+from .holds import HeldCredits, collect_holds
 from .ledger_fields import Rejection, Verify
 from .receipts import Receipt, ReceiptBody
 from .rules import check_body, check_link
@@ -101,6 +102,10 @@ class LedgerReport:
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: frozenset[str]  # hashes of entries in counting positions
     settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
+    # holds in counting positions (author -> in seq order) and the (client, server, session) of every
+    # counted receipt, which consumes the hold of that session (``holds.py``); holds move no credits
+    holds: dict[str, list[HeldCredits]] = field(default_factory=dict)
+    consumed: frozenset[tuple[str, str, str]] = frozenset()
 
     @property
     def balances(self) -> dict[str, int]:
@@ -251,7 +256,9 @@ def compute(
       (``Settlement``); at the end of each UTC hour, a server whose paid block-tokens that hour reach the
       threshold gets the uptime bonus; at the end of each UTC day, the rarity bonus of that day's paid
       receipts (a receipt that paid no more than the base fee counts for no one), in the same proportion;
-    - every credit is capped at ``balance_cap``.
+    - every credit is capped at ``balance_cap``;
+    - holds move no credits: the report lists each author's holds in counting positions (``holds``) and
+      the (client, server, session) of every counted receipt (``consumed``), for ``holds.py``.
 
     Only grants and bonuses create credits; a receipt moves at most what its client had (docs/trust.md).
     """
@@ -380,7 +387,16 @@ def compute(
                 settled[r.id] = replace(s, rarity_bonus=bonus)
                 account(r.server).rarity_bonus += bonus
                 defer(r.server, at, bonus)
-    return LedgerReport(accounts, ignored, forks, frozenset(e.hash for e in counted), settled)
+    consumed = frozenset((r.client, r.server, r.session) for r in receipts)
+    return LedgerReport(
+        accounts,
+        ignored,
+        forks,
+        frozenset(e.hash for e in counted),
+        settled,
+        collect_holds(counted),
+        consumed,
+    )
 
 
 def balances(

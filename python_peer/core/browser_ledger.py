@@ -306,6 +306,27 @@ class BrowserLedgerCore:
             "forked_at": account.forked_at,
         }
 
+    def require_hold(
+        self,
+        client: str,
+        hold: object,
+        server: str,
+        session: str,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+    ) -> dict[str, Any]:
+        """``ChainStore.require_hold``: a browser span server's check at OPEN (``holds.admit_hold``)."""
+        quote = self.store.require_hold(
+            client, hold, server=server, session=session, model=model, start=start, end=end, tokens=tokens
+        )
+        return {"client": quote.client, "price": quote.price, "hold_expires": quote.hold_expires}
+
+    def entry_hash(self, entry: object) -> str:
+        """The hash of an entry (what OPEN's ``hold`` names, the next entry's ``prev``)."""
+        return Entry.from_dict(entry).hash
+
     def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> dict[str, Any]:
         quote = self.store.require_payment(client, blocks, tokens, outstanding)
         return {
@@ -368,6 +389,8 @@ _METHODS = frozenset(
         "balance",
         "account",
         "require_payment",
+        "require_hold",
+        "entry_hash",
         "log",
         "stats",
         "heads",

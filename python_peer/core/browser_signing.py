@@ -126,8 +126,11 @@ class PresignedSigner:
         return signature
 
 
+_HOLD_TERMS = frozenset({"server", "session", "model", "start", "end", "tokens"})
+
+
 def signing_operation(store: MemoryStore, op: str, args: dict[str, Any]) -> Callable[[Any], list[Entry]]:
-    """The store operation ``op`` (grant, receipt, fork_proofs, append) with ``args``, given a signer."""
+    """The store operation ``op`` (grant, receipt, fork_proofs, hold, append) with ``args``, given a signer."""
     if op == "grant":
         nonce = args.get("nonce")
         if isinstance(nonce, bool) or not isinstance(nonce, int):
@@ -139,6 +142,11 @@ def signing_operation(store: MemoryStore, op: str, args: dict[str, Any]) -> Call
         return lambda signer: [store.append_receipt(signer, body, args["now"])]
     if op == "fork_proofs":
         return lambda signer: store.publish_fork_proofs(signer, args["now"])
+    if op == "hold":
+        terms = args.get("terms")
+        if not isinstance(terms, dict) or set(terms) != _HOLD_TERMS:
+            raise LedgerError(f"a hold needs exactly the terms {', '.join(sorted(_HOLD_TERMS))}")
+        return lambda signer: [store.append_hold(signer, **terms, now=args["now"])]
     if op == "append":
         bodies: list[Body] = [parse_body(b) for b in args.get("bodies") or []]
         return lambda signer: store.append_many(signer, bodies, args["now"])

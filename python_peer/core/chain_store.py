@@ -18,6 +18,7 @@ from .balances import LedgerReport
 from .economics import Rules, can_pay, price
 from .entries import Body, Entry, ForkProof, Grant, next_entry
 from .errors import LedgerError, PaymentRequiredError
+from .holds import admit_hold, own_hold
 from .ledger_fields import Rejection, Verify
 from .proof_of_work import mine_grant
 from .receipts import ReceiptBody
@@ -63,6 +64,7 @@ class Quote:
     standing: int
     outstanding: int = 0
     pending: int = 0
+    hold_expires: int = 0  # with a hold (``require_hold``): when it expires, ms
 
     @property
     def refusal(self) -> str | None:
@@ -303,6 +305,36 @@ class ChainStore(ABC):
                 raise LedgerError("no proof of work found for the starter grant", code="bad_pow")
         return self.append(identity, Grant(nonce), now)
 
+    def append_hold(
+        self,
+        identity: Signer,
+        *,
+        server: str,
+        session: str,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+        now: int | None = None,
+    ) -> Entry:
+        """Append the hold an honest client writes before OPEN (``holds.own_hold``), checked against
+        its open holds under the store's lock, so two holds written at once each see the other."""
+        clock = wall_clock_ms() if now is None else now
+        with self._lock:
+            body = own_hold(
+                self.report(),
+                identity.peer_id,
+                server=server,
+                session=session,
+                model=model,
+                start=start,
+                end=end,
+                tokens=tokens,
+                now=clock,
+                rules=self.rules,
+            )
+            return self.append(identity, body, clock)
+
     def unpublished_fork_proofs(self, author: str, limit: int = 8) -> list[ForkProof]:
         """Proofs of the known forks (of others) that ``author``'s log does not carry yet."""
         with self._lock:
@@ -346,6 +378,45 @@ class ChainStore(ABC):
         if quote.refusal is not None:
             raise PaymentRequiredError(f"client {client[:12]}…: {quote.refusal}")
         return quote
+
+    def require_hold(
+        self,
+        client: str,
+        hold: object,
+        *,
+        server: str,
+        session: str,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+        now: int | None = None,
+    ) -> Quote:
+        """A server's check at OPEN (``holds.admit_hold``): ``client``'s hold ``hold`` (an entry hash) is
+        held here, pays for exactly this session and covers its price, and all the client's open holds
+        fit what it can spend. Raises ``PaymentRequiredError`` naming the rule that failed."""
+        clock = wall_clock_ms() if now is None else now
+        report = self.report()
+        standing = report.standing(client)
+        cost = price(end - start, tokens, standing, self.rules)
+        try:
+            held = admit_hold(
+                report,
+                client,
+                hold,
+                server=server,
+                session=session,
+                model=model,
+                start=start,
+                end=end,
+                price=cost,
+                now=clock,
+            )
+        except LedgerError as exc:
+            raise PaymentRequiredError(str(exc)) from None
+        balance = report.balance(client)
+        pending = balance - report.spendable(client, clock)
+        return Quote(client, balance, cost, standing, 0, pending, held.hold.expires)
 
 
 def wall_clock_ms() -> int:

@@ -164,8 +164,10 @@ class MemoryStore(ChainStore):
             key = entry.author
         elif isinstance(body, ReceiptBody):
             table, key = self._receipts.setdefault(entry.author, {}), body.receipt.id
-        else:
+        elif isinstance(body, ForkProof):
             table, key = self._proofs.setdefault(entry.author, {}), body.author
+        else:  # a hold: nothing to count
+            return
         count = table.get(key, 0) + step
         if count:
             table[key] = count

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from .economics import DEFAULT_RULES, Rules
 from .entries import MAX_ENTRY_BYTES, MAX_FORK_PROOF_BYTES, Entry, ForkProof, Grant
+from .holds import Hold, check_hold
 from .ledger_fields import MAX_FUTURE_MS, Rejection, Verify, verified
 from .proof_of_work import pow_bits
 from .receipts import ReceiptBody
@@ -55,6 +56,8 @@ def check_body(entry: Entry, verify: Verify, rules: Rules = DEFAULT_RULES) -> Re
             return Rejection(
                 "bad_signature", f"server {r.server[:12]}…'s signature does not match this receipt"
             )
+    elif isinstance(body, Hold):
+        return check_hold(entry.author, entry.time, body)
     else:
         return check_fork_proof(body, verify)
     return None

@@ -62,6 +62,7 @@ from tests.support.browser_node import (
     mesh_run,
     wait_listed,
 )
+from tests.support.holds import hold_for
 from tests.support.loop_thread import LoopThread
 from tests.support.procs import Node, PeerProc
 from tests.support.static_server import WebServer
@@ -304,19 +305,25 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
         def gossip(meta: dict[str, Any], session: bytes = b"\x09" * 16) -> Frame:
             return Frame(FrameType.GOSSIP, session, 0, meta=meta)
 
+        def holding(session: bytes) -> Frame:
+            """OPEN naming a new hold of our log that pays the browser for ``session``."""
+            base: dict[str, object] = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": 32}
+            return Frame(FrameType.OPEN, session, 0, meta=hold_for(ledger, browser_id, session, base))
+
         assert (await rpc.call(gossip({"kind": "push", "entries": []}), 5)).meta == {"stored": 0}
-        with pytest.raises(PaymentRequiredError, match="balance"):  # the browser knows no grant of ours yet
-            await rpc.call(opening(good), 5)
+        good_open, bad_open, third_open = holding(good), holding(bad), holding(third)
+        with pytest.raises(PaymentRequiredError, match="does not hold the hold"):  # our log is not there yet
+            await rpc.call(good_open, 5)
         own = ledger.own_entries()
-        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 1}
+        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 4}
         assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 0}
         with pytest.raises(RemoteBadFrameError, match="ledger"):
             await rpc.call(gossip({"kind": "push", "entries": "not a list"}), 5)
         with pytest.raises(RemoteBadFrameError, match="ledger"):
-            await rpc.call(gossip({"kind": "push", "entries": own * 65}), 5)
+            await rpc.call(gossip({"kind": "push", "entries": own[:1] * 65}), 5)
         with pytest.raises(RemoteBadFrameError, match="unknown ledger request"):
             await rpc.call(gossip({"kind": "steal"}), 5)
-        opened = await rpc.call(opening(good), 5)
+        opened = await rpc.call(good_open, 5)
         assert opened.meta == {"opened": True, "kv_free_tokens": 32}
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
         reference = await rpc.call(forward(good, 0, hidden), 5)
@@ -329,9 +336,13 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
             await rpc.call(opening(bad, max_length=40000), 5)
         with pytest.raises(UnknownSessionError):
             await rpc.call(forward(bad, 0, hidden), 5)
-        await rpc.call(opening(bad), 5)
+        with pytest.raises(PaymentRequiredError, match="its hold is for session"):
+            await rpc.call(Frame(FrameType.OPEN, bad, 0, meta=third_open.meta), 5)
+        await rpc.call(bad_open, 5)
+        with pytest.raises(PaymentRequiredError, match="already opened a session here"):
+            await rpc.call(Frame(FrameType.OPEN, third, 0, meta=bad_open.meta), 5)
         with pytest.raises(SessionRefusedError, match="KV memory budget full"):
-            await rpc.call(opening(third), 5)
+            await rpc.call(third_open, 5)
         with pytest.raises(OutOfOrderError, match="step 3 arrived, step 0 was expected"):
             await rpc.call(forward(bad, 3, hidden), 5)
         with pytest.raises(RemoteBadShapeError):

@@ -22,6 +22,7 @@ from python_peer.rpc import RpcClient
 from python_peer.tensors import to_wire
 from tests.fast.conftest import ToyMesh, greedy
 from tests.support.fakes import MemoryNetwork
+from tests.support.holds import open_meta, write_hold
 
 
 def receipts(ledger: LedgerService, author: str) -> list[Receipt]:
@@ -79,10 +80,11 @@ async def test_forged_and_replayed_receipts_are_refused_and_the_genuine_one_reco
     mine = make_ledger()
     rpc = RpcClient(await m.network.connect(mine.peer_id, server))
     try:
-        push = Frame(FrameType.GOSSIP, b"\x01" * 16, 0, meta=lx.push_request(mine.own_entries()))
-        assert lx.parse_push_answer((await rpc.call(push, 5)).meta) == 1
         session = b"\x07" * 16
-        meta = {"model": m.manifest.name, "start": 1, "end": 3, "batch": 1, "max_length": 8}
+        hold = write_hold(mine, server, session, m.manifest.name, 1, 3, 8)
+        push = Frame(FrameType.GOSSIP, b"\x01" * 16, 0, meta=lx.push_request(mine.own_entries()))
+        assert lx.parse_push_answer((await rpc.call(push, 5)).meta) == 2
+        meta = open_meta(m.manifest.name, 1, 3, 1, 8, hold.hash)
         await rpc.call(Frame(FrameType.OPEN, session, 0, meta=meta), 5)
         await rpc.call(_forward(session, 0, 3, int(m.manifest.config["hidden_size"])), 5)
         closed = await rpc.call(Frame(FrameType.CLOSE, session, 1), 5)

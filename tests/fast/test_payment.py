@@ -13,6 +13,7 @@ from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import MeshError
 from python_peer.rpc import RpcClient
 from tests.fast.conftest import ToyMesh, greedy
+from tests.support.holds import open_meta, push_frame, write_hold
 
 REFUSAL = r"balance 0\.000 credits does not cover the price of \d+\.\d{3} credits"
 
@@ -42,14 +43,18 @@ async def test_the_refusal_is_an_error_frame_with_its_code(
     poor = make_ledger(grant=False)
     rpc = RpcClient(await m.network.connect(poor.peer_id, server))
     try:
-        meta = {"model": m.manifest.name, "start": 1, "end": 3, "batch": 1, "max_length": 8}
+        # A client with nothing writes a hold anyway (the protocol lets it) and pushes it: refused.
+        hold = write_hold(poor, server, b"\x01" * 16, m.manifest.name, 1, 3, 8)
+        assert (await rpc.call(push_frame(poor.own_entries()), 5)).meta == {"stored": 1}
+        meta = open_meta(m.manifest.name, 1, 3, 1, 8, hold.hash)
         with pytest.raises(PaymentRequiredError, match=REFUSAL):
             await rpc.call(Frame(FrameType.OPEN, b"\x01" * 16, 0, meta=meta), 5)
-        # The same client, once its grant is on its log and pushed, opens the session.
+        # The same request with a grant on the log, a hold for its session and both pushed opens.
         rich = make_ledger()
         rpc_rich = RpcClient(await m.network.connect(rich.peer_id, server))
-        push = Frame(FrameType.GOSSIP, b"\x02" * 16, 0, meta={"kind": "push", "entries": rich.own_entries()})
-        assert (await rpc_rich.call(push, 5)).meta == {"stored": 1}
+        hold = write_hold(rich, server, b"\x03" * 16, m.manifest.name, 1, 3, 8)
+        assert (await rpc_rich.call(push_frame(rich.own_entries()), 5)).meta == {"stored": 2}
+        meta = open_meta(m.manifest.name, 1, 3, 1, 8, hold.hash)
         opened = await rpc_rich.call(Frame(FrameType.OPEN, b"\x03" * 16, 0, meta=meta), 5)
         assert opened.meta["opened"] is True
         await rpc_rich.aclose()

@@ -193,3 +193,43 @@ test("a server's refusals: Python's messages, answered bad_frame by the span ser
   // The gossip answer keeps Python's replies: as many as fit one frame.
   assert.deepEqual(await server.answer(CLIENT, KEY, { kind: 'gossip', msg: { n: 3 } }), { replies: [{ kind: 'ack', n: 3 }] });
 });
+
+test('before OPEN: a hold for the peer and the session is written, then the log pushed; its hash returned', async () => {
+  const server = new ServerExchange({ ledger: serverLedger() });
+  /** @type {any[]} */
+  const sent = [];
+  /** @type {string[]} */
+  const order = [];
+  /** @type {any[]} */
+  const holds = [];
+  const ledger = {
+    ...clientLedger(),
+    ownEntries: async () => {
+      order.push('push');
+      return [{ seq: 1 }, { seq: 2 }];
+    },
+    /** @param {any} terms */
+    hold: async (terms) => {
+      order.push('hold');
+      holds.push(terms);
+      return 'ab'.repeat(32);
+    },
+  };
+  const client = new ClientExchange({ ledger, send: sendTo(server, sent), config: CONFIG, log: quiet });
+  const session = new Uint8Array(16).fill(7);
+  const terms = { session, model: 'm', start: 0, end: 2, tokens: 64 };
+  assert.equal(await client.hold({ remoteId: SERVER }, terms), 'ab'.repeat(32));
+  assert.deepEqual(holds, [{ ...terms, server: SERVER }]);
+  assert.deepEqual(order, ['hold', 'push']); // the peer gets the log with the hold in it
+  assert.equal(sent.length, 1);
+  assert.equal(sent[0].meta.kind, 'push');
+  // a refusal of our own ledger (a hold beyond our balance) reaches the caller, and nothing is sent
+  const poor = { ...ledger, hold: async () => Promise.reject(Object.assign(new Error('balance 0 does not cover'), { code: 'payment_required' })) };
+  const refusing = new ClientExchange({ ledger: poor, send: sendTo(server, sent), config: CONFIG, log: quiet });
+  await assert.rejects(refusing.hold({ remoteId: SERVER }, terms), (err) => /** @type {any} */ (err).code === 'payment_required');
+  assert.equal(sent.length, 1);
+  // without a ledger: no hold, nothing sent
+  const none = new ClientExchange({ ledger: null, send: sendTo(server, sent), config: CONFIG, log: quiet });
+  assert.equal(await none.hold({ remoteId: SERVER }, terms), null);
+  assert.equal(sent.length, 1);
+});

@@ -109,8 +109,8 @@ test('no replacement left: the generation fails with MeshError naming the last f
 test('a peer that refuses payment stops the generation with MeshError (no failover)', async () => {
   const mesh = new FakeMesh();
   const refusing = {
-    codec: {}, // never reached: OPEN is refused before any ledger message
-    requirePayment: () => {
+    codec: {}, // never reached: OPEN is refused before any ledger message (the client keeps no ledger: no hold)
+    requireHold: () => {
       throw Object.assign(new Error('balance 0 does not cover 12 units'), { code: 'payment_required' });
     },
     acceptEntries: () => 0,

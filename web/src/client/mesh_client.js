@@ -17,7 +17,8 @@
  *
  * The ledger exchange on the links is `ClientExchange`'s (`web/src/ledger/exchange.js`, its messages
  * built and parsed by `python_peer/core/ledger_exchange.py`): the client pushes its own log to a peer
- * before its first session there; after CLOSE, a peer that keeps a ledger proposes a receipt, which the
+ * when it connects, and before each OPEN writes a hold paying that peer for the session in its log,
+ * pushes the log again and names the hold in OPEN (`python_peer/core/holds.py`); after CLOSE, a peer that keeps a ledger proposes a receipt, which the
  * client checks, countersigns with its `BrowserLedger` and returns; once a receipt is recorded, the
  * client runs a ledger gossip exchange with that peer over the same link (at most once per peer per
  * `gossipEveryMs`, in the background). With `ledger: null` the client pushes nothing and countersigns

@@ -76,7 +76,11 @@ export class MeshSession {
         for (const cand of route) {
           current = cand.peerId;
           const hop = new Hop(client, cand.peerId, cand.start, cand.end, await client.rpc(cand.peerId));
+          /** @type {{[key: string]: string | number}} */
           const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
+          const tokens = this.batch * this.maxLength;
+          const hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
+          if (hold !== null) meta.hold = hold;
           const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
           await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
           hops.push(hop);
@@ -91,7 +95,8 @@ export class MeshSession {
         }
         return hops;
       } catch (err) {
-        if (err instanceof PaymentRequiredError) {
+        // a peer's refusal, or our own ledger's before any peer is asked (a hold beyond our balance)
+        if (err instanceof PaymentRequiredError || /** @type {{code?: unknown}} */ (err)?.code === 'payment_required') {
           for (const hop of hops) await this.#closeHop(hop);
           throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${err.message}`, { cause: err });
         }

@@ -2,8 +2,9 @@
 /**
  * The ledger exchange on a session link, one object per side (the mirror of Python's link ledger):
  *
- * - `ClientExchange` (used by `MeshClient`): pushes the client's own log to a peer before its first
- *   session there (GOSSIP `{kind: 'push', entries}` -> `{stored}`), countersigns the receipt a peer
+ * - `ClientExchange` (used by `MeshClient`): before each session, appends a hold paying the peer for it
+ *   to the client's own log and pushes the log there (GOSSIP `{kind: 'push', entries}` -> `{stored}`;
+ *   OPEN names the hold: `python_peer/core/holds.py`), countersigns the receipt a peer
  *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
  *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
  *   peer per `gossipEveryMs` and at most `gossipMaxRequests` requests per exchange.
@@ -72,6 +73,8 @@ function codecOf(ledger, codec) {
  * @property {string} peerId
  * @property {ExchangeCodec} [codec]
  * @property {(limit?: number) => Promise<unknown[]> | unknown[]} ownEntries
+ * @property {(terms: {server: string, session: string | Uint8Array, model: string, start: number, end: number,
+ *   tokens: number}) => Promise<string>} [hold]  appends a hold for one session; resolves to its entry hash
  * @property {(receipt: unknown, serverSig: string, terms: {server: string, session: string, model: string,
  *   start: number, end: number, tokens: number}) => Promise<{receipt: unknown, clientSig: string}>} countersign
  * @property {(peer: string, options: {maxMessageBytes: number}) => Promise<unknown>} [gossipStart]
@@ -127,6 +130,21 @@ export class ClientExchange {
     const entries = await this.ledger.ownEntries();
     const answer = await this.#request(link, this.codec.pushRequest(entries), this.config.requestTimeoutMs);
     return this.#parse(link, 'push', () => /** @type {ExchangeCodec} */ (this.codec).parsePushAnswer(answer.meta));
+  }
+
+  /**
+   * Before OPEN: append a hold paying `link`'s peer for one session to our own log (refused with
+   * PaymentRequiredError when our open holds and it would exceed what we can spend), push our log so the
+   * peer holds it up to the hold, and resolve to the hold's hash for OPEN's `hold`; null without a ledger.
+   * @param {ExchangeLink} link
+   * @param {{session: Uint8Array, model: string, start: number, end: number, tokens: number}} terms
+   * @returns {Promise<string | null>}
+   */
+  async hold(link, terms) {
+    if (this.ledger === null || this.ledger.hold === undefined) return null;
+    const hash = await this.ledger.hold({ ...terms, server: link.remoteId });
+    await this.push(link);
+    return hash;
   }
 
   /**

@@ -362,6 +362,36 @@ export class BrowserLedger {
   // --- entries ----------------------------------------------------------------------------------------
 
   /**
+   * A span server's check at OPEN (`holds.admit_hold`): `client`'s hold `hold` (an entry hash) is held
+   * here, pays for exactly this session on this node and covers its price, and all the client's open
+   * holds fit what it can spend. Throws PaymentRequiredError naming the rule that failed.
+   * @param {string} client
+   * @param {unknown} hold
+   * @param {{session: string | Uint8Array, model: string, start: number, end: number, tokens: number}} terms
+   * @returns {Promise<{price: number, hold_expires: number}>}
+   */
+  requireHold(client, hold, { session, model, start, end, tokens }) {
+    return this.run(async () =>
+      this.call('require_hold', { client, hold, server: this.peerId, session: sessionHex(session), model, start, end, tokens }),
+    );
+  }
+
+  /**
+   * The client's side before OPEN: append a hold of the undiscounted price of `tokens` through
+   * `[start, end)` for `session` on `server` (PaymentRequiredError when this node's open holds and it
+   * would exceed what it can spend); resolves to the hold entry's hash, which OPEN names.
+   * @param {{server: string, session: string | Uint8Array, model: string, start: number, end: number, tokens: number}} terms
+   * @returns {Promise<string>}
+   */
+  hold({ server, session, model, start, end, tokens }) {
+    return this.run(async () => {
+      const terms = { server, session: sessionHex(session), model, start, end, tokens };
+      const [entry] = await this.sign('hold', { terms });
+      return this.call('entry_hash', { entry });
+    });
+  }
+
+  /**
    * The first own entry (the grant) and the latest `limit - 1`: what a client pushes to a peer.
    * @param {number} [limit]
    * @returns {Promise<Entry[]>}

@@ -17,6 +17,7 @@ export const CORE_FILES = Object.freeze([
   'protocol.py',
   'ledger_fields.py',
   'receipts.py',
+  'holds.py',
   'entries.py',
   'proof_of_work.py',
   'rules.py',

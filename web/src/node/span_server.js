@@ -9,9 +9,10 @@
  * code Python would send.
  *
  * With a ledger (`config.ledger`, the node's `BrowserLedger`), sessions are paid for as in Python: OPEN
- * quotes the client's request and answers `payment_required` when its balance (as this node's ledger
- * sees it, minus what its other open sessions here are quoted) does not cover it; FORWARD counts token
- * positions. The ledger exchange on the link (the receipt proposed at CLOSE, the GOSSIP requests: push,
+ * answers `payment_required` unless it names a hold in the client's log (as this node's ledger holds it)
+ * that pays for exactly this session here, covers its price, has opened no session before, and fits the
+ * client's balance beside all its other open holds, at every peer (`python_peer/core/holds.py`);
+ * FORWARD counts token positions and is refused (`payment_required`) once that hold has expired. The ledger exchange on the link (the receipt proposed at CLOSE, the GOSSIP requests: push,
  * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/exchange.js`); ledger
  * errors (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python
  * does. Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
@@ -44,11 +45,14 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
 /**
  * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`, the
  * exchange's needs (`ServerLedger` of web/src/ledger/exchange.js) and the payment check.
- * `requirePayment` throws an error with `code === 'payment_required'` when the client cannot pay;
- * an error named `LedgerError` is the client's bad input (answered `bad_frame`).
- * @typedef {import('../ledger/exchange.js').ServerLedger & {requirePayment: (client: string, blocks: number,
- *   tokens: number, outstanding: number) => unknown}} ServerLedger  `requirePayment` resolves to the quote (`{price}`)
+ * `requireHold` throws an error with `code === 'payment_required'` when the hold does not pay for the
+ * session; an error named `LedgerError` is the client's bad input (answered `bad_frame`).
+ * @typedef {import('../ledger/exchange.js').ServerLedger & {requireHold: (client: string, hold: unknown,
+ *   terms: {session: Uint8Array, model: string, start: number, end: number, tokens: number}) => unknown}} ServerLedger
+ *   `requireHold` resolves to the quote (`{price, hold_expires}`)
  */
+
+const MAX_ADMITTED_HOLDS = 4096; // holds remembered as having opened a session here (each opens one)
 
 /**
  * @typedef {object} ServerConfig
@@ -66,7 +70,8 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
  * @property {number} batch
  * @property {number} maxLength
  * @property {number} reserved
- * @property {number} price  what the client was quoted at OPEN, counted against its balance while open
+ * @property {number} price  what the client was quoted at OPEN
+ * @property {number} holdExpires  when the hold that pays for the session expires (ms; 0: free session)
  * @property {number} tokens  token positions processed (batch x length), for the receipt
  * @property {number} length
  * @property {number} nextStep
@@ -144,6 +149,8 @@ export class SpanServer {
     this.bytesPerToken = (this.end - this.start) * 2 * Number(cfg.num_key_value_heads) * Number(cfg.head_dim) * 4;
     /** @type {Map<string, Session>} */
     this.sessions = new Map();
+    /** @type {Set<string>} holds that opened a session here, oldest first (each opens one) */
+    this.admittedHolds = new Set();
     this.tokensServed = 0;
   }
 
@@ -277,14 +284,33 @@ export class SpanServer {
     const key = SpanServer.key(client, frame.session);
     if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
     let price = 0;
+    let holdExpires = 0;
     if (this.ledger !== null && PEER_ID_RE.test(client)) {
-      // The client pays for what it may use; its other open sessions here are already spoken for.
-      let outstanding = 0;
-      for (const s of this.sessions.values()) if (s.client === client) outstanding += s.price;
-      const quote = /** @type {{price?: unknown} | null | undefined} */ (
-        await this.ledger.requirePayment(client, this.end - this.start, batch * maxLength, outstanding)
+      // The client pays through a hold in its own log that pays for this session and fits its balance
+      // with all its other open holds, at every peer; each hold opens one session.
+      const hold = /** @type {{[key: string]: unknown}} */ (frame.meta).hold;
+      const used = () => {
+        if (typeof hold === 'string' && this.admittedHolds.has(hold)) {
+          throw new Refusal(
+            ErrorCode.PAYMENT_REQUIRED,
+            `client ${client.slice(0, 12)}…: its hold ${hold.slice(0, 12)}… has already opened a session here; each session needs a hold of its own`,
+          );
+        }
+      };
+      used();
+      const terms = { session: frame.session, model: this.model, start: this.start, end: this.end, tokens: batch * maxLength };
+      const quote = /** @type {{price?: unknown, hold_expires?: unknown} | null | undefined} */ (
+        await this.ledger.requireHold(client, hold, terms)
       );
+      used(); // a concurrent OPEN with the same hold got there first
       price = typeof quote?.price === 'number' ? quote.price : 0;
+      holdExpires = typeof quote?.hold_expires === 'number' ? quote.hold_expires : 0;
+      this.admittedHolds.add(/** @type {string} */ (hold));
+      while (this.admittedHolds.size > MAX_ADMITTED_HOLDS) {
+        const oldest = this.admittedHolds.values().next().value;
+        if (oldest === undefined) break;
+        this.admittedHolds.delete(oldest);
+      }
       if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
       if (this.paused) throw new Refusal(ErrorCode.SESSION_REFUSED, 'this peer has paused serving; open the session on another peer');
     }
@@ -306,6 +332,7 @@ export class SpanServer {
       maxLength,
       reserved: need,
       price,
+      holdExpires,
       tokens: 0,
       length: 0,
       nextStep: 0,
@@ -345,6 +372,12 @@ export class SpanServer {
   async #forwardNow(key, session, frame) {
     if (this.sessions.get(key) !== session) {
       throw new Refusal(ErrorCode.UNKNOWN_SESSION, `session ${hex(frame.session)} is not open here (expired or never opened)`);
+    }
+    if (session.holdExpires && Date.now() >= session.holdExpires) {
+      throw new Refusal(
+        ErrorCode.PAYMENT_REQUIRED,
+        'the hold that pays for this session has expired (its credits may be promised elsewhere now): open a new session',
+      );
     }
     if (frame.step !== session.nextStep) {
       throw new Refusal(ErrorCode.OUT_OF_ORDER, `step ${frame.step} arrived, step ${session.nextStep} was expected`);
