@@ -3,7 +3,9 @@
 A ``SpanServer`` owns the blocks runners of the span this peer serves and answers frames: OPEN reserves
 KV memory for a session (refused with a clear error when the budget is full), FORWARD runs new tokens
 (steps must come in order, positions within the model's context and the session's ``max_length``),
-CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
+CLOSE frees the session. Each FORWARD answer carries the peer's signature over the step, the chain of
+inputs the session received and the output's hash (``core/answers.py``), so a wrong answer is
+attributable. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
 
 With a ledger, OPEN is refused (``payment_required``) to a client that cannot pay, CLOSE proposes the
@@ -23,6 +25,14 @@ from pathlib import Path
 import numpy as np
 
 from python_peer.core import manifest as names
+from python_peer.core.answers import (
+    ANSWER_META_KEY,
+    INPUT_CHAIN_START,
+    Answer,
+    chain_input,
+    sign_answer,
+    wire_digest,
+)
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
 from python_peer.core.ledger_exchange import close_answer
@@ -33,6 +43,7 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .errors import PeerError, SessionError, ShardInputError
 from .hop import Refusal
+from .identity import Identity
 from .ledger_service import LedgerService
 from .link_ledger import ServerExchange
 from .runner import BlocksRunner
@@ -62,6 +73,7 @@ class _Session:
     tokens: int = 0  # token positions processed (batch x length), for the receipt
     length: int = 0
     next_step: int = 0
+    chain: str = INPUT_CHAIN_START  # the input chain through the last step (``core/answers.py``)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -86,7 +98,11 @@ class SpanServer:
         span: Span,
         config: ServerConfig,
         ledger: LedgerService | None = None,
+        *,
+        identity: Identity | None = None,
     ) -> None:
+        """``identity`` signs answers (the ledger's by default); without either, answers go unsigned and
+        clients that check signatures route around this server."""
         shards = [s for s in manifest.blocks if span.start <= s.start and s.end <= span.end]
         if (
             not shards
@@ -109,6 +125,9 @@ class SpanServer:
         self.tokens_served = 0
         self.ledger = ledger  # without it sessions are free
         self.exchange = ServerExchange(ledger) if ledger is not None else None
+        self.identity = (
+            identity if identity is not None else (ledger.identity if ledger is not None else None)
+        )
 
     @property
     def reserved_bytes(self) -> int:
@@ -263,7 +282,36 @@ class SpanServer:
             session.next_step += 1
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
-        return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(to_wire(names.HIDDEN_OUT, out),))
+            session.chain = chain_input(
+                session.chain,
+                [
+                    wire_digest(frame.tensor(n))
+                    for n in (names.HIDDEN_IN, names.ATTENTION_MASK, names.POSITION_IDS)
+                ],
+            )
+            result = to_wire(names.HIDDEN_OUT, out)
+            meta = self._answer(client, frame, session, seq, wire_digest(result))
+        return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta, tensors=(result,))
+
+    def _answer(
+        self, client: str, frame: Frame, session: _Session, seq: int, output: str
+    ) -> dict[str, object]:
+        """The RESULT metadata: this peer's signed answer, when it has an identity and the client is a peer."""
+        if self.identity is None or not is_peer_id(client) or client == self.identity.peer_id:
+            return {}
+        answer = Answer(
+            frame.session.hex(),
+            self.model,
+            self.span.start,
+            self.span.end,
+            frame.step,
+            seq,
+            session.chain,
+            output,
+            client,
+            self.identity.peer_id,
+        )
+        return {ANSWER_META_KEY: sign_answer(answer, self.identity.sign).to_dict()}
 
     def _check_positions(self, positions: np.ndarray, session: _Session) -> None:
         """Positions past the model's context or the session's ``max_length`` are refused (``bad_shape``,

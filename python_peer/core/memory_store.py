@@ -164,6 +164,8 @@ class MemoryStore(ChainStore):
             key = entry.author
         elif isinstance(body, ReceiptBody):
             table, key = self._receipts.setdefault(entry.author, {}), body.receipt.id
+        elif not isinstance(body, ForkProof):  # evidence needs no counter
+            return
         else:
             table, key = self._proofs.setdefault(entry.author, {}), body.author
         count = table.get(key, 0) + step
