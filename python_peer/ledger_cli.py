@@ -103,6 +103,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     from python_peer.core.economics import format_units
     from python_peer.core.entries import ForkProof, Grant
+    from python_peer.core.evidence import Evidence
     from python_peer.core.receipts import ReceiptBody
 
     store, peer_id = _open(args)
@@ -126,6 +127,9 @@ def run_show(args: argparse.Namespace) -> int:
             what = f"{role} {r.model} [{r.start}, {r.end}) x {r.tokens} tok, with {other[:12]}…"
         elif isinstance(body, ForkProof):
             what = f"fork proof: {body.author[:12]}… at seq {body.seq}"
+        elif isinstance(body, Evidence):
+            a = body.liar.answer
+            what = f"evidence: {a.server[:12]}… lied at step {a.step} of session {a.session[:12]}…"
         else:
             what = ""
         credited = ""
@@ -140,7 +144,27 @@ def run_show(args: argparse.Namespace) -> int:
         )
     console.print(log)
     console.print(_breakdown(report, peer_id, format_units))
+    console.print(_evidence_against(report, peer_id))
     return 0
+
+
+def _evidence_against(report: LedgerReport, peer_id: str) -> Any:
+    """The evidence against ``peer_id`` this node holds, and the reputation it gives (core/reputation.py)."""
+    from rich.table import Table
+
+    from python_peer.core.reputation import reputation
+
+    found = reputation(report, peer_id)
+    table = Table(
+        title=f"reputation: {found.level} ({len(found.accusations)} evidence entries by "
+        f"{len(found.authors)} clients)",
+        title_justify="left",
+    )
+    for column in ("time (UTC)", "by client", "session (unpaid)", "entry"):
+        table.add_column(column)
+    for a in found.accusations:
+        table.add_row(_when(a.time), a.author[:12] + "…", a.session, a.entry[:12] + "…")
+    return table
 
 
 def _credited(settled: Settlement, fmt: Any) -> str:

@@ -214,6 +214,13 @@ class SpanServer:
             raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         price = 0
         if self.ledger is not None and is_peer_id(client):
+            standing = await asyncio.to_thread(self.ledger.reputation, client)
+            if standing.excluded:  # proven to lie by several clients: this peer does not work with it
+                raise Refusal(
+                    ErrorCode.SESSION_REFUSED,
+                    f"peer {client[:12]}… is excluded: this node holds evidence against it from "
+                    f"{len(standing.authors)} clients",
+                )
             # The client pays for what it may use; its other open sessions here are already spoken for.
             outstanding = sum(s.price for s in self.sessions.values() if s.client == client)
             quote = await asyncio.to_thread(

@@ -16,18 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from python_peer.core.errors import SessionRefusedError
 from python_peer.core.evidence import Evidence
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
 from python_peer.core.reputation import SUSPECT, reputation
 from python_peer.core.spans import Span
+from python_peer.core.wire import Frame, FrameType
+from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import MeshClient
+from python_peer.rpc import RpcClient
 from python_peer.server import ServerConfig, SpanServer
 from python_peer.spot_check import SpotCheckPolicy, agree
 from tests.fast.conftest import FAST, ToyMesh, greedy
 from tests.support.fakes import announcement
-from tests.support.liars import LIAR_KINDS, Liar, altered_model, decode_only, one_in_twenty
+from tests.support.liars import LIAR_KINDS, Liar, accuse, altered_model, decode_only, one_in_twenty
 from tests.support.liars import reference_greedy as local_greedy
 
 NEW_TOKENS = 8
@@ -204,3 +208,30 @@ async def test_an_unsigned_answer_is_a_hop_failure(toy_mesh: ToyMesh) -> None:
     tokens, session = await greedy(client, prompt(2), NEW_TOKENS)
     assert tokens == local_greedy(m.model_dir, prompt(2), NEW_TOKENS)
     assert "BadAnswerError: unsigned" in session.last_failure and client.bans.banned(pid)
+
+
+async def test_a_peer_refuses_to_serve_a_client_excluded_by_evidence(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """Evidence from two different clients excludes a peer: serving peers refuse its sessions."""
+    m = toy_mesh
+    server = make_ledger()
+    pid = m.peer((1, 3), ledger=server)
+    excluded = make_ledger()
+    witnesses = [Identity.generate() for _ in range(4)]
+    for author, others in ((witnesses[0], witnesses[2:]), (witnesses[1], witnesses[2:])):
+        entry = accuse(author, excluded.identity, others, "e" * 32)
+        assert server.store.insert(entry, now=entry.time).status == "stored"
+    rpc = RpcClient(await m.network.connect(excluded.peer_id, pid))
+    try:
+        push = Frame(
+            FrameType.GOSSIP, b"\x02" * 16, 0, meta={"kind": "push", "entries": excluded.own_entries()}
+        )
+        await rpc.call(push, 5)
+        meta = {"model": m.manifest.name, "start": 1, "end": 3, "batch": 1, "max_length": 8}
+        with pytest.raises(
+            SessionRefusedError, match="is excluded: this node holds evidence against it from 2"
+        ):
+            await rpc.call(Frame(FrameType.OPEN, b"\x01" * 16, 0, meta=meta), 5)
+    finally:
+        await rpc.aclose()

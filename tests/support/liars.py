@@ -21,8 +21,11 @@ import onnx
 from onnx import numpy_helper
 
 from python_peer.core import manifest as names
-from python_peer.core.answers import ANSWER_META_KEY, Answer, sign_answer, wire_digest
+from python_peer.core.answers import ANSWER_META_KEY, Answer, SignedAnswer, sign_answer, wire_digest
+from python_peer.core.entries import GENESIS, Entry, make_entry
+from python_peer.core.evidence import Evidence
 from python_peer.core.wire import Frame, FrameType
+from python_peer.identity import Identity
 from python_peer.server import SpanServer
 from python_peer.tensors import from_wire, to_wire
 
@@ -151,3 +154,17 @@ def altered_model(model_dir: Path, target: Path, start: int, end: int, scale: fl
             shard["sha256"], shard["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
     (target / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return target
+
+
+def accuse(
+    author: Identity, liar: Identity, honest: list[Identity], session: str, model: str = "toy-model"
+) -> Entry:
+    """Evidence (seq 1 of ``author``'s log) against ``liar`` for ``session``, agreed by ``honest``: the
+    entry a client writes after a settled disagreement, built from made-up answers."""
+
+    def answer(server: Identity, output: str, sess: str) -> SignedAnswer:
+        a = Answer(sess, model, 1, 3, 0, 4, "a" * 64, output, author.peer_id, server.peer_id)
+        return sign_answer(a, server.sign)
+
+    body = Evidence(answer(liar, "b" * 64, session), tuple(answer(h, "c" * 64, "d" * 32) for h in honest))
+    return make_entry(author.peer_id, 1, GENESIS, 1_780_000_000_000, body, author.sign)
