@@ -6,8 +6,8 @@ received, and a missing, malformed or mismatching one is a hop failure (``BadAns
 routes around the peer like any other failure.
 
 Spot checks: when a session closes, the client draws, for each remote hop, whether to check it, with a
-probability that falls with the peer's run of passed checks (``SpotCheckPolicy.rate``: 1 for a new peer,
-``2 / (passes + 2)``, never below ``floor``). A checked hop's history (the inputs the client keeps for
+probability that falls with the peer's run of passed checks (``SpotCheckPolicy.rate``: 1 for a new peer
+until it passed ``warmup`` checks, then ``(warmup / (passes + 1))**2``, never below ``floor``). A checked hop's history (the inputs the client keeps for
 failover replay anyway) is replayed step by step to a second peer serving the same blocks, drawn at
 random among the others, so the checked peer cannot tell a check from another client. Each step's outputs
 are compared within the tolerance of the shards' dtype (``TOLERANCES``). A disagreement is settled by a
@@ -90,18 +90,22 @@ class AnswerCheck:
 class SpotCheckPolicy:
     """How often hops are checked and how close two answers must be.
 
-    A peer with ``passes`` checks passed in a row is checked in a session with probability
-    ``max(floor, min(1, 2 / (passes + 2)))``: every session while new, half of them after two passes, one
-    in ten after 18, and ``floor`` (5%) from 38 on. Checking a session replays it once, so once peers are
-    established the checks cost about ``floor`` of the block-tokens used (docs/trust.md gives figures).
+    A peer with ``passes`` checks passed in a row is checked in every session until it has passed
+    ``warmup`` checks, then with probability ``max(floor, (warmup / (passes + 1))**2)``: a quarter of its
+    sessions after 9 passes, one in ten after 15, and ``floor`` (5%) from 22 on. Checking a session replays it once,
+    so once peers are established the checks cost about ``floor`` of the block-tokens used
+    (docs/trust.md gives figures).
     """
 
     floor: float = 0.05
+    warmup: int = 5
     tolerances: tuple[tuple[str, float], ...] = tuple(TOLERANCES.items())
     seed: int | None = None  # tests and benchmarks draw reproducibly; None: the system's randomness
 
     def rate(self, passes: int) -> float:
-        return max(self.floor, min(1.0, 2.0 / (passes + 2)))
+        if passes < self.warmup:
+            return 1.0
+        return max(self.floor, min(1.0, (self.warmup / (passes + 1)) ** 2))
 
     def tolerance(self, dtype: str) -> float:
         return dict(self.tolerances).get(dtype, TOLERANCES["q4"])

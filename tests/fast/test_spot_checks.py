@@ -180,8 +180,8 @@ async def test_honest_peers_on_different_runtimes_are_never_accused(
 async def test_checks_thin_out_for_established_peers() -> None:
     """BOINC-style: every session while new, then falling, never below the floor."""
     policy = SpotCheckPolicy()
-    assert policy.rate(0) == 1.0 and policy.rate(2) == 0.5 and policy.rate(18) == pytest.approx(0.1)
-    assert policy.rate(10_000) == policy.floor == 0.05
+    assert policy.rate(0) == policy.rate(4) == 1.0 and policy.rate(9) == 0.25
+    assert policy.rate(15) < 0.1 and policy.rate(22) == policy.rate(10_000) == policy.floor == 0.05
     assert policy.tolerance("fp32") < policy.tolerance("q8") < policy.tolerance("q4")
 
 
