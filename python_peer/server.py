@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,26 @@ from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
+
+
+TEST_LIE_ENV = "AI4ALL_TEST_LIE"  # TEST-ONLY hook (tests/test_liars.py): "zeros" makes this peer lie
+
+
+def lie_for_tests() -> str | None:
+    """The lying mode a test asked this process for through ``AI4ALL_TEST_LIE``, checked here only.
+
+    A test-only hook, so a multi-process test can run a peer that returns zeros for every FORWARD (and
+    signs them, like a real liar); never set it otherwise. Any other value stops the peer.
+    """
+    mode = os.environ.get(TEST_LIE_ENV)
+    if mode is None:
+        return None
+    if mode != "zeros":
+        raise PeerError(f"{TEST_LIE_ENV}={mode!r}: the only test lie is 'zeros'; unset it to serve honestly")
+    log.warning(
+        "%s=%s: this peer LIES on purpose (a test-only hook); unset it to serve honestly", TEST_LIE_ENV, mode
+    )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -128,6 +149,7 @@ class SpanServer:
         self.identity = (
             identity if identity is not None else (ledger.identity if ledger is not None else None)
         )
+        self.test_lie = lie_for_tests()
 
     @property
     def reserved_bytes(self) -> int:
@@ -296,7 +318,7 @@ class SpanServer:
                     for n in (names.HIDDEN_IN, names.ATTENTION_MASK, names.POSITION_IDS)
                 ],
             )
-            result = to_wire(names.HIDDEN_OUT, out)
+            result = to_wire(names.HIDDEN_OUT, np.zeros_like(out) if self.test_lie else out)
             meta = self._answer(client, frame, session, seq, wire_digest(result))
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta, tensors=(result,))
 
