@@ -235,3 +235,55 @@ async def test_a_peer_refuses_to_serve_a_client_excluded_by_evidence(
             await rpc.call(Frame(FrameType.OPEN, b"\x01" * 16, 0, meta=meta), 5)
     finally:
         await rpc.aclose()
+
+
+class SignsTheTruthReturnsALie(Liar):
+    """Returns zeros but keeps the honest answer's signature: the commitment does not match the output."""
+
+    def resign(self, answer: Frame, lie: np.ndarray) -> Frame:
+        from python_peer.core import manifest as names
+        from python_peer.tensors import to_wire
+
+        tensors = (to_wire(names.HIDDEN_OUT, lie),)
+        return Frame(
+            answer.type, answer.session, answer.step, answer.flags, meta=answer.meta, tensors=tensors
+        )
+
+
+async def test_an_answer_signed_over_another_output_is_a_hop_failure(toy_mesh: ToyMesh) -> None:
+    m = toy_mesh
+    m.peer((0, 1))
+    cheat = m.peer((1, 3), throughput=9000, wrap=lambda pid, s: SignsTheTruthReturnsALie(s, "zeros"))
+    m.peer((1, 3))
+    m.peer((3, 4))
+    client = m.client(config=CHECKED)
+    tokens, session = await greedy(client, prompt(3), NEW_TOKENS)
+    assert tokens == local_greedy(m.model_dir, prompt(3), NEW_TOKENS)
+    assert "BadAnswerError: wrong_answer" in session.last_failure and "['output']" in session.last_failure
+    assert client.bans.banned(cheat)
+
+
+async def test_forged_evidence_pushed_over_a_session_link_is_not_stored(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """The attack through the documented protocol: a GOSSIP ``push`` of evidence entries whose answers
+    were never signed by the accused (docs/mesh.md, docs/ledger.md)."""
+    m = toy_mesh
+    server = make_ledger()
+    pid = m.peer((1, 3), ledger=server)
+    mallory, victim = Identity.generate(), server.identity
+    entry = accuse(mallory, victim, [Identity.generate(), Identity.generate()], "e" * 32).to_dict()
+    fake_signature = Identity.generate().sign(b"not the answer")  # a well-formed signature by someone else
+    entry["body"]["liar"]["signature"] = fake_signature
+    from python_peer.core.canonical import signing_bytes
+    from python_peer.core.entries import ENTRY_CONTEXT
+
+    unsigned = {k: v for k, v in entry.items() if k != "signature"}
+    entry["signature"] = mallory.sign(signing_bytes(ENTRY_CONTEXT, unsigned))  # the entry itself is signed
+    rpc = RpcClient(await m.network.connect(mallory.peer_id, pid))
+    try:
+        push = Frame(FrameType.GOSSIP, b"\x04" * 16, 0, meta={"kind": "push", "entries": [entry]})
+        assert (await rpc.call(push, 5)).meta == {"stored": 0}
+        assert reputation(server.store.report(), victim.peer_id).level == "good"
+    finally:
+        await rpc.aclose()
