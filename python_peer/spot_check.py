@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from python_peer.core.answers import Answer, SignedAnswer, check_answer, wire_digest
+from python_peer.core.errors import PaymentRequiredError
 from python_peer.core.evidence import Evidence
 from python_peer.core.ledger_fields import Verify
 from python_peer.core.wire import FrameFlags
@@ -278,8 +279,11 @@ class SpotChecks:
             self.stats.check_block_tokens += opened.tokens * (hop.end - hop.start)
             return replay
         except HOP_FAILURES as exc:
-            log.warning("checking peer %s failed: %s", peer_id[:8], exc)
-            client.bans.ban(peer_id)
+            if isinstance(exc, PaymentRequiredError):  # our balance, not the peer's fault: no ban
+                log.info("peer %s will not check for us: %s", peer_id[:8], exc)
+            else:
+                log.warning("checking peer %s failed: %s", peer_id[:8], exc)
+                client.bans.ban(peer_id)
             if opened is not None:
                 self.stats.check_block_tokens += opened.tokens * (hop.end - hop.start)
                 await session.close_hop(opened)

@@ -1,7 +1,7 @@
 """Signed answers and evidence: the golden vectors, the rules on forged evidence, and the consequences.
 
 The attacks speak only the documented formats (docs/ledger.md, docs/wire.md): entries are JSON read from
-``tests/vectors/evidence.json`` or built by hand and pushed to a serving peer as a GOSSIP ``push``.
+``tests/vectors/ledger/evidence.json`` or built by hand and pushed to a serving peer as a GOSSIP ``push``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ VECTORS = ROOT / "tests" / "vectors"
 
 @pytest.fixture(scope="module")
 def vectors() -> dict[str, Any]:
-    return json.loads((VECTORS / "evidence.json").read_text(encoding="utf-8"))
+    return json.loads((VECTORS / "ledger" / "evidence.json").read_text(encoding="utf-8"))
 
 
 def test_vectors_on_disk_are_what_the_generator_writes(tmp_path: Path) -> None:
@@ -42,7 +42,9 @@ def test_vectors_on_disk_are_what_the_generator_writes(tmp_path: Path) -> None:
     script = VECTORS / "generate_evidence.py"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this tree's core, not an installed copy
     subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, cwd=ROOT, env=env)
-    assert out.read_text(encoding="utf-8") == (VECTORS / "evidence.json").read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == (VECTORS / "ledger" / "evidence.json").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_digests_chain_and_answer_signature_match_the_vectors(vectors: dict[str, Any]) -> None:

@@ -588,8 +588,10 @@ def test_a_full_disk_still_serves_the_shard_with_a_clear_warning(
 
 def test_evidence_runs_the_same_rules_under_pyodide(page: Harness) -> None:
     """The golden evidence entry is stored and makes its liar suspect; each forged one is refused with the
-    code Python gives it (``tests/vectors/evidence.json``)."""
-    vectors = json.loads((ROOT / "tests" / "vectors" / "evidence.json").read_text(encoding="utf-8"))
+    code Python gives it (``tests/vectors/ledger/evidence.json``)."""
+    vectors = json.loads(
+        (ROOT / "tests" / "vectors" / "ledger" / "evidence.json").read_text(encoding="utf-8")
+    )
     ledger = JsLedger(page, fresh_name("evidence"))
     forged = [case["entry"] for case in vectors["forged"]]
     detail = ledger("offerEntries", forged)

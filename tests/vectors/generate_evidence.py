@@ -1,6 +1,6 @@
 """Regenerate the golden vectors of signed answers and evidence: ``python tests/vectors/generate_evidence.py``.
 
-``evidence.json`` is the contract for an implementer of ``core/answers.py`` and ``core/evidence.py``
+``ledger/evidence.json`` is the contract for an implementer of ``core/answers.py`` and ``core/evidence.py``
 (docs/wire.md, docs/ledger.md): a tensor and its digest, an input chain, a signed answer with its signing
 bytes, a valid evidence entry with its hash, and forged variants with the rejection each must get.
 Everything is fixed (keys from seeds, fixed times), so the file is what this script writes
@@ -20,7 +20,7 @@ from python_peer.core.entries import GENESIS, make_entry
 from python_peer.core.evidence import Evidence
 from python_peer.identity import Identity
 
-OUT = Path(__file__).parent / "evidence.json"
+OUT = Path(__file__).parent / "ledger" / "evidence.json"
 TIME = 1_780_000_000_000
 MODEL = "toy-model"
 

@@ -1,7 +1,7 @@
 // @ts-check
 /**
  * Signed answers in JS (src/protocol/answers.js) against the golden vectors Python writes
- * (tests/vectors/evidence.json): the same tensor digest, input chain and signing bytes, a signature
+ * (tests/vectors/ledger/evidence.json): the same tensor digest, input chain and signing bytes, a signature
  * that verifies, and one made by a browser identity that verifies too.
  */
 
@@ -12,7 +12,7 @@ import { test } from 'node:test';
 import { answerSigningBytes, chainInput, signAnswer, tensorDigest } from '../src/protocol/answers.js';
 import { Identity, verify } from '../src/identity/identity.js';
 
-const VECTORS = JSON.parse(readFileSync(new URL('../../tests/vectors/evidence.json', import.meta.url), 'utf-8'));
+const VECTORS = JSON.parse(readFileSync(new URL('../../tests/vectors/ledger/evidence.json', import.meta.url), 'utf-8'));
 const fromHex = (/** @type {string} */ text) => Uint8Array.from(text.match(/../g) ?? [], (h) => parseInt(h, 16));
 const toHex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 

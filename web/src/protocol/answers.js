@@ -5,7 +5,7 @@
  * sha256), signed with `ANSWER_CONTEXT` and carried in the RESULT frame's metadata under
  * `ANSWER_META_KEY` (docs/wire.md). Tensors are hashed over their canonical bytes (the canonical JSON of
  * `{dtype, shape}`, a newline, the little-endian data), so both languages hash the same bytes.
- * `tests/vectors/evidence.json` holds the golden values (`web/test/answers.test.js`).
+ * `tests/vectors/ledger/evidence.json` holds the golden values (`web/test/answers.test.js`).
  */
 
 import { ANSWER_CONTEXT, ANSWER_META_KEY, INPUT_CHAIN_START } from './constants.js';
