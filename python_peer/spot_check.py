@@ -115,12 +115,17 @@ class SpotCheckPolicy:
 DEFAULT_POLICY = SpotCheckPolicy()
 
 
+def relative_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """``max |a - b| / max(max |a|, max |b|)``; infinite when the shapes differ."""
+    if a.shape != b.shape:
+        return float("inf")
+    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)), 1e-6)
+    return float(np.max(np.abs(a - b), initial=0.0)) / scale
+
+
 def agree(a: np.ndarray, b: np.ndarray, tolerance: float) -> bool:
     """Whether two outputs of the same step agree: ``max |a - b| <= tolerance * max(max |a|, max |b|)``."""
-    if a.shape != b.shape:
-        return False
-    scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)), 1e-6)
-    return float(np.max(np.abs(a - b), initial=0.0)) <= tolerance * scale
+    return relative_diff(a, b) <= tolerance
 
 
 @dataclass
@@ -134,6 +139,7 @@ class CheckStats:
     unchecked: int = 0  # drawn for a check, but no other peer serves the span
     used_block_tokens: int = 0  # of the hops the client used for its own sessions
     check_block_tokens: int = 0  # replayed to checking and settling peers
+    largest_agreeing_diff: float = 0.0  # the largest ``relative_diff`` of a passed check's step
 
 
 @dataclass(frozen=True)
@@ -208,6 +214,8 @@ class SpotChecks:
             (i for i, out in enumerate(checker.outputs) if not agree(out, hop.outputs[i], tolerance)), None
         )
         if j is None:
+            diffs = [relative_diff(out, hop.outputs[i]) for i, out in enumerate(checker.outputs)]
+            self.stats.largest_agreeing_diff = max([self.stats.largest_agreeing_diff, *diffs])
             self._note_pass(hop.peer_id)
             self._note_pass(checker_id)
             self.stats.passed += 1
