@@ -59,6 +59,7 @@ export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshS
  * @property {number} [probeTimeoutMs]
  * @property {number | null} gossipEveryMs  ledger gossip on a session link, per peer; null: never
  * @property {number} gossipMaxRequests  GOSSIP requests of one exchange
+ * @property {boolean} verifyAnswers  every answer must carry its peer's signature (docs/wire.md)
  */
 
 /** @type {Readonly<ClientConfig>} */
@@ -71,6 +72,7 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   lookupCacheMs: 2_000,
   gossipEveryMs: 30_000,
   gossipMaxRequests: 16,
+  verifyAnswers: true, // an unsigned or wrongly signed answer is a hop failure (docs/wire.md)
 });
 
 /** @typedef {import('../ledger/exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
