@@ -11,7 +11,9 @@ until it passed ``warmup`` checks, then ``(warmup / (passes + 1))**2``, never be
 failover replay anyway) is replayed step by step to a second peer serving the same blocks, drawn at
 random among the others, so the checked peer cannot tell a check from another client. Each step's outputs
 are compared within the tolerance of the shards' dtype (``TOLERANCES``). A disagreement is settled by a
-third peer: the one whose answer differs from the two others is the liar. The client then writes an
+third peer (or by the client's own node, when it serves the same span and no third peer does: that
+verdict is the client's own and makes no evidence, having no third signature): the one whose answer
+differs from the two others is the liar. The client then writes an
 ``evidence`` entry in its ledger (``core/evidence.py``), never countersigns the liar's receipt for that
 session, and routes around the liar from then on (``SpotChecks.caught``, and the ledger's reputation:
 ``core/reputation.py``). Checks run after the session's last token, so they delay no token; they delay
@@ -29,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from python_peer.core import manifest as names
 from python_peer.core.answers import Answer, SignedAnswer, check_answer, wire_digest
 from python_peer.core.errors import PaymentRequiredError
 from python_peer.core.evidence import Evidence
@@ -67,8 +70,6 @@ class AnswerCheck:
 
     def check(self, hop: _Hop, answer: Frame, chain: str, tokens: int) -> SignedAnswer:
         """The answer's signed commitment, or ``BadAnswerError`` (a hop failure)."""
-        from python_peer.core import manifest as names
-
         expected = Answer(
             hop.session.hex(),
             self.model,
@@ -192,14 +193,22 @@ class SpotChecks:
         """Replay ``hop``'s history to another peer and, on a disagreement, to a third; see the module."""
         client = session.client
         tolerance = self.policy.tolerance(client.manifest.dtype)
-        exclude = {hop.peer_id, client.signal.peer_id}
+        me = client.signal.peer_id
+        exclude = {hop.peer_id, me}
+        same_span = [
+            c for c in await client.candidates(hop.start, hop.end) if (c.start, c.end) == (hop.start, hop.end)
+        ]
         others = sorted(
             {
                 c.peer_id
-                for c in await client.candidates(hop.start, hop.end)
-                if (c.start, c.end) == (hop.start, hop.end) and c.peer_id not in exclude
+                for c in same_span
+                if c.peer_id not in exclude
                 if not client.avoided(c.peer_id) and not client.bans.banned(c.peer_id)
             }
+        )
+        # This node's own span settles too (in process, unsigned: a verdict for this client, no evidence).
+        holds_span = (
+            client.local is not None and hop.peer_id != me and any(c.peer_id == me for c in same_span)
         )
         if not others:
             self.stats.unchecked += 1
@@ -222,7 +231,7 @@ class SpotChecks:
             await session.close_hop(checker.hop)
             return Verdict("passed")
         log.warning("peer %s and peer %s disagree at step %d: settling", hop.peer_id[:8], checker_id[:8], j)
-        settlers = [p for p in others if p != checker_id]
+        settlers = [p for p in others if p != checker_id] or ([me] if holds_span else [])
         settler = await self._replay(session, hop, self.rng.choice(settlers), j + 1) if settlers else None
         verdict = Verdict("inconclusive")
         if settler is not None:

@@ -287,3 +287,30 @@ async def test_forged_evidence_pushed_over_a_session_link_is_not_stored(
         assert reputation(server.store.report(), victim.peer_id).level == "good"
     finally:
         await rpc.aclose()
+
+
+async def test_a_node_serving_the_span_settles_a_disagreement_itself(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """With only the liar and one honest peer besides it, the client's own node (serving 1-3 in process)
+    settles: the liar is caught and unpaid; no evidence, since the verdict has no third signature."""
+    from python_peer.span_gate import SpanGate
+
+    m = toy_mesh
+    own = make_ledger()
+    me = m.peer((1, 3), ledger=own, throughput=10)  # slow: routing prefers the others
+    gate = SpanGate(m.servers[me], me)
+    m.peer((0, 1), ledger=make_ledger())
+    liar = m.peer((1, 3), ledger=make_ledger(), throughput=9000, wrap=lambda pid, s: Liar(s, "zeros"))
+    m.peer((1, 3), ledger=make_ledger())
+    m.peer((3, 4), ledger=make_ledger())
+    client = m.client(own, client_id=me, local=gate, config=CHECKED)
+    assert await run_until_caught(client, liar, DETECT_WITHIN) == 1
+    assert not own.store.report().accusations, "no evidence without a third signature"
+    assert not any(
+        isinstance(e.body, ReceiptBody) and e.body.receipt.server == liar for e in own.store.entries()
+    )
+    tokens, session = await greedy(client, prompt(50), NEW_TOKENS)
+    assert tokens == local_greedy(m.model_dir, prompt(50), NEW_TOKENS) and liar not in [
+        h[0] for h in session.route
+    ]
