@@ -18,4 +18,6 @@
 - ``browser_node.py``: a tab serving blocks (``browser_peer``) and native generations through the mesh.
 - ``browser_client.py``: the browser's mesh client on a harness page, set up and generating.
 - ``node_page.py``: a ``Visit`` to a signaling node's contribute page: Start, serving.
+- ``liars.py``: lying span servers (``Liar``: skip, noise, zeros, stale, another session's output, late,
+  on some steps only), a model with altered weights, evidence built by hand (``accuse``), the reference.
 """
