@@ -33,7 +33,7 @@ import numpy as np
 
 from python_peer.core import manifest as names
 from python_peer.core.answers import Answer, SignedAnswer, check_answer, wire_digest
-from python_peer.core.errors import PaymentRequiredError
+from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.evidence import Evidence
 from python_peer.core.ledger_fields import Verify
 from python_peer.core.wire import FrameFlags
@@ -243,10 +243,13 @@ class SpotChecks:
             self._note_liar(verdict.liar, f"lied at step {verdict.step} of a session")
             client.bans.ban(verdict.liar)
             if client.ledger is not None and verdict.evidence is not None:
-                entry = await asyncio.to_thread(
-                    client.ledger.store.append, client.ledger.identity, verdict.evidence
-                )
-                log.warning("evidence against %s recorded (entry %s)", verdict.liar[:8], entry.hash[:12])
+                try:
+                    entry = await asyncio.to_thread(
+                        client.ledger.store.append, client.ledger.identity, verdict.evidence
+                    )
+                    log.warning("evidence against %s recorded (entry %s)", verdict.liar[:8], entry.hash[:12])
+                except LedgerError as exc:  # the verdict stands for this client: unpaid, banned, avoided
+                    log.error("evidence against %s could not be recorded: %s", verdict.liar[:8], exc)
         for replay in (checker, settler):
             if replay is not None:
                 await session.close_hop(replay.hop, pay=replay.hop.peer_id != verdict.liar)
