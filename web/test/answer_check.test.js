@@ -91,3 +91,24 @@ test('an unsigned answer, or one signed over another output, is a hop failure ro
     assert.ok(client.failures.every((f) => f.peerId === cheat.peerId), JSON.stringify(client.failures));
   }
 });
+
+test('routing reads the ledger: excluded peers never, suspects only when no one else covers their blocks', async () => {
+  const mesh = new FakeMesh();
+  const low = await signedPeer(mesh, 0, 2);
+  const excluded = await signedPeer(mesh, 2, 4);
+  const suspect = await signedPeer(mesh, 2, 4);
+  const honest = await signedPeer(mesh, 2, 4);
+  /** @type {Record<string, string>} */
+  const levels = { [excluded]: 'excluded', [suspect]: 'suspect' };
+  const client = clientOn(mesh);
+  // Only what routing reads of a ledger (BrowserLedger.reputations): set after construction, so that no
+  // ledger exchange is made for this test.
+  client.ledger = /** @type {any} */ ({ reputations: async () => levels });
+  assert.deepEqual((await client.route(0, 4, 8)).map((c) => c.peerId), [low, honest]);
+  mesh.kill(honest);
+  client.bans.ban(honest);
+  assert.deepEqual((await client.route(0, 4, 8)).map((c) => c.peerId), [low, suspect], 'the suspect, as a last resort');
+  levels[suspect] = 'excluded';
+  // Both now excluded: only the banned peer is left, tried again (routing's last resort), never theirs.
+  assert.deepEqual((await client.route(0, 4, 8)).map((c) => c.peerId), [low, honest]);
+});

@@ -435,13 +435,24 @@ export class MeshClient {
    * @param {number} tokens
    */
   async route(start, end, tokens) {
-    const candidates = await this.candidates(start, end);
+    // The ledger's reputations (python_peer/core/reputation.py): excluded peers are never routed,
+    // suspects only when no one else covers their blocks.
+    const ledger = /** @type {{reputations?: () => Promise<Record<string, string>>} | null} */ (this.ledger);
+    const levels = typeof ledger?.reputations === 'function' ? await ledger.reputations() : {};
+    const candidates = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
+    const trusted = candidates.filter((c) => levels[c.peerId] === undefined);
+    try {
+      return chooseRoute(trusted, start, end, { banned: this.bans, tokensNeeded: tokens });
+    } catch (err) {
+      if (!(err instanceof NoRouteError)) throw err;
+    }
     try {
       return chooseRoute(candidates, start, end, { banned: this.bans, tokensNeeded: tokens });
     } catch (err) {
       if (!(err instanceof NoRouteError) || !candidates.some((c) => this.bans.banned(c.peerId))) throw err;
       this.#lookups.delete(`${start}-${end}`);
-      return chooseRoute(await this.candidates(start, end), start, end, { tokensNeeded: tokens });
+      const fresh = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
+      return chooseRoute(fresh, start, end, { tokensNeeded: tokens });
     }
   }
 

@@ -356,6 +356,11 @@ export class BrowserLedger {
     return this.run(async () => this.call('reputation', { peer_id: peerId }));
   }
 
+  /** @returns {Promise<Record<string, 'suspect' | 'excluded'>>} every peer with evidence against it */
+  reputations() {
+    return this.run(async () => this.call('reputations'));
+  }
+
   /**
    * Throw PaymentRequiredError unless `client`'s balance covers `tokens` through `blocks` blocks.
    * @param {string} client
