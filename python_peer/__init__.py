@@ -22,6 +22,8 @@
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served).
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
+- ``spot_check.py``     verifying answers: signatures checked on every hop, spot checks replayed to other
+                        peers, disagreements settled by a third, evidence written (docs/trust.md).
 - ``link_ledger.py``    the ledger exchange, one object per side: ``ClientExchange`` (a hold and a push
                         before OPEN, countersign, gossip cadence), ``ServerExchange`` (OPEN admitted on a
                         hold, receipts once, gossip answers), and

@@ -103,6 +103,7 @@ def run_show(args: argparse.Namespace) -> int:
 
     from python_peer.core.economics import format_units
     from python_peer.core.entries import ForkProof, Grant
+    from python_peer.core.evidence import Evidence
     from python_peer.core.holds import Hold
     from python_peer.core.receipts import ReceiptBody
 
@@ -131,6 +132,9 @@ def run_show(args: argparse.Namespace) -> int:
             consumed = (entry.author, *body.key) in report.consumed
             state = "paid by its receipt" if consumed else f"until {_when(body.expires)}"
             what = f"hold {format_units(body.amount)} credits for {body.model} [{body.start}, {body.end}) at {body.server[:12]}…, {state}"
+        elif isinstance(body, Evidence):
+            a = body.liar.answer
+            what = f"evidence: {a.server[:12]}… lied at step {a.step} of session {a.session[:12]}…"
         else:
             what = ""
         credited = ""
@@ -145,7 +149,27 @@ def run_show(args: argparse.Namespace) -> int:
         )
     console.print(log)
     console.print(_breakdown(report, peer_id, format_units))
+    console.print(_evidence_against(report, peer_id))
     return 0
+
+
+def _evidence_against(report: LedgerReport, peer_id: str) -> Any:
+    """The evidence against ``peer_id`` this node holds, and the reputation it gives (core/reputation.py)."""
+    from rich.table import Table
+
+    from python_peer.core.reputation import reputation
+
+    found = reputation(report, peer_id)
+    table = Table(
+        title=f"reputation: {found.level} ({len(found.accusations)} evidence entries by "
+        f"{len(found.authors)} clients)",
+        title_justify="left",
+    )
+    for column in ("time (UTC)", "by client", "session (unpaid)", "entry"):
+        table.add_column(column)
+    for a in found.accusations:
+        table.add_row(_when(a.time), a.author[:12] + "…", a.session, a.entry[:12] + "…")
+    return table
 
 
 def _credited(settled: Settlement, fmt: Any) -> str:

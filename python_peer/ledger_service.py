@@ -19,6 +19,7 @@ from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
 from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersign
+from python_peer.core.reputation import Reputation, reputation
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
@@ -82,6 +83,10 @@ class LedgerService:
         parsed = [p for p in (parse_entry(e) for e in entries) if isinstance(p, Entry)]
         outcomes = self.store.insert_many(parsed)
         return sum(1 for o in outcomes if o.status == "stored")
+
+    def reputation(self, peer_id: str) -> Reputation:
+        """``peer_id``'s reputation from the evidence this node holds (``core/reputation.py``)."""
+        return reputation(self.store.report(), peer_id)
 
     def require_payment(self, client: str, blocks: int, tokens: int, outstanding: int = 0) -> Quote:
         """Raise ``PaymentRequiredError`` (balance and price in the message) unless ``client`` can pay."""

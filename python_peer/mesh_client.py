@@ -19,6 +19,11 @@ the receipt the peer proposes at CLOSE. Once that receipt is recorded, it runs a
 with the peer over the same link (at most once per peer per ``gossip_every_s``, in the background): both
 sides pull the entries they lack, third parties' included, without waiting for gossip through signaling.
 
+Every remote answer must carry its peer's signature over what was asked and returned, and sessions
+are spot-checked when they close (``spot_check.py``): a peer caught lying is never paid for that
+session, has evidence written against it in the client's ledger, and is routed around; peers with
+evidence against them in the ledger are avoided (``core/reputation.py``).
+
 A hop is a ``hop.HopClient``: an ``RpcClient`` over a WebRTC link, or, for the span of a peer that runs
 this client itself (``local``), a ``LocalHop`` calling its ``FrameHandler`` in-process.
 """
@@ -35,20 +40,24 @@ from typing import Protocol
 import numpy as np
 
 from python_peer.core import manifest as names
+from python_peer.core.answers import INPUT_CHAIN_START, SignedAnswer, chain_input, wire_digest
 from python_peer.core.canonical import Announcement
 from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
+from python_peer.core.reputation import reputations
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .chain import position_ids_for
 from .errors import LinkClosedError, PeerError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
+from .ledger_store import native_verify
 from .link_ledger import ClientExchange
 from .routing import BanList, Candidate, NoRouteError, choose_route
 from .rpc import RpcClient
 from .runner import ShardRunner
+from .spot_check import DEFAULT_POLICY, AnswerCheck, SpotCheckPolicy, SpotChecks
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
@@ -80,6 +89,8 @@ class ClientConfig:
     threads: int | None = None
     gossip_every_s: float | None = 30.0  # ledger gossip on a session link, per peer; None: never
     gossip_max_requests: int = 16  # GOSSIP requests of one exchange
+    verify_answers: bool = True  # an unsigned or wrongly signed answer is a hop failure
+    spot_checks: SpotCheckPolicy | None = DEFAULT_POLICY  # None: no spot checks
 
 
 @dataclass
@@ -94,6 +105,10 @@ class _Hop:
     next_step: int = 0
     history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
     tokens: int = 0  # token positions sent (batch x length), what the receipt may claim
+    check: AnswerCheck | None = None  # None: answers taken unsigned (this node's own span)
+    chain: str = INPUT_CHAIN_START  # the input chain through the last step answered
+    outputs: list[np.ndarray] = field(default_factory=list)  # what each step returned, for spot checks
+    answers: list[SignedAnswer | None] = field(default_factory=list)  # each step's signed answer
 
     async def forward(
         self,
@@ -103,17 +118,12 @@ class _Hop:
         timeout: float,
         flags: FrameFlags = NO_FLAGS,
     ) -> np.ndarray:
-        frame = Frame(
-            FrameType.FORWARD,
-            self.session,
-            self.next_step,
-            flags,
-            tensors=(
-                to_wire(names.HIDDEN_IN, hidden),
-                to_wire(names.ATTENTION_MASK, mask),
-                to_wire(names.POSITION_IDS, positions),
-            ),
+        tensors = (
+            to_wire(names.HIDDEN_IN, hidden),
+            to_wire(names.ATTENTION_MASK, mask),
+            to_wire(names.POSITION_IDS, positions),
         )
+        frame = Frame(FrameType.FORWARD, self.session, self.next_step, flags, tensors=tensors)
         answer = await self.rpc.call(frame, timeout)
         self.tokens += hidden.shape[0] * hidden.shape[1]
         out = expect(answer, names.HIDDEN_OUT, "f", 3)
@@ -121,6 +131,11 @@ class _Hop:
             raise PeerError(
                 f"peer {self.peer_id[:16]} returned hidden states {list(out.shape)} for {list(hidden.shape)}"
             )
+        chain = chain_input(self.chain, [wire_digest(t) for t in tensors])
+        signed = self.check.check(self, answer, chain, hidden.shape[1]) if self.check is not None else None
+        self.chain = chain
+        self.outputs.append(out)
+        self.answers.append(signed)
         self.next_step += 1
         return out
 
@@ -161,10 +176,17 @@ class MeshClient:
             if ledger is not None
             else None
         )
+        self.answer_check = (
+            AnswerCheck(signal.peer_id, manifest.name, native_verify) if self.config.verify_answers else None
+        )
+        policy = self.config.spot_checks
+        self.spot_checks = SpotChecks(policy) if policy is not None else None
         self.rtts: dict[str, float] = {}
         self._rpcs: dict[str, HopClient] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lookups: dict[tuple[int, int], tuple[float, list[Announcement]]] = {}
+        self._suspects: set[str] = set()
+        self._exclusions: set[str] = set()
 
     @property
     def model(self) -> str:
@@ -247,8 +269,27 @@ class MeshClient:
         if self.exchange is not None:
             await self.exchange.settled()
 
+    def avoided(self, peer_id: str) -> bool:
+        """Whether routing avoids ``peer_id``: this client caught it lying, or the ledger holds evidence
+        against it (``suspect``: used only when no one else covers its blocks; ``excluded``: never)."""
+        return self._excluded(peer_id) or peer_id in self._suspects
+
+    def _excluded(self, peer_id: str) -> bool:
+        caught = self.spot_checks is not None and peer_id in self.spot_checks.caught
+        return caught or peer_id in self._exclusions
+
+    async def _read_reputations(self) -> None:
+        """Refresh the suspects and exclusions from the ledger (a pure function of its entries)."""
+        if self.ledger is None:
+            return
+        report = await asyncio.to_thread(self.ledger.store.report)
+        found = reputations(report)
+        self._suspects = {p for p, r in found.items() if r.suspect}
+        self._exclusions = {p for p, r in found.items() if r.excluded}
+
     async def candidates(self, start: int, end: int) -> list[Candidate]:
-        """Peers serving blocks in ``[start, end)``; lookups are cached briefly, as signaling rate-limits them."""
+        """Peers serving blocks in ``[start, end)``, but those this client caught lying or the ledger
+        excludes; lookups are cached briefly, as signaling rate-limits them."""
         loop = asyncio.get_running_loop()
         cached = self._lookups.get((start, end))
         if cached is not None and loop.time() - cached[0] < self.config.lookup_cache_s:
@@ -258,6 +299,8 @@ class MeshClient:
             self._lookups[(start, end)] = (loop.time(), announcements)
         found: list[Candidate] = []
         for announcement in announcements:
+            if self._excluded(announcement.peer_id):
+                continue
             for served in announcement.serves:
                 if served.model == self.model and served.overlaps(self.model, start, end):
                     found.append(
@@ -275,7 +318,13 @@ class MeshClient:
     async def route(self, start: int, end: int, tokens: int) -> list[Candidate]:
         """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again
         (a peer that failed once under load may be fine now; a dead one fails again and counts)."""
+        await self._read_reputations()
         candidates = await self.candidates(start, end)
+        trusted = [c for c in candidates if not self.avoided(c.peer_id)]
+        try:
+            return choose_route(trusted, start, end, banned=self.bans, tokens_needed=tokens)
+        except NoRouteError:
+            pass
         try:
             return choose_route(candidates, start, end, banned=self.bans, tokens_needed=tokens)
         except NoRouteError:
@@ -335,20 +384,7 @@ class MeshSession:
                 inputs = _concat(replay)
                 for cand in route:
                     current = cand.peer_id
-                    hop = _Hop(cand.peer_id, cand.start, cand.end, await self.client.rpc(cand.peer_id))
-                    meta = {
-                        "model": self.client.model,
-                        "start": hop.start,
-                        "end": hop.end,
-                        "batch": self.batch,
-                        "max_length": self.max_length,
-                    }
-                    hold = await self.client.hold(hop, self.batch * self.max_length)
-                    if hold is not None:
-                        meta["hold"] = hold
-                    open_frame = Frame(FrameType.OPEN, hop.session, 0, meta=meta)
-                    await hop.rpc.call(open_frame, self.client.open_timeout_s)
-                    hop.next_step = 0
+                    hop = await self.open_hop(cand.peer_id, cand.start, cand.end)
                     hops.append(hop)
                     if inputs is not None:
                         log.info(
@@ -366,12 +402,30 @@ class MeshSession:
                 return hops
             except PaymentRequiredError as exc:
                 for hop in hops:
-                    await self._close_hop(hop)
+                    await self.close_hop(hop)
                 raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
             except HOP_FAILURES as exc:
                 for hop in hops:  # before giving up too: the sessions opened on the route are closed
-                    await self._close_hop(hop)
+                    await self.close_hop(hop)
                 self._note_failure(current, exc)
+
+    async def open_hop(self, peer_id: str, start: int, end: int) -> _Hop:
+        """A new session of this generation on ``peer_id`` for blocks ``[start, end)``."""
+        rpc = await self.client.rpc(peer_id)
+        check = None if isinstance(rpc, LocalHop) else self.client.answer_check
+        hop = _Hop(peer_id, start, end, rpc, check=check)
+        meta = {
+            "model": self.client.model,
+            "start": start,
+            "end": end,
+            "batch": self.batch,
+            "max_length": self.max_length,
+        }
+        hold = await self.client.hold(hop, self.batch * self.max_length)
+        if hold is not None:
+            meta["hold"] = hold
+        await hop.rpc.call(Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s)
+        return hop
 
     def _note_failure(self, peer_id: str, exc: BaseException) -> None:
         self.failovers += 1
@@ -398,7 +452,7 @@ class MeshSession:
                 out = await hop.forward(hidden, mask, positions, self.client.config.request_timeout_s)
             except HOP_FAILURES as exc:
                 self._note_failure(hop.peer_id, exc)
-                await self._close_hop(hop)
+                await self.close_hop(hop)
                 replacement = await self._open_span(hop.start, hop.end, hop.history)
                 self.hops[index : index + 1] = replacement
                 continue
@@ -408,14 +462,15 @@ class MeshSession:
         self.mask = np.concatenate([self.mask, mask], axis=1)
         return await asyncio.to_thread(self.client.head, hidden[:, -1:])
 
-    async def _close_hop(self, hop: _Hop) -> None:
-        """Close the hop's session; countersign and return the receipt the peer proposes for it."""
+    async def close_hop(self, hop: _Hop, *, pay: bool = True) -> None:
+        """Close the hop's session; unless ``pay`` is false (the peer lied in it), countersign and return
+        the receipt the peer proposes for it."""
         if hop.rpc.closed:
             return
         try:
             answer = await hop.rpc.call(Frame(FrameType.CLOSE, hop.session, hop.next_step), 5.0)
             exchange = self.client.exchange
-            if exchange is not None:
+            if exchange is not None and pay:
                 await exchange.settle(
                     hop.peer_id,
                     hop.rpc,
@@ -433,7 +488,22 @@ class MeshSession:
         if self.closed:
             return
         self.closed = True
-        await asyncio.gather(*(self._close_hop(h) for h in self.hops), return_exceptions=True)
+        await asyncio.gather(*(self._finish_hop(h) for h in self.hops), return_exceptions=True)
+
+    async def _finish_hop(self, hop: _Hop) -> None:
+        """Spot-check the hop if drawn (after the last token: no token waits for it), then close it, paying
+        only a peer that was not caught lying in this session."""
+        checks = self.client.spot_checks
+        pay = True
+        if checks is not None and hop.check is not None and hop.history:
+            checks.stats.used_block_tokens += hop.tokens * (hop.end - hop.start)
+            if checks.draw(hop.peer_id):
+                try:
+                    verdict = await checks.check(self, hop)
+                    pay = verdict.liar != hop.peer_id
+                except (*HOP_FAILURES, LedgerError) as exc:
+                    log.warning("spot check of %s could not finish: %s", hop.peer_id[:8], exc)
+        await self.close_hop(hop, pay=pay)
 
 
 def _concat(

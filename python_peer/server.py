@@ -3,7 +3,9 @@
 A ``SpanServer`` owns the blocks runners of the span this peer serves and answers frames: OPEN reserves
 KV memory for a session (refused with a clear error when the budget is full), FORWARD runs new tokens
 (steps must come in order, positions within the model's context and the session's ``max_length``),
-CLOSE frees the session. Idle sessions are evicted after a timeout. Sessions
+CLOSE frees the session. Each FORWARD answer carries the peer's signature over the step, the chain of
+inputs the session received and the output's hash (``core/answers.py``), so a wrong answer is
+attributable. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
 
 With a ledger, OPEN is refused (``payment_required``) unless it names a hold in the client's log that
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from python_peer.core import manifest as names
+from python_peer.core.answers import (
+    ANSWER_META_KEY,
+    INPUT_CHAIN_START,
+    Answer,
+    chain_input,
+    sign_answer,
+    wire_digest,
+)
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
 from python_peer.core.ledger_exchange import close_answer
@@ -34,12 +45,33 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .errors import PeerError, SessionError, ShardInputError
 from .hop import Refusal
+from .identity import Identity
 from .ledger_service import LedgerService
 from .link_ledger import ServerExchange
 from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
+
+
+TEST_LIE_ENV = "AI4ALL_TEST_LIE"  # TEST-ONLY hook (tests/test_liars.py): "zeros" makes this peer lie
+
+
+def lie_for_tests() -> str | None:
+    """The lying mode a test asked this process for through ``AI4ALL_TEST_LIE``, checked here only.
+
+    A test-only hook, so a multi-process test can run a peer that returns zeros for every FORWARD (and
+    signs them, like a real liar); never set it otherwise. Any other value stops the peer.
+    """
+    mode = os.environ.get(TEST_LIE_ENV)
+    if mode is None:
+        return None
+    if mode != "zeros":
+        raise PeerError(f"{TEST_LIE_ENV}={mode!r}: the only test lie is 'zeros'; unset it to serve honestly")
+    log.warning(
+        "%s=%s: this peer LIES on purpose (a test-only hook); unset it to serve honestly", TEST_LIE_ENV, mode
+    )
+    return mode
 
 
 @dataclass(frozen=True)
@@ -63,6 +95,7 @@ class _Session:
     tokens: int = 0  # token positions processed (batch x length), for the receipt
     length: int = 0
     next_step: int = 0
+    chain: str = INPUT_CHAIN_START  # the input chain through the last step (``core/answers.py``)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -87,7 +120,11 @@ class SpanServer:
         span: Span,
         config: ServerConfig,
         ledger: LedgerService | None = None,
+        *,
+        identity: Identity | None = None,
     ) -> None:
+        """``identity`` signs answers (the ledger's by default); without either, answers go unsigned and
+        clients that check signatures route around this server."""
         shards = [s for s in manifest.blocks if span.start <= s.start and s.end <= span.end]
         if (
             not shards
@@ -110,6 +147,10 @@ class SpanServer:
         self.tokens_served = 0
         self.ledger = ledger  # without it sessions are free
         self.exchange = ServerExchange(ledger) if ledger is not None else None
+        self.identity = (
+            identity if identity is not None else (ledger.identity if ledger is not None else None)
+        )
+        self.test_lie = lie_for_tests()
 
     @property
     def reserved_bytes(self) -> int:
@@ -195,7 +236,14 @@ class SpanServer:
         if key in self.sessions:
             raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         price = 0
-        if self.exchange is not None and is_peer_id(client):
+        if self.exchange is not None and self.ledger is not None and is_peer_id(client):
+            standing = await asyncio.to_thread(self.ledger.reputation, client)
+            if standing.excluded:  # proven to lie by several clients: this peer does not work with it
+                raise Refusal(
+                    ErrorCode.SESSION_REFUSED,
+                    f"peer {client[:12]}… is excluded: this node holds evidence against it from "
+                    f"{len(standing.authors)} clients",
+                )
             # The client pays for what it may use, through a hold in its own log that pays for this session
             # and fits its balance with all its other open holds, at every peer (``core/holds.py``).
             price = await self.exchange.admit(
@@ -269,7 +317,36 @@ class SpanServer:
             session.next_step += 1
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
-        return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(to_wire(names.HIDDEN_OUT, out),))
+            session.chain = chain_input(
+                session.chain,
+                [
+                    wire_digest(frame.tensor(n))
+                    for n in (names.HIDDEN_IN, names.ATTENTION_MASK, names.POSITION_IDS)
+                ],
+            )
+            result = to_wire(names.HIDDEN_OUT, np.zeros_like(out) if self.test_lie else out)
+            meta = self._answer(client, frame, session, seq, wire_digest(result))
+        return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta, tensors=(result,))
+
+    def _answer(
+        self, client: str, frame: Frame, session: _Session, seq: int, output: str
+    ) -> dict[str, object]:
+        """The RESULT metadata: this peer's signed answer, when it has an identity and the client is a peer."""
+        if self.identity is None or not is_peer_id(client) or client == self.identity.peer_id:
+            return {}
+        answer = Answer(
+            frame.session.hex(),
+            self.model,
+            self.span.start,
+            self.span.end,
+            frame.step,
+            seq,
+            session.chain,
+            output,
+            client,
+            self.identity.peer_id,
+        )
+        return {ANSWER_META_KEY: sign_answer(answer, self.identity.sign).to_dict()}
 
     def _check_positions(self, positions: np.ndarray, session: _Session) -> None:
         """Positions past the model's context or the session's ``max_length`` are refused (``bad_shape``,

@@ -13,11 +13,15 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``js_constants.py``  writes ``web/src/protocol/constants.js``, the browser's copy of those constants.
 - ``ledger_fields.py``  what ledger records are built from: checked fields, canonical bytes, ``Rejection``.
 - ``receipts.py``  co-signed receipts: the receipt, its two signatures, the checks before countersigning.
-- ``entries.py``   the signed, hash-chained log entry and its bodies (grant, receipt, hold, fork proof).
+- ``answers.py``   signed answers: a peer's commitment to one FORWARD (input chain, output hash).
+- ``evidence.py``  the ``evidence`` entry body: a settled disagreement between serving peers, and its check.
+- ``entries.py``   the signed, hash-chained log entry and its bodies (grant, receipt, hold, fork proof,
+                   evidence).
 - ``holds.py``     holds: credits a client promises a peer for one session, and the check at OPEN.
 - ``proof_of_work.py``  the starter grant's proof of work: checking and mining it.
 - ``rules.py``     validators of one entry and of its link to the previous one, returning rejections.
 - ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
+- ``reputation.py``  a peer's reputation (good, suspect, excluded) from the evidence against it.
 - ``signature_claims.py``  signatures listed ahead of time, for a caller that verifies asynchronously.
 - ``chain_store.py``  ``ChainStore``: what a ledger store keeps and decides, whatever holds its rows.
 - ``economics.py`` the ledger's constants and prices, with the reasoning next to them; ``network_rules``.

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from .canonical import MAX_SAFE_INT
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
 from .entries import Entry, ForkProof, Grant
+from .evidence import Evidence
 from .holds import HeldCredits, collect_holds
 from .ledger_fields import Rejection, Verify
 from .receipts import Receipt, ReceiptBody
@@ -94,6 +95,17 @@ def settle(receipt: Receipt, cost: int, paid: int, rules: Rules) -> Settlement:
 
 
 @dataclass(frozen=True)
+class Accusation:
+    """One counted ``evidence`` entry: ``author`` (a client) proved ``accused`` lied in ``session``."""
+
+    accused: str
+    author: str
+    session: str
+    entry: str  # the evidence entry's hash
+    time: int
+
+
+@dataclass(frozen=True)
 class LedgerReport:
     """The outcome of ``compute``: balances, their breakdown, and why each non-counting entry does not count."""
 
@@ -106,6 +118,7 @@ class LedgerReport:
     # counted receipt, which consumes the hold of that session (``holds.py``); holds move no credits
     holds: dict[str, list[HeldCredits]] = field(default_factory=dict)
     consumed: frozenset[tuple[str, str, str]] = frozenset()
+    accusations: dict[str, tuple[Accusation, ...]] = field(default_factory=dict)  # accused -> evidence
 
     @property
     def balances(self) -> dict[str, int]:
@@ -248,7 +261,8 @@ def compute(
       only its entries below that seq; each author counts its linked prefix from seq 1;
     - grants: the author's first counted grant credits the starter grant at its entry time;
     - receipts: counted once per receipt id; of receipts for one session span, the one with the most
-      tokens;
+      tokens; a receipt whose client holds counted evidence against its server for that session counts
+      for nothing (the liar earns nothing for it; ``evidence.py``);
     - one sweep in order of (time, kind, id), grants before receipts before the hour's uptime bonus before
       the day's rarity bonus at one instant: a receipt's client pays ``price`` (discounted by its standing
       just before) but never more than its balance at that point, so no one spends into debt; the server
@@ -289,6 +303,14 @@ def compute(
             carriers[entry.body.receipt.id].append(entry)
     for author, forked_at in forks.items():
         account(author).forked_at = forked_at
+    accused: dict[str, list[Accusation]] = defaultdict(list)
+    for entry in counted:
+        if isinstance(entry.body, Evidence):
+            ev = entry.body
+            accused[ev.accused].append(
+                Accusation(ev.accused, entry.author, ev.session, entry.hash, entry.time)
+            )
+    voided = {(a.accused, a.author, a.session) for found in accused.values() for a in found}
 
     best: dict[tuple[str, str, str, str, int, int], Receipt] = {}
     for copies in carriers.values():
@@ -301,13 +323,18 @@ def compute(
         if not isinstance(body, ReceiptBody):
             continue
         r = body.receipt
+        if (r.server, r.client, r.session) in voided:
+            ignored[copies[0].hash] = Rejection(
+                "evidence", "its client holds evidence that the server lied in this session"
+            )
+            continue
         held = best.get(r.span_key)
         if held is None or (r.tokens, r.time, held.id) > (held.tokens, held.time, r.id):
             best[r.span_key] = r
     receipts = sorted(best.values(), key=lambda r: (r.time, r.id))
     winners = {r.id for r in receipts}
     for rid, copies in carriers.items():
-        if rid not in winners:
+        if rid not in winners and copies[0].hash not in ignored:
             ignored[copies[0].hash] = Rejection(
                 "superseded", "a receipt with more tokens for the same session span counts"
             )
@@ -388,6 +415,9 @@ def compute(
                 account(r.server).rarity_bonus += bonus
                 defer(r.server, at, bonus)
     consumed = frozenset((r.client, r.server, r.session) for r in receipts)
+    accusations = {
+        peer: tuple(sorted(found, key=lambda a: (a.time, a.entry))) for peer, found in accused.items()
+    }
     return LedgerReport(
         accounts,
         ignored,
@@ -396,6 +426,7 @@ def compute(
         settled,
         collect_holds(counted),
         consumed,
+        accusations,
     )
 
 

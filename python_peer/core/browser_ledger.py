@@ -43,6 +43,7 @@ from .memory_store import MemoryStore
 from .proof_of_work import mine_grant
 from .protocol import PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from .receipts import Receipt, receipt_to_countersign
+from .reputation import reputation, reputations
 from .signature_claims import Claim, KnownSignatures
 
 __all__ = ["PUSH_ENTRIES", "BrowserLedgerCore", "call_on"]
@@ -367,6 +368,19 @@ class BrowserLedgerCore:
     def balances(self) -> dict[str, int]:
         return self.store.balances()
 
+    def reputations(self) -> dict[str, str]:
+        """Peer id -> ``suspect`` or ``excluded``, for every peer with evidence against it (routing reads it)."""
+        return {peer: found.level for peer, found in reputations(self.store.report()).items()}
+
+    def reputation(self, peer_id: str) -> dict[str, Any]:
+        """``peer_id``'s reputation from the evidence held (``reputation.py``): level, authors, sessions."""
+        found = reputation(self.store.report(), peer_id)
+        return {
+            "level": found.level,
+            "authors": sorted(found.authors),
+            "sessions": sorted([client, session] for client, session in found.sessions),
+        }
+
 
 _METHODS = frozenset(
     [
@@ -397,6 +411,8 @@ _METHODS = frozenset(
         "forks",
         "fork_proof",
         "balances",
+        "reputation",
+        "reputations",
     ]
 )
 

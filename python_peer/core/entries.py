@@ -11,8 +11,8 @@ bytes pass as a fork.
 Bodies: ``grant`` (the starter grant, with a proof of work: ``proof_of_work.py``), ``receipt`` (one
 served span of one session, co-signed by client and server: ``receipts.py``; it counts once, keyed by
 its id, whichever logs carry it), ``hold`` (credits a client promises one peer for one session before
-it is served: ``holds.py``) and ``fork_proof`` (two entries of one author with one ``seq``: proof of
-cheating).
+it is served: ``holds.py``), ``fork_proof`` (two entries of one author with one ``seq``: proof of
+cheating) and ``evidence`` (a settled disagreement between serving peers: ``evidence.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 
 from .canonical import MAX_SAFE_INT, signing_bytes
 from .errors import CanonicalError, LedgerError
+from .evidence import Evidence
 from .holds import Hold
 from .ledger_fields import (
     Rejection,
@@ -44,7 +45,7 @@ GENESIS = "0" * 64  # ``prev`` of every seq-1 entry
 MAX_ENTRY_BYTES = 4096  # canonical JSON of a grant or receipt entry, signature included
 MAX_FORK_PROOF_BYTES = 2 * MAX_ENTRY_BYTES + 1024  # a fork proof carries two entries
 
-KINDS = ("grant", "receipt", "fork_proof", "hold")
+KINDS = ("grant", "receipt", "fork_proof", "hold", "evidence")
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
 _GRANT_KEYS = frozenset({"kind", "nonce"})
@@ -109,7 +110,7 @@ class ForkProof:
         return cls(Entry.from_dict(body["a"], nested=True), Entry.from_dict(body["b"], nested=True))
 
 
-Body = Grant | ReceiptBody | ForkProof | Hold
+Body = Grant | ReceiptBody | ForkProof | Hold | Evidence
 
 
 def parse_body(data: object, *, nested: bool = False) -> Body:
@@ -124,6 +125,8 @@ def parse_body(data: object, *, nested: bool = False) -> Body:
         return ReceiptBody.from_dict(data)
     if kind == "hold":
         return Hold.from_dict(data)
+    if kind == "evidence":
+        return Evidence.from_dict(data)
     if nested:
         raise LedgerError("a fork proof cannot carry fork proofs")
     return ForkProof.from_dict(data)
@@ -148,8 +151,8 @@ class Entry:
         if (self.seq == 1) != (self.prev == GENESIS):
             raise LedgerError(f"entry seq {self.seq}: prev is 64 zeros exactly when seq is 1")
         int_field("entry time", self.time, 0, MAX_SAFE_INT)
-        if not isinstance(self.body, Grant | ReceiptBody | ForkProof | Hold):
-            raise LedgerError("entry body must be a Grant, ReceiptBody, ForkProof or Hold")
+        if not isinstance(self.body, Grant | ReceiptBody | ForkProof | Hold | Evidence):
+            raise LedgerError("entry body must be a Grant, ReceiptBody, ForkProof, Hold or Evidence")
         sig_field("entry signature", self.signature)
 
     @property

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import canonical, proof_of_work, protocol, receipts, wire
+from . import answers, canonical, proof_of_work, protocol, receipts, wire
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -92,6 +92,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
         ),
     ),
     (receipts, ("RECEIPT_CONTEXT",)),
+    (answers, ("ANSWER_CONTEXT", "ANSWER_META_KEY", "INPUT_CHAIN_START")),
     (proof_of_work, ("GRANT_POW_CONTEXT",)),
 )
 

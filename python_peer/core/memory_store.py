@@ -166,7 +166,7 @@ class MemoryStore(ChainStore):
             table, key = self._receipts.setdefault(entry.author, {}), body.receipt.id
         elif isinstance(body, ForkProof):
             table, key = self._proofs.setdefault(entry.author, {}), body.author
-        else:  # a hold: nothing to count
+        else:  # a hold or evidence: nothing to count
             return
         count = table.get(key, 0) + step
         if count:

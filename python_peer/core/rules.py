@@ -2,7 +2,8 @@
 
 Standard library only. ``check_body`` needs no clock and no other entry (size, signatures, body rules);
 ``check_entry`` adds the clock check, made once when an entry is accepted; ``check_link`` checks an entry
-against its author's previous one; ``check_fork_proof`` checks fork evidence.
+against its author's previous one; ``check_fork_proof`` checks fork evidence; ``evidence.check_evidence``
+checks the evidence of a disagreement between serving peers.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Protocol
 
 from .economics import DEFAULT_RULES, Rules
 from .entries import MAX_ENTRY_BYTES, MAX_FORK_PROOF_BYTES, Entry, ForkProof, Grant
+from .evidence import Evidence, check_evidence
 from .holds import Hold, check_hold
 from .ledger_fields import MAX_FUTURE_MS, Rejection, Verify, verified
 from .proof_of_work import pow_bits
@@ -58,6 +60,8 @@ def check_body(entry: Entry, verify: Verify, rules: Rules = DEFAULT_RULES) -> Re
             )
     elif isinstance(body, Hold):
         return check_hold(entry.author, entry.time, body)
+    elif isinstance(body, Evidence):
+        return check_evidence(entry.author, body, verify)
     else:
         return check_fork_proof(body, verify)
     return None

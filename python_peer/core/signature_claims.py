@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from .entries import Entry, ForkProof
+from .evidence import Evidence
 from .receipts import ReceiptBody
 
 Claim = tuple[str, bytes, str]
@@ -19,7 +20,8 @@ Claim = tuple[str, bytes, str]
 def signature_claims(item: Entry | ForkProof) -> list[Claim]:
     """Every signature ``check_body`` (or ``check_fork_proof``) may ask ``verify`` about, in order.
 
-    The entry's own signature, a receipt's two co-signatures, and the two entries of a fork proof. A
+    The entry's own signature, a receipt's two co-signatures, the two entries of a fork proof, and the
+    three signed answers of evidence. A
     caller that cannot verify synchronously (Python under Pyodide, where WebCrypto answers with a
     promise) checks these first and passes ``KnownSignatures`` of the good ones as ``verify``.
     """
@@ -33,6 +35,9 @@ def signature_claims(item: Entry | ForkProof) -> list[Claim]:
         claims.append((body.receipt.server, message, body.server_sig))
     elif isinstance(body, ForkProof):
         claims.extend(signature_claims(body))
+    elif isinstance(body, Evidence):
+        for signed in (body.liar, *body.honest):
+            claims.append((signed.answer.server, signed.answer.signing_bytes(), signed.signature))
     return claims
 
 

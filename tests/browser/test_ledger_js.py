@@ -13,6 +13,7 @@ from IndexedDB without a request and replaces a corrupt copy.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from playwright.sync_api import Browser
 from python_peer.core.balances import compute
 from python_peer.core.economics import DEFAULT_RULES, STARTER_GRANT
 from python_peer.core.entries import Entry, ForkProof, make_entry, next_entry
+from python_peer.core.evidence import Evidence
 from python_peer.core.proof_of_work import mine_grant, pow_bits
 from python_peer.core.receipts import Receipt
 from python_peer.identity import Identity
@@ -579,3 +581,29 @@ def test_a_full_disk_still_serves_the_shard_with_a_clear_warning(
         len(got["warnings"]) == 1 and "storage for this site is full (quota exceeded)" in got["warnings"][0]
     )
     assert got["putError"]["name"] == "StorageError" and got["putError"]["code"] == "quota"
+
+
+# --- evidence -------------------------------------------------------------------------------------------
+
+
+def test_evidence_runs_the_same_rules_under_pyodide(page: Harness) -> None:
+    """The golden evidence entry is stored and makes its liar suspect; each forged one is refused with the
+    code Python gives it (``tests/vectors/ledger/evidence.json``)."""
+    vectors = json.loads(
+        (ROOT / "tests" / "vectors" / "ledger" / "evidence.json").read_text(encoding="utf-8")
+    )
+    ledger = JsLedger(page, fresh_name("evidence"))
+    forged = [case["entry"] for case in vectors["forged"]]
+    detail = ledger("offerEntries", forged)
+    assert detail["stored"] == 0
+    assert [code for _, code, _ in detail["refused"]] == [case["rejection"] for case in vectors["forged"]]
+    valid = Entry.from_dict(vectors["evidence"]["entry"])
+    assert isinstance(valid.body, Evidence)
+    assert ledger("reputation", valid.body.accused)["level"] == "good"
+    assert ledger("offerEntries", [valid.to_dict()])["stored"] == 1
+    found = ledger("reputation", valid.body.accused)
+    assert found == {
+        "level": "suspect",
+        "authors": [valid.author],
+        "sessions": [[valid.author, valid.body.session]],
+    }

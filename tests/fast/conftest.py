@@ -49,8 +49,11 @@ class ToyMesh:
     ) -> str:
         """A peer serving ``span`` (with ``ledger``, or free) through ``wrap(peer_id, server)`` if given;
         its id."""
-        peer_id = ledger.peer_id if ledger is not None else Identity.generate().peer_id
-        server = SpanServer(self.model_dir, self.manifest, Span(*span), ServerConfig(threads=1), ledger)
+        identity = ledger.identity if ledger is not None else Identity.generate()
+        peer_id = identity.peer_id
+        server = SpanServer(
+            self.model_dir, self.manifest, Span(*span), ServerConfig(threads=1), ledger, identity=identity
+        )
         self.servers[peer_id] = server
         handler: FrameHandler = wrap(peer_id, server) if wrap is not None else server
         self.network.serve(

@@ -23,4 +23,8 @@
 - ``raw_signaling.py``: ``RawPeer``/``raw_peer``, a hand-driven signaling websocket speaking
   ``docs/signaling.md`` only, for the attacks a correct client never sends.
 - ``openai_errors.py``: ``assert_openai_error``, OpenAI's error shape as the API tests check it.
+- ``holds.py``: the hold protocol spoken raw (``write_hold`` without the honest client's balance check,
+  ``open_meta``, ``push_frame``, the golden hold entry).
+- ``liars.py``: lying span servers (``Liar``: skip, noise, zeros, stale, another session's output, late,
+  on some steps only), a model with altered weights, evidence built by hand (``accuse``), the reference.
 """

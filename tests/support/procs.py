@@ -141,7 +141,9 @@ class PeerProc:
         *,
         span: str | None = None,
         extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        """``env``: variables added to the process's environment (a test-only hook such as ``AI4ALL_TEST_LIE``)."""
         self.name = name
         self.log = log_dir / f"{name}.log"
         self.data_dir = log_dir / name
@@ -162,7 +164,9 @@ class PeerProc:
             args += ["--span", span]
         args += extra or []
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**_env(), **(env or {})}
+            )
         self.peer_id = ""
         self.span = ""
 

@@ -17,7 +17,8 @@ const A = 'a'.repeat(64);
 const B = 'b'.repeat(64);
 const B2 = 'd'.repeat(64);
 const quiet = { info: () => {}, warn: () => {} };
-const CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4 };
+// The fake peers of these tests have no keys; web/test/answer_check.test.js checks signed answers.
+const CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4, verifyAnswers: false };
 
 /** @param {FakeMesh} mesh */
 function clientOn(mesh) {

@@ -35,6 +35,7 @@ const CONFIG = {
   maxFailovers: 4,
   probeEveryMs: 100,
   probeTimeoutMs: 1_000,
+  verifyAnswers: false, // the fake peers hold no keys; signed answers are tested in answers and hop tests
 };
 
 /** What `BrowserTransport.connect` uses of an RTCPeerConnection that `FakePeerConnection` lacks: the offerer's channel. */

@@ -4,7 +4,9 @@
  * inputs sent to it (kept for replay to a replacement); the tensors of a FORWARD and its answer.
  */
 
-import { FrameType, NO_FLAGS, TensorError, checkFinite, frameTensor, tensorToFloat32 } from '../protocol/wire.js';
+import { FrameType, NO_FLAGS, TensorError, canonicalJson, checkFinite, frameTensor, tensorToFloat32 } from '../protocol/wire.js';
+import { ANSWER_META_KEY, INPUT_CHAIN_START, answerSigningBytes, chainInput, tensorDigest } from '../protocol/answers.js';
+import { verify } from '../identity/identity.js';
 import { BadAnswerError } from './errors.js';
 
 export const HIDDEN_IN = 'hidden_states';
@@ -15,10 +17,16 @@ export const POSITION_IDS = 'position_ids';
 /** @typedef {{data: Float32Array, dims: number[]}} Hidden */
 /** @typedef {{hidden: Hidden, mask: BigInt64Array, positions: BigInt64Array}} StepInputs */
 /**
- * What a hop needs of its client: `MeshClient`.
+ * What a hop needs of its client: `MeshClient`. With `config.verifyAnswers`, every answer must carry its
+ * peer's signature over what was asked and returned (`protocol/answers.js`, docs/wire.md), or the hop fails.
  * @typedef {{call: (rpc: import('./rpc.js').RpcClient, frame: import('../protocol/wire.js').FrameInit, timeoutMs: number,
- *   positions?: number) => Promise<import('../protocol/wire.js').Frame>, config: {requestTimeoutMs: number}}} HopClient
+ *   positions?: number) => Promise<import('../protocol/wire.js').Frame>, config: {requestTimeoutMs: number, verifyAnswers?: boolean},
+ *   model: string, signal: {peerId: string}}} HopClient
  */
+
+/** @param {ArrayBufferView} view */
+const bytesOf = (view) => new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
+const hex = (/** @type {Uint8Array} */ bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 
 /**
  * Concatenate step inputs along the sequence axis (for replay).
@@ -87,6 +95,8 @@ export class Hop {
     this.history = [];
     /** token positions sent and answered with usable hidden states: what the receipt may claim */
     this.tokens = 0;
+    /** the input chain through the last step answered (`protocol/answers.js`) */
+    this.chain = INPUT_CHAIN_START;
   }
 
   /**
@@ -110,8 +120,51 @@ export class Hop {
     const answer = await this.client.call(this.rpc, frame, this.client.config.requestTimeoutMs, batch * seq);
     const out = readHidden(answer, this.peerId, hidden.dims);
     this.tokens += batch * seq;
+    const digests = await Promise.all(frame.tensors.map((t) => tensorDigest(t.dtype, t.shape, bytesOf(t.data))));
+    const chain = await chainInput(this.chain, digests);
+    if (this.client.config.verifyAnswers) await this.#checkAnswer(answer, chain, seq);
+    this.chain = chain;
     this.nextStep++;
     return out;
+  }
+
+  /**
+   * The peer's signed answer must be exactly what we sent and got (Python's `spot_check.AnswerCheck`).
+   * @param {import('../protocol/wire.js').Frame} answer
+   * @param {string} chain
+   * @param {number} seq
+   */
+  async #checkAnswer(answer, chain, seq) {
+    const out = frameTensor(answer, HIDDEN_OUT);
+    const expected = {
+      session: hex(this.session),
+      model: this.client.model,
+      start: this.start,
+      end: this.end,
+      step: this.nextStep,
+      tokens: seq,
+      input: chain,
+      output: await tensorDigest(out.dtype, out.shape, out.data),
+      client: this.client.signal.peerId,
+      server: this.peerId,
+    };
+    const who = `peer ${this.peerId.slice(0, 12)}…`;
+    const signed = /** @type {{body?: unknown, signature?: unknown} | undefined} */ (answer.meta[ANSWER_META_KEY]);
+    if (signed === undefined || signed === null || typeof signed !== 'object') {
+      throw new BadAnswerError(`unsigned: ${who} returned an answer without a signature`);
+    }
+    let same = false;
+    try {
+      same = canonicalJson(signed.body) === canonicalJson(expected);
+    } catch {
+      same = false;
+    }
+    if (!same) throw new BadAnswerError(`wrong_answer: ${who} signed an answer that differs from what it returned`);
+    try {
+      await verify(this.peerId, answerSigningBytes(expected), signed.signature);
+    } catch (err) {
+      throw new BadAnswerError(`bad_signature: ${who}'s answer is not signed by it`, { cause: err });
+    }
   }
 }
 

@@ -63,6 +63,7 @@ export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshS
  * @property {number} [probeTimeoutMs]
  * @property {number | null} gossipEveryMs  ledger gossip on a session link, per peer; null: never
  * @property {number} gossipMaxRequests  GOSSIP requests of one exchange
+ * @property {boolean} verifyAnswers  every answer must carry its peer's signature (docs/wire.md)
  */
 
 /** @type {Readonly<ClientConfig>} */
@@ -76,6 +77,7 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   lookupCacheMs: 2_000,
   gossipEveryMs: 30_000,
   gossipMaxRequests: 16,
+  verifyAnswers: true, // an unsigned or wrongly signed answer is a hop failure (docs/wire.md)
 });
 
 /** @typedef {import('../ledger/exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
@@ -475,13 +477,24 @@ export class MeshClient {
    * @param {number} tokens
    */
   async route(start, end, tokens) {
-    const candidates = await this.candidates(start, end);
+    // The ledger's reputations (python_peer/core/reputation.py): excluded peers are never routed,
+    // suspects only when no one else covers their blocks.
+    const ledger = /** @type {{reputations?: () => Promise<Record<string, string>>} | null} */ (this.ledger);
+    const levels = typeof ledger?.reputations === 'function' ? await ledger.reputations() : {};
+    const candidates = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
+    const trusted = candidates.filter((c) => levels[c.peerId] === undefined);
+    try {
+      return chooseRoute(trusted, start, end, { banned: this.bans, tokensNeeded: tokens });
+    } catch (err) {
+      if (!(err instanceof NoRouteError)) throw err;
+    }
     try {
       return chooseRoute(candidates, start, end, { banned: this.bans, tokensNeeded: tokens });
     } catch (err) {
       if (!(err instanceof NoRouteError) || !candidates.some((c) => this.bans.banned(c.peerId))) throw err;
       this.#lookups.delete(`${start}-${end}`);
-      return chooseRoute(await this.candidates(start, end), start, end, { tokensNeeded: tokens });
+      const fresh = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
+      return chooseRoute(fresh, start, end, { tokensNeeded: tokens });
     }
   }
 

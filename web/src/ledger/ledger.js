@@ -348,6 +348,20 @@ export class BrowserLedger {
   }
 
   /**
+   * `peerId`'s reputation from the evidence this ledger holds (`python_peer/core/reputation.py`).
+   * @param {string} peerId
+   * @returns {Promise<{level: 'good' | 'suspect' | 'excluded', authors: string[], sessions: [string, string][]}>}
+   */
+  reputation(peerId) {
+    return this.run(async () => this.call('reputation', { peer_id: peerId }));
+  }
+
+  /** @returns {Promise<Record<string, 'suspect' | 'excluded'>>} every peer with evidence against it */
+  reputations() {
+    return this.run(async () => this.call('reputations'));
+  }
+
+  /**
    * Throw PaymentRequiredError unless `client`'s balance covers `tokens` through `blocks` blocks.
    * @param {string} client
    * @param {number} blocks

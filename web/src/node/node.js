@@ -266,6 +266,7 @@ export class BrowserNode {
     this.server = new SpanServer(manifest, this.span, this.runners, {
       memoryBudgetBytes: this.budgetBytes - weights,
       ledger: this.ledger,
+      identity: this.identity,
       onChange: (event) => {
         if (event.type === 'receipt') this.#refreshAccount().catch(() => {});
         this.#changed();

@@ -39,6 +39,7 @@ import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, Sess
 import { ExchangeRefusal, ServerExchange } from '../ledger/exchange.js';
 import { MAX_LENGTH_LIMIT, MAX_SESSIONS } from '../protocol/constants.js';
 import { spanShards } from './span_choice.js';
+import { ANSWER_META_KEY, INPUT_CHAIN_START, chainInput, signAnswer, tensorDigest } from '../protocol/answers.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 
@@ -60,6 +61,8 @@ const MAX_ADMITTED_HOLDS = 4096; // holds remembered as having opened a session 
  * @property {number} [idleTimeoutMs]
  * @property {number} [maxSessions]
  * @property {ServerLedger | null} [ledger]  null: sessions are free
+ * @property {{peerId: string, sign: (bytes: Uint8Array) => Promise<string>} | null} [identity]  signs each
+ *   FORWARD answer (`protocol/answers.js`); null: answers go unsigned and checking clients route around
  * @property {(event: {type: 'opened' | 'closed' | 'forward' | 'receipt', client: string, tokens?: number}) => void} [onChange]
  */
 
@@ -75,6 +78,7 @@ const MAX_ADMITTED_HOLDS = 4096; // holds remembered as having opened a session 
  * @property {number} tokens  token positions processed (batch x length), for the receipt
  * @property {number} length
  * @property {number} nextStep
+ * @property {string} chain  the input chain through the last step (`protocol/answers.js`)
  * @property {number} lastUsed
  * @property {Promise<unknown>} queue  the session's requests run one after another
  * @property {boolean} busy
@@ -134,7 +138,8 @@ export class SpanServer {
     this.start = span.start;
     this.end = span.end;
     this.runners = runners;
-    const { ledger = null, onChange = () => {}, ...limits } = config;
+    const { ledger = null, identity = null, onChange = () => {}, ...limits } = config;
+    this.identity = identity;
     this.config = { memoryBudgetBytes: 512 * 1024 * 1024, idleTimeoutMs: 300_000, maxSessions: MAX_SESSIONS, ...limits };
     /** @type {ServerLedger | null} */
     this.ledger = ledger;
@@ -336,6 +341,7 @@ export class SpanServer {
       tokens: 0,
       length: 0,
       nextStep: 0,
+      chain: INPUT_CHAIN_START,
       lastUsed: performance.now(),
       queue: Promise.resolve(),
       busy: false,
@@ -422,13 +428,41 @@ export class SpanServer {
     session.nextStep++;
     session.lastUsed = performance.now();
     this.tokensServed += batch * seq;
+    const inputs = [hidden, mask, positions].map((t) => tensorDigest(t.dtype, t.shape, t.data));
+    session.chain = await chainInput(session.chain, await Promise.all(inputs));
+    const result = { name: HIDDEN_OUT, dtype: /** @type {'float32'} */ ('float32'), shape: out.dims, data: out.data };
+    const meta = await this.#answer(session.client, frame, session, seq, result);
     this.onChange({ type: 'forward', client: session.client, tokens: batch * seq });
-    return makeFrame({
-      type: FrameType.RESULT,
-      session: frame.session,
+    return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta, tensors: [result] });
+  }
+
+  /**
+   * The RESULT metadata: this peer's signed answer (Python's `SpanServer._answer`), when it has an
+   * identity and the client is a peer.
+   * @param {string} client
+   * @param {import('../protocol/wire.js').Frame} frame
+   * @param {Session} session
+   * @param {number} seq
+   * @param {{dtype: string, shape: readonly number[], data: Float32Array}} result
+   * @returns {Promise<{[key: string]: unknown}>}
+   */
+  async #answer(client, frame, session, seq, result) {
+    const identity = this.identity;
+    if (identity === null || !PEER_ID_RE.test(client) || client === identity.peerId) return {};
+    const bytes = new Uint8Array(result.data.buffer, result.data.byteOffset, result.data.byteLength);
+    const answer = {
+      session: hex(frame.session),
+      model: this.model,
+      start: this.start,
+      end: this.end,
       step: frame.step,
-      tensors: [{ name: HIDDEN_OUT, dtype: 'float32', shape: out.dims, data: out.data }],
-    });
+      tokens: seq,
+      input: session.chain,
+      output: await tensorDigest(result.dtype, result.shape, bytes),
+      client,
+      server: identity.peerId,
+    };
+    return { [ANSWER_META_KEY]: await signAnswer(identity, answer) };
   }
 
   /**

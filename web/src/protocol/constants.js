@@ -92,5 +92,10 @@ export const OPEN_TIMEOUT_MS = 10000;
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";
 
+// python_peer.core.answers
+export const ANSWER_CONTEXT = "ai4all/answer/v1";
+export const ANSWER_META_KEY = "answer";
+export const INPUT_CHAIN_START = "0000000000000000000000000000000000000000000000000000000000000000";
+
 // python_peer.core.proof_of_work
 export const GRANT_POW_CONTEXT = "ai4all/ledger/grant-pow/v1";

@@ -2,7 +2,7 @@
 
 /**
  * A BrowserNode on this page that serves every block of the model at `base`, announced on
- * `signalUrl`; `window.node.answered` counts the frames it answers.
+ * `signalUrl`, signing its answers; `window.node.answered` counts the frames it answers.
  * @param {{ base: string, signalUrl: string }} args
  */
 async ({ base, signalUrl }) => {
@@ -11,7 +11,8 @@ async ({ base, signalUrl }) => {
   const { BrowserTransport } = await import('/web/src/transport/peer.js');
   const { SpanServer } = await import('/web/src/node/span_server.js');
   const manifest = await (await fetch(base + 'manifest.json')).json();
-  const server = await SpanServer.load(base, manifest, { start: 0, end: 4 }, {}, { runtime: { allowWebGPU: false, threads: 1 } });
+  const identity = await Identity.generate(); // signs every answer, as a real node's does
+  const server = await SpanServer.load(base, manifest, { start: 0, end: 4 }, { identity }, { runtime: { allowWebGPU: false, threads: 1 } });
   let client = null;
   const answered = { frames: 0, errors: 0 };
   const transport = new BrowserTransport({
@@ -25,7 +26,7 @@ async ({ base, signalUrl }) => {
     },
     onLinkClosed: (link) => server.closeClient(link.remoteId),
   });
-  client = await S.SignalClient.create(await Identity.generate(), {
+  client = await S.SignalClient.create(identity, {
     urls: [signalUrl],
     serves: [{ model: manifest.model.name, start: 0, end: 4 }],
     kvFreeTokens: server.kvFreeTokens,
