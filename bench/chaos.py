@@ -4,9 +4,9 @@ For ``--minutes`` (default 10) three federated signaling nodes and three peers p
 loopback; native mesh clients chat back to back and an API worker posts chat completions to the two API
 peers, every reply compared with the greedy reply of the same shards chained here (``LocalChain``). A
 schedule drawn from ``--seed`` kills a peer or a node every ``--kill-every`` seconds on average and
-restarts it a few seconds later (never every peer of a span, never every node, at most two processes down;
-the API peers are never killed). Then the load stops, every process is up, and the run waits (bounded)
-for the ledgers of every live node to agree. It reports requests made, served and failed (by reason),
+restarts it a few seconds later (never every peer of a span, never every node, at most two processes
+down); an API request that finds its API peer dead goes to the other. Then the load stops, every process
+is up, and the run waits (bounded) for the ledgers of every live node to agree. It reports requests made, served and failed (by reason),
 wrong replies, receipts recorded on both sides, balances after quiescence, each process's memory at the
 start and the end of the load, and the time from each kill to the next right chat. ``bench/README.md``
 says what each figure means; the parts are ``chaos_schedule``, ``chaos_mesh``, ``chaos_load``,
@@ -58,6 +58,7 @@ class ChaosConfig:
     limits: Limits = field(default_factory=Limits)
     nodes: int = 3
     peers_per_span: int = 3
+    protect_api: bool = False  # never kill the API peers
     native_users: int = 3
     api_workers: int = 1
     api_interval_s: float = 3.0
@@ -164,8 +165,10 @@ class Chaos:
             await asyncio.gather(chaos, *tasks, *self.restarts, return_exceptions=True)
             for user in self.users:
                 await user.close()
-        memory = memory_rows(mesh.procs, (own, own_end))
-        return figures(seconds, load.outcomes, self.kills, count, agreed, memory, config.goals)
+        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds)
+        fig = figures(seconds, load.outcomes, self.kills, count, agreed, memory, config.goals)
+        fig.api_redirects = load.api_redirects
+        return fig
 
     async def _warm_up(self, load: Load, workers: list[ApiWorker]) -> None:
         """One right chat per user and per API peer before the clock starts, so memory starts warm."""
@@ -255,6 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--api-interval", type=float, default=3.0, help="seconds between API requests (default 3)"
     )
     parser.add_argument("--max-tokens", type=int, default=8, help="tokens per reply (default 8)")
+    parser.add_argument("--protect-api", action="store_true", help="never kill the two API peers")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", type=Path, default=None, help="an exported model directory")
     model.add_argument(
@@ -300,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                 native_users=args.users,
                 api_interval_s=args.api_interval,
                 max_tokens=args.max_tokens,
+                protect_api=args.protect_api,
             )
             config.work_dir.mkdir(parents=True, exist_ok=True)
             fig = asyncio.run(run_chaos(config, log))

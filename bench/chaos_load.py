@@ -8,8 +8,9 @@ it leaves and a new user (a fresh identity, a new data directory) takes its plac
 turns into payment refusals. A departed user's ledger stays on disk for the receipt count.
 
 An **API worker** posts ``/v1/chat/completions`` (``temperature`` 0) to the API peers in turn, one
-request every ``api_interval_s``, and compares the text with the reference. The API peers pay for the
-other spans from their own balance, hence the pacing.
+request every ``api_interval_s``, and compares the text with the reference; a request that cannot
+connect (that API peer is dead) goes to the other API peer, as a client with two endpoints would, and
+is counted as redirected. The API peers pay for the other spans from their own balance, hence the pacing.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Load:
     t0: float
     outcomes: list[Outcome] = field(default_factory=list)
     users: list[Path] = field(default_factory=list)  # data dirs of every native identity, departed ones too
+    api_redirects: int = 0  # API requests sent to the other API peer because the first refused to connect
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     def now(self) -> float:
@@ -231,7 +233,15 @@ class ApiWorker:
                 began = time.monotonic()
                 url = self.api_urls[turn % len(self.api_urls)]
                 turn += 1
-                load.outcomes.append(await self.chat(http, load, url, rng.pick(len(PROMPTS))))
+                prompt = rng.pick(len(PROMPTS))
+                outcome = await self.chat(http, load, url, prompt)
+                if outcome.error.startswith("ConnectError") and len(self.api_urls) > 1:
+                    # Nothing listens there (that API peer is dead): a client with two endpoints tries the
+                    # other, as it would after "connection refused". A request cut mid-reply is a failure.
+                    load.api_redirects += 1
+                    url = self.api_urls[turn % len(self.api_urls)]
+                    outcome = await self.chat(http, load, url, prompt)
+                load.outcomes.append(outcome)
                 rest = self.interval_s - (time.monotonic() - began)
                 if rest > 0:
                     with contextlib.suppress(TimeoutError):

@@ -37,6 +37,7 @@ class Incarnation:
     rss_ready: int | None = None  # bytes, when it became ready
     rss_start: int | None = None  # at the start of the load, for a life that was there then
     rss_last: int | None = None
+    series: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes) every sample
 
 
 @dataclass
@@ -78,10 +79,17 @@ def rss(pid: int) -> int | None:
 
 class ChaosMesh:
     """``nodes`` signaling nodes and ``peers_per_span`` peers per blocks shard; one peer of each span also
-    serves the OpenAI-compatible API (those are protected: the load reaches the mesh through them)."""
+    serves the OpenAI-compatible API (never killed with ``protect_api``)."""
 
     def __init__(
-        self, log_dir: Path, model_dir: Path, manifest: Manifest, *, nodes: int = 3, peers_per_span: int = 3
+        self,
+        log_dir: Path,
+        model_dir: Path,
+        manifest: Manifest,
+        *,
+        nodes: int = 3,
+        peers_per_span: int = 3,
+        protect_api: bool = False,
     ) -> None:
         if nodes < 2 or peers_per_span < 2:
             raise BenchError("a chaos mesh needs 2+ signaling nodes and 2+ peers per span")
@@ -117,7 +125,7 @@ class ChaosMesh:
                     port = free_port()
                     args += ["--api-port", str(port), "--api-rate", "1000", "--api-burst", "1000"]
                     proc.api_url = f"http://127.0.0.1:{port}/v1"
-                    proc.protected = True
+                    proc.protected = protect_api
                 self.peers.append(proc)
 
     @property
@@ -202,6 +210,7 @@ class ChaosMesh:
                 value = rss(proc.lives[-1].pid)
                 if value is not None:
                     proc.lives[-1].rss_last = value
+                    proc.lives[-1].series.append((time.monotonic(), value))
 
     def stop(self) -> None:
         """SIGTERM every process still running, peers first, then SIGKILL what ignores it."""

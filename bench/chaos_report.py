@@ -48,6 +48,7 @@ class Figures:
     failures: dict[str, int] = field(default_factory=dict)  # reason -> count
     wrong_examples: list[str] = field(default_factory=list)
     kills: int = 0
+    api_redirects: int = 0
     kills_skipped: int = 0
     recovery_s: list[float | None] = field(default_factory=list)  # per kill: to the next successful chat
     restart_s: list[float] = field(default_factory=list)  # per kill: restart to ready again
@@ -73,25 +74,62 @@ def recovery(kills: list[KillRecord], outcomes: list[Outcome]) -> list[float | N
     return result
 
 
-def memory_rows(procs: list[Proc], own: tuple[int | None, int | None]) -> list[dict[str, Any]]:
-    """RSS per process at the start of the load (after warm-up; for a restarted process, when its last
-    life became ready) and at its end; growth is judged only for processes that were never killed."""
-    measured: list[tuple[str, int, int | None, int | None]] = [("chaos (clients)", 1, own[0], own[1])]
+def memory_rows(
+    procs: list[Proc],
+    own: tuple[int | None, int | None],
+    t0: float,
+    seconds: float,
+    *,
+    warm_s: float = 30.0,
+    every_s: float = 60.0,
+) -> list[dict[str, Any]]:
+    """RSS per process at the start and at the end of the load, for the last life of each process.
+
+    A life that was there when the load started (``t0``, after the warm-up chats) starts then; a
+    restarted one starts at its first sample ``warm_s`` after it became ready (its first sessions
+    loaded). Growth is judged for lives that span at least half of the load's ``seconds``.
+    ``series_mib``: RSS about every ``every_s`` seconds of the load, to tell a plateau from a leak."""
+    rows = [_row("chaos (clients)", 1, own[0], own[1], True, [], t0, every_s)]
     for proc in procs:
         life = proc.lives[-1]
-        start = life.rss_start if life.rss_start is not None else life.rss_ready
-        measured.append((proc.name, len(proc.lives), start, life.rss_last))
-    return [
-        {
-            "process": name,
-            "lives": lives,
-            "start_mib": _mib(start),
-            "end_mib": _mib(end),
-            "growth": round((end - start) / start, 4) if start and end else None,
-            "judged": lives == 1,
-        }
-        for name, lives, start, end in measured
-    ]
+        start = life.rss_start
+        began = t0
+        if start is None and life.ready is not None:
+            began = life.ready + warm_s
+            start = next((value for at, value in life.series if at >= began), None)
+        judged = start is not None and (t0 + seconds - began) >= seconds / 2
+        rows.append(_row(proc.name, len(proc.lives), start, life.rss_last, judged, life.series, t0, every_s))
+    return rows
+
+
+def _row(
+    name: str,
+    lives: int,
+    start: int | None,
+    end: int | None,
+    judged: bool,
+    series: list[tuple[float, int]],
+    t0: float,
+    every_s: float,
+) -> dict[str, Any]:
+    return {
+        "process": name,
+        "lives": lives,
+        "start_mib": _mib(start),
+        "end_mib": _mib(end),
+        "growth": round((end - start) / start, 4) if start and end else None,
+        "judged": judged,
+        "series_mib": _every(series, t0, every_s),
+    }
+
+
+def _every(series: list[tuple[float, int]], t0: float, every_s: float) -> list[float | None]:
+    """The first sample of each ``every_s`` slot after ``t0``."""
+    slots: dict[int, int] = {}
+    for at, value in series:
+        if at >= t0:
+            slots.setdefault(int((at - t0) // every_s), value)
+    return [_mib(slots[k]) for k in sorted(slots)]
 
 
 def _mib(value: int | None) -> float | None:
@@ -168,6 +206,7 @@ def show(fig: Figures, console: Console) -> None:
         )
     table.add_row("served", f"{fig.served} ({100 * fig.served_share:.2f} %)")
     table.add_row("failed", str(fig.failed))
+    table.add_row("API requests redirected (their API peer was dead)", str(fig.api_redirects))
     table.add_row("wrong replies (vs local greedy)", str(fig.wrong))
     table.add_row("kills done / skipped", f"{fig.kills} / {fig.kills_skipped}")
     recovered = [r for r in fig.recovery_s if r is not None]
@@ -207,7 +246,7 @@ def show(fig: Figures, console: Console) -> None:
             str(row["lives"]),
             str(row["start_mib"]),
             str(row["end_mib"]),
-            growth if row.get("judged") else f"({growth}, restarted)",
+            growth if row.get("judged") else f"({growth}, short life)",
         )
     console.print(mem)
     console.print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in fig.goals.items()))

@@ -4,7 +4,7 @@
 so a failing run can be replayed. Every kill has its restart in the plan; the rules hold at every
 instant of the plan (``check_plan`` proves it and the tests call it): at most ``max_down`` processes
 down at once, at least one signaling node up, and for each span at least one of its peers up
-(``protected`` processes, the API peers, are never killed and count as up).
+(``protected`` processes are never killed and count as up).
 
 The plan is followed by ``chaos_mesh.ChaosMesh``: a process that is restarting counts as down until it
 is ready again, so a kill that would break a rule in the real mesh waits for that (``Schedule.blocked``).
@@ -34,7 +34,7 @@ class Target:
     name: str
     kind: str  # NODE or PEER
     span: str = ""
-    protected: bool = False  # never killed (the API peers: the load enters the mesh through them)
+    protected: bool = False  # never killed
 
 
 @dataclass(frozen=True)

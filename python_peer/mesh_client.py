@@ -45,7 +45,7 @@ from .errors import LinkClosedError, PeerError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .link_ledger import ClientExchange
-from .routing import BanList, Candidate, NoRouteError, choose_route
+from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
 from .tensors import expect, to_wire
@@ -259,8 +259,9 @@ class MeshClient:
         return found
 
     async def route(self, start: int, end: int, tokens: int) -> list[Candidate]:
-        """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again
-        (a peer that failed once under load may be fine now; a dead one fails again and counts)."""
+        """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again,
+        the one that failed longest ago first (a peer that failed once under load, or was restarted, may be
+        fine now; a dead one fails again and counts)."""
         candidates = await self.candidates(start, end)
         try:
             return choose_route(candidates, start, end, banned=self.bans, tokens_needed=tokens)
@@ -268,7 +269,8 @@ class MeshClient:
             if not any(self.bans.banned(c.peer_id) for c in candidates):
                 raise
             self._lookups.pop((start, end), None)
-            return choose_route(await self.candidates(start, end), start, end, tokens_needed=tokens)
+            fresh = await self.candidates(start, end)
+            return route_lifting_bans(fresh, start, end, banned=self.bans, tokens_needed=tokens)
 
     async def open(self, batch: int, max_length: int) -> MeshSession:
         session = MeshSession(self, batch, max_length)

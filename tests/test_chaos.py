@@ -12,6 +12,7 @@ from rich.console import Console
 from bench.chaos import ChaosConfig, run_chaos, tiny_model
 from bench.chaos_ledgers import compare, receipts, snapshot
 from bench.chaos_schedule import NODE, PEER, Kill, Limits, Schedule, ScheduleError, Target, check_plan, plan
+from python_peer.core.entries import Entry
 from python_peer.identity import IDENTITY_FILE
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.support.ledger import NOW, RULES, Log, cosign, grant, ids
@@ -79,7 +80,7 @@ def test_a_schedule_that_breaks_a_rule_is_refused() -> None:
 # --- the ledger checks ---------------------------------------------------------------------------------
 
 
-def _node(directory: Path, identity_index: int, entries: list) -> Path:  # type: ignore[type-arg]
+def _node(directory: Path, identity_index: int, entries: list[Entry]) -> Path:
     identity = ids(2, 7000)[identity_index]
     directory.mkdir()
     identity.save(directory / IDENTITY_FILE)
