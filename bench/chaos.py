@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from bench.chaos_ledgers import converge, receipts, snapshot
+from bench.chaos_ledgers import converge, entry_count, receipts, snapshot
 from bench.chaos_load import ApiWorker, Load, NativeUser, References, model_id
 from bench.chaos_mesh import ChaosMesh, Proc, rss
 from bench.chaos_report import Figures, Goals, KillRecord, figures, memory_rows, show
@@ -122,6 +122,8 @@ class Chaos:
         await self._warm_up(load, workers)
         own = rss(os.getpid())
         mesh.mark_start()
+        witness = mesh.peers[-1].data_dir
+        entries_at_start = await asyncio.to_thread(entry_count, witness) if witness is not None else 0
         schedule = plan([p.target for p in mesh.procs], config.seconds, config.seed, config.limits)
         log.log(f"load for {config.seconds:.0f} s; {len(schedule)} kills planned (seed {config.seed})")
         load = Load(t0=time.monotonic(), users=load.users)
@@ -155,6 +157,7 @@ class Chaos:
             live = [p.data_dir for p in mesh.peers if p.data_dir is not None]
             live += [u.data_dir for u in self.users if u.node is not None and u.data_dir is not None]
             agreed = await converge(live, config.quiesce_timeout_s)
+            agreed.entries_at_start = entries_at_start
             snaps = await asyncio.to_thread(lambda: [snapshot(d) for d in {*live, *load.users}])
             count = receipts(snaps)
         finally:

@@ -35,6 +35,12 @@ class Snapshot:
     receipts: dict[str, tuple[str, str, frozenset[str]]]  # id -> (client, server, authors carrying it)
 
 
+def entry_count(data_dir: Path) -> int:
+    """How many entries the ledger in ``data_dir`` holds."""
+    with LedgerStore.open(data_dir / LEDGER_FILE, create=False, rules=network_rules()) as store:
+        return len(store)
+
+
 def snapshot(data_dir: Path) -> Snapshot:
     """Read the ledger of the node whose data directory is ``data_dir``."""
     owner = Identity.load(data_dir / IDENTITY_FILE).peer_id
@@ -61,6 +67,8 @@ class Convergence:
     identical_entries: bool = False
     seconds: float = 0.0  # from the end of the load until they agreed (or the bound)
     accounts: int = 0
+    entries: int = 0  # in the largest copy
+    entries_at_start: int = 0  # in one peer's copy when the load started
     differing: list[str] = field(default_factory=list)  # accounts whose balance differs between nodes
 
 
@@ -70,6 +78,7 @@ def compare(snaps: Sequence[Snapshot]) -> Convergence:
         return result
     accounts = set().union(*(s.balances for s in snaps))
     result.accounts = len(accounts)
+    result.entries = max(len(s.hashes) for s in snaps)
     result.differing = sorted(a for a in accounts if len({s.balances.get(a, 0) for s in snaps}) > 1)
     result.identical_balances = not result.differing
     result.identical_entries = len({s.hashes for s in snaps}) == 1

@@ -222,7 +222,8 @@ def show(fig: Figures, console: Console) -> None:
     lg = fig.ledgers
     table.add_row(
         "ledgers after quiescence",
-        f"{lg['nodes']} nodes, {lg['accounts']} accounts: balances "
+        f"{lg['nodes']} nodes, {lg['accounts']} accounts, {lg['entries']} entries "
+        f"({lg['entries_at_start']} at the start of the load): balances "
         f"{'identical' if lg['identical_balances'] else 'DIFFER'}, entries "
         f"{'identical' if lg['identical_entries'] else 'differ'} after {lg['seconds']} s",
     )
