@@ -171,10 +171,11 @@ def figures(
     fig.receipts = {
         "total": receipt_count.total,
         "both_sides": receipt_count.both_sides,
-        "client_only": receipt_count.client_only,
-        "server_only": receipt_count.server_only,
-        "missing_in_own_copy": receipt_count.missing_in_own_copy,
-        "lost": receipt_count.lost[:10],
+        "lost": receipt_count.lost_count,
+        "unchecked": receipt_count.unchecked,
+        "client_log_only": receipt_count.client_log_only,
+        "server_log_only": receipt_count.server_log_only,
+        "lost_examples": receipt_count.lost[:10],
     }
     fig.ledgers = asdict(ledgers)
     fig.memory = memory
@@ -182,7 +183,9 @@ def figures(
     fig.goals = {
         "no_wrong_replies": fig.wrong == 0,
         "served": fig.served_share >= goals.min_served,
-        "no_receipts_lost": receipt_count.lost_count == 0 and receipt_count.total > 0,
+        "no_receipts_lost": receipt_count.lost_count == 0
+        and receipt_count.unchecked == 0
+        and receipt_count.total > 0,
         "identical_balances": ledgers.identical_balances,
         "memory_growth": bool(judged) and max(judged) < goals.max_memory_growth,
     }
@@ -215,9 +218,9 @@ def show(fig: Figures, console: Console) -> None:
     table.add_row("kill -> process serving again", _s(fig.restart_s))
     rc = fig.receipts
     table.add_row(
-        "receipts: both sides / total",
-        f"{rc['both_sides']} / {rc['total']} (client only {rc['client_only']}, server only "
-        f"{rc['server_only']}, own copy missing {rc['missing_in_own_copy']})",
+        "receipts in both sides' ledgers / total",
+        f"{rc['both_sides']} / {rc['total']} (lost {rc['lost']}, unchecked {rc['unchecked']}; carried by "
+        f"the client's log only {rc['client_log_only']}, the server's only {rc['server_log_only']})",
     )
     lg = fig.ledgers
     table.add_row(
@@ -235,7 +238,7 @@ def show(fig: Figures, console: Console) -> None:
         for text, count in fig.failures.items():
             fails.add_row(str(count), text)
         console.print(fails)
-    for line in fig.wrong_examples + fig.receipts["lost"]:
+    for line in fig.wrong_examples + fig.receipts["lost_examples"]:
         console.print(f"  {line}", markup=False)
     mem = Table(title="memory (RSS, MiB)", title_justify="left")
     for column in ("process", "lives", "start", "end", "growth"):
