@@ -1,4 +1,5 @@
-"""Benchmarks, run by hand from the repository root (``python -m bench.<name>``); never by the tests.
+"""Benchmarks, run by hand from the repository root (``python -m bench.<name>``); only the chaos run also
+has a short version among the tests (``tests/test_chaos.py``).
 
 - ``bench_export.py``  the default model as chained ONNX shards vs one whole-model ONNX graph exported by
                        optimum vs PyTorch: decode tokens/s and 128-token prefill side by side in one run,
@@ -14,4 +15,12 @@
 - ``bench_browser.py`` one blocks span in Chromium (onnxruntime-web, WASM) vs native onnxruntime, per token.
 - ``bench_ledger.py``  ledger entries verified and applied per second, balance computation, gossip
                        convergence of 10 nodes.
+- ``chaos.py``         a chaos run: 3 signaling nodes and 6 peers under chat load (native clients and the
+                       API) while a seeded schedule SIGKILLs and restarts them; requests served, wrong
+                       replies, receipts on both sides, balances after quiescence, memory, recovery time.
+                       Its parts: ``chaos_schedule.py`` (the seeded, bounded kill plan and its rules),
+                       ``chaos_mesh.py`` (the processes, restartable, and their memory), ``chaos_load.py``
+                       (native users and API workers, replies checked against the local chain),
+                       ``chaos_ledgers.py`` (receipts per side, convergence of the ledgers),
+                       ``chaos_report.py`` (figures, goals, tables).
 """

@@ -54,7 +54,7 @@ from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .ledger_store import native_verify
 from .link_ledger import ClientExchange
-from .routing import BanList, Candidate, NoRouteError, choose_route
+from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
 from .spot_check import DEFAULT_POLICY, AnswerCheck, SpotCheckPolicy, SpotChecks
@@ -316,8 +316,9 @@ class MeshClient:
         return found
 
     async def route(self, start: int, end: int, tokens: int) -> list[Candidate]:
-        """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again
-        (a peer that failed once under load may be fine now; a dead one fails again and counts)."""
+        """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again,
+        the one that failed longest ago first (a peer that failed once under load, or was restarted, may be
+        fine now; a dead one fails again and counts)."""
         await self._read_reputations()
         candidates = await self.candidates(start, end)
         trusted = [c for c in candidates if not self.avoided(c.peer_id)]
@@ -331,7 +332,8 @@ class MeshClient:
             if not any(self.bans.banned(c.peer_id) for c in candidates):
                 raise
             self._lookups.pop((start, end), None)
-            return choose_route(await self.candidates(start, end), start, end, tokens_needed=tokens)
+            fresh = await self.candidates(start, end)
+            return route_lifting_bans(fresh, start, end, banned=self.bans, tokens_needed=tokens)
 
     async def open(self, batch: int, max_length: int) -> MeshSession:
         session = MeshSession(self, batch, max_length)

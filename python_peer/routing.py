@@ -8,6 +8,7 @@ A route is a shortest path over layer boundaries, so it may mix peers that serve
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from python_peer.core.errors import AI4AllError
@@ -57,6 +58,16 @@ class BanList:
         now = time.monotonic() if now is None else now
         return self._until.get(peer_id, 0.0) > now
 
+    def oldest_first(self, peer_ids: Iterable[str], now: float | None = None) -> list[str]:
+        """Those of ``peer_ids`` banned now, the one that failed longest ago first."""
+        now = time.monotonic() if now is None else now
+        return sorted((p for p in set(peer_ids) if self.banned(p, now)), key=lambda p: (self._until[p], p))
+
+    def lifted(self, peer_ids: Iterable[str]) -> BanList:
+        """A copy of this list without the bans of ``peer_ids``."""
+        gone = set(peer_ids)
+        return BanList(self.seconds, {p: t for p, t in self._until.items() if p not in gone}, self.max_size)
+
 
 def choose_route(
     candidates: list[Candidate],
@@ -96,3 +107,26 @@ def choose_route(
             )
         )
     return best[end][1]
+
+
+def route_lifting_bans(
+    candidates: list[Candidate], start: int, end: int, *, banned: BanList, tokens_needed: int = 1
+) -> list[Candidate]:
+    """``choose_route`` avoiding banned peers; when only banned peers can cover the span, lift bans one
+    peer at a time, the oldest first, so a peer that failed long ago (restarted since, or fine again
+    after a burst of load) gets its second chance before one that failed a moment ago and is likely
+    still dead. A chaos run found the alternative, retrying every banned peer at once by cost, sending
+    session after session to the same dead peer while the others of its span were up."""
+    try:
+        return choose_route(candidates, start, end, banned=banned, tokens_needed=tokens_needed)
+    except NoRouteError:
+        waiting = banned.oldest_first(c.peer_id for c in candidates)
+        if not waiting:
+            raise
+    for count in range(1, len(waiting)):
+        try:
+            relaxed = banned.lifted(waiting[:count])
+            return choose_route(candidates, start, end, banned=relaxed, tokens_needed=tokens_needed)
+        except NoRouteError:
+            continue
+    return choose_route(candidates, start, end, banned=banned.lifted(waiting), tokens_needed=tokens_needed)

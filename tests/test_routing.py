@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from python_peer.core.canonical import Announcement, ServedSpan
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.errors import PeerError
-from python_peer.routing import BanList, Candidate, NoRouteError, choose_route
+from python_peer.routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 
 
 def test_cheapest_route_mixes_span_sizes() -> None:
@@ -79,3 +80,29 @@ def test_least_served_span(tiny_llama_export: Path) -> None:
     smallest = min(s.bytes for s in manifest.blocks)
     with pytest.raises(PeerError, match="fits a memory budget"):
         least_served_span(manifest, mesh, smallest - 1)
+
+
+def test_only_banned_peers_left_the_oldest_ban_is_lifted_first() -> None:
+    bans = BanList(seconds=60)
+    bans.ban("old", now=time.monotonic() - 50)
+    bans.ban("recent", now=time.monotonic() - 10)
+    bans.ban("fast-but-just-failed")
+    candidates = [
+        Candidate("fast-but-just-failed", 0, 4, throughput=10_000.0),
+        Candidate("recent", 0, 4, throughput=100.0),
+        Candidate("old", 0, 4, throughput=1.0),
+    ]
+    assert bans.oldest_first(c.peer_id for c in candidates) == ["old", "recent", "fast-but-just-failed"]
+    assert [c.peer_id for c in route_lifting_bans(candidates, 0, 4, banned=bans)] == ["old"]
+    # An unbanned peer is still preferred to any banned one; a gap no peer covers is still no route.
+    assert [
+        c.peer_id for c in route_lifting_bans([*candidates, Candidate("free", 0, 4)], 0, 4, banned=bans)
+    ] == ["free"]
+    with pytest.raises(NoRouteError):
+        route_lifting_bans([Candidate("half", 0, 2), Candidate("recent", 2, 3)], 0, 4, banned=bans)
+    # lifted() is a copy: the client's own list keeps its bans.
+    assert (
+        bans.lifted(["old"]).banned("recent")
+        and not bans.lifted(["old"]).banned("old")
+        and bans.banned("old")
+    )

@@ -128,3 +128,45 @@ async def test_every_way_of_being_unreachable_at_once_still_serves_the_chat(toy_
     assert session.failovers == 3
     assert all(client.bans.banned(p) for p in (dead, gone, mute))
     assert [hop[0] for hop in session.route][1] == spare
+
+
+async def test_when_every_server_of_a_span_is_banned_the_oldest_failure_is_tried_first(
+    toy_mesh: ToyMesh,
+) -> None:
+    """Found by the chaos run (bench/chaos.py): two peers of a span were killed and restarted a minute
+    ago (still banned), then the third died while listed. Retrying every banned peer by cost sent each
+    session back to the dead favourite until the client gave up; the oldest ban is lifted first instead."""
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    m.peer((0, 1))
+    dead = m.peer((1, 3), throughput=90_000)
+    back_first = m.peer((1, 3))
+    back_later = m.peer((1, 3))
+    m.peer((3, 4))
+    m.network.refuse_signals(dead)
+    client = m.client()
+    now = time.monotonic()
+    client.bans.ban(back_first, now=now - 40)  # failed 40 s ago, restarted since
+    client.bans.ban(back_later, now=now - 20)
+    client.bans.ban(dead, now=now)  # failed a moment ago
+
+    for _ in range(3):
+        tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+        assert tokens == expected
+        assert session.failovers == 0, session.last_failure
+        assert [hop[0] for hop in session.route][1] == back_first
+
+
+async def test_lifting_bans_still_reaches_a_peer_that_failed_a_moment_ago_if_it_is_the_only_one(
+    toy_mesh: ToyMesh,
+) -> None:
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    m.peer((0, 1))
+    only = m.peer((1, 3))
+    m.peer((3, 4))
+    client = m.client()
+    client.bans.ban(only)  # it failed once under load; it is fine now
+
+    tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+    assert tokens == expected and [hop[0] for hop in session.route][1] == only

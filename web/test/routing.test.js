@@ -4,7 +4,15 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { BanList, DEFAULT_BLOCK_S, DEFAULT_RTT_S, NoRouteError, candidateCost, chooseRoute } from '../src/client/routing.js';
+import {
+  BanList,
+  DEFAULT_BLOCK_S,
+  DEFAULT_RTT_S,
+  NoRouteError,
+  candidateCost,
+  chooseRoute,
+  routeLiftingBans,
+} from '../src/client/routing.js';
 
 /**
  * @param {string} peerId
@@ -60,4 +68,22 @@ test('bans expire and the list stays bounded, dropping the oldest ban first', ()
   assert.ok(!bans.banned('a', 1000));
   bans.ban('c', 20); // full: the oldest (a) goes
   assert.deepEqual([...bans.until.keys()], ['b', 'c']);
+});
+
+test('only banned peers left: the oldest ban is lifted first, never the one that failed a moment ago', () => {
+  const bans = new BanList(60);
+  const now = performance.now();
+  bans.ban('old', now - 50_000);
+  bans.ban('recent', now - 10_000);
+  bans.ban('fast-but-just-failed', now);
+  const candidates = [
+    cand('fast-but-just-failed', 0, 4, { throughput: 10_000 }),
+    cand('recent', 0, 4, { throughput: 100 }),
+    cand('old', 0, 4, { throughput: 1 }),
+  ];
+  assert.deepEqual(bans.oldestFirst(candidates.map((c) => c.peerId)), ['old', 'recent', 'fast-but-just-failed']);
+  assert.deepEqual(ids(routeLiftingBans(candidates, 0, 4, bans)), ['old']);
+  assert.deepEqual(ids(routeLiftingBans([...candidates, cand('free', 0, 4)], 0, 4, bans)), ['free']);
+  assert.throws(() => routeLiftingBans([cand('half', 0, 2), cand('recent', 2, 3)], 0, 4, bans), NoRouteError);
+  assert.ok(bans.lifted(['old']).banned('recent') && !bans.lifted(['old']).banned('old') && bans.banned('old'));
 });

@@ -40,7 +40,7 @@ import { OPEN_TIMEOUT_MS } from '../protocol/constants.js';
 import { BrowserNodeCore } from '../node/core.js';
 import { LinkClosedError, LinkTimeoutError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
-import { BanList, NoRouteError, chooseRoute } from './routing.js';
+import { BanList, NoRouteError, chooseRoute, routeLiftingBans } from './routing.js';
 import { RpcClient } from './rpc.js';
 import { ClientExchange } from '../ledger/exchange.js';
 import { BadAnswerError, MeshError, isHopFailure } from './errors.js';
@@ -470,8 +470,9 @@ export class MeshClient {
   }
 
   /**
-   * The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again
-   * (a peer that failed once under load may be fine now; a dead one fails again and counts).
+   * The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again,
+   * the one that failed longest ago first (a peer that failed once under load, or was restarted, may be
+   * fine now; a dead one fails again and counts).
    * @param {number} start
    * @param {number} end
    * @param {number} tokens
@@ -494,7 +495,7 @@ export class MeshClient {
       if (!(err instanceof NoRouteError) || !candidates.some((c) => this.bans.banned(c.peerId))) throw err;
       this.#lookups.delete(`${start}-${end}`);
       const fresh = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
-      return chooseRoute(fresh, start, end, { tokensNeeded: tokens });
+      return routeLiftingBans(fresh, start, end, this.bans, tokens);
     }
   }
 

@@ -70,6 +70,30 @@ export class BanList {
   banned(peerId, now = performance.now()) {
     return (this.until.get(peerId) ?? 0) > now;
   }
+
+  /**
+   * Those of `peerIds` banned now, the one that failed longest ago first (Python's `oldest_first`).
+   * @param {Iterable<string>} peerIds
+   * @param {number} [now]  ms
+   * @returns {string[]}
+   */
+  oldestFirst(peerIds, now = performance.now()) {
+    const banned = [...new Set(peerIds)].filter((p) => this.banned(p, now));
+    const until = (/** @type {string} */ p) => /** @type {number} */ (this.until.get(p));
+    return banned.sort((a, b) => until(a) - until(b) || (a < b ? -1 : a > b ? 1 : 0));
+  }
+
+  /**
+   * A copy of this list without the bans of `peerIds`.
+   * @param {Iterable<string>} peerIds
+   * @returns {BanList}
+   */
+  lifted(peerIds) {
+    const gone = new Set(peerIds);
+    const copy = new BanList(this.seconds, this.maxSize);
+    for (const [peer, until] of this.until) if (!gone.has(peer)) copy.until.set(peer, until);
+    return copy;
+  }
 }
 
 /**
@@ -112,4 +136,34 @@ export function chooseRoute(candidates, start, end, { banned = null, tokensNeede
     );
   }
   return found.path;
+}
+
+/**
+ * `chooseRoute` avoiding banned peers; when only banned peers can cover the span, lift bans one peer at a
+ * time, the oldest first, so a peer that failed long ago (restarted since) gets its second chance before
+ * one that failed a moment ago (Python's `route_lifting_bans`; found by bench/chaos.py).
+ * @param {readonly Candidate[]} candidates
+ * @param {number} start
+ * @param {number} end
+ * @param {BanList} banned
+ * @param {number} [tokensNeeded]
+ * @returns {Candidate[]}
+ */
+export function routeLiftingBans(candidates, start, end, banned, tokensNeeded = 1) {
+  /** @type {string[]} */
+  let waiting;
+  try {
+    return chooseRoute(candidates, start, end, { banned, tokensNeeded });
+  } catch (err) {
+    waiting = banned.oldestFirst(candidates.map((c) => c.peerId));
+    if (!(err instanceof NoRouteError) || waiting.length === 0) throw err;
+  }
+  for (let count = 1; count < waiting.length; count++) {
+    try {
+      return chooseRoute(candidates, start, end, { banned: banned.lifted(waiting.slice(0, count)), tokensNeeded });
+    } catch (err) {
+      if (!(err instanceof NoRouteError)) throw err;
+    }
+  }
+  return chooseRoute(candidates, start, end, { banned: banned.lifted(waiting), tokensNeeded });
 }

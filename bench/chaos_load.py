@@ -1,0 +1,275 @@
+"""The chaos run's load: native mesh clients and OpenAI-compatible API requests, every reply checked.
+
+A **native user** is a ``MeshClient`` on a node of its own (identity and SQLite ledger in its data
+directory), as ``ai4all chat`` runs one, kept open across chats; it lists every signaling node, its own
+first. It chats back to back, greedy, and compares the tokens with the reference. A user's starter
+grant pays for a few dozen chats of the tiny model; when what it can spend falls under two chats' price
+it leaves and a new user (a fresh identity, a new data directory) takes its place, so the load never
+turns into payment refusals. A departed user's ledger stays on disk for the receipt count.
+
+An **API worker** posts ``/v1/chat/completions`` (``temperature`` 0) to the API peers in turn, one
+request every ``api_interval_s``, and compares the text with the reference; a request that cannot
+connect (that API peer is dead) goes to the other API peer, as a client with two endpoints would, and
+is counted as redirected. The API peers pay for the other spans from their own balance, hence the pacing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.mesh_concurrency import wait_for_route
+from python_peer.chat import prompt_ids
+from python_peer.core.economics import network_rules, price
+from python_peer.core.errors import AI4AllError
+from python_peer.core.manifest import Manifest
+from python_peer.generate import Generation, SamplingParams, agenerate
+from python_peer.mesh_client import ClientConfig, MeshClient
+from python_peer.node import MeshNode, NodeConfig, open_client
+from python_peer.tokenizer import ModelTokenizer
+
+PROMPTS = (
+    "What is the capital of France?",
+    "Write a short poem about the sea.",
+    "What are the three primary colours?",
+    "def fibonacci(n):",
+    "hello world",
+    "The quick brown fox",
+)
+_IDS = re.compile(r"\b[0-9a-f]{8,}\b…?")
+_NUMBERS = re.compile(r"\b\d+(\.\d+)?\b")
+
+
+def reason(text: str) -> str:
+    """A failure's message with peer ids and numbers blanked, so alike failures count together."""
+    return _NUMBERS.sub("N", _IDS.sub("<id>", text))[:160]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request: who made it, when (seconds into the run), and whether its reply was served and right."""
+
+    kind: str  # "native" or "api"
+    who: str
+    prompt: int
+    start: float
+    end: float
+    served: bool
+    correct: bool = False
+    error: str = ""
+
+
+@dataclass
+class Load:
+    """What the load did; ``t0`` is the monotonic time the run's clock starts at."""
+
+    t0: float
+    outcomes: list[Outcome] = field(default_factory=list)
+    users: list[Path] = field(default_factory=list)  # data dirs of every native identity, departed ones too
+    api_redirects: int = 0  # API requests sent to the other API peer because the first refused to connect
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+
+class References:
+    """The greedy reply to each prompt, from the shards chained in this process (``LocalChain``)."""
+
+    def __init__(self, model_dir: Path, max_tokens: int) -> None:
+        from python_peer.chain import LocalChain
+        from python_peer.generate import generate
+
+        chain = LocalChain(model_dir)
+        self.tokenizer = ModelTokenizer(model_dir, chain.manifest)
+        self.params = SamplingParams(max_tokens=max_tokens)
+        self.ids = [prompt_ids(self.tokenizer, p) for p in PROMPTS]
+        self.replies: list[Generation] = [
+            generate(chain, self.tokenizer, ids, self.params) for ids in self.ids
+        ]
+
+
+class NativeUser:
+    """One mesh client after another (a new identity when the last one's credit runs low)."""
+
+    def __init__(
+        self,
+        index: int,
+        urls: Sequence[str],
+        model_dir: Path,
+        manifest: Manifest,
+        refs: References,
+        data_root: Path,
+    ) -> None:
+        self.index = index
+        self.urls = tuple(urls[index % len(urls) :]) + tuple(urls[: index % len(urls)])
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.refs = refs
+        self.data_root = data_root
+        self.generation = 0
+        self.node: MeshNode | None = None
+        self.data_dir: Path | None = None
+        self.client: MeshClient | None = None
+        max_length = max(len(ids) for ids in refs.ids) + refs.params.max_tokens
+        rules = network_rules()
+        self.chat_price = sum(price(s.end - s.start, max_length, 0, rules) for s in manifest.blocks)
+
+    @property
+    def name(self) -> str:
+        return f"user{self.index}.{self.generation}"
+
+    async def open(self, load: Load) -> None:
+        await self.close()
+        self.generation += 1
+        self.data_dir = data_dir = self.data_root / self.name
+        load.users.append(data_dir)
+        self.node, self.client = await open_client(
+            NodeConfig(signal_urls=self.urls, data_dir=data_dir), self.model_dir, ClientConfig(threads=1)
+        )
+        await wait_for_route(self.client, self.manifest, timeout=60)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+        if self.node is not None:
+            await self.node.aclose()
+        self.node = self.client = None
+
+    async def _low(self) -> bool:
+        ledger = self.client.ledger if self.client is not None else None
+        if ledger is None:
+            return False
+        spendable = await asyncio.to_thread(
+            lambda: ledger.store.report().spendable(ledger.peer_id, _now_ms())
+        )
+        return spendable < 2 * self.chat_price
+
+    async def chat(self, load: Load, prompt: int, timeout: float) -> Outcome:
+        start = load.now()
+        try:
+            if self.client is None or await self._low():
+                await self.open(load)
+            if self.client is None:
+                raise AI4AllError(f"{self.name} has no mesh client")
+            reply = await asyncio.wait_for(
+                agenerate(self.client, self.refs.tokenizer, self.refs.ids[prompt], self.refs.params), timeout
+            )
+        except (AI4AllError, OSError, TimeoutError) as exc:
+            return Outcome("native", self.name, prompt, start, load.now(), False, error=_describe(exc))
+        right = reply.token_ids == self.refs.replies[prompt].token_ids
+        wrong = (
+            "" if right else f"tokens {list(reply.token_ids)} != {list(self.refs.replies[prompt].token_ids)}"
+        )
+        return Outcome("native", self.name, prompt, start, load.now(), True, right, wrong)
+
+    async def run(self, load: Load, seed: int, timeout: float) -> None:
+        rng = _Rng(seed)
+        while not load.stop.is_set():
+            outcome = await self.chat(load, rng.pick(len(PROMPTS)), timeout)
+            load.outcomes.append(outcome)
+            if not outcome.served:
+                await asyncio.sleep(0.5)  # a failing mesh is not hammered
+
+
+class ApiWorker:
+    """Chat completions through the API peers, in turn, paced."""
+
+    def __init__(
+        self, index: int, api_urls: Sequence[str], model_id: str, refs: References, interval_s: float
+    ):
+        self.index = index
+        self.api_urls = list(api_urls)
+        self.model_id = model_id
+        self.refs = refs
+        self.interval_s = interval_s
+
+    async def chat(self, http: httpx.AsyncClient, load: Load, url: str, prompt: int) -> Outcome:
+        body: dict[str, Any] = {
+            "model": self.model_id,
+            "messages": [{"role": "user", "content": PROMPTS[prompt]}],
+            "max_tokens": self.refs.params.max_tokens,
+            "temperature": 0,
+        }
+        who = f"api{self.index}@{url.split(':')[-1].split('/')[0]}"
+        start = load.now()
+        try:
+            response = await http.post(f"{url}/chat/completions", json=body)
+        except httpx.HTTPError as exc:
+            return Outcome("api", who, prompt, start, load.now(), False, error=_describe(exc))
+        end = load.now()
+        if response.status_code != 200:
+            try:
+                message = str(response.json()["error"]["message"])
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            return Outcome(
+                "api", who, prompt, start, end, False, error=f"HTTP {response.status_code}: {message}"
+            )
+        try:
+            answer = response.json()
+            text = str(answer["choices"][0]["message"]["content"])
+            tokens = int(answer["usage"]["completion_tokens"])
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            return Outcome("api", who, prompt, start, end, False, error=f"bad answer: {_describe(exc)}")
+        ref = self.refs.replies[prompt]
+        right = text == ref.text and tokens == len(ref.token_ids)
+        wrong = "" if right else f"text {text!r} ({tokens} tokens) != {ref.text!r} ({len(ref.token_ids)})"
+        return Outcome("api", who, prompt, start, end, True, right, wrong)
+
+    async def run(self, load: Load, seed: int, timeout: float) -> None:
+        rng = _Rng(seed)
+        turn = self.index
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as http:
+            while not load.stop.is_set():
+                began = time.monotonic()
+                url = self.api_urls[turn % len(self.api_urls)]
+                turn += 1
+                prompt = rng.pick(len(PROMPTS))
+                outcome = await self.chat(http, load, url, prompt)
+                if outcome.error.startswith("ConnectError") and len(self.api_urls) > 1:
+                    # Nothing listens there (that API peer is dead): a client with two endpoints tries the
+                    # other, as it would after "connection refused". A request cut mid-reply is a failure.
+                    load.api_redirects += 1
+                    url = self.api_urls[turn % len(self.api_urls)]
+                    outcome = await self.chat(http, load, url, prompt)
+                load.outcomes.append(outcome)
+                rest = self.interval_s - (time.monotonic() - began)
+                if rest > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(load.stop.wait(), rest)
+
+
+async def model_id(api_url: str) -> str:
+    async with httpx.AsyncClient(trust_env=False, timeout=10) as http:
+        models = (await http.get(f"{api_url}/models")).json()
+    return str(models["data"][0]["id"])
+
+
+class _Rng:
+    """A seeded choice of prompts per worker (the schedule has its own generator)."""
+
+    def __init__(self, seed: int) -> None:
+        import random
+
+        self._random = random.Random(seed)
+
+    def pick(self, n: int) -> int:
+        return self._random.randrange(n)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or "(no message)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
