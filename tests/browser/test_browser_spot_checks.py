@@ -1,0 +1,118 @@
+"""The browser's mesh client catches a lying native peer with its spot checks (web/src/client/spot_check.js).
+
+Real ``ai4all peer`` processes serve the tiny Llama export; blocks 1-3 are served by three peers, one of
+them started with the test-only hook ``AI4ALL_TEST_LIE=zeros`` (``python_peer/server.py``): it returns
+zeros for every FORWARD and signs them like honest answers. The browser client (a ``MeshClient`` with
+its ``BrowserLedger`` on the harness page) chats until its spot checks catch the liar, as the routed
+peer or as a checking one. Then: the evidence entry is in the browser's own log and valid under
+Pyodide (the liar's reputation there is ``suspect``), nothing was countersigned for the liar's session,
+the liar is never routed again and the replies equal the local reference, and the evidence reaches an
+honest native peer's SQLite ledger (pushed with the browser's next holds, and by gossip).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from python_peer.server import TEST_LIE_ENV
+from tests.support.browser import Harness
+from tests.support.browser_client import run_generation, setup_client
+from tests.support.browser_node import local_tokens
+from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
+
+SESSIONS = 8  # every new peer is checked every session: the liar is involved within a few
+
+
+@contextlib.contextmanager
+def lying_mesh(tmp: Path, model: Path) -> Iterator[tuple[Node, dict[str, PeerProc]]]:
+    """A signaling node; native peers for 0-1 and 3-4, three for 1-3 of which ``liar`` lies."""
+    node = Node("signal", tmp)
+    peers: dict[str, PeerProc] = {}
+    try:
+        node.wait()
+        spans = [("p0-1", "0-1"), ("liar", "1-3"), ("h1-3a", "1-3"), ("h1-3b", "1-3"), ("p3-4", "3-4")]
+        for name, span in spans:
+            env = {TEST_LIE_ENV: "zeros"} if name == "liar" else None
+            peers[name] = PeerProc(name, tmp, model, [node.url], span=span, env=env)
+        for peer in peers.values():
+            peer.wait()
+        yield node, peers
+    finally:
+        for peer in peers.values():
+            with contextlib.suppress(AssertionError):
+                peer.stop()
+        with contextlib.suppress(AssertionError):
+            node.stop()
+
+
+def caught(harness: Harness) -> list[str]:
+    return list(harness.page.evaluate("() => [...window.t.client.spotChecks.caught.keys()]"))
+
+
+def own_entries(harness: Harness, kind: str) -> list[dict[str, Any]]:
+    entries = harness.page.evaluate("() => window.t.ledger.log(window.t.identity.peerId, 500)")
+    return [e for e in entries if e["body"]["kind"] == kind]
+
+
+def test_the_browser_client_catches_a_lying_native_peer_and_proves_it(
+    harness: Harness, served_model: Path, served_core: None, tmp_path: Path
+) -> None:
+    expected = list(local_tokens(served_model))
+    with lying_mesh(tmp_path, served_model) as (node, peers):
+        liar = peers["liar"].peer_id
+        honest = [peers["h1-3a"], peers["h1-3b"]]
+        try:
+            browser_id = setup_client(harness.page, "client-spot-checks", node.url)
+            sessions = 0
+            while sessions < SESSIONS and liar not in caught(harness):
+                run_generation(harness.page)
+                sessions += 1
+            assert liar in caught(harness), [p.tail() for p in peers.values()]
+            stats = harness.page.evaluate("() => window.t.client.spotChecks.summary()")
+            print(f"liar caught after {sessions} browser session(s); checks: {stats}")
+
+            # The evidence is in the browser's own log, valid under Pyodide: the liar is a suspect there.
+            evidence = own_entries(harness, "evidence")
+            assert len(evidence) == 1, evidence
+            body = evidence[0]["body"]
+            assert body["liar"]["body"]["server"] == liar
+            assert {h["body"]["server"] for h in body["honest"]} <= {p.peer_id for p in honest}
+            rep = harness.page.evaluate("(peer) => window.t.ledger.reputation(peer)", liar)
+            assert rep["level"] == "suspect", rep
+            # Nothing countersigned for the session the liar lied in.
+            lying_session = body["liar"]["body"]["session"]
+            receipts = [e["body"]["receipt"] for e in own_entries(harness, "receipt")]
+            assert not [r for r in receipts if r["server"] == liar and r["session"] == lying_session]
+
+            # After detection: the liar is never routed, and every reply is the honest one.
+            for _ in range(2):
+                result = run_generation(harness.page)
+                assert result["tokens"] == expected, result
+                assert all(hop[0] != liar for route in result["routes"] for hop in route), result["routes"]
+            harness.page.evaluate("() => window.t.client.gossipSettled()")
+        finally:
+            harness.page.evaluate("() => window.t?.client?.close()")
+
+        def reached() -> PeerProc | None:
+            for peer in honest:
+                done = run_cli(
+                    ["ledger", "show", liar, "--data-dir", str(peer.data_dir)],
+                    timeout=60,
+                    env={"COLUMNS": "200"},
+                )
+                if done.returncode == 0 and "reputation: suspect" in done.stdout:
+                    return peer
+            return None
+
+        where = wait_for(reached, 60, what="the browser's evidence reaching an honest native peer", interval=1.0)
+        assert where is not None
+        assert browser_id
+    assert harness.take_errors() == []
