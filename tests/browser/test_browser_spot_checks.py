@@ -1,4 +1,4 @@
-"""The browser's mesh client catches a lying native peer with its spot checks (web/src/client/spot_check.js).
+"""The browser's mesh client spot-checks (web/src/client/spot_check.js): it catches a lying native peer with its spot checks (web/src/client/spot_check.js).
 
 Real ``ai4all peer`` processes serve the tiny Llama export; blocks 1-3 are served by three peers, one of
 them started with the test-only hook ``AI4ALL_TEST_LIE=zeros`` (``python_peer/server.py``): it returns
@@ -8,6 +8,9 @@ peer or as a checking one. Then: the evidence entry is in the browser's own log 
 Pyodide (the liar's reputation there is ``suspect``), nothing was countersigned for the liar's session,
 the liar is never routed again and the replies equal the local reference, and the evidence reaches an
 honest native peer's SQLite ledger (pushed with the browser's next holds, and by gossip).
+
+And no false positive: the browser client chats through honest native peers and a Chromium tab serving
+1-3 on WASM, checking every session while the peers are new; no check fails.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser
 
 from python_peer.server import TEST_LIE_ENV
 from tests.support.browser import Harness
 from tests.support.browser_client import run_generation, setup_client
-from tests.support.browser_node import local_tokens
+from tests.support.browser_node import browser_peer, local_tokens, wait_listed
 from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.static_server import WebServer
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
@@ -32,14 +37,15 @@ SESSIONS = 8  # every new peer is checked every session: the liar is involved wi
 
 
 @contextlib.contextmanager
-def lying_mesh(tmp: Path, model: Path) -> Iterator[tuple[Node, dict[str, PeerProc]]]:
-    """A signaling node; native peers for 0-1 and 3-4, three for 1-3 of which ``liar`` lies."""
+def lying_mesh(tmp: Path, model: Path, *, liar: bool = True) -> Iterator[tuple[Node, dict[str, PeerProc]]]:
+    """A signaling node; native peers for 0-1 and 3-4, three for 1-3 of which ``liar`` lies (with
+    ``liar``; else two honest ones)."""
     node = Node("signal", tmp)
     peers: dict[str, PeerProc] = {}
     try:
         node.wait()
         spans = [("p0-1", "0-1"), ("liar", "1-3"), ("h1-3a", "1-3"), ("h1-3b", "1-3"), ("p3-4", "3-4")]
-        for name, span in spans:
+        for name, span in spans if liar else [s for s in spans if s[0] != "liar"]:
             env = {TEST_LIE_ENV: "zeros"} if name == "liar" else None
             peers[name] = PeerProc(name, tmp, model, [node.url], span=span, env=env)
         for peer in peers.values():
@@ -112,7 +118,48 @@ def test_the_browser_client_catches_a_lying_native_peer_and_proves_it(
                     return peer
             return None
 
-        where = wait_for(reached, 60, what="the browser's evidence reaching an honest native peer", interval=1.0)
+        where = wait_for(
+            reached, 60, what="the browser's evidence reaching an honest native peer", interval=1.0
+        )
         assert where is not None
         assert browser_id
+    assert harness.take_errors() == []
+
+
+HONEST_SESSIONS = 10  # at most: until the browser tab took part in a passed check
+
+
+def test_no_false_positive_between_native_and_browser_peers_under_browser_checks(
+    browser: Browser,
+    web_server: WebServer,
+    harness: Harness,
+    served_model: Path,
+    served_core: None,
+    tmp_path: Path,
+) -> None:
+    expected = list(local_tokens(served_model))
+    with (
+        lying_mesh(tmp_path, served_model, liar=False) as (node, _),
+        browser_peer(browser, web_server, node.url, served_model) as (_, tab),
+    ):
+        wait_listed(node, tab)
+        try:
+            setup_client(harness.page, "client-spot-checks-honest", node.url)
+            sessions = 0
+            while sessions < 5 or (
+                sessions < HONEST_SESSIONS
+                and not harness.page.evaluate("(tab) => window.t.client.spotChecks.passes.has(tab)", tab)
+            ):
+                result = run_generation(harness.page)
+                assert result["tokens"] == expected, result
+                sessions += 1
+            stats = harness.page.evaluate("() => window.t.client.spotChecks.summary()")
+            passes = harness.page.evaluate("() => Object.fromEntries(window.t.client.spotChecks.passes)")
+        finally:
+            harness.page.evaluate("() => window.t?.client?.close()")
+    print(f"browser client, {sessions} sessions: {stats}")
+    assert stats["caught"] == 0 and stats["inconclusive"] == 0, stats
+    assert stats["passed"] >= 5, stats
+    assert stats["largestAgreeingDiff"] < 1e-2, stats
+    assert passes.get(tab, 0) >= 1, f"the browser tab took part in no check: {passes}"
     assert harness.take_errors() == []
