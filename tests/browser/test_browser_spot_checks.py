@@ -16,6 +16,7 @@ And no false positive: the browser client chats through honest native peers and 
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,7 @@ from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
-SESSIONS = 8  # every new peer is checked every session: the liar is involved within a few
+SESSIONS = 12  # every new peer is checked every session: the liar is involved within a few
 
 
 @contextlib.contextmanager
@@ -68,6 +69,18 @@ def own_entries(harness: Harness, kind: str) -> list[dict[str, Any]]:
     return [e for e in entries if e["body"]["kind"] == kind]
 
 
+def append_evidence(harness: Harness, body: dict[str, Any]) -> str:
+    """What ``BrowserLedger.appendEvidence`` makes of ``body``: ``stored`` or the error's code."""
+    return str(
+        harness.page.evaluate(
+            """async (body) => {
+              try { await window.t.ledger.appendEvidence(body); return 'stored'; } catch (e) { return e.code; }
+            }""",
+            body,
+        )
+    )
+
+
 def test_the_browser_client_catches_a_lying_native_peer_and_proves_it(
     harness: Harness, served_model: Path, served_core: None, tmp_path: Path
 ) -> None:
@@ -77,6 +90,11 @@ def test_the_browser_client_catches_a_lying_native_peer_and_proves_it(
         honest = [peers["h1-3a"], peers["h1-3b"]]
         try:
             browser_id = setup_client(harness.page, "client-spot-checks", node.url)
+            # Routing prefers one honest peer of 1-3, so the liar is involved when it is drawn as the
+            # checking peer (one chance in two per checked session). The default policy stops checking
+            # every session after 5 passes; keeping every peer "new" here makes the test's odds of not
+            # meeting the liar in SESSIONS sessions 2^-SESSIONS instead of about 1%.
+            harness.page.evaluate("() => { window.t.client.spotChecks.policy.warmup = 1000; }")
             sessions = 0
             while sessions < SESSIONS and liar not in caught(harness):
                 run_generation(harness.page)
@@ -93,6 +111,17 @@ def test_the_browser_client_catches_a_lying_native_peer_and_proves_it(
             assert {h["body"]["server"] for h in body["honest"]} <= {p.peer_id for p in honest}
             rep = harness.page.evaluate("(peer) => window.t.ledger.reputation(peer)", liar)
             assert rep["level"] == "suspect", rep
+            # Forged evidence is refused by the browser's ledger and leaves its log as it was: an honest
+            # answer whose output was changed (its signature no longer covers it), answers given to
+            # another client.
+            forged = copy.deepcopy(body)
+            forged["honest"][0]["body"]["output"] = "f" * 64
+            other = copy.deepcopy(body)
+            for answer in [other["liar"], *other["honest"]]:
+                answer["body"]["client"] = "d" * 64
+            assert append_evidence(harness, forged) == "bad_signature"
+            assert append_evidence(harness, other) == "bad_evidence"
+            assert len(own_entries(harness, "evidence")) == 1
             # Nothing countersigned for the session the liar lied in.
             lying_session = body["liar"]["body"]["session"]
             receipts = [e["body"]["receipt"] for e in own_entries(harness, "receipt")]
