@@ -28,6 +28,10 @@
  * The client is a role plugged onto the browser node assembly (`MeshClient.attach(core, ...)`, with
  * `BrowserNodeCore` of web/src/node/core.js); `MeshClient.connect` makes an assembly of its own.
  *
+ * When a session closes, its hops are spot-checked (./spot_check.js, the rule of the native client):
+ * a peer caught lying is unpaid for that session, accused in an `evidence` entry of the ledger, and
+ * never routed again (`spotChecks.caught`).
+ *
  * The module is split along its seams: one hop and its tensors in ./hop.js, a session's steps and
  * failover in ./session.js, the errors in ./errors.js (all re-exported here).
  *
