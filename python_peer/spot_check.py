@@ -36,6 +36,14 @@ from python_peer.core.answers import Answer, SignedAnswer, check_answer, wire_di
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.evidence import Evidence
 from python_peer.core.ledger_fields import Verify
+from python_peer.core.spot_policy import (
+    MAX_TRACKED_PEERS,
+    SPOT_CHECK_FLOOR,
+    SPOT_CHECK_TOLERANCES,
+    SPOT_CHECK_WARMUP,
+    check_rate,
+    tolerance_for,
+)
 from python_peer.core.wire import FrameFlags
 
 from .errors import PeerError
@@ -48,12 +56,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Relative tolerance on max |a - b| / max(max |a|, max |b|), per shard dtype. Native onnxruntime and
-# onnxruntime-web (WASM) differ by ~2e-3 in fp32 on SmolLM2 (docs/trust.md); fp16 and weight-only 8-bit
-# kernels differ more between runtimes; 4-bit most. A liar that changes tokens is far above these: noise,
-# zeros, skipped blocks or stale states change the hidden states by O(1) relative to their max.
-TOLERANCES = {"fp32": 1e-2, "fp16": 3e-2, "q8": 5e-2, "q4": 1e-1}
-MAX_TRACKED_PEERS = 4096  # per-client tables of passes and caught peers are bounded
+TOLERANCES = SPOT_CHECK_TOLERANCES  # per shard dtype, defined once in core/spot_policy.py
 
 
 class BadAnswerError(PeerError):
@@ -99,18 +102,16 @@ class SpotCheckPolicy:
     (docs/trust.md gives figures).
     """
 
-    floor: float = 0.05
-    warmup: int = 5
+    floor: float = SPOT_CHECK_FLOOR
+    warmup: int = SPOT_CHECK_WARMUP
     tolerances: tuple[tuple[str, float], ...] = tuple(TOLERANCES.items())
     seed: int | None = None  # tests and benchmarks draw reproducibly; None: the system's randomness
 
     def rate(self, passes: int) -> float:
-        if passes < self.warmup:
-            return 1.0
-        return max(self.floor, min(1.0, (self.warmup / (passes + 1)) ** 2))
+        return check_rate(passes, self.warmup, self.floor)
 
     def tolerance(self, dtype: str) -> float:
-        return dict(self.tolerances).get(dtype, TOLERANCES["q4"])
+        return tolerance_for(dtype, dict(self.tolerances))
 
 
 DEFAULT_POLICY = SpotCheckPolicy()

@@ -40,6 +40,9 @@ def test_enums_and_tables_are_frozen_objects_with_every_member() -> None:
 
 
 def test_only_exact_values_are_exported() -> None:
-    for bad in (0.5, True, 2**53, b"\xff", None):
+    for bad in (float("nan"), float("inf"), True, 2**53, b"\xff", None):
         with pytest.raises((TypeError, ValueError)):
             js_constants._literal("X", bad)
+    # a finite float is exact: both sides are IEEE doubles, and the shortest repr reads back the same
+    for fraction in (0.05, 1e-2, 1 / 3):
+        assert float(js_constants._literal("X", fraction)) == fraction

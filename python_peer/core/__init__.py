@@ -10,6 +10,7 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).
+- ``spot_policy.py``  the spot-check policy's numbers: check rate by passes, floor, tolerances by dtype.
 - ``js_constants.py``  writes ``web/src/protocol/constants.js``, the browser's copy of those constants.
 - ``ledger_fields.py``  what ledger records are built from: checked fields, canonical bytes, ``Rejection``.
 - ``receipts.py``  co-signed receipts: the receipt, its two signatures, the checks before countersigning.

@@ -30,6 +30,7 @@ from .browser_signing import (
     PresignedSigner,
     check_push,
     claims_for,
+    claims_json,
     held_claims,
     signing_operation,
     verified_claims,
@@ -38,6 +39,7 @@ from .chain_store import wall_clock_ms
 from .economics import DEFAULT_RULES, Rules
 from .entries import Entry, parse_entry
 from .errors import AI4AllError, LedgerError
+from .evidence import Evidence, check_evidence
 from .gossip import GossipConfig, GossipSession
 from .memory_store import MemoryStore
 from .proof_of_work import mine_grant
@@ -97,6 +99,17 @@ class BrowserLedgerCore:
     def claims(self, kind: str, payload: object) -> list[list[str]]:
         """The signatures JavaScript must check before ``kind`` (push, gossip, raw, receipt) with ``payload``."""
         return claims_for(kind, payload)
+
+    def evidence_claims(self, evidence: object) -> list[list[str]]:
+        """The signatures JavaScript must check before appending ``evidence`` (an ``evidence`` body this
+        node's spot checks settled): the three signed answers'. A body that is malformed, or that every
+        node would reject (``check_evidence``, signatures aside), is refused here with its reason."""
+        body = Evidence.from_dict(evidence)
+        rejection = check_evidence(self.peer_id, body, lambda _peer, _message, _signature: True)
+        if rejection is not None:
+            raise LedgerError(f"{rejection.code}: {rejection.reason}", code="bad_evidence")
+        answers = [body.liar, *body.honest]
+        return claims_json([(a.answer.server, a.answer.signing_bytes(), a.signature) for a in answers])
 
     # --- replay ---------------------------------------------------------------------------------------
 
@@ -413,6 +426,7 @@ _METHODS = frozenset(
         "balances",
         "reputation",
         "reputations",
+        "evidence_claims",
     ]
 )
 

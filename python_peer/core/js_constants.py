@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import answers, canonical, proof_of_work, protocol, receipts, wire
+from . import answers, canonical, proof_of_work, protocol, receipts, spot_policy, wire
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -94,6 +94,10 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
     (receipts, ("RECEIPT_CONTEXT",)),
     (answers, ("ANSWER_CONTEXT", "ANSWER_META_KEY", "INPUT_CHAIN_START")),
     (proof_of_work, ("GRANT_POW_CONTEXT",)),
+    (
+        spot_policy,
+        ("SPOT_CHECK_FLOOR", "SPOT_CHECK_WARMUP", "SPOT_CHECK_TOLERANCES", "MAX_TRACKED_PEERS"),
+    ),
 )
 
 
@@ -103,7 +107,7 @@ def _frozen(name: str, table: dict[str, object]) -> str:
 
 
 def _literal(name: str, value: object) -> str:
-    """One constant as JavaScript: a number, a string (ASCII bytes too), or a frozen object for an enum
+    """One constant as JavaScript: a number (int or finite float), a string (ASCII bytes too), or a frozen object for an enum
     or a str -> int table."""
     if isinstance(value, type) and issubclass(value, Enum):
         return _frozen(name, {m.name: m.value for m in value})
@@ -113,9 +117,15 @@ def _literal(name: str, value: object) -> str:
         if not value.isascii() or not value.isalnum():
             raise ValueError(f"{name}: only ASCII letters and digits are exported from bytes")
         value = value.decode("ascii")
+    if isinstance(value, float):  # JSON's shortest repr reads back as the same double in JavaScript
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"{name}: {value} is not a finite number")
+        return json.dumps(value)
     if isinstance(value, bool) or not isinstance(value, int | str):
         kind = type(value).__name__
-        raise TypeError(f"{name}: only int, str, bytes, enum and dict constants are exported, not {kind}")
+        raise TypeError(
+            f"{name}: only int, float, str, bytes, enum and dict constants are exported, not {kind}"
+        )
     if isinstance(value, int) and abs(value) > 2**53 - 1:
         raise ValueError(f"{name}: {value} is not exact in a JavaScript number")
     return json.dumps(int(value) if isinstance(value, int) else str(value))

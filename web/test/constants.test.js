@@ -42,8 +42,11 @@ test('signaling, session and ledger constants are there too', () => {
   assert.equal(constants.RECEIPT_CONTEXT, 'ai4all/ledger/receipt/v1');
   for (const [name, value] of Object.entries(constants)) {
     assert.ok(typeof value === 'number' || typeof value === 'string' || Object.isFrozen(value), name);
-    if (typeof value === 'number') assert.ok(Number.isSafeInteger(value), `${name} is exact`);
+    // the spot checks' rate floor is the one fraction; every other number is an exact integer
+    if (typeof value === 'number') assert.ok(Number.isSafeInteger(value) || (name === 'SPOT_CHECK_FLOOR' && value > 0 && value < 1), `${name} is exact`);
   }
+  assert.equal(constants.SPOT_CHECK_FLOOR, 0.05);
+  assert.deepEqual({ ...constants.SPOT_CHECK_TOLERANCES }, { fp32: 0.01, fp16: 0.03, q8: 0.05, q4: 0.1 });
 });
 
 test('the codec and the signal client re-export the generated values, not copies', () => {

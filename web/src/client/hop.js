@@ -17,6 +17,11 @@ export const POSITION_IDS = 'position_ids';
 /** @typedef {{data: Float32Array, dims: number[]}} Hidden */
 /** @typedef {{hidden: Hidden, mask: BigInt64Array, positions: BigInt64Array}} StepInputs */
 /**
+ * A server's signed commitment to one step (docs/wire.md), as evidence carries it.
+ * @typedef {{body: {session: string, model: string, start: number, end: number, step: number, tokens: number,
+ *   input: string, output: string, client: string, server: string}, signature: string}} SignedAnswer
+ */
+/**
  * What a hop needs of its client: `MeshClient`. With `config.verifyAnswers`, every answer must carry its
  * peer's signature over what was asked and returned (`protocol/answers.js`, docs/wire.md), or the hop fails.
  * @typedef {{call: (rpc: import('./rpc.js').RpcClient, frame: import('../protocol/wire.js').FrameInit, timeoutMs: number,
@@ -97,6 +102,10 @@ export class Hop {
     this.tokens = 0;
     /** the input chain through the last step answered (`protocol/answers.js`) */
     this.chain = INPUT_CHAIN_START;
+    /** @type {Hidden[]} what each step returned, for spot checks (`spot_check.js`) */
+    this.outputs = [];
+    /** @type {(SignedAnswer | null)[]} each step's signed answer (null when answers are not verified) */
+    this.answers = [];
   }
 
   /**
@@ -122,8 +131,10 @@ export class Hop {
     this.tokens += batch * seq;
     const digests = await Promise.all(frame.tensors.map((t) => tensorDigest(t.dtype, t.shape, bytesOf(t.data))));
     const chain = await chainInput(this.chain, digests);
-    if (this.client.config.verifyAnswers) await this.#checkAnswer(answer, chain, seq);
+    const signed = this.client.config.verifyAnswers ? await this.#checkAnswer(answer, chain, seq) : null;
     this.chain = chain;
+    this.outputs.push(out);
+    this.answers.push(signed);
     this.nextStep++;
     return out;
   }
@@ -133,6 +144,7 @@ export class Hop {
    * @param {import('../protocol/wire.js').Frame} answer
    * @param {string} chain
    * @param {number} seq
+   * @returns {Promise<SignedAnswer>}
    */
   async #checkAnswer(answer, chain, seq) {
     const out = frameTensor(answer, HIDDEN_OUT);
@@ -165,6 +177,7 @@ export class Hop {
     } catch (err) {
       throw new BadAnswerError(`bad_signature: ${who}'s answer is not signed by it`, { cause: err });
     }
+    return { body: expected, signature: /** @type {string} */ (signed.signature) };
   }
 }
 

@@ -28,6 +28,10 @@
  * The client is a role plugged onto the browser node assembly (`MeshClient.attach(core, ...)`, with
  * `BrowserNodeCore` of web/src/node/core.js); `MeshClient.connect` makes an assembly of its own.
  *
+ * When a session closes, its hops are spot-checked (./spot_check.js, the rule of the native client):
+ * a peer caught lying is unpaid for that session, accused in an `evidence` entry of the ledger, and
+ * never routed again (`spotChecks.caught`).
+ *
  * The module is split along its seams: one hop and its tensors in ./hop.js, a session's steps and
  * failover in ./session.js, the errors in ./errors.js (all re-exported here).
  *
@@ -46,6 +50,7 @@ import { ClientExchange } from '../ledger/exchange.js';
 import { BadAnswerError, MeshError, isHopFailure } from './errors.js';
 import { ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, concatInputs, positionIdsFor } from './hop.js';
 import { MeshSession } from './session.js';
+import { SpotChecks } from './spot_check.js';
 
 export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshSession, POSITION_IDS, concatInputs, isHopFailure, positionIdsFor };
 
@@ -64,6 +69,8 @@ export { ATTENTION_MASK, BadAnswerError, HIDDEN_IN, HIDDEN_OUT, MeshError, MeshS
  * @property {number | null} gossipEveryMs  ledger gossip on a session link, per peer; null: never
  * @property {number} gossipMaxRequests  GOSSIP requests of one exchange
  * @property {boolean} verifyAnswers  every answer must carry its peer's signature (docs/wire.md)
+ * @property {Partial<import('./spot_check.js').SpotCheckPolicy> | null} spotChecks  the spot checks' policy
+ *   (`spot_check.js`; `{}`: the default); null: no spot checks. Only verified answers are checked.
  */
 
 /** @type {Readonly<ClientConfig>} */
@@ -78,6 +85,7 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   gossipEveryMs: 30_000,
   gossipMaxRequests: 16,
   verifyAnswers: true, // an unsigned or wrongly signed answer is a hop failure (docs/wire.md)
+  spotChecks: Object.freeze({}), // the default policy (docs/trust.md)
 });
 
 /** @typedef {import('../ledger/exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
@@ -177,6 +185,8 @@ export class MeshClient {
     /** @type {{peerId: string, recorded: string}[]} receipts countersigned and recorded by their peer */
     this.receipts = [];
     this.closed = false;
+    /** @type {SpotChecks | null} this client's spot checks: each peer's passes, the peers it caught */
+    this.spotChecks = this.config.spotChecks === null ? null : new SpotChecks(this.config.spotChecks);
     /** The ledger exchange on this client's links: push on connect, receipts at close, gossip. */
     this.exchange = new ClientExchange({
       ledger,
@@ -479,9 +489,10 @@ export class MeshClient {
    */
   async route(start, end, tokens) {
     // The ledger's reputations (python_peer/core/reputation.py): excluded peers are never routed,
-    // suspects only when no one else covers their blocks.
+    // suspects only when no one else covers their blocks; peers this client caught lying, never.
     const ledger = /** @type {{reputations?: () => Promise<Record<string, string>>} | null} */ (this.ledger);
-    const levels = typeof ledger?.reputations === 'function' ? await ledger.reputations() : {};
+    const levels = { ...(typeof ledger?.reputations === 'function' ? await ledger.reputations() : {}) };
+    for (const peerId of this.spotChecks?.caught.keys() ?? []) levels[peerId] = 'excluded';
     const candidates = (await this.candidates(start, end)).filter((c) => levels[c.peerId] !== 'excluded');
     const trusted = candidates.filter((c) => levels[c.peerId] === undefined);
     try {

@@ -75,14 +75,7 @@ export class MeshSession {
         let inputs = concatInputs(replay);
         for (const cand of route) {
           current = cand.peerId;
-          const hop = new Hop(client, cand.peerId, cand.start, cand.end, await client.rpc(cand.peerId));
-          /** @type {{[key: string]: string | number}} */
-          const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
-          const tokens = this.batch * this.maxLength;
-          const hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
-          if (hold !== null) meta.hold = hold;
-          const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
-          await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
+          const hop = await this.openHop(cand.peerId, cand.start, cand.end);
           hops.push(hop);
           const spans = client.traffic.get(hop.peerId)?.spans;
           if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);
@@ -97,14 +90,35 @@ export class MeshSession {
       } catch (err) {
         // a peer's refusal, or our own ledger's before any peer is asked (a hold beyond our balance)
         if (err instanceof PaymentRequiredError || /** @type {{code?: unknown}} */ (err)?.code === 'payment_required') {
-          for (const hop of hops) await this.#closeHop(hop);
+          for (const hop of hops) await this.closeHop(hop);
           throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${err.message}`, { cause: err });
         }
         if (!isHopFailure(err)) throw err;
         this.#noteFailure(current, err);
-        for (const hop of hops) await this.#closeHop(hop);
+        for (const hop of hops) await this.closeHop(hop);
       }
     }
+  }
+
+  /**
+   * A new session of this generation on `peerId` for blocks `[start, end)`: its hold written and named
+   * in OPEN when the client keeps a ledger (spot checks open their replays here too).
+   * @param {string} peerId
+   * @param {number} start
+   * @param {number} end
+   * @returns {Promise<Hop>}
+   */
+  async openHop(peerId, start, end) {
+    const client = this.client;
+    const hop = new Hop(client, peerId, start, end, await client.rpc(peerId));
+    /** @type {{[key: string]: string | number}} */
+    const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
+    const tokens = this.batch * this.maxLength;
+    const hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
+    if (hold !== null) meta.hold = hold;
+    const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
+    await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
+    return hop;
   }
 
   /**
@@ -159,7 +173,7 @@ export class MeshSession {
       } catch (err) {
         if (!isHopFailure(err)) throw err;
         this.#noteFailure(hop.peerId, err);
-        await this.#closeHop(hop);
+        await this.closeHop(hop);
         const replacement = await this.#openSpan(hop.start, hop.end, hop.history);
         this.hops.splice(index, 1, ...replacement);
         continue;
@@ -179,15 +193,21 @@ export class MeshSession {
   }
 
   /**
-   * Close the hop's session; countersign and return the receipt the peer proposes for it.
+   * Close the hop's session; unless `pay` is false (the peer lied in it), countersign and return the
+   * receipt the peer proposes for it.
    * @param {Hop} hop
+   * @param {{pay?: boolean}} [options]
    */
-  async #closeHop(hop) {
+  async closeHop(hop, { pay = true } = {}) {
     if (hop.rpc.closed) return;
     const client = this.client;
     const timeout = client.config.closeTimeoutMs;
     try {
       const answer = await client.call(hop.rpc, { type: FrameType.CLOSE, session: hop.session, step: hop.nextStep }, timeout);
+      if (!pay) {
+        client.log.warn(`not countersigning the receipt of ${hop.peerId.slice(0, 8)}: it lied in this session`);
+        return;
+      }
       const terms = {
         server: hop.peerId,
         session: hop.session,
@@ -209,11 +229,37 @@ export class MeshSession {
     }
   }
 
-  /** Close every hop's session (receipts included); later steps are refused. */
+  /**
+   * Close every hop's session (receipts included), spot-checking those drawn first (after the last
+   * token: no token waits for a check); later steps are refused.
+   */
   async close() {
     if (this.closed) return;
     await this.queue;
     this.closed = true;
-    await Promise.all(this.hops.map((h) => this.#closeHop(h)));
+    await Promise.all(this.hops.map((h) => this.#finishHop(h)));
+  }
+
+  /**
+   * Spot-check the hop if drawn (`spot_check.js`), then close it, paying only a peer that was not caught
+   * lying in this session (Python's `MeshSession._finish_hop`).
+   * @param {Hop} hop
+   */
+  async #finishHop(hop) {
+    const checks = this.client.spotChecks;
+    let pay = true;
+    if (checks !== null && this.client.config.verifyAnswers && hop.history.length > 0) {
+      checks.stats.usedBlockTokens += hop.tokens * (hop.end - hop.start);
+      if (checks.draw(hop.peerId)) {
+        try {
+          const verdict = await checks.check(this, hop);
+          pay = verdict.liar !== hop.peerId;
+        } catch (err) {
+          if (!(err instanceof AI4AllError)) throw err;
+          this.client.log.warn(`spot check of ${hop.peerId.slice(0, 8)} could not finish: ${err.name}: ${err.message}`);
+        }
+      }
+    }
+    await this.closeHop(hop, { pay });
   }
 }

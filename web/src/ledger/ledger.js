@@ -406,6 +406,20 @@ export class BrowserLedger {
   }
 
   /**
+   * Append the `evidence` a spot check settled (web/src/client/spot_check.js) to the own log, checked
+   * as every node will (`core/evidence.py`); gossiped like any entry. LedgerError (bad_evidence, bad_signature).
+   * @param {{kind: 'evidence', liar: unknown, honest: unknown[]}} evidence
+   * @returns {Promise<Entry>} the new entry
+   */
+  appendEvidence(evidence) {
+    return this.run(async () => {
+      const verified = await verifyClaims(this.call('evidence_claims', { evidence }));
+      const [entry] = await this.sign('append', { bodies: [evidence] }, verified);
+      return entry;
+    });
+  }
+
+  /**
    * The first own entry (the grant) and the latest `limit - 1`: what a client pushes to a peer.
    * @param {number} [limit]
    * @returns {Promise<Entry[]>}

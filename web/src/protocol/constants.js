@@ -99,3 +99,14 @@ export const INPUT_CHAIN_START = "0000000000000000000000000000000000000000000000
 
 // python_peer.core.proof_of_work
 export const GRANT_POW_CONTEXT = "ai4all/ledger/grant-pow/v1";
+
+// python_peer.core.spot_policy
+export const SPOT_CHECK_FLOOR = 0.05;
+export const SPOT_CHECK_WARMUP = 5;
+export const SPOT_CHECK_TOLERANCES = Object.freeze({
+  fp32: 0.01,
+  fp16: 0.03,
+  q8: 0.05,
+  q4: 0.1,
+});
+export const MAX_TRACKED_PEERS = 4096;
