@@ -3,7 +3,8 @@
 A **native user** is a ``MeshClient`` on a node of its own (identity and SQLite ledger in its data
 directory), as ``ai4all chat`` runs one, kept open across chats; it lists every signaling node, its own
 first. It chats back to back, greedy, and compares the tokens with the reference. A user's starter
-grant pays for a few dozen chats of the tiny model; when what it can spend falls under two chats' price
+grant pays for a few dozen chats of the tiny model; when what it can spend, less what its open holds promise,
+falls under three chats' price (a chat and a spot check of each of its hops)
 it leaves and a new user (a fresh identity, a new data directory) takes its place, so the load never
 turns into payment refusals. A departed user's ledger stays on disk for the receipt count.
 
@@ -30,6 +31,7 @@ from bench.mesh_concurrency import wait_for_route
 from python_peer.chat import prompt_ids
 from python_peer.core.economics import network_rules, price
 from python_peer.core.errors import AI4AllError
+from python_peer.core.holds import held_units
 from python_peer.core.manifest import Manifest
 from python_peer.generate import Generation, SamplingParams, agenerate
 from python_peer.mesh_client import ClientConfig, MeshClient
@@ -148,10 +150,15 @@ class NativeUser:
         ledger = self.client.ledger if self.client is not None else None
         if ledger is None:
             return False
-        spendable = await asyncio.to_thread(
-            lambda: ledger.store.report().spendable(ledger.peer_id, _now_ms())
-        )
-        return spendable < 2 * self.chat_price
+
+        def free() -> int:
+            # what it can spend less what its open holds already promise (a hop that failed, or a session
+            # closed unused, binds its hold until it expires: docs/trust.md)
+            report, now = ledger.store.report(), _now_ms()
+            return report.spendable(ledger.peer_id, now) - held_units(report, ledger.peer_id, now)
+
+        # a chat holds its price once per hop, and a spot check of each hop as much again
+        return await asyncio.to_thread(free) < 3 * self.chat_price
 
     async def chat(self, load: Load, prompt: int, timeout: float) -> Outcome:
         start = load.now()
