@@ -31,7 +31,7 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from tests.support.holds import hold_for
 from tests.support.mesh import FAST, FAST_TRANSPORT, PROMPTS, mesh_tokens
-from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.procs import Node, PeerProc, ProcMesh, ledger_balance
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,36 +47,21 @@ def third_party_log(identity: Identity) -> list[Entry]:
         service.close()
 
 
-class Mesh:
+class Mesh(ProcMesh):
     """One signaling node and peers for 0-1, 1-3 and 3-4; the 1-3 peer starts holding ``planted``'s log."""
 
     def __init__(self, tmp: Path, model: Path) -> None:
-        self.model = model
         self.planted = Identity.generate()
         (tmp / "p1-3").mkdir()
         store = LedgerStore.open(tmp / "p1-3" / LEDGER_FILE, rules=network_rules())
         store.insert_many(third_party_log(self.planted))
         store.close()
-        self.node = Node("signal", tmp)
-        self.peers = [
-            PeerProc(name, tmp, model, [self.node.url], span=span, extra=SLOW_GOSSIP)
+        node = Node("signal", tmp)
+        peers = [
+            PeerProc(name, tmp, model, [node.url], span=span, extra=SLOW_GOSSIP)
             for name, span in (("p0-1", "0-1"), ("p1-3", "1-3"), ("p3-4", "3-4"))
         ]
-
-    def ready(self) -> None:
-        self.node.wait()
-        for peer in self.peers:
-            peer.wait()
-
-    def stop(self) -> None:
-        for peer in self.peers:
-            with contextlib.suppress(AssertionError):
-                peer.stop()
-        with contextlib.suppress(AssertionError):
-            self.node.stop()
-
-    def peer(self, name: str) -> PeerProc:
-        return next(p for p in self.peers if p.name == name)
+        super().__init__(model, node, peers)
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +72,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
         yield mesh
     finally:
         mesh.stop()
-
-
-def held_balance(peer: PeerProc, who: str) -> int:
-    result = run_cli(["ledger", "balance", who, "--units", "--data-dir", str(peer.data_dir)], timeout=60)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.strip())
 
 
 @contextlib.asynccontextmanager
@@ -144,7 +123,7 @@ async def test_a_generation_gossips_third_party_entries_both_ways_over_the_links
         await node.aclose()
     grant = network_rules().starter_grant
     for peer in mesh.peers:  # every server now holds the stranger's log, which only the client had
-        assert held_balance(peer, stranger.peer_id) == grant, peer.tail()
+        assert ledger_balance(peer, stranger.peer_id) == grant, peer.tail()
 
 
 async def test_a_forged_receipt_does_not_keep_the_genuine_one_from_being_recorded_once(mesh: Mesh) -> None:

@@ -34,7 +34,7 @@ from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import to_wire
 from tests.support.holds import open_meta, push_frame, write_hold
 from tests.support.mesh import FAST_TRANSPORT
-from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.procs import Node, PeerProc, ProcMesh, ledger_balance, run_cli
 from tests.support.waiting import wait_for_async
 
 pytestmark = pytest.mark.timeout(240)
@@ -43,28 +43,14 @@ SPAN = (1, 3)
 FAST_GOSSIP = ["--gossip-interval", "2"]  # peers gossip through signaling every 2 s: a fork spreads
 
 
-class Mesh:
+class Mesh(ProcMesh):
     """One signaling node and three peers serving blocks 1-3."""
 
     def __init__(self, tmp: Path, model: Path) -> None:
-        self.model = model
         self.name = load_manifest(model).name
-        self.node = Node("signal", tmp)
-        self.peers = [
-            PeerProc(f"p{i}", tmp, model, [self.node.url], span="1-3", extra=FAST_GOSSIP) for i in range(3)
-        ]
-
-    def ready(self) -> None:
-        self.node.wait()
-        for peer in self.peers:
-            peer.wait()
-
-    def stop(self) -> None:
-        for peer in self.peers:
-            with contextlib.suppress(AssertionError):
-                peer.stop()
-        with contextlib.suppress(AssertionError):
-            self.node.stop()
+        node = Node("signal", tmp)
+        peers = [PeerProc(f"p{i}", tmp, model, [node.url], span="1-3", extra=FAST_GOSSIP) for i in range(3)]
+        super().__init__(model, node, peers)
 
 
 @pytest.fixture(scope="module")
@@ -77,14 +63,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
         mesh.stop()
 
 
-def cli_balance(peer: PeerProc, who: str) -> int:
-    result = run_cli(["ledger", "balance", who, "--units", "--data-dir", str(peer.data_dir)], timeout=60)
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.strip())
-
-
 async def balance_is(peer: PeerProc, who: str, units: int) -> bool:
-    return await asyncio.to_thread(cli_balance, peer, who) == units
+    return await asyncio.to_thread(ledger_balance, peer, who) == units
 
 
 async def knows_fork(peer: PeerProc, who: str, seq: int) -> bool:
@@ -226,7 +206,7 @@ async def test_the_same_credits_in_two_logs_are_a_fork_the_peers_prove_and_sprea
             await wait_for_async(
                 partial(balance_is, proc, key.peer_id, left), 60, what=f"{proc.name} settling the receipts"
             )
-        earned = {p.name: cli_balance(p, p.peer_id) for p in mesh.peers}
+        earned = {p.name: ledger_balance(p, p.peer_id) for p in mesh.peers}
         assert all(value >= 0 for value in earned.values()), earned
     finally:
         one.close()

@@ -9,7 +9,6 @@ checks catch it (as the routed peer or as a checking one), then the test checks,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,7 @@ from python_peer.node import NodeConfig, open_client
 from python_peer.server import TEST_LIE_ENV
 from python_peer.tokenizer import ModelTokenizer
 from tests.support.mesh import FAST, PROMPTS, mesh_tokens
-from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.procs import Node, PeerProc, ProcMesh, run_cli
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(300)
@@ -42,39 +41,24 @@ def local_tokens(model: Path, prompt: str, max_tokens: int) -> tuple[int, ...]:
     return generate(chain, tokenizer, ids, SamplingParams(max_tokens=max_tokens)).token_ids
 
 
-class Mesh:
+class Mesh(ProcMesh):
     """A signaling node; peers for 0-1 and 3-4, three for 1-3 of which ``liar`` lies."""
 
     def __init__(self, tmp: Path, model: Path) -> None:
-        self.model = model
-        self.node = Node("signal", tmp)
+        node = Node("signal", tmp)
         spans = [("p0-1", "0-1"), ("liar", "1-3"), ("h1-3a", "1-3"), ("h1-3b", "1-3"), ("p3-4", "3-4")]
-        self.peers = [
+        peers = [
             PeerProc(
                 name,
                 tmp,
                 model,
-                [self.node.url],
+                [node.url],
                 span=span,
                 env={TEST_LIE_ENV: "zeros"} if name == "liar" else None,
             )
             for name, span in spans
         ]
-
-    def ready(self) -> None:
-        self.node.wait()
-        for peer in self.peers:
-            peer.wait()
-
-    def stop(self) -> None:
-        for peer in self.peers:
-            with contextlib.suppress(AssertionError):
-                peer.stop()
-        with contextlib.suppress(AssertionError):
-            self.node.stop()
-
-    def peer(self, name: str) -> PeerProc:
-        return next(p for p in self.peers if p.name == name)
+        super().__init__(model, node, peers)
 
 
 @pytest.fixture(scope="module")

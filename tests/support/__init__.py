@@ -1,7 +1,8 @@
 """Helpers the test modules share; fixtures live in the conftest files, tests never import each other.
 
 - ``procs.py``: ``run_cli`` (the ``ai4all`` CLI in a fresh interpreter), ``Node`` and ``PeerProc``
-  (``ai4all signal`` and ``ai4all peer`` subprocesses on free loopback ports), ``free_port``.
+  (``ai4all signal`` and ``ai4all peer`` subprocesses on free loopback ports), ``free_port``, ``ProcMesh``
+  (a node and the peers a test module shares), ``ledger_balance`` (``ai4all ledger balance`` of a peer).
 - ``waiting.py``: ``wait_for`` / ``wait_for_async``, polls for a condition with a deadline (never a
   fixed sleep for background work).
 - ``loop_thread.py``: ``LoopThread``, one asyncio program in a thread beside Playwright's sync API.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -201,3 +202,33 @@ class PeerProc:
 
     def tail(self) -> str:
         return self.log.read_text()[-3000:]
+
+
+class ProcMesh:
+    """One signaling node and the ``ai4all peer`` processes a test module shares (all started when made):
+    ``ready`` waits for every one, ``stop`` stops every one (a process that already died is no error here)."""
+
+    def __init__(self, model: Path, node: Node, peers: list[PeerProc]) -> None:
+        self.model, self.node, self.peers = model, node, peers
+
+    def ready(self) -> None:
+        self.node.wait()
+        for peer in self.peers:
+            peer.wait()
+
+    def stop(self) -> None:
+        for peer in self.peers:
+            with contextlib.suppress(AssertionError):
+                peer.stop()
+        with contextlib.suppress(AssertionError):
+            self.node.stop()
+
+    def peer(self, name: str) -> PeerProc:
+        return next(p for p in self.peers if p.name == name)
+
+
+def ledger_balance(peer: PeerProc, who: str) -> int:
+    """``who``'s balance in units as ``peer``'s ledger holds it (``ai4all ledger balance --units``)."""
+    result = run_cli(["ledger", "balance", who, "--units", "--data-dir", str(peer.data_dir)], timeout=60)
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.strip())
