@@ -79,7 +79,6 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 DEFAULT_PREFIX = "/default-model/"
-DEFAULT_MODEL_DIR = Path.home() / ".cache" / "ai4all" / "models" / "SmolLM2-135M-Instruct"
 
 PLAIN_TEXTS = [
     "What is the capital of France?",
@@ -130,13 +129,13 @@ def test_tokenizer_ids_equal_pythons_tiny(harness: Harness, served_model: Path) 
     check_tokenizer(harness, served_model, MODEL_PREFIX)
 
 
-@pytest.mark.skipif(
-    not (DEFAULT_MODEL_DIR / "manifest.json").is_file(), reason="no export of the default model on disk"
-)
-def test_tokenizer_ids_equal_pythons_default_model(harness: Harness) -> None:
+@pytest.mark.slow
+def test_tokenizer_ids_equal_pythons_default_model(harness: Harness, default_models_dir: Path) -> None:
+    """The default model's tokenizer and chat template, exported as ``ai4all up`` does (once per session)."""
+    model = default_models_dir / "SmolLM2-135M-Instruct"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(MOUNTS, DEFAULT_PREFIX, DEFAULT_MODEL_DIR)
-        check_tokenizer(harness, DEFAULT_MODEL_DIR, DEFAULT_PREFIX)
+        patch.setitem(MOUNTS, DEFAULT_PREFIX, model)
+        check_tokenizer(harness, model, DEFAULT_PREFIX)
 
 
 # --- the mesh client against native peers ------------------------------------------------------------
