@@ -94,7 +94,7 @@ class ClientConfig:
 
 
 @dataclass
-class _Hop:
+class RouteHop:
     """One peer serving one span within a session, and what we sent it (for replay)."""
 
     peer_id: str
@@ -243,7 +243,7 @@ class MeshClient:
             self.rtts[peer_id] = 0.0
         return hop
 
-    async def hold(self, hop: _Hop, tokens: int) -> str | None:
+    async def hold(self, hop: RouteHop, tokens: int) -> str | None:
         """With a ledger, the hash of a new hold paying ``hop``'s peer for its session (``tokens`` token
         positions at most), our log pushed there (``ClientExchange.hold``); None for this node's own span
         (reached in process, free)."""
@@ -357,7 +357,7 @@ class MeshSession:
         self.client = client
         self.batch = batch
         self.max_length = max_length
-        self.hops: list[_Hop] = []
+        self.hops: list[RouteHop] = []
         self.mask = np.zeros((batch, 0), dtype=np.int64)
         self.failovers = 0
         self.last_failure = ""
@@ -372,7 +372,7 @@ class MeshSession:
 
     async def _open_span(
         self, start: int, end: int, replay: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    ) -> list[_Hop]:
+    ) -> list[RouteHop]:
         """Open sessions on a route over ``[start, end)``; replay ``replay`` (inputs to ``start``) through it."""
         while True:
             try:
@@ -380,7 +380,7 @@ class MeshSession:
             except NoRouteError as exc:
                 why = f"; last failure: {self.last_failure}" if self.last_failure else ""
                 raise MeshError(f"{exc}{why}") from exc
-            hops: list[_Hop] = []
+            hops: list[RouteHop] = []
             current = route[0].peer_id
             try:
                 inputs = _concat(replay)
@@ -411,11 +411,11 @@ class MeshSession:
                     await self.close_hop(hop)
                 self._note_failure(current, exc)
 
-    async def open_hop(self, peer_id: str, start: int, end: int) -> _Hop:
+    async def open_hop(self, peer_id: str, start: int, end: int) -> RouteHop:
         """A new session of this generation on ``peer_id`` for blocks ``[start, end)``."""
         rpc = await self.client.rpc(peer_id)
         check = None if isinstance(rpc, LocalHop) else self.client.answer_check
-        hop = _Hop(peer_id, start, end, rpc, check=check)
+        hop = RouteHop(peer_id, start, end, rpc, check=check)
         meta = {
             "model": self.client.model,
             "start": start,
@@ -464,7 +464,7 @@ class MeshSession:
         self.mask = np.concatenate([self.mask, mask], axis=1)
         return await asyncio.to_thread(self.client.head, hidden[:, -1:])
 
-    async def close_hop(self, hop: _Hop, *, pay: bool = True) -> None:
+    async def close_hop(self, hop: RouteHop, *, pay: bool = True) -> None:
         """Close the hop's session; unless ``pay`` is false (the peer lied in it), countersign and return
         the receipt the peer proposes for it."""
         if hop.rpc.closed:
@@ -492,7 +492,7 @@ class MeshSession:
         self.closed = True
         await asyncio.gather(*(self._finish_hop(h) for h in self.hops), return_exceptions=True)
 
-    async def _finish_hop(self, hop: _Hop) -> None:
+    async def _finish_hop(self, hop: RouteHop) -> None:
         """Spot-check the hop if drawn (after the last token: no token waits for it), then close it, paying
         only a peer that was not caught lying in this session."""
         checks = self.client.spot_checks

@@ -52,7 +52,7 @@ from .hop import HOP_FAILURES
 if TYPE_CHECKING:
     from python_peer.core.wire import Frame
 
-    from .mesh_client import MeshSession, _Hop
+    from .mesh_client import MeshSession, RouteHop
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class AnswerCheck:
         self.model = model
         self.verify = verify
 
-    def check(self, hop: _Hop, answer: Frame, chain: str, tokens: int) -> SignedAnswer:
+    def check(self, hop: RouteHop, answer: Frame, chain: str, tokens: int) -> SignedAnswer:
         """The answer's signed commitment, or ``BadAnswerError`` (a hop failure)."""
         expected = Answer(
             hop.session.hex(),
@@ -159,7 +159,7 @@ class Verdict:
 class _Replay:
     """A replay of a hop's history to another peer, step by step: its outputs and signed answers."""
 
-    hop: _Hop
+    hop: RouteHop
     outputs: list[np.ndarray] = field(default_factory=list)
     answers: list[SignedAnswer | None] = field(default_factory=list)
 
@@ -190,7 +190,7 @@ class SpotChecks:
         """Whether to check ``peer_id``'s hop in this session."""
         return self.rng.random() < self.policy.rate(self.passes.get(peer_id, 0))
 
-    async def check(self, session: MeshSession, hop: _Hop) -> Verdict:
+    async def check(self, session: MeshSession, hop: RouteHop) -> Verdict:
         """Replay ``hop``'s history to another peer and, on a disagreement, to a third; see the module."""
         client = session.client
         tolerance = self.policy.tolerance(client.manifest.dtype)
@@ -256,7 +256,7 @@ class SpotChecks:
                 await session.close_hop(replay.hop, pay=replay.hop.peer_id != verdict.liar)
         return verdict
 
-    def _judge(self, hop: _Hop, checker: _Replay, settler: _Replay, tolerance: float) -> Verdict:
+    def _judge(self, hop: RouteHop, checker: _Replay, settler: _Replay, tolerance: float) -> Verdict:
         """The first step where one of three peers disagrees with two that agree: that one lied."""
         runs = [
             (hop.peer_id, hop.outputs, hop.answers),
@@ -284,11 +284,11 @@ class SpotChecks:
                 return Verdict("inconclusive", step=step)  # three different answers: no majority
         return Verdict("inconclusive")
 
-    async def _replay(self, session: MeshSession, hop: _Hop, peer_id: str, steps: int) -> _Replay | None:
+    async def _replay(self, session: MeshSession, hop: RouteHop, peer_id: str, steps: int) -> _Replay | None:
         """Open a session on ``peer_id`` for ``hop``'s span and replay its first ``steps`` steps one by one;
         None if the peer fails (it is banned like any failed hop)."""
         client = session.client
-        opened: _Hop | None = None
+        opened: RouteHop | None = None
         try:
             opened = await session.open_hop(peer_id, hop.start, hop.end)
             replay = _Replay(opened)
