@@ -8,32 +8,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { MeshClient } from '../src/client/mesh_client.js';
 import { Identity } from '../src/identity/identity.js';
-import { FakeMesh, fakeEmbed, fakeHead, fakeManifest, referenceLogits } from './support/mesh_fakes.js';
+import { FakeMesh, fakeClient, ones, referenceLogits, tokens } from './support/mesh_fakes.js';
 
-const quiet = { info: () => {}, warn: () => {} };
-const CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4 };
-
-/** @param {FakeMesh} mesh */
-function clientOn(mesh) {
-  /** @type {MeshClient | null} */
-  let client = null;
-  const self = () => /** @type {any} */ (client);
-  client = new MeshClient({
-    manifest: /** @type {any} */ (fakeManifest()),
-    signal: /** @type {any} */ (mesh.signal()),
-    transport: /** @type {any} */ (mesh.transport(self)),
-    embed: /** @type {any} */ (fakeEmbed),
-    head: /** @type {any} */ (fakeHead),
-    config: CONFIG,
-    log: quiet,
-  });
-  return client;
-}
-
-const tokens = (/** @type {number[]} */ ids) => BigInt64Array.from(ids.map(BigInt));
-const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
+/** @typedef {import('../src/client/mesh_client.js').MeshClient} MeshClient */
 
 /**
  * @param {MeshClient} client
@@ -57,7 +35,7 @@ test('answers signed by their peers are taken, with the reference result', async
   const mesh = new FakeMesh();
   await signedPeer(mesh, 0, 2);
   await signedPeer(mesh, 2, 4);
-  const client = clientOn(mesh);
+  const client = fakeClient(mesh);
   assert.equal(client.config.verifyAnswers, true, 'on by default');
   const got = await run(client);
   const expected = await referenceLogits([tokens([5, 6, 7]), tokens([8]), tokens([9])], [[0, 2], [2, 4]]);
@@ -81,7 +59,7 @@ test('an unsigned answer, or one signed over another output, is a hop failure ro
       };
     }
     await signedPeer(mesh, 2, 4);
-    const client = clientOn(mesh);
+    const client = fakeClient(mesh);
     const got = await run(client); // the cheat, announced first at the same cost, is routed first
     const expected = await referenceLogits([tokens([5, 6, 7]), tokens([8]), tokens([9])], [[0, 2], [2, 4]]);
     got.forEach((logits, i) => logits.forEach((v, k) => assert.ok(Math.abs(v - expected[i][k]) < 1e-5)));
@@ -100,7 +78,7 @@ test('routing reads the ledger: excluded peers never, suspects only when no one 
   const honest = await signedPeer(mesh, 2, 4);
   /** @type {Record<string, string>} */
   const levels = { [excluded]: 'excluded', [suspect]: 'suspect' };
-  const client = clientOn(mesh);
+  const client = fakeClient(mesh);
   // Only what routing reads of a ledger (BrowserLedger.reputations): set after construction, so that no
   // ledger exchange is made for this test.
   client.ledger = /** @type {any} */ ({ reputations: async () => levels });

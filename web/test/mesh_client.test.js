@@ -8,38 +8,19 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { MeshClient, MeshError } from '../src/client/mesh_client.js';
+import { MeshError } from '../src/client/mesh_client.js';
 import { BanList } from '../src/client/routing.js';
 import { FrameFlags, FrameType } from '../src/protocol/wire.js';
-import { FakeMesh, fakeEmbed, fakeHead, fakeManifest, referenceLogits } from './support/mesh_fakes.js';
+import { CLIENT_CONFIG, FakeMesh, fakeClient, ones, referenceLogits, tokens } from './support/mesh_fakes.js';
 
 const A = 'a'.repeat(64);
 const B = 'b'.repeat(64);
 const B2 = 'd'.repeat(64);
-const quiet = { info: () => {}, warn: () => {} };
 // The fake peers of these tests have no keys; web/test/answer_check.test.js checks signed answers.
-const CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4, verifyAnswers: false };
+const CONFIG = { ...CLIENT_CONFIG, verifyAnswers: false };
 
 /** @param {FakeMesh} mesh */
-function clientOn(mesh) {
-  /** @type {MeshClient | null} */
-  let client = null;
-  const self = () => /** @type {any} */ (client);
-  client = new MeshClient({
-    manifest: /** @type {any} */ (fakeManifest()),
-    signal: /** @type {any} */ (mesh.signal()),
-    transport: /** @type {any} */ (mesh.transport(self)),
-    embed: /** @type {any} */ (fakeEmbed),
-    head: /** @type {any} */ (fakeHead),
-    config: CONFIG,
-    log: quiet,
-  });
-  return client;
-}
-
-/** @param {number[]} ids */
-const tokens = (ids) => BigInt64Array.from(ids.map(BigInt));
-const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
+const clientOn = (mesh) => fakeClient(mesh, { config: CONFIG });
 
 /**
  * @param {{data: Float32Array}} logits

@@ -15,24 +15,23 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { MeshClient } from '../src/client/mesh_client.js';
 import { FrameType } from '../src/protocol/wire.js';
 import { RemoteSignalingError } from '../src/signaling/messages.js';
 import { BrowserTransport } from '../src/transport/peer.js';
 import { FakeChannel, FakePeerConnection } from './fake_rtc.js';
-import { FakeMesh, fakeEmbed, fakeHead, fakeManifest, referenceLogits } from './support/mesh_fakes.js';
+import { CLIENT_CONFIG, FakeMesh, fakeClient, ones, quiet, referenceLogits, tokens } from './support/mesh_fakes.js';
+
+/** @typedef {import('../src/client/mesh_client.js').MeshClient} MeshClient */
 
 const FIRST = 'a'.repeat(64);
 const DOOMED = 'e'.repeat(64);
 const SPARE = 'b'.repeat(64);
-const quiet = { info: () => {}, warn: () => {} };
 const CONFIG = {
+  ...CLIENT_CONFIG,
   requestTimeoutMs: 20_000,
   connectTimeoutMs: 400,
   openTimeoutMs: 400,
   closeTimeoutMs: 2_000,
-  banSeconds: 60,
-  maxFailovers: 4,
   probeEveryMs: 100,
   probeTimeoutMs: 1_000,
   verifyAnswers: false, // the fake peers hold no keys; signed answers are tested in answers and hop tests
@@ -73,10 +72,8 @@ function meshWithDoomedFavourite(how) {
       return original(peer, frame);
     };
   }
-  /** @type {MeshClient | null} */
-  let client = null;
-  const self = () => /** @type {any} */ (client);
-  const fakes = mesh.transport(self);
+  /** @type {ReturnType<FakeMesh['transport']> | null} */
+  let fakes = null;
   // The real transport, its offers going through a signal client that acts as a node would.
   const real = new BrowserTransport({
     sendSignal: async (peerId) => {
@@ -91,26 +88,22 @@ function meshWithDoomedFavourite(how) {
   });
   const transport = {
     /** @param {string} peerId @param {{timeoutMs?: number}} options */
-    connect: (peerId, options) => (peerId === DOOMED && how !== 'silent_open' ? real.connect(peerId, options) : fakes.connect(peerId)),
+    connect: (peerId, options) => (peerId === DOOMED && how !== 'silent_open' ? real.connect(peerId, options) : /** @type {NonNullable<typeof fakes>} */ (fakes).connect(peerId)),
   };
   const signal = mesh.signal();
   const lookup = signal.lookup;
   signal.lookup = async () =>
     (await lookup()).map((a) => (a.peer_id === DOOMED ? { ...a, throughput_milli: 50_000_000 } : a));
-  client = new MeshClient({
-    manifest: /** @type {any} */ (fakeManifest()),
-    signal: /** @type {any} */ (signal),
-    transport: /** @type {any} */ (transport),
-    embed: /** @type {any} */ (fakeEmbed),
-    head: /** @type {any} */ (fakeHead),
+  const client = fakeClient(mesh, {
     config: CONFIG,
-    log: quiet,
+    signal,
+    transport: (self) => {
+      fakes = mesh.transport(self);
+      return transport;
+    },
   });
   return { client, offers, opens: () => opens, transport: real };
 }
-
-const tokens = (/** @type {number[]} */ ids) => BigInt64Array.from(ids.map(BigInt));
-const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
 
 /**
  * Open a session, run two steps, check the logits against the reference through the spare's route.

@@ -13,19 +13,14 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 
-import { MeshClient } from '../src/client/mesh_client.js';
 import { DEFAULT_POLICY, checkRate, relativeDiff, toleranceFor } from '../src/client/spot_check.js';
 import { Identity, verify } from '../src/identity/identity.js';
 import { FrameFlags, FrameType } from '../src/protocol/wire.js';
-import { FakeMesh, ROOT, fakeEmbed, fakeHead, fakeManifest, referenceLogits } from './support/mesh_fakes.js';
+import { CLIENT_CONFIG, CLIENT_ID, FakeMesh, ROOT, fakeClient, fakeManifest, ones, referenceLogits, tokens } from './support/mesh_fakes.js';
 
-const quiet = { info: () => {}, warn: () => {} };
-const CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4 };
-const CLIENT_ID = 'c'.repeat(64);
+/** @typedef {import('../src/client/mesh_client.js').MeshClient} MeshClient */
+
 const STEPS = [[5, 6, 7], [8], [9]];
-
-const tokens = (/** @type {number[]} */ ids) => BigInt64Array.from(ids.map(BigInt));
-const ones = (/** @type {number} */ n) => new BigInt64Array(n).fill(1n);
 
 /** @param {string} code @param {string} [input] */
 function python(code, input = '') {
@@ -41,18 +36,7 @@ function python(code, input = '') {
  * @param {Partial<import('../src/client/spot_check.js').SpotCheckPolicy>} [spotChecks]
  */
 function clientOn(mesh, spotChecks = {}) {
-  /** @type {MeshClient | null} */
-  let client = null;
-  const self = () => /** @type {any} */ (client);
-  client = new MeshClient({
-    manifest: /** @type {any} */ ({ ...fakeManifest(), dtype: 'fp32' }),
-    signal: /** @type {any} */ (mesh.signal(CLIENT_ID)),
-    transport: /** @type {any} */ (mesh.transport(self, CLIENT_ID)),
-    embed: /** @type {any} */ (fakeEmbed),
-    head: /** @type {any} */ (fakeHead),
-    config: { ...CONFIG, spotChecks },
-    log: quiet,
-  });
+  const client = fakeClient(mesh, { manifest: { ...fakeManifest(), dtype: 'fp32' }, config: { ...CLIENT_CONFIG, spotChecks } });
   /** @type {any[]} */
   const evidence = [];
   /** @type {string[]} */

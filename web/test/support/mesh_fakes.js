@@ -10,6 +10,7 @@
 import { execFileSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 
+import { MeshClient } from '../../src/client/mesh_client.js';
 import { decodeFrame, encodeFrame } from '../../src/protocol/wire.js';
 import { LinkClosedError } from '../../src/transport/peer.js';
 import { SpanServer } from '../../src/node/span_server.js';
@@ -19,6 +20,43 @@ export const ROOT = fileURLToPath(new URL('../../../', import.meta.url));
 export const HIDDEN = 8;
 export const LAYERS = 4;
 export const MODEL = 'fake-model';
+export const CLIENT_ID = 'c'.repeat(64);
+
+/** A logger that says nothing. */
+export const quiet = { info: () => {}, warn: () => {} };
+
+/** The mesh client settings of these tests: bounded waits, a few failovers, answers checked. */
+export const CLIENT_CONFIG = { requestTimeoutMs: 5_000, connectTimeoutMs: 5_000, closeTimeoutMs: 5_000, banSeconds: 60, maxFailovers: 4 };
+
+/** Token ids as a step's input. @param {number[]} ids */
+export const tokens = (ids) => BigInt64Array.from(ids.map(BigInt));
+
+/** An attention mask of `n` ones. @param {number} n */
+export const ones = (n) => new BigInt64Array(n).fill(1n);
+
+/**
+ * A `MeshClient` on `mesh` with the fake embed and head; `options` replace its settings, signal
+ * client, transport (built from the client itself, for the links' replies) or manifest.
+ * @param {FakeMesh} mesh
+ * @param {{config?: object, clientId?: string, manifest?: object, signal?: object,
+ *   transport?: (self: () => any) => object}} [options]
+ */
+export function fakeClient(mesh, options = {}) {
+  const clientId = options.clientId ?? CLIENT_ID;
+  /** @type {MeshClient | null} */
+  let client = null;
+  const self = () => /** @type {any} */ (client);
+  client = new MeshClient({
+    manifest: /** @type {any} */ (options.manifest ?? fakeManifest()),
+    signal: /** @type {any} */ (options.signal ?? mesh.signal(clientId)),
+    transport: /** @type {any} */ (options.transport ? options.transport(self) : mesh.transport(self, clientId)),
+    embed: /** @type {any} */ (fakeEmbed),
+    head: /** @type {any} */ (fakeHead),
+    config: /** @type {any} */ (options.config ?? CLIENT_CONFIG),
+    log: quiet,
+  });
+  return client;
+}
 
 /** A manifest of `LAYERS` blocks of width `HIDDEN` (what `SpanServer` and `MeshClient` read of it). */
 export function fakeManifest() {
@@ -145,7 +183,7 @@ export class FakeMesh {
   }
 
   /** A signal client that knows every peer ever added (a dead one stays announced until it expires). */
-  signal(clientId = 'c'.repeat(64)) {
+  signal(clientId = CLIENT_ID) {
     return {
       peerId: clientId,
       lookup: async () =>
@@ -163,7 +201,7 @@ export class FakeMesh {
    * @param {() => {deliver: Function, linkClosed: Function}} client
    * @param {string} [clientId]
    */
-  transport(client, clientId = 'c'.repeat(64)) {
+  transport(client, clientId = CLIENT_ID) {
     return {
       /** @param {string} peerId */
       connect: async (peerId) => {
