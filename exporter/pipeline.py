@@ -213,6 +213,8 @@ def _manifest_dict(
     import torch
     import transformers
 
+    from python_peer.core.memory_budget import MEMORY_FIELD, memory_field
+
     from .modeling import model_shape
     from .onnx_export import OPSET
 
@@ -247,6 +249,12 @@ def _manifest_dict(
             "pad_token_id": tokenizer.pad_token_id,
         },
         "shards": [s.to_dict() for s in shards],
+        # per-block weight and KV bytes: what a peer's memory budget is measured against
+        MEMORY_FIELD: memory_field(
+            shape.to_dict(),
+            [(s.start, s.end, s.bytes) for s in shards if s.kind == "blocks"],
+            shape.num_layers,
+        ),
         "quality": quality,
         "export": {
             "args": request.fingerprint(),

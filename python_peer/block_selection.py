@@ -1,8 +1,9 @@
-"""Which span a peer serves when it is not told: the one the mesh serves least, as in Petals.
+"""Which span a peer serves when it is not told: the least-served run of block shards that fits its
+memory budget, as in Petals; and the check that an explicit span fits.
 
 A peer can only serve whole block shards of the manifest (each shard is one ONNX graph), so the choice
-is among the manifest's shards: the shard with the fewest live servers wins, ties going to the earlier
-shard, among those whose weights fit the peer's memory budget.
+is among runs of consecutive shards; the rule and its figures (weights plus KV room for a useful number
+of sessions) live in ``core/memory_budget.py``, shared with the browser.
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from collections import Counter
 
 from python_peer.core.canonical import Announcement
+from python_peer.core.errors import SpanError
 from python_peer.core.manifest import Manifest
+from python_peer.core.memory_budget import SpanNeed, choose_span
 from python_peer.core.spans import Span
 
 from .errors import PeerError
@@ -30,17 +33,28 @@ def served_counts(manifest: Manifest, announcements: list[Announcement]) -> Coun
     return counts
 
 
-def least_served_span(
-    manifest: Manifest, announcements: list[Announcement], memory_budget_bytes: int
-) -> Span:
-    """The least-served block shard whose file fits in ``memory_budget_bytes``."""
+def least_served_choice(manifest: Manifest, announcements: list[Announcement], budget_bytes: int) -> SpanNeed:
+    """The least-served run of block shards that fits ``budget_bytes``, with what it needs."""
     counts = served_counts(manifest, announcements)
-    fitting = [shard for shard in manifest.blocks if shard.bytes <= memory_budget_bytes]
-    if not fitting:
-        smallest = min(shard.bytes for shard in manifest.blocks)
-        raise PeerError(
-            f"no block shard of {manifest.name} fits a memory budget of {memory_budget_bytes / 2**20:.0f} MiB "
-            f"(the smallest needs {smallest / 2**20:.0f} MiB): raise --max-memory-mb or export smaller spans"
-        )
-    best = min(fitting, key=lambda shard: (counts[shard.span], shard.start))
-    return best.span
+    spans = [shard.span for shard in manifest.blocks]
+    try:
+        return choose_span(spans, [counts[s] for s in spans], manifest.memory, budget_bytes, manifest.name)
+    except SpanError as exc:
+        raise PeerError(str(exc)) from None
+
+
+def least_served_span(manifest: Manifest, announcements: list[Announcement], budget_bytes: int) -> Span:
+    """The span of ``least_served_choice``."""
+    return least_served_choice(manifest, announcements, budget_bytes).span
+
+
+def checked_span(manifest: Manifest, span: Span, budget_bytes: int) -> SpanNeed:
+    """What ``span`` needs; ``PeerError`` in one line when it is over ``budget_bytes`` or outside the model."""
+    if span.end > manifest.num_layers:
+        raise PeerError(f"span {span} runs past the last layer of {manifest.name} (0-{manifest.num_layers})")
+    need = manifest.memory.need(span)
+    try:
+        need.check(budget_bytes)
+    except SpanError as exc:
+        raise PeerError(str(exc)) from None
+    return need

@@ -23,7 +23,7 @@ from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
 
-from .block_selection import least_served_span
+from .block_selection import checked_span, least_served_choice
 from .errors import PeerError
 from .hop import FrameHandler
 from .identity import Identity
@@ -185,9 +185,10 @@ class PeerConfig:
 
     node: NodeConfig
     model_dir: Path
-    span: Span | None = None  # None: the least-served shard of the mesh
+    span: Span | None = None  # None: the least-served run of shards that fits memory_budget_bytes
+    # server.memory_budget_bytes caps the KV caches; they get at most what the budget leaves after the weights
     server: ServerConfig = field(default_factory=ServerConfig)
-    max_weights_bytes: int = 4 * 2**30  # weights this peer may load, for choosing a span
+    memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py), for choosing a span
     status_interval_s: float = 10.0  # how often KV room is re-announced when it changed
 
 
@@ -211,14 +212,23 @@ class Peer:
     async def create(cls, config: PeerConfig) -> Peer:
         manifest = load_manifest(config.model_dir)
         span = config.span
+        # an explicit span over the budget is refused before anything connects
+        need = checked_span(manifest, span, config.memory_budget_bytes) if span is not None else None
         node = await MeshNode.create(config.node, gossip_model=(manifest.name, manifest.num_layers))
         try:
-            if span is None:
+            if span is None or need is None:
                 announcements = await node.signal.lookup(manifest.name, 0, manifest.num_layers, limit=64)
-                span = least_served_span(manifest, announcements, config.max_weights_bytes)
-                log.info("serving the least-served span %s", span)
+                need = least_served_choice(manifest, announcements, config.memory_budget_bytes)
+                span = need.span
+                log.info("serving the least-served span that fits: %s", need.describe())
+            server_config = replace(
+                config.server,
+                memory_budget_bytes=min(
+                    config.server.memory_budget_bytes, config.memory_budget_bytes - need.weights
+                ),
+            )
             server = await asyncio.to_thread(
-                SpanServer, config.model_dir, manifest, span, config.server, node.ledger
+                SpanServer, config.model_dir, manifest, span, server_config, node.ledger
             )
             throughput = await asyncio.to_thread(server.measure_throughput)
             peer = cls(config, manifest, node, SpanGate(server, node.peer_id))
@@ -266,10 +276,18 @@ class Peer:
 
     async def load_span(self, span: Span) -> tuple[SpanServer, float]:
         """A server for ``span`` (same budget and ledger), loaded in a thread, and its throughput; it
-        serves nothing until ``move_to``. Loading fails with whatever onnxruntime or the disk raise."""
+        serves nothing until ``move_to``. A span over the memory budget is refused (``PeerError``);
+        loading fails with whatever onnxruntime or the disk raise."""
         old = self.server
+        need = checked_span(self.manifest, span, self.config.memory_budget_bytes)
+        kv = min(self.config.server.memory_budget_bytes, self.config.memory_budget_bytes - need.weights)
         new = await asyncio.to_thread(
-            SpanServer, self.config.model_dir, self.manifest, span, old.config, old.ledger
+            SpanServer,
+            self.config.model_dir,
+            self.manifest,
+            span,
+            replace(old.config, memory_budget_bytes=kv),
+            old.ledger,
         )
         return new, await asyncio.to_thread(new.measure_throughput)
 

@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from python_peer.core.errors import CommandError
 from python_peer.core.ice import add_ice_args, ice_settings
+from python_peer.core.memory_budget import (
+    PLAN_CONTEXT,
+    PLAN_SESSIONS,
+    RAM_FRACTION,
+    available_ram,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from .serving import ApiOptions, PeerOptions
@@ -24,7 +31,9 @@ def register(subparsers: Any) -> None:
         help="serve a span of a model's blocks to the mesh",
         description=(
             "Connect to signaling nodes, announce a span of MODEL's blocks and serve inference sessions over "
-            "WebRTC. Without --span the peer serves the block shard the mesh serves least."
+            "WebRTC. Without --span the peer serves the least-served run of the model's block shards that fits "
+            "its --memory-budget (weights plus KV room for "
+            f"{PLAN_SESSIONS} sessions of up to {PLAN_CONTEXT} tokens); a --span that does not fit is refused."
         ),
     )
     add_signal_args(parser)
@@ -36,10 +45,19 @@ def register(subparsers: Any) -> None:
         "--span", default=None, help="blocks to serve, START-END (a run of the model's block shards)"
     )
     parser.add_argument(
-        "--max-memory-mb", type=float, default=512, help="KV-cache memory budget in MiB (default 512)"
+        "--memory-budget",
+        default=None,
+        metavar="SIZE",
+        help=(
+            "memory for this peer's weights and KV caches, e.g. 2GiB or 800MB "
+            f"(default: {RAM_FRACTION:.0%} of MemAvailable in /proc/meminfo)"
+        ),
     )
     parser.add_argument(
-        "--max-weights-mb", type=int, default=4096, help="weights this peer may load, for choosing a span"
+        "--max-memory-mb",
+        type=float,
+        default=None,
+        help="cap on the KV caches in MiB (default: what --memory-budget leaves after the weights)",
     )
     parser.add_argument(
         "--gossip-interval",
@@ -106,6 +124,22 @@ def check_api_args(args: argparse.Namespace) -> None:
         )
 
 
+def memory_budget(text: str | None) -> int:
+    """``--memory-budget`` in bytes; without it ``RAM_FRACTION`` of this machine's available memory."""
+    from python_peer.core.errors import SpanError
+
+    try:
+        if text is not None:
+            return parse_size(text)
+        try:
+            meminfo = Path("/proc/meminfo").read_text(encoding="ascii")
+        except OSError as exc:
+            raise SpanError(f"cannot read /proc/meminfo ({exc.strerror}): give --memory-budget") from None
+        return int(available_ram(meminfo) * RAM_FRACTION)
+    except SpanError as exc:
+        raise CommandError(f"--memory-budget: {exc}") from None
+
+
 def api_options(args: argparse.Namespace) -> ApiOptions | None:
     """The API's flags, checked (``check_api_args``); None without ``--api-port``."""
     from .api.app import ApiConfig
@@ -124,14 +158,16 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
     from .serving import PeerOptions
 
     check_api_args(args)
+    if args.max_memory_mb is not None and not (0 < args.max_memory_mb < float("inf")):
+        raise CommandError(f"--max-memory-mb {args.max_memory_mb} must be a positive number of MiB")
     ice = ice_settings(args)  # refused before anything loads
     return PeerOptions(
         signal_urls=tuple(args.signal),
         model_dir=args.model,
         data_dir=args.data_dir,
         span=Span.parse(args.span) if args.span else None,
+        memory_budget_bytes=memory_budget(args.memory_budget),
         max_memory_mb=args.max_memory_mb,
-        max_weights_mb=args.max_weights_mb,
         gossip_interval_s=args.gossip_interval,
         idle_timeout_s=args.idle_timeout,
         ice=ice,

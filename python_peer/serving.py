@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from python_peer.core.ice import IceSettings
+from python_peer.core.memory_budget import gib
 from python_peer.core.spans import Span
 
 from .api.app import ApiConfig, ApiServer, create_app
@@ -41,9 +42,9 @@ class PeerOptions:
     signal_urls: tuple[str, ...]
     model_dir: Path
     data_dir: Path | None = None
-    span: Span | None = None  # None: the span the mesh serves least
-    max_memory_mb: float = 512  # KV-cache budget in MiB
-    max_weights_mb: int = 4096  # weights this peer may load, for choosing a span
+    span: Span | None = None  # None: the least-served run of shards that fits memory_budget_bytes
+    memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py)
+    max_memory_mb: float | None = None  # a cap on the KV caches in MiB; None: what the budget leaves
     gossip_interval_s: float = 10.0
     idle_timeout_s: float = 300.0
     ice: IceSettings = field(default_factory=IceSettings)
@@ -61,9 +62,14 @@ class PeerOptions:
             model_dir=self.model_dir,
             span=self.span,
             server=ServerConfig(
-                memory_budget_bytes=int(self.max_memory_mb * 2**20), idle_timeout_s=self.idle_timeout_s
+                memory_budget_bytes=(
+                    self.memory_budget_bytes
+                    if self.max_memory_mb is None
+                    else int(self.max_memory_mb * 2**20)
+                ),
+                idle_timeout_s=self.idle_timeout_s,
             ),
-            max_weights_bytes=self.max_weights_mb * 2**20,
+            memory_budget_bytes=self.memory_budget_bytes,
         )
 
 
@@ -89,9 +95,11 @@ async def serve(options: PeerOptions) -> int:
     async with await Peer.create(options.peer_config()) as peer:
         api = await start_api(peer, options.model_dir, options.api) if options.api is not None else None
         try:
+            need = peer.manifest.memory.need(peer.span)
             print(
-                f"peer {peer.node.peer_id} serves {peer.manifest.name} blocks {peer.span} "
-                f"(KV budget {options.max_memory_mb} MiB)",
+                f"peer {peer.node.peer_id} serves {peer.manifest.name} blocks {peer.span}: {need.describe()}; "
+                f"budget is {gib(options.memory_budget_bytes)} "
+                f"(KV budget {peer.server.config.memory_budget_bytes / 2**20:.1f} MiB)",
                 file=sys.stderr,
                 flush=True,
             )

@@ -74,10 +74,13 @@ def test_least_served_span(tiny_llama_export: Path) -> None:
         announcement("d", "other-model", (3, 4)),
     ]
     assert served_counts(manifest, mesh) == {Span(0, 1): 1, Span(1, 3): 2, Span(3, 4): 1}
-    assert least_served_span(manifest, mesh, 2**30) == Span(0, 1)  # ties go to the earlier span
+    one_shard = max(manifest.memory.need(s.span).total for s in manifest.blocks)  # no two shards fit
+    assert least_served_span(manifest, mesh, one_shard) == Span(0, 1)  # ties go to the earlier span
     mesh.append(announcement("e", name, (0, 1)))
-    assert least_served_span(manifest, mesh, 2**30) == Span(3, 4)
-    smallest = min(s.bytes for s in manifest.blocks)
+    assert least_served_span(manifest, mesh, one_shard) == Span(3, 4)
+    # a budget for the whole model takes it all: the run holding the least-served shard, longest first
+    assert least_served_span(manifest, mesh, 2**30) == Span(0, 4)
+    smallest = min(manifest.memory.need(s.span).total for s in manifest.blocks)
     with pytest.raises(PeerError, match="fits a memory budget"):
         least_served_span(manifest, mesh, smallest - 1)
 

@@ -16,7 +16,7 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import answers, canonical, proof_of_work, protocol, receipts, spot_policy, wire
+from . import answers, canonical, memory_budget, proof_of_work, protocol, receipts, spot_policy, wire
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -97,6 +97,17 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
     (
         spot_policy,
         ("SPOT_CHECK_FLOOR", "SPOT_CHECK_WARMUP", "SPOT_CHECK_TOLERANCES", "MAX_TRACKED_PEERS"),
+    ),
+    (
+        memory_budget,
+        (
+            "MEMORY_FIELD",
+            "KV_DTYPE_BYTES",
+            "PLAN_SESSIONS",
+            "PLAN_CONTEXT",
+            "WASM_MEMORY_BYTES",
+            "WASM_RUNTIME_BYTES",
+        ),
     ),
 )
 

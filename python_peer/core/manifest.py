@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ManifestError
+from .memory_budget import BlockFigures
 from .spans import Span
 
 FORMAT_VERSION = 1
@@ -186,6 +187,12 @@ class Manifest:
         return int(self.config["num_layers"])
 
     @property
+    def memory(self) -> BlockFigures:
+        """Per-block weight and KV bytes (``core/memory_budget.py``), checked against config and shards."""
+        shards = [(s.start, s.end, s.bytes) for s in self.blocks]
+        return BlockFigures.from_manifest(self.raw, self.config, shards, self.num_layers)
+
+    @property
     def embed(self) -> ShardEntry:
         return self._one("embed")
 
@@ -246,6 +253,7 @@ class Manifest:
             raise
         except Exception as exc:
             raise ManifestError(f"the manifest's block shards are not a valid cover: {exc}") from exc
+        manifest.memory  # noqa: B018 - refuses figures that contradict the config or the shard files
         return manifest
 
 

@@ -57,11 +57,12 @@ def browser_peer(
     web_server: WebServer,
     signal_url: str,
     model: Path,
-    span: tuple[int, int] = (1, 3),
+    span: tuple[int, int] | None = (1, 3),
     memory_budget_mb: float = 512,
     options: dict[str, Any] | None = None,
 ) -> Iterator[tuple[Page, str]]:
-    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span``.
+    """A fresh browser context (empty IndexedDB) running a BrowserNode that serves ``span`` (None: the
+    least-served blocks that fit ``memory_budget_mb``).
 
     ``options`` go to ``BrowserNode.start`` as they are (``gossipIntervalMs``, say).
     """
@@ -73,7 +74,7 @@ def browser_peer(
         page.goto(web_server.url_for(HARNESS_PATH))
         args = {
             "config": page_config(web_server, signal_url, model),
-            "span": {"start": span[0], "end": span[1]},
+            "span": None if span is None else {"start": span[0], "end": span[1]},
             "memoryBudgetMb": memory_budget_mb,
             "options": options or {},
         }

@@ -4,6 +4,7 @@
  * manifest (fetched and checked), and the node's error.
  */
 
+import { WASM_MEMORY_BYTES, WASM_RUNTIME_BYTES } from '../protocol/constants.js';
 import { TransportError, transportConfigFor } from '../transport/peer.js';
 
 export const MIB = 2 ** 20;
@@ -104,4 +105,29 @@ export function folder(base) {
   const url = new URL(base, globalThis.location?.href ?? 'http://localhost/');
   if (!url.pathname.endsWith('/')) url.pathname += '/';
   return url;
+}
+
+/**
+ * The memory budget a node can use on `backend`: the visitor's budget, bounded by what the backend holds.
+ * WASM: one instance addresses at most WASM_MEMORY_BYTES (4 GiB), of which the runtime itself needs
+ * WASM_RUNTIME_BYTES. WebGPU: weights and KV caches live in GPU buffers, beyond the WASM heap; bounded
+ * by half the device's memory when the browser states it (`navigator.deviceMemory`, in GB).
+ * @param {number} requestedBytes
+ * @param {'wasm' | 'webgpu'} backend
+ * @param {{deviceMemoryGb?: number}} [device]
+ * @returns {{bytes: number, reason: string}}
+ */
+export function backendBudget(requestedBytes, backend, device = {}) {
+  const gibText = (/** @type {number} */ n) => `${(n / 2 ** 30).toFixed(2)} GiB`;
+  if (backend === 'wasm') {
+    const limit = WASM_MEMORY_BYTES - WASM_RUNTIME_BYTES;
+    if (requestedBytes <= limit) return { bytes: requestedBytes, reason: `your budget (WASM holds up to ${gibText(limit)})` };
+    return { bytes: limit, reason: `WASM's limit: 4 GiB of memory less ${gibText(WASM_RUNTIME_BYTES)} for the runtime` };
+  }
+  const gb = device.deviceMemoryGb;
+  if (typeof gb === 'number' && Number.isFinite(gb) && gb > 0) {
+    const limit = Math.floor((gb * 2 ** 30) / 2);
+    if (requestedBytes > limit) return { bytes: limit, reason: `WebGPU on a device stating ${gb} GB of memory: half of it` };
+  }
+  return { bytes: requestedBytes, reason: 'your budget (WebGPU keeps the weights beyond the 4 GiB WASM heap)' };
 }

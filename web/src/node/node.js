@@ -29,9 +29,10 @@ import { BrowserLedger } from '../ledger/ledger.js';
 import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
 import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
 import { transportConfigFor } from '../transport/peer.js';
-import { MIB, NodeError, checkConfig, fetchManifest, folder, numLayers } from './config.js';
+import { chooseBackend } from '../runtime/onnx.js';
+import { MIB, NodeError, backendBudget, checkConfig, fetchManifest, folder, numLayers } from './config.js';
 import { BrowserNodeCore, LEDGER_SIGNAL, WEBRTC_SIGNAL } from './core.js';
-import { leastServedSpan, spanShards } from './span_choice.js';
+import { checkSpanFits, describeNeed, gib, leastServedChoice, leastServedSpan, spanShards } from './span_choice.js';
 import { SpanServer } from './span_server.js';
 
 export { LEDGER_SIGNAL, WEBRTC_SIGNAL, MIB, NodeError, leastServedSpan, spanShards, acquireNodeLock };
@@ -48,7 +49,8 @@ const STATUS_THROTTLE_MS = 250;
 /**
  * @typedef {object} NodeOptions
  * @property {IDBDatabase} db  from `openDatabase` (web/src/storage/db.js)
- * @property {number} [memoryBudgetMb]  weights of the span plus its KV caches
+ * @property {number} [memoryBudgetMb]  weights of the span plus its KV caches (bounded by the backend: config.js)
+ * @property {number | null} [kvBudgetMb]  a cap on the KV caches; null: what the budget leaves after the weights
  * @property {SpanChoice | null} [span]  null: the mesh's least-served block shard that fits
  * @property {string | null} [model]  a model name of `config.models`; null: the first
  * @property {import('../runtime/onnx.js').RuntimeOptions} [runtime]
@@ -76,6 +78,7 @@ const STATUS_THROTTLE_MS = 250;
  * @property {number | null} balance  units (1 credit = 1000 units)
  * @property {number | null} earned
  * @property {string[]} signaling  the URL of the signaling node this node is announced on, if any
+ * @property {string | null} choice  why this span: what it needs against the budget the backend allows
  */
 
 /** @param {unknown} err */
@@ -113,6 +116,7 @@ export class BrowserNode {
     const {
       db,
       memoryBudgetMb = 512,
+      kvBudgetMb = null,
       span = null,
       model = null,
       runtime = { allowWebGPU: true, threads: 1 },
@@ -128,11 +132,15 @@ export class BrowserNode {
     if (!(typeof memoryBudgetMb === 'number' && memoryBudgetMb > 0 && Number.isFinite(memoryBudgetMb))) {
       throw new NodeError(`memory budget ${memoryBudgetMb} MiB must be a positive number`);
     }
+    if (kvBudgetMb !== null && !(typeof kvBudgetMb === 'number' && kvBudgetMb > 0 && Number.isFinite(kvBudgetMb))) {
+      throw new NodeError(`KV budget ${kvBudgetMb} MiB must be a positive number`);
+    }
     const entry = model === null ? config.models[0] : config.models.find((m) => m.name === model);
     if (entry === undefined) throw new NodeError(`this network serves no model called ${JSON.stringify(model)}`);
     this.db = db;
     this.modelEntry = entry;
     this.budgetBytes = Math.floor(memoryBudgetMb * MIB);
+    this.kvCapBytes = kvBudgetMb === null ? Infinity : Math.floor(kvBudgetMb * MIB);
     this.requestedSpan = span;
     this.runtimeOptions = runtime;
     this.createTransport = createTransport;
@@ -154,6 +162,8 @@ export class BrowserNode {
     this.manifest = null;
     /** @type {SpanChoice | null} */
     this.span = null;
+    /** @type {string | null} what the span needs against the budget, and why the budget is what it is */
+    this.choice = null;
     this.throughput = 0;
     /** @type {BlocksRunner[]} */
     this.runners = [];
@@ -209,6 +219,7 @@ export class BrowserNode {
       balance: this.#account.balance,
       earned: this.#account.earned,
       signaling: this.signal?.url ? [this.signal.url] : [],
+      choice: this.choice,
     };
   }
 
@@ -247,24 +258,29 @@ export class BrowserNode {
     this.manifest = await fetchManifest(this.modelEntry);
     const signal = await core.connect(this.config.signal, { serves: [] });
     const manifest = this.manifest;
+    // The backend bounds the budget (a WASM instance holds at most 4 GiB), so it is known before the span.
+    const backend = await chooseBackend(this.runtimeOptions.allowWebGPU ?? true);
+    const nav = /** @type {{deviceMemory?: number} | undefined} */ (globalThis.navigator);
+    const budget = backendBudget(this.budgetBytes, backend, { deviceMemoryGb: nav?.deviceMemory });
     let span = this.requestedSpan;
+    let need;
     if (span === null) {
       const announcements = await signal.lookup(manifest.model.name, 0, numLayers(manifest), { limit: 64 });
-      span = leastServedSpan(manifest, announcements, this.budgetBytes);
-      this.log.info(`serving the least-served span ${span.start}-${span.end}`);
+      need = leastServedChoice(manifest, announcements, budget.bytes);
+      span = need.span;
+      this.log.info(`serving the least-served span that fits: ${describeNeed(need)}`);
+    } else {
+      spanShards(manifest, span); // a span that is no run of shards is refused before its size
+      need = checkSpanFits(manifest, span, budget.bytes);
     }
     const shards = spanShards(manifest, span);
-    const weights = shards.reduce((sum, s) => sum + s.bytes, 0);
-    if (weights > this.budgetBytes) {
-      throw new NodeError(
-        `blocks ${span.start}-${span.end} need ${(weights / MIB).toFixed(1)} MiB of weights, over the memory ` +
-          `budget of ${(this.budgetBytes / MIB).toFixed(1)} MiB: raise the budget or serve a smaller span`,
-      );
-    }
+    this.choice =
+      `${this.requestedSpan === null ? 'the least-served blocks that fit' : 'the blocks you chose'}: ` +
+      `${describeNeed(need)}; budget ${gib(budget.bytes)} on ${backend === 'webgpu' ? 'WebGPU' : 'WASM'}, ${budget.reason}`;
     this.span = { start: span.start, end: span.end };
     await this.#loadShards(shards);
     this.server = new SpanServer(manifest, this.span, this.runners, {
-      memoryBudgetBytes: this.budgetBytes - weights,
+      memoryBudgetBytes: Math.min(this.kvCapBytes, budget.bytes - need.weights),
       ledger: this.ledger,
       identity: this.identity,
       onChange: (event) => {

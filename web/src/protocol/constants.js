@@ -110,3 +110,11 @@ export const SPOT_CHECK_TOLERANCES = Object.freeze({
   q4: 0.1,
 });
 export const MAX_TRACKED_PEERS = 4096;
+
+// python_peer.core.memory_budget
+export const MEMORY_FIELD = "memory";
+export const KV_DTYPE_BYTES = 4;
+export const PLAN_SESSIONS = 8;
+export const PLAN_CONTEXT = 2048;
+export const WASM_MEMORY_BYTES = 4294967296;
+export const WASM_RUNTIME_BYTES = 805306368;

@@ -20,6 +20,7 @@
 import { credits, el, message, mountPage } from './dom.js';
 import { BrowserLedger } from '../ledger/ledger.js';
 import { BrowserNode, MIB } from '../node/node.js';
+import { PLAN_SESSIONS } from '../protocol/constants.js';
 import { getSetting, loadOrCreateIdentity, openDatabase, setSetting } from '../storage/db.js';
 
 const DB_NAME = 'ai4all';
@@ -109,7 +110,12 @@ class ContributePage {
         el('label', { for: 'span-input' }, 'Blocks', this.spanInput),
         el('label', { for: 'model' }, 'Model', this.modelSelect),
       ),
-      el('p', { class: 'muted' }, 'The budget holds the layers and their caches. Leave the blocks empty to serve those the mesh needs most.'),
+      el(
+        'p',
+        { class: 'muted' },
+        `The budget holds the layers and their caches (room for ${PLAN_SESSIONS} sessions); in WASM it is at most 4 GiB less the runtime. ` +
+          'Leave the blocks empty to serve the least-served blocks that fit.',
+      ),
       el('div', { class: 'row' }, this.startButton, el('span', { class: 'muted', 'data-testid': 'opt-in-note' }, 'Loading settings…')),
     );
 
@@ -118,6 +124,8 @@ class ContributePage {
     this.progressText = el('span', { class: 'muted', 'data-testid': 'progress-text' });
     this.progressRow = el('div', { class: 'contribute-progress', hidden: true }, this.progress, this.progressText);
     this.serving = el('p', { 'data-testid': 'serving' }, 'Not serving.');
+    /** Why these blocks: what they need against the budget the backend allows. */
+    this.spanReason = el('p', { class: 'muted', 'data-testid': 'span-reason' });
     this.pauseButton = /** @type {HTMLButtonElement} */ (
       el('button', { type: 'button', class: 'secondary', 'data-testid': 'pause', disabled: true }, 'Pause')
     );
@@ -134,6 +142,7 @@ class ContributePage {
       el('div', { class: 'row' }, el('h2', { id: 'status-title' }, 'This browser'), this.stateBadge),
       this.progressRow,
       this.serving,
+      this.spanReason,
       el(
         'dl',
         { class: 'stats' },
@@ -358,6 +367,7 @@ class ContributePage {
     } else if (status.state === 'downloading' && span) this.serving.textContent = `Downloading ${span}…`;
     else if (status.state === 'starting') this.serving.textContent = 'Starting: connecting to the mesh…';
     else if (status.state === 'error') this.serving.textContent = 'Not serving.';
+    this.spanReason.textContent = status.choice ? `Why these blocks: ${status.choice}.` : '';
     if (status.error) this.showError(`Could not start serving: ${status.error}`);
     this.facts.throughput.textContent =
       status.state === 'serving' || status.state === 'paused' ? `${status.tokensPerSecond.toFixed(1)} tokens/s` : '—';

@@ -2,7 +2,7 @@
 
 /**
  * Start a BrowserNode on the harness page; its transport counts what it answers. `window.node` keeps it.
- * @param {{ config: object, span: { start: number, end: number }, memoryBudgetMb: number, options: object }} args
+ * @param {{ config: object, span: { start: number, end: number } | null, memoryBudgetMb: number, options: object }} args
  */
 async ({ config, span, memoryBudgetMb, options }) => {
   const { openDatabase } = await import('/web/src/storage/db.js');
