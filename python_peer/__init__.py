@@ -20,7 +20,8 @@
 - ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
-- ``block_selection.py`` which span a peer serves when not told (the least-served).
+- ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory
+                        budget), and the check that a given span fits.
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
 - ``spot_check.py``     verifying answers: signatures checked on every hop, spot checks replayed to other
                         peers, disagreements settled by a third, evidence written (docs/trust.md).

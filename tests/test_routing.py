@@ -78,8 +78,9 @@ def test_least_served_span(tiny_llama_export: Path) -> None:
     assert least_served_span(manifest, mesh, one_shard) == Span(0, 1)  # ties go to the earlier span
     mesh.append(announcement("e", name, (0, 1)))
     assert least_served_span(manifest, mesh, one_shard) == Span(3, 4)
-    # a budget for the whole model takes it all: the run holding the least-served shard, longest first
-    assert least_served_span(manifest, mesh, 2**30) == Span(0, 4)
+    # a budget for the whole model takes only the least-served shard; on an idle mesh, all of it
+    assert least_served_span(manifest, mesh, 2**30) == Span(3, 4)
+    assert least_served_span(manifest, [], 2**30) == Span(0, 4)
     smallest = min(manifest.memory.need(s.span).total for s in manifest.blocks)
     with pytest.raises(PeerError, match="fits a memory budget"):
         least_served_span(manifest, mesh, smallest - 1)

@@ -7,6 +7,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``errors.py``    the exception hierarchy of the core, and the drawing of every package's tree.
 - ``spans.py``     block spans ``[start, end)``: parsing, validation, covering a model's layers.
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
+- ``memory_budget.py``  per-block weight and KV bytes, what a span needs, the least-served run that fits a
+                   budget (the browser's twin: ``web/src/node/span_choice.js``).
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).

@@ -8,8 +8,9 @@ A peer's budget must hold the weights of its span plus KV room for ``PLAN_SESSIO
 
 Without ``--span`` a peer takes the least-served run of the manifest's block shards (a peer loads whole
 shard files, so a span is a run of consecutive shards) that fits its budget: the run whose least-served
-shard has the fewest servers, then the one covering most shards at that count, then the longest (fewer
-hops for every route), then the earliest. The browser's twin is ``web/src/node/span_choice.js``; both
+shard has the fewest servers, then the one covering most shards at that count, then the one with fewest
+shards (no better-served shard taken on besides), then the earliest. Routes chain spans end to start
+(``routing.py``), so a peer that takes exactly the unserved shards lines up with those that serve the rest. The browser's twin is ``web/src/node/span_choice.js``; both
 follow ``tests/vectors/span_choice.json``.
 """
 
@@ -219,14 +220,14 @@ def choose_span(
     """The least-served run of ``shards`` (sorted, each with its count of live servers) that fits ``budget``.
 
     The smallest shard not fitting is refused in one line naming that shard and the budget."""
-    fitting: list[tuple[tuple[int, int, int, int], SpanNeed]] = []
+    fitting: list[tuple[tuple[int, int, int, int], SpanNeed]] = []  # (sort key, need)
     for i, j in shard_runs(shards):
         need = figures.need(Span(shards[i].start, shards[j - 1].end))
         if need.total > budget:
             continue
         least = min(counts[i:j])
         at_least = sum(1 for c in counts[i:j] if c == least)
-        fitting.append(((least, -at_least, -len(need.span), need.span.start), need))
+        fitting.append(((least, -at_least, j - i, need.span.start), need))
     if not fitting:
         smallest = min((figures.need(s) for s in shards), key=lambda n: n.total)
         raise SpanError(

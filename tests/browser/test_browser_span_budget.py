@@ -91,6 +91,7 @@ def test_a_span_over_the_budget_is_refused_and_wasm_caps_a_large_budget(
             status = status_of(page)
             kv_budget = page.evaluate("() => window.node.node.server.config.memoryBudgetBytes")
     wasm = WASM_MEMORY_BYTES - WASM_RUNTIME_BYTES
-    assert status["span"] == {"start": 0, "end": 4}  # the whole model fits: all of it, fewer hops
-    assert kv_budget == wasm - need.weights  # not 16 GiB: a WASM instance holds 4 GiB
+    assert status["span"] == {"start": 1, "end": 4}  # all that nobody serves, not the served 0-1
+    weights = manifest.memory.need(Span(1, 4)).weights
+    assert kv_budget == wasm - weights  # not 16 GiB: a WASM instance holds 4 GiB
     assert "WASM's limit" in str(status["choice"])

@@ -64,7 +64,7 @@ def test_the_vectors_hold_the_cases_worked_out_by_hand() -> None:
     assert first["expect"]["kv"] == 12 * 2048 * PLAN_SESSIONS * 2048 == 384 * MIB
     assert first["expect"]["span"] == {"start": 0, "end": 12}
     picked = [c["expect"]["span"] for c in v["choose"][1:4]]
-    assert picked == [{"start": 0, "end": 6}, {"start": 6, "end": 12}, {"start": 0, "end": 6}]
+    assert picked == [{"start": 0, "end": 6}, {"start": 6, "end": 12}, {"start": 3, "end": 6}]
     assert v["check"][0]["error"] == (
         "span 0-20 needs 3.1 GiB (2.6 GiB weights + 0.5 GiB KV for 8 sessions of 2048 tokens); budget is 2.0 GiB"
     )
@@ -134,7 +134,9 @@ def test_two_peers_with_half_a_model_each_split_it(toy: Path) -> None:
     first = least_served_choice(manifest, [], half)
     assert first.span == Span(0, 3)
     second = least_served_choice(manifest, [announcement("a", manifest.name, 0, 3)], half)
-    assert second.span == Span(1, 4)  # holds the unserved shard 3-4, and is the longest run that does
+    assert second.span == Span(3, 4)  # the unserved shard, without the served 1-3: 0-3 then 3-4 chain
+    # a budget for everything still takes only the least-served shards
+    assert least_served_choice(manifest, [announcement("a", manifest.name, 0, 3)], 2**40).span == Span(3, 4)
     with pytest.raises(PeerError, match="not even its smallest shard"):
         least_served_choice(manifest, [], min(memory.need(s.span).total for s in manifest.blocks) - 1)
 

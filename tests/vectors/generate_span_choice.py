@@ -133,10 +133,12 @@ def vectors() -> dict[str, Any]:
         choose_case(even, [1, 0, 1, 0], 2 * quarter),  # runs 1-2 and 2-3 tie on one zero: the earlier
         choose_case(
             even, [2, 1, 1, 2], 3 * quarter
-        ),  # both least-served shards: 0-9 and 3-12 tie, the earlier
+        ),  # 3-9: both least-served shards, nothing better served
         choose_case(even, [0, 0, 0, 0], quarter),  # exactly one shard
         choose_case(even, [0, 0, 0, 0], quarter - 1),  # nothing fits: names the smallest shard
         choose_case(even, [3, 0, 5, 0], quarter),
+        choose_case(even, [1, 0, 0, 1], 10 * 2**30),  # room for all, takes only what is least served: 3-9
+        choose_case(even, [1, 1, 1, 0], 10 * 2**30),  # 9-12, not the whole model
         choose_case(uneven, [0, 0, 0], 10**9),
         choose_case(uneven, [0, 1, 1], 4_500_000),
         choose_case(uneven, [5, 0, 0], 4_500_000),

@@ -139,7 +139,7 @@ export function checkSpanFits(manifest, span, budgetBytes) {
 
 /**
  * The least-served run of `spans` (sorted, each with its count of live servers) that fits `budgetBytes`:
- * fewest servers on its least-served shard, then most shards at that count, then longest, then earliest.
+ * fewest servers on its least-served shard, then most shards at that count, then fewest shards, then earliest.
  * @param {SpanChoice[]} spans
  * @param {number[]} counts
  * @param {BlockFigures} figures
@@ -156,7 +156,7 @@ export function chooseSpan(spans, counts, figures, budgetBytes, model) {
       if (need.total > budgetBytes) continue;
       const run = counts.slice(i, j);
       const least = Math.min(...run);
-      const key = [least, -run.filter((c) => c === least).length, -(need.span.end - need.span.start), need.span.start];
+      const key = [least, -run.filter((c) => c === least).length, j - i, need.span.start];
       if (best === null || lexLess(key, best[0])) best = [key, need];
     }
   }

@@ -1,0 +1,86 @@
+"""Real tier: native peers sized by ``--memory-budget`` split a model between them without ``--span``.
+
+Each peer's budget holds about half of the tiny Llama (shards 0-1, 1-3, 3-4) with KV room for
+``PLAN_SESSIONS`` sessions; the first takes the first half, the second the part nobody serves, and a chat
+through them prints what the local chain prints. A peer whose budget holds no shard, or an explicit span
+over its budget, stops at once with one line saying what it needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from python_peer.chain import LocalChain
+from python_peer.core.manifest import load_manifest
+from python_peer.core.spans import Span
+from python_peer.generate import SamplingParams, generate
+from python_peer.tokenizer import ModelTokenizer
+from tests.support.mesh import PROMPTS
+from tests.support.procs import Node, PeerProc, run_cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@contextlib.contextmanager
+def signaling(tmp: Path) -> Iterator[tuple[Node, list[PeerProc]]]:
+    node = Node("node-a", tmp)
+    peers: list[PeerProc] = []
+    try:
+        node.wait()
+        yield node, peers
+    finally:
+        for peer in peers:
+            with contextlib.suppress(AssertionError):
+                peer.stop()
+        with contextlib.suppress(AssertionError):
+            node.stop()
+
+
+def test_two_peers_with_half_a_model_each_split_it_and_serve_a_chat(
+    tmp_path: Path, tiny_llama_export: Path
+) -> None:
+    model = tiny_llama_export
+    memory = load_manifest(model).memory
+    budget = memory.need(Span(0, 3)).total  # shards 0-1 and 1-3, not the whole model
+    assert memory.need(Span(0, 4)).total > budget
+    with signaling(tmp_path) as (node, peers):
+        for name in ("first", "second"):  # one after the other: the second sees what the first serves
+            extra = ["--memory-budget", str(budget), "--gossip-interval", "0.5"]
+            peers.append(PeerProc(name, tmp_path, model, [node.url], extra=extra).wait())
+        assert [p.span for p in peers] == ["0-3", "3-4"], [p.tail() for p in peers]
+        assert f"budget is {budget / 2**20:.1f} MiB" in peers[0].tail()
+
+        chain = LocalChain(model)
+        tokenizer = ModelTokenizer(model, chain.manifest)
+        ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPTS[0]}]))
+        expected = generate(chain, tokenizer, ids, SamplingParams(max_tokens=8)).text
+        args = ["chat", PROMPTS[0], "--model", str(model), "--signal", node.url, "--max-tokens", "8"]
+        result = run_cli([*args, "--data-dir", str(tmp_path / "client")], timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+
+
+def test_a_peer_whose_budget_holds_no_shard_names_the_smallest_and_stops(
+    tmp_path: Path, tiny_llama_export: Path
+) -> None:
+    memory = load_manifest(tiny_llama_export).memory
+    smallest = min((memory.need(Span(a, b)) for a, b in ((0, 1), (1, 3), (3, 4))), key=lambda n: n.total)
+    with signaling(tmp_path) as (node, _):
+        base = ["peer", "--signal", node.url, "--model", str(tiny_llama_export)]
+        result = run_cli([*base, "--memory-budget", str(smallest.total - 1)], timeout=120)
+        assert result.returncode == 1
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith("ai4all peer: error: no span of ") and "not even its smallest shard: " in line
+        assert smallest.describe() in line and line.endswith("raise the budget or export smaller spans")
+
+        result = run_cli([*base, "--span", "0-4", "--memory-budget", "1MiB"], timeout=120)
+        assert result.returncode == 1
+        need = memory.need(Span(0, 4))
+        assert (
+            result.stderr.strip().splitlines()[-1]
+            == f"ai4all peer: error: {need.describe()}; budget is 1.0 MiB"
+        )
