@@ -10,6 +10,7 @@ verifies it.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import logging
 import os
@@ -252,7 +253,7 @@ def _manifest_dict(
         # per-block weight and KV bytes: what a peer's memory budget is measured against
         MEMORY_FIELD: memory_field(
             shape.to_dict(),
-            [(s.start, s.end, s.bytes) for s in shards if s.kind == "blocks"],
+            [(s.start, s.end, _weight_bytes(request.out, s)) for s in shards if s.kind == "blocks"],
             shape.num_layers,
         ),
         "quality": quality,
@@ -369,6 +370,12 @@ def run_export(
     (request.out / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(request.out / STAGING, ignore_errors=True)
     return load_manifest(request.out)
+
+
+def _weight_bytes(out: Path, entry: ShardEntry) -> int:
+    """The bytes a shard loads: its ``.onnx`` file and the external-data files named after it beside it."""
+    sidecars = [p for p in out.glob(glob.escape(entry.file) + ".*") if p.is_file()] if out.is_dir() else []
+    return entry.bytes + sum(p.stat().st_size for p in sidecars)
 
 
 def _allowed_before_load(request: ExportRequest) -> set[str] | None:

@@ -9,6 +9,7 @@ over its budget, stops at once with one line saying what it needs.
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from python_peer.generate import SamplingParams, generate
 from python_peer.tokenizer import ModelTokenizer
 from tests.support.mesh import PROMPTS
 from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,19 +42,36 @@ def signaling(tmp: Path) -> Iterator[tuple[Node, list[PeerProc]]]:
             node.stop()
 
 
+def listed(node: Node, peer_id: str) -> None:
+    wait_for(
+        lambda: peer_id in json.dumps(node.directory()),
+        20,
+        what=f"{peer_id[:8]} listed",
+        describe=node.directory,
+    )
+
+
 def test_two_peers_with_half_a_model_each_split_it_and_serve_a_chat(
     tmp_path: Path, tiny_llama_export: Path
 ) -> None:
     model = tiny_llama_export
-    memory = load_manifest(model).memory
+    manifest = load_manifest(model)
+    memory = manifest.memory
+    stated = manifest.raw["memory"]  # written by the exporter: each shard's bytes over its blocks
+    for shard in manifest.blocks:
+        assert sum(stated["block_weight_bytes"][shard.start : shard.end]) == shard.bytes
+    assert stated["kv_bytes_per_token"] == [2 * 2 * 16 * 4] * 4  # K and V, 2 KV heads x 16 dims, float32
     budget = memory.need(Span(0, 3)).total  # shards 0-1 and 1-3, not the whole model
     assert memory.need(Span(0, 4)).total > budget
     with signaling(tmp_path) as (node, peers):
         for name in ("first", "second"):  # one after the other: the second sees what the first serves
             extra = ["--memory-budget", str(budget), "--gossip-interval", "0.5"]
-            peers.append(PeerProc(name, tmp_path, model, [node.url], extra=extra).wait())
+            peer = PeerProc(name, tmp_path, model, [node.url], extra=extra)
+            peers.append(peer)  # stopped at the end even if it fails to start
+            peer.wait()
+            listed(node, peer.peer_id)  # announced: the next peer's lookup sees it
         assert [p.span for p in peers] == ["0-3", "3-4"], [p.tail() for p in peers]
-        assert f"budget is {budget / 2**20:.1f} MiB" in peers[0].tail()
+        assert f"budget is {budget / 2**20:.1f} MiB" in peers[0].log.read_text(encoding="utf-8")
 
         chain = LocalChain(model)
         tokenizer = ModelTokenizer(model, chain.manifest)

@@ -26,6 +26,7 @@ from playwright.sync_api import Browser, expect
 from python_peer.core.economics import network_rules
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
+from python_peer.core.spans import Span
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.support.browser import script
 from tests.support.browser_client import CHAT_PROMPT, chat_reference
@@ -146,6 +147,11 @@ def test_opt_in_serve_gossip_and_reload(browser: Browser, mesh: Mesh, artifacts_
         start(seen)  # no span given: the least served, 1-3 (the natives serve 0-1 and 3-4)
         expect(seen.testid("state")).not_to_have_text("not started")
         browser_id = wait_serving(seen, mesh.model_name, "1-3")
+        need = load_manifest(mesh.model).memory.need(Span(1, 3))  # why: within the page's 512 MiB budget
+        expect(seen.testid("span-reason")).to_have_text(
+            f"Why these blocks: the least-served blocks that fit: {need.describe()}; budget 512.0 MiB on WASM, "
+            "your budget (WASM holds up to 3.25 GiB)."
+        )
         assert seen.sockets == [mesh.node.url + "/"] or seen.sockets == [mesh.node.url], seen.sockets
         shards = {s.file: s for s in load_manifest(mesh.model).shards}
         fetched = {p.rsplit("/", 1)[-1] for p in seen.paths() if p.startswith("/models/")}

@@ -130,10 +130,8 @@ def vectors() -> dict[str, Any]:
         choose_case(even, [0, 0, 0, 0], 10 * 2**30),  # the whole model fits: all of it
         choose_case(even, [0, 0, 0, 0], 2 * quarter),  # two shards fit: the first two
         choose_case(even, [1, 1, 0, 0], 2 * quarter),  # the other half
-        choose_case(even, [1, 0, 1, 0], 2 * quarter),  # runs 1-2 and 2-3 tie on one zero: the earlier
-        choose_case(
-            even, [2, 1, 1, 2], 3 * quarter
-        ),  # 3-9: both least-served shards, nothing better served
+        choose_case(even, [1, 0, 1, 0], 2 * quarter),  # the unserved shards alone, 3-6 or 9-12: the earlier
+        choose_case(even, [2, 1, 1, 2], 3 * quarter),  # 3-9: both least-served shards, nothing better served
         choose_case(even, [0, 0, 0, 0], quarter),  # exactly one shard
         choose_case(even, [0, 0, 0, 0], quarter - 1),  # nothing fits: names the smallest shard
         choose_case(even, [3, 0, 5, 0], quarter),
