@@ -7,6 +7,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``errors.py``    the exception hierarchy of the core, and the drawing of every package's tree.
 - ``spans.py``     block spans ``[start, end)``: parsing, validation, covering a model's layers.
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
+- ``onnx_external.py``  which external-data files an ``.onnx`` reads (a stdlib protobuf walk), checked
+                   against the files the manifest lists before a session is created.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).
