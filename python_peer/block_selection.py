@@ -35,9 +35,9 @@ def least_served_span(
 ) -> Span:
     """The least-served block shard whose file fits in ``memory_budget_bytes``."""
     counts = served_counts(manifest, announcements)
-    fitting = [shard for shard in manifest.blocks if shard.bytes <= memory_budget_bytes]
+    fitting = [shard for shard in manifest.blocks if shard.total_bytes <= memory_budget_bytes]
     if not fitting:
-        smallest = min(shard.bytes for shard in manifest.blocks)
+        smallest = min(shard.total_bytes for shard in manifest.blocks)
         raise PeerError(
             f"no block shard of {manifest.name} fits a memory budget of {memory_budget_bytes / 2**20:.0f} MiB "
             f"(the smallest needs {smallest / 2**20:.0f} MiB): raise --max-memory-mb or export smaller spans"

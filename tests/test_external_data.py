@@ -329,3 +329,28 @@ def test_the_cli_flag_sets_the_threshold(tiny_llama: Path, tmp_path: Path) -> No
     ]
     bad = run_cli(["export", str(tiny_llama), "--out", str(tmp_path / "x"), "--external-data-mb", "-1"])
     assert bad.returncode == 1 and "--external-data-mb -1.0 must be 0 or more" in bad.stderr
+
+
+def test_a_signaling_node_serves_the_weights_files_it_lists(external_export: Path, copy_of: Path) -> None:
+    """Browsers fetch every listed file from ``/models/<name>/``; a node refuses a partial copy of one."""
+    from fastapi.testclient import TestClient
+
+    from signaling.app import browser_site, create_app
+    from signaling.errors import SiteError
+    from signaling.node import NodeConfig, SignalingNode
+    from signaling.web import ServedModel
+
+    manifest = load_manifest(external_export)
+    node = SignalingNode(NodeConfig(node_id="n", url="ws://127.0.0.1:9"))
+    app = create_app(node, browser_site(node, [ServedModel.load(external_export)]))
+    with TestClient(app) as client:
+        for shard in manifest.shards:
+            for item in shard.files:
+                reply = client.get(f"/models/{manifest.name}/{item.file}")
+                assert reply.status_code == 200, item.file
+                assert reply.content == (external_export / item.file).read_bytes()
+        assert client.get(f"/models/{manifest.name}/blocks_0-1.onnx.data.tmp-1").status_code == 404
+    with (copy_of / "blocks_1-3.onnx.data").open("ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SiteError, match=r"shard blocks_1-3\.onnx: blocks_1-3\.onnx\.data has \d+ bytes"):
+        ServedModel.load(copy_of)
