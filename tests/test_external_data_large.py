@@ -131,7 +131,7 @@ def test_generation_through_the_large_shard_equals_transformers(large_export: tu
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     with torch.no_grad():
         full = torch.tensor([PROMPT + generated[:-1]])
         reference = model(full).logits[0, len(PROMPT) - 1 :].numpy()

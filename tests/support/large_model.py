@@ -52,7 +52,7 @@ def blocks_bytes() -> int:
 def build(directory: Path, seed: int = 0) -> Path:
     """Write the model (safetensors, fp32) and the tiny tokenizer to ``directory``."""
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config(), torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_config(config(), dtype=torch.float32)
     model.save_pretrained(directory)
     tiny_tokenizer().save_pretrained(directory)
     return directory
