@@ -4,15 +4,16 @@
  * `python_peer/block_selection.py`), and the block shards that make up a span.
  */
 
+import { shardTotalBytes } from '../runtime/download.js';
 import { MIB, NodeError } from './config.js';
 
 /** @typedef {{start: number, end: number}} SpanChoice */
 
 /**
- * The least-served block shard of the manifest whose file fits `budgetBytes`, as
+ * The least-served block shard of the manifest whose files (its `.onnx` and `.onnx.data`) fit `budgetBytes`, as
  * `python_peer/block_selection.py`: counts are distinct peers whose announced spans cover the shard,
  * ties go to the earlier shard.
- * @param {{model: {name: string}, shards: {kind: string, start: number, end: number, bytes: number}[]}} manifest
+ * @param {{model: {name: string}, shards: {file: string, sha256: string, kind: string, start: number, end: number, bytes: number, files?: unknown}[]}} manifest
  * @param {import('../signaling/client.js').Announcement[]} announcements
  * @param {number} budgetBytes
  * @returns {SpanChoice}
@@ -27,9 +28,9 @@ export function leastServedSpan(manifest, announcements, budgetBytes) {
         .filter((a) => a.serves.some((s) => s.model === name && s.start <= shard.start && shard.end <= s.end))
         .map((a) => a.peer_id),
     ).size;
-  const fitting = blocks.filter((s) => s.bytes <= budgetBytes);
+  const fitting = blocks.filter((s) => shardTotalBytes(s) <= budgetBytes);
   if (!fitting.length) {
-    const smallest = Math.min(...blocks.map((s) => s.bytes));
+    const smallest = Math.min(...blocks.map((s) => shardTotalBytes(s)));
     throw new NodeError(
       `no block shard of ${name} fits a memory budget of ${(budgetBytes / MIB).toFixed(0)} MiB ` +
         `(the smallest needs ${(smallest / MIB).toFixed(0)} MiB): raise the memory budget`,
