@@ -40,13 +40,14 @@ def config() -> LlamaConfig:
     )
 
 
-def blocks_bytes() -> int:
-    """fp32 bytes of the blocks of ``config()``: what the one blocks shard holds."""
+def matrix_bytes() -> int:
+    """fp32 bytes of the weight matrices of the blocks of ``config()`` (their norms, all ones, are one
+    initializer after torch's deduplication): what the blocks shard's weights file holds at least."""
     c = config()
     head_dim = c.hidden_size // c.num_attention_heads
     attention = 2 * c.hidden_size * c.hidden_size + 2 * c.hidden_size * c.num_key_value_heads * head_dim
     mlp = 3 * c.hidden_size * c.intermediate_size
-    return 4 * c.num_hidden_layers * (attention + mlp + 2 * c.hidden_size)
+    return 4 * c.num_hidden_layers * (attention + mlp)
 
 
 def build(directory: Path, seed: int = 0) -> Path:
