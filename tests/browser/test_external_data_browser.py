@@ -19,13 +19,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+from playwright.sync_api import Browser, expect
 
 from exporter import pipeline, source
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import parse_spans
 from python_peer.runner import BlocksRunner
 from tests.support.browser import Harness, script
-from tests.support.static_server import HARNESS_PATH, MOUNTS, WebServer
+from tests.support.procs import Node
+from tests.support.static_server import HARNESS_PATH, MOUNTS, ROOT, WebServer
 
 pytestmark = pytest.mark.browser
 
@@ -74,6 +76,12 @@ def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     shard = next(s for s in raw["shards"] if s["file"] == SHARD)
     shard["files"] = shard["files"][:1]
     (unlisted / "manifest.json").write_text(json.dumps(raw))
+    # the chat page's own shard, tampered: one flipped byte in the weights (same size)
+    head = root / "head-tampered"
+    shutil.copytree(out, head)
+    data = bytearray((head / "head.onnx.data").read_bytes())
+    data[len(data) // 3] ^= 0x10
+    (head / "head.onnx.data").write_bytes(bytes(data))
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(MOUNTS, UNLISTED_PREFIX, unlisted)
         patch.setitem(MOUNTS, MODEL_PREFIX, out)
@@ -179,3 +187,28 @@ def test_weights_the_manifest_does_not_list_are_never_read(
     assert f"cannot load shard {SHARD}" in result["message"], result
     assert [path for path in requests if path.endswith(".data")] == [], requests
     harness.note(f"external data: unlisted {WEIGHTS} never read: {result['message'][:200]}")
+
+
+def test_the_chat_page_shows_a_tampered_weights_file_to_the_user(
+    browser: Browser, served: Path, tmp_path: Path
+) -> None:
+    """A signaling node serves a model whose head.onnx.data has one flipped byte (same size, so the node
+    serves it): the chat page, which runs the head on the user's machine, says which file was altered."""
+    tampered = served.parent / "head-tampered"
+    listed = load_manifest(served).head.files[1]
+    node = Node("external-chat", tmp_path, model_dirs=[tampered])
+    context = browser.new_context()
+    try:
+        node.wait()
+        page = context.new_page()
+        page.goto(node.http_url + "/chat")
+        status = page.get_by_test_id("status")
+        expect(status).to_contain_text("altered or corrupted", timeout=120_000)
+        text = status.text_content() or ""
+        assert "head.onnx.data" in text and "sha256" in text and "altered or corrupted" in text, text
+        assert listed.sha256[:16] in text, text
+        expect(page.get_by_test_id("send")).to_be_disabled()
+        page.screenshot(path=ROOT / "tests" / "artifacts" / "browser" / "external_data_tampered.png")
+    finally:
+        context.close()
+        node.stop()
