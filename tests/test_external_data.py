@@ -24,7 +24,7 @@ from python_peer.core.onnx_external import external_tensors
 from python_peer.core.spans import parse_spans
 from python_peer.errors import ShardError
 from python_peer.runner import ShardRunner, sha256_file
-from tests.support.procs import run_cli
+from tests.support.procs import Node, run_cli
 
 SPANS = tuple(parse_spans("0-1,1-3,3-4"))
 PROMPT = np.array([[5, 17, 42, 99, 3, 250]], dtype=np.int64)
@@ -354,3 +354,21 @@ def test_a_signaling_node_serves_the_weights_files_it_lists(external_export: Pat
         f.write(b"\0")
     with pytest.raises(SiteError, match=r"shard blocks_1-3\.onnx: blocks_1-3\.onnx\.data has \d+ bytes"):
         ServedModel.load(copy_of)
+
+
+def test_a_peer_refuses_to_serve_a_span_whose_weights_were_altered(copy_of: Path, tmp_path: Path) -> None:
+    """``ai4all peer`` checks its span's files before it announces anything: one line, exit status 1."""
+    path = copy_of / "blocks_1-3.onnx.data"
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x80
+    path.write_bytes(bytes(data))
+    node = Node("sig", tmp_path)
+    try:
+        node.wait()
+        args = ["peer", "--signal", node.url, "--model", str(copy_of), "--span", "1-3"]
+        result = run_cli([*args, "--data-dir", str(tmp_path / "peer")], timeout=300)
+    finally:
+        node.stop()
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "blocks_1-3.onnx: weights file blocks_1-3.onnx.data has sha256" in last, result.stderr
