@@ -6,11 +6,14 @@ fetched, each sha256-checked, the weights handed to onnxruntime-web as ``externa
 decode steps equal Python's runner on the same export. A copy whose ``.onnx.data`` has one altered byte
 is refused with the sha256 error naming that file, before onnxruntime-web is loaded; so is a manifest
 that points a shard's weights outside the model's folder (no request leaves it); and a manifest that
-does not list the weights file gets a load error, the unverified file never fetched.
+does not list the weights file gets a load error, the unverified file never fetched. The chat page
+shows a tampered head.onnx.data to the user; a contributing tab serves the shard between native peers
+(greedy tokens equal the local chain's), caches each file and re-downloads only a corrupt cached one.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from collections.abc import Iterator
@@ -26,7 +29,10 @@ from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import parse_spans
 from python_peer.runner import BlocksRunner
 from tests.support.browser import Harness, script
-from tests.support.procs import Node
+from tests.support.browser_node import local_tokens, mesh_run
+from tests.support.loop_thread import LoopThread
+from tests.support.node_page import start, visit, wait_serving
+from tests.support.procs import Node, PeerProc
 from tests.support.static_server import HARNESS_PATH, MOUNTS, ROOT, WebServer
 
 pytestmark = pytest.mark.browser
@@ -42,6 +48,7 @@ TOLERANCE = 1e-4
 
 RUN_STEPS_JS = script("runtime/run_steps")
 LOAD_ERROR_JS = script("runtime/load_error")
+CORRUPT_CACHED_JS = script("contribute/corrupt")
 
 
 @pytest.fixture(scope="module")
@@ -91,18 +98,16 @@ def served(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
 
 def _steps(hidden_size: int) -> list[dict[str, Any]]:
-    import base64
-
     rng = np.random.default_rng(20261204)
     steps: list[dict[str, Any]] = []
-    for start, seq in [(0, 4), (4, 1), (5, 1)]:
+    for first, seq in [(0, 4), (4, 1), (5, 1)]:
         hidden = rng.standard_normal((1, seq, hidden_size)).astype(np.float32)
         steps.append(
             {
                 "hidden": base64.b64encode(hidden.tobytes()).decode("ascii"),
                 "dims": list(hidden.shape),
                 "mask": [1] * seq,
-                "positions": list(range(start, start + seq)),
+                "positions": list(range(first, first + seq)),
                 "array": hidden,
             }
         )
@@ -110,8 +115,6 @@ def _steps(hidden_size: int) -> list[dict[str, Any]]:
 
 
 def test_a_shard_with_external_data_runs_as_python_does(harness: Harness, served: Path) -> None:
-    import base64
-
     manifest = load_manifest(served)
     entry = next(s for s in manifest.blocks if s.file == SHARD)
     assert [f.file for f in entry.files] == [SHARD, WEIGHTS]
@@ -211,4 +214,49 @@ def test_the_chat_page_shows_a_tampered_weights_file_to_the_user(
         page.screenshot(path=ROOT / "tests" / "artifacts" / "browser" / "external_data_tampered.png")
     finally:
         context.close()
+        node.stop()
+
+
+def test_a_contributing_tab_serves_external_data_and_caches_each_file(
+    browser: Browser, served: Path, tmp_path: Path
+) -> None:
+    """The contribute page serves blocks 1-3 of the external-data export between two native peers (which
+    load theirs with external data too): both files fetched and verified, greedy tokens through the tab
+    equal the local chain's; after a reload both come from IndexedDB; a corrupt cached .onnx.data is
+    dropped and only that file downloaded again."""
+    manifest = load_manifest(served)
+    shard = next(s for s in manifest.blocks if s.file == SHARD)
+    paths = {f.file: f"/models/{manifest.name}/{f.file}" for f in shard.files}
+    node = Node("external-node", tmp_path, model_dirs=[served])
+    natives: list[PeerProc] = []
+    try:
+        node.wait()
+        natives = [PeerProc(f"x{span}", tmp_path, served, [node.url], span=span) for span in ("0-1", "3-4")]
+        for peer in natives:
+            peer.wait()
+        with visit(browser, node.http_url + "/") as seen:
+            start(seen, span="1-3")
+            browser_id = wait_serving(seen, manifest.name, "1-3")
+            assert set(paths.values()) <= set(seen.paths())
+            tokens, route, _ = LoopThread(mesh_run(node, served)).result(timeout=180)
+            assert tokens == local_tokens(served)
+            assert (browser_id, 1, 3) in route
+
+            seen.page.reload()
+            seen.clear()
+            start(seen, span="1-3")
+            wait_serving(seen, manifest.name, "1-3")
+            expect(seen.testid("progress-text")).to_contain_text("cache, sha256 checked")
+            assert not set(paths.values()) & set(seen.paths())
+
+            seen.page.reload()
+            assert seen.page.evaluate(CORRUPT_CACHED_JS, {"sha": shard.files[1].sha256}) is True
+            seen.clear()
+            start(seen, span="1-3")
+            wait_serving(seen, manifest.name, "1-3")
+            expect(seen.testid("progress-text")).to_contain_text("downloaded, sha256 checked")
+            assert paths[WEIGHTS] in seen.paths() and paths[SHARD] not in seen.paths()
+    finally:
+        for peer in natives:
+            peer.stop()
         node.stop()
