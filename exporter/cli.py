@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
-from python_peer.core.errors import AI4AllError
+from python_peer.core.errors import AI4AllError, CommandError
 from python_peer.core.manifest import DTYPES
 from python_peer.core.spans import parse_spans
 
@@ -32,6 +33,13 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--dtype", choices=DTYPES, default="fp32", help="weights: fp32 (default), fp16, q8 or q4"
     )
+    parser.add_argument(
+        "--external-data-mb",
+        type=float,
+        default=None,
+        metavar="MB",
+        help="a shard whose weights exceed MB (default 1024) keeps them in one <shard>.onnx.data file",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -49,6 +57,11 @@ def run(args: argparse.Namespace) -> int:
     request = pipeline.ExportRequest(
         source=src, out=args.out, dtype=args.dtype, spans=spans, shards=args.shards
     )
+    if args.external_data_mb is not None:
+        if not args.external_data_mb >= 0:
+            raise CommandError(f"--external-data-mb {args.external_data_mb} must be 0 or more")
+        threshold = int(args.external_data_mb * 2**20)
+        request = dataclasses.replace(request, external_data_threshold=threshold)
     if args.quiet:
         manifest = pipeline.run_export(request)
     else:
@@ -63,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, description=step, completed=done, total=total)
 
             manifest = pipeline.run_export(request, progress)
-    total = sum(s.bytes for s in manifest.shards)
+    total = sum(s.total_bytes for s in manifest.shards)
     print(
         f"exported {manifest.name} ({manifest.dtype}, {len(manifest.blocks)} block shards, "
         f"{total / 1e6:.1f} MB) to {args.out}",

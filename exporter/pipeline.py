@@ -2,6 +2,9 @@
 
 Every file is written to a temporary name and renamed into place, so a crash or Ctrl-C leaves only
 complete files; ``manifest.json`` is written last, so a directory with a manifest is a complete export.
+A shard whose weights exceed ``ExportRequest.external_data_threshold`` keeps them in one
+``<file>.data`` beside its ``.onnx`` (``external_data.py``); torch's own output, loose tensor files
+included, stays in a scratch directory under ``.ai4all-staging`` until then.
 A journal (``.ai4all-export.json``) records the arguments and the sha256 of each finished file: a re-run
 with the same arguments verifies those files and skips them, and a re-run over a finished export only
 verifies it.
@@ -10,7 +13,6 @@ verifies it.
 from __future__ import annotations
 
 import contextlib
-import glob
 import json
 import logging
 import os
@@ -26,21 +28,25 @@ from python_peer.core.manifest import (
     MANIFEST_FILE,
     Manifest,
     ShardEntry,
+    ShardFile,
     TensorSpec,
     blocks_io,
     embed_io,
+    external_data_file,
     head_io,
 )
 from python_peer.core.spans import Span, even_spans, validate_cover
 from python_peer.runner import sha256_file
 
 from .errors import ExportFailedError, OutputDirError
+from .external_data import DEFAULT_THRESHOLD
 from .source import LoadedModel, ModelSource
 
 log = logging.getLogger(__name__)
 
 JOURNAL = ".ai4all-export.json"
 STAGING = ".ai4all-staging"
+SCRATCH = "scratch"  # under STAGING: torch's raw output (loose tensor files) before write_shard
 TOKENIZER_FILE = "tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 EMBED_FILE = "embed.onnx"
@@ -60,14 +66,19 @@ class ExportRequest:
     dtype: str = "fp32"
     spans: tuple[Span, ...] | None = None
     shards: int | None = None
+    # A shard whose weights exceed this many bytes keeps them in <file>.data (tests force it low).
+    external_data_threshold: int = DEFAULT_THRESHOLD
 
     def fingerprint(self) -> dict[str, Any]:
-        return {
+        args: dict[str, Any] = {
             "source": self.source.describe(),
             "dtype": self.dtype,
             "spans": [str(s) for s in self.spans] if self.spans else None,
             "shards": self.shards,
         }
+        if self.external_data_threshold != DEFAULT_THRESHOLD:  # earlier exports match as they were
+            args["external_data_threshold"] = self.external_data_threshold
+        return args
 
 
 # Reports progress: (description of the step now running, steps done, steps in all).
@@ -148,15 +159,15 @@ def plan_spans(request: ExportRequest, num_layers: int) -> list[Span]:
 
 
 def expected_files(spans: list[Span]) -> set[str]:
+    shards = [EMBED_FILE, HEAD_FILE, *(blocks_file(s) for s in spans)]
     return {
-        EMBED_FILE,
-        HEAD_FILE,
         TOKENIZER_FILE,
         CHAT_TEMPLATE_FILE,
         MANIFEST_FILE,
         JOURNAL,
         STAGING,
-        *(blocks_file(s) for s in spans),
+        *shards,
+        *(external_data_file(name) for name in shards),
     }
 
 
@@ -181,6 +192,7 @@ def _remove_stale_temps(out: Path) -> None:
         if directory.is_dir():
             for path in directory.glob(".*.tmp-*"):
                 path.unlink(missing_ok=True)
+    shutil.rmtree(out / STAGING / SCRATCH, ignore_errors=True)
 
 
 def _is_our_temp(name: str, ours: set[str]) -> bool:
@@ -253,7 +265,7 @@ def _manifest_dict(
         # per-block weight and KV bytes: what a peer's memory budget is measured against
         MEMORY_FIELD: memory_field(
             shape.to_dict(),
-            [(s.start, s.end, _weight_bytes(request.out, s)) for s in shards if s.kind == "blocks"],
+            [(s.start, s.end, s.total_bytes) for s in shards if s.kind == "blocks"],
             shape.num_layers,
         ),
         "quality": quality,
@@ -322,15 +334,17 @@ def run_export(
         else:
             start, end = span.start, span.end  # type: ignore[union-attr]  # every blocks step has a span
             io = blocks_io(start, end, shape.hidden_size, shape.num_kv_heads, shape.head_dim)
-        if not journal.finished(path):
-            with atomic_path(path) as tmp:
+        if not _shard_finished(path, journal):
+
+            def produce(tmp: Path, kind: str = kind, start: int = start, end: int = end) -> None:
                 if kind == "embed":
                     onnx_export.export_embed(loaded.model, shape, tmp)
                 elif kind == "head":
                     onnx_export.export_head(loaded.model, shape, tmp)
                 else:
                     onnx_export.export_blocks(loaded.model, shape, start, end, tmp)
-            journal.record(path)
+
+            _write_shard(path, produce, journal, request)
         fp32_entries.append(_entry(path, journal, kind, start, end, io))
 
     count += 1
@@ -345,10 +359,12 @@ def run_export(
             count += 1
             progress(f"converting {entry.file} to {request.dtype}", count, total)
             target = request.out / entry.file
-            if not journal.finished(target):
-                with atomic_path(target) as tmp:
-                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype)
-                journal.record(target)
+            if not _shard_finished(target, journal):
+
+                def convert(tmp: Path, source: Path = fp32_dir / entry.file) -> None:
+                    quantize.convert(source, tmp, request.dtype)
+
+                _write_shard(target, convert, journal, request)
             entries.append(
                 _entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs))
             )
@@ -372,19 +388,15 @@ def run_export(
     return load_manifest(request.out)
 
 
-def _weight_bytes(out: Path, entry: ShardEntry) -> int:
-    """The bytes a shard loads: its ``.onnx`` file and the external-data files named after it beside it."""
-    sidecars = [p for p in out.glob(glob.escape(entry.file) + ".*") if p.is_file()] if out.is_dir() else []
-    return entry.bytes + sum(p.stat().st_size for p in sidecars)
-
-
 def _allowed_before_load(request: ExportRequest) -> set[str] | None:
     """Names allowed in OUT before the model's layer count is known: ours, with any blocks span name."""
     if not request.out.is_dir():
         return None
     names = expected_files(list(request.spans or []))
     names |= {
-        p.name for p in request.out.iterdir() if p.name.startswith("blocks_") and p.name.endswith(".onnx")
+        p.name
+        for p in request.out.iterdir()
+        if p.name.startswith("blocks_") and p.name.endswith((".onnx", external_data_file(".onnx")))
     }
     return names
 
@@ -397,9 +409,72 @@ def _entry(
     end: int,
     io: tuple[list[TensorSpec], list[TensorSpec]] | tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]],
 ) -> ShardEntry:
-    key = str(path.relative_to(journal.path.parent))
-    digest = journal.done.get(key) or sha256_file(path)
-    return ShardEntry(path.name, digest, path.stat().st_size, kind, start, end, tuple(io[0]), tuple(io[1]))
+    files = [ShardFile(path.name, _digest(path, journal), path.stat().st_size)]
+    data = path.with_name(external_data_file(path.name))
+    if _key(data, journal) in journal.done:
+        files.append(ShardFile(data.name, _digest(data, journal), data.stat().st_size))
+    first = files[0]
+    return ShardEntry(
+        first.file, first.sha256, first.bytes, kind, start, end, tuple(io[0]), tuple(io[1]), tuple(files)
+    )
+
+
+def _key(path: Path, journal: Journal) -> str:
+    return str(path.relative_to(journal.path.parent))
+
+
+def _digest(path: Path, journal: Journal) -> str:
+    return journal.done.get(_key(path, journal)) or sha256_file(path)
+
+
+def _shard_finished(path: Path, journal: Journal) -> bool:
+    """The shard's ``.onnx`` and, if this export wrote one, its ``.data`` are finished and unchanged."""
+    data = path.with_name(external_data_file(path.name))
+    return journal.finished(path) and (_key(data, journal) not in journal.done or journal.finished(data))
+
+
+def _write_shard(
+    path: Path, produce: Callable[[Path], None], journal: Journal, request: ExportRequest
+) -> None:
+    """Have ``produce`` write a shard into a scratch directory, then move it into place as ``path`` and,
+    when its weights exceed the threshold, ``path``.data, each through a temporary name.
+
+    The journal records the ``.data`` before the ``.onnx``: a shard counts as finished only once both
+    are, so a crash in between re-exports it. Nothing of a failed shard is left (scratch, temporaries, or
+    a ``.data`` of an earlier run that the new ``.onnx`` would not use).
+    """
+    from .external_data import write_shard
+
+    data = path.with_name(external_data_file(path.name))
+    journal.done.pop(_key(data, journal), None)
+    journal.done.pop(_key(path, journal), None)
+    scratch = request.out / STAGING / SCRATCH / path.name
+    tmp_onnx = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp_data = data.with_name(f".{data.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        produce(scratch / path.name)
+        has_data = write_shard(
+            scratch / path.name,
+            tmp_onnx,
+            tmp_data,
+            final_name=path.name,
+            threshold=request.external_data_threshold,
+        )
+        shutil.rmtree(scratch, ignore_errors=True)  # free the disk before the renames
+        if has_data:
+            tmp_data.replace(data)
+        else:
+            data.unlink(missing_ok=True)
+        tmp_onnx.replace(path)
+    finally:
+        tmp_onnx.unlink(missing_ok=True)
+        tmp_data.unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if has_data:
+        journal.record(data)
+    journal.record(path)
 
 
 def _write_tokenizer(loaded: LoadedModel, out: Path) -> bool:

@@ -1,13 +1,16 @@
 """One shard in one onnxruntime session, and the per-session KV caches of a blocks shard.
 
-A ``ShardRunner`` checks the shard's sha256 against the manifest before onnxruntime sees a byte of it,
-so an altered or truncated file is refused with a message that names it.
+A ``ShardRunner`` checks every file of the shard (its ``.onnx`` and its external-data file, if any)
+against the sizes and sha256 of the manifest before onnxruntime sees a byte of them, and that the
+``.onnx`` reads external data from no file the manifest does not list; an altered, truncated or
+unlisted file is refused with a message that names it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import threading
 import time
@@ -18,7 +21,9 @@ import numpy as np
 import onnxruntime as ort
 
 from python_peer.core import manifest as names
-from python_peer.core.manifest import Manifest, ShardEntry
+from python_peer.core.errors import ManifestError
+from python_peer.core.manifest import Manifest, ShardEntry, ShardFile
+from python_peer.core.onnx_external import check_external_data
 
 from .errors import SessionError, ShardError, ShardInputError
 
@@ -35,24 +40,44 @@ def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
-    """Return the shard's path after checking that it exists, has the listed size and the listed sha256."""
-    path = model_dir / entry.file
+def verify_file(model_dir: Path, shard: str, listed: ShardFile) -> Path:
+    """Return the path of one listed file of ``shard`` after checking its size and its sha256."""
+    path = model_dir / listed.file
+    what = f"shard {shard}" if listed.file == shard else f"shard {shard}: weights file {listed.file}"
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ShardError(f"shard {entry.file} is missing from {model_dir}") from None
-    if size != entry.bytes:
-        raise ShardError(
-            f"shard {entry.file} is {size} bytes, the manifest says {entry.bytes}: the file was altered"
-        )
+        raise ShardError(f"{what} is missing from {model_dir}") from None
+    if size != listed.bytes:
+        raise ShardError(f"{what} is {size} bytes, the manifest says {listed.bytes}: the file was altered")
     actual = sha256_file(path)
-    if actual != entry.sha256:
+    if actual != listed.sha256:
         raise ShardError(
-            f"shard {entry.file} has sha256 {actual[:16]}..., the manifest says {entry.sha256[:16]}...: "
+            f"{what} has sha256 {actual[:16]}..., the manifest says {listed.sha256[:16]}...: "
             "the file was altered or corrupted"
         )
     return path
+
+
+def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
+    """Check every file of the shard (size, sha256) and the ``.onnx``'s external-data references;
+    return the ``.onnx``'s path."""
+    paths = [verify_file(model_dir, entry.file, listed) for listed in entry.files]
+    refused: str | None = None
+    try:
+        # Mapped, not read: an .onnx without external data may be up to 2 GB.
+        with paths[0].open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            try:
+                check_external_data(
+                    memoryview(view), entry.file, {listed.file: listed.bytes for listed in entry.files}
+                )
+            except ManifestError as exc:
+                refused = str(exc)  # kept as text: the traceback would pin the mapping open
+    except (OSError, ValueError) as exc:
+        raise ShardError(f"shard {entry.file}: cannot read it: {exc}") from exc
+    if refused is not None:
+        raise ShardError(refused)
+    return paths[0]
 
 
 def session_options(threads: int | None = None) -> ort.SessionOptions:

@@ -135,7 +135,7 @@ class ServedModel:
                 "announce (1-128 of A-Z a-z 0-9 . _ : / @ + -, no empty, '.' or '..' part)"
             )
         tokenizer = manifest.tokenizer
-        names = [MANIFEST_FILE, *(shard.file for shard in manifest.shards)]
+        names = [MANIFEST_FILE, *(item.file for shard in manifest.shards for item in shard.files)]
         for key in ("file", "chat_template_file"):
             value = tokenizer.get(key)
             if value is None and key == "chat_template_file":
@@ -153,12 +153,13 @@ class ServedModel:
                     "directory (re-export the model: ai4all export --out DIR)"
                 )
         for shard in manifest.shards:
-            size = (root / shard.file).stat().st_size
-            if size != shard.bytes:
-                raise SiteError(
-                    f"--model-dir {root}: shard {shard.file} has {size} bytes, the manifest says "
-                    f"{shard.bytes} (a partial copy? re-export or copy it again)"
-                )
+            for item in shard.files:  # the .onnx and its external-data file, if any
+                size = (root / item.file).stat().st_size
+                if size != item.bytes:
+                    raise SiteError(
+                        f"--model-dir {root}: shard {shard.file}: {item.file} has {size} bytes, the manifest "
+                        f"says {item.bytes} (a partial copy? re-export or copy it again)"
+                    )
         return cls(name, root.resolve(), files)
 
     def file(self, name: str) -> Path | None:

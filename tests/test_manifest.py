@@ -20,7 +20,8 @@ def raw(tiny_llama_export: Path) -> dict:
 
 def test_manifest_describes_the_export(tiny_llama_export: Path) -> None:
     manifest = load_manifest(tiny_llama_export)
-    assert manifest.raw["format_version"] == 1
+    assert manifest.raw["format_version"] == 2
+    assert all(len(s.files) == 1 and s.files[0].file == s.file for s in manifest.shards)
     assert manifest.architecture == "llama" and manifest.dtype == "fp32" and manifest.quality is None
     assert [(s.kind, s.start, s.end) for s in manifest.shards] == [
         ("embed", 0, 0),

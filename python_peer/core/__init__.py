@@ -9,6 +9,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``manifest.py``  the shard manifest: typed, validated view of ``manifest.json`` and the wire names.
 - ``memory_budget.py``  per-block weight and KV bytes, what a span needs, the least-served run that fits a
                    budget (the browser's twin: ``web/src/node/span_choice.js``).
+- ``onnx_external.py``  which external-data files an ``.onnx`` reads (a stdlib protobuf walk), checked
+                   against the files the manifest lists before a session is created.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).

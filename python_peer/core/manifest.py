@@ -1,7 +1,9 @@
 """The shard manifest (``manifest.json``): a typed, validated view, and the fixed wire names.
 
 A manifest names the model, its architecture and config, the tokenizer files and chat template, the
-dtype and each shard: ``{file, sha256, bytes, kind, start, end, inputs, outputs}``. Every runner chains
+dtype and each shard: ``{file, sha256, bytes, files, kind, start, end, inputs, outputs}``, where ``files``
+lists every file the shard needs (the ``.onnx`` first, then at most its external-data file
+``<file>.data``), each with its sha256 and size. Every runner chains
 shards by the names defined here: embed gives ``hidden_states_out``, which a blocks shard takes as
 ``hidden_states``, and so on to the head's ``logits``.
 """
@@ -11,13 +13,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from .errors import ManifestError
 from .memory_budget import BlockFigures
 from .spans import Span
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Older manifests this build still reads: version 1 has no ``files`` (a shard is its ``.onnx`` alone).
+READABLE_VERSIONS = (1, FORMAT_VERSION)
+# A shard's weights beyond its ``.onnx`` live in one file of this suffix beside it, never anywhere else.
+EXTERNAL_DATA_SUFFIX = ".data"
 MANIFEST_FILE = "manifest.json"
 KINDS = ("embed", "blocks", "head")
 DTYPES = ("fp32", "fp16", "q8", "q4")
@@ -103,9 +109,58 @@ def blocks_io(
     return inputs, outputs
 
 
+def _plain_file_name(value: Any) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and "/" not in value
+        and "\\" not in value
+        and "\x00" not in value
+        and not value.startswith(".")
+    )
+
+
+def _is_sha256(value: Any) -> TypeGuard[str]:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+@dataclass(frozen=True)
+class ShardFile:
+    """One file a shard needs, as the manifest lists it: a plain name in the model directory, sha256, size."""
+
+    file: str
+    sha256: str
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_dict(cls, data: Any, shard: str) -> ShardFile:
+        if not isinstance(data, dict):
+            raise ManifestError(
+                f"shard {shard}: each entry of 'files' must be an object {{file, sha256, bytes}}"
+            )
+        file, sha, size = data.get("file"), data.get("sha256"), data.get("bytes")
+        if not _plain_file_name(file):
+            raise ManifestError(
+                f"shard {shard}: file name {file!r} must be a plain file name inside the model directory"
+            )
+        if not _is_sha256(sha):
+            raise ManifestError(f"shard {shard}: file {file}: sha256 {sha!r} is not 64 lowercase hex digits")
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
+            raise ManifestError(f"shard {shard}: file {file}: bytes must be a positive integer")
+        return cls(file, sha, size)
+
+
+def external_data_file(onnx_file: str) -> str:
+    """The name of the one external-data file a shard ``onnx_file`` may have: ``<onnx_file>.data``."""
+    return onnx_file + EXTERNAL_DATA_SUFFIX
+
+
 @dataclass(frozen=True)
 class ShardEntry:
-    """One shard file: what it computes and how to check it."""
+    """One shard: what it computes and how to check it; ``files`` are all the files it needs, ``.onnx`` first."""
 
     file: str
     sha256: str
@@ -115,6 +170,11 @@ class ShardEntry:
     end: int
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    files: tuple[ShardFile, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.files:  # a shard without external data: the .onnx alone
+            object.__setattr__(self, "files", (ShardFile(self.file, self.sha256, self.bytes),))
 
     @property
     def span(self) -> Span:
@@ -122,11 +182,22 @@ class ShardEntry:
             raise ManifestError(f"shard {self.file} is an {self.kind} shard and has no block span")
         return Span(self.start, self.end)
 
+    @property
+    def total_bytes(self) -> int:
+        """The size of every file of the shard: what a peer downloads and holds."""
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def external_data(self) -> ShardFile | None:
+        """The shard's external-data file, or None when its weights are all inside the ``.onnx``."""
+        return self.files[1] if len(self.files) > 1 else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "sha256": self.sha256,
             "bytes": self.bytes,
+            "files": [f.to_dict() for f in self.files],
             "kind": self.kind,
             "start": self.start,
             "end": self.end,
@@ -135,18 +206,18 @@ class ShardEntry:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> ShardEntry:
+    def from_dict(cls, data: Any, *, version: int = FORMAT_VERSION) -> ShardEntry:
         if not isinstance(data, dict):
             raise ManifestError("each entry of 'shards' must be an object")
         file, sha, size, kind = data.get("file"), data.get("sha256"), data.get("bytes"), data.get("kind")
         start, end = data.get("start"), data.get("end")
-        if not isinstance(file, str) or not file or "/" in file or "\\" in file or file.startswith("."):
+        if not _plain_file_name(file):
             raise ManifestError(
                 f"shard file name {file!r} must be a plain file name inside the model directory"
             )
-        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        if not _is_sha256(sha):
             raise ManifestError(f"shard {file}: sha256 {sha!r} is not 64 lowercase hex digits")
-        if not isinstance(size, int) or size <= 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size <= 0:
             raise ManifestError(f"shard {file}: bytes must be a positive integer")
         if kind not in KINDS:
             raise ManifestError(f"shard {file}: kind {kind!r} is not one of {', '.join(KINDS)}")
@@ -157,6 +228,7 @@ class ShardEntry:
         inputs, outputs = data.get("inputs"), data.get("outputs")
         if not isinstance(inputs, list) or not isinstance(outputs, list):
             raise ManifestError(f"shard {file}: inputs and outputs must be lists")
+        files = _shard_files(data, file, sha, size, version)
         return cls(
             file,
             sha,
@@ -166,7 +238,31 @@ class ShardEntry:
             end,
             tuple(TensorSpec.from_dict(s) for s in inputs),
             tuple(TensorSpec.from_dict(s) for s in outputs),
+            files,
         )
+
+
+def _shard_files(data: dict[str, Any], file: str, sha: str, size: int, version: int) -> tuple[ShardFile, ...]:
+    """The checked ``files`` of a shard entry: its ``.onnx`` first, then at most ``<file>.data``."""
+    raw = data.get("files")
+    if raw is None and version == 1:
+        return (ShardFile(file, sha, size),)
+    if not isinstance(raw, list) or not raw:
+        raise ManifestError(f"shard {file}: 'files' must list every file the shard needs, its .onnx first")
+    files = tuple(ShardFile.from_dict(item, file) for item in raw)
+    if files[0] != ShardFile(file, sha, size):
+        raise ManifestError(
+            f"shard {file}: the first of 'files' must be the shard's .onnx with the same sha256 and bytes"
+        )
+    expected = external_data_file(file)
+    for extra in files[1:]:
+        if extra.file != expected:
+            raise ManifestError(
+                f"shard {file}: file {extra.file} is not allowed: a shard's only other file is {expected}"
+            )
+    if len(files) > 2:
+        raise ManifestError(f"shard {file}: {expected} is listed {len(files) - 1} times")
+    return files
 
 
 @dataclass(frozen=True)
@@ -189,7 +285,7 @@ class Manifest:
     @property
     def memory(self) -> BlockFigures:
         """Per-block weight and KV bytes (``core/memory_budget.py``), checked against config and shards."""
-        shards = [(s.start, s.end, s.bytes) for s in self.blocks]
+        shards = [(s.start, s.end, s.total_bytes) for s in self.blocks]
         return BlockFigures.from_manifest(self.raw, self.config, shards, self.num_layers)
 
     @property
@@ -217,9 +313,10 @@ class Manifest:
         if not isinstance(data, dict):
             raise ManifestError("a manifest must be a JSON object")
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS or isinstance(version, bool):
             raise ManifestError(
-                f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+                f"manifest format_version {version!r} is not supported (this build reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
             )
         model, tokenizer, shards = data.get("model"), data.get("tokenizer"), data.get("shards")
         if not isinstance(model, dict) or not isinstance(model.get("config"), dict):
@@ -242,11 +339,12 @@ class Manifest:
             config=config,
             dtype=dtype,
             tokenizer=tokenizer,
-            shards=tuple(ShardEntry.from_dict(s) for s in shards),
+            shards=tuple(ShardEntry.from_dict(s, version=version) for s in shards),
             quality=quality if isinstance(quality, dict) else None,
             raw=data,
         )
         manifest.embed, manifest.head  # noqa: B018 - each raises unless exactly one exists
+        _check_unique_files(manifest.shards)
         try:
             validate_cover([s.span for s in manifest.blocks], layers)
         except ManifestError:
@@ -255,6 +353,18 @@ class Manifest:
             raise ManifestError(f"the manifest's block shards are not a valid cover: {exc}") from exc
         manifest.memory  # noqa: B018 - refuses figures that contradict the config or the shard files
         return manifest
+
+
+def _check_unique_files(shards: tuple[ShardEntry, ...]) -> None:
+    """No file belongs to two shards (or twice to one): each name has one sha256, one owner."""
+    seen: dict[str, str] = {}
+    for shard in shards:
+        for item in shard.files:
+            if item.file in seen:
+                raise ManifestError(
+                    f"file {item.file} is listed by shard {seen[item.file]} and by {shard.file}"
+                )
+            seen[item.file] = shard.file
 
 
 def load_manifest(model_dir: str | Path) -> Manifest:

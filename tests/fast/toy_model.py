@@ -33,7 +33,8 @@ def _save(model_dir: Path, file: str, graph: onnx.GraphProto) -> dict[str, objec
     onnx.checker.check_model(model)
     data = model.SerializeToString()
     (model_dir / file).write_bytes(data)
-    return {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    listed = {"file": file, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    return {**listed, "files": [listed]}
 
 
 def _io(specs: list[names.TensorSpec]) -> list[onnx.ValueInfoProto]:

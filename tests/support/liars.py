@@ -152,6 +152,7 @@ def altered_model(model_dir: Path, target: Path, start: int, end: int, scale: fl
     for shard in manifest["shards"]:
         if shard["file"] == file:
             shard["sha256"], shard["bytes"] = hashlib.sha256(data).hexdigest(), len(data)
+            shard["files"][0] = {"file": file, "sha256": shard["sha256"], "bytes": shard["bytes"]}
     (target / names.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return target
 

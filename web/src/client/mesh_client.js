@@ -108,7 +108,8 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
  */
 
 /**
- * The verified bytes of a shard, e.g. `fetchShardCached` of web/src/storage/db.js.
+ * The verified bytes of one file of a shard, e.g. `fetchShardCached` of web/src/storage/db.js; called
+ * once per listed file, with the entry's `file`, `sha256` and `bytes` those of that file.
  * @typedef {(url: URL, entry: import('../runtime/shard.js').ShardEntry,
  *   onProgress?: import('../runtime/shard.js').ProgressCallback) => Promise<Uint8Array>} ShardBytes
  */
@@ -128,10 +129,10 @@ async function loadLocalShards(manifest, baseUrl, load, shardBytes) {
   };
   const loadShard = async (/** @type {import('../runtime/shard.js').ShardEntry} */ entry) => {
     if (shardBytes === undefined) return ShardRunner.load(baseUrl, entry, load);
-    const base = new URL(String(baseUrl), globalThis.location?.href);
-    if (!base.pathname.endsWith('/')) base.pathname += '/';
-    const bytes = await shardBytes(new URL(entry.file, base), entry, load?.onProgress);
-    return ShardRunner.fromBytes(bytes, entry, load?.runtime);
+    // every file of the shard (its .onnx, then its .data if any), each as an entry of its own
+    /** @type {import('../runtime/shard.js').FetchFile} */
+    const fetchFile = (url, listed, onProgress) => shardBytes(url, { ...entry, ...listed }, onProgress);
+    return ShardRunner.load(baseUrl, entry, { ...load, fetchFile });
   };
   const embed = new EmbedRunner(await loadShard(entryOf('embed')), manifest);
   const head = new HeadRunner(await loadShard(entryOf('head')), manifest);

@@ -26,7 +26,7 @@
  */
 
 import { BrowserLedger } from '../ledger/ledger.js';
-import { BlocksRunner, ShardRunner } from '../runtime/shard.js';
+import { BlocksRunner, ShardRunner, shardTotalBytes } from '../runtime/shard.js';
 import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
 import { transportConfigFor } from '../transport/peer.js';
 import { chooseBackend } from '../runtime/onnx.js';
@@ -325,7 +325,7 @@ export class BrowserNode {
    * @param {import('../runtime/shard.js').ShardEntry[]} shards
    */
   async #loadShards(shards) {
-    this.#download = { loaded: 0, total: shards.reduce((sum, s) => sum + s.bytes, 0), cached: false };
+    this.#download = { loaded: 0, total: shards.reduce((sum, s) => sum + shardTotalBytes(s), 0), cached: false };
     this.#setState('downloading');
     /** @type {Set<string>} */
     let inCache = new Set();
@@ -337,25 +337,30 @@ export class BrowserNode {
     let done = 0;
     let allCached = true;
     for (const entry of shards) {
-      const url = new URL(entry.file, folder(this.modelEntry.base)).href;
-      let fetched = !inCache.has(entry.sha256);
-      const log = {
-        warn: (/** @type {string} */ text) => {
-          fetched = true; // the cached copy was unreadable or corrupt: downloaded again
-          this.log.warn(text);
-        },
+      // every file of the shard (its .onnx, then its .onnx.data if any), each verified and cached
+      /** @type {import('../runtime/shard.js').FetchFile} */
+      const fetchFile = async (url, listed, onProgress) => {
+        let fetched = !inCache.has(listed.sha256);
+        const log = {
+          warn: (/** @type {string} */ text) => {
+            fetched = true; // the cached copy was unreadable or corrupt: downloaded again
+            this.log.warn(text);
+          },
+        };
+        const meta = { model: this.modelEntry.name, file: listed.file, shard: entry.file, start: entry.start, end: entry.end };
+        const bytes = await fetchShardCached(this.db, url, listed.sha256, listed.bytes, onProgress, { meta, log });
+        allCached &&= !fetched;
+        return bytes;
       };
       const onProgress = (/** @type {number} */ loaded) => {
         this.#download = { ...this.#download, loaded: done + loaded };
         this.#changed();
       };
-      const meta = { model: this.modelEntry.name, file: entry.file, start: entry.start, end: entry.end };
-      const bytes = await fetchShardCached(this.db, url, entry.sha256, entry.bytes, onProgress, { meta, log });
-      allCached &&= !fetched;
-      done += entry.bytes;
+      const runner = await ShardRunner.load(folder(this.modelEntry.base), entry, { onProgress, fetchFile, runtime: this.runtimeOptions });
+      done += shardTotalBytes(entry);
       this.#download = { loaded: done, total: this.#download.total, cached: allCached };
       this.#changed();
-      this.runners.push(new BlocksRunner(await ShardRunner.fromBytes(bytes, entry, this.runtimeOptions), this.manifest));
+      this.runners.push(new BlocksRunner(runner, this.manifest));
     }
   }
 

@@ -50,8 +50,22 @@ function planContext(config) {
   return PLAN_CONTEXT;
 }
 
-/** @param {{shards: {kind: string, start: number, end: number, bytes: number}[]}} manifest */
-const blockShards = (manifest) => manifest.shards.filter((s) => s.kind === 'blocks').sort((a, b) => a.start - b.start);
+/**
+ * The block shards, sorted, each with the bytes of all the files it lists (the `.onnx` and its external
+ * data; a format-1 entry is its `.onnx` alone). The list itself is checked when the files are fetched
+ * (`runtime/download.js`), where a file of another size is refused.
+ * @param {{shards: any[]}} manifest
+ * @returns {{start: number, end: number, bytes: number}[]}
+ */
+const blockShards = (manifest) =>
+  manifest.shards
+    .filter((s) => s.kind === 'blocks')
+    .sort((a, b) => a.start - b.start)
+    .map((s) => ({
+      start: s.start,
+      end: s.end,
+      bytes: Array.isArray(s.files) ? s.files.reduce((/** @type {number} */ sum, /** @type {any} */ f) => sum + Number(f?.bytes), 0) : s.bytes,
+    }));
 
 /**
  * The manifest's per-block memory figures, checked against its config and shard files as

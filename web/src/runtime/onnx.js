@@ -172,19 +172,23 @@ async function loadRuntime({ allowWebGPU = true, threads, distUrl = DEFAULT_ORT_
 }
 
 /**
- * An onnxruntime inference session over the bytes of a verified shard.
+ * An onnxruntime inference session over the bytes of a verified shard and of its verified external-data
+ * file, if it has one (`externalData`: `{path, data}` with `path` the name the `.onnx` refers to; only
+ * these bytes are given to onnxruntime-web, which fetches nothing itself).
  * @param {Runtime} runtime
  * @param {ArrayBuffer | Uint8Array} bytes
  * @param {string} name the shard's file name, for messages
+ * @param {{path: string, data: Uint8Array}[]} [externalData]
  * @returns {Promise<any>} an `ort.InferenceSession`
  */
-export async function createSession(runtime, bytes, name) {
+export async function createSession(runtime, bytes, name, externalData = []) {
   const model = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
   try {
     return await runtime.ort.InferenceSession.create(model, {
       executionProviders: [runtime.backend],
       graphOptimizationLevel: 'all',
       logSeverityLevel: 3,
+      ...(externalData.length > 0 ? { externalData } : {}),
     });
   } catch (error) {
     throw new ShardError(`onnxruntime (${runtime.backend}) cannot load shard ${name}: ${messageOf(error)}`, {

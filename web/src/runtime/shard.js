@@ -4,7 +4,9 @@
  * names; each lives in the file named after what it holds:
  *
  * - `download.js`: `fetchShard` (a streamed download checked against the manifest's size and sha256
- *   before a byte reaches onnxruntime), `sha256Hex`.
+ *   before a byte reaches onnxruntime), `shardFiles` (every file a shard needs: its `.onnx`, then at
+ *   most one external-data file `<file>.data`), `fetchShardFiles` (all of them, each verified),
+ *   `sha256Hex`.
  * - `shard_runner.js`: `ShardRunner` (one verified shard in one onnxruntime session, inputs checked
  *   before onnxruntime sees them), the wire names of inputs and outputs, the manifest's types.
  * - `blocks.js`: `BlocksRunner`, a blocks shard with per-session KV caches.
@@ -17,7 +19,7 @@
  */
 
 export { SessionError, ShardError, ShardInputError } from './onnx.js';
-export { fetchShard, sha256Hex } from './download.js';
+export { EXTERNAL_DATA_SUFFIX, fetchShard, fetchShardFiles, sha256Hex, shardFiles, shardTotalBytes } from './download.js';
 export {
   ATTENTION_MASK,
   HIDDEN_IN,
@@ -41,3 +43,5 @@ export { EmbedRunner, HeadRunner } from './client_shards.js';
 /** @typedef {import('./shard_runner.js').LoadOptions} LoadOptions */
 /** @typedef {import('./shard_runner.js').OrtTensor} OrtTensor */
 /** @typedef {import('./download.js').ProgressCallback} ProgressCallback */
+/** @typedef {import('./download.js').ShardFile} ShardFile */
+/** @typedef {import('./download.js').FetchFile} FetchFile */

@@ -10,7 +10,7 @@
  * out; KV caches are `[batch, kv_heads, length, head_dim]`.
  */
 
-import { fetchShard, folderUrl } from './download.js';
+import { fetchShardFiles, shardFiles } from './download.js';
 import { ShardError, ShardInputError, createSession, initRuntime, makeTensor, releaseSession, runSession } from './onnx.js';
 
 export const HIDDEN_IN = 'hidden_states';
@@ -36,9 +36,9 @@ export const presentValue = (layer) => `present.${layer}.value`;
 
 /** @typedef {{name: string, dtype: string, shape: (number | string)[]}} TensorSpec */
 /**
- * A shard entry of `manifest.json`.
- * @typedef {{file: string, sha256: string, bytes: number, kind: string, start: number, end: number,
- *   inputs: TensorSpec[], outputs: TensorSpec[]}} ShardEntry
+ * A shard entry of `manifest.json`; `files` (format 2) lists every file it needs, the `.onnx` first.
+ * @typedef {{file: string, sha256: string, bytes: number, files?: import('./download.js').ShardFile[],
+ *   kind: string, start: number, end: number, inputs: TensorSpec[], outputs: TensorSpec[]}} ShardEntry
  */
 /** `manifest.json` as parsed JSON (the fields read here). @typedef {{model: {config: Record<string, any>}, shards: ShardEntry[]}} Manifest */
 /** @typedef {{data: Float32Array, dims: number[]}} Float32Tensor */
@@ -47,6 +47,8 @@ export const presentValue = (layer) => `present.${layer}.value`;
  * @typedef {object} LoadOptions
  * @property {ProgressCallback} [onProgress] download progress
  * @property {RuntimeOptions} [runtime] options of the first `initRuntime()` on this page
+ * @property {import('./download.js').FetchFile} [fetchFile] fetches and verifies one file (default
+ *   `fetchShard`; `fetchShardCached` goes through the IndexedDB cache)
  */
 
 const TYPED_ARRAYS = /** @type {const} */ ({ float32: Float32Array, float16: Uint16Array, int64: BigInt64Array });
@@ -73,22 +75,28 @@ export class ShardRunner {
    * @param {LoadOptions} [options]
    * @returns {Promise<ShardRunner>}
    */
-  static async load(baseUrl, entry, { onProgress, runtime } = {}) {
-    const url = new URL(entry.file, folderUrl(baseUrl));
-    const bytes = await fetchShard(url, entry.sha256, entry.bytes, onProgress);
-    return ShardRunner.fromBytes(bytes, entry, runtime);
+  static async load(baseUrl, entry, { onProgress, runtime, fetchFile } = {}) {
+    const files = await fetchShardFiles(baseUrl, entry, { onProgress, fetchFile });
+    return ShardRunner.fromBytes(files.model, entry, runtime, files.externalData);
   }
 
   /**
-   * Load bytes that were already verified (by `fetchShard`, or by a cache that checked the sha256).
+   * Load bytes that were already verified (by `fetchShardFiles`, or by a cache that checked the sha256):
+   * the `.onnx` and, for a shard with external data, its `<file>.data` as `{path, data}`.
    * @param {Uint8Array} bytes
    * @param {ShardEntry} entry
    * @param {RuntimeOptions} [runtimeOptions]
+   * @param {{path: string, data: Uint8Array}[]} [externalData]
    * @returns {Promise<ShardRunner>}
    */
-  static async fromBytes(bytes, entry, runtimeOptions) {
+  static async fromBytes(bytes, entry, runtimeOptions, externalData = []) {
+    const listed = shardFiles(entry).slice(1).map((f) => f.file);
+    const given = externalData.map((f) => f.path);
+    if (JSON.stringify(given) !== JSON.stringify(listed)) {
+      throw new ShardError(`shard ${entry.file} lists the files ${JSON.stringify(listed)} besides its .onnx, ${JSON.stringify(given)} were given`);
+    }
     const runtime = await initRuntime(runtimeOptions);
-    const session = await createSession(runtime, bytes, entry.file);
+    const session = await createSession(runtime, bytes, entry.file, externalData);
     return new ShardRunner(runtime, session, entry);
   }
 

@@ -24,6 +24,7 @@ import { BrowserNodeCore } from '../node/core.js';
 import { transportConfigFor } from '../transport/peer.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
+import { shardTotalBytes } from '../runtime/download.js';
 import { fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
 
 /** @typedef {import('../node/config.js').PageConfig} PageConfig */
@@ -276,7 +277,7 @@ class ChatPage {
       await core.lock(`ai4all-node/${db.name}`);
       await core.connect(this.config.signal);
       const local = manifest.shards.filter((/** @type {any} */ s) => s.kind === 'embed' || s.kind === 'head');
-      const total = local.reduce((/** @type {number} */ n, /** @type {any} */ s) => n + s.bytes, 0);
+      const total = local.reduce((/** @type {number} */ n, /** @type {any} */ s) => n + shardTotalBytes(s), 0);
       /** @type {Map<string, number>} */
       const received = new Map();
       this.progress.hidden = false;
