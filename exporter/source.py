@@ -201,6 +201,7 @@ def open_model(source: ModelSource) -> LoadedModel:
     """
     import torch
     from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as transformers_logging
 
     from .gguf_tensors import GGUFTensors
     from .tensor_source import SafetensorsTensors, TensorSource
@@ -218,14 +219,30 @@ def open_model(source: ModelSource) -> LoadedModel:
             return load(source)
     try:
         config = AutoConfig.from_pretrained(location, **kwargs)
-        _check_architecture(config, source.location)
-        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
-    except (UnsupportedModelError, ModelSourceError):
-        raise
     except Exception as exc:  # transformers and the gguf reader raise many types
         raise ModelSourceError(f"cannot load the model from {source.location}: {_first_line(exc)}") from exc
+    _check_architecture(config, source.location)
     _forget_quantization(config)
     config.dtype = torch.float32  # what ``load`` records: the exported weights are fp32
+    model = empty_model(config)
+    tensors: TensorSource
+    if source.kind == "gguf":
+        tensors = GGUFTensors(Path(source.location), config, list(model.state_dict()))
+    else:
+        tensors = SafetensorsTensors(Path(location))
+    skeleton = Skeleton(model, tensors)
+    skeleton.validate()  # before the tokenizer, which takes seconds to convert from a GGUF file
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its notices would break the CLI's one-line errors
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except Exception as exc:  # as above
+        raise ModelSourceError(
+            f"cannot load the tokenizer from {source.location}: {_first_line(exc)}"
+        ) from exc
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    _check_tokenizer(tokenizer, source.location)
     generation_config = GenerationConfig.from_model_config(config)
     if source.kind == "directory" and (Path(location) / "generation_config.json").is_file():
         try:
@@ -234,15 +251,6 @@ def open_model(source: ModelSource) -> LoadedModel:
             raise ModelSourceError(
                 f"{location}/generation_config.json cannot be read: {_first_line(exc)}"
             ) from exc
-    _check_tokenizer(tokenizer, source.location)
-    model = empty_model(config)
-    tensors: TensorSource
-    if source.kind == "gguf":
-        tensors = GGUFTensors(Path(source.location), config, list(model.state_dict()))
-    else:
-        tensors = SafetensorsTensors(Path(location))
-    skeleton = Skeleton(model, tensors)
-    skeleton.validate()
     return LoadedModel(source, config, tokenizer, generation_config, skeleton)
 
 
