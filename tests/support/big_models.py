@@ -143,6 +143,13 @@ def weights_bytes(directory: Path) -> int:
     return int(json.loads((directory / "model.safetensors.index.json").read_text())["metadata"]["total_size"])
 
 
+def shard_bytes(step: str) -> int | None:
+    """The fp32 weight bytes an export step held, from its progress line ("... (1,762 MB of fp32 weights)")."""
+    if "MB of fp32 weights" not in step:
+        return None
+    return int(step.rsplit("(", 1)[1].split(" MB")[0].replace(",", "")) * 1_000_000
+
+
 # ---- the child process: export with a per-step peak of resident memory ----
 
 
