@@ -69,10 +69,16 @@ class SafetensorsTensors:
             try:
                 with safe_open(str(file), framework="pt") as handle:
                     for name in handle.keys():  # noqa: SIM118  (safe_open is not a mapping)
+                        if name in self._files:  # which copy transformers would load depends on file order
+                            raise ModelSourceError(
+                                f"{directory}: tensor {name} is in both {self._files[name].name} and {file.name}"
+                            )
                         info = handle.get_slice(name)
                         self._files[name] = file
                         self._shapes[name] = tuple(int(d) for d in info.get_shape())
                         self._dtypes[name] = str(info.get_dtype())
+            except ModelSourceError:
+                raise
             except Exception as exc:  # safetensors raises its own error type and OSError for the same faults
                 raise ModelSourceError(f"cannot load the model from {file}: {_first_line(exc)}") from exc
 

@@ -109,6 +109,99 @@ def test_sharded_checkpoint_is_streamed_and_a_missing_shard_file_refused(
     assert_refused(export_cli(model, out), out, "part-2.safetensors", "does not exist")
 
 
+def test_tensor_in_two_checkpoint_files_is_refused(tiny_llama: Path, tmp_path: Path) -> None:
+    """Two files of one checkpoint that both hold a tensor (with different values): which one a loader takes
+    depends on the order it reads them, so the export refuses rather than pick one."""
+    model, weights = copy_model(tiny_llama, tmp_path)
+    tensors = load_file(weights)
+    weights.unlink()
+    names = sorted(tensors)
+    twice = "model.layers.1.self_attn.o_proj.weight"
+    first = {n: tensors[n] for n in names[: len(names) // 2]}
+    second = {n: tensors[n] for n in names[len(names) // 2 :]}
+    first[twice], second[twice] = tensors[twice], tensors[twice] * -1.0
+    save_file(first, model / "part-1.safetensors")
+    save_file(second, model / "part-2.safetensors")
+    weight_map = {**dict.fromkeys(first, "part-1.safetensors"), **dict.fromkeys(second, "part-2.safetensors")}
+    (model / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {}, "weight_map": weight_map})
+    )
+    out = tmp_path / "out"
+    assert_refused(export_cli(model, out), out, twice, "part-1.safetensors", "part-2.safetensors")
+
+
+class RecordingTensors:
+    """A tensor source that records every tensor read, under the step the export was in."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.where = inner.where
+        self.step = ""
+        self.reads: list[tuple[str, str]] = []
+
+    def shapes(self):
+        return self.inner.shapes()
+
+    def describe(self, name: str) -> str:
+        return self.inner.describe(name)
+
+    def check(self, name: str):
+        return self.inner.check(name)
+
+    def load(self, name: str) -> torch.Tensor:
+        self.reads.append((self.step, name))
+        return self.inner.load(name)
+
+
+def test_each_shard_is_built_from_its_own_tensors_only(tiny_llama: Path, tmp_path: Path, monkeypatch) -> None:
+    """The streaming rule: while a shard is exported, only that shard's tensors are in memory (every other
+    parameter is on ``meta``), each tensor is read once, and all are released after the shard."""
+    from exporter import onnx_export
+
+    loaded = source.open_model(source.resolve(str(tiny_llama)))
+    assert loaded.model is None, "a safetensors directory must be streamed, not loaded whole"
+    skeleton = loaded.skeleton
+    recorder = RecordingTensors(skeleton.tensors)
+    skeleton.tensors = recorder
+
+    def materialized(model) -> set[str]:
+        params = model.named_parameters(remove_duplicate=False)
+        return {name for name, p in params if not p.is_meta}
+
+    seen: dict[str, set[str]] = {}
+    for kind in ("embed", "head", "blocks"):
+        real = getattr(onnx_export, f"export_{kind}")
+
+        def spy(model, *args, _real=real, _kind=kind):
+            span = f"{args[1]}-{args[2]}" if _kind == "blocks" else _kind
+            seen[span] = materialized(model)
+            return _real(model, *args)
+
+        monkeypatch.setattr(onnx_export, f"export_{kind}", spy)
+
+    def progress(step: str, done: int, total: int) -> None:
+        recorder.step = step
+
+    spans = tuple(parse_spans("0-1,1-3,3-4"))
+    pipeline.run_export(
+        pipeline.ExportRequest(loaded.source, tmp_path / "out", spans=spans), progress, lambda _: loaded
+    )
+
+    expected = {
+        "embed": set(skeleton.names("embed")),
+        **{f"{s.start}-{s.end}": set(skeleton.names("blocks", s.start, s.end)) for s in spans},
+        "head": set(skeleton.names("head")),
+    }
+    assert seen == expected
+    assert all(names for names in expected.values())
+    for span, names in expected.items():
+        file = "embed.onnx" if span == "embed" else "head.onnx" if span == "head" else f"blocks_{span}.onnx"
+        read = [name for step, name in recorder.reads if file in step]
+        assert sorted(read) == sorted(skeleton.source_name(n) for n in names), span
+    assert len(recorder.reads) == sum(len(n) for n in expected.values())
+    assert materialized(skeleton.model) == set(), "every tensor is released after its shard"
+
+
 # ---- GGUF: tensor infos patched in a copy of the default model's file ----
 
 
