@@ -205,8 +205,16 @@ def test_each_shard_is_built_from_its_own_tensors_only(tiny_llama: Path, tmp_pat
 # ---- GGUF: tensor infos patched in a copy of the default model's file ----
 
 
-def patched_gguf(tmp_path: Path, tensor: str, *, type_: int | None = None, name: str | None = None) -> Path:
-    """A copy of the default GGUF with one tensor's ggml type or name changed in its tensor info."""
+def patched_gguf(
+    tmp_path: Path,
+    tensor: str,
+    *,
+    type_: int | None = None,
+    name: str | None = None,
+    dims: list[int] | None = None,
+) -> Path:
+    """A copy of the default GGUF with one tensor's ggml type, name or dimensions (ggml order, the fastest
+    axis first) changed in its tensor info."""
     from gguf import GGUFReader
 
     copy = tmp_path / "patched.gguf"
@@ -216,6 +224,9 @@ def patched_gguf(tmp_path: Path, tensor: str, *, type_: int | None = None, name:
     name_part, type_part = info.field.parts[1], info.field.parts[4]
     if type_ is not None:
         type_part[0] = type_
+    if dims is not None:
+        assert len(dims) == len(info.field.parts[3])
+        info.field.parts[3][:] = dims
     if name is not None:
         assert len(name) == len(tensor)
         name_part[:] = np.frombuffer(name.encode(), dtype=np.uint8)
@@ -239,6 +250,16 @@ def test_gguf_missing_tensor_is_refused(tmp_path: Path) -> None:
     assert_refused(
         export_cli(model, out), out, "model.layers.3.mlp.up_proj.weight", "blk.3.ffn_up.weight", "missing"
     )
+
+
+def test_gguf_tensor_shape_that_disagrees_with_the_config_is_refused(tmp_path: Path) -> None:
+    # The f32 norm of layer 4 declared half as long as the hidden size the GGUF's metadata states.
+    model = patched_gguf(tmp_path, "blk.4.ffn_norm.weight", dims=[288])
+    out = tmp_path / "out"
+    line = assert_refused(
+        export_cli(model, out), out, "model.layers.4.post_attention_layernorm.weight", "blk.4.ffn_norm.weight"
+    )
+    assert "[288]" in line and "[576]" in line, line
 
 
 # ---- the default model: streamed shards equal the whole-model path's ----
