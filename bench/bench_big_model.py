@@ -80,7 +80,7 @@ def predict_7b(base: float, factor: float, rows: list[dict[str, Any]]) -> list[d
     layer = 4 * shape.layer_params()
     head = 4 * (shape.vocab * shape.hidden + shape.hidden)
     out = []
-    for pieces in (1, 2, 3, 4, 8):
+    for pieces in (1, 2, 3, 4, 5, 6, 8):
         layers = -(-shape.layers // pieces)
         largest = max(layers * layer, head)
         peak = base + factor * largest
