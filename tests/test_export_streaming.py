@@ -226,46 +226,6 @@ def test_each_shard_is_built_from_its_own_tensors_only(tiny_llama: Path, tmp_pat
 # ---- one shard's tensors at a time ----
 
 
-def test_each_shard_reads_only_its_tensors_and_releases_them(tiny_llama: Path, tmp_path: Path) -> None:
-    """Every tensor is read once, by the step that exports it, and no weights outlive their step."""
-    loaded = source.open_model(source.resolve(str(tiny_llama)))
-    assert loaded.model is None
-    tensors = loaded.skeleton.tensors
-    reads: list[tuple[str, str]] = []
-    step = ["before"]
-    real_load = tensors.load
-
-    def recording_load(name: str) -> torch.Tensor:
-        reads.append((step[0], name))
-        return real_load(name)
-
-    def progress(description: str, done: int, total: int) -> None:
-        held = [n for n, p in loaded.skeleton.model.named_parameters() if not p.is_meta]
-        assert held == [], f"{held} still loaded when '{description}' starts"
-        step[0] = description
-
-    tensors.load = recording_load  # type: ignore[method-assign]
-    spans = tuple(parse_spans("0-1,1-3,3-4"))
-    pipeline.run_export(
-        pipeline.ExportRequest(loaded.source, tmp_path / "out", spans=spans), progress, lambda _: loaded
-    )
-    by_step: dict[str, set[str]] = {}
-    for description, name in reads:
-        by_step.setdefault(description.split(" (")[0], set()).add(name)
-    assert len(reads) == len({name for _, name in reads}) == len(tensors.shapes()), "each tensor read once"
-    assert by_step["exporting embed shard embed.onnx"] == {"model.embed_tokens.weight"}
-    assert by_step["exporting head shard head.onnx"] == {"model.norm.weight", "lm_head.weight"}
-    layers = {
-        "blocks_0-1.onnx": {0},
-        "blocks_1-3.onnx": {1, 2},
-        "blocks_3-4.onnx": {3},
-    }
-    for file, wanted in layers.items():
-        names = by_step[f"exporting blocks shard {file}"]
-        assert {int(n.split(".")[2]) for n in names} == wanted, (file, sorted(names))
-        assert len(names) == 9 * len(wanted)  # q, k, v, o, gate, up, down and two norms per layer
-
-
 # ---- GGUF: tensor infos patched in a copy of the default model's file ----
 
 
