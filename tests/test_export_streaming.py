@@ -223,9 +223,6 @@ def test_each_shard_is_built_from_its_own_tensors_only(tiny_llama: Path, tmp_pat
     assert materialized(skeleton.model) == set(), "every tensor is released after its shard"
 
 
-# ---- one shard's tensors at a time ----
-
-
 # ---- GGUF: tensor infos patched in a copy of the default model's file ----
 
 
