@@ -42,7 +42,8 @@ class TensorSource(Protocol):
         ...
 
     def load(self, name: str) -> torch.Tensor:
-        """The tensor in fp32 on the CPU (a fresh copy: freeing it frees its memory)."""
+        """The tensor in fp32 on the CPU, owned by the caller: dropping it releases its memory. (An fp32
+        safetensors tensor is a private map of the file, paged in as the export reads it.)"""
         ...
 
 
