@@ -44,7 +44,8 @@ def test_big_model_export_peak_follows_the_largest_span(tmp_path_factory: pytest
         bound = measured["baseline_rss"] + FACTOR * held + SLACK
         assert steps[step] < bound, f"{step}: peak {steps[step] / 1e9:.2f} GB over {bound / 1e9:.2f} GB"
     blocks = [steps[step] for step in shards if step.startswith("exporting blocks")]
-    layer = 4 * SHAPES["1.5b"].layer_params()
-    assert blocks[-1] < blocks[0] + layer, f"the last span's peak grew past the first's: {blocks}"
+    # Spans of 1.76 GB: holding on to one would add that much; allocator noise measured up to 0.2 GB.
+    span = 10 * 4 * SHAPES["1.5b"].layer_params()
+    assert blocks[-1] < blocks[0] + span / 4, f"the last span's peak grew past the first's: {blocks}"
     head = next(steps[step] for step in shards if step.startswith("exporting head"))
     assert head < blocks[0] - total / 4, f"the head step still holds a span's weights: {steps}"
