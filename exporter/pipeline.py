@@ -231,11 +231,11 @@ def _manifest_dict(
     from .modeling import model_shape
     from .onnx_export import OPSET
 
-    model, tokenizer = loaded.model, loaded.tokenizer
-    shape = model_shape(model)
-    hf_config = json.loads(model.config.to_json_string())
+    tokenizer = loaded.tokenizer
+    shape = model_shape(loaded.config)
+    hf_config = json.loads(loaded.config.to_json_string())
     eos_ids: list[int] = []
-    for holder in (model.config, getattr(model, "generation_config", None)):
+    for holder in (loaded.config, loaded.generation_config):
         value = getattr(holder, "eos_token_id", None) if holder is not None else None
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, int) and item not in eos_ids:
@@ -289,7 +289,7 @@ def run_export(
 
     from . import onnx_export, quantize
     from .modeling import model_shape
-    from .source import load
+    from .source import open_model
 
     if request.dtype not in DTYPES:
         raise ExportFailedError(f"dtype {request.dtype!r} is not one of {', '.join(DTYPES)}")
@@ -302,9 +302,9 @@ def run_export(
         progress("verified existing export", 1, 1)
         return done
 
-    progress("loading model", 0, 1)
-    loaded = (loader or load)(request.source)
-    shape = model_shape(loaded.model)
+    progress("reading the model's config and tensor headers", 0, 1)
+    loaded = (loader or open_model)(request.source)
+    shape = model_shape(loaded.config)
     spans = plan_spans(request, shape.num_layers)
     check_out_dir(request.out, expected_files(spans))
     request.out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +324,6 @@ def run_export(
     for kind, name, span in steps:
         count += 1
         path = fp32_dir / name
-        progress(f"exporting {kind} shard {name}", count, total)
         if kind == "embed":
             start, end = 0, 0
             io = embed_io(shape.hidden_size, learned_positions=shape.learned_positions)
@@ -334,15 +333,19 @@ def run_export(
         else:
             start, end = span.start, span.end  # type: ignore[union-attr]  # every blocks step has a span
             io = blocks_io(start, end, shape.hidden_size, shape.num_kv_heads, shape.head_dim)
+        weights = loaded.skeleton.weight_bytes(kind, start, end)
+        progress(f"exporting {kind} shard {name} ({weights / 1e6:,.0f} MB of fp32 weights)", count, total)
         if not _shard_finished(path, journal):
 
             def produce(tmp: Path, kind: str = kind, start: int = start, end: int = end) -> None:
-                if kind == "embed":
-                    onnx_export.export_embed(loaded.model, shape, tmp)
-                elif kind == "head":
-                    onnx_export.export_head(loaded.model, shape, tmp)
-                else:
-                    onnx_export.export_blocks(loaded.model, shape, start, end, tmp)
+                # Only this shard's tensors are read, and they are released before the next shard.
+                with loaded.skeleton.part(kind, start, end) as model:
+                    if kind == "embed":
+                        onnx_export.export_embed(model, shape, tmp)
+                    elif kind == "head":
+                        onnx_export.export_head(model, shape, tmp)
+                    else:
+                        onnx_export.export_blocks(model, shape, start, end, tmp)
 
             _write_shard(path, produce, journal, request)
         fp32_entries.append(_entry(path, journal, kind, start, end, io))

