@@ -332,13 +332,14 @@ def run_export(
     entries = fp32_entries
     if quantized:
         entries = []
+        grid = quantize.source_grid(loaded.source, request.dtype)
         for entry in fp32_entries:
             count += 1
             progress(f"converting {entry.file} to {request.dtype}", count, total)
             target = request.out / entry.file
             if not journal.finished(target):
                 with atomic_path(target) as tmp:
-                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype)
+                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype, grid)
                 journal.record(target)
             entries.append(
                 _entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs))
@@ -349,7 +350,7 @@ def run_export(
 
         reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
         candidate = Manifest.from_dict(_manifest_dict(loaded, request, entries, has_template, None))
-        quality = measure(fp32_dir, reference, request.out, candidate)
+        quality = measure(fp32_dir, reference, request.out, candidate, grid_source=grid is not None)
 
     count += 1
     progress("writing manifest", count, total)

@@ -1,0 +1,192 @@
+"""A GGUF's own grid carried into a q4/q8 shard: MatMul and Gather weights found in the file by value
+(rows reordered as transformers reorders Q/K) become MatMulNBits and a dequantizing gather with the
+file's codes and scales, and compute what the fp32 shard computes; what the file cannot give falls back
+to re-quantization with a line that names the weight; a corrupt file is refused in one line."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gguf
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from gguf.quants import dequantize, quantize
+from onnx import TensorProto, helper, numpy_helper
+
+from exporter import quantize as q
+from exporter.errors import ModelSourceError
+from exporter.gguf_grid import GgufGrid, describe
+
+T = gguf.GGMLQuantizationType
+K = 64
+VOCAB = 50
+RNG = np.random.default_rng(7)
+
+
+def _weight(rows: int, cols: int = K) -> np.ndarray:
+    w = (RNG.standard_normal((rows, cols)) * 0.05).astype(np.float32)
+    w[0, :32] = 0.25  # a constant block: Q4_1 stores d == 0, m == 0.25
+    w[1, 32:] = 0.0  # an all-zero block: d == 0, m == 0
+    return w
+
+
+def _write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, T]]) -> dict[str, np.ndarray]:
+    """Write ``tensors`` quantized to ``path``; return their dequantized values (what transformers loads)."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    values = {}
+    for name, (w, kind) in tensors.items():
+        data = w if kind == T.F32 else quantize(w, kind)
+        writer.add_tensor(name, data, raw_dtype=kind)
+        values[name] = w if kind == T.F32 else dequantize(data, kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return values
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
+    path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
+    values = _write_gguf(
+        path,
+        {
+            "blk.0.attn_q.weight": (_weight(48), T.Q4_1),
+            "blk.0.attn_k.weight": (_weight(32), T.Q4_0),
+            "blk.0.ffn_up.weight": (_weight(40), T.Q8_0),
+            "blk.0.ffn_down.weight": (_weight(24), T.Q5_0),
+            "blk.0.norm_like.weight": (_weight(16), T.F32),
+            "token_embd.weight": (_weight(VOCAB), T.Q8_0),
+            "token_embd4.weight": (_weight(VOCAB), T.Q4_1),
+        },
+    )
+    return path, values
+
+
+def _shard(path: Path, weights: dict[str, np.ndarray], embeddings: dict[str, np.ndarray]) -> Path:
+    """An fp32 shard as torch exports one: ``y_name = x @ W`` (W stored [K, N]) and ``e_name = Gather(E, ids)``."""
+    nodes, inits, outputs = [], [], []
+    for name, w in weights.items():
+        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"onnx::MatMul_{name}"))
+        nodes.append(helper.make_node("MatMul", ["x", f"onnx::MatMul_{name}"], [f"y_{name}"]))
+        outputs.append(helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None))
+    for name, e in embeddings.items():
+        inits.append(numpy_helper.from_array(e, f"embed_{name}"))
+        nodes.append(helper.make_node("Gather", [f"embed_{name}", "ids"], [f"e_{name}"], axis=0))
+        outputs.append(helper.make_tensor_value_info(f"e_{name}", TensorProto.FLOAT, None))
+    graph = helper.make_graph(
+        nodes,
+        "shard",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"]),
+        ],
+        outputs,
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(path))
+    return path
+
+
+def _run(path: Path) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {
+        "x": RNG.standard_normal((2, 3, K)).astype(np.float32),
+        "ids": np.array([[0, 1, 2], [VOCAB - 1, 7, 0]], dtype=np.int64),
+    }
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+FEEDS_SEED = 11
+
+
+def _compare(fp32: Path, converted: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    global RNG
+    RNG = np.random.default_rng(FEEDS_SEED)
+    ref = _run(fp32)
+    RNG = np.random.default_rng(FEEDS_SEED)
+    return ref, _run(converted)
+
+
+@pytest.mark.parametrize("dtype", ["q4", "q8"])
+def test_grid_is_carried_exactly(source, tmp_path: Path, dtype: str) -> None:
+    path, values = source
+    # transformers reorders Q and K rows (llama.cpp permutes them for its rotary layout): reorder here too
+    perm = RNG.permutation(48)
+    weights = {
+        "q": values["blk.0.attn_q.weight"][perm],
+        "k": values["blk.0.attn_k.weight"],
+        "up": values["blk.0.ffn_up.weight"],
+    }
+    embeddings = {"e8": values["token_embd.weight"], "e4": values["token_embd4.weight"]}
+    fp32 = _shard(tmp_path / "fp32.onnx", weights, embeddings)
+    out = tmp_path / f"{dtype}.onnx"
+    q.convert(fp32, out, dtype, GgufGrid(path))
+
+    model = onnx.load(str(out))
+    # Each grid keeps its own width whatever the dtype: exact, and no larger than the file.
+    assert describe(model) == {
+        "MatMulNBits Q4_1 as 4-bit": 1,
+        "MatMulNBits Q4_0 as 4-bit": 1,
+        "MatMulNBits Q8_0 as 8-bit": 1,
+        "Gather Q8_0 as 8-bit": 1,
+        "Gather Q4_1 as 4-bit": 1,
+    }
+    assert not any(i.data_type == TensorProto.FLOAT and len(i.dims) == 2 for i in model.graph.initializer)
+    ref, got = _compare(fp32, out)
+    for name in ("e_e8", "e_e4"):
+        np.testing.assert_array_equal(got[name], ref[name])  # the gather dequantizes as the GGUF does
+    for name in ("y_q", "y_k", "y_up"):
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-4, atol=1e-5)
+    assert out.stat().st_size < 0.4 * fp32.stat().st_size
+
+
+def test_weights_the_file_cannot_give_are_requantized_and_named(source, tmp_path: Path, caplog) -> None:
+    path, values = source
+    weights = {
+        "q5": values["blk.0.ffn_down.weight"],  # Q5_0: no MatMulNBits form decoded here
+        "f32": values["blk.0.norm_like.weight"],  # a float tensor: no grid at all
+        "stranger": (RNG.standard_normal((40, K)) * 0.05).astype(np.float32),  # not in the file
+    }
+    fp32 = _shard(tmp_path / "fp32.onnx", weights, {})
+    out = tmp_path / "q4.onnx"
+    with caplog.at_level(logging.WARNING, logger="exporter.quantize"):
+        q.convert(fp32, out, "q4", GgufGrid(path))
+    assert describe(onnx.load(str(out))) == {"MatMulNBits re-quantized to 4-bit": 3}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("onnx::MatMul_q5" in m and "blk.0.ffn_down.weight (Q5_0)" in m for m in lines), lines
+    assert any("onnx::MatMul_stranger" in m and "no quantized GGUF tensor" in m for m in lines), lines
+    assert all("\n" not in m for m in lines)
+    ref, got = _compare(fp32, out)
+    for name in ref:  # re-quantized to a fresh symmetric grid: close, not exact
+        diff = np.abs(got[name] - ref[name])
+        assert diff.max() > 1e-4 and diff.mean() < 0.1 * np.abs(ref[name]).mean()
+
+
+def test_a_truncated_gguf_is_refused_in_one_line(source, tmp_path: Path) -> None:
+    path, _ = source
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(path.read_bytes()[: path.stat().st_size - 300])
+    with pytest.raises(ModelSourceError) as info:
+        GgufGrid(cut)
+    assert str(cut) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_scales_are_refused_naming_the_tensor(tmp_path: Path) -> None:
+    path = tmp_path / "nan.gguf"
+    data = quantize(_weight(8), T.Q4_1)
+    data = data.copy()
+    data[3, 0:2] = np.array([np.nan], dtype=np.float16).view(np.uint8)  # row 3's first block: d = NaN
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_tensor("blk.3.attn_v.weight", data, raw_dtype=T.Q4_1)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with pytest.raises(ModelSourceError, match=r"blk\.3\.attn_v\.weight \(Q4_1\) holds NaN or Inf"):
+        GgufGrid(path)
