@@ -13,45 +13,27 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from gguf.quants import dequantize, quantize
-from onnx import TensorProto, helper, numpy_helper
+from gguf.quants import quantize
+from onnx import TensorProto
 
 from exporter import quantize as q
 from exporter.errors import ModelSourceError
 from exporter.gguf_grid import GgufGrid, describe
+from tests.support.gguf_shards import GGUFType, K, fp32_shard, sample_weight, write_gguf
 
-T = gguf.GGMLQuantizationType
-K = 64
+T = GGUFType
 VOCAB = 50
 RNG = np.random.default_rng(7)
 
 
 def _weight(rows: int, cols: int = K) -> np.ndarray:
-    w = (RNG.standard_normal((rows, cols)) * 0.05).astype(np.float32)
-    w[0, :32] = 0.25  # a constant block: Q4_1 stores d == 0, m == 0.25
-    w[1, 32:] = 0.0  # an all-zero block: d == 0, m == 0
-    return w
-
-
-def _write_gguf(path: Path, tensors: dict[str, tuple[np.ndarray, T]]) -> dict[str, np.ndarray]:
-    """Write ``tensors`` quantized to ``path``; return their dequantized values (what transformers loads)."""
-    writer = gguf.GGUFWriter(str(path), "llama")
-    values = {}
-    for name, (w, kind) in tensors.items():
-        data = w if kind == T.F32 else quantize(w, kind)
-        writer.add_tensor(name, data, raw_dtype=kind)
-        values[name] = w if kind == T.F32 else dequantize(data, kind)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return values
+    return sample_weight(RNG, rows, cols)
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
-    values = _write_gguf(
+    values = write_gguf(
         path,
         {
             "blk.0.attn_q.weight": (_weight(48), T.Q4_1),
@@ -64,32 +46,6 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np
         },
     )
     return path, values
-
-
-def _shard(path: Path, weights: dict[str, np.ndarray], embeddings: dict[str, np.ndarray]) -> Path:
-    """An fp32 shard as torch exports one: ``y_name = x @ W`` (W stored [K, N]) and ``e_name = Gather(E, ids)``."""
-    nodes, inits, outputs = [], [], []
-    for name, w in weights.items():
-        inits.append(numpy_helper.from_array(np.ascontiguousarray(w.T), f"onnx::MatMul_{name}"))
-        nodes.append(helper.make_node("MatMul", ["x", f"onnx::MatMul_{name}"], [f"y_{name}"]))
-        outputs.append(helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, None))
-    for name, e in embeddings.items():
-        inits.append(numpy_helper.from_array(e, f"embed_{name}"))
-        nodes.append(helper.make_node("Gather", [f"embed_{name}", "ids"], [f"e_{name}"], axis=0))
-        outputs.append(helper.make_tensor_value_info(f"e_{name}", TensorProto.FLOAT, None))
-    graph = helper.make_graph(
-        nodes,
-        "shard",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
-            helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"]),
-        ],
-        outputs,
-        inits,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.save(model, str(path))
-    return path
 
 
 def _run(path: Path) -> dict[str, np.ndarray]:
@@ -126,7 +82,7 @@ def test_grid_is_carried_exactly(source, tmp_path: Path, dtype: str, monkeypatch
         "up": values["blk.0.ffn_up.weight"],
     }
     embeddings = {"e8": values["token_embd.weight"], "e4": values["token_embd4.weight"]}
-    fp32 = _shard(tmp_path / "fp32.onnx", weights, embeddings)
+    fp32 = fp32_shard(tmp_path / "fp32.onnx", weights, embeddings)
     out = tmp_path / f"{dtype}.onnx"
     q.convert(fp32, out, dtype, GgufGrid(path))
 
@@ -139,7 +95,9 @@ def test_grid_is_carried_exactly(source, tmp_path: Path, dtype: str, monkeypatch
         "Gather Q8_0 as 8-bit": 1,
         "Gather Q4_1 as 4-bit": 1,
     }
-    floats = [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2]
+    floats = [
+        i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT and len(i.dims) == 2
+    ]
     assert floats == [f"gguf_block_sum_{K}"]  # the only float matrix left: Q4_1's 0/1 block indicator
     ref, got = _compare(fp32, out)
     for name in ("e_e8", "e_e4"):
@@ -156,7 +114,7 @@ def test_weights_the_file_cannot_give_are_requantized_and_named(source, tmp_path
         "f32": values["blk.0.norm_like.weight"],  # a float tensor: no grid at all
         "stranger": (RNG.standard_normal((40, K)) * 0.05).astype(np.float32),  # not in the file
     }
-    fp32 = _shard(tmp_path / "fp32.onnx", weights, {})
+    fp32 = fp32_shard(tmp_path / "fp32.onnx", weights, {})
     out = tmp_path / "q4.onnx"
     with caplog.at_level(logging.WARNING, logger="exporter.quantize"):
         q.convert(fp32, out, "q4", GgufGrid(path))
