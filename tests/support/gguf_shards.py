@@ -64,5 +64,7 @@ def fp32_shard(path: Path, weights: dict[str, np.ndarray], embeddings: dict[str,
         outputs,
         inits,
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    # IR 8, as torch's exporter writes at opset 17 (onnxruntime-web 1.30 reads IR 13 at most)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.save(model, str(path))
     return path
