@@ -30,6 +30,12 @@ def _weight(rows: int, cols: int = K) -> np.ndarray:
     return sample_weight(RNG, rows, cols)
 
 
+def _twin_rows(w: np.ndarray) -> np.ndarray:
+    """Row 3 holds row 2's values reversed: equal row sums, different rows (Q8_0 keeps both exactly)."""
+    w[3] = w[2][::-1]
+    return w
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np.ndarray]]:
     path = tmp_path_factory.mktemp("gguf") / "tiny.gguf"
@@ -38,7 +44,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, np
         {
             "blk.0.attn_q.weight": (_weight(48), T.Q4_1),
             "blk.0.attn_k.weight": (_weight(32), T.Q4_0),
-            "blk.0.ffn_up.weight": (_weight(40), T.Q8_0),
+            "blk.0.ffn_up.weight": (_twin_rows(_weight(40)), T.Q8_0),
             "blk.0.ffn_down.weight": (_weight(24), T.Q5_0),
             "blk.0.norm_like.weight": (_weight(16), T.F32),
             "token_embd.weight": (_weight(VOCAB), T.Q8_0),
@@ -79,7 +85,7 @@ def test_grid_is_carried_exactly(source, tmp_path: Path, dtype: str, monkeypatch
     weights = {
         "q": values["blk.0.attn_q.weight"][perm],
         "k": values["blk.0.attn_k.weight"],
-        "up": values["blk.0.ffn_up.weight"],
+        "up": values["blk.0.ffn_up.weight"][RNG.permutation(40)],
     }
     embeddings = {"e8": values["token_embd.weight"], "e4": values["token_embd4.weight"]}
     fp32 = fp32_shard(tmp_path / "fp32.onnx", weights, embeddings)
