@@ -208,6 +208,8 @@ def describe(model: Any) -> dict[str, int]:
             kind = node.name.split(" ")[1]
             bits = next((a.i for a in node.attribute if a.name == "bits"), GRID_BITS.get(kind, 0))
             label = f"{node.op_type} {kind} as {bits}-bit"
+            if node.op_type == "MatMul":
+                label += ", dequantized at load"
         elif node.op_type == "MatMulNBits":
             bits = next((a.i for a in node.attribute if a.name == "bits"), 0)
             label = f"MatMulNBits re-quantized to {bits}-bit"

@@ -339,7 +339,7 @@ def run_export(
             target = request.out / entry.file
             if not journal.finished(target):
                 with atomic_path(target) as tmp:
-                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype, grid)
+                    quantize.convert(fp32_dir / entry.file, tmp, request.dtype, grid, kind=entry.kind)
                 journal.record(target)
             entries.append(
                 _entry(target, journal, entry.kind, entry.start, entry.end, (entry.inputs, entry.outputs))

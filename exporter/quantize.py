@@ -12,9 +12,13 @@ that are re-quantized. Scales and minimums are stored as the file's float16 and 
 to float32 when the session loads (onnxruntime folds the casts), so they cost what they cost in the GGUF.
 The weights are then exactly the source's. 4-bit grids run with ``accuracy_level`` 0 (float32
 activations); 8-bit ones with 4 (int8 activations), because onnxruntime has no fast 8-bit kernel
-otherwise. Measured on the default model (Q4_1 blocks, Q8_0 embedding and head), q4 is 0.197 of fp32
-with greedy agreement 0.993 and about twice fp32's decode speed; all at level 0 agrees 1.000 but
-decodes ~6x slower than fp32 (the 8-bit head), all at level 4 agrees 0.965.
+otherwise, except in the head: its 8-bit grid is stored as codes and scales and dequantized by plain
+ops that onnxruntime folds when the session loads, so the logits come from the fast float kernel and
+float32 activations (the head runs on the user's machine, holding it as float32 there costs what the
+fp32 head costs). Measured on the default model (Q4_1 blocks, Q8_0 embedding and tied head): q4 is
+0.197 of fp32 with greedy agreement 1.000 (largest logit difference 3e-4) and decodes about as fast as
+fp32. With the head as 8-bit MatMulNBits at level 4 instead: agreement 0.993, and the first token of
+"What is the capital of France?" (a near-tie in fp32) flips; at level 0 it is ~6x slower than fp32.
 
 Every other MatMul (non-GGUF sources, float or K-quant GGUF tensors) is re-quantized to symmetric
 blocks of 32 by onnxruntime's ``MatMulNBitsQuantizer`` with ``accuracy_level=4`` (int8 activations: the
@@ -50,7 +54,7 @@ def source_grid(source: Any, dtype: str) -> GgufGrid | None:
     return GgufGrid(Path(source.location))
 
 
-def convert(src: Path, dst: Path, dtype: str, grid: GgufGrid | None = None) -> None:
+def convert(src: Path, dst: Path, dtype: str, grid: GgufGrid | None = None, *, kind: str = "") -> None:
     """Write the ``dtype`` variant of the fp32 shard ``src`` to ``dst``, keeping ``grid``'s weights exact."""
     import onnx
 
@@ -63,7 +67,7 @@ def convert(src: Path, dst: Path, dtype: str, grid: GgufGrid | None = None) -> N
             onnx.save(converted, str(dst))
         elif dtype in _BITS:
             if grid is not None:
-                carry_grid(model, grid, src.name)
+                carry_grid(model, grid, src.name, dense_at_load=kind == "head")
             _requantize_rest(model, _BITS[dtype])
             onnx.save(model, str(dst))
         else:
@@ -78,8 +82,10 @@ def _requantize_rest(model: Any, bits: int) -> None:
     """Re-quantize every MatMul still holding a float weight to symmetric ``bits``-bit blocks."""
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    ours = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith(_AUX)]
-    if not any(n.op_type == "MatMul" and not n.name.startswith(_AUX) for n in model.graph.node):
+    ours = [
+        n.name for n in model.graph.node if n.op_type == "MatMul" and n.name.startswith((_AUX, NODE_PREFIX))
+    ]
+    if not any(n.op_type == "MatMul" and n.name not in ours for n in model.graph.node):
         return  # nothing left to quantize (the embed shard, or every weight carried from the GGUF)
     # The quantizer logs every node at INFO through its own handler; keep our progress readable.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
@@ -95,8 +101,12 @@ def _requantize_rest(model: Any, bits: int) -> None:
     model.CopyFrom(quantizer.model.model)
 
 
-def carry_grid(model: Any, grid: GgufGrid, shard: str) -> None:
-    """Replace each MatMul and Gather whose weight is a decodable GGUF tensor by its exact grid."""
+def carry_grid(model: Any, grid: GgufGrid, shard: str, *, dense_at_load: bool = False) -> None:
+    """Replace each MatMul and Gather whose weight is a decodable GGUF tensor by its exact grid.
+
+    ``dense_at_load`` (the head): 8-bit grids are stored as codes but dequantized when the session
+    loads, so the logits come from float32 activations on the fast float kernel (see the module doc).
+    """
     from onnx import numpy_helper
 
     graph = model.graph
@@ -125,7 +135,10 @@ def carry_grid(model: Any, grid: GgufGrid, shard: str) -> None:
         tensor, block_grid = found
         prefix = f"{weight_name}_gguf"
         if node.op_type == "MatMul":
-            nodes, inits_new = _matmul_nbits(node, block_grid, tensor, prefix)
+            if dense_at_load and block_grid.bits == 8:
+                nodes, inits_new = _matmul_dense_at_load(node, block_grid, tensor, prefix)
+            else:
+                nodes, inits_new = _matmul_nbits(node, block_grid, tensor, prefix)
         else:
             nodes, inits_new = _gather_dequant(node, block_grid, tensor, prefix)
         new_nodes += nodes
@@ -236,6 +249,39 @@ def _matmul_nbits(node: Any, grid: BlockGrid, tensor: str, prefix: str) -> tuple
             ),
             helper.make_node("Add", [f"{prefix}_sym", f"{prefix}_corr"], list(node.output)),
         ]
+    return nodes, inits
+
+
+def _matmul_dense_at_load(
+    node: Any, grid: BlockGrid, tensor: str, prefix: str
+) -> tuple[list[Any], list[Any]]:
+    """A float MatMul over ``d*q`` computed from the stored codes and scales (folded when the session loads)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rows, blocks = grid.scale.shape
+    if grid.minimum is not None or grid.offset or grid.bits != 8:
+        raise ExportFailedError(f"{tensor}: only Q8_0 grids are dequantized at load, not {grid.kind}")
+    inits = [
+        numpy_helper.from_array(np.ascontiguousarray(grid.codes), f"{prefix}_codes"),
+        numpy_helper.from_array(grid.scale, f"{prefix}_scale16"),
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{prefix}_last"),
+        numpy_helper.from_array(np.array([rows, blocks * BLOCK], dtype=np.int64), f"{prefix}_shape"),
+    ]
+    float32 = TensorProto.FLOAT
+    nodes = [
+        helper.make_node("Cast", [f"{prefix}_codes"], [f"{prefix}_qf"], to=float32),
+        helper.make_node("Cast", [f"{prefix}_scale16"], [f"{prefix}_df"], to=float32),
+        helper.make_node("Unsqueeze", [f"{prefix}_df", f"{prefix}_last"], [f"{prefix}_d"]),
+        helper.make_node("Mul", [f"{prefix}_d", f"{prefix}_qf"], [f"{prefix}_x"]),
+        helper.make_node("Reshape", [f"{prefix}_x", f"{prefix}_shape"], [f"{prefix}_w"]),
+        helper.make_node("Transpose", [f"{prefix}_w"], [f"{prefix}_wt"], perm=[1, 0]),
+        helper.make_node(
+            "MatMul",
+            [node.input[0], f"{prefix}_wt"],
+            list(node.output),
+            name=f"{NODE_PREFIX}{grid.kind} {tensor}",
+        ),
+    ]
     return nodes, inits
 
 

@@ -34,14 +34,14 @@ def test_q4_of_the_default_model_keeps_its_answers(q4_dir: Path, default_models_
     assert recorded["weights"] == {
         "Gather Q8_0 as 8-bit": 1,
         "MatMulNBits Q4_1 as 4-bit": 210,
-        "MatMulNBits Q8_0 as 8-bit": 1,
+        "MatMul Q8_0 as 8-bit, dequantized at load": 1,
     }
     fp32_dir = default_models_dir / "SmolLM2-135M-Instruct"
     fp32 = load_manifest(fp32_dir)
     assert recorded["bytes"] == sum(s.bytes for s in manifest.shards)
     assert recorded["fp32_bytes"] == sum(s.bytes for s in fp32.shards)
     assert recorded["size_ratio"] <= 0.2
-    assert recorded["greedy_agreement"] >= 0.95
+    assert recorded["greedy_agreement"] >= 0.95  # measured: 1.0, largest logit difference 3e-4
     fresh = quality.measure(fp32_dir, fp32, q4_dir, manifest)
     assert fresh["greedy_agreement"] == pytest.approx(recorded["greedy_agreement"], abs=1e-6)
     assert fresh["max_abs_logit_diff"] == pytest.approx(recorded["max_abs_logit_diff"], abs=1e-4)

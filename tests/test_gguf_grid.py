@@ -113,6 +113,20 @@ def test_grid_is_carried_exactly(source, tmp_path: Path, dtype: str, monkeypatch
     assert out.stat().st_size < 0.4 * fp32.stat().st_size
 
 
+def test_head_keeps_its_8bit_grid_as_codes_dequantized_at_load(source, tmp_path: Path) -> None:
+    path, values = source
+    # the tied head: the Q8_0 embedding matrix as a MatMul weight, in a shard converted as kind "head"
+    fp32 = fp32_shard(tmp_path / "fp32.onnx", {"head": values["token_embd.weight"]}, {})
+    out = tmp_path / "head.onnx"
+    q.convert(fp32, out, "q4", GgufGrid(path), kind="head")
+    model = onnx.load(str(out))
+    assert describe(model) == {"MatMul Q8_0 as 8-bit, dequantized at load": 1}
+    assert not any(i.data_type == TensorProto.FLOAT and len(i.dims) == 2 for i in model.graph.initializer)
+    ref, got = _compare(fp32, out)
+    np.testing.assert_allclose(got["y_head"], ref["y_head"], rtol=1e-5, atol=1e-6)
+    assert out.stat().st_size < 0.35 * fp32.stat().st_size
+
+
 def test_weights_the_file_cannot_give_are_requantized_and_named(source, tmp_path: Path, caplog) -> None:
     path, values = source
     weights = {

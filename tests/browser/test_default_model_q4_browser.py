@@ -1,5 +1,6 @@
 """The default model's q4 export (the GGUF's own grid: 4-bit MatMulNBits with their block-sum
-correction, the 8-bit head, the dequantizing gather of the embedding) runs whole in onnxruntime-web
+correction, the 8-bit head dequantized when the session loads, the dequantizing gather of the
+embedding) runs whole in onnxruntime-web
 (WASM) through the runtime's runners, with the logits of native onnxruntime."""
 
 from __future__ import annotations
@@ -53,5 +54,5 @@ def test_q4_default_model_runs_in_wasm_with_native_logits(harness: Harness, q4_m
         f"default model q4 in WASM: {len(ids)} tokens, max logit diff {diff:.3g}, argmax agreement {agree}"
     )
     assert got.argmax(-1)[-1] == native.argmax(-1)[-1]
-    assert agree >= 0.9 and diff < 1.0  # int8 activations of the 8-bit head round per kernel
+    assert agree == 1.0 and diff < 1e-2  # float32 activations everywhere: only summation order differs
     assert harness.take_errors() == []
