@@ -13,7 +13,7 @@ from exporter import quality
 from python_peer.core.manifest import load_manifest
 from tests.support.procs import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # two exports of the default model
 
 
 @pytest.fixture(scope="module")

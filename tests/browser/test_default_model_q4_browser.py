@@ -17,7 +17,7 @@ from tests.support.browser import Harness, script
 from tests.support.procs import run_cli
 from tests.support.static_server import MOUNTS
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 PREFIX = "/q4-model/"
 CHAIN_LOGITS_JS = script("quantized/chain_logits")
