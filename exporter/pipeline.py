@@ -358,14 +358,15 @@ def run_export(
     entries = fp32_entries
     if quantized:
         entries = []
+        grid = quantize.source_grid(loaded.source, request.dtype)
         for entry in fp32_entries:
             count += 1
             progress(f"converting {entry.file} to {request.dtype}", count, total)
             target = request.out / entry.file
             if not _shard_finished(target, journal):
 
-                def convert(tmp: Path, source: Path = fp32_dir / entry.file) -> None:
-                    quantize.convert(source, tmp, request.dtype)
+                def convert(tmp: Path, source: Path = fp32_dir / entry.file, kind: str = entry.kind) -> None:
+                    quantize.convert(source, tmp, request.dtype, grid, kind=kind)
 
                 _write_shard(target, convert, journal, request)
             entries.append(
@@ -377,7 +378,7 @@ def run_export(
 
         reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
         candidate = Manifest.from_dict(_manifest_dict(loaded, request, entries, has_template, None))
-        quality = measure(fp32_dir, reference, request.out, candidate)
+        quality = measure(fp32_dir, reference, request.out, candidate, grid_source=grid is not None)
 
     count += 1
     progress("writing manifest", count, total)

@@ -50,9 +50,18 @@ def _logits(chain: LocalChain, ids: list[int]) -> np.ndarray:
 
 
 def measure(
-    reference_dir: Path, reference: Manifest, candidate_dir: Path, candidate: Manifest
+    reference_dir: Path,
+    reference: Manifest,
+    candidate_dir: Path,
+    candidate: Manifest,
+    *,
+    grid_source: bool = False,
 ) -> dict[str, Any]:
-    """Compare the ``candidate`` chain with the fp32 ``reference`` chain; return the manifest's figures."""
+    """Compare the ``candidate`` chain with the fp32 ``reference`` chain; return the manifest's figures.
+
+    ``grid_source``: the candidate was converted from a GGUF grid (``exporter.gguf_grid``); the figures
+    then also count the weights carried from it and those re-quantized.
+    """
     from python_peer.tokenizer import ModelTokenizer
 
     tokenizer = ModelTokenizer(candidate_dir, candidate)
@@ -74,7 +83,9 @@ def measure(
         diffs.append(float(diff.mean()))
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
         total += len(sequence)
-    return {
+    fp32_bytes = sum(s.bytes for s in reference.shards)
+    candidate_bytes = sum(s.bytes for s in candidate.shards)
+    figures: dict[str, Any] = {
         "reference": "fp32",
         "method": "teacher-forced logits over fixed prompts (plain and chat-templated) plus 16 fp32-greedy tokens each",
         "prompts": len(texts),
@@ -82,4 +93,25 @@ def measure(
         "max_abs_logit_diff": round(max_diff, 6),
         "mean_abs_logit_diff": round(float(np.mean(diffs)), 6),
         "greedy_agreement": round(agree / total, 6),
+        "bytes": candidate_bytes,
+        "fp32_bytes": fp32_bytes,
+        "size_ratio": round(candidate_bytes / fp32_bytes, 4),
     }
+    figures["weights"] = weight_kinds(candidate_dir, candidate)
+    if grid_source:
+        figures["weights_from"] = "GGUF grid where MatMulNBits can carry it; the rest re-quantized"
+    return figures
+
+
+def weight_kinds(model_dir: Path, manifest: Manifest) -> dict[str, int]:
+    """How the quantized weights of all shards are held, e.g. ``{"MatMulNBits Q4_1 as 4-bit": 210}``."""
+    import onnx
+
+    from .gguf_grid import describe
+
+    counts: dict[str, int] = {}
+    for shard in manifest.shards:
+        model = onnx.load(str(model_dir / shard.file), load_external_data=False)
+        for label, n in describe(model).items():
+            counts[label] = counts.get(label, 0) + n
+    return dict(sorted(counts.items()))
