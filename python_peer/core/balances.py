@@ -17,9 +17,25 @@ from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
 from .entries import Entry, ForkProof, Grant
 from .evidence import Evidence
 from .holds import HeldCredits, collect_holds
-from .ledger_fields import Rejection, Verify
+from .ledger_fields import EntryFacts, Rejection, Verify
 from .receipts import Receipt, ReceiptBody
 from .rules import check_body, check_link
+
+
+class Fact:
+    """What ``compute`` reads of one entry (``EntryFacts``): its hash, place in its chain, time and body,
+    without the signature and the encoded bytes. A store keeps one per entry it holds, updated as it
+    writes, so balances are recomputed without parsing the ledger again (``LedgerStore.report``)."""
+
+    __slots__ = ("author", "body", "hash", "prev", "seq", "time")
+
+    def __init__(self, entry: Entry, entry_hash: str | None = None) -> None:
+        self.hash: str = entry.hash if entry_hash is None else entry_hash
+        self.author: str = entry.author
+        self.seq: int = entry.seq
+        self.prev: str = entry.prev
+        self.time: int = entry.time
+        self.body: object = entry.body
 
 
 @dataclass
@@ -143,12 +159,12 @@ class LedgerReport:
         return account.served_block_tokens if account else 0
 
 
-def fork_points(entries: Iterable[Entry]) -> dict[str, int]:
+def fork_points(entries: Iterable[EntryFacts]) -> dict[str, int]:
     """Author -> lowest seq at which two different entries are known (directly or inside fork proofs)."""
     seen: dict[tuple[str, int], str] = {}
     forks: dict[str, int] = {}
 
-    def note(e: Entry) -> None:
+    def note(e: EntryFacts) -> None:
         other = seen.setdefault((e.author, e.seq), e.hash)
         if other != e.hash and e.seq < forks.get(e.author, MAX_SAFE_INT + 1):
             forks[e.author] = e.seq
@@ -162,13 +178,15 @@ def fork_points(entries: Iterable[Entry]) -> dict[str, int]:
 
 
 def _dedupe(
-    entries: Iterable[Entry], verify: Verify | None, rules: Rules, ignored: dict[str, Rejection]
-) -> dict[str, Entry]:
-    pool: dict[str, Entry] = {}
+    entries: Iterable[EntryFacts], verify: Verify | None, rules: Rules, ignored: dict[str, Rejection]
+) -> dict[str, EntryFacts]:
+    pool: dict[str, EntryFacts] = {}
     for entry in entries:
         if entry.hash in pool:
             continue
         if verify is not None:
+            if not isinstance(entry, Entry):
+                raise TypeError("compute(verify=...) checks signatures: it needs whole entries, not facts")
             rejection = check_body(entry, verify, rules)
             if rejection is not None:
                 ignored.setdefault(entry.hash, rejection)
@@ -179,17 +197,17 @@ def _dedupe(
 
 
 def _counting_chains(
-    pool: dict[str, Entry], forks: dict[str, int], ignored: dict[str, Rejection]
-) -> tuple[list[Entry], dict[str, int]]:
+    pool: dict[str, EntryFacts], forks: dict[str, int], ignored: dict[str, Rejection]
+) -> tuple[list[EntryFacts], dict[str, int]]:
     """Each author's linked prefix from seq 1, stopping at a gap, a bad link or the fork."""
-    by_author: dict[str, dict[int, Entry]] = defaultdict(dict)
+    by_author: dict[str, dict[int, EntryFacts]] = defaultdict(dict)
     for entry in sorted(pool.values(), key=lambda e: e.hash):
         by_author[entry.author].setdefault(entry.seq, entry)
-    counted: list[Entry] = []
+    counted: list[EntryFacts] = []
     lengths: dict[str, int] = {}
     for author, seqs in by_author.items():
         fork = forks.get(author, MAX_SAFE_INT + 1)
-        prev: Entry | None = None
+        prev: EntryFacts | None = None
         seq = 1
         while seq < fork and seq in seqs and check_link(prev, seqs[seq]) is None:
             prev = seqs[seq]
@@ -250,12 +268,13 @@ def _rarity_bonus(receipts: list[Receipt], rules: Rules) -> dict[str, int]:
 
 
 def compute(
-    entries: Iterable[Entry], *, rules: Rules = DEFAULT_RULES, verify: Verify | None = None
+    entries: Iterable[EntryFacts], *, rules: Rules = DEFAULT_RULES, verify: Verify | None = None
 ) -> LedgerReport:
     """Balances as a pure function of the set of entries; duplicates and order make no difference.
 
-    Entries are assumed to have passed ``check_body`` (a store only holds such); pass ``verify`` to check
-    them here instead, and those that fail are reported in ``ignored``. Rules, in order:
+    Entries are assumed to have passed ``check_body`` (a store only holds such, and may pass its ``Fact``
+    of each instead of the entry); pass ``verify`` to check whole entries here instead, and those that
+    fail are reported in ``ignored``. Rules, in order:
 
     - forks: an author with two different entries at one seq (seen directly or in a fork proof) counts
       only its entries below that seq; each author counts its linked prefix from seq 1;
@@ -288,8 +307,8 @@ def compute(
             found = accounts[peer] = Account(peer)
         return found
 
-    grants: dict[str, Entry] = {}
-    carriers: dict[str, list[Entry]] = defaultdict(list)
+    grants: dict[str, EntryFacts] = {}
+    carriers: dict[str, list[EntryFacts]] = defaultdict(list)
     for entry in counted:
         first = grants.get(entry.author)
         if isinstance(entry.body, Grant) and (first is None or entry.seq < first.seq):

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .canonical import is_peer_id, is_signature
 from .errors import LedgerError
@@ -23,6 +23,29 @@ Verify = Callable[[str, bytes, str], bool]
 """``verify(peer_id, message, signature_hex)``: whether the Ed25519 signature is good."""
 Sign = Callable[[bytes], str]
 """``sign(message) -> signature_hex`` of the author's key (``Identity.sign`` natively)."""
+
+
+class EntryFacts(Protocol):
+    """What balances read of a ledger entry: an ``Entry``, or a store's ``balances.Fact`` (the same
+    fields without the entry's signature and encoding, kept in memory to recompute balances cheaply)."""
+
+    @property
+    def hash(self) -> str: ...
+
+    @property
+    def author(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def prev(self) -> str: ...
+
+    @property
+    def time(self) -> int: ...
+
+    @property
+    def body(self) -> object: ...
 
 
 @dataclass(frozen=True)
