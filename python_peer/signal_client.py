@@ -347,9 +347,11 @@ class SignalClient:
                 await self._announce(link)
 
     def _bye(self) -> dict[str, Any]:
-        """``bye``, signed for the last announcement so that sibling nodes withdraw it too."""
+        """``bye``, signed so that sibling nodes withdraw our announcement too, with our next seq: it
+        supersedes every announcement signed before it, one still in flight included."""
         if self._seq == 0:
             return {"type": "bye"}
+        self._seq = max(self._seq + 1, _now_ms())
         sig = self._identity.sign_body(BYE_CONTEXT, bye_body(self.peer_id, self._seq))
         return {"type": "bye", "seq": self._seq, "sig": sig}
 

@@ -19,7 +19,9 @@ from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
     AUTH_CONTEXT,
     BYE_CONTEXT,
+    MAX_CLOCK_SKEW_MS,
     MAX_MESSAGE_BYTES,
+    MAX_SEQ_AHEAD_MS,
     MAX_TTL_MS,
     PROTOCOL_VERSION,
     Announcement,
@@ -97,6 +99,18 @@ class NodeConfig:
     def sibling_urls(self) -> tuple[str, ...]:
         """The siblings' URLs, without their keys."""
         return tuple(spec.partition("#")[0] for spec in self.siblings)
+
+
+def check_bye_seq(seq: int, now: int) -> None:
+    """Refuse a bye whose seq runs further ahead of ``now`` than any announcement's seq can (a peer
+    announces with seq = max(previous + 1, now in ms), bounded by ``MAX_SEQ_AHEAD_MS`` past an issue time
+    itself at most ``MAX_CLOCK_SKEW_MS`` ahead): it would make the peer's own later announcements stale."""
+    if seq > now + MAX_SEQ_AHEAD_MS + MAX_CLOCK_SKEW_MS:
+        raise SignalingError(
+            f"bye seq {seq} runs {seq - now} ms ahead of this node's clock: say bye with seq = "
+            "max(last announced seq + 1, now in ms)",
+            code="bad_message",
+        )
 
 
 def now_ms() -> int:
@@ -340,8 +354,17 @@ class SignalingNode:
         peer_id = conn.peer_id
         if peer_id is not None:
             if msg.seq is not None and msg.sig is not None:
-                # Signed: withdrawn here and, as a ``gone`` carrying the peer's signature, on siblings.
+                # Signed: withdrawn here and, as a ``gone`` carrying the peer's signature, on siblings;
+                # every announcement up to its seq (the peer's next seq when it said bye) goes.
+                check_bye_seq(msg.seq, now_ms())
                 verify_body(peer_id, BYE_CONTEXT, bye_body(peer_id, msg.seq), msg.sig)
+                held = self.directory.get(peer_id)
+                if held is not None and held.announcement.seq > msg.seq:
+                    raise SignalingError(
+                        f"bye seq {msg.seq} is older than the announcement held ({held.announcement.seq}): "
+                        "say bye with seq = max(last announced seq + 1, now in ms)",
+                        code="stale",
+                    )
                 self.directory.withdraw(peer_id, msg.seq)
                 gone = Gone(type="gone", hops=1, peer_id=peer_id, seq=msg.seq, sig=msg.sig)
                 self.federation.broadcast(peer_id, msg.seq, gone)
@@ -409,8 +432,9 @@ class SignalingNode:
             if msg.peer_id in self.local:
                 return  # the peer is connected here and said no bye here: a sibling cannot unlist it
             held = self.directory.get(msg.peer_id)
-            if held is None or held.announcement.seq != msg.seq:
-                return  # it names no announcement held here: changes nothing (checked before the signature)
+            if held is None or held.announcement.seq > msg.seq:
+                return  # no announcement held here up to its seq: changes nothing (checked before the signature)
+            check_bye_seq(msg.seq, now_ms())  # else dropped, like a bad signature
             verify_body(msg.peer_id, BYE_CONTEXT, bye_body(msg.peer_id, msg.seq), msg.sig)  # else dropped
             if self.directory.withdraw(msg.peer_id, msg.seq):
                 self.federation.forget_route(msg.peer_id)

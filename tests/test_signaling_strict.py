@@ -418,6 +418,71 @@ async def test_a_bye_with_a_bad_signature_is_refused_and_an_unsigned_one_stays_h
         assert _held_seq(b, pid) == body["seq"]  # until it expires
 
 
+async def test_a_bye_with_the_next_seq_withdraws_a_re_announcement_and_a_replay_withdraws_nothing_newer(
+    mesh: tuple[Node, Node],
+) -> None:
+    """A peer re-announcing while it says bye: its bye, signed with its next seq, withdraws what the
+    nodes hold (the re-announcement included) on both nodes, and the re-announcement still in flight
+    when the bye landed is ``stale`` after it. Once the peer is back with a later announcement, its old
+    bye replayed on its own connection, or as a ``gone`` by a trusted sibling, withdraws nothing; a bye
+    with a seq further ahead than any announcement may be (it would lock the peer out) is refused."""
+    a, b = mesh
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
+    async with raw_peer(b.url) as p, raw_peer(a.url) as sibling:
+        pid = p.identity.peer_id
+        await sibling.send(_federate(b_key, "strict-b4", sibling.hello, nonce="34" * 16))
+        assert (await sibling.recv())["type"] == "federated"
+        first = p.body(model="rebye/m")
+        assert (await p.announce(first))["type"] == "announced"
+        again = {**p.body(model="rebye/m"), "seq": first["seq"] + 1}  # a re-announcement...
+        in_flight = {**p.body(model="rebye/m"), "seq": first["seq"] + 2}  # ...and one not sent yet
+        assert (await p.announce(again))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == again["seq"]), 5.0, what="P on A")
+
+        bye_seq = max(in_flight["seq"] + 1, time.time_ns() // 1_000_000)  # the client's next seq
+        bye = {"type": "bye", "seq": bye_seq, "sig": _bye_sig(p.identity, pid, bye_seq)}
+        assert (await p.ask(bye))["type"] == "ack"
+        assert _held_seq(b, pid) is None
+        await wait_for_async(lambda: _async(_held_seq(a, pid) is None), 5.0, what="P's bye reaching A")
+        late = await p.announce(in_flight)
+        assert (late["type"], late["code"]) == ("error", "stale"), late
+        assert _held_seq(b, pid) is None
+
+        back = {**p.body(model="rebye/m"), "seq": bye_seq + 1}
+        assert (await p.announce(back))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == back["seq"]), 5.0, what="P back on A")
+        replayed = await p.ask(bye)  # the old bye, replayed on P's own connection
+        assert (replayed["type"], replayed.get("code")) == ("error", "stale"), replayed
+        assert _held_seq(b, pid) == back["seq"]
+        await sibling.send({"type": "gone", "hops": 0, "peer_id": pid, "seq": bye_seq, "sig": bye["sig"]})
+        await _marker_seen(a, sibling)  # A has read the replayed gone
+        assert _held_seq(a, pid) == back["seq"]
+
+        far = time.time_ns() // 1_000_000 + MAX_SEQ_AHEAD_MS + MAX_CLOCK_SKEW_MS + 60_000
+        far_sig = _bye_sig(p.identity, pid, far)
+        refused = await p.ask({"type": "bye", "seq": far, "sig": far_sig})
+        assert (refused["type"], refused.get("code")) == ("error", "bad_message"), refused
+        assert "ahead" in refused["message"]
+        await sibling.send({"type": "gone", "hops": 0, "peer_id": pid, "seq": far, "sig": far_sig})
+        await _marker_seen(a, sibling)
+        assert _held_seq(a, pid) == back["seq"] and _held_seq(b, pid) == back["seq"]
+        newest = {**p.body(model="rebye/m"), "seq": back["seq"] + 1}
+        assert (await p.announce(newest))["type"] == "announced"  # not locked out
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == newest["seq"]), 5.0, what="P's newest on A")
+
+
+async def _marker_seen(node: Node, sibling: RawPeer) -> None:
+    """A marker gossip sent on ``sibling`` after other messages: once ``node`` holds it, it has read them."""
+    marker = Identity.generate()
+    now = time.time_ns() // 1_000_000
+    body = Announcement(
+        peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+    )
+    sig = marker.sign_body(ANNOUNCE_CONTEXT, body.to_dict())
+    await sibling.send({"type": "gossip", "hops": 0, "body": body.to_dict(), "sig": sig})
+    await wait_for_async(lambda: _async(_held_seq(node, marker.peer_id) is not None), 5.0, what="a marker")
+
+
 def _bye_sig(signer: Identity, peer_id: str, seq: int) -> str:
     return signer.sign_body(BYE_CONTEXT, bye_body(peer_id, seq))
 

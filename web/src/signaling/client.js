@@ -292,8 +292,10 @@ export class SignalClient {
   /** Say `bye` (so the directory forgets this peer now, not at expiry), then close. */
   async close() {
     if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
-    // Signed for the last announcement, so that sibling nodes withdraw it too; signed before stopping,
-    // which closes the link.
+    // Signed, so that sibling nodes withdraw our announcement too, with our next seq: it supersedes
+    // every announcement signed before it, one still in flight included. Signed before stopping, which
+    // closes the link.
+    if (this.seq !== 0) this.seq = Math.max(this.seq + 1, Date.now());
     const bye = this.seq === 0 ? { type: 'bye' } : { type: 'bye', seq: this.seq, sig: await this.identity.signBody(BYE_CONTEXT, byeBody(this.peerId, this.seq)) };
     if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
     const link = this.connected.isSet ? this.link : null;
