@@ -219,13 +219,17 @@ _SIBLING_ADAPTER: TypeAdapter[Gossip | Gone | Relay] = TypeAdapter(SiblingMessag
 
 
 class Limits(Message):
-    """The bounds a node enforces, so a client can stay inside them."""
+    """The bounds a node enforces, so a client can stay inside them: ``first_message_ms``, how soon after
+    opening a websocket must send a message the node takes, and ``idle_ms``, how long a peer connection
+    may then go without one (a client re-announces well within it)."""
 
     max_message_bytes: int
     messages_per_s: float
     burst: int
     max_ttl_ms: int
     max_lookup_results: int
+    first_message_ms: int
+    idle_ms: int
 
 
 class Hello(Message):

@@ -32,7 +32,7 @@ from python_peer.core.canonical import (
 from python_peer.core.errors import SignalingError, SignatureError
 from python_peer.identity import Identity, verify, verify_body
 
-from .connection import Connection, Role, Transport
+from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
 from .directory import Directory, Entry, PutResult
 from .federation import Federation
 from .messages import (
@@ -90,6 +90,9 @@ class NodeConfig:
     signal_burst: int = 200
     max_limited_in_a_row: int = 100  # then the connection is closed (1008)
     sweep_interval_s: float = 0.5
+    # time bounds of a peer connection (``connection.py``), advertised in ``hello.limits``
+    first_message_timeout_s: float = FIRST_MESSAGE_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
 
     @property
     def public_url(self) -> str:
@@ -188,6 +191,8 @@ class SignalingNode:
             TokenBucket(self.config.messages_per_s, self.config.burst),
             max_states=self.config.max_entries,
         )
+        conn.first_message_timeout_s = self.config.first_message_timeout_s
+        conn.idle_timeout_s = self.config.idle_timeout_s
         if len(self.connections) >= self.config.max_connections:
             conn.send(Error(id=None, code="table_full", message="this signaling node is full; try another"))
             await conn.close(1013, "signaling node full", flush=True)
@@ -232,6 +237,8 @@ class SignalingNode:
             burst=self.config.burst,
             max_ttl_ms=MAX_TTL_MS,
             max_lookup_results=MAX_LOOKUP_RESULTS,
+            first_message_ms=round(conn.first_message_timeout_s * 1000),
+            idle_ms=round(conn.idle_timeout_s * 1000),
         )
         return Hello(
             protocol=PROTOCOL_VERSION,

@@ -35,6 +35,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import AnnouncementError
+from python_peer.core.protocol import SIGNALING_FIRST_MESSAGE_MS, SIGNALING_IDLE_MS
 from python_peer.identity import Identity, verify
 from signaling.connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection
 from signaling.messages import FEDERATE_CONTEXT, federate_claim
@@ -204,6 +205,55 @@ async def test_a_websocket_that_says_nothing_useful_is_closed(mesh: tuple[Node, 
         assert await user.lookup("idle/m") == []  # past the bound, and still served
     health = a.health()
     assert health is not None and len(health["siblings"]) == 1  # the sibling link is untouched
+
+
+async def test_hello_advertises_the_time_bounds_and_a_client_re_announces_within_the_idle_one(
+    mesh: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """``hello.limits`` carries the bounds the node applies: ``first_message_ms`` and ``idle_ms`` (the
+    protocol's by default; here a node configured with a 3 s idle bound). A raw peer that announces once
+    and falls silent is closed after it; the native client, whose own period is 40 s, re-announces
+    within half the advertised bound and keeps its one connection across several bounds."""
+    from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
+
+    async with raw_peer(mesh[0].url) as default:
+        limits = default.hello["limits"]
+        assert (limits["first_message_ms"], limits["idle_ms"]) == (
+            SIGNALING_FIRST_MESSAGE_MS,
+            SIGNALING_IDLE_MS,
+        )
+        assert (FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S) == (
+            SIGNALING_FIRST_MESSAGE_MS / 1000,
+            SIGNALING_IDLE_MS / 1000,
+        )
+    node = Node("strict-idle", tmp_path, extra_args=("--idle-timeout", "3"))
+    try:
+        node.wait()
+        async with raw_peer(node.url) as raw:
+            limits = raw.hello["limits"]
+            assert (limits["first_message_ms"], limits["idle_ms"]) == (SIGNALING_FIRST_MESSAGE_MS, 3_000)
+            assert (await raw.announce(model="idle2/m"))["type"] == "announced"
+            error, code, took = await _cut_off(raw, 12.0)
+            assert (error["code"], code) == ("timeout", 1008) and 2.0 < took < 9.0, (error, took)
+
+        config = SignalClientConfig(urls=(node.url,))
+        assert config.reannounce_s > 3
+        client = await SignalClient.create(Identity.generate(), config)
+        try:
+            assert client.renew_s == 1.5
+            first = _held_seq(node, client.peer_id)
+            assert first is not None
+            await wait_for_async(  # three idle bounds later (seq follows the clock in ms) ...
+                lambda: _async((_held_seq(node, client.peer_id) or 0) >= first + 9_000),
+                30.0,
+                what="the client re-announcing for 9 s",
+            )
+            # ... on the same connection, never closed for silence
+            assert client.connections == 1 and client.state is SignalClientState.CONNECTED
+        finally:
+            await client.close()
+    finally:
+        node.stop(signal.SIGTERM)
 
 
 class _SilentTransport:
