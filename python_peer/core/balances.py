@@ -8,6 +8,7 @@ prices and constants it applies are in ``economics.py``.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -16,7 +17,7 @@ from .canonical import MAX_SAFE_INT
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
 from .entries import Entry, ForkProof, Grant
 from .evidence import Evidence
-from .holds import HeldCredits, collect_holds
+from .holds import HeldCredits, Hold, collect_holds
 from .ledger_fields import EntryFacts, Rejection, Verify
 from .receipts import Receipt, ReceiptBody
 from .rules import check_body, check_link
@@ -25,17 +26,45 @@ from .rules import check_body, check_link
 class Fact:
     """What ``compute`` reads of one entry (``EntryFacts``): its hash, place in its chain, time and body,
     without the signature and the encoded bytes. A store keeps one per entry it holds, updated as it
-    writes, so balances are recomputed without parsing the ledger again (``LedgerStore.report``)."""
+    writes, so balances are recomputed without parsing the ledger again (``LedgerStore.report``).
+
+    A receipt's body is kept as its bare ``Receipt`` (the two signatures were checked when the entry was
+    stored and count for nothing here), and the names that recur in every entry (peer ids, models) are
+    interned: one string per identity, not one per entry (about 600 bytes per entry instead of 1,400)."""
 
     __slots__ = ("author", "body", "hash", "prev", "seq", "time")
 
     def __init__(self, entry: Entry, entry_hash: str | None = None) -> None:
         self.hash: str = entry.hash if entry_hash is None else entry_hash
-        self.author: str = entry.author
+        self.author: str = sys.intern(entry.author)
         self.seq: int = entry.seq
         self.prev: str = entry.prev
         self.time: int = entry.time
-        self.body: object = entry.body
+        self.body: object = _slim(entry.body)
+
+
+def _slim(body: object) -> object:
+    """The part of an entry's body ``compute`` reads, its recurring names interned."""
+    if isinstance(body, ReceiptBody):
+        r = body.receipt
+        slim = Receipt(
+            r.session, sys.intern(r.model), r.start, r.end, r.tokens, sys.intern(r.client),
+            sys.intern(r.server), r.time,
+        )  # fmt: skip
+        if "id" in r.__dict__:  # the cached id: the same bytes, so the same hash
+            slim.__dict__["id"] = r.__dict__["id"]
+        return slim
+    if isinstance(body, Hold):
+        h = body
+        return Hold(h.session, sys.intern(h.server), sys.intern(h.model), h.start, h.end, h.amount, h.expires)
+    return body
+
+
+def _receipt_of(body: object) -> Receipt | None:
+    """The receipt an entry carries: its body's (an ``Entry``) or the body itself (a ``Fact``)."""
+    if isinstance(body, ReceiptBody):
+        return body.receipt
+    return body if isinstance(body, Receipt) else None
 
 
 @dataclass
@@ -318,8 +347,8 @@ def compute(
         if isinstance(entry.body, Grant) and grants[entry.author] is not entry:
             claimed = grants[entry.author].seq
             ignored[entry.hash] = Rejection("grant_claimed", f"grant already claimed at seq {claimed}")
-        elif isinstance(entry.body, ReceiptBody):
-            carriers[entry.body.receipt.id].append(entry)
+        elif (carried := _receipt_of(entry.body)) is not None:
+            carriers[carried.id].append(entry)
     for author, forked_at in forks.items():
         account(author).forked_at = forked_at
     accused: dict[str, list[Accusation]] = defaultdict(list)
@@ -338,10 +367,9 @@ def compute(
             ignored[extra.hash] = Rejection(
                 "duplicate_receipt", f"receipt already counted in entry {copies[0].hash[:12]}…"
             )
-        body = copies[0].body
-        if not isinstance(body, ReceiptBody):
+        r = _receipt_of(copies[0].body)
+        if r is None:
             continue
-        r = body.receipt
         if (r.server, r.client, r.session) in voided:
             ignored[copies[0].hash] = Rejection(
                 "evidence", "its client holds evidence that the server lied in this session"
