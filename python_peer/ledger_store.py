@@ -42,7 +42,7 @@ from python_peer.core.economics import DEFAULT_RULES, Rules
 from python_peer.core.entries import GENESIS, Entry, ForkProof
 from python_peer.core.errors import LedgerError, SignatureError
 from python_peer.core.ledger_fields import Verify
-from python_peer.core.receipts import ReceiptBody
+from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.rules import check_entry, check_link
 from python_peer.identity import verify as _nacl_verify
 
@@ -122,6 +122,7 @@ class LedgerStore(ChainStore):
         # (``_facts_of``); None until the first report and after a rollback
         self._facts: tuple[dict[str, Fact], dict[str, Fact]] | None = None
         self._facts_version = -1
+        self._receipts: dict[str, Receipt] = {}  # receipt id -> the one Receipt its carriers' facts share
 
     @classmethod
     def open(
@@ -250,7 +251,7 @@ class LedgerStore(ChainStore):
             ),
         )
         if self._facts is not None:
-            self._facts[0][entry.hash] = Fact(entry)
+            self._facts[0][entry.hash] = Fact(entry, receipts=self._receipts)
 
     def _evidence_of(self, author: str) -> list[Entry]:
         rows = self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)).fetchall()
@@ -266,7 +267,7 @@ class LedgerStore(ChainStore):
             evidence = self._facts[1]
             for gone in [h for h, fact in evidence.items() if fact.author == author]:
                 del evidence[gone]
-            evidence.update((entry.hash, Fact(entry)) for entry in entries)
+            evidence.update((entry.hash, Fact(entry, receipts=self._receipts)) for entry in entries)
 
     def _drop_chain(self, author: str, from_seq: int) -> None:
         self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, from_seq))
@@ -403,11 +404,12 @@ class LedgerStore(ChainStore):
         entry parsed and dropped) the first time, after a rollback, or when another connection wrote
         (``data_version`` moved); else the ones this store's writes kept up to date."""
         if self._facts is None or self._facts_version != data_version:
+            self._receipts = {}
             tables: list[dict[str, Fact]] = []
             for table in ("entries", "evidence"):
                 facts: dict[str, Fact] = {}
                 for entry_hash, raw in self._conn.execute(f"SELECT hash, raw FROM {table}"):
-                    facts[entry_hash] = Fact(self._decode(raw), entry_hash)
+                    facts[entry_hash] = Fact(self._decode(raw), entry_hash, self._receipts)
                 tables.append(facts)
             self._facts = (tables[0], tables[1])
             self._facts_version = data_version

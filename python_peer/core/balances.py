@@ -30,29 +30,38 @@ class Fact:
 
     A receipt's body is kept as its bare ``Receipt`` (the two signatures were checked when the entry was
     stored and count for nothing here), and the names that recur in every entry (peer ids, models) are
-    interned: one string per identity, not one per entry (about 600 bytes per entry instead of 1,400)."""
+    interned: one string per identity, not one per entry; a store passes ``receipts`` so that the two
+    entries carrying one receipt share it (about 600 bytes per entry instead of 1,400)."""
 
     __slots__ = ("author", "body", "hash", "prev", "seq", "time")
 
-    def __init__(self, entry: Entry, entry_hash: str | None = None) -> None:
+    def __init__(
+        self, entry: Entry, entry_hash: str | None = None, receipts: dict[str, Receipt] | None = None
+    ) -> None:
         self.hash: str = entry.hash if entry_hash is None else entry_hash
         self.author: str = sys.intern(entry.author)
         self.seq: int = entry.seq
         self.prev: str = entry.prev
         self.time: int = entry.time
-        self.body: object = _slim(entry.body)
+        self.body: object = _slim(entry.body, receipts)
 
 
-def _slim(body: object) -> object:
-    """The part of an entry's body ``compute`` reads, its recurring names interned."""
+def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
+    """The part of an entry's body ``compute`` reads, its recurring names interned. ``receipts`` (receipt
+    id -> Receipt) lets the facts of a receipt's two carriers (its client's and its server's entry)
+    share one ``Receipt``."""
     if isinstance(body, ReceiptBody):
         r = body.receipt
+        if receipts is not None and (shared := receipts.get(r.id)) is not None:
+            return shared
         slim = Receipt(
             r.session, sys.intern(r.model), r.start, r.end, r.tokens, sys.intern(r.client),
             sys.intern(r.server), r.time,
         )  # fmt: skip
         if "id" in r.__dict__:  # the cached id: the same bytes, so the same hash
             slim.__dict__["id"] = r.__dict__["id"]
+        if receipts is not None:
+            receipts[r.id] = slim
         return slim
     if isinstance(body, Hold):
         h = body
@@ -89,7 +98,7 @@ class Account:
     deferred: dict[int, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Settlement:
     """What one counted receipt moved: its price, what its client could pay of it, what its server got.
 

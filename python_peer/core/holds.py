@@ -35,7 +35,7 @@ MIN_HOLD_LEFT_MS = 60_000  # a peer refuses a hold with less than this left: the
 _HOLD_KEYS = frozenset({"kind", "session", "server", "model", "start", "end", "amount", "expires"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     """A promise of at most ``amount`` units to ``server`` for one session over ``[start, end)`` of
     ``model``, until ``expires`` (ms). Its author is the paying client."""
@@ -97,7 +97,7 @@ def check_hold(author: str, entry_time: int, hold: Hold) -> Rejection | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldCredits:
     """One hold in a client's counting chain, as a report sees it."""
 

@@ -48,7 +48,7 @@ class EntryFacts(Protocol):
     def body(self) -> object: ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """Why an entry was refused or does not count: a stable ``code`` and a sentence for people."""
 
