@@ -10,7 +10,11 @@ browser's ``core.memory_store.MemoryStore``); this file keeps the rows. Two tabl
   (they no longer count) and refuses later ones, so per-author storage stays bounded.
 
 What the store holds is then a function of the entries it was offered, whatever their order, and
-``report()`` is ``core.balances.compute`` over both tables (cached until the next write).
+``report()`` is ``core.balances.compute`` over both tables (cached until the next write). Balances are
+kept incrementally: the store keeps in memory one ``core.balances.Fact`` per row (what ``compute``
+reads: no signature, no encoded bytes), read from the tables once and then updated by every write it
+commits, so ``report()`` after a write re-runs ``compute`` over those facts without parsing the ledger
+again (a write by another connection, or a rolled-back transaction, makes it read them again).
 
 Every write is one transaction: a batch (``insert_many``, ``append_many``, ``merge`` chunks) is stored
 whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
@@ -32,13 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from python_peer.core.balances import LedgerReport, compute
+from python_peer.core.balances import Fact, LedgerReport, compute
 from python_peer.core.chain_store import ChainStore, Quote, Signer, wall_clock_ms
 from python_peer.core.economics import DEFAULT_RULES, Rules
 from python_peer.core.entries import GENESIS, Entry, ForkProof
 from python_peer.core.errors import LedgerError, SignatureError
 from python_peer.core.ledger_fields import Verify
-from python_peer.core.receipts import ReceiptBody
+from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.rules import check_entry, check_link
 from python_peer.identity import verify as _nacl_verify
 
@@ -114,6 +118,11 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
+        # hash -> fact of each chain row and each evidence row, and the data_version they were read at
+        # (``_facts_of``); None until the first report and after a rollback
+        self._facts: tuple[dict[str, Fact], dict[str, Fact]] | None = None
+        self._facts_version = -1
+        self._receipts: dict[str, Receipt] = {}  # receipt id -> the one Receipt its carriers' facts share
 
     @classmethod
     def open(
@@ -177,14 +186,17 @@ class LedgerStore(ChainStore):
             try:
                 yield
             except sqlite3.Error as exc:
+                self._facts = None
                 self._conn.execute("ROLLBACK")
                 raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
             except BaseException:
+                self._facts = None
                 self._conn.execute("ROLLBACK")
                 raise
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
+                self._facts = None
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
@@ -238,6 +250,8 @@ class LedgerStore(ChainStore):
                 entry.encoded,
             ),
         )
+        if self._facts is not None:
+            self._facts[0][entry.hash] = Fact(entry, receipts=self._receipts)
 
     def _evidence_of(self, author: str) -> list[Entry]:
         rows = self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)).fetchall()
@@ -249,9 +263,18 @@ class LedgerStore(ChainStore):
             self._conn.execute(
                 "INSERT INTO evidence VALUES (?, ?, ?, ?)", (entry.hash, author, seq, entry.encoded)
             )
+        if self._facts is not None:
+            evidence = self._facts[1]
+            for gone in [h for h, fact in evidence.items() if fact.author == author]:
+                del evidence[gone]
+            evidence.update((entry.hash, Fact(entry, receipts=self._receipts)) for entry in entries)
 
     def _drop_chain(self, author: str, from_seq: int) -> None:
         self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, from_seq))
+        if self._facts is not None:
+            chain = self._facts[0]
+            for gone in [h for h, f in chain.items() if f.author == author and f.seq >= from_seq]:
+                del chain[gone]
 
     def _has_grant(self, author: str) -> bool:
         sql = "SELECT 1 FROM entries WHERE author = ? AND kind = 'grant' LIMIT 1"
@@ -365,15 +388,32 @@ class LedgerStore(ChainStore):
     # --- balances ---------------------------------------------------------------------------------------
 
     def report(self) -> LedgerReport:
-        """``core.balances.compute`` over everything held; recomputed only after a write (same input, same output)."""
+        """``core.balances.compute`` over everything held; recomputed only after a write (same input, same
+        output), over the facts kept in memory (``_facts_of``), not the rows."""
         with self._lock:
             version = self._version()
             if self._cache is not None and self._cache[0] == version:
                 return self._cache[1]
-            rows = self._conn.execute("SELECT raw FROM entries UNION ALL SELECT raw FROM evidence").fetchall()
-            result = compute((self._decode(raw) for (raw,) in rows), rules=self.rules)
+            chain, evidence = self._facts_of(version[0])
+            result = compute([*chain.values(), *evidence.values()], rules=self.rules)
             self._cache = (version, result)
             return result
+
+    def _facts_of(self, data_version: int) -> tuple[dict[str, Fact], dict[str, Fact]]:
+        """The facts of every chain row and evidence row. Read from the tables (one row at a time, each
+        entry parsed and dropped) the first time, after a rollback, or when another connection wrote
+        (``data_version`` moved); else the ones this store's writes kept up to date."""
+        if self._facts is None or self._facts_version != data_version:
+            self._receipts = {}
+            tables: list[dict[str, Fact]] = []
+            for table in ("entries", "evidence"):
+                facts: dict[str, Fact] = {}
+                for entry_hash, raw in self._conn.execute(f"SELECT hash, raw FROM {table}"):
+                    facts[entry_hash] = Fact(self._decode(raw), entry_hash, self._receipts)
+                tables.append(facts)
+            self._facts = (tables[0], tables[1])
+            self._facts_version = data_version
+        return self._facts
 
     # --- integrity --------------------------------------------------------------------------------------
 

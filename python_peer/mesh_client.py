@@ -311,6 +311,7 @@ class MeshClient:
                             announcement.throughput_milli / 1000.0,
                             announcement.kv_free_tokens,
                             self.rtts.get(announcement.peer_id),
+                            own=self.local is not None and announcement.peer_id == self.signal.peer_id,
                         )
                     )
         return found

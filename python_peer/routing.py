@@ -31,10 +31,13 @@ class Candidate:
     throughput: float = 0.0  # block-tokens per second, as announced
     kv_free_tokens: int = 1
     rtt_s: float | None = None
+    # this node's own span, reached in process (``hop.LocalHop``): no round trip (and nothing to pay),
+    # from the first route on, so a node that serves the API uses its own span unless it is slower
+    own: bool = False
 
     def cost(self) -> float:
         per_block = 1.0 / self.throughput if self.throughput > 0 else DEFAULT_BLOCK_S
-        rtt = self.rtt_s if self.rtt_s is not None else DEFAULT_RTT_S
+        rtt = 0.0 if self.own else self.rtt_s if self.rtt_s is not None else DEFAULT_RTT_S
         return rtt + (self.end - self.start) * per_block
 
 

@@ -136,6 +136,9 @@ class _LinkLost(Exception):
     """The websocket a request went out on closed before the answer came: retry on the next one."""
 
 
+MIN_RENEW_S = 1.0  # never re-announce more often, whatever a node advertises (nodes allow 1/s per peer)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -148,6 +151,7 @@ class _Link:
     ws: ClientConnection
     node_id: str
     nonce: str
+    renew_s: float  # how often to re-announce here: ours, or sooner if the node's idle bound asks it
     pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     reader: asyncio.Task[None] | None = None
@@ -206,6 +210,7 @@ class SignalClient:
         self._seq = 0
         self._last_error = "not tried yet"
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connections = 0  # connections made and announced on, the first and every failover
 
     @classmethod
     async def create(
@@ -246,6 +251,12 @@ class SignalClient:
     def url(self) -> str | None:
         """The node this client is connected to now, if any."""
         return self._link.url if self._link is not None and self._connected.is_set() else None
+
+    @property
+    def renew_s(self) -> float | None:
+        """How often this client re-announces on its current node: ``reannounce_s``, or half the idle
+        bound the node advertised in its hello when that is sooner (at least ``MIN_RENEW_S``)."""
+        return self._link.renew_s if self._link is not None else None
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -347,9 +358,11 @@ class SignalClient:
                 await self._announce(link)
 
     def _bye(self) -> dict[str, Any]:
-        """``bye``, signed for the last announcement so that sibling nodes withdraw it too."""
+        """``bye``, signed so that sibling nodes withdraw our announcement too, with our next seq: it
+        supersedes every announcement signed before it, one still in flight included."""
         if self._seq == 0:
             return {"type": "bye"}
+        self._seq = max(self._seq + 1, _now_ms())
         sig = self._identity.sign_body(BYE_CONTEXT, bye_body(self.peer_id, self._seq))
         return {"type": "bye", "seq": self._seq, "sig": sig}
 
@@ -448,6 +461,7 @@ class SignalClient:
                 continue
             backoff, failures = self._config.backoff_initial_s, 0
             self._link = link
+            self.connections += 1
             self._set_state(SignalClientState.CONNECTED)
             self._connected.set()
             try:
@@ -473,8 +487,8 @@ class SignalClient:
         link: _Link | None = None
         try:
             raw = await asyncio.wait_for(ws.recv(), self._config.connect_timeout_s)
-            node_id, nonce = self._read_hello(raw)
-            link = _Link(url, ws, node_id, nonce)
+            node_id, nonce, renew_s = self._read_hello(raw)
+            link = _Link(url, ws, node_id, nonce, renew_s)
             link.reader = asyncio.get_running_loop().create_task(self._read(link), name=f"signal-read-{url}")
             await self._announce(link)
         except BaseException:
@@ -486,7 +500,10 @@ class SignalClient:
             raise
         return link
 
-    def _read_hello(self, raw: str | bytes) -> tuple[str, str]:
+    def _read_hello(self, raw: str | bytes) -> tuple[str, str, float]:
+        """The node's id and nonce, and how often to re-announce there: ``reannounce_s``, or half the
+        ``limits.idle_ms`` the node advertises when that is sooner (it closes a connection silent that
+        long). The first message goes at once: the announcement, right after the hello."""
         try:
             hello = json.loads(raw)
         except (ValueError, RecursionError) as exc:
@@ -506,13 +523,19 @@ class SignalClient:
                         break
                     self._urls.append(url)
                     log.debug("learned signaling node %s", url)
-        return node_id, nonce
+        renew_s = self._config.reannounce_s
+        limits = hello.get("limits")
+        idle_ms = limits.get("idle_ms") if isinstance(limits, dict) else None
+        if isinstance(idle_ms, int) and not isinstance(idle_ms, bool) and idle_ms > 0:
+            renew_s = min(renew_s, max(MIN_RENEW_S, idle_ms / 2000))
+        return node_id, nonce, renew_s
 
     async def _keep_announced(self, link: _Link) -> None:
-        """Re-announce every ``reannounce_s`` until the connection drops."""
+        """Re-announce every ``reannounce_s`` (sooner if the node's idle bound asks) until the connection
+        drops."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.closed.wait(), self._config.reannounce_s)
+                await asyncio.wait_for(link.closed.wait(), link.renew_s)
             if link.closed.is_set():
                 return
             try:

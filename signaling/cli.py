@@ -69,6 +69,16 @@ def register(subparsers: Any) -> None:
         "--burst", type=int, default=60, help="messages a peer may send at once (default: %(default)s)"
     )
     parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help=(
+            "seconds a peer connection may send nothing before it is closed, advertised in hello so "
+            "clients re-announce sooner (default: the protocol's, an announcement's longest life + 60 s)"
+        ),
+    )
+    parser.add_argument(
         "--model-dir",
         action="append",
         default=[],
@@ -93,6 +103,7 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
     from python_peer.identity import Identity
 
     from .app import SignalOptions
+    from .connection import IDLE_TIMEOUT_S
     from .node import NodeConfig
 
     if not 0 < args.port < 65536:
@@ -118,6 +129,8 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         identity = Identity.load_or_create(args.data_dir) if args.data_dir else Identity.generate()
     except IdentityError as exc:
         raise CommandError(f"--data-dir {args.data_dir}: {exc}") from exc
+    if args.idle_timeout is not None and not 2.0 <= args.idle_timeout <= 86_400:
+        raise CommandError(f"--idle-timeout {args.idle_timeout:g} must be between 2 and 86400 seconds")
     node = NodeConfig(
         host=args.host,
         port=args.port,
@@ -129,6 +142,7 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         max_connections=args.max_connections,
         messages_per_s=args.rate,
         burst=args.burst,
+        idle_timeout_s=IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout,
     )
     return SignalOptions(node=node, model_dirs=tuple(args.model_dir), ice=ice)
 

@@ -29,7 +29,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from python_peer.core.canonical import MAX_CLOCK_SKEW_MS, MAX_TTL_MS
+from python_peer.core.protocol import SIGNALING_FIRST_MESSAGE_MS, SIGNALING_IDLE_MS
 
 from .messages import Error, Message
 from .outbox import Outbox, Rank
@@ -42,10 +42,11 @@ FLUSH_TIMEOUT_S = 0.5
 DROP_LOG_INTERVAL_S = 10.0  # at most one warning this often per connection, with the count so far
 # A websocket that opens and says nothing useful (a slowloris of websockets) holds a connection slot:
 # the first message the node takes must come this soon; clients send ``announce`` or ``lookup`` at once.
-FIRST_MESSAGE_TIMEOUT_S = 10.0
 # A peer re-announces well within its announcement's lifetime (at most MAX_TTL_MS): a peer connection
-# silent longer than that, plus the clock skew allowed, has nothing listed here any more.
-IDLE_TIMEOUT_S = (MAX_TTL_MS + MAX_CLOCK_SKEW_MS) / 1000
+# silent longer than that, plus the clock skew allowed, has nothing listed here any more. Both are the
+# protocol's defaults (``core/protocol.py``), advertised in ``hello.limits`` as a node applies them.
+FIRST_MESSAGE_TIMEOUT_S = SIGNALING_FIRST_MESSAGE_MS / 1000
+IDLE_TIMEOUT_S = SIGNALING_IDLE_MS / 1000
 TIMEOUT_CLOSE_CODE = 1008
 _ids = itertools.count(1)
 

@@ -86,19 +86,24 @@ class Directory:
         return PutResult.REPLACED if held is not None else PutResult.NEW
 
     def withdraw(self, peer_id: str, seq: int) -> bool:
-        """Drop the peer's announcement if ``seq`` is the seq it was signed with; remember the withdrawal.
+        """Drop the peer's announcement if it was signed with a seq up to ``seq``; remember the withdrawal,
+        so an announcement up to ``seq`` arriving later (one in flight, gossip) is ``stale``. Whether an
+        announcement was dropped.
 
-        A withdrawal names the announcement it withdraws: one for a seq this node does not hold (older,
-        newer, or of a peer it never heard of) does nothing, so a ``gone`` can never carry a seq beyond
-        what the peer itself signed and hide its later announcements.
+        A peer's bye names a seq at least as large as every announcement it signed before it (its next
+        seq): it withdraws them all, even one it re-announced while saying bye. An announcement with a
+        larger seq, signed after the bye, is never touched, so a replayed bye withdraws nothing newer.
+        The caller bounds ``seq`` by its clock (``node.check_bye_seq``), as announcements are bounded.
         """
         held = self._entries.get(peer_id)
-        if held is None or held.announcement.seq != seq:
+        if held is not None and held.announcement.seq > seq:
             return False
         self._tombstones[peer_id] = max(seq, self._tombstones.get(peer_id, seq))
         self._tombstones.move_to_end(peer_id)
         while len(self._tombstones) > self.max_entries:
             self._tombstones.popitem(last=False)
+        if held is None:
+            return False
         self._remove(held)
         return True
 

@@ -127,8 +127,11 @@ class Bye(Message):
     """The peer leaves: its announcement is withdrawn here, and on siblings when signed.
 
     ``seq`` and ``sig``, both or neither: the peer's signature (``BYE_CONTEXT``) over
-    ``bye_body(peer_id, seq)``, ``seq`` being the announcement it withdraws. Only a signed bye travels
-    to siblings (as ``gone``, with the signature): a node cannot withdraw what the peer did not."""
+    ``bye_body(peer_id, seq)``; it withdraws every announcement of the peer with a seq up to ``seq``, so a
+    peer says bye with its next seq (``max(last seq + 1, now in ms)``, at most as far ahead of a node's
+    clock as an announcement's seq may be), which supersedes every announcement it signed, one in flight
+    included. Only a signed bye travels to siblings (as ``gone``, with the signature): a node cannot
+    withdraw what the peer did not, and a replayed bye never withdraws an announcement signed after it."""
 
     type: Literal["bye"]
     id: RequestId = None
@@ -186,8 +189,9 @@ class Gossip(Message):
 
 
 class Gone(Message):
-    """A peer said ``bye``: drop its announcement ``seq`` (only that one). ``sig`` is the peer's own
-    signature of ``bye_body(peer_id, seq)`` (``BYE_CONTEXT``), checked by every node that takes it."""
+    """A peer said ``bye``: drop its announcement if its seq is at most ``seq`` (never a later one).
+    ``sig`` is the peer's own signature of ``bye_body(peer_id, seq)`` (``BYE_CONTEXT``), checked by every
+    node that takes it."""
 
     type: Literal["gone"]
     hops: Annotated[int, Field(ge=0, le=MAX_HOPS)]
@@ -215,13 +219,17 @@ _SIBLING_ADAPTER: TypeAdapter[Gossip | Gone | Relay] = TypeAdapter(SiblingMessag
 
 
 class Limits(Message):
-    """The bounds a node enforces, so a client can stay inside them."""
+    """The bounds a node enforces, so a client can stay inside them: ``first_message_ms``, how soon after
+    opening a websocket must send a message the node takes, and ``idle_ms``, how long a peer connection
+    may then go without one (a client re-announces well within it)."""
 
     max_message_bytes: int
     messages_per_s: float
     burst: int
     max_ttl_ms: int
     max_lookup_results: int
+    first_message_ms: int
+    idle_ms: int
 
 
 class Hello(Message):

@@ -19,7 +19,9 @@ from python_peer.core.canonical import (
     ANNOUNCE_CONTEXT,
     AUTH_CONTEXT,
     BYE_CONTEXT,
+    MAX_CLOCK_SKEW_MS,
     MAX_MESSAGE_BYTES,
+    MAX_SEQ_AHEAD_MS,
     MAX_TTL_MS,
     PROTOCOL_VERSION,
     Announcement,
@@ -30,7 +32,7 @@ from python_peer.core.canonical import (
 from python_peer.core.errors import SignalingError, SignatureError
 from python_peer.identity import Identity, verify, verify_body
 
-from .connection import Connection, Role, Transport
+from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
 from .directory import Directory, Entry, PutResult
 from .federation import Federation
 from .messages import (
@@ -88,6 +90,9 @@ class NodeConfig:
     signal_burst: int = 200
     max_limited_in_a_row: int = 100  # then the connection is closed (1008)
     sweep_interval_s: float = 0.5
+    # time bounds of a peer connection (``connection.py``), advertised in ``hello.limits``
+    first_message_timeout_s: float = FIRST_MESSAGE_TIMEOUT_S
+    idle_timeout_s: float = IDLE_TIMEOUT_S
 
     @property
     def public_url(self) -> str:
@@ -97,6 +102,18 @@ class NodeConfig:
     def sibling_urls(self) -> tuple[str, ...]:
         """The siblings' URLs, without their keys."""
         return tuple(spec.partition("#")[0] for spec in self.siblings)
+
+
+def check_bye_seq(seq: int, now: int) -> None:
+    """Refuse a bye whose seq runs further ahead of ``now`` than any announcement's seq can (a peer
+    announces with seq = max(previous + 1, now in ms), bounded by ``MAX_SEQ_AHEAD_MS`` past an issue time
+    itself at most ``MAX_CLOCK_SKEW_MS`` ahead): it would make the peer's own later announcements stale."""
+    if seq > now + MAX_SEQ_AHEAD_MS + MAX_CLOCK_SKEW_MS:
+        raise SignalingError(
+            f"bye seq {seq} runs {seq - now} ms ahead of this node's clock: say bye with seq = "
+            "max(last announced seq + 1, now in ms)",
+            code="bad_message",
+        )
 
 
 def now_ms() -> int:
@@ -174,6 +191,8 @@ class SignalingNode:
             TokenBucket(self.config.messages_per_s, self.config.burst),
             max_states=self.config.max_entries,
         )
+        conn.first_message_timeout_s = self.config.first_message_timeout_s
+        conn.idle_timeout_s = self.config.idle_timeout_s
         if len(self.connections) >= self.config.max_connections:
             conn.send(Error(id=None, code="table_full", message="this signaling node is full; try another"))
             await conn.close(1013, "signaling node full", flush=True)
@@ -218,6 +237,8 @@ class SignalingNode:
             burst=self.config.burst,
             max_ttl_ms=MAX_TTL_MS,
             max_lookup_results=MAX_LOOKUP_RESULTS,
+            first_message_ms=round(conn.first_message_timeout_s * 1000),
+            idle_ms=round(conn.idle_timeout_s * 1000),
         )
         return Hello(
             protocol=PROTOCOL_VERSION,
@@ -340,8 +361,17 @@ class SignalingNode:
         peer_id = conn.peer_id
         if peer_id is not None:
             if msg.seq is not None and msg.sig is not None:
-                # Signed: withdrawn here and, as a ``gone`` carrying the peer's signature, on siblings.
+                # Signed: withdrawn here and, as a ``gone`` carrying the peer's signature, on siblings;
+                # every announcement up to its seq (the peer's next seq when it said bye) goes.
+                check_bye_seq(msg.seq, now_ms())
                 verify_body(peer_id, BYE_CONTEXT, bye_body(peer_id, msg.seq), msg.sig)
+                held = self.directory.get(peer_id)
+                if held is not None and held.announcement.seq > msg.seq:
+                    raise SignalingError(
+                        f"bye seq {msg.seq} is older than the announcement held ({held.announcement.seq}): "
+                        "say bye with seq = max(last announced seq + 1, now in ms)",
+                        code="stale",
+                    )
                 self.directory.withdraw(peer_id, msg.seq)
                 gone = Gone(type="gone", hops=1, peer_id=peer_id, seq=msg.seq, sig=msg.sig)
                 self.federation.broadcast(peer_id, msg.seq, gone)
@@ -409,8 +439,9 @@ class SignalingNode:
             if msg.peer_id in self.local:
                 return  # the peer is connected here and said no bye here: a sibling cannot unlist it
             held = self.directory.get(msg.peer_id)
-            if held is None or held.announcement.seq != msg.seq:
-                return  # it names no announcement held here: changes nothing (checked before the signature)
+            if held is None or held.announcement.seq > msg.seq:
+                return  # no announcement held here up to its seq: changes nothing (checked before the signature)
+            check_bye_seq(msg.seq, now_ms())  # else dropped, like a bad signature
             verify_body(msg.peer_id, BYE_CONTEXT, bye_body(msg.peer_id, msg.seq), msg.sig)  # else dropped
             if self.directory.withdraw(msg.peer_id, msg.seq):
                 self.federation.forget_route(msg.peer_id)

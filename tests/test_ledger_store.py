@@ -13,9 +13,11 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from python_peer.core.balances import LedgerReport, compute
 from python_peer.core.economics import format_units
 from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
@@ -184,6 +186,85 @@ def test_an_own_fork_is_refused_and_never_extended(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="log is forked at seq 2") as caught:
         store.append(server, cosign(client, server), NOW)
     assert caught.value.code == "forked"
+
+
+def _whole(report: LedgerReport) -> tuple[Any, ...]:
+    return (
+        report.accounts,
+        report.ignored,
+        report.forks,
+        report.counted,
+        report.settled,
+        report.holds,
+        report.consumed,
+        report.accusations,
+    )
+
+
+def _recomputed(store: LedgerStore) -> tuple[Any, ...]:
+    """The report computed afresh from the rows the store holds now."""
+    return _whole(compute([*store.entries(), *store.evidence()], rules=RULES))
+
+
+def test_balances_kept_in_memory_follow_a_fork_that_drops_a_chains_tail(tmp_path: Path) -> None:
+    """A fork learned at seq 2 of a 4-entry chain drops entries 2-4 from the store: the balances kept in
+    memory forget them too (the tail's receipts no longer pay), as a recompute from the rows does."""
+    client, server = ids(2, 850)
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES)
+    store.claim_grant(client, T0)
+    log = Log(server)
+    chain = [log.add(grant(server)), *(log.add(cosign(client, server, tokens=50 + i)) for i in range(3))]
+    assert [o.status for o in store.insert_many(chain, NOW)] == ["stored"] * 4
+    paid = store.report()
+    assert paid.accounts[client.peer_id].receipts_paid == 3
+    twin = Log(server)
+    twin.entries = chain[:1]
+    assert store.insert(twin.add(cosign(client, server, tokens=7)), NOW).status == "fork"
+    after = store.report()
+    assert _whole(after) == _recomputed(store)
+    assert after.forks == {server.peer_id: 2}
+    assert after.accounts[client.peer_id].receipts_paid == 0 and after.balance(client.peer_id) > paid.balance(
+        client.peer_id
+    )
+
+
+def test_balances_kept_in_memory_see_another_connections_writes_and_survive_a_rollback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes may share a ledger file (the CLI beside a running peer): a write by the other
+    connection is seen by the next report; a batch that fails mid-way leaves the report as it was."""
+    client, server = ids(2, 860)
+    path = tmp_path / LEDGER_FILE
+    first, second = LedgerStore.open(path, rules=RULES), LedgerStore.open(path, rules=RULES)
+    first.claim_grant(client, T0)
+    first.claim_grant(server, T0)
+    before = first.report()
+    second.append(server, cosign(client, server), T0 + 70_000)
+    assert _whole(first.report()) == _recomputed(first) != _whole(before)
+    assert first.report().accounts[client.peer_id].receipts_paid == 1
+
+    real = first._write_entry
+    calls = {"n": 0}
+
+    def failing(entry: Entry) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(entry)
+
+    kept = _whole(first.report())
+    monkeypatch.setattr(first, "_write_entry", failing)
+    bodies = [cosign(client, server, tokens=i + 1, time=T0 + 80_000) for i in range(3)]
+    with pytest.raises(LedgerError, match="disk I/O error"):
+        first.append_many(server, bodies, T0 + 90_000)
+    assert _whole(first.report()) == kept == _recomputed(first)
+    monkeypatch.setattr(first, "_write_entry", real)
+    first.append_many(server, bodies[1:], T0 + 90_000)  # other entries at the seqs the failed batch used
+    first.append(server, bodies[0], T0 + 90_000)
+    assert _whole(first.report()) == _recomputed(first) == _whole(second.report())
+    assert first.report().accounts[client.peer_id].receipts_paid == 4
+    first.close()
+    second.close()
 
 
 async def test_threads_share_one_store(tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import AnnouncementError
+from python_peer.core.protocol import SIGNALING_FIRST_MESSAGE_MS, SIGNALING_IDLE_MS
 from python_peer.identity import Identity, verify
 from signaling.connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection
 from signaling.messages import FEDERATE_CONTEXT, federate_claim
@@ -204,6 +205,55 @@ async def test_a_websocket_that_says_nothing_useful_is_closed(mesh: tuple[Node, 
         assert await user.lookup("idle/m") == []  # past the bound, and still served
     health = a.health()
     assert health is not None and len(health["siblings"]) == 1  # the sibling link is untouched
+
+
+async def test_hello_advertises_the_time_bounds_and_a_client_re_announces_within_the_idle_one(
+    mesh: tuple[Node, Node], tmp_path: Path
+) -> None:
+    """``hello.limits`` carries the bounds the node applies: ``first_message_ms`` and ``idle_ms`` (the
+    protocol's by default; here a node configured with a 3 s idle bound). A raw peer that announces once
+    and falls silent is closed after it; the native client, whose own period is 40 s, re-announces
+    within half the advertised bound and keeps its one connection across several bounds."""
+    from python_peer.signal_client import SignalClient, SignalClientConfig, SignalClientState
+
+    async with raw_peer(mesh[0].url) as default:
+        limits = default.hello["limits"]
+        assert (limits["first_message_ms"], limits["idle_ms"]) == (
+            SIGNALING_FIRST_MESSAGE_MS,
+            SIGNALING_IDLE_MS,
+        )
+        assert (FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S) == (
+            SIGNALING_FIRST_MESSAGE_MS / 1000,
+            SIGNALING_IDLE_MS / 1000,
+        )
+    node = Node("strict-idle", tmp_path, extra_args=("--idle-timeout", "3"))
+    try:
+        node.wait()
+        async with raw_peer(node.url) as raw:
+            limits = raw.hello["limits"]
+            assert (limits["first_message_ms"], limits["idle_ms"]) == (SIGNALING_FIRST_MESSAGE_MS, 3_000)
+            assert (await raw.announce(model="idle2/m"))["type"] == "announced"
+            error, code, took = await _cut_off(raw, 12.0)
+            assert (error["code"], code) == ("timeout", 1008) and 2.0 < took < 9.0, (error, took)
+
+        config = SignalClientConfig(urls=(node.url,))
+        assert config.reannounce_s > 3
+        client = await SignalClient.create(Identity.generate(), config)
+        try:
+            assert client.renew_s == 1.5
+            first = _held_seq(node, client.peer_id)
+            assert first is not None
+            await wait_for_async(  # three idle bounds later (seq follows the clock in ms) ...
+                lambda: _async((_held_seq(node, client.peer_id) or 0) >= first + 9_000),
+                30.0,
+                what="the client re-announcing for 9 s",
+            )
+            # ... on the same connection, never closed for silence
+            assert client.connections == 1 and client.state is SignalClientState.CONNECTED
+        finally:
+            await client.close()
+    finally:
+        node.stop(signal.SIGTERM)
 
 
 class _SilentTransport:
@@ -416,6 +466,71 @@ async def test_a_bye_with_a_bad_signature_is_refused_and_an_unsigned_one_stays_h
         assert (await p.ask({"type": "bye"}))["type"] == "ack"
         assert _held_seq(a, pid) is None
         assert _held_seq(b, pid) == body["seq"]  # until it expires
+
+
+async def test_a_bye_with_the_next_seq_withdraws_a_re_announcement_and_a_replay_withdraws_nothing_newer(
+    mesh: tuple[Node, Node],
+) -> None:
+    """A peer re-announcing while it says bye: its bye, signed with its next seq, withdraws what the
+    nodes hold (the re-announcement included) on both nodes, and the re-announcement still in flight
+    when the bye landed is ``stale`` after it. Once the peer is back with a later announcement, its old
+    bye replayed on its own connection, or as a ``gone`` by a trusted sibling, withdraws nothing; a bye
+    with a seq further ahead than any announcement may be (it would lock the peer out) is refused."""
+    a, b = mesh
+    b_key = Identity.load_or_create(node_data_dir(Path(b.log.parent), b.name))
+    async with raw_peer(b.url) as p, raw_peer(a.url) as sibling:
+        pid = p.identity.peer_id
+        await sibling.send(_federate(b_key, "strict-b4", sibling.hello, nonce="34" * 16))
+        assert (await sibling.recv())["type"] == "federated"
+        first = p.body(model="rebye/m")
+        assert (await p.announce(first))["type"] == "announced"
+        again = {**p.body(model="rebye/m"), "seq": first["seq"] + 1}  # a re-announcement...
+        in_flight = {**p.body(model="rebye/m"), "seq": first["seq"] + 2}  # ...and one not sent yet
+        assert (await p.announce(again))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == again["seq"]), 5.0, what="P on A")
+
+        bye_seq = max(in_flight["seq"] + 1, time.time_ns() // 1_000_000)  # the client's next seq
+        bye = {"type": "bye", "seq": bye_seq, "sig": _bye_sig(p.identity, pid, bye_seq)}
+        assert (await p.ask(bye))["type"] == "ack"
+        assert _held_seq(b, pid) is None
+        await wait_for_async(lambda: _async(_held_seq(a, pid) is None), 5.0, what="P's bye reaching A")
+        late = await p.announce(in_flight)
+        assert (late["type"], late["code"]) == ("error", "stale"), late
+        assert _held_seq(b, pid) is None
+
+        back = {**p.body(model="rebye/m"), "seq": bye_seq + 1}
+        assert (await p.announce(back))["type"] == "announced"
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == back["seq"]), 5.0, what="P back on A")
+        replayed = await p.ask(bye)  # the old bye, replayed on P's own connection
+        assert (replayed["type"], replayed.get("code")) == ("error", "stale"), replayed
+        assert _held_seq(b, pid) == back["seq"]
+        await sibling.send({"type": "gone", "hops": 0, "peer_id": pid, "seq": bye_seq, "sig": bye["sig"]})
+        await _marker_seen(a, sibling)  # A has read the replayed gone
+        assert _held_seq(a, pid) == back["seq"]
+
+        far = time.time_ns() // 1_000_000 + MAX_SEQ_AHEAD_MS + MAX_CLOCK_SKEW_MS + 60_000
+        far_sig = _bye_sig(p.identity, pid, far)
+        refused = await p.ask({"type": "bye", "seq": far, "sig": far_sig})
+        assert (refused["type"], refused.get("code")) == ("error", "bad_message"), refused
+        assert "ahead" in refused["message"]
+        await sibling.send({"type": "gone", "hops": 0, "peer_id": pid, "seq": far, "sig": far_sig})
+        await _marker_seen(a, sibling)
+        assert _held_seq(a, pid) == back["seq"] and _held_seq(b, pid) == back["seq"]
+        newest = {**p.body(model="rebye/m"), "seq": back["seq"] + 1}
+        assert (await p.announce(newest))["type"] == "announced"  # not locked out
+        await wait_for_async(lambda: _async(_held_seq(a, pid) == newest["seq"]), 5.0, what="P's newest on A")
+
+
+async def _marker_seen(node: Node, sibling: RawPeer) -> None:
+    """A marker gossip sent on ``sibling`` after other messages: once ``node`` holds it, it has read them."""
+    marker = Identity.generate()
+    now = time.time_ns() // 1_000_000
+    body = Announcement(
+        peer_id=marker.peer_id, kind="native", seq=now, issued_ms=now, expires_ms=now + 60_000
+    )
+    sig = marker.sign_body(ANNOUNCE_CONTEXT, body.to_dict())
+    await sibling.send({"type": "gossip", "hops": 0, "body": body.to_dict(), "sig": sig})
+    await wait_for_async(lambda: _async(_held_seq(node, marker.peer_id) is not None), 5.0, what="a marker")
 
 
 def _bye_sig(signer: Identity, peer_id: str, seq: int) -> str:

@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any
 from .canonical import MAX_LAYER, MAX_SAFE_INT, MODEL_RE
 from .economics import DEFAULT_RULES, Rules, price
 from .errors import LedgerError, PaymentRequiredError
-from .ledger_fields import Rejection, int_field, object_fields, peer_field
+from .ledger_fields import EntryFacts, Rejection, int_field, object_fields, peer_field
 from .receipts import MAX_RECEIPT_BLOCKS, SESSION_RE
 
 if TYPE_CHECKING:
     from .balances import LedgerReport
-    from .entries import Entry
 
 HOLD_TTL_MS = 600_000  # how long a client's hold lasts by default: a generation is done well within it
 MAX_HOLD_MS = 3_600_000  # a hold expires at most this long after the entry that carries it
@@ -36,7 +35,7 @@ MIN_HOLD_LEFT_MS = 60_000  # a peer refuses a hold with less than this left: the
 _HOLD_KEYS = frozenset({"kind", "session", "server", "model", "start", "end", "amount", "expires"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hold:
     """A promise of at most ``amount`` units to ``server`` for one session over ``[start, end)`` of
     ``model``, until ``expires`` (ms). Its author is the paying client."""
@@ -98,7 +97,7 @@ def check_hold(author: str, entry_time: int, hold: Hold) -> Rejection | None:
     return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class HeldCredits:
     """One hold in a client's counting chain, as a report sees it."""
 
@@ -207,7 +206,7 @@ def own_hold(
     return Hold(session, server, model, start, end, amount, now + HOLD_TTL_MS)
 
 
-def collect_holds(counted: list[Entry]) -> dict[str, list[HeldCredits]]:
+def collect_holds(counted: list[EntryFacts]) -> dict[str, list[HeldCredits]]:
     """Author -> its holds, in seq order, from the entries in counting positions."""
     holds: dict[str, list[HeldCredits]] = {}
     for entry in sorted(counted, key=lambda e: (e.author, e.seq)):

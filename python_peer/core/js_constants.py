@@ -89,6 +89,8 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "PROBE_TIMEOUT_MS",
             "PROBE_MISSES",
             "OPEN_TIMEOUT_MS",
+            "SIGNALING_FIRST_MESSAGE_MS",
+            "SIGNALING_IDLE_MS",
         ),
     ),
     (receipts, ("RECEIPT_CONTEXT",)),

@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .canonical import is_peer_id, is_signature
 from .errors import LedgerError
@@ -25,7 +25,30 @@ Sign = Callable[[bytes], str]
 """``sign(message) -> signature_hex`` of the author's key (``Identity.sign`` natively)."""
 
 
-@dataclass(frozen=True)
+class EntryFacts(Protocol):
+    """What balances read of a ledger entry: an ``Entry``, or a store's ``balances.Fact`` (the same
+    fields without the entry's signature and encoding, kept in memory to recompute balances cheaply)."""
+
+    @property
+    def hash(self) -> str: ...
+
+    @property
+    def author(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def prev(self) -> str: ...
+
+    @property
+    def time(self) -> int: ...
+
+    @property
+    def body(self) -> object: ...
+
+
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """Why an entry was refused or does not count: a stable ``code`` and a sentence for people."""
 

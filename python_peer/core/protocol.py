@@ -8,6 +8,8 @@ numbers; the browser's copies are generated from this module into ``web/src/prot
 
 from __future__ import annotations
 
+from .canonical import MAX_CLOCK_SKEW_MS, MAX_TTL_MS
+
 MAX_SESSIONS = 64  # open inference sessions a span server holds at once
 MAX_PENDING_RECEIPTS = 1024  # receipts a server proposed and still waits to see countersigned
 MAX_LENGTH_LIMIT = 32768  # the largest ``max_length`` an OPEN may ask for
@@ -24,3 +26,12 @@ PROBE_EVERY_MS = 1_000  # while waiting for an answer, a client pings the peer t
 PROBE_TIMEOUT_MS = 3_000  # a ping unanswered this long is a miss
 PROBE_MISSES = 2  # this many misses in a row mean the peer is gone
 OPEN_TIMEOUT_MS = 10_000  # OPEN does no compute: a peer that leaves it unanswered this long is routed around
+
+# Signaling's time bounds on a websocket, advertised in ``hello.limits`` (``first_message_ms``, ``idle_ms``)
+# as the node applies them, so a client stays inside them: the first message the node takes must come
+# this soon after the connection opens (clients announce or look up at once; a websocket that says
+# nothing useful is closed), and a peer connection that sends none for this long is closed (a peer
+# re-announces within its announcement's lifetime, at most MAX_TTL_MS; clients re-announce well within
+# the advertised bound).
+SIGNALING_FIRST_MESSAGE_MS = 10_000
+SIGNALING_IDLE_MS = MAX_TTL_MS + MAX_CLOCK_SKEW_MS

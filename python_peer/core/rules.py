@@ -14,7 +14,7 @@ from .economics import DEFAULT_RULES, Rules
 from .entries import MAX_ENTRY_BYTES, MAX_FORK_PROOF_BYTES, Entry, ForkProof, Grant
 from .evidence import Evidence, check_evidence
 from .holds import Hold, check_hold
-from .ledger_fields import MAX_FUTURE_MS, Rejection, Verify, verified
+from .ledger_fields import MAX_FUTURE_MS, EntryFacts, Rejection, Verify, verified
 from .proof_of_work import pow_bits
 from .receipts import ReceiptBody
 
@@ -99,7 +99,7 @@ class Link(Protocol):
     def time(self) -> int: ...
 
 
-def check_link(prev: Link | None, entry: Entry) -> Rejection | None:
+def check_link(prev: Link | None, entry: EntryFacts) -> Rejection | None:
     """Whether ``entry`` extends ``prev``, the author's entry ``seq - 1`` (None if not held)."""
     if entry.seq == 1:
         return None

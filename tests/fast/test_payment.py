@@ -12,6 +12,7 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType
 from python_peer.ledger_service import LedgerService
 from python_peer.mesh_client import MeshError
 from python_peer.rpc import RpcClient
+from python_peer.span_gate import SpanGate
 from tests.fast.conftest import ToyMesh, greedy
 from tests.support.holds import open_meta, push_frame, write_hold
 
@@ -60,3 +61,34 @@ async def test_the_refusal_is_an_error_frame_with_its_code(
         await rpc_rich.aclose()
     finally:
         await rpc.aclose()
+
+
+async def test_a_node_routes_its_own_span_in_process_and_pays_only_for_the_others(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """An API node serving blocks 1-3 reaches them in process, with no round trip, for free: it routes
+    through itself even when another peer of that span announces ten times its throughput and was
+    measured 2 ms away, and holds (promises to pay) only the peers of the other spans. (Before, a node
+    whose own span had never been tried ranked it at the default round trip of an unmeasured peer and
+    paid another peer for it: in the chaos run, the API nodes ran out of credits.)"""
+    m = toy_mesh
+    mine = make_ledger()
+    me = m.peer((1, 3), ledger=mine, throughput=5000)
+    faster = m.peer((1, 3), ledger=make_ledger(), throughput=50_000)
+    others = {m.peer(span, ledger=make_ledger(), throughput=50_000) for span in ((0, 1), (3, 4))}
+    gate = SpanGate(m.servers[me], me)
+    client = m.client(mine, local=gate)
+    client.rtts[faster] = 0.002
+
+    for _ in range(2):
+        _, session = await greedy(client, [1, 2, 3], 4)
+        assert [hop[0] for hop in session.route][1] == me
+    report = mine.store.report()
+    assert {h.hold.server for h in report.holds[me]} == others
+    assert m.servers[faster].tokens_served == 0
+
+    # paused, its own span is routed around like any other failing peer, and the other peer is paid
+    assert gate.set_serving(False)
+    _, session = await greedy(client, [1, 2, 3], 4)
+    assert [hop[0] for hop in session.route][1] == faster
+    assert faster in {h.hold.server for h in mine.store.report().holds[me]}

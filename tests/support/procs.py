@@ -62,7 +62,7 @@ class Node:
 
     ``siblings`` are nodes (or ``URL#KEY`` strings) it dials; ``accept`` names nodes of the same
     ``log_dir`` that will dial it (their keys are made now). ``env`` adds to (or overrides) the test
-    process's environment for this node only.
+    process's environment for this node only; ``extra_args`` are more ``ai4all signal`` flags.
     """
 
     def __init__(
@@ -73,6 +73,7 @@ class Node:
         model_dirs: Sequence[Path] = (),
         env: dict[str, str] | None = None,
         accept: Sequence[str] = (),
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.name = name
         self.key = node_key(log_dir, name)
@@ -89,6 +90,7 @@ class Node:
             args += ["--accept-sibling", node_key(log_dir, other)]
         for model_dir in model_dirs:
             args += ["--model-dir", str(model_dir)]
+        args += list(extra_args)
         with self.log.open("w") as out:
             self.proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env={**_env(), **(env or {})}

@@ -103,3 +103,22 @@ test('a bye is signed over the bytes Python checks (bye_body, BYE_CONTEXT)', asy
     '8f3e3564f30b68307e14ed9d63256d299d62c47d761b19358554a4752572178a7b12f4250c53d74f5a1be23f662e2283b8da0d9d0520e1a9086ba34dd6b98309',
   );
 });
+
+test('a client re-announces within half the idle bound a node advertises in hello, never more often than MIN_RENEW_MS', async () => {
+  const { SignalClient, MIN_RENEW_MS } = await import('../src/signaling/client.js');
+  const { SIGNALING_FIRST_MESSAGE_MS, SIGNALING_IDLE_MS } = await import('../src/protocol/constants.js');
+  const client = new SignalClient(await Identity.generate(), { urls: ['ws://127.0.0.1:9'], log: quiet });
+  const hello = (/** @type {unknown} */ limits) => ({ type: 'hello', protocol: 1, node_id: 'n', nonce: 'ab', siblings: [], limits });
+  const renew = (/** @type {unknown} */ limits) => {
+    const link = /** @type {any} */ ({ nodeId: '', nonce: '', renewMs: 0 });
+    client.readHello(link, hello(limits));
+    return link.renewMs;
+  };
+  // the protocol's bounds (what a node advertises by default) leave the client's own 40 s period
+  assert.equal(renew({ first_message_ms: SIGNALING_FIRST_MESSAGE_MS, idle_ms: SIGNALING_IDLE_MS }), 40_000);
+  assert.equal(renew({ first_message_ms: 10_000, idle_ms: 3_000 }), 1_500); // a node with a 3 s bound
+  assert.equal(renew({ idle_ms: 10 }), MIN_RENEW_MS); // a node asking absurdly often is not obeyed
+  for (const bad of [undefined, null, { idle_ms: '3000' }, { idle_ms: -5 }, { idle_ms: 1.5 }, { idle_ms: true }]) {
+    assert.equal(renew(bad), 40_000); // an older node, or a malformed bound: the client's own period
+  }
+});

@@ -88,6 +88,8 @@ export const PROBE_EVERY_MS = 1000;
 export const PROBE_TIMEOUT_MS = 3000;
 export const PROBE_MISSES = 2;
 export const OPEN_TIMEOUT_MS = 10000;
+export const SIGNALING_FIRST_MESSAGE_MS = 10000;
+export const SIGNALING_IDLE_MS = 660000;
 
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";

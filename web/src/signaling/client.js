@@ -99,6 +99,9 @@ export const SignalClientState = Object.freeze({
 });
 
 /** A browser peer's connection to the signaling mesh: announce, look up peers, exchange signals. */
+/** Never re-announce more often than this, whatever a node advertises (nodes allow one announcement a second per peer). */
+export const MIN_RENEW_MS = 1_000;
+
 export class SignalClient {
   /**
    * Use `await SignalClient.create(...)`, which also connects.
@@ -292,8 +295,10 @@ export class SignalClient {
   /** Say `bye` (so the directory forgets this peer now, not at expiry), then close. */
   async close() {
     if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
-    // Signed for the last announcement, so that sibling nodes withdraw it too; signed before stopping,
-    // which closes the link.
+    // Signed, so that sibling nodes withdraw our announcement too, with our next seq: it supersedes
+    // every announcement signed before it, one still in flight included. Signed before stopping, which
+    // closes the link.
+    if (this.seq !== 0) this.seq = Math.max(this.seq + 1, Date.now());
     const bye = this.seq === 0 ? { type: 'bye' } : { type: 'bye', seq: this.seq, sig: await this.identity.signBody(BYE_CONTEXT, byeBody(this.peerId, this.seq)) };
     if (this.state === SignalClientState.CLOSING || this.state === SignalClientState.CLOSED) return;
     const link = this.connected.isSet ? this.link : null;
@@ -453,6 +458,15 @@ export class SignalClient {
     }
     link.nodeId = nodeId;
     link.nonce = nonce;
+    // The node closes a peer connection silent for `limits.idle_ms`: re-announce within half of it when
+    // that is sooner than our own period (never more often than MIN_RENEW_MS). The first message (the
+    // announcement) goes at once, well within `limits.first_message_ms`.
+    link.renewMs = this.config.reannounceMs;
+    const limits = hello.limits;
+    const idleMs = limits !== null && typeof limits === 'object' ? /** @type {{[key: string]: unknown}} */ (limits).idle_ms : undefined;
+    if (typeof idleMs === 'number' && Number.isInteger(idleMs) && idleMs > 0) {
+      link.renewMs = Math.min(link.renewMs, Math.max(MIN_RENEW_MS, idleMs / 2));
+    }
     if (this.config.learnUrls && Array.isArray(hello.siblings)) {
       for (const sibling of hello.siblings.slice(0, 16)) {
         if (typeof sibling !== 'string' || !URL_RE.test(sibling) || this.urlList.includes(sibling)) continue;
@@ -468,7 +482,7 @@ export class SignalClient {
    */
   async keepAnnounced(link) {
     while (true) {
-      await Promise.race([link.closed.wait(), this.stopped.wait(), this.sleep(this.config.reannounceMs)]);
+      await Promise.race([link.closed.wait(), this.stopped.wait(), this.sleep(link.renewMs || this.config.reannounceMs)]);
       if (link.closed.isSet || this.stopped.isSet) return;
       try {
         await this.announce(link);

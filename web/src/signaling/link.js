@@ -66,6 +66,8 @@ export class Link {
     this.ws = ws;
     this.nodeId = '';
     this.nonce = '';
+    /** how often to re-announce on this link (ms): the client's period, or sooner if the node's idle bound asks */
+    this.renewMs = 0;
     /** @type {{[key: string]: unknown} | null} */
     this.hello = null;
     /** @type {Map<number, {resolve: (m: {[key: string]: unknown}) => void, reject: (e: Error) => void}>} */
