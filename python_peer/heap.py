@@ -8,6 +8,11 @@ free heap). ``malloc_trim(0)`` hands every whole free page of every arena back t
 (``madvise(MADV_DONTNEED)``) without moving anything. ``trim_rounds`` calls it every ``interval`` seconds
 on glibc (each ``MeshNode`` runs one; a process with several nodes trims once per interval); elsewhere
 (musl, macOS, Pyodide) there is nothing to call and it returns at once.
+
+It first fixes glibc's mmap threshold at its default, 128 KiB (``settle_allocator``): glibc raises the
+threshold each time a large block is freed (up to 32 MiB), after which the large transient buffers of a
+node (frames, tensors, JSON of gossip) are carved from the heap between long-lived objects instead of
+being mapped apart and unmapped when freed.
 """
 
 from __future__ import annotations
@@ -30,20 +35,39 @@ _lock = threading.Lock()
 _last_trim = float("-inf")
 
 
-def _load_trim() -> Callable[[int], int] | None:
+MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept fixed: larger blocks are mapped apart
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+
+
+def _load_glibc() -> tuple[Callable[[int], int], Callable[[int, int], int]] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim  # glibc only
+        trim, mallopt = libc.malloc_trim, libc.mallopt  # glibc only
     except (OSError, AttributeError):
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return trim, mallopt
 
 
-_malloc_trim = _load_trim()
+_glibc = _load_glibc()
+_malloc_trim = _glibc[0] if _glibc is not None else None
+_settled = False
+
+
+def settle_allocator() -> bool:
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` (once per process); True if it is set."""
+    global _settled
+    if _glibc is None:
+        return False
+    with _lock:
+        if not _settled:
+            _settled = bool(_glibc[1](_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+        return _settled
 
 
 def can_trim() -> bool:
@@ -72,6 +96,7 @@ async def trim_rounds(interval: float = TRIM_INTERVAL_S) -> None:
     """Trim every ``interval`` seconds until cancelled (returns at once where there is nothing to call)."""
     if _malloc_trim is None:
         return
+    settle_allocator()
     while True:
         await asyncio.sleep(interval)
         began = time.perf_counter()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,6 +35,45 @@ def test_a_fragmented_heap_is_given_back() -> None:
     after = rss_mib()
     assert before - after > 32, f"RSS {before:.1f} -> {after:.1f} MiB"
     assert len(kept) == 512
+
+
+LARGE_BLOCKS = """
+import sys
+from python_peer import heap
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+if sys.argv[1] == "settled":
+    assert heap.settle_allocator()
+first = bytearray(b"x" * (1 << 20))
+del first  # a mapped 1 MiB block freed: glibc alone would now carve blocks up to 1 MiB from the heap
+large, small = [], []
+for _ in range(256):
+    large.append(bytearray(b"x" * (200 * 1024)))  # 50 MiB of transient buffers (frames, tensors)
+    small.append(bytearray(b"y" * 2048))  # long-lived, allocated between them
+peak = rss()
+del large
+print(peak - rss())
+"""
+
+
+@glibc
+def test_with_the_threshold_fixed_freed_large_buffers_leave_at_once() -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    given_back = {
+        mode: float(
+            subprocess.run(
+                [sys.executable, "-c", LARGE_BLOCKS, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+            ).stdout
+        )
+        for mode in ("settled", "glibc default")
+    }
+    assert given_back["settled"] > 45, given_back  # of 50 MiB, without any trim
+    assert given_back["settled"] > given_back["glibc default"], given_back
 
 
 @glibc
