@@ -32,6 +32,7 @@ from python_peer.chat import prompt_ids
 from python_peer.core.economics import network_rules, price
 from python_peer.core.errors import AI4AllError
 from python_peer.core.holds import held_units
+from python_peer.core.http_limits import KEEP_ALIVE_S
 from python_peer.core.manifest import Manifest
 from python_peer.generate import Generation, SamplingParams, agenerate
 from python_peer.mesh_client import ClientConfig, MeshClient
@@ -235,7 +236,11 @@ class ApiWorker:
     async def run(self, load: Load, seed: int, timeout: float) -> None:
         rng = _Rng(seed)
         turn = self.index
-        async with httpx.AsyncClient(trust_env=False, timeout=timeout) as http:
+        # A kept-alive connection is dropped here before the API peer drops it (``KEEP_ALIVE_S`` idle): at
+        # one request every 2 x ``interval_s`` per API peer, the two clocks would otherwise race, and a
+        # request sent on a connection the server is closing fails with nothing to do with chaos.
+        limits = httpx.Limits(keepalive_expiry=KEEP_ALIVE_S / 2)
+        async with httpx.AsyncClient(trust_env=False, timeout=timeout, limits=limits) as http:
             while not load.stop.is_set():
                 began = time.monotonic()
                 url = self.api_urls[turn % len(self.api_urls)]

@@ -106,6 +106,15 @@ class _Link:
     time: int
 
 
+def _linked(fact: Fact, facts: dict[str, Fact]) -> Fact:
+    """``fact`` sharing one string with its predecessor's hash for its ``prev`` (the same 64 hex digits:
+    about a ninth of what a fact holds)."""
+    before = facts.get(fact.prev)
+    if before is not None:
+        fact.prev = before.hash
+    return fact
+
+
 class LedgerStore(ChainStore):
     """One node's copy of the ledger in SQLite; every decision is ``ChainStore``'s. Open with ``open``; close, or use ``with``."""
 
@@ -251,7 +260,8 @@ class LedgerStore(ChainStore):
             ),
         )
         if self._facts is not None:
-            self._facts[0][entry.hash] = Fact(entry, receipts=self._receipts)
+            chain = self._facts[0]
+            chain[entry.hash] = _linked(Fact(entry, receipts=self._receipts), chain)
 
     def _evidence_of(self, author: str) -> list[Entry]:
         rows = self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)).fetchall()
@@ -410,6 +420,8 @@ class LedgerStore(ChainStore):
                 facts: dict[str, Fact] = {}
                 for entry_hash, raw in self._conn.execute(f"SELECT hash, raw FROM {table}"):
                     facts[entry_hash] = Fact(self._decode(raw), entry_hash, self._receipts)
+                for fact in facts.values():
+                    _linked(fact, facts)
                 tables.append(facts)
             self._facts = (tables[0], tables[1])
             self._facts_version = data_version

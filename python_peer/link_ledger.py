@@ -55,6 +55,7 @@ from .ledger_store import now_ms
 
 log = logging.getLogger(__name__)
 
+MAX_GOSSIPED = 1024  # peers a client remembers its last exchange with (older than the cadence: dropped)
 MAX_ADMITTED_HOLDS = 4096  # holds a server remembers having opened a session on (each opens one)
 
 
@@ -130,7 +131,7 @@ class ClientExchange:
         last = self.gossiped.get(peer_id)
         recent = last is not None and now - last < (self.gossip_every_s or 30.0)
         if entry.seq > PUSH_ENTRIES and not recent:
-            self.gossiped[peer_id] = now
+            self._note_gossip(peer_id, now)
             await gossip_exchange(
                 self.ledger,
                 peer_id,
@@ -190,11 +191,23 @@ class ClientExchange:
         last = self.gossiped.get(peer_id)
         if last is not None and now - last < every:
             return None
-        self.gossiped[peer_id] = now
+        self._note_gossip(peer_id, now)
         task = asyncio.create_task(self._gossip_logged(peer_id, hop), name=f"gossip-{peer_id[:8]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
+
+    def _note_gossip(self, peer_id: str, now: float) -> None:
+        """Remember when an exchange with ``peer_id`` started; times older than the cadence count as
+        never (so they are dropped once ``MAX_GOSSIPED`` peers are remembered, then the oldest)."""
+        self.gossiped.pop(peer_id, None)
+        self.gossiped[peer_id] = now
+        if len(self.gossiped) > MAX_GOSSIPED:
+            every = self.gossip_every_s or 30.0
+            for peer in [p for p, at in self.gossiped.items() if now - at >= every]:
+                del self.gossiped[peer]
+            while len(self.gossiped) > MAX_GOSSIPED:
+                del self.gossiped[next(iter(self.gossiped))]
 
     async def settled(self) -> None:
         """Wait for the gossip exchanges under way."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +62,8 @@ from .spot_check import DEFAULT_POLICY, AnswerCheck, SpotCheckPolicy, SpotChecks
 from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
+
+MAX_HOPS = 64  # links (and round trips) a client keeps, to the peers it used most recently
 
 
 class PeerDirectory(Protocol):
@@ -181,8 +184,10 @@ class MeshClient:
         )
         policy = self.config.spot_checks
         self.spot_checks = SpotChecks(policy) if policy is not None else None
-        self.rtts: dict[str, float] = {}
-        self._rpcs: dict[str, HopClient] = {}
+        # Per peer, least recently used first, at most MAX_HOPS of each: a client that meets peer after
+        # peer (or identities thrown away and re-announced) keeps links and round trips of the recent ones.
+        self.rtts: OrderedDict[str, float] = OrderedDict()
+        self._rpcs: OrderedDict[str, HopClient] = OrderedDict()
         self._connecting: dict[str, asyncio.Lock] = {}
         self._lookups: dict[tuple[int, int], tuple[float, list[Announcement]]] = {}
         self._suspects: set[str] = set()
@@ -218,7 +223,9 @@ class MeshClient:
         async with lock:
             rpc = self._rpcs.get(peer_id)
             if rpc is not None and not rpc.closed:
+                self._rpcs.move_to_end(peer_id)
                 return rpc
+            await self._make_room(peer_id)
             try:
                 link = await asyncio.wait_for(self.links.connect(peer_id), self.config.connect_timeout_s)
             except SignalingError as exc:
@@ -230,17 +237,40 @@ class MeshClient:
             rpc = RpcClient(link)
             self._rpcs[peer_id] = rpc
             try:
-                self.rtts[peer_id] = await asyncio.wait_for(link.ping(), self.config.connect_timeout_s)
+                self._note_rtt(peer_id, await asyncio.wait_for(link.ping(), self.config.connect_timeout_s))
             except HOP_FAILURES as exc:
                 log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
             return rpc
+
+    async def _make_room(self, peer_id: str) -> None:
+        """Before a new hop to ``peer_id``: forget its closed one, and close hops to the peers least
+        recently used (their links, and the connect locks no one waits on) while MAX_HOPS are kept."""
+        old = self._rpcs.pop(peer_id, None)
+        if old is not None:
+            await old.aclose()  # closed already; releases what it still holds
+        for gone in [p for p, hop in self._rpcs.items() if hop.closed]:
+            del self._rpcs[gone]
+        while len(self._rpcs) >= MAX_HOPS:
+            gone, hop = self._rpcs.popitem(last=False)
+            log.debug("closing the idle link to %s: %d links kept", gone[:8], MAX_HOPS)
+            await hop.aclose()
+        for gone in [p for p, lock in self._connecting.items() if p not in self._rpcs and not lock.locked()]:
+            if gone != peer_id:
+                del self._connecting[gone]
+
+    def _note_rtt(self, peer_id: str, seconds: float) -> None:
+        self.rtts[peer_id] = seconds
+        self.rtts.move_to_end(peer_id)
+        while len(self.rtts) > MAX_HOPS:
+            self.rtts.popitem(last=False)
 
     def _local_hop(self, peer_id: str, handler: FrameHandler) -> HopClient:
         hop = self._rpcs.get(peer_id)
         if hop is None or hop.closed:
             hop = LocalHop(handler, f"api:{peer_id}")
             self._rpcs[peer_id] = hop
-            self.rtts[peer_id] = 0.0
+        self._rpcs.move_to_end(peer_id)
+        self._note_rtt(peer_id, 0.0)
         return hop
 
     async def hold(self, hop: RouteHop, tokens: int) -> str | None:

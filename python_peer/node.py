@@ -25,6 +25,7 @@ from python_peer.core.spans import Span
 
 from .block_selection import checked_span, least_served_choice
 from .errors import PeerError
+from .heap import trim_rounds
 from .hop import FrameHandler
 from .identity import Identity
 from .ledger_service import LedgerService
@@ -79,6 +80,7 @@ class MeshNode:
         self.spawn(self._pump_signals(), "signal-pump")
         if ledger is not None and config is not None:
             self.spawn(self._gossip_rounds(config.gossip_interval_s, config.gossip_fanout), "ledger-gossip")
+        self.spawn(trim_rounds(), "heap-trim")  # freed heap back to the OS (heap.py), once per process
 
     @classmethod
     async def create(cls, config: NodeConfig, *, gossip_model: tuple[str, int] | None = None) -> MeshNode:

@@ -215,6 +215,28 @@ def test_balances_kept_in_memory_follow_a_fork_that_drops_a_chains_tail(tmp_path
     )
 
 
+def test_a_fact_kept_in_memory_shares_its_link_with_its_predecessors_hash(tmp_path: Path) -> None:
+    """Memory per entry: each fact's ``prev`` is the very string of its predecessor's hash, whether the
+    facts were read from the rows (on open) or kept up to date by writes; the balances are unchanged."""
+    client, server = ids(2, 870)
+    path = tmp_path / LEDGER_FILE
+    store = LedgerStore.open(path, rules=RULES)
+    store.claim_grant(client, T0)
+    store.claim_grant(server, T0)
+    store.report()  # the facts are read, then kept up to date by the writes below
+    store.append_many(server, [cosign(client, server, tokens=i + 1, time=T0 + 1_000) for i in range(3)], NOW)
+    reopened = LedgerStore.open(path, rules=RULES)
+    for kept in (store, reopened):
+        assert whole_report(kept.report()) == _recomputed(kept)
+        assert kept._facts is not None
+        chain = kept._facts[0]
+        linked = [fact for fact in chain.values() if fact.seq > 1]
+        assert len(linked) == 3
+        assert all(fact.prev is chain[fact.prev].hash for fact in linked)
+    store.close()
+    reopened.close()
+
+
 def test_balances_kept_in_memory_see_another_connections_writes_and_survive_a_rollback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

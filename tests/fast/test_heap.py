@@ -1,0 +1,99 @@
+"""Freed heap goes back to the OS (``python_peer.heap``): what a long-lived node does every few seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from python_peer import heap
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as status:
+        kib = next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+    return kib / 1024
+
+
+glibc = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and heap.can_trim()), reason="malloc_trim is glibc's"
+)
+
+
+@glibc
+def test_a_fragmented_heap_is_given_back() -> None:
+    # 64 MiB in 2 KiB chunks (malloc's, not Python's small-object arenas), then every chunk freed but one
+    # in 64: each free run is walled in by a live chunk, so free() alone returns none of it to the OS
+    chunks = [bytes(2048) for _ in range(32 * 1024)]
+    kept = chunks[::64]
+    del chunks
+    before = rss_mib()
+    assert heap.trim()
+    after = rss_mib()
+    assert before - after > 32, f"RSS {before:.1f} -> {after:.1f} MiB"
+    assert len(kept) == 512
+
+
+LARGE_BLOCKS = """
+import sys
+from python_peer import heap
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
+if sys.argv[1] == "settled":
+    assert heap.settle_allocator()
+first = bytearray(b"x" * (1 << 20))
+del first  # a mapped 1 MiB block freed: glibc alone would now carve blocks up to 1 MiB from the heap
+large, small = [], []
+for _ in range(256):
+    large.append(bytearray(b"x" * (200 * 1024)))  # 50 MiB of transient buffers (frames, tensors)
+    small.append(bytearray(b"y" * 2048))  # long-lived, allocated between them
+peak = rss()
+del large
+print(peak - rss())
+"""
+
+
+@glibc
+def test_with_the_threshold_fixed_freed_large_buffers_leave_at_once() -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    given_back = {
+        mode: float(
+            subprocess.run(
+                [sys.executable, "-c", LARGE_BLOCKS, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+            ).stdout
+        )
+        for mode in ("settled", "glibc default")
+    }
+    assert given_back["settled"] > 45, given_back  # of 50 MiB, without any trim
+    assert given_back["settled"] > given_back["glibc default"], given_back
+
+
+@glibc
+def test_a_process_trims_once_per_interval_however_many_nodes_ask() -> None:
+    heap.trim()
+    chunks = [bytes(2048) for _ in range(4096)]
+    kept = chunks[::64]
+    del chunks
+    assert not heap.trim_if_due(60.0)  # trimmed less than a minute ago: nothing is done
+    assert heap.trim_if_due(0.0)  # due: the freed chunks go back
+    assert len(kept) == 64
+
+
+async def test_trim_rounds_run_until_cancelled() -> None:
+    task = asyncio.create_task(heap.trim_rounds(0.01))
+    await asyncio.sleep(0.05)
+    if not heap.can_trim():  # nothing to call: it returned at once
+        assert task.done() and task.exception() is None
+        return
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
