@@ -248,7 +248,9 @@ def find_record(
     for record in same_span:
         if record.dtype == manifest.dtype and record.threads == threads and record.files == files:
             age = now - record.measured_at
-            if age > MAX_AGE_S or age < -300:
+            if age < -300:
+                return None, f"the saved benchmark of {what} is stale: it is dated in the future"
+            if age > MAX_AGE_S:
                 return None, (
                     f"the saved benchmark of {what} is stale: measured {age / 86400:.0f} days ago "
                     f"(at most {MAX_AGE_S / 86400:.0f})"

@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if not fitting and args.span is None:
         smallest = min(rows, key=lambda r: r["total_bytes"])
         cut = (
-            f"{len(best)} blocks would fit in a span of their own: export smaller spans (ai4all export --spans)"
+            f"{len(best)} block{'s' if len(best) > 1 else ''} would fit in a span of their own: export smaller "
+            "spans (ai4all export --spans)"
             if best
             else "not even one block fits"
         )
