@@ -162,8 +162,8 @@ class StatusServer:
             try:
                 line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
                 request = json.loads(line) if line.endswith(b"\n") else None
-            except (TimeoutError, ValueError, asyncio.LimitOverrunError):
-                request = None
+            except (TimeoutError, ValueError, RecursionError, asyncio.LimitOverrunError):
+                request = None  # silent, oversized, not JSON or absurdly nested: answered with the error
             if request != {"v": PROTOCOL, "want": "status"}:
                 answer = {"v": PROTOCOL, "error": 'send one line: {"v": 1, "want": "status"}'}
             else:
