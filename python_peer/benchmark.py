@@ -366,10 +366,39 @@ def record_of(
     )
 
 
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """One benchmark run: the span of an export, how it is timed, and where the figure is saved."""
+
+    model_dir: Path
+    span: Span  # a run of the model's block shards
+    threads: int | None = None  # None: the peer's default
+    context: int = 128
+    warmup: int = 4
+    steps: int = 32
+    data_dir: Path | None = None  # None: measure and save nothing
+
+
+def run_benchmark(options: BenchmarkOptions) -> tuple[BenchmarkRecord, Path | None]:
+    """Measure ``options.span`` as a peer loads it and save the record; return it, and where an
+    unreadable file was kept aside (``save_record``), if one was."""
+    from python_peer.core.manifest import load_manifest
+
+    from .server import ServerConfig, SpanServer
+
+    manifest = load_manifest(options.model_dir)
+    server = SpanServer(options.model_dir, manifest, options.span, ServerConfig(threads=options.threads))
+    measurement = measure(server, context=options.context, warmup=options.warmup, steps=options.steps)
+    record = record_of(manifest, options.span, measurement, context=options.context, warmup=options.warmup)
+    kept = save_record(options.data_dir, record) if options.data_dir is not None else None
+    return record, kept
+
+
 __all__ = [
     "BENCHMARK_FILE",
     "FORMAT",
     "MAX_AGE_S",
+    "BenchmarkOptions",
     "BenchmarkRecord",
     "Machine",
     "Measurement",
@@ -378,6 +407,7 @@ __all__ = [
     "measure",
     "read_records",
     "record_of",
+    "run_benchmark",
     "runner_threads",
     "save_record",
     "span_digest",

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from python_peer.core.manifest import Manifest
     from python_peer.core.spans import Span
 
+    from .benchmark import BenchmarkOptions
+
 DEFAULT_CONTEXT = 128
 DEFAULT_WARMUP = 4
 DEFAULT_STEPS = 32
@@ -132,41 +134,49 @@ def chosen_span(manifest: Manifest, text: str | None, budget_text: str | None) -
     return span
 
 
-def run(args: argparse.Namespace) -> int:
+def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
+    """The checked flags of ``ai4all benchmark``; ``CommandError`` names the one that is wrong."""
     from python_peer.core.errors import ManifestError
     from python_peer.core.manifest import load_manifest
     from python_peer.core.memory_budget import model_context
     from python_peer.identity import default_data_dir
 
-    from .benchmark import BENCHMARK_FILE, measure, record_of, save_record
-    from .server import ServerConfig, SpanServer
+    from .benchmark import BenchmarkOptions
 
     try:
         manifest = load_manifest(args.model)
     except ManifestError as exc:
         raise CommandError(f"--model {args.model} is not an exported model: {exc}") from None
     check_counts(args, model_context(manifest.config))
-    span = chosen_span(manifest, args.span, args.memory_budget)
-    data_dir: Path = args.data_dir or default_data_dir()
-    print(
-        f"benchmark: loading {manifest.name} blocks {span} ({manifest.dtype}) from {args.model}",
-        file=sys.stderr,
-        flush=True,
+    return BenchmarkOptions(
+        model_dir=args.model,
+        span=chosen_span(manifest, args.span, args.memory_budget),
+        threads=args.threads,
+        context=args.context,
+        warmup=args.warmup,
+        steps=args.steps,
+        data_dir=None if args.no_save else (args.data_dir or default_data_dir()),
     )
-    server = SpanServer(args.model, manifest, span, ServerConfig(threads=args.threads))
-    measurement = measure(server, context=args.context, warmup=args.warmup, steps=args.steps)
-    record = record_of(manifest, span, measurement, context=args.context, warmup=args.warmup)
-    kept = None if args.no_save else save_record(data_dir, record)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .benchmark import BENCHMARK_FILE, run_benchmark
+
+    options = benchmark_options(args)
+    print(f"benchmark: loading blocks {options.span} of {options.model_dir}", file=sys.stderr, flush=True)
+    record, kept = run_benchmark(options)
     if kept is not None:
-        print(f"benchmark: {data_dir / BENCHMARK_FILE} was unreadable; kept it as {kept}", file=sys.stderr)
+        print(
+            f"benchmark: {kept.with_name(BENCHMARK_FILE)} was unreadable; kept it as {kept}", file=sys.stderr
+        )
     if args.json:
         print(json.dumps(record.to_dict(), sort_keys=True))
         return 0
-    where = "not saved (--no-save)" if args.no_save else f"saved in {data_dir / BENCHMARK_FILE}"
+    saved = options.data_dir / BENCHMARK_FILE if options.data_dir is not None else None
     print(
-        f"{manifest.name} blocks {span} ({manifest.dtype}, {record.threads} threads): "
+        f"{record.model} blocks {record.span} ({record.dtype}, {record.threads} threads): "
         f"{record.block_tokens_per_s:.1f} block-tokens/s, {record.step_ms_median:.2f} ms per token "
         f"(median of {record.steps} decode steps after {record.warmup} warm-up, {record.context} tokens "
-        f"of context); {where}"
+        f"of context); {f'saved in {saved}' if saved else 'not saved (--no-save)'}"
     )
     return 0

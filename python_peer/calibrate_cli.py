@@ -83,6 +83,30 @@ def _row(need: SpanNeed, budget: int, loadable: bool) -> dict[str, Any]:
     }
 
 
+def calibration(manifest: Manifest, budget: int, source: str, span: Span | None = None) -> dict[str, Any]:
+    """The figures ``calibrate`` prints: every run of shards (or ``span`` alone) against ``budget``."""
+    figures = manifest.memory
+    runs = shard_runs(manifest)
+    if span is not None:
+        rows = [_row(figures.need(span), budget, span in runs)]
+    else:
+        rows = [_row(figures.need(s), budget, True) for s in runs]
+        rows.sort(key=lambda r: (-r["blocks"], r["total_bytes"], r["span"]))
+    best = most_blocks(manifest, budget)
+    return {
+        "model": manifest.name,
+        "dtype": manifest.dtype,
+        "blocks": manifest.num_layers,
+        "budget_bytes": budget,
+        "budget_source": source,
+        "sessions": PLAN_SESSIONS,
+        "context": figures.context,
+        "most_blocks": len(best) if best else 0,
+        "most_blocks_span": str(best) if best else None,
+        "spans": rows,
+    }
+
+
 def run(args: argparse.Namespace) -> int:
     from python_peer.core.errors import ManifestError
     from python_peer.core.manifest import load_manifest
@@ -97,8 +121,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--model {args.model} is not an exported model: {exc}") from None
     budget = memory_budget(args.memory_budget)
     source = "--memory-budget" if args.memory_budget else f"{RAM_FRACTION:.0%} of MemAvailable"
-    figures = manifest.memory
-    runs = shard_runs(manifest)
+    span = None
     if args.span is not None:
         try:
             span = Span.parse(args.span)
@@ -108,36 +131,22 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"--span {span} runs past the last layer of {manifest.name} (0-{manifest.num_layers})"
             )
-        rows = [_row(figures.need(span), budget, span in runs)]
-    else:
-        rows = [_row(figures.need(s), budget, True) for s in runs]
-        rows.sort(key=lambda r: (-r["blocks"], r["total_bytes"], r["span"]))
-    best = most_blocks(manifest, budget)
-    report = {
-        "model": manifest.name,
-        "dtype": manifest.dtype,
-        "blocks": manifest.num_layers,
-        "budget_bytes": budget,
-        "budget_source": source,
-        "sessions": PLAN_SESSIONS,
-        "context": figures.context,
-        "most_blocks": len(best) if best else 0,
-        "most_blocks_span": str(best) if best else None,
-        "spans": rows,
-    }
+    report = calibration(manifest, budget, source, span)
+    rows = report["spans"]
     fitting = [r for r in rows if r["fits"]]
     if args.json:
         print(json.dumps(report, sort_keys=True))
     else:
-        _print(report, fitting, args.span is not None)
-    if args.span is not None and not rows[0]["fits"]:
-        raise CommandError(f"{figures.need(Span.parse(args.span)).describe()}; budget is {gib(budget)}")
-    if not fitting and args.span is None:
+        _print(report, fitting, span is not None)
+    if span is not None and not fitting:
+        raise CommandError(f"{manifest.memory.need(span).describe()}; budget is {gib(budget)}")
+    if not fitting:
         smallest = min(rows, key=lambda r: r["total_bytes"])
+        most = report["most_blocks"]
         cut = (
-            f"{len(best)} block{'s' if len(best) > 1 else ''} would fit in a span of their own: export smaller "
+            f"{most} block{'s' if most > 1 else ''} would fit in a span of their own: export smaller "
             "spans (ai4all export --spans)"
-            if best
+            if most
             else "not even one block fits"
         )
         raise CommandError(

@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -157,10 +158,14 @@ def test_a_corrupt_benchmark_file_is_ignored_with_a_log_line(mesh: Mesh) -> None
     assert "ignoring the saved benchmarks" in log and "is not JSON" in log
 
 
+def no_sessions(data_dir: Path) -> bool:
+    return (answering(data_dir) or {}).get("open_sessions") == 0
+
+
 def test_tokens_served_after_a_chat(mesh: Mesh) -> None:
     peers = (mesh.main.data_dir, mesh.corrupt.data_dir)
     for data_dir in peers:
-        wait_for(lambda d=data_dir: answering(d), 60, what="the peers' status sockets")
+        wait_for(partial(answering, data_dir), 60, what="the peers' status sockets")
 
     def served() -> int:  # the chat's route goes through one of the two peers
         return sum((answering(d) or {}).get("tokens_served", 0) for d in peers)
@@ -184,9 +189,7 @@ def test_tokens_served_after_a_chat(mesh: Mesh) -> None:
     assert chat.returncode == 0, chat.stderr
     wait_for(lambda: served() > before, 30, what="tokens served by the peers")
     for data_dir in peers:
-        wait_for(
-            lambda d=data_dir: (answering(d) or {}).get("open_sessions") == 0, 30, what="sessions closed"
-        )
+        wait_for(partial(no_sessions, data_dir), 30, what="sessions closed")
 
 
 def test_human_output(mesh: Mesh) -> None:
