@@ -174,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     saved = options.data_dir / BENCHMARK_FILE if options.data_dir is not None else None
     print(
-        f"{record.model} blocks {record.span} ({record.dtype}, {record.threads} threads): "
+        f"{record.model} blocks {record.span} ({record.dtype}, {record.threads} thread{'s' if record.threads > 1 else ''}): "
         f"{record.block_tokens_per_s:.1f} block-tokens/s, {record.step_ms_median:.2f} ms per token "
         f"(median of {record.steps} decode steps after {record.warmup} warm-up, {record.context} tokens "
         f"of context); {f'saved in {saved}' if saved else 'not saved (--no-save)'}"

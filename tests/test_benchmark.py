@@ -76,7 +76,10 @@ def test_human_summary_and_default_span(tiny_llama_export: Path, tmp_path: Path)
     status, stdout, stderr = benchmark(tiny_llama_export, tmp_path, "--steps", "4", "--memory-budget", "1GiB")
     assert status == 0, stderr
     # without --span: the longest run that fits the budget, as a peer takes on an idle mesh
-    assert f" blocks 0-4 (fp32, {THREADS} threads): " in stdout and "block-tokens/s" in stdout
+    assert (
+        f" blocks 0-4 (fp32, {THREADS} thread{'s' if THREADS > 1 else ''}): " in stdout
+        and "block-tokens/s" in stdout
+    )
     assert f"saved in {tmp_path / BENCHMARK_FILE}" in stdout
     status, stdout, _ = benchmark(
         tiny_llama_export, tmp_path / "other", "--span", "3-4", "--steps", "2", "--no-save"
