@@ -41,7 +41,7 @@ def test_exec_start_parses_with_the_peers_flags() -> None:
     assert argv[0].endswith("/ai4all") and argv[1] == "peer"
     args = build_parser().parse_args(argv[1:])
     options = peer_options(args)  # the same checks `ai4all peer` makes before anything starts
-    assert str(options.data_dir) == "/var/lib/" + unit["StateDirectory"][0]
+    assert options.data_dir is not None and str(options.data_dir) == "/var/lib/" + unit["StateDirectory"][0]
     assert options.model_dir.is_relative_to(options.data_dir)  # readable under ProtectSystem=strict
     assert options.memory_budget_bytes == int(1.5 * 2**30)
     assert unit["Environment"] == [f"AI4ALL_DATA_DIR={options.data_dir}"]  # `ai4all status` finds it
