@@ -21,6 +21,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,23 @@ MAX_ANSWER = 1 << 20
 REQUEST_TIMEOUT_S = 2.0
 MAX_CONNECTIONS = 8  # at once; more are closed at once
 MAX_SESSIONS_LISTED = 64
+
+
+MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; a longer path is reached through /proc/self/fd
+
+
+@contextlib.contextmanager
+def _reachable(path: Path) -> Iterator[str]:
+    """A name for ``path`` short enough for a Unix socket: itself, or (Linux) the same file through a
+    descriptor of its directory, so a data dir deep in the file system still has its status socket."""
+    if len(os.fsencode(path)) <= MAX_SOCKET_PATH or not Path("/proc/self/fd").is_dir():
+        yield str(path)
+        return
+    fd = os.open(path.parent, getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY)
+    try:
+        yield f"/proc/self/fd/{fd}/{path.name}"
+    finally:
+        os.close(fd)
 
 
 def _peer_uid(sock: socket.socket) -> int | None:
@@ -141,7 +159,8 @@ class StatusServer:
             path.unlink()  # left by a peer that did not stop cleanly
         self = cls(peer, path)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(path), limit=MAX_REQUEST)
+            with _reachable(path) as name:
+                self._server = await asyncio.start_unix_server(self._serve, path=name, limit=MAX_REQUEST)
             os.chmod(path, 0o600)
             self._inode = path.stat().st_ino
         except OSError as exc:
@@ -202,7 +221,8 @@ async def serve_status(peer: Peer, data_dir: Path) -> None:
 async def _answers(path: Path) -> bool:
     """Whether something listens on the Unix socket at ``path``."""
     try:
-        _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(path)), 1.0)
+        with _reachable(path) as name:
+            _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(name), 1.0)
     except (OSError, TimeoutError):
         return False
     writer.close()
@@ -225,7 +245,8 @@ def ask_status(data_dir: Path, timeout: float = 5.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            with _reachable(path) as name:
+                sock.connect(name)
         except (ConnectionRefusedError, FileNotFoundError):
             raise CommandError(
                 f"{not_running} (its {STATUS_SOCKET} is left from a peer that stopped)"

@@ -220,14 +220,17 @@ def test_a_killed_peer_leaves_a_socket_that_says_so_and_a_restart_takes_it_back(
 ) -> None:
     node = Node("signal", tmp_path)
     node.wait()
-    peer = PeerProc("victim", tmp_path, tiny_llama_export, [node.url], span="3-4").wait()
+    # a data dir deeper than a Unix socket's path allows (108 bytes): still reachable
+    name = "victim-" + "d" * 100
+    assert len(str(tmp_path / name / SOCKET)) > 108
+    peer = PeerProc(name, tmp_path, tiny_llama_export, [node.url], span="3-4").wait()
     try:
         wait_for(lambda: answering(peer.data_dir), 60, what="the peer's status socket")
         peer.kill()
         assert (peer.data_dir / SOCKET).exists()
         code, _, stderr = status(peer.data_dir)
         assert code == 1 and "is left from a peer that stopped" in stderr
-        again = PeerProc("victim", tmp_path, tiny_llama_export, [node.url], span="3-4").wait()
+        again = PeerProc(name, tmp_path, tiny_llama_export, [node.url], span="3-4").wait()
         try:
             body = wait_for(lambda: answering(again.data_dir), 60, what="the restarted peer's status")
             assert body["pid"] == again.proc.pid and body["peer_id"] == peer.peer_id
