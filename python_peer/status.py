@@ -156,7 +156,11 @@ class StatusServer:
             if await _answers(path):
                 log.warning("another peer answers on %s: this one exposes no status", path)
                 return None
-            path.unlink()  # left by a peer that did not stop cleanly
+            try:
+                path.unlink()  # left by a peer that did not stop cleanly
+            except OSError as exc:
+                log.warning("cannot remove %s (%s): ai4all status cannot reach this peer", path, exc)
+                return None
         self = cls(peer, path)
         try:
             with _reachable(path) as name:
