@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import stat
@@ -26,6 +27,7 @@ from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
+import httpx
 import pytest
 
 from python_peer.identity import Identity
@@ -239,6 +241,58 @@ def test_a_killed_peer_leaves_a_socket_that_says_so_and_a_restart_takes_it_back(
         assert not (peer.data_dir / SOCKET).exists()  # a clean stop removes it
     finally:
         peer.kill()
+        node.stop()
+
+
+def test_a_span_moved_from_the_settings_page_announces_its_benchmark(
+    tmp_path: Path, tiny_llama_export: Path
+) -> None:
+    """``POST /v1/node/settings {"span": ...}`` (docs/api.md) loads the new span: its saved figure is
+    announced, and ``status`` says so."""
+    data_dir = tmp_path / "mover"
+    bench = run_cli(
+        [
+            "benchmark",
+            "--model",
+            str(tiny_llama_export),
+            "--span",
+            "1-3",
+            "--steps",
+            "4",
+            "--json",
+            "--data-dir",
+            str(data_dir),
+        ],
+        timeout=300,
+    )
+    assert bench.returncode == 0, bench.stderr
+    figure = json.loads(bench.stdout)["block_tokens_per_s"]
+    node = Node("signal", tmp_path)
+    node.wait()
+    peer = PeerProc("mover", tmp_path, tiny_llama_export, [node.url], span="0-1", extra=["--api-port", "0"])
+    try:
+        peer.wait()
+        api = wait_for(lambda: re.search(r"api (http://\S+)/v1", peer.log.read_text()), 30, what="the API")
+        before = wait_for(lambda: answering(peer.data_dir), 60, what="the peer's status socket")
+        assert before["span"] == "0-1" and before["throughput_source"] == "measured at start"
+        response = httpx.post(
+            f"{api.group(1)}/v1/node/settings", json={"span": "1-3"}, timeout=60, trust_env=False
+        )
+        assert response.status_code == 200, response.text
+        after = status_json(peer.data_dir)
+        assert (
+            after["span"] == "1-3"
+            and after["throughput"] == figure
+            and after["throughput_source"] == "benchmark"
+        )
+
+        def announced() -> bool:
+            entries = [e for e in node.directory()["entries"] if e["peer_id"] == peer.peer_id]
+            return bool(entries) and entries[0]["throughput_milli"] == int(figure * 1000)
+
+        wait_for(announced, 30, what="the new figure announced")
+    finally:
+        peer.stop()
         node.stop()
 
 
