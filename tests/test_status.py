@@ -5,6 +5,7 @@ docs/operating.md describes it (one JSON line in, one out, on ``<data dir>/statu
   node's directory) and ``status`` reports it, with its model, span, dtype, sessions, tokens served (after
   a chat through it), balance and signaling nodes, connected or not.
 - A peer whose benchmark file is corrupt serves anyway, says so in its log, and announces what it measured.
+- A span moved through the settings API (docs/api.md) announces that span's saved benchmark.
 - Nothing running (no directory, no socket, a socket left by a SIGKILLed peer) is one line and status 1;
   a restarted peer takes its socket back.
 - Attacks: garbage, oversized and silent requests get an error or are cut off, and never stop the peer
