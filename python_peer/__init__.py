@@ -35,6 +35,11 @@
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
+- ``benchmark.py``      this machine's measured block-tokens/s for a span, saved in the data dir, and the
+                        figure a peer announces (a saved one that matches, else measured at start).
+- ``status.py``         a running peer's status on a Unix socket in its data dir, and the caller's side.
+- ``status_cli.py``, ``benchmark_cli.py``, ``calibrate_cli.py``  ``ai4all status``, ``benchmark`` and
+                        ``calibrate``, the operator's commands (``docs/operating.md``).
 - ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app, pages).
 - ``chat.py``           one chat reply, through the mesh or local shards (``ChatOptions``).
 - ``serving.py``        a serving peer as a process, with its API (``PeerOptions``).

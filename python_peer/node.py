@@ -23,6 +23,7 @@ from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
 
+from .benchmark import announced_throughput
 from .block_selection import checked_span, least_served_choice
 from .errors import PeerError
 from .heap import trim_rounds
@@ -35,6 +36,7 @@ from .rpc import serve_link
 from .server import ServerConfig, SpanServer
 from .signal_client import SignalClient, SignalClientConfig
 from .span_gate import ServingState, SpanGate
+from .status import serve_status
 from .transport import Link, LinkManager, TransportConfig
 
 log = logging.getLogger(__name__)
@@ -208,6 +210,8 @@ class Peer:
         self.gate = gate
         self.started = time.time()
         self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
+        self.throughput = 0.0  # block-tokens/s announced, from a saved benchmark or measured at start
+        self.throughput_source = ""
         node.serve(gate)
 
     @classmethod
@@ -232,8 +236,11 @@ class Peer:
             server = await asyncio.to_thread(
                 SpanServer, config.model_dir, manifest, span, server_config, node.ledger
             )
-            throughput = await asyncio.to_thread(server.measure_throughput)
+            throughput, source = await asyncio.to_thread(
+                announced_throughput, config.node.data_dir, manifest, server
+            )
             peer = cls(config, manifest, node, SpanGate(server, node.peer_id))
+            peer.throughput, peer.throughput_source = throughput, source
             await node.signal.update(
                 serves=(ServedSpan(manifest.name, span.start, span.end),),
                 throughput_milli=int(throughput * 1000),
@@ -243,6 +250,8 @@ class Peer:
             await node.aclose()
             raise
         node.spawn(peer._housekeeping(), "housekeeping")
+        if config.node.data_dir is not None:
+            node.spawn(serve_status(peer, config.node.data_dir), "status-socket")
         log.info(
             "peer %s serves %s blocks %s at %.0f block-tokens/s",
             node.peer_id[:16],
@@ -291,12 +300,16 @@ class Peer:
             replace(old.config, memory_budget_bytes=kv),
             old.ledger,
         )
-        return new, await asyncio.to_thread(new.measure_throughput)
+        throughput, self.throughput_source = await asyncio.to_thread(
+            announced_throughput, self.config.node.data_dir, self.manifest, new
+        )
+        return new, throughput
 
     async def move_to(self, server: SpanServer, throughput: float) -> SpanServer:
         """Serve new sessions from ``server`` (from ``load_span``); the old one, returned, finishes its own."""
         old = self.gate.swap(server)
         self.config = replace(self.config, span=server.span)
+        self.throughput = throughput
         await self.node.signal.update(throughput_milli=int(throughput * 1000))
         return old
 

@@ -163,9 +163,12 @@ def test_the_peer_never_imports_signaling() -> None:
 _COMMAND_LINE = {
     "exporter.cli",
     "python_peer.cli",
+    "python_peer.benchmark_cli",
+    "python_peer.calibrate_cli",
     "python_peer.chat_cli",
     "python_peer.ledger_cli",
     "python_peer.peer_cli",
+    "python_peer.status_cli",
     "python_peer.up",
     "python_peer.core.ice",
     "python_peer.core.js_constants",  # a generator script: its main() is its command line
