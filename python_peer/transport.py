@@ -86,7 +86,8 @@ class TransportConfig:
     reassembly_timeout_s: float = 30.0  # a partial message older than this is dropped
     # SO_RCVBUF and SO_SNDBUF of each link's UDP sockets (0: aioice's 256 KiB). Linux grants twice the
     # request (capped at net.core.rmem_max) and charges ~2.3 KB per 1200-byte datagram on loopback, so
-    # 1 MiB holds ~900 datagrams, ~1 MiB of SCTP payload.
+    # 1 MiB holds ~900 datagrams, ~1 MiB of SCTP payload: the window aiortc advertises, which a
+    # browser's SCTP (unlike aiortc's) heeds when it sends to us.
     socket_buffer_bytes: int = 1024 * 1024
     # Bytes aiortc's SCTP may have in flight (its congestion window, capped; 0: uncapped). aiortc ignores
     # the receiver's window and grows its own until a datagram drops: 12 MiB each way over one link
