@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import statistics
 import sys
@@ -155,8 +156,9 @@ async def measure(
         route = session.route
         await session.close()
         rtts = {p[:12]: round(r * 1e3, 2) for p, r in client.rtts.items()}
+        pids = [os.getpid(), *(child.proc.pid for child in mesh.children)]
         aggregate = await concurrency(
-            connection, prompt, args.tokens, args.repeats, max_length, samples[MESH].tokens, log
+            connection, prompt, args.tokens, args.repeats, max_length, samples[MESH].tokens, log, pids
         )
     finally:
         await connection.close()
@@ -261,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "failed_runs": len(a.failures),
                 "failures": a.failures,
                 "udp_drops": a.udp_drops,
+                "udp_drops_mesh": a.mesh_udp_drops,
             }
             for n, a in results.aggregate.items()
         },

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +40,8 @@ async def wait_for_route(client: MeshClient, manifest: Manifest, timeout: float 
 class Aggregate:
     tok_s: list[float | None] = field(default_factory=list)  # None: that repeat's run failed
     failures: list[str] = field(default_factory=list)
-    udp_drops: list[int | None] = field(default_factory=list)
+    udp_drops: list[int | None] = field(default_factory=list)  # the whole host (/proc/net/snmp)
+    mesh_udp_drops: list[int | None] = field(default_factory=list)  # the mesh's own sockets (ss)
     same_tokens: bool = True  # every session of every run produced the single-session tokens
 
 
@@ -88,6 +92,38 @@ def udp_receive_drops() -> int | None:
         return int(dict(zip(rows[0][1:], rows[1][1:], strict=True))["RcvbufErrors"])
     except (OSError, IndexError, KeyError, ValueError):
         return None
+
+
+_SS_SOCKET = re.compile(r"(\S+:\d+)\s+\S+\s+users:\(.*?pid=(\d+),")
+_SS_DROPS = re.compile(r"skmem:\(.*\bd(\d+)\)")
+
+
+def socket_drops(pids: Sequence[int]) -> dict[str, int] | None:
+    """Drop counters of the UDP sockets these processes own (``ss -uampn``: skmem's ``d``), by socket."""
+    try:
+        text = subprocess.run(
+            ["ss", "-uampnH"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    wanted, drops, key = {str(p) for p in pids}, {}, None
+    for line in text.splitlines():
+        sock = _SS_SOCKET.search(line)
+        if sock is not None:
+            key = f"{sock.group(2)}/{sock.group(1)}" if sock.group(2) in wanted else None
+            continue
+        dropped = _SS_DROPS.search(line)
+        if dropped is not None and key is not None:
+            drops[key] = int(dropped.group(1))
+            key = None
+    return drops
+
+
+def drops_between(before: dict[str, int] | None, after: dict[str, int] | None) -> int | None:
+    """Datagrams dropped between two ``socket_drops`` readings (sockets opened since count from 0)."""
+    if before is None or after is None:
+        return None
+    return sum(max(0, n - before.get(k, 0)) for k, n in after.items())
 
 
 def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -144,25 +180,33 @@ async def concurrency(
     max_length: int,
     reference: list[int],
     log: Console,
+    pids: Sequence[int] = (),
 ) -> dict[int, Aggregate]:
-    """Every count of sessions once per repeat; a failed run is recorded and the client renewed."""
+    """Every count of sessions once per repeat, each run with a fresh client; a failure is recorded.
+
+    A fresh client is a fresh identity with its starter grant: one client's credits paid for the 8
+    sessions of the first repeat and then ran out ("does not cover the price ... held for open
+    sessions"), so later runs measured the ledger, not the mesh. Its links open during the run's
+    prefill, before the timed decoding.
+    """
     result = {n: Aggregate() for n in SESSION_COUNTS}
     for repeat in range(repeats):
         for n in SESSION_COUNTS:
-            drops = udp_receive_drops()
+            if repeat or n != SESSION_COUNTS[0]:
+                await mesh.renew()
+            drops, own = udp_receive_drops(), socket_drops(pids)
             try:
                 tok_s, tokens = await concurrent_run(mesh.client, prompt, steps, n, max_length)
             except (AI4AllError, TimeoutError) as exc:
                 result[n].tok_s.append(None)
                 result[n].failures.append(f"{type(exc).__name__}: {exc}")
                 log.log(f"[red]{n} concurrent sessions failed: {type(exc).__name__}: {escape(str(exc))}")
-                log.log("opening a fresh mesh client (the failed one keeps the peer banned for a minute)")
-                await mesh.renew()
             else:
                 result[n].tok_s.append(tok_s)
                 result[n].same_tokens &= all(t == reference for t in tokens)
             after = udp_receive_drops()
             result[n].udp_drops.append(None if drops is None or after is None else after - drops)
+            result[n].mesh_udp_drops.append(drops_between(own, socket_drops(pids)))
         line = ", ".join(f"{n} sessions {_tok_s(a.tok_s[-1])}" for n, a in result.items())
         log.log(f"concurrent sessions, repeat {repeat + 1}/{repeats}: {line}")
     return result

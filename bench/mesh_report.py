@@ -112,12 +112,15 @@ def concurrency_table(aggregate: dict[int, Aggregate], steps: int) -> Table:
     table.add_column("vs 1 session", justify="right")
     table.add_column("tokens as 1 session's", justify="center")
     table.add_column("failed runs", justify="right")
-    table.add_column("UDP drops", justify="right")
+    table.add_column("UDP drops: mesh / host", justify="right")
     base = aggregate[SESSION_COUNTS[0]].tok_s
     for n, a in aggregate.items():
         ok = ok_values(a.tok_s)
         ratio = paired_ratio(a.tok_s, base)
-        drops = [str(d) if d is not None else "?" for d in a.udp_drops]
+        drops = [
+            f"{'?' if m is None else m} / {'?' if h is None else h}"
+            for m, h in zip(a.mesh_udp_drops, a.udp_drops, strict=True)
+        ]
         table.add_row(
             str(n),
             _spread(ok, 1, 1) if ok else "-",
@@ -130,8 +133,8 @@ def concurrency_table(aggregate: dict[int, Aggregate], steps: int) -> Table:
     failures = [f"{n} sessions: {f}" for n, a in aggregate.items() for f in a.failures]
     table.caption = (
         "aggregate = sessions x steps / (last session done - decoding started); median (min-max) of the runs "
-        "that finished; UDP drops: datagrams the kernel dropped for full receive buffers during each run "
-        "(whole host, /proc/net/snmp)"
+        "that finished; UDP drops: datagrams the kernel dropped for full receive buffers during each run, "
+        "at the sockets of this benchmark's processes (ss -uampn) / on the whole host (/proc/net/snmp)"
     )
     if failures:
         table.caption += "\nfailures: " + escape("; ".join(dict.fromkeys(failures)))

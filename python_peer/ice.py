@@ -6,6 +6,7 @@ process, with the addresses of the ``gathering_on`` block that is running (each 
 its ``TransportConfig.ice_addresses``), and ``filter_remote_candidates`` drops remote candidates outside a
 list, so by default every packet stays on 127.0.0.1 and no STUN server is contacted.
 ``rtc_configuration`` turns the deployment's STUN/TURN servers (``python_peer.core.ice``) into aiortc's.
+``host_sockets`` finds the UDP sockets aioice bound for a connection, so their buffers can be sized.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import contextlib
 import contextvars
 import ipaddress
 import logging
+import socket
+import struct
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCIceServer
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
 
 from python_peer.core.ice import IceServer
 
@@ -97,3 +101,49 @@ def filter_remote_candidates(sdp: str, allowed: frozenset[str] | None) -> tuple[
                 continue
         kept.append(line)
     return "\r\n".join(kept) + "\r\n", dropped
+
+
+def host_sockets(pc: RTCPeerConnection) -> list[Any]:
+    """The UDP sockets aioice bound for ``pc``'s host candidates (after ``setLocalDescription``).
+
+    aiortc exposes none of them: the path goes through aioice's ``Connection`` (private names, checked
+    by ``tests/test_transport.py``); an empty list when it is not there.
+    """
+    sctp = pc.sctp
+    connection = getattr(sctp.transport.transport, "_connection", None) if sctp is not None else None
+    sockets = []
+    for protocol in getattr(connection, "_protocols", ()):
+        transport = getattr(protocol, "transport", None)
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            sockets.append(sock)
+    return sockets
+
+
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)  # Linux: struct of u32 counters, drops at index 8
+_MEMINFO = struct.Struct("9I")
+
+
+def size_buffers(sockets: Iterable[Any], nbytes: int) -> int:
+    """Ask for ``nbytes`` of receive and send buffer on each socket; return the smallest receive
+    buffer granted (Linux doubles the request and caps it at ``2 * net.core.rmem_max``)."""
+    granted = []
+    for sock in sockets:
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, nbytes)
+            except OSError as exc:
+                log.warning("cannot size a UDP socket buffer to %d bytes: %s", nbytes, exc)
+        granted.append(int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)))
+    return min(granted, default=0)
+
+
+def socket_drops(sockets: Iterable[Any]) -> int | None:
+    """Datagrams the kernel dropped at these sockets (full receive buffer): ``SO_MEMINFO``, Linux only."""
+    total = 0
+    try:
+        for sock in sockets:
+            total += _MEMINFO.unpack(sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO.size))[8]
+    except (OSError, struct.error):
+        return None
+    return total

@@ -14,7 +14,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection
 from aiortc.exceptions import InvalidStateError
@@ -36,6 +36,8 @@ from python_peer.core.wire import (
     error_frame,
 )
 from python_peer.errors import LinkClosedError, LinkOverflowError, LinkTimeoutError, TransportError
+
+from .ice import socket_drops
 
 if TYPE_CHECKING:
     from .transport import LinkManager
@@ -72,6 +74,7 @@ class LinkStats:
     bad_frames: int = 0  # malformed chunks or frames from the remote, each answered with ERROR
     backpressure_waits: int = 0  # times send() waited for bufferedAmount to fall
     peak_buffered_bytes: int = 0  # highest bufferedAmount right after a chunk was queued
+    receive_buffer_bytes: int = 0  # SO_RCVBUF granted to the link's UDP sockets (0: not sized)
 
 
 class Link:
@@ -110,6 +113,7 @@ class Link:
         self._ping_steps = itertools.count(1)
         self._pings: dict[int, asyncio.Future[float]] = {}
         self._srtt: float | None = None
+        self._udp_sockets: list[Any] = []  # set by LinkManager once ICE gathered (``udp_drops``)
         pc.on("connectionstatechange", self._on_connection_state)
 
     def __repr__(self) -> str:
@@ -128,6 +132,11 @@ class Link:
     def buffered_amount(self) -> int:
         """Bytes queued in aiortc and not yet handed to SCTP (the channel's ``bufferedAmount``)."""
         return self._channel.bufferedAmount if self._channel is not None else 0
+
+    def udp_drops(self) -> int | None:
+        """Datagrams the kernel dropped at this link's UDP sockets for a full receive buffer (Linux's
+        ``SO_MEMINFO``; None elsewhere). Each drop costs SCTP a retransmission, at least 1 s in aiortc."""
+        return socket_drops(self._udp_sockets)
 
     def rtt(self) -> float | None:
         """Smoothed round-trip time in seconds from ``ping()`` (TCP's 1/8 weighting); None before any."""

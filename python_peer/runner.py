@@ -14,6 +14,7 @@ import mmap
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .errors import SessionError, ShardError, ShardInputError
 log = logging.getLogger(__name__)
 
 _NP_DTYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "int64": "tensor(int64)"}
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 20) -> str:
@@ -93,24 +95,40 @@ def session_options(threads: int | None = None) -> ort.SessionOptions:
 
 
 class ShardRunner:
-    """Runs one verified shard; checks input names, dtypes and ranks before onnxruntime does."""
+    """Runs one verified shard; checks input names, dtypes and ranks before onnxruntime does.
 
-    def __init__(self, model_dir: str | Path, entry: ShardEntry, *, threads: int | None = None) -> None:
+    ``run`` takes and returns numpy arrays. ``run_bound`` takes numpy arrays or ``OrtValue``s and returns
+    ``OrtValue``s, which stay in onnxruntime's memory: a KV cache fed back as the next step's past
+    inputs is never converted to numpy. Measured (``bench_runner``, past 1024): a few percent at best,
+    as the graph's own ``Concat`` of past and new keys, a copy of the cache per layer per step, remains.
+    """
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        entry: ShardEntry,
+        *,
+        threads: int | None = None,
+        options: ort.SessionOptions | None = None,
+    ) -> None:
+        """``options`` replaces ``session_options(threads)`` (the benchmarks compare settings with it)."""
         self.entry = entry
         path = verify_shard_file(Path(model_dir), entry)
         try:
             self.session = ort.InferenceSession(
-                str(path), session_options(threads), providers=["CPUExecutionProvider"]
+                str(path), options or session_options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise ShardError(f"onnxruntime cannot load shard {entry.file}: {exc}") from exc
         self._inputs = {spec.name: spec for spec in entry.inputs}
         self._output_names = [o.name for o in self.session.get_outputs()]
 
-    def run(
-        self, feeds: dict[str, np.ndarray], *, trusted: frozenset[str] = frozenset()
-    ) -> dict[str, np.ndarray]:
-        """Run the shard; inputs named in ``trusted`` (our own KV cache) skip the NaN/Inf scan."""
+    def _check(self, feeds: Mapping[str, np.ndarray | ort.OrtValue], trusted: frozenset[str]) -> None:
+        """Names, dtypes, ranks and fixed dimensions of every input; NaN/Inf in untrusted float arrays.
+
+        An ``OrtValue`` is never scanned for NaN/Inf: only this process makes them (a shard's own
+        outputs, fed back), whereas everything from the network arrives as a numpy array.
+        """
         missing = set(self._inputs) - set(feeds)
         extra = set(feeds) - set(self._inputs)
         if missing or extra:
@@ -119,23 +137,64 @@ class ShardRunner:
             )
         for name, value in feeds.items():
             spec = self._inputs[name]
-            if value.dtype != _NP_DTYPES.get(spec.dtype):
-                raise ShardInputError(
-                    f"shard {self.entry.file}: input {name} is {value.dtype}, expected {spec.dtype}"
+            if isinstance(value, ort.OrtValue):
+                dtype_ok, dtype, shape = (
+                    value.data_type() == _ORT_TYPES.get(spec.dtype),
+                    value.data_type(),
+                    tuple(value.shape()),
                 )
-            if value.ndim != len(spec.shape):
+            else:
+                dtype_ok, dtype, shape = value.dtype == _NP_DTYPES.get(spec.dtype), value.dtype, value.shape
+            if not dtype_ok:
                 raise ShardInputError(
-                    f"shard {self.entry.file}: input {name} has rank {value.ndim}, expected shape {list(spec.shape)}"
+                    f"shard {self.entry.file}: input {name} is {dtype}, expected {spec.dtype}"
+                )
+            if len(shape) != len(spec.shape):
+                raise ShardInputError(
+                    f"shard {self.entry.file}: input {name} has rank {len(shape)}, expected shape {list(spec.shape)}"
                 )
             for axis, dim in enumerate(spec.shape):
-                if isinstance(dim, int) and value.shape[axis] != dim:
+                if isinstance(dim, int) and shape[axis] != dim:
                     raise ShardInputError(
-                        f"shard {self.entry.file}: input {name} has shape {list(value.shape)}, expected {list(spec.shape)}"
+                        f"shard {self.entry.file}: input {name} has shape {list(shape)}, expected {list(spec.shape)}"
                     )
-            if value.dtype.kind == "f" and name not in trusted and not np.isfinite(value).all():
+            if (
+                isinstance(value, np.ndarray)
+                and value.dtype.kind == "f"
+                and name not in trusted
+                and not np.isfinite(value).all()
+            ):
                 raise ShardInputError(f"shard {self.entry.file}: input {name} holds NaN or Inf")
+
+    def run(
+        self, feeds: dict[str, np.ndarray], *, trusted: frozenset[str] = frozenset()
+    ) -> dict[str, np.ndarray]:
+        """Run the shard; inputs named in ``trusted`` (our own KV cache) skip the NaN/Inf scan."""
+        self._check(feeds, trusted)
         try:
             outputs = self.session.run(self._output_names, feeds)
+        except Exception as exc:
+            raise ShardInputError(f"shard {self.entry.file} refused its inputs: {exc}") from exc
+        return dict(zip(self._output_names, outputs, strict=True))
+
+    def run_bound(
+        self, feeds: Mapping[str, np.ndarray | ort.OrtValue], *, trusted: frozenset[str] = frozenset()
+    ) -> dict[str, ort.OrtValue]:
+        """Run the shard over numpy arrays and ``OrtValue``s; every output stays an ``OrtValue``.
+
+        Feed a step's ``present.*`` outputs back as the next step's ``past_key_values.*`` inputs as
+        they are; read a small output with ``.numpy()`` (one copy of that output only). numpy inputs
+        are wrapped without a copy when C-contiguous, and checked as in ``run``.
+        """
+        self._check(feeds, trusted)
+        values = {
+            name: value
+            if isinstance(value, ort.OrtValue)
+            else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value))
+            for name, value in feeds.items()
+        }
+        try:
+            outputs = self.session.run_with_ort_values(self._output_names, values)
         except Exception as exc:
             raise ShardInputError(f"shard {self.entry.file} refused its inputs: {exc}") from exc
         return dict(zip(self._output_names, outputs, strict=True))

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCSctpTransport, RTCSessionDescription
 
 from python_peer.core.errors import SignalingError
 from python_peer.core.ice import IceServer, IceSettings
@@ -29,7 +29,15 @@ from python_peer.core.protocol import MAX_SDP_CHARS, WEBRTC_SIGNAL
 from python_peer.core.wire import CHUNK_HEADER_SIZE, DEFAULT_CHUNK_SIZE, MAX_FRAME_BYTES
 from python_peer.errors import LinkClosedError, LinkTimeoutError, SignalPayloadError, TransportError
 
-from .ice import filter_remote_candidates, gathering_on, install_host_address_hook, ip_set, rtc_configuration
+from .ice import (
+    filter_remote_candidates,
+    gathering_on,
+    host_sockets,
+    install_host_address_hook,
+    ip_set,
+    rtc_configuration,
+    size_buffers,
+)
 from .link import CHANNEL_LABEL, Link, LinkState, LinkStats
 
 __all__ = [
@@ -46,6 +54,7 @@ log = logging.getLogger(__name__)
 
 SIGNAL_KIND = WEBRTC_SIGNAL
 MAX_PEER_ID_CHARS = 256
+MAX_SOCKET_BUFFER_BYTES = 64 * 1024 * 1024
 _LINK_ID = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 SendSignal = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -75,6 +84,19 @@ class TransportConfig:
     recv_queue_bytes: int = 128 * 1024 * 1024
     reassembly_partial: int = 8  # messages being reassembled at once
     reassembly_timeout_s: float = 30.0  # a partial message older than this is dropped
+    # SO_RCVBUF and SO_SNDBUF of each link's UDP sockets (0: aioice's 256 KiB). Linux grants twice the
+    # request (capped at net.core.rmem_max) and charges ~2.3 KB per 1200-byte datagram on loopback, so
+    # 1 MiB holds ~900 datagrams, ~1 MiB of SCTP payload: the window aiortc advertises, which a
+    # browser's SCTP (unlike aiortc's) heeds when it sends to us.
+    socket_buffer_bytes: int = 1024 * 1024
+    # Bytes aiortc's SCTP may have in flight (its congestion window, capped; 0: uncapped). aiortc ignores
+    # the receiver's window and grows its own until a datagram drops: 12 MiB each way over one link
+    # dropped ~530 datagrams at each end (aioice's socket holds ~220), each a retransmission and a lost
+    # tail 1 s of stall (aiortc's minimum RTO). Well under what the remote's socket holds, a link cannot
+    # overflow it, and the queue stays short: aioice closes a link after 6 consent checks in a row got
+    # no answer within 0.5 s, which a 512 KiB window (or a big socket alone) caused under load. It also
+    # bounds one link's rate at max_flight_bytes / round trip (2.6 MB/s over 50 ms).
+    max_flight_bytes: int = 128 * 1024
 
     def __post_init__(self) -> None:
         ip_set(self.ice_addresses, "ice_addresses")
@@ -89,6 +111,16 @@ class TransportConfig:
         for name in ("connect_timeout_s", "ping_timeout_s", "reassembly_timeout_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"TransportConfig.{name} must be positive, got {getattr(self, name)!r}")
+        if self.socket_buffer_bytes != 0 and not 65536 <= self.socket_buffer_bytes <= MAX_SOCKET_BUFFER_BYTES:
+            raise ValueError(
+                f"TransportConfig.socket_buffer_bytes {self.socket_buffer_bytes} is not 0 (aioice's default) "
+                f"or in 65536..{MAX_SOCKET_BUFFER_BYTES}"
+            )
+        if self.max_flight_bytes != 0 and not 16 * 1024 <= self.max_flight_bytes <= MAX_SOCKET_BUFFER_BYTES:
+            raise ValueError(
+                f"TransportConfig.max_flight_bytes {self.max_flight_bytes} is not 0 (uncapped) "
+                f"or in 16384..{MAX_SOCKET_BUFFER_BYTES}"
+            )
         for name in ("max_message_bytes", "max_links", "recv_queue_frames", "recv_queue_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TransportConfig.{name} must be at least 1, got {getattr(self, name)!r}")
@@ -99,6 +131,39 @@ class TransportConfig:
         if ice.loopback_only:
             return cls(ice_servers=ice.ice_servers())
         return cls(ice_servers=ice.ice_servers(), ice_addresses=None, remote_addresses=None)
+
+
+class _CappedWindow:
+    """A data descriptor for aiortc's ``RTCSctpTransport._cwnd``: every value it is set to is capped."""
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> int:
+        return int(obj.__dict__["_ai4all_cwnd"])
+
+    def __set__(self, obj: Any, value: int) -> None:
+        obj.__dict__["_ai4all_cwnd"] = min(int(value), obj.__dict__["_ai4all_cwnd_cap"])
+
+
+_CAPPED_CLASSES: dict[type, type] = {}
+
+
+def cap_congestion_window(sctp: RTCSctpTransport, max_bytes: int) -> None:
+    """Keep aiortc's SCTP congestion window (``_cwnd``, bytes in flight) at most ``max_bytes``.
+
+    aiortc grows it while nothing is lost and does not heed the receiver's advertised window, so
+    without a cap a sender overruns the receiver's UDP socket whenever that process is busy; the
+    instance moves to a subclass whose ``_cwnd`` caps what aiortc sets (its code is unchanged).
+    """
+    cls = type(sctp)
+    if "_ai4all_cwnd_cap" not in sctp.__dict__:
+        capped = _CAPPED_CLASSES.get(cls)
+        if capped is None:
+            capped = _CAPPED_CLASSES[cls] = type(f"Capped{cls.__name__}", (cls,), {"_cwnd": _CappedWindow()})
+        current = sctp.__dict__.get("_cwnd", max_bytes)
+        sctp.__dict__["_ai4all_cwnd_cap"] = max_bytes
+        sctp.__class__ = capped
+        sctp._cwnd = current
+    else:
+        sctp.__dict__["_ai4all_cwnd_cap"] = max_bytes
 
 
 def _parse_signal(from_peer_id: object, payload: object) -> tuple[str, str, str]:
@@ -197,10 +262,26 @@ class LinkManager:
         self._links[(peer_id, link_id)] = link
         return link
 
-    async def _set_local(self, pc: RTCPeerConnection, description: RTCSessionDescription) -> str:
-        """Set the local description, gathering candidates on the configured addresses; return its SDP."""
+    async def _set_local(self, link: Link, description: RTCSessionDescription) -> str:
+        """Set the local description, gathering candidates on the configured addresses, and size the
+        buffers of the UDP sockets gathering bound; return its SDP."""
+        pc = link._pc
         with gathering_on(self.config.ice_addresses):
             await pc.setLocalDescription(description)
+        sockets = host_sockets(pc)
+        link._udp_sockets = sockets
+        if self.config.socket_buffer_bytes:
+            granted = size_buffers(sockets, self.config.socket_buffer_bytes)
+            link.stats.receive_buffer_bytes = granted
+            if sockets and granted < self.config.socket_buffer_bytes:
+                log.info(
+                    "%r: UDP receive buffer %d bytes, asked for %d (net.core.rmem_max caps it)",
+                    link,
+                    granted,
+                    self.config.socket_buffer_bytes,
+                )
+        if self.config.max_flight_bytes and pc.sctp is not None:
+            cap_congestion_window(pc.sctp, self.config.max_flight_bytes)
         return pc.localDescription.sdp
 
     def _remote_sdp(self, sdp: str, typ: str, peer_id: str) -> RTCSessionDescription:
@@ -225,7 +306,7 @@ class LinkManager:
             async with deadline:
                 link._attach(pc.createDataChannel(CHANNEL_LABEL, ordered=True))
                 link._set_state(LinkState.CONNECTING)
-                sdp = await self._set_local(pc, await pc.createOffer())
+                sdp = await self._set_local(link, await pc.createOffer())
                 offer = {"kind": SIGNAL_KIND, "type": "offer", "sdp": sdp, "link": link.link_id}
                 await self._send_signal(peer_id, offer)
                 await link._wait_open()
@@ -269,7 +350,7 @@ class LinkManager:
         link._set_state(LinkState.CONNECTING)
         try:
             await pc.setRemoteDescription(self._remote_sdp(sdp, "offer", peer_id))
-            answer_sdp = await self._set_local(pc, await pc.createAnswer())
+            answer_sdp = await self._set_local(link, await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError, KeyError, InvalidStateError... on bad SDP
             await link._abort(LinkClosedError(f"link {link_id} from peer {peer_id!r}: unusable offer"))
             raise SignalPayloadError(

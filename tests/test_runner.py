@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from python_peer.chain import LocalChain
-from python_peer.core.manifest import load_manifest
+from python_peer.core import manifest as names
+from python_peer.core.manifest import ShardEntry, load_manifest
 from python_peer.errors import SessionError, ShardError, ShardInputError
 from python_peer.runner import BlocksRunner, ShardRunner
 
@@ -105,3 +108,86 @@ def test_decode_with_cache_equals_one_pass(tiny_llama_export: Path) -> None:
     np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, atol=1e-5)
     with pytest.raises(SessionError):
         chain.step("nope", ids, np.ones_like(ids))
+
+
+def _step_feeds(
+    entry: ShardEntry, past: dict[str, Any], hidden_in: np.ndarray, length: int
+) -> dict[str, Any]:
+    """The inputs of one step of a blocks shard, as the manifest (docs/wire.md) names them."""
+    seq = hidden_in.shape[1]
+    feeds: dict[str, Any] = {
+        names.HIDDEN_IN: hidden_in,
+        names.ATTENTION_MASK: np.ones((1, length + seq), dtype=np.int64),
+        names.POSITION_IDS: np.arange(length, length + seq, dtype=np.int64)[None, :],
+    }
+    empty = np.zeros((1, 2, 0, 16), dtype=np.float32)
+    for layer in entry.span.layers():
+        for name in (names.past_key(layer), names.past_value(layer)):
+            feeds[name] = past.get(name, empty)
+    return feeds
+
+
+def _presents_as_pasts(entry: ShardEntry, outputs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        past: outputs[present]
+        for layer in entry.span.layers()
+        for past, present in (
+            (names.past_key(layer), names.present_key(layer)),
+            (names.past_value(layer), names.present_value(layer)),
+        )
+    }
+
+
+def test_run_bound_keeps_the_cache_in_onnxruntime_and_returns_what_run_returns(
+    tiny_llama_export: Path,
+) -> None:
+    """A prefill and three decode steps: the OrtValue cache fed back gives run()'s outputs exactly."""
+    manifest = load_manifest(tiny_llama_export)
+    entry = manifest.blocks[1]
+    assert manifest.config["num_key_value_heads"] == 2 and manifest.config["head_dim"] == 16
+    runner = ShardRunner(tiny_llama_export, entry)
+    cache = frozenset(n for n in runner._inputs if n.startswith("past_key_values."))
+    steps = [hidden(1, 5), hidden(1, 1) * 0.5, hidden(1, 1) * 2.0, hidden(1, 1) - 1.0]
+    past_np: dict[str, Any] = {}
+    past_bound: dict[str, Any] = {}
+    length = 0
+    for hidden_in in steps:
+        plain = runner.run(_step_feeds(entry, past_np, hidden_in, length), trusted=cache)
+        bound = runner.run_bound(_step_feeds(entry, past_bound, hidden_in, length), trusted=cache)
+        assert all(isinstance(v, ort.OrtValue) for v in bound.values())
+        np.testing.assert_array_equal(bound[names.HIDDEN_OUT].numpy(), plain[names.HIDDEN_OUT])
+        past_np = _presents_as_pasts(entry, plain)
+        past_bound = _presents_as_pasts(entry, bound)
+        length += hidden_in.shape[1]
+    key = names.past_key(entry.span.start)
+    assert isinstance(past_bound[key], ort.OrtValue) and past_bound[key].shape() == [1, 2, 8, 16]
+    np.testing.assert_array_equal(past_bound[key].numpy(), past_np[key])
+
+
+def test_run_bound_refuses_what_run_refuses(tiny_llama_export: Path) -> None:
+    """Hidden states from the network (numpy) are scanned; a bound cache of the wrong kind is refused."""
+    manifest = load_manifest(tiny_llama_export)
+    entry = manifest.blocks[1]
+    runner = ShardRunner(tiny_llama_export, entry)
+    good = _step_feeds(entry, {}, hidden(1, 2), 0)
+    bad = hidden(1, 2)
+    bad[0, 1, 3] = np.inf
+    with pytest.raises(ShardInputError, match="NaN or Inf"):
+        runner.run_bound({**good, names.HIDDEN_IN: bad})
+    key = names.past_key(entry.span.start)
+    as_int = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 0, 16), dtype=np.int64))
+    with pytest.raises(ShardInputError, match=r"is tensor\(int64\), expected float32"):
+        runner.run_bound({**good, key: as_int})
+    rank3 = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 16), dtype=np.float32))
+    with pytest.raises(ShardInputError, match="rank 3"):
+        runner.run_bound({**good, key: rank3})
+    wrong_heads = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 3, 0, 16), dtype=np.float32))
+    with pytest.raises(ShardInputError, match="expected"):
+        runner.run_bound({**good, key: wrong_heads})
+    with pytest.raises(ShardInputError, match="missing inputs"):
+        runner.run_bound({k: v for k, v in good.items() if k != key})
+    # A cache whose length disagrees with the mask: onnxruntime's refusal, translated.
+    long_cache = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, 2, 7, 16), dtype=np.float32))
+    with pytest.raises(ShardInputError, match="refused its inputs"):
+        runner.run_bound({**good, key: long_cache})
+    assert runner.run_bound(good)[names.HIDDEN_OUT].shape() == [1, 2, 64]  # the runner still works

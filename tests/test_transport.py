@@ -371,6 +371,70 @@ def test_config_refuses_thresholds_that_could_stall() -> None:
         TransportConfig(chunk_size=12)
     with pytest.raises(ValueError, match="ice_addresses"):
         TransportConfig(ice_addresses=("localhost",))
+    with pytest.raises(ValueError, match="socket_buffer_bytes 1000 is not 0"):
+        TransportConfig(socket_buffer_bytes=1000)
+    with pytest.raises(ValueError, match="socket_buffer_bytes"):
+        TransportConfig(socket_buffer_bytes=1 << 30)
+    with pytest.raises(ValueError, match="max_flight_bytes 100 is not 0"):
+        TransportConfig(max_flight_bytes=100)
+    TransportConfig(socket_buffer_bytes=0, max_flight_bytes=0)  # aioice's and aiortc's own behaviour
+
+
+def _rmem_max() -> int | None:
+    try:
+        return int(Path("/proc/sys/net/core/rmem_max").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+async def test_link_sockets_are_sized_and_the_congestion_window_capped() -> None:
+    config = TransportConfig()
+    async with linked(config) as (link_a, link_b):
+        for link in (link_a, link_b):
+            rmem_max = _rmem_max()
+            if rmem_max is not None:  # Linux grants twice the request, at most twice rmem_max
+                assert link.stats.receive_buffer_bytes == 2 * min(config.socket_buffer_bytes, rmem_max)
+            sctp = link._pc.sctp
+            assert sctp is not None
+            assert sctp._cwnd <= config.max_flight_bytes
+            sctp._cwnd = 10 * config.max_flight_bytes  # what aiortc's slow start would do after a while
+            assert sctp._cwnd == config.max_flight_bytes
+            await link.send(tensor_frame(0, 1000, seed=1))
+        await link_a.recv()
+        await link_b.recv()
+
+
+async def _saturate(config: TransportConfig, frames: int, numel: int) -> tuple[int | None, int | None, float]:
+    """Both ends send ``frames`` frames of ``numel`` floats at once; (drops at a, drops at b, seconds)."""
+    async with linked(config) as (link_a, link_b):
+        sent = {link: [tensor_frame(i, numel, seed=i) for i in range(frames)] for link in (link_a, link_b)}
+
+        async def send_all(link: Link) -> None:
+            for frame in sent[link]:
+                await link.send(frame)
+
+        started = time.perf_counter()
+        _, _, got_b, got_a = await asyncio.gather(
+            send_all(link_a),
+            send_all(link_b),
+            asyncio.gather(*(link_b.recv() for _ in range(frames))),
+            asyncio.gather(*(link_a.recv() for _ in range(frames))),
+        )
+        elapsed = time.perf_counter() - started
+        assert list(got_b) == sent[link_a] and list(got_a) == sent[link_b]
+        return link_a.udp_drops(), link_b.udp_drops(), elapsed
+
+
+@pytest.mark.timeout(180)
+async def test_a_saturated_link_drops_no_datagram() -> None:
+    """4 MiB each way at once over one link. Left to aiortc and aioice (an uncapped window, 256 KiB
+    sockets) the kernel drops datagrams at both ends; with the default config it drops none."""
+    uncapped = await _saturate(TransportConfig(socket_buffer_bytes=0, max_flight_bytes=0), 16, 64 * 1024)
+    if uncapped[0] is None:
+        pytest.skip("no SO_MEMINFO drop counter on this system")
+    capped = await _saturate(TransportConfig(), 16, 64 * 1024)
+    assert capped[:2] == (0, 0), f"default config: {capped}"
+    assert (uncapped[0] or 0) + (uncapped[1] or 0) > 0, f"aiortc's own window dropped nothing: {uncapped}"
 
 
 async def test_link_between_two_processes_over_loopback() -> None:
