@@ -34,6 +34,9 @@
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
+- ``publish_cli.py``    ``ai4all publish DIR``: sign an export's manifest and files as its publisher.
+- ``model_trust.py``    the check ``peer`` and ``chat`` make before using a model directory: signed by a
+                        trusted publisher, or an unsigned export they were told to use.
 - ``api/``              the OpenAI-compatible API of a peer (types, translation, service, app, pages).
 - ``chat.py``           one chat reply, through the mesh or local shards (``ChatOptions``).
 - ``serving.py``        a serving peer as a process, with its API (``PeerOptions``).

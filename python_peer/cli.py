@@ -23,6 +23,7 @@ _SUBCOMMAND_MODULES = (
     "python_peer.chat_cli",
     "python_peer.ledger_cli",
     "python_peer.peer_cli",
+    "python_peer.publish_cli",
     "python_peer.up",
     "signaling.cli",
 )

@@ -69,7 +69,7 @@ def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
         # Mapped, not read: an .onnx without external data may be up to 2 GB.
         with paths[0].open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
             try:
-                check_shard_model(memoryview(view), entry)  # admission: ONNX only, allowed operators, declared I/O
+                check_shard_model(memoryview(view), entry)  # admission: ONNX, allowed operators, I/O
                 check_external_data(
                     memoryview(view), entry.file, {listed.file: listed.bytes for listed in entry.files}
                 )

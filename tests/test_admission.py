@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from io import BytesIO
@@ -23,9 +26,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from python_peer.core.admission import admit_model_dir, allowed
+from python_peer.core.admission import admit_model_dir, allowed, check_operators
 from python_peer.core.errors import AdmissionError
 from python_peer.core.manifest import load_manifest
+from python_peer.core.onnx_summary import summarize
 from python_peer.errors import ShardError
 from python_peer.runner import ShardRunner
 from tests.support.procs import run_cli
@@ -229,6 +233,29 @@ def test_a_manifest_whose_declarations_disagree_with_its_config_is_refused(
     assert refused.value.rule == rule
 
 
+VECTORS = Path(__file__).resolve().parent / "vectors" / "admission"
+
+
+def test_the_golden_vectors_get_their_verdicts(tmp_path: Path) -> None:
+    """The browser's ``web/test/admission.test.js`` checks the same files and verdicts."""
+    script = VECTORS.parent / "generate_admission.py"
+    env = {**os.environ, "PYTHONPATH": str(VECTORS.parents[2])}
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, env=env)
+    written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert written == {p.name: p.read_bytes() for p in VECTORS.iterdir()}, (
+        "run tests/vectors/generate_admission.py"
+    )
+    for vector in json.loads((VECTORS / "index.json").read_text()):
+        try:
+            check_operators(
+                summarize((VECTORS / vector["file"]).read_bytes()), vector["kind"], vector["file"]
+            )
+            rule = None
+        except AdmissionError as exc:
+            rule = exc.rule
+        assert rule == vector["rule"], vector["file"]
+
+
 def test_the_allow_lists_are_per_kind() -> None:
     assert allowed("blocks", "com.microsoft", "MatMulNBits") and not allowed(
         "embed", "com.microsoft", "MatMulNBits"
@@ -240,12 +267,7 @@ def test_the_allow_lists_are_per_kind() -> None:
 def test_the_chat_command_refuses_a_forbidden_operator(tiny_llama_export: Path, tmp_path: Path) -> None:
     model_dir = _copy(tiny_llama_export, tmp_path)
     _edit(model_dir, BLOCKS, _node("CumSum"))
-    result = run_cli(
-        ["chat", "hello", "--model", str(model_dir), "--max-tokens", "2", *UNSIGNED], timeout=300
-    )
+    result = run_cli(["chat", "hello", "--model", str(model_dir), "--max-tokens", "2"], timeout=300)
     assert result.returncode == 1 and result.stdout == ""
     assert "admission rule operator_allowed" in result.stderr and "CumSum" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-
-
-UNSIGNED: list[str] = []

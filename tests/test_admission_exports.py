@@ -4,7 +4,10 @@ from a real default-model q4 export; the tiny exports here come from Hugging Fac
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections import defaultdict
+from pathlib import Path
 
 import onnx
 import pytest
@@ -25,9 +28,9 @@ GGUF_ONLY = {
 
 
 @pytest.fixture(scope="module")
-def emitted(tiny_model_factory, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], set[str]]:
-    """(kind, domain) -> operators, over every family and dtype, each export admitted first."""
-    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+def exports(tiny_model_factory, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Every family exported in every dtype."""
+    out_dirs = []
     for family in FAMILIES:
         model = tiny_model_factory(family, tied=family == "gpt2")
         for dtype in DTYPES:
@@ -36,11 +39,20 @@ def emitted(tiny_model_factory, tmp_path_factory: pytest.TempPathFactory) -> dic
                 source.resolve(str(model)), out, spans=tuple(parse_spans("0-2,2-4")), dtype=dtype
             )
             pipeline.run_export(request)
-            manifest = admit_model_dir(out)
-            for shard in manifest.shards:
-                graph = onnx.load(str(out / shard.file), load_external_data=False).graph
-                for node in graph.node:
-                    found[(shard.kind, node.domain or "")].add(node.op_type)
+            out_dirs.append(out)
+    return out_dirs
+
+
+@pytest.fixture(scope="module")
+def emitted(exports: list[Path]) -> dict[tuple[str, str], set[str]]:
+    """(kind, domain) -> operators, over every export, each export admitted first."""
+    found: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for out in exports:
+        manifest = admit_model_dir(out)
+        for shard in manifest.shards:
+            graph = onnx.load(str(out / shard.file), load_external_data=False).graph
+            for node in graph.node:
+                found[(shard.kind, node.domain or "")].add(node.op_type)
     return found
 
 
@@ -49,3 +61,22 @@ def test_each_allow_list_is_what_the_exporter_emits(kind: str, emitted) -> None:
     assert set(ALLOWED_OPS[kind]) == emitted[(kind, "")] | GGUF_ONLY[kind]
     assert set(ALLOWED_MS_OPS[kind]) == emitted[(kind, "com.microsoft")]
     assert {domain for k, domain in emitted if k == kind} <= {"", "com.microsoft"}
+
+
+BROWSER_CHECK = """
+import { readFile } from 'node:fs/promises';
+import { admitShard } from './src/runtime/admission.js';
+for (const dir of JSON.parse(process.argv[1])) {
+  const manifest = JSON.parse(await readFile(`${dir}/manifest.json`, 'utf8'));
+  for (const shard of manifest.shards) admitShard(new Uint8Array(await readFile(`${dir}/${shard.file}`)), shard);
+}
+console.log('admitted');
+"""
+
+
+def test_the_browser_admits_every_export_too(exports: list[Path]) -> None:
+    """``web/src/runtime/admission.js`` on the same real exports (node runs the module as the page does)."""
+    web = Path(__file__).resolve().parent.parent / "web"
+    args = ["node", "--input-type=module", "-e", BROWSER_CHECK, json.dumps([str(p) for p in exports])]
+    result = subprocess.run(args, cwd=web, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0 and result.stdout.strip() == "admitted", result.stderr

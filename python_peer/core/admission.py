@@ -76,7 +76,14 @@ def allowed(kind: str, domain: str, op_type: str) -> bool:
 
 def check_summary(summary: OnnxSummary, entry: ShardEntry) -> None:
     """Refuse a shard whose summary breaks a rule; the error names the shard and the rule."""
-    shard = entry.file
+    check_operators(summary, entry.kind, entry.file)
+    _check_io(summary, entry)
+
+
+def check_operators(summary: OnnxSummary, kind: str, shard: str) -> None:
+    """The rules on versions, operator sets and operators of a shard of ``kind`` (the browser's
+    ``web/src/runtime/admission.js`` checks the same, in the same order, on the golden vectors of
+    ``tests/vectors/admission/``)."""
     if summary.ir_version not in IR_VERSIONS:
         raise AdmissionError(
             "format_version",
@@ -120,17 +127,16 @@ def check_summary(summary: OnnxSummary, entry: ShardEntry) -> None:
                 "format_version",
                 f"shard {shard}: operator {op_type} uses domain {domain!r}, which it does not import",
             )
-        if not allowed(entry.kind, domain, op_type):
+        if not allowed(kind, domain, op_type):
             raise AdmissionError(
                 "operator_allowed",
                 f"shard {shard}: operator {(domain + '.') if domain else ''}{op_type} is not on the allow-list "
-                f"of {entry.kind} shards",
+                f"of {kind} shards",
             )
     if summary.has_subgraphs:
         raise AdmissionError(
             "operator_allowed", f"shard {shard} holds nested graphs; no admitted operator has one"
         )
-    _check_io(summary, entry)
 
 
 def _check_io(summary: OnnxSummary, entry: ShardEntry) -> None:
