@@ -21,6 +21,7 @@ import {
   MS_DOMAIN,
   OPSET_RANGES,
 } from '../protocol/constants.js';
+import { ShardError } from './onnx.js';
 
 /** ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited). */
 const MODEL_FIELDS = new Map([[1, 0], [2, 2], [3, 2], [4, 2], [5, 0], [6, 2], [7, 2], [8, 2], [14, 2], [20, 2], [25, 2], [26, 2]]);
@@ -32,16 +33,14 @@ const ATTR_GRAPH = 6, ATTR_GRAPHS = 11;
 const MAX_GRAPH_DEPTH = 64; // _MAX_DEPTH of onnx_external.py: nested graphs a hostile file may not exceed
 
 /** A shard that breaks an admission rule; `rule` names it, as the native `AdmissionError` does. */
-export class AdmissionError extends Error {
+export class AdmissionError extends ShardError {
   /**
    * @param {string} rule
    * @param {string} message
    */
   constructor(rule, message) {
     super(`admission rule ${rule}: ${message}`);
-    this.name = 'AdmissionError';
     this.rule = rule;
-    this.code = 'shard';
   }
 }
 
