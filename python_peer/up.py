@@ -287,7 +287,8 @@ async def up(args: argparse.Namespace) -> int:
         console.print(table)
         console.print(f"model: {model_dir}", soft_wrap=True)
         console.print(
-            f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]}',
+            f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]} '
+            f"--trust-publisher {publisher}",
             soft_wrap=True,
         )
         console.print(f"chat page: http://127.0.0.1:{args.port + 2}/chat", soft_wrap=True)
