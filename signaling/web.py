@@ -8,7 +8,7 @@ Every signaling node serves, on its own port next to the websocket at ``/`` (``d
 - ``GET /web/src/**`` the browser node's modules
 - ``GET /web/node_modules/<dependency>/**`` the five browser dependencies (``BROWSER_DEPENDENCIES``)
 - ``GET /py/python_peer/core/*.py`` the standard-library ledger rules, for Pyodide
-- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists
+- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists, and its ``manifest.sig.json``
 - ``GET /v1/config`` the page configuration (``BrowserSite.config``)
 
 Paths are resolved strictly (``resolve_file``): each static root is a fixed folder, a request names a

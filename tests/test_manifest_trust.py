@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import httpx
 import onnx
 import pytest
 from onnx import helper
@@ -24,7 +25,7 @@ from python_peer.core.canonical import signing_bytes
 from python_peer.core.errors import PublicationError
 from python_peer.core.publication import Publication
 from python_peer.identity import Identity, verify
-from tests.support.procs import run_cli
+from tests.support.procs import Node, PeerProc, run_cli
 
 NO_ENV_DEFAULT = {"AI4ALL_ALLOW_UNSIGNED": ""}  # the test session's default for local exports, cleared
 CONTEXT = "ai4all/manifest/v1"
@@ -256,3 +257,27 @@ def test_publish_refuses_a_model_admission_refuses(published: tuple[Path, str], 
     assert result.returncode == 1 and result.stdout == "", result.stderr
     assert "admission rule no_custom_ops" in result.stderr
     assert not (model / "manifest.sig.json").exists()
+
+
+def test_a_mesh_of_a_trusted_publisher_s_model_chats(published: tuple[Path, str], tmp_path: Path) -> None:
+    """A signaling node serving the signed model, a peer serving all its blocks and a client, each told
+    to trust the publisher and nothing else (no unsigned default), answer as the local chain does."""
+    model, publisher = published
+    trust = ["--trust-publisher", publisher]
+    node = Node("signal", tmp_path, model_dirs=[model], env=NO_ENV_DEFAULT, extra_args=trust)
+    peer = PeerProc("peer", tmp_path, model, [node.url], span="0-4", extra=trust, env=NO_ENV_DEFAULT)
+    try:
+        node.wait()
+        peer.wait()
+        mesh = _chat(model, "--signal", node.url, "--data-dir", str(tmp_path / "client"), *trust)
+        local = _chat(model, *trust)
+        assert mesh.returncode == 0 and local.returncode == 0, mesh.stderr + local.stderr
+        assert mesh.stdout == local.stdout and mesh.stdout.strip()
+        signed = httpx.get(
+            f"{node.http}/models/{json.loads((model / 'manifest.json').read_text())['model']['name']}/manifest.sig.json",
+            trust_env=False,
+        )
+        assert signed.status_code == 200 and signed.json()["body"]["publisher"] == publisher
+    finally:
+        peer.stop()
+        node.stop()
