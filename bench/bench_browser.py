@@ -259,7 +259,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_ms: list[float] = []  # the page's download + sha256 + session creation of the shard
     with tempfile.TemporaryDirectory(prefix="ai4all-bench-browser-") as tmp:
         port = free_port()
-        node = Child("signal", ["signal", "--port", str(port), "--model-dir", str(model)], Path(tmp))
+        command = ["signal", "--port", str(port), "--model-dir", str(model), "--allow-unsigned"]
+        node = Child("signal", command, Path(tmp))
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + START_TIMEOUT_S

@@ -118,6 +118,7 @@ class ChaosMesh:
                 name = f"peer-{span}-{copy}"
                 data_dir = log_dir / name
                 args = ["peer", "--model", str(model_dir), "--span", span, "--data-dir", str(data_dir)]
+                args.append("--allow-unsigned")  # a local export
                 for url in order:
                     args += ["--signal", url]
                 proc = Proc(name, PEER, args, span=span, data_dir=data_dir)

@@ -164,6 +164,7 @@ class LocalMesh:
             info = PeerInfo(f"peer-{shard.start}-{shard.end}", f"{shard.start}-{shard.end}", home)
             args = ["peer", "--signal", home, "--signal", other, "--model", str(self.model_dir)]
             args += ["--span", info.span, "--data-dir", str(self.log_dir / info.name)]
+            args.append("--allow-unsigned")  # a local export
             peer_children.append(Child(info.name, args, self.log_dir))
             self.peers.append(info)
         self.children += peer_children

@@ -35,6 +35,9 @@
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
+- ``publish_cli.py``    ``ai4all publish DIR``: sign an export's manifest and files as its publisher.
+- ``model_trust.py``    the check ``peer`` and ``chat`` make before using a model directory: signed by a
+                        trusted publisher, or an unsigned export they were told to use.
 - ``benchmark.py``      this machine's measured block-tokens/s for a span, saved in the data dir, and the
                         figure a peer announces (a saved one that matches, else measured at start).
 - ``status.py``         a running peer's status on a Unix socket in its data dir, and the caller's side.

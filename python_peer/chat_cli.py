@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from python_peer.core.ice import add_ice_args, ice_settings
+from python_peer.core.publisher_trust import add_trust_args, trust_policy
 
 if TYPE_CHECKING:
     from .chat import ChatOptions
@@ -44,6 +45,7 @@ def register(subparsers: Any) -> None:
         help="where this client keeps its identity and ledger (default: $AI4ALL_DATA_DIR or ~/.local/share/ai4all)",
     )
     add_ice_args(chat)
+    add_trust_args(chat)
     add_sampling(chat)
     chat.set_defaults(handler=run_chat)
 
@@ -75,6 +77,11 @@ def chat_options(args: argparse.Namespace) -> ChatOptions:
     from .chat import ChatOptions
 
     ice = ice_settings(args)  # refused before anything loads, with or without --signal
+    from .model_trust import check_trusted_model
+
+    check_trusted_model(
+        args.model, trust_policy(args)
+    )  # a signed manifest of a trusted publisher, or --allow-unsigned
     return ChatOptions(
         model_dir=args.model,
         prompt=args.prompt,

@@ -20,6 +20,7 @@ from python_peer.core.memory_budget import (
     available_ram,
     parse_size,
 )
+from python_peer.core.publisher_trust import add_trust_args, trust_policy
 
 if TYPE_CHECKING:
     from .serving import ApiOptions, PeerOptions
@@ -38,6 +39,7 @@ def register(subparsers: Any) -> None:
     )
     add_signal_args(parser)
     add_ice_args(parser)
+    add_trust_args(parser)
     parser.add_argument(
         "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
     )
@@ -161,12 +163,18 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
     if args.max_memory_mb is not None and not (0 < args.max_memory_mb < float("inf")):
         raise CommandError(f"--max-memory-mb {args.max_memory_mb} must be a positive number of MiB")
     ice = ice_settings(args)  # refused before anything loads
+    budget = memory_budget(args.memory_budget)
+    from .model_trust import check_trusted_model
+
+    check_trusted_model(
+        args.model, trust_policy(args)
+    )  # a signed manifest of a trusted publisher, or --allow-unsigned
     return PeerOptions(
         signal_urls=tuple(args.signal),
         model_dir=args.model,
         data_dir=args.data_dir,
         span=Span.parse(args.span) if args.span else None,
-        memory_budget_bytes=memory_budget(args.memory_budget),
+        memory_budget_bytes=budget,
         max_memory_mb=args.max_memory_mb,
         gossip_interval_s=args.gossip_interval,
         idle_timeout_s=args.idle_timeout,

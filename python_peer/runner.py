@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from python_peer.core import manifest as names
+from python_peer.core.admission import check_shard_model
 from python_peer.core.errors import ManifestError
 from python_peer.core.manifest import Manifest, ShardEntry, ShardFile
 from python_peer.core.onnx_external import check_external_data
@@ -70,6 +71,7 @@ def verify_shard_file(model_dir: Path, entry: ShardEntry) -> Path:
         # Mapped, not read: an .onnx without external data may be up to 2 GB.
         with paths[0].open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as view:
             try:
+                check_shard_model(memoryview(view), entry)  # admission: ONNX, allowed operators, I/O
                 check_external_data(
                     memoryview(view), entry.file, {listed.file: listed.bytes for listed in entry.files}
                 )

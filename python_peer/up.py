@@ -167,6 +167,23 @@ def _export_default(model_dir: Path) -> None:
         raise UpError("exporting the default model failed")
 
 
+def _publish_default(model_dir: Path, publisher_dir: Path) -> str:
+    """Sign ``model_dir`` with the identity in ``publisher_dir`` unless it already is; return the id."""
+    from python_peer.core.errors import PublicationError
+    from python_peer.core.publisher_trust import TrustPolicy, check_model_dir
+
+    from .identity import verify
+    from .publish_cli import publish_dir
+
+    identity = Identity.load_or_create(publisher_dir)
+    try:
+        check_model_dir(model_dir, TrustPolicy(frozenset({identity.peer_id})), verify)
+    except PublicationError:
+        print(f"signing {model_dir} as publisher {identity.peer_id[:12]}…", file=sys.stderr)
+        publish_dir(model_dir, identity)
+    return identity.peer_id
+
+
 async def up(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -183,6 +200,9 @@ async def up(args: argparse.Namespace) -> int:
     # Its ledger asks a light proof of work for starter grants; every process of this mesh inherits it.
     os.environ.setdefault(POW_BITS_ENV, str(LOCAL_POW_BITS))
     await asyncio.to_thread(_export_default, model_dir)
+    # What up exports it publishes with its own key (kept beside the models), and its mesh trusts that key.
+    publisher = await asyncio.to_thread(_publish_default, model_dir, model_dir.parent / ".publisher")
+    trust = ["--trust-publisher", publisher]
 
     urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
     model_args = ["--model-dir", str(model_dir)]  # browsers download the model's shards from either node
@@ -204,6 +224,7 @@ async def up(args: argparse.Namespace) -> int:
                 "--node-id",
                 name,
                 *model_args,
+                *trust,
             ],
         )
         for i, name in enumerate(("node-a", "node-b"))
@@ -222,6 +243,7 @@ async def up(args: argparse.Namespace) -> int:
             str(model_dir),
             "--data-dir",
             str(state / f"peer{i}"),
+            *trust,
         ]
         if span is not None:
             cmd += ["--span", span]
@@ -265,7 +287,8 @@ async def up(args: argparse.Namespace) -> int:
         console.print(table)
         console.print(f"model: {model_dir}", soft_wrap=True)
         console.print(
-            f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]}',
+            f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]} '
+            f"--trust-publisher {publisher}",
             soft_wrap=True,
         )
         console.print(f"chat page: http://127.0.0.1:{args.port + 2}/chat", soft_wrap=True)

@@ -20,7 +20,8 @@ The protocol is described in ``docs/signaling.md``. Files:
                     ``run_node(SignalOptions)``.
 - ``web.py``        the browser node served by every node: the contribute page at ``/``, ``/chat``,
                     ``/embed.js``, the modules, the browser dependencies, the ledger's Python core, the
-                    model files of ``--model-dir`` and ``/v1/config`` (``docs/browser.md``).
+                    model files of ``--model-dir`` (admitted first, with their signed manifest) and
+                    ``/v1/config`` (``docs/browser.md``).
 - ``errors.py``     what only a signaling node raises (``SiteError``); the protocol's errors are in
                     ``python_peer/core/errors.py``.
 - ``cli.py``        the ``ai4all signal`` subcommand: its flags into ``app.SignalOptions``.

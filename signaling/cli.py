@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from python_peer.core.ice import add_ice_args
+from python_peer.core.publisher_trust import add_trust_args
 
 if TYPE_CHECKING:
     from .app import SignalOptions
@@ -90,6 +91,7 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_ice_args(parser, for_browsers=True)
+    add_trust_args(parser)  # which --model-dir this node serves (signed by a trusted publisher, or unsigned)
     parser.set_defaults(handler=run)
 
 
@@ -100,11 +102,13 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
     from python_peer.core.canonical import URL_RE, is_peer_id
     from python_peer.core.errors import CommandError, IdentityError
     from python_peer.core.ice import ice_settings
-    from python_peer.identity import Identity
+    from python_peer.core.publisher_trust import check_model_dir, trust_policy
+    from python_peer.identity import Identity, verify
 
     from .app import SignalOptions
     from .connection import IDLE_TIMEOUT_S
     from .node import NodeConfig
+    from .web import ServedModel
 
     if not 0 < args.port < 65536:
         raise CommandError(f"--port {args.port} is not a TCP port (1-65535)")
@@ -131,6 +135,10 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         raise CommandError(f"--data-dir {args.data_dir}: {exc}") from exc
     if args.idle_timeout is not None and not 2.0 <= args.idle_timeout <= 86_400:
         raise CommandError(f"--idle-timeout {args.idle_timeout:g} must be between 2 and 86400 seconds")
+    policy = trust_policy(args)
+    for model_dir in args.model_dir:  # served to browsers only if this node would use it itself
+        ServedModel.load(model_dir)  # the site's own checks first, in its words
+        check_model_dir(model_dir, policy, verify)
     node = NodeConfig(
         host=args.host,
         port=args.port,

@@ -8,7 +8,7 @@ Every signaling node serves, on its own port next to the websocket at ``/`` (``d
 - ``GET /web/src/**`` the browser node's modules
 - ``GET /web/node_modules/<dependency>/**`` the five browser dependencies (``BROWSER_DEPENDENCIES``)
 - ``GET /py/python_peer/core/*.py`` the standard-library ledger rules, for Pyodide
-- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists
+- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists, and its ``manifest.sig.json``
 - ``GET /v1/config`` the page configuration (``BrowserSite.config``)
 
 Paths are resolved strictly (``resolve_file``): each static root is a fixed folder, a request names a
@@ -36,11 +36,13 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from python_peer.core.admission import admit_model_dir
 from python_peer.core.canonical import MODEL_RE
 from python_peer.core.economics import GRANT_POW_BITS
 from python_peer.core.errors import ManifestError
 from python_peer.core.ice import IceSettings
 from python_peer.core.manifest import MANIFEST_FILE, load_manifest
+from python_peer.core.publication import SIGNED_MANIFEST_FILE
 from python_peer.core.static_files import mime_type, resolve_file
 
 from .errors import SiteError
@@ -145,6 +147,8 @@ class ServedModel:
                     f"--model-dir {root}: {MANIFEST_FILE} tokenizer.{key} is {value!r}, not a file"
                 )
             names.append(value)
+        if (root / SIGNED_MANIFEST_FILE).is_file():
+            names.append(SIGNED_MANIFEST_FILE)  # browsers check the publisher's signature with it
         files = frozenset(names)
         for listed in sorted(files):
             if resolve_file(root, listed) is None or "/" in listed:
@@ -160,6 +164,10 @@ class ServedModel:
                         f"--model-dir {root}: shard {shard.file}: {item.file} has {size} bytes, the manifest "
                         f"says {item.bytes} (a partial copy? re-export or copy it again)"
                     )
+        try:
+            admit_model_dir(root)  # nothing is served to browsers that a node would not admit
+        except ManifestError as exc:
+            raise SiteError(f"--model-dir {root}: {exc}") from exc
         return cls(name, root.resolve(), files)
 
     def file(self, name: str) -> Path | None:

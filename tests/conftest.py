@@ -21,6 +21,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 # Test meshes are private networks: a cheap proof of work for the ledger's starter grant (every process
 # of a test inherits it, so all agree on the rules).
 os.environ.setdefault("AI4ALL_LEDGER_POW_BITS", "4")
+# Test meshes serve the tests' own local exports, unsigned (--allow-unsigned); the tests of signed
+# manifests and publisher trust (tests/test_manifest_trust.py) clear it where they mean to be refused.
+os.environ.setdefault("AI4ALL_ALLOW_UNSIGNED", "1")
 
 
 @pytest.fixture(scope="session")

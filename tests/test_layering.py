@@ -168,9 +168,11 @@ _COMMAND_LINE = {
     "python_peer.chat_cli",
     "python_peer.ledger_cli",
     "python_peer.peer_cli",
+    "python_peer.publish_cli",
     "python_peer.status_cli",
     "python_peer.up",
     "python_peer.core.ice",
+    "python_peer.core.publisher_trust",  # the one definition of the trust flags, as ice.py's
     "python_peer.core.js_constants",  # a generator script: its main() is its command line
     "signaling.cli",
 }

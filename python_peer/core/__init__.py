@@ -11,6 +11,13 @@ with peers, besides ``python_peer/identity.py``. Files:
                    budget (the browser's twin: ``web/src/node/span_choice.js``).
 - ``onnx_external.py``  which external-data files an ``.onnx`` reads (a stdlib protobuf walk), checked
                    against the files the manifest lists before a session is created.
+- ``onnx_summary.py``  what an ``.onnx`` declares (IR and opset versions, operators, graph inputs and
+                   outputs), read strictly from its protobuf bytes.
+- ``admission.py`` the admission rules of a shard (ONNX only, operator allow-lists per kind, versions,
+                   declared inputs and outputs), and ``admit_model_dir``.
+- ``publication.py``  signed manifests (``manifest.sig.json``): the body, its chunk hashes, the checks.
+- ``publisher_trust.py``  which publishers a node trusts, ``--trust-publisher``/``--allow-unsigned``,
+                   and the check of a model directory against them.
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).

@@ -11,7 +11,10 @@ in ``signaling/errors.py``. The whole tree::
     ├── CoreError                          (this module)
     │   ├── SpanError          a block span that is malformed, overlaps, leaves a gap or runs past the model
     │   ├── ManifestError      a manifest.json that is missing, malformed or names an unknown format
-    │   │   └── SiteError          (signaling/errors.py) a --model-dir a signaling node cannot serve
+    │   │   ├── SiteError          (signaling/errors.py) a --model-dir a signaling node cannot serve
+    │   │   ├── AdmissionError     a manifest or shard that breaks an admission rule (``rule`` names it)
+    │   │   └── PublicationError   a signed manifest that is missing, malformed, forged or altered
+    │   │       └── UntrustedPublisherError  a valid signature by a publisher this node does not trust
     │   ├── WireError          bytes from a peer that are not a valid frame or chunk (wire.py); ``code``
     │   │   │                  is the error code a peer sends back in its ERROR frame
     │   │   ├── TruncatedFrameError     the bytes end before the header or the lengths it declares
@@ -111,6 +114,30 @@ class SpanError(CoreError, ValueError):
 
 class ManifestError(CoreError):
     """A manifest cannot be read or does not describe a usable set of shards."""
+
+
+class AdmissionError(ManifestError):
+    """A manifest or a shard file breaks an admission rule (``core/admission.py``): nothing of it is loaded,
+    served or relayed. ``rule`` is the rule's name (``onnx_only``, ``operator_allowed`` ...), and the
+    message starts with it."""
+
+    def __init__(self, rule: str, message: str) -> None:
+        super().__init__(f"admission rule {rule}: {message}")
+        self.rule = rule
+        self.detail = message
+
+
+class PublicationError(ManifestError):
+    """A model's signed manifest (``core/publication.py``) is missing, malformed, not signed by its
+    publisher, or does not match the manifest and files beside it."""
+
+
+class UntrustedPublisherError(PublicationError):
+    """A signed manifest whose signature is valid but whose publisher this node was not told to trust."""
+
+    def __init__(self, message: str, publisher: str) -> None:
+        super().__init__(message)
+        self.publisher = publisher
 
 
 class WireError(CoreError, ValueError):

@@ -16,7 +16,18 @@ from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
-from . import answers, canonical, memory_budget, proof_of_work, protocol, receipts, spot_policy, wire
+from . import (
+    admission,
+    answers,
+    canonical,
+    memory_budget,
+    proof_of_work,
+    protocol,
+    publication,
+    receipts,
+    spot_policy,
+    wire,
+)
 
 TARGET = Path(__file__).resolve().parents[2] / "web" / "src" / "protocol" / "constants.js"
 
@@ -101,6 +112,20 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
         ("SPOT_CHECK_FLOOR", "SPOT_CHECK_WARMUP", "SPOT_CHECK_TOLERANCES", "MAX_TRACKED_PEERS"),
     ),
     (
+        admission,
+        ("ALLOWED_OPS", "ALLOWED_MS_OPS", "ALLOWED_DOMAINS", "IR_VERSIONS", "OPSET_RANGES", "MS_DOMAIN"),
+    ),
+    (
+        publication,
+        (
+            "SIGNED_MANIFEST_FILE",
+            "MANIFEST_CONTEXT",
+            "PUBLICATION_VERSION",
+            "CHUNK_BYTES",
+            "MAX_PUBLISHED_FILES",
+        ),
+    ),
+    (
         memory_budget,
         (
             "MEMORY_FIELD",
@@ -115,7 +140,10 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
 
 
 def _frozen(name: str, table: dict[str, object]) -> str:
-    items = "".join(f"\n  {key}: {_literal(f'{name}.{key}', item)}," for key, item in table.items())
+    items = "".join(
+        f"\n  {key if key.isidentifier() else json.dumps(key)}: {_literal(f'{name}.{key}', item)},"
+        for key, item in table.items()
+    )
     return f"Object.freeze({{{items}\n}})"
 
 
@@ -126,6 +154,8 @@ def _literal(name: str, value: object) -> str:
         return _frozen(name, {m.name: m.value for m in value})
     if isinstance(value, dict):
         return _frozen(name, value)
+    if isinstance(value, tuple):  # a frozen array
+        return f"Object.freeze([{', '.join(_literal(f'{name}[]', item) for item in value)}])"
     if isinstance(value, bytes):
         if not value.isascii() or not value.isalnum():
             raise ValueError(f"{name}: only ASCII letters and digits are exported from bytes")
@@ -137,7 +167,7 @@ def _literal(name: str, value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, int | str):
         kind = type(value).__name__
         raise TypeError(
-            f"{name}: only int, float, str, bytes, enum and dict constants are exported, not {kind}"
+            f"{name}: only int, float, str, bytes, enum, dict and tuple constants are exported, not {kind}"
         )
     if isinstance(value, int) and abs(value) > 2**53 - 1:
         raise ValueError(f"{name}: {value} is not exact in a JavaScript number")

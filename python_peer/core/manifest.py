@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from .errors import ManifestError
+from .errors import AdmissionError, ManifestError
 from .memory_budget import BlockFigures
 from .spans import Span
 
@@ -352,7 +352,75 @@ class Manifest:
         except Exception as exc:
             raise ManifestError(f"the manifest's block shards are not a valid cover: {exc}") from exc
         manifest.memory  # noqa: B018 - refuses figures that contradict the config or the shard files
+        _check_declared(manifest)
         return manifest
+
+
+# Slack over the float32 size of a shard's parameters, and room for its graph: a declared size beyond
+# ``bytes_bound`` is refused (an oversized file would exhaust a downloader's disk or memory).
+SIZE_SLACK = 1.25
+GRAPH_ALLOWANCE_BYTES = 8 * 2**20
+
+
+def _config_int(config: dict[str, Any], key: str, default: int | None = None) -> int:
+    value = config.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise AdmissionError("config", f"model.config.{key} must be a positive integer, not {value!r}")
+    return value
+
+
+def bytes_bound(manifest: Manifest, shard: ShardEntry) -> int:
+    """The most bytes a shard of this model may declare: its parameters in float32, with slack."""
+    config, hf = manifest.config, manifest.raw["model"].get("hf_config")
+    hidden = _config_int(config, "hidden_size")
+    head_dim = _config_int(config, "head_dim")
+    heads = _config_int(config, "num_attention_heads", max(1, hidden // head_dim))
+    kv = _config_int(config, "num_key_value_heads") * head_dim
+    stated = [hf.get(k) for k in ("intermediate_size", "n_inner")] if isinstance(hf, dict) else []
+    ff = max([4 * hidden, *(v for v in stated if isinstance(v, int) and not isinstance(v, bool))])
+    if shard.kind == "blocks":
+        per_layer = 2 * hidden * heads * head_dim + 2 * hidden * kv + 3 * hidden * ff + 8 * (hidden + ff)
+        params = per_layer * (shard.end - shard.start)
+    else:
+        vocab = _config_int(config, "vocab_size")
+        positions = (
+            _config_int(config, "max_position_embeddings", 1) if config.get("learned_positions") else 0
+        )
+        params = (vocab + positions) * hidden + 4 * hidden + vocab
+    return int(params * 4 * SIZE_SLACK) + GRAPH_ALLOWANCE_BYTES
+
+
+def _check_declared(manifest: Manifest) -> None:
+    """Each shard declares the inputs and outputs its kind has under the model's config, and no more
+    bytes than its parameters hold (rules ``declared_io`` and ``declared_size``)."""
+    config = manifest.config
+    hidden = _config_int(config, "hidden_size")
+    kv_heads = _config_int(config, "num_key_value_heads")
+    head_dim = _config_int(config, "head_dim")
+    vocab = _config_int(config, "vocab_size")
+    heads = config.get("num_attention_heads")
+    if heads is not None and (_config_int(config, "num_attention_heads") % kv_heads):
+        raise AdmissionError("config", f"{heads} attention heads are not a multiple of {kv_heads} KV heads")
+    for shard in manifest.shards:
+        if shard.kind == "embed":
+            expected = embed_io(hidden, learned_positions=bool(config.get("learned_positions")))
+        elif shard.kind == "head":
+            expected = head_io(hidden, vocab)
+        else:
+            expected = blocks_io(shard.start, shard.end, hidden, kv_heads, head_dim)
+        if (list(shard.inputs), list(shard.outputs)) != (expected[0], expected[1]):
+            raise AdmissionError(
+                "declared_io",
+                f"shard {shard.file}: its inputs and outputs are not those of a {shard.kind} shard of this "
+                f"config (hidden {hidden}, {kv_heads} KV heads of {head_dim}, vocab {vocab})",
+            )
+        bound = bytes_bound(manifest, shard)
+        if shard.total_bytes > bound:
+            raise AdmissionError(
+                "declared_size",
+                f"shard {shard.file} declares {shard.total_bytes} bytes, over the {bound} its parameters "
+                "can hold in float32 under the model's config",
+            )
 
 
 def _check_unique_files(shards: tuple[ShardEntry, ...]) -> None:

@@ -54,6 +54,9 @@ def _blocks_graph(start: int, end: int, rng: np.random.Generator) -> onnx.GraphP
         numpy_helper.from_array(np.array([1 << 30], dtype=np.int64), "big"),
         numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
         numpy_helper.from_array(np.array(2, dtype=np.int64), "axis2_scalar"),
+        numpy_helper.from_array(np.array([0], dtype=np.int64), "zero"),
+        numpy_helper.from_array(np.array(0, dtype=np.int64), "zero_scalar"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "one_scalar"),
         numpy_helper.from_array(np.array(0.25, dtype=np.float32), "mix"),
     ]
     hidden = names.HIDDEN_IN
@@ -69,8 +72,16 @@ def _blocks_graph(start: int, end: int, rng: np.random.Generator) -> onnx.GraphP
             helper.make_node(
                 "Concat", [names.past_value(layer), p + "k4"], [names.present_value(layer)], axis=2
             ),
-            # A causal running sum over the whole session: position t sees tokens 0..t, here or cached.
-            helper.make_node("CumSum", [names.present_key(layer), "axis2_scalar"], [p + "sum"]),
+            # A causal running sum over the whole session: position t sees tokens 0..t, here or cached
+            # (a lower-triangular ones matrix times the keys: operators a blocks shard is admitted with).
+            helper.make_node("Shape", [names.present_key(layer)], [p + "pshape"]),
+            helper.make_node("Gather", [p + "pshape", "axis2_scalar"], [p + "total"], axis=0),
+            helper.make_node("Range", ["zero_scalar", p + "total", "one_scalar"], [p + "idx"]),
+            helper.make_node("Unsqueeze", [p + "idx", "one"], [p + "rows"]),
+            helper.make_node("Unsqueeze", [p + "idx", "zero"], [p + "cols"]),
+            helper.make_node("LessOrEqual", [p + "cols", p + "rows"], [p + "causal"]),
+            helper.make_node("Cast", [p + "causal"], [p + "tri"], to=TensorProto.FLOAT),
+            helper.make_node("MatMul", [p + "tri", names.present_key(layer)], [p + "sum"]),
             helper.make_node("Slice", [p + "sum", "minus_seq", "big", "axis2"], [p + "recent"]),
             helper.make_node("Squeeze", [p + "recent", "one"], [p + "ctx"]),  # [b, s, H]
             helper.make_node("Mul", [p + "ctx", "mix"], [p + "ctx_mixed"]),

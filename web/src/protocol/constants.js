@@ -113,6 +113,32 @@ export const SPOT_CHECK_TOLERANCES = Object.freeze({
 });
 export const MAX_TRACKED_PEERS = 4096;
 
+// python_peer.core.admission
+export const ALLOWED_OPS = Object.freeze({
+  embed: Object.freeze(["Add", "BitShift", "Cast", "Concat", "Gather", "Mul", "Reshape", "Shape", "Sub", "Unsqueeze"]),
+  blocks: Object.freeze(["Add", "And", "Cast", "Concat", "Constant", "ConstantOfShape", "Cos", "Div", "Equal", "Expand", "Gather", "Gemm", "Greater", "Identity", "LayerNormalization", "LessOrEqual", "MatMul", "Mul", "Neg", "Pow", "Range", "ReduceMean", "Reshape", "Shape", "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub", "Tanh", "Transpose", "Unsqueeze", "Where"]),
+  head: Object.freeze(["Add", "Cast", "Constant", "Div", "LayerNormalization", "MatMul", "Mul", "Pow", "ReduceMean", "Reshape", "Sqrt", "Transpose", "Unsqueeze"]),
+});
+export const ALLOWED_MS_OPS = Object.freeze({
+  embed: Object.freeze([]),
+  blocks: Object.freeze(["MatMulNBits"]),
+  head: Object.freeze(["MatMulNBits"]),
+});
+export const ALLOWED_DOMAINS = Object.freeze(["", "ai.onnx", "com.microsoft"]);
+export const IR_VERSIONS = Object.freeze([7, 8, 9, 10]);
+export const OPSET_RANGES = Object.freeze({
+  "": Object.freeze([13, 21]),
+  "com.microsoft": Object.freeze([1, 1]),
+});
+export const MS_DOMAIN = "com.microsoft";
+
+// python_peer.core.publication
+export const SIGNED_MANIFEST_FILE = "manifest.sig.json";
+export const MANIFEST_CONTEXT = "ai4all/manifest/v1";
+export const PUBLICATION_VERSION = 1;
+export const CHUNK_BYTES = 1048576;
+export const MAX_PUBLISHED_FILES = 1024;
+
 // python_peer.core.memory_budget
 export const MEMORY_FIELD = "memory";
 export const KV_DTYPE_BYTES = 4;

@@ -9,6 +9,8 @@
  *   `sha256Hex`.
  * - `shard_runner.js`: `ShardRunner` (one verified shard in one onnxruntime session, inputs checked
  *   before onnxruntime sees them), the wire names of inputs and outputs, the manifest's types.
+ * - `admission.js`: `admitShard`, the admission rules on a shard's bytes (ONNX only, allow-listed
+ *   operators, known versions), and `AdmissionError`.
  * - `blocks.js`: `BlocksRunner`, a blocks shard with per-session KV caches.
  * - `client_shards.js`: `EmbedRunner` and `HeadRunner`, the client's own shards.
  * - `onnx.js`: the one module that touches onnxruntime-web; the errors `ShardError`,
@@ -18,6 +20,7 @@
  * No DOM: this runs in a page or a Worker.
  */
 
+export { AdmissionError, admitShard } from './admission.js';
 export { SessionError, ShardError, ShardInputError } from './onnx.js';
 export { EXTERNAL_DATA_SUFFIX, fetchShard, fetchShardFiles, sha256Hex, shardFiles, shardTotalBytes } from './download.js';
 export {

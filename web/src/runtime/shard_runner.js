@@ -10,6 +10,7 @@
  * out; KV caches are `[batch, kv_heads, length, head_dim]`.
  */
 
+import { admitShard } from './admission.js';
 import { fetchShardFiles, shardFiles } from './download.js';
 import { ShardError, ShardInputError, createSession, initRuntime, makeTensor, releaseSession, runSession } from './onnx.js';
 
@@ -95,6 +96,7 @@ export class ShardRunner {
     if (JSON.stringify(given) !== JSON.stringify(listed)) {
       throw new ShardError(`shard ${entry.file} lists the files ${JSON.stringify(listed)} besides its .onnx, ${JSON.stringify(given)} were given`);
     }
+    admitShard(bytes, entry); // admission: ONNX only, allow-listed operators, known versions
     const runtime = await initRuntime(runtimeOptions);
     const session = await createSession(runtime, bytes, entry.file, externalData);
     return new ShardRunner(runtime, session, entry);
