@@ -12,6 +12,7 @@ With a ledger, OPEN is refused (``payment_required``) unless it names a hold in 
 pays for the session and fits the client's balance with its other open holds, CLOSE proposes the
 receipt of the work done, and GOSSIP frames carry the ledger exchange (``link_ledger.ServerExchange``).
 A ``SpanServer`` is a ``hop.FrameHandler``: links (``rpc.serve_link``) and in-process hops call it alike.
+Decode steps of its sessions run batched together (``batching.DecodeBatcher``, docs/mesh.md).
 """
 
 from __future__ import annotations

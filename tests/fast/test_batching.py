@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from python_peer.batching import BatchConfig, DecodeBatcher, padding_fits
+from python_peer.chain import LocalChain
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.core.wire import Frame, FrameType
 from python_peer.server import ServerConfig, SpanServer
 from tests.fast import toy_model
+from tests.fast.conftest import ToyMesh, greedy
 from tests.support.decode_steps import CLIENT, decode_hidden, open_sessions
 from tests.support.waiting import wait_for_async
 
@@ -169,3 +171,29 @@ def test_the_batch_settings_are_checked() -> None:
         BatchConfig(window_s=-1)
     with pytest.raises(ValueError, match="runners"):
         DecodeBatcher([], lambda *a: np.zeros(1))
+
+
+async def test_mesh_sessions_batched_on_their_peers_decode_their_own_tokens(toy_mesh: ToyMesh) -> None:
+    """Six greedy generations at once through the mesh client (every hop batched on its peer) give each
+    the tokens the local chain gives it alone."""
+    m = toy_mesh
+    prompts = [[3, 5, 7, 11], [1], [30, 2, 9], [4, 4, 4, 4, 4, 4, 4, 4, 4], [17, 8], [6, 21, 13, 2, 5]]
+    expected = []
+    for prompt in prompts:
+        chain = LocalChain(m.model_dir, threads=1)
+        session = chain.open(1)
+        logits = chain.step(session, np.array([prompt]), np.ones((1, len(prompt)), dtype=np.int64))
+        tokens = []
+        for _ in range(8):
+            tokens.append(int(np.argmax(logits[0, -1])))
+            logits = chain.step(session, np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
+        expected.append(tokens)
+    peers = [m.peer(span) for span in ((0, 1), (1, 3), (3, 4))]
+    for peer in peers:
+        m.servers[peer].batcher.config = BatchConfig(window_s=0.5)
+    client = m.client()
+    results = await asyncio.gather(*(greedy(client, prompt, 8) for prompt in prompts))
+    assert [tokens for tokens, _ in results] == expected
+    for peer in peers:
+        stats = m.servers[peer].batcher.stats
+        assert stats.largest >= 2 and stats.fallbacks == 0, stats
