@@ -179,7 +179,13 @@ class DecodeBatcher:
                     continue
                 now = asyncio.get_running_loop().time()
                 self.stats.longest_wait_s = max(self.stats.longest_wait_s, now - min(q.since for q in batch))
-                outcomes = await asyncio.to_thread(self._run, batch)
+                try:
+                    outcomes: list[np.ndarray | BaseException] = await asyncio.to_thread(self._run, batch)
+                except Exception as exc:  # a bug here must fail these steps, not leave them waiting
+                    log.exception("the decode batcher failed")
+                    outcomes = [SessionError(f"internal error in the batch: {type(exc).__name__}")] * len(
+                        batch
+                    )
                 for item, outcome in zip(batch, outcomes, strict=True):
                     if item.future.done():
                         continue  # its caller gave up (cancelled); the session's step still ran
