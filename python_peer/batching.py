@@ -29,6 +29,7 @@ The rule, per span server (``DecodeBatcher``):
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections import Counter, deque
@@ -287,4 +288,69 @@ class DecodeBatcher:
         return [o if o is not None else SessionError("internal: a step got no outcome") for o in outcomes]
 
 
-__all__ = ["BatchConfig", "BatchStats", "DecodeBatcher", "padding_fits"]
+class RowBatcher:
+    """Concurrent calls of a stateless shard (a client's head) whose rows are independent, run as one call.
+
+    No window: a call that finds the shard idle runs at once (a lone session never waits); calls that
+    arrive while it runs are stacked into the next call, up to ``max_rows`` rows. Each caller gets its
+    own rows back, equal to a call alone within float rounding (a batched GEMM may sum in another order).
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_rows: int = 16) -> None:
+        self._run = run
+        self.max_rows = max_rows
+        self.stats = BatchStats()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="row-batcher")
+        return await future
+
+    async def _work(self) -> None:
+        while self._queue:
+            taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+            count = 0
+            while self._queue and (not taken or count + self._queue[0][0].shape[0] <= self.max_rows):
+                rows, future = self._queue.popleft()
+                if not future.done():
+                    taken.append((rows, future))
+                    count += rows.shape[0]
+            if not taken:
+                continue
+            self.stats.steps += len(taken)
+            self.stats.batches += 1
+            self.stats.sizes[len(taken)] += 1
+            outs: list[np.ndarray | BaseException]
+            try:
+                if len(taken) == 1:
+                    outs = [await asyncio.to_thread(self._run, taken[0][0])]
+                else:
+                    stacked = await asyncio.to_thread(
+                        self._run, np.concatenate([r for r, _ in taken], axis=0)
+                    )
+                    bounds = np.cumsum([0] + [r.shape[0] for r, _ in taken])
+                    outs = [stacked[a:b] for a, b in itertools.pairwise(bounds)]
+            except Exception as exc:  # a stacked call that fails: each caller alone, for its own error
+                if len(taken) == 1:
+                    outs = [exc]
+                else:
+                    outs = []
+                    for rows, _ in taken:
+                        try:
+                            outs.append(await asyncio.to_thread(self._run, rows))
+                        except Exception as alone_exc:
+                            outs.append(alone_exc)
+            for (_, future), out in zip(taken, outs, strict=True):
+                if future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    future.set_exception(out)
+                else:
+                    future.set_result(out)
+
+
+__all__ = ["BatchConfig", "BatchStats", "DecodeBatcher", "RowBatcher", "padding_fits"]

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from python_peer.batching import BatchConfig, DecodeBatcher, padding_fits
+from python_peer.batching import BatchConfig, DecodeBatcher, RowBatcher, padding_fits
 from python_peer.chain import LocalChain
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import ShardInputError
 from python_peer.server import ServerConfig, SpanServer
 from tests.fast import toy_model
 from tests.fast.conftest import ToyMesh, greedy
@@ -197,3 +198,27 @@ async def test_mesh_sessions_batched_on_their_peers_decode_their_own_tokens(toy_
     for peer in peers:
         stats = m.servers[peer].batcher.stats
         assert stats.largest >= 2 and stats.fallbacks == 0, stats
+
+
+async def test_row_batcher_stacks_calls_that_arrive_while_one_runs(toy: Path) -> None:
+    """The client's heads: calls that arrive together run as one call and each caller gets its own rows;
+    a caller whose rows the shard refuses (NaN) fails alone, the others get their rows."""
+    head = LocalChain(toy, threads=1).head
+    heads = RowBatcher(head)
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32) for _ in range(6)]
+    results = await asyncio.gather(*(heads(r) for r in rows))
+    for r, out in zip(rows, results, strict=True):
+        np.testing.assert_allclose(out, head(r), rtol=0, atol=1e-6)
+    assert heads.stats.sizes == {6: 1}
+    rows[3] = np.full((1, 1, toy_model.HIDDEN), np.nan, dtype=np.float32)
+    outcomes = await asyncio.gather(*(heads(r) for r in rows), return_exceptions=True)
+    for i, (r, out) in enumerate(zip(rows, outcomes, strict=True)):
+        if i == 3:
+            assert isinstance(out, ShardInputError) and "NaN" in str(out)
+        else:
+            assert isinstance(out, np.ndarray)
+            np.testing.assert_array_equal(out, head(r))  # run again alone after the stacked call failed
+    lone = await heads(rows[0])  # a lone call runs at once, alone
+    np.testing.assert_array_equal(lone, head(rows[0]))
+    assert heads.stats.sizes == {6: 2, 1: 1}
