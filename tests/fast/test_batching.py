@@ -213,12 +213,12 @@ async def test_row_batcher_stacks_calls_that_arrive_while_one_runs(toy: Path) ->
     assert heads.stats.sizes == {6: 1}
     rows[3] = np.full((1, 1, toy_model.HIDDEN), np.nan, dtype=np.float32)
     outcomes = await asyncio.gather(*(heads(r) for r in rows), return_exceptions=True)
-    for i, (r, out) in enumerate(zip(rows, outcomes, strict=True)):
+    for i, (r, outcome) in enumerate(zip(rows, outcomes, strict=True)):
         if i == 3:
-            assert isinstance(out, ShardInputError) and "NaN" in str(out)
+            assert isinstance(outcome, ShardInputError) and "NaN" in str(outcome)
         else:
-            assert isinstance(out, np.ndarray)
-            np.testing.assert_array_equal(out, head(r))  # run again alone after the stacked call failed
+            assert isinstance(outcome, np.ndarray)
+            np.testing.assert_array_equal(outcome, head(r))  # run again alone after the stacked call failed
     lone = await heads(rows[0])  # a lone call runs at once, alone
     np.testing.assert_array_equal(lone, head(rows[0]))
     assert heads.stats.sizes == {6: 2, 1: 1}
