@@ -18,7 +18,8 @@
                         (calls one), ``LocalHop`` (in-process), ``FrameLink``/``LinkConnector``.
 - ``rpc.py``            request/response over links, with liveness probes (the remote ``HopClient``).
 - ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
-- ``batching.py``       decode steps of a span's sessions gathered into one batched onnxruntime call.
+- ``batching.py``       decode steps of a span's sessions gathered into one batched onnxruntime call;
+                        a client's heads likewise.
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory

@@ -24,6 +24,9 @@ The rule, per span server (``DecodeBatcher``):
   (shape, finite values, session open in every shard), and if a batched call still fails, nothing was
   committed and every step of it runs again alone, so the error lands on the session that caused it.
   A session closed while its batch runs changes nothing for the others: its new cache is dropped.
+
+``RowBatcher`` does the same for a stateless shard whose rows are independent: a mesh client stacks the
+heads of its sessions that are ready together into one call (no window: a lone call runs at once).
 """
 
 from __future__ import annotations
