@@ -4,7 +4,7 @@
                         wire format, canonical JSON and announcements, ledger, ICE settings, static files
                         (run under Pyodide there).
 - ``errors.py``         the peer's exception hierarchy (``core/errors.py`` draws every package's tree).
-- ``runner.py``         one shard in one onnxruntime session, with per-session KV caches.
+- ``runner.py``         one shard in one onnxruntime session, with per-session KV caches (batched decode too).
 - ``chain.py``          a local chain of runners: embed -> blocks ... -> head (the reference).
 - ``tokenizer.py``      tokenizer.json and the chat template, without transformers.
 - ``generate.py``       sampling and the generation loops (greedy, temperature, top-p, stop strings).
@@ -18,6 +18,8 @@
                         (calls one), ``LocalHop`` (in-process), ``FrameLink``/``LinkConnector``.
 - ``rpc.py``            request/response over links, with liveness probes (the remote ``HopClient``).
 - ``server.py``         serving a span: sessions, KV memory budget, idle eviction.
+- ``batching.py``       decode steps of a span's sessions gathered into one batched onnxruntime call;
+                        a client's heads likewise.
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory

@@ -49,6 +49,7 @@ from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.reputation import reputations
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
+from .batching import RowBatcher
 from .chain import position_ids_for
 from .errors import LinkClosedError, PeerError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
@@ -165,6 +166,7 @@ class MeshClient:
         self.config = config or ClientConfig()
         self.embed_runner = ShardRunner(self.model_dir, manifest.embed, threads=self.config.threads)
         self.head_runner = ShardRunner(self.model_dir, manifest.head, threads=self.config.threads)
+        self.heads = RowBatcher(self.head)  # concurrent sessions' heads in one call (batching.py)
         self.learned_positions = bool(manifest.config.get("learned_positions", False))
         self.bans = BanList(self.config.ban_seconds)
         self.ledger = ledger
@@ -493,7 +495,7 @@ class MeshSession:
             hidden = out
             index += 1
         self.mask = np.concatenate([self.mask, mask], axis=1)
-        return await asyncio.to_thread(self.client.head, hidden[:, -1:])
+        return await self.client.heads(hidden[:, -1:])
 
     async def close_hop(self, hop: RouteHop, *, pay: bool = True) -> None:
         """Close the hop's session; unless ``pay`` is false (the peer lied in it), countersign and return

@@ -14,7 +14,7 @@ import mmap
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -220,8 +220,36 @@ class KVSession:
         return sum(a.nbytes for a in self.cache.values())
 
 
+@dataclass(frozen=True)
+class BatchStep:
+    """One session's single-token decode step, as ``BlocksRunner.forward_batch`` takes it: hidden states
+    ``[1, 1, hidden]``, the new token's mask and position ``[1, 1]``."""
+
+    session_id: str
+    hidden: np.ndarray
+    mask: np.ndarray
+    position_ids: np.ndarray
+
+
+@dataclass
+class BatchResult:
+    """A batched step's outputs, not yet part of any session: ``commit`` makes them so. A caller that runs
+    several shards commits only when every shard ran, so a failed batch leaves every cache as it was."""
+
+    hidden: np.ndarray  # [batch, 1, hidden], rows in the order of the steps
+    updates: list[tuple[KVSession, np.ndarray, dict[str, np.ndarray]]]
+
+    def commit(self) -> None:
+        now = time.monotonic()
+        for state, mask, cache in self.updates:
+            state.mask = mask
+            state.cache = cache
+            state.last_used = now
+
+
 class BlocksRunner:
-    """A blocks shard with per-session KV caches: each ``forward`` extends its session by the new tokens."""
+    """A blocks shard with per-session KV caches: each ``forward`` extends its session by the new tokens,
+    ``forward_batch`` extends several batch-1 sessions by one token each in one onnxruntime call."""
 
     def __init__(
         self, model_dir: str | Path, entry: ShardEntry, manifest: Manifest, *, threads: int | None = None
@@ -255,10 +283,10 @@ class BlocksRunner:
         except KeyError:
             raise SessionError(f"session {session_id} is not open on span {self.span}") from None
 
-    def forward(
+    def _check(
         self, session_id: str, hidden: np.ndarray, mask: np.ndarray, position_ids: np.ndarray
-    ) -> np.ndarray:
-        """Run the new tokens of a session; ``mask`` and ``position_ids`` cover only the new tokens."""
+    ) -> KVSession:
+        """The session, if the new tokens' tensors fit it; else ``SessionError`` or ``ShardInputError``."""
         state = self.session(session_id)
         if hidden.ndim != 3 or hidden.shape[0] != state.batch or hidden.shape[2] != self.hidden_size:
             raise ShardInputError(
@@ -271,6 +299,27 @@ class BlocksRunner:
                 f"attention mask {list(mask.shape)} and position ids {list(position_ids.shape)} "
                 f"must both be [{state.batch}, {seq}]"
             )
+        return state
+
+    def check_decode_step(
+        self, session_id: str, hidden: np.ndarray, mask: np.ndarray, position_ids: np.ndarray
+    ) -> KVSession:
+        """The session, if this step may join a batch: one finite new token of an open batch-1 session."""
+        state = self._check(session_id, hidden, mask, position_ids)
+        if state.batch != 1 or hidden.shape[1] != 1:
+            raise ShardInputError(
+                f"session {session_id}: a batched step is one token of a batch-1 session, "
+                f"not {hidden.shape[1]} tokens of batch {state.batch}"
+            )
+        if hidden.dtype != np.float32 or not np.isfinite(hidden).all():
+            raise ShardInputError(f"shard {self.runner.entry.file}: input {names.HIDDEN_IN} holds NaN or Inf")
+        return state
+
+    def forward(
+        self, session_id: str, hidden: np.ndarray, mask: np.ndarray, position_ids: np.ndarray
+    ) -> np.ndarray:
+        """Run the new tokens of a session; ``mask`` and ``position_ids`` cover only the new tokens."""
+        state = self._check(session_id, hidden, mask, position_ids)
         full_mask = np.concatenate([state.mask, mask.astype(np.int64)], axis=1)
         feeds: dict[str, np.ndarray] = {
             names.HIDDEN_IN: np.ascontiguousarray(hidden, dtype=np.float32),
@@ -288,3 +337,46 @@ class BlocksRunner:
             state.cache[names.past_value(layer)] = outputs[names.present_value(layer)]
         state.last_used = time.monotonic()
         return outputs[names.HIDDEN_OUT]
+
+    def forward_batch(self, steps: Sequence[BatchStep]) -> BatchResult:
+        """One token of each of several batch-1 sessions in one call, committed by ``BatchResult.commit``.
+
+        Caches of different lengths are padded on the left to the longest, with mask 0 over the padding
+        (the shard's attention gives padded positions no weight; each session keeps its own positions),
+        and the present caches are split back per session without the padding, as contiguous copies.
+        """
+        states = [self.check_decode_step(s.session_id, s.hidden, s.mask, s.position_ids) for s in steps]
+        if len({s.session_id for s in steps}) != len(steps):
+            raise SessionError("a batch holds one step per session")
+        batch = len(steps)
+        longest = max(state.length for state in states)
+        mask = np.zeros((batch, longest + 1), dtype=np.int64)
+        for row, (state, step) in enumerate(zip(states, steps, strict=True)):
+            mask[row, longest - state.length : longest] = state.mask[0]
+            mask[row, longest] = step.mask[0, 0]
+        feeds: dict[str, np.ndarray] = {
+            names.HIDDEN_IN: np.concatenate([s.hidden for s in steps], axis=0).astype(np.float32, copy=False),
+            names.ATTENTION_MASK: mask,
+            names.POSITION_IDS: np.concatenate([s.position_ids for s in steps], axis=0).astype(np.int64),
+        }
+        for name in sorted(self._cache_names):
+            past = np.zeros((batch, self.kv_heads, longest, self.head_dim), dtype=np.float32)
+            for row, state in enumerate(states):
+                if state.length:
+                    past[row, :, longest - state.length :] = state.cache[name][0]
+            feeds[name] = past
+        outputs = self.runner.run(feeds, trusted=self._cache_names)
+        presents = {
+            past: outputs[present]
+            for layer in self.span.layers()
+            for past, present in (
+                (names.past_key(layer), names.present_key(layer)),
+                (names.past_value(layer), names.present_value(layer)),
+            )
+        }
+        updates = []
+        for row, state in enumerate(states):
+            start = longest - state.length
+            cache = {name: np.ascontiguousarray(p[row : row + 1, :, start:]) for name, p in presents.items()}
+            updates.append((state, mask[row : row + 1, start:].copy(), cache))
+        return BatchResult(outputs[names.HIDDEN_OUT], updates)

@@ -12,6 +12,7 @@ With a ledger, OPEN is refused (``payment_required``) unless it names a hold in 
 pays for the session and fits the client's balance with its other open holds, CLOSE proposes the
 receipt of the work done, and GOSSIP frames carry the ledger exchange (``link_ledger.ServerExchange``).
 A ``SpanServer`` is a ``hop.FrameHandler``: links (``rpc.serve_link``) and in-process hops call it alike.
+Decode steps of its sessions run batched together (``batching.DecodeBatcher``, docs/mesh.md).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_SESSIONS
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
+from .batching import BatchConfig, DecodeBatcher
 from .errors import PeerError, SessionError, ShardInputError
 from .hop import Refusal
 from .identity import Identity
@@ -82,6 +84,7 @@ class ServerConfig:
     idle_timeout_s: float = 300.0
     max_sessions: int = MAX_SESSIONS
     threads: int | None = None
+    batching: BatchConfig = field(default_factory=BatchConfig)  # decode steps of sessions batched together
 
 
 @dataclass
@@ -138,6 +141,7 @@ class SpanServer:
         self.span = span
         self.config = config
         self.runners = [BlocksRunner(model_dir, s, manifest, threads=config.threads) for s in shards]
+        self.batcher = DecodeBatcher(self.runners, self._run, config.batching)
         cfg = manifest.config
         self.hidden_size = int(cfg["hidden_size"])
         self.context = model_context(manifest)
@@ -307,7 +311,7 @@ class SpanServer:
                 )
             self._check_positions(positions, session)
             try:
-                out = await asyncio.to_thread(self._run, key, hidden, mask, positions)
+                out = await self.batcher.forward(key, hidden, mask, positions)
             except ShardInputError as exc:
                 raise Refusal(ErrorCode.BAD_SHAPE, str(exc)) from exc
             except SessionError as exc:

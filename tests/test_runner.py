@@ -14,7 +14,7 @@ from python_peer.chain import LocalChain
 from python_peer.core import manifest as names
 from python_peer.core.manifest import ShardEntry, load_manifest
 from python_peer.errors import SessionError, ShardError, ShardInputError
-from python_peer.runner import BlocksRunner, ShardRunner
+from python_peer.runner import BatchStep, BlocksRunner, ShardRunner
 
 
 @pytest.fixture
@@ -108,6 +108,72 @@ def test_decode_with_cache_equals_one_pass(tiny_llama_export: Path) -> None:
     np.testing.assert_allclose(np.concatenate(steps, axis=1), whole, atol=1e-5)
     with pytest.raises(SessionError):
         chain.step("nope", ids, np.ones_like(ids))
+
+
+def test_a_batch_of_sessions_pads_on_the_left_and_matches_each_alone(tiny_llama_export: Path) -> None:
+    """``forward_batch`` over sessions of 2, 7 and 4 past tokens gives each what ``forward`` gives it alone
+    (within float tolerance) and leaves each cache as long as its own; the padding is masked: the same
+    zero-filled padding with mask 1 changes the answers, so the mask, not luck, keeps them apart."""
+    manifest = load_manifest(tiny_llama_export)
+    alone = BlocksRunner(tiny_llama_export, manifest.blocks[1], manifest)
+    batched = BlocksRunner(tiny_llama_export, manifest.blocks[1], manifest)
+    rng = np.random.default_rng(3)
+    lengths = {"a": 2, "b": 7, "c": 4}
+    for sid, n in lengths.items():
+        prompt = rng.standard_normal((1, n, 64)).astype(np.float32)
+        for runner in (alone, batched):
+            runner.open(sid, 1)
+            runner.forward(sid, prompt, ones(1, n), np.arange(n)[None])
+    new = {sid: rng.standard_normal((1, 1, 64)).astype(np.float32) for sid in lengths}
+    expected = {sid: alone.forward(sid, new[sid], ones(1, 1), np.array([[n]])) for sid, n in lengths.items()}
+    steps = [BatchStep(sid, new[sid], ones(1, 1), np.array([[n]])) for sid, n in lengths.items()]
+    result = batched.forward_batch(steps)
+    assert all(batched.session(sid).length == n for sid, n in lengths.items())  # not committed yet
+    result.commit()
+    for row, sid in enumerate(lengths):
+        np.testing.assert_allclose(result.hidden[row : row + 1], expected[sid], rtol=0, atol=1e-5)
+        assert batched.session(sid).length == lengths[sid] + 1
+        for name, cache in alone.session(sid).cache.items():
+            np.testing.assert_allclose(batched.session(sid).cache[name], cache, rtol=0, atol=1e-5)
+    # the next step alone, from the caches the batch left, agrees too
+    more = rng.standard_normal((1, 1, 64)).astype(np.float32)
+    np.testing.assert_allclose(
+        batched.forward("a", more, ones(1, 1), np.array([[3]])),
+        alone.forward("a", more, ones(1, 1), np.array([[3]])),
+        rtol=0,
+        atol=1e-5,
+    )
+    # the padding unmasked (mask 1 over the zero-filled padding of "a") gives another answer
+    state = batched.session("c")
+    padded_mask = np.ones((1, 9), dtype=np.int64)
+    feeds: dict[str, np.ndarray] = {
+        "hidden_states": new["c"],
+        "attention_mask": padded_mask,
+        "position_ids": np.array([[4]]),
+    }
+    for name, cache in state.cache.items():
+        feeds[name] = np.concatenate([np.zeros((1, 2, 4, 16), np.float32), cache[:, :, :4]], axis=2)
+    unmasked = batched.runner.run(feeds)["hidden_states_out"]
+    assert np.abs(unmasked - expected["c"]).max() > 1e-3
+
+
+def test_a_batch_refuses_what_it_cannot_batch(blocks: BlocksRunner) -> None:
+    blocks.open("wide", 2)
+    blocks.open("one", 1)
+    with pytest.raises(ShardInputError, match="batch-1"):
+        blocks.forward_batch([BatchStep("wide", hidden(2, 1), ones(2, 1), np.zeros((2, 1), np.int64))])
+    with pytest.raises(ShardInputError, match="batch-1"):
+        blocks.forward_batch([BatchStep("one", hidden(1, 2), ones(1, 2), np.zeros((1, 2), np.int64))])
+    with pytest.raises(ShardInputError, match="NaN"):
+        blocks.forward_batch(
+            [BatchStep("one", np.full((1, 1, 64), np.nan, np.float32), ones(1, 1), ones(1, 1))]
+        )
+    step = BatchStep("one", hidden(1, 1), ones(1, 1), np.zeros((1, 1), np.int64))
+    with pytest.raises(SessionError, match="one step per session"):
+        blocks.forward_batch([step, step])
+    with pytest.raises(SessionError, match="not open"):
+        blocks.forward_batch([BatchStep("gone", hidden(1, 1), ones(1, 1), ones(1, 1))])
+    assert blocks.session("one").length == 0
 
 
 def _step_feeds(

@@ -1,0 +1,359 @@
+"""Batched decode across sessions: single-token steps of batch-1 sessions that reach one span server
+together run as one onnxruntime call per blocks shard, over their KV caches padded to one length.
+
+Eight sessions decoding on a peer would otherwise make eight matrix-vector passes over the same weights
+and contend for the cores; one batched pass reads the weights once (``BlocksRunner.forward_batch`` pads the
+shorter caches on the left, masks the padding and splits the present caches back per session).
+
+The rule, per span server (``DecodeBatcher``):
+
+- A FORWARD of one new token of a batch-1 session is a *decode step*; everything else (prefill, batch > 1)
+  runs alone, at once, as before.
+- Decode steps queue in arrival order. A batch starts when the oldest queued step has waited
+  ``window_s``, or when every decoding session of the server has a step queued (a lone session never
+  waits), or when ``max_batch`` steps are queued. Steps that arrive while a batch runs wait for it and
+  form the next batch, which starts at once (their window is spent).
+- A batch takes the oldest step and then the next ones, in order, while the padded cache stays within
+  twice the sessions' own (``padding_fits``): a peer's KV memory is reserved per session, so padding may
+  not multiply it. A step left out keeps its place and goes first into the next batch.
+- Latency bound: a decode step waits at most ``window_s`` plus the batch that was running when it
+  arrived, then runs in its own batch; steps queued before it that do not fit one batch (more than
+  ``max_batch``, or lengths too far apart) add their batches. With every session of similar length and
+  no more than ``max_batch`` of them, that is ``window_s + 2 x`` one batch's time.
+- One session's bad step fails only that session: each step is checked alone before it joins a batch
+  (shape, finite values, session open in every shard), and if a batched call still fails, nothing was
+  committed and every step of it runs again alone, so the error lands on the session that caused it.
+  A session closed while its batch runs changes nothing for the others: its new cache is dropped.
+
+``RowBatcher`` does the same for a stateless shard whose rows are independent: a mesh client stacks the
+heads of its sessions that are ready together into one call (no window: a lone call runs at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import SessionError, ShardInputError
+from .runner import BatchStep, BlocksRunner
+
+log = logging.getLogger(__name__)
+
+RunAlone = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    """How a span server batches decode steps; ``enabled=False`` runs every step alone, as before."""
+
+    enabled: bool = True
+    max_batch: int = 16  # decode steps in one onnxruntime call
+    window_s: float = 0.004  # how long the oldest queued step may wait for others before its batch starts
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch {self.max_batch} must be at least 1")
+        if not 0 <= self.window_s <= 1.0:
+            raise ValueError(f"window_s {self.window_s} must be within 0..1 s")
+
+
+def padding_fits(lengths: Sequence[int]) -> bool:
+    """Whether sessions of these past lengths may share a batch: the padded cache (every session at the
+    longest length, plus the new token) holds at most twice the positions the sessions hold themselves,
+    or 64 positions per session, whichever is more (short sessions batch freely)."""
+    padded = len(lengths) * (max(lengths) + 1)
+    own = sum(n + 1 for n in lengths)
+    return padded <= max(2 * own, 64 * len(lengths))
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did: steps run, batches, and how many batches of each size (1 = alone)."""
+
+    steps: int = 0
+    batches: int = 0
+    sizes: Counter[int] = field(default_factory=Counter)
+    fallbacks: int = 0  # batched calls that failed and ran again step by step
+    longest_wait_s: float = 0.0  # the longest time a step spent queued before its batch started
+
+    @property
+    def largest(self) -> int:
+        return max(self.sizes, default=0)
+
+
+@dataclass
+class _Queued:
+    key: str
+    hidden: np.ndarray
+    mask: np.ndarray
+    positions: np.ndarray
+    future: asyncio.Future[np.ndarray]
+    since: float  # loop time at which it was queued
+
+
+class DecodeBatcher:
+    """Gathers the decode steps of one span server's sessions and runs them batched (module docstring)."""
+
+    def __init__(
+        self,
+        runners: Sequence[BlocksRunner],
+        run_alone: RunAlone,
+        config: BatchConfig | None = None,
+    ) -> None:
+        """``runners``: the span's blocks shards in order; ``run_alone``: how the server runs one step by
+        itself through all of them (it closes a session that some shards advanced and others did not)."""
+        if not runners:
+            raise ValueError("a batcher needs the span's blocks runners")
+        self.runners = list(runners)
+        self.config = config if config is not None else BatchConfig()
+        self.stats = BatchStats()
+        self._run_alone = run_alone
+        self._hidden_size = runners[0].hidden_size
+        self._queue: deque[_Queued] = deque()
+        self._arrived = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: asyncio.Task[None] | None = None
+
+    @property
+    def queued(self) -> int:
+        """Decode steps waiting for their batch."""
+        return len(self._queue)
+
+    def is_decode_step(self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> bool:
+        """One finite new token of an open batch-1 session, shaped as the shard takes it: batchable.
+        Anything else runs alone and gets the runner's own error there."""
+        state = self.runners[0].sessions.get(key)
+        return (
+            self.config.enabled
+            and state is not None
+            and state.batch == 1
+            and hidden.shape == (1, 1, self._hidden_size)
+            and hidden.dtype == np.float32
+            and mask.shape == (1, 1)
+            and positions.shape == (1, 1)
+            and bool(np.isfinite(hidden).all())
+        )
+
+    async def forward(
+        self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """Run one step of session ``key`` through the span: batched with others if it is a decode step."""
+        if not self.is_decode_step(key, hidden, mask, positions):
+            self._count(1)
+            return await asyncio.to_thread(self._run_alone, key, hidden, mask, positions)
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a server may outlive a loop (tests): a fresh event for this one
+            self._loop, self._arrived, self._queue = loop, asyncio.Event(), deque()
+        item = _Queued(
+            key,
+            np.ascontiguousarray(hidden),
+            mask.astype(np.int64),
+            positions.astype(np.int64),
+            loop.create_future(),
+            loop.time(),
+        )
+        self._queue.append(item)
+        self._arrived.set()
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work(), name="decode-batcher")
+        try:
+            return await item.future
+        except asyncio.CancelledError:
+            if item in self._queue:  # not started: nothing ran for it
+                self._queue.remove(item)
+            raise
+
+    def _decoding_sessions(self) -> int:
+        """Sessions that could send a decode step now: open, batch 1, past their prompt."""
+        return sum(1 for s in list(self.runners[0].sessions.values()) if s.batch == 1 and s.length > 0)
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                await self._gather()
+                batch = self._take()
+                if not batch:
+                    continue
+                now = asyncio.get_running_loop().time()
+                self.stats.longest_wait_s = max(self.stats.longest_wait_s, now - min(q.since for q in batch))
+                try:
+                    outcomes: list[np.ndarray | BaseException] = await asyncio.to_thread(self._run, batch)
+                except Exception as exc:  # a bug here must fail these steps, not leave them waiting
+                    log.exception("the decode batcher failed")
+                    outcomes = [SessionError(f"internal error in the batch: {type(exc).__name__}")] * len(
+                        batch
+                    )
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if item.future.done():
+                        continue  # its caller gave up (cancelled); the session's step still ran
+                    if isinstance(outcome, BaseException):
+                        item.future.set_exception(outcome)
+                    else:
+                        item.future.set_result(outcome)
+        finally:
+            # Cancelled with the loop: whoever still waits learns it, rather than hanging.
+            while self._queue:
+                item = self._queue.popleft()
+                if not item.future.done():
+                    item.future.set_exception(SessionError("the span server stopped before this step ran"))
+
+    async def _gather(self) -> None:
+        """Wait until the oldest queued step's window is over, or enough steps are queued."""
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            wanted = min(self.config.max_batch, max(1, self._decoding_sessions()))
+            remaining = self._queue[0].since + self.config.window_s - loop.time()
+            if len(self._queue) >= wanted or remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
+
+    def _take(self) -> list[_Queued]:
+        """The oldest queued step and the next ones that fit with it (``max_batch``, ``padding_fits``)."""
+        batch: list[_Queued] = []
+        lengths: list[int] = []
+        left: deque[_Queued] = deque()
+        while self._queue:
+            item = self._queue.popleft()
+            if item.future.done():
+                continue
+            state = self.runners[0].sessions.get(item.key)
+            length = state.length if state is not None else 0
+            if len(batch) < self.config.max_batch and (not batch or padding_fits([*lengths, length])):
+                batch.append(item)
+                lengths.append(length)
+            else:
+                left.append(item)
+        self._queue.extendleft(reversed(left))
+        return batch
+
+    def _count(self, size: int) -> None:
+        self.stats.steps += size
+        self.stats.batches += 1
+        self.stats.sizes[size] += 1
+
+    def _run(self, batch: list[_Queued]) -> list[np.ndarray | BaseException]:
+        """In a worker thread: the batch through every shard, committed only if every shard ran it; on a
+        failure, every step again alone, so that each session gets its own outcome."""
+        outcomes: list[np.ndarray | BaseException | None] = [None] * len(batch)
+        live: list[int] = []
+        for i, item in enumerate(batch):
+            try:
+                for runner in self.runners:
+                    runner.check_decode_step(item.key, item.hidden, item.mask, item.positions)
+            except (SessionError, ShardInputError) as exc:
+                outcomes[i] = exc
+            else:
+                live.append(i)
+        if len(live) > 1:
+            started = time.perf_counter()
+            try:
+                hidden = np.concatenate([batch[i].hidden for i in live], axis=0)
+                pending = []
+                for runner in self.runners:
+                    steps = [
+                        BatchStep(batch[i].key, hidden[j : j + 1], batch[i].mask, batch[i].positions)
+                        for j, i in enumerate(live)
+                    ]
+                    result = runner.forward_batch(steps)
+                    pending.append(result)
+                    hidden = result.hidden
+            except Exception as exc:  # nothing is committed yet: each step again alone, below
+                log.warning("a batch of %d decode steps failed (%s); running them one by one", len(live), exc)
+                self.stats.fallbacks += 1
+            else:
+                for result in pending:
+                    result.commit()
+                for j, i in enumerate(live):
+                    outcomes[i] = hidden[j : j + 1]
+                self._count(len(live))
+                log.debug(
+                    "batch of %d decode steps in %.1f ms", len(live), 1e3 * (time.perf_counter() - started)
+                )
+                live = []
+        for i in live:
+            item = batch[i]
+            self._count(1)
+            try:
+                outcomes[i] = self._run_alone(item.key, item.hidden, item.mask, item.positions)
+            except Exception as exc:
+                outcomes[i] = exc
+        return [o if o is not None else SessionError("internal: a step got no outcome") for o in outcomes]
+
+
+class RowBatcher:
+    """Concurrent calls of a stateless shard (a client's head) whose rows are independent, run as one call.
+
+    No window: a call that finds the shard idle runs at once (a lone session never waits); calls that
+    arrive while it runs are stacked into the next call, up to ``max_rows`` rows. Each caller gets its
+    own rows back, equal to a call alone within float rounding (a batched GEMM may sum in another order).
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_rows: int = 16) -> None:
+        self._run = run
+        self.max_rows = max_rows
+        self.stats = BatchStats()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+
+    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._queue.append((rows, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name="row-batcher")
+        return await future
+
+    async def _work(self) -> None:
+        while self._queue:
+            taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
+            count = 0
+            while self._queue and (not taken or count + self._queue[0][0].shape[0] <= self.max_rows):
+                rows, future = self._queue.popleft()
+                if not future.done():
+                    taken.append((rows, future))
+                    count += rows.shape[0]
+            if not taken:
+                continue
+            self.stats.steps += len(taken)
+            self.stats.batches += 1
+            self.stats.sizes[len(taken)] += 1
+            outs: list[np.ndarray | BaseException]
+            try:
+                if len(taken) == 1:
+                    outs = [await asyncio.to_thread(self._run, taken[0][0])]
+                else:
+                    stacked = await asyncio.to_thread(
+                        self._run, np.concatenate([r for r, _ in taken], axis=0)
+                    )
+                    bounds = np.cumsum([0] + [r.shape[0] for r, _ in taken])
+                    outs = [stacked[a:b] for a, b in itertools.pairwise(bounds)]
+            except Exception as exc:  # a stacked call that fails: each caller alone, for its own error
+                if len(taken) == 1:
+                    outs = [exc]
+                else:
+                    outs = []
+                    for rows, _ in taken:
+                        try:
+                            outs.append(await asyncio.to_thread(self._run, rows))
+                        except Exception as alone_exc:
+                            outs.append(alone_exc)
+            for (_, future), out in zip(taken, outs, strict=True):
+                if future.done():
+                    continue
+                if isinstance(out, BaseException):
+                    future.set_exception(out)
+                else:
+                    future.set_result(out)
+
+
+__all__ = ["BatchConfig", "BatchStats", "DecodeBatcher", "RowBatcher", "padding_fits"]

@@ -1,0 +1,224 @@
+"""Batched decode on the toy model, through the span server's frames: sessions batched together get
+exactly what each gets alone, whatever their past lengths; a session that fails or closes mid-batch
+costs the others nothing; a lone session does not wait for the window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from python_peer.batching import BatchConfig, DecodeBatcher, RowBatcher, padding_fits
+from python_peer.chain import LocalChain
+from python_peer.core.manifest import load_manifest
+from python_peer.core.spans import Span
+from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import ShardInputError
+from python_peer.server import ServerConfig, SpanServer
+from tests.fast import toy_model
+from tests.fast.conftest import ToyMesh, greedy
+from tests.support.decode_steps import CLIENT, decode_hidden, open_sessions
+from tests.support.waiting import wait_for_async
+
+ALONE = BatchConfig(enabled=False)
+BATCHED = BatchConfig(window_s=0.5)  # long: a batch starts when every session has its step queued
+
+
+def span_server(model: Path, batching: BatchConfig, span: tuple[int, int] = (0, 4)) -> SpanServer:
+    """The toy model's every shard (0-1, 1-3, 3-4) in one span server: a batch runs through three shards."""
+    return SpanServer(model, load_manifest(model), Span(*span), ServerConfig(threads=1, batching=batching))
+
+
+def plan(lengths: list[int], steps: int, seed: int = 0) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    rng = np.random.default_rng(seed)
+    prompts = [rng.normal(0, 1, (1, n, toy_model.HIDDEN)).astype(np.float32) for n in lengths]
+    decode = [
+        [rng.normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32) for _ in range(steps)] for _ in lengths
+    ]
+    return prompts, decode
+
+
+def outputs(sessions: list) -> list[list[np.ndarray | str]]:
+    return [s.outputs for s in sessions]
+
+
+def assert_same(batched: list[list[np.ndarray | str]], alone: list[list[np.ndarray | str]]) -> None:
+    for b_session, a_session in zip(batched, alone, strict=True):
+        assert len(b_session) == len(a_session)
+        for b, a in zip(b_session, a_session, strict=True):
+            if isinstance(a, str) or isinstance(b, str):
+                assert b == a
+            else:
+                np.testing.assert_array_equal(b, a)  # the toy's running sum adds zeros for padding: exact
+
+
+async def test_batched_sessions_of_different_lengths_get_what_each_gets_alone(toy: Path) -> None:
+    lengths = [1, 7, 3, 20, 12]
+    prompts, steps = plan(lengths, steps=6)
+    alone_server = span_server(toy, ALONE)
+    alone = await decode_hidden(alone_server, prompts, steps, together=False)
+    batched_server = span_server(toy, BATCHED)
+    batched = await decode_hidden(batched_server, prompts, steps, together=True)
+    assert_same(outputs(batched), outputs(alone))
+    stats = batched_server.batcher.stats
+    assert stats.sizes[len(lengths)] == 6, stats  # every decode step ran in a batch of all five sessions
+    assert stats.fallbacks == 0 and alone_server.batcher.stats.largest == 1
+    assert batched_server.tokens_served == alone_server.tokens_served == sum(lengths) + 6 * len(lengths)
+
+
+async def test_a_session_whose_step_breaks_the_batch_fails_alone(toy: Path) -> None:
+    """A client sends finite but enormous hidden states: the first shard turns them into NaN, the second
+    refuses them, so the batched call fails; each step runs again alone and only that session fails (its
+    session is closed, as a half-advanced session must be); the others get their answers alone."""
+    prompts, steps = plan([4, 9, 2], steps=3, seed=1)
+    steps[1][1] = np.full((1, 1, toy_model.HIDDEN), 3e38, dtype=np.float32)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
+    server = span_server(toy, BATCHED)
+    batched = await decode_hidden(server, prompts, steps, together=True)
+    assert batched[1].outputs[2] == "bad_shape" and batched[1].outputs[3] == "unknown_session"
+    assert_same([batched[0].outputs, batched[2].outputs], [alone[0].outputs, alone[2].outputs])
+    assert server.batcher.stats.fallbacks == 1
+    assert server.batcher.stats.sizes[3] == 1 and server.batcher.stats.sizes[2] == 1  # before, after
+
+
+async def test_a_session_closed_mid_batch_costs_the_others_nothing(toy: Path) -> None:
+    """Session 0 is closed (CLOSE frame) while its step waits in the queue with session 1's; session 2's
+    step completes the batch. Session 0 gets ``unknown_session``; the others get what they get alone."""
+    prompts, steps = plan([3, 5, 8], steps=4, seed=2)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
+    server = span_server(toy, BATCHED)
+    sessions = await open_sessions(server, 3)
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+    await asyncio.gather(*(s.send(server, x[0]) for s, x in zip(sessions, steps, strict=True)))
+    first = [asyncio.ensure_future(sessions[i].send(server, steps[i][1])) for i in (0, 1)]
+    await wait_for_async(lambda: server.batcher.queued == 2, 5, what="two steps queued", interval=0.001)
+    closed = await server.handle(CLIENT, Frame(FrameType.CLOSE, sessions[0].session, 0))
+    assert closed.type is FrameType.RESULT
+    await asyncio.gather(*first, sessions[2].send(server, steps[2][1]))
+    assert sessions[0].outputs[-1] == "unknown_session"
+    for k in (2, 3):
+        await asyncio.gather(*(sessions[i].send(server, steps[i][k]) for i in (1, 2)))
+    assert_same([sessions[1].outputs, sessions[2].outputs], [alone[1].outputs, alone[2].outputs])
+    assert server.batcher.stats.sizes[2] >= 3 and server.batcher.stats.fallbacks == 0
+
+
+async def test_a_session_closed_while_its_batch_runs_costs_the_others_nothing(toy: Path) -> None:
+    """CLOSE arrives while the batched call runs in its thread: the closed session's new cache is dropped
+    (or it got its answer just before); the others go on exactly as alone."""
+    prompts, steps = plan([6, 2, 9], steps=4, seed=4)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
+    server = span_server(toy, BATCHED)
+    sessions = await open_sessions(server, 3)
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+    sends = [asyncio.ensure_future(s.send(server, x[0])) for s, x in zip(sessions, steps, strict=True)]
+    await wait_for_async(lambda: server.batcher.queued == 0, 5, what="the batch taken", interval=0.001)
+    await server.handle(CLIENT, Frame(FrameType.CLOSE, sessions[0].session, 0))
+    await asyncio.gather(*sends)
+    for k in (1, 2, 3):
+        await asyncio.gather(*(sessions[i].send(server, steps[i][k]) for i in (1, 2)))
+    assert_same([sessions[1].outputs, sessions[2].outputs], [alone[1].outputs, alone[2].outputs])
+    assert await sessions[0].send(server, steps[0][1]) == "unknown_session"
+
+
+async def test_a_lone_session_does_not_wait_for_the_window(toy: Path) -> None:
+    server = span_server(toy, BatchConfig(window_s=1.0))
+    prompts, steps = plan([5], steps=3)
+    started = time.monotonic()
+    await decode_hidden(server, prompts, steps, together=True)
+    assert time.monotonic() - started < 0.9
+    assert server.batcher.stats.longest_wait_s < 0.5
+
+
+async def test_an_idle_session_delays_a_step_by_the_window_at_most(toy: Path) -> None:
+    """Two sessions open, one decoding: its steps wait for the other's at most ``window_s``, then run."""
+    server = span_server(toy, BatchConfig(window_s=0.05))
+    sessions = await open_sessions(server, 2)
+    prompts, steps = plan([3, 3], steps=3)
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+    for hidden in steps[0]:
+        assert not isinstance(await sessions[0].send(server, hidden), str)
+    assert 0.04 <= server.batcher.stats.longest_wait_s < 0.5
+
+
+def test_padding_may_at_most_double_the_cache() -> None:
+    assert padding_fits([100, 90, 80])
+    assert padding_fits([1, 2, 60])  # short sessions batch freely
+    assert not padding_fits([1000, 10, 10, 10])
+    assert padding_fits([1000, 900])
+
+
+async def test_steps_too_far_apart_in_length_run_in_separate_batches(toy: Path) -> None:
+    """A 100-token session takes one short one with it (padding doubles that pair's cache at most); the
+    other two short ones would make the padded cache over twice their own, so they form the next batch."""
+    prompts, steps = plan([100, 2, 3, 4], steps=2, seed=3)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
+    server = span_server(toy, BATCHED)
+    batched = await decode_hidden(server, prompts, steps, together=True)
+    assert_same(outputs(batched), outputs(alone))
+    assert all(isinstance(x, np.ndarray) for s in batched for x in s.outputs)
+    assert server.batcher.stats.sizes[2] == 4 and server.batcher.stats.largest == 2
+
+
+def test_the_batch_settings_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_batch"):
+        BatchConfig(max_batch=0)
+    with pytest.raises(ValueError, match="window_s"):
+        BatchConfig(window_s=-1)
+    with pytest.raises(ValueError, match="runners"):
+        DecodeBatcher([], lambda *a: np.zeros(1))
+
+
+async def test_mesh_sessions_batched_on_their_peers_decode_their_own_tokens(toy_mesh: ToyMesh) -> None:
+    """Six greedy generations at once through the mesh client (every hop batched on its peer) give each
+    the tokens the local chain gives it alone."""
+    m = toy_mesh
+    prompts = [[3, 5, 7, 11], [1], [30, 2, 9], [4, 4, 4, 4, 4, 4, 4, 4, 4], [17, 8], [6, 21, 13, 2, 5]]
+    expected = []
+    for prompt in prompts:
+        chain = LocalChain(m.model_dir, threads=1)
+        session = chain.open(1)
+        logits = chain.step(session, np.array([prompt]), np.ones((1, len(prompt)), dtype=np.int64))
+        tokens = []
+        for _ in range(8):
+            tokens.append(int(np.argmax(logits[0, -1])))
+            logits = chain.step(session, np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
+        expected.append(tokens)
+    peers = [m.peer(span) for span in ((0, 1), (1, 3), (3, 4))]
+    for peer in peers:
+        m.servers[peer].batcher.config = BatchConfig(window_s=0.5)
+    client = m.client()
+    results = await asyncio.gather(*(greedy(client, prompt, 8) for prompt in prompts))
+    assert [tokens for tokens, _ in results] == expected
+    for peer in peers:
+        stats = m.servers[peer].batcher.stats
+        assert stats.largest >= 2 and stats.fallbacks == 0, stats
+
+
+async def test_row_batcher_stacks_calls_that_arrive_while_one_runs(toy: Path) -> None:
+    """The client's heads: calls that arrive together run as one call and each caller gets its own rows;
+    a caller whose rows the shard refuses (NaN) fails alone, the others get their rows."""
+    head = LocalChain(toy, threads=1).head
+    heads = RowBatcher(head)
+    rng = np.random.default_rng(5)
+    rows = [rng.normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32) for _ in range(6)]
+    results = await asyncio.gather(*(heads(r) for r in rows))
+    for r, out in zip(rows, results, strict=True):
+        np.testing.assert_allclose(out, head(r), rtol=0, atol=1e-6)
+    assert heads.stats.sizes == {6: 1}
+    rows[3] = np.full((1, 1, toy_model.HIDDEN), np.nan, dtype=np.float32)
+    outcomes = await asyncio.gather(*(heads(r) for r in rows), return_exceptions=True)
+    for i, (r, outcome) in enumerate(zip(rows, outcomes, strict=True)):
+        if i == 3:
+            assert isinstance(outcome, ShardInputError) and "NaN" in str(outcome)
+        else:
+            assert isinstance(outcome, np.ndarray)
+            np.testing.assert_array_equal(outcome, head(r))  # run again alone after the stacked call failed
+    lone = await heads(rows[0])  # a lone call runs at once, alone
+    np.testing.assert_array_equal(lone, head(rows[0]))
+    assert heads.stats.sizes == {6: 2, 1: 1}
