@@ -61,6 +61,22 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def big_model_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Write (once per session) a ``tests/support/big_models.py`` Llama of a shape (``"1.5b"``: 5.8 GB):
+    the slow tests of big models share it instead of each writing their own."""
+    from tests.support import big_models
+
+    built: dict[str, Path] = {}
+
+    def make(size: str) -> Path:
+        if size not in built:
+            built[size] = big_models.build(tmp_path_factory.mktemp(f"big-{size}"), size)
+        return built[size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def default_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model exported exactly as ``ai4all up`` exports it, through the CLI (once per session):
     ``<dir>/SmolLM2-135M-Instruct``. Only the tests marked ``slow`` use it."""

@@ -4,7 +4,8 @@ export of them takes, measured per shard in a child process.
 ``build(directory, "1.5b")`` writes a seeded ~1.45B-parameter Llama (5.8 GB in fp32) as one safetensors
 file per layer plus an index, never holding more than one layer in memory, with the tiny test tokenizer of
 ``tiny_models.py`` (its ids are a subset of the model's 32000). ``"7b"`` is Llama-2-7B's shape (6.7B
-parameters); ``layers=`` truncates it, so that one span of a 7B model and its embedding and head can be
+parameters); ``"small"`` is a narrow 6-layer model of the same vocabulary for developing code that runs
+on the others; ``layers=`` truncates it, so that one span of a 7B model and its embedding and head can be
 exported and measured without writing 27 GB.
 
 ``measure_export`` runs ``ai4all export``'s pipeline in a fresh interpreter (``python -m
@@ -48,6 +49,9 @@ SHAPES = {
     "1.5b": BigShape(hidden=2048, intermediate=5632, layers=30, heads=32, kv_heads=4),
     # Llama-2-7B: 6.74B parameters, 27 GB in fp32.
     "7b": BigShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32),
+    # The 1.5b model's code path in seconds (for developing the tests and benches that run on it): the same
+    # vocabulary and grouped-query attention, narrow and 6 layers (9.6M parameters, 38 MB in fp32).
+    "small": BigShape(hidden=256, intermediate=704, layers=6, heads=8, kv_heads=2),
 }
 STD = 0.02
 

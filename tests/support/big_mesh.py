@@ -1,0 +1,207 @@
+"""The big-model demonstration's moving parts, shared by ``tests/test_big_model_mesh.py`` and
+``bench/bench_big_mesh.py``: export a ``big_models`` Llama in a child process, start native peers sized by
+``--memory-budget`` (no ``--span``), and run greedy decoding through the mesh and through the same shards
+chained in one process, timing the decode steps.
+
+``PLANS`` says how each shape is cut: blocks shards of ``shard_layers`` layers, and a budget that holds
+``shards_per_peer`` of them (weights + KV room for ``PLAN_SESSIONS`` sessions, ``core/memory_budget.py``).
+For the 1.5b model: shards of 3 layers, budgets of 9 layers (1.89 GB, under a third of its 5.81 GB), so
+four peers take 0-9, 9-18, 18-27 and 27-30 by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from python_peer.chain import LocalChain
+from python_peer.core.manifest import Manifest
+from python_peer.core.spans import Span
+from tests.support.procs import ROOT, Node, PeerProc
+from tests.support.waiting import wait_for
+
+# Token ids every tokenizer of the shapes holds (the tiny test tokenizer's), as the prompt.
+PROMPT = [1, 5, 17, 42, 99, 3, 250, 7]
+
+
+@dataclass(frozen=True)
+class Plan:
+    shard_layers: int  # layers per exported blocks shard
+    shards_per_peer: int  # shards one peer's budget holds
+
+    def spans(self, layers: int) -> str:
+        cuts = [*range(0, layers, self.shard_layers), layers]
+        return ",".join(f"{a}-{b}" for a, b in itertools.pairwise(cuts))
+
+
+PLANS = {"1.5b": Plan(3, 3), "small": Plan(1, 2)}
+
+
+def budget(manifest: Manifest, plan: Plan) -> int:
+    """The budget that holds the first ``plan.shards_per_peer`` shards (the others are no larger)."""
+    end = manifest.blocks[min(plan.shards_per_peer, len(manifest.blocks)) - 1].end
+    return manifest.memory.need(Span(0, end)).total
+
+
+@dataclass
+class Exported:
+    out: Path
+    seconds: float
+    peak_rss: int  # the export process's own peak resident memory (wait4's ru_maxrss)
+
+
+def export(model: Path, out: Path, spans: str, dtype: str, logs: Path) -> Exported:
+    """``ai4all export MODEL --out OUT --spans SPANS --dtype DTYPE`` in a child under ``nice`` (an export
+    already complete in OUT is verified and kept); the caller bounds the time (pytest-timeout)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    args = [sys.executable, "-m", "python_peer.cli", "export", str(model), "--out", str(out)]
+    args += ["--spans", spans, "--dtype", dtype, "--quiet"]
+    started = time.monotonic()
+    with (logs / f"export-{dtype}.out").open("w") as stdout, (logs / f"export-{dtype}.err").open("w") as err:
+        proc = subprocess.Popen(
+            ["nice", "-n", "10", *args],
+            cwd=ROOT,
+            stdout=stdout,
+            stderr=err,
+            env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+        )
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+    if os.waitstatus_to_exitcode(status) != 0:
+        tail = (logs / f"export-{dtype}.err").read_text()[-3000:]
+        raise RuntimeError(f"export of {model} as {dtype} failed:\n{tail}")
+    return Exported(out, time.monotonic() - started, usage.ru_maxrss * 1024)
+
+
+def vm_rss(pid: int) -> int:
+    """A process's resident memory in bytes (``VmRSS`` of ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+@dataclass
+class Decoded:
+    tokens: list[int]
+    logits: list[np.ndarray] = field(default_factory=list)  # the logits each token was chosen from
+    decode_seconds: float = 0.0  # the steps after the prompt's
+
+    @property
+    def decode_tok_s(self) -> float:
+        steps = len(self.tokens) - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+def chain_greedy(model: Path, count: int, *, keep_logits: bool = False) -> Decoded:
+    """Greedy ``count`` tokens after ``PROMPT`` through every shard loaded in this process."""
+    chain = LocalChain(model)
+    session = chain.open(1)
+    ids = np.array([PROMPT], dtype=np.int64)
+    logits = chain.step(session, ids, np.ones_like(ids))[0, -1]
+    result = Decoded([])
+    started = time.perf_counter()
+    for step in range(count):
+        if keep_logits:
+            result.logits.append(logits.copy())
+        token = int(np.argmax(logits))
+        result.tokens.append(token)
+        if step == 0:
+            started = time.perf_counter()
+        if step < count - 1:
+            one = np.array([[token]], dtype=np.int64)
+            logits = chain.step(session, one, np.ones_like(one))[0, -1]
+    result.decode_seconds = time.perf_counter() - started
+    chain.close(session)
+    return result
+
+
+async def _mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int) -> Decoded:
+    from python_peer.node import NodeConfig, open_client
+
+    node, client = await open_client(NodeConfig(signal_urls=(signal_url,), data_dir=data_dir), model)
+    try:
+        session = await client.open(1, len(PROMPT) + count)
+        try:
+            ids = np.array([PROMPT], dtype=np.int64)
+            logits = (await session.step(ids, np.ones_like(ids)))[0, -1]
+            result = Decoded([])
+            started = time.perf_counter()
+            for step in range(count):
+                token = int(np.argmax(logits))
+                result.tokens.append(token)
+                if step == 0:
+                    started = time.perf_counter()
+                if step < count - 1:
+                    one = np.array([[token]], dtype=np.int64)
+                    logits = (await session.step(one, np.ones_like(one)))[0, -1]
+            result.decode_seconds = time.perf_counter() - started
+            return result
+        finally:
+            await session.close()
+    finally:
+        await client.aclose()
+        await node.aclose()
+
+
+def mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int) -> Decoded:
+    """Greedy ``count`` tokens after ``PROMPT`` through the mesh (embed and head here, blocks on peers)."""
+    return asyncio.run(_mesh_greedy(signal_url, model, data_dir, count))
+
+
+@dataclass
+class BudgetMesh:
+    node: Node
+    peers: list[PeerProc]
+    budget: int
+
+    def spans(self) -> list[str]:
+        return [p.span for p in self.peers]
+
+    def resident(self) -> dict[str, int]:
+        return {f"{p.name} ({p.span})": vm_rss(p.proc.pid) for p in self.peers}
+
+
+def _listed(node: Node, peer_id: str) -> Callable[[], bool]:
+    return lambda: peer_id in json.dumps(node.directory())
+
+
+@contextlib.contextmanager
+def budget_mesh(
+    model: Path, work: Path, memory_budget: int, count: int, *, ready_timeout: float = 900
+) -> Iterator[BudgetMesh]:
+    """A signaling node and ``count`` peers started one after another with ``--memory-budget`` and no
+    ``--span``: each waits until the one before is listed, so it sees what that one serves."""
+    work.mkdir(parents=True, exist_ok=True)
+    node = Node("node-a", work)
+    mesh = BudgetMesh(node, [], memory_budget)
+    try:
+        node.wait()
+        for i in range(count):
+            extra = ["--memory-budget", str(memory_budget), "--gossip-interval", "0.5"]
+            peer = PeerProc(f"peer-{i}", work, model, [node.url], extra=extra)
+            mesh.peers.append(peer)
+            peer.wait(timeout=ready_timeout)
+            wait_for(_listed(node, peer.peer_id), 60, what=f"{peer.name} listed", describe=node.directory)
+        yield mesh
+    finally:
+        for peer in mesh.peers:
+            with contextlib.suppress(AssertionError):
+                peer.stop()
+        with contextlib.suppress(AssertionError):
+            node.stop()
