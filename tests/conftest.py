@@ -63,14 +63,17 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def big_model_factory(tmp_path_factory: pytest.TempPathFactory):
     """Write (once per session) a ``tests/support/big_models.py`` Llama of a shape (``"1.5b"``: 5.8 GB):
-    the slow tests of big models share it instead of each writing their own."""
+    the slow tests of big models share it instead of each writing their own. With ``AI4ALL_BIG_MODELS=DIR``
+    it is kept in ``DIR/model-SIZE`` and reused by later sessions (the benches' ``--work`` layout)."""
     from tests.support import big_models
 
     built: dict[str, Path] = {}
+    keep = os.environ.get("AI4ALL_BIG_MODELS")
 
     def make(size: str) -> Path:
         if size not in built:
-            built[size] = big_models.build(tmp_path_factory.mktemp(f"big-{size}"), size)
+            where = Path(keep) / f"model-{size}" if keep else tmp_path_factory.mktemp(f"big-{size}")
+            built[size] = big_models.build(where, size)
         return built[size]
 
     return make

@@ -12,7 +12,8 @@ safetensors source has no GGUF grid) does the same through its own mesh, against
 
 Slow (the exports take 10-30 minutes on a shared 2-core machine; the chain, transformers and the mesh each
 hold the model's 5.8 GB, one after the other). ``AI4ALL_BIG_MESH_SHAPE=small`` runs the same code on a
-6-layer model in a minute (shards of 1 layer, budgets of 2, three peers). Figures: ``bench/bench_big_mesh.py``.
+6-layer model in a minute (shards of 1 layer, budgets of 2, three peers); ``AI4ALL_BIG_MODELS=DIR`` keeps the
+model and its exports in DIR for later runs (``bench/bench_big_mesh.py --work DIR`` reuses them).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import pytest
 
 from python_peer.core.manifest import Manifest, load_manifest
+from python_peer.core.memory_budget import gib
 from python_peer.core.spans import Span
 from tests.support.big_mesh import (
     PLANS,
@@ -37,6 +39,7 @@ from tests.support.big_mesh import (
     mesh_greedy,
 )
 from tests.support.big_models import SHAPES, weights_bytes
+from tests.support.procs import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
 
@@ -54,9 +57,15 @@ def model(big_model_factory) -> Path:
 
 
 def _export(model: Path, dtype: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    plan = PLANS[SHAPE]
-    base = tmp_path_factory.mktemp(f"big-{SHAPE}-{dtype}")
-    return export(model, base / "model", plan.spans(SHAPES[SHAPE].layers), dtype, base / "logs").out
+    """The export of ``model`` as ``dtype``, under ``AI4ALL_BIG_MODELS`` (kept and reused) if it is set."""
+    spans = PLANS[SHAPE].spans(SHAPES[SHAPE].layers)
+    keep = os.environ.get("AI4ALL_BIG_MODELS")
+    if keep:
+        out, logs = Path(keep) / f"export-{SHAPE}-{dtype}", Path(keep) / f"logs-{SHAPE}"
+    else:
+        base = tmp_path_factory.mktemp(f"big-{SHAPE}-{dtype}")
+        out, logs = base / "model", base / "logs"
+    return export(model, out, spans, dtype, logs).out
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +104,7 @@ def _serve_and_compare(model: Path, export_dir: Path, expected: Decoded, work: P
         decoded = mesh_greedy(mesh.node.url, export_dir, work / "client", TOKENS)
         resident = mesh.resident()
     print(
-        f"\n{export_dir.parent.name}: budget {memory_budget / 2**30:.2f} GiB per peer; resident "
+        f"\n{SHAPE} {manifest.dtype}: budget {memory_budget / 2**30:.2f} GiB per peer; resident "
         + ", ".join(f"{name} {rss / 2**30:.2f} GiB" for name, rss in resident.items())
         + f"; decode {decoded.decode_tok_s:.2f} tok/s through the mesh, {expected.decode_tok_s:.2f} in one process"
     )
@@ -125,6 +134,23 @@ def test_fp32_peers_split_the_model_by_budget_and_generate_the_chains_tokens(
     model: Path, fp32_export: Path, fp32_chain: Decoded, tmp_path: Path
 ) -> None:
     _serve_and_compare(model, fp32_export, fp32_chain, tmp_path)
+
+
+def test_a_peer_told_to_serve_the_whole_model_on_a_third_is_refused(
+    fp32_export: Path, tmp_path: Path
+) -> None:
+    """The attack on the demonstration: a peer claiming it can hold every block on one of these budgets.
+    It is refused in one line saying what the span needs, before it connects anywhere or loads a shard."""
+    manifest = load_manifest(fp32_export)
+    memory_budget = budget(manifest, PLANS[SHAPE])
+    whole = Span(0, manifest.num_layers)
+    args = ["peer", "--model", str(fp32_export), "--signal", "ws://127.0.0.1:9", "--span", str(whole)]
+    args += ["--memory-budget", str(memory_budget), "--data-dir", str(tmp_path / "peer")]
+    result = run_cli(args, timeout=300)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    need = manifest.memory.need(whole)
+    assert line == f"ai4all peer: error: {need.describe()}; budget is {gib(memory_budget)}"
 
 
 def test_q8_peers_split_the_model_by_budget_and_generate_the_chains_tokens(
