@@ -1,7 +1,9 @@
 """A 1.45B-parameter model (5.8 GB in fp32) exports in the memory of its largest span, not of the model.
 
 The model is written by ``tests/support/big_models.py`` (seeded random weights, one safetensors file per
-layer; the session fixture ``big_model_factory`` writes it once for this test and ``test_big_model_mesh.py``) and exported by the pipeline in a child process that records its peak resident memory per step.
+layer; the session fixture ``big_model_factory`` writes it once for this test and
+``test_big_model_mesh.py``) and exported by the pipeline in a child process that records its peak
+resident memory per step.
 Streamed, each step's peak stays under ``baseline + FACTOR x that step's shard + SLACK``, and the last
 blocks span peaks no higher than the first: nothing of an earlier span is still held. (Loaded whole, as
 the exporter once did, the 5.8 GB of weights would sit under every step.) FACTOR is measured: tracing and
