@@ -49,9 +49,11 @@ PLANS = {"1.5b": Plan(3, 3), "small": Plan(1, 2)}
 
 
 def budget(manifest: Manifest, plan: Plan) -> int:
-    """The budget that holds the first ``plan.shards_per_peer`` shards (the others are no larger)."""
-    end = manifest.blocks[min(plan.shards_per_peer, len(manifest.blocks)) - 1].end
-    return manifest.memory.need(Span(0, end)).total
+    """The budget that holds any run of ``plan.shards_per_peer`` shards: the largest such run's need (later
+    layers' shards are a few bytes larger: their graphs' names are longer)."""
+    blocks, k = manifest.blocks, min(plan.shards_per_peer, len(manifest.blocks))
+    runs = [Span(blocks[i].start, blocks[i + k - 1].end) for i in range(len(blocks) - k + 1)]
+    return max(manifest.memory.need(run).total for run in runs)
 
 
 @dataclass
