@@ -25,6 +25,7 @@ from tests.support.ledger import (
     build,
     grant,
     plans,
+    whole_report,
 )
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -37,20 +38,6 @@ actions = plans()
 def summary(report: Any) -> tuple[Any, ...]:
     ignored = {h: r.code for h, r in report.ignored.items()}
     return (report.balances, report.forks, report.counted, ignored, report.settled)
-
-
-def whole(report: Any) -> tuple[Any, ...]:
-    """Everything a report says, reasons included: what a store's kept balances must reproduce exactly."""
-    return (
-        report.accounts,
-        report.ignored,
-        report.forks,
-        report.counted,
-        report.settled,
-        report.holds,
-        report.consumed,
-        report.accusations,
-    )
 
 
 @SETTINGS
@@ -170,7 +157,7 @@ def test_balances_kept_on_every_write_equal_a_recompute_over_the_rows(
     for lo, hi in zip([0, *cuts], [*cuts, len(entries)], strict=True):
         store.insert_many(entries[lo:hi], NOW)
         held = [*store.entries(), *store.evidence()]
-        assert whole(store.report()) == whole(compute(held, rules=RULES))
+        assert whole_report(store.report()) == whole_report(compute(held, rules=RULES))
     event(f"forked authors: {len(store.forks())}")
 
 

@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-from python_peer.core.balances import LedgerReport, compute
+from python_peer.core.balances import compute
 from python_peer.core.economics import format_units
 from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
 from python_peer.core.receipts import ReceiptBody
 from python_peer.identity import IDENTITY_FILE, Identity
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
-from tests.support.ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids
+from tests.support.ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids, whole_report
 from tests.support.procs import ROOT, run_cli
 
 # A starter-grant nonce for ids(1, 870)[0] that meets the network's real 22-bit difficulty.
@@ -188,22 +188,9 @@ def test_an_own_fork_is_refused_and_never_extended(tmp_path: Path) -> None:
     assert caught.value.code == "forked"
 
 
-def _whole(report: LedgerReport) -> tuple[Any, ...]:
-    return (
-        report.accounts,
-        report.ignored,
-        report.forks,
-        report.counted,
-        report.settled,
-        report.holds,
-        report.consumed,
-        report.accusations,
-    )
-
-
 def _recomputed(store: LedgerStore) -> tuple[Any, ...]:
     """The report computed afresh from the rows the store holds now."""
-    return _whole(compute([*store.entries(), *store.evidence()], rules=RULES))
+    return whole_report(compute([*store.entries(), *store.evidence()], rules=RULES))
 
 
 def test_balances_kept_in_memory_follow_a_fork_that_drops_a_chains_tail(tmp_path: Path) -> None:
@@ -221,7 +208,7 @@ def test_balances_kept_in_memory_follow_a_fork_that_drops_a_chains_tail(tmp_path
     twin.entries = chain[:1]
     assert store.insert(twin.add(cosign(client, server, tokens=7)), NOW).status == "fork"
     after = store.report()
-    assert _whole(after) == _recomputed(store)
+    assert whole_report(after) == _recomputed(store)
     assert after.forks == {server.peer_id: 2}
     assert after.accounts[client.peer_id].receipts_paid == 0 and after.balance(client.peer_id) > paid.balance(
         client.peer_id
@@ -240,7 +227,7 @@ def test_balances_kept_in_memory_see_another_connections_writes_and_survive_a_ro
     first.claim_grant(server, T0)
     before = first.report()
     second.append(server, cosign(client, server), T0 + 70_000)
-    assert _whole(first.report()) == _recomputed(first) != _whole(before)
+    assert whole_report(first.report()) == _recomputed(first) != whole_report(before)
     assert first.report().accounts[client.peer_id].receipts_paid == 1
 
     real = first._write_entry
@@ -252,16 +239,16 @@ def test_balances_kept_in_memory_see_another_connections_writes_and_survive_a_ro
             raise sqlite3.OperationalError("disk I/O error")
         real(entry)
 
-    kept = _whole(first.report())
+    kept = whole_report(first.report())
     monkeypatch.setattr(first, "_write_entry", failing)
     bodies = [cosign(client, server, tokens=i + 1, time=T0 + 80_000) for i in range(3)]
     with pytest.raises(LedgerError, match="disk I/O error"):
         first.append_many(server, bodies, T0 + 90_000)
-    assert _whole(first.report()) == kept == _recomputed(first)
+    assert whole_report(first.report()) == kept == _recomputed(first)
     monkeypatch.setattr(first, "_write_entry", real)
     first.append_many(server, bodies[1:], T0 + 90_000)  # other entries at the seqs the failed batch used
     first.append(server, bodies[0], T0 + 90_000)
-    assert _whole(first.report()) == _recomputed(first) == _whole(second.report())
+    assert whole_report(first.report()) == _recomputed(first) == whole_report(second.report())
     assert first.report().accounts[client.peer_id].receipts_paid == 4
     first.close()
     second.close()

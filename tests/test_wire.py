@@ -167,12 +167,20 @@ def test_golden_chunks_match_and_reassemble(entry: dict[str, Any]) -> None:
     assert len(reassembler) == 0 and reassembler.buffered_bytes == 0
 
 
+# Vectors in the same folder written by their own script, checked by their own test.
+OTHER_GENERATORS = {"span_choice.json": "generate_span_choice.py (tests/fast/test_memory_budget.py)"}
+
+
 def test_vectors_on_disk_are_what_generate_writes(tmp_path: Path) -> None:
     subprocess.run(
         [sys.executable, str(VECTORS / "generate.py"), "--out", str(tmp_path)], check=True, cwd=ROOT
     )
     written = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    on_disk = {p.name: p.read_bytes() for p in VECTORS.iterdir() if p.suffix in (".bin", ".json")}
+    on_disk = {
+        p.name: p.read_bytes()
+        for p in VECTORS.iterdir()
+        if p.suffix in (".bin", ".json") and p.name not in OTHER_GENERATORS
+    }
     assert written == on_disk
 
 

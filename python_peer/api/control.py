@@ -99,6 +99,11 @@ def parse_span(manifest: Manifest, text: str) -> Span:
     return span
 
 
+def budget_mb(memory_budget_bytes: int) -> float:
+    """The budget as the settings page shows and sends it back: MiB to three decimals."""
+    return round(memory_budget_bytes / MIB, 3)
+
+
 def budget_bytes(memory_budget_mb: float) -> int:
     if not math.isfinite(memory_budget_mb) or not MIN_BUDGET_MB <= memory_budget_mb <= MAX_BUDGET_MB:
         raise InvalidRequestError(
@@ -155,7 +160,9 @@ class NodeControl:
             budget = budget_bytes(memory_budget_mb) if memory_budget_mb is not None else None
             new_span = parse_span(peer.manifest, span) if span is not None else None
             changed: list[str] = []
-            if budget is not None and budget != peer.server.config.memory_budget_bytes:
+            current = peer.server.config.memory_budget_bytes
+            # The page shows the budget rounded (budget_mb) and sends it back with every save: unchanged then.
+            if budget is not None and memory_budget_mb != budget_mb(current) and budget != current:
                 peer.set_memory_budget(budget)
                 log.info(
                     "KV budget is now %.1f MiB (%d tokens free)", budget / MIB, peer.server.kv_free_tokens

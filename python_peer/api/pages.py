@@ -32,7 +32,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from python_peer.core.economics import UNITS_PER_CREDIT
 from python_peer.core.static_files import mime_type, resolve_file
 
-from .control import MIB, NodeControl, NotServingError, ServingState
+from .control import NodeControl, NotServingError, ServingState, budget_mb
 from .errors import (
     ForbiddenHostError,
     InvalidRequestError,
@@ -175,7 +175,7 @@ def _settings_view(control: NodeControl, changed: list[str]) -> SettingsView:
         state="serving" if s.state is ServingState.SERVING else "paused",
         model=s.model,
         span=str(s.span),
-        memory_budget_mb=round(s.memory_budget_bytes / MIB, 3),
+        memory_budget_mb=budget_mb(s.memory_budget_bytes),
         kv_free_tokens=s.kv_free_tokens,
         spans=[str(span) for span in s.spans],
         changed=changed,

@@ -350,7 +350,7 @@ def test_shard_cache_and_altered_shards(
             )
             start(seen, budget_mb="0.001")  # no shard fits: a clear error, nothing served
             expect(seen.testid("error")).to_contain_text(
-                f"no block shard of {mesh.model_name} fits a memory budget", timeout=START_TIMEOUT_MS
+                f"no span of {mesh.model_name} fits a memory budget", timeout=START_TIMEOUT_MS
             )
             expect(seen.testid("state")).to_have_text("error")
             start(seen, span="1-3", budget_mb="300")

@@ -607,7 +607,9 @@ def test_a_second_visit_loads_the_shard_from_the_cache(
                 cache_warnings = [line for line in host.console if "cache" in line or "cached" in line]
                 assert cache_warnings == [], (visit, cache_warnings)
                 if visit == "first":
-                    assert len(shards) == 1, host.requests
+                    # The node takes the least-served run of shards that fits its budget (here all of them):
+                    # each shard of it is fetched once.
+                    assert shards and len(shards) == len(set(shards)), host.requests
                 else:
                     assert shards == [], host.requests
             assert host.errors == []

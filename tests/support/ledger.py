@@ -222,3 +222,17 @@ def store_with(*entries: Entry, rules: Rules = RULES) -> LedgerStore:
     for outcome in store.insert_many(list(entries), NOW):
         assert outcome.ok, outcome
     return store
+
+
+def whole_report(report: Any) -> tuple[Any, ...]:
+    """Everything a balances report says, reasons included: what a store's kept balances must reproduce."""
+    return (
+        report.accounts,
+        report.ignored,
+        report.forks,
+        report.counted,
+        report.settled,
+        report.holds,
+        report.consumed,
+        report.accusations,
+    )
