@@ -56,21 +56,22 @@ def model(big_model_factory) -> Path:
     return big_model_factory(SHAPE)
 
 
-def _export(model: Path, dtype: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The export of ``model`` as ``dtype``, under ``AI4ALL_BIG_MODELS`` (kept and reused) if it is set."""
+def _q8_export(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The q8 export of ``model``, under ``AI4ALL_BIG_MODELS`` (kept and reused) if it is set."""
     spans = PLANS[SHAPE].spans(SHAPES[SHAPE].layers)
     keep = os.environ.get("AI4ALL_BIG_MODELS")
     if keep:
-        out, logs = Path(keep) / f"export-{SHAPE}-{dtype}", Path(keep) / f"logs-{SHAPE}"
+        out, logs = Path(keep) / f"export-{SHAPE}-q8", Path(keep) / f"logs-{SHAPE}"
     else:
-        base = tmp_path_factory.mktemp(f"big-{SHAPE}-{dtype}")
+        base = tmp_path_factory.mktemp(f"big-{SHAPE}-q8")
         out, logs = base / "model", base / "logs"
-    return export(model, out, spans, dtype, logs).out
+    return export(model, out, spans, "q8", logs).out
 
 
 @pytest.fixture(scope="module")
-def fp32_export(model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _export(model, "fp32", tmp_path_factory)
+def fp32_export(big_fp32_export) -> Path:
+    """The session's fp32 export (shared with ``test_big_model_export.py``, which judges its memory)."""
+    return Path(big_fp32_export(SHAPE).out)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ def test_a_peer_told_to_serve_the_whole_model_on_a_third_is_refused(
 def test_q8_peers_split_the_model_by_budget_and_generate_the_chains_tokens(
     model: Path, fp32_export: Path, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
-    q8 = _export(model, "q8", tmp_path_factory)
+    q8 = _q8_export(model, tmp_path_factory)
     manifest = load_manifest(q8)
     quality = manifest.raw["quality"]
     blocks_ratio = _blocks_bytes(manifest) / _blocks_bytes(load_manifest(fp32_export))

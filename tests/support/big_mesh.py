@@ -22,12 +22,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from python_peer.chain import LocalChain
 from python_peer.core.manifest import Manifest
 from python_peer.core.spans import Span
+from tests.support.big_models import SHAPES, measure_export
 from tests.support.procs import ROOT, Node, PeerProc
 from tests.support.waiting import wait_for
 
@@ -88,6 +90,29 @@ def export(model: Path, out: Path, spans: str, dtype: str, logs: Path) -> Export
         tail = (logs / f"export-{dtype}.err").read_text()[-3000:]
         raise RuntimeError(f"export of {model} as {dtype} failed:\n{tail}")
     return Exported(out, time.monotonic() - started, usage.ru_maxrss * 1024)
+
+
+@dataclass
+class MeasuredExport:
+    """The fp32 export of a shape cut as its plan says, and the peak resident memory of each export step."""
+
+    out: Path
+    baseline_rss: int
+    steps: list[dict[str, Any]]
+
+
+def measured_fp32_export(model: Path, size: str, base: Path) -> MeasuredExport:
+    """Export ``model`` (the shape ``size``) in fp32 into ``base/export-SIZE-fp32`` with the plan's spans,
+    in the child of ``big_models.measure_export`` that records each step's peak, once: the peaks are kept
+    beside the export (``export-SIZE-fp32.peaks.json``) and both are reused while they are there. The mesh
+    test serves this export and the export test judges its peaks, so the 1.5b model is exported once."""
+    out, record = base / f"export-{size}-fp32", base / f"export-{size}-fp32.peaks.json"
+    if not (record.is_file() and (out / "manifest.json").is_file()):
+        record.unlink(missing_ok=True)
+        spans = PLANS[size].spans(SHAPES[size].layers)
+        record.write_text(json.dumps(measure_export(model, out, spans, timeout=3600)))
+    measured = json.loads(record.read_text())
+    return MeasuredExport(out, int(measured["baseline_rss"]), list(measured["steps"]))
 
 
 def vm_rss(pid: int) -> int:
