@@ -7,7 +7,7 @@
   fixed sleep for background work).
 - ``loop_thread.py``: ``LoopThread``, one asyncio program in a thread beside Playwright's sync API.
 - ``tiny_models.py``: tiny random Llama, Qwen2 and GPT-2 models with a real tokenizer, built offline.
-- ``big_models.py``: seeded random Llamas of 1.45B and 7B shape (and a small one) written layer by layer,
+- ``big_models.py``: seeded random Llamas of 1.45B and 7B shape (a small one, one with a 2 GB span) written layer by layer,
   and ``measure_export`` (an export's peak memory per step, in a child process).
 - ``big_mesh.py``: the 1.5B demonstration's parts: exports in a child, peers sized by ``--memory-budget``
   (``budget_mesh``), greedy decoding through the mesh and the in-process chain, timed; ``vm_rss``.
