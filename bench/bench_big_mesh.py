@@ -36,8 +36,9 @@ from rich.table import Table
 from exporter.source import cache_dir
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
-from tests.support.big_mesh import PLANS, budget, budget_mesh, chain_greedy, export, mesh_greedy, vm_rss
+from tests.support.big_mesh import PLANS, budget, chain_greedy, export, mesh_greedy
 from tests.support.big_models import SHAPES, build, weights_bytes
+from tests.support.procs import budget_mesh, vm_rss
 
 GIB = 1 << 30
 DTYPES = ("fp32", "q8", "q4")

@@ -33,13 +33,12 @@ from tests.support.big_mesh import (
     PROMPT,
     Decoded,
     budget,
-    budget_mesh,
     chain_greedy,
     export,
     mesh_greedy,
 )
 from tests.support.big_models import SHAPES, weights_bytes
-from tests.support.procs import run_cli
+from tests.support.procs import budget_mesh, run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(7200)]
 

@@ -12,14 +12,12 @@ four peers take 0-9, 9-18, 18-27 and 27-30 by themselves.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,8 +28,7 @@ from python_peer.chain import LocalChain
 from python_peer.core.manifest import Manifest
 from python_peer.core.spans import Span
 from tests.support.big_models import SHAPES, measure_export
-from tests.support.procs import ROOT, Node, PeerProc
-from tests.support.waiting import wait_for
+from tests.support.procs import ROOT
 
 # Token ids every tokenizer of the shapes holds (the tiny test tokenizer's), as the prompt.
 PROMPT = [1, 5, 17, 42, 99, 3, 250, 7]
@@ -115,14 +112,6 @@ def measured_fp32_export(model: Path, size: str, base: Path) -> MeasuredExport:
     return MeasuredExport(out, int(measured["baseline_rss"]), list(measured["steps"]))
 
 
-def vm_rss(pid: int) -> int:
-    """A process's resident memory in bytes (``VmRSS`` of ``/proc/PID/status``)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
-
-
 @dataclass
 class Decoded:
     tokens: list[int]
@@ -189,46 +178,3 @@ async def _mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int)
 def mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int) -> Decoded:
     """Greedy ``count`` tokens after ``PROMPT`` through the mesh (embed and head here, blocks on peers)."""
     return asyncio.run(_mesh_greedy(signal_url, model, data_dir, count))
-
-
-@dataclass
-class BudgetMesh:
-    node: Node
-    peers: list[PeerProc]
-    budget: int
-
-    def spans(self) -> list[str]:
-        return [p.span for p in self.peers]
-
-    def resident(self) -> dict[str, int]:
-        return {f"{p.name} ({p.span})": vm_rss(p.proc.pid) for p in self.peers}
-
-
-def _listed(node: Node, peer_id: str) -> Callable[[], bool]:
-    return lambda: peer_id in json.dumps(node.directory())
-
-
-@contextlib.contextmanager
-def budget_mesh(
-    model: Path, work: Path, memory_budget: int, count: int, *, ready_timeout: float = 900
-) -> Iterator[BudgetMesh]:
-    """A signaling node and ``count`` peers started one after another with ``--memory-budget`` and no
-    ``--span``: each waits until the one before is listed, so it sees what that one serves."""
-    work.mkdir(parents=True, exist_ok=True)
-    node = Node("node-a", work)
-    mesh = BudgetMesh(node, [], memory_budget)
-    try:
-        node.wait()
-        for i in range(count):
-            extra = ["--memory-budget", str(memory_budget), "--gossip-interval", "0.5"]
-            peer = PeerProc(f"peer-{i}", work, model, [node.url], extra=extra)
-            mesh.peers.append(peer)
-            peer.wait(timeout=ready_timeout)
-            wait_for(_listed(node, peer.peer_id), 60, what=f"{peer.name} listed", describe=node.directory)
-        yield mesh
-    finally:
-        for peer in mesh.peers:
-            with contextlib.suppress(AssertionError):
-                peer.stop()
-        with contextlib.suppress(AssertionError):
-            node.stop()
