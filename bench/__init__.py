@@ -12,6 +12,11 @@ has a short version among the tests (``tests/test_chaos.py``).
                        interface; single sessions), ``mesh_concurrency.py`` (concurrent sessions),
                        ``mesh_signaling.py`` (relay round trips, announcements), ``mesh_report.py``
                        (its tables).
+- ``bench_big_model.py`` peak export memory vs model size and vs the largest span (1.45B and 7B-shaped
+                       random Llamas), with the predicted peak of a whole 7B export.
+- ``bench_big_mesh.py`` the 1.45B model served by peers sized by ``--memory-budget``: export peaks, q4/q8
+                       size and agreement, each peer's resident memory vs its budget, decode tokens/s
+                       through the mesh vs the in-process chain (parts in ``tests/support/big_mesh.py``).
 - ``bench_browser.py`` one blocks span in Chromium (onnxruntime-web, WASM) vs native onnxruntime, per token.
 - ``bench_ledger.py``  ledger entries verified and applied per second, balance computation, gossip
                        convergence of 10 nodes.

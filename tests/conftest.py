@@ -64,6 +64,45 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def big_model_factory(tmp_path_factory: pytest.TempPathFactory):
+    """Write (once per session) a ``tests/support/big_models.py`` Llama of a shape (``"1.5b"``: 5.8 GB):
+    the slow tests of big models share it instead of each writing their own. With ``AI4ALL_BIG_MODELS=DIR``
+    it is kept in ``DIR/model-SIZE`` and reused by later sessions (the benches' ``--work`` layout)."""
+    from tests.support import big_models
+
+    built: dict[str, Path] = {}
+    keep = os.environ.get("AI4ALL_BIG_MODELS")
+
+    def make(size: str) -> Path:
+        if size not in built:
+            where = Path(keep) / f"model-{size}" if keep else tmp_path_factory.mktemp(f"big-{size}")
+            built[size] = big_models.build(where, size)
+        return built[size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def big_fp32_export(big_model_factory, tmp_path_factory: pytest.TempPathFactory):
+    """The fp32 export of a ``big_models`` shape cut as ``tests/support/big_mesh.PLANS`` says, with the
+    peak memory of each export step (``big_mesh.MeasuredExport``), once per session for every test that
+    needs it (the export test judges the peaks, the mesh test serves the shards). With
+    ``AI4ALL_BIG_MODELS=DIR`` it is kept in ``DIR/export-SIZE-fp32`` and reused by later sessions."""
+    from tests.support import big_mesh
+
+    made: dict[str, big_mesh.MeasuredExport] = {}
+    keep = os.environ.get("AI4ALL_BIG_MODELS")
+
+    def make(size: str) -> big_mesh.MeasuredExport:
+        if size not in made:
+            base = Path(keep) if keep else tmp_path_factory.mktemp(f"big-{size}-fp32")
+            made[size] = big_mesh.measured_fp32_export(big_model_factory(size), size, base)
+        return made[size]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def default_models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The default model exported exactly as ``ai4all up`` exports it, through the CLI (once per session):
     ``<dir>/SmolLM2-135M-Instruct``. Only the tests marked ``slow`` use it."""

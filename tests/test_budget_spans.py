@@ -8,9 +8,6 @@ over its budget, stops at once with one line saying what it needs.
 
 from __future__ import annotations
 
-import contextlib
-import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,34 +18,9 @@ from python_peer.core.spans import Span
 from python_peer.generate import SamplingParams, generate
 from python_peer.tokenizer import ModelTokenizer
 from tests.support.mesh import PROMPTS
-from tests.support.procs import Node, PeerProc, run_cli
-from tests.support.waiting import wait_for
+from tests.support.procs import budget_mesh, run_cli
 
 pytestmark = pytest.mark.timeout(240)
-
-
-@contextlib.contextmanager
-def signaling(tmp: Path) -> Iterator[tuple[Node, list[PeerProc]]]:
-    node = Node("node-a", tmp)
-    peers: list[PeerProc] = []
-    try:
-        node.wait()
-        yield node, peers
-    finally:
-        for peer in peers:
-            with contextlib.suppress(AssertionError):
-                peer.stop()
-        with contextlib.suppress(AssertionError):
-            node.stop()
-
-
-def listed(node: Node, peer_id: str) -> None:
-    wait_for(
-        lambda: peer_id in json.dumps(node.directory()),
-        20,
-        what=f"{peer_id[:8]} listed",
-        describe=node.directory,
-    )
 
 
 def test_two_peers_with_half_a_model_each_split_it_and_serve_a_chat(
@@ -63,21 +35,16 @@ def test_two_peers_with_half_a_model_each_split_it_and_serve_a_chat(
     assert stated["kv_bytes_per_token"] == [2 * 2 * 16 * 4] * 4  # K and V, 2 KV heads x 16 dims, float32
     budget = memory.need(Span(0, 3)).total  # shards 0-1 and 1-3, not the whole model
     assert memory.need(Span(0, 4)).total > budget
-    with signaling(tmp_path) as (node, peers):
-        for name in ("first", "second"):  # one after the other: the second sees what the first serves
-            extra = ["--memory-budget", str(budget), "--gossip-interval", "0.5"]
-            peer = PeerProc(name, tmp_path, model, [node.url], extra=extra)
-            peers.append(peer)  # stopped at the end even if it fails to start
-            peer.wait()
-            listed(node, peer.peer_id)  # announced: the next peer's lookup sees it
-        assert [p.span for p in peers] == ["0-3", "3-4"], [p.tail() for p in peers]
-        assert f"budget is {budget / 2**20:.1f} MiB" in peers[0].log.read_text(encoding="utf-8")
+    # One after the other, each with half the model's budget: the second sees what the first serves.
+    with budget_mesh(model, tmp_path, budget, 2, ready_timeout=120) as mesh:
+        assert mesh.spans() == ["0-3", "3-4"], [p.tail() for p in mesh.peers]
+        assert f"budget is {budget / 2**20:.1f} MiB" in mesh.peers[0].log.read_text(encoding="utf-8")
 
         chain = LocalChain(model)
         tokenizer = ModelTokenizer(model, chain.manifest)
         ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPTS[0]}]))
         expected = generate(chain, tokenizer, ids, SamplingParams(max_tokens=8)).text
-        args = ["chat", PROMPTS[0], "--model", str(model), "--signal", node.url, "--max-tokens", "8"]
+        args = ["chat", PROMPTS[0], "--model", str(model), "--signal", mesh.node.url, "--max-tokens", "8"]
         result = run_cli([*args, "--data-dir", str(tmp_path / "client")], timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout == expected + "\n"
@@ -88,8 +55,8 @@ def test_a_peer_whose_budget_holds_no_shard_names_the_smallest_and_stops(
 ) -> None:
     memory = load_manifest(tiny_llama_export).memory
     smallest = min((memory.need(Span(a, b)) for a, b in ((0, 1), (1, 3), (3, 4))), key=lambda n: n.total)
-    with signaling(tmp_path) as (node, _):
-        base = ["peer", "--signal", node.url, "--model", str(tiny_llama_export)]
+    with budget_mesh(tiny_llama_export, tmp_path, smallest.total, 0) as mesh:  # a node, no peer yet
+        base = ["peer", "--signal", mesh.node.url, "--model", str(tiny_llama_export)]
         result = run_cli([*base, "--memory-budget", str(smallest.total - 1)], timeout=120)
         assert result.returncode == 1
         line = result.stderr.strip().splitlines()[-1]

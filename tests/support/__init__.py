@@ -7,6 +7,10 @@
   fixed sleep for background work).
 - ``loop_thread.py``: ``LoopThread``, one asyncio program in a thread beside Playwright's sync API.
 - ``tiny_models.py``: tiny random Llama, Qwen2 and GPT-2 models with a real tokenizer, built offline.
+- ``big_models.py``: seeded random Llamas of 1.45B and 7B shape (a small one, one with a 2 GB span) written layer by layer,
+  and ``measure_export`` (an export's peak memory per step, in a child process).
+- ``big_mesh.py``: the 1.5B demonstration's parts: exports in a child, peers sized by ``--memory-budget``
+  (``budget_mesh``), greedy decoding through the mesh and the in-process chain, timed; ``vm_rss``.
 - ``transport_peer.py``: the other process of ``test_transport.py``'s cross-process link
   (``python -m tests.support.transport_peer``).
 - ``ledger.py``: ledger data: fixed identities, mined grants, co-signed receipts, hand-built logs,

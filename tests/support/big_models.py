@@ -4,7 +4,9 @@ export of them takes, measured per shard in a child process.
 ``build(directory, "1.5b")`` writes a seeded ~1.45B-parameter Llama (5.8 GB in fp32) as one safetensors
 file per layer plus an index, never holding more than one layer in memory, with the tiny test tokenizer of
 ``tiny_models.py`` (its ids are a subset of the model's 32000). ``"7b"`` is Llama-2-7B's shape (6.7B
-parameters); ``layers=`` truncates it, so that one span of a 7B model and its embedding and head can be
+parameters); ``"small"`` is a narrow 6-layer model of the same vocabulary for developing code that runs
+on the others; ``"large"`` has one blocks span over 2 GB and only the tiny tokenizer's 320 ids.
+``layers=`` truncates a shape, so that one span of a 7B model and its embedding and head can be
 exported and measured without writing 27 GB.
 
 ``measure_export`` runs ``ai4all export``'s pipeline in a fresh interpreter (``python -m
@@ -34,10 +36,14 @@ class BigShape:
     kv_heads: int
     vocab: int = 32000
 
-    def layer_params(self) -> int:
+    def matrix_params(self) -> int:
+        """Parameters of one layer's weight matrices (attention and MLP)."""
         head_dim = self.hidden // self.heads
         attention = 2 * self.hidden * self.hidden + 2 * self.hidden * self.kv_heads * head_dim
-        return attention + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        return attention + 3 * self.hidden * self.intermediate
+
+    def layer_params(self) -> int:
+        return self.matrix_params() + 2 * self.hidden  # and its two norms
 
     def params(self) -> int:
         return self.layers * self.layer_params() + 2 * self.vocab * self.hidden + self.hidden
@@ -48,6 +54,12 @@ SHAPES = {
     "1.5b": BigShape(hidden=2048, intermediate=5632, layers=30, heads=32, kv_heads=4),
     # Llama-2-7B: 6.74B parameters, 27 GB in fp32.
     "7b": BigShape(hidden=4096, intermediate=11008, layers=32, heads=32, kv_heads=32),
+    # The 1.5b model's code path in seconds (for developing the tests and benches that run on it): the same
+    # vocabulary and grouped-query attention, narrow and 6 layers (9.6M parameters, 38 MB in fp32).
+    "small": BigShape(hidden=256, intermediate=704, layers=6, heads=8, kv_heads=2),
+    # One blocks shard over 2 GB (what no single ONNX protobuf holds): 9 layers of 62.9M parameters, 2.27 GB
+    # of fp32 matrices, with the tiny tokenizer's 320 ids (tiny_models.VOCAB) so that embed and head stay small.
+    "large": BigShape(hidden=2048, intermediate=8704, layers=9, heads=16, kv_heads=2, vocab=320),
 }
 STD = 0.02
 

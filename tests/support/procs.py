@@ -1,8 +1,10 @@
-"""Processes of a test: ``ai4all`` CLI runs, ``ai4all signal`` nodes and ``ai4all peer`` peers on free loopback ports."""
+"""Processes of a test: ``ai4all`` CLI runs, ``ai4all signal`` nodes and ``ai4all peer`` peers on free loopback ports,
+and meshes of them (``ProcMesh``; ``budget_mesh``: peers that choose their spans by memory budget)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -10,13 +12,15 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from python_peer.identity import Identity
+from tests.support.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,3 +238,57 @@ def ledger_balance(peer: PeerProc, who: str) -> int:
     result = run_cli(["ledger", "balance", who, "--units", "--data-dir", str(peer.data_dir)], timeout=60)
     assert result.returncode == 0, result.stderr
     return int(result.stdout.strip())
+
+
+def vm_rss(pid: int) -> int:
+    """A process's resident memory in bytes (``VmRSS`` of ``/proc/PID/status``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmRSS")
+
+
+@dataclass
+class BudgetMesh:
+    """A signaling node and peers that chose their own spans by ``--memory-budget`` (``budget_mesh``)."""
+
+    node: Node
+    peers: list[PeerProc]
+    budget: int
+
+    def spans(self) -> list[str]:
+        return [p.span for p in self.peers]
+
+    def resident(self) -> dict[str, int]:
+        return {f"{p.name} ({p.span})": vm_rss(p.proc.pid) for p in self.peers}
+
+
+def _listed(node: Node, peer_id: str) -> Callable[[], bool]:
+    return lambda: peer_id in json.dumps(node.directory())
+
+
+@contextlib.contextmanager
+def budget_mesh(
+    model: Path, work: Path, memory_budget: int, count: int, *, ready_timeout: float = 900
+) -> Iterator[BudgetMesh]:
+    """A signaling node and ``count`` peers (``peer-0``...) started one after another with ``--memory-budget``
+    and no ``--span``: each waits until the one before is listed, so it sees what that one serves. Every
+    process is stopped at the end, also one that failed to start."""
+    work.mkdir(parents=True, exist_ok=True)
+    node = Node("node-a", work)
+    mesh = BudgetMesh(node, [], memory_budget)
+    try:
+        node.wait()
+        for i in range(count):
+            extra = ["--memory-budget", str(memory_budget), "--gossip-interval", "0.5"]
+            peer = PeerProc(f"peer-{i}", work, model, [node.url], extra=extra)
+            mesh.peers.append(peer)
+            peer.wait(timeout=ready_timeout)
+            wait_for(_listed(node, peer.peer_id), 60, what=f"{peer.name} listed", describe=node.directory)
+        yield mesh
+    finally:
+        for peer in mesh.peers:
+            with contextlib.suppress(AssertionError):
+                peer.stop()
+        with contextlib.suppress(AssertionError):
+            node.stop()
