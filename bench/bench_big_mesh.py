@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import shutil
 import sys
 import time
@@ -35,6 +36,7 @@ from rich.table import Table
 
 from exporter.source import cache_dir
 from python_peer.core.manifest import load_manifest
+from python_peer.core.publisher_trust import ALLOW_UNSIGNED_ENV
 from python_peer.core.spans import Span
 from tests.support.big_mesh import PLANS, budget, chain_greedy, export, mesh_greedy
 from tests.support.big_models import SHAPES, build, weights_bytes
@@ -210,6 +212,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The peers serve this bench's own local exports, unsigned (``--allow-unsigned`` in every child).
+    os.environ.setdefault(ALLOW_UNSIGNED_ENV, "1")
     result = run(parse_args(argv))
     print(json.dumps(result))
     return 0
