@@ -11,9 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-import numpy as np
-
-from python_peer.chain import LocalChain
 from python_peer.core.wire import Frame
 from python_peer.errors import LinkClosedError
 from python_peer.identity import Identity
@@ -22,29 +19,17 @@ from python_peer.link_ledger import MAX_GOSSIPED, ClientExchange
 from python_peer.mesh_client import MAX_HOPS
 from tests.fast.conftest import FAST, ToyMesh, greedy
 from tests.support.fakes import announcement
+from tests.support.mesh import reference_greedy
 
 PROMPT = [3, 5, 7, 11]
 NEW_TOKENS = 2
-
-
-def reference(model_dir: object, prompt: list[int], new_tokens: int) -> list[int]:
-    chain = LocalChain(model_dir, threads=1)  # type: ignore[arg-type]
-    session = chain.open(1)
-    ids = np.array([prompt], dtype=np.int64)
-    logits = chain.step(session, ids, np.ones_like(ids))
-    tokens: list[int] = []
-    for _ in range(new_tokens):
-        tokens.append(int(np.argmax(logits[0, -1])))
-        logits = chain.step(session, np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
-    chain.close(session)
-    return tokens
 
 
 async def test_a_span_announced_under_throwaway_identities_leaves_at_most_max_hops_links(
     toy_mesh: ToyMesh,
 ) -> None:
     m = toy_mesh
-    expected = reference(m.model_dir, PROMPT, NEW_TOKENS)
+    expected = reference_greedy(m.model_dir, PROMPT, NEW_TOKENS)
     m.peer((0, 1))
     m.peer((3, 4))
     client = m.client(config=replace(FAST, lookup_cache_s=0.0))

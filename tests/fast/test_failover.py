@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from python_peer.chain import LocalChain
 from python_peer.core.wire import Frame, FrameType
 from python_peer.errors import LinkClosedError
 from python_peer.mesh_client import MeshError
@@ -14,25 +11,10 @@ from python_peer.server import SpanServer
 from python_peer.span_gate import SpanGate
 from tests.fast.conftest import ToyMesh, greedy
 from tests.support.fakes import MemoryNetwork
+from tests.support.mesh import reference_greedy as local_greedy
 
 PROMPT = [3, 5, 7, 11]
 NEW_TOKENS = 10
-
-
-def local_greedy(model_dir: Path, prompt: list[int], new_tokens: int) -> list[int]:
-    """The same greedy run in one process, through the same shards: what the mesh must reproduce."""
-    import numpy as np
-
-    chain = LocalChain(model_dir, threads=1)
-    session = chain.open(1)
-    ids = np.array([prompt], dtype=np.int64)
-    logits = chain.step(session, ids, np.ones_like(ids))
-    tokens: list[int] = []
-    for _ in range(new_tokens):
-        tokens.append(int(np.argmax(logits[0, -1])))
-        logits = chain.step(session, np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
-    chain.close(session)
-    return tokens
 
 
 class DiesAt:

@@ -32,7 +32,7 @@ from python_peer.spot_check import SpotCheckPolicy, agree
 from tests.fast.conftest import FAST, ToyMesh, greedy
 from tests.support.fakes import announcement
 from tests.support.liars import LIAR_KINDS, Liar, accuse, altered_model, decode_only, one_in_twenty
-from tests.support.liars import reference_greedy as local_greedy
+from tests.support.mesh import reference_greedy as local_greedy
 
 NEW_TOKENS = 8
 CHECKED = dataclasses.replace(FAST, gossip_every_s=0.0, spot_checks=SpotCheckPolicy(seed=3))

@@ -14,7 +14,10 @@ from dataclasses import replace
 from python_peer.core.wire import Frame, FrameType
 from python_peer.server import SpanServer
 from tests.fast.conftest import FAST, ToyMesh, greedy
-from tests.fast.test_failover import NEW_TOKENS, PROMPT, local_greedy
+from tests.support.mesh import reference_greedy as local_greedy
+
+PROMPT = [3, 5, 7, 11]
+NEW_TOKENS = 10
 
 
 class SilentOnOpen:

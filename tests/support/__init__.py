@@ -9,13 +9,15 @@
 - ``tiny_models.py``: tiny random Llama, Qwen2 and GPT-2 models with a real tokenizer, built offline.
 - ``big_models.py``: seeded random Llamas of 1.45B and 7B shape (a small one, one with a 2 GB span) written layer by layer,
   and ``measure_export`` (an export's peak memory per step, in a child process).
-- ``big_mesh.py``: the 1.5B demonstration's parts: exports in a child, peers sized by ``--memory-budget``
-  (``budget_mesh``), greedy decoding through the mesh and the in-process chain, timed; ``vm_rss``.
+- ``big_mesh.py``: the 1.5B demonstration's parts: exports in a child (one measured fp32 export shared by
+  the slow tests), greedy decoding through the mesh and the in-process chain, timed.
+- ``procs.py`` also holds ``budget_mesh`` (peers sized by ``--memory-budget``, no ``--span``) and ``vm_rss``.
 - ``transport_peer.py``: the other process of ``test_transport.py``'s cross-process link
   (``python -m tests.support.transport_peer``).
 - ``ledger.py``: ledger data: fixed identities, mined grants, co-signed receipts, hand-built logs,
   random histories (hypothesis) and the in-memory gossip ``Wire``.
-- ``mesh.py``: short timeouts, prompts and greedy runs of the multi-process mesh tests.
+- ``mesh.py``: short timeouts, prompts and greedy runs of the mesh tests, and ``reference_greedy`` (the
+  same shards chained in this process: the tokens a mesh must give).
 - ``static_server.py``: the browser tests' static server (``web/``, ``tests/vectors/``, mounts a test
   adds) with the cross-origin isolation headers, and its harness page.
 - ``browser.py``: Chromium's launch settings (``playwright.config.py``), the ``Harness`` page, and
@@ -31,5 +33,5 @@
 - ``holds.py``: the hold protocol spoken raw (``write_hold`` without the honest client's balance check,
   ``open_meta``, ``push_frame``, the golden hold entry).
 - ``liars.py``: lying span servers (``Liar``: skip, noise, zeros, stale, another session's output, late,
-  on some steps only), a model with altered weights, evidence built by hand (``accuse``), the reference.
+  on some steps only), a model with altered weights, evidence built by hand (``accuse``).
 """

@@ -113,24 +113,6 @@ def one_in_twenty(frame: Frame, rng: random.Random) -> bool:
     return rng.random() < 0.05
 
 
-def reference_greedy(model_dir: Path, prompt: list[int], new_tokens: int) -> list[int]:
-    """Greedy tokens after ``prompt`` through the model's shards in this process: what the mesh must give."""
-    from python_peer.chain import LocalChain
-
-    chain = LocalChain(model_dir, threads=1)
-    session = chain.open(1)
-    ids = np.array([prompt], dtype=np.int64)
-    logits = chain.step(session, ids, np.ones_like(ids))
-    tokens: list[int] = []
-    for _ in range(new_tokens):
-        tokens.append(int(np.argmax(logits[0, -1])))
-        if len(tokens) == new_tokens:
-            break
-        logits = chain.step(session, np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
-    chain.close(session)
-    return tokens
-
-
 def altered_model(model_dir: Path, target: Path, start: int, end: int, scale: float = 0.5) -> Path:
     """A copy of ``model_dir`` whose ``blocks_{start}_{end}`` weights are perturbed by ``scale`` x N(0, 1),
     with ``manifest.json`` rewritten to match the altered file (its own copy of the manifest)."""
