@@ -2,7 +2,8 @@
 
 - ``procs.py``: ``run_cli`` (the ``ai4all`` CLI in a fresh interpreter), ``Node`` and ``PeerProc``
   (``ai4all signal`` and ``ai4all peer`` subprocesses on free loopback ports), ``free_port``, ``ProcMesh``
-  (a node and the peers a test module shares), ``ledger_balance`` (``ai4all ledger balance`` of a peer).
+  (a node and the peers a test module shares), ``budget_mesh`` (peers sized by ``--memory-budget``, no
+  ``--span``), ``vm_rss``, ``ledger_balance`` (``ai4all ledger balance`` of a peer).
 - ``waiting.py``: ``wait_for`` / ``wait_for_async``, polls for a condition with a deadline (never a
   fixed sleep for background work).
 - ``loop_thread.py``: ``LoopThread``, one asyncio program in a thread beside Playwright's sync API.
@@ -11,7 +12,6 @@
   and ``measure_export`` (an export's peak memory per step, in a child process).
 - ``big_mesh.py``: the 1.5B demonstration's parts: exports in a child (one measured fp32 export shared by
   the slow tests), greedy decoding through the mesh and the in-process chain, timed.
-- ``procs.py`` also holds ``budget_mesh`` (peers sized by ``--memory-budget``, no ``--span``) and ``vm_rss``.
 - ``transport_peer.py``: the other process of ``test_transport.py``'s cross-process link
   (``python -m tests.support.transport_peer``).
 - ``ledger.py``: ledger data: fixed identities, mined grants, co-signed receipts, hand-built logs,
