@@ -1,20 +1,27 @@
 """Measures a weight variant against fp32 on a fixed set of prompts.
 
-For each prompt the fp32 chain generates greedily; then both chains read the prompt and those tokens in
-one pass (teacher forcing), and we record the largest absolute logit difference and how often the
-variant's greedy choice agrees with fp32's. The same shards and prompts give the same numbers, which is
-what the tests check a manifest's figures against.
+For each prompt the variant's chain generates greedily; then both chains read the prompt and those tokens
+in one pass (teacher forcing), and we record the largest absolute logit difference and how often the
+variant's greedy choice agrees with fp32's. The fp32 reference is read one shard at a time
+(``streamed_logits``: every sequence through the embedding, then through each blocks shard, then the head,
+each shard released before the next is loaded), so measuring a quantized export needs the memory of the
+variant's chain plus one fp32 shard, not of the fp32 model: a 7B model's q4 export measures on the machine
+that exports it. The same shards and prompts give the same numbers, which is what the tests check a
+manifest's figures against.
 """
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from python_peer.chain import LocalChain
+from python_peer.core import manifest as names
 from python_peer.core.manifest import Manifest
+from python_peer.runner import BlocksRunner, ShardRunner
 
 PROMPTS = (
     "What is the capital of France?",
@@ -49,6 +56,31 @@ def _logits(chain: LocalChain, ids: list[int]) -> np.ndarray:
         chain.close(session)
 
 
+def streamed_logits(model_dir: Path, manifest: Manifest, sequences: list[list[int]]) -> list[np.ndarray]:
+    """The logits (``[len, vocab]``) of each sequence read in one pass, as ``LocalChain`` gives them, with one
+    shard of the model loaded at a time: every sequence goes through a shard before the next is loaded."""
+    positions = [np.arange(len(ids), dtype=np.int64)[None, :] for ids in sequences]
+    embed = ShardRunner(model_dir, manifest.embed)
+    hidden: list[np.ndarray] = []
+    for ids, pos in zip(sequences, positions, strict=True):
+        feeds = {names.INPUT_IDS: np.array([ids], dtype=np.int64)}
+        if manifest.config.get("learned_positions", False):
+            feeds[names.POSITION_IDS] = pos
+        hidden.append(embed.run(feeds)[names.HIDDEN_OUT])
+    del embed
+    for entry in manifest.blocks:
+        gc.collect()  # the previous shard's session is gone before this one loads
+        blocks = BlocksRunner(model_dir, entry, manifest)
+        for i, pos in enumerate(positions):
+            blocks.open("quality", 1)
+            hidden[i] = blocks.forward("quality", hidden[i], np.ones_like(pos), pos)
+            blocks.close("quality")
+        del blocks
+    gc.collect()
+    head = ShardRunner(model_dir, manifest.head)
+    return [head.run({names.HIDDEN_IN: h})[names.LOGITS][0] for h in hidden]
+
+
 def measure(
     reference_dir: Path,
     reference: Manifest,
@@ -68,26 +100,30 @@ def measure(
     texts = list(PROMPTS)
     if tokenizer.chat_template is not None:
         texts += [tokenizer.render_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
-    ref_chain = LocalChain(reference_dir, manifest=reference)
     cand_chain = LocalChain(candidate_dir, manifest=candidate)
+    sequences: list[list[int]] = []
+    cand_logits: list[np.ndarray] = []
+    for text in texts:
+        ids = tokenizer.encode(text) or [0]
+        sequences.append(ids + _greedy(cand_chain, ids, NEW_TOKENS))
+        cand_logits.append(_logits(cand_chain, sequences[-1]))
+    del cand_chain
+    gc.collect()
+    ref_logits = streamed_logits(reference_dir, reference, sequences)
     max_diff = 0.0
     diffs: list[float] = []
     agree = total = 0
-    for text in texts:
-        ids = tokenizer.encode(text) or [0]
-        sequence = ids + _greedy(ref_chain, ids, NEW_TOKENS)
-        ref = _logits(ref_chain, sequence)
-        cand = _logits(cand_chain, sequence)
+    for ref, cand in zip(ref_logits, cand_logits, strict=True):
         diff = np.abs(ref - cand)
         max_diff = max(max_diff, float(diff.max()))
         diffs.append(float(diff.mean()))
         agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-        total += len(sequence)
+        total += len(ref)
     fp32_bytes = sum(s.bytes for s in reference.shards)
     candidate_bytes = sum(s.bytes for s in candidate.shards)
     figures: dict[str, Any] = {
         "reference": "fp32",
-        "method": "teacher-forced logits over fixed prompts (plain and chat-templated) plus 16 fp32-greedy tokens each",
+        "method": "teacher-forced logits over fixed prompts (plain and chat-templated) plus 16 greedy tokens of the variant each",
         "prompts": len(texts),
         "tokens": total,
         "max_abs_logit_diff": round(max_diff, 6),

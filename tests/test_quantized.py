@@ -72,3 +72,45 @@ def test_variant_chain_generates(variant) -> None:
     session = chain.open(1)
     logits = chain.step(session, np.array([[5, 6, 7]], dtype=np.int64), np.ones((1, 3), dtype=np.int64))
     assert logits.shape == (1, 3, 320) and np.isfinite(logits).all()
+
+
+def test_the_fp32_reference_is_read_one_shard_at_a_time_and_gives_the_chains_logits(
+    fp32_export, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``quality.streamed_logits`` (how a quantized export measures itself against fp32 without holding
+    the fp32 model) equals ``LocalChain``'s logits exactly, and never holds two shards at once."""
+    import gc
+    import weakref
+
+    fp32_dir, manifest = fp32_export
+    sequences = [[1, 5, 17, 42, 99], [3, 250, 7], [9]]
+    chain = LocalChain(fp32_dir, manifest=manifest)
+    expected = []
+    for ids in sequences:
+        session = chain.open(1)
+        ids_arr = np.array([ids], dtype=np.int64)
+        expected.append(chain.step(session, ids_arr, np.ones_like(ids_arr))[0])
+        chain.close(session)
+    del chain
+    gc.collect()
+
+    alive: weakref.WeakSet[object] = weakref.WeakSet()
+    most = 0
+
+    def counted(cls: type) -> type:
+        class Counted(cls):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                nonlocal most
+                gc.collect()
+                super().__init__(*args, **kwargs)
+                alive.add(self)
+                most = max(most, len(alive))
+
+        return Counted
+
+    monkeypatch.setattr(quality, "ShardRunner", counted(quality.ShardRunner))
+    monkeypatch.setattr(quality, "BlocksRunner", counted(quality.BlocksRunner))
+    got = quality.streamed_logits(fp32_dir, manifest, sequences)
+    for logits, want in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(logits, want)
+    assert most == 1, f"{most} shards were loaded at once"
