@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -74,9 +75,14 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
 
 
 def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path, tmp_path: Path) -> None:
-    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all."""
+    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all.
+
+    It runs on a hard-linked copy of the session's export: ``up`` signs the export it serves with its own
+    publisher key (``manifest.sig.json``), which the other tests' nodes, trusting no publisher, would refuse."""
+    own = tmp_path / "models"
+    shutil.copytree(models_dir, own, copy_function=os.link)
     port = free_ports()
-    args = ["up", "--models-dir", str(models_dir), "--state-dir", str(tmp_path), "--port", str(port)]
+    args = ["up", "--models-dir", str(own), "--state-dir", str(tmp_path / "state"), "--port", str(port)]
     api = f"http://127.0.0.1:{port + 2}/v1"
     proc = subprocess.Popen(
         [sys.executable, "-m", "python_peer.cli", *args],
@@ -104,6 +110,8 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
             proc.kill()
     assert reply.strip() == "The capital of France is Paris.", stderr
     assert chat.choices[0].message.content == "The capital of France is Paris."
+    assert (own / "SmolLM2-135M-Instruct" / "manifest.sig.json").is_file()  # signed by up, in its copy
+    assert not (models_dir / "SmolLM2-135M-Instruct" / "manifest.sig.json").exists()
     assert proc.returncode == 0, stderr
     assert "exporting" not in stderr, "an existing export must be reused, not exported again"
     for what in (
@@ -123,7 +131,7 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-    assert {p.name for p in tmp_path.iterdir()} >= {"peer0", "peer1", "peer2", "peer3", "client"}
+    assert {p.name for p in (tmp_path / "state").iterdir()} >= {"peer0", "peer1", "peer2", "peer3", "client"}
 
 
 def free_ports(count: int = 3) -> int:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from python_peer import model_trust
 from python_peer.cli import build_parser
+from python_peer.core.publisher_trust import ALLOW_UNSIGNED_ENV, TrustPolicy
 from python_peer.peer_cli import peer_options
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,12 +37,18 @@ def settings(text: str) -> dict[str, list[str]]:
     return found
 
 
-def test_exec_start_parses_with_the_peers_flags() -> None:
+def test_exec_start_parses_with_the_peers_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ALLOW_UNSIGNED_ENV, raising=False)  # the tests' default; a real unit has none
     unit = settings(unit_text())
     argv = shlex.split(unit["ExecStart"][0])
     assert argv[0].endswith("/ai4all") and argv[1] == "peer"
     args = build_parser().parse_args(argv[1:])
+    checked: list[tuple[Path, TrustPolicy]] = []  # the model is not on this machine: record its check
+    monkeypatch.setattr(model_trust, "check_trusted_model", lambda d, p: checked.append((Path(d), p)))
     options = peer_options(args)  # the same checks `ai4all peer` makes before anything starts
+    ((model, policy),) = checked
+    assert model == options.model_dir and not policy.allow_unsigned  # a signed model, one publisher
+    assert policy.publishers == frozenset({"5ca1ab1e" * 8})
     assert options.data_dir is not None and str(options.data_dir) == "/var/lib/" + unit["StateDirectory"][0]
     assert options.model_dir.is_relative_to(options.data_dir)  # readable under ProtectSystem=strict
     assert options.memory_budget_bytes == int(1.5 * 2**30)
