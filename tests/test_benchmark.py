@@ -148,6 +148,16 @@ def with_record(data_dir: Path, measured: dict, of_span: str, **changes: object)
     return record
 
 
+def measured_instead(
+    data_dir: Path, model: Path, server: SpanServer, caplog: pytest.LogCaptureFixture, words: str
+) -> None:
+    """The peer ignores the saved file, says why in a log line with ``words``, and measures instead."""
+    with caplog.at_level(logging.INFO, logger="python_peer.benchmark"):
+        figure, source = announce(data_dir, model, server)
+    assert source == "measured at start" and figure > 0
+    assert words in caplog.text
+
+
 def test_a_matching_record_is_announced(
     measured: dict,
     server: SpanServer,
@@ -201,9 +211,7 @@ def test_a_record_of_another_span_is_not_used(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     with_record(tmp_path, measured, "0-4", block_tokens_per_s=12345.678)
-    with caplog.at_level(logging.INFO, logger="python_peer.benchmark"):
-        assert announce(tmp_path, tiny_llama_export, server)[1] == "measured at start"
-    assert "no saved benchmark for" in caplog.text
+    measured_instead(tmp_path, tiny_llama_export, server, caplog, "no saved benchmark for")
 
 
 @pytest.mark.parametrize(
@@ -226,10 +234,7 @@ def test_an_unreadable_file_is_ignored(
     content: str,
 ) -> None:
     (tmp_path / BENCHMARK_FILE).write_bytes(content.encode("latin-1"))
-    with caplog.at_level(logging.INFO, logger="python_peer.benchmark"):
-        figure, source = announce(tmp_path, tiny_llama_export, server)
-    assert source == "measured at start" and figure > 0
-    assert "ignoring the saved benchmarks" in caplog.text
+    measured_instead(tmp_path, tiny_llama_export, server, caplog, "ignoring the saved benchmarks")
 
 
 @pytest.mark.parametrize(
@@ -255,9 +260,7 @@ def test_a_record_out_of_bounds_is_ignored(
     changes: dict,
 ) -> None:
     with_record(tmp_path, measured, "1-3", **changes)
-    with caplog.at_level(logging.INFO, logger="python_peer.benchmark"):
-        assert announce(tmp_path, tiny_llama_export, server)[1] == "measured at start"
-    assert "ignoring the saved benchmarks" in caplog.text
+    measured_instead(tmp_path, tiny_llama_export, server, caplog, "ignoring the saved benchmarks")
 
 
 def test_nan_in_the_file_is_ignored(
@@ -272,6 +275,4 @@ def test_nan_in_the_file_is_ignored(
     text = path.read_text()
     figure = json.loads(text)["records"][0]["block_tokens_per_s"]
     path.write_text(text.replace(json.dumps(figure), "NaN"))
-    with caplog.at_level(logging.INFO, logger="python_peer.benchmark"):
-        assert announce(tmp_path, tiny_llama_export, server)[1] == "measured at start"
-    assert "ignoring the saved benchmarks" in caplog.text
+    measured_instead(tmp_path, tiny_llama_export, server, caplog, "ignoring the saved benchmarks")

@@ -20,7 +20,7 @@ from python_peer.errors import ShardInputError
 from python_peer.server import ServerConfig, SpanServer
 from tests.fast import toy_model
 from tests.fast.conftest import ToyMesh, greedy
-from tests.support.decode_steps import CLIENT, decode_hidden, open_sessions
+from tests.support.decode_steps import CLIENT, Decoding, decode_hidden, open_sessions
 from tests.support.waiting import wait_for_async
 
 ALONE = BatchConfig(enabled=False)
@@ -84,15 +84,24 @@ async def test_a_session_whose_step_breaks_the_batch_fails_alone(toy: Path) -> N
     assert server.batcher.stats.sizes[3] == 1 and server.batcher.stats.sizes[2] == 1  # before, after
 
 
+async def prefilled(
+    toy: Path, lengths: list[int], seed: int
+) -> tuple[list[Decoding], SpanServer, list[Decoding], list[list[np.ndarray]]]:
+    """What each session gets alone over 4 decode steps, and the same sessions opened and prefilled on a
+    batching server, their decode steps still to send."""
+    prompts, steps = plan(lengths, steps=4, seed=seed)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
+    server = span_server(toy, BATCHED)
+    sessions = await open_sessions(server, len(lengths))
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+    return alone, server, sessions, steps
+
+
 async def test_a_session_closed_mid_batch_costs_the_others_nothing(toy: Path) -> None:
     """Session 0 is closed (CLOSE frame) while its step waits in the queue with session 1's; session 2's
     step completes the batch. Session 0 gets ``unknown_session``; the others get what they get alone."""
-    prompts, steps = plan([3, 5, 8], steps=4, seed=2)
-    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
-    server = span_server(toy, BATCHED)
-    sessions = await open_sessions(server, 3)
-    for s, prompt in zip(sessions, prompts, strict=True):
-        await s.send(server, prompt)
+    alone, server, sessions, steps = await prefilled(toy, [3, 5, 8], seed=2)
     await asyncio.gather(*(s.send(server, x[0]) for s, x in zip(sessions, steps, strict=True)))
     first = [asyncio.ensure_future(sessions[i].send(server, steps[i][1])) for i in (0, 1)]
     await wait_for_async(lambda: server.batcher.queued == 2, 5, what="two steps queued", interval=0.001)
@@ -109,12 +118,7 @@ async def test_a_session_closed_mid_batch_costs_the_others_nothing(toy: Path) ->
 async def test_a_session_closed_while_its_batch_runs_costs_the_others_nothing(toy: Path) -> None:
     """CLOSE arrives while the batched call runs in its thread: the closed session's new cache is dropped
     (or it got its answer just before); the others go on exactly as alone."""
-    prompts, steps = plan([6, 2, 9], steps=4, seed=4)
-    alone = await decode_hidden(span_server(toy, ALONE), prompts, steps, together=False)
-    server = span_server(toy, BATCHED)
-    sessions = await open_sessions(server, 3)
-    for s, prompt in zip(sessions, prompts, strict=True):
-        await s.send(server, prompt)
+    alone, server, sessions, steps = await prefilled(toy, [6, 2, 9], seed=4)
     sends = [asyncio.ensure_future(s.send(server, x[0])) for s, x in zip(sessions, steps, strict=True)]
     await wait_for_async(lambda: server.batcher.queued == 0, 5, what="the batch taken", interval=0.001)
     await server.handle(CLIENT, Frame(FrameType.CLOSE, sessions[0].session, 0))

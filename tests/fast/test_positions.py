@@ -11,33 +11,16 @@ import pytest
 
 from python_peer.core import manifest as names
 from python_peer.core.errors import RemoteBadShapeError
-from python_peer.core.wire import Frame, FrameType
 from python_peer.rpc import RpcClient
 from python_peer.runner import BlocksRunner
 from python_peer.server import model_context
-from python_peer.tensors import expect, to_wire
+from python_peer.tensors import expect
 from tests.fast.conftest import ToyMesh
 from tests.fast.toy_model import HIDDEN
+from tests.support.decode_steps import forward_frame as forward
+from tests.support.decode_steps import open_frame
 
 CONTEXT = 256  # the toy model's max_position_embeddings
-
-
-def opening(model: str, session: bytes, max_length: int) -> Frame:
-    meta = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": max_length}
-    return Frame(FrameType.OPEN, session, 0, meta=meta)
-
-
-def forward(session: bytes, step: int, hidden: np.ndarray, positions: np.ndarray) -> Frame:
-    return Frame(
-        FrameType.FORWARD,
-        session,
-        step,
-        tensors=(
-            to_wire(names.HIDDEN_IN, hidden),
-            to_wire(names.ATTENTION_MASK, np.ones(positions.shape, dtype=np.int64)),
-            to_wire(names.POSITION_IDS, positions.astype(np.int64)),
-        ),
-    )
 
 
 async def test_positions_past_the_context_or_max_length_get_bad_shape_and_the_session_goes_on(
@@ -48,8 +31,9 @@ async def test_positions_past_the_context_or_max_length_get_bad_shape_and_the_se
     peer = m.peer((1, 3))
     rpc = RpcClient(await m.network.connect("a-client", peer))
     short, long = b"\x01" * 16, b"\x02" * 16
-    await rpc.call(opening(m.manifest.name, short, 8), 5)
-    await rpc.call(opening(m.manifest.name, long, 2 * CONTEXT), 5)
+    server = m.servers[peer]
+    await rpc.call(open_frame(server, short, 8), 5)
+    await rpc.call(open_frame(server, long, 2 * CONTEXT), 5)
     rng = np.random.default_rng(0)
     one = rng.standard_normal((1, 1, HIDDEN)).astype(np.float32)
     three = rng.standard_normal((1, 3, HIDDEN)).astype(np.float32)
@@ -64,7 +48,7 @@ async def test_positions_past_the_context_or_max_length_get_bad_shape_and_the_se
         await rpc.call(forward(short, 0, three, np.array([[-1, 0, 1]])), 5)
     with pytest.raises(RemoteBadShapeError, match=rf"outside 0\.\.{CONTEXT - 1} .*context {CONTEXT}"):
         await rpc.call(forward(long, 0, one, np.array([[CONTEXT]])), 5)  # max_length allows it; the model not
-    assert m.servers[peer].tokens_served == 0, "nothing was computed for a refused frame"
+    assert server.tokens_served == 0, "nothing was computed for a refused frame"
 
     # Both sessions are still at step 0 and answer as a fresh run of the same blocks does.
     answer = await rpc.call(forward(short, 0, three, np.arange(3)[None]), 5)
