@@ -19,6 +19,7 @@ not have reached) re-opened and replayed, and the step goes on.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING
 
@@ -32,8 +33,6 @@ from .rpc import RpcClient
 from .spot_check import BadAnswerError
 
 if TYPE_CHECKING:
-    import asyncio
-
     from .mesh_client import MeshSession, RouteHop
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,9 @@ async def pushed_step(
     waits = [rpc.expect(*key) for rpc, key in zip(rpcs, keys, strict=True)]
     inputs = hidden
     j, direct, sent = 0, True, True
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    grace = session.client.config.push_grace_s
     try:
         for j, hop in enumerate(hops):
             route = [_target(h).to_meta() for h in hops[j + 1 :]]
@@ -80,7 +82,7 @@ async def pushed_step(
                 answer = await rpc.wait(waits[j], timeout, "FORWARD")
                 sent = True
             else:
-                answer, sent = await _pushed_answer(session, rpc, waits[j], frame)
+                answer, sent = await _pushed_answer(session, rpc, waits[j], frame, grace)
             if answer.type is FrameType.ERROR and answer.meta.get(PUSHED_BY_KEY) is not None:
                 # The peer refused what was pushed to it: the client sends the step itself (or, having
                 # sent it already, waits for that answer).
@@ -95,6 +97,9 @@ async def pushed_step(
             out = hop.accept(frame, answer)
             hop.history.append((inputs, mask, positions))
             inputs = out
+            # A long prefill takes long on the next peer too: its grace is twice what this one took.
+            grace = max(session.client.config.push_grace_s, 2 * (loop.time() - began))
+            began = loop.time()
             direct = PUSH_ERROR_KEY in answer.meta
             if direct:
                 log.info("peer %s could not push: %s", hop.peer_id[:8], answer.meta[PUSH_ERROR_KEY])
@@ -125,24 +130,19 @@ def _rpc(hop: RouteHop) -> RpcClient:
 
 
 async def _pushed_answer(
-    session: MeshSession, rpc: RpcClient, wait: asyncio.Future[Frame], frame: Frame
+    session: MeshSession, rpc: RpcClient, wait: asyncio.Future[Frame], frame: Frame, grace: float
 ) -> tuple[Frame, bool]:
     """A hop's answer to the step its predecessor pushed, and whether the client sent the step too: it
-    does when no answer came within ``push_grace_s`` (a push lost or refused where we cannot hear it, or a
-    slow peer, which then answers one of the two and refuses the other as out of order: an answer nobody
-    waits for)."""
-    config = session.client.config
+    does when no answer came within ``grace`` seconds of the predecessor's (``push_grace_s``, or twice
+    the predecessor's own time if more): a push lost or refused where we cannot hear it, or a slow peer,
+    which then answers one of the two and refuses the other as out of order, an answer nobody waits for."""
     try:
-        return await rpc.wait(wait, config.push_grace_s, "a pushed FORWARD"), False
+        return await rpc.wait(wait, grace, "a pushed FORWARD"), False
     except TimeoutError:
         pass
-    log.info(
-        "no pushed answer from %s in %.1f s: sending the step itself",
-        rpc.link.remote_id[:8],
-        config.push_grace_s,
-    )
+    log.info("no pushed answer from %s in %.1f s: sending the step itself", rpc.link.remote_id[:8], grace)
     await rpc.send(frame)
-    return await rpc.wait(wait, config.request_timeout_s, "FORWARD"), True
+    return await rpc.wait(wait, session.client.config.request_timeout_s, "FORWARD"), True
 
 
 __all__ = ["push_run", "pushed_step"]
