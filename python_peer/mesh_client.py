@@ -2,7 +2,8 @@
 
 The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
 finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on each hop,
-and runs each step down the chain. When a hop fails (its link closes, it answers with an error, or it
+and runs each step down the chain: pushed from peer to peer where the hops push (``push_client.py``,
+each hop's signed answer still coming back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error, or it
 does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
 then goes on, and the tokens come out as if nothing had failed. Reaching a routed peer at all is part of

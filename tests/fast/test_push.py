@@ -398,3 +398,20 @@ async def test_a_push_error_makes_the_client_send_the_step_itself(push: PushMesh
     tokens, session = await greedy(m.client(), PROMPT, NEW_TOKENS)
     assert tokens == reference_greedy(m.model_dir, PROMPT, NEW_TOKENS)
     assert session.failovers == 0 and relay.pushed == 0
+
+
+async def test_a_peers_sessions_outlive_one_of_its_links_closing(
+    push: PushMesh, raw: tuple[Raw, str, str, str]
+) -> None:
+    """A pusher's link to the next peer (closed when evicted) is not the link it opened sessions on as a
+    client: the sessions of a remote go only when its last link here goes."""
+    client, a, _, _ = raw
+    s_a = await client.open(a, 0, 1)
+    second = await push.mesh.network.connect(client.id, a)
+    await client.links[a].aclose()
+    h = hidden(seq=2)[..., : hidden_size(push)]
+    answer = await ask(second, forward(s_a, 0, h))
+    assert answer.type is FrameType.RESULT
+    await second.aclose()
+    await asyncio.sleep(0.05)
+    assert push.mesh.servers[a].sessions == {}
