@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ class Sent:
             self._wrapped.add(id(rpc))
             send, peer = rpc.link.send, hop.peer_id
 
-            async def counted(frame: Frame, send=send, peer=peer) -> None:  # type: ignore[no-untyped-def]
+            async def counted(frame: Frame, send: Any = send, peer: str = peer) -> None:
                 if frame.type is FrameType.FORWARD:
                     self.forwards[peer] = self.forwards.get(peer, 0) + 1
                 await send(frame)
