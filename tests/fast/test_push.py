@@ -27,6 +27,7 @@ from tests.fast.conftest import FAST, ToyMesh, greedy
 from tests.support.fakes import MemoryLink
 from tests.support.liars import Liar
 from tests.support.mesh import reference_greedy
+from tests.support.waiting import wait_for_async
 
 PROMPT = [3, 5, 7, 11]
 NEW_TOKENS = 10
@@ -306,11 +307,15 @@ async def test_a_push_to_a_third_party_without_a_session_of_the_client_runs_noth
     to compute), the third party refuses it and runs nothing."""
     client, a, b, _ = raw
     s_a = await client.open(a, 0, 1)
+    client.links[b] = await push.mesh.network.connect(client.id, b)  # a link, but no session there
     h = hidden(seq=2)[..., : hidden_size(push)]
-    answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, os.urandom(16), 1, 3)]}))
+    nowhere = os.urandom(16)
+    answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, nowhere, 1, 3)]}))
     assert answer.type is FrameType.RESULT and PUSH_ERROR_KEY not in answer.meta
     assert push.relays[a].pushed == 1
-    await asyncio.sleep(0.05)
+    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    assert refusal.type is FrameType.ERROR and refusal.session == nowhere
+    assert refusal.meta["code"] == "unknown_session" and refusal.meta[PUSHED_BY_KEY] == a
     assert push.mesh.servers[b].tokens_served == 0
 
 
@@ -413,5 +418,4 @@ async def test_a_peers_sessions_outlive_one_of_its_links_closing(
     answer = await ask(second, forward(s_a, 0, h))
     assert answer.type is FrameType.RESULT
     await second.aclose()
-    await asyncio.sleep(0.05)
-    assert push.mesh.servers[a].sessions == {}
+    await wait_for_async(lambda: push.mesh.servers[a].sessions == {}, 5, what="the sessions dropped")
