@@ -419,3 +419,21 @@ async def test_a_peers_sessions_outlive_one_of_its_links_closing(
     assert answer.type is FrameType.RESULT
     await second.aclose()
     await wait_for_async(lambda: push.mesh.servers[a].sessions == {}, 5, what="the sessions dropped")
+
+
+async def test_a_pushed_route_leading_back_to_its_pusher_is_refused(
+    push: PushMesh, raw: tuple[Raw, str, str, str]
+) -> None:
+    """A pusher that routes the step back to itself (a loop through the next peer) is refused there,
+    before anything runs; the client hears of it, naming the pusher."""
+    client, _, b, _ = raw
+    s_b = await client.open(b, 1, 3)
+    rogue = Identity.generate().peer_id
+    link = await push.mesh.network.connect(rogue, b)
+    h = hidden(seq=2)[..., : hidden_size(push)]
+    loop = {PUSH_CLIENT_KEY: client.id, PUSH_KEY: [entry(rogue, os.urandom(16), 3, 4)]}
+    await link.send(forward(s_b, 0, h, loop))
+    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    assert refusal.type is FrameType.ERROR and refusal.meta["code"] == "bad_frame"
+    assert refusal.meta[PUSHED_BY_KEY] == rogue and "loop" in refusal.meta["message"]
+    assert push.mesh.servers[b].tokens_served == 0
