@@ -38,6 +38,7 @@ from bench.mesh_concurrency import SESSION_COUNTS, Aggregate, MeshConnection, co
 from bench.mesh_contenders import (
     CHAIN,
     MESH,
+    MESH_HOP_BY_HOP,
     PROMPT,
     WARMUP_TOKENS,
     WHOLE_OPTIMUM,
@@ -146,7 +147,12 @@ async def measure(
     try:
         chain = InProcess(await asyncio.to_thread(ChainDecoder, CHAIN, mesh.model_dir, threads))
         whole_decoder = InProcess(await asyncio.to_thread(whole.build))
-        decoders: list[AsyncDecoder] = [MeshDecoder(MESH, client, max_length), chain, whole_decoder]
+        decoders: list[AsyncDecoder] = [
+            MeshDecoder(MESH, client, max_length),
+            MeshDecoder(MESH_HOP_BY_HOP, client, max_length, push=False),
+            chain,
+            whole_decoder,
+        ]
         log.log(
             f"measuring: {args.repeats} repeats of {args.tokens} decode steps after {len(prompt)} prompt "
             f"tokens, {threads} threads per onnxruntime session"

@@ -186,14 +186,14 @@ async def concurrency(
 
     A fresh client is a fresh identity with its starter grant: one client's credits paid for the 8
     sessions of the first repeat and then ran out ("does not cover the price ... held for open
-    sessions"), so later runs measured the ledger, not the mesh. Its links open during the run's
-    prefill, before the timed decoding.
+    sessions"), so later runs measured the ledger, not the mesh; the first run too gets a fresh one, as
+    the single-session runs before it (two mesh contenders) leave holds open. Its links open during the
+    run's prefill, before the timed decoding.
     """
     result = {n: Aggregate() for n in SESSION_COUNTS}
     for repeat in range(repeats):
         for n in SESSION_COUNTS:
-            if repeat or n != SESSION_COUNTS[0]:
-                await mesh.renew()
+            await mesh.renew()  # the single-session runs' client may hold too much already
             drops, own = udp_receive_drops(), socket_drops(pids)
             try:
                 tok_s, tokens = await concurrent_run(mesh.client, prompt, steps, n, max_length)

@@ -23,6 +23,9 @@ PROMPT = "What is the capital of France?"
 WARMUP_TOKENS = 4
 
 MESH = "mesh (3 peers, loopback)"
+MESH_HOP_BY_HOP = (
+    "mesh, hop by hop (no push)"  # the same client and peers, each step sent to every hop in turn
+)
 CHAIN = "local chain (same shards)"
 WHOLE_OPTIMUM = "whole model (optimum graph)"
 WHOLE_SHARD = "whole model (one blocks shard)"
@@ -60,14 +63,17 @@ class InProcess:
 class MeshDecoder:
     """One mesh session per ``begin``: embed and head here, every block on the peers."""
 
-    def __init__(self, name: str, client: MeshClient, max_length: int) -> None:
+    def __init__(self, name: str, client: MeshClient, max_length: int, *, push: bool = True) -> None:
+        """``push``: steps pushed peer to peer (docs/mesh.md, "Push along the route"), or not."""
         self.name = name
         self.client = client
         self.max_length = max_length
+        self.push = push
         self._session: MeshSession | None = None
 
     async def begin(self, ids: Sequence[int]) -> np.ndarray:
         self._session = await self.client.open(1, self.max_length)
+        self._session.pushing = self.push and self._session.pushing
         return await self._step(np.array([ids], dtype=np.int64))
 
     async def next(self, token: int) -> np.ndarray:

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.bench_export import first_difference
 from bench.mesh_concurrency import SESSION_COUNTS, Aggregate
-from bench.mesh_contenders import CHAIN, MESH, PROMPT, Samples
+from bench.mesh_contenders import CHAIN, MESH, MESH_HOP_BY_HOP, PROMPT, Samples
 from bench.mesh_signaling import (
     ANNOUNCE_CONNECTIONS,
     ANNOUNCES_PER_CONNECTION,
@@ -38,9 +38,12 @@ def _ratio(num: Sequence[float], den: Sequence[float]) -> float:
 def speed_ratios(samples: dict[str, Samples], whole_name: str) -> dict[str, dict[str, float]]:
     mesh = samples[MESH]
     result = {}
-    for other in (CHAIN, whole_name):
+    others = {CHAIN: "local chain", whole_name: "whole model", MESH_HOP_BY_HOP: "mesh hop by hop"}
+    for other, label in others.items():
+        if other not in samples:
+            continue
         s = samples[other]
-        result[f"mesh/{'local chain' if other == CHAIN else 'whole model'}"] = {
+        result[f"mesh/{label}"] = {
             "decode_tok_s": _ratio(mesh.decode_tok_s, s.decode_tok_s),
             "ttft_s": _ratio(mesh.ttft_s, s.ttft_s),
         }

@@ -21,10 +21,14 @@
 - ``batching.py``       decode steps of a span's sessions gathered into one batched onnxruntime call;
                         a client's heads likewise.
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
+- ``relay.py``          push routing, serving side: a step's output pushed on to the route's next peer over a
+                        kept link, the client answered on its own link (``PushRelay``, a ``hop.LinkHandler``).
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory
                         budget), and the check that a given span fits.
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
+- ``push_client.py``    push routing, client side: one step pushed peer to peer along a run of hops, every
+                        hop's signed answer awaited on its own link, push trouble resent directly.
 - ``spot_check.py``     verifying answers: signatures checked on every hop, spot checks replayed to other
                         peers, disagreements settled by a third, evidence written (docs/trust.md).
 - ``link_ledger.py``    the ledger exchange, one object per side: ``ClientExchange`` (a hold and a push

@@ -13,7 +13,7 @@ client and the ledger exchange talk to a hop only through it. Links are ``FrameL
 from __future__ import annotations
 
 import asyncio
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from python_peer.core.errors import RemoteError, WireError
 from python_peer.core.wire import ErrorCode, Frame, raise_for_error
@@ -62,6 +62,22 @@ class FrameHandler(Protocol):
         ...
 
 
+@runtime_checkable
+class LinkHandler(FrameHandler, Protocol):
+    """A ``FrameHandler`` that also sees the links its frames come on (``relay.PushRelay``): it answers a
+    pushed step on its client's link, not on the link of the peer that pushed it."""
+
+    def link_opened(self, link: FrameLink) -> None: ...
+
+    def link_closed(self, link: FrameLink) -> bool:
+        """Forget ``link``; True when its remote has no other link here (its sessions may go)."""
+        ...
+
+    async def answer(self, link: FrameLink, frame: Frame) -> Frame | None:
+        """The answer to send back on ``link``, or None when it was sent elsewhere (or nowhere)."""
+        ...
+
+
 class HopClient(Protocol):
     """A client's end of a hop: calls that return the answer frame or raise its typed error."""
 
@@ -107,4 +123,13 @@ class LocalHop:
         self._handler.close_client(self._client_id)
 
 
-__all__ = ["HOP_FAILURES", "FrameHandler", "FrameLink", "HopClient", "LinkConnector", "LocalHop", "Refusal"]
+__all__ = [
+    "HOP_FAILURES",
+    "FrameHandler",
+    "FrameLink",
+    "HopClient",
+    "LinkConnector",
+    "LinkHandler",
+    "LocalHop",
+    "Refusal",
+]

@@ -2,7 +2,8 @@
 
 The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
 finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on each hop,
-and runs each step down the chain. When a hop fails (its link closes, it answers with an error, or it
+and runs each step down the chain: pushed from peer to peer where the hops push (``push_client.py``,
+each hop's signed answer still coming back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error, or it
 does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
 then goes on, and the tokens come out as if nothing had failed. Reaching a routed peer at all is part of
@@ -46,6 +47,7 @@ from python_peer.core.canonical import Announcement
 from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
+from python_peer.core.push_route import PUSH_KEY
 from python_peer.core.reputation import reputations
 from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
@@ -56,6 +58,7 @@ from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .ledger_store import native_verify
 from .link_ledger import ClientExchange
+from .push_client import push_run, pushed_step
 from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
@@ -95,6 +98,8 @@ class ClientConfig:
     gossip_max_requests: int = 16  # GOSSIP requests of one exchange
     verify_answers: bool = True  # an unsigned or wrongly signed answer is a hop failure
     spot_checks: SpotCheckPolicy | None = DEFAULT_POLICY  # None: no spot checks
+    push: bool = True  # push steps peer to peer where the hops allow (push_client.py); False: hop by hop
+    push_grace_s: float = 2.0  # a pushed answer later than this after the previous one: sent directly
 
 
 @dataclass
@@ -113,6 +118,23 @@ class RouteHop:
     chain: str = INPUT_CHAIN_START  # the input chain through the last step answered
     outputs: list[np.ndarray] = field(default_factory=list)  # what each step returned, for spot checks
     answers: list[SignedAnswer | None] = field(default_factory=list)  # each step's signed answer
+    pushes: bool = False  # the peer said at OPEN it pushes and takes pushes (relay.py)
+
+    def request(
+        self,
+        hidden: np.ndarray,
+        mask: np.ndarray,
+        positions: np.ndarray,
+        flags: FrameFlags = NO_FLAGS,
+        meta: dict[str, object] | None = None,
+    ) -> Frame:
+        """The FORWARD of this hop's next step."""
+        tensors = (
+            to_wire(names.HIDDEN_IN, hidden),
+            to_wire(names.ATTENTION_MASK, mask),
+            to_wire(names.POSITION_IDS, positions),
+        )
+        return Frame(FrameType.FORWARD, self.session, self.next_step, flags, meta=meta or {}, tensors=tensors)
 
     async def forward(
         self,
@@ -122,13 +144,14 @@ class RouteHop:
         timeout: float,
         flags: FrameFlags = NO_FLAGS,
     ) -> np.ndarray:
-        tensors = (
-            to_wire(names.HIDDEN_IN, hidden),
-            to_wire(names.ATTENTION_MASK, mask),
-            to_wire(names.POSITION_IDS, positions),
-        )
-        frame = Frame(FrameType.FORWARD, self.session, self.next_step, flags, tensors=tensors)
-        answer = await self.rpc.call(frame, timeout)
+        frame = self.request(hidden, mask, positions, flags)
+        return self.accept(frame, await self.rpc.call(frame, timeout))
+
+    def accept(self, frame: Frame, answer: Frame) -> np.ndarray:
+        """The output of ``answer`` to this hop's ``frame`` (sent by us, or pushed by the previous peer),
+        checked (shape, signature over the input chain); the hop moves on to its next step."""
+        hidden = expect(frame, names.HIDDEN_IN, "f", 3)
+        tensors = frame.tensors
         self.tokens += hidden.shape[0] * hidden.shape[1]
         out = expect(answer, names.HIDDEN_OUT, "f", 3)
         if out.shape != hidden.shape:
@@ -394,6 +417,7 @@ class MeshSession:
         self.mask = np.zeros((batch, 0), dtype=np.int64)
         self.failovers = 0
         self.last_failure = ""
+        self.pushing = client.config.push  # off after a pushed answer disagreed with its predecessor
         self.closed = False
 
     @property
@@ -442,7 +466,7 @@ class MeshSession:
             except HOP_FAILURES as exc:
                 for hop in hops:  # before giving up too: the sessions opened on the route are closed
                     await self.close_hop(hop)
-                self._note_failure(current, exc)
+                self.note_failure(current, exc)
 
     async def open_hop(self, peer_id: str, start: int, end: int) -> RouteHop:
         """A new session of this generation on ``peer_id`` for blocks ``[start, end)``."""
@@ -459,10 +483,13 @@ class MeshSession:
         hold = await self.client.hold(hop, self.batch * self.max_length)
         if hold is not None:
             meta["hold"] = hold
-        await hop.rpc.call(Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s)
+        answer = await hop.rpc.call(
+            Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
+        )
+        hop.pushes = answer.meta.get(PUSH_KEY) is True and isinstance(hop.rpc, RpcClient)
         return hop
 
-    def _note_failure(self, peer_id: str, exc: BaseException) -> None:
+    def note_failure(self, peer_id: str, exc: BaseException) -> None:
         self.failovers += 1
         self.last_failure = f"peer {peer_id[:16]}: {type(exc).__name__}: {exc}"
         self.client.bans.ban(peer_id)
@@ -482,20 +509,32 @@ class MeshSession:
         hidden = await asyncio.to_thread(self.client.embed, ids, positions)
         index = 0
         while index < len(self.hops):
+            run = push_run(self, index)
+            if run > 1:
+                done, hidden = await pushed_step(self, index, run, hidden, mask, positions)
+                index += done
+                continue
             hop = self.hops[index]
             try:
                 out = await hop.forward(hidden, mask, positions, self.client.config.request_timeout_s)
             except HOP_FAILURES as exc:
-                self._note_failure(hop.peer_id, exc)
-                await self.close_hop(hop)
-                replacement = await self._open_span(hop.start, hop.end, hop.history)
-                self.hops[index : index + 1] = replacement
+                self.note_failure(hop.peer_id, exc)
+                await self.replace_hops(index, 1)
                 continue
             hop.history.append((hidden, mask, positions))
             hidden = out
             index += 1
         self.mask = np.concatenate([self.mask, mask], axis=1)
         return await self.client.heads(hidden[:, -1:])
+
+    async def replace_hops(self, index: int, count: int) -> None:
+        """Close ``hops[index : index + count]`` and open their blocks on a new route, replaying to it what
+        the first of them was sent (the hop that failed is banned by then, the others are not)."""
+        old = self.hops[index : index + count]
+        for hop in old:
+            await self.close_hop(hop)
+        replacement = await self._open_span(old[0].start, old[-1].end, old[0].history)
+        self.hops[index : index + count] = replacement
 
     async def close_hop(self, hop: RouteHop, *, pay: bool = True) -> None:
         """Close the hop's session; unless ``pay`` is false (the peer lied in it), countersign and return

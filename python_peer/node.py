@@ -32,6 +32,7 @@ from .identity import Identity
 from .ledger_service import LedgerService
 from .link_ledger import LEDGER_SIGNAL, SignalingExchange
 from .mesh_client import ClientConfig, MeshClient
+from .relay import PushRelay
 from .rpc import serve_link
 from .server import ServerConfig, SpanServer
 from .signal_client import SignalClient, SignalClientConfig
@@ -212,7 +213,9 @@ class Peer:
         self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
         self.throughput = 0.0  # block-tokens/s announced, from a saved benchmark or measured at start
         self.throughput_source = ""
-        node.serve(gate)
+        # Every link is answered through the relay, which pushes outputs along routes (relay.py).
+        self.relay = PushRelay(gate, node.peer_id, node.links)
+        node.serve(self.relay)
 
     @classmethod
     async def create(cls, config: PeerConfig) -> Peer:
@@ -330,6 +333,7 @@ class Peer:
                 announced = free
 
     async def aclose(self) -> None:
+        await self.relay.aclose()
         await self.node.aclose()
 
     async def __aenter__(self) -> Peer:

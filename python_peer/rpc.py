@@ -18,7 +18,7 @@ from python_peer.core.protocol import PROBE_EVERY_MS, PROBE_MISSES, PROBE_TIMEOU
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
 from .errors import LinkClosedError
-from .hop import FrameHandler, FrameLink
+from .hop import FrameHandler, FrameLink, LinkHandler
 
 log = logging.getLogger(__name__)
 
@@ -48,27 +48,46 @@ class RpcClient:
         while a live peer busy with a long prefill keeps answering pings (they never wait for compute).
         ``timeout`` bounds the whole call, so a live peer that never answers is given up on too.
         """
-        if self._closed is not None:
-            raise LinkClosedError(f"link to {self.link.remote_id[:16]} is closed: {self._closed}")
-        key = (frame.session, frame.step)
-        if key in self._pending:
-            raise RuntimeError(
-                f"a request for session {frame.session.hex()} step {frame.step} is already waiting"
-            )
-        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
-        self._pending[key] = future
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        future = self.expect(frame.session, frame.step)
         try:
             await self.link.send(frame)
-            answer = await self._await_answer(future, deadline, timeout, frame, probe_every)
+            answer = await self.wait(future, timeout, frame.type.name, probe_every=probe_every)
         finally:
-            self._pending.pop(key, None)
+            self.forget(frame.session, frame.step)
         raise_for_error(answer)
         return answer
 
+    def expect(self, session: bytes, step: int) -> asyncio.Future[Frame]:
+        """Wait for the answer of ``(session, step)`` on this link, whoever asked: the client itself, or a
+        peer that pushed the step here on the client's behalf (``relay.py``); ``forget`` it when done."""
+        if self._closed is not None:
+            raise LinkClosedError(f"link to {self.link.remote_id[:16]} is closed: {self._closed}")
+        key = (session, step)
+        if key in self._pending:
+            raise RuntimeError(f"a request for session {session.hex()} step {step} is already waiting")
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[key] = future
+        return future
+
+    def forget(self, session: bytes, step: int) -> None:
+        future = self._pending.pop((session, step), None)
+        if future is not None and not future.done():
+            future.cancel()
+
+    async def send(self, frame: Frame) -> None:
+        """Send a request whose answer was ``expect``ed."""
+        await self.link.send(frame)
+
+    async def wait(
+        self, future: asyncio.Future[Frame], timeout: float, what: str, *, probe_every: float = PROBE_EVERY_S
+    ) -> Frame:
+        """The answer frame of an ``expect``ed request (an ERROR frame too, not raised), probing the link
+        as ``call`` does; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        return await self._await_answer(future, deadline, timeout, what, probe_every)
+
     async def _await_answer(
-        self, future: asyncio.Future[Frame], deadline: float, timeout: float, frame: Frame, probe_every: float
+        self, future: asyncio.Future[Frame], deadline: float, timeout: float, what: str, probe_every: float
     ) -> Frame:
         """Wait for ``future``, probing the link with pings that run alongside the wait.
 
@@ -81,7 +100,7 @@ class RpcClient:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise TimeoutError(
-                    f"peer {self.link.remote_id[:16]} did not answer {frame.type.name} within {timeout:.1f} s"
+                    f"peer {self.link.remote_id[:16]} did not answer {what} within {timeout:.1f} s"
                 )
             done, _ = await asyncio.wait({future}, timeout=min(probe_every, remaining))
             if done:
@@ -143,14 +162,23 @@ class RpcClient:
 
 async def serve_link(link: FrameLink, handler: FrameHandler) -> None:
     """Answer every request that arrives on ``link`` with ``handler`` until it closes; requests run
-    concurrently. When the link is gone, ``handler`` drops the sessions of its remote."""
+    concurrently. When the link is gone, ``handler`` drops the sessions of its remote (for a
+    ``LinkHandler``: once its remote has no other link here)."""
     slots = asyncio.Semaphore(MAX_CONCURRENT_REQUESTS)
     tasks: set[asyncio.Task[None]] = set()
+    aware = handler if isinstance(handler, LinkHandler) else None
+    if aware is not None:
+        aware.link_opened(link)
 
     async def answer(frame: Frame) -> None:
         try:
-            reply = await handler.handle(link.remote_id, frame)
-            await link.send(reply)
+            reply = (
+                await aware.answer(link, frame)
+                if aware is not None
+                else await handler.handle(link.remote_id, frame)
+            )
+            if reply is not None:
+                await link.send(reply)
         except LinkClosedError:
             pass
         finally:
@@ -170,4 +198,5 @@ async def serve_link(link: FrameLink, handler: FrameHandler) -> None:
     finally:
         for task in list(tasks):
             task.cancel()
-        handler.close_client(link.remote_id)
+        if aware is None or aware.link_closed(link):
+            handler.close_client(link.remote_id)

@@ -139,6 +139,7 @@ class SpanServer:
             raise PeerError(f"span {span} is not a run of this model's block shards ({available})")
         self.model = manifest.name
         self.span = span
+        self.num_layers = manifest.num_layers
         self.config = config
         self.runners = [BlocksRunner(model_dir, s, manifest, threads=config.threads) for s in shards]
         self.batcher = DecodeBatcher(self.runners, self._run, config.batching)
@@ -216,6 +217,10 @@ class SpanServer:
             return error_frame(
                 frame.session, frame.step, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"
             )
+
+    def span_of(self, client: str, session: bytes) -> Span | None:
+        """The span of ``client``'s open session ``session`` here, or None."""
+        return self.span if self._key(client, session) in self.sessions else None
 
     @staticmethod
     def _key(client: str, session: bytes) -> str:

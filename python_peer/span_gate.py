@@ -16,6 +16,7 @@ import time
 from collections import OrderedDict
 
 from python_peer.core.ledger_exchange import RECEIPT
+from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .server import SpanServer
@@ -75,6 +76,15 @@ class SpanGate:
         self._retired.append((old, time.monotonic()))
         self._prune()
         return old
+
+    def span_of(self, client: str, session: bytes) -> Span | None:
+        """The span of ``client``'s open session ``session`` on this peer, or None."""
+        server = self._routes.get((client, session), self.server)
+        return server.span_of(client, session)
+
+    @property
+    def num_layers(self) -> int:
+        return self.server.num_layers
 
     # --- FrameHandler -------------------------------------------------------------------------------
 

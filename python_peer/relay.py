@@ -1,0 +1,217 @@
+"""A serving peer's side of push routing: run a step, push its output on to the next peer, answer the client.
+
+A ``PushRelay`` wraps the peer's ``FrameHandler`` (its ``SpanGate``) and is what ``rpc.serve_link`` feeds
+every link to (docs/mesh.md, "Push along the route"):
+
+- its answer to OPEN says ``push: true``, so a client knows it may push through this peer;
+- a FORWARD from a client with ``push`` (the rest of the route, ``core/push_route.py``) runs as usual; the
+  output then goes as a FORWARD to the route's next peer, over a link this peer opens on demand and keeps
+  (at most ``max_links``, the least recently used closed first), with ``client`` and the rest of the
+  route; the client gets its RESULT as today (signed), with ``push_error`` when the push could not be
+  sent. The push leaves before the RESULT: it is the critical path, the RESULT is for the client's
+  replay, spot checks and receipts.
+- a FORWARD pushed here by another peer (``client`` set) runs in that client's session, which must be
+  open here (the 16-byte session id is the client's secret; anything else is ``unknown_session``), and is
+  answered on the client's own link to this peer; refused, its ERROR says ``pushed_by`` so the client
+  resends the step itself instead of blaming this peer. With no link from that client the refusal goes
+  back to the pusher.
+
+What a client can make a peer send: one push per FORWARD it pays for, of that FORWARD's output size, to the
+peer named next; a route is checked before anything runs (spans chaining to the model's end, no peer
+twice, not the peer itself, the client or the pusher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+from python_peer.core import manifest as names
+from python_peer.core.canonical import is_peer_id
+from python_peer.core.errors import AI4AllError, WireError
+from python_peer.core.push_route import (
+    PUSH_CLIENT_KEY,
+    PUSH_ERROR_KEY,
+    PUSH_KEY,
+    PUSHED_BY_KEY,
+    PushTarget,
+    parse_route,
+)
+from python_peer.core.spans import Span
+from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
+
+from .errors import LinkClosedError
+from .hop import FrameHandler, FrameLink, LinkConnector
+from .rpc import RpcClient
+
+log = logging.getLogger(__name__)
+
+MAX_PUSH_LINKS = 16  # links a peer keeps to the peers it pushes to
+PUSH_CONNECT_TIMEOUT_S = 10.0  # a next peer not reached this long: the push fails, the client takes over
+
+
+class SpanHandler(FrameHandler, Protocol):
+    """The handler a relay wraps: it also says which span a client's session is open for."""
+
+    @property
+    def num_layers(self) -> int: ...
+
+    def span_of(self, client: str, session: bytes) -> Span | None: ...
+
+
+class PushRelay:
+    """The ``hop.LinkHandler`` of a peer that pushes: see the module."""
+
+    def __init__(
+        self,
+        handler: SpanHandler,
+        peer_id: str,
+        connector: LinkConnector,
+        *,
+        max_links: int = MAX_PUSH_LINKS,
+        connect_timeout_s: float = PUSH_CONNECT_TIMEOUT_S,
+    ) -> None:
+        self.handler = handler
+        self.peer_id = peer_id
+        self.connector = connector
+        self.max_links = max_links
+        self.connect_timeout_s = connect_timeout_s
+        self.pushed = 0  # pushes sent, for tests and status
+        self._clients: dict[str, list[FrameLink]] = {}  # remote id -> its links to us, newest last
+        self._next: OrderedDict[str, RpcClient] = OrderedDict()  # next peers, least recently used first
+        self._connecting: dict[str, asyncio.Lock] = {}
+
+    # --- FrameHandler (in-process hops) ---------------------------------------------------------
+
+    async def handle(self, client: str, frame: Frame) -> Frame:
+        return await self.handler.handle(client, frame)
+
+    def close_client(self, client: str) -> None:
+        self.handler.close_client(client)
+
+    # --- LinkHandler --------------------------------------------------------------------------------
+
+    def link_opened(self, link: FrameLink) -> None:
+        self._clients.setdefault(link.remote_id, []).append(link)
+
+    def link_closed(self, link: FrameLink) -> bool:
+        links = self._clients.get(link.remote_id, [])
+        with contextlib.suppress(ValueError):
+            links.remove(link)
+        if links:
+            return False
+        self._clients.pop(link.remote_id, None)
+        return True
+
+    async def answer(self, link: FrameLink, frame: Frame) -> Frame | None:
+        if frame.type is FrameType.OPEN:
+            answer = await self.handler.handle(link.remote_id, frame)
+            if answer.type is FrameType.RESULT:
+                answer = dataclasses.replace(answer, meta={**answer.meta, PUSH_KEY: True})
+            return answer
+        if frame.type is not FrameType.FORWARD or not ({PUSH_KEY, PUSH_CLIENT_KEY} & frame.meta.keys()):
+            return await self.handler.handle(link.remote_id, frame)
+        if PUSH_CLIENT_KEY not in frame.meta:
+            return await self._run(link.remote_id, None, frame)
+        client = frame.meta[PUSH_CLIENT_KEY]
+        if not is_peer_id(client) or client in (link.remote_id, self.peer_id):
+            return error_frame(
+                frame.session, frame.step, ErrorCode.BAD_FRAME, f"{PUSH_CLIENT_KEY} must be another peer's id"
+            )
+        reply_link = self._client_link(client)
+        if reply_link is None:
+            return error_frame(
+                frame.session,
+                frame.step,
+                ErrorCode.UNKNOWN_SESSION,
+                f"client {client[:16]} has no link to this peer: no session of it to push into",
+            )
+        answer = await self._run(client, link.remote_id, frame)
+        with contextlib.suppress(LinkClosedError):
+            await reply_link.send(answer)
+        return None
+
+    def _client_link(self, client: str) -> FrameLink | None:
+        links = self._clients.get(client)
+        return links[-1] if links else None
+
+    async def _run(self, client: str, pusher: str | None, frame: Frame) -> Frame:
+        """Run a FORWARD in ``client``'s session, push its output along the route it carries; the answer."""
+        span = self.handler.span_of(client, frame.session)
+        route: list[PushTarget] = []
+        if span is not None and PUSH_KEY in frame.meta:
+            excluded = {self.peer_id, client} | ({pusher} if pusher is not None else set())
+            try:
+                route = parse_route(
+                    frame.meta[PUSH_KEY], end=span.end, num_layers=self.handler.num_layers, excluded=excluded
+                )
+            except WireError as exc:
+                return self._refused(
+                    frame, pusher, error_frame(frame.session, frame.step, exc.code, str(exc))
+                )
+        meta = {k: v for k, v in frame.meta.items() if k not in (PUSH_KEY, PUSH_CLIENT_KEY)}
+        answer = await self.handler.handle(client, dataclasses.replace(frame, meta=meta))
+        if answer.type is not FrameType.RESULT:
+            return self._refused(frame, pusher, answer)
+        if route:
+            problem = await self._push(client, route, frame, answer)
+            if problem is not None:
+                log.warning("%s", problem)
+                answer = dataclasses.replace(answer, meta={**answer.meta, PUSH_ERROR_KEY: problem[:1024]})
+        return answer
+
+    @staticmethod
+    def _refused(frame: Frame, pusher: str | None, answer: Frame) -> Frame:
+        if pusher is None or answer.type is not FrameType.ERROR:
+            return answer
+        return dataclasses.replace(answer, meta={**answer.meta, PUSHED_BY_KEY: pusher})
+
+    async def _push(self, client: str, route: list[PushTarget], frame: Frame, answer: Frame) -> str | None:
+        """Send the step's output to the route's next peer; None, or why it could not be sent."""
+        target, rest = route[0], route[1:]
+        hidden = dataclasses.replace(answer.tensor(names.HIDDEN_OUT), name=names.HIDDEN_IN)
+        meta: dict[str, object] = {PUSH_CLIENT_KEY: client}
+        if rest:
+            meta[PUSH_KEY] = [t.to_meta() for t in rest]
+        tensors = (hidden, frame.tensor(names.ATTENTION_MASK), frame.tensor(names.POSITION_IDS))
+        push = Frame(FrameType.FORWARD, target.session, target.step, frame.flags, meta=meta, tensors=tensors)
+        try:
+            rpc = await self._link(target.peer)
+            await rpc.send(push)
+        except (AI4AllError, TimeoutError) as exc:
+            return f"could not push to {target.peer[:16]}: {type(exc).__name__}: {exc}"
+        self.pushed += 1
+        return None
+
+    async def _link(self, peer: str) -> RpcClient:
+        """The link to ``peer``, opened on first use and kept (``max_links`` at most)."""
+        lock = self._connecting.setdefault(peer, asyncio.Lock())
+        async with lock:
+            rpc = self._next.get(peer)
+            if rpc is not None and not rpc.closed:
+                self._next.move_to_end(peer)
+                return rpc
+            if rpc is not None:
+                del self._next[peer]
+                await rpc.aclose()
+            while len(self._next) >= self.max_links:
+                _, old = self._next.popitem(last=False)
+                await old.aclose()
+            for gone in [p for p, lk in self._connecting.items() if p not in self._next and not lk.locked()]:
+                del self._connecting[gone]
+            link = await asyncio.wait_for(self.connector.connect(peer), self.connect_timeout_s)
+            rpc = RpcClient(link)  # reads what the next peer sends back (refusals), dropping it
+            self._next[peer] = rpc
+            return rpc
+
+    async def aclose(self) -> None:
+        for rpc in list(self._next.values()):
+            await rpc.aclose()
+        self._next.clear()
+
+
+__all__ = ["MAX_PUSH_LINKS", "PUSH_CONNECT_TIMEOUT_S", "PushRelay", "SpanHandler"]
