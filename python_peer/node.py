@@ -28,11 +28,12 @@ from .block_selection import checked_span, least_served_choice
 from .errors import PeerError
 from .heap import trim_rounds
 from .hop import FrameHandler
-from .identity import Identity
+from .identity import Identity, verify
 from .ledger_service import LedgerService
 from .link_ledger import LEDGER_SIGNAL, SignalingExchange
 from .mesh_client import ClientConfig, MeshClient
 from .rpc import serve_link
+from .seeding import SeedConfig, Seeder, SeedingHandler
 from .server import ServerConfig, SpanServer
 from .signal_client import SignalClient, SignalClientConfig
 from .span_gate import ServingState, SpanGate
@@ -194,6 +195,7 @@ class PeerConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py), for choosing a span
     status_interval_s: float = 10.0  # how often KV room is re-announced when it changed
+    seed: SeedConfig = field(default_factory=SeedConfig)  # the files of model_dir seeded to others
 
 
 class Peer:
@@ -212,7 +214,9 @@ class Peer:
         self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
         self.throughput = 0.0  # block-tokens/s announced, from a saved benchmark or measured at start
         self.throughput_source = ""
-        node.serve(gate)
+        self.seeder = Seeder(config.seed)  # seeds model_dir's verified files (docs/chunks.md)
+        self.seeding = SeedingHandler(self.seeder, gate)  # CHUNK frames to the seeder, the rest to the gate
+        node.serve(self.seeding)
 
     @classmethod
     async def create(cls, config: PeerConfig) -> Peer:
@@ -250,6 +254,7 @@ class Peer:
             await node.aclose()
             raise
         node.spawn(peer._housekeeping(), "housekeeping")
+        node.spawn(peer._seed(), "seed-verify")
         if config.node.data_dir is not None:
             node.spawn(serve_status(peer, config.node.data_dir), "status-socket")
         log.info(
@@ -328,6 +333,13 @@ class Peer:
             if free != announced:
                 await self.node.signal.update(kv_free_tokens=free)
                 announced = free
+
+    async def _seed(self) -> None:
+        """Hash the model directory's files in a thread and seed those that are the signed ones."""
+        try:
+            await self.seeder.add_dir(self.config.model_dir, verify)
+        except AI4AllError as exc:
+            log.warning("seeding nothing of %s: %s", self.config.model_dir, exc)
 
     async def aclose(self) -> None:
         await self.node.aclose()
