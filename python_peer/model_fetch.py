@@ -171,7 +171,10 @@ async def fetch_model(
     ``memory_budget_bytes`` the files of a span too (``span``, else the least-served one that fits)."""
     announcements = [a for a in await lookup(name, 0, MAX_LAYER, limit=64) if a.peer_id != self_id]
     if not announcements:
-        raise DownloadError(f"no peer serves {name} now (signaling knows none): nothing to fetch it from")
+        raise DownloadError(
+            f"{name} is not a model directory, and no peer serves a model of that name now (signaling knows "
+            "none): nothing to fetch it from"
+        )
     sources = await _connect_all(announcements[:MAX_SOURCES], connect)
     try:
         if not sources:
@@ -243,16 +246,31 @@ async def fetch_with_node(
     return result
 
 
-async def fetch_for_peer(options: PeerOptions) -> PeerOptions:
-    """``ai4all peer --model NAME``: the options with NAME fetched (its span's files) into a directory."""
+async def fetch_for_peer(options: PeerOptions, stop: asyncio.Event) -> PeerOptions | None:
+    """``ai4all peer --model NAME``: the options with NAME fetched (its span's files) into a directory;
+    None when ``stop`` was set first (Ctrl-C, SIGTERM): the download stops, its verified chunks kept."""
     assert options.model_name is not None  # the caller's own state, not input
-    result = await fetch_with_node(
-        options.model_name,
-        options.peer_config().node,
-        options.trust,
-        span=options.span,
-        memory_budget_bytes=options.memory_budget_bytes,
+    fetch = asyncio.ensure_future(
+        fetch_with_node(
+            options.model_name,
+            options.peer_config().node,
+            options.trust,
+            span=options.span,
+            memory_budget_bytes=options.memory_budget_bytes,
+        )
     )
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if not fetch.done():
+        fetch.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await fetch
+        print(
+            "download stopped: the verified chunks are kept, run the same command to resume", file=sys.stderr
+        )
+        return None
+    result = fetch.result()
     return replace(options, model_dir=result.model_dir, span=result.span, model_name=None)
 
 

@@ -44,6 +44,10 @@ from .hop import FrameHandler
 
 log = logging.getLogger(__name__)
 
+# An answer is delayed at most this long for the upload rate; beyond it the request is answered ``busy``
+# (well within the requester's CHUNK_REQUEST_TIMEOUT_MS, so a slow seeder is retried, not given up on).
+MAX_PACING_WAIT_S = 20.0
+
 
 @dataclass(frozen=True)
 class SeedConfig:
@@ -82,10 +86,10 @@ def verified_model(root: Path, verify: Verify) -> SeededModel | None:
         return None
     try:
         publication = Publication.from_dict(json.loads(signed))
+        manifest = Manifest.from_dict(json.loads(manifest_bytes))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise PublicationError(f"{root / SIGNED_MANIFEST_FILE} is not a signed manifest: {exc}") from exc
+        raise PublicationError(f"{root}: the signed manifest or manifest.json is not JSON: {exc}") from exc
     publication.verify(verify)
-    manifest = Manifest.from_dict(json.loads(manifest_bytes))
     publication.check_manifest(manifest_bytes, manifest)
     seeded = SeededModel(root, publication, signed, manifest_bytes)
     for item in publication.files:
@@ -220,7 +224,14 @@ class Seeder:
                 frame, f"file {request.file} has chunks 0-{len(item.chunks) - 1}, not {request.index}"
             )
         offset, length = item.chunk_range(request.index)
-        await asyncio.sleep(self._upload.take(length))  # the upload pace; in flight is bounded above
+        wait = self._upload.take(length)  # the upload pace; in flight is bounded above
+        if wait > MAX_PACING_WAIT_S:
+            self._upload.level += length  # not sent: given back
+            return error_frame(
+                frame.session, frame.step, ChunkErrorCode.BUSY,
+                f"this seeder's upload rate is taken for the next {wait:.0f} s: retry later or elsewhere",
+            )  # fmt: skip
+        await asyncio.sleep(wait)
         try:
             data = await asyncio.to_thread(_read_range, model.root / request.file, offset, length)
             item.check_chunk(request.index, data)

@@ -100,8 +100,11 @@ async def serve(options: PeerOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if options.model_name is not None:
-        options = await fetch_for_peer(options)
+    if options.model_name is not None:  # a NAME: fetched from its seeders first (docs/chunks.md)
+        fetched = await fetch_for_peer(options, stop)
+        if fetched is None:
+            return 1
+        options = fetched
     async with await Peer.create(options.peer_config()) as peer:
         api = await start_api(peer, options.model_dir, options.api) if options.api is not None else None
         try:

@@ -11,9 +11,10 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,9 +110,9 @@ async def _source(network: MemoryNetwork, peer_id: str, me: str = "me") -> Sourc
     return Source(peer_id, RpcClient(await network.connect(me, peer_id)))
 
 
-def _raw_chunk_request(meta: dict[str, object], session: bytes | None = None) -> Frame:
+def _raw_chunk_request(meta: Mapping[str, object], session: bytes | None = None) -> Frame:
     """A chunk request as the docs spell it: a CHUNK frame, a fresh session id, step 0, canonical meta."""
-    return Frame(FrameType.CHUNK, session or os.urandom(16), 0, meta=meta)
+    return Frame(FrameType.CHUNK, session or os.urandom(16), 0, meta=dict(meta))
 
 
 def _files_equal(a: Path, b: Path, names: list[str]) -> bool:
@@ -378,7 +379,7 @@ def _forgeries(root: Path) -> dict[str, tuple[bytes, bytes]]:
     manifest = (root / "manifest.json").read_bytes()
     body = json.loads(signed)
     stranger = Identity.from_seed(b"s" * 32)
-    resigned = {"body": {**body["body"], "publisher": stranger.peer_id}}
+    resigned: dict[str, Any] = {"body": {**body["body"], "publisher": stranger.peer_id}}
     resigned["sig"] = stranger.sign(signing_bytes(MANIFEST_CONTEXT, resigned["body"]))
     altered_hash = json.loads(signed)
     altered_hash["body"]["files"][0]["chunks"][0] = "0" * 64
@@ -455,3 +456,28 @@ async def test_a_model_is_fetched_by_name_with_only_its_span_s_files(
             "toy-model", tmp_path / "b", self_id="me", lookup=network.signal_client("me").lookup,
             connect=network.connector("me").connect, policy=TrustPolicy(), verify=verify, timeout_s=FAST,
         )  # fmt: skip
+
+
+async def test_the_upload_rate_paces_answers_and_a_wait_too_long_is_busy(
+    network: MemoryNetwork, blobs: Blobs
+) -> None:
+    seeder = Seeder(SeedConfig(upload_bytes_per_s=2 * CHUNK_BYTES))
+    seeder.add(blobs.seeded())
+    client = RpcClient(await network.connect("me", _seed(network, "seeder", seeder)))
+    p = blobs.publication
+    base = {"kind": "chunk", "model": "blobs", "publisher": p.publisher, "version": 1}
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for file, index in (("a.bin", 0), ("a.bin", 1), ("a.bin", 2), ("b.bin", 0), ("b.bin", 1)):
+        await client.call(_raw_chunk_request({**base, "file": file, "index": index}), 30.0)
+    elapsed = loop.time() - started
+    assert elapsed >= 1.4, "5 MiB at 2 MiB/s with a 2 MiB burst take at least 1.5 s"
+    slow = Seeder(SeedConfig(upload_bytes_per_s=32 * 1024))  # a 1 MiB chunk would wait 31 s
+    slow.add(blobs.seeded())
+    other = RpcClient(await network.connect("me", _seed(network, "slow", slow)))
+    started = loop.time()
+    with pytest.raises(RemoteError) as refused:
+        await other.call(_raw_chunk_request({**base, "file": "a.bin", "index": 0}), 30.0)
+    assert refused.value.code == "busy" and loop.time() - started < 1.0
+    await client.aclose()
+    await other.aclose()
