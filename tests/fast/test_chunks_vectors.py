@@ -19,7 +19,7 @@ from python_peer.core.chunks import (
     parse_request,
 )
 from python_peer.core.errors import MetadataError, RemoteError
-from python_peer.core.wire import decode_frame, raise_for_error
+from python_peer.core.wire import decode_frame, encode_frame, raise_for_error
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors"
 CHUNKS = VECTORS / "chunks"
@@ -72,3 +72,17 @@ def test_the_parsers_read_the_vectors_and_refuse_their_mix_ups() -> None:
     with pytest.raises(RemoteError) as refused:
         raise_for_error(load("not_seeded.bin"))
     assert refused.value.code == "not_seeded"
+
+
+def test_a_uint8_tensor_is_bytes_never_a_tensor_a_shard_takes() -> None:
+    from python_peer.core.errors import TensorError
+    from python_peer.core.wire import Frame, FrameType, WireTensor, check_finite
+    from python_peer.tensors import expect
+
+    data = bytes([0x7C, 0xFF] * 4)  # NaN bits if it were read as float16
+    tensor = WireTensor("hidden_states", "uint8", (1, 2, 4), data)
+    check_finite(tensor)  # bytes are never NaN
+    assert tensor.values() == tuple(data)
+    forward = Frame(FrameType.FORWARD, bytes(16), 0, tensors=(tensor,))
+    with pytest.raises(TensorError, match="expected a float tensor"):
+        expect(decode_frame(encode_frame(forward)), "hidden_states", "f", 3)

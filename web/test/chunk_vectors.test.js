@@ -39,3 +39,10 @@ test('the chunk protocol constants are the Python core\'s', () => {
   assert.equal(INDEX['chunk_request.bin'].meta.kind, constants.ChunkKind.CHUNK);
   assert.equal(INDEX['not_seeded.bin'].meta.code, constants.ChunkErrorCode.NOT_SEEDED);
 });
+
+test('a uint8 tensor is bytes: its values are the bytes, and it is never NaN', () => {
+  const frame = wire.decodeFrame(new Uint8Array(readFileSync(new URL('chunk_answer.bin', CHUNKS))));
+  const data = wire.frameTensor(frame, 'data');
+  assert.deepEqual(wire.tensorValues(data), Array.from(data.data));
+  wire.checkFinite(wire.makeTensor('x', 'uint8', [2], Uint8Array.of(0x7c, 0xff)));
+});

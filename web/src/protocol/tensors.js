@@ -214,6 +214,7 @@ export function tensorToFloat32(tensor) {
  */
 export function tensorValues(tensor) {
   if (tensor.dtype === 'int64') return Array.from(tensorAsInt64(tensor));
+  if (tensor.dtype === 'uint8') return Array.from(tensor.data);
   return Array.from(tensorToFloat32(tensor));
 }
 
@@ -222,7 +223,7 @@ export function tensorValues(tensor) {
  * @param {WireTensor} tensor
  */
 export function checkFinite(tensor) {
-  if (tensor.dtype === 'int64') return;
+  if (tensor.dtype === 'int64' || tensor.dtype === 'uint8') return;
   let index = -1;
   let value = 0;
   if (tensor.dtype === 'float16') {
