@@ -20,6 +20,7 @@ import pytest
 
 from python_peer.core.manifest import load_manifest
 from python_peer.download import STATE_FILE
+from python_peer.identity import Identity
 from python_peer.model_fetch import model_dir_for
 from tests.support.liar_seeder import LiarProc
 from tests.support.procs import Node, PeerProc, run_cli
@@ -64,9 +65,12 @@ def test_a_peer_joins_by_name_from_two_seeders_one_lying_and_serves_a_chat(
         node.wait()
         seeder.wait()
         liar.wait()
+        identity = Identity.generate()  # all the joiner has on disk: its identity
+        identity.save(tmp_path / "joiner" / "identity.key")
         joiner = PeerProc(
             "joiner", tmp_path, Path(name), [node.url], extra=[*trust, "--memory-budget", "1GiB"]
         ).wait(timeout=180)
+        assert joiner.peer_id == identity.peer_id
         assert joiner.span == "1-3", "the least-served span: nobody served 1-3"
         log = joiner.log.read_text()
         fetched = FETCHED.search(log)
