@@ -25,6 +25,7 @@ from python_peer.core.chunks import (
     CHUNK_REQUESTS_PER_S,
     DEFAULT_UPLOAD_BYTES_PER_S,
     MAX_CHUNK_REQUESTS_IN_FLIGHT,
+    MAX_MANIFEST_ANSWER_BYTES,
     MAX_SEEDER_REQUESTERS,
     MAX_SEEDER_REQUESTS_IN_FLIGHT,
     ChunkErrorCode,
@@ -205,6 +206,8 @@ class Seeder:
             return self._not_seeded(frame, f"this node seeds no verified signed manifest of {request.model}")
         publication = model.publication
         if request.kind is ChunkKind.MANIFEST:
+            if len(model.signed) + len(model.manifest) > MAX_MANIFEST_ANSWER_BYTES:
+                return self._not_seeded(frame, f"the signed manifest of {request.model} is over one frame")
             return manifest_answer(frame, publication.model, model.signed, model.manifest)
         if request.kind is ChunkKind.HAVE:
             return have_answer(

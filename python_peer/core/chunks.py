@@ -22,6 +22,7 @@ the publisher signed. Everything here is plain canonical JSON and raw bytes, so 
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from enum import StrEnum
@@ -30,7 +31,7 @@ from .canonical import MAX_SAFE_INT, MODEL_RE, is_peer_id
 from .errors import MetadataError
 from .manifest import _plain_file_name
 from .publication import MAX_PUBLISHED_FILES
-from .wire import NO_FLAGS, Frame, FrameType, WireTensor
+from .wire import MAX_FRAME_BYTES, MAX_METADATA_BYTES, NO_FLAGS, Frame, FrameType, WireTensor
 
 CHUNK_SESSION_BYTES = 16
 SIGNED_TENSOR = "signed"  # the manifest answer's manifest.sig.json bytes
@@ -43,6 +44,8 @@ DEFAULT_UPLOAD_BYTES_PER_S = 32 * 2**20  # what a seeder sends, all requesters t
 MAX_SEEDER_REQUESTERS = 1024  # requesters a seeder remembers the rate of (the oldest is forgotten)
 CHUNK_REQUEST_TIMEOUT_MS = 60_000  # a requester gives up on one answer after this
 SOURCE_BAN_MS = 600_000  # a source that sent a bad chunk is not asked again for this long
+HAVE_FILES_BYTES = MAX_METADATA_BYTES - 4096  # a have answer's file names; the rest is its other keys
+MAX_MANIFEST_ANSWER_BYTES = MAX_FRAME_BYTES - 4096  # the two files of a manifest answer, with its framing
 
 
 class ChunkKind(StrEnum):
@@ -168,12 +171,19 @@ def manifest_answer(request: Frame, model: str, signed: bytes, manifest: bytes) 
 
 
 def have_answer(request: Frame, model: str, publisher: str, version: int, files: list[str]) -> Frame:
+    """The files held, as many as fit the metadata limit (the rest are simply not offered)."""
+    kept, size = [], 0
+    for name in sorted(files):
+        size += len(json.dumps(name, ensure_ascii=False).encode()) + 1
+        if size > HAVE_FILES_BYTES:
+            break
+        kept.append(name)
     meta = {
         "kind": ChunkKind.HAVE.value,
         "model": model,
         "publisher": publisher,
         "version": version,
-        "files": sorted(files),
+        "files": kept,
     }
     return Frame(FrameType.CHUNK, request.session, request.step, NO_FLAGS, meta)
 

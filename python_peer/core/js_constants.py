@@ -139,6 +139,8 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "MAX_SEEDER_REQUESTERS",
             "CHUNK_REQUEST_TIMEOUT_MS",
             "SOURCE_BAN_MS",
+            "HAVE_FILES_BYTES",
+            "MAX_MANIFEST_ANSWER_BYTES",
             "ChunkKind",
             "ChunkErrorCode",
         ),

@@ -86,3 +86,12 @@ def test_a_uint8_tensor_is_bytes_never_a_tensor_a_shard_takes() -> None:
     forward = Frame(FrameType.FORWARD, bytes(16), 0, tensors=(tensor,))
     with pytest.raises(TensorError, match="expected a float tensor"):
         expect(decode_frame(encode_frame(forward)), "hidden_states", "f", 3)
+
+
+def test_a_have_answer_offers_only_the_file_names_that_fit_one_frame() -> None:
+    from python_peer.core.chunks import have_answer, have_request
+
+    names = [f"{i:04d}-" + "x" * 200 + ".onnx" for i in range(1024)]  # plain names, 200 KiB in all
+    answer = decode_frame(encode_frame(have_answer(have_request("tiny"), "tiny", "ab" * 32, 1, names)))
+    offered = parse_have_answer(answer, "tiny").files
+    assert 0 < len(offered) < len(names) and offered == set(sorted(names)[: len(offered)])

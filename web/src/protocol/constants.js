@@ -152,6 +152,8 @@ export const DEFAULT_UPLOAD_BYTES_PER_S = 33554432;
 export const MAX_SEEDER_REQUESTERS = 1024;
 export const CHUNK_REQUEST_TIMEOUT_MS = 60000;
 export const SOURCE_BAN_MS = 600000;
+export const HAVE_FILES_BYTES = 61440;
+export const MAX_MANIFEST_ANSWER_BYTES = 67104768;
 export const ChunkKind = Object.freeze({
   MANIFEST: "manifest",
   HAVE: "have",
