@@ -199,16 +199,19 @@ class DownloadReport:
 class Progress:
     """A rich progress bar on a terminal; a log line every 10% otherwise."""
 
-    def __init__(self, total: int, done: int, label: str, *, bar: bool | None = None) -> None:
+    def __init__(
+        self, total: int, done: int, label: str, *, bar: bool | None = None, console: Any = None
+    ) -> None:
         self.total, self.done, self.label = total, done, label
         self._last_tenth = -1
         self._bar: Any = None
         if bar if bar is not None else sys.stderr.isatty():
+            from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
             self._bar = Progress(
                 "[progress.description]{task.description}", BarColumn(), DownloadColumn(),
-                TransferSpeedColumn(), transient=False,
+                TransferSpeedColumn(), console=console or Console(stderr=True), transient=False,
             )  # fmt: skip
             self._bar.start()
             self._task = self._bar.add_task(label, total=total, completed=done)

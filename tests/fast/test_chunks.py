@@ -481,3 +481,23 @@ async def test_the_upload_rate_paces_answers_and_a_wait_too_long_is_busy(
     assert refused.value.code == "busy" and loop.time() - started < 1.0
     await client.aclose()
     await other.aclose()
+
+
+def test_the_progress_bar_shows_bytes_on_a_terminal() -> None:
+    import io
+
+    from rich.console import Console
+
+    from python_peer.download import Progress
+
+    out = io.StringIO()
+    bar = Progress(
+        3 * CHUNK_BYTES,
+        CHUNK_BYTES,
+        "toy-model",
+        bar=True,
+        console=Console(file=out, force_terminal=True, width=100),
+    )
+    bar.advance(2 * CHUNK_BYTES)
+    bar.close()
+    assert "toy-model" in out.getvalue() and "3.1/3.1 MB" in out.getvalue()
