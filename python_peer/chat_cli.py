@@ -80,10 +80,11 @@ def chat_options(args: argparse.Namespace) -> ChatOptions:
     from .chat import ChatOptions
 
     ice = ice_settings(args)  # refused before anything loads, with or without --signal
+    from .model_fetch import is_model_name
     from .model_trust import check_trusted_model
 
     model_dir = args.model
-    if not Path(args.model).is_dir() and args.signal:  # a model NAME: its client files from its seeders
+    if args.signal and is_model_name(args.model):  # a model NAME: its client files from its seeders
         model_dir = fetch_client_files(str(args.model), args, ice)
     check_trusted_model(
         model_dir, trust_policy(args)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from python_peer.core.canonical import MAX_LAYER, Announcement
+from python_peer.core.canonical import MAX_LAYER, MODEL_RE, Announcement
 from python_peer.core.chunks import CHUNK_REQUEST_TIMEOUT_MS, manifest_request, parse_manifest_answer
 from python_peer.core.errors import (
     ManifestError,
@@ -55,6 +55,18 @@ MAX_SOURCES = 16  # seeders one download asks at once
 
 Lookup = Callable[..., Awaitable[list[Announcement]]]  # SignalClient.lookup(model, start, end, limit=)
 Connect = Callable[[str], Awaitable[FrameLink]]  # LinkManager.connect(peer_id)
+
+
+def is_model_name(value: str | Path) -> bool:
+    """Whether ``--model VALUE`` names a model to fetch rather than a directory: not an existing directory,
+    not an absolute path nor one starting with ``.`` or ``~``, and a valid model name."""
+    text = str(value)
+    return (
+        not Path(text).is_dir()
+        and not Path(text).is_absolute()
+        and not text.startswith((".", "~"))
+        and MODEL_RE.match(text) is not None
+    )
 
 
 def model_dir_for(data_dir: Path, name: str) -> Path:

@@ -187,10 +187,11 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
         raise CommandError(f"--max-memory-mb {args.max_memory_mb} must be a positive number of MiB")
     ice = ice_settings(args)  # refused before anything loads
     budget = memory_budget(args.memory_budget)
+    from .model_fetch import is_model_name
     from .model_trust import check_trusted_model
     from .seeding import SeedConfig
 
-    by_name = not Path(args.model).is_dir()  # a model NAME: fetched from its seeders (model_fetch.py)
+    by_name = is_model_name(args.model)  # a model NAME: fetched from its seeders (model_fetch.py)
     if not by_name:
         check_trusted_model(
             args.model, trust_policy(args)

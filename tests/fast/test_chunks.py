@@ -501,3 +501,12 @@ def test_the_progress_bar_shows_bytes_on_a_terminal() -> None:
     bar.advance(2 * CHUNK_BYTES)
     bar.close()
     assert "toy-model" in out.getvalue() and "3.1/3.1 MB" in out.getvalue()
+
+
+def test_a_model_name_is_told_from_a_directory(signed_toy: Path) -> None:
+    from python_peer.model_fetch import is_model_name
+
+    assert is_model_name("SmolLM2-135M-Instruct") and is_model_name("HuggingFaceTB/SmolLM2")
+    assert not is_model_name(signed_toy)  # an existing directory
+    assert not is_model_name("/var/lib/ai4all/models/x") and not is_model_name("./x")  # paths, even missing
+    assert not is_model_name("~/x") and not is_model_name("bad name")
