@@ -2,7 +2,7 @@
 
 A ``Downloader`` fetches the chunks of the files it is given from every source that holds them
 (``core/chunks.py``), a few requests in flight per source, and checks each chunk alone against the
-publisher's signed chunk hashes (length, then sha256) before it writes it into ``FILE.part``. A source
+publisher's signed chunk hashes (length, then sha256) before it writes it into ``.FILE.part``. A source
 that sends a bad chunk (corrupted, truncated, another file's, a malformed answer) is banned for
 ``SOURCE_BAN_MS`` and the chunk is asked of another; a source that is busy is asked again later; one
 that does not seed the file or whose link fails is not asked for it again. A file whose chunks are all
@@ -50,13 +50,18 @@ from .hop import HopClient
 log = logging.getLogger(__name__)
 
 STATE_FILE = ".download.json"
-PART_SUFFIX = ".part"
+PART_SUFFIX = ".part"  # FILE is fetched into .FILE.part: a published name never starts with a dot
 STATE_VERSION = 1
 RETRY_BACKOFF_S = 0.2  # first wait after ``busy`` or ``rate_limited``; doubles up to 5 s
 
 
 class DownloadError(PeerError):
     """A download that cannot finish: no source holds a chunk, or every source that did was banned."""
+
+
+def part_path(root: Path, name: str) -> Path:
+    """Where ``name`` is written while its chunks come in (no published file name starts with a dot)."""
+    return root / f".{name}{PART_SUFFIX}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -105,7 +110,7 @@ class ResumeRecord:
         }
 
     def load(self, files: Iterable[str]) -> dict[str, set[int]]:
-        """The verified chunks of ``files``: whole files already in place, and the chunks of ``FILE.part``
+        """The verified chunks of ``files``: whole files already in place, and the chunks of ``.FILE.part``
         the record names that hash right now (the others are dropped and fetched again)."""
         claimed: dict[str, Any] = {}
         try:
@@ -128,7 +133,7 @@ class ResumeRecord:
             if not isinstance(indices, list):
                 continue
             good = set()
-            part = self.root / (name + PART_SUFFIX)
+            part = part_path(self.root, name)
             try:
                 with part.open("rb") as f:
                     for index in indices:
@@ -314,12 +319,12 @@ class Downloader:
         )
 
     def _prepare_part(self, item: PublishedFile) -> None:
-        part = self.root / (item.file + PART_SUFFIX)
+        part = part_path(self.root, item.file)
         with part.open("ab") as f:
             f.truncate(item.bytes)
 
     def _finish_file(self, item: PublishedFile) -> None:
-        part = self.root / (item.file + PART_SUFFIX)
+        part = part_path(self.root, item.file)
         if not _file_matches(part, item):
             raise DownloadError(f"{part}: every chunk verified but the file's sha256 is not the signed one")
         os.replace(part, self.root / item.file)
@@ -424,7 +429,7 @@ class Downloader:
 
     def _write(self, item: PublishedFile, index: int, data: bytes) -> None:
         offset, _length = item.chunk_range(index)
-        with (self.root / (item.file + PART_SUFFIX)).open("r+b") as f:
+        with (part_path(self.root, item.file)).open("r+b") as f:
             f.seek(offset)
             f.write(data)
             f.flush()

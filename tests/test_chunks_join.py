@@ -141,7 +141,7 @@ def test_a_sigkill_mid_download_then_a_restart_fetches_only_what_was_missing(
         root = model_dir_for(joiner.data_dir, name)
         for file in wanted:
             assert (root / file).read_bytes() == (model / file).read_bytes(), file
-        assert not record.exists() and not list(root.glob("*.part"))
+        assert not record.exists() and not list(root.glob(".*.part"))
     finally:
         if joiner is not None:
             joiner.stop()

@@ -143,7 +143,7 @@ async def test_a_lying_source_is_banned_at_its_first_bad_chunk_and_the_chunk_fet
         "banned at its first bad chunk: only the requests already in flight reached it"
     )
     assert report.fetched == blobs.chunks() == report.by_source[good]
-    assert not list(tmp_path.glob("*.part")) and not (tmp_path / STATE_FILE).exists()
+    assert not list(tmp_path.glob(".*.part")) and not (tmp_path / STATE_FILE).exists()
 
 
 async def test_when_every_source_lies_the_download_stops_and_keeps_nothing_unverified(
@@ -218,7 +218,7 @@ async def test_a_tampered_resume_state_is_not_believed(
     with pytest.raises(ExceptionGroup):
         await first.run()
     record = json.loads((tmp_path / STATE_FILE).read_text())
-    part = tmp_path / "a.bin.part"
+    part = tmp_path / ".a.bin.part"
     if tamper == "flip_a_recorded_chunk":
         index = record["done"]["a.bin"][0]
         with part.open("r+b") as f:
