@@ -42,6 +42,12 @@
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
 - ``publish_cli.py``    ``ai4all publish DIR``: sign an export's manifest and files as its publisher.
+- ``seeding.py``       answering the chunk protocol (``core/chunks.py``) for the verified files a node holds,
+                        within an upload rate and bounds on requests in flight.
+- ``download.py``      a signed manifest's files fetched from seeders in parallel, each chunk checked before
+                        it is written, liars banned, resumable from a record re-verified on start.
+- ``model_fetch.py``   a model NAME turned into ``<data dir>/models/NAME``: the manifest from its seeders,
+                        checked and trusted, the span chosen, its files and the client's downloaded.
 - ``model_trust.py``    the check ``peer`` and ``chat`` make before using a model directory: signed by a
                         trusted publisher, or an unsigned export they were told to use.
 - ``benchmark.py``      this machine's measured block-tokens/s for a span, saved in the data dir, and the

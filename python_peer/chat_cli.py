@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from python_peer.core.ice import add_ice_args, ice_settings
+from python_peer.core.ice import IceSettings, add_ice_args, ice_settings
 from python_peer.core.publisher_trust import add_trust_args, trust_policy
 
 if TYPE_CHECKING:
@@ -29,7 +29,10 @@ def register(subparsers: Any) -> None:
     )
     chat.add_argument("prompt", help="the user's message")
     chat.add_argument(
-        "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
+        "--model",
+        required=True,
+        type=Path,
+        help="directory of an exported model (ai4all export), or a model NAME to fetch (with --signal)",
     )
     chat.add_argument(
         "--signal",
@@ -77,19 +80,35 @@ def chat_options(args: argparse.Namespace) -> ChatOptions:
     from .chat import ChatOptions
 
     ice = ice_settings(args)  # refused before anything loads, with or without --signal
+    from .model_fetch import is_model_name
     from .model_trust import check_trusted_model
 
+    model_dir = args.model
+    if args.signal and is_model_name(args.model):  # a model NAME: its client files from its seeders
+        model_dir = fetch_client_files(str(args.model), args, ice)
     check_trusted_model(
-        args.model, trust_policy(args)
+        model_dir, trust_policy(args)
     )  # a signed manifest of a trusted publisher, or --allow-unsigned
     return ChatOptions(
-        model_dir=args.model,
+        model_dir=model_dir,
         prompt=args.prompt,
         sampling=sampling_params(args),
         signal_urls=tuple(args.signal),
         data_dir=args.data_dir,
         ice=ice,
     )
+
+
+def fetch_client_files(name: str, args: argparse.Namespace, ice: IceSettings) -> Path:
+    """``ai4all chat --model NAME``: the embedding, head and tokenizer of NAME fetched from its seeders."""
+    import asyncio
+
+    from .model_fetch import fetch_with_node
+    from .node import NodeConfig
+    from .transport import TransportConfig
+
+    config = NodeConfig(tuple(args.signal), args.data_dir, TransportConfig.from_ice(ice))
+    return asyncio.run(fetch_with_node(name, config, trust_policy(args))).model_dir
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -28,12 +28,13 @@ from .block_selection import checked_span, least_served_choice
 from .errors import PeerError
 from .heap import trim_rounds
 from .hop import FrameHandler
-from .identity import Identity
+from .identity import Identity, verify
 from .ledger_service import LedgerService
 from .link_ledger import LEDGER_SIGNAL, SignalingExchange
 from .mesh_client import ClientConfig, MeshClient
 from .relay import PushRelay
 from .rpc import serve_link
+from .seeding import SeedConfig, Seeder, SeedingHandler
 from .server import ServerConfig, SpanServer
 from .signal_client import SignalClient, SignalClientConfig
 from .span_gate import ServingState, SpanGate
@@ -195,6 +196,7 @@ class PeerConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py), for choosing a span
     status_interval_s: float = 10.0  # how often KV room is re-announced when it changed
+    seed: SeedConfig = field(default_factory=SeedConfig)  # the files of model_dir seeded to others
 
 
 class Peer:
@@ -213,8 +215,11 @@ class Peer:
         self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
         self.throughput = 0.0  # block-tokens/s announced, from a saved benchmark or measured at start
         self.throughput_source = ""
-        # Every link is answered through the relay, which pushes outputs along routes (relay.py).
-        self.relay = PushRelay(gate, node.peer_id, node.links)
+        self.seeder = Seeder(config.seed)  # seeds model_dir's verified files (docs/chunks.md)
+        # Every link is answered through the relay, which pushes outputs along routes (relay.py); CHUNK
+        # frames go on to the seeder, the rest to the gate.
+        self.seeding = SeedingHandler(self.seeder, gate)
+        self.relay = PushRelay(self.seeding, node.peer_id, node.links)
         node.serve(self.relay)
 
     @classmethod
@@ -253,6 +258,7 @@ class Peer:
             await node.aclose()
             raise
         node.spawn(peer._housekeeping(), "housekeeping")
+        node.spawn(peer._seed(), "seed-verify")
         if config.node.data_dir is not None:
             node.spawn(serve_status(peer, config.node.data_dir), "status-socket")
         log.info(
@@ -331,6 +337,13 @@ class Peer:
             if free != announced:
                 await self.node.signal.update(kv_free_tokens=free)
                 announced = free
+
+    async def _seed(self) -> None:
+        """Hash the model directory's files in a thread and seed those that are the signed ones."""
+        try:
+            await self.seeder.add_dir(self.config.model_dir, verify)
+        except AI4AllError as exc:
+            log.warning("seeding nothing of %s: %s", self.config.model_dir, exc)
 
     async def aclose(self) -> None:
         await self.relay.aclose()

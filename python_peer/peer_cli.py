@@ -41,7 +41,16 @@ def register(subparsers: Any) -> None:
     add_ice_args(parser)
     add_trust_args(parser)
     parser.add_argument(
-        "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
+        "--model",
+        required=True,
+        type=Path,
+        help="directory of an exported model (ai4all export), or a model NAME to fetch from its seeders",
+    )
+    parser.add_argument(
+        "--upload-rate",
+        default=None,
+        metavar="SIZE",
+        help="bytes a second this peer seeds model files at, e.g. 8MiB (default 32MiB; docs/chunks.md)",
     )
     parser.add_argument(
         "--span", default=None, help="blocks to serve, START-END (a run of the model's block shards)"
@@ -142,6 +151,20 @@ def memory_budget(text: str | None) -> int:
         raise CommandError(f"--memory-budget: {exc}") from None
 
 
+def upload_rate(text: str | None) -> int:
+    """``--upload-rate`` in bytes a second."""
+    from python_peer.core.chunks import DEFAULT_UPLOAD_BYTES_PER_S
+    from python_peer.core.errors import SpanError
+
+    try:
+        rate = parse_size(text) if text is not None else DEFAULT_UPLOAD_BYTES_PER_S
+    except SpanError as exc:
+        raise CommandError(f"--upload-rate: {exc}") from None
+    if rate < 1:
+        raise CommandError("--upload-rate must be at least 1 byte a second")
+    return rate
+
+
 def api_options(args: argparse.Namespace) -> ApiOptions | None:
     """The API's flags, checked (``check_api_args``); None without ``--api-port``."""
     from .api.app import ApiConfig
@@ -164,11 +187,15 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
         raise CommandError(f"--max-memory-mb {args.max_memory_mb} must be a positive number of MiB")
     ice = ice_settings(args)  # refused before anything loads
     budget = memory_budget(args.memory_budget)
+    from .model_fetch import is_model_name
     from .model_trust import check_trusted_model
+    from .seeding import SeedConfig
 
-    check_trusted_model(
-        args.model, trust_policy(args)
-    )  # a signed manifest of a trusted publisher, or --allow-unsigned
+    by_name = is_model_name(args.model)  # a model NAME: fetched from its seeders (model_fetch.py)
+    if not by_name:
+        check_trusted_model(
+            args.model, trust_policy(args)
+        )  # a signed manifest of a trusted publisher, or --allow-unsigned
     return PeerOptions(
         signal_urls=tuple(args.signal),
         model_dir=args.model,
@@ -180,6 +207,9 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
         idle_timeout_s=args.idle_timeout,
         ice=ice,
         api=api_options(args),
+        model_name=str(args.model) if by_name else None,
+        trust=trust_policy(args),
+        seed=SeedConfig(upload_bytes_per_s=upload_rate(args.upload_rate)),
     )
 
 

@@ -16,12 +16,15 @@ from pathlib import Path
 
 from python_peer.core.ice import IceSettings
 from python_peer.core.memory_budget import gib
+from python_peer.core.publisher_trust import TrustPolicy
 from python_peer.core.spans import Span
 
 from .api.app import ApiConfig, ApiServer, create_app
 from .api.ledger import ApiLedger
 from .api.service import MeshNodeService
+from .model_fetch import fetch_for_peer
 from .node import NodeConfig, Peer, PeerConfig
+from .seeding import SeedConfig
 from .server import ServerConfig
 from .transport import TransportConfig
 
@@ -49,6 +52,10 @@ class PeerOptions:
     idle_timeout_s: float = 300.0
     ice: IceSettings = field(default_factory=IceSettings)
     api: ApiOptions | None = None
+    # a model NAME instead of a directory: fetched from its seeders first (model_fetch.py), then served
+    model_name: str | None = None
+    trust: TrustPolicy = field(default_factory=TrustPolicy)
+    seed: SeedConfig = field(default_factory=SeedConfig)
 
     def peer_config(self) -> PeerConfig:
         """The ``Peer``'s configuration."""
@@ -70,6 +77,7 @@ class PeerOptions:
                 idle_timeout_s=self.idle_timeout_s,
             ),
             memory_budget_bytes=self.memory_budget_bytes,
+            seed=self.seed,
         )
 
 
@@ -92,6 +100,11 @@ async def serve(options: PeerOptions) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if options.model_name is not None:  # a NAME: fetched from its seeders first (docs/chunks.md)
+        fetched = await fetch_for_peer(options, stop)
+        if fetched is None:
+            return 1
+        options = fetched
     async with await Peer.create(options.peer_config()) as peer:
         api = await start_api(peer, options.model_dir, options.api) if options.api is not None else None
         try:

@@ -17,6 +17,7 @@ _TO_NUMPY: dict[str, np.dtype[Any]] = {
     "float32": np.dtype("<f4"),
     "float16": np.dtype("<f2"),
     "int64": np.dtype("<i8"),
+    "uint8": np.dtype("u1"),  # raw bytes (model file chunks): never a tensor a shard takes
 }
 _FROM_NUMPY = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16", np.dtype(np.int64): "int64"}
 

@@ -35,7 +35,8 @@ def test_enums_and_tables_are_frozen_objects_with_every_member() -> None:
         assert block.splitlines() == [f"  {m.name}: {json.dumps(m.value)}," for m in enum], enum
     assert 'export const MAGIC = "A4AF";' in text
     assert (
-        "export const DTYPE_SIZES = Object.freeze({\n  float32: 4,\n  float16: 2,\n  int64: 8,\n});" in text
+        "export const DTYPE_SIZES = Object.freeze({\n  float32: 4,\n  float16: 2,\n  int64: 8,\n  uint8: 1,\n});"
+        in text
     )
 
 

@@ -18,6 +18,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``publication.py``  signed manifests (``manifest.sig.json``): the body, its chunk hashes, the checks.
 - ``publisher_trust.py``  which publishers a node trusts, ``--trust-publisher``/``--allow-unsigned``,
                    and the check of a model directory against them.
+- ``chunks.py``    the chunk protocol: model files asked of and answered by peers in CHUNK frames, its
+                   refusals and bounds (docs/chunks.md).
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``push_route.py`` the route a FORWARD carries for push routing, its metadata keys and its one check.

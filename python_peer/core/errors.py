@@ -60,6 +60,7 @@ in ``signaling/errors.py``. The whole tree::
     │   ├── SessionError           an unknown, closed or over-budget inference session
     │   ├── Refusal                (python_peer/hop.py) a request a serving side refuses: sent as an ERROR frame
     │   ├── BadAnswerError         (python_peer/spot_check.py) an answer unsigned or signed over something else
+    │   ├── DownloadError          (python_peer/download.py) model files no usable seeder could give
     │   ├── TransportError         a WebRTC link that cannot be made or used (transport.py, link.py)
     │   │   ├── LinkClosedError        the link is closed: locally, by the remote, or its connection failed
     │   │   │   └── LinkOverflowError      closed because frames arrived faster than the consumer read them

@@ -103,8 +103,8 @@ MAX_CHUNKS = 2**16 - 1
 MAX_MESSAGE_ID = 2**32 - 1
 
 # bytes per element of each dtype the wire carries
-DTYPE_SIZES: dict[str, int] = {"float32": 4, "float16": 2, "int64": 8}
-_STRUCT_CODES = {"float32": "f", "float16": "e", "int64": "q"}
+DTYPE_SIZES: dict[str, int] = {"float32": 4, "float16": 2, "int64": 8, "uint8": 1}  # uint8: raw bytes
+_STRUCT_CODES = {"float32": "f", "float16": "e", "int64": "q", "uint8": "B"}
 _TENSOR_KEYS = frozenset({"dtype", "name", "nbytes", "offset", "shape"})
 _FLOAT16_BLOCK = 1 << 16
 
@@ -120,6 +120,7 @@ class FrameType(IntEnum):
     PING = 6
     PONG = 7
     GOSSIP = 8  # ledger gossip; metadata opaque to this layer
+    CHUNK = 9  # model files between peers: requests and answers of core/chunks.py (docs/chunks.md)
 
 
 class FrameFlags(IntFlag):
@@ -434,7 +435,7 @@ def check_finite(tensor: WireTensor) -> None:
     Summing in double precision is exact for this purpose: finite float16/float32 values cannot
     overflow a double, so the sum is finite exactly when every element is.
     """
-    if tensor.dtype == "int64":
+    if tensor.dtype in ("int64", "uint8"):
         return
     for first, block in _float_blocks(tensor):
         if not math.isfinite(sum(block)):

@@ -32,6 +32,8 @@
 - ``openai_errors.py``: ``assert_openai_error``, OpenAI's error shape as the API tests check it.
 - ``holds.py``: the hold protocol spoken raw (``write_hold`` without the honest client's balance check,
   ``open_meta``, ``push_frame``, the golden hold entry).
+- ``liar_seeder.py``: ``LiarSeeder``, a seeder that lies about every chunk (corrupted, truncated,
+  another file's, mislabelled) in raw CHUNK frames, and ``LiarProc``, a serving peer process with it.
 - ``liars.py``: lying span servers (``Liar``: skip, noise, zeros, stale, another session's output, late,
   on some steps only), a model with altered weights, evidence built by hand (``accuse``).
 """

@@ -20,10 +20,11 @@ test('the wire constants hold the values of python_peer/core/wire.py', () => {
   assert.equal(constants.MAX_FRAME_BYTES, 64 * 1024 * 1024);
   assert.equal(constants.MAX_SAFE_INT, Number.MAX_SAFE_INTEGER);
   assert.equal(constants.MAX_STEP, 2 ** 32 - 1);
-  assert.deepEqual(constants.DTYPE_SIZES, { float32: 4, float16: 2, int64: 8 });
+  assert.deepEqual(constants.DTYPE_SIZES, { float32: 4, float16: 2, int64: 8, uint8: 1 });
   assert.deepEqual(constants.FrameFlags, { PREFILL: 1, REPLAY: 2 });
   assert.equal(constants.FrameType.FORWARD, 2);
   assert.equal(constants.FrameType.GOSSIP, 8);
+  assert.equal(constants.FrameType.CHUNK, 9);
   assert.equal(constants.ErrorCode.PAYMENT_REQUIRED, 'payment_required');
   assert.equal(Object.keys(constants.ErrorCode).length, 10);
 });

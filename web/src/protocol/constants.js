@@ -27,6 +27,7 @@ export const DTYPE_SIZES = Object.freeze({
   float32: 4,
   float16: 2,
   int64: 8,
+  uint8: 1,
 });
 export const FrameType = Object.freeze({
   OPEN: 1,
@@ -37,6 +38,7 @@ export const FrameType = Object.freeze({
   PING: 6,
   PONG: 7,
   GOSSIP: 8,
+  CHUNK: 9,
 });
 export const FrameFlags = Object.freeze({
   PREFILL: 1,
@@ -138,6 +140,30 @@ export const MANIFEST_CONTEXT = "ai4all/manifest/v1";
 export const PUBLICATION_VERSION = 1;
 export const CHUNK_BYTES = 1048576;
 export const MAX_PUBLISHED_FILES = 1024;
+
+// python_peer.core.chunks
+export const SIGNED_TENSOR = "signed";
+export const MANIFEST_TENSOR = "manifest";
+export const DATA_TENSOR = "data";
+export const MAX_CHUNK_REQUESTS_IN_FLIGHT = 4;
+export const MAX_SEEDER_REQUESTS_IN_FLIGHT = 32;
+export const CHUNK_REQUESTS_PER_S = 32;
+export const DEFAULT_UPLOAD_BYTES_PER_S = 33554432;
+export const MAX_SEEDER_REQUESTERS = 1024;
+export const CHUNK_REQUEST_TIMEOUT_MS = 60000;
+export const SOURCE_BAN_MS = 600000;
+export const HAVE_FILES_BYTES = 61440;
+export const MAX_MANIFEST_ANSWER_BYTES = 67104768;
+export const ChunkKind = Object.freeze({
+  MANIFEST: "manifest",
+  HAVE: "have",
+  CHUNK: "chunk",
+});
+export const ChunkErrorCode = Object.freeze({
+  NOT_SEEDED: "not_seeded",
+  BUSY: "busy",
+  RATE_LIMITED: "rate_limited",
+});
 
 // python_peer.core.memory_budget
 export const MEMORY_FIELD = "memory";

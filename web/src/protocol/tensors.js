@@ -9,7 +9,7 @@ import { LimitExceededError, MetadataError, NonFiniteError, TensorError } from '
 import { float16BitsToNumber, float16ToFloat32Array, numberToFloat16Bits } from './float16.js';
 import { asBytes, hasOwn, isInt, show, utf8ReplaceLength } from './values.js';
 
-/** @typedef {'float32' | 'float16' | 'int64'} DType */
+/** @typedef {'float32' | 'float16' | 'int64' | 'uint8'} DType */
 
 /**
  * One tensor on the wire (Python's WireTensor). `data` is raw little-endian bytes in C order; a decoded
@@ -124,6 +124,9 @@ export function tensorFromValues(name, dtype, shape, values) {
       const big = BigInt(value);
       if (big < -(2n ** 63n) || big >= 2n ** 63n) throw bad(`${big} is out of range`);
       view.setBigInt64(i * 8, big, true);
+    } else if (dtype === 'uint8') {
+      if (!isInt(value) || Number(value) < 0 || Number(value) > 255) throw bad(`${show(value)} is not a byte`);
+      view.setUint8(i, Number(value));
     } else {
       if (typeof value !== 'number') throw bad(`${show(value)} is not a number`);
       if (dtype === 'float32') {
@@ -211,6 +214,7 @@ export function tensorToFloat32(tensor) {
  */
 export function tensorValues(tensor) {
   if (tensor.dtype === 'int64') return Array.from(tensorAsInt64(tensor));
+  if (tensor.dtype === 'uint8') return Array.from(tensor.data);
   return Array.from(tensorToFloat32(tensor));
 }
 
@@ -219,7 +223,7 @@ export function tensorValues(tensor) {
  * @param {WireTensor} tensor
  */
 export function checkFinite(tensor) {
-  if (tensor.dtype === 'int64') return;
+  if (tensor.dtype === 'int64' || tensor.dtype === 'uint8') return;
   let index = -1;
   let value = 0;
   if (tensor.dtype === 'float16') {
