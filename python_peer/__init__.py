@@ -11,6 +11,8 @@
 - ``tensors.py``        numpy <-> wire tensors.
 - ``identity.py``       the node's persistent Ed25519 identity.
 - ``signal_client.py``  the connection to signaling nodes: announce, lookup, signals, fail-over.
+- ``registry_client.py``  the registry seen from a peer: records registered with each announcement,
+                        ``manifests`` and model names looked up, every record verified.
 - ``transport.py``      ``LinkManager`` and ``TransportConfig``: making WebRTC links (aiortc) through signaling.
 - ``link.py``           one link: chunked frames with backpressure, PING answered.
 - ``ice.py``            aiortc and aioice configured for ICE: STUN/TURN servers, gathering on loopback.
@@ -38,6 +40,7 @@
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.
 - ``publish_cli.py``    ``ai4all publish DIR``: sign an export's manifest and files as its publisher.
+- ``models_cli.py``    ``ai4all models --signal URL``: the models a node's registry knows, by publisher.
 - ``model_trust.py``    the check ``peer`` and ``chat`` make before using a model directory: signed by a
                         trusted publisher, or an unsigned export they were told to use.
 - ``benchmark.py``      this machine's measured block-tokens/s for a span, saved in the data dir, and the
