@@ -159,7 +159,9 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         trusted_publishers=frozenset(policy.publishers) | frozenset(DEFAULT_TRUSTED_PUBLISHERS),
         records=tuple(records),
     )
-    return SignalOptions(node=node, model_dirs=tuple(args.model_dir), ice=ice)
+    return SignalOptions(
+        node=node, model_dirs=tuple(args.model_dir), ice=ice, allow_unsigned=policy.allow_unsigned
+    )
 
 
 def run(args: argparse.Namespace) -> int:

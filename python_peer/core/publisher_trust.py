@@ -110,6 +110,12 @@ def check_model_dir(model_dir: str | Path, policy: TrustPolicy, verify: Verify) 
         raise PublicationError(f"{root / MANIFEST_FILE} is missing") from None
     publication.check_manifest(manifest_text, manifest)
     _check_unhashed_files(root, manifest, publication)
+    if not policy.trusts(publication.publisher):
+        raise UntrustedPublisherError(
+            f"{root} is signed by publisher {publication.publisher}, which this node does not trust: "
+            f"pass --trust-publisher {publication.publisher} to use it",
+            publication.publisher,
+        )
     record = read_record(root)
     if record is not None:  # what this node registers with signaling nodes must be this publication's
         record.verify(verify)
@@ -117,12 +123,6 @@ def check_model_dir(model_dir: str | Path, policy: TrustPolicy, verify: Verify) 
             record.check_publication(publication)
         except PublicationError as exc:
             raise PublicationError(f"{root / RECORD_FILE}: {exc}") from exc
-    if not policy.trusts(publication.publisher):
-        raise UntrustedPublisherError(
-            f"{root} is signed by publisher {publication.publisher}, which this node does not trust: "
-            f"pass --trust-publisher {publication.publisher} to use it",
-            publication.publisher,
-        )
     return TrustVerdict(manifest, publication, record)
 
 
