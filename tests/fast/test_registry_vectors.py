@@ -25,7 +25,9 @@ def test_the_vectors_are_what_the_generator_writes(tmp_path: Path) -> None:
     generator = runpy.run_path(str(VECTORS / "generate_registry.py"))
     generator["write"](tmp_path)
     for path in sorted(REGISTRY.iterdir()):
-        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), f"{path.name}: regenerate the vectors"
+        assert (tmp_path / path.name).read_bytes() == path.read_bytes(), (
+            f"{path.name}: regenerate the vectors"
+        )
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in REGISTRY.iterdir())
 
 

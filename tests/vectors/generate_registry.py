@@ -55,7 +55,11 @@ def manifest_text(contents: dict[str, bytes]) -> bytes:
                 "sha256": hashlib.sha256(shard).hexdigest(),
                 "bytes": len(shard),
                 "files": [
-                    {"file": "blocks_0-2.onnx", "sha256": hashlib.sha256(shard).hexdigest(), "bytes": len(shard)}
+                    {
+                        "file": "blocks_0-2.onnx",
+                        "sha256": hashlib.sha256(shard).hexdigest(),
+                        "bytes": len(shard),
+                    }
                 ],
                 "kind": "blocks",
                 "start": 0,
