@@ -198,7 +198,13 @@ async def test_oversized_malformed_and_unserved_records_are_refused(nodes: tuple
     try:
         unserved = await peer.ask(register_msg(record_body(TRUSTED, "reg/other"), TRUSTED))
         assert unserved["code"] == "bad_record" and "serves no block" in unserved["message"], unserved
-        for changes in ({"model": "reg/" + "x" * 200}, {"extra": "x" * 2000}, {"v": 2}, {"files": -1}):
+        cases: list[dict[str, Any]] = [
+            {"model": "reg/" + "x" * 200},
+            {"extra": "x" * 2000},
+            {"v": 2},
+            {"files": -1},
+        ]
+        for changes in cases:
             body = record_body(TRUSTED, **{"model": "reg/bounds", **changes})
             reply = await peer.ask(register_msg(body, TRUSTED))
             assert reply["type"] == "error" and reply["code"] == "bad_record", (changes, reply)
@@ -351,3 +357,49 @@ def test_signal_registers_its_model_dir_and_models_prints_it(
         assert bad.returncode != 0 and "--trust-publisher" in bad.stderr
     finally:
         assert node.stop(signal.SIGTERM) == 0
+
+
+async def test_a_serving_peer_registers_its_records_with_each_announcement(
+    nodes: tuple[Node, Node, Path],
+) -> None:
+    """The Python client: ``SignalClientConfig.records`` are registered after the announcement, on the node
+    it is connected to; the sibling learns them by gossip, and ``registry_client`` reads them verified."""
+    from python_peer.core.canonical import ServedSpan
+    from python_peer.core.registry_record import RegistryRecord
+    from python_peer.registry_client import manifests, model_names
+    from python_peer.signal_client import SignalClient, SignalClientConfig
+
+    alpha, beta, _ = nodes
+    body = record_body(TRUSTED, "reg/client", version=11)
+    rec = RegistryRecord.from_dict({"body": body, "sig": TRUSTED.sign_body("ai4all/record/v1", body)})
+    serving = SignalClientConfig(
+        urls=(alpha.url,), serves=(ServedSpan("reg/client", 0, 4),), records=(rec,), request_timeout_s=5.0
+    )
+    async with await SignalClient.create(Identity.generate(), serving):
+        user_config = SignalClientConfig(urls=(beta.url,), request_timeout_s=5.0)
+        async with await SignalClient.create(Identity.generate(), user_config) as user:
+
+            async def listed() -> list[Any]:
+                return await manifests(user, "reg/client")
+
+            found = await wait_for_async(listed, timeout=10)
+            assert [(f.record, f.node_trusts) for f in found] == [(rec, True)]
+            assert "reg/client" in await model_names(user)
+
+
+def test_a_model_dir_whose_record_is_not_its_publication_is_refused(
+    published: tuple[Path, str], tmp_path: Path
+) -> None:
+    model, publisher = published
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    data = json.loads((copy / "manifest.record.json").read_text())
+    stranger = Identity.generate()
+    data["body"]["version"] += 1  # a record of another publication, re-signed so only the pin differs
+    data["body"]["publisher"] = stranger.peer_id
+    data["sig"] = stranger.sign_body("ai4all/record/v1", data["body"])
+    (copy / "manifest.record.json").write_text(json.dumps(data))
+    args = ["signal", "--port", "1", "--model-dir", str(copy), "--trust-publisher", publisher]
+    result = run_cli(args, timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "manifest.record.json" in result.stderr and "the record names" in result.stderr, result.stderr

@@ -13,36 +13,7 @@ from python_peer.core.publication import Publication, PublishedFile
 from python_peer.core.registry_record import RegistryRecord, signed_sha256
 from python_peer.identity import Identity, verify
 from signaling.record_table import RECORD_REFRESH_MS, RecordPut, RecordTable
-
-NOW = 1_800_000_000_000
-HASH = "ab" * 32
-
-
-def record_body(
-    publisher: Identity, model: str = "m/one", version: int = 1, **changes: Any
-) -> dict[str, Any]:
-    body = {
-        "v": 1,
-        "publisher": publisher.peer_id,
-        "model": model,
-        "version": version,
-        "issued_ms": NOW,
-        "signed_sha256": HASH,
-        "total_bytes": 5_000_000,
-        "files": 3,
-    }
-    return {**body, **changes}
-
-
-def signed(body: dict[str, Any], signer: Identity) -> dict[str, Any]:
-    return {"body": body, "sig": signer.sign_body("ai4all/record/v1", body)}
-
-
-def record(publisher: Identity, signer: Identity | None = None, **kw: Any) -> RegistryRecord:
-    data = signed(record_body(publisher, **kw), signer or publisher)
-    parsed = RegistryRecord.from_dict(data)
-    parsed.verify(verify)
-    return parsed
+from tests.support.registry_records import HASH, NOW, record, record_body, signed
 
 
 def test_a_record_round_trips_and_verifies() -> None:
