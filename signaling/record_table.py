@@ -1,8 +1,9 @@
 """The registry table: publisher-signed records of models (``core/registry_record.py``), soft state.
 
 One entry per (publisher, model): the highest ``version`` held, exactly as signed; a lower version is
-``stale`` (a replay never rolls a model back), and so is another body with the same version (the first
-one seen is kept). Entries are soft state: each has an expiry this node sets (``RECORD_TTL_MS`` after the
+``stale`` (a replay never rolls a model back, even after the newer record expired: the highest version
+seen of each is remembered, in a bounded table), and so is another body with the same version (the
+first one seen is kept). Entries are soft state: each has an expiry this node sets (``RECORD_TTL_MS`` after the
 last time a serving peer, this node's own ``--model-dir`` or a sibling registered it), and vanishes past it.
 
 Bounds, so a flood of records from throwaway publisher keys can neither grow the table nor push out a
@@ -16,6 +17,7 @@ slots, and only until its records expire.
 from __future__ import annotations
 
 import enum
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +70,9 @@ class RecordTable:
         self.max_per_publisher = max_per_publisher
         self.max_untrusted_per_model = max_untrusted_per_model
         self._entries: dict[tuple[str, str], RecordEntry] = {}
+        # the highest version seen of each (publisher, model), kept after its record expires (bounded, the
+        # oldest forgotten first), so a replayed older version is refused even once nobody serves the newer
+        self._highest: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -85,6 +90,13 @@ class RecordTable:
         if held is not None and held.expires_ms <= now_ms:
             del self._entries[record.key]
             held = None
+        highest = self._highest.get(record.key)
+        if held is None and highest is not None and record.version < highest:
+            raise SignalingError(
+                f"{record.model} version {record.version} of publisher {record.publisher[:12]}… is older "
+                f"than version {highest} this node has held",
+                code="stale",
+            )
         if held is not None:
             if record.version < held.record.version:
                 raise SignalingError(
@@ -105,11 +117,19 @@ class RecordTable:
                     return RecordPut.REFRESHED
                 return RecordPut.SAME
             self._entries[record.key] = RecordEntry(record, held.trusted, expires_ms, expires_ms)
+            self._remember(record)
             return RecordPut.REPLACED
         trusted = record.publisher in self.trusted
         self._check_room(record, trusted, now_ms)
         self._entries[record.key] = RecordEntry(record, trusted, expires_ms, expires_ms)
+        self._remember(record)
         return RecordPut.NEW
+
+    def _remember(self, record: RegistryRecord) -> None:
+        self._highest[record.key] = max(record.version, self._highest.get(record.key, record.version))
+        self._highest.move_to_end(record.key)
+        while len(self._highest) > 2 * self.max_records:
+            self._highest.popitem(last=False)
 
     def _check_room(self, record: RegistryRecord, trusted: bool, now_ms: int) -> None:
         self.expire(now_ms)

@@ -11,6 +11,7 @@ model and checked against the record's ``signed_sha256``.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -118,7 +119,7 @@ class NodeRegistry:
             else self.table.models(now)
         )
         for item in items:
-            size += len(str(item)) + 8
+            size += len(json.dumps(item)) + 1
             if size > MAX_REPLY_BYTES:
                 truncated = True
                 break

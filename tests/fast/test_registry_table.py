@@ -120,9 +120,11 @@ def test_records_expire_unless_re_registered() -> None:
     assert table.records("m/one", NOW + 1_000) == [] and table.models(NOW + 1_000) == []
     table.expire(NOW + 1_000)
     assert len(table) == 0
-    # an expired record no longer blocks an older version (the publisher withdrew the newer one)
-    table.put(record(alice, version=5), NOW + 1_000, NOW)
-    assert table.put(record(alice, version=4), NOW + 700_000, NOW + 2_000) is RecordPut.NEW
+    # an older version replayed once the newer record expired is still refused: the version is remembered
+    table.put(record(alice, version=5), NOW + 3_000, NOW + 2_000)
+    with pytest.raises(SignalingError, match="older than version 5 this node has held"):
+        table.put(record(alice, version=4), NOW + 700_000, NOW + 4_000)
+    assert table.put(record(alice, version=5), NOW + 700_000, NOW + 4_000) is RecordPut.NEW
 
 
 def test_throwaway_publishers_cannot_crowd_out_a_trusted_one() -> None:
