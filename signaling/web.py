@@ -257,7 +257,11 @@ class BrowserSite:
             "node_id": self.node_id,
             "signal": self.signal_urls(request),
             "models": [
-                {"name": m.name, "base": f"{base}/models/{urllib.parse.quote(m.name, safe='')}/"}
+                {
+                    "name": m.name,
+                    "base": f"{base}/models/{urllib.parse.quote(m.name, safe='')}/",
+                    "signed": SIGNED_MANIFEST_FILE in m.files,  # pages verify it; unsigned: allow_unsigned
+                }
                 for m in self.models
             ],
             "ledger": {"pow_bits": self.pow_bits},

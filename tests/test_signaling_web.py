@@ -138,7 +138,7 @@ def test_config_names_this_node_its_siblings_models_and_ledger_rules(
     assert json.loads(body) == {
         "node_id": "web-a",
         "signal": [node.url, sibling.url],
-        "models": [{"name": name, "base": f"{node.http_url}/models/{name}/"}],
+        "models": [{"name": name, "base": f"{node.http_url}/models/{name}/", "signed": False}],
         "ledger": {"pow_bits": POW_BITS},
         "python_core": f"{node.http_url}/py/python_peer/core/",
         "ice": {"servers": [], "loopback_only": True},  # no --ice-* flag: loopback only, as before

@@ -126,6 +126,9 @@ test('no signed manifest: refused unless the page allows unsigned exports', asyn
   await assert.rejects(fetchVerifiedManifest(BASE, TRUSTED), /has no signed manifest \(manifest\.sig\.json\): not used/);
   const { manifest, publication } = await fetchVerifiedManifest(BASE, { trusted: [], allowUnsigned: true });
   assert.equal(publication, null);
+  await assert.rejects(fetchVerifiedManifest(BASE, TRUSTED, false), /has no signed manifest/);
+  const said = await fetchVerifiedManifest(BASE, { trusted: [], allowUnsigned: true }, false);
+  assert.equal(said.publication, null);
   assert.equal(manifest.model.name, 'vectors/tiny-model');
 });
 

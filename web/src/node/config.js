@@ -25,7 +25,7 @@ export class NodeError extends Error {
  * @typedef {object} PageConfig
  * @property {string} [node_id]
  * @property {string[]} signal
- * @property {{name: string, base: string}[]} models
+ * @property {{name: string, base: string, signed?: boolean}[]} models
  * @property {{pow_bits: number}} ledger
  * @property {string} python_core
  * @property {{servers: {urls: string[], username?: string, credential?: string}[], loopback_only: boolean}} [ice]
@@ -44,7 +44,7 @@ const message = (err) => (err instanceof Error ? err.message : String(err));
  * Fetch the manifest of a model of the page configuration, verify its signed manifest against the page's
  * trusted publishers (runtime/publication.js: the signature, the pinned bytes, every file's hash and
  * size; an unsigned export only where the page allows it), and check what the node reads of it.
- * @param {{name: string, base: string}} modelEntry
+ * @param {{name: string, base: string, signed?: boolean}} modelEntry
  * @param {import('../runtime/publication.js').TrustPolicy} policy
  * @returns {Promise<any>}
  */
@@ -52,7 +52,7 @@ export async function fetchManifest(modelEntry, policy) {
   const url = new URL('manifest.json', folder(modelEntry.base));
   let manifest;
   try {
-    ({ manifest } = await fetchVerifiedManifest(folder(modelEntry.base), policy));
+    ({ manifest } = await fetchVerifiedManifest(folder(modelEntry.base), policy, modelEntry.signed !== false));
   } catch (err) {
     if (err instanceof PublicationError) throw new NodeError(`the model ${modelEntry.name} is refused: ${err.message}`, { cause: err });
     throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: ${message(err)}`, { cause: err });

@@ -329,14 +329,19 @@ async function fetchBytes(url, limit) {
  * exports. Returns the manifest parsed from the verified bytes and its publication (null: unsigned).
  * @param {string | URL} base the folder of `manifest.json`, ending in `/`
  * @param {TrustPolicy} policy
+ * @param {boolean} [signed] false: the page configuration says the model has no signed manifest (taken
+ *   only where the page allows unsigned exports, and then not asked for)
  * @returns {Promise<{manifest: any, publication: Publication | null}>}
  */
-export async function fetchVerifiedManifest(base, policy) {
+export async function fetchVerifiedManifest(base, policy, signed = true) {
   const folder = new URL(String(base), globalThis.location?.href ?? 'http://localhost/');
   if (!folder.pathname.endsWith('/')) folder.pathname += '/';
+  if (!signed && !policy.allowUnsigned) {
+    throw new PublicationError(`the model at ${folder} has no signed manifest (${SIGNED_MANIFEST_FILE}): not used`);
+  }
   const [manifestBytes, signedBytes] = await Promise.all([
     fetchBytes(new URL(MANIFEST_FILE, folder), MAX_SIGNED_MANIFEST_BYTES),
-    fetchBytes(new URL(SIGNED_MANIFEST_FILE, folder), MAX_SIGNED_MANIFEST_BYTES),
+    signed ? fetchBytes(new URL(SIGNED_MANIFEST_FILE, folder), MAX_SIGNED_MANIFEST_BYTES) : Promise.resolve(null),
   ]);
   if (manifestBytes === null) throw new PublicationError(`${new URL(MANIFEST_FILE, folder)}: HTTP 404`);
   if (signedBytes === null) {
@@ -351,11 +356,11 @@ export async function fetchVerifiedManifest(base, policy) {
     }
     return { manifest, publication: null };
   }
-  let signed;
+  let signedData;
   try {
-    signed = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(signedBytes));
+    signedData = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(signedBytes));
   } catch (err) {
     throw new PublicationError(`${SIGNED_MANIFEST_FILE} is not JSON: ${err instanceof Error ? err.message : err}`);
   }
-  return verifyPublication(signed, manifestBytes, policy);
+  return verifyPublication(signedData, manifestBytes, policy);
 }

@@ -269,7 +269,8 @@ class ChatPage {
     try {
       this.showStatus(`Loading ${name}: the tokenizer, the embedding and the output head run in this tab…`);
       // the publisher's signature, the pinned manifest and every file's hash, trusted as the node's config says
-      const { manifest, publication } = await fetchVerifiedManifest(entry.base, trustPolicy(this.config));
+      const signed = entry.signed !== false; // false: an unsigned export, taken only if the node allows them
+      const { manifest, publication } = await fetchVerifiedManifest(entry.base, trustPolicy(this.config), signed);
       const tokenizer = await ModelTokenizer.load(entry.base, manifest, publication);
       const ledger = await this.ledger;
       // Signaling binds a peer id to one connection: while the contribute page of this browser serves as
