@@ -403,3 +403,33 @@ def test_a_model_dir_whose_record_is_not_its_publication_is_refused(
     result = run_cli(args, timeout=60)
     assert result.returncode == 1, result.stderr
     assert "manifest.record.json" in result.stderr and "the record names" in result.stderr, result.stderr
+
+
+def test_a_native_peer_registers_the_record_of_the_model_it_serves(
+    published: tuple[Path, str], tmp_path: Path
+) -> None:
+    """``ai4all peer --model DIR`` of a published model: the node (no ``--model-dir`` of its own) learns the
+    model's record from the peer alone, and ``ai4all models`` shows it."""
+    from tests.support.procs import PeerProc
+
+    model, publisher = published
+    node = Node("bare", tmp_path)
+    peer = None
+    try:
+        node.wait()
+        peer = PeerProc(
+            "server", tmp_path, model, [node.url], span="0-1", extra=["--trust-publisher", publisher]
+        )
+        peer.wait()
+
+        def registered() -> Any:
+            result = run_cli(["models", "--signal", node.url, "--trust-publisher", publisher], timeout=60)
+            assert result.returncode == 0, result.stderr
+            return result.stdout if publisher in result.stdout else None
+
+        line = wait_for(registered, timeout=60)
+        assert " trusted" in line and "UNTRUSTED" not in line, line
+    finally:
+        if peer is not None:
+            peer.stop()
+        node.stop()
