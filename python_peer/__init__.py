@@ -11,6 +11,8 @@
 - ``tensors.py``        numpy <-> wire tensors.
 - ``identity.py``       the node's persistent Ed25519 identity.
 - ``signal_client.py``  the connection to signaling nodes: announce, lookup, signals, fail-over.
+- ``registry_client.py``  the registry seen from a peer: records registered with each announcement,
+                        ``manifests`` and model names looked up, every record verified.
 - ``transport.py``      ``LinkManager`` and ``TransportConfig``: making WebRTC links (aiortc) through signaling.
 - ``link.py``           one link: chunked frames with backpressure, PING answered.
 - ``ice.py``            aiortc and aioice configured for ICE: STUN/TURN servers, gathering on loopback.
@@ -48,6 +50,7 @@
                         it is written, liars banned, resumable from a record re-verified on start.
 - ``model_fetch.py``   a model NAME turned into ``<data dir>/models/NAME``: the manifest from its seeders,
                         checked and trusted, the span chosen, its files and the client's downloaded.
+- ``models_cli.py``    ``ai4all models --signal URL``: the models a node's registry knows, by publisher.
 - ``model_trust.py``    the check ``peer`` and ``chat`` make before using a model directory: signed by a
                         trusted publisher, or an unsigned export they were told to use.
 - ``benchmark.py``      this machine's measured block-tokens/s for a span, saved in the data dir, and the

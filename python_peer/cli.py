@@ -24,6 +24,7 @@ _SUBCOMMAND_MODULES = (
     "python_peer.ledger_cli",
     "python_peer.peer_cli",
     "python_peer.publish_cli",
+    "python_peer.models_cli",
     "python_peer.status_cli",
     "python_peer.benchmark_cli",
     "python_peer.calibrate_cli",

@@ -21,6 +21,7 @@ from pathlib import Path
 from python_peer.core.canonical import ServedSpan
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
+from python_peer.core.registry_record import read_record
 from python_peer.core.spans import Span
 
 from .benchmark import announced_throughput
@@ -249,10 +250,12 @@ class Peer:
             )
             peer = cls(config, manifest, node, SpanGate(server, node.peer_id))
             peer.throughput, peer.throughput_source = throughput, source
+            record = read_record(config.model_dir)  # checked with the signed manifest (model_trust.py)
             await node.signal.update(
                 serves=(ServedSpan(manifest.name, span.start, span.end),),
                 throughput_milli=int(throughput * 1000),
                 kv_free_tokens=server.kv_free_tokens,
+                records=(record,) if record is not None else (),
             )
         except BaseException:
             await node.aclose()

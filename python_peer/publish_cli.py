@@ -3,7 +3,9 @@
 The publisher is the identity kept in ``--data-dir`` (created on first use, as for a peer); its id
 alone goes to stdout, for the ``--trust-publisher ID`` of the nodes that will use the model. Only a
 model that admission lets in is signed (``core/admission.py``), and the signed manifest
-(``manifest.sig.json``, ``core/publication.py``) is written atomically beside ``manifest.json``.
+(``manifest.sig.json``, ``core/publication.py``) is written atomically beside ``manifest.json``, with
+its registry record (``manifest.record.json``, ``core/registry_record.py``): the few hundred signed
+bytes signaling nodes gossip.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def register(subparsers: Any) -> None:
         help="sign a model's manifest as its publisher",
         description=(
             "Sign DIR's manifest.json and the size and chunk hashes of every file it names with the identity "
-            "in --data-dir (created if absent), into DIR/manifest.sig.json. Prints the publisher's id alone "
+            "in --data-dir (created if absent), into DIR/manifest.sig.json, and its registry record (what "
+            "signaling nodes gossip) into DIR/manifest.record.json. Prints the publisher's id alone "
             "on stdout: nodes use the model with --trust-publisher ID."
         ),
     )
@@ -60,6 +63,7 @@ def publish_dir(model_dir: Path, identity: Identity, *, version: int | None = No
     """Admit ``model_dir``, sign its manifest and files as ``identity`` and write ``manifest.sig.json``."""
     from python_peer.core.admission import admit_model_dir
     from python_peer.core.publication import SIGNED_MANIFEST_FILE, publish
+    from python_peer.core.registry_record import RECORD_FILE, RegistryRecord
 
     manifest = admit_model_dir(model_dir)  # never sign what no node would admit
     now = int(time.time() * 1000)
@@ -72,6 +76,9 @@ def publish_dir(model_dir: Path, identity: Identity, *, version: int | None = No
         issued_ms=now,
     )
     _write_atomically(model_dir / SIGNED_MANIFEST_FILE, json.dumps(publication.to_dict(), indent=1) + "\n")
+    # the small signed record signaling nodes gossip as the registry (core/registry_record.py)
+    record = RegistryRecord.sign_publication(publication, identity.sign)
+    _write_atomically(model_dir / RECORD_FILE, json.dumps(record.to_dict(), indent=1) + "\n")
     return publication
 
 

@@ -50,7 +50,9 @@ from python_peer.core.errors import (
     SignalingError,
     SignatureError,
 )
+from python_peer.core.registry_record import RegistryRecord
 from python_peer.identity import Identity, verify, verify_body
+from python_peer.registry_client import register_records
 
 __all__ = ["IncomingSignal", "SignalClient", "SignalClientConfig", "SignalClientState"]
 
@@ -87,6 +89,8 @@ class SignalClientConfig:
     max_urls: int = 16  # configured plus learned from hellos
     incoming_queue: int = 256  # signals waiting to be read; the oldest is dropped past this
     learn_urls: bool = True
+    # registry records (``core/registry_record.py``) of the models served, registered with each announcement
+    records: tuple[RegistryRecord, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "urls", tuple(self.urls))  # lists welcome; stored immutable
@@ -314,6 +318,10 @@ class SignalClient:
                 found.append(ann)
         return found
 
+    async def call(self, message: dict[str, Any]) -> dict[str, Any]:
+        """A request (``registry_client.py``'s) and its answer; ``RemoteSignalingError`` if refused."""
+        return await self._call(message)
+
     async def send_signal(self, peer_id: str, payload: dict[str, Any]) -> None:
         """Send SDP or ICE to ``peer_id``; ``RemoteSignalingError`` (``unknown_peer``) if no node knows it."""
         body = SignalBody(self.peer_id, peer_id, _now_ms(), payload)
@@ -342,9 +350,10 @@ class SignalClient:
         serves: tuple[ServedSpan, ...] | None = None,
         throughput_milli: int | None = None,
         kv_free_tokens: int | None = None,
+        records: tuple[RegistryRecord, ...] | None = None,
     ) -> None:
-        """Change what this peer announces, and announce it now if connected."""
-        changes: dict[str, Any] = {}
+        """Change what this peer announces (and the records it registers), and announce it now if connected."""
+        changes: dict[str, Any] = {} if records is None else {"records": tuple(records)}
         if serves is not None:
             changes["serves"] = tuple(serves)
         if throughput_milli is not None:
@@ -436,6 +445,8 @@ class SignalClient:
         }
         async with asyncio.timeout(self._config.request_timeout_s):
             await link.request(message, next(self._ids))
+        ask = lambda message: link.request(message, next(self._ids))  # noqa: E731
+        await register_records(ask, cfg.records, link.url, cfg.request_timeout_s)  # models served only
 
     # --- the connection manager -----------------------------------------------------------------------
 

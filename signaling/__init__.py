@@ -14,6 +14,10 @@ The protocol is described in ``docs/signaling.md``. Files:
 - ``federation.py`` sibling links, one per sibling node: the authenticated handshake (node keys,
                     ``federate``/``federated`` proofs), dialing with backoff, the rule that picks
                     between two links to one node, routes learned from gossip, broadcast.
+- ``record_table.py`` the registry's table of publisher-signed records: highest version per (publisher,
+                    model), soft state with expiry, bounded per publisher, per model and in all.
+- ``registry.py``   the registry's messages: ``register`` from serving peers, ``manifests`` lookups,
+                    ``record`` gossip between siblings, the node's own ``--model-dir`` records.
 - ``node.py``       ``SignalingNode`` and ``NodeConfig``: what the node does with each message.
 - ``app.py``        the FastAPI app (websocket at ``/``, ``/healthz``, ``/v1/directory``, the browser
                     node's pages), ``serve()``, which runs it under uvicorn until SIGINT or SIGTERM, and

@@ -40,9 +40,11 @@ def browser_site(
     models: Sequence[ServedModel] = (),
     pow_bits: int = GRANT_POW_BITS,
     ice: IceSettings | None = None,
+    allow_unsigned: bool = False,
 ) -> BrowserSite:
     """What ``node`` serves to browsers: its pages, the model directories ``models``, and the ICE
-    settings its pages' WebRTC links use (by default: loopback only, no STUN or TURN server)."""
+    settings its pages' WebRTC links use (by default: loopback only, no STUN or TURN server). Its pages
+    trust the publishers ``node`` trusts, and take unsigned exports with ``allow_unsigned``."""
     return BrowserSite(
         node_id=node.node_id,
         public_url=node.config.public_url,
@@ -52,6 +54,8 @@ def browser_site(
         pow_bits=pow_bits,
         known_siblings=node.federation.known_urls,
         ice=ice or IceSettings(),
+        trusted_publishers=tuple(sorted(node.config.trusted_publishers)),
+        allow_unsigned=allow_unsigned,
     )
 
 
@@ -105,12 +109,13 @@ async def serve(
     models: Sequence[ServedModel] = (),
     pow_bits: int = GRANT_POW_BITS,
     ice: IceSettings | None = None,
+    allow_unsigned: bool = False,
 ) -> None:
     """Run a signaling node serving ``models`` to browsers until SIGINT or SIGTERM, then close every
     connection and return. ``pow_bits`` is the network's grant proof of work and ``ice`` the pages'
-    ICE settings, both told to browsers."""
+    ICE settings, both told to browsers, as is ``allow_unsigned`` (pages take unsigned exports)."""
     node = SignalingNode(config)
-    site = browser_site(node, models, pow_bits, ice)
+    site = browser_site(node, models, pow_bits, ice, allow_unsigned)
     server = _Server(
         uvicorn.Config(
             create_app(node, site),
@@ -146,6 +151,7 @@ class SignalOptions:
     node: NodeConfig
     model_dirs: tuple[Path, ...] = ()
     ice: IceSettings = field(default_factory=IceSettings)
+    allow_unsigned: bool = False  # --allow-unsigned: this node's pages take unsigned local exports
 
 
 def load_site(options: SignalOptions) -> tuple[list[ServedModel], int]:
@@ -159,4 +165,4 @@ def load_site(options: SignalOptions) -> tuple[list[ServedModel], int]:
 def run_node(options: SignalOptions) -> None:
     """Serve a signaling node as ``options`` say until SIGINT or SIGTERM (blocking: its own event loop)."""
     models, pow_bits = load_site(options)
-    asyncio.run(serve(options.node, models, pow_bits, options.ice))
+    asyncio.run(serve(options.node, models, pow_bits, options.ice, options.allow_unsigned))

@@ -91,7 +91,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_ice_args(parser, for_browsers=True)
-    add_trust_args(parser)  # which --model-dir this node serves (signed by a trusted publisher, or unsigned)
+    # which --model-dir this node serves (signed by a trusted publisher, or unsigned), and which publishers'
+    # records its registry shows as trusted (it keeps others' too, fewer, marked untrusted)
+    add_trust_args(parser)
     parser.set_defaults(handler=run)
 
 
@@ -102,7 +104,7 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
     from python_peer.core.canonical import URL_RE, is_peer_id
     from python_peer.core.errors import CommandError, IdentityError
     from python_peer.core.ice import ice_settings
-    from python_peer.core.publisher_trust import check_model_dir, trust_policy
+    from python_peer.core.publisher_trust import DEFAULT_TRUSTED_PUBLISHERS, check_model_dir, trust_policy
     from python_peer.identity import Identity, verify
 
     from .app import SignalOptions
@@ -136,9 +138,12 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
     if args.idle_timeout is not None and not 2.0 <= args.idle_timeout <= 86_400:
         raise CommandError(f"--idle-timeout {args.idle_timeout:g} must be between 2 and 86400 seconds")
     policy = trust_policy(args)
+    records = []
     for model_dir in args.model_dir:  # served to browsers only if this node would use it itself
         ServedModel.load(model_dir)  # the site's own checks first, in its words
-        check_model_dir(model_dir, policy, verify)
+        verdict = check_model_dir(model_dir, policy, verify)
+        if verdict.record is not None:  # registered with this node's registry, and gossiped
+            records.append(verdict.record)
     node = NodeConfig(
         host=args.host,
         port=args.port,
@@ -151,8 +156,12 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         messages_per_s=args.rate,
         burst=args.burst,
         idle_timeout_s=IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout,
+        trusted_publishers=frozenset(policy.publishers) | frozenset(DEFAULT_TRUSTED_PUBLISHERS),
+        records=tuple(records),
     )
-    return SignalOptions(node=node, model_dirs=tuple(args.model_dir), ice=ice)
+    return SignalOptions(
+        node=node, model_dirs=tuple(args.model_dir), ice=ice, allow_unsigned=policy.allow_unsigned
+    )
 
 
 def run(args: argparse.Namespace) -> int:

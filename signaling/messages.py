@@ -46,6 +46,7 @@ ERROR_CODES = (
     "rate_limited",
     "table_full",
     "not_sibling",
+    "bad_record",
     "timeout",
     "internal",
 )
@@ -145,6 +146,23 @@ class Bye(Message):
         return self
 
 
+class Register(Message):
+    """A publisher-signed registry record (``core/registry_record.py``) of a model this peer serves."""
+
+    type: Literal["register"]
+    id: RequestId = None
+    body: JsonObject
+    sig: Signature
+
+
+class ManifestsQuery(Message):
+    """The records of ``model`` with their publishers, or (no ``model``) the model names known here."""
+
+    type: Literal["manifests"]
+    id: RequestId = None
+    model: ModelName | None = None
+
+
 class Federate(Message):
     """Sent by a signaling node that dials a sibling: the connection becomes a sibling link.
 
@@ -200,6 +218,16 @@ class Gone(Message):
     sig: Signature
 
 
+class RecordGossip(Message):
+    """A registry record passed between siblings, as its publisher signed it, with its expiry so far."""
+
+    type: Literal["record"]
+    hops: Annotated[int, Field(ge=0, le=MAX_HOPS)]
+    body: JsonObject
+    sig: Signature
+    expires_ms: SafeInt
+
+
 class Relay(SignalFields):
     """A signal on its way to the node where its target is connected."""
 
@@ -207,12 +235,14 @@ class Relay(SignalFields):
     ttl: Annotated[int, Field(ge=0, le=MAX_RELAY_TTL)]
 
 
-PeerMessage = Annotated[Announce | Lookup | Signal | Bye | Federate, Field(discriminator="type")]
-SiblingMessage = Annotated[Gossip | Gone | Relay, Field(discriminator="type")]
-PEER_TYPES = ("announce", "lookup", "signal", "bye", "federate")
-SIBLING_TYPES = ("gossip", "gone", "relay")
-_PEER_ADAPTER: TypeAdapter[Announce | Lookup | Signal | Bye | Federate] = TypeAdapter(PeerMessage)
-_SIBLING_ADAPTER: TypeAdapter[Gossip | Gone | Relay] = TypeAdapter(SiblingMessage)
+PeerRequest = Announce | Lookup | Signal | Bye | Federate | Register | ManifestsQuery
+SiblingRequest = Gossip | Gone | Relay | RecordGossip
+PeerMessage = Annotated[PeerRequest, Field(discriminator="type")]
+SiblingMessage = Annotated[SiblingRequest, Field(discriminator="type")]
+PEER_TYPES = ("announce", "lookup", "signal", "bye", "federate", "register", "manifests")
+SIBLING_TYPES = ("gossip", "gone", "relay", "record")
+_PEER_ADAPTER: TypeAdapter[PeerRequest] = TypeAdapter(PeerMessage)
+_SIBLING_ADAPTER: TypeAdapter[SiblingRequest] = TypeAdapter(SiblingMessage)
 
 
 # --- node -> peer -------------------------------------------------------------------------------------
@@ -262,6 +292,29 @@ class Peers(Message):
     type: Literal["peers"] = "peers"
     id: int | None
     peers: list[SignedAnnouncement]
+    truncated: bool = False
+
+
+class Registered(Message):
+    """``register`` was taken: the record held here for (publisher, model), and its expiry here."""
+
+    type: Literal["registered"] = "registered"
+    id: int | None
+    publisher: str
+    model: str
+    version: int
+    expires_ms: int
+
+
+class Registry(Message):
+    """Answer to ``manifests``: ``records`` of ``model`` (each ``{"body", "sig", "trusted", "expires_ms"}``,
+    to verify yourself; ``trusted`` is this node's view), or ``models``: the names known here."""
+
+    type: Literal["registry"] = "registry"
+    id: int | None
+    model: str | None
+    records: list[dict[str, Any]]
+    models: list[dict[str, Any]]
     truncated: bool = False
 
 
@@ -339,13 +392,13 @@ def _validate(adapter: TypeAdapter[Any], data: dict[str, Any], types: tuple[str,
         raise MessageError(f"{kind}: message nested too deeply") from exc
 
 
-def parse_peer_message(data: dict[str, Any]) -> Announce | Lookup | Signal | Bye | Federate:
+def parse_peer_message(data: dict[str, Any]) -> PeerRequest:
     """Validate a decoded message from a peer (or from a sibling before it sent ``federate``)."""
-    result: Announce | Lookup | Signal | Bye | Federate = _validate(_PEER_ADAPTER, data, PEER_TYPES, "peer")
+    result: PeerRequest = _validate(_PEER_ADAPTER, data, PEER_TYPES, "peer")
     return result
 
 
-def parse_sibling_message(data: dict[str, Any]) -> Gossip | Gone | Relay:
+def parse_sibling_message(data: dict[str, Any]) -> SiblingRequest:
     """Validate a decoded message on a sibling link."""
-    result: Gossip | Gone | Relay = _validate(_SIBLING_ADAPTER, data, SIBLING_TYPES, "sibling")
+    result: SiblingRequest = _validate(_SIBLING_ADAPTER, data, SIBLING_TYPES, "sibling")
     return result

@@ -30,6 +30,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
+from python_peer.core.registry_record import RegistryRecord
 from python_peer.identity import Identity, verify, verify_body
 
 from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
@@ -52,8 +53,13 @@ from .messages import (
     Hello,
     Limits,
     Lookup,
+    ManifestsQuery,
+    PeerRequest,
     Peers,
+    RecordGossip,
+    Register,
     Relay,
+    SiblingRequest,
     Signal,
     SignalFields,
     SignedAnnouncement,
@@ -63,6 +69,8 @@ from .messages import (
     request_id,
 )
 from .ratelimit import KeyedBuckets, TokenBucket
+from .record_table import RecordTable
+from .registry import NodeRegistry
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +101,10 @@ class NodeConfig:
     # time bounds of a peer connection (``connection.py``), advertised in ``hello.limits``
     first_message_timeout_s: float = FIRST_MESSAGE_TIMEOUT_S
     idle_timeout_s: float = IDLE_TIMEOUT_S
+    # the registry (``registry.py``): publishers this node trusts (``--trust-publisher``; records of others
+    # are kept too, fewer, and shown as untrusted) and the records of its own ``--model-dir``s
+    trusted_publishers: frozenset[str] = frozenset()
+    records: tuple[RegistryRecord, ...] = ()
 
     @property
     def public_url(self) -> str:
@@ -147,6 +159,9 @@ class SignalingNode:
             identity=self.identity,
             accept=config.accept,
         )
+        self.registry = NodeRegistry(
+            RecordTable(config.trusted_publishers), self.directory, self.federation, config.records, now_ms
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._dumps: dict[str, asyncio.Task[None]] = {}
 
@@ -177,6 +192,7 @@ class SignalingNode:
 
     async def _sweep_forever(self) -> None:
         while True:
+            self.registry.sweep()
             await asyncio.sleep(self.config.sweep_interval_s)
             for peer_id in self.directory.expire(now_ms()):
                 self.federation.forget_route(peer_id)
@@ -284,8 +300,12 @@ class SignalingNode:
 
     # --- peer messages --------------------------------------------------------------------------------
 
-    def _on_peer_message(self, conn: Connection, msg: Announce | Lookup | Signal | Bye | Federate) -> None:
-        if isinstance(msg, Announce):
+    def _on_peer_message(self, conn: Connection, msg: PeerRequest) -> None:
+        if isinstance(msg, Register):
+            conn.send(self.registry.on_register(conn, msg))
+        elif isinstance(msg, ManifestsQuery):
+            conn.send(self.registry.on_query(msg))
+        elif isinstance(msg, Announce):
             self._on_announce(conn, msg)
         elif isinstance(msg, Lookup):
             self._on_lookup(conn, msg)
@@ -430,10 +450,14 @@ class SignalingNode:
             self.federation.offer(link, entry.peer_id, entry.announcement.seq, gossip)
             if i % 256 == 255:
                 await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the federated answer goes out first
+        self.registry.dump(link)  # and every registry record (``registry.py``)
         self._dumps.pop(link.id, None)
 
-    def _on_sibling_message(self, link: Connection, msg: Gossip | Gone | Relay) -> None:
-        if isinstance(msg, Gossip):
+    def _on_sibling_message(self, link: Connection, msg: SiblingRequest) -> None:
+        if isinstance(msg, RecordGossip):
+            self.registry.on_gossip(link, msg)
+        elif isinstance(msg, Gossip):
             self._on_gossip(link, msg)
         elif isinstance(msg, Gone):
             if msg.peer_id in self.local:
@@ -489,6 +513,7 @@ class SignalingNode:
             "key": self.identity.peer_id,
             "url": self.config.public_url,
             "peers": len(self.directory),
+            "records": len(self.registry.table),
             "local_peers": len(self.local),
             "connections": len(self.connections),
             "siblings": [

@@ -8,7 +8,8 @@ Every signaling node serves, on its own port next to the websocket at ``/`` (``d
 - ``GET /web/src/**`` the browser node's modules
 - ``GET /web/node_modules/<dependency>/**`` the five browser dependencies (``BROWSER_DEPENDENCIES``)
 - ``GET /py/python_peer/core/*.py`` the standard-library ledger rules, for Pyodide
-- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists, and its ``manifest.sig.json``
+- ``GET /models/<name>/<file>`` the files the manifest of each ``--model-dir`` lists, its ``manifest.sig.json``
+  and ``manifest.record.json``
 - ``GET /v1/config`` the page configuration (``BrowserSite.config``)
 
 Paths are resolved strictly (``resolve_file``): each static root is a fixed folder, a request names a
@@ -43,6 +44,7 @@ from python_peer.core.errors import ManifestError
 from python_peer.core.ice import IceSettings
 from python_peer.core.manifest import MANIFEST_FILE, load_manifest
 from python_peer.core.publication import SIGNED_MANIFEST_FILE
+from python_peer.core.registry_record import RECORD_FILE
 from python_peer.core.static_files import mime_type, resolve_file
 
 from .errors import SiteError
@@ -149,6 +151,8 @@ class ServedModel:
             names.append(value)
         if (root / SIGNED_MANIFEST_FILE).is_file():
             names.append(SIGNED_MANIFEST_FILE)  # browsers check the publisher's signature with it
+        if (root / RECORD_FILE).is_file():
+            names.append(RECORD_FILE)  # its registry record, for whoever fetches the model over HTTP
         files = frozenset(names)
         for listed in sorted(files):
             if resolve_file(root, listed) is None or "/" in listed:
@@ -204,6 +208,10 @@ class BrowserSite:
     core_dir: Path = PYTHON_CORE_DIR
     known_siblings: Callable[[], Iterable[str]] | None = None  # siblings learned since (federation)
     ice: IceSettings = field(default_factory=IceSettings)  # --ice-server etc.: loopback only by default
+    # the publishers whose models this node's pages use (--trust-publisher), and whether they take an
+    # unsigned local export (--allow-unsigned): pages check every signed manifest themselves
+    trusted_publishers: tuple[str, ...] = ()
+    allow_unsigned: bool = False
     _by_name: dict[str, ServedModel] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -249,12 +257,17 @@ class BrowserSite:
             "node_id": self.node_id,
             "signal": self.signal_urls(request),
             "models": [
-                {"name": m.name, "base": f"{base}/models/{urllib.parse.quote(m.name, safe='')}/"}
+                {
+                    "name": m.name,
+                    "base": f"{base}/models/{urllib.parse.quote(m.name, safe='')}/",
+                    "signed": SIGNED_MANIFEST_FILE in m.files,  # pages verify it; unsigned: allow_unsigned
+                }
                 for m in self.models
             ],
             "ledger": {"pow_bits": self.pow_bits},
             "python_core": f"{base}/py/python_peer/core/",
             "ice": self.ice.page_config(),
+            "publishers": {"trusted": list(self.trusted_publishers), "allow_unsigned": self.allow_unsigned},
         }
 
     # --- responses -----------------------------------------------------------------------------------

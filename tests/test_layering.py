@@ -167,6 +167,7 @@ _COMMAND_LINE = {
     "python_peer.calibrate_cli",
     "python_peer.chat_cli",
     "python_peer.ledger_cli",
+    "python_peer.models_cli",
     "python_peer.peer_cli",
     "python_peer.publish_cli",
     "python_peer.status_cli",

@@ -138,10 +138,12 @@ def test_config_names_this_node_its_siblings_models_and_ledger_rules(
     assert json.loads(body) == {
         "node_id": "web-a",
         "signal": [node.url, sibling.url],
-        "models": [{"name": name, "base": f"{node.http_url}/models/{name}/"}],
+        "models": [{"name": name, "base": f"{node.http_url}/models/{name}/", "signed": False}],
         "ledger": {"pow_bits": POW_BITS},
         "python_core": f"{node.http_url}/py/python_peer/core/",
         "ice": {"servers": [], "loopback_only": True},  # no --ice-* flag: loopback only, as before
+        # no --trust-publisher; the test session's AI4ALL_ALLOW_UNSIGNED=1 lets it serve a local export
+        "publishers": {"trusted": [], "allow_unsigned": True},
     }
     # The sibling learned web-a when it dialed in, and has no models and the test's proof of work.
     other = json.loads(get(sibling, "/v1/config")[2])

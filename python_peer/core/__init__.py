@@ -16,6 +16,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``admission.py`` the admission rules of a shard (ONNX only, operator allow-lists per kind, versions,
                    declared inputs and outputs), and ``admit_model_dir``.
 - ``publication.py``  signed manifests (``manifest.sig.json``): the body, its chunk hashes, the checks.
+- ``registry_record.py``  the registry record (``manifest.record.json``): the small publisher-signed
+                      summary of a signed manifest that signaling nodes gossip, and its checks.
 - ``publisher_trust.py``  which publishers a node trusts, ``--trust-publisher``/``--allow-unsigned``,
                    and the check of a model directory against them.
 - ``chunks.py``    the chunk protocol: model files asked of and answered by peers in CHUNK frames, its

@@ -26,6 +26,7 @@ from . import (
     protocol,
     publication,
     receipts,
+    registry_record,
     spot_policy,
     wire,
 )
@@ -124,8 +125,11 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "PUBLICATION_VERSION",
             "CHUNK_BYTES",
             "MAX_PUBLISHED_FILES",
+            "MAX_FILE_BYTES",
+            "MAX_SIGNED_MANIFEST_BYTES",
         ),
     ),
+    (registry_record, ("RECORD_FILE", "RECORD_CONTEXT", "RECORD_VERSION", "MAX_RECORD_BYTES")),
     (
         chunks,
         (

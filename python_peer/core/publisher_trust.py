@@ -5,7 +5,8 @@ A node uses a model directory only if its signed manifest (``publication.py``) v
 one of ``DEFAULT_TRUSTED_PUBLISHERS`` or one its operator names with ``--trust-publisher ID``. A
 directory without a signed manifest (a local export) is used only with ``--allow-unsigned``. A forged,
 altered or re-signed manifest is refused whatever the flags; an untrusted publisher is named, with the
-flag that would trust it. The flags are defined once, here, for ``peer``, ``chat`` and ``signal``.
+flag that would trust it. A registry record beside it (``manifest.record.json``, ``registry_record.py``)
+must be its publisher's record of this very publication. The flags are defined once, here, for ``peer``, ``chat`` and ``signal``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .canonical import is_peer_id
 from .errors import CommandError, PublicationError, UntrustedPublisherError
 from .manifest import MANIFEST_FILE, Manifest, load_manifest
 from .publication import SIGNED_MANIFEST_FILE, Publication, Verify, _read, named_files, read_publication
+from .registry_record import RECORD_FILE, RegistryRecord, read_record
 
 # ``--allow-unsigned`` defaults to on when this variable is "1" (a private test network of local exports).
 ALLOW_UNSIGNED_ENV = "AI4ALL_ALLOW_UNSIGNED"
@@ -53,6 +55,7 @@ class TrustVerdict:
 
     manifest: Manifest
     publication: Publication | None
+    record: RegistryRecord | None = None  # its registry record (``manifest.record.json``), when present
 
     def describe(self) -> str:
         if self.publication is None:
@@ -113,7 +116,14 @@ def check_model_dir(model_dir: str | Path, policy: TrustPolicy, verify: Verify) 
             f"pass --trust-publisher {publication.publisher} to use it",
             publication.publisher,
         )
-    return TrustVerdict(manifest, publication)
+    record = read_record(root)
+    if record is not None:  # what this node registers with signaling nodes must be this publication's
+        record.verify(verify)
+        try:
+            record.check_publication(publication)
+        except PublicationError as exc:
+            raise PublicationError(f"{root / RECORD_FILE}: {exc}") from exc
+    return TrustVerdict(manifest, publication, record)
 
 
 def _check_unhashed_files(root: Path, manifest: Manifest, publication: Publication) -> None:

@@ -29,6 +29,8 @@
   without sockets or processes, with switches for the faults the tests inject.
 - ``raw_signaling.py``: ``RawPeer``/``raw_peer``, a hand-driven signaling websocket speaking
   ``docs/signaling.md`` only, for the attacks a correct client never sends.
+- ``registry_records.py``: registry records as docs/manifest.md writes them (``record_body``, ``signed``,
+  ``record``), honest or forged, for the registry's tests.
 - ``openai_errors.py``: ``assert_openai_error``, OpenAI's error shape as the API tests check it.
 - ``holds.py``: the hold protocol spoken raw (``write_hold`` without the honest client's balance check,
   ``open_meta``, ``push_frame``, the golden hold entry).

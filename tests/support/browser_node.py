@@ -45,9 +45,13 @@ def page_config(web_server: WebServer, signal_url: str, model: Path) -> dict[str
     return {
         "node_id": "test",
         "signal": [signal_url],
-        "models": [{"name": load_manifest(model).name, "base": web_server.url_for(MODEL_PREFIX)}],
+        "models": [
+            {"name": load_manifest(model).name, "base": web_server.url_for(MODEL_PREFIX), "signed": False}
+        ],
         "ledger": {"pow_bits": int(os.environ[POW_BITS_ENV])},
         "python_core": web_server.url_for(CORE_PREFIX),
+        # the session's exports are unsigned local ones (AI4ALL_ALLOW_UNSIGNED=1), as a node would say
+        "publishers": {"trusted": [], "allow_unsigned": True},
     }
 
 

@@ -6,6 +6,7 @@
 
 import { WASM_MEMORY_BYTES, WASM_RUNTIME_BYTES } from '../protocol/constants.js';
 import { TransportError, transportConfigFor } from '../transport/peer.js';
+import { PublicationError, fetchVerifiedManifest } from '../runtime/publication.js';
 
 export const MIB = 2 ** 20;
 const SHARD_FILE_RE = /^[^/\\.][^/\\]{0,254}$/; // a plain file name in the model's folder, as manifest.py
@@ -24,10 +25,12 @@ export class NodeError extends Error {
  * @typedef {object} PageConfig
  * @property {string} [node_id]
  * @property {string[]} signal
- * @property {{name: string, base: string}[]} models
+ * @property {{name: string, base: string, signed?: boolean}[]} models
  * @property {{pow_bits: number}} ledger
  * @property {string} python_core
  * @property {{servers: {urls: string[], username?: string, credential?: string}[], loopback_only: boolean}} [ice]
+ * @property {{trusted: string[], allow_unsigned: boolean}} [publishers] the publishers whose signed manifests
+ *   the page uses, and whether it takes unsigned local exports (absent: none, no)
  *   STUN/TURN servers and loopback confinement of the WebRTC links (absent: loopback only, no servers)
  */
 
@@ -38,24 +41,21 @@ export const numLayers = (manifest) => manifest.model.config.num_layers;
 const message = (err) => (err instanceof Error ? err.message : String(err));
 
 /**
- * Fetch and check the manifest of a model of the page configuration.
- * @param {{name: string, base: string}} modelEntry
+ * Fetch the manifest of a model of the page configuration, verify its signed manifest against the page's
+ * trusted publishers (runtime/publication.js: the signature, the pinned bytes, every file's hash and
+ * size; an unsigned export only where the page allows it), and check what the node reads of it.
+ * @param {{name: string, base: string, signed?: boolean}} modelEntry
+ * @param {import('../runtime/publication.js').TrustPolicy} policy
  * @returns {Promise<any>}
  */
-export async function fetchManifest(modelEntry) {
+export async function fetchManifest(modelEntry, policy) {
   const url = new URL('manifest.json', folder(modelEntry.base));
-  let response;
-  try {
-    response = await fetch(url, { cache: 'no-store' });
-  } catch (err) {
-    throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: ${message(err)}`, { cause: err });
-  }
-  if (!response.ok) throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: HTTP ${response.status}`);
   let manifest;
   try {
-    manifest = await response.json();
+    ({ manifest } = await fetchVerifiedManifest(folder(modelEntry.base), policy, modelEntry.signed !== false));
   } catch (err) {
-    throw new NodeError(`the manifest at ${url} is not JSON: ${message(err)}`, { cause: err });
+    if (err instanceof PublicationError) throw new NodeError(`the model ${modelEntry.name} is refused: ${err.message}`, { cause: err });
+    throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: ${message(err)}`, { cause: err });
   }
   if (
     typeof manifest?.model?.name !== 'string' ||

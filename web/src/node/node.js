@@ -31,6 +31,7 @@ import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } f
 import { transportConfigFor } from '../transport/peer.js';
 import { chooseBackend } from '../runtime/onnx.js';
 import { MIB, NodeError, backendBudget, checkConfig, fetchManifest, folder, numLayers } from './config.js';
+import { trustPolicy } from '../runtime/publication.js';
 import { BrowserNodeCore, LEDGER_SIGNAL, WEBRTC_SIGNAL } from './core.js';
 import { checkSpanFits, describeNeed, gib, leastServedChoice, leastServedSpan, spanShards } from './span_choice.js';
 import { SpanServer } from './span_server.js';
@@ -255,7 +256,7 @@ export class BrowserNode {
     });
     core.useLedger(this.ledger);
     await this.#refreshAccount();
-    this.manifest = await fetchManifest(this.modelEntry);
+    this.manifest = await fetchManifest(this.modelEntry, trustPolicy(this.config));
     const signal = await core.connect(this.config.signal, { serves: [] });
     const manifest = this.manifest;
     // The backend bounds the budget (a WASM instance holds at most 4 GiB), so it is known before the span.

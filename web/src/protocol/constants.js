@@ -140,6 +140,14 @@ export const MANIFEST_CONTEXT = "ai4all/manifest/v1";
 export const PUBLICATION_VERSION = 1;
 export const CHUNK_BYTES = 1048576;
 export const MAX_PUBLISHED_FILES = 1024;
+export const MAX_FILE_BYTES = 1099511627776;
+export const MAX_SIGNED_MANIFEST_BYTES = 67108864;
+
+// python_peer.core.registry_record
+export const RECORD_FILE = "manifest.record.json";
+export const RECORD_CONTEXT = "ai4all/record/v1";
+export const RECORD_VERSION = 1;
+export const MAX_RECORD_BYTES = 1024;
 
 // python_peer.core.chunks
 export const SIGNED_TENSOR = "signed";

@@ -20,6 +20,7 @@
 
 import { Tokenizer } from '../../node_modules/@huggingface/tokenizers/dist/tokenizers.min.mjs';
 import { Template } from '../../node_modules/@huggingface/jinja/dist/index.js';
+import { checkPublishedFile } from './publication.js';
 
 /** The tokenizer files cannot be fetched or read. */
 export class TokenizerError extends Error {
@@ -49,11 +50,13 @@ export const MAX_TEMPLATE_BYTES = 1024 * 1024;
 /** @typedef {{role: string, content: string}} ChatMessage */
 
 /**
- * Fetch a text file of the model's folder, bounded.
+ * Fetch a text file of the model's folder, bounded, and checked against the model's publication (its
+ * size and sha256 as the publisher signed them) when there is one.
  * @param {URL} url
  * @param {number} limit
+ * @param {import('./publication.js').Publication | null} [publication]
  */
-async function fetchText(url, limit) {
+async function fetchText(url, limit, publication = null) {
   /** @type {Response} */
   let response;
   try {
@@ -62,9 +65,15 @@ async function fetchText(url, limit) {
     throw new TokenizerError(`cannot download ${url.pathname}: ${err instanceof Error ? err.message : err}`, { cause: err });
   }
   if (!response.ok) throw new TokenizerError(`cannot download ${url.pathname}: HTTP ${response.status}`);
-  const text = await response.text();
-  if (text.length > limit) throw new TokenizerError(`${url.pathname} is larger than ${limit} bytes`);
-  return text;
+  const bytes = new Uint8Array(await response.arrayBuffer());
+  if (bytes.byteLength > limit) throw new TokenizerError(`${url.pathname} is larger than ${limit} bytes`);
+  const name = decodeURIComponent(url.pathname.slice(url.pathname.lastIndexOf('/') + 1));
+  try {
+    await checkPublishedFile(publication, name, bytes);
+  } catch (err) {
+    throw new TokenizerError(err instanceof Error ? err.message : String(err), { cause: err });
+  }
+  return new TextDecoder().decode(bytes);
 }
 
 /**
@@ -130,9 +139,11 @@ export class ModelTokenizer {
    * Fetch the tokenizer files that the manifest of the model at `baseUrl` names.
    * @param {string | URL} baseUrl  the folder of manifest.json
    * @param {{tokenizer?: TokenizerInfo}} manifest
+   * @param {import('./publication.js').Publication | null} [publication] the model's verified publication:
+   *   each file is checked against it (null: an unsigned export the page allows)
    * @returns {Promise<ModelTokenizer>}
    */
-  static async load(baseUrl, manifest) {
+  static async load(baseUrl, manifest, publication = null) {
     const info = manifest.tokenizer;
     if (!info || typeof info !== 'object') throw new TokenizerError('the manifest has no tokenizer section');
     const base = new URL(String(baseUrl), globalThis.location?.href ?? 'http://localhost/');
@@ -140,8 +151,8 @@ export class ModelTokenizer {
     const file = plainName(info.file ?? 'tokenizer.json', 'file');
     const templateFile = info.chat_template_file == null ? null : plainName(info.chat_template_file, 'chat_template_file');
     const [json, template] = await Promise.all([
-      fetchText(new URL(file, base), MAX_TOKENIZER_BYTES),
-      templateFile === null ? Promise.resolve(null) : fetchText(new URL(templateFile, base), MAX_TEMPLATE_BYTES),
+      fetchText(new URL(file, base), MAX_TOKENIZER_BYTES, publication),
+      templateFile === null ? Promise.resolve(null) : fetchText(new URL(templateFile, base), MAX_TEMPLATE_BYTES, publication),
     ]);
     let parsed;
     try {

@@ -24,6 +24,7 @@ import { BrowserNodeCore } from '../node/core.js';
 import { transportConfigFor } from '../transport/peer.js';
 import { samplingParams, stream } from '../client/generate.js';
 import { ModelTokenizer } from '../runtime/tokenizer.js';
+import { fetchVerifiedManifest, trustPolicy } from '../runtime/publication.js';
 import { shardTotalBytes } from '../runtime/download.js';
 import { fetchShardCached, loadOrCreateIdentity, openDatabase } from '../storage/db.js';
 
@@ -267,10 +268,10 @@ class ChatPage {
     const db = this.db;
     try {
       this.showStatus(`Loading ${name}: the tokenizer, the embedding and the output head run in this tab…`);
-      const response = await fetch(new URL('manifest.json', entry.base));
-      if (!response.ok) throw new Error(`cannot download the manifest of ${name}: HTTP ${response.status}`);
-      const manifest = await response.json();
-      const tokenizer = await ModelTokenizer.load(entry.base, manifest);
+      // the publisher's signature, the pinned manifest and every file's hash, trusted as the node's config says
+      const signed = entry.signed !== false; // false: an unsigned export, taken only if the node allows them
+      const { manifest, publication } = await fetchVerifiedManifest(entry.base, trustPolicy(this.config), signed);
+      const tokenizer = await ModelTokenizer.load(entry.base, manifest, publication);
       const ledger = await this.ledger;
       // Signaling binds a peer id to one connection: while the contribute page of this browser serves as
       // this identity, announcing it here would take the node's place. Hold the node's lock instead.
