@@ -23,6 +23,8 @@ from python_peer.core.memory_budget import (
 from python_peer.core.publisher_trust import add_trust_args, trust_policy
 
 if TYPE_CHECKING:
+    from python_peer.core.spans import Span
+
     from .serving import ApiOptions, PeerOptions
 
 
@@ -34,17 +36,30 @@ def register(subparsers: Any) -> None:
             "Connect to signaling nodes, announce a span of MODEL's blocks and serve inference sessions over "
             "WebRTC. Without --span the peer serves the least-served run of the model's block shards that fits "
             "its --memory-budget (weights plus KV room for "
-            f"{PLAN_SESSIONS} sessions of up to {PLAN_CONTEXT} tokens); a --span that does not fit is refused."
+            f"{PLAN_SESSIONS} sessions of up to {PLAN_CONTEXT} tokens); a --span that does not fit is refused. "
+            "Repeat --model to serve a span of several models from one identity, announcement and ledger: "
+            "they share the one --memory-budget (explicit spans first, then each model without one gets the "
+            "least-served run that fits an equal share of what is left, and passes on what it does not use)."
         ),
     )
     add_signal_args(parser)
     add_ice_args(parser)
     add_trust_args(parser)
     parser.add_argument(
-        "--model", required=True, type=Path, help="directory of an exported model (ai4all export)"
+        "--model",
+        required=True,
+        action="append",
+        type=Path,
+        help="directory of an exported model (ai4all export); repeat to serve several models",
     )
     parser.add_argument(
-        "--span", default=None, help="blocks to serve, START-END (a run of the model's block shards)"
+        "--span",
+        action="append",
+        default=None,
+        help=(
+            "blocks to serve, START-END (a run of the model's block shards); with several --model, give "
+            "one --span per --model in the same order, 'auto' for the least-served run that fits"
+        ),
     )
     parser.add_argument(
         "--memory-budget",
@@ -153,10 +168,31 @@ def api_options(args: argparse.Namespace) -> ApiOptions | None:
     return ApiOptions(host=args.api_host, port=args.api_port, config=config)
 
 
-def peer_options(args: argparse.Namespace) -> PeerOptions:
-    """The checked arguments of ``ai4all peer``; ``CommandError`` names the flag that is wrong."""
+def model_spans(args: argparse.Namespace) -> list[tuple[Path, Span | None]]:
+    """Each ``--model`` with its ``--span`` (None: chosen at start), in order: the one place where the
+    values of ``--model`` become model directories."""
+    from python_peer.core.errors import SpanError
     from python_peer.core.spans import Span
 
+    models: list[Path] = list(args.model)
+    texts: list[str] = list(args.span or [])
+    if texts and len(texts) != len(models):
+        raise CommandError(
+            f"{len(texts)} --span for {len(models)} --model: give one --span per --model, in the same "
+            "order ('auto' lets the peer choose), or none"
+        )
+    spans: list[Span | None] = []
+    for text in texts or ["auto"] * len(models):
+        try:
+            spans.append(None if text == "auto" else Span.parse(text))
+        except SpanError as exc:
+            raise CommandError(f"--span {text}: {exc}") from None
+    return list(zip(models, spans, strict=True))
+
+
+def peer_options(args: argparse.Namespace) -> PeerOptions:
+    """The checked arguments of ``ai4all peer``; ``CommandError`` names the flag that is wrong."""
+    from .node import ServedModel
     from .serving import PeerOptions
 
     check_api_args(args)
@@ -166,14 +202,19 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
     budget = memory_budget(args.memory_budget)
     from .model_trust import check_trusted_model
 
-    check_trusted_model(
-        args.model, trust_policy(args)
-    )  # a signed manifest of a trusted publisher, or --allow-unsigned
+    models = model_spans(args)
+    policy = trust_policy(args)
+    for model_dir, _ in models:
+        check_trusted_model(
+            model_dir, policy
+        )  # a signed manifest of a trusted publisher, or --allow-unsigned
+    (model_dir, span), more = models[0], models[1:]
     return PeerOptions(
         signal_urls=tuple(args.signal),
-        model_dir=args.model,
+        model_dir=model_dir,
+        more_models=tuple(ServedModel(d, s) for d, s in more),
         data_dir=args.data_dir,
-        span=Span.parse(args.span) if args.span else None,
+        span=span,
         memory_budget_bytes=budget,
         max_memory_mb=args.max_memory_mb,
         gossip_interval_s=args.gossip_interval,

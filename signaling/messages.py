@@ -25,6 +25,7 @@ from python_peer.core.canonical import (
     URL_RE,
 )
 from python_peer.core.errors import MessageError
+from python_peer.core.model_summary import MAX_MODELS
 
 MAX_LOOKUP_RESULTS = 64
 DEFAULT_LOOKUP_RESULTS = 32
@@ -100,6 +101,14 @@ class Lookup(Message):
         if self.end <= self.start:
             raise ValueError(f"end ({self.end}) must be greater than start ({self.start})")
         return self
+
+
+class Models(Message):
+    """Which models do the peers known here serve, and which blocks of each? (``core/model_summary.py``)"""
+
+    type: Literal["models"]
+    id: RequestId = None
+    limit: Annotated[int, Field(ge=1, le=MAX_MODELS)] = MAX_MODELS
 
 
 class SignalFields(Message):
@@ -207,11 +216,11 @@ class Relay(SignalFields):
     ttl: Annotated[int, Field(ge=0, le=MAX_RELAY_TTL)]
 
 
-PeerMessage = Annotated[Announce | Lookup | Signal | Bye | Federate, Field(discriminator="type")]
+PeerMessage = Annotated[Announce | Lookup | Models | Signal | Bye | Federate, Field(discriminator="type")]
 SiblingMessage = Annotated[Gossip | Gone | Relay, Field(discriminator="type")]
-PEER_TYPES = ("announce", "lookup", "signal", "bye", "federate")
+PEER_TYPES = ("announce", "lookup", "models", "signal", "bye", "federate")
 SIBLING_TYPES = ("gossip", "gone", "relay")
-_PEER_ADAPTER: TypeAdapter[Announce | Lookup | Signal | Bye | Federate] = TypeAdapter(PeerMessage)
+_PEER_ADAPTER: TypeAdapter[Announce | Lookup | Models | Signal | Bye | Federate] = TypeAdapter(PeerMessage)
 _SIBLING_ADAPTER: TypeAdapter[Gossip | Gone | Relay] = TypeAdapter(SiblingMessage)
 
 
@@ -262,6 +271,16 @@ class Peers(Message):
     type: Literal["peers"] = "peers"
     id: int | None
     peers: list[SignedAnnouncement]
+    truncated: bool = False
+
+
+class ModelList(Message):
+    """Answer to ``models``: each model's distinct peers and announced spans, most peers first, bounded
+    (``MAX_MODELS`` models of ``MAX_MODEL_SPANS`` spans); ``truncated`` when models were left out."""
+
+    type: Literal["model_list"] = "model_list"
+    id: int | None
+    models: list[JsonObject]
     truncated: bool = False
 
 
@@ -339,9 +358,11 @@ def _validate(adapter: TypeAdapter[Any], data: dict[str, Any], types: tuple[str,
         raise MessageError(f"{kind}: message nested too deeply") from exc
 
 
-def parse_peer_message(data: dict[str, Any]) -> Announce | Lookup | Signal | Bye | Federate:
+def parse_peer_message(data: dict[str, Any]) -> Announce | Lookup | Models | Signal | Bye | Federate:
     """Validate a decoded message from a peer (or from a sibling before it sent ``federate``)."""
-    result: Announce | Lookup | Signal | Bye | Federate = _validate(_PEER_ADAPTER, data, PEER_TYPES, "peer")
+    result: Announce | Lookup | Models | Signal | Bye | Federate = _validate(
+        _PEER_ADAPTER, data, PEER_TYPES, "peer"
+    )
     return result
 
 

@@ -30,6 +30,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
+from python_peer.core.model_summary import summarize
 from python_peer.identity import Identity, verify, verify_body
 
 from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
@@ -52,6 +53,8 @@ from .messages import (
     Hello,
     Limits,
     Lookup,
+    ModelList,
+    Models,
     Peers,
     Relay,
     Signal,
@@ -284,11 +287,15 @@ class SignalingNode:
 
     # --- peer messages --------------------------------------------------------------------------------
 
-    def _on_peer_message(self, conn: Connection, msg: Announce | Lookup | Signal | Bye | Federate) -> None:
+    def _on_peer_message(
+        self, conn: Connection, msg: Announce | Lookup | Models | Signal | Bye | Federate
+    ) -> None:
         if isinstance(msg, Announce):
             self._on_announce(conn, msg)
         elif isinstance(msg, Lookup):
             self._on_lookup(conn, msg)
+        elif isinstance(msg, Models):
+            self._on_models(conn, msg)
         elif isinstance(msg, Signal):
             self._on_signal(conn, msg)
         elif isinstance(msg, Bye):
@@ -339,6 +346,12 @@ class SignalingNode:
                 break
             found.append(item)
         conn.send(Peers(id=msg.id, peers=found, truncated=truncated))
+
+    def _on_models(self, conn: Connection, msg: Models) -> None:
+        now = now_ms()
+        live = (e.announcement for e in self.directory if e.announcement.expires_ms > now)
+        summaries, truncated = summarize(live, msg.limit)
+        conn.send(ModelList(id=msg.id, models=[s.to_dict() for s in summaries], truncated=truncated))
 
     def _on_signal(self, conn: Connection, msg: Signal) -> None:
         if conn.peer_id is None:
