@@ -21,9 +21,10 @@
 - ``batching.py``       decode steps of a span's sessions gathered into one batched onnxruntime call;
                         a client's heads likewise.
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
+- ``model_router.py``   a peer serving several models: each session to its model's span gate.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory
-                        budget), and the check that a given span fits.
+                        budget), one budget shared by several models, and the check that a span fits.
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
 - ``spot_check.py``     verifying answers: signatures checked on every hop, spot checks replayed to other
                         peers, disagreements settled by a third, evidence written (docs/trust.md).

@@ -50,7 +50,7 @@ from python_peer.core.errors import (
     SignalingError,
     SignatureError,
 )
-from python_peer.core.model_summary import MAX_MODELS, ModelSummary
+from python_peer.core.model_summary import MAX_MODELS, ModelSummary, parse_model_list
 from python_peer.identity import Identity, verify, verify_body
 
 __all__ = ["IncomingSignal", "SignalClient", "SignalClientConfig", "SignalClientState"]
@@ -316,19 +316,9 @@ class SignalClient:
         return found
 
     async def models(self, *, limit: int = MAX_MODELS) -> tuple[list[ModelSummary], bool]:
-        """The models peers known to the connected node serve, most peers first (``core/model_summary.py``),
-        and whether the node left some out; malformed items are dropped with a warning."""
-        reply = await self._call({"type": "models", "limit": limit})
-        items = reply.get("models")
-        if not isinstance(items, list):
-            raise MessageError(f"model_list reply without a models list from {self.url}")
-        found: list[ModelSummary] = []
-        for item in items[:limit]:
-            try:
-                found.append(ModelSummary.from_dict(item))
-            except MessageError as exc:
-                log.warning("dropping a model from a models reply: %s", exc)
-        return found, reply.get("truncated") is True or len(items) > limit
+        """The models peers known to the connected node serve, most peers first, and whether the node left
+        some out (``core/model_summary.py``)."""
+        return parse_model_list(await self._call({"type": "models", "limit": limit}), limit)
 
     async def send_signal(self, peer_id: str, payload: dict[str, Any]) -> None:
         """Send SDP or ICE to ``peer_id``; ``RemoteSignalingError`` (``unknown_peer``) if no node knows it."""

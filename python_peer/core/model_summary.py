@@ -12,6 +12,7 @@ docs/signaling.md, ``models`` and ``model_list``.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from typing import Any
 
 from .canonical import MAX_LAYER, MODEL_RE, Announcement
 from .errors import MessageError
+
+log = logging.getLogger(__name__)
 
 MAX_MODELS = 64  # models in one ``model_list`` reply
 MAX_MODEL_SPANS = 32  # distinct spans listed per model
@@ -70,6 +73,21 @@ class ModelSummary:
         return cls(model, peers, tuple(parsed))
 
 
+def parse_model_list(reply: dict[str, Any], limit: int) -> tuple[list[ModelSummary], bool]:
+    """The summaries of a ``model_list`` reply, at most ``limit``, and whether models were left out;
+    a malformed item is dropped with a warning, a reply without a list is a ``MessageError``."""
+    items = reply.get("models")
+    if not isinstance(items, list):
+        raise MessageError("a model_list reply without a models list")
+    found: list[ModelSummary] = []
+    for item in items[:limit]:
+        try:
+            found.append(ModelSummary.from_dict(item))
+        except MessageError as exc:
+            log.warning("dropping a model from a model_list reply: %s", exc)
+    return found, reply.get("truncated") is True or len(items) > limit
+
+
 def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**31
 
@@ -96,4 +114,4 @@ def summarize(
     return summaries, len(ranked) > limit
 
 
-__all__ = ["MAX_MODELS", "MAX_MODEL_SPANS", "ModelSummary", "SpanCount", "summarize"]
+__all__ = ["MAX_MODELS", "MAX_MODEL_SPANS", "ModelSummary", "SpanCount", "parse_model_list", "summarize"]
