@@ -12,6 +12,7 @@ nobody holds files of, never make ``/v1/models`` unbounded nor list a model as c
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -131,6 +132,14 @@ def test_one_peer_announces_a_span_of_each_of_its_models(mesh: TwoModels) -> Non
     entries = {e["peer_id"]: e for e in mesh.node.directory()["entries"]}
     served = {(s["model"], s["start"], s["end"]) for s in entries[mesh.peers[0].peer_id]["serves"]}
     assert served == {(llama, 0, 1), (qwen, 0, 2)}
+    # ai4all status says so too
+    result = run_cli(["status", "--data-dir", str(mesh.peers[0].data_dir), "--json"], timeout=60)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert (status["model"], status["span"]) == (llama, "0-1")
+    assert [(m["model"], m["span"]) for m in status["more_models"]] == [(qwen, "0-2")]
+    text = run_cli(["status", "--data-dir", str(mesh.peers[0].data_dir)], timeout=60)
+    assert f"{qwen} blocks 0-2" in text.stdout, text.stdout
 
 
 def test_models_lists_both_with_their_coverage(mesh: TwoModels) -> None:
