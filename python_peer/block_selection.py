@@ -76,6 +76,8 @@ def shared_spans(
             try:
                 needs[index] = checked_span(manifest, span, left)
             except PeerError as exc:
+                if len(models) == 1:
+                    raise
                 raise PeerError(f"{manifest.name}: {exc} (after the other models' spans)") from None
             left -= needs[index].total
     chosen = [i for i, (_, span, _) in enumerate(models) if span is None]
