@@ -177,7 +177,7 @@ def export_second(model_dir: Path) -> None:
     nothing if ``model_dir`` holds it already."""
     if (model_dir / "manifest.json").is_file():
         return
-    print(f"exporting {SECOND_MODEL_NAME} to {model_dir} (first run, about a minute)", file=sys.stderr)
+    print(f"exporting {SECOND_MODEL_NAME} to {model_dir} (first run, a few minutes)", file=sys.stderr)
     import dataclasses
 
     from exporter import pipeline, source
