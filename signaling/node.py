@@ -30,7 +30,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
-from python_peer.core.model_summary import summarize
+from python_peer.core.model_summary import MAX_MODELS, ModelSummary, summarize
 from python_peer.identity import Identity, verify, verify_body
 
 from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
@@ -68,6 +68,8 @@ from .messages import (
 from .ratelimit import KeyedBuckets, TokenBucket
 
 log = logging.getLogger(__name__)
+
+MODELS_CACHE_MS = 1000  # a ``models`` answer is at most this old: the summary walks the whole directory
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ class SignalingNode:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._dumps: dict[str, asyncio.Task[None]] = {}
+        self._models: tuple[int, list[ModelSummary], bool] | None = None  # (when, summaries, truncated)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
@@ -348,10 +351,14 @@ class SignalingNode:
         conn.send(Peers(id=msg.id, peers=found, truncated=truncated))
 
     def _on_models(self, conn: Connection, msg: Models) -> None:
+        # The summary walks the whole directory: computed at most once per MODELS_CACHE_MS for everyone.
         now = now_ms()
-        live = (e.announcement for e in self.directory if e.announcement.expires_ms > now)
-        summaries, truncated = summarize(live, msg.limit)
-        conn.send(ModelList(id=msg.id, models=[s.to_dict() for s in summaries], truncated=truncated))
+        if self._models is None or now - self._models[0] >= MODELS_CACHE_MS:
+            live = (e.announcement for e in self.directory if e.announcement.expires_ms > now)
+            self._models = (now, *summarize(live, MAX_MODELS))
+        _, summaries, truncated = self._models
+        items = [s.to_dict() for s in summaries[: msg.limit]]
+        conn.send(ModelList(id=msg.id, models=items, truncated=truncated or len(summaries) > msg.limit))
 
     def _on_signal(self, conn: Connection, msg: Signal) -> None:
         if conn.peer_id is None:
