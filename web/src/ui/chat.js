@@ -1,8 +1,9 @@
 // @ts-check
 /**
  * The chat page: a model picker from `/v1/models` (every model the mesh covers; those this node cannot
- * chat with, lacking their files or a peer for some block, are listed but disabled), replies streamed from `/v1/chat/completions` and
- * shown token by token, and a privacy indicator that says what this reply sent beyond this node.
+ * chat with, lacking their files or a peer for some block, are listed but disabled), replies streamed
+ * from `/v1/chat/completions` and shown token by token, and a privacy indicator that says what this
+ * reply sent beyond this node.
  */
 
 import { ApiError, getJson, streamChat } from "./api.js";
@@ -45,7 +46,10 @@ async function loadModels() {
     modelSelect.replaceChildren(
       ...ids.map((id) => html("option", { value: id }, id)),
       ...others.map((m) => {
-        const why = m.coverage.blocks === null ? "no files on this node" : `${m.coverage.covered_blocks} of ${m.coverage.blocks} blocks served`;
+        const why =
+          m.coverage.blocks === null
+            ? "no files on this node"
+            : `${m.coverage.covered_blocks} of ${m.coverage.blocks} blocks served`;
         const option = html("option", { value: m.id }, `${m.id} (${why})`);
         option.disabled = true;
         return option;
