@@ -25,9 +25,10 @@
 - ``span_gate.py``      the peer's links -> its span servers: pause, swap to a new span without cutting sessions.
 - ``relay.py``          push routing, serving side: a step's output pushed on to the route's next peer over a
                         kept link, the client answered on its own link (``PushRelay``, a ``hop.LinkHandler``).
+- ``model_router.py``   a peer serving several models: each session to its model's span gate.
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory
-                        budget), and the check that a given span fits.
+                        budget), one budget shared by several models, and the check that a span fits.
 - ``mesh_client.py``    generation through the mesh, with fail-over and replay.
 - ``push_client.py``    push routing, client side: one step pushed peer to peer along a run of hops, every
                         hop's signed answer awaited on its own link, push trouble resent directly.

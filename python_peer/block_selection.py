@@ -58,3 +58,32 @@ def checked_span(manifest: Manifest, span: Span, budget_bytes: int) -> SpanNeed:
     except SpanError as exc:
         raise PeerError(str(exc)) from None
     return need
+
+
+def shared_spans(
+    models: list[tuple[Manifest, Span | None, list[Announcement]]], budget_bytes: int
+) -> list[SpanNeed]:
+    """The span of each model a peer serves within one memory budget, in the order given.
+
+    Explicit spans are taken first (``checked_span`` against what is left); each model without one then
+    gets the least-served run that fits an equal share of what remains (the remainder divided by the
+    models still to place), and what it does not use passes on to the next. ``PeerError`` names the
+    model that does not fit."""
+    needs: dict[int, SpanNeed] = {}
+    left = budget_bytes
+    for index, (manifest, span, _) in enumerate(models):
+        if span is not None:
+            try:
+                needs[index] = checked_span(manifest, span, left)
+            except PeerError as exc:
+                if len(models) == 1:
+                    raise
+                raise PeerError(f"{manifest.name}: {exc} (after the other models' spans)") from None
+            left -= needs[index].total
+    chosen = [i for i, (_, span, _) in enumerate(models) if span is None]
+    for place, index in enumerate(chosen):
+        manifest, _, announcements = models[index]
+        share = left // (len(chosen) - place)
+        needs[index] = least_served_choice(manifest, announcements, share)
+        left -= needs[index].total
+    return [needs[i] for i in range(len(models))]

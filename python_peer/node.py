@@ -25,7 +25,7 @@ from python_peer.core.registry_record import read_record
 from python_peer.core.spans import Span
 
 from .benchmark import announced_throughput
-from .block_selection import checked_span, least_served_choice
+from .block_selection import checked_span, shared_spans
 from .errors import PeerError
 from .heap import trim_rounds
 from .hop import FrameHandler
@@ -33,6 +33,7 @@ from .identity import Identity, verify
 from .ledger_service import LedgerService
 from .link_ledger import LEDGER_SIGNAL, SignalingExchange
 from .mesh_client import ClientConfig, MeshClient
+from .model_router import ModelRouter
 from .relay import PushRelay
 from .rpc import serve_link
 from .seeding import SeedConfig, Seeder, SeedingHandler
@@ -187,12 +188,33 @@ class MeshNode:
 
 
 @dataclass(frozen=True)
+class ServedModel:
+    """A further model a peer serves a span of (``PeerConfig.more_models``); span None: the least-served
+    run that fits its share of the budget (``block_selection.shared_spans``)."""
+
+    model_dir: Path
+    span: Span | None = None
+
+
+@dataclass(frozen=True)
+class MoreModel:
+    """A further model being served: its manifest, its files, its span gate and the budget it was given."""
+
+    manifest: Manifest
+    model_dir: Path
+    gate: SpanGate
+    budget_bytes: int
+
+
+@dataclass(frozen=True)
 class PeerConfig:
     """A serving peer: the node's settings plus what it serves."""
 
     node: NodeConfig
     model_dir: Path
     span: Span | None = None  # None: the least-served run of shards that fits memory_budget_bytes
+    # further models served from the same identity, announcement and ledger, within memory_budget_bytes
+    more_models: tuple[ServedModel, ...] = ()
     # server.memory_budget_bytes caps the KV caches; they get at most what the budget leaves after the weights
     server: ServerConfig = field(default_factory=ServerConfig)
     memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py), for choosing a span
@@ -201,60 +223,116 @@ class PeerConfig:
 
 
 class Peer:
-    """A native peer serving one span of one model to clients over WebRTC.
+    """A native peer serving a span of one model (its primary), and of any further models, over WebRTC.
 
-    It owns its serving side from construction: a ``SpanGate`` over the current ``SpanServer``, which
-    answers every link of the node. Pausing and moving to another span go through the peer's methods.
+    It owns its serving side from construction: a ``SpanGate`` per model over its ``SpanServer``, behind
+    a ``ModelRouter`` that answers every link of the node. Pausing covers every model; moving to another
+    span (the control API) concerns the primary model.
     """
 
-    def __init__(self, config: PeerConfig, manifest: Manifest, node: MeshNode, gate: SpanGate) -> None:
+    def __init__(
+        self,
+        config: PeerConfig,
+        manifest: Manifest,
+        node: MeshNode,
+        gate: SpanGate,
+        more: tuple[MoreModel, ...] = (),
+    ) -> None:
         self.config = config
         self.manifest = manifest
         self.node = node
         self.gate = gate
+        self.more = {m.manifest.name: m for m in more}
         self.started = time.time()
         self.changing = asyncio.Lock()  # held while a settings change (a span loading) is under way
         self.throughput = 0.0  # block-tokens/s announced, from a saved benchmark or measured at start
         self.throughput_source = ""
         self.seeder = Seeder(config.seed)  # seeds model_dir's verified files (docs/chunks.md)
+        # what the primary model's spans may take: the budget less the further models' shares
+        self.primary_budget = config.memory_budget_bytes - sum(m.budget_bytes for m in more)
+        self.router = ModelRouter({manifest.name: gate, **{m.manifest.name: m.gate for m in more}})
         # Every link is answered through the relay, which pushes outputs along routes (relay.py); CHUNK
-        # frames go on to the seeder, the rest to the gate.
-        self.seeding = SeedingHandler(self.seeder, gate)
+        # frames go on to the seeder, the rest to the router, which hands each session to its model's gate.
+        self.seeding = SeedingHandler(self.seeder, self.router)
         self.relay = PushRelay(self.seeding, node.peer_id, node.links)
         node.serve(self.relay)
+
+    @property
+    def gates(self) -> dict[str, SpanGate]:
+        """The gate of every model this peer serves, by model name, the primary first."""
+        return self.router.gates
+
+    def served_spans(self) -> tuple[ServedSpan, ...]:
+        """What this peer announces while serving: a span of each of its models."""
+        return tuple(
+            ServedSpan(name, gate.server.span.start, gate.server.span.end)
+            for name, gate in self.gates.items()
+        )
+
+    @property
+    def kv_free_tokens(self) -> int:
+        """The KV room announced: the least any of its servers has, so no model is over-promised."""
+        return min(gate.server.kv_free_tokens for gate in self.gates.values())
 
     @classmethod
     async def create(cls, config: PeerConfig) -> Peer:
         manifest = load_manifest(config.model_dir)
-        span = config.span
-        # an explicit span over the budget is refused before anything connects
-        need = checked_span(manifest, span, config.memory_budget_bytes) if span is not None else None
+        dirs = [config.model_dir, *(m.model_dir for m in config.more_models)]
+        manifests = [manifest, *(load_manifest(m.model_dir) for m in config.more_models)]
+        spans = [config.span, *(m.span for m in config.more_models)]
+        names = [m.name for m in manifests]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise PeerError(f"two --model directories hold the same model {twice[0]!r}: give each once")
+        if all(span is not None for span in spans):
+            # explicit spans over the budget are refused before anything connects
+            shared_spans(
+                [(m, s, []) for m, s in zip(manifests, spans, strict=True)], config.memory_budget_bytes
+            )
         node = await MeshNode.create(config.node, gossip_model=(manifest.name, manifest.num_layers))
         try:
-            if span is None or need is None:
-                announcements = await node.signal.lookup(manifest.name, 0, manifest.num_layers, limit=64)
-                need = least_served_choice(manifest, announcements, config.memory_budget_bytes)
-                span = need.span
-                log.info("serving the least-served span that fits: %s", need.describe())
-            server_config = replace(
-                config.server,
-                memory_budget_bytes=min(
-                    config.server.memory_budget_bytes, config.memory_budget_bytes - need.weights
-                ),
-            )
-            server = await asyncio.to_thread(
-                SpanServer, config.model_dir, manifest, span, server_config, node.ledger
-            )
+            choices = []
+            for each, span in zip(manifests, spans, strict=True):
+                found = (
+                    []
+                    if span is not None
+                    else await node.signal.lookup(each.name, 0, each.num_layers, limit=64)
+                )
+                choices.append((each, span, found))
+            needs = shared_spans(choices, config.memory_budget_bytes)
+            for each, span, need in zip(manifests, spans, needs, strict=True):
+                if span is None:
+                    log.info("serving the least-served span of %s that fits: %s", each.name, need.describe())
+            # the primary's KV room is what the further models leave; each further model gets its own need
+            room = [config.memory_budget_bytes - sum(n.total for n in needs[1:]) - needs[0].weights]
+            room += [n.kv for n in needs[1:]]
+            servers = []
+            for each, model_dir, need, kv in zip(manifests, dirs, needs, room, strict=True):
+                server_config = replace(
+                    config.server, memory_budget_bytes=min(config.server.memory_budget_bytes, kv)
+                )
+                servers.append(
+                    await asyncio.to_thread(
+                        SpanServer, model_dir, each, need.span, server_config, node.ledger
+                    )
+                )
+            server = servers[0]
             throughput, source = await asyncio.to_thread(
                 announced_throughput, config.node.data_dir, manifest, server
             )
-            peer = cls(config, manifest, node, SpanGate(server, node.peer_id))
+            more = tuple(
+                MoreModel(each, model_dir, SpanGate(other, node.peer_id), need.total)
+                for each, model_dir, other, need in zip(
+                    manifests[1:], dirs[1:], servers[1:], needs[1:], strict=True
+                )
+            )
+            peer = cls(config, manifest, node, SpanGate(server, node.peer_id), more)
             peer.throughput, peer.throughput_source = throughput, source
             record = read_record(config.model_dir)  # checked with the signed manifest (model_trust.py)
             await node.signal.update(
-                serves=(ServedSpan(manifest.name, span.start, span.end),),
+                serves=peer.served_spans(),
                 throughput_milli=int(throughput * 1000),
-                kv_free_tokens=server.kv_free_tokens,
+                kv_free_tokens=peer.kv_free_tokens,
                 records=(record,) if record is not None else (),
             )
         except BaseException:
@@ -265,10 +343,9 @@ class Peer:
         if config.node.data_dir is not None:
             node.spawn(serve_status(peer, config.node.data_dir), "status-socket")
         log.info(
-            "peer %s serves %s blocks %s at %.0f block-tokens/s",
+            "peer %s serves %s at %.0f block-tokens/s",
             node.peer_id[:16],
-            manifest.name,
-            span,
+            ", ".join(f"{s.model} blocks {s.start}-{s.end}" for s in peer.served_spans()),
             throughput,
         )
         return peer
@@ -287,8 +364,10 @@ class Peer:
         return self.gate.state is ServingState.SERVING
 
     def set_serving(self, serving: bool) -> bool:
-        """Take new sessions, or pause: finish the open ones, refuse new ones; True if it changed.
-        ``announce`` tells signaling."""
+        """Take new sessions, or pause: finish the open ones, refuse new ones, on every model; True if it
+        changed. ``announce`` tells signaling."""
+        for more in self.more.values():
+            more.gate.set_serving(serving)
         return self.gate.set_serving(serving)
 
     def set_memory_budget(self, budget_bytes: int) -> None:
@@ -302,8 +381,8 @@ class Peer:
         serves nothing until ``move_to``. A span over the memory budget is refused (``PeerError``);
         loading fails with whatever onnxruntime or the disk raise."""
         old = self.server
-        need = checked_span(self.manifest, span, self.config.memory_budget_bytes)
-        kv = min(self.config.server.memory_budget_bytes, self.config.memory_budget_bytes - need.weights)
+        need = checked_span(self.manifest, span, self.primary_budget)
+        kv = min(self.config.server.memory_budget_bytes, self.primary_budget - need.weights)
         new = await asyncio.to_thread(
             SpanServer,
             self.config.model_dir,
@@ -327,26 +406,27 @@ class Peer:
 
     async def announce(self) -> None:
         """Tell signaling what this peer serves now: its span while serving, nothing while paused."""
-        server = self.server
-        serves = (ServedSpan(self.manifest.name, server.span.start, server.span.end),) if self.serving else ()
-        await self.node.signal.update(serves=serves, kv_free_tokens=server.kv_free_tokens)
+        serves = self.served_spans() if self.serving else ()
+        await self.node.signal.update(serves=serves, kv_free_tokens=self.kv_free_tokens)
 
     async def _housekeeping(self) -> None:
-        announced = self.server.kv_free_tokens
+        announced = self.kv_free_tokens
         while True:
             await asyncio.sleep(self.config.status_interval_s)
-            self.server.evict_idle()
-            free = self.server.kv_free_tokens
+            for gate in self.gates.values():
+                gate.server.evict_idle()
+            free = self.kv_free_tokens
             if free != announced:
                 await self.node.signal.update(kv_free_tokens=free)
                 announced = free
 
     async def _seed(self) -> None:
-        """Hash the model directory's files in a thread and seed those that are the signed ones."""
-        try:
-            await self.seeder.add_dir(self.config.model_dir, verify)
-        except AI4AllError as exc:
-            log.warning("seeding nothing of %s: %s", self.config.model_dir, exc)
+        """Hash each model directory's files in a thread and seed those that are the signed ones."""
+        for model_dir in (self.config.model_dir, *(m.model_dir for m in self.more.values())):
+            try:
+                await self.seeder.add_dir(model_dir, verify)
+            except AI4AllError as exc:
+                log.warning("seeding nothing of %s: %s", model_dir, exc)
 
     async def aclose(self) -> None:
         await self.relay.aclose()

@@ -23,6 +23,8 @@ from python_peer.core.memory_budget import (
 from python_peer.core.publisher_trust import add_trust_args, trust_policy
 
 if TYPE_CHECKING:
+    from python_peer.core.spans import Span
+
     from .serving import ApiOptions, PeerOptions
 
 
@@ -34,7 +36,10 @@ def register(subparsers: Any) -> None:
             "Connect to signaling nodes, announce a span of MODEL's blocks and serve inference sessions over "
             "WebRTC. Without --span the peer serves the least-served run of the model's block shards that fits "
             "its --memory-budget (weights plus KV room for "
-            f"{PLAN_SESSIONS} sessions of up to {PLAN_CONTEXT} tokens); a --span that does not fit is refused."
+            f"{PLAN_SESSIONS} sessions of up to {PLAN_CONTEXT} tokens); a --span that does not fit is refused. "
+            "Repeat --model to serve a span of several models from one identity, announcement and ledger: "
+            "they share the one --memory-budget (explicit spans first, then each model without one gets the "
+            "least-served run that fits an equal share of what is left, and passes on what it does not use)."
         ),
     )
     add_signal_args(parser)
@@ -43,8 +48,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--model",
         required=True,
+        action="append",
         type=Path,
-        help="directory of an exported model (ai4all export), or a model NAME to fetch from its seeders",
+        help=(
+            "directory of an exported model (ai4all export), repeat to serve several models; or one model "
+            "NAME to fetch from its seeders"
+        ),
     )
     parser.add_argument(
         "--upload-rate",
@@ -53,7 +62,13 @@ def register(subparsers: Any) -> None:
         help="bytes a second this peer seeds model files at, e.g. 8MiB (default 32MiB; docs/chunks.md)",
     )
     parser.add_argument(
-        "--span", default=None, help="blocks to serve, START-END (a run of the model's block shards)"
+        "--span",
+        action="append",
+        default=None,
+        help=(
+            "blocks to serve, START-END (a run of the model's block shards); with several --model, give "
+            "one --span per --model in the same order, 'auto' for the least-served run that fits"
+        ),
     )
     parser.add_argument(
         "--memory-budget",
@@ -176,10 +191,31 @@ def api_options(args: argparse.Namespace) -> ApiOptions | None:
     return ApiOptions(host=args.api_host, port=args.api_port, config=config)
 
 
-def peer_options(args: argparse.Namespace) -> PeerOptions:
-    """The checked arguments of ``ai4all peer``; ``CommandError`` names the flag that is wrong."""
+def model_spans(args: argparse.Namespace) -> list[tuple[Path, Span | None]]:
+    """Each ``--model`` with its ``--span`` (None: chosen at start), in order: the one place where the
+    values of ``--model`` become model directories."""
+    from python_peer.core.errors import SpanError
     from python_peer.core.spans import Span
 
+    models: list[Path] = list(args.model)
+    texts: list[str] = list(args.span or [])
+    if texts and len(texts) != len(models):
+        raise CommandError(
+            f"{len(texts)} --span for {len(models)} --model: give one --span per --model, in the same "
+            "order ('auto' lets the peer choose), or none"
+        )
+    spans: list[Span | None] = []
+    for text in texts or ["auto"] * len(models):
+        try:
+            spans.append(None if text == "auto" else Span.parse(text))
+        except SpanError as exc:
+            raise CommandError(f"--span {text}: {exc}") from None
+    return list(zip(models, spans, strict=True))
+
+
+def peer_options(args: argparse.Namespace) -> PeerOptions:
+    """The checked arguments of ``ai4all peer``; ``CommandError`` names the flag that is wrong."""
+    from .node import ServedModel
     from .serving import PeerOptions
 
     check_api_args(args)
@@ -191,24 +227,33 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
     from .model_trust import check_trusted_model
     from .seeding import SeedConfig
 
-    by_name = is_model_name(args.model)  # a model NAME: fetched from its seeders (model_fetch.py)
-    if not by_name:
+    models = model_spans(args)
+    policy = trust_policy(args)
+    names = [str(d) for d, _ in models if is_model_name(d)]  # NAMEs: fetched from seeders (model_fetch.py)
+    if names and len(models) > 1:
+        raise CommandError(
+            f"--model {names[0]} is a model name: a peer fetches one model by name and serves it alone; "
+            "give directories to serve several models"
+        )
+    for model_dir, _ in [] if names else models:
         check_trusted_model(
-            args.model, trust_policy(args)
+            model_dir, policy
         )  # a signed manifest of a trusted publisher, or --allow-unsigned
+    (model_dir, span), more = models[0], models[1:]
     return PeerOptions(
         signal_urls=tuple(args.signal),
-        model_dir=args.model,
+        model_dir=model_dir,
+        more_models=tuple(ServedModel(d, s) for d, s in more),
         data_dir=args.data_dir,
-        span=Span.parse(args.span) if args.span else None,
+        span=span,
         memory_budget_bytes=budget,
         max_memory_mb=args.max_memory_mb,
         gossip_interval_s=args.gossip_interval,
         idle_timeout_s=args.idle_timeout,
         ice=ice,
         api=api_options(args),
-        model_name=str(args.model) if by_name else None,
-        trust=trust_policy(args),
+        model_name=names[0] if names else None,
+        trust=policy,
         seed=SeedConfig(upload_bytes_per_s=upload_rate(args.upload_rate)),
     )
 

@@ -3,7 +3,8 @@ signaling nodes, and the records and model names a node knows, each record check
 
 A serving peer registers the publisher-signed record (``core/registry_record.py``) of each model it
 serves after each announcement (``SignalClient`` calls ``register_records``). ``manifests`` and
-``model_names`` ask a node what its registry holds; every record is verified against its publisher's
+``model_names`` ask a node what its registry holds, ``mesh_models`` which models its peers serve
+(the ``models`` summary, ``core/model_summary.py``); every record is verified against its publisher's
 key, so a lying node can hide records but not forge or alter one. Whether a publisher is trusted is
 the caller's choice, never the node's (``ListedRecord.node_trusts`` is shown, not used).
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from python_peer.core.errors import MessageError, PublicationError, RemoteSignalingError
+from python_peer.core.model_summary import MAX_MODELS, ModelSummary, parse_model_list
 from python_peer.core.registry_record import RegistryRecord
 from python_peer.identity import verify
 
@@ -80,3 +82,9 @@ async def model_names(signal: SignalClient) -> list[str]:
     if reply.get("type") != "registry" or not isinstance(items, list):
         raise MessageError(f"manifests reply without a models list from {signal.url}")
     return sorted({i["model"] for i in items if isinstance(i, dict) and isinstance(i.get("model"), str)})
+
+
+async def mesh_models(signal: SignalClient, *, limit: int = MAX_MODELS) -> tuple[list[ModelSummary], bool]:
+    """The models peers known to the connected node serve, most peers first, and whether the node left
+    some out."""
+    return parse_model_list(await signal.call({"type": "models", "limit": limit}), limit)

@@ -57,10 +57,9 @@ PUSH_CONNECT_TIMEOUT_S = 10.0  # a next peer not reached this long: the push fai
 class SpanHandler(FrameHandler, Protocol):
     """The handler a relay wraps: it also says which span a client's session is open for."""
 
-    @property
-    def num_layers(self) -> int: ...
-
-    def span_of(self, client: str, session: bytes) -> Span | None: ...
+    def session_span(self, client: str, session: bytes) -> tuple[Span, int] | None:
+        """The span of ``client``'s open session and its model's number of layers, or None."""
+        ...
 
 
 class PushRelay:
@@ -141,13 +140,14 @@ class PushRelay:
 
     async def _run(self, client: str, pusher: str | None, frame: Frame) -> Frame:
         """Run a FORWARD in ``client``'s session, push its output along the route it carries; the answer."""
-        span = self.handler.span_of(client, frame.session)
+        opened = self.handler.session_span(client, frame.session)
         route: list[PushTarget] = []
-        if span is not None and PUSH_KEY in frame.meta:
+        if opened is not None and PUSH_KEY in frame.meta:
+            span, num_layers = opened
             excluded = {self.peer_id, client} | ({pusher} if pusher is not None else set())
             try:
                 route = parse_route(
-                    frame.meta[PUSH_KEY], end=span.end, num_layers=self.handler.num_layers, excluded=excluded
+                    frame.meta[PUSH_KEY], end=span.end, num_layers=num_layers, excluded=excluded
                 )
             except WireError as exc:
                 return self._refused(

@@ -280,12 +280,8 @@ class SeedingHandler:
 
     # What a push relay asks of the handler it wraps (relay.SpanHandler): the inner one's answers.
 
-    @property
-    def num_layers(self) -> int:
-        return self.inner.num_layers if self.inner is not None else 0
-
-    def span_of(self, client: str, session: bytes) -> Span | None:
-        return self.inner.span_of(client, session) if self.inner is not None else None
+    def session_span(self, client: str, session: bytes) -> tuple[Span, int] | None:
+        return self.inner.session_span(client, session) if self.inner is not None else None
 
 
 __all__ = ["SeedConfig", "SeededModel", "Seeder", "SeedingHandler", "verified_model"]

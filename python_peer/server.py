@@ -218,9 +218,9 @@ class SpanServer:
                 frame.session, frame.step, ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}"
             )
 
-    def span_of(self, client: str, session: bytes) -> Span | None:
-        """The span of ``client``'s open session ``session`` here, or None."""
-        return self.span if self._key(client, session) in self.sessions else None
+    def session_span(self, client: str, session: bytes) -> tuple[Span, int] | None:
+        """The span of ``client``'s open session ``session`` here and the model's layer count, or None."""
+        return (self.span, self.num_layers) if self._key(client, session) in self.sessions else None
 
     @staticmethod
     def _key(client: str, session: bytes) -> str:

@@ -23,7 +23,7 @@ from .api.app import ApiConfig, ApiServer, create_app
 from .api.ledger import ApiLedger
 from .api.service import MeshNodeService
 from .model_fetch import fetch_for_peer
-from .node import NodeConfig, Peer, PeerConfig
+from .node import NodeConfig, Peer, PeerConfig, ServedModel
 from .seeding import SeedConfig
 from .server import ServerConfig
 from .transport import TransportConfig
@@ -46,6 +46,7 @@ class PeerOptions:
     model_dir: Path
     data_dir: Path | None = None
     span: Span | None = None  # None: the least-served run of shards that fits memory_budget_bytes
+    more_models: tuple[ServedModel, ...] = ()  # further models, sharing memory_budget_bytes
     memory_budget_bytes: int = 4 * 2**30  # weights + KV room (core/memory_budget.py)
     max_memory_mb: float | None = None  # a cap on the KV caches in MiB; None: what the budget leaves
     gossip_interval_s: float = 10.0
@@ -68,6 +69,7 @@ class PeerOptions:
             ),
             model_dir=self.model_dir,
             span=self.span,
+            more_models=self.more_models,
             server=ServerConfig(
                 memory_budget_bytes=(
                     self.memory_budget_bytes
@@ -81,10 +83,13 @@ class PeerOptions:
         )
 
 
-async def start_api(peer: Peer, model_dir: Path, options: ApiOptions) -> tuple[MeshNodeService, ApiServer]:
-    """The API for ``model_dir`` on the peer's own node, listening; the caller closes both (server first)."""
+async def start_api(
+    peer: Peer, model_dirs: list[Path], options: ApiOptions
+) -> tuple[MeshNodeService, ApiServer]:
+    """The API for the models of ``model_dirs`` on the peer's own node, listening; the caller closes both
+    (server first)."""
     ledger = ApiLedger(peer.node.ledger) if peer.node.ledger is not None else None
-    service = await MeshNodeService.create(peer.node, [model_dir], peer=peer, ledger=ledger)
+    service = await MeshNodeService.create(peer.node, model_dirs, peer=peer, ledger=ledger)
     server = ApiServer(create_app(service, options.config), options.host, options.port)
     try:
         await server.start()
@@ -106,7 +111,8 @@ async def serve(options: PeerOptions) -> int:
             return 1
         options = fetched
     async with await Peer.create(options.peer_config()) as peer:
-        api = await start_api(peer, options.model_dir, options.api) if options.api is not None else None
+        dirs = [options.model_dir, *(m.model_dir for m in options.more_models)]
+        api = await start_api(peer, dirs, options.api) if options.api is not None else None
         try:
             need = peer.manifest.memory.need(peer.span)
             print(
@@ -116,6 +122,14 @@ async def serve(options: PeerOptions) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            for name, more in peer.more.items():
+                span = more.gate.server.span
+                print(
+                    f"peer {peer.node.peer_id} also serves {name} blocks {span}: "
+                    f"{more.manifest.memory.need(span).describe()}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if api is not None:
                 print(f"api {api[1].url}", file=sys.stderr, flush=True)
             await stop.wait()

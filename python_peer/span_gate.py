@@ -77,14 +77,10 @@ class SpanGate:
         self._prune()
         return old
 
-    def span_of(self, client: str, session: bytes) -> Span | None:
-        """The span of ``client``'s open session ``session`` on this peer, or None."""
-        server = self._routes.get((client, session), self.server)
-        return server.span_of(client, session)
-
-    @property
-    def num_layers(self) -> int:
-        return self.server.num_layers
+    def session_span(self, client: str, session: bytes) -> tuple[Span, int] | None:
+        """The span of ``client``'s open session ``session`` on this peer and its model's layer count,
+        or None."""
+        return self._routes.get((client, session), self.server).session_span(client, session)
 
     # --- FrameHandler -------------------------------------------------------------------------------
 

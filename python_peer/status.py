@@ -117,6 +117,16 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
         "blocks": peer.manifest.num_layers,
         "span": str(server.span),
         "model_dir": str(peer.config.model_dir),
+        "more_models": [
+            {
+                "model": name,
+                "span": str(more.gate.server.span),
+                "model_dir": str(more.model_dir),
+                "open_sessions": more.gate.open_sessions,
+                "tokens_served": more.gate.tokens_served,
+            }
+            for name, more in peer.more.items()
+        ],
         "throughput": round(peer.throughput, 3),
         "throughput_source": peer.throughput_source,
         "open_sessions": gate.open_sessions,

@@ -97,6 +97,12 @@ def show(status: dict[str, Any]) -> None:
         "serves",
         f"{get('model')} blocks {get('span')} of {get('blocks')} ({get('dtype')}), {get('state')}",
     )
+    for more in get("more_models") or []:
+        row(
+            "also serves",
+            f"{more.get('model')} blocks {more.get('span')}: {more.get('open_sessions')} sessions open, "
+            f"{more.get('tokens_served')} tokens served",
+        )
     row("throughput", f"{get('throughput')} block-tokens/s ({get('throughput_source')})")
     kv = get("kv") or {}
     budget, reserved = kv.get("budget_bytes"), kv.get("reserved_bytes")

@@ -1,10 +1,12 @@
 """``ai4all up``: a whole local mesh on 127.0.0.1, for trying AI4All on one machine.
 
-It exports the default model on first run, then starts two federated signaling nodes, three native peers
-whose spans cover the model (0-10, 10-20, 20-30) and one spare peer that picks the least-served span,
-each as its own process. Each signaling node also serves the browser node and the model's files:
-opening http://127.0.0.1:PORT/ in a browser joins the mesh. It prints what runs where, answers a
-prompt through the mesh, and keeps running until Ctrl-C, when it stops every process cleanly.
+It exports the default model on first run, and the same model again in q4 under its own name (a
+second, smaller model on the same mesh), then starts two federated signaling nodes, three native peers
+whose spans cover the default model (0-10, 10-20, 20-30; the first also serves all of the q4 model and
+the API) and one spare peer that picks the least-served span, each as its own process. Each signaling
+node also serves the browser node and both models' files: opening http://127.0.0.1:PORT/ in a browser
+joins the mesh. It prints what runs where, answers a prompt through the mesh, and keeps running until
+Ctrl-C, when it stops every process cleanly.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ DEFAULT_PROMPT = "What is the capital of France?"
 DEFAULT_SPANS = "0-10,10-20,20-30"
 LOCAL_POW_BITS = 12  # the starter grant's proof of work on this private mesh: milliseconds, not seconds
 MODEL_NAME = "SmolLM2-135M-Instruct"
+SECOND_MODEL_NAME = "SmolLM2-135M-Instruct-q4"  # the default model's q4 export, one shard of all 30 blocks
+SECOND_SPAN = "0-30"
 
 
 _READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+-\d+)")
+_ALSO = re.compile(r"peer [0-9a-f]{64} also serves (\S+) blocks (\d+-\d+)")
 # Tasks reading children's stderr; they end when the children do.
 _DRAINS: set[asyncio.Task[None]] = set()
 
@@ -167,6 +172,21 @@ def _export_default(model_dir: Path) -> None:
         raise UpError("exporting the default model failed")
 
 
+def export_second(model_dir: Path) -> None:
+    """The default model in q4 under ``SECOND_MODEL_NAME`` (one shard), from the same packaged GGUF;
+    nothing if ``model_dir`` holds it already."""
+    if (model_dir / "manifest.json").is_file():
+        return
+    print(f"exporting {SECOND_MODEL_NAME} to {model_dir} (first run, a few minutes)", file=sys.stderr)
+    import dataclasses
+
+    from exporter import pipeline, source
+    from python_peer.core.spans import Span
+
+    src = dataclasses.replace(source.resolve(None), name=SECOND_MODEL_NAME)
+    pipeline.run_export(pipeline.ExportRequest(src, model_dir, dtype="q4", spans=(Span.parse(SECOND_SPAN),)))
+
+
 def _publish_default(model_dir: Path, publisher_dir: Path) -> str:
     """Sign ``model_dir`` with the identity in ``publisher_dir`` unless it already is; return the id."""
     from python_peer.core.errors import PublicationError
@@ -193,19 +213,23 @@ async def up(args: argparse.Namespace) -> int:
     from .chat import ChatOptions, mesh_reply
     from .chat_cli import sampling_params
 
-    model_dir = (args.models_dir or cache_dir() / "models") / MODEL_NAME
+    models_dir = args.models_dir or cache_dir() / "models"
+    model_dir, second_dir = models_dir / MODEL_NAME, models_dir / SECOND_MODEL_NAME
     # A fresh private network each run unless told otherwise: new identities, each with its starter grant.
     temporary = args.state_dir is None
     state = args.state_dir or Path(tempfile.mkdtemp(prefix="ai4all-up-"))
     # Its ledger asks a light proof of work for starter grants; every process of this mesh inherits it.
     os.environ.setdefault(POW_BITS_ENV, str(LOCAL_POW_BITS))
     await asyncio.to_thread(_export_default, model_dir)
+    await asyncio.to_thread(export_second, second_dir)
     # What up exports it publishes with its own key (kept beside the models), and its mesh trusts that key.
-    publisher = await asyncio.to_thread(_publish_default, model_dir, model_dir.parent / ".publisher")
+    publisher = await asyncio.to_thread(_publish_default, model_dir, models_dir / ".publisher")
+    await asyncio.to_thread(_publish_default, second_dir, models_dir / ".publisher")
     trust = ["--trust-publisher", publisher]
 
     urls = [f"ws://127.0.0.1:{args.port}", f"ws://127.0.0.1:{args.port + 1}"]
-    model_args = ["--model-dir", str(model_dir)]  # browsers download the model's shards from either node
+    # browsers download either model's shards from either node
+    model_args = ["--model-dir", str(model_dir), "--model-dir", str(second_dir)]
     # Each node keeps its node key in the state directory; each names the other by URL#KEY.
     node_dirs = [state / "node-a", state / "node-b"]
     keys = [Identity.load_or_create(d).peer_id for d in node_dirs]
@@ -247,8 +271,8 @@ async def up(args: argparse.Namespace) -> int:
         ]
         if span is not None:
             cmd += ["--span", span]
-        if i == 0:
-            cmd += ["--api-port", str(args.port + 2)]
+        if i == 0:  # the API's peer also serves all of the second model, so it chats with both
+            cmd += ["--model", str(second_dir), "--span", SECOND_SPAN, "--api-port", str(args.port + 2)]
         peers.append(Child("peer" if span else "spare peer", f"on {home}", cmd))
     children = nodes + peers
     stop = asyncio.Event()
@@ -283,9 +307,12 @@ async def up(args: argparse.Namespace) -> int:
         for peer in peers:
             ready = next((m for line in peer.log if (m := _READY.search(line))), None)
             served = f"blocks {ready.group(2)} (peer {ready.group(1)[:12]})" if ready else "?"
+            also = [m.group(1, 2) for line in peer.log if (m := _ALSO.search(line))]
+            served += "".join(f" + {name} blocks {span}" for name, span in also)
             table.add_row(peer.role, str(peer.proc.pid if peer.proc else "?"), peer.what, served)
         console.print(table)
         console.print(f"model: {model_dir}", soft_wrap=True)
+        console.print(f"second model: {second_dir} (pick it on the chat pages)", soft_wrap=True)
         console.print(
             f'chat from another shell: ai4all chat "..." --model {model_dir} --signal {urls[1]} '
             f"--trust-publisher {publisher}",

@@ -25,6 +25,7 @@ from python_peer.core.canonical import (
     URL_RE,
 )
 from python_peer.core.errors import MessageError
+from python_peer.core.model_summary import MAX_MODELS
 
 MAX_LOOKUP_RESULTS = 64
 DEFAULT_LOOKUP_RESULTS = 32
@@ -101,6 +102,14 @@ class Lookup(Message):
         if self.end <= self.start:
             raise ValueError(f"end ({self.end}) must be greater than start ({self.start})")
         return self
+
+
+class Models(Message):
+    """Which models do the peers known here serve, and which blocks of each? (``core/model_summary.py``)"""
+
+    type: Literal["models"]
+    id: RequestId = None
+    limit: Annotated[int, Field(ge=1, le=MAX_MODELS)] = MAX_MODELS
 
 
 class SignalFields(Message):
@@ -235,11 +244,11 @@ class Relay(SignalFields):
     ttl: Annotated[int, Field(ge=0, le=MAX_RELAY_TTL)]
 
 
-PeerRequest = Announce | Lookup | Signal | Bye | Federate | Register | ManifestsQuery
+PeerRequest = Announce | Lookup | Models | Signal | Bye | Federate | Register | ManifestsQuery
 SiblingRequest = Gossip | Gone | Relay | RecordGossip
 PeerMessage = Annotated[PeerRequest, Field(discriminator="type")]
 SiblingMessage = Annotated[SiblingRequest, Field(discriminator="type")]
-PEER_TYPES = ("announce", "lookup", "signal", "bye", "federate", "register", "manifests")
+PEER_TYPES = ("announce", "lookup", "models", "signal", "bye", "federate", "register", "manifests")
 SIBLING_TYPES = ("gossip", "gone", "relay", "record")
 _PEER_ADAPTER: TypeAdapter[PeerRequest] = TypeAdapter(PeerMessage)
 _SIBLING_ADAPTER: TypeAdapter[SiblingRequest] = TypeAdapter(SiblingMessage)
@@ -315,6 +324,16 @@ class Registry(Message):
     model: str | None
     records: list[dict[str, Any]]
     models: list[dict[str, Any]]
+    truncated: bool = False
+
+
+class ModelList(Message):
+    """Answer to ``models``: each model's distinct peers and announced spans, most peers first, bounded
+    (``MAX_MODELS`` models of ``MAX_MODEL_SPANS`` spans); ``truncated`` when models were left out."""
+
+    type: Literal["model_list"] = "model_list"
+    id: int | None
+    models: list[JsonObject]
     truncated: bool = False
 
 

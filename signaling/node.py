@@ -30,6 +30,7 @@ from python_peer.core.canonical import (
     signing_bytes,
 )
 from python_peer.core.errors import SignalingError, SignatureError
+from python_peer.core.model_summary import MAX_MODELS, ModelSummary, summarize
 from python_peer.core.registry_record import RegistryRecord
 from python_peer.identity import Identity, verify, verify_body
 
@@ -54,6 +55,8 @@ from .messages import (
     Limits,
     Lookup,
     ManifestsQuery,
+    ModelList,
+    Models,
     PeerRequest,
     Peers,
     RecordGossip,
@@ -73,6 +76,8 @@ from .record_table import RecordTable
 from .registry import NodeRegistry
 
 log = logging.getLogger(__name__)
+
+MODELS_CACHE_MS = 1000  # a ``models`` answer is at most this old: the summary walks the whole directory
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ class SignalingNode:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._dumps: dict[str, asyncio.Task[None]] = {}
+        self._models: tuple[int, list[ModelSummary], bool] | None = None  # (when, summaries, truncated)
 
     def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)
@@ -309,6 +315,8 @@ class SignalingNode:
             self._on_announce(conn, msg)
         elif isinstance(msg, Lookup):
             self._on_lookup(conn, msg)
+        elif isinstance(msg, Models):
+            self._on_models(conn, msg)
         elif isinstance(msg, Signal):
             self._on_signal(conn, msg)
         elif isinstance(msg, Bye):
@@ -359,6 +367,16 @@ class SignalingNode:
                 break
             found.append(item)
         conn.send(Peers(id=msg.id, peers=found, truncated=truncated))
+
+    def _on_models(self, conn: Connection, msg: Models) -> None:
+        # The summary walks the whole directory: computed at most once per MODELS_CACHE_MS for everyone.
+        now = now_ms()
+        if self._models is None or now - self._models[0] >= MODELS_CACHE_MS:
+            live = (e.announcement for e in self.directory if e.announcement.expires_ms > now)
+            self._models = (now, *summarize(live, MAX_MODELS))
+        _, summaries, truncated = self._models
+        items = [s.to_dict() for s in summaries[: msg.limit]]
+        conn.send(ModelList(id=msg.id, models=items, truncated=truncated or len(summaries) > msg.limit))
 
     def _on_signal(self, conn: Connection, msg: Signal) -> None:
         if conn.peer_id is None:

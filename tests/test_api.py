@@ -284,11 +284,12 @@ def test_models_lists_the_served_model_with_its_coverage(mesh: ApiMesh, client: 
     assert [m.id for m in client.models.list()] == [mesh.model_id]
     assert client.models.retrieve(mesh.model_id).id == mesh.model_id
     card = httpx.get(f"{mesh.url}/models", trust_env=False).json()["data"][0]
-    assert card["object"] == "model" and card["owned_by"] == "ai4all"
+    assert card["object"] == "model" and card["owned_by"] == "ai4all" and card["chat"] is True
     assert card["coverage"] == {
         "blocks": 4,
         "covered_blocks": 4,
         "servable": True,
+        "peers": 3,
         "spans": [
             {"start": 0, "end": 1, "peers": 1},
             {"start": 1, "end": 3, "peers": 1},
@@ -464,7 +465,14 @@ async def test_no_route_is_503_in_openai_shape(mesh: ApiMesh, tmp_path: Path) ->
             assert "no reachable peers cover blocks 0-4" in error["message"]
         assert [m.id async for m in client.models.list()] == [mesh.model_id]
         card = (await http.get("/v1/models/nobody-serves-this")).json()
-        assert card["coverage"] == {"blocks": 4, "covered_blocks": 0, "servable": False, "spans": []}
+        assert card["coverage"] == {
+            "blocks": 4,
+            "covered_blocks": 0,
+            "servable": False,
+            "peers": 0,
+            "spans": [],
+        }
+        assert card["chat"] is False
         served = await client.chat.completions.create(
             model=mesh.model_id,
             messages=MESSAGES,

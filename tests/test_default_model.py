@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from python_peer.chain import LocalChain
-from python_peer.up import DEFAULT_SPANS
+from python_peer.up import DEFAULT_SPANS, SECOND_MODEL_NAME
 from tests.support.procs import ROOT
 
 pytestmark = pytest.mark.slow
@@ -28,6 +28,18 @@ DECODE_STEPS = 16
 @pytest.fixture(scope="module")
 def models_dir(default_models_dir: Path) -> Path:
     return default_models_dir
+
+
+@pytest.fixture(scope="module")
+def second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ai4all up``'s second model (the default model in q4 under its own name), exported as up does."""
+    out = tmp_path_factory.mktemp("second") / SECOND_MODEL_NAME
+    code = f"from pathlib import Path; from python_peer.up import export_second; export_second(Path({str(out)!r}))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +86,18 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
     np.testing.assert_array_equal(np.concatenate(tokens, axis=1), generated)
 
 
-def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path, tmp_path: Path) -> None:
-    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all.
+@pytest.mark.timeout(1800)  # with the q4 export of up's second model, on a loaded 2-core machine
+def test_readme_run_command_answers_paris_through_a_local_mesh(
+    models_dir: Path, second_model_dir: Path, tmp_path: Path
+) -> None:
+    """``ai4all up`` starts 2 signaling nodes and 4 peers, answers through them, and Ctrl-C stops them all;
+    its API lists and chats with both of its models.
 
-    It runs on a hard-linked copy of the session's export: ``up`` signs the export it serves with its own
+    It runs on a hard-linked copy of the session's exports: ``up`` signs the exports it serves with its own
     publisher key (``manifest.sig.json``), which the other tests' nodes, trusting no publisher, would refuse."""
     own = tmp_path / "models"
     shutil.copytree(models_dir, own, copy_function=os.link)
+    shutil.copytree(second_model_dir, own / SECOND_MODEL_NAME, copy_function=os.link)
     port = free_ports()
     args = ["up", "--models-dir", str(own), "--state-dir", str(tmp_path / "state"), "--port", str(port)]
     api = f"http://127.0.0.1:{port + 2}/v1"
@@ -97,8 +114,16 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
         # The mesh keeps running after the answer: the OpenAI-compatible API on the first peer answers too.
         from openai import OpenAI
 
-        chat = OpenAI(base_url=api, api_key="unused").chat.completions.create(
+        client = OpenAI(base_url=api, api_key="unused")
+        chat = client.chat.completions.create(
             model="SmolLM2-135M-Instruct",
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            max_tokens=16,
+            temperature=0,
+        )
+        listed = {m.id: m.model_extra for m in client.models.list()}
+        second = client.chat.completions.create(
+            model=SECOND_MODEL_NAME,
             messages=[{"role": "user", "content": "What is the capital of France?"}],
             max_tokens=16,
             temperature=0,
@@ -110,6 +135,9 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
             proc.kill()
     assert reply.strip() == "The capital of France is Paris.", stderr
     assert chat.choices[0].message.content == "The capital of France is Paris."
+    assert set(listed) == {"SmolLM2-135M-Instruct", SECOND_MODEL_NAME}, listed
+    assert all(extra is not None and extra["chat"] for extra in listed.values()), listed
+    assert "Paris" in (second.choices[0].message.content or ""), second
     assert (own / "SmolLM2-135M-Instruct" / "manifest.sig.json").is_file()  # signed by up, in its copy
     assert not (models_dir / "SmolLM2-135M-Instruct" / "manifest.sig.json").exists()
     assert proc.returncode == 0, stderr
@@ -120,6 +148,7 @@ def test_readme_run_command_answers_paris_through_a_local_mesh(models_dir: Path,
         "blocks 0-10",
         "blocks 10-20",
         "blocks 20-30",
+        f"second model: {own / SECOND_MODEL_NAME}",
         "spare peer",
         api,
         f"http://127.0.0.1:{port + 2}/chat",

@@ -24,12 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
+from python_peer.core.model_summary import ModelSummary
 from python_peer.core.protocol import MAX_LENGTH_LIMIT
 from python_peer.errors import PeerError
 from python_peer.generate import Generation, SamplingParams, astream
 from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, Peer
+from python_peer.registry_client import mesh_models
 from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import LinkState
 
@@ -317,11 +320,16 @@ class MeshNodeService:
     def _model(self, model_id: str) -> _Model:
         model = self.models_by_name.get(model_id)
         if model is None:
-            known = ", ".join(sorted(self.models_by_name)) or "none"
-            raise ModelNotFoundError(
-                f"the model {model_id!r} does not exist on this node (it serves: {known})", param="model"
-            )
+            raise self._not_found(model_id)
         return model
+
+    def _not_found(self, model_id: str) -> ModelNotFoundError:
+        known = ", ".join(sorted(self.models_by_name)) or "none"
+        return ModelNotFoundError(
+            f"the model {model_id!r} does not exist on this node (it chats with: {known}; a model of the "
+            "mesh whose files this node lacks is listed in /v1/models with chat false)",
+            param="model",
+        )
 
     async def chat(self, request: ChatCompletionRequest) -> GenerationJob:
         model = self._model(request.model)
@@ -344,10 +352,12 @@ class MeshNodeService:
         return GenerationJob(self, model, ids, params)
 
     async def coverage(self, model: _Model) -> Coverage:
+        """A model of this node: every block's peers, from a lookup of its verified announcements."""
         blocks = model.manifest.num_layers
         found = await self.node.signal.lookup(model.name, 0, blocks, limit=self.config.lookup_limit)
         spans: Counter[tuple[int, int]] = Counter()
         per_block = [0] * blocks
+        peers: set[str] = set()
         for announcement in found:
             for served in announcement.serves:
                 if served.model != model.name:
@@ -355,48 +365,89 @@ class MeshNodeService:
                 start, end = max(0, served.start), min(blocks, served.end)
                 if start >= end:
                     continue
+                peers.add(announcement.peer_id)
                 spans[(start, end)] += 1
                 for block in range(start, end):
                     per_block[block] += 1
-        covered = sum(1 for peers in per_block if peers)
+        covered = sum(1 for count in per_block if count)
         return Coverage(
             blocks=blocks,
             covered_blocks=covered,
             servable=covered == blocks,
+            peers=len(peers),
             spans=[SpanCoverage(start=s, end=e, peers=n) for (s, e), n in sorted(spans.items())],
         )
 
     def _card(self, model: _Model, coverage: Coverage) -> ModelCard:
-        return ModelCard(id=model.name, created=model.created, coverage=coverage)
+        return ModelCard(
+            id=model.name, created=model.created, chat=bool(coverage.servable), coverage=coverage
+        )
+
+    def _mesh_card(self, summary: ModelSummary) -> ModelCard:
+        """A model of the mesh this node has no files of: its announced spans, chat-able elsewhere."""
+        covered: set[int] = set()
+        for span in summary.spans:
+            covered.update(range(span.start, span.end))
+        coverage = Coverage(
+            blocks=None,
+            covered_blocks=len(covered),
+            servable=None,
+            peers=summary.peers,
+            spans=[SpanCoverage(start=s.start, end=s.end, peers=s.peers) for s in summary.spans],
+        )
+        return ModelCard(id=summary.model, created=int(self.started), chat=False, coverage=coverage)
+
+    async def _mesh_models(self) -> list[ModelSummary]:
+        """The models signaling knows peers of; none (with a warning) when the node cannot say."""
+        try:
+            summaries, truncated = await mesh_models(self.node.signal)
+        except AI4AllError as exc:
+            log.warning("cannot list the mesh's models: %s", exc)
+            return []
+        if truncated:
+            log.info("signaling listed only the %d models with the most peers", len(summaries))
+        return summaries
 
     async def models(self) -> ModelList:
+        """This node's models the mesh covers (chat-able when every block is), then the mesh's other
+        models, most peers first."""
         cards = []
         for model in self.models_by_name.values():
             coverage = await self.coverage(model)
-            if coverage.servable:
+            if coverage.covered_blocks:
                 cards.append(self._card(model, coverage))
+        for summary in await self._mesh_models():
+            if summary.model not in self.models_by_name:
+                cards.append(self._mesh_card(summary))
         return ModelList(data=cards)
 
     async def model(self, model_id: str) -> ModelCard:
-        model = self._model(model_id)
-        return self._card(model, await self.coverage(model))
+        model = self.models_by_name.get(model_id)
+        if model is not None:
+            return self._card(model, await self.coverage(model))
+        for summary in await self._mesh_models():
+            if summary.model == model_id:
+                return self._mesh_card(summary)
+        raise self._not_found(model_id)
 
     async def status(self) -> NodeStatus:
         serving: list[ServedSpanStatus] = []
         served_sessions = tokens_served = 0
         if self.peer is not None:
-            server = self.peer.server
-            served_sessions, tokens_served = len(server.sessions), server.tokens_served
-            serving.append(
-                ServedSpanStatus(
-                    model=self.peer.manifest.name,
-                    start=server.span.start,
-                    end=server.span.end,
-                    open_sessions=served_sessions,
-                    tokens_served=tokens_served,
-                    kv_free_tokens=server.kv_free_tokens,
+            for name, gate in self.peer.gates.items():
+                server = gate.server
+                served_sessions += len(server.sessions)
+                tokens_served += server.tokens_served
+                serving.append(
+                    ServedSpanStatus(
+                        model=name,
+                        start=server.span.start,
+                        end=server.span.end,
+                        open_sessions=len(server.sessions),
+                        tokens_served=server.tokens_served,
+                        kv_free_tokens=server.kv_free_tokens,
+                    )
                 )
-            )
         signal = self.node.signal
         counters = self.counters
         return NodeStatus(
@@ -432,7 +483,7 @@ def _load_model(
 ) -> _Model:
     manifest = load_manifest(model_dir)
     # A route through this very peer's span runs in-process, through the gate its links go through.
-    local = peer.gate if peer is not None and peer.manifest.name == manifest.name else None
+    local = peer.gates.get(manifest.name) if peer is not None else None
     client = MeshClient(model_dir, manifest, node.signal, node.links, client_config, node.ledger, local=local)
     created = int((model_dir / "manifest.json").stat().st_mtime)
     return _Model(manifest.name, model_dir, manifest, ModelTokenizer(model_dir, manifest), client, created)

@@ -282,24 +282,32 @@ class SpanCoverage(BaseModel):
 
 
 class Coverage(BaseModel):
-    """How much of a model the mesh serves now: servable when every block has a peer."""
+    """How much of a model the mesh serves now, as its peers announce it: servable when every block has
+    a peer. ``blocks`` and ``servable`` are None for a model this node has no manifest of (its block
+    count is unknown here); ``peers`` counts distinct peers serving any block of it."""
 
-    blocks: int
+    blocks: int | None
     covered_blocks: int
-    servable: bool
+    servable: bool | None
+    peers: int
     spans: list[SpanCoverage]
 
 
 class ModelCard(BaseModel):
+    """A model of the mesh. ``chat``: this node chats with it, since it holds the model's embedding, head
+    and tokenizer and the mesh covers every block; other models are listed with their coverage only."""
+
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "ai4all"
+    chat: bool
     coverage: Coverage
 
 
 class ModelList(BaseModel):
-    """``GET /v1/models``: the models the mesh can serve now (every block covered)."""
+    """``GET /v1/models``: every model the mesh covers (at least one block announced), bounded: at most
+    ``core.model_summary.MAX_MODELS`` from signaling plus this node's own models."""
 
     object: Literal["list"] = "list"
     data: list[ModelCard]

@@ -25,6 +25,8 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``wire.py``      the binary frame format of data channels, chunking and reassembly.
 - ``canonical.py`` canonical JSON for signatures, and the signed announcement and signal bodies.
 - ``push_route.py`` the route a FORWARD carries for push routing, its metadata keys and its one check.
+- ``model_summary.py``  which models the mesh serves and which blocks of each: signaling's bounded
+                   ``models`` answer, built and parsed.
 - ``protocol.py``  the session protocol's constants (sessions, receipts, push size, gossip budgets, probes).
 - ``spot_policy.py``  the spot-check policy's numbers: check rate by passes, floor, tolerances by dtype.
 - ``js_constants.py``  writes ``web/src/protocol/constants.js``, the browser's copy of those constants.

@@ -40,12 +40,8 @@ class Spanned:
     def __init__(self, handler: FrameHandler, server: SpanServer) -> None:
         self.handler, self.server = handler, server
 
-    @property
-    def num_layers(self) -> int:
-        return self.server.num_layers
-
-    def span_of(self, client: str, session: bytes) -> Span | None:
-        return self.server.span_of(client, session)
+    def session_span(self, client: str, session: bytes) -> tuple[Span, int] | None:
+        return self.server.session_span(client, session)
 
     async def handle(self, client: str, frame: Frame) -> Frame:
         return await self.handler.handle(client, frame)

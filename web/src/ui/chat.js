@@ -1,7 +1,9 @@
 // @ts-check
 /**
- * The chat page: a model picker from `/v1/models`, replies streamed from `/v1/chat/completions` and
- * shown token by token, and a privacy indicator that says what this reply sent beyond this node.
+ * The chat page: a model picker from `/v1/models` (every model the mesh covers; those this node cannot
+ * chat with, lacking their files or a peer for some block, are listed but disabled), replies streamed
+ * from `/v1/chat/completions` and shown token by token, and a privacy indicator that says what this
+ * reply sent beyond this node.
  */
 
 import { ApiError, getJson, streamChat } from "./api.js";
@@ -11,7 +13,7 @@ const config = pageConfig();
 const live = startLive((snapshot) => {
   // Reload the picker when the mesh starts or stops covering one of this node's models.
   const servable = snapshot.mesh.models.filter((m) => m.servable).map((m) => m.model);
-  const listed = [...modelSelect.options].map((o) => o.value);
+  const listed = [...modelSelect.options].filter((o) => !o.disabled).map((o) => o.value);
   if (servable.sort().join("\n") !== listed.sort().join("\n") && Date.now() - lastLoad > 5000) loadModels();
 });
 
@@ -36,11 +38,25 @@ async function loadModels() {
   lastLoad = Date.now();
   try {
     const list = await getJson(`${config.api_base}/models`);
-    /** @type {string[]} */
-    const ids = list.data.map((/** @type {{id: string}} */ m) => m.id);
+    /** @type {{id: string, chat: boolean, coverage: {covered_blocks: number, blocks: number | null}}[]} */
+    const cards = list.data;
+    const ids = cards.filter((m) => m.chat).map((m) => m.id);
+    const others = cards.filter((m) => !m.chat);
     const chosen = modelSelect.value;
-    modelSelect.replaceChildren(...ids.map((id) => html("option", { value: id }, id)));
+    modelSelect.replaceChildren(
+      ...ids.map((id) => html("option", { value: id }, id)),
+      ...others.map((m) => {
+        const why =
+          m.coverage.blocks === null
+            ? "no files on this node"
+            : `${m.coverage.covered_blocks} of ${m.coverage.blocks} blocks served`;
+        const option = html("option", { value: m.id }, `${m.id} (${why})`);
+        option.disabled = true;
+        return option;
+      }),
+    );
     if (ids.includes(chosen)) modelSelect.value = chosen;
+    else if (ids.length) modelSelect.value = ids[0];
     const missing = config.models.filter((m) => !ids.includes(m.id)).map((m) => m.id);
     modelNote.hidden = !missing.length && ids.length > 0;
     modelNote.textContent = ids.length
