@@ -6,19 +6,17 @@ back as the next ``past_key_values.*``. Contenders differ in one thing each from
 runner's ``session_options`` and ``ShardRunner.run``); they run interleaved per repeat, and each ratio
 is taken against the run of ``current`` just before each of its runs (current runs once before every
 contender, so each pair shares the machine's load of the moment), then the median. The per-step costs
-around the run (NaN/Inf scans, wire encoding and decoding, digests) are timed alone. When
-``llama_cpp`` (llama-cpp-python) is importable and ``--gguf`` names a file, llama.cpp decodes the same
-number of tokens with the same thread count. ``bench/README.md`` says what each figure means.
+around the run (NaN/Inf scans, wire encoding and decoding, digests) are timed alone. The race with
+llama.cpp is ``bench_llama.py``'s. ``bench/README.md`` says what each figure means.
 
     python -m bench.bench_runner [--model DIR] [--span A-B] [--tokens N] [--repeats R] [--past P,...]
-                                 [--threads T] [--gguf FILE]
+                                 [--threads T]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import json
 import statistics
 import sys
@@ -179,26 +177,6 @@ def step_costs(hidden_size: int, prompt: int) -> dict[str, dict[str, float]]:
     }
 
 
-def llama_cpp_decode(gguf: Path, threads: int, prompt_tokens: int, steps: int) -> dict[str, float] | str:
-    """llama.cpp's decode tok/s on the GGUF, same threads; a sentence instead when it cannot run."""
-    if importlib.util.find_spec("llama_cpp") is None:
-        return "llama-cpp-python is not installed (pip install llama-cpp-python): not run"
-    if not gguf.is_file():
-        return f"no GGUF at {gguf}: not run"
-    from llama_cpp import Llama  # type: ignore[import-not-found,unused-ignore]
-
-    model = Llama(model_path=str(gguf), n_threads=threads, n_ctx=prompt_tokens + steps + 8, verbose=False)
-    tokens = list(range(100, 100 + prompt_tokens))
-    model.eval(tokens)
-    start = time.perf_counter()
-    token = tokens[-1]
-    for _ in range(steps):
-        model.eval([token])
-        token = int(np.argmax(model.scores[model.n_tokens - 1]))
-    seconds = time.perf_counter() - start
-    return {"decode_tok_s": steps / seconds}
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     from exporter.source import DEFAULT_MODEL_NAME, cache_dir
 
@@ -213,9 +191,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="prefill lengths before decoding, comma-separated (default: 37,1024)",
     )
     parser.add_argument("--threads", type=int, default=None, help="default: what the runner uses")
-    parser.add_argument(
-        "--gguf", type=Path, default=None, help="llama.cpp's model (default: the default GGUF)"
-    )
     args = parser.parse_args(argv)
     args.past = [int(p) for p in args.past.split(",")]
     if args.tokens < 1 or args.repeats < 1 or min(args.past) < 1:
@@ -312,14 +287,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cost_table.add_row(what, *(f"{costs[label][what]:.1f}" for label in costs))
     out.print(cost_table)
 
-    from exporter.source import default_gguf
-
-    try:
-        gguf = args.gguf or default_gguf()
-    except Exception as exc:  # the default model's wheel may be absent
-        gguf = Path(f"<no default GGUF: {exc}>")
-    llama = llama_cpp_decode(Path(gguf), threads, args.past[0], args.tokens)
-    out.print(f"llama.cpp on {gguf}: {llama}", highlight=False, soft_wrap=True)
     return {
         "bench": "bench_runner",
         "shard": entry.file,
@@ -329,7 +296,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
         "contenders": result,
         "step_costs_us": {k: {w: round(v, 2) for w, v in c.items()} for k, c in costs.items()},
-        "llama_cpp": llama,
     }
 
 
