@@ -114,6 +114,7 @@ class Chaos:
         ]
         await self._warm_up(load, workers)
         own = rss(os.getpid())
+        own_series: list[tuple[float, int]] = []
         mesh.mark_start()
         probe = Probe.from_env()
         next_probe = 60.0
@@ -135,6 +136,8 @@ class Chaos:
             while load.now() < config.seconds:
                 await asyncio.sleep(min(5.0, max(0.0, config.seconds - load.now())))
                 mesh.sample_memory()
+                if (now_rss := rss(os.getpid())) is not None:
+                    own_series.append((time.monotonic(), now_rss))
                 if probe is not None and load.now() >= next_probe:
                     probe.sample()
                     next_probe += 60.0
@@ -168,7 +171,7 @@ class Chaos:
             await asyncio.gather(chaos, *tasks, *self.restarts, return_exceptions=True)
             for user in self.users:
                 await user.close()
-        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds)
+        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds, own_series=own_series)
         fig = figures(seconds, load.outcomes, self.kills, count, agreed, memory, config.goals)
         fig.api_redirects = load.api_redirects
         return fig
