@@ -37,14 +37,14 @@ from rich.console import Console
 from bench.chaos_ledgers import converge, entry_count, receipts, snapshot
 from bench.chaos_load import ApiWorker, Load, NativeUser, References, model_id
 from bench.chaos_mesh import ChaosMesh, Proc, rss
+from bench.chaos_model import export_in_child
+from bench.chaos_probe import Probe
 from bench.chaos_report import Figures, Goals, KillRecord, figures, memory_rows, show
 from bench.chaos_schedule import Kill, Limits, Schedule, plan
 from bench.mesh_processes import BenchError
 from python_peer.core.economics import POW_BITS_ENV
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import load_manifest
-
-TINY_SPANS = "0-2,2-4"
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class ChaosConfig:
     nodes: int = 3
     peers_per_span: int = 3
     protect_api: bool = False  # never kill the API peers
+    spared: int = 1  # peers per span never killed: they live through the load, so a peer is judged
     native_users: int = 3
     api_workers: int = 1
     api_interval_s: float = 3.0
@@ -69,19 +70,9 @@ class ChaosConfig:
 
 
 def tiny_model(work: Path) -> Path:
-    """A random 4-layer Llama with a real tokenizer, exported as embed, blocks 0-2 and 2-4, head (offline)."""
-    try:
-        from exporter import pipeline, source
-        from python_peer.core.spans import parse_spans
-        from tests.support import tiny_models
-    except ImportError as exc:
-        raise BenchError(f"the tiny model needs the export and test extras ({exc}); or pass --model") from exc
-    out = work / "tiny-llama-export"
-    if not (out / "manifest.json").exists():
-        hf = tiny_models.build(work / "tiny-llama", "llama", layers=4)
-        request = pipeline.ExportRequest(source.resolve(str(hf)), out, spans=tuple(parse_spans(TINY_SPANS)))
-        pipeline.run_export(request)
-    return out
+    """A random 4-layer Llama exported in ``work`` by a child process (``chaos_model``): this process, the
+    native clients', never loads torch."""
+    return export_in_child(work)
 
 
 class Chaos:
@@ -97,6 +88,8 @@ class Chaos:
             self.manifest,
             nodes=config.nodes,
             peers_per_span=config.peers_per_span,
+            protect_api=config.protect_api,
+            spared=config.spared,
         )
         self.kills: list[KillRecord] = []
         self.restarts: set[asyncio.Task[None]] = set()
@@ -121,7 +114,10 @@ class Chaos:
         ]
         await self._warm_up(load, workers)
         own = rss(os.getpid())
+        own_series: list[tuple[float, int]] = []
         mesh.mark_start()
+        probe = Probe.from_env()
+        next_probe = 60.0
         witness = mesh.peers[-1].data_dir
         entries_at_start = await asyncio.to_thread(entry_count, witness) if witness is not None else 0
         schedule = plan([p.target for p in mesh.procs], config.seconds, config.seed, config.limits)
@@ -140,6 +136,11 @@ class Chaos:
             while load.now() < config.seconds:
                 await asyncio.sleep(min(5.0, max(0.0, config.seconds - load.now())))
                 mesh.sample_memory()
+                if (now_rss := rss(os.getpid())) is not None:
+                    own_series.append((time.monotonic(), now_rss))
+                if probe is not None and load.now() >= next_probe:
+                    probe.sample()
+                    next_probe += 60.0
                 for task in tasks:
                     if task.done() and task.exception() is not None:
                         raise BenchError(f"a load worker crashed: {task.exception()!r}")
@@ -149,6 +150,8 @@ class Chaos:
             await asyncio.wait_for(asyncio.gather(*tasks), config.chat_timeout_s + 30)
             mesh.sample_memory()
             own_end = rss(os.getpid())
+            if probe is not None:
+                probe.stop()
             served = sum(1 for o in load.outcomes if o.served)
             log.log(
                 f"load stopped: {served} of {len(load.outcomes)} requests served; waiting for the ledgers"
@@ -168,7 +171,7 @@ class Chaos:
             await asyncio.gather(chaos, *tasks, *self.restarts, return_exceptions=True)
             for user in self.users:
                 await user.close()
-        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds)
+        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds, own_series=own_series)
         fig = figures(seconds, load.outcomes, self.kills, count, agreed, memory, config.goals)
         fig.api_redirects = load.api_redirects
         return fig
@@ -262,6 +265,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-tokens", type=int, default=8, help="tokens per reply (default 8)")
     parser.add_argument("--protect-api", action="store_true", help="never kill the two API peers")
+    parser.add_argument(
+        "--spare",
+        type=int,
+        default=1,
+        help="peers of each span never killed, so their memory is judged over the whole load (default 1)",
+    )
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", type=Path, default=None, help="an exported model directory")
     model.add_argument(
@@ -308,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
                 api_interval_s=args.api_interval,
                 max_tokens=args.max_tokens,
                 protect_api=args.protect_api,
+                spared=args.spare,
             )
             config.work_dir.mkdir(parents=True, exist_ok=True)
             fig = asyncio.run(run_chaos(config, log))
@@ -329,12 +339,8 @@ def _model(args: argparse.Namespace, work: Path, log: Console) -> Path:
     if args.model is not None:
         return Path(args.model).expanduser()
     if args.default_model:
-        from bench.bench_mesh import ensure_model
-        from exporter.source import DEFAULT_MODEL_NAME, cache_dir
-
-        model_dir = cache_dir() / "models" / DEFAULT_MODEL_NAME
-        ensure_model(model_dir, True, log)
-        return model_dir
+        log.log("SmolLM2-135M-Instruct: exported in a child process unless the cache holds it already")
+        return export_in_child(None)
     log.log("building and exporting a tiny random Llama (4 layers, spans 0-2, 2-4)")
     return tiny_model(work)
 

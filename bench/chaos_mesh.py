@@ -79,7 +79,8 @@ def rss(pid: int) -> int | None:
 
 class ChaosMesh:
     """``nodes`` signaling nodes and ``peers_per_span`` peers per blocks shard; one peer of each span also
-    serves the OpenAI-compatible API (never killed with ``protect_api``)."""
+    serves the OpenAI-compatible API (never killed with ``protect_api``), and the last ``spared`` peers of
+    each span are never killed (so a peer lives through the whole load and its memory is judged)."""
 
     def __init__(
         self,
@@ -90,9 +91,15 @@ class ChaosMesh:
         nodes: int = 3,
         peers_per_span: int = 3,
         protect_api: bool = False,
+        spared: int = 0,
     ) -> None:
         if nodes < 2 or peers_per_span < 2:
             raise BenchError("a chaos mesh needs 2+ signaling nodes and 2+ peers per span")
+        if not 0 <= spared < peers_per_span - 1:
+            raise BenchError(
+                f"spared peers per span must be in [0, {peers_per_span - 2}]: the API peer and at least one "
+                "other peer of each span can be killed"
+            )
         self.log_dir = log_dir
         self.model_dir = model_dir
         self.manifest = manifest
@@ -127,6 +134,8 @@ class ChaosMesh:
                     args += ["--api-port", str(port), "--api-rate", "1000", "--api-burst", "1000"]
                     proc.api_url = f"http://127.0.0.1:{port}/v1"
                     proc.protected = protect_api
+                elif copy >= peers_per_span - spared:
+                    proc.protected = True
                 self.peers.append(proc)
 
     @property

@@ -82,6 +82,7 @@ def memory_rows(
     *,
     warm_s: float = 30.0,
     every_s: float = 60.0,
+    own_series: list[tuple[float, int]] | None = None,
 ) -> list[dict[str, Any]]:
     """RSS per process at the start and at the end of the load, for the last life of each process.
 
@@ -89,7 +90,7 @@ def memory_rows(
     restarted one starts at its first sample ``warm_s`` after it became ready (its first sessions
     loaded). Growth is judged for lives that span at least half of the load's ``seconds``.
     ``series_mib``: RSS about every ``every_s`` seconds of the load, to tell a plateau from a leak."""
-    rows = [_row("chaos (clients)", 1, own[0], own[1], True, [], t0, every_s)]
+    rows = [_row("chaos (clients)", 1, own[0], own[1], True, own_series or [], t0, every_s)]
     for proc in procs:
         life = proc.lives[-1]
         start = life.rss_start

@@ -238,11 +238,14 @@ class ServerExchange:
 
     def __init__(self, ledger: LedgerService) -> None:
         self.ledger = ledger
-        self._receipts: dict[str, Receipt] = {}  # proposed at CLOSE, waiting for the client's signature
+        # client:session -> (the receipt proposed at CLOSE, waiting for the client's signature; the hold)
+        self._receipts: dict[str, tuple[Receipt, str | None]] = {}
         self._recording: set[str] = set()  # receipts being recorded now
-        # hold hash -> (client:session it opened, when the hold expires): each hold opens one session
-        self._admitted: OrderedDict[str, tuple[str, int]] = OrderedDict()
-        self._expiry: dict[str, int] = {}  # client:session -> when the hold that opened it expires
+        # hold hash -> when it expires: each hold opens one session. Forgotten once its session's receipt
+        # is recorded (the ledger then refuses it as consumed) or once it expired (refused as expired).
+        self._admitted: OrderedDict[str, int] = OrderedDict()
+        # client:session -> (its hold, when the hold expires), while the session is open (until CLOSE)
+        self._open: OrderedDict[str, tuple[str, int]] = OrderedDict()
 
     @staticmethod
     def _key(client: str, session: bytes) -> str:
@@ -276,18 +279,33 @@ class ServerExchange:
         )
         if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
             raise PaymentRequiredError(f"client {client[:12]}…: its hold {hold[:12]}… is already in use")
-        key = self._key(client, session)
-        self._admitted[hold] = (key, quote.hold_expires)
-        self._expiry[key] = quote.hold_expires
+        self._forget_expired(now_ms())
+        self._admitted[hold] = quote.hold_expires
+        self._open[self._key(client, session)] = (hold, quote.hold_expires)
         while len(self._admitted) > MAX_ADMITTED_HOLDS:
-            self._expiry.pop(self._admitted.popitem(last=False)[1][0], None)
+            self._admitted.popitem(last=False)
+        while len(self._open) > MAX_ADMITTED_HOLDS:  # sessions never closed (their client vanished)
+            self._open.popitem(last=False)
         return quote.price
+
+    def _forget_expired(self, now: int) -> None:
+        """Forget the oldest admitted holds while they are expired: the ledger refuses them anyway."""
+        while self._admitted:
+            hold, expires = next(iter(self._admitted.items()))
+            if expires > now:
+                return
+            del self._admitted[hold]
+
+    @property
+    def remembered(self) -> tuple[int, int, int]:
+        """(holds admitted, sessions open, receipts proposed) that this exchange remembers now."""
+        return len(self._admitted), len(self._open), len(self._receipts)
 
     def hold_expired(self, client: str, session: bytes, now: int | None = None) -> bool:
         """Whether the hold that opened ``client``'s ``session`` here has expired: the session then stops,
         since the client may promise those credits elsewhere."""
-        until = self._expiry.get(self._key(client, session))
-        return until is not None and until <= (now_ms() if now is None else now)
+        held = self._open.get(self._key(client, session))
+        return held is not None and held[1] <= (now_ms() if now is None else now)
 
     async def propose(
         self, client: str, session: bytes, *, model: str, start: int, end: int, tokens: int
@@ -297,7 +315,9 @@ class ServerExchange:
         receipt, signature = await asyncio.to_thread(
             self.ledger.server_receipt, session, model, start, end, tokens, client
         )
-        self._receipts[self._key(client, session)] = receipt
+        key = self._key(client, session)
+        opened = self._open.pop(key, None)  # closed: no FORWARD follows, its hold's expiry is moot
+        self._receipts[key] = (receipt, opened[0] if opened else None)
         while len(self._receipts) > MAX_PENDING_RECEIPTS:
             self._receipts.pop(next(iter(self._receipts)))
         return close_answer(receipt.to_dict(), signature)
@@ -317,19 +337,26 @@ class ServerExchange:
         """The countersigned receipt of a closed session: recorded once, and only if it verifies. A forged
         or badly signed frame is refused and the receipt waits on for the client's genuine one."""
         key = self._key(client, session)
-        receipt = self._receipts.get(key)
+        waiting = self._receipts.get(key)
+        receipt = waiting[0] if waiting else None
         if receipt is None or key in self._recording or request.receipt != receipt.to_dict():
             raise Refusal(ErrorCode.BAD_FRAME, "no receipt of this session is waiting for that signature")
         self._recording.add(key)  # a second copy of the frame meanwhile cannot record it twice
         try:
-            await asyncio.to_thread(
-                self.ledger.record_receipt, receipt, request.client_sig, request.server_sig
-            )
+            consumed = await asyncio.to_thread(self._record_and_check, receipt, request)
         finally:
             self._recording.discard(key)
-        if self._receipts.get(key) is receipt:
+        if self._receipts.get(key) is waiting:
             del self._receipts[key]
+        hold = waiting[1] if waiting else None
+        if consumed and hold is not None:
+            self._admitted.pop(hold, None)  # our ledger refuses it from now on: "already consumed"
         return receipt.id
+
+    def _record_and_check(self, receipt: Receipt, request: ReceiptRequest) -> bool:
+        """Record the receipt; whether our ledger now counts it as consuming its session's hold."""
+        self.ledger.record_receipt(receipt, request.client_sig, request.server_sig)
+        return (receipt.client, receipt.server, receipt.session) in self.ledger.store.report().consumed
 
 
 SendSignal = Callable[[str, dict[str, Any]], Awaitable[None]]

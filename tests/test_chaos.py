@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from rich.console import Console
 
 from bench.chaos import ChaosConfig, run_chaos, tiny_model
 from bench.chaos_ledgers import compare, receipts, snapshot
+from bench.chaos_mesh import ChaosMesh
 from bench.chaos_schedule import NODE, PEER, Kill, Limits, Schedule, ScheduleError, Target, check_plan, plan
+from bench.mesh_processes import BenchError
 from python_peer.core.entries import Entry
 from python_peer.identity import IDENTITY_FILE
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
@@ -130,6 +133,20 @@ def test_a_receipt_the_client_ledger_lacks_is_lost(tmp_path: Path) -> None:
     assert (
         count.lost_count == 1 and "not in the client's ledger" in count.lost[0] and count.server_log_only == 1
     )
+
+
+def test_the_spared_peers_are_never_killed_and_a_span_keeps_a_killable_peer(tmp_path: Path) -> None:
+    """``--spare 1`` protects the last peer of each span (so a peer lives through the load and its memory
+    is judged); the API peer and one more of each span stay killable, so sparing cannot hide a span."""
+    manifest = SimpleNamespace(blocks=[SimpleNamespace(start=0, end=2), SimpleNamespace(start=2, end=4)])
+    mesh = ChaosMesh(tmp_path, tmp_path, manifest, spared=1)  # type: ignore[arg-type]
+    spared = {p.name for p in mesh.peers if p.protected}
+    assert spared == {"peer-0-2-2", "peer-2-4-2"}
+    kills = plan([p.target for p in mesh.procs], 600, 12)
+    assert kills and not {k.target for k in kills} & spared
+    assert {"peer-0-2-0", "peer-0-2-1", "peer-2-4-0", "peer-2-4-1"} <= {k.target for k in kills}
+    with pytest.raises(BenchError, match="spared peers per span"):
+        ChaosMesh(tmp_path, tmp_path, manifest, spared=2)  # type: ignore[arg-type]
 
 
 # --- a short run over a real mesh ----------------------------------------------------------------------

@@ -305,6 +305,124 @@ def _rarity_bonus(receipts: list[Receipt], rules: Rules) -> dict[str, int]:
     return bonus
 
 
+SweepItem = tuple[int, int, str, object]  # (time, kind, key, what): kind 0 grant, 1 receipt, 2 hour, 3 day
+
+
+def grant_item(author: str, grant: EntryFacts) -> SweepItem:
+    return (grant.time, 0, grant.hash, author)
+
+
+def receipt_item(r: Receipt) -> SweepItem:
+    return (r.time, 1, r.id, r)
+
+
+def bonus_items(receipts: Iterable[Receipt]) -> list[SweepItem]:
+    """The end-of-hour (uptime) and end-of-day (rarity) items of the hours and days of ``receipts``."""
+    hours = {(r.server, r.time // HOUR_MS) for r in receipts}
+    days = {(r.model, r.time // DAY_MS) for r in receipts}
+    items: list[SweepItem] = [
+        (hour * HOUR_MS + HOUR_MS - 1, 2, f"{hour}:{server}", (server, hour)) for server, hour in hours
+    ]
+    items += [(day * DAY_MS + DAY_MS - 1, 3, f"{day}:{model}", (model, day)) for model, day in days]
+    return items
+
+
+def sweep_items(grants: dict[str, EntryFacts], receipts: list[Receipt]) -> list[SweepItem]:
+    """Every item of ``compute``'s sweep, in its canonical order."""
+    items = [grant_item(author, grant) for author, grant in grants.items()]
+    items += [receipt_item(r) for r in receipts]
+    items += bonus_items(receipts)
+    items.sort(key=lambda item: item[:3])
+    return items
+
+
+class Sweep:
+    """``compute``'s sweep state: items applied in canonical order move credits between ``accounts``.
+
+    ``step`` applies one item. ``copy`` is an independent copy (a running report applies the bonus items
+    still ahead of its last receipt on a copy, ``running.py``)."""
+
+    def __init__(self, rules: Rules, accounts: dict[str, Account]) -> None:
+        self.rules = rules
+        self.accounts = accounts
+        self.settled: dict[str, Settlement] = {}
+        self.served_times: dict[str, list[int]] = defaultdict(list)
+        self.served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
+        self.hourly: dict[tuple[str, int], int] = defaultdict(int)
+        self.days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)  # receipts swept, per day
+
+    def copy(self) -> Sweep:
+        """A copy whose steps leave this one as it is (the served lists are only read by bonus items)."""
+        other = Sweep(
+            self.rules, {p: replace(a, deferred=dict(a.deferred)) for p, a in self.accounts.items()}
+        )
+        other.settled = dict(self.settled)
+        other.served_times, other.served_totals = self.served_times, self.served_totals
+        other.hourly, other.days = self.hourly, self.days
+        return other
+
+    def account(self, peer: str) -> Account:
+        found = self.accounts.get(peer)
+        if found is None:
+            found = self.accounts[peer] = Account(peer)
+        return found
+
+    def credit(self, peer: str, amount: int) -> int:
+        acc = self.account(peer)
+        credited = max(0, min(amount, self.rules.balance_cap - acc.balance))
+        acc.balance += credited
+        acc.clipped += amount - credited
+        return credited
+
+    def defer(self, peer: str, at: int, amount: int) -> None:
+        credited = self.credit(peer, amount)
+        if credited:
+            deferred = self.account(peer).deferred
+            deferred[at] = deferred.get(at, 0) + credited
+
+    def step(self, item: SweepItem) -> None:
+        at, kind, _, what = item
+        rules = self.rules
+        if kind == 0 and isinstance(what, str):
+            self.credit(what, rules.starter_grant)
+        elif kind == 1 and isinstance(what, Receipt):
+            r = what
+            self.days[(r.model, r.time // DAY_MS)].append(r)
+            times = self.served_times.get(r.client)
+            standing = self.served_totals[r.client][bisect.bisect_left(times, r.time)] if times else 0
+            cost = price(r.blocks, r.tokens, standing, rules)
+            payer, payee = self.account(r.client), self.account(r.server)
+            paid = min(cost, max(0, payer.balance))
+            s = settle(r, cost, paid, rules)
+            self.settled[r.id] = s
+            payer.balance -= paid
+            payer.spent += paid
+            payer.receipts_paid += 1
+            payee.receipts_served += 1
+            if s.counts:
+                payee.earned += s.earned
+                self.credit(r.server, s.earned)
+                payee.served_block_tokens += s.block_tokens
+                self.hourly[(r.server, r.time // HOUR_MS)] += s.block_tokens
+                self.served_times[r.server].append(r.time)
+                totals = self.served_totals[r.server]
+                totals.append(totals[-1] + s.block_tokens)
+        elif kind == 2 and isinstance(what, tuple):
+            server, hour = what
+            if rules.uptime_bonus and self.hourly.get((server, hour), 0) >= rules.uptime_min_block_tokens:
+                self.account(server).uptime_bonus += rules.uptime_bonus
+                self.defer(server, at, rules.uptime_bonus)
+        elif kind == 3 and isinstance(what, tuple):
+            paying = [r for r in self.days.get(what, ()) if self.settled[r.id].counts]
+            rarity = _rarity_bonus(paying, rules)
+            for r in paying:  # in sweep order, (time, id)
+                s = self.settled[r.id]
+                bonus = s.share(rarity[r.id])
+                self.settled[r.id] = replace(s, rarity_bonus=bonus)
+                self.account(r.server).rarity_bonus += bonus
+                self.defer(r.server, at, bonus)
+
+
 def compute(
     entries: Iterable[EntryFacts], *, rules: Rules = DEFAULT_RULES, verify: Verify | None = None
 ) -> LedgerReport:
@@ -399,77 +517,12 @@ def compute(
     # then the hour's uptime bonuses, then the day's rarity bonuses, so a bonus sees every receipt of its
     # hour or day. A receipt debits its client at most what the client holds at that point, and credits
     # its server in proportion to what was paid (see ``settle``).
-    sweep: list[tuple[int, int, str, object]] = []
-    for author, grant in grants.items():
-        sweep.append((grant.time, 0, grant.hash, author))
+    sweep = Sweep(rules, accounts)
+    for author in grants:
         account(author).granted = rules.starter_grant
-    hours: set[tuple[str, int]] = set()
-    days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)
-    for r in receipts:
-        sweep.append((r.time, 1, r.id, r))
-        hours.add((r.server, r.time // HOUR_MS))
-        days[(r.model, r.time // DAY_MS)].append(r)
-    for server, hour in hours:
-        sweep.append((hour * HOUR_MS + HOUR_MS - 1, 2, f"{hour}:{server}", (server, hour)))
-    for model, day in days:
-        sweep.append((day * DAY_MS + DAY_MS - 1, 3, f"{day}:{model}", (model, day)))
-    sweep.sort(key=lambda item: item[:3])
-
-    def credit(peer: str, amount: int) -> int:
-        acc = account(peer)
-        credited = max(0, min(amount, rules.balance_cap - acc.balance))
-        acc.balance += credited
-        acc.clipped += amount - credited
-        return credited
-
-    settled: dict[str, Settlement] = {}
-    served_times: dict[str, list[int]] = defaultdict(list)
-    served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
-    hourly: dict[tuple[str, int], int] = defaultdict(int)
-
-    def defer(peer: str, at: int, amount: int) -> None:
-        credited = credit(peer, amount)
-        if credited:
-            deferred = account(peer).deferred
-            deferred[at] = deferred.get(at, 0) + credited
-
-    for at, kind, _, item in sweep:
-        if kind == 0 and isinstance(item, str):
-            credit(item, rules.starter_grant)
-        elif kind == 1 and isinstance(item, Receipt):
-            r = item
-            times = served_times.get(r.client)
-            standing = served_totals[r.client][bisect.bisect_left(times, r.time)] if times else 0
-            cost = price(r.blocks, r.tokens, standing, rules)
-            payer, payee = account(r.client), account(r.server)
-            paid = min(cost, max(0, payer.balance))
-            s = settle(r, cost, paid, rules)
-            settled[r.id] = s
-            payer.balance -= paid
-            payer.spent += paid
-            payer.receipts_paid += 1
-            payee.receipts_served += 1
-            if s.counts:
-                payee.earned += s.earned
-                credit(r.server, s.earned)
-                payee.served_block_tokens += s.block_tokens
-                hourly[(r.server, r.time // HOUR_MS)] += s.block_tokens
-                served_times[r.server].append(r.time)
-                served_totals[r.server].append(served_totals[r.server][-1] + s.block_tokens)
-        elif kind == 2 and isinstance(item, tuple):
-            server, hour = item
-            if rules.uptime_bonus and hourly.get((server, hour), 0) >= rules.uptime_min_block_tokens:
-                account(server).uptime_bonus += rules.uptime_bonus
-                defer(server, at, rules.uptime_bonus)
-        elif kind == 3 and isinstance(item, tuple):
-            paying = [r for r in days[item] if settled[r.id].counts]
-            rarity = _rarity_bonus(paying, rules)
-            for r in paying:  # sorted by (time, id) like ``receipts``
-                s = settled[r.id]
-                bonus = s.share(rarity[r.id])
-                settled[r.id] = replace(s, rarity_bonus=bonus)
-                account(r.server).rarity_bonus += bonus
-                defer(r.server, at, bonus)
+    for item in sweep_items(grants, receipts):
+        sweep.step(item)
+    settled = sweep.settled
     consumed = frozenset((r.client, r.server, r.session) for r in receipts)
     accusations = {
         peer: tuple(sorted(found, key=lambda a: (a.time, a.entry))) for peer, found in accused.items()

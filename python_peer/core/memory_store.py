@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from .balances import LedgerReport, compute
+from .balances import LedgerReport
 from .chain_store import ChainStore
 from .economics import DEFAULT_RULES, Rules
 from .entries import Entry, ForkProof, Grant
@@ -26,6 +26,7 @@ from .errors import LedgerError
 from .ledger_fields import Verify
 from .receipts import ReceiptBody
 from .rules import check_entry, check_link
+from .running import RunningReport
 
 __all__ = ["Change", "DropChain", "MemoryStore", "Put", "SetEvidence"]
 
@@ -77,6 +78,8 @@ class MemoryStore(ChainStore):
         self.journal: list[Change] = []  # changes of the open (or last committed) transaction
         self._version = 0
         self._cache: tuple[int, LedgerReport] | None = None
+        self._running = RunningReport(rules)
+        self._added: list[Entry] | None = None  # entries written since the last report; None: recompute
         self._heads_cache: tuple[int, dict[str, tuple[int, str]]] | None = None
 
     # --- transactions ---------------------------------------------------------------------------------
@@ -129,6 +132,7 @@ class MemoryStore(ChainStore):
         while len(self._undo) > mark:
             self._undo.pop()()
         self._version += 1
+        self._added = None
 
     def _changed(self, change: Change, undo: Callable[[], None]) -> None:
         if self._depth == 0 and not self._held:
@@ -189,6 +193,8 @@ class MemoryStore(ChainStore):
 
     def _write_entry(self, entry: Entry) -> None:
         self._put(entry)
+        if self._added is not None:
+            self._added.append(entry)
         self._changed(Put(entry), lambda: self._remove(entry))
 
     def _set_evidence(self, author: str, seq: int, entries: Sequence[Entry]) -> None:
@@ -204,6 +210,7 @@ class MemoryStore(ChainStore):
                 self._evidence_hashes.update(e.hash for e in value[1])
 
         assign(after)
+        self._added = None
         self._changed(SetEvidence(author, seq, after[1]), lambda: assign(before))
 
     def _drop_chain(self, author: str, from_seq: int) -> None:
@@ -211,6 +218,7 @@ class MemoryStore(ChainStore):
         dropped = [chain[s] for s in sorted(chain) if s >= from_seq]
         for entry in dropped:
             self._remove(entry)
+        self._added = None
 
         def restore() -> None:
             for entry in dropped:
@@ -294,11 +302,15 @@ class MemoryStore(ChainStore):
             return len(self._hashes)
 
     def report(self) -> LedgerReport:
-        """``compute`` over everything held; recomputed only after a write."""
+        """``compute`` over everything held; after a write, extended by the entries written
+        (``running.RunningReport``) where they only extend it, else computed again."""
         with self._lock:
             if self._cache is not None and self._cache[0] == self._version:
                 return self._cache[1]
-            result = compute([*self._hashes.values(), *self.evidence()], rules=self.rules)
+            result = self._running.extend(self._added) if self._added is not None else None
+            if result is None:
+                result = self._running.full([*self._hashes.values(), *self.evidence()])
+            self._added = []
             self._cache = (self._version, result)
             return result
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import python_peer.link_ledger as link_ledger
+from python_peer.core import chain_store
 from python_peer.core import ledger_exchange as lx
 from python_peer.core.economics import price
 from python_peer.core.entries import Entry
@@ -232,6 +233,70 @@ async def test_a_receipt_releases_its_hold_and_the_next_session_is_served(
     finally:
         await at_a.aclose()
         await at_b.aclose()
+
+
+async def test_a_server_forgets_a_hold_once_its_receipt_is_recorded_and_still_refuses_it(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """A long-lived server remembers no session it was paid for: 40 sessions opened, worked and closed
+    leave no admitted hold, open session or waiting receipt. The attack: OPEN again with a hold it
+    forgot; its own ledger refuses it (the receipt consumed it)."""
+    m = toy_mesh
+    a = m.peer(SPAN, ledger=make_ledger())
+    me = make_ledger()
+    at_a = await Client.connect(m, me, a)
+    exchange = m.servers[a].exchange
+    assert exchange is not None
+    try:
+        for i in range(40):
+            session = bytes([i]) * 16
+            hold = at_a.hold(session, tokens=10)
+            await at_a.push()
+            await at_a.open(session, hold.hash, 10)
+            await at_a.work(session)
+        assert exchange.remembered == (0, 0, 0)
+        with pytest.raises(PaymentRequiredError, match="already consumed"):
+            await at_a.open(b"\x00" * 16, _first_hold(me), 10)
+    finally:
+        await at_a.aclose()
+
+
+def _first_hold(ledger: LedgerService) -> str:
+    report = ledger.store.report()
+    return report.holds[ledger.peer_id][0].hash
+
+
+async def test_a_server_forgets_expired_holds_at_the_next_open(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions opened and never closed (the client vanished): their holds are forgotten once expired,
+    and an expired hold is still refused."""
+    m = toy_mesh
+    a = m.peer(SPAN, ledger=make_ledger())
+    me = make_ledger()
+    at_a = await Client.connect(m, me, a)
+    exchange = m.servers[a].exchange
+    assert exchange is not None
+    try:
+        holds = []
+        for i in range(5):
+            hold = at_a.hold(bytes([i]) * 16, tokens=10, ttl_ms=120_000)
+            await at_a.push()
+            await at_a.open(bytes([i]) * 16, hold.hash, 10)
+            holds.append(hold.hash)
+        assert exchange.remembered[0] == 5
+        later = now_ms() + 121_000
+        monkeypatch.setattr(link_ledger, "now_ms", lambda: later)
+        monkeypatch.setattr(chain_store, "wall_clock_ms", lambda: later)
+        fresh = at_a.hold(b"\x09" * 16, tokens=10)
+        await at_a.push()
+        await at_a.open(b"\x09" * 16, fresh.hash, 10)
+        assert exchange.remembered[0] == 1  # the five expired ones are gone
+        await at_a.rpc.call(Frame(FrameType.CLOSE, b"\x00" * 16, 0), 5)
+        with pytest.raises(PaymentRequiredError, match="expires in 0 s"):
+            await at_a.open(b"\x00" * 16, holds[0], 10)
+    finally:
+        await at_a.aclose()
 
 
 async def test_an_expired_hold_releases_its_credits_and_stops_its_session(

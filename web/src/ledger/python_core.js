@@ -24,6 +24,7 @@ export const CORE_FILES = Object.freeze([
   'proof_of_work.py',
   'rules.py',
   'balances.py',
+  'running.py',
   'reputation.py',
   'signature_claims.py',
   'chain_store.py',

@@ -1,0 +1,169 @@
+"""The running report (``core/running.py``): a store's balances extended entry by entry are exactly
+``compute`` over what it holds, after every single write, in SQLite and in memory.
+
+The histories are what a mesh writes (grants, a hold per session, the receipt carried by its client and
+its server, in the order they were written) and what an adversary can send instead: receipts dated
+before the latest one counted, a receipt superseding another of the same session span, copies of one
+receipt arriving in any order, forks and fork proofs, and sessions across hour and day ends (bonuses).
+Each case checks that the fast path was really taken where it applies, so a running report that always
+fell back to ``compute`` would fail here too.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from python_peer.core.balances import compute
+from python_peer.core.economics import DAY_MS, HOUR_MS
+from python_peer.core.entries import Entry, ForkProof, make_entry
+from python_peer.core.holds import Hold
+from python_peer.core.memory_store import MemoryStore
+from python_peer.ledger_store import LedgerStore, native_verify
+from tests.support.ledger import (
+    MODEL,
+    NOW,
+    PEOPLE,
+    RULES,
+    T0,
+    Action,
+    Log,
+    build,
+    cosign,
+    grant,
+    plans,
+    whole_report,
+)
+
+Store = Callable[[], LedgerStore | MemoryStore]
+STORES: dict[str, Store] = {
+    "sqlite": lambda: LedgerStore.open(None, rules=RULES),
+    "memory": lambda: MemoryStore(rules=RULES, verify=native_verify),
+}
+
+
+def _mesh_history(seed: int, steps: int, *, disorder: float = 0.0) -> list[Entry]:
+    """Entries of PEOPLE chatting as the mesh does, in the order the entries were written.
+
+    Each step a client holds, then the server and (usually) the client carry the receipt; sessions are
+    sometimes closed again with more tokens (a superseding receipt), time runs over hour and day ends,
+    and with ``disorder`` some receipts are dated before the latest one."""
+    rng = random.Random(seed)
+    logs = [Log(p) for p in PEOPLE]
+    written: list[Entry] = []
+    now = T0 + 3_000_000  # a few minutes before an hour's end
+    for log in logs:
+        written.append(log.add(grant(log.identity), time=T0))
+    sessions: list[tuple[int, int, str, int, int]] = []
+    for _ in range(steps):
+        now += rng.choice([1_000, 30_000, 600_000, HOUR_MS // 2])
+        client, server = rng.sample(range(len(logs)), 2)
+        start = rng.randrange(0, 3)
+        end = start + rng.randrange(1, 4)
+        when = now - rng.randrange(1, 3 * HOUR_MS) if rng.random() < disorder else now
+        if sessions and rng.random() < 0.1:  # the same session span closed again, with more tokens
+            client, server, session, start, end = rng.choice(sessions)
+        else:
+            session = f"{rng.getrandbits(128):032x}"
+            sessions.append((client, server, session, start, end))
+            hold = Hold(session, PEOPLE[server].peer_id, MODEL, start, end, 50_000, when + 600_000)
+            written.append(logs[client].add(hold, time=max(when, _head_time(logs[client]))))
+        body = cosign(
+            PEOPLE[client],
+            PEOPLE[server],
+            tokens=rng.randrange(1, 3000),
+            start=start,
+            end=end,
+            time=when,
+            session=session,
+        )
+        carriers = [server, client] if rng.random() < 0.5 else [client, server]
+        if rng.random() < 0.15:
+            carriers = carriers[:1]  # the other side died before writing its copy
+        for who in carriers:
+            written.append(logs[who].add(body, time=max(when, _head_time(logs[who]))))
+    return written
+
+
+def _head_time(log: Log) -> int:
+    return log.entries[-1].time if log.entries else T0
+
+
+def _replay(make: Store, entries: list[Entry]) -> LedgerStore | MemoryStore:
+    """Insert ``entries`` one write at a time; after each, the report equals ``compute`` over the store."""
+    store = make()
+    store.report()
+    for entry in entries:
+        store.insert_many([entry], NOW)
+        held = [*store.entries(), *store.evidence()]
+        assert whole_report(store.report()) == whole_report(compute(held, rules=RULES)), entry.hash
+    return store
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_a_mesh_history_is_extended_entry_by_entry_and_equals_compute(kind: str) -> None:
+    entries = _mesh_history(1, 120)
+    store = _replay(STORES[kind], entries)
+    running = store._running
+    # grants and superseding receipts recompute; holds, receipts and their second copies extend
+    assert running.extensions > 3 * running.full_runs, (running.extensions, running.full_runs)
+    days = {e.body.receipt.time // DAY_MS for e in entries if hasattr(e.body, "receipt")}
+    assert len(days) > 1  # the history crossed a day's end: rarity bonuses were applied and passed
+    report = store.report()
+    assert any(a.uptime_bonus for a in report.accounts.values())
+    assert any(s.rarity_bonus for s in report.settled.values())
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+@pytest.mark.parametrize("seed", [2, 3])
+def test_receipts_dated_before_the_latest_one_still_give_compute_s_report(kind: str, seed: int) -> None:
+    """The attack: a peer dates receipts into the past (or gossip brings old ones late), so the sweep's
+    order is not the order of arrival. The store recomputes for those; the report never differs."""
+    store = _replay(STORES[kind], _mesh_history(seed, 80, disorder=0.3))
+    assert store._running.full_runs > 3
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_copies_of_one_receipt_in_any_order_and_a_fork_give_compute_s_report(kind: str) -> None:
+    """Copies of one receipt arriving in either order change only which copy is ignored; a fork (two
+    entries at one seq) and its proof fall back to ``compute`` and later entries extend again."""
+    entries = _mesh_history(4, 40)
+    rng = random.Random(4)
+    shuffled = sorted(entries, key=lambda e: (e.seq, rng.random()))  # each chain in order, interleaved
+    store = _replay(STORES[kind], shuffled)
+    a, b = PEOPLE[0], PEOPLE[1]
+    head = store.head(a.peer_id)
+    assert head is not None
+    twin_body = cosign(b, a, tokens=7, time=head.time, session="f" * 32)
+    twin = make_entry(head.author, head.seq, head.prev, head.time, twin_body, a.sign)
+    store.insert_many([twin], NOW)
+    held = [*store.entries(), *store.evidence()]
+    assert whole_report(store.report()) == whole_report(compute(held, rules=RULES))
+    assert a.peer_id in store.report().forks
+    proof = Log(PEOPLE[2])
+    proof.entries = list(store.entries_from(PEOPLE[2].peer_id, 1, 10_000))
+    store.insert_many([proof.add(ForkProof.of(head, twin), time=NOW - 1000)], NOW)
+    held = [*store.entries(), *store.evidence()]
+    assert whole_report(store.report()) == whole_report(compute(held, rules=RULES))
+
+
+STORE_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@STORE_SETTINGS
+@given(plan=plans(8, 40))
+def test_random_histories_written_one_entry_at_a_time_equal_compute(plan: list[Action]) -> None:
+    """``build``'s random histories (grants twice, cumulative receipts, carried copies, forks, proofs),
+    each entry its own write, in the order of its author's chain and time."""
+    entries = sorted(build(plan), key=lambda e: (e.time, e.seq, e.hash))
+    _replay(STORES["sqlite"], entries)
+
+
+@STORE_SETTINGS
+@given(seed=st.integers(0, 10_000), disorder=st.sampled_from([0.0, 0.05, 0.5]))
+def test_random_mesh_histories_equal_compute_in_memory(seed: int, disorder: float) -> None:
+    _replay(STORES["memory"], _mesh_history(seed, 30, disorder=disorder))
