@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -51,7 +50,6 @@ pytestmark = pytest.mark.timeout(180)
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
 PROMPT = "hello world, the quick brown fox"
 FAST = ClientConfig(request_timeout_s=8.0, connect_timeout_s=8.0)
-API_LINE = re.compile(r"^api (http://\S+/v1)$", re.MULTILINE)
 
 
 @dataclass
@@ -79,7 +77,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
             peers.append(PeerProc(name, tmp, tiny_llama_export, [node.url], span=span, extra=extra))
         for peer in peers:
             peer.wait()
-        url = _wait_api(peers[1])
+        url = peers[1].wait_api() + "/v1"
         yield ApiMesh(node, peers, tiny_llama_export, load_manifest(tiny_llama_export).name, url)
     finally:
         statuses = {}
@@ -89,16 +87,6 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
         node.stop()
     # The peer serving the API stops cleanly on SIGTERM, its API server with it.
     assert statuses.get("api1-3") == 0, peers[1].tail()
-
-
-def _wait_api(peer: PeerProc, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = API_LINE.search(peer.log.read_text())
-        if match:
-            return match.group(1)
-        time.sleep(0.05)
-    raise AssertionError(f"the API of {peer.name} did not start:\n{peer.tail()}")
 
 
 @dataclass

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,7 +37,6 @@ from tests.support.raw_signaling import raw_peer
 pytestmark = pytest.mark.timeout(240)
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
-API_LINE = re.compile(r"^api (http://\S+/v1)$", re.MULTILINE)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +86,7 @@ def mesh(
         peers.append(PeerProc("llama-c", tmp, tiny_llama_export, [node.url], span="3-4"))
         for peer in peers:
             peer.wait()
-        url = _wait_api(peers[0])
+        url = peers[0].wait_api() + "/v1"
         yield TwoModels(node, peers, {llama: tiny_llama_export, qwen: tiny_qwen_export}, url)
     finally:
         statuses = {}
@@ -97,16 +95,6 @@ def mesh(
                 statuses[peer.name] = peer.stop()
         node.stop()
     assert statuses.get("both-a") == 0, peers[0].tail()
-
-
-def _wait_api(peer: PeerProc, timeout: float = 30.0) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = API_LINE.search(peer.log.read_text())
-        if match:
-            return match.group(1)
-        time.sleep(0.05)
-    raise AssertionError(f"the API of {peer.name} did not start:\n{peer.tail()}")
 
 
 def _models(mesh: TwoModels) -> dict[str, dict]:
@@ -257,38 +245,24 @@ async def test_throwaway_models_stay_bounded_and_not_chatable(mesh: TwoModels) -
         assert refused["type"] == "error" and refused["code"] == "bad_message", refused
 
 
-def test_peer_refuses_spans_that_do_not_pair_with_models(tmp_path: Path, tiny_llama_export: Path) -> None:
-    result = run_cli(
-        [
-            "peer",
-            "--signal",
-            "ws://127.0.0.1:9",
-            "--model",
-            str(tiny_llama_export),
-            "--model",
-            str(tiny_llama_export),
-            "--span",
-            "0-1",
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        timeout=60,
-    )
+@pytest.mark.parametrize(
+    ("second", "spans", "words"),
+    [
+        ("export", ["--span", "0-1"], "1 --span for 2 --model"),
+        ("export", [], "hold the same model"),
+        ("some-model-name", [], "a peer fetches one model by name and serves it alone"),
+    ],
+)
+def test_peer_refuses_models_and_spans_that_do_not_pair(
+    tmp_path: Path, tiny_llama_export: Path, second: str, spans: list[str], words: str
+) -> None:
+    models = [
+        "--model",
+        str(tiny_llama_export),
+        "--model",
+        str(tiny_llama_export) if second == "export" else second,
+    ]
+    data = ["--data-dir", str(tmp_path / "d")]
+    result = run_cli(["peer", "--signal", "ws://127.0.0.1:9", *models, *spans, *data], timeout=60)
     assert result.returncode != 0
-    assert "1 --span for 2 --model" in result.stderr
-    twice = run_cli(
-        [
-            "peer",
-            "--signal",
-            "ws://127.0.0.1:9",
-            "--model",
-            str(tiny_llama_export),
-            "--model",
-            str(tiny_llama_export),
-            "--data-dir",
-            str(tmp_path / "d"),
-        ],
-        timeout=60,
-    )
-    assert twice.returncode != 0
-    assert "hold the same model" in twice.stderr
+    assert words in result.stderr, result.stderr

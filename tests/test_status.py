@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import socket
 import stat
@@ -273,12 +272,10 @@ def test_a_span_moved_from_the_settings_page_announces_its_benchmark(
     peer = PeerProc("mover", tmp_path, tiny_llama_export, [node.url], span="0-1", extra=["--api-port", "0"])
     try:
         peer.wait()
-        api = wait_for(lambda: re.search(r"api (http://\S+)/v1", peer.log.read_text()), 30, what="the API")
+        api = peer.wait_api()
         before = wait_for(lambda: answering(peer.data_dir), 60, what="the peer's status socket")
         assert before["span"] == "0-1" and before["throughput_source"] == "measured at start"
-        response = httpx.post(
-            f"{api.group(1)}/v1/node/settings", json={"span": "1-3"}, timeout=60, trust_env=False
-        )
+        response = httpx.post(f"{api}/v1/node/settings", json={"span": "1-3"}, timeout=60, trust_env=False)
         assert response.status_code == 200, response.text
         after = status_json(peer.data_dir)
         assert (

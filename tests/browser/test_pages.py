@@ -30,7 +30,6 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(180)]
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "tests" / "artifacts" / "pages"
-API_LINE = re.compile(r"^api (http://\S+)/v1$", re.MULTILINE)
 QUESTION = "What is the capital of France?"
 MAX_TOKENS = 24
 PHONE = ViewportSize(width=390, height=844)
@@ -76,23 +75,12 @@ def mesh(tmp_path_factory: pytest.TempPathFactory, tiny_llama_export: Path) -> I
             peer.wait()
         manifest = load_manifest(tiny_llama_export)
         hidden = int(manifest.config["hidden_size"])
-        yield PagesMesh(node, peers, tiny_llama_export, manifest.name, hidden, _wait_api(peers[1]))
+        yield PagesMesh(node, peers, tiny_llama_export, manifest.name, hidden, peers[1].wait_api())
     finally:
         for peer in peers:
             with contextlib.suppress(AssertionError):
                 peer.stop()
         node.stop()
-
-
-def _wait_api(peer: PeerProc, timeout: float = 30.0) -> str:
-    match = wait_for(
-        lambda: API_LINE.search(peer.log.read_text()),
-        timeout,
-        what=f"the API of {peer.name} starting",
-        interval=0.05,
-        describe=peer.tail,
-    )
-    return match.group(1)
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:

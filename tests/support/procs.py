@@ -189,6 +189,19 @@ class PeerProc:
             time.sleep(0.05)
         raise AssertionError(f"peer {self.name} not ready:\n{self.log.read_text()[-3000:]}")
 
+    API = re.compile(r"^api (http://\S+)/v1$", re.MULTILINE)
+
+    def wait_api(self, timeout: float = 30.0) -> str:
+        """The base URL (``http://host:port``) of the API this peer serves, once its log says it listens."""
+        match = wait_for(
+            lambda: self.API.search(self.log.read_text()),
+            timeout,
+            what=f"the API of {self.name} starting",
+            interval=0.05,
+            describe=self.tail,
+        )
+        return str(match.group(1))
+
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
