@@ -38,10 +38,11 @@ const message = (err) => (err instanceof Error ? err.message : String(err));
 
 /**
  * @param {URL} url
- * @returns {Promise<Uint8Array>}
+ * @returns {Promise<Uint8Array | null>} null: HTTP 404
  */
 async function httpBytes(url) {
   const response = await fetch(url, { cache: 'no-store' });
+  if (response.status === 404) return null;
   if (!response.ok) throw new PublicationError(`cannot download ${url.pathname}: HTTP ${response.status}`);
   const bytes = new Uint8Array(await response.arrayBuffer());
   if (bytes.byteLength > MAX_MANIFEST_BYTES) throw new PublicationError(`${url.pathname} is over ${MAX_MANIFEST_BYTES} bytes`);
@@ -126,6 +127,11 @@ export class ModelFiles {
     const base = folder(this.modelEntry.base);
     try {
       const [signed, manifestBytes] = await Promise.all([httpBytes(new URL('manifest.sig.json', base)), httpBytes(new URL('manifest.json', base))]);
+      if (signed === null || manifestBytes === null) {
+        // no signed manifest: an unsigned export, taken only where the page allows it (config.js says why not)
+        this.manifest = await fetchManifest(this.modelEntry, this.policy);
+        return;
+      }
       const { manifest, publication } = await verifyPublication(JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(signed)), manifestBytes, this.policy);
       this.#use(checkManifest(manifest, name, String(new URL('manifest.json', base))), publication, signed, manifestBytes);
     } catch (err) {
