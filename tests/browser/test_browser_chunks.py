@@ -7,23 +7,28 @@ and the shard bytes from the native peers in verified chunks over WebRTC data ch
 request for a shard file (Chromium's network log, through Playwright's request events), and a Python
 mesh client's greedy tokens through it equal the local chain's. Then the native peers stop, and a
 second tab (a fresh browser context: empty IndexedDB) serving 1-3 gets the manifest and every shard
-byte from the first tab, again with no HTTP request for a shard file.
+byte from the first tab, again with no HTTP request for a shard file. A tab whose only seeder lies
+about every chunk (a real serving peer, ``tests/support/liar_seeder.py``) bans it at its first bad
+chunk, stores nothing, serves nothing and says which chunk and why; it does not take the file over HTTP
+instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, ConsoleMessage
+from playwright.sync_api import Browser, ConsoleMessage, expect
 
 from python_peer.core.manifest import load_manifest
 from tests.support.browser_node import local_tokens, mesh_run
+from tests.support.liar_seeder import LiarProc
 from tests.support.loop_thread import LoopThread
-from tests.support.node_page import Visit, start, visit, wait_serving
+from tests.support.node_page import START_TIMEOUT_MS, Visit, start, visit, wait_serving
 from tests.support.procs import Node, PeerProc, run_cli
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
@@ -120,5 +125,58 @@ def test_a_tab_fetches_its_shard_from_peers_serves_it_and_seeds_it_to_a_second_t
         for peer in natives:
             with contextlib.suppress(AssertionError):
                 peer.stop()
+        with contextlib.suppress(AssertionError):
+            node.stop()
+
+
+# The shard cache's metadata records (web/src/storage/db.js), read with the page's own IndexedDB.
+CACHED_SHARDS_JS = """() => new Promise((resolve, reject) => {
+  const open = indexedDB.open('ai4all');
+  open.onerror = () => reject(open.error);
+  open.onsuccess = () => {
+    const db = open.result;
+    if (!db.objectStoreNames.contains('shard_meta')) { db.close(); resolve([]); return; }
+    const all = db.transaction('shard_meta', 'readonly').objectStore('shard_meta').getAll();
+    all.onsuccess = () => { db.close(); resolve(all.result.map((info) => info.meta.file)); };
+    all.onerror = () => reject(all.error);
+  };
+})"""
+
+
+def test_a_tab_whose_only_seeder_lies_bans_it_stores_nothing_and_says_why(
+    browser: Browser, published: tuple[Path, str], tmp_path: Path
+) -> None:
+    model, publisher = published
+    name = load_manifest(model).name
+    node = Node(
+        "signal", tmp_path, model_dirs=[model], env=NO_UNSIGNED, extra_args=("--trust-publisher", publisher)
+    )
+    liar: LiarProc | None = None
+    try:
+        node.wait()
+        liar = LiarProc("liar", tmp_path, model, [node.url], span="0-1", lie="corrupt")
+        liar.wait()
+        with visit(browser, node.http_url + "/") as seen:
+            log = _console(seen)
+            start(seen, span="1-3")
+            error = seen.testid("error")
+            expect(error).to_contain_text("no usable peer holds chunk", timeout=START_TIMEOUT_MS)
+            expect(error).to_contain_text("banned: it sent a bad chunk")
+            expect(error).to_contain_text("its sha256 is not the one the publisher signed")
+            expect(seen.testid("serving")).to_have_text("Not serving.")
+            text = "\n".join(log)
+            assert f"peer {liar.peer_id[:8]} sent a bad chunk" in text, text
+            every_file = {
+                f for s in load_manifest(model).shards for f in {s.file, *(x.file for x in s.files)}
+            }
+            assert _shard_requests(seen, every_file) == [], "a seeded file is never taken over HTTP instead"
+            assert seen.page.evaluate(CACHED_SHARDS_JS) == [], "nothing unverified is stored"
+        assert name not in json.dumps(
+            [e["serves"] for e in node.directory()["entries"] if e["peer_id"] != liar.peer_id]
+        )
+    finally:
+        if liar is not None:
+            with contextlib.suppress(AssertionError):
+                liar.stop()
         with contextlib.suppress(AssertionError):
             node.stop()
