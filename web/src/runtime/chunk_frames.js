@@ -10,6 +10,10 @@
 import {
   CHUNK_BYTES,
   ChunkKind,
+  DATA_TENSOR,
+  MANIFEST_TENSOR,
+  SESSION_ID_BYTES,
+  SIGNED_TENSOR,
   HAVE_FILES_BYTES,
   MAX_PUBLISHED_FILES,
 } from '../protocol/constants.js';
@@ -22,10 +26,7 @@ import { FrameType, MetadataError, makeFrame } from '../protocol/wire.js';
  */
 /** What a seeder says it holds. @typedef {{publisher: string, version: number, files: Set<string>}} Holding */
 
-export const CHUNK_SESSION_BYTES = 16;
-export const SIGNED_TENSOR = 'signed';
-export const MANIFEST_TENSOR = 'manifest';
-export const DATA_TENSOR = 'data';
+export { DATA_TENSOR, MANIFEST_TENSOR, SIGNED_TENSOR };
 
 const MODEL_RE = /^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -80,7 +81,7 @@ const sameKeys = (meta, keys) => {
   return have.length === keys.length && have.every((k, i) => k === [...keys].sort()[i]);
 };
 
-const session = () => crypto.getRandomValues(new Uint8Array(CHUNK_SESSION_BYTES));
+const session = () => crypto.getRandomValues(new Uint8Array(SESSION_ID_BYTES));
 
 /** @param {string} name */
 export function manifestRequest(name) {
