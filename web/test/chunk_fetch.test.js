@@ -276,3 +276,51 @@ test('a link source matches answers to requests by session and fails its calls w
   await assert.rejects(first, /closed: test over/);
   await assert.rejects(source.call(haveRequest(MODEL), 5_000), /closed/);
 });
+
+test('a source that never answers is dropped and its chunks fetched elsewhere; a malformed have is not believed', async () => {
+  const silent = {
+    id: '1'.repeat(63) + '0',
+    calls: { chunks: 0 },
+    /** @param {any} frame @param {number} timeoutMs */
+    async call(frame, timeoutMs) {
+      if (frame.meta.kind === 'have') return makeFrame({ type: FrameType.CHUNK, session: frame.session, meta: { kind: 'have', model: MODEL, publisher: PUBLISHER, version: 3, files: Object.keys(DATA) } });
+      this.calls.chunks++;
+      await new Promise((resolve) => setTimeout(resolve, timeoutMs));
+      throw new Error(`no answer within ${timeoutMs} ms`);
+    },
+  };
+  const escaping = {
+    id: '2'.repeat(63) + '0',
+    /** @param {any} frame */
+    async call(frame) {
+      return makeFrame({ type: FrameType.CHUNK, session: frame.session, meta: { kind: 'have', model: MODEL, publisher: PUBLISHER, version: 3, files: ['../../secret'] } });
+    },
+  };
+  const honest = peer('3'.repeat(63) + '0');
+  const fetcher = new ChunkFetcher({ log: quiet, timeoutMs: 50 });
+  const holders = await fetcher.holdings([silent, escaping, honest], PUBLICATION);
+  assert.deepEqual(holders.map((h) => h.source.id), [silent.id, honest.id], 'the malformed have answer is left out');
+  const got = await fetcher.fetchFiles({ publication: PUBLICATION, files: FILES, sources: holders });
+  assert.deepEqual(got.get('a.onnx'), DATA['a.onnx']);
+  assert.ok(silent.calls.chunks >= 1 && silent.calls.chunks <= MAX_CHUNK_REQUESTS_IN_FLIGHT, 'dropped after its first silence');
+  assert.ok(!fetcher.banned(silent.id), 'silence is not a lie: dropped, not banned');
+});
+
+test('the seeder paces its upload, and answers busy rather than hold an answer past 20 s', async () => {
+  /** @type {number[]} */
+  const slept = [];
+  const now = 0;
+  const seeder = new BrowserSeeder({ log: quiet, uploadBytesPerS: CHUNK_BYTES, now: () => now, sleep: async (ms) => void slept.push(ms) });
+  seeder.add({ publication: PUBLICATION, signed: new Uint8Array(1), manifest: new Uint8Array(1), files: new Set(['a.onnx']), read: async (f, o, l) => DATA['a.onnx'].slice(o, o + l) });
+  const ask = (/** @type {number} */ index) => seeder.handle(`r${index}`, chunkRequest(MODEL, PUBLISHER, 3, 'a.onnx', index));
+  assert.equal((await ask(0)).type, FrameType.CHUNK);
+  assert.deepEqual(slept, [], 'the first chunk is within the burst');
+  assert.equal((await ask(1)).type, FrameType.CHUNK);
+  assert.ok(Math.abs(slept[0] - 1000) < 1, `the second waits a second at 1 MiB/s, not ${slept[0]} ms`);
+  const many = new BrowserSeeder({ log: quiet, uploadBytesPerS: 1000, now: () => now, sleep: async () => {} });
+  many.add({ publication: PUBLICATION, signed: new Uint8Array(1), manifest: new Uint8Array(1), files: new Set(['a.onnx']), read: async (f, o, l) => DATA['a.onnx'].slice(o, o + l) });
+  const answer = await many.handle('r', chunkRequest(MODEL, PUBLISHER, 3, 'a.onnx', 0));
+  assert.equal(String(answer.meta.code), ChunkErrorCode.BUSY);
+  assert.match(String(answer.meta.message), /upload rate is taken/);
+  assert.equal(many.chunksSent, 0);
+});
