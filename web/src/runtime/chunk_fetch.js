@@ -25,7 +25,6 @@ import {
   SOURCE_BAN_MS,
 } from '../protocol/constants.js';
 import { FrameType } from '../protocol/wire.js';
-import { hex } from '../client/rpc.js';
 import { sha256Hex } from './download.js';
 import { PublicationError, checkChunk, verifyPublication } from './publication.js';
 import { chunkRange, chunkRequest, haveRequest, manifestRequest, parseChunkAnswer, parseHaveAnswer, parseManifestAnswer } from './chunk_frames.js';
@@ -54,6 +53,8 @@ export class ChunkFetchError extends Error {
 
 /** @param {unknown} err */
 const message = (err) => (err instanceof Error ? err.message : String(err));
+/** @param {Uint8Array} bytes */
+const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
 /** @param {string} id */
 const short = (id) => id.slice(0, 8);
 
