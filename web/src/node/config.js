@@ -49,7 +49,6 @@ const message = (err) => (err instanceof Error ? err.message : String(err));
  * @returns {Promise<any>}
  */
 export async function fetchManifest(modelEntry, policy) {
-  const url = new URL('manifest.json', folder(modelEntry.base));
   let manifest;
   try {
     ({ manifest } = await fetchVerifiedManifest(folder(modelEntry.base), policy, modelEntry.signed !== false));
@@ -57,6 +56,18 @@ export async function fetchManifest(modelEntry, policy) {
     if (err instanceof PublicationError) throw new NodeError(`the model ${modelEntry.name} is refused: ${err.message}`, { cause: err });
     throw new NodeError(`cannot fetch the manifest of ${modelEntry.name}: ${message(err)}`, { cause: err });
   }
+  return checkManifest(manifest, modelEntry.name, String(new URL('manifest.json', folder(modelEntry.base))));
+}
+
+/**
+ * Check what the node reads of a verified manifest: its name, layer count and shard file names.
+ * @param {any} manifest
+ * @param {string} name  the model the page names
+ * @param {string} where  where it came from, for the error
+ * @returns {any}
+ */
+export function checkManifest(manifest, name, where) {
+  const url = where;
   if (
     typeof manifest?.model?.name !== 'string' ||
     typeof manifest.model.config !== 'object' ||
@@ -70,8 +81,8 @@ export async function fetchManifest(modelEntry, policy) {
       throw new NodeError(`the manifest at ${url} names a shard file ${JSON.stringify(shard?.file)} outside its folder`);
     }
   }
-  if (manifest.model.name !== modelEntry.name) {
-    throw new NodeError(`the manifest at ${url} is for ${manifest.model.name}, not ${modelEntry.name}`);
+  if (manifest.model.name !== name) {
+    throw new NodeError(`the manifest at ${url} is for ${manifest.model.name}, not ${name}`);
   }
   return manifest;
 }

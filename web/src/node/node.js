@@ -27,10 +27,13 @@
 
 import { BrowserLedger } from '../ledger/ledger.js';
 import { BlocksRunner, ShardRunner, shardTotalBytes } from '../runtime/shard.js';
-import { ShardCache, acquireNodeLock, fetchShardCached, loadOrCreateIdentity } from '../storage/db.js';
+import { acquireNodeLock, loadOrCreateIdentity } from '../storage/db.js';
+import { ChunkErrorCode, FrameType } from '../protocol/constants.js';
+import { errorFrame } from '../protocol/wire.js';
 import { transportConfigFor } from '../transport/peer.js';
 import { chooseBackend } from '../runtime/onnx.js';
-import { MIB, NodeError, backendBudget, checkConfig, fetchManifest, folder, numLayers } from './config.js';
+import { MIB, NodeError, backendBudget, checkConfig, folder, numLayers } from './config.js';
+import { ModelFiles } from './model_files.js';
 import { trustPolicy } from '../runtime/publication.js';
 import { BrowserNodeCore, LEDGER_SIGNAL, WEBRTC_SIGNAL } from './core.js';
 import { checkSpanFits, describeNeed, gib, leastServedChoice, leastServedSpan, spanShards } from './span_choice.js';
@@ -168,6 +171,10 @@ export class BrowserNode {
     this.throughput = 0;
     /** @type {BlocksRunner[]} */
     this.runners = [];
+    /** @type {ModelFiles | null} where the model's files come from (peers, else HTTP) */
+    this.files = null;
+    /** @type {import('./seeder.js').BrowserSeeder | null} answers CHUNK requests for the files held */
+    this.seeder = null;
   }
 
   /**
@@ -256,8 +263,10 @@ export class BrowserNode {
     });
     core.useLedger(this.ledger);
     await this.#refreshAccount();
-    this.manifest = await fetchManifest(this.modelEntry, trustPolicy(this.config));
     const signal = await core.connect(this.config.signal, { serves: [] });
+    // the signed manifest from the peers seeding the model (else over HTTP), then its files likewise
+    this.files = await ModelFiles.open({ db: this.db, core, modelEntry: this.modelEntry, policy: trustPolicy(this.config), log: this.log });
+    this.manifest = this.files.manifest;
     const manifest = this.manifest;
     // The backend bounds the budget (a WASM instance holds at most 4 GiB), so it is known before the span.
     const backend = await chooseBackend(this.runtimeOptions.allowWebGPU ?? true);
@@ -280,6 +289,8 @@ export class BrowserNode {
       `${describeNeed(need)}; budget ${gib(budget.bytes)} on ${backend === 'webgpu' ? 'WebGPU' : 'WASM'}, ${budget.reason}`;
     this.span = { start: span.start, end: span.end };
     await this.#loadShards(shards);
+    this.files.close();
+    this.seeder = this.files.seed();
     this.server = new SpanServer(manifest, this.span, this.runners, {
       memoryBudgetBytes: Math.min(this.kvCapBytes, budget.bytes - need.weights),
       ledger: this.ledger,
@@ -321,38 +332,25 @@ export class BrowserNode {
   }
 
   /**
-   * Download (or read from the IndexedDB cache) and load the shards; `download.cached` says whether
-   * every byte came from the cache (a corrupt cached copy is downloaded again by `fetchShardCached`).
+   * Fetch (or read from the IndexedDB cache) and load the shards; `download.cached` says whether
+   * every byte came from the cache (a corrupt cached copy is fetched again: ./model_files.js).
    * @param {import('../runtime/shard.js').ShardEntry[]} shards
    */
   async #loadShards(shards) {
     this.#download = { loaded: 0, total: shards.reduce((sum, s) => sum + shardTotalBytes(s), 0), cached: false };
     this.#setState('downloading');
-    /** @type {Set<string>} */
-    let inCache = new Set();
-    try {
-      inCache = new Set((await new ShardCache(this.db).list()).map((info) => info.sha256));
-    } catch (err) {
-      this.log.warn(`cannot list the shard cache: ${message(err)}`);
-    }
+    const files = /** @type {ModelFiles} */ (this.files);
     let done = 0;
     let allCached = true;
     for (const entry of shards) {
-      // every file of the shard (its .onnx, then its .onnx.data if any), each verified and cached
+      // every file of the shard (its .onnx, then its .onnx.data if any), each verified and cached:
+      // from the cache, else from the peers seeding it in verified chunks, else over HTTP (model_files.js)
+      const meta = { model: this.modelEntry.name, shard: entry.file, start: entry.start, end: entry.end };
       /** @type {import('../runtime/shard.js').FetchFile} */
-      const fetchFile = async (url, listed, onProgress) => {
-        let fetched = !inCache.has(listed.sha256);
-        const log = {
-          warn: (/** @type {string} */ text) => {
-            fetched = true; // the cached copy was unreadable or corrupt: downloaded again
-            this.log.warn(text);
-          },
-        };
-        const meta = { model: this.modelEntry.name, file: listed.file, shard: entry.file, start: entry.start, end: entry.end };
-        const bytes = await fetchShardCached(this.db, url, listed.sha256, listed.bytes, onProgress, { meta, log });
-        allCached &&= !fetched;
-        return bytes;
-      };
+      const fetchFile = (url, listed, onProgress) =>
+        files.fetchFile({ ...meta, file: listed.file }, () => {
+          allCached = false;
+        })(url, listed, onProgress);
       const onProgress = (/** @type {number} */ loaded) => {
         this.#download = { ...this.#download, loaded: done + loaded };
         this.#changed();
@@ -394,10 +392,20 @@ export class BrowserNode {
   #onFrame(link, frame) {
     const server = this.server;
     if (server === null) return;
-    server
-      .handle(link.remoteId, frame)
+    // CHUNK frames (docs/chunks.md) to the seeder; a node seeding nothing refuses them as the seeder would
+    const answering = frame.type === FrameType.CHUNK ? this.#seed(link.remoteId, frame) : server.handle(link.remoteId, frame);
+    answering
       .then((answer) => link.send(answer))
       .catch((err) => this.log.warn(`answer to ${link.remoteId.slice(0, 8)} not sent: ${message(err)}`));
+  }
+
+  /**
+   * @param {string} client
+   * @param {import('../protocol/wire.js').Frame} frame
+   */
+  async #seed(client, frame) {
+    if (this.seeder !== null) return this.seeder.handle(client, frame);
+    return errorFrame(frame.session, frame.step, ChunkErrorCode.NOT_SEEDED, 'this browser node seeds no signed model');
   }
 
   // --- housekeeping and status -----------------------------------------------------------------------
@@ -550,6 +558,7 @@ export class BrowserNode {
     }
     if (this.#emitTimer !== null) clearTimeout(this.#emitTimer);
     this.#emitTimer = null;
+    this.files?.close();
     await this.core?.close();
     if (this.server !== null) await this.server.release();
     else for (const runner of this.runners) await runner.release();

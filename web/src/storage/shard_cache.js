@@ -112,6 +112,44 @@ export class ShardCache {
     });
   }
 
+  /**
+   * Bytes `[offset, offset + length)` of the cached `sha256`, reading only the pieces they lie in
+   * (a seeder's chunk: web/src/node/seeder.js checks it against its signed hash). Throws when it is
+   * not cached or the range is past its end.
+   * @param {string} sha256
+   * @param {number} offset
+   * @param {number} length
+   * @returns {Promise<Uint8Array>}
+   */
+  readRange(sha256, offset, length) {
+    return inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readonly', `cannot read cached shard ${sha256.slice(0, 12)}`, async (tx) => {
+      /** @type {ShardInfo | undefined} */
+      const info = await done(tx.objectStore('shard_meta').get(sha256));
+      if (info === undefined) throw new Error(`shard ${sha256.slice(0, 12)}… is not cached`);
+      if (offset < 0 || length < 0 || offset + length > info.size) throw new Error(`bytes ${offset}+${length} are past the ${info.size} of shard ${sha256.slice(0, 12)}…`);
+      const store = tx.objectStore('shard_bytes');
+      /** @param {unknown} value */
+      const view = (value) => (value instanceof Uint8Array ? value : new Uint8Array(/** @type {ArrayBuffer} */ (value)));
+      if (info.pieces === undefined) {
+        const whole = await done(store.get(sha256));
+        if (whole === undefined) throw new Error(`shard ${sha256.slice(0, 12)}…: bytes missing`);
+        return view(whole).slice(offset, offset + length);
+      }
+      const out = new Uint8Array(length);
+      let at = 0;
+      for (let i = Math.floor(offset / this.pieceBytes); at < length; i++) {
+        const piece = await done(store.get([sha256, i]));
+        if (piece === undefined) throw new Error(`shard ${sha256.slice(0, 12)}…: piece ${i} missing`);
+        const start = offset + at - i * this.pieceBytes;
+        const part = view(piece).subarray(start, start + (length - at));
+        if (part.byteLength === 0) throw new Error(`shard ${sha256.slice(0, 12)}…: piece ${i} is short`);
+        out.set(part, at);
+        at += part.byteLength;
+      }
+      return out;
+    });
+  }
+
   /** @param {string} sha256 */
   async delete(sha256) {
     await inTransaction(this.db, ['shard_meta', 'shard_bytes'], 'readwrite', `cannot delete cached shard ${sha256.slice(0, 12)}`, (tx) =>
