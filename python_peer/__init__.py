@@ -49,6 +49,7 @@
                         within an upload rate and bounds on requests in flight.
 - ``download.py``      a signed manifest's files fetched from seeders in parallel, each chunk checked before
                         it is written, liars banned, resumable from a record re-verified on start.
+- ``http_seed.py``     a signaling node's ``--model-dir`` over HTTP as one more chunk source for the downloader.
 - ``model_fetch.py``   a model NAME turned into ``<data dir>/models/NAME``: the manifest from its seeders,
                         checked and trusted, the span chosen, its files and the client's downloaded.
 - ``models_cli.py``    ``ai4all models --signal URL``: the models a node's registry knows, by publisher.

@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +40,7 @@ from .block_selection import checked_span, least_served_span
 from .download import Downloader, DownloadError, DownloadReport, Source, write_atomic
 from .errors import TransportError
 from .hop import FrameLink
+from .http_seed import HttpSeed, http_base
 from .identity import default_data_dir, verify
 from .model_trust import check_trusted_model
 from .node import MeshNode, NodeConfig
@@ -178,9 +179,11 @@ async def fetch_model(
     memory_budget_bytes: int | None = None,
     progress: bool | None = None,
     timeout_s: float = CHUNK_REQUEST_TIMEOUT_MS / 1000,
+    http_origins: Sequence[str] = (),
 ) -> FetchResult:
     """Fetch model ``name`` from its seeders into ``model_dir_for(data_dir, name)``; with
-    ``memory_budget_bytes`` the files of a span too (``span``, else the least-served one that fits)."""
+    ``memory_budget_bytes`` the files of a span too (``span``, else the least-served one that fits).
+    ``http_origins``: signaling nodes whose ``--model-dir`` files are one more source each (``http_seed.py``)."""
     announcements = [a for a in await lookup(name, 0, MAX_LAYER, limit=64) if a.peer_id != self_id]
     if not announcements:
         raise DownloadError(
@@ -193,6 +196,7 @@ async def fetch_model(
             raise DownloadError(
                 f"no link could be made to any of the {len(announcements)} peers serving {name}"
             )
+        sources += [Source(origin, HttpSeed(origin)) for origin in http_origins]
         fetched = await fetch_manifest(sources, name, policy, verify, timeout_s)
         manifest = fetched.manifest
         if memory_budget_bytes is not None:
@@ -244,6 +248,7 @@ async def fetch_with_node(
             verify=verify,
             span=span,
             memory_budget_bytes=memory_budget_bytes,
+            http_origins=[http_base(url) for url in node_config.signal_urls],
         )
     finally:
         await node.aclose()

@@ -148,3 +148,34 @@ def test_a_sigkill_mid_download_then_a_restart_fetches_only_what_was_missing(
         for seeder in seeders:
             seeder.stop()
         node.stop()
+
+
+def test_a_signaling_nodes_model_dir_is_one_more_source(
+    published: tuple[Path, str, str], tmp_path: Path
+) -> None:
+    """The only peer serving the model lies about every chunk; the signaling node serves the published
+    directory (``--model-dir``) over HTTP: the joiner bans the liar and takes every chunk from the node."""
+    model, publisher, name = published
+    trust = ["--trust-publisher", publisher]
+    node = Node("signal", tmp_path, model_dirs=[model], extra_args=trust)
+    liar = LiarProc("liar", tmp_path, model, [node.url], span="0-1", lie="corrupt")
+    joiner: PeerProc | None = None
+    try:
+        node.wait()
+        liar.wait()
+        joiner = PeerProc(
+            "joiner", tmp_path, Path(name), [node.url], extra=[*trust, "--memory-budget", "1GiB"]
+        ).wait(timeout=180)
+        log = joiner.log.read_text()
+        fetched = FETCHED.search(log)
+        assert fetched is not None and fetched.group(4) == "1", joiner.tail()  # one source gave chunks
+        assert "banned 1 that sent bad chunks" in log, joiner.tail()
+        root = model_dir_for(joiner.data_dir, name)
+        start, end = (int(x) for x in joiner.span.split("-"))
+        for file in CLIENT_FILES | _span_files(model, start, end):
+            assert (root / file).read_bytes() == (model / file).read_bytes(), file
+    finally:
+        if joiner is not None:
+            joiner.stop()
+        liar.stop()
+        node.stop()
