@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from python_peer.download import STATE_FILE
 from python_peer.identity import Identity
 from python_peer.model_fetch import model_dir_for
 from tests.support.liar_seeder import LiarProc
-from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.procs import Node, PeerProc, publish_copy, run_cli
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.timeout(600)
@@ -35,12 +34,8 @@ CLIENT_FILES = {"embed.onnx", "head.onnx", "tokenizer.json", "chat_template.jinj
 @pytest.fixture(scope="module")
 def published(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
     """A copy of the tiny export (spans 0-1, 1-3, 3-4) published with ``ai4all publish``: (dir, publisher, name)."""
-    root = tmp_path_factory.mktemp("published-chunks")
-    model = root / "model"
-    shutil.copytree(tiny_llama_export, model)
-    result = run_cli(["publish", str(model), "--data-dir", str(root / "publisher")], timeout=120)
-    assert result.returncode == 0, result.stderr
-    return model, result.stdout.strip(), load_manifest(model).name
+    model, publisher = publish_copy(tiny_llama_export, tmp_path_factory.mktemp("published-chunks"))
+    return model, publisher, load_manifest(model).name
 
 
 def _span_files(model: Path, start: int, end: int) -> set[str]:

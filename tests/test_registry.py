@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from python_peer.core.canonical import signing_bytes
 from python_peer.identity import Identity
-from tests.support.procs import Node, node_data_dir, node_key, run_cli
+from tests.support.procs import Node, node_data_dir, node_key, publish_copy, run_cli
 from tests.support.raw_signaling import RawPeer, raw_peer
 from tests.support.waiting import wait_for, wait_for_async
 
@@ -303,12 +303,7 @@ async def test_a_sibling_gossiping_garbage_changes_nothing(nodes: tuple[Node, No
 
 @pytest.fixture(scope="module")
 def published(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("registry-published")
-    model = root / "model"
-    shutil.copytree(tiny_llama_export, model)
-    result = run_cli(["publish", str(model), "--data-dir", str(root / "publisher")], timeout=120)
-    assert result.returncode == 0, result.stderr
-    return model, result.stdout.strip()
+    return publish_copy(tiny_llama_export, tmp_path_factory.mktemp("registry-published"))
 
 
 def test_publish_writes_a_small_record_of_the_signed_manifest(published: tuple[Path, str]) -> None:

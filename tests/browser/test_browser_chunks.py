@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from tests.support.browser_node import local_tokens, mesh_run
 from tests.support.liar_seeder import LiarProc
 from tests.support.loop_thread import LoopThread
 from tests.support.node_page import START_TIMEOUT_MS, Visit, start, visit, wait_serving
-from tests.support.procs import Node, PeerProc, run_cli
+from tests.support.procs import Node, PeerProc, publish_copy
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -39,12 +38,7 @@ NO_UNSIGNED = {"AI4ALL_ALLOW_UNSIGNED": ""}
 @pytest.fixture(scope="module")
 def published(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A copy of the tiny export published with ``ai4all publish``: (dir, publisher id)."""
-    root = tmp_path_factory.mktemp("browser-chunks")
-    model = root / "model"
-    shutil.copytree(tiny_llama_export, model)
-    result = run_cli(["publish", str(model), "--data-dir", str(root / "publisher")], timeout=120)
-    assert result.returncode == 0, result.stderr
-    return model, result.stdout.strip()
+    return publish_copy(tiny_llama_export, tmp_path_factory.mktemp("browser-chunks"))
 
 
 def _console(seen: Visit) -> list[str]:

@@ -20,7 +20,7 @@ from playwright.sync_api import Browser, expect
 
 from python_peer.core.manifest import load_manifest
 from tests.support.node_page import START_TIMEOUT_MS, start, visit, wait_serving
-from tests.support.procs import Node, run_cli
+from tests.support.procs import Node, publish_copy
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -29,12 +29,7 @@ NO_UNSIGNED = {"AI4ALL_ALLOW_UNSIGNED": ""}
 
 @pytest.fixture(scope="module")
 def published(tiny_llama_export: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("registry-browser")
-    model = root / "model"
-    shutil.copytree(tiny_llama_export, model)
-    result = run_cli(["publish", str(model), "--data-dir", str(root / "publisher")], timeout=120)
-    assert result.returncode == 0, result.stderr
-    return model, result.stdout.strip()
+    return publish_copy(tiny_llama_export, tmp_path_factory.mktemp("registry-browser"))
 
 
 def _node(published: tuple[Path, str], tmp_path: Path, name: str) -> tuple[Node, Path]:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -42,6 +43,16 @@ def run_cli(
 
 def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+
+
+def publish_copy(export: Path, root: Path) -> tuple[Path, str]:
+    """A copy of ``export`` in ``root/model`` published with ``ai4all publish`` (the publisher's identity in
+    ``root/publisher``): (the copy, the publisher's id)."""
+    model = root / "model"
+    shutil.copytree(export, model)
+    result = run_cli(["publish", str(model), "--data-dir", str(root / "publisher")], timeout=120)
+    assert result.returncode == 0, result.stderr
+    return model, result.stdout.strip()
 
 
 def free_port() -> int:
