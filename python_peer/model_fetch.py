@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import sys
@@ -32,7 +31,13 @@ from python_peer.core.errors import (
     WireError,
 )
 from python_peer.core.manifest import MANIFEST_FILE, Manifest
-from python_peer.core.publication import SIGNED_MANIFEST_FILE, Publication, Verify, named_files
+from python_peer.core.publication import (
+    SIGNED_MANIFEST_FILE,
+    Publication,
+    Verify,
+    named_files,
+    verified_publication,
+)
 from python_peer.core.publisher_trust import TrustPolicy
 from python_peer.core.spans import Span
 
@@ -93,13 +98,9 @@ def check_fetched(
     model: str, signed: bytes, manifest_bytes: bytes, policy: TrustPolicy, verify: Verify
 ) -> FetchedManifest:
     """Refuse a signed manifest of ``model`` that is unsigned, altered, re-signed, or not trusted."""
-    try:
-        publication = Publication.from_dict(json.loads(signed))
-        manifest = Manifest.from_dict(json.loads(manifest_bytes))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PublicationError(f"the signed manifest of {model} is not JSON: {exc}") from exc
-    publication.verify(verify)
-    publication.check_manifest(manifest_bytes, manifest)
+    publication, manifest = verified_publication(
+        signed, manifest_bytes, verify, f"the signed manifest of {model}"
+    )
     if publication.model != model:
         raise PublicationError(f"asked for {model}, got the signed manifest of {publication.model}")
     if not policy.trusts(publication.publisher):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from collections import OrderedDict
@@ -37,8 +36,14 @@ from python_peer.core.chunks import (
     parse_request,
 )
 from python_peer.core.errors import PublicationError, WireError
-from python_peer.core.manifest import MANIFEST_FILE, Manifest
-from python_peer.core.publication import SIGNED_MANIFEST_FILE, Publication, Verify, _read
+from python_peer.core.manifest import MANIFEST_FILE
+from python_peer.core.publication import (
+    SIGNED_MANIFEST_FILE,
+    Publication,
+    Verify,
+    _read,
+    verified_publication,
+)
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
@@ -86,13 +91,9 @@ def verified_model(root: Path, verify: Verify) -> SeededModel | None:
         manifest_bytes = _read(root / MANIFEST_FILE)
     except FileNotFoundError:
         return None
-    try:
-        publication = Publication.from_dict(json.loads(signed))
-        manifest = Manifest.from_dict(json.loads(manifest_bytes))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PublicationError(f"{root}: the signed manifest or manifest.json is not JSON: {exc}") from exc
-    publication.verify(verify)
-    publication.check_manifest(manifest_bytes, manifest)
+    publication, _ = verified_publication(
+        signed, manifest_bytes, verify, f"{root}: the signed manifest or manifest.json"
+    )
     seeded = SeededModel(root, publication, signed, manifest_bytes)
     for item in publication.files:
         path = root / item.file

@@ -312,3 +312,19 @@ def read_publication(model_dir: Path) -> Publication | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise PublicationError(f"{path} is not valid JSON: {exc}") from exc
     return Publication.from_dict(data)
+
+
+def verified_publication(
+    signed: bytes, manifest_bytes: bytes, verify: Verify, what: str
+) -> tuple[Publication, Manifest]:
+    """A signed manifest and the ``manifest.json`` bytes it goes with, parsed; refused (``PublicationError``)
+    unless the signature is its publisher's and it pins exactly those bytes. ``what`` names the two in
+    the error when they do not parse."""
+    try:
+        publication = Publication.from_dict(json.loads(signed))
+        manifest = Manifest.from_dict(json.loads(manifest_bytes))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PublicationError(f"{what} is not JSON: {exc}") from exc
+    publication.verify(verify)
+    publication.check_manifest(manifest_bytes, manifest)
+    return publication, manifest
