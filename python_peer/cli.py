@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from python_peer.core.errors import AI4AllError
+from python_peer.heap import settle_allocator
 
 # Modules that contribute subcommands, in the order ``ai4all --help`` lists them.
 _SUBCOMMAND_MODULES = (
@@ -59,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    settle_allocator()  # before any thread or library allocates (heap.py)
     try:
         status: int = args.handler(args)
     except KeyboardInterrupt:

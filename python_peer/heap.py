@@ -12,7 +12,11 @@ on glibc (each ``MeshNode`` runs one; a process with several nodes trims once pe
 It first fixes glibc's mmap threshold at its default, 128 KiB (``settle_allocator``): glibc raises the
 threshold each time a large block is freed (up to 32 MiB), after which the large transient buffers of a
 node (frames, tensors, JSON of gossip) are carved from the heap between long-lived objects instead of
-being mapped apart and unmapped when freed.
+being mapped apart and unmapped when freed. It also caps glibc's arenas at ``MAX_ARENAS``: by default
+every new thread (``asyncio.to_thread``'s workers, which parse and write the ledger; onnxruntime's) gets an
+arena of its own, up to eight per core, and each keeps its own free chunks, so the same churn fragments
+several heaps instead of one (measured in the chaos run, ``bench/README.md``). Arenas made before the
+cap stay; a node settles when it starts (``MeshNode``; ``ai4all peer`` before it loads anything).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncio
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 import threading
 import time
@@ -36,7 +41,9 @@ _last_trim = float("-inf")
 
 
 MMAP_THRESHOLD = 128 * 1024  # glibc's default, kept fixed: larger blocks are mapped apart
-_M_MMAP_THRESHOLD = -3  # mallopt's parameter number (malloc.h)
+MAX_ARENAS = 2  # glibc's arenas: the main heap and one that threads share (MALLOC_ARENA_MAX overrides)
+_M_MMAP_THRESHOLD = -3  # mallopt's parameter numbers (malloc.h)
+_M_ARENA_MAX = -8
 
 
 def _load_glibc() -> tuple[Callable[[int], int], Callable[[int, int], int]] | None:
@@ -60,13 +67,17 @@ _settled = False
 
 
 def settle_allocator() -> bool:
-    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` (once per process); True if it is set."""
+    """Fix glibc's mmap threshold at ``MMAP_THRESHOLD`` and cap its arenas at ``MAX_ARENAS`` unless the
+    environment sets ``MALLOC_ARENA_MAX`` (glibc's own setting, read at start), once per process; True if
+    they are set."""
     global _settled
     if _glibc is None:
         return False
     with _lock:
         if not _settled:
-            _settled = bool(_glibc[1](_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+            mallopt = _glibc[1]
+            arenas = "MALLOC_ARENA_MAX" in os.environ or bool(mallopt(_M_ARENA_MAX, MAX_ARENAS))
+            _settled = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and arenas
         return _settled
 
 

@@ -22,6 +22,7 @@ from python_peer.core.spans import Span
 from .api.app import ApiConfig, ApiServer, create_app
 from .api.ledger import ApiLedger
 from .api.service import MeshNodeService
+from .memory_probe import probe_rounds
 from .model_fetch import fetch_for_peer
 from .node import NodeConfig, Peer, PeerConfig, ServedModel
 from .seeding import SeedConfig
@@ -132,7 +133,11 @@ async def serve(options: PeerOptions) -> int:
                 )
             if api is not None:
                 print(f"api {api[1].url}", file=sys.stderr, flush=True)
+            label = options.data_dir.name if options.data_dir is not None else "peer"
+            probe = asyncio.create_task(probe_rounds(label))  # a diagnosis, with AI4ALL_MEMORY_PROBE only
             await stop.wait()
+            probe.cancel()
+            await asyncio.gather(probe, return_exceptions=True)
             print("peer stopping", file=sys.stderr, flush=True)
         finally:
             if api is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,62 @@ async def test_trim_rounds_run_until_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+THREAD_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+from python_peer import heap
+if sys.argv[1] == "settled":
+    assert heap.settle_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+libc.fopen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+start, kept = threading.Barrier(8), []
+def work():
+    start.wait()
+    kept.append([bytes(2048) for _ in range(512)])  # malloc's chunks (over Python's small-object size)
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+path = tempfile.mktemp()
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, f)
+libc.fclose(f)
+print(open(path).read().count("<heap nr="))
+os.unlink(path)
+"""
+
+
+@glibc
+def test_threads_share_at_most_max_arenas() -> None:
+    root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    arenas = {
+        mode: int(
+            subprocess.run(
+                [sys.executable, "-c", THREAD_ARENAS, mode],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=root,
+                env=env,
+            ).stdout
+        )
+        for mode in ("settled", "glibc default")
+    }
+    assert arenas["settled"] <= heap.MAX_ARENAS, arenas
+    assert arenas["glibc default"] > heap.MAX_ARENAS, arenas  # eight threads, an arena each
+    # an operator's MALLOC_ARENA_MAX is glibc's own setting, read at start: settling leaves it
+    wider = subprocess.run(
+        [sys.executable, "-c", THREAD_ARENAS, "settled"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+        env={**env, "MALLOC_ARENA_MAX": "6"},
+    )
+    assert heap.MAX_ARENAS < int(wider.stdout) <= 6, wider.stdout

@@ -1,0 +1,37 @@
+"""The opt-in memory probe of benchmarks (``python_peer.memory_probe``): off unless its variable is set."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tracemalloc
+from pathlib import Path
+
+import pytest
+
+from python_peer.memory_probe import PROBE_ENV, Probe, probe_rounds
+
+
+def test_off_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(PROBE_ENV, raising=False)
+    assert Probe.from_env("peer") is None
+    asyncio.run(asyncio.wait_for(probe_rounds("peer", every_s=0.01), 1.0))  # returns at once
+    assert not tracemalloc.is_tracing()
+
+
+def test_samples_what_grew_into_one_file_per_process(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(PROBE_ENV, str(tmp_path / "probe"))
+    probe = Probe.from_env("peer-0-2-2")
+    assert probe is not None
+    try:
+        kept = [bytes(1000 + i % 7) for i in range(3000)]  # ~3 MiB allocated on this line after the start
+        probe.sample("one")
+    finally:
+        probe.stop()
+    assert not tracemalloc.is_tracing()
+    text = (tmp_path / "probe" / f"peer-0-2-2-{os.getpid()}.txt").read_text()
+    assert f"probe of pid {os.getpid()} started" in text
+    assert "== " in text and " one: rss " in text and " end: rss " in text
+    grown = [line for line in text.splitlines() if "test_memory_probe.py" in line and "KiB" in line]
+    assert grown and float(grown[0].split()[0]) > 2000, text  # the kept bytes, in KiB, by line
+    assert len(kept) == 3000
