@@ -35,6 +35,7 @@ from tests.support.ledger import (
     build,
     cosign,
     grant,
+    ids,
     plans,
     whole_report,
 )
@@ -149,6 +150,43 @@ def test_copies_of_one_receipt_in_any_order_and_a_fork_give_compute_s_report(kin
     store.insert_many([proof.add(ForkProof.of(head, twin), time=NOW - 1000)], NOW)
     held = [*store.entries(), *store.evidence()]
     assert whole_report(store.report()) == whole_report(compute(held, rules=RULES))
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_newcomers_grants_extend_the_report_wherever_their_time_falls(kind: str) -> None:
+    """A new identity's first entry, its grant, only credits its own account: it extends the running
+    report, dated after the last receipt swept (it waits for its turn) or before it (credited at once),
+    and a newcomer's first sessions extend as before. A grant from an identity the ledger already
+    names (paid as a server before it wrote anything) falls back to ``compute``; every report equals it."""
+    entries = _mesh_history(5, 30)
+    store = _replay(STORES[kind], entries)
+    last = max(e.body.receipt.time for e in entries if hasattr(e.body, "receipt"))
+    newcomers = [Log(p) for p in ids(4, 5000)]
+    late, early, chatty, named = newcomers
+    runs = store._running.full_runs
+    _replay_onto(store, [late.add(grant(late.identity), time=last + 60_000)])
+    _replay_onto(store, [early.add(grant(early.identity), time=last - HOUR_MS)])
+    _replay_onto(store, [chatty.add(grant(chatty.identity), time=last + 1_000)])
+    body = cosign(chatty.identity, PEOPLE[0], tokens=50, time=last + 2_000, session="e" * 32)
+    _replay_onto(store, [chatty.add(body, time=last + 2_000)])
+    assert store._running.full_runs == runs  # three grants and a receipt: no compute
+    assert {late.identity.peer_id, early.identity.peer_id} <= set(store.report().accounts)
+    assert store.report().balance(late.identity.peer_id) == RULES.starter_grant
+    # ``named`` served a session whose only carrier is its client's entry: it has an account already
+    paid = cosign(PEOPLE[1], named.identity, tokens=40, time=last + 3_000, session="d" * 32)
+    client = Log(PEOPLE[1])
+    client.entries = list(store.entries_from(PEOPLE[1].peer_id, 1, 10_000))
+    _replay_onto(store, [client.add(paid, time=last + 3_000)])
+    runs = store._running.full_runs
+    _replay_onto(store, [named.add(grant(named.identity), time=last + 4_000)])
+    assert store._running.full_runs == runs + 1
+
+
+def _replay_onto(store: LedgerStore | MemoryStore, entries: list[Entry]) -> None:
+    for entry in entries:
+        assert store.insert_many([entry], NOW)[0].status == "stored"
+        held = [*store.entries(), *store.evidence()]
+        assert whole_report(store.report()) == whole_report(compute(held, rules=RULES)), entry.hash
 
 
 STORE_SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

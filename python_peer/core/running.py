@@ -9,9 +9,10 @@ the entry can only *extend* that derivation:
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
 - it is a hold, or a receipt whose sweep key ``(time, id)`` comes after every receipt swept so far,
   for a session span no other receipt covers and not voided by evidence, or another copy of a
-  receipt already counted.
+  receipt already counted;
+- it is the grant of an identity the ledger never named (a newcomer's first entry), whatever its time.
 
-Anything else (a grant, a fork proof, evidence, a receipt dated before the latest one swept, a
+Anything else (a second grant, a fork proof, evidence, a receipt dated before the latest one swept, a
 superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
 ``compute`` again, which also rebuilds the running state. The result is the same ``LedgerReport`` as
 ``compute`` over the same entries, field for field (``tests/test_ledger_running.py`` checks it after
@@ -151,9 +152,10 @@ class RunningReport:
     def _apply(self, fact: EntryFacts) -> bool:
         author = fact.author
         head = self.heads.get(author)
+        if head is None:
+            return self._newcomer(fact)
         if (
-            head is None
-            or author in self.blocked
+            author in self.blocked
             or fact.seq != head.seq + 1
             or fact.hash in self.counted
             or check_link(head, fact) is not None
@@ -172,6 +174,32 @@ class RunningReport:
         self.counted.add(fact.hash)
         self.lengths[author] = fact.seq
         self.sweep.accounts[author].entries += 1
+        return True
+
+    def _newcomer(self, fact: EntryFacts) -> bool:
+        """The first entry of an identity the ledger never named: its grant. Only its own account moves
+        (the starter grant, at the grant's time), so it extends the sweep wherever its time falls: ahead
+        of the last receipt swept it waits in ``tail``; before it, nothing swept since touched the
+        account, which did not exist, so crediting it now is what the sweep in order would do."""
+        author = fact.author
+        if (
+            fact.seq != 1
+            or not isinstance(fact.body, Grant)
+            or author in self.blocked
+            or author in self.sweep.accounts
+            or fact.hash in self.counted
+            or check_link(None, fact) is not None
+        ):
+            return False
+        self.heads[author] = fact
+        self.counted.add(fact.hash)
+        self.lengths[author] = 1
+        self.sweep.accounts[author] = Account(author, granted=self.rules.starter_grant, entries=1)
+        item = grant_item(author, fact)
+        if item[:3] > self.last_key:
+            self.tail = sorted([*self.tail, item], key=lambda i: i[:3])
+        else:
+            self.sweep.step(item)
         return True
 
     def _receipt(self, entry_hash: str, r: Receipt) -> bool:
