@@ -12,6 +12,7 @@ from rich.console import Console
 
 from bench.chaos import ChaosConfig, run_chaos, tiny_model
 from bench.chaos_ledgers import compare, receipts, snapshot
+from bench.chaos_load import copy_ledger
 from bench.chaos_mesh import ChaosMesh
 from bench.chaos_schedule import NODE, PEER, Kill, Limits, Schedule, ScheduleError, Target, check_plan, plan
 from bench.mesh_processes import BenchError
@@ -133,6 +134,25 @@ def test_a_receipt_the_client_ledger_lacks_is_lost(tmp_path: Path) -> None:
     assert (
         count.lost_count == 1 and "not in the client's ledger" in count.lost[0] and count.server_log_only == 1
     )
+
+
+def test_a_new_identity_starts_from_the_departed_ones_ledger(tmp_path: Path) -> None:
+    """A native user replaced by a fresh identity hands it a copy of its ledger (no full re-fetch by
+    gossip); the departed directory keeps its own ledger and identity for the receipt count."""
+    client, server = ids(2, 7000)
+    client_log, server_log = Log(client), Log(server)
+    grants = [client_log.add(grant(client)), server_log.add(grant(server))]
+    paid = client_log.add(cosign(client, server, tokens=30))
+    departed = _node(tmp_path / "user0.1", 0, [*grants, paid])
+    copy_ledger(departed, tmp_path / "user0.2")
+    with (
+        LedgerStore.open(departed / LEDGER_FILE, rules=RULES) as before,
+        LedgerStore.open(tmp_path / "user0.2" / LEDGER_FILE, rules=RULES, create=False) as after,
+    ):
+        assert after.hashes() == before.hashes() and len(after) == 3
+        assert after.report().balances == before.report().balances
+    assert snapshot(departed).owner == client.peer_id  # the departed one's identity stays with its ledger
+    assert not (tmp_path / "user0.2" / IDENTITY_FILE).exists()  # the new node makes its own
 
 
 def test_the_spared_peers_are_never_killed_and_a_span_keeps_a_killable_peer(tmp_path: Path) -> None:
