@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import sys
@@ -110,13 +111,21 @@ async def measure(model: Path, steps: int, repeats: int) -> dict[str, object]:
     }
 
 
+class _Alone:
+    """Heads as before: each session's head in its own thread, concurrently (no stacking, no waiting)."""
+
+    def __init__(self, client: MeshClient) -> None:
+        self.client = client
+
+    async def __call__(self, hidden: np.ndarray) -> np.ndarray:
+        return await asyncio.to_thread(self.client.head, hidden)
+
+    def expecting(self, rows: int) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+
 def _alone(client: MeshClient):  # type: ignore[no-untyped-def]
-    """Heads as before: each session's head in its own thread, concurrently."""
-
-    async def head(hidden: np.ndarray) -> np.ndarray:
-        return await asyncio.to_thread(client.head, hidden)
-
-    return head
+    return _Alone(client)
 
 
 def main(argv: list[str] | None = None) -> int:

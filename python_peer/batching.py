@@ -9,10 +9,13 @@ The rule, per span server (``DecodeBatcher``):
 
 - A FORWARD of one new token of a batch-1 session is a *decode step*; everything else (prefill, batch > 1)
   runs alone, at once, as before.
-- Decode steps queue in arrival order. A batch starts when the oldest queued step has waited
-  ``window_s``, or when every decoding session of the server has a step queued (a lone session never
-  waits), or when ``max_batch`` steps are queued. Steps that arrive while a batch runs wait for it and
-  form the next batch, which starts at once (their window is spent).
+- Decode steps queue in arrival order. A batch starts when every decoding session of the server has a
+  step queued (a lone session never waits), or when ``max_batch`` steps are queued, or when no step
+  arrived for ``gap_s`` (the others are not on their way), or when the oldest queued step has waited
+  ``window_s``. Steps that arrive while a batch runs wait for it and form the next batch, which starts
+  at once (their window is spent). Over WebRTC the steps of a client's sessions arrive a message at a
+  time, each some hundreds of microseconds of SCTP and DTLS apart: a window counted from the oldest
+  alone cut such a burst in two, and the halves never met again.
 - A batch takes the oldest step and then the next ones, in order, while the padded cache stays within
   twice the sessions' own (``padding_fits``): a peer's KV memory is reserved per session, so padding may
   not multiply it. A step left out keeps its place and goes first into the next batch.
@@ -26,17 +29,19 @@ The rule, per span server (``DecodeBatcher``):
   A session closed while its batch runs changes nothing for the others: its new cache is dropped.
 
 ``RowBatcher`` does the same for a stateless shard whose rows are independent: a mesh client stacks the
-heads of its sessions that are ready together into one call (no window: a lone call runs at once).
+heads of its sessions into one call, waiting up to a window for those of its sessions that are in a step
+(a lone session never waits).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,13 +60,26 @@ class BatchConfig:
 
     enabled: bool = True
     max_batch: int = 16  # decode steps in one onnxruntime call
-    window_s: float = 0.004  # how long the oldest queued step may wait for others before its batch starts
+    window_s: float = 0.02  # how long the oldest queued step may wait for others before its batch starts
+    gap_s: float = 0.008  # ... or this long after the last step arrived, if sooner: no more are coming
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
             raise ValueError(f"max_batch {self.max_batch} must be at least 1")
         if not 0 <= self.window_s <= 1.0:
             raise ValueError(f"window_s {self.window_s} must be within 0..1 s")
+        if not 0 <= self.gap_s <= 1.0:
+            raise ValueError(f"gap_s {self.gap_s} must be within 0..1 s")
+
+
+async def _next_arrival(arrived: asyncio.Event, timeout: float) -> bool:
+    """Wait for the next call to arrive (``arrived`` set); False if ``timeout`` seconds passed first."""
+    arrived.clear()
+    try:
+        await asyncio.wait_for(arrived.wait(), timeout)
+    except TimeoutError:
+        return False
+    return True
 
 
 def padding_fits(lengths: Sequence[int]) -> bool:
@@ -117,6 +135,7 @@ class DecodeBatcher:
         self._run_alone = run_alone
         self._hidden_size = runners[0].hidden_size
         self._queue: deque[_Queued] = deque()
+        self._last_arrival = 0.0
         self._arrived = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -160,6 +179,7 @@ class DecodeBatcher:
             loop.time(),
         )
         self._queue.append(item)
+        self._last_arrival = item.since
         self._arrived.set()
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work(), name="decode-batcher")
@@ -205,17 +225,15 @@ class DecodeBatcher:
                     item.future.set_exception(SessionError("the span server stopped before this step ran"))
 
     async def _gather(self) -> None:
-        """Wait until the oldest queued step's window is over, or enough steps are queued."""
+        """Wait until enough steps are queued, none arrived for ``gap_s``, or the oldest's window is over."""
         loop = asyncio.get_running_loop()
         while self._queue:
             wanted = min(self.config.max_batch, max(1, self._decoding_sessions()))
-            remaining = self._queue[0].since + self.config.window_s - loop.time()
+            until = min(self._queue[0].since + self.config.window_s, self._last_arrival + self.config.gap_s)
+            remaining = until - loop.time()
             if len(self._queue) >= wanted or remaining <= 0:
                 return
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            except TimeoutError:
+            if not await _next_arrival(self._arrived, remaining):
                 return
 
     def _take(self) -> list[_Queued]:
@@ -294,31 +312,69 @@ class DecodeBatcher:
 class RowBatcher:
     """Concurrent calls of a stateless shard (a client's head) whose rows are independent, run as one call.
 
-    No window: a call that finds the shard idle runs at once (a lone session never waits); calls that
-    arrive while it runs are stacked into the next call, up to ``max_rows`` rows. Each caller gets its
-    own rows back, equal to a call alone within float rounding (a batched GEMM may sum in another order).
+    A call that finds the shard idle runs at once unless callers inside ``expecting`` say more rows are on
+    their way: then it waits until that many rows are queued, or ``window_s`` after the oldest queued
+    call (a lone session never waits: it expects only its own row). Calls that arrive while one runs are
+    stacked into the next call, up to ``max_rows`` rows. Each caller gets its own rows back, equal to a call alone
+    within float rounding (a batched GEMM may sum in another order).
     """
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], *, max_rows: int = 16) -> None:
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_rows: int = 16,
+        window_s: float = 0.0,
+    ) -> None:
         self._run = run
         self.max_rows = max_rows
+        self.window_s = window_s
+        self.expected = 0  # rows on their way: callers inside ``expecting``
         self.stats = BatchStats()
-        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
+        self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
+        self._arrived = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._queue.append((rows, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.append((rows, future, loop.time()))
+        self._arrived.set()
         if self._worker is None or self._worker.done():
-            self._worker = asyncio.get_running_loop().create_task(self._work(), name="row-batcher")
+            self._arrived = asyncio.Event()  # bound to this loop
+            self._worker = loop.create_task(self._work(), name="row-batcher")
         return await future
+
+    @contextlib.contextmanager
+    def expecting(self, rows: int) -> Iterator[None]:
+        """While inside, ``rows`` more rows are on their way: a call waits for them (``window_s`` at most)."""
+        self.expected += rows
+        try:
+            yield
+        finally:
+            self.expected -= rows
+
+    async def _gather(self) -> None:
+        """Wait until the rows ``expected`` are queued, or ``window_s`` after the oldest queued call."""
+        if self.window_s <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            wanted = min(self.max_rows, self.expected)
+            queued = sum(r.shape[0] for r, f, _ in self._queue if not f.done())
+            remaining = self._queue[0][2] + self.window_s - loop.time()
+            if queued >= wanted or remaining <= 0:
+                return
+            if not await _next_arrival(self._arrived, remaining):
+                return
 
     async def _work(self) -> None:
         while self._queue:
+            await self._gather()
             taken: list[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = []
             count = 0
             while self._queue and (not taken or count + self._queue[0][0].shape[0] <= self.max_rows):
-                rows, future = self._queue.popleft()
+                rows, future, _ = self._queue.popleft()
                 if not future.done():
                     taken.append((rows, future))
                     count += rows.shape[0]

@@ -106,6 +106,7 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
         except AI4AllError as exc:
             balance_error = str(exc)
     connected = signal.url
+    batches = server.batcher.stats
     return {
         "peer_id": peer.node.peer_id,
         "pid": os.getpid(),
@@ -140,6 +141,24 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
         "balance": balance,
         "balance_error": balance_error,
         "links": sum(1 for link in peer.node.links.links if link.state is LinkState.OPEN),
+        "traffic": [
+            {
+                "remote": link.remote_id,
+                "frames_sent": link.stats.frames_sent,
+                "bytes_sent": link.stats.bytes_sent,
+                "frames_received": link.stats.frames_received,
+                "bytes_received": link.stats.bytes_received,
+            }
+            for link in peer.node.links.links
+            if link.state is LinkState.OPEN
+        ][:MAX_SESSIONS_LISTED],
+        "batches": {
+            "steps": batches.steps,
+            "batches": batches.batches,
+            "sizes": {str(size): count for size, count in sorted(batches.sizes.items())},
+            "fallbacks": batches.fallbacks,
+            "longest_wait_ms": round(batches.longest_wait_s * 1e3, 3),
+        },
         "signaling": {
             "state": signal.state.value,
             "connected": connected,

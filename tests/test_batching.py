@@ -49,7 +49,7 @@ async def test_batched_sessions_decode_the_tokens_each_decodes_alone(
     chain = LocalChain(model, threads=1)
     alone_server = whole_span(model, BatchConfig(enabled=False))
     alone = await decode_greedy(alone_server, chain, PROMPTS, tokens=12, together=False)
-    server = whole_span(model, BatchConfig(window_s=0.5))
+    server = whole_span(model, BatchConfig(window_s=0.5, gap_s=0.5))
     batched = await decode_greedy(server, chain, PROMPTS, tokens=12, together=True)
     for a, b in zip(alone, batched, strict=True):
         assert b.tokens == a.tokens

@@ -24,7 +24,7 @@ from tests.support.decode_steps import CLIENT, Decoding, decode_hidden, open_ses
 from tests.support.waiting import wait_for_async
 
 ALONE = BatchConfig(enabled=False)
-BATCHED = BatchConfig(window_s=0.5)  # long: a batch starts when every session has its step queued
+BATCHED = BatchConfig(window_s=0.5, gap_s=0.5)  # long: a batch starts when every session has its step queued
 
 
 def span_server(model: Path, batching: BatchConfig, span: tuple[int, int] = (0, 4)) -> SpanServer:
@@ -140,7 +140,7 @@ async def test_a_lone_session_does_not_wait_for_the_window(toy: Path) -> None:
 
 async def test_an_idle_session_delays_a_step_by_the_window_at_most(toy: Path) -> None:
     """Two sessions open, one decoding: its steps wait for the other's at most ``window_s``, then run."""
-    server = span_server(toy, BatchConfig(window_s=0.05))
+    server = span_server(toy, BatchConfig(window_s=0.05, gap_s=1.0))
     sessions = await open_sessions(server, 2)
     prompts, steps = plan([3, 3], steps=3)
     for s, prompt in zip(sessions, prompts, strict=True):
@@ -148,6 +148,45 @@ async def test_an_idle_session_delays_a_step_by_the_window_at_most(toy: Path) ->
     for hidden in steps[0]:
         assert not isinstance(await sessions[0].send(server, hidden), str)
     assert 0.04 <= server.batcher.stats.longest_wait_s < 0.5
+
+
+async def test_a_step_waits_for_no_other_once_none_arrived_for_the_gap(toy: Path) -> None:
+    """Two sessions open, one decoding: its steps run ``gap_s`` after they arrive, not ``window_s``."""
+    server = span_server(toy, BatchConfig(window_s=1.0, gap_s=0.02))
+    sessions = await open_sessions(server, 2)
+    prompts, steps = plan([3, 3], steps=3)
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+    started = time.monotonic()
+    for hidden in steps[0]:
+        assert not isinstance(await sessions[0].send(server, hidden), str)
+    assert time.monotonic() - started < 0.9
+    assert 0.015 <= server.batcher.stats.longest_wait_s < 0.5
+
+
+async def test_steps_arriving_closer_than_the_gap_join_one_batch(toy: Path) -> None:
+    """Four decoding sessions, three of whose steps arrive 10 ms apart (as a client's messages do over
+    WebRTC, one at a time) and the fourth's never: the three run as one batch once ``gap_s`` passed
+    after the last, with what each gets alone."""
+    prompts, steps = plan([2, 4, 6, 8], steps=1, seed=7)
+    alone = await decode_hidden(
+        span_server(toy, ALONE), prompts[:3], [s[:1] for s in steps[:3]], together=False
+    )
+    server = span_server(toy, BatchConfig(window_s=1.0, gap_s=0.2))
+    sessions = await open_sessions(server, 4)
+    for s, prompt in zip(sessions, prompts, strict=True):
+        await s.send(server, prompt)
+
+    async def later(i: int) -> None:
+        await asyncio.sleep(0.01 * i)
+        await sessions[i].send(server, steps[i][0])
+
+    started = time.monotonic()
+    await asyncio.gather(*(later(i) for i in range(3)))
+    assert server.batcher.stats.sizes[3] == 1, server.batcher.stats
+    assert time.monotonic() - started < 0.9  # not the window: the gap after the last
+    for i in range(3):
+        np.testing.assert_array_equal(sessions[i].outputs[-1], alone[i].outputs[-1])
 
 
 def test_padding_may_at_most_double_the_cache() -> None:
@@ -174,6 +213,8 @@ def test_the_batch_settings_are_checked() -> None:
         BatchConfig(max_batch=0)
     with pytest.raises(ValueError, match="window_s"):
         BatchConfig(window_s=-1)
+    with pytest.raises(ValueError, match="gap_s"):
+        BatchConfig(gap_s=2.0)
     with pytest.raises(ValueError, match="runners"):
         DecodeBatcher([], lambda *a: np.zeros(1))
 
@@ -195,7 +236,7 @@ async def test_mesh_sessions_batched_on_their_peers_decode_their_own_tokens(toy_
         expected.append(tokens)
     peers = [m.peer(span) for span in ((0, 1), (1, 3), (3, 4))]
     for peer in peers:
-        m.servers[peer].batcher.config = BatchConfig(window_s=0.5)
+        m.servers[peer].batcher.config = BatchConfig(window_s=0.5, gap_s=0.5)
     client = m.client()
     results = await asyncio.gather(*(greedy(client, prompt, 8) for prompt in prompts))
     assert [tokens for tokens, _ in results] == expected
@@ -226,3 +267,31 @@ async def test_row_batcher_stacks_calls_that_arrive_while_one_runs(toy: Path) ->
     lone = await heads(rows[0])  # a lone call runs at once, alone
     np.testing.assert_array_equal(lone, head(rows[0]))
     assert heads.stats.sizes == {6: 2, 1: 1}
+
+
+async def test_row_batcher_waits_for_the_rows_its_callers_expect(toy: Path) -> None:
+    """Two callers inside ``expecting``: the first call waits for the second's row (a lone caller would
+    not), the two run as one call; a row that never comes is waited for ``window_s`` at most."""
+    head = LocalChain(toy, threads=1).head
+    heads = RowBatcher(head, window_s=1.0)
+    rng = np.random.default_rng(6)
+    rows = [rng.normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32) for _ in range(2)]
+
+    async def caller(i: int) -> np.ndarray:
+        with heads.expecting(1):
+            await asyncio.sleep(0.05 * i)  # the second is still on its way when the first calls
+            return await heads(rows[i])
+
+    results = await asyncio.gather(caller(0), caller(1))
+    assert heads.stats.sizes == {2: 1}
+    for r, out in zip(rows, results, strict=True):
+        np.testing.assert_allclose(out, head(r), rtol=0, atol=1e-6)
+    with heads.expecting(1):
+        started = time.monotonic()
+        assert np.array_equal(await heads(rows[0]), head(rows[0]))  # alone in ``expecting``: no wait
+    assert time.monotonic() - started < 0.5
+    short = RowBatcher(head, window_s=0.05)
+    with short.expecting(2):  # a second row is expected but never comes
+        started = time.monotonic()
+        await short(rows[0])
+        assert 0.04 <= time.monotonic() - started < 0.9
