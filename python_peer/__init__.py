@@ -40,7 +40,9 @@
                         ``SignalingExchange`` (ledger gossip through signaling).
 - ``node.py``           a mesh node (identity + ledger + signaling + links), a serving ``Peer`` (owning its
                         ``SpanGate`` from construction), a client.
-- ``heap.py``           freed heap given back to the OS (glibc ``malloc_trim``), every few seconds in a node.
+- ``heap.py``           freed heap given back to the OS (glibc ``malloc_trim``), every few seconds in a node;
+                        glibc's mmap threshold fixed and its arenas capped.
+- ``memory_probe.py``   where a process's memory goes (``tracemalloc``, heap, objects): benchmarks only, opt-in.
 - ``ledger_store.py``   the ledger in SQLite (WAL): append, merge, heads, balances, payment checks.
 - ``ledger_service.py`` a node's ledger at work: entries pushed, receipts signed and recorded, gossip sessions.
 - ``ledger_cli.py``     ``ai4all ledger balance|show``.

@@ -12,6 +12,7 @@ Hierarchy::
             │   └── LinkOverflowError    closed because frames arrived faster than the consumer read them
             ├── LinkTimeoutError     no answer, no open channel or no PONG within the timeout
             └── SignalPayloadError   a signaling payload that is malformed or names no pending link
+    MeshError                    generation through the mesh could not go on (no route left, too many failures)
     UpError                      ``ai4all up`` could not start its local mesh
 
 onnxruntime's own exceptions are translated at the boundary (``raise ShardError(...) from exc``).
@@ -61,6 +62,10 @@ class SignalPayloadError(TransportError, ValueError):
 
 class TemplateError(PeerError):
     """The chat template cannot render these messages."""
+
+
+class MeshError(AI4AllError):
+    """Generation through the mesh could not go on (no route left, too many failures)."""
 
 
 class UpError(AI4AllError):

@@ -76,6 +76,14 @@ class LedgerService:
         recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
         return [e.to_dict() for e in [*first, *recent]]
 
+    def own_entries_after(self, seq: int, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]] | None:
+        """This node's entries after ``seq``, as JSON, oldest first; None if more than ``limit``."""
+        head = self.store.head(self.peer_id)
+        last = head.seq if head is not None else 0
+        if last - seq > limit:
+            return None
+        return [e.to_dict() for e in self.store.entries_from(self.peer_id, seq + 1, last - seq)]
+
     def accept_entries(self, entries: object) -> int:
         """Store valid entries a client pushed; return how many were new. Invalid ones are skipped."""
         if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:

@@ -22,10 +22,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from python_peer.core.entries import Entry
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.ledger_exchange import (
     ExchangeError,
@@ -37,6 +40,7 @@ from python_peer.core.ledger_exchange import (
     parse_close_answer,
     parse_gossip_answer,
     parse_push_answer,
+    parse_push_held,
     parse_receipt_answer,
     parse_request,
     push_answer,
@@ -54,6 +58,20 @@ from .ledger_service import CHANNEL_GOSSIP, LedgerService
 from .ledger_store import now_ms
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class HoldTerms:
+    """What a hold pays for: ``server``'s session ``session`` over blocks ``[start, end)`` of ``model``, at
+    most ``tokens`` token positions."""
+
+    server: str
+    session: bytes
+    model: str
+    start: int
+    end: int
+    tokens: int
+
 
 MAX_GOSSIPED = 1024  # peers a client remembers its last exchange with (older than the cadence: dropped)
 MAX_ADMITTED_HOLDS = 4096  # holds a server remembers having opened a session on (each opens one)
@@ -104,33 +122,100 @@ class ClientExchange:
         self.gossip_every_s = gossip_every_s
         self.gossip_max_requests = gossip_max_requests
         self.gossiped: dict[str, float] = {}  # peer id -> when the last exchange with it started
+        # peer id -> the seq through which it is known to hold our log (least recently learnt first)
+        self.held: OrderedDict[str, int] = OrderedDict()
+        self._holds: OrderedDict[str, tuple[str, int]] = OrderedDict()  # hold hash -> (peer id, seq)
+        self._writing = threading.Lock()  # one route's holds are written together (``write_holds``)
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def push(self, peer_id: str, hop: HopClient) -> int:
-        """Send our own log to ``peer_id``, which judges our balance from the entries it holds."""
-        entries = await asyncio.to_thread(self.ledger.own_entries)
+        """Send our own log to ``peer_id``, which judges our balance from the entries it holds: only the
+        entries after those it is known to hold (``held``: it said so answering a push, or opened a
+        session on a hold of ours), else, or if it then says it does not hold them all, the grant and the
+        latest entries (``LedgerService.own_entries``). Returns how many it stored."""
+        known = self.held.get(peer_id)
+        if known is not None:
+            entries = await asyncio.to_thread(self.ledger.own_entries_after, known)
+            if entries == []:
+                return 0
+            if entries is not None:
+                stored, held = await self._push(peer_id, hop, entries)
+                last = int(entries[-1]["seq"])
+                if held is not None and held >= last:
+                    return stored
+                log.info("peer %s holds our log through %s, not %d: pushing the log", peer_id[:8], held, last)
+            self.held.pop(peer_id, None)
+        stored, _ = await self._push(peer_id, hop, await asyncio.to_thread(self.ledger.own_entries))
+        return stored
+
+    async def _push(
+        self, peer_id: str, hop: HopClient, entries: list[dict[str, Any]]
+    ) -> tuple[int, int | None]:
+        """Push ``entries``: how many the peer stored, and through which seq it says it holds our log."""
         frame = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=push_request(entries))
         answer = await hop.call(frame, self.request_timeout_s)
+        held = parse_push_held(answer.meta)
+        if held is not None:
+            self._note_held(peer_id, held)
         try:
-            return parse_push_answer(answer.meta)
+            return parse_push_answer(answer.meta), held
         except ExchangeError as exc:  # the push went through; what it says about it is only a count
             log.info("peer %s: %s", peer_id[:8], exc)
-            return 0
+            return 0, held
+
+    def admitted(self, hold: str) -> None:
+        """A peer opened the session our hold ``hold`` pays for: it holds our log through that hold (a
+        hold is admitted only in the client's counting chain), so later pushes there carry what follows."""
+        found = self._holds.pop(hold, None)
+        if found is not None:
+            self._note_held(*found)
+
+    def _note_held(self, peer_id: str, seq: int) -> None:
+        self.held[peer_id] = max(seq, self.held.pop(peer_id, 0))
+        while len(self.held) > MAX_GOSSIPED:
+            self.held.popitem(last=False)
 
     async def hold(
         self, peer_id: str, hop: HopClient, session: bytes, *, model: str, start: int, end: int, tokens: int
     ) -> str:
         """Before OPEN: append a hold paying ``peer_id`` for ``session`` to our own log (refused here,
         ``PaymentRequiredError``, when our open holds would exceed what we can spend), push our log so the
-        peer holds it up to the hold, and return the hold's hash for OPEN's ``hold``. A log longer than
-        one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an anti-entropy
-        exchange first, unless one ran less than ``gossip_every_s`` ago (the peer then lacks at most the
-        few entries written since, which the push carries)."""
-        entry = await asyncio.to_thread(self.ledger.hold, peer_id, session, model, start, end, tokens)
+        peer holds it up to the hold (``deliver``), and return the hold's hash for OPEN's ``hold``; call
+        ``admitted`` with it once OPEN succeeded."""
+        (entry,) = await self.write_holds([HoldTerms(peer_id, session, model, start, end, tokens)])
+        await self.deliver(peer_id, hop, entry.hash)
+        return entry.hash
+
+    async def write_holds(self, terms: list[HoldTerms]) -> list[Entry]:
+        """Append the holds of ``terms`` to our own log, in order and together: the holds of another
+        route opened at the same time are written before or after them, not between (so two chats
+        that do not both fit our balance do not each get part of their holds). A hold refused
+        (``PaymentRequiredError``) stops there; the ones before it stay written."""
+        entries = await asyncio.to_thread(self._write_holds, terms)
+        for term, entry in zip(terms, entries, strict=True):
+            self._holds[entry.hash] = (term.server, entry.seq)
+        while len(self._holds) > MAX_GOSSIPED:  # holds whose OPEN failed are never admitted
+            self._holds.popitem(last=False)
+        return entries
+
+    def _write_holds(self, terms: list[HoldTerms]) -> list[Entry]:
+        with self._writing:
+            return [self.ledger.hold(t.server, t.session, t.model, t.start, t.end, t.tokens) for t in terms]
+
+    async def deliver(self, peer_id: str, hop: HopClient, hold: str) -> None:
+        """Push our log to ``peer_id`` up to the hold ``hold`` (written by ``write_holds``). A log longer
+        than one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an
+        anti-entropy exchange first, unless one ran less than ``gossip_every_s`` ago or the peer is known
+        to hold all but the last ``PUSH_ENTRIES`` (the peer then lacks at most the few entries written
+        since, which the push carries)."""
+        _, seq = self._holds.get(hold, (peer_id, 0))
         now = asyncio.get_running_loop().time()
         last = self.gossiped.get(peer_id)
         recent = last is not None and now - last < (self.gossip_every_s or 30.0)
-        if entry.seq > PUSH_ENTRIES and not recent:
+        known = self.held.get(peer_id)
+        if known is not None and seq - known <= PUSH_ENTRIES:
+            recent = True  # one push carries all it lacks
+        if seq > PUSH_ENTRIES and not recent:
             self._note_gossip(peer_id, now)
             await gossip_exchange(
                 self.ledger,
@@ -140,7 +225,6 @@ class ClientExchange:
                 max_requests=self.gossip_max_requests,
             )
         await self.push(peer_id, hop)
-        return entry.hash
 
     async def settle(
         self,
@@ -307,6 +391,11 @@ class ServerExchange:
         held = self._open.get(self._key(client, session))
         return held is not None and held[1] <= (now_ms() if now is None else now)
 
+    def closed_unused(self, client: str, session: bytes) -> None:
+        """``client`` closed ``session`` before it ran anything (no receipt follows): forget its hold's
+        expiry. The hold stays admitted: it has opened its one session here."""
+        self._open.pop(self._key(client, session), None)
+
     async def propose(
         self, client: str, session: bytes, *, model: str, start: int, end: int, tokens: int
     ) -> dict[str, Any]:
@@ -327,11 +416,18 @@ class ServerExchange:
         for malformed metadata) or ``Refusal`` when it is refused."""
         request = parse_request(meta)
         if isinstance(request, PushRequest):
-            return push_answer(await asyncio.to_thread(self.ledger.accept_entries, request.entries))
+            stored, held = await asyncio.to_thread(self._accept, client, request.entries)
+            return push_answer(stored, held)
         if isinstance(request, ReceiptRequest):
             return receipt_answer(await self._record(client, session, request))
         replies = await asyncio.to_thread(self.ledger.gossip_receive, client, request.msg, CHANNEL_GOSSIP)
         return gossip_answer(replies)
+
+    def _accept(self, client: str, entries: object) -> tuple[int, int]:
+        """Store a push; how many entries were new, and the seq through which we hold ``client``'s log."""
+        stored = self.ledger.accept_entries(entries)
+        head = self.ledger.store.head(client)
+        return stored, head.seq if head is not None else 0
 
     async def _record(self, client: str, session: bytes, request: ReceiptRequest) -> str:
         """The countersigned receipt of a closed session: recorded once, and only if it verifies. A forged
@@ -385,6 +481,7 @@ class SignalingExchange:
 __all__ = [
     "LEDGER_SIGNAL",
     "ClientExchange",
+    "HoldTerms",
     "ServerExchange",
     "SignalingExchange",
     "gossip_exchange",

@@ -1,8 +1,8 @@
 """The mesh client: routes a generation through peers, keeping the prompt and the logits local.
 
 The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
-finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on each hop,
-and runs each step down the chain: pushed from peer to peer where the hops push (``push_client.py``,
+finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on every hop
+of it at once (``route_open.py``), and runs each step down the chain: pushed from peer to peer where the hops push (``push_client.py``,
 each hop's signed answer still coming back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error, or it
 does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
@@ -44,7 +44,7 @@ import numpy as np
 from python_peer.core import manifest as names
 from python_peer.core.answers import INPUT_CHAIN_START, SignedAnswer, chain_input, wire_digest
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import AI4AllError, LedgerError, PaymentRequiredError, SignalingError
+from python_peer.core.errors import LedgerError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.push_route import PUSH_KEY
@@ -53,12 +53,13 @@ from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
 
 from .batching import RowBatcher
 from .chain import position_ids_for
-from .errors import LinkClosedError, PeerError
+from .errors import LinkClosedError, MeshError, PeerError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .ledger_store import native_verify
-from .link_ledger import ClientExchange
+from .link_ledger import ClientExchange, HoldTerms
 from .push_client import push_run, pushed_step
+from .route_open import open_route
 from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
@@ -68,6 +69,7 @@ from .tensors import expect, to_wire
 log = logging.getLogger(__name__)
 
 MAX_HOPS = 64  # links (and round trips) a client keeps, to the peers it used most recently
+INLINE_EMBED_TOKENS = 64  # embedding lookups up to this many tokens run on the event loop (~10 us)
 
 
 class PeerDirectory(Protocol):
@@ -77,10 +79,6 @@ class PeerDirectory(Protocol):
     def peer_id(self) -> str: ...
 
     async def lookup(self, model: str, start: int, end: int, *, limit: int = 32) -> list[Announcement]: ...
-
-
-class MeshError(AI4AllError):
-    """Generation through the mesh could not go on (no route left, too many failures)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +98,7 @@ class ClientConfig:
     spot_checks: SpotCheckPolicy | None = DEFAULT_POLICY  # None: no spot checks
     push: bool = True  # push steps peer to peer where the hops allow (push_client.py); False: hop by hop
     push_grace_s: float = 2.0  # a pushed answer later than this after the previous one: sent directly
+    head_window_s: float = 0.05  # a head waits this long at most for the client's other sessions' heads
 
 
 @dataclass
@@ -189,7 +188,9 @@ class MeshClient:
         self.config = config or ClientConfig()
         self.embed_runner = ShardRunner(self.model_dir, manifest.embed, threads=self.config.threads)
         self.head_runner = ShardRunner(self.model_dir, manifest.head, threads=self.config.threads)
-        self.heads = RowBatcher(self.head)  # concurrent sessions' heads in one call (batching.py)
+        # Concurrent sessions' heads in one call (batching.py), waiting for those in a step: they stay in
+        # step, so that their decode steps batch on every peer too (docs/mesh.md).
+        self.heads = RowBatcher(self.head, window_s=self.config.head_window_s)
         self.learned_positions = bool(manifest.config.get("learned_positions", False))
         self.bans = BanList(self.config.ban_seconds)
         self.ledger = ledger
@@ -242,7 +243,7 @@ class MeshClient:
     async def rpc(self, peer_id: str) -> HopClient:
         """The hop to ``peer_id``: its link, connected (and its round trip measured) on first use; in
         process for this node's own span."""
-        if self.local is not None and peer_id == self.signal.peer_id:
+        if self.local is not None and self._own(peer_id):
             return self._local_hop(peer_id, self.local)
         lock = self._connecting.setdefault(peer_id, asyncio.Lock())
         async with lock:
@@ -298,12 +299,32 @@ class MeshClient:
         self._note_rtt(peer_id, 0.0)
         return hop
 
-    async def hold(self, hop: RouteHop, tokens: int) -> str | None:
-        """With a ledger, the hash of a new hold paying ``hop``'s peer for its session (``tokens`` token
-        positions at most), our log pushed there (``ClientExchange.hold``); None for this node's own span
-        (reached in process, free)."""
-        if self.exchange is None or (self.local is not None and hop.peer_id == self.signal.peer_id):
+    def _own(self, peer_id: str) -> bool:
+        """Whether ``peer_id`` is this node's own span, reached in process (free: no hold)."""
+        return self.local is not None and peer_id == self.signal.peer_id
+
+    async def write_holds(self, hops: list[tuple[str, bytes, int, int]], tokens: int) -> list[str | None]:
+        """With a ledger, the hashes of new holds paying each of ``hops`` (peer id, session, start, end)
+        for its session (``tokens`` token positions at most), written together
+        (``ClientExchange.write_holds``); None for this node's own span and without a ledger."""
+        hashes: list[str | None] = [None] * len(hops)
+        if self.exchange is None:
+            return hashes
+        paid = [i for i, hop in enumerate(hops) if not self._own(hop[0])]
+        terms = [HoldTerms(hops[i][0], hops[i][1], self.model, hops[i][2], hops[i][3], tokens) for i in paid]
+        for i, entry in zip(paid, await self.exchange.write_holds(terms), strict=True):
+            hashes[i] = entry.hash
+        return hashes
+
+    async def hold(self, hop: RouteHop, tokens: int, written: str | None = None) -> str | None:
+        """With a ledger, the hash of the hold paying ``hop``'s peer for its session (``tokens`` token
+        positions at most): ``written`` (by ``write_holds``), else a new one, our log pushed there
+        (``ClientExchange.deliver``); None for this node's own span (reached in process, free)."""
+        if self.exchange is None or self._own(hop.peer_id):
             return None
+        if written is not None:
+            await self.exchange.deliver(hop.peer_id, hop.rpc, written)
+            return written
         return await self.exchange.hold(
             hop.peer_id,
             hop.rpc,
@@ -366,7 +387,7 @@ class MeshClient:
                             announcement.throughput_milli / 1000.0,
                             announcement.kv_free_tokens,
                             self.rtts.get(announcement.peer_id),
-                            own=self.local is not None and announcement.peer_id == self.signal.peer_id,
+                            own=self._own(announcement.peer_id),
                         )
                     )
         return found
@@ -430,49 +451,20 @@ class MeshSession:
     async def _open_span(
         self, start: int, end: int, replay: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[RouteHop]:
-        """Open sessions on a route over ``[start, end)``; replay ``replay`` (inputs to ``start``) through it."""
-        while True:
-            try:
-                route = await self.client.route(start, end, self.batch * self.max_length)
-            except NoRouteError as exc:
-                why = f"; last failure: {self.last_failure}" if self.last_failure else ""
-                raise MeshError(f"{exc}{why}") from exc
-            hops: list[RouteHop] = []
-            current = route[0].peer_id
-            try:
-                inputs = _concat(replay)
-                for cand in route:
-                    current = cand.peer_id
-                    hop = await self.open_hop(cand.peer_id, cand.start, cand.end)
-                    hops.append(hop)
-                    if inputs is not None:
-                        log.info(
-                            "replaying %d tokens to %s for blocks %d-%d",
-                            inputs[0].shape[1],
-                            hop.peer_id[:8],
-                            hop.start,
-                            hop.end,
-                        )
-                        out = await hop.forward(
-                            *inputs, self.client.config.request_timeout_s, FrameFlags.REPLAY
-                        )
-                        hop.history.append(inputs)
-                        inputs = (out, inputs[1], inputs[2])
-                return hops
-            except PaymentRequiredError as exc:
-                for hop in hops:
-                    await self.close_hop(hop)
-                raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
-            except HOP_FAILURES as exc:
-                for hop in hops:  # before giving up too: the sessions opened on the route are closed
-                    await self.close_hop(hop)
-                self.note_failure(current, exc)
+        """Open sessions on a route over ``[start, end)``, every hop at once; replay ``replay`` (inputs to
+        ``start``) through it (``route_open.py``)."""
+        return await open_route(self, start, end, replay)
 
-    async def open_hop(self, peer_id: str, start: int, end: int) -> RouteHop:
-        """A new session of this generation on ``peer_id`` for blocks ``[start, end)``."""
+    async def open_hop(
+        self, peer_id: str, start: int, end: int, *, session: bytes | None = None, hold: str | None = None
+    ) -> RouteHop:
+        """A new session of this generation on ``peer_id`` for blocks ``[start, end)``: ``session`` (a
+        new id by default), paid by ``hold`` (``MeshClient.write_holds``; by default one written now)."""
         rpc = await self.client.rpc(peer_id)
         check = None if isinstance(rpc, LocalHop) else self.client.answer_check
         hop = RouteHop(peer_id, start, end, rpc, check=check)
+        if session is not None:
+            hop.session = session
         meta = {
             "model": self.client.model,
             "start": start,
@@ -480,13 +472,15 @@ class MeshSession:
             "batch": self.batch,
             "max_length": self.max_length,
         }
-        hold = await self.client.hold(hop, self.batch * self.max_length)
+        hold = await self.client.hold(hop, self.batch * self.max_length, hold)
         if hold is not None:
             meta["hold"] = hold
         answer = await hop.rpc.call(
             Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
         )
         hop.pushes = answer.meta.get(PUSH_KEY) is True and isinstance(hop.rpc, RpcClient)
+        if hold is not None and self.client.exchange is not None:
+            self.client.exchange.admitted(hold)  # the next push there carries only what follows
         return hop
 
     def note_failure(self, peer_id: str, exc: BaseException) -> None:
@@ -506,7 +500,13 @@ class MeshSession:
         if self.mask.shape[1] + ids.shape[1] > self.max_length:
             raise MeshError(f"the session's max_length {self.max_length} would be exceeded")
         positions = position_ids_for(mask, self.mask)
-        hidden = await asyncio.to_thread(self.client.embed, ids, positions)
+        # The client's heads wait for its sessions in a decode step (a prefill takes longer than a window).
+        with self.client.heads.expecting(self.batch if ids.shape[1] == 1 else 0):
+            return await self._step(ids, mask, positions)
+
+    async def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        embed, inline = self.client.embed, ids.size <= INLINE_EMBED_TOKENS
+        hidden = embed(ids, positions) if inline else await asyncio.to_thread(embed, ids, positions)
         index = 0
         while index < len(self.hops):
             run = push_run(self, index)
@@ -578,15 +578,3 @@ class MeshSession:
                 except (*HOP_FAILURES, LedgerError) as exc:
                     log.warning("spot check of %s could not finish: %s", hop.peer_id[:8], exc)
         await self.close_hop(hop, pay=pay)
-
-
-def _concat(
-    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    if not parts:
-        return None
-    return (
-        np.concatenate([p[0] for p in parts], axis=1),
-        np.concatenate([p[1] for p in parts], axis=1),
-        np.concatenate([p[2] for p in parts], axis=1),
-    )

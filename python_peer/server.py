@@ -390,15 +390,18 @@ class SpanServer:
         session = self.sessions.get(key)
         self._close(key)
         meta = close_answer(None, None)
-        if session is not None and session.tokens > 0 and self.exchange is not None and is_peer_id(client):
-            meta = await self.exchange.propose(
-                client,
-                frame.session,
-                model=self.model,
-                start=self.span.start,
-                end=self.span.end,
-                tokens=session.tokens,
-            )
+        if session is not None and self.exchange is not None and is_peer_id(client):
+            if session.tokens == 0:  # nothing to pay for (a failed route's open): no receipt
+                self.exchange.closed_unused(client, frame.session)
+            else:
+                meta = await self.exchange.propose(
+                    client,
+                    frame.session,
+                    model=self.model,
+                    start=self.span.start,
+                    end=self.span.end,
+                    tokens=session.tokens,
+                )
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
 
     async def _ledger_request(self, client: str, frame: Frame) -> Frame:

@@ -86,7 +86,7 @@ async def raw_link(mesh: Mesh, name: str) -> Any:
         push = Frame(
             FrameType.GOSSIP, b"\x09" * 16, 0, meta={"kind": "push", "entries": ledger.own_entries()}
         )
-        assert (await rpc.call(push, 5)).meta == {"stored": 1}
+        assert (await rpc.call(push, 5)).meta == {"stored": 1, "held": 1}
         yield ledger, rpc
         await rpc.aclose()
     finally:
@@ -136,7 +136,7 @@ async def test_a_forged_receipt_does_not_keep_the_genuine_one_from_being_recorde
         push = Frame(
             FrameType.GOSSIP, b"\x0a" * 16, 0, meta={"kind": "push", "entries": ledger.own_entries()}
         )
-        assert (await rpc.call(push, 5)).meta == {"stored": 1}
+        assert (await rpc.call(push, 5)).meta == {"stored": 1, "held": 2}
         await rpc.call(Frame(FrameType.OPEN, session, 0, meta=opening), 5)
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
         tensors = (

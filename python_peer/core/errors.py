@@ -69,7 +69,7 @@ in ``signaling/errors.py``. The whole tree::
     │   └── TemplateError          the chat template cannot render the messages (tokenizer.py)
     ├── UpError                            (python_peer/errors.py) ``ai4all up`` could not start its mesh
     ├── NoRouteError                       (python_peer/routing.py) no reachable peers cover the blocks
-    ├── MeshError                          (python_peer/mesh_client.py) generation through the mesh gave up
+    ├── MeshError                          (python_peer/errors.py) generation through the mesh gave up
     ├── ApiError                           (python_peer/api/errors.py) status, type and code of the OpenAI body
     │   ├── InvalidRequestError        400 a request the models cannot refuse alone
     │   │   └── ContextLengthError     400 prompt + max_tokens over the model's context

@@ -138,9 +138,10 @@ def parse_request(meta: object) -> LedgerRequest:
 # --- answers --------------------------------------------------------------------------------------------
 
 
-def push_answer(stored: int) -> dict[str, Any]:
-    """How many of the pushed entries were new here."""
-    return {"stored": stored}
+def push_answer(stored: int, held: int | None = None) -> dict[str, Any]:
+    """How many of the pushed entries were new here, and (``held``, when given) the seq through which
+    this peer now holds the pusher's own log: its next push here need carry only what follows."""
+    return {"stored": stored} if held is None else {"stored": stored, "held": held}
 
 
 def receipt_answer(receipt_id: str) -> dict[str, Any]:
@@ -182,6 +183,14 @@ def parse_push_answer(meta: object) -> int:
     if not isinstance(stored, int) or isinstance(stored, bool) or stored < 0:
         raise ExchangeError("answered a push without a count of stored entries")
     return stored
+
+
+def parse_push_held(meta: object) -> int | None:
+    """The seq through which the server says it holds our log (``held``), or None if it did not say."""
+    held = _object(meta, "the answer to a push").get("held")
+    if not isinstance(held, int) or isinstance(held, bool) or held < 0:
+        return None
+    return held
 
 
 def parse_receipt_answer(meta: object) -> str:

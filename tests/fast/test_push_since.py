@@ -1,0 +1,126 @@
+"""The log push before OPEN carries only what the peer lacks (``ClientExchange.push``), in memory.
+
+Once a peer has said (answering a push: ``held``) or shown (opening a session on one of our holds) that
+it holds our log through some entry, the next push there carries the entries written since (receipts,
+new holds) instead of the grant and the latest 63: the push is what a peer parses, checks and stores
+before OPEN. A peer that does not say it holds them all (it lost our log, refused one, or is a peer that
+does not answer ``held``) gets the whole push again, and the chat goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from python_peer.core.protocol import PUSH_ENTRIES
+from python_peer.core.wire import Frame, FrameType
+from python_peer.ledger_service import LedgerService
+from python_peer.rpc import RpcClient
+from python_peer.server import SpanServer
+from tests.fast.conftest import ToyMesh, greedy
+from tests.support.holds import push_frame, write_hold
+from tests.support.mesh import reference_greedy as local_greedy
+
+PROMPT = [3, 5, 7, 11]
+NEW_TOKENS = 4
+SPANS = ((0, 1), (1, 3), (3, 4))
+
+
+class Pushes:
+    """A peer recording the size of every log push it answers; ``drop`` pushes are answered unstored."""
+
+    def __init__(self, server: SpanServer) -> None:
+        self.server = server
+        self.sizes: list[int] = []
+        self.drop = 0
+
+    async def handle(self, client: str, frame: Frame) -> Frame:
+        if frame.type is FrameType.GOSSIP and frame.meta.get("kind") == "push":
+            self.sizes.append(len(frame.meta["entries"]))
+            if self.drop:
+                self.drop -= 1
+                return Frame(FrameType.RESULT, frame.session, frame.step, meta={"stored": 0})
+        return await self.server.handle(client, frame)
+
+    def close_client(self, client: str) -> None:
+        self.server.close_client(client)
+
+
+def three_peers(m: ToyMesh, make_ledger: Callable[..., LedgerService]) -> list[Pushes]:
+    peers: list[Pushes] = []
+
+    def wrap(_peer_id: str, server: SpanServer) -> Pushes:
+        peers.append(Pushes(server))
+        return peers[-1]
+
+    for span in SPANS:
+        m.peer(span, ledger=make_ledger(), wrap=wrap)
+    return peers
+
+
+async def test_after_a_first_session_a_push_carries_only_the_entries_written_since(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    peers = three_peers(m, make_ledger)
+    me = make_ledger()
+    other = make_ledger()
+    for i in range(PUSH_ENTRIES + 10):  # a log longer than one push: holds at a peer elsewhere
+        write_hold(me, other.peer_id, bytes([i]) * 16, m.manifest.name, 0, 1, 1)
+    client = m.client(me)
+    assert client.exchange is not None
+
+    for _ in range(3):
+        assert (await greedy(client, PROMPT, NEW_TOKENS))[0] == expected
+
+    for peer in peers:
+        # One push per session: first the grant and the latest entries, then what was written since
+        # (the last session's receipts, this session's holds), each admitted by OPEN.
+        assert len(peer.sizes) == 3 and peer.sizes[0] == PUSH_ENTRIES, peer.sizes
+        assert max(peer.sizes[1:]) <= 8, peer.sizes
+    assert all(client.exchange.held[p] >= PUSH_ENTRIES + 10 for p in m.servers)
+
+
+async def test_a_peer_that_did_not_store_the_short_push_gets_the_whole_log_and_opens(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    peers = three_peers(m, make_ledger)
+    client = m.client(make_ledger())
+    assert (await greedy(client, PROMPT, NEW_TOKENS))[0] == expected
+    first = [len(p.sizes) for p in peers]
+
+    peers[1].drop = 1  # answers the next push without storing it, as a peer that lost our log
+    tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+
+    assert tokens == expected and session.failovers == 0, session.last_failure
+    short, whole = peers[1].sizes[first[1] :]
+    assert short < whole, peers[1].sizes  # the short push, then the whole log again
+    assert [len(p.sizes) - n for p, n in zip(peers, first, strict=True)] == [1, 2, 1]
+
+
+async def test_a_push_answer_says_through_which_seq_the_peer_holds_the_pushers_log(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    m = toy_mesh
+    server = m.peer((1, 3), ledger=make_ledger())
+    me = make_ledger()
+    rpc = RpcClient(await m.network.connect(me.peer_id, server))
+    try:
+        for i in range(3):
+            write_hold(me, server, bytes([i]) * 16, m.manifest.name, 1, 3, 8)
+        entries = me.own_entries()  # the grant and three holds: seq 1-4
+        answer = await rpc.call(push_frame(entries[:2]), 5)
+        assert answer.meta == {"stored": 2, "held": 2}
+        # A push with a gap: seq 4 without seq 3 is not stored, and the answer says so.
+        answer = await rpc.call(push_frame(entries[3:]), 5)
+        assert answer.meta == {"stored": 0, "held": 2}
+        answer = await rpc.call(push_frame(entries), 5)
+        assert answer.meta == {"stored": 2, "held": 4}
+        # Someone else's entries pushed by us say nothing about our log.
+        other = make_ledger()
+        answer = await rpc.call(push_frame(other.own_entries()), 5)
+        assert answer.meta == {"stored": 1, "held": 4}
+    finally:
+        await rpc.aclose()
