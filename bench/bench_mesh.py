@@ -39,6 +39,7 @@ from bench.mesh_contenders import (
     CHAIN,
     MESH,
     MESH_HOP_BY_HOP,
+    MESH_ONE_BY_ONE,
     PROMPT,
     WARMUP_TOKENS,
     WHOLE_OPTIMUM,
@@ -62,6 +63,7 @@ from bench.mesh_report import (
     speed_ratios,
 )
 from bench.mesh_signaling import SignalingResults, signaling
+from bench.mesh_ttft import Trace, TtftProbe, ttft_json, ttft_table
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
@@ -131,6 +133,7 @@ class MeshResults:
     route: list[tuple[str, int, int]]
     hop_rtt_ms: dict[str, float]
     signaling: SignalingResults
+    ttft_traces: dict[str, list[Trace]]  # the traced mesh contenders' timed repeats (``mesh_ttft.py``)
 
 
 async def measure(
@@ -144,11 +147,16 @@ async def measure(
     max_length = len(prompt) + max(args.tokens, WARMUP_TOKENS) + 1
     connection = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
     client = await connection.open()
+    # The old open path runs on a client of its own: one client's starter grant pays for the sessions of
+    # two mesh contenders, not three.
+    one_by_one = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
+    probe = TtftProbe().install()
     try:
         chain = InProcess(await asyncio.to_thread(ChainDecoder, CHAIN, mesh.model_dir, threads))
         whole_decoder = InProcess(await asyncio.to_thread(whole.build))
         decoders: list[AsyncDecoder] = [
-            MeshDecoder(MESH, client, max_length),
+            MeshDecoder(MESH, client, max_length, probe=probe),
+            MeshDecoder(MESH_ONE_BY_ONE, await one_by_one.open(), max_length, probe=probe, one_by_one=True),
             MeshDecoder(MESH_HOP_BY_HOP, client, max_length, push=False),
             chain,
             whole_decoder,
@@ -158,6 +166,8 @@ async def measure(
             f"tokens, {threads} threads per onnxruntime session"
         )
         samples = await single_sessions(decoders, prompt, args.tokens, args.repeats, log)
+        probe.uninstall()
+        await one_by_one.close()
         session = await client.open(1, max_length)  # only to read the route the client picks
         route = session.route
         await session.close()
@@ -167,8 +177,11 @@ async def measure(
             connection, prompt, args.tokens, args.repeats, max_length, samples[MESH].tokens, log, pids
         )
     finally:
+        probe.uninstall()
+        await one_by_one.close()
         await connection.close()
-    return MeshResults(samples, aggregate, route, rtts, await signaling(mesh, args.repeats, log))
+    traces = {name: runs[1:] for name, runs in probe.traces.items()}  # the first is the warm-up's
+    return MeshResults(samples, aggregate, route, rtts, await signaling(mesh, args.repeats, log), traces)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -235,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     out.print(single_table(samples, args.tokens, len(prompt)))
     out.print(ratio_table(ratios, overhead_ms))
+    out.print(ttft_table(results.ttft_traces))
     table, agreement = agreement_table(samples, tokenizer)
     out.print(table)
     out.print(concurrency_table(results.aggregate, args.tokens))
@@ -256,6 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hop_rtt_ms": results.hop_rtt_ms,
         "ttft_ms": {n: round(statistics.median(s.ttft_s) * 1e3, 1) for n, s in samples.items()},
         "decode_tok_s": {n: round(statistics.median(s.decode_tok_s), 2) for n, s in samples.items()},
+        "ttft_breakdown_ms": ttft_json(results.ttft_traces),
         "ratios": {k: {m: round(v, 3) for m, v in r.items()} for k, r in ratios.items()},
         "mesh_overhead_ms_per_token": round(overhead_ms, 2),
         "agreement": agreement,

@@ -17,7 +17,14 @@ from rich.console import Console
 
 from bench.bench_export import Decoder
 from bench.mesh_processes import BenchError
-from python_peer.mesh_client import MeshClient, MeshSession
+from bench.mesh_ttft import TtftProbe
+from python_peer.core.errors import PaymentRequiredError
+from python_peer.core.wire import FrameFlags
+from python_peer.errors import MeshError
+from python_peer.hop import HOP_FAILURES
+from python_peer.mesh_client import MeshClient, MeshSession, RouteHop
+from python_peer.route_open import Inputs, concat_inputs
+from python_peer.routing import NoRouteError
 
 PROMPT = "What is the capital of France?"
 WARMUP_TOKENS = 4
@@ -26,6 +33,7 @@ MESH = "mesh (3 peers, loopback)"
 MESH_HOP_BY_HOP = (
     "mesh, hop by hop (no push)"  # the same client and peers, each step sent to every hop in turn
 )
+MESH_ONE_BY_ONE = "mesh, hops opened one by one"  # the open path before route_open.py (issue 15)
 CHAIN = "local chain (same shards)"
 WHOLE_OPTIMUM = "whole model (optimum graph)"
 WHOLE_SHARD = "whole model (one blocks shard)"
@@ -63,18 +71,41 @@ class InProcess:
 class MeshDecoder:
     """One mesh session per ``begin``: embed and head here, every block on the peers."""
 
-    def __init__(self, name: str, client: MeshClient, max_length: int, *, push: bool = True) -> None:
-        """``push``: steps pushed peer to peer (docs/mesh.md, "Push along the route"), or not."""
+    def __init__(
+        self,
+        name: str,
+        client: MeshClient,
+        max_length: int,
+        *,
+        push: bool = True,
+        probe: TtftProbe | None = None,
+        one_by_one: bool = False,
+    ) -> None:
+        """``push``: steps pushed peer to peer (docs/mesh.md, "Push along the route"), or not; ``probe``:
+        traces each session's open and first step (``mesh_ttft.py``); ``one_by_one``: the route's hops
+        are opened one after another, as before ``route_open.py``."""
         self.name = name
         self.client = client
         self.max_length = max_length
         self.push = push
+        self.probe = probe
+        self.one_by_one = one_by_one
         self._session: MeshSession | None = None
 
     async def begin(self, ids: Sequence[int]) -> np.ndarray:
-        self._session = await self.client.open(1, self.max_length)
-        self._session.pushing = self.push and self._session.pushing
-        return await self._step(np.array([ids], dtype=np.int64))
+        if self.probe is not None:
+            self.probe.begin(self.name)
+        try:
+            if self.one_by_one:
+                self._session = OneByOneSession(self.client, 1, self.max_length)
+                await self._session.start()
+            else:
+                self._session = await self.client.open(1, self.max_length)
+            self._session.pushing = self.push and self._session.pushing
+            return await self._step(np.array([ids], dtype=np.int64))
+        finally:
+            if self.probe is not None:
+                self.probe.end(self._session)
 
     async def next(self, token: int) -> np.ndarray:
         return await self._step(np.array([[token]], dtype=np.int64))
@@ -90,6 +121,41 @@ class MeshDecoder:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class OneByOneSession(MeshSession):
+    """A mesh session whose route's hops are opened one after another (``MeshSession._open_span`` before
+    ``route_open.py``): the old open path, as a contender."""
+
+    async def _open_span(self, start: int, end: int, replay: list[Inputs]) -> list[RouteHop]:
+        while True:
+            try:
+                route = await self.client.route(start, end, self.batch * self.max_length)
+            except NoRouteError as exc:
+                raise MeshError(str(exc)) from exc
+            hops: list[RouteHop] = []
+            current = route[0].peer_id
+            try:
+                inputs = concat_inputs(replay)
+                for cand in route:
+                    current = cand.peer_id
+                    hop = await self.open_hop(cand.peer_id, cand.start, cand.end)
+                    hops.append(hop)
+                    if inputs is not None:
+                        out = await hop.forward(
+                            *inputs, self.client.config.request_timeout_s, FrameFlags.REPLAY
+                        )
+                        hop.history.append(inputs)
+                        inputs = (out, inputs[1], inputs[2])
+                return hops
+            except PaymentRequiredError as exc:
+                for hop in hops:
+                    await self.close_hop(hop)
+                raise MeshError(f"peer {current[:16]} refused to serve: {exc}") from exc
+            except HOP_FAILURES as exc:
+                for hop in hops:
+                    await self.close_hop(hop)
+                self.note_failure(current, exc)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.bench_export import first_difference
 from bench.mesh_concurrency import SESSION_COUNTS, Aggregate
-from bench.mesh_contenders import CHAIN, MESH, MESH_HOP_BY_HOP, PROMPT, Samples
+from bench.mesh_contenders import CHAIN, MESH, MESH_HOP_BY_HOP, MESH_ONE_BY_ONE, PROMPT, Samples
 from bench.mesh_signaling import (
     ANNOUNCE_CONNECTIONS,
     ANNOUNCES_PER_CONNECTION,
@@ -38,7 +38,12 @@ def _ratio(num: Sequence[float], den: Sequence[float]) -> float:
 def speed_ratios(samples: dict[str, Samples], whole_name: str) -> dict[str, dict[str, float]]:
     mesh = samples[MESH]
     result = {}
-    others = {CHAIN: "local chain", whole_name: "whole model", MESH_HOP_BY_HOP: "mesh hop by hop"}
+    others = {
+        CHAIN: "local chain",
+        whole_name: "whole model",
+        MESH_HOP_BY_HOP: "mesh hop by hop",
+        MESH_ONE_BY_ONE: "mesh, hops opened one by one",
+    }
     for other, label in others.items():
         if other not in samples:
             continue
