@@ -18,11 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from python_peer.core import sweep_journal
 from python_peer.core.balances import compute
 from python_peer.core.economics import DAY_MS, HOUR_MS
 from python_peer.core.entries import Entry, ForkProof, make_entry
 from python_peer.core.holds import Hold
 from python_peer.core.memory_store import MemoryStore
+from python_peer.core.sweep_journal import JOURNAL_STEPS
 from python_peer.ledger_store import LedgerStore, native_verify
 from tests.support.ledger import (
     MODEL,
@@ -121,11 +123,20 @@ def test_a_mesh_history_is_extended_entry_by_entry_and_equals_compute(kind: str)
 
 @pytest.mark.parametrize("kind", sorted(STORES))
 @pytest.mark.parametrize("seed", [2, 3])
-def test_receipts_dated_before_the_latest_one_still_give_compute_s_report(kind: str, seed: int) -> None:
+def test_receipts_dated_before_the_latest_one_still_give_compute_s_report(
+    kind: str, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The attack: a peer dates receipts into the past (or gossip brings old ones late), so the sweep's
-    order is not the order of arrival. The store recomputes for those; the report never differs."""
-    store = _replay(STORES[kind], _mesh_history(seed, 80, disorder=0.3))
-    assert store._running.full_runs > 3
+    order is not the order of arrival. A late receipt is swept in its place, the steps after it taken
+    back and swept again (``sweep_journal.py``), unless it is older than every step the journal keeps:
+    then the store recomputes. The report never differs, whatever the journal keeps."""
+    history = _mesh_history(seed, 80, disorder=0.3)
+    runs = {}
+    for steps in (JOURNAL_STEPS, 6, 0):
+        monkeypatch.setattr(sweep_journal, "JOURNAL_STEPS", steps)
+        runs[steps] = _replay(STORES[kind], history)._running.full_runs
+    assert runs[0] >= runs[6] >= runs[JOURNAL_STEPS], runs  # a short journal reaches back less far
+    assert runs[0] > runs[JOURNAL_STEPS], runs  # the late receipts: recomputed only without a journal
 
 
 @pytest.mark.parametrize("kind", sorted(STORES))

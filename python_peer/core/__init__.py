@@ -41,6 +41,7 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``rules.py``     validators of one entry and of its link to the previous one, returning rejections.
 - ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
 - ``running.py``   ``compute``'s result kept up to date entry by entry as a store writes (``RunningReport``).
+- ``sweep_journal.py`` the last steps of the balance sweep, undoable: late receipts swept in their place.
 - ``reputation.py``  a peer's reputation (good, suspect, excluded) from the evidence against it.
 - ``signature_claims.py``  signatures listed ahead of time, for a caller that verifies asynchronously.
 - ``chain_store.py``  ``ChainStore``: what a ledger store keeps and decides, whatever holds its rows.

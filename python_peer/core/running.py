@@ -7,12 +7,15 @@ id and session span, the sweep's state after its last receipt) and applies each 
 the entry can only *extend* that derivation:
 
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
-- it is a hold, or a receipt whose sweep key ``(time, id)`` comes after every receipt swept so far,
-  for a session span no other receipt covers and not voided by evidence, or another copy of a
-  receipt already counted;
-- it is the grant of an identity the ledger never named (a newcomer's first entry), whatever its time.
+- it is a hold, or a receipt for a session span no other receipt covers and not voided by evidence,
+  or another copy of a receipt already counted;
+- it is the grant of an identity the ledger never named (a newcomer's first entry).
 
-Anything else (a second grant, a fork proof, evidence, a receipt dated before the latest one swept, a
+A receipt or a grant whose sweep key ``(time, kind, id)`` comes before the last receipt swept (gossip
+brings them so all the time) is swept in its place: the steps after it are taken back and swept again
+(``sweep_journal.py``), as long as the journal still keeps them all.
+
+Anything else (a second grant, a fork proof, evidence, an item older than the journal's steps, a
 superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
 ``compute`` again, which also rebuilds the running state. The result is the same ``LedgerReport`` as
 ``compute`` over the same entries, field for field (``tests/test_ledger_running.py`` checks it after
@@ -46,6 +49,7 @@ from .holds import HeldCredits, Hold
 from .ledger_fields import EntryFacts, Rejection
 from .receipts import Receipt
 from .rules import check_link
+from .sweep_journal import SweepJournal
 
 __all__ = ["RunningReport"]
 
@@ -135,8 +139,12 @@ class RunningReport:
         for author in grants:
             accounts[author].granted = self.rules.starter_grant
         self.sweep = Sweep(self.rules, accounts)
-        for item in items[: last + 1]:
+        self.journal = SweepJournal(self.sweep)
+        kept = max(0, last + 1 - self.journal.limit)
+        for item in items[:kept]:
             self.sweep.step(item)
+        for item in items[kept : last + 1]:
+            self.journal.step(item)
         self.tail: list[SweepItem] = items[last + 1 :]
         self.last_key: tuple[int, int, str] = items[last][:3] if last >= 0 else (-1, 1, "")
 
@@ -182,6 +190,7 @@ class RunningReport:
         of the last receipt swept it waits in ``tail``; before it, nothing swept since touched the
         account, which did not exist, so crediting it now is what the sweep in order would do."""
         author = fact.author
+        item = grant_item(author, fact)
         if (
             fact.seq != 1
             or not isinstance(fact.body, Grant)
@@ -189,17 +198,17 @@ class RunningReport:
             or author in self.sweep.accounts
             or fact.hash in self.counted
             or check_link(None, fact) is not None
+            or (item[:3] < self.last_key and not self.journal.reaches(item[:3]))
         ):
             return False
         self.heads[author] = fact
         self.counted.add(fact.hash)
         self.lengths[author] = 1
         self.sweep.accounts[author] = Account(author, granted=self.rules.starter_grant, entries=1)
-        item = grant_item(author, fact)
         if item[:3] > self.last_key:
             self.tail = sorted([*self.tail, item], key=lambda i: i[:3])
         else:
-            self.sweep.step(item)
+            self._sweep_back(item, [])
         return True
 
     def _receipt(self, entry_hash: str, r: Receipt) -> bool:
@@ -216,8 +225,10 @@ class RunningReport:
             self.ignored.pop(copies[0], None)
             return True
         key = (r.time, 1, r.id)
-        if (r.server, r.client, r.session) in self.voided or r.span_key in self.spans or key <= self.last_key:
+        if (r.server, r.client, r.session) in self.voided or r.span_key in self.spans:
             return False
+        if key < self.last_key and not self.journal.reaches(key):
+            return False  # before every step the journal keeps: a full compute
         if r.client not in self.sweep.accounts or r.server not in self.sweep.accounts:
             return False  # an account the full sweep would create elsewhere in its order
         self.carriers[r.id] = [entry_hash]
@@ -225,16 +236,31 @@ class RunningReport:
         self.winners.add(r.id)
         self.spans.add(r.span_key)
         self.consumed.add((r.client, r.server, r.session))
-        before = [item for item in self.tail if item[:3] < key]
-        for item in before:  # passed by this receipt: no entry extended here can come before them now
-            self.sweep.step(item)
-        self.sweep.step((r.time, 1, r.id, r))
-        later = {item[:3]: item for item in self.tail if item[:3] > key}
-        for item in bonus_items([r]):
-            later.setdefault(item[:3], item)
-        self.tail = sorted(later.values(), key=lambda item: item[:3])
+        item: SweepItem = (r.time, 1, r.id, r)
+        if key < self.last_key:  # late: swept in its place, the steps after it taken back and swept again
+            self._sweep_back(item, bonus_items([r]))
+            return True
+        for passed in [i for i in self.tail if i[:3] < key]:  # no entry extended here comes before them now
+            self.journal.step(passed)
+        self.journal.step(item)
+        later = {i[:3]: i for i in self.tail if i[:3] > key}
+        for bonus in bonus_items([r]):
+            later.setdefault(bonus[:3], bonus)
+        self.tail = sorted(later.values(), key=lambda i: i[:3])
         self.last_key = key
         return True
+
+    def _sweep_back(self, item: SweepItem, bonuses: list[SweepItem]) -> None:
+        """Sweep ``item``, dated before the last receipt swept, in its place (``SweepJournal.rewind``), with
+        those of ``bonuses`` (its hour's and day's) not already swept or waiting: before the last receipt
+        they are swept in their places too, after it they wait in ``tail``."""
+        again = self.journal.rewind(item[:3])
+        present = {i[:3] for i in again} | {i[:3] for i in self.tail}
+        new = [b for b in bonuses if b[:3] not in present]
+        self.tail = sorted([*self.tail, *(b for b in new if b[:3] > self.last_key)], key=lambda i: i[:3])
+        swept = [item, *again, *(b for b in new if b[:3] < self.last_key)]
+        for step in sorted(swept, key=lambda i: i[:3]):
+            self.journal.step(step)
 
     def _build(self) -> LedgerReport:
         sweep = self.sweep.copy()

@@ -25,6 +25,7 @@ export const CORE_FILES = Object.freeze([
   'rules.py',
   'balances.py',
   'running.py',
+  'sweep_journal.py',
   'reputation.py',
   'signature_claims.py',
   'chain_store.py',
