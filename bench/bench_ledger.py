@@ -9,9 +9,13 @@ It signs a synthetic ledger (servers earning co-signed receipts from clients, on
 - **balances**: ``core.balances.compute`` over N parsed entries, and ``LedgerStore.report`` (read + parse +
   compute) on a cold cache;
 - **gossip**: ten peers each holding only their own log, full mesh, rounds of the real messages over
-  an in-memory channel (canonical JSON measured, no network) until every store holds the same entries.
+  an in-memory channel (canonical JSON measured, no network) until every store holds the same entries;
+- **writes in arrival order**: entries written one at a time, the report after each, as a node learns
+  them by gossip: each reaches it some seconds after it was dated, so receipts arrive out of their
+  sweep order. With the sweep journal (``core/sweep_journal.py``: a late receipt swept in its place)
+  against without it (``JOURNAL_STEPS`` 0: a full ``compute`` for each), side by side.
 
-    python -m bench.bench_ledger [--entries N] [--gossip-entries M] [--repeats R]
+    python -m bench.bench_ledger [--entries N] [--gossip-entries M] [--arrival-entries K] [--repeats R]
 
 Tables on stdout, then one JSON line with every figure (``... | tail -1``).
 """
@@ -35,6 +39,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from python_peer.core import sweep_journal
 from python_peer.core.balances import compute
 from python_peer.core.canonical import canonical_bytes
 from python_peer.core.economics import Rules
@@ -85,6 +90,69 @@ def synthetic_logs(n_entries: int, servers: int, seed: int = 1) -> list[list[Ent
             log.append(head)
         logs.append(log)
     return logs
+
+
+def arrival_history(n_entries: int, seed: int = 3) -> list[Entry]:
+    """Twenty clients' grants, then ten servers' receipts (one every ~30 s each, the server's copy),
+    ordered as a node hears them: each entry ``time`` + 0..60 s, after its author's previous one."""
+    rng = random.Random(seed)
+    clients = [identity(f"arrival-client-{i}") for i in range(20)]
+    servers = [identity(f"arrival-server-{i}") for i in range(10)]
+    heads: dict[str, Entry | None] = {}
+    timed_entries: list[tuple[float, int, Entry]] = []
+
+    def write(me: Identity, when: int, body: Any) -> None:
+        head = next_entry(me.peer_id, heads.get(me.peer_id), when, body, me.sign)
+        heads[me.peer_id] = head
+        timed_entries.append((when + rng.uniform(0, 60_000), head.seq, head))
+
+    for me in [*clients, *servers]:
+        write(me, T0, Grant(mine_grant(me.peer_id, RULES.grant_pow_bits) or 0))
+    for i in range(n_entries - len(timed_entries)):
+        me = servers[i % len(servers)]
+        client = rng.choice(clients)
+        when = T0 + 1_000 + (i // len(servers)) * 30_000 + rng.randrange(30_000)
+        start = rng.choice((0, 10, 20))
+        r = Receipt(
+            f"{i:032x}",
+            "smollm2-135m",
+            start,
+            start + 10,
+            rng.randint(10, 2000),
+            client.peer_id,
+            me.peer_id,
+            when,
+        )
+        write(me, when, ReceiptBody(r, client.sign(r.signing_bytes()), me.sign(r.signing_bytes())))
+    arrived: dict[str, float] = {}
+    ordered = []
+    for at, _, entry in sorted(timed_entries, key=lambda t: (t[2].author, t[1])):
+        at = max(at, arrived.get(entry.author, 0.0))  # an author's entries arrive in its chain's order
+        arrived[entry.author] = at
+        ordered.append((at, entry))
+    return [entry for _, entry in sorted(ordered, key=lambda t: t[0])]
+
+
+def write_in_arrival_order(entries: list[Entry], directory: Path, journal_steps: int) -> dict[str, Any]:
+    """Each entry its own write, the report after each; the seconds, and how often ``compute`` ran."""
+    saved = sweep_journal.JOURNAL_STEPS
+    sweep_journal.JOURNAL_STEPS = journal_steps
+    try:
+        store = LedgerStore.open(
+            directory / f"arrival-{time.monotonic_ns()}.sqlite3", rules=RULES, durable=False
+        )
+        now = T0 + 10**9
+        start = time.perf_counter()
+        for entry in entries:
+            store.insert_many([entry], now)
+            store.report()
+        seconds = time.perf_counter() - start
+        balances = store.report().balances
+        full_runs = store._running.full_runs
+        store.close()
+    finally:
+        sweep_journal.JOURNAL_STEPS = saved
+    return {"seconds": seconds, "full_computes": full_runs, "balances": balances}
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
@@ -155,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gossip-entries", type=int, default=2_000, help="entries in all for the 10-peer run"
     )
+    parser.add_argument(
+        "--arrival-entries", type=int, default=3_000, help="entries written one at a time in arrival order"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median shown)")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
@@ -187,6 +258,23 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         console.print(f"gossip: 10 peers, {args.gossip_entries} entries in all ...")
         gossip = gossip_converge(synthetic_logs(args.gossip_entries, servers=10, seed=2), directory)
+        console.print(f"writes in arrival order: {args.arrival_entries} entries, journal on and off ...")
+        history = arrival_history(args.arrival_entries)
+        runs: dict[str, list[dict[str, Any]]] = {"journal": [], "no_journal": []}
+        for _ in range(args.repeats):  # alternated, so both see the same machine
+            runs["journal"].append(write_in_arrival_order(history, directory, sweep_journal.JOURNAL_STEPS))
+            runs["no_journal"].append(write_in_arrival_order(history, directory, 0))
+        if len({str(sorted(r["balances"].items())) for rs in runs.values() for r in rs}) != 1:
+            raise SystemExit("the two ways of writing gave different balances: a bug")
+        arrival: dict[str, Any] = {
+            name: {
+                "seconds": statistics.median(r["seconds"] for r in rs),
+                "full_computes": rs[0]["full_computes"],
+            }
+            for name, rs in runs.items()
+        }
+        arrival["entries"] = len(history)
+        arrival["speedup"] = arrival["no_journal"]["seconds"] / arrival["journal"]["seconds"]
 
     figures = {
         "entries": n,
@@ -198,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "report_cached_ms": cached_s * 1000,
         "accounts": len(report.accounts),
         "gossip_10_peers": gossip,
+        "arrival_order": arrival,
     }
     out = Console()
     table = Table(title=f"ledger: {n} entries (receipts co-signed, 3 Ed25519 checks each)")
@@ -222,6 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     g.add_row("messages / MB of JSON", f"{gossip['messages']:,} / {gossip['megabytes']:.1f}")
     g.add_row("identical balances", str(gossip["identical_balances"]))
     out.print(g)
+    a = Table(title=f"writes in arrival order: {arrival['entries']:,} entries, one write and one report each")
+    a.add_column("")
+    a.add_column("time", justify="right")
+    a.add_column("full computes", justify="right")
+    for name, label in (("journal", "late receipts swept in place"), ("no_journal", "a compute for each")):
+        a.add_row(label, f"{arrival[name]['seconds']:.2f} s", str(arrival[name]["full_computes"]))
+    a.add_row("ratio (a compute for each / swept in place)", f"{arrival['speedup']:.1f}x", "")
+    out.print(a)
     print(json.dumps(figures, sort_keys=True))
     return 0
 

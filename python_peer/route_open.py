@@ -54,8 +54,7 @@ async def open_route(session: MeshSession, start: int, end: int, replay: list[In
     opened: list[RouteHop] = []  # every session opened here and neither returned nor closed yet
     try:
         hops = await _open_and_replay(session, start, end, replay, opened)
-        for hop in hops:
-            opened.remove(hop)
+        _forget(opened, hops)
         return hops
     finally:
         await _close_all(session, opened)  # the spares left, or everything when giving up
@@ -100,10 +99,15 @@ async def _open_and_replay(
                     inputs = await _replay(session, hop, inputs)
             return hops
         except HOP_FAILURES as exc:
-            for hop in fed:
-                opened.remove(hop)
+            _forget(opened, fed)
             await _close_all(session, fed)
             session.note_failure(fed[-1].peer_id, exc)
+
+
+def _forget(opened: list[RouteHop], hops: list[RouteHop]) -> None:
+    """Drop ``hops`` (these very objects) from ``opened``."""
+    gone = {id(h) for h in hops}
+    opened[:] = [h for h in opened if id(h) not in gone]
 
 
 def _spare(opened: list[RouteHop], hop: Candidate) -> RouteHop | None:
