@@ -15,7 +15,7 @@ first, as ``ai4all`` does (``python_peer/heap.py``), and inherits the harness's 
 
 Commands, one a line on stdin:
 
-    chat P     one chat of prompt P (the warm-up's), answered by its outcome
+    chat P     one chat of prompt P (0-5, ``chaos_load.PROMPTS``; the warm-up's), answered by its outcome
     replace    a fresh identity takes over from a copy of the ledger, answered by ``replaced``
     run        chat back to back, each chat answered by its outcome, until ``stop``
     stop       finish the chat under way and stop chatting, answered by ``stopped``; the node stays up,
@@ -50,7 +50,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench.chaos_load import Load, NativeUser, Outcome, References
+from bench.chaos_load import PROMPTS, Load, NativeUser, Outcome, References
 from bench.chaos_mesh import START_TIMEOUT_S, USER, ChaosMesh, Proc
 from bench.mesh_processes import BenchError, Child, _child_env
 from python_peer.core.errors import AI4AllError
@@ -111,8 +111,9 @@ async def serve(args: argparse.Namespace) -> None:
             if not line:
                 break
             command, *rest = line.split() or [""]
-            if command == "chat" and len(rest) == 1 and rest[0].isdigit() and running is None:
-                outcome = await user.chat(load, int(rest[0]), args.timeout)
+            prompt = int(rest[0]) if len(rest) == 1 and rest[0].isdigit() else len(PROMPTS)
+            if command == "chat" and prompt < len(PROMPTS) and running is None:
+                outcome = await user.chat(load, prompt, args.timeout)
                 events.outcome(outcome)
             elif command == "replace" and not rest and running is None:
                 await user.open(load)
