@@ -176,8 +176,6 @@ class Chaos:
             for task in [*tasks, *self.restarts]:
                 task.cancel()
             await asyncio.gather(chaos, *tasks, *self.restarts, return_exceptions=True)
-            for user in self.users:
-                await user.close()
         memory = memory_rows(mesh.everyone, (own, own_end), load.t0, seconds, own_series=own_series)
         for row in memory:
             if row["process"] in self.rss_before_replacement:
@@ -260,7 +258,9 @@ class Chaos:
                 self.mesh.start(proc)
                 await self.mesh.wait_ready(proc)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The users' processes close their nodes (end of input), then every process still up is stopped."""
+        await asyncio.gather(*(user.close() for user in self.users))
         self.mesh.stop()
 
 
@@ -277,7 +277,7 @@ async def run_chaos(config: ChaosConfig, log: Console) -> Figures:
     try:
         return await chaos.run()
     finally:
-        chaos.close()
+        await chaos.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
