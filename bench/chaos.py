@@ -1,8 +1,8 @@
 """A chaos run: a local mesh under steady chat load while a seeded schedule SIGKILLs and restarts its processes.
 
 For ``--minutes`` (default 10) three federated signaling nodes and three peers per blocks shard run on
-loopback; native mesh clients chat back to back and an API worker posts chat completions to the two API
-peers, every reply compared with the greedy reply of the same shards chained here (``LocalChain``). A
+loopback; native mesh clients, each in a process of its own, chat back to back and an API worker posts
+chat completions to the two API peers, every reply compared with the greedy reply of the same shards chained here (``LocalChain``). A
 schedule drawn from ``--seed`` kills a peer or a node every ``--kill-every`` seconds on average and
 restarts it a few seconds later (never every peer of a span, never every node, at most two processes
 down); an API request that finds its API peer dead goes to the other. Then the load stops, every process
@@ -10,7 +10,7 @@ is up, and the run waits (bounded) for the ledgers of every live node to agree. 
 wrong replies, receipts recorded on both sides, balances after quiescence, each process's memory at the
 start and the end of the load, and the time from each kill to the next right chat. ``bench/README.md``
 says what each figure means; the parts are ``chaos_schedule``, ``chaos_mesh``, ``chaos_load``,
-``chaos_ledgers`` and ``chaos_report``.
+``chaos_user``, ``chaos_ledgers`` and ``chaos_report``.
 
     python -m bench.chaos [--minutes M] [--seed S] [--model DIR | --default-model] [--json FILE]
 """
@@ -35,11 +35,12 @@ import httpx
 from rich.console import Console
 
 from bench.chaos_ledgers import converge, entry_count, receipts, snapshot
-from bench.chaos_load import ApiWorker, Load, NativeUser, References, model_id
+from bench.chaos_load import ApiWorker, Load, References, model_id
 from bench.chaos_mesh import ChaosMesh, Proc, rss
 from bench.chaos_model import export_in_child
 from bench.chaos_report import Figures, Goals, KillRecord, figures, memory_rows, show
 from bench.chaos_schedule import Kill, Limits, Schedule, plan
+from bench.chaos_user import UserProcess
 from bench.mesh_processes import BenchError
 from python_peer.core.economics import POW_BITS_ENV
 from python_peer.core.errors import AI4AllError
@@ -71,8 +72,8 @@ class ChaosConfig:
 
 
 def tiny_model(work: Path) -> Path:
-    """A random 4-layer Llama exported in ``work`` by a child process (``chaos_model``): this process, the
-    native clients', never loads torch."""
+    """A random 4-layer Llama exported in ``work`` by a child process (``chaos_model``): this process,
+    whose memory is judged too, never loads torch."""
     return export_in_child(work)
 
 
@@ -94,21 +95,26 @@ class Chaos:
         )
         self.kills: list[KillRecord] = []
         self.restarts: set[asyncio.Task[None]] = set()
-        self.users: list[NativeUser] = []
-        self.rss_before_replacement: int | None = None  # this process, before the warm-up's replacements
+        self.users: list[UserProcess] = []
+        self.rss_before_replacement: dict[str, int | None] = {}  # per user, before the warm-up's replacement
 
     async def run(self) -> Figures:
         config, mesh, log = self.config, self.mesh, self.log
-        refs = await asyncio.to_thread(References, config.model_dir, config.max_tokens)
+        refs = await asyncio.to_thread(References.compute, config.model_dir, config.max_tokens)
+        refs_file = config.work_dir / "references.json"
+        refs.write(refs_file)
         log.log(f"reference replies of {len(refs.replies)} prompts computed here (LocalChain, greedy)")
         await mesh.start_all()
         log.log(f"{len(mesh.nodes)} signaling nodes and {len(mesh.peers)} peers ready in {config.work_dir}")
         load = Load(t0=time.monotonic())
         users_dir = config.work_dir / "users"
         self.users = [
-            NativeUser(i, mesh.urls, config.model_dir, self.manifest, refs, users_dir)
+            UserProcess(
+                mesh, i, refs_file, config.model_dir, users_dir, config.seed * 100 + i, config.chat_timeout_s
+            )
             for i in range(config.native_users)
         ]
+        await asyncio.gather(*(u.start() for u in self.users))
         api_urls = [p.api_url for p in mesh.api_peers]
         model = await model_id(api_urls[0])
         workers = [
@@ -125,10 +131,7 @@ class Chaos:
         schedule = plan([p.target for p in mesh.procs], config.seconds, config.seed, config.limits)
         log.log(f"load for {config.seconds:.0f} s; {len(schedule)} kills planned (seed {config.seed})")
         load = Load(t0=time.monotonic(), users=load.users)
-        tasks = [
-            asyncio.create_task(u.run(load, config.seed * 100 + i, config.chat_timeout_s))
-            for i, u in enumerate(self.users)
-        ]
+        tasks = [asyncio.create_task(u.run(load)) for u in self.users]
         tasks += [
             asyncio.create_task(w.run(load, config.seed * 100 + 50 + i, config.chat_timeout_s))
             for i, w in enumerate(workers)
@@ -144,10 +147,12 @@ class Chaos:
                     probe.sample()
                     next_probe += 60.0
                 for task in tasks:
-                    if task.done() and task.exception() is not None:
-                        raise BenchError(f"a load worker crashed: {task.exception()!r}")
+                    if task.done() and (exc := task.exception()) is not None:
+                        raise BenchError(f"a load worker crashed: {exc}") from exc
             load.stop.set()
             seconds = load.now()
+            for user in self.users:
+                user.stop()
             await chaos
             await asyncio.wait_for(asyncio.gather(*tasks), config.chat_timeout_s + 30)
             mesh.sample_memory()
@@ -160,7 +165,7 @@ class Chaos:
             )
             await self._everyone_up()
             live = [p.data_dir for p in mesh.peers if p.data_dir is not None]
-            live += [u.data_dir for u in self.users if u.node is not None and u.data_dir is not None]
+            live += [u.data_dir for u in self.users if u.data_dir is not None]  # their nodes still up
             agreed = await converge(live, config.quiesce_timeout_s)
             agreed.entries_at_start = entries_at_start
             snaps = await asyncio.to_thread(lambda: [snapshot(d) for d in {*live, *load.users}])
@@ -171,11 +176,11 @@ class Chaos:
             for task in [*tasks, *self.restarts]:
                 task.cancel()
             await asyncio.gather(chaos, *tasks, *self.restarts, return_exceptions=True)
-            for user in self.users:
-                await user.close()
-        memory = memory_rows(mesh.procs, (own, own_end), load.t0, seconds, own_series=own_series)
-        before = self.rss_before_replacement
-        memory[0]["rss_before_replacement_mib"] = round(before / 2**20, 1) if before is not None else None
+        memory = memory_rows(mesh.everyone, (own, own_end), load.t0, seconds, own_series=own_series)
+        for row in memory:
+            if row["process"] in self.rss_before_replacement:
+                before = self.rss_before_replacement[row["process"]]
+                row["rss_before_replacement_mib"] = round(before / 2**20, 1) if before is not None else None
         fig = figures(seconds, load.outcomes, self.kills, count, agreed, memory, config.goals)
         fig.api_redirects = load.api_redirects
         return fig
@@ -185,21 +190,29 @@ class Chaos:
         each user replaced once by a fresh identity (``NativeUser.open``) and chatting right again.
 
         Replacing identities is this benchmark's own device (payment never refused), which no real
-        client does: in 3-minute runs without kills the clients' RSS rose 10-12 MiB in the minute that
-        held the users' first replacement, against 2-3 MiB in each other minute, later replacements
-        little. Taken during the warm-up, that one-time cost is in the start sample;
-        ``rss_before_replacement_mib`` in the JSON keeps the RSS before it."""
+        client does: in 3-minute runs without kills the RSS of the process then hosting every user rose
+        10-12 MiB in the minute that held the users' first replacement, against 2-3 MiB in each other
+        minute, later replacements little. Taken during the warm-up, that one-time cost is in the start
+        sample; ``rss_before_replacement_mib`` in each user's row of the JSON keeps the RSS before it.
+        The users' processes warm up together, each its chats in order."""
+
+        async def first(user: UserProcess) -> None:
+            outcome = await user.chat(load, 0)
+            if not (outcome.served and outcome.correct):
+                raise BenchError(f"warm-up chat of {outcome.who} failed: {outcome.error}")
+
+        async def replaced(user: UserProcess) -> None:
+            await user.replace(load)
+            outcome = await user.chat(load, 1)
+            if not (outcome.served and outcome.correct):
+                raise BenchError(f"warm-up chat of {outcome.who} (replaced) failed: {outcome.error}")
+
         async with httpx.AsyncClient(trust_env=False, timeout=self.config.chat_timeout_s) as http:
-            for user in self.users:
-                outcome = await user.chat(load, 0, self.config.chat_timeout_s)
-                if not (outcome.served and outcome.correct):
-                    raise BenchError(f"warm-up chat of {user.name} failed: {outcome.error}")
-            self.rss_before_replacement = rss(os.getpid())
-            for user in self.users:
-                await user.open(load)
-                outcome = await user.chat(load, 1, self.config.chat_timeout_s)
-                if not (outcome.served and outcome.correct):
-                    raise BenchError(f"warm-up chat of {user.name} (replaced) failed: {outcome.error}")
+            await asyncio.gather(*(first(u) for u in self.users))
+            self.rss_before_replacement = {
+                u.name: rss(u.pid) if u.pid is not None else None for u in self.users
+            }
+            await asyncio.gather(*(replaced(u) for u in self.users))
             for worker in workers[:1]:
                 for url in worker.api_urls:
                     outcome = await worker.chat(http, load, url, 0)
@@ -245,7 +258,9 @@ class Chaos:
                 self.mesh.start(proc)
                 await self.mesh.wait_ready(proc)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """The users' processes close their nodes (end of input), then every process still up is stopped."""
+        await asyncio.gather(*(user.close() for user in self.users))
         self.mesh.stop()
 
 
@@ -262,7 +277,7 @@ async def run_chaos(config: ChaosConfig, log: Console) -> Figures:
     try:
         return await chaos.run()
     finally:
-        chaos.close()
+        await chaos.close()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -311,7 +326,7 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    settle_allocator()  # as ``ai4all`` does first: this process is the native clients' (heap.py)
+    settle_allocator()  # as ``ai4all`` does first: this process's memory is judged too (heap.py)
     signal.signal(signal.SIGTERM, _interrupt)
     # The run's mesh is a private network: a cheap proof of work for each new identity's starter grant
     # (every process inherits it, so all agree on the rules).

@@ -1,11 +1,11 @@
 """The chaos run's load: native mesh clients and OpenAI-compatible API requests, every reply checked.
 
 A **native user** is a ``MeshClient`` on a node of its own (identity and SQLite ledger in its data
-directory), as ``ai4all chat`` runs one, kept open across chats; it lists every signaling node, its own
-first. It chats back to back, greedy, and compares the tokens with the reference. A user's starter
-grant pays for a few dozen chats of the tiny model; when what it can spend, less what its open holds promise,
-falls under three chats' price (a chat and a spot check of each of its hops)
-it leaves and a new user (a fresh identity, a new data directory) takes its place, so the load never
+directory), as ``ai4all chat`` runs one, kept open across chats, in a process of its own
+(``chaos_user``, which speaks to the harness by lines); it lists every signaling node, its own first.
+It chats back to back, greedy, and compares the tokens with the reference. A user's starter grant pays
+for a few dozen chats of the tiny model; when what it can spend, less what its open holds promise,
+falls under three chats' price (a chat and a spot check of each of its hops) it leaves and a new user (a fresh identity, a new data directory) takes its place, so the load never
 turns into payment refusals. The new identity starts from a copy of the departed one's ledger (as a
 client on the same machine would), and the departed user's ledger stays on disk for the receipt count.
 
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import sqlite3
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ def reason(text: str) -> str:
 class Outcome:
     """One request: who made it, when (seconds into the run), and whether its reply was served and right.
 
-    The run keeps one per request in the clients' own process, whose memory is judged: slotted, with
+    The run keeps one per request in the harness's process, whose memory is judged: slotted, with
     ``who`` interned (about 100 bytes a request, not the 400 of a dict-backed one)."""
 
     kind: str  # "native" or "api"
@@ -92,19 +93,53 @@ class Load:
 
 
 class References:
-    """The greedy reply to each prompt, from the shards chained in this process (``LocalChain``)."""
+    """The greedy reply to each prompt, from the shards chained in the harness (``compute``, ``LocalChain``),
+    handed to each user process as a JSON file (``write``, ``read``): the chain runs once, and the users'
+    processes never load it."""
 
-    def __init__(self, model_dir: Path, max_tokens: int) -> None:
+    def __init__(
+        self,
+        tokenizer: ModelTokenizer,
+        params: SamplingParams,
+        ids: list[list[int]],
+        replies: list[Generation],
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.params = params
+        self.ids = ids
+        self.replies = replies
+
+    @classmethod
+    def compute(cls, model_dir: Path, max_tokens: int) -> References:
         from python_peer.chain import LocalChain
         from python_peer.generate import generate
 
         chain = LocalChain(model_dir)
-        self.tokenizer = ModelTokenizer(model_dir, chain.manifest)
-        self.params = SamplingParams(max_tokens=max_tokens)
-        self.ids = [prompt_ids(self.tokenizer, p) for p in PROMPTS]
-        self.replies: list[Generation] = [
-            generate(chain, self.tokenizer, ids, self.params) for ids in self.ids
-        ]
+        tokenizer = ModelTokenizer(model_dir, chain.manifest)
+        params = SamplingParams(max_tokens=max_tokens)
+        ids = [prompt_ids(tokenizer, p) for p in PROMPTS]
+        return cls(tokenizer, params, ids, [generate(chain, tokenizer, i, params) for i in ids])
+
+    def write(self, path: Path) -> None:
+        replies = [{"text": r.text, "token_ids": list(r.token_ids)} for r in self.replies]
+        body = {"max_tokens": self.params.max_tokens, "ids": self.ids, "replies": replies}
+        path.write_text(json.dumps(body))
+
+    @classmethod
+    def read(cls, path: Path, model_dir: Path, manifest: Manifest) -> References:
+        try:
+            body = json.loads(path.read_text())
+            params = SamplingParams(max_tokens=int(body["max_tokens"]))
+            ids = [[int(t) for t in prompt] for prompt in body["ids"]]
+            replies = [
+                Generation(text=str(r["text"]), token_ids=tuple(int(t) for t in r["token_ids"]))
+                for r in body["replies"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AI4AllError(f"cannot read the reference replies in {path}: {_describe(exc)}") from exc
+        if len(ids) != len(PROMPTS) or len(replies) != len(PROMPTS):
+            raise AI4AllError(f"{path} holds {len(replies)} reference replies, not {len(PROMPTS)}")
+        return cls(ModelTokenizer(model_dir, manifest), params, ids, replies)
 
 
 class NativeUser:
@@ -189,11 +224,12 @@ class NativeUser:
         )
         return Outcome("native", self.name, prompt, start, load.now(), True, right, wrong)
 
-    async def run(self, load: Load, seed: int, timeout: float) -> None:
+    async def run(self, load: Load, seed: int, timeout: float, report: Callable[[Outcome], None]) -> None:
+        """Chat back to back until ``load.stop``, each outcome to ``report`` (``chaos_user`` writes it out)."""
         rng = _Rng(seed)
         while not load.stop.is_set():
             outcome = await self.chat(load, rng.pick(len(PROMPTS)), timeout)
-            load.outcomes.append(outcome)
+            report(outcome)
             if not outcome.served:
                 await asyncio.sleep(0.5)  # a failing mesh is not hammered
 
@@ -293,9 +329,9 @@ def copy_ledger(departed: Path, data_dir: Path) -> None:
 
     A real client keeps its identity and its ledger; replacing identities here is the run's own device
     (payment never refused). A fresh identity starting from an empty ledger would re-fetch the whole
-    ledger by gossip each time, 20-odd times a run in this process, which no real client does; starting
-    from the ledger this machine already holds, it reopens it as a restarted client would and gossips
-    only what is new. The departed identity's own directory stays as it was, for the receipt count."""
+    ledger by gossip each time, 20-odd times a run, which no real client does; starting from the
+    ledger this machine already holds, it reopens it as a restarted client would and gossips only what
+    is new. The departed identity's own directory stays as it was, for the receipt count."""
     data_dir.mkdir(parents=True, exist_ok=True)
     source = sqlite3.connect(departed / LEDGER_FILE)
     target = sqlite3.connect(data_dir / LEDGER_FILE)

@@ -3,7 +3,9 @@
 Every node dials every other (``--sibling URL#KEY``); each peer lists its home node first and the
 others for fail-over. A restarted process keeps its port, its key and its data directory (identity and
 SQLite ledger), as a machine rebooting would; each incarnation logs to a file of its own
-(``<name>.<n>.log``). Memory is the resident set size of each process (psutil).
+(``<name>.<n>.log``). The load's native users (``chaos_user``) are processes of the mesh too, started by
+the harness (``launch``) and never killed, so not among the schedule's targets (``procs``). Memory is
+the resident set size of each process (psutil).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from bench.mesh_processes import BenchError, Child, free_port, node_health
 from python_peer.core.manifest import Manifest
 from python_peer.identity import Identity
 
+USER = "user"  # a native user's process (``chaos_user``): sampled and stopped, never a kill's target
 READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+)-(\d+)")
 START_TIMEOUT_S = 180.0
 
@@ -45,7 +48,7 @@ class Proc:
     """A process of the mesh and how to start it again."""
 
     name: str
-    kind: str  # NODE or PEER
+    kind: str  # NODE, PEER or USER
     args: list[str]
     span: str = ""
     url: str = ""  # a node's ws:// URL
@@ -137,10 +140,16 @@ class ChaosMesh:
                 elif copy >= peers_per_span - spared:
                     proc.protected = True
                 self.peers.append(proc)
+        self.users: list[Proc] = []
 
     @property
     def procs(self) -> list[Proc]:
+        """The nodes and peers: what the schedule may kill."""
         return [*self.nodes, *self.peers]
+
+    @property
+    def everyone(self) -> list[Proc]:
+        return [*self.procs, *self.users]
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -163,9 +172,15 @@ class ChaosMesh:
     def start(self, proc: Proc) -> None:
         if proc.alive:
             raise BenchError(f"{proc.name} is already running")
-        number = len(proc.lives) + 1
-        proc.child = Child(f"{proc.name}.{number}", proc.args, self.log_dir)
-        proc.lives.append(Incarnation(number, proc.child.proc.pid, time.monotonic()))
+        self.launch(proc, Child(f"{proc.name}.{len(proc.lives) + 1}", proc.args, self.log_dir))
+
+    def launch(self, proc: Proc, child: Child) -> None:
+        """``child`` as ``proc``'s next life (a user's process is started by ``chaos_user``, which pipes
+        its input and output); a USER joins ``users``, whose memory is sampled and who are stopped."""
+        if proc.kind == USER and proc not in self.users:
+            self.users.append(proc)
+        proc.child = child
+        proc.lives.append(Incarnation(len(proc.lives) + 1, child.proc.pid, time.monotonic()))
 
     def kill(self, proc: Proc) -> None:
         """SIGKILL: no goodbye to signaling, no closing of sessions or of the ledger."""
@@ -210,12 +225,12 @@ class ChaosMesh:
     def mark_start(self) -> None:
         """Take every live process's memory as the start of the load (after the warm-up chats)."""
         self.sample_memory()
-        for proc in self.procs:
+        for proc in self.everyone:
             if proc.alive and proc.lives:
                 proc.lives[-1].rss_start = proc.lives[-1].rss_last
 
     def sample_memory(self) -> None:
-        for proc in self.procs:
+        for proc in self.everyone:
             if proc.alive and proc.lives:
                 value = rss(proc.lives[-1].pid)
                 if value is not None:
@@ -223,8 +238,8 @@ class ChaosMesh:
                     proc.lives[-1].series.append((time.monotonic(), value))
 
     def stop(self) -> None:
-        """SIGTERM every process still running, peers first, then SIGKILL what ignores it."""
-        running = [p.child for p in reversed(self.procs) if p.child is not None and p.alive]
+        """SIGTERM every process still running, users first, then peers, then SIGKILL what ignores it."""
+        running = [p.child for p in reversed(self.everyone) if p.child is not None and p.alive]
         for child in running:
             child.proc.send_signal(signal.SIGTERM)
         for child in running:

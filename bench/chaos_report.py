@@ -84,13 +84,15 @@ def memory_rows(
     every_s: float = 60.0,
     own_series: list[tuple[float, int]] | None = None,
 ) -> list[dict[str, Any]]:
-    """RSS per process at the start and at the end of the load, for the last life of each process.
+    """RSS per process at the start and at the end of the load, for the last life of each process: the
+    harness's own (``own``: the schedule, the API worker, the figures), then ``procs`` (nodes, peers and
+    the native users' processes).
 
     A life that was there when the load started (``t0``, after the warm-up chats) starts then; a
     restarted one starts at its first sample ``warm_s`` after it became ready (its first sessions
     loaded). Growth is judged for lives that span at least half of the load's ``seconds``.
     ``series_mib``: RSS about every ``every_s`` seconds of the load, to tell a plateau from a leak."""
-    rows = [_row("chaos (clients)", 1, own[0], own[1], True, own_series or [], t0, every_s)]
+    rows = [_row("chaos (harness)", 1, own[0], own[1], True, own_series or [], t0, every_s)]
     for proc in procs:
         life = proc.lives[-1]
         start = life.rss_start

@@ -4,6 +4,8 @@ receipt and differing balances, and a short run over a real mesh meets the goals
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,11 +14,13 @@ from rich.console import Console
 
 from bench.chaos import ChaosConfig, run_chaos, tiny_model
 from bench.chaos_ledgers import compare, receipts, snapshot
-from bench.chaos_load import copy_ledger
+from bench.chaos_load import Load, References, copy_ledger
 from bench.chaos_mesh import ChaosMesh
 from bench.chaos_schedule import NODE, PEER, Kill, Limits, Schedule, ScheduleError, Target, check_plan, plan
+from bench.chaos_user import UserProcess
 from bench.mesh_processes import BenchError
 from python_peer.core.entries import Entry
+from python_peer.core.errors import AI4AllError
 from python_peer.identity import IDENTITY_FILE
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.support.ledger import NOW, RULES, Log, cosign, grant, ids
@@ -169,19 +173,88 @@ def test_the_spared_peers_are_never_killed_and_a_span_keeps_a_killable_peer(tmp_
         ChaosMesh(tmp_path, tmp_path, manifest, spared=2)  # type: ignore[arg-type]
 
 
+# --- the native users' processes -----------------------------------------------------------------------
+
+
+def _mesh(tmp_path: Path) -> ChaosMesh:
+    manifest = SimpleNamespace(blocks=[SimpleNamespace(start=0, end=2), SimpleNamespace(start=2, end=4)])
+    return ChaosMesh(tmp_path, tmp_path, manifest)  # type: ignore[arg-type]
+
+
+async def test_a_user_process_that_dies_before_it_is_ready_is_reported(tmp_path: Path) -> None:
+    mesh = _mesh(tmp_path)
+    user = UserProcess(mesh, 0, tmp_path / "references.json", tmp_path, tmp_path / "users", 1, 5.0)
+    try:
+        with pytest.raises(BenchError, match=r"(?s)user0\.1 exited with status 1:.*manifest.json does not"):
+            await user.start()  # no model in tmp_path
+        assert mesh.users == [user.proc] and not user.proc.alive
+    finally:
+        await user.close()
+
+
+def test_reference_replies_a_user_process_cannot_read_are_refused(tmp_path: Path) -> None:
+    refs, no_model = tmp_path / "references.json", SimpleNamespace()
+    refs.write_text('{"max_tokens": 8}')
+    with pytest.raises(AI4AllError, match=r"cannot read the reference replies in .*KeyError"):
+        References.read(refs, tmp_path, no_model)  # type: ignore[arg-type]
+    refs.write_text('{"max_tokens": 8, "ids": [[1]], "replies": [{"text": "a", "token_ids": [1]}]}')
+    with pytest.raises(AI4AllError, match="holds 1 reference replies, not 6"):
+        References.read(refs, tmp_path, no_model)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def chaos_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model(tmp_path_factory.mktemp("chaos-model"))
+
+
+@pytest.mark.slow
+async def test_a_user_process_that_dies_or_is_misled_is_reported(chaos_model: Path, tmp_path: Path) -> None:
+    """The harness's side of the line protocol: a process killed under it, and one told a command it
+    does not take now (``stop`` before ``run``), are each a BenchError with the status and the log's
+    tail, not requests silently lost."""
+    mesh = _mesh(tmp_path)
+    refs = tmp_path / "references.json"
+    References.compute(chaos_model, 4).write(refs)
+    load = Load(t0=0.0)
+    killed = UserProcess(mesh, 0, refs, chaos_model, tmp_path / "users", 1, 5.0)
+    misled = UserProcess(mesh, 1, refs, chaos_model, tmp_path / "users", 1, 5.0)
+    try:
+        await killed.start()
+        await misled.start()
+        assert killed.proc.ready and mesh.users == [killed.proc, misled.proc]
+        mesh.mark_start()
+        assert all(u.lives[-1].rss_start for u in mesh.users)  # sampled like the mesh's processes
+        assert killed.pid is not None
+        os.kill(killed.pid, signal.SIGKILL)
+        with pytest.raises(BenchError, match=r"user0\.1 exited with status -9"):
+            await killed.chat(load, 0)
+        misled.stop()
+        with pytest.raises(
+            BenchError, match=r"(?s)user1\.1 exited with status 1:.*'stop' is not one it takes"
+        ):
+            await misled.run(load)
+        assert not load.outcomes and not load.users
+    finally:
+        await killed.close()
+        await misled.close()
+        mesh.stop()
+
+
 # --- a short run over a real mesh ----------------------------------------------------------------------
 
 
 @pytest.mark.slow
-async def test_a_short_chaos_run_meets_the_goals(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """90 s of load over 3 nodes and 6 peers, a kill every ~12 s (about 6), then quiescence.
+async def test_a_short_chaos_run_meets_the_goals(
+    chaos_model: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """90 s of load over 3 nodes and 6 peers, a kill every ~12 s (about 6), then quiescence; the two
+    native users each in a process of its own, whose memory is sampled like the mesh's.
 
     Memory growth is reported, not asserted: it follows the ledger, which grows by thousands of entries
     under this load, and in 90 s most processes are killed (bench/README.md, the 10-minute run)."""
     work = tmp_path_factory.mktemp("chaos")
-    model = tiny_model(work)
     config = ChaosConfig(
-        model_dir=model,
+        model_dir=chaos_model,
         work_dir=work / "mesh",
         seconds=90,
         seed=5,
@@ -202,3 +275,7 @@ async def test_a_short_chaos_run_meets_the_goals(tmp_path_factory: pytest.TempPa
         fig.receipts
     )
     assert fig.ledgers["identical_balances"] and fig.ledgers["identical_entries"], fig.ledgers
+    users = [row for row in fig.memory if row["process"].startswith("user")]
+    assert [row["process"] for row in users] == ["user0", "user1"], fig.memory
+    assert all(row["judged"] and row["end_mib"] and row["rss_before_replacement_mib"] for row in users), users
+    assert fig.memory[0]["process"] == "chaos (harness)" and fig.memory[0]["judged"], fig.memory[0]
