@@ -307,13 +307,14 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
             base: dict[str, object] = {"model": model, "start": 1, "end": 3, "batch": 1, "max_length": 32}
             return Frame(FrameType.OPEN, session, 0, meta=hold_for(ledger, browser_id, session, base))
 
-        assert (await rpc.call(gossip({"kind": "push", "entries": []}), 5)).meta == {"stored": 0}
+        assert (await rpc.call(gossip({"kind": "push", "entries": []}), 5)).meta == {"stored": 0, "held": 0}
         good_open, bad_open, third_open = holding(good), holding(bad), holding(third)
         with pytest.raises(PaymentRequiredError, match="does not hold the hold"):  # our log is not there yet
             await rpc.call(good_open, 5)
         own = ledger.own_entries()
-        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 4}
-        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 0}
+        # the answer says through which seq the browser now holds our log (``held``)
+        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 4, "held": 4}
+        assert (await rpc.call(gossip({"kind": "push", "entries": own}), 5)).meta == {"stored": 0, "held": 4}
         with pytest.raises(RemoteBadFrameError, match="ledger"):
             await rpc.call(gossip({"kind": "push", "entries": "not a list"}), 5)
         with pytest.raises(RemoteBadFrameError, match="ledger"):

@@ -4,16 +4,19 @@
  * `ServerExchange` with fake ledgers, every message built and parsed by the real
  * `python_peer/core/ledger_exchange.py` (a Python subprocess standing in for Pyodide). Checks the
  * metadata is byte for byte what was hand-built before, receipts (a forged frame does not discard the
- * waiting one), the gossip cadence and budget, and the refusals a server sends.
+ * waiting one), the gossip cadence and budget, the refusals a server sends, `held` (a span server says
+ * through which seq it holds the client's log; the client's next push carries only what follows, the
+ * whole push again when the peer does not hold them all or does not say), and holds written together.
  */
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
 import { ClientExchange, ExchangeRefusal, ServerExchange, receiptId } from '../src/ledger/exchange.js';
-import { FrameType, canonicalJson } from '../src/protocol/wire.js';
+import { SpanServer } from '../src/node/span_server.js';
+import { FrameType, canonicalJson, decodeFrame, encodeFrame, makeFrame } from '../src/protocol/wire.js';
 import { CHANNEL_GOSSIP_BYTES } from '../src/protocol/constants.js';
-import { pythonCodec } from './support/mesh_fakes.js';
+import { FakeBlocks, fakeManifest, pythonCodec } from './support/mesh_fakes.js';
 
 const CLIENT = 'c'.repeat(64);
 const SERVER = 'e'.repeat(64);
@@ -232,4 +235,162 @@ test('before OPEN: a hold for the peer and the session is written, then the log 
   const none = new ClientExchange({ ledger: null, send: sendTo(server, sent), config: CONFIG, log: quiet });
   assert.equal(await none.hold({ remoteId: SERVER }, terms), null);
   assert.equal(sent.length, 1);
+});
+
+/**
+ * A client's own log of `n` entries, as the exchange reads it (the grant first, then the latest; or the
+ * latest, newest first).
+ * @param {number} n
+ */
+function ownLog(n) {
+  const entries = Array.from({ length: n }, (_, i) => ({ author: CLIENT, seq: i + 1 }));
+  return {
+    ...clientLedger(),
+    entries,
+    append: () => entries.push({ author: CLIENT, seq: entries.length + 1 }),
+    ownEntries: async (limit = 64) => [entries[0], ...entries.slice(Math.max(1, entries.length - limit + 1))],
+    /** @param {string} peer @param {number} limit */
+    log: async (peer, limit) => entries.slice(-limit).reverse(),
+  };
+}
+
+/**
+ * A span server's ledger holding the entries pushed to it, each only after the one before (so a push
+ * of what follows entries it lost is refused), and telling the latest one held of an author when asked.
+ * @param {{tells?: boolean}} [options]  `tells: false`: a ledger that cannot list entries (no `held` said)
+ */
+function holdingLedger({ tells = true } = {}) {
+  /** @type {Map<string, number>} author -> the latest seq held */
+  const heads = new Map();
+  const ledger = {
+    heads,
+    codec,
+    /** @param {{author: string, seq: number}[]} entries */
+    acceptEntries(entries) {
+      let stored = 0;
+      for (const { author, seq } of entries) {
+        const head = heads.get(author) ?? 0;
+        if (seq === head + 1) {
+          heads.set(author, seq);
+          stored++;
+        }
+      }
+      return stored;
+    },
+    requireHold: async () => ({ price: 0, hold_expires: Date.now() + 60_000 }),
+    serverReceipt: async () => ({ receipt: {}, serverSig: '' }),
+    recordReceipt: async () => null,
+  };
+  if (!tells) return ledger;
+  return {
+    ...ledger,
+    /** @param {string} author */
+    log: async (author) => (heads.has(author) ? [{ author, seq: heads.get(author) }] : []),
+  };
+}
+
+/**
+ * A `send` that hands each request to a span server as its link would (encoded, decoded), recording
+ * the seqs each push carried.
+ * @param {SpanServer} server
+ * @param {number[][]} pushed
+ */
+function sendToSpanServer(server, pushed) {
+  return async (/** @type {any} */ link, /** @type {any} */ init) => {
+    const frame = decodeFrame(encodeFrame(makeFrame(init)));
+    pushed.push(/** @type {any} */ (frame.meta).entries.map((/** @type {any} */ e) => e.seq));
+    const answer = decodeFrame(encodeFrame(await server.handle(CLIENT, frame)));
+    assert.equal(answer.type, FrameType.RESULT, JSON.stringify(answer.meta));
+    return answer;
+  };
+}
+
+/** @param {ReturnType<typeof holdingLedger>} ledger */
+const spanServer = (ledger) =>
+  new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]), { ledger: /** @type {any} */ (ledger) });
+
+test("the span server answers a push with held; the client's next push carries only what follows, or nothing", async () => {
+  const ledger = holdingLedger();
+  const server = spanServer(ledger);
+  const frame = makeFrame({ type: FrameType.GOSSIP, session: SESSION, step: 0, meta: { kind: 'push', entries: [{ author: CLIENT, seq: 1 }] } });
+  assert.deepEqual((await server.handle(CLIENT, frame)).meta, { stored: 1, held: 1 });
+  ledger.heads.clear();
+  const own = ownLog(3);
+  /** @type {number[][]} */
+  const pushed = [];
+  const client = new ClientExchange({ ledger: own, send: sendToSpanServer(server, pushed), config: CONFIG, log: quiet });
+  const link = { remoteId: SERVER };
+  assert.equal(await client.push(link), 3);
+  own.append();
+  own.append();
+  assert.equal(await client.push(link), 2);
+  assert.equal(await client.push(link), 0); // nothing new: nothing sent
+  assert.deepEqual(pushed, [[1, 2, 3], [4, 5]]);
+  // a log grown by more than one push since: the grant and the latest entries again
+  for (let i = 0; i < 64; i++) own.append();
+  await client.push(link); // 64 entries since: one push carries them
+  assert.deepEqual(pushed[2], Array.from({ length: 64 }, (_, i) => 6 + i));
+  for (let i = 0; i < 65; i++) own.append();
+  await client.push(link);
+  assert.deepEqual(pushed[3], [1, ...Array.from({ length: 63 }, (_, i) => 72 + i)]);
+});
+
+test('a peer that lost our entries, or does not say held: the grant and the latest entries are pushed again', async () => {
+  const ledger = holdingLedger();
+  const own = ownLog(2);
+  /** @type {number[][]} */
+  const pushed = [];
+  const client = new ClientExchange({ ledger: own, send: sendToSpanServer(spanServer(ledger), pushed), config: CONFIG, log: quiet });
+  const link = { remoteId: SERVER };
+  await client.push(link);
+  ledger.heads.clear(); // the peer lost our log (a wiped store): what follows is refused there
+  own.append();
+  assert.equal(await client.push(link), 3);
+  assert.deepEqual(pushed, [[1, 2], [3], [1, 2, 3]]);
+  own.append();
+  await client.push(link); // and it holds all of them again
+  assert.deepEqual(pushed[3], [4]);
+
+  /** @type {number[][]} */
+  const silent = [];
+  const unsaid = new ClientExchange({ ledger: ownLog(2), send: sendToSpanServer(spanServer(holdingLedger({ tells: false })), silent), config: CONFIG, log: quiet });
+  await unsaid.push(link);
+  await unsaid.push(link);
+  assert.deepEqual(silent, [[1, 2], [1, 2]]);
+});
+
+test("held is said only as a non-negative integer (Python's parse_push_held); push_answer carries it", () => {
+  assert.deepEqual(codec.pushAnswer(2, 7), { stored: 2, held: 7 });
+  assert.deepEqual(codec.pushAnswer(2), { stored: 2 });
+  assert.equal(codec.parsePushHeld({ stored: 0, held: 0 }), 0);
+  for (const held of [-1, 2.5, '3', true, null, undefined]) assert.equal(codec.parsePushHeld({ stored: 1, held }), null);
+  assert.equal(codec.parsePushHeld(null), null);
+});
+
+test('holds written together: a second call waits for the first, a refusal stops its own and not the next', async () => {
+  /** @type {string[]} */
+  const order = [];
+  const ledger = {
+    ...clientLedger(),
+    /** @param {{server: string}} terms */
+    hold: async (terms) => {
+      await new Promise((resolve) => setTimeout(resolve, terms.server === 'x1' ? 10 : 1));
+      if (terms.server === 'bad') throw Object.assign(new Error('balance 0 does not cover'), { code: 'payment_required' });
+      order.push(terms.server);
+      return terms.server;
+    },
+  };
+  const client = new ClientExchange({ ledger, send: sendTo(new ServerExchange({ ledger: serverLedger() }), []), config: CONFIG, log: quiet });
+  const terms = (/** @type {string} */ server) => ({ server, session: SESSION, ...TERMS });
+  const [first, refused, third] = await Promise.allSettled([
+    client.writeHolds([terms('x1'), terms('x2')]),
+    client.writeHolds([terms('y1'), terms('bad'), terms('y3')]),
+    client.writeHolds([terms('z1')]),
+  ]);
+  assert.deepEqual(first, { status: 'fulfilled', value: ['x1', 'x2'] });
+  assert.equal(refused.status, 'rejected');
+  assert.deepEqual(third, { status: 'fulfilled', value: ['z1'] });
+  assert.deepEqual(order, ['x1', 'x2', 'y1', 'z1']);
+  const none = new ClientExchange({ ledger: null, send: sendTo(new ServerExchange({ ledger: null }), []), config: CONFIG, log: quiet });
+  assert.deepEqual(await none.writeHolds([terms('x1')]), [null]);
 });

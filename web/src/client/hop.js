@@ -87,14 +87,15 @@ export class Hop {
    * @param {number} start
    * @param {number} end
    * @param {import('./rpc.js').RpcClient} rpc
+   * @param {Uint8Array} [session]  the session's 16-byte id (a hold written for it names it); default: a new one
    */
-  constructor(client, peerId, start, end, rpc) {
+  constructor(client, peerId, start, end, rpc, session = crypto.getRandomValues(new Uint8Array(16))) {
     this.client = client;
     this.peerId = peerId;
     this.start = start;
     this.end = end;
     this.rpc = rpc;
-    this.session = crypto.getRandomValues(new Uint8Array(16));
+    this.session = session;
     this.nextStep = 0;
     /** @type {StepInputs[]} */
     this.history = [];

@@ -6,8 +6,9 @@
  * The client holds the embed shard and the head shard (`web/src/runtime/shard.js`); only hidden states
  * leave it. It finds peers through signaling (`SignalClient.lookup`), picks the cheapest route over
  * layer boundaries (`routing.js`), offers a WebRTC link to each peer (`BrowserTransport.connect`),
- * pushes its own ledger log to a peer before its first session there, opens a session on each hop
- * (OPEN / FORWARD / CLOSE frames of `web/src/protocol/wire.js`) and runs each step down the chain.
+ * pushes its own ledger log to a peer before its first session there, opens a session on each hop of
+ * a route at once (OPEN / FORWARD / CLOSE frames of `web/src/protocol/wire.js`; ./route_open.js) and
+ * runs each step down the chain.
  *
  * When a hop fails (its link closes, it misses two pings in a row, it answers with an ERROR, with
  * hidden states of the wrong shape or dtype, with NaN/Inf, or not in time) the client bans that peer
@@ -17,8 +18,9 @@
  *
  * The ledger exchange on the links is `ClientExchange`'s (`web/src/ledger/exchange.js`, its messages
  * built and parsed by `python_peer/core/ledger_exchange.py`): the client pushes its own log to a peer
- * when it connects, and before each OPEN writes a hold paying that peer for the session in its log,
- * pushes the log again and names the hold in OPEN (`python_peer/core/holds.py`); after CLOSE, a peer that keeps a ledger proposes a receipt, which the
+ * when it connects, and before each OPEN writes a hold paying that peer for the session in its log (a
+ * route's holds together), pushes the log again (only what follows the `held` the peer last answered)
+ * and names the hold in OPEN (`python_peer/core/holds.py`); after CLOSE, a peer that keeps a ledger proposes a receipt, which the
  * client checks, countersigns with its `BrowserLedger` and returns; once a receipt is recorded, the
  * client runs a ledger gossip exchange with that peer over the same link (at most once per peer per
  * `gossipEveryMs`, in the background). With `ledger: null` the client pushes nothing and countersigns
@@ -33,7 +35,8 @@
  * never routed again (`spotChecks.caught`).
  *
  * The module is split along its seams: one hop and its tensors in ./hop.js, a session's steps and
- * failover in ./session.js, the errors in ./errors.js (all re-exported here).
+ * failover in ./session.js, opening a route's hops in ./route_open.js, the errors in ./errors.js (all
+ * re-exported here).
  *
  * Every frame sent is counted per peer in `traffic` (hidden-state frames apart from control frames),
  * which the chat page's privacy indicator shows.

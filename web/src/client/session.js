@@ -1,16 +1,16 @@
 // @ts-check
 /**
  * One generation's sessions along a route through the mesh (the mirror of Python's `MeshSession`):
- * opening a session on each hop, running each step down the chain, and failover: when a hop fails, its
- * peer is banned, the span is routed around, and the hidden states sent to it are replayed to the
- * replacement (one FORWARD with the REPLAY flag). At close, each hop's receipt is settled through the
- * client's ledger exchange.
+ * opening a session on each hop (all hops of a route at once: ./route_open.js), running each step down
+ * the chain, and failover: when a hop fails, its peer is banned, the span is routed around, and the
+ * hidden states sent to it are replayed to the replacement (one FORWARD with the REPLAY flag). At close,
+ * each hop's receipt is settled through the client's ledger exchange.
  */
 
-import { AI4AllError, FrameFlags, FrameType, PaymentRequiredError } from '../protocol/wire.js';
+import { AI4AllError, FrameType } from '../protocol/wire.js';
 import { MeshError, isHopFailure } from './errors.js';
-import { Hop, concatInputs, positionIdsFor } from './hop.js';
-import { NoRouteError } from './routing.js';
+import { Hop, positionIdsFor } from './hop.js';
+import { openRoute } from './route_open.js';
 
 /** @typedef {import('./hop.js').Hidden} Hidden */
 /** @typedef {import('./hop.js').StepInputs} StepInputs */
@@ -47,74 +47,31 @@ export class MeshSession {
   }
 
   async start() {
-    this.hops = await this.#openSpan(0, this.client.numLayers, []);
+    this.hops = await openRoute(this, 0, this.client.numLayers, []);
   }
 
   /**
-   * Open sessions on a route over `[start, end)`; replay `replay` (inputs to `start`) through it.
-   * @param {number} start
-   * @param {number} end
-   * @param {StepInputs[]} replay
-   * @returns {Promise<Hop[]>}
-   */
-  async #openSpan(start, end, replay) {
-    const client = this.client;
-    for (;;) {
-      let route;
-      try {
-        route = await client.route(start, end, this.batch * this.maxLength);
-      } catch (err) {
-        if (!(err instanceof NoRouteError)) throw err;
-        const why = this.lastFailure ? `; last failure: ${this.lastFailure}` : '';
-        throw new MeshError(`${err.message}${why}`, { cause: err });
-      }
-      /** @type {Hop[]} */
-      const hops = [];
-      let current = route[0].peerId;
-      try {
-        let inputs = concatInputs(replay);
-        for (const cand of route) {
-          current = cand.peerId;
-          const hop = await this.openHop(cand.peerId, cand.start, cand.end);
-          hops.push(hop);
-          const spans = client.traffic.get(hop.peerId)?.spans;
-          if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);
-          if (inputs !== null) {
-            client.log.info(`replaying ${inputs.hidden.dims[1]} tokens to ${hop.peerId.slice(0, 8)} for blocks ${hop.start}-${hop.end}`);
-            const out = await hop.forward(inputs, FrameFlags.REPLAY);
-            hop.history.push(inputs);
-            inputs = { hidden: out, mask: inputs.mask, positions: inputs.positions };
-          }
-        }
-        return hops;
-      } catch (err) {
-        // a peer's refusal, or our own ledger's before any peer is asked (a hold beyond our balance)
-        if (err instanceof PaymentRequiredError || /** @type {{code?: unknown}} */ (err)?.code === 'payment_required') {
-          for (const hop of hops) await this.closeHop(hop);
-          throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${err.message}`, { cause: err });
-        }
-        if (!isHopFailure(err)) throw err;
-        this.#noteFailure(current, err);
-        for (const hop of hops) await this.closeHop(hop);
-      }
-    }
-  }
-
-  /**
-   * A new session of this generation on `peerId` for blocks `[start, end)`: its hold written and named
-   * in OPEN when the client keeps a ledger (spot checks open their replays here too).
+   * A new session of this generation on `peerId` for blocks `[start, end)`: `session` (a new id by
+   * default), paid by `hold` (written by `ClientExchange.writeHolds` for that session; by default one
+   * written now when the client keeps a ledger), our log pushed there and the hold named in OPEN (spot
+   * checks open their replays here too).
    * @param {string} peerId
    * @param {number} start
    * @param {number} end
+   * @param {{session?: Uint8Array, hold?: string | null}} [paid]
    * @returns {Promise<Hop>}
    */
-  async openHop(peerId, start, end) {
+  async openHop(peerId, start, end, { session, hold } = {}) {
     const client = this.client;
-    const hop = new Hop(client, peerId, start, end, await client.rpc(peerId));
+    const hop = new Hop(client, peerId, start, end, await client.rpc(peerId), session);
     /** @type {{[key: string]: string | number}} */
     const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
     const tokens = this.batch * this.maxLength;
-    const hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
+    if (hold === undefined) {
+      hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
+    } else if (hold !== null) {
+      await client.exchange.push(hop.rpc); // the peer holds our log up to the hold (what follows its `held`)
+    }
     if (hold !== null) meta.hold = hold;
     const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
     await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
@@ -122,10 +79,11 @@ export class MeshSession {
   }
 
   /**
+   * `peerId` failed this generation: banned, and counted against `maxFailovers` (MeshError beyond).
    * @param {string} peerId
    * @param {unknown} err
    */
-  #noteFailure(peerId, err) {
+  noteFailure(peerId, err) {
     this.failovers++;
     this.lastFailure = `peer ${peerId.slice(0, 16)}: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`;
     this.client.noteFailure(peerId, err);
@@ -172,9 +130,9 @@ export class MeshSession {
         out = await hop.forward({ hidden, mask, positions });
       } catch (err) {
         if (!isHopFailure(err)) throw err;
-        this.#noteFailure(hop.peerId, err);
+        this.noteFailure(hop.peerId, err);
         await this.closeHop(hop);
-        const replacement = await this.#openSpan(hop.start, hop.end, hop.history);
+        const replacement = await openRoute(this, hop.start, hop.end, hop.history);
         this.hops.splice(index, 1, ...replacement);
         continue;
       }

@@ -3,13 +3,17 @@
  * The ledger exchange on a session link, one object per side (the mirror of Python's link ledger):
  *
  * - `ClientExchange` (used by `MeshClient`): before each session, appends a hold paying the peer for it
- *   to the client's own log and pushes the log there (GOSSIP `{kind: 'push', entries}` -> `{stored}`;
- *   OPEN names the hold: `python_peer/core/holds.py`), countersigns the receipt a peer
+ *   to the client's own log (a route's holds together: `writeHolds`) and pushes the log there (GOSSIP
+ *   `{kind: 'push', entries}` -> `{stored, held}`; OPEN names the hold: `python_peer/core/holds.py`);
+ *   once a peer said it holds the log through some seq (`held`), the next push there carries only the
+ *   entries written since, and the whole push again if the answer does not say `held` through the last
+ *   of them (Python's `ClientExchange.push`). It countersigns the receipt a peer
  *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
  *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
  *   peer per `gossipEveryMs` and at most `gossipMaxRequests` requests per exchange.
  * - `ServerExchange` (used by `SpanServer`): proposes the receipt at CLOSE, keeps it waiting (at most
- *   MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests.
+ *   MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests (a
+ *   push with `held`, the seq through which the node now holds the client's log, when the ledger can tell).
  *
  * Every message is built and parsed by `python_peer/core/ledger_exchange.py` through an
  * `ExchangeCodec` (the ledger's, under Pyodide, unless one is given). Without a ledger nothing goes
@@ -19,10 +23,15 @@
 
 import { FrameType, canonicalJson } from '../protocol/wire.js';
 import { signingBytes } from '../identity/identity.js';
-import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, RECEIPT_CONTEXT } from '../protocol/constants.js';
+import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, PUSH_ENTRIES, RECEIPT_CONTEXT } from '../protocol/constants.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 const BAD_FRAME = 'bad_frame';
+/** Peers whose `held` a client remembers, the least recently learnt forgotten first (`MAX_GOSSIPED` in Python). */
+const MAX_HELD = 1024;
+
+/** The `seq` of a ledger entry (a JSON object as `Entry.to_dict()`). @param {unknown} entry */
+const seqOf = (entry) => Number(/** @type {{seq?: unknown}} */ (entry).seq);
 
 /** @typedef {import('./exchange_codec.js').ExchangeCodec} ExchangeCodec */
 /** @typedef {{info(msg: string): void, warn(msg: string): void}} Logger */
@@ -73,12 +82,19 @@ function codecOf(ledger, codec) {
  * @property {string} peerId
  * @property {ExchangeCodec} [codec]
  * @property {(limit?: number) => Promise<unknown[]> | unknown[]} ownEntries
- * @property {(terms: {server: string, session: string | Uint8Array, model: string, start: number, end: number,
- *   tokens: number}) => Promise<string>} [hold]  appends a hold for one session; resolves to its entry hash
+ * @property {(peerId: string, limit?: number) => Promise<unknown[]>} [log]  an author's latest entries,
+ *   newest first (without it every push carries the grant and the latest entries)
+ * @property {(terms: HoldTerms) => Promise<string>} [hold]  appends a hold for one session; resolves to its entry hash
  * @property {(receipt: unknown, serverSig: string, terms: {server: string, session: string, model: string,
  *   start: number, end: number, tokens: number}) => Promise<{receipt: unknown, clientSig: string}>} countersign
  * @property {(peer: string, options: {maxMessageBytes: number}) => Promise<unknown>} [gossipStart]
  * @property {(peer: string, message: unknown, options: {maxMessageBytes: number}) => Promise<unknown[]>} [gossipReceive]
+ */
+
+/**
+ * What a hold pays for: `server`'s session `session` over blocks `[start, end)` of `model`, at most
+ * `tokens` token positions.
+ * @typedef {{server: string, session: string | Uint8Array, model: string, start: number, end: number, tokens: number}} HoldTerms
  */
 
 /**
@@ -98,6 +114,10 @@ export class ClientExchange {
   #gossiped = new Map();
   /** @type {Set<Promise<void>>} */
   #runs = new Set();
+  /** @type {Map<string, number>} peer id -> the seq through which it said it holds our log */
+  #held = new Map();
+  /** @type {Promise<unknown>} the holds being written: another route's wait for them (`writeHolds`) */
+  #writing = Promise.resolve();
 
   /**
    * @param {object} options
@@ -121,15 +141,63 @@ export class ClientExchange {
   }
 
   /**
-   * Push our own log to a peer we have just connected to: it judges our balance from the entries it
-   * holds. Resolves to how many it stored (0 without a ledger, nothing sent).
+   * Push our own log to a peer: it judges our balance from the entries it holds. Once it said through
+   * which seq it holds them (`held`), only the entries after that (nothing at all when there are none);
+   * else, or if its answer then does not say `held` through the last of them (it lost or refused some,
+   * or does not say), the grant and the latest entries. Resolves to how many it stored (0 without a
+   * ledger, nothing sent).
    * @param {ExchangeLink} link
    */
   async push(link) {
     if (this.ledger === null || this.codec === null) return 0;
-    const entries = await this.ledger.ownEntries();
-    const answer = await this.#request(link, this.codec.pushRequest(entries), this.config.requestTimeoutMs);
-    return this.#parse(link, 'push', () => /** @type {ExchangeCodec} */ (this.codec).parsePushAnswer(answer.meta));
+    const peerId = link.remoteId;
+    const known = this.#held.get(peerId);
+    if (known !== undefined) {
+      const entries = await this.#entriesAfter(known);
+      if (entries !== null && entries.length === 0) return 0;
+      if (entries !== null) {
+        const { stored, held } = await this.#push(link, entries);
+        const last = seqOf(entries[entries.length - 1]);
+        if (held !== null && held >= last) return stored;
+        this.log.info(`peer ${peerId.slice(0, 8)} holds our log through ${held}, not ${last}: pushing the log`);
+      }
+      this.#held.delete(peerId);
+    }
+    return (await this.#push(link, await this.ledger.ownEntries())).stored;
+  }
+
+  /**
+   * Our own entries after `seq`, oldest first; null when more than one push carries (or the ledger
+   * cannot list its latest entries).
+   * @param {number} seq
+   * @returns {Promise<unknown[] | null>}
+   */
+  async #entriesAfter(seq) {
+    const ledger = /** @type {ClientLedger} */ (this.ledger);
+    if (ledger.log === undefined) return null;
+    const latest = await ledger.log(ledger.peerId, PUSH_ENTRIES);
+    const head = latest.length ? seqOf(latest[0]) : 0;
+    if (head - seq > PUSH_ENTRIES) return null;
+    return latest.filter((entry) => seqOf(entry) > seq).reverse();
+  }
+
+  /**
+   * Push `entries`: how many the peer stored, and through which seq it says it holds our log (null: unsaid).
+   * @param {ExchangeLink} link
+   * @param {unknown[]} entries
+   */
+  async #push(link, entries) {
+    const codec = /** @type {ExchangeCodec} */ (this.codec);
+    const answer = await this.#request(link, codec.pushRequest(entries), this.config.requestTimeoutMs);
+    const stored = this.#parse(link, 'push', () => codec.parsePushAnswer(answer.meta));
+    const held = codec.parsePushHeld(answer.meta);
+    if (held !== null) {
+      const before = this.#held.get(link.remoteId) ?? 0;
+      this.#held.delete(link.remoteId);
+      this.#held.set(link.remoteId, Math.max(held, before));
+      while (this.#held.size > MAX_HELD) this.#held.delete(/** @type {string} */ (this.#held.keys().next().value));
+    }
+    return { stored, held };
   }
 
   /**
@@ -141,10 +209,32 @@ export class ClientExchange {
    * @returns {Promise<string | null>}
    */
   async hold(link, terms) {
-    if (this.ledger === null || this.ledger.hold === undefined) return null;
-    const hash = await this.ledger.hold({ ...terms, server: link.remoteId });
-    await this.push(link);
+    const [hash] = await this.writeHolds([{ ...terms, server: link.remoteId }]);
+    if (hash !== null) await this.push(link);
     return hash;
+  }
+
+  /**
+   * Append the holds of `terms` to our own log, in order and together: the holds of another route
+   * opened at the same time are written before or after them, never between (so two chats that do not
+   * both fit our balance do not each get part of their holds). A hold refused (PaymentRequiredError)
+   * stops there; the ones before it stay written. Resolves to the holds' hashes, for OPEN's `hold`
+   * once each peer was pushed our log (`push`); nulls without a ledger.
+   * @param {HoldTerms[]} terms
+   * @returns {Promise<(string | null)[]>}
+   */
+  writeHolds(terms) {
+    const ledger = this.ledger;
+    if (ledger === null || ledger.hold === undefined) return Promise.resolve(terms.map(() => null));
+    const hold = ledger.hold.bind(ledger);
+    const run = this.#writing.then(async () => {
+      /** @type {string[]} */
+      const hashes = [];
+      for (const term of terms) hashes.push(await hold(term));
+      return hashes;
+    });
+    this.#writing = run.catch(() => {});
+    return run;
   }
 
   /**
@@ -269,6 +359,8 @@ export class ClientExchange {
  * @typedef {object} ServerLedger
  * @property {ExchangeCodec} [codec]
  * @property {(entries: unknown) => Promise<number> | number} acceptEntries
+ * @property {(peerId: string, limit?: number) => Promise<unknown[]> | unknown[]} [log]  an author's latest
+ *   entries, newest first: a push is answered `held` (the seq of the client's latest entry held) when given
  * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
  *   Promise<{receipt: Json, serverSig: string}>} serverReceipt
  * @property {(receipt: Json, clientSig: string, serverSig: string) => unknown} recordReceipt
@@ -328,7 +420,12 @@ export class ServerExchange {
     if (!PEER_ID_RE.test(client)) throw new ExchangeRefusal(BAD_FRAME, 'this peer keeps no ledger for this client');
     if (/** @type {{kind?: unknown}} */ (meta)?.kind === 'receipt') return this.#record(client, key, meta);
     const request = codec.parseRequest(meta); // LedgerError: answered bad_frame `ledger: ...`
-    if (request.kind === 'push') return codec.pushAnswer(await ledger.acceptEntries(request.entries));
+    if (request.kind === 'push') {
+      const stored = await ledger.acceptEntries(request.entries);
+      if (ledger.log === undefined) return codec.pushAnswer(stored);
+      const [head] = await ledger.log(client, 1); // the seq through which we hold the client's log now
+      return codec.pushAnswer(stored, head === undefined ? 0 : seqOf(head));
+    }
     if (request.kind === 'gossip' && ledger.gossipReceive !== undefined) {
       const replies = await ledger.gossipReceive(client, request.msg, { maxMessageBytes: CHANNEL_GOSSIP_BYTES });
       return codec.gossipAnswer(replies);

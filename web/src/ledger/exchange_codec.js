@@ -86,9 +86,13 @@ export class ExchangeCodec {
 
   // --- answers (the server's) -------------------------------------------------------------------------
 
-  /** @param {number} stored @returns {Meta} */
-  pushAnswer(stored) {
-    return this.call('push_answer', [stored]);
+  /**
+   * @param {number} stored  how many of the pushed entries were new here
+   * @param {number} [held]  the seq through which this node now holds the pusher's own log (left out: unsaid)
+   * @returns {Meta}
+   */
+  pushAnswer(stored, held) {
+    return this.call('push_answer', held === undefined ? [stored] : [stored, held]);
   }
 
   /** @param {string} receiptId @returns {Meta} */
@@ -109,6 +113,18 @@ export class ExchangeCodec {
   /** @param {unknown} meta @returns {number} */
   parsePushAnswer(meta) {
     return this.call('parse_push_answer', [meta]);
+  }
+
+  /**
+   * The seq through which the server says it holds our log (`held` of a push's answer), or null if it
+   * did not say: Python's `parse_push_held`, which is not among `ledger_exchange.py`'s browser entry
+   * points (`call_json`), so its rule (a non-negative integer, else unsaid) is restated here.
+   * @param {unknown} meta  an answer `parsePushAnswer` took (an object)
+   * @returns {number | null}
+   */
+  parsePushHeld(meta) {
+    const held = meta !== null && typeof meta === 'object' ? /** @type {Meta} */ (meta).held : undefined;
+    return Number.isSafeInteger(held) && held >= 0 ? held : null;
   }
 
   /** @param {unknown} meta @returns {string} */

@@ -15,7 +15,8 @@
  * FORWARD counts token positions and is refused (`payment_required`) once that hold has expired. The ledger exchange on the link (the receipt proposed at CLOSE, the GOSSIP requests: push,
  * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/exchange.js`); ledger
  * errors (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python
- * does. Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
+ * does; a push is answered `{stored, held}` (`held`: the seq through which this node now holds the
+ * client's own log, so the client's next push carries only what follows). Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
  * receipt, a client's push is answered `{stored: 0}` and other GOSSIP with `bad_frame`.
  *
  * `paused` refuses new sessions (`session_refused`, as `python_peer/api/control.py`) while open ones

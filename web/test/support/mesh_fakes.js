@@ -38,7 +38,7 @@ export const ones = (n) => new BigInt64Array(n).fill(1n);
  * A `MeshClient` on `mesh` with the fake embed and head; `options` replace its settings, signal
  * client, transport (built from the client itself, for the links' replies) or manifest.
  * @param {FakeMesh} mesh
- * @param {{config?: object, clientId?: string, manifest?: object, signal?: object,
+ * @param {{config?: object, clientId?: string, manifest?: object, signal?: object, ledger?: object,
  *   transport?: (self: () => any) => object}} [options]
  */
 export function fakeClient(mesh, options = {}) {
@@ -52,6 +52,7 @@ export function fakeClient(mesh, options = {}) {
     transport: /** @type {any} */ (options.transport ? options.transport(self) : mesh.transport(self, clientId)),
     embed: /** @type {any} */ (fakeEmbed),
     head: /** @type {any} */ (fakeHead),
+    ledger: /** @type {any} */ (options.ledger ?? null),
     config: /** @type {any} */ (options.config ?? CLIENT_CONFIG),
     log: quiet,
   });
