@@ -364,7 +364,7 @@ test("held is said only as a non-negative integer (Python's parse_push_held); pu
   assert.deepEqual(codec.pushAnswer(2), { stored: 2 });
   assert.equal(codec.parsePushHeld({ stored: 0, held: 0 }), 0);
   for (const held of [-1, 2.5, '3', true, null, undefined]) assert.equal(codec.parsePushHeld({ stored: 1, held }), null);
-  assert.equal(codec.parsePushHeld(null), null);
+  assert.throws(() => codec.parsePushHeld(null), (err) => err instanceof Error && err.name === 'LedgerError');
 });
 
 test('holds written together: a second call waits for the first, a refusal stops its own and not the next', async () => {

@@ -190,7 +190,7 @@ export class ClientExchange {
     const codec = /** @type {ExchangeCodec} */ (this.codec);
     const answer = await this.#request(link, codec.pushRequest(entries), this.config.requestTimeoutMs);
     const stored = this.#parse(link, 'push', () => codec.parsePushAnswer(answer.meta));
-    const held = codec.parsePushHeld(answer.meta);
+    const held = this.#parse(link, 'push', () => codec.parsePushHeld(answer.meta));
     if (held !== null) {
       const before = this.#held.get(link.remoteId) ?? 0;
       this.#held.delete(link.remoteId);

@@ -117,14 +117,12 @@ export class ExchangeCodec {
 
   /**
    * The seq through which the server says it holds our log (`held` of a push's answer), or null if it
-   * did not say: Python's `parse_push_held`, which is not among `ledger_exchange.py`'s browser entry
-   * points (`call_json`), so its rule (a non-negative integer, else unsaid) is restated here.
+   * did not say.
    * @param {unknown} meta  an answer `parsePushAnswer` took (an object)
    * @returns {number | null}
    */
   parsePushHeld(meta) {
-    const held = meta !== null && typeof meta === 'object' ? /** @type {Meta} */ (meta).held : undefined;
-    return Number.isSafeInteger(held) && held >= 0 ? held : null;
+    return this.call('parse_push_held', [meta]);
   }
 
   /** @param {unknown} meta @returns {string} */
