@@ -60,6 +60,14 @@ def identity(name: str) -> Identity:
     return Identity.from_seed(hashlib.sha256(name.encode()).digest())
 
 
+def signed_receipt(
+    session: str, client: Identity, server: Identity, start: int, tokens: int, when: int
+) -> ReceiptBody:
+    """A receipt for blocks ``[start, start + 10)`` of the default model, signed by both sides."""
+    r = Receipt(session, "smollm2-135m", start, start + 10, tokens, client.peer_id, server.peer_id, when)
+    return ReceiptBody(r, client.sign(r.signing_bytes()), server.sign(r.signing_bytes()))
+
+
 def synthetic_logs(n_entries: int, servers: int, seed: int = 1) -> list[list[Entry]]:
     """``servers`` logs holding ``n_entries`` in all: a grant, then receipts from random clients."""
     rng = random.Random(seed)
@@ -75,17 +83,7 @@ def synthetic_logs(n_entries: int, servers: int, seed: int = 1) -> list[list[Ent
             client = rng.choice(clients)
             start = rng.choice((0, 10, 20))
             when = T0 + (i + 1) * 30_000
-            r = Receipt(
-                f"{s:016x}{i:016x}",
-                "smollm2-135m",
-                start,
-                start + 10,
-                rng.randint(10, 2000),
-                client.peer_id,
-                me.peer_id,
-                when,
-            )
-            body = ReceiptBody(r, client.sign(r.signing_bytes()), me.sign(r.signing_bytes()))
+            body = signed_receipt(f"{s:016x}{i:016x}", client, me, start, rng.randint(10, 2000), when)
             head = next_entry(me.peer_id, head, when, body, me.sign)
             log.append(head)
         logs.append(log)
@@ -113,17 +111,7 @@ def arrival_history(n_entries: int, seed: int = 3) -> list[Entry]:
         client = rng.choice(clients)
         when = T0 + 1_000 + (i // len(servers)) * 30_000 + rng.randrange(30_000)
         start = rng.choice((0, 10, 20))
-        r = Receipt(
-            f"{i:032x}",
-            "smollm2-135m",
-            start,
-            start + 10,
-            rng.randint(10, 2000),
-            client.peer_id,
-            me.peer_id,
-            when,
-        )
-        write(me, when, ReceiptBody(r, client.sign(r.signing_bytes()), me.sign(r.signing_bytes())))
+        write(me, when, signed_receipt(f"{i:032x}", client, me, start, rng.randint(10, 2000), when))
     arrived: dict[str, float] = {}
     ordered = []
     for at, _, entry in sorted(timed_entries, key=lambda t: (t[2].author, t[1])):

@@ -58,21 +58,22 @@ print(peak - rss())
 """
 
 
+def _run(script: str, mode: str, env: dict[str, str] | None = None) -> str:
+    """``script``'s output, run in a fresh interpreter with ``mode`` ("settled" or "glibc default")."""
+    root = str(Path(__file__).resolve().parents[2])
+    done = subprocess.run(
+        [sys.executable, "-c", script, mode], capture_output=True, text=True, check=True, cwd=root, env=env
+    )
+    return done.stdout
+
+
+def _in_both_modes(script: str, env: dict[str, str] | None = None) -> dict[str, str]:
+    return {mode: _run(script, mode, env) for mode in ("settled", "glibc default")}
+
+
 @glibc
 def test_with_the_threshold_fixed_freed_large_buffers_leave_at_once() -> None:
-    root = str(Path(__file__).resolve().parents[2])
-    given_back = {
-        mode: float(
-            subprocess.run(
-                [sys.executable, "-c", LARGE_BLOCKS, mode],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=root,
-            ).stdout
-        )
-        for mode in ("settled", "glibc default")
-    }
+    given_back = {mode: float(out) for mode, out in _in_both_modes(LARGE_BLOCKS).items()}
     assert given_back["settled"] > 45, given_back  # of 50 MiB, without any trim
     assert given_back["settled"] > given_back["glibc default"], given_back
 
@@ -130,30 +131,10 @@ os.unlink(path)
 
 @glibc
 def test_threads_share_at_most_max_arenas() -> None:
-    root = str(Path(__file__).resolve().parents[2])
     env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    arenas = {
-        mode: int(
-            subprocess.run(
-                [sys.executable, "-c", THREAD_ARENAS, mode],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=root,
-                env=env,
-            ).stdout
-        )
-        for mode in ("settled", "glibc default")
-    }
+    arenas = {mode: int(out) for mode, out in _in_both_modes(THREAD_ARENAS, env).items()}
     assert arenas["settled"] <= heap.MAX_ARENAS, arenas
     assert arenas["glibc default"] > heap.MAX_ARENAS, arenas  # eight threads, an arena each
     # an operator's MALLOC_ARENA_MAX is glibc's own setting, read at start: settling leaves it
-    wider = subprocess.run(
-        [sys.executable, "-c", THREAD_ARENAS, "settled"],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=root,
-        env={**env, "MALLOC_ARENA_MAX": "6"},
-    )
-    assert heap.MAX_ARENAS < int(wider.stdout) <= 6, wider.stdout
+    wider = _run(THREAD_ARENAS, "settled", {**env, "MALLOC_ARENA_MAX": "6"})
+    assert heap.MAX_ARENAS < int(wider) <= 6, wider
