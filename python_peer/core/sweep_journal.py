@@ -26,7 +26,7 @@ from .receipts import Receipt
 
 __all__ = ["JOURNAL_STEPS", "SweepJournal"]
 
-JOURNAL_STEPS = 1024  # steps kept: about two minutes of a busy mesh's receipts and their bonuses
+JOURNAL_STEPS = 256  # steps kept: ~25 s of the chaos run's receipts and bonuses (1.6 KB a step)
 
 # the fields of an account a sweep step may change
 _SWEPT = (
