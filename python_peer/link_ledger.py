@@ -155,6 +155,14 @@ class ClientExchange:
         frame = Frame(FrameType.GOSSIP, os.urandom(16), 0, meta=push_request(entries))
         answer = await hop.call(frame, self.request_timeout_s)
         held = parse_push_held(answer.meta)
+        last = max((int(e["seq"]) for e in entries), default=0)
+        if held is not None and held > last:
+            # beyond the newest entry of ours it was sent (our head when we read it): a lie, which would
+            # stop our pushes there for good; taken as unsaid
+            log.info(
+                "peer %s says it holds our log through %d, past our %d: ignored", peer_id[:8], held, last
+            )
+            held = None
         if held is not None:
             self._note_held(peer_id, held)
         try:

@@ -8,6 +8,13 @@ about one hop's open rather than the sum of them. If any hop fails to open (sign
 its link does not open, an ``ERROR`` or no answer to ``OPEN``), every peer that failed is banned and a
 new route is tried, as when the hops were opened one after another.
 
+A peer that refuses our payment (``payment_required`` to ``OPEN``, though our own ledger held the price)
+is a failure of that peer too: banned, routed around, and not asked again while this route is opened. Its
+view of our balance may lag behind ours, or it may refuse everyone to keep chats off the peers behind it
+(a throwaway identity advertising the cheapest price): either way another peer for its blocks may serve.
+If the route needs it again (no other peer covers its blocks), the generation ends with its refusal
+(``MeshError`` from the ``PaymentRequiredError``: a 402 on the API).
+
 The sessions that did open on a failed try have run nothing, so they are kept as spares: a later try
 whose route has a hop with the same peer and span takes the spare (same session, same hold) instead of
 writing a new hold and opening a new session. Closing them would not give their holds back: a session
@@ -15,8 +22,8 @@ closed before any ``FORWARD`` has no receipt, so its hold binds our credit until
 client retrying around a dead peer would run out of room for holds. A spare whose link has closed
 since is not taken (its session went with the link). The spares the returned route does not use are
 closed, and so is every spare when the generation gives up: a payment refusal (our own ledger refusing a
-hold before any peer is asked, or a peer refusing it: ``MeshError``), too many failures, cancellation or
-an unexpected error.
+hold before any peer is asked, or the only peer left for some blocks refusing it: ``MeshError``), too many
+failures, cancellation or an unexpected error.
 
 After a failover, what the failed hop was sent is replayed through the new route hop after hop, in
 route order: each hop's replay input is the previous hop's output. If a hop fails during the replay,
@@ -66,12 +73,16 @@ async def _open_and_replay(
     """Try routes until one opens and takes the replay; ``opened`` holds the sessions opened so far
     (spares between tries: nothing run on them)."""
     client = session.client
+    refused: dict[str, PaymentRequiredError] = {}  # peers that refused our payment: not asked again
     while True:
         try:
             route = await client.route(start, end, session.batch * session.max_length)
         except NoRouteError as exc:
             why = f"; last failure: {session.last_failure}" if session.last_failure else ""
             raise MeshError(f"{exc}{why}") from exc
+        again = next((c.peer_id for c in route if c.peer_id in refused), None)
+        if again is not None:  # no other peer covers its blocks: the chat ends with its refusal
+            raise MeshError(f"peer {again[:16]} refused to serve: {refused[again]}") from refused[again]
         spares = [_spare(opened, c) for c in route]
         fresh = [c for c, spare in zip(route, spares, strict=True) if spare is None]
         results = iter(await _open_new(session, fresh, opened))
@@ -81,10 +92,9 @@ async def _open_and_replay(
         ]
         if failed:
             for peer_id, error in failed:
-                if isinstance(error, PaymentRequiredError):
-                    raise MeshError(f"peer {peer_id[:16]} refused to serve: {error}") from error
-            for _, error in failed:
-                if not isinstance(error, HOP_FAILURES):
+                if isinstance(error, PaymentRequiredError):  # our ledger held the price: routed around
+                    refused[peer_id] = error
+                elif not isinstance(error, HOP_FAILURES):
                     raise error  # not the peer's doing (a bug, our ledger, cancellation): not routed around
             for peer_id, error in failed:
                 session.note_failure(peer_id, error)

@@ -32,6 +32,7 @@ class Pushes:
         self.server = server
         self.sizes: list[int] = []
         self.drop = 0
+        self.claim: int | None = None  # answers every push saying it holds the pusher's log through this
 
     async def handle(self, client: str, frame: Frame) -> Frame:
         if frame.type is FrameType.GOSSIP and frame.meta.get("kind") == "push":
@@ -39,6 +40,11 @@ class Pushes:
             if self.drop:
                 self.drop -= 1
                 return Frame(FrameType.RESULT, frame.session, frame.step, meta={"stored": 0})
+            if self.claim is not None:
+                answer = await self.server.handle(client, frame)
+                return Frame(
+                    answer.type, answer.session, answer.step, meta={**answer.meta, "held": self.claim}
+                )
         return await self.server.handle(client, frame)
 
     def close_client(self, client: str) -> None:
@@ -124,3 +130,26 @@ async def test_a_push_answer_says_through_which_seq_the_peer_holds_the_pushers_l
         assert answer.meta == {"stored": 1, "held": 4}
     finally:
         await rpc.aclose()
+
+
+async def test_a_peer_claiming_to_hold_more_of_our_log_than_we_wrote_is_not_believed(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """The attack: a peer answers every push ``held: 10**9``. Believed, the client would push nothing
+    there again, the peer would never see its next holds, and every later chat through it would be
+    refused for payment. A ``held`` past the newest entry the client sent is taken as unsaid: the next
+    push carries the whole log again, and the chats go on."""
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    peers = three_peers(m, make_ledger)
+    peers[1].claim = 10**9
+    client = m.client(make_ledger())
+    assert client.exchange is not None
+
+    for _ in range(3):
+        tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+        assert tokens == expected and session.failovers == 0, session.last_failure
+
+    head = client.exchange.ledger.store.head(client.exchange.ledger.peer_id)
+    assert head is not None and max(client.exchange.held.values()) <= head.seq, client.exchange.held
+    assert len(peers[1].sizes) >= 3 and min(peers[1].sizes) > 0, peers[1].sizes  # pushes every session

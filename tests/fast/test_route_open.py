@@ -4,8 +4,8 @@ Each peer here is wrapped to hold its answer to ``OPEN`` a moment (``Gated``), s
 overlap in time whenever they are sent together; a hop failing meanwhile is banned and routed around,
 the sessions the others opened are reused by the next route where it has the same peer and span (no
 new hold: a session closed unused would bind its hold's credit until it expires) and closed where it
-does not, and the tokens are the local chain's. A payment refusal ends the chat with every session
-closed. Everything goes through the documented frames (``OPEN``, ``CLOSE``, ``GOSSIP`` pushes), in
+does not, and the tokens are the local chain's. A peer refusing payment is routed around too, asked once;
+with no other peer for its blocks the chat ends with every session closed. Everything goes through the documented frames (``OPEN``, ``CLOSE``, ``GOSSIP`` pushes), in
 memory.
 """
 
@@ -250,22 +250,51 @@ async def test_two_hops_failing_at_once_are_both_banned_and_routed_around(toy_me
     assert opens.opened <= opens.closed and all(not s.sessions for s in m.servers.values())
 
 
-async def test_a_payment_refusal_while_the_others_opened_ends_the_chat_with_every_session_closed(
+async def test_a_peer_refusing_payment_is_routed_around(
     toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
 ) -> None:
+    """The attack: a peer advertising the cheapest price answers every OPEN with ``payment_required``
+    (though the client's own ledger held the price), to keep chats off the other peers. It is banned and
+    routed around like any failed hop, asked once, and the chat gets the local chain's tokens."""
+    m = toy_mesh
+    expected = local_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    opens = Opens()
+    m.peer((0, 1), ledger=make_ledger(), wrap=gated(opens))
+    refusing = m.peer(
+        (1, 3), throughput=50_000, ledger=make_ledger(), wrap=gated(opens, ErrorCode.PAYMENT_REQUIRED)
+    )
+    honest = m.peer((1, 3), ledger=make_ledger(), wrap=gated(opens))
+    m.peer((3, 4), ledger=make_ledger(), wrap=gated(opens))
+    client = m.client(make_ledger())
+
+    tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+
+    assert tokens == expected
+    assert client.bans.banned(refusing) and session.failovers == 1
+    assert [hop[0] for hop in session.route][1] == honest
+    assert len(sessions_of(opens, refusing)) == 0
+    assert opens.opened <= opens.closed and all(not s.sessions for s in m.servers.values())
+
+
+async def test_a_payment_refusal_with_no_other_peer_for_its_blocks_ends_the_chat_with_every_session_closed(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """The only peer of blocks 1-3 refuses payment: it is not asked again (each ask would write one more
+    hold), the chat ends with its refusal (a 402 on the API), and no session stays open."""
     m = toy_mesh
     opens = Opens()
     m.peer((0, 1), ledger=make_ledger(), wrap=gated(opens))
     refusing = m.peer((1, 3), ledger=make_ledger(), wrap=gated(opens, ErrorCode.PAYMENT_REQUIRED))
-    m.peer((1, 3), throughput=1.0, ledger=make_ledger(), wrap=gated(opens))  # a spare is not tried
     m.peer((3, 4), ledger=make_ledger(), wrap=gated(opens))
-    client = m.client(make_ledger())
+    ledger = make_ledger()
+    client = m.client(ledger)
 
     with pytest.raises(MeshError, match=f"peer {refusing[:16]} refused to serve") as caught:
         await greedy(client, PROMPT, NEW_TOKENS)
 
     assert isinstance(caught.value.__cause__, PaymentRequiredError)
-    assert not client.bans.banned(refusing), "a payment refusal is about our balance, not the peer"
+    holds = [h for h in ledger.store.report().holds.get(ledger.peer_id, []) if h.hold.server == refusing]
+    assert len(holds) == 1, "asked once"
     assert len(opens.opened) == 2 and opens.opened <= opens.closed
     assert all(not s.sessions for s in m.servers.values()), "no session stays open"
 

@@ -359,6 +359,24 @@ test('a peer that lost our entries, or does not say held: the grant and the late
   assert.deepEqual(silent, [[1, 2], [1, 2]]);
 });
 
+test('a peer claiming to hold more of our log than we wrote is not believed: the next push carries the log', async () => {
+  const own = ownLog(2);
+  /** @type {number[][]} */
+  const pushed = [];
+  const honest = sendToSpanServer(spanServer(holdingLedger()), pushed);
+  /** The attack: every push answered `held: 10**9`, so that the client would never push there again. */
+  const lying = async (/** @type {any} */ link, /** @type {any} */ init) => {
+    const answer = await honest(link, init);
+    return { ...answer, meta: { ...answer.meta, held: 10 ** 9 } };
+  };
+  const client = new ClientExchange({ ledger: own, send: lying, config: CONFIG, log: quiet });
+  const link = { remoteId: SERVER };
+  await client.push(link);
+  own.append();
+  await client.push(link);
+  assert.deepEqual(pushed, [[1, 2], [1, 2, 3]]);
+});
+
 test("held is said only as a non-negative integer (Python's parse_push_held); push_answer carries it", () => {
   assert.deepEqual(codec.pushAnswer(2, 7), { stored: 2, held: 7 });
   assert.deepEqual(codec.pushAnswer(2), { stored: 2 });

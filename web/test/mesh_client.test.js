@@ -88,7 +88,7 @@ test('no replacement left: the generation fails with MeshError naming the last f
   await client.close();
 });
 
-test('a peer that refuses payment stops the generation with MeshError (no failover)', async () => {
+test('every peer of a span refusing payment: each asked once, routed around, then the generation stops with MeshError', async () => {
   const mesh = new FakeMesh();
   const refusing = {
     codec: {}, // never reached: OPEN is refused before any ledger message (the client keeps no ledger: no hold)
@@ -103,7 +103,7 @@ test('a peer that refuses payment stops the generation with MeshError (no failov
   mesh.add(B, 0, 4, { ledger: /** @type {any} */ (refusing) });
   const client = clientOn(mesh);
   await assert.rejects(client.open(1, 16), (err) => err instanceof MeshError && /refused to serve: .*balance 0/.test(err.message));
-  assert.equal(client.failures.length, 0);
+  assert.deepEqual(client.failures.map((f) => f.peerId).sort(), [A, B].sort());
   await client.close();
 });
 

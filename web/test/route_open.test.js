@@ -109,16 +109,39 @@ test('a hop that fails to open: the sessions opened on that route are closed, it
   await client.close();
 });
 
-test("a peer refusing payment: the route's other sessions are closed and the generation ends (MeshError)", async () => {
+test('a peer refusing payment (the attack: the cheapest price, then payment_required to all) is banned and routed around', async () => {
+  const mesh = new FakeMesh();
+  mesh.add(A, 0, 2);
+  /** @type {string[]} */
+  const refusing = [];
+  for (const peerId of [B, B2]) {
+    onOpen(mesh.add(peerId, 2, 4), async (frame, original) => {
+      if (refusing.length && refusing[0] !== peerId) return original();
+      refusing.push(peerId); // the first peer asked for 2-4 refuses every payment
+      return errorFrame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, 'balance 0 does not cover 12 units');
+    });
+  }
+  const client = fakeClient(mesh, { config: CONFIG });
+  const session = await client.open(1, 16);
+  const [liar] = refusing;
+  assert.equal(refusing.length, 1, 'asked once');
+  assert.deepEqual(session.route, [[A, 0, 2], [liar === B ? B2 : B, 2, 4]]);
+  assert.ok(client.bans.banned(liar));
+  assert.equal(session.failovers, 1);
+  const [expected] = await referenceLogits([tokens([7])], [[0, 2], [2, 4]]);
+  assertClose(await session.step(tokens([7]), ones(1)), expected);
+  await session.close();
+  await client.close();
+});
+
+test("the only peer of a span refusing payment: the route's other sessions are closed and the generation ends (MeshError)", async () => {
   const mesh = new FakeMesh();
   mesh.add(A, 0, 2);
   onOpen(mesh.add(B, 2, 4), async (frame) => errorFrame(frame.session, frame.step, ErrorCode.PAYMENT_REQUIRED, 'balance 0 does not cover 12 units'));
-  mesh.add(B2, 2, 4);
   const client = fakeClient(mesh, { config: CONFIG });
-  client.bans.ban(B2); // the route goes through B
   await assert.rejects(client.open(1, 16), (err) => err instanceof MeshError && /peer bbbbbbbb.* refused to serve: .*balance 0/.test(err.message));
-  assert.equal(seen(mesh, A, FrameType.CLOSE).length, 1);
-  assert.equal(client.failures.length, 0); // not routed around
+  assert.equal(seen(mesh, B, FrameType.OPEN).length, 1, 'not asked again: each ask writes one more hold');
+  assert.equal(seen(mesh, A, FrameType.CLOSE).length, seen(mesh, A, FrameType.OPEN).length);
   await client.close();
 });
 

@@ -9,8 +9,10 @@
  * link, our log pushed, OPEN), so opening a route costs about one hop's open rather than the sum of
  * them. If any hop fails to open (its peer cannot be reached, its link does not open, an ERROR or no
  * answer to OPEN), the sessions that did open on that route are closed, every peer that failed is
- * banned, and a new route is tried. A payment refusal (our own ledger refusing a hold before any peer is
- * asked, or a peer refusing it) closes them too and ends the generation (MeshError).
+ * banned, and a new route is tried. A peer refusing our payment (though our own ledger held the price)
+ * is such a failure too, and is not asked again while this route is opened: if the route needs it again
+ * (no other peer covers its blocks), the generation ends with its refusal (MeshError), as it does when
+ * our own ledger refuses a hold before any peer is asked.
  *
  * After a failover, what the failed hop was sent is replayed through the new route hop after hop, in
  * route order: each hop's replay input is the previous hop's output.
@@ -48,6 +50,8 @@ const messageOf = (err) => (err instanceof Error ? err.message : String(err));
 export async function openRoute(session, start, end, replay) {
   const client = session.client;
   const tokens = session.batch * session.maxLength;
+  /** @type {Map<string, unknown>} peers that refused our payment: not asked again */
+  const refused = new Map();
   for (;;) {
     let route;
     try {
@@ -56,6 +60,12 @@ export async function openRoute(session, start, end, replay) {
       if (!(err instanceof NoRouteError)) throw err;
       const why = session.lastFailure ? `; last failure: ${session.lastFailure}` : '';
       throw new MeshError(`${err.message}${why}`, { cause: err });
+    }
+    const again = route.find((c) => refused.has(c.peerId));
+    if (again !== undefined) {
+      // no other peer covers its blocks: the chat ends with its refusal
+      const err = refused.get(again.peerId);
+      throw new MeshError(`peer ${again.peerId.slice(0, 16)} refused to serve: ${messageOf(err)}`, { cause: err });
     }
     const ids = route.map(() => crypto.getRandomValues(new Uint8Array(16)));
     let holds;
@@ -77,10 +87,8 @@ export async function openRoute(session, start, end, replay) {
     if (failed.length) {
       await closeAll(session, hops);
       for (const [peerId, err] of failed) {
-        if (refusedPayment(err)) throw new MeshError(`peer ${peerId.slice(0, 16)} refused to serve: ${messageOf(err)}`, { cause: err });
-      }
-      for (const [, err] of failed) {
-        if (!isHopFailure(err)) throw err; // not the peer's doing (a bug, our ledger): not routed around
+        if (refusedPayment(err)) refused.set(peerId, err); // our ledger held the price: routed around
+        else if (!isHopFailure(err)) throw err; // not the peer's doing (a bug, our ledger): not routed around
       }
       for (const [peerId, err] of failed) session.noteFailure(peerId, err);
       continue;

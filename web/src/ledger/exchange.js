@@ -190,7 +190,14 @@ export class ClientExchange {
     const codec = /** @type {ExchangeCodec} */ (this.codec);
     const answer = await this.#request(link, codec.pushRequest(entries), this.config.requestTimeoutMs);
     const stored = this.#parse(link, 'push', () => codec.parsePushAnswer(answer.meta));
-    const held = this.#parse(link, 'push', () => codec.parsePushHeld(answer.meta));
+    let held = this.#parse(link, 'push', () => codec.parsePushHeld(answer.meta));
+    const last = Math.max(0, ...entries.map(seqOf));
+    if (held !== null && held > last) {
+      // beyond the newest entry of ours it was sent (our head when we read it): a lie, which would stop
+      // our pushes there for good; taken as unsaid
+      this.log.info(`peer ${link.remoteId.slice(0, 8)} says it holds our log through ${held}, past our ${last}: ignored`);
+      held = null;
+    }
     if (held !== null) {
       const before = this.#held.get(link.remoteId) ?? 0;
       this.#held.delete(link.remoteId);
