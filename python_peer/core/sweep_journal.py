@@ -60,16 +60,12 @@ class SweepJournal:
     def __init__(self, sweep: Sweep, limit: int | None = None) -> None:
         self.sweep = sweep
         self.limit = JOURNAL_STEPS if limit is None else limit
-        self._steps: deque[_Step] = deque()
-        self.keys: set[tuple[int, int, str]] = set()  # the items of the steps kept
+        self._steps: deque[_Step] = deque(maxlen=self.limit)  # the oldest step forgotten first
 
     def step(self, item: SweepItem) -> None:
         """Sweep ``item``, after every item swept so far, keeping what it changes."""
         self._steps.append(self._record(item))
-        self.keys.add(item[:3])
         self.sweep.step(item)
-        while len(self._steps) > self.limit:
-            self.keys.discard(self._steps.popleft().item[:3])
 
     def reaches(self, key: tuple[int, int, str]) -> bool:
         """Whether an item of sweep key ``key`` can be put in its place: every step after it is kept."""
@@ -80,7 +76,6 @@ class SweepJournal:
         taken: list[SweepItem] = []
         while self._steps and self._steps[-1].item[:3] > key:
             step = self._steps.pop()
-            self.keys.discard(step.item[:3])
             self._undo(step)
             taken.append(step.item)
         taken.reverse()
