@@ -77,7 +77,11 @@ def test_fp32_chain_matches_pytorch(models_dir: Path, reference) -> None:
     assert [str(s.span) for s in chain.manifest.blocks] == DEFAULT_SPANS.split(",")
     session = chain.open(2)
     logits = chain.step(session, ids, mask)
-    assert np.abs(logits - expected)[mask.astype(bool)].max() < 1e-4
+    # fp32 both, but two GEMM libraries sum in different orders over 30 layers, so the logits differ in
+    # their last digits: at most 1.22e-4 with the packages installed on 2026-12-05 (the landed code of
+    # the day before too), under 1e-4 with an earlier day's; the greedy tokens below must be equal
+    real = mask.astype(bool)
+    np.testing.assert_allclose(logits[real], expected[real], rtol=1e-5, atol=2e-4)
     tokens = []
     for _ in range(DECODE_STEPS):
         nxt = logits[:, -1].argmax(-1).astype(np.int64)[:, None]
