@@ -265,44 +265,75 @@ def _counting_chains(
     return counted, lengths
 
 
-def _rarity_bonus(receipts: list[Receipt], rules: Rules) -> dict[str, int]:
-    """Receipt id -> rarity bonus units: per model per UTC day, distinct servers covering each block."""
-    groups: dict[tuple[str, int], list[Receipt]] = defaultdict(list)
+def _span_rates(receipts: Iterable[Receipt], rules: Rules) -> dict[tuple[int, int], int]:
+    """(start, end) -> rarity bonus units per token for a receipt of that block span, given ``receipts``
+    (one model's paying receipts of one UTC day): per block, the rate for the number of distinct servers
+    that covered it, summed over the span's blocks."""
+    spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    wanted: set[tuple[int, int]] = set()
     for r in receipts:
-        groups[(r.model, r.time // DAY_MS)].append(r)
-    bonus: dict[str, int] = {}
-    for group in groups.values():
-        spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
-        for r in group:
-            spans[r.server].append((r.start, r.end))
-        deltas: dict[int, int] = defaultdict(int)
-        for intervals in spans.values():
-            intervals.sort()
-            lo, hi = intervals[0]
-            for a, b in intervals[1:]:
-                if a > hi:
-                    deltas[lo] += 1
-                    deltas[hi] -= 1
-                    lo, hi = a, b
-                else:
-                    hi = max(hi, b)
-            deltas[lo] += 1
-            deltas[hi] -= 1
-        points = sorted(deltas)
-        counts, running = [], 0
-        for p in points:
-            running += deltas[p]
-            counts.append(running)  # servers covering [points[i], points[i + 1])
-        for r in group:
-            total = 0
-            i = max(bisect.bisect_right(points, r.start) - 1, 0)
-            while i < len(points) - 1 and points[i] < r.end:
-                overlap = min(points[i + 1], r.end) - max(points[i], r.start)
-                if overlap > 0:
-                    total += rules.rarity_rate(counts[i]) * overlap
-                i += 1
-            bonus[r.id] = total * r.tokens
-    return bonus
+        spans[r.server].append((r.start, r.end))
+        wanted.add((r.start, r.end))
+    deltas: dict[int, int] = defaultdict(int)
+    for intervals in spans.values():
+        intervals.sort()
+        lo, hi = intervals[0]
+        for a, b in intervals[1:]:
+            if a > hi:
+                deltas[lo] += 1
+                deltas[hi] -= 1
+                lo, hi = a, b
+            else:
+                hi = max(hi, b)
+        deltas[lo] += 1
+        deltas[hi] -= 1
+    points = sorted(deltas)
+    counts, running = [], 0
+    for p in points:
+        running += deltas[p]
+        counts.append(running)  # servers covering [points[i], points[i + 1])
+    rates: dict[tuple[int, int], int] = {}
+    for start, end in wanted:
+        total = 0
+        i = max(bisect.bisect_right(points, start) - 1, 0)
+        while i < len(points) - 1 and points[i] < end:
+            overlap = min(points[i + 1], end) - max(points[i], start)
+            if overlap > 0:
+                total += rules.rarity_rate(counts[i]) * overlap
+            i += 1
+        rates[(start, end)] = total
+    return rates
+
+
+class _DayRarity:
+    """What the last rarity bonus of one model's day was computed from, so the next can reuse it: a running
+    report applies the current day's bonus for every report (``running.py``), while the day's receipts
+    grow by one at a time and their servers' coverage rarely changes.
+
+    ``coverage``: the (server, start, end) of the day's paying receipts; ``rates``: ``_span_rates`` of
+    them; ``settled``: receipt id -> its settlement with the bonus, as last written."""
+
+    __slots__ = ("coverage", "rates", "settled")
+
+    def __init__(self) -> None:
+        self.coverage: frozenset[tuple[str, int, int]] = frozenset()
+        self.rates: dict[tuple[int, int], int] = {}
+        self.settled: dict[str, Settlement] = {}
+
+
+def _with_rarity(kept: Settlement | None, s: Settlement, bonus: int) -> bool:
+    """Whether ``kept`` is ``s`` with rarity bonus ``bonus`` (a settlement's other fields follow from its
+    receipt, price and payment, ``settle``)."""
+    return (
+        kept is not None
+        and kept.rarity_bonus == bonus
+        and kept.paid == s.paid
+        and kept.price == s.price
+        and kept.receipt == s.receipt
+    )
+
+
+_DAYS_REMEMBERED = 4  # days whose rarity a sweep remembers (a late day's receipts are rare)
 
 
 SweepItem = tuple[int, int, str, object]  # (time, kind, key, what): kind 0 grant, 1 receipt, 2 hour, 3 day
@@ -350,6 +381,7 @@ class Sweep:
         self.served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
         self.hourly: dict[tuple[str, int], int] = defaultdict(int)
         self.days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)  # receipts swept, per day
+        self.rarity: dict[tuple[str, int], _DayRarity] = {}  # a cache, shared by copies
 
     def copy(self) -> Sweep:
         """A copy whose steps leave this one as it is (the served lists are only read by bonus items)."""
@@ -358,7 +390,7 @@ class Sweep:
         )
         other.settled = dict(self.settled)
         other.served_times, other.served_totals = self.served_times, self.served_totals
-        other.hourly, other.days = self.hourly, self.days
+        other.hourly, other.days, other.rarity = self.hourly, self.days, self.rarity
         return other
 
     def account(self, peer: str) -> Account:
@@ -413,14 +445,35 @@ class Sweep:
                 self.account(server).uptime_bonus += rules.uptime_bonus
                 self.defer(server, at, rules.uptime_bonus)
         elif kind == 3 and isinstance(what, tuple):
-            paying = [r for r in self.days.get(what, ()) if self.settled[r.id].counts]
-            rarity = _rarity_bonus(paying, rules)
-            for r in paying:  # in sweep order, (time, id)
-                s = self.settled[r.id]
-                bonus = s.share(rarity[r.id])
-                self.settled[r.id] = replace(s, rarity_bonus=bonus)
-                self.account(r.server).rarity_bonus += bonus
-                self.defer(r.server, at, bonus)
+            self._rarity_day(at, what)
+
+    def _rarity_day(self, at: int, day: tuple[str, int]) -> None:
+        """The rarity bonus of ``day`` (model, UTC day) at its end ``at``: each paying receipt's server is
+        due its share of the span's rate times the receipt's tokens; each server is credited the sum (the
+        cap clips a sum of credits as it clips them one by one, since none is negative)."""
+        settled = self.settled
+        paying = [r for r in self.days.get(day, ()) if settled[r.id].counts]
+        memo = self.rarity.get(day)
+        if memo is None:
+            memo = self.rarity[day] = _DayRarity()
+            while len(self.rarity) > _DAYS_REMEMBERED:
+                del self.rarity[min(self.rarity, key=lambda d: d[1])]
+        coverage = frozenset((r.server, r.start, r.end) for r in paying)
+        if coverage != memo.coverage:
+            memo.coverage, memo.rates = coverage, _span_rates(paying, self.rules)
+        rates, kept = memo.rates, memo.settled
+        due: dict[str, int] = {}
+        for r in paying:  # in sweep order, (time, id)
+            s = settled[r.id]
+            bonus = s.share(rates[(r.start, r.end)] * r.tokens)
+            with_bonus = kept.get(r.id)
+            if with_bonus is None or not _with_rarity(with_bonus, s, bonus):
+                with_bonus = kept[r.id] = replace(s, rarity_bonus=bonus)
+            settled[r.id] = with_bonus
+            due[r.server] = due.get(r.server, 0) + bonus
+        for server, bonus in due.items():
+            self.account(server).rarity_bonus += bonus
+            self.defer(server, at, bonus)
 
 
 def compute(

@@ -1,0 +1,140 @@
+"""The day's rarity bonus as the sweep applies it, against the rule written out receipt by receipt.
+
+``Sweep`` computes a day's bonus per block span and credits each server the sum of its receipts'
+shares, remembering the last day's coverage for the next report (``balances._DayRarity``). The oracle
+here is the rule of ``compute``'s docstring taken literally: per block, the rate for the number of
+distinct servers whose paying receipts that day cover it; each paying receipt's server credited its
+share of that, one receipt at a time, every credit capped at the balance cap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+from python_peer.core.balances import Account, Sweep, bonus_items, receipt_item
+from python_peer.core.economics import DAY_MS, DEFAULT_RULES, Rules
+from python_peer.core.receipts import Receipt
+
+MODEL = "smollm2-135m"
+DAY0 = 20_000 * DAY_MS
+SERVERS = [f"{i:02x}" * 32 for i in range(1, 5)]
+CLIENTS = [f"{i:02x}" * 32 for i in range(0xA1, 0xA4)]
+
+
+def _receipt(rng: random.Random, n: int, day: int = 0) -> Receipt:
+    start = rng.randrange(0, 28)
+    return Receipt(
+        f"{n:032x}", MODEL, start, rng.randrange(start + 1, 31), rng.randrange(1, 400),
+        rng.choice(CLIENTS), rng.choice(SERVERS), DAY0 + day * DAY_MS + 1000 * n,
+    )  # fmt: skip
+
+
+def _accounts(rules: Rules, balances: dict[str, int]) -> dict[str, Account]:
+    return {peer: Account(peer, balance=units) for peer, units in balances.items()}
+
+
+def _oracle(rules: Rules, balances: dict[str, int], receipts: list[Receipt]) -> Sweep:
+    """The receipts and hours swept in order; each day's bonus credited one receipt at a time."""
+    sweep = Sweep(rules, _accounts(rules, balances))
+    items = [receipt_item(r) for r in receipts] + bonus_items(receipts)
+    for item in sorted(items, key=lambda i: i[:3]):
+        if item[1] != 3:
+            sweep.step(item)
+            continue
+        at, _, _, day = item
+        paying = [r for r in sweep.days[day] if sweep.settled[r.id].counts]
+        for r in paying:
+            servers = [
+                len({o.server for o in paying if o.start <= block < o.end}) for block in range(r.start, r.end)
+            ]
+            total = sum(rules.rarity_rate(count) for count in servers) * r.tokens
+            s = sweep.settled[r.id]
+            bonus = s.share(total)
+            sweep.settled[r.id] = dataclasses.replace(s, rarity_bonus=bonus)
+            sweep.account(r.server).rarity_bonus += bonus
+            sweep.defer(r.server, at, bonus)
+    return sweep
+
+
+def _swept(rules: Rules, balances: dict[str, int], receipts: list[Receipt]) -> Sweep:
+    sweep = Sweep(rules, _accounts(rules, balances))
+    items = [receipt_item(r) for r in receipts] + bonus_items(receipts)
+    for item in sorted(items, key=lambda i: i[:3]):
+        sweep.step(item)
+    return sweep
+
+
+def _same(a: Sweep, b: Sweep) -> None:
+    assert a.accounts == b.accounts
+    assert a.settled == b.settled
+
+
+def test_rarity_matches_the_rule_near_the_cap_and_with_partial_payments() -> None:
+    rng = random.Random(7)
+    rules = dataclasses.replace(DEFAULT_RULES, balance_cap=400_000)
+    # a server a few credits under the cap (its bonuses clipped), a client that runs out (partial payments)
+    balances = {
+        SERVERS[0]: 399_990,
+        SERVERS[1]: 0,
+        CLIENTS[0]: 60_000,
+        CLIENTS[1]: 3_000_000,
+        CLIENTS[2]: 900,
+    }
+    receipts = [_receipt(rng, n, day=n % 2) for n in range(120)]
+    oracle = _oracle(rules, balances, receipts)
+    assert any(a.clipped for a in oracle.accounts.values())
+    assert any(s.status == "partial" for s in oracle.settled.values())
+    assert any(s.rarity_bonus for s in oracle.settled.values())
+    _same(_swept(rules, balances, receipts), oracle)
+
+
+def test_a_report_each_receipt_reuses_the_day_and_still_matches() -> None:
+    """As a running report does: the receipts swept one by one on one sweep, the day's bonus applied on a
+    copy after each, its coverage growing (a new server or span) or not (the same ones again)."""
+    rng = random.Random(11)
+    rules = DEFAULT_RULES
+    balances = {peer: 200_000 for peer in [*SERVERS, *CLIENTS]}
+    sweep = Sweep(rules, _accounts(rules, balances))
+    receipts: list[Receipt] = []
+    for n in range(60):
+        r = _receipt(rng, n)
+        if n >= 30:  # from here on, spans and servers already seen: the coverage stays, the rates are reused
+            seen = receipts[rng.randrange(len(receipts))]
+            r = dataclasses.replace(r, start=seen.start, end=seen.end, server=seen.server)
+        receipts.append(r)
+        sweep.step(receipt_item(r))
+        report = sweep.copy()
+        for item in sorted(bonus_items(receipts), key=lambda i: i[:3]):
+            report.step(item)
+        _same(report, _oracle(rules, balances, receipts))
+
+
+def test_a_receipt_swept_again_with_another_payment_gets_a_fresh_settlement() -> None:
+    """A late receipt taken back into place (``SweepJournal``) changes what a later receipt's client could
+    pay; the day's bonus then keeps nothing of the settlement it wrote for the earlier payment, even when
+    the bonus itself is the same (here zero: no rarity rate)."""
+    from python_peer.core.sweep_journal import SweepJournal
+
+    rng = random.Random(3)
+    rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(0,))
+    balances = {peer: 0 for peer in SERVERS} | {CLIENTS[0]: 28_000}
+    at = {"client": CLIENTS[0], "start": 0}
+    first = dataclasses.replace(_receipt(rng, 10), **at, end=5, tokens=100, server=SERVERS[0])  # 6,000
+    late = dataclasses.replace(_receipt(rng, 5), **at, end=3, tokens=800, server=SERVERS[1])  # 25,000
+    sweep = Sweep(rules, _accounts(rules, balances))
+    journal = SweepJournal(sweep)
+    journal.step(receipt_item(first))
+
+    def report(receipts: list[Receipt]) -> Sweep:
+        copy = sweep.copy()
+        for item in sorted((i for i in bonus_items(receipts) if i[1] == 3), key=lambda i: i[:3]):
+            copy.step(item)
+        return copy
+
+    assert report([first]).settled[first.id].status == "full"
+    for item in sorted([receipt_item(late), *journal.rewind(receipt_item(late)[:3])], key=lambda i: i[:3]):
+        journal.step(item)
+    again = report([first, late])
+    assert again.settled[first.id].status == "partial"
+    assert again.settled == _oracle(rules, balances, [first, late]).settled
