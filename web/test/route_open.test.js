@@ -1,8 +1,9 @@
 // @ts-check
 /**
  * Opening a route's sessions (web/src/client/route_open.js, as python_peer/route_open.py): every hop's
- * OPEN in flight at once; a hop that fails to open gets the sessions opened on the other hops closed, its
- * peer banned and a new route tried; a payment refusal (a peer's, or our own ledger's before any peer is
+ * OPEN in flight at once; a hop that fails to open gets its peer banned and a new route tried, which
+ * reuses the sessions the other hops opened (a spare whose link closed is not taken, one the next route
+ * lacks is closed); a payment refusal (a peer's, or our own ledger's before any peer is
  * asked) closes them and ends the generation; two routes opened at once write their holds one route
  * after the other. In-memory span servers over fake links (test/support/mesh_fakes.js).
  */
@@ -77,7 +78,7 @@ test("a route's OPENs are all in flight at once, and the chain then gives the re
   await client.close();
 });
 
-test('a hop that fails to open: the sessions opened on that route are closed, its peer banned, a new route tried', async () => {
+test('a hop that fails to open: its peer banned, a new route tried, and the session the other hop opened reused with its hold', async () => {
   const mesh = new FakeMesh();
   mesh.add(A, 0, 2);
   /** @type {string[]} */
@@ -89,7 +90,8 @@ test('a hop that fails to open: the sessions opened on that route are closed, it
       return errorFrame(frame.session, frame.step, ErrorCode.SESSION_REFUSED, 'KV memory budget full');
     });
   }
-  const client = fakeClient(mesh, { config: CONFIG });
+  const ledger = slowLedger();
+  const client = fakeClient(mesh, { config: CONFIG, ledger });
   const session = await client.open(1, 16);
   const [failed] = refused;
   const spare = failed === B ? B2 : B;
@@ -97,12 +99,60 @@ test('a hop that fails to open: the sessions opened on that route are closed, it
   assert.equal(session.failovers, 1);
   assert.ok(client.bans.banned(failed));
   assert.equal(client.failures[0].peerId, failed);
-  // A's first session was closed, and the new route opened another one there
-  const [first, second] = seen(mesh, A, FrameType.OPEN);
+  // A's session was opened once and kept: closing it unused would leave its hold binding our credit
+  const opens = seen(mesh, A, FrameType.OPEN);
+  assert.equal(opens.length, 1);
+  assert.equal(seen(mesh, A, FrameType.CLOSE).length, 0);
+  assert.equal(hex(session.hops[0].session), hex(opens[0].session));
+  assert.deepEqual(
+    ledger.holds.map((h) => h.server),
+    [A, failed, spare],
+    'one new hold on the retry',
+  );
+  const [expected] = await referenceLogits([tokens([7])], [[0, 2], [2, 4]]);
+  assertClose(await session.step(tokens([7]), ones(1)), expected);
+  await session.close();
+  assert.equal(seen(mesh, A, FrameType.CLOSE).length, 1);
+  await client.close();
+});
+
+test('a session of a failed route whose peer and span the next route lacks is closed, not kept', async () => {
+  const mesh = new FakeMesh();
+  mesh.add(A, 0, 2);
+  onOpen(mesh.add(B, 2, 4), async (frame) => {
+    mesh.add(B2, 0, 4); // a peer for the whole model comes up: the next route is B2 alone
+    return errorFrame(frame.session, frame.step, ErrorCode.SESSION_REFUSED, 'KV memory budget full');
+  });
+  const client = fakeClient(mesh, { config: CONFIG });
+  const session = await client.open(1, 16);
+  assert.deepEqual(session.route, [[B2, 0, 4]]);
+  assert.ok(client.bans.banned(B));
+  const [open] = seen(mesh, A, FrameType.OPEN);
   const closes = seen(mesh, A, FrameType.CLOSE);
   assert.equal(closes.length, 1);
-  assert.equal(hex(closes[0].session), hex(first.session));
-  assert.notEqual(hex(second.session), hex(first.session));
+  assert.equal(hex(closes[0].session), hex(open.session));
+  await session.close();
+  await client.close();
+});
+
+test('a spare whose link closed since is not taken: the next route opens a new session there', async () => {
+  const mesh = new FakeMesh();
+  mesh.add(A, 0, 2);
+  let refusals = 0;
+  for (const peerId of [B, B2]) {
+    onOpen(mesh.add(peerId, 2, 4), async (frame, original) => {
+      if (refusals) return original();
+      refusals++;
+      // A's link drops while this OPEN is answered: A's session goes with it
+      for (const link of /** @type {any} */ (mesh.peers.get(A)).links) link.close('link lost');
+      return errorFrame(frame.session, frame.step, ErrorCode.SESSION_REFUSED, 'KV memory budget full');
+    });
+  }
+  const client = fakeClient(mesh, { config: CONFIG });
+  const session = await client.open(1, 16);
+  const opens = seen(mesh, A, FrameType.OPEN);
+  assert.equal(opens.length, 2);
+  assert.equal(hex(session.hops[0].session), hex(opens[1].session));
   const [expected] = await referenceLogits([tokens([7])], [[0, 2], [2, 4]]);
   assertClose(await session.step(tokens([7]), ones(1)), expected);
   await session.close();

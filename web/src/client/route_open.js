@@ -8,11 +8,18 @@
  * or after them, not between), then opens a session on each hop concurrently (`MeshSession.openHop`: the
  * link, our log pushed, OPEN), so opening a route costs about one hop's open rather than the sum of
  * them. If any hop fails to open (its peer cannot be reached, its link does not open, an ERROR or no
- * answer to OPEN), the sessions that did open on that route are closed, every peer that failed is
- * banned, and a new route is tried. A peer refusing our payment (though our own ledger held the price)
- * is such a failure too, and is not asked again while this route is opened: if the route needs it again
- * (no other peer covers its blocks), the generation ends with its refusal (MeshError), as it does when
- * our own ledger refuses a hold before any peer is asked.
+ * answer to OPEN), every peer that failed is banned and a new route is tried. A peer refusing our payment
+ * (though our own ledger held the price) is such a failure too, and is not asked again while this route
+ * is opened: if the route needs it again (no other peer covers its blocks), the generation ends with its
+ * refusal (MeshError), as it does when our own ledger refuses a hold before any peer is asked.
+ *
+ * The sessions that did open on a failed try have run nothing, so they are kept as spares: a later try
+ * whose route has a hop with the same peer and span takes the spare (same session, same hold) instead of
+ * writing a new hold and opening a new session. Closing them would not give their holds back (a session
+ * closed before any FORWARD has no receipt, so its hold binds our credit until it expires), and a client
+ * retrying around a dead peer would run out of room for holds. A spare whose link has closed since is not
+ * taken. The spares the returned route does not use are closed, and so is every spare when the
+ * generation gives up.
  *
  * After a failover, what the failed hop was sent is replayed through the new route hop after hop, in
  * route order: each hop's replay input is the previous hop's output.
@@ -39,8 +46,8 @@ function refusedPayment(err) {
 const messageOf = (err) => (err instanceof Error ? err.message : String(err));
 
 /**
- * Sessions on a route over `[start, end)`, opened concurrently; `replay` (inputs to `start`) replayed
- * through them in route order.
+ * Sessions on a route over `[start, end)`, opened concurrently (reusing the sessions of failed tries);
+ * `replay` (inputs to `start`) replayed through them in route order.
  * @param {MeshSession} session
  * @param {number} start
  * @param {number} end
@@ -48,14 +55,35 @@ const messageOf = (err) => (err instanceof Error ? err.message : String(err));
  * @returns {Promise<Hop[]>}
  */
 export async function openRoute(session, start, end, replay) {
+  /** @type {Hop[]} every session opened here and neither returned nor closed yet */
+  const opened = [];
+  try {
+    const hops = await openAndReplay(session, start, end, replay, opened);
+    forget(opened, hops);
+    return hops;
+  } finally {
+    await closeAll(session, opened); // the spares left, or everything when giving up
+  }
+}
+
+/**
+ * Try routes until one opens and takes the replay; `opened` holds the sessions opened so far (spares
+ * between tries: nothing run on them).
+ * @param {MeshSession} session
+ * @param {number} start
+ * @param {number} end
+ * @param {StepInputs[]} replay
+ * @param {Hop[]} opened
+ * @returns {Promise<Hop[]>}
+ */
+async function openAndReplay(session, start, end, replay, opened) {
   const client = session.client;
-  const tokens = session.batch * session.maxLength;
   /** @type {Map<string, unknown>} peers that refused our payment: not asked again */
   const refused = new Map();
   for (;;) {
     let route;
     try {
-      route = await client.route(start, end, tokens);
+      route = await client.route(start, end, session.batch * session.maxLength);
     } catch (err) {
       if (!(err instanceof NoRouteError)) throw err;
       const why = session.lastFailure ? `; last failure: ${session.lastFailure}` : '';
@@ -67,25 +95,19 @@ export async function openRoute(session, start, end, replay) {
       const err = refused.get(again.peerId);
       throw new MeshError(`peer ${again.peerId.slice(0, 16)} refused to serve: ${messageOf(err)}`, { cause: err });
     }
-    const ids = route.map(() => crypto.getRandomValues(new Uint8Array(16)));
-    let holds;
-    try {
-      // before any peer is asked: our own ledger refuses holds our balance has no room for
-      holds = await client.exchange.writeHolds(
-        route.map((c, i) => ({ server: c.peerId, session: ids[i], model: client.model, start: c.start, end: c.end, tokens })),
-      );
-    } catch (err) {
-      if (!refusedPayment(err)) throw err;
-      throw new MeshError(`no peer would serve this route: our ledger refused to hold its price: ${messageOf(err)}`, { cause: err });
-    }
-    const results = await Promise.allSettled(route.map((c, i) => session.openHop(c.peerId, c.start, c.end, { session: ids[i], hold: holds[i] })));
+    const spares = route.map((c) => spareFor(opened, c));
+    const results = await openNew(session, route.filter((c, i) => spares[i] === null), opened);
     /** @type {Hop[]} */
     const hops = [];
     /** @type {[string, unknown][]} */
     const failed = [];
-    results.forEach((r, i) => (r.status === 'fulfilled' ? hops.push(r.value) : failed.push([route[i].peerId, r.reason])));
+    route.forEach((c, i) => {
+      const r = spares[i] ?? results.shift();
+      if (r === undefined || r === null) throw new Error('a route hop with neither a spare nor an open');
+      if (r.status === 'fulfilled') hops.push(r.value);
+      else failed.push([c.peerId, r.reason]);
+    });
     if (failed.length) {
-      await closeAll(session, hops);
       for (const [peerId, err] of failed) {
         if (refusedPayment(err)) refused.set(peerId, err); // our ledger held the price: routed around
         else if (!isHopFailure(err)) throw err; // not the peer's doing (a bug, our ledger): not routed around
@@ -97,21 +119,77 @@ export async function openRoute(session, start, end, replay) {
       const spans = client.traffic.get(hop.peerId)?.spans;
       if (spans !== undefined && !spans.includes(`${hop.start}-${hop.end}`)) spans.push(`${hop.start}-${hop.end}`);
     }
-    let current = hops[0].peerId;
+    /** @type {Hop[]} sent replay input, so their KV caches hold it: not spares */
+    const fed = [];
     try {
       let inputs = concatInputs(replay);
-      for (const hop of hops) {
-        current = hop.peerId;
-        if (inputs !== null) inputs = await replayTo(session, hop, inputs);
+      if (inputs !== null) {
+        for (const hop of hops) {
+          fed.push(hop);
+          inputs = await replayTo(session, hop, inputs);
+        }
       }
       return hops;
     } catch (err) {
-      await closeAll(session, hops); // before giving up too: the sessions opened are closed
+      forget(opened, fed);
+      await closeAll(session, fed);
+      const current = fed.at(-1)?.peerId;
+      if (current === undefined) throw err;
       if (refusedPayment(err)) throw new MeshError(`peer ${current.slice(0, 16)} refused to serve: ${messageOf(err)}`, { cause: err });
       if (!isHopFailure(err)) throw err;
       session.noteFailure(current, err);
     }
   }
+}
+
+/**
+ * A new session on each hop of `route` (holds paying for them written together), at once: each the hop
+ * or what its open raised; the ones that opened are added to `opened`.
+ * @param {MeshSession} session
+ * @param {import('./routing.js').Candidate[]} route
+ * @param {Hop[]} opened
+ * @returns {Promise<PromiseSettledResult<Hop>[]>}
+ */
+async function openNew(session, route, opened) {
+  if (!route.length) return [];
+  const client = session.client;
+  const tokens = session.batch * session.maxLength;
+  const ids = route.map(() => crypto.getRandomValues(new Uint8Array(16)));
+  let holds;
+  try {
+    // before any peer is asked: our own ledger refuses holds our balance has no room for
+    holds = await client.exchange.writeHolds(
+      route.map((c, i) => ({ server: c.peerId, session: ids[i], model: client.model, start: c.start, end: c.end, tokens })),
+    );
+  } catch (err) {
+    if (!refusedPayment(err)) throw err;
+    throw new MeshError(`no peer would serve this route: our ledger refused to hold its price: ${messageOf(err)}`, { cause: err });
+  }
+  const results = await Promise.allSettled(route.map((c, i) => session.openHop(c.peerId, c.start, c.end, { session: ids[i], hold: holds[i] })));
+  for (const r of results) if (r.status === 'fulfilled') opened.push(r.value);
+  return results;
+}
+
+/**
+ * A session opened on an earlier try for `hop`'s peer and span whose link is still open, as a settled
+ * open; null if none.
+ * @param {Hop[]} opened
+ * @param {{peerId: string, start: number, end: number}} hop
+ * @returns {PromiseFulfilledResult<Hop> | null}
+ */
+function spareFor(opened, hop) {
+  const spare = opened.find((h) => h.peerId === hop.peerId && h.start === hop.start && h.end === hop.end && !h.rpc.closed);
+  return spare === undefined ? null : { status: 'fulfilled', value: spare };
+}
+
+/**
+ * Drop `hops` (these very objects) from `opened`.
+ * @param {Hop[]} opened
+ * @param {Hop[]} hops
+ */
+function forget(opened, hops) {
+  const gone = new Set(hops);
+  opened.splice(0, opened.length, ...opened.filter((h) => !gone.has(h)));
 }
 
 /**
