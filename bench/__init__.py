@@ -26,6 +26,8 @@ has a short version among the tests (``tests/test_chaos.py``).
                        Its parts: ``chaos_schedule.py`` (the seeded, bounded kill plan and its rules),
                        ``chaos_mesh.py`` (the processes, restartable, and their memory), ``chaos_load.py``
                        (native users and API workers, replies checked against the local chain),
+                       ``chaos_user.py`` (a native user in its own process, driven by lines on its
+                       stdin),
                        ``chaos_ledgers.py`` (receipts per side, convergence of the ledgers),
                        ``chaos_report.py`` (figures, goals, tables).
 """

@@ -52,12 +52,11 @@ from typing import Any, NoReturn
 
 from bench.chaos_load import PROMPTS, Load, NativeUser, Outcome, References
 from bench.chaos_mesh import START_TIMEOUT_S, USER, ChaosMesh, Proc
-from bench.mesh_processes import BenchError, Child, _child_env
+from bench.mesh_processes import BenchError, Child
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import load_manifest
 from python_peer.heap import settle_allocator
 
-ROOT = Path(__file__).resolve().parents[1]  # ``python -m bench.chaos_user`` runs from the repository root
 CLOSE_TIMEOUT_S = 30.0
 
 
@@ -163,24 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 # --- the harness's side --------------------------------------------------------------------------------
 
 
-class UserChild(Child):
-    """``python -m bench.chaos_user``: commands on its stdin, events on its stdout, stderr in its log."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log = log_dir / f"{name}.log"
-        with self.log.open("wb") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.chaos_user", *args],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=err,
-                cwd=ROOT,
-                env=_child_env(),
-                start_new_session=True,  # Ctrl-C reaches only the harness, which stops its children
-            )
-
-
 class UserProcess:
     """One user's process as the harness drives it: it starts it (a process of ``mesh``, sampled like the
     others), sends commands and turns its events into ``Outcome``s (on the run's clock) and
@@ -203,7 +184,7 @@ class UserProcess:
         self.mesh = mesh
         self.proc = Proc(f"user{index}", USER, args)
         self.data_dir: Path | None = None  # the current identity's
-        self._child: UserChild | None = None
+        self._child: Child | None = None
         self._events: asyncio.StreamReader | None = None
         self._transport: asyncio.ReadTransport | None = None
 
@@ -217,9 +198,8 @@ class UserProcess:
 
     async def start(self) -> None:
         """Start the child and wait for its ``ready``."""
-        child = self._child = UserChild(
-            f"{self.name}.{len(self.proc.lives) + 1}", self.proc.args, self.mesh.log_dir
-        )
+        name = f"{self.name}.{len(self.proc.lives) + 1}"
+        child = self._child = Child(name, self.proc.args, self.mesh.log_dir, "bench.chaos_user", piped=True)
         self.mesh.launch(self.proc, child)
         reader = self._events = asyncio.StreamReader()
         loop = asyncio.get_running_loop()
@@ -300,7 +280,7 @@ class UserProcess:
             raise BenchError(f"{self.name} wrote {line[:200]!r}, not an event line") from None
         return event
 
-    def _gone(self, child: UserChild) -> NoReturn:
+    def _gone(self, child: Child) -> NoReturn:
         """Its pipe closed: the process is ending (reaped within moments, or it is a bug of its own)."""
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(10)

@@ -25,6 +25,8 @@ from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest
 from python_peer.identity import Identity
 
+ROOT = Path(__file__).resolve().parents[1]  # children run from the repository root
+
 START_TIMEOUT_S = 180.0
 READY = re.compile(r"peer ([0-9a-f]{64}) serves \S+ blocks (\d+)-(\d+)")
 
@@ -48,15 +50,20 @@ def _child_env() -> dict[str, str]:
 class Child:
     """One ``ai4all`` subprocess (no ``-v``: debug logs would slow it), its output in a log file."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, module: str = "python_peer.cli", piped: bool = False
+    ) -> None:
+        """``python -m module args``; ``piped``: its stdin and stdout are pipes to this process (a line
+        protocol) and only its stderr goes to the log."""
         self.name = name
         self.log = log_dir / f"{name}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "python_peer.cli", *args],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
+                [sys.executable, "-m", module, *args],
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if piped else out,
+                stderr=out if piped else subprocess.STDOUT,
+                cwd=ROOT,
                 env=_child_env(),
                 start_new_session=True,  # Ctrl-C reaches only us; we stop the children in order
             )
