@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import bisect
 import sys
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .canonical import MAX_SAFE_INT
@@ -265,15 +266,15 @@ def _counting_chains(
     return counted, lengths
 
 
-def _span_rates(receipts: Iterable[Receipt], rules: Rules) -> dict[tuple[int, int], int]:
-    """(start, end) -> rarity bonus units per token for a receipt of that block span, given ``receipts``
-    (one model's paying receipts of one UTC day): per block, the rate for the number of distinct servers
-    that covered it, summed over the span's blocks."""
+def _span_rates(coverage: Iterable[tuple[str, int, int]], rules: Rules) -> dict[tuple[int, int], int]:
+    """(start, end) -> rarity bonus units per token for a receipt of that block span, given ``coverage``
+    (the (server, start, end) of one model's paying receipts of one UTC day): per block, the rate for the
+    number of distinct servers that covered it, summed over the span's blocks."""
     spans: dict[str, list[tuple[int, int]]] = defaultdict(list)
     wanted: set[tuple[int, int]] = set()
-    for r in receipts:
-        spans[r.server].append((r.start, r.end))
-        wanted.add((r.start, r.end))
+    for server, start, end in coverage:
+        spans[server].append((start, end))
+        wanted.add((start, end))
     deltas: dict[int, int] = defaultdict(int)
     for intervals in spans.values():
         intervals.sort()
@@ -306,31 +307,70 @@ def _span_rates(receipts: Iterable[Receipt], rules: Rules) -> dict[tuple[int, in
 
 
 class _DayRarity:
-    """What the last rarity bonus of one model's day was computed from, so the next can reuse it: a running
+    """One model's day of rarity bonuses as last applied, kept up to date receipt by receipt: a running
     report applies the current day's bonus for every report (``running.py``), while the day's receipts
-    grow by one at a time and their servers' coverage rarely changes.
+    grow one at a time and their servers' coverage rarely changes.
 
-    ``coverage``: the (server, start, end) of the day's paying receipts; ``rates``: ``_span_rates`` of
-    them; ``settled``: receipt id -> its settlement with the bonus, as last written."""
+    For each of the day's receipts swept, in order: ``receipts``, the settlement it was paid with
+    (``paid``; None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``: (server,
+    start, end) -> paying receipts with it; ``rates``: ``_span_rates`` of ``coverage``, the set of those
+    when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``with_bonus``: receipt
+    id -> its settlement with its bonus. Receipts taken back (``truncate``) are taken out of each."""
 
-    __slots__ = ("coverage", "rates", "settled")
+    __slots__ = ("bonuses", "counts", "coverage", "due", "paid", "rates", "receipts", "with_bonus")
 
     def __init__(self) -> None:
+        self.receipts: list[Receipt] = []
+        self.paid: list[Settlement | None] = []
+        self.bonuses = array("q")  # 8 bytes a receipt, not an int object each
+        self.counts: dict[tuple[str, int, int], int] = {}
         self.coverage: frozenset[tuple[str, int, int]] = frozenset()
         self.rates: dict[tuple[int, int], int] = {}
-        self.settled: dict[str, Settlement] = {}
+        self.due: dict[str, int] = {}
+        self.with_bonus: dict[str, Settlement] = {}
 
+    def truncate(self, length: int) -> None:
+        """Forget the receipts from position ``length`` on (the sweep took them back)."""
+        for r, s, bonus in zip(
+            self.receipts[length:], self.paid[length:], self.bonuses[length:], strict=True
+        ):
+            if s is None:
+                continue
+            key = (r.server, r.start, r.end)
+            self.counts[key] -= 1
+            if not self.counts[key]:
+                del self.counts[key]
+            self.due[r.server] -= bonus
+            del self.with_bonus[r.id]
+        del self.receipts[length:], self.paid[length:], self.bonuses[length:]
 
-def _with_rarity(kept: Settlement | None, s: Settlement, bonus: int) -> bool:
-    """Whether ``kept`` is ``s`` with rarity bonus ``bonus`` (a settlement's other fields follow from its
-    receipt, price and payment, ``settle``)."""
-    return (
-        kept is not None
-        and kept.rarity_bonus == bonus
-        and kept.paid == s.paid
-        and kept.price == s.price
-        and kept.receipt == s.receipt
-    )
+    def extend(self, receipts: Sequence[Receipt], settled: dict[str, Settlement]) -> None:
+        """Add the receipts swept after those applied, paid as ``settled`` says (bonuses still 0)."""
+        for r in receipts:
+            s = settled[r.id]
+            if s.counts:
+                key = (r.server, r.start, r.end)
+                self.counts[key] = self.counts.get(key, 0) + 1
+            self.receipts.append(r)
+            self.paid.append(s if s.counts else None)
+            self.bonuses.append(0)
+
+    def settle(self, first: int, rules: Rules) -> None:
+        """The bonuses of the receipts from position ``first`` on, or of all of them if the coverage
+        changed (every rate may have)."""
+        if self.counts.keys() != self.coverage:
+            self.coverage = frozenset(self.counts)
+            self.rates = _span_rates(self.coverage, rules)
+            self.due, self.with_bonus, first = {}, {}, 0
+        rates, due, with_bonus = self.rates, self.due, self.with_bonus
+        for i in range(first, len(self.receipts)):
+            r, s = self.receipts[i], self.paid[i]
+            if s is None:
+                continue
+            bonus = s.share(rates[(r.start, r.end)] * r.tokens)
+            self.bonuses[i] = bonus
+            due[r.server] = due.get(r.server, 0) + bonus
+            with_bonus[r.id] = replace(s, rarity_bonus=bonus)
 
 
 _DAYS_REMEMBERED = 4  # days whose rarity a sweep remembers (a late day's receipts are rare)
@@ -447,33 +487,37 @@ class Sweep:
         elif kind == 3 and isinstance(what, tuple):
             self._rarity_day(at, what)
 
+    def take_back_day(self, day: tuple[str, int], length: int) -> None:
+        """Forget the receipts of ``day`` swept from position ``length`` on (``SweepJournal`` taking steps
+        back), here and in the day's rarity."""
+        del self.days[day][length:]
+        memo = self.rarity.get(day)
+        if memo is not None:
+            memo.truncate(length)
+
     def _rarity_day(self, at: int, day: tuple[str, int]) -> None:
         """The rarity bonus of ``day`` (model, UTC day) at its end ``at``: each paying receipt's server is
         due its share of the span's rate times the receipt's tokens; each server is credited the sum (the
-        cap clips a sum of credits as it clips them one by one, since none is negative)."""
-        settled = self.settled
-        paying = [r for r in self.days.get(day, ()) if settled[r.id].counts]
+        cap clips a sum of credits as it clips them one by one, since none is negative). The day's
+        ``_DayRarity`` carries what the last application computed: only the receipts swept since get
+        their bonus, unless the coverage changed."""
+        swept = self.days.get(day, [])
         memo = self.rarity.get(day)
         if memo is None:
             memo = self.rarity[day] = _DayRarity()
             while len(self.rarity) > _DAYS_REMEMBERED:
                 del self.rarity[min(self.rarity, key=lambda d: d[1])]
-        coverage = frozenset((r.server, r.start, r.end) for r in paying)
-        if coverage != memo.coverage:
-            memo.coverage, memo.rates = coverage, _span_rates(paying, self.rules)
-        rates, kept = memo.rates, memo.settled
-        due: dict[str, int] = {}
-        for r in paying:  # in sweep order, (time, id)
-            s = settled[r.id]
-            bonus = s.share(rates[(r.start, r.end)] * r.tokens)
-            with_bonus = kept.get(r.id)
-            if with_bonus is None or not _with_rarity(with_bonus, s, bonus):
-                with_bonus = kept[r.id] = replace(s, rarity_bonus=bonus)
-            settled[r.id] = with_bonus
-            due[r.server] = due.get(r.server, 0) + bonus
-        for server, bonus in due.items():
-            self.account(server).rarity_bonus += bonus
-            self.defer(server, at, bonus)
+        known = len(memo.receipts)
+        if known > len(swept) or (known and memo.receipts[known - 1] is not swept[known - 1]):
+            memo.truncate(0)  # not the receipts it was built from (a sweep that bypassed take_back_day)
+            known = 0
+        memo.extend(swept[known:], self.settled)
+        memo.settle(known, self.rules)
+        self.settled.update(memo.with_bonus)
+        for server, bonus in memo.due.items():
+            if bonus:
+                self.account(server).rarity_bonus += bonus
+                self.defer(server, at, bonus)
 
 
 def compute(

@@ -143,8 +143,7 @@ class SweepJournal:
             del sweep.served_times[server][times:]
             del sweep.served_totals[server][totals:]
         if step.day is not None:
-            day, length = step.day
-            del sweep.days[day][length:]
+            sweep.take_back_day(*step.day)
 
 
 def _fields(peer: str, account: Account | None) -> tuple[str, tuple[int, ...] | None, dict[int, int]]:

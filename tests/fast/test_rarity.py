@@ -138,3 +138,37 @@ def test_a_receipt_swept_again_with_another_payment_gets_a_fresh_settlement() ->
     again = report([first, late])
     assert again.settled[first.id].status == "partial"
     assert again.settled == _oracle(rules, balances, [first, late]).settled
+
+
+def test_a_receipt_swept_again_in_the_same_place_of_its_day_is_settled_again() -> None:
+    """The late receipt is another model's, so the earlier one is swept again at the same place of its own
+    model's day (taken back, then appended again) with a smaller payment: its bonus follows the new
+    payment. Rarity rates of 0 and 2 units make the bonus differ."""
+    from python_peer.core.sweep_journal import SweepJournal
+
+    rng = random.Random(5)
+    rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(2,))
+    balances = {peer: 0 for peer in SERVERS} | {CLIENTS[0]: 28_000}
+    at = {"client": CLIENTS[0], "start": 0}
+    first = dataclasses.replace(_receipt(rng, 10), **at, end=5, tokens=100, server=SERVERS[0])
+    late = dataclasses.replace(
+        _receipt(rng, 5), **at, end=3, tokens=800, server=SERVERS[1], model="other-model"
+    )
+    sweep = Sweep(rules, _accounts(rules, balances))
+    journal = SweepJournal(sweep)
+    journal.step(receipt_item(first))
+
+    def report(receipts: list[Receipt]) -> Sweep:
+        copy = sweep.copy()
+        for item in sorted((i for i in bonus_items(receipts) if i[1] == 3), key=lambda i: i[:3]):
+            copy.step(item)
+        return copy
+
+    alone = report([first]).settled[first.id]
+    assert alone.status == "full" and alone.rarity_bonus == 5 * 100 * 2
+    for item in sorted([receipt_item(late), *journal.rewind(receipt_item(late)[:3])], key=lambda i: i[:3]):
+        journal.step(item)
+    again = report([first, late])
+    assert again.settled[first.id].status == "partial"
+    assert again.settled[first.id].rarity_bonus < alone.rarity_bonus
+    _same(again, _oracle(rules, balances, [first, late]))
