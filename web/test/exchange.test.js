@@ -291,21 +291,22 @@ function holdingLedger({ tells = true } = {}) {
 
 /**
  * A `send` that hands each request to a span server as its link would (encoded, decoded), recording
- * the seqs each push carried.
+ * the seqs each push carried (the kind of any other request).
  * @param {SpanServer} server
- * @param {number[][]} pushed
+ * @param {(number[] | string)[]} pushed
  */
 function sendToSpanServer(server, pushed) {
   return async (/** @type {any} */ link, /** @type {any} */ init) => {
     const frame = decodeFrame(encodeFrame(makeFrame(init)));
-    pushed.push(/** @type {any} */ (frame.meta).entries.map((/** @type {any} */ e) => e.seq));
+    const meta = /** @type {any} */ (frame.meta);
+    pushed.push(meta.kind === 'push' ? meta.entries.map((/** @type {any} */ e) => e.seq) : meta.kind);
     const answer = decodeFrame(encodeFrame(await server.handle(CLIENT, frame)));
     assert.equal(answer.type, FrameType.RESULT, JSON.stringify(answer.meta));
     return answer;
   };
 }
 
-/** @param {ReturnType<typeof holdingLedger>} ledger */
+/** @param {any} ledger */
 const spanServer = (ledger) =>
   new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]), { ledger: /** @type {any} */ (ledger) });
 
@@ -315,8 +316,8 @@ test("the span server answers a push with held; the client's next push carries o
   const frame = makeFrame({ type: FrameType.GOSSIP, session: SESSION, step: 0, meta: { kind: 'push', entries: [{ author: CLIENT, seq: 1 }] } });
   assert.deepEqual((await server.handle(CLIENT, frame)).meta, { stored: 1, held: 1 });
   ledger.heads.clear();
-  const own = ownLog(3);
-  /** @type {number[][]} */
+  const own = { ...ownLog(3), gossipStart: undefined }; // no anti-entropy: what the pushes carry alone
+  /** @type {(number[] | string)[]} */
   const pushed = [];
   const client = new ClientExchange({ ledger: own, send: sendToSpanServer(server, pushed), config: CONFIG, log: quiet });
   const link = { remoteId: SERVER };
@@ -335,10 +336,67 @@ test("the span server answers a push with held; the client's next push carries o
   assert.deepEqual(pushed[3], [1, ...Array.from({ length: 63 }, (_, i) => 72 + i)]);
 });
 
+test('a log longer than one push reaches a new peer by anti-entropy first, so the push reaches the hold', async () => {
+  const own = ownLog(100); // the grant and the latest 63 skip entries 2-37
+  const ledger = holdingLedger();
+  const server = spanServer({
+    ...ledger,
+    // what an anti-entropy round brings the peer: every entry of ours, in order
+    /** @param {string} peer @param {any} msg */
+    gossipReceive: async (peer, msg) => {
+      assert.equal(msg.kind, 'summary');
+      ledger.acceptEntries(own.entries.slice(ledger.heads.get(CLIENT) ?? 0));
+      return [{ kind: 'entries', n: 0 }];
+    },
+  });
+  /** @type {(number[] | string)[]} */
+  const pushed = [];
+  const client = new ClientExchange({
+    ledger: { ...own, gossipStart: async () => ({ kind: 'summary' }), gossipReceive: async () => [] },
+    send: sendToSpanServer(server, pushed),
+    config: CONFIG,
+    log: quiet,
+  });
+  const link = { remoteId: SERVER };
+  await client.push(link);
+  assert.deepEqual(pushed, ['gossip', [1, ...Array.from({ length: 63 }, (_, i) => 38 + i)]]);
+  assert.equal(ledger.heads.get(CLIENT), 100, 'the newest entry (a hold) extends our chain there');
+  own.append();
+  await client.push(link); // held through 100: only what follows, no gossip
+  assert.deepEqual(pushed.slice(2), [[101]]);
+  // the peer loses our log; 70 entries later, within gossipEveryMs of the last round: the long push
+  // alone (at most one anti-entropy exchange per peer per gossipEveryMs, as periodic gossip)
+  ledger.heads.clear();
+  for (let i = 0; i < 70; i++) own.append();
+  await client.push(link);
+  const long = [1, ...Array.from({ length: 63 }, (_, i) => 109 + i)];
+  assert.deepEqual(pushed.slice(3), [long]);
+  // a client that has not gossiped with it yet: anti-entropy first again
+  const other = new ClientExchange({
+    ledger: { ...own, gossipStart: async () => ({ kind: 'summary' }), gossipReceive: async () => [] },
+    send: sendToSpanServer(server, pushed),
+    config: CONFIG,
+    log: quiet,
+  });
+  ledger.heads.clear();
+  await other.push(link);
+  assert.deepEqual(pushed.slice(4), ['gossip', long]);
+  assert.equal(ledger.heads.get(CLIENT), 171);
+});
+
+test('a short log (one push carries all of it) needs no anti-entropy', async () => {
+  const own = ownLog(64);
+  /** @type {(number[] | string)[]} */
+  const pushed = [];
+  const client = new ClientExchange({ ledger: own, send: sendToSpanServer(spanServer(holdingLedger()), pushed), config: CONFIG, log: quiet });
+  assert.equal(await client.push({ remoteId: SERVER }), 64);
+  assert.deepEqual(pushed, [Array.from({ length: 64 }, (_, i) => i + 1)]);
+});
+
 test('a peer that lost our entries, or does not say held: the grant and the latest entries are pushed again', async () => {
   const ledger = holdingLedger();
   const own = ownLog(2);
-  /** @type {number[][]} */
+  /** @type {(number[] | string)[]} */
   const pushed = [];
   const client = new ClientExchange({ ledger: own, send: sendToSpanServer(spanServer(ledger), pushed), config: CONFIG, log: quiet });
   const link = { remoteId: SERVER };
@@ -351,7 +409,7 @@ test('a peer that lost our entries, or does not say held: the grant and the late
   await client.push(link); // and it holds all of them again
   assert.deepEqual(pushed[3], [4]);
 
-  /** @type {number[][]} */
+  /** @type {(number[] | string)[]} */
   const silent = [];
   const unsaid = new ClientExchange({ ledger: ownLog(2), send: sendToSpanServer(spanServer(holdingLedger({ tells: false })), silent), config: CONFIG, log: quiet });
   await unsaid.push(link);
@@ -361,7 +419,7 @@ test('a peer that lost our entries, or does not say held: the grant and the late
 
 test('a peer claiming to hold more of our log than we wrote is not believed: the next push carries the log', async () => {
   const own = ownLog(2);
-  /** @type {number[][]} */
+  /** @type {(number[] | string)[]} */
   const pushed = [];
   const honest = sendToSpanServer(spanServer(holdingLedger()), pushed);
   /** The attack: every push answered `held: 10**9`, so that the client would never push there again. */

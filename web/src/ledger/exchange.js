@@ -7,7 +7,10 @@
  *   `{kind: 'push', entries}` -> `{stored, held}`; OPEN names the hold: `python_peer/core/holds.py`);
  *   once a peer said it holds the log through some seq (`held`), the next push there carries only the
  *   entries written since, and the whole push again if the answer does not say `held` through the last
- *   of them (Python's `ClientExchange.push`). It countersigns the receipt a peer
+ *   of them (Python's `ClientExchange.push`); a log longer than one push (the grant and the latest
+ *   entries skip some) reaches a peer by an anti-entropy exchange first, unless one ran with it less
+ *   than `gossipEveryMs` (30 s when periodic gossip is off) ago (Python's `LinkLedger.deliver`). It
+ *   countersigns the receipt a peer
  *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
  *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
  *   peer per `gossipEveryMs` and at most `gossipMaxRequests` requests per exchange.
@@ -144,8 +147,10 @@ export class ClientExchange {
    * Push our own log to a peer: it judges our balance from the entries it holds. Once it said through
    * which seq it holds them (`held`), only the entries after that (nothing at all when there are none);
    * else, or if its answer then does not say `held` through the last of them (it lost or refused some,
-   * or does not say), the grant and the latest entries. Resolves to how many it stored (0 without a
-   * ledger, nothing sent).
+   * or does not say), the grant and the latest entries; when those skip some of our entries (a log
+   * longer than one push), an anti-entropy exchange with the peer first brings it what it lacks, unless
+   * one ran recently (`#antiEntropyDue`): without them the hold would not extend our chain there, and
+   * OPEN would be refused. Resolves to how many it stored (0 without a ledger, nothing sent).
    * @param {ExchangeLink} link
    */
   async push(link) {
@@ -163,7 +168,28 @@ export class ClientExchange {
       }
       this.#held.delete(peerId);
     }
-    return (await this.#push(link, await this.ledger.ownEntries())).stored;
+    let entries = await this.ledger.ownEntries();
+    if (Math.max(0, ...entries.map(seqOf)) > entries.length && this.#antiEntropyDue(peerId)) {
+      this.log.info(`our log is longer than one push: ledger gossip with ${peerId.slice(0, 8)} first`);
+      await this.gossipExchange(peerId, link);
+      entries = await this.ledger.ownEntries();
+    }
+    return (await this.#push(link, entries)).stored;
+  }
+
+  /**
+   * Whether to run anti-entropy with `peerId` before a push that skips entries: none ran (or started in
+   * the background) less than `gossipEveryMs` ago, 30 s when periodic gossip is off; noted as started.
+   * @param {string} peerId
+   */
+  #antiEntropyDue(peerId) {
+    const ledger = this.ledger;
+    if (ledger === null || !ledger.gossipStart || !ledger.gossipReceive) return false;
+    const now = performance.now();
+    const last = this.#gossiped.get(peerId);
+    if (last !== undefined && now - last < (this.config.gossipEveryMs ?? 30_000)) return false;
+    this.#gossiped.set(peerId, now);
+    return true;
   }
 
   /**
