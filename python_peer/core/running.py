@@ -23,7 +23,9 @@ every write of real and adversarial ledgers).
 
 The bonus items after the last receipt (its hour's uptime bonus, its day's rarity bonus, and any
 later grant) are applied to a copy of the sweep for each report; they become part of the kept state
-only once a later receipt passes them, after which no entry the fast path accepts can precede them.
+only once a later receipt passes them, after which no entry the fast path accepts can precede them. The
+day's rarity bonus, shared by the copies, carries what its last application computed
+(``balances._DayRarity``), so a report costs the receipts written since, not the day's.
 """
 
 from __future__ import annotations
