@@ -59,8 +59,8 @@ def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
             r.session, sys.intern(r.model), r.start, r.end, r.tokens, sys.intern(r.client),
             sys.intern(r.server), r.time,
         )  # fmt: skip
-        if "id" in r.__dict__:  # the cached id: the same bytes, so the same hash
-            slim.__dict__["id"] = r.__dict__["id"]
+        if r._id is not None:  # the cached id: the same bytes, so the same hash
+            object.__setattr__(slim, "_id", r._id)
         if receipts is not None:
             receipts[r.id] = slim
         return slim

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 from .canonical import MAX_LAYER, MAX_SAFE_INT, MODEL_RE
@@ -35,13 +34,16 @@ _RECEIPT_KEYS = frozenset({"session", "model", "start", "end", "tokens", "client
 _RECEIPT_BODY_KEYS = frozenset({"kind", "receipt", "client_sig", "server_sig"})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Receipt:
     """One served span ``[start, end)`` of one session: what client and server both sign.
 
     ``tokens`` is the token positions the span processed (batch x length, summed over steps); ``time``
     is when the span closed. Two receipts for one (session, client, server, model, span) are cumulative:
     only the one with the most tokens counts, so a client may sign as the session goes.
+
+    Slots, not a ``__dict__``: a node keeps one per receipt of its ledger (about 250 bytes each saved);
+    ``_id`` caches ``id``.
     """
 
     session: str
@@ -52,6 +54,7 @@ class Receipt:
     client: str
     server: str
     time: int
+    _id: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.session, str) or SESSION_RE.match(self.session) is None:
@@ -95,10 +98,14 @@ class Receipt:
         """What client and server each sign: ``RECEIPT_CONTEXT``, a newline, the canonical receipt."""
         return context_bytes(RECEIPT_CONTEXT, self.to_dict())
 
-    @cached_property
+    @property
     def id(self) -> str:
         """The receipt id: sha256 of its signing bytes, so it counts once however many logs carry it."""
-        return sha256_hex(self.signing_bytes())
+        found = self._id
+        if found is None:
+            found = sha256_hex(self.signing_bytes())
+            object.__setattr__(self, "_id", found)
+        return found
 
     @classmethod
     def from_dict(cls, data: object) -> Receipt:
