@@ -48,7 +48,7 @@ def _child_env() -> dict[str, str]:
 
 
 class Child:
-    """One ``ai4all`` subprocess (no ``-v``: debug logs would slow it), its output in a log file."""
+    """One subprocess (``ai4all``, no ``-v``: debug logs would slow it), its output in a log file."""
 
     def __init__(
         self, name: str, args: list[str], log_dir: Path, module: str = "python_peer.cli", piped: bool = False
