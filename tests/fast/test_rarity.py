@@ -42,8 +42,9 @@ def _oracle(rules: Rules, balances: dict[str, int], receipts: list[Receipt]) -> 
         if item[1] != 3:
             sweep.step(item)
             continue
-        at, _, _, day = item
-        paying = [r for r in sweep.days[day] if sweep.settled[r.id].counts]
+        at, what = item[0], item[3]
+        assert isinstance(what, tuple)
+        paying = [r for r in sweep.days[what] if sweep.settled[r.id].counts]
         for r in paying:
             servers = [
                 len({o.server for o in paying if o.start <= block < o.end}) for block in range(r.start, r.end)
@@ -119,9 +120,12 @@ def test_a_receipt_swept_again_with_another_payment_gets_a_fresh_settlement() ->
     rng = random.Random(3)
     rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(0,))
     balances = {peer: 0 for peer in SERVERS} | {CLIENTS[0]: 28_000}
-    at = {"client": CLIENTS[0], "start": 0}
-    first = dataclasses.replace(_receipt(rng, 10), **at, end=5, tokens=100, server=SERVERS[0])  # 6,000
-    late = dataclasses.replace(_receipt(rng, 5), **at, end=3, tokens=800, server=SERVERS[1])  # 25,000
+    first = dataclasses.replace(
+        _receipt(rng, 10), client=CLIENTS[0], start=0, end=5, tokens=100, server=SERVERS[0]
+    )  # 6,000 units
+    late = dataclasses.replace(
+        _receipt(rng, 5), client=CLIENTS[0], start=0, end=3, tokens=800, server=SERVERS[1]
+    )  # 25,000 units
     sweep = Sweep(rules, _accounts(rules, balances))
     journal = SweepJournal(sweep)
     journal.step(receipt_item(first))
@@ -149,10 +153,17 @@ def test_a_receipt_swept_again_in_the_same_place_of_its_day_is_settled_again() -
     rng = random.Random(5)
     rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(2,))
     balances = {peer: 0 for peer in SERVERS} | {CLIENTS[0]: 28_000}
-    at = {"client": CLIENTS[0], "start": 0}
-    first = dataclasses.replace(_receipt(rng, 10), **at, end=5, tokens=100, server=SERVERS[0])
+    first = dataclasses.replace(
+        _receipt(rng, 10), client=CLIENTS[0], start=0, end=5, tokens=100, server=SERVERS[0]
+    )
     late = dataclasses.replace(
-        _receipt(rng, 5), **at, end=3, tokens=800, server=SERVERS[1], model="other-model"
+        _receipt(rng, 5),
+        client=CLIENTS[0],
+        start=0,
+        end=3,
+        tokens=800,
+        server=SERVERS[1],
+        model="other-model",
     )
     sweep = Sweep(rules, _accounts(rules, balances))
     journal = SweepJournal(sweep)
