@@ -423,6 +423,7 @@ class LedgerStore(ChainStore):
             chain, evidence = self._facts_of(version[0])
             result = self._running.extend(self._added) if self._added is not None else None
             if result is None:
+                self._cache = None  # gone before the new report is built (``RunningReport.full``)
                 result = self._running.full([*chain.values(), *evidence.values()])
             self._added = []
             self._cache = (version, result)

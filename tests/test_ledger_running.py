@@ -167,13 +167,15 @@ def test_copies_of_one_receipt_in_any_order_and_a_fork_give_compute_s_report(kin
 def test_newcomers_grants_extend_the_report_wherever_their_time_falls(kind: str) -> None:
     """A new identity's first entry, its grant, only credits its own account: it extends the running
     report, dated after the last receipt swept (it waits for its turn) or before it (credited at once),
-    and a newcomer's first sessions extend as before. A grant from an identity the ledger already
-    names (paid as a server before it wrote anything) falls back to ``compute``; every report equals it."""
+    and a newcomer's first sessions extend as before. So does a receipt naming an identity whose grant
+    has not come yet (gossip brings a client's log after its server's), and then that grant, dated
+    after the receipt or before it (the receipt's step is taken back and swept again, now paid), and a
+    later receipt dated before both; every report equals ``compute``."""
     entries = _mesh_history(5, 30)
     store = _replay(STORES[kind], entries)
     last = max(e.body.receipt.time for e in entries if hasattr(e.body, "receipt"))
-    newcomers = [Log(p) for p in ids(4, 5000)]
-    late, early, chatty, named = newcomers
+    newcomers = [Log(p) for p in ids(5, 5000)]
+    late, early, chatty, named, payer = newcomers
     runs = store._running.full_runs
     _replay_onto(store, [late.add(grant(late.identity), time=last + 60_000)])
     _replay_onto(store, [early.add(grant(early.identity), time=last - HOUR_MS)])
@@ -188,9 +190,22 @@ def test_newcomers_grants_extend_the_report_wherever_their_time_falls(kind: str)
     client = Log(PEOPLE[1])
     client.entries = list(store.entries_from(PEOPLE[1].peer_id, 1, 10_000))
     _replay_onto(store, [client.add(paid, time=last + 3_000)])
-    runs = store._running.full_runs
     _replay_onto(store, [named.add(grant(named.identity), time=last + 4_000)])
-    assert store._running.full_runs == runs + 1
+    assert store.report().accounts[named.identity.peer_id].granted == RULES.starter_grant
+    # ``payer``'s receipt (its server's copy) comes before its grant, which is dated before the receipt
+    spent = cosign(payer.identity, PEOPLE[2], tokens=60, time=last + 6_000, session="c" * 32)
+    server = Log(PEOPLE[2])
+    server.entries = list(store.entries_from(PEOPLE[2].peer_id, 1, 10_000))
+    _replay_onto(store, [server.add(spent, time=last + 6_000)])
+    assert store.report().settled[spent.receipt.id].paid == 0  # no grant yet: it had nothing to pay with
+    _replay_onto(store, [payer.add(grant(payer.identity), time=last + 5_000)])
+    assert store.report().settled[spent.receipt.id].status == "full"
+    # a receipt dated before both: the grant's and the receipt's steps are taken back and swept again
+    early_receipt = cosign(PEOPLE[3], PEOPLE[4], tokens=30, time=last + 4_500, session="b" * 32)
+    other = Log(PEOPLE[4])
+    other.entries = list(store.entries_from(PEOPLE[4].peer_id, 1, 10_000))
+    _replay_onto(store, [other.add(early_receipt, time=last + 6_500)])
+    assert store._running.full_runs == runs
 
 
 def _replay_onto(store: LedgerStore | MemoryStore, entries: list[Entry]) -> None:

@@ -309,6 +309,7 @@ class MemoryStore(ChainStore):
                 return self._cache[1]
             result = self._running.extend(self._added) if self._added is not None else None
             if result is None:
+                self._cache = None  # gone before the new report is built (``RunningReport.full``)
                 result = self._running.full([*self._hashes.values(), *self.evidence()])
             self._added = []
             self._cache = (self._version, result)

@@ -7,9 +7,11 @@ id and session span, the sweep's state after its last receipt) and applies each 
 the entry can only *extend* that derivation:
 
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
-- it is a hold, or a receipt for a session span no other receipt covers and not voided by evidence,
-  or another copy of a receipt already counted;
-- it is the grant of an identity the ledger never named (a newcomer's first entry).
+- it is a hold, or a receipt for a session span no other receipt covers and not voided by evidence
+  (its client or server may have no account yet: gossip often brings a server's copy before the
+  client's log), or another copy of a receipt already counted;
+- it is the first grant of an identity with no entries yet (a newcomer's first entry), even one that
+  receipts named already (its account, made by the sweep, keeps its swept fields).
 
 A receipt or a grant whose sweep key ``(time, kind, id)`` comes before the last receipt swept (gossip
 brings them so all the time) is swept in its place: the steps after it are taken back and swept again
@@ -17,7 +19,8 @@ brings them so all the time) is swept in its place: the steps after it are taken
 
 Anything else (a second grant, a fork proof, evidence, an item older than the journal's steps, a
 superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
-``compute`` again, which also rebuilds the running state. The result is the same ``LedgerReport`` as
+``compute`` again, which also rebuilds the running state (the old state is dropped first, so that a
+long-lived node's heap holds one copy of it at the peak, not two). The result is the same ``LedgerReport`` as
 ``compute`` over the same entries, field for field (``tests/test_ledger_running.py`` checks it after
 every write of real and adversarial ledgers).
 
@@ -55,6 +58,28 @@ from .sweep_journal import SweepJournal
 
 __all__ = ["RunningReport"]
 
+# what ``_rebuild`` derives; dropped before the next full compute
+_STATE = (
+    "forks",
+    "lengths",
+    "heads",
+    "counted",
+    "blocked",
+    "ignored",
+    "holds",
+    "consumed",
+    "accusations",
+    "voided",
+    "carriers",
+    "receipts",
+    "winners",
+    "spans",
+    "sweep",
+    "journal",
+    "tail",
+    "last_key",
+)
+
 
 class RunningReport:
     """``compute`` over a store's entries, extended entry by entry where it can be (module docstring)."""
@@ -67,6 +92,7 @@ class RunningReport:
 
     def full(self, entries: Iterable[EntryFacts]) -> LedgerReport:
         """``compute`` over ``entries``, keeping the state later entries extend."""
+        self._forget()
         facts = list(entries)
         report = compute(facts, rules=self.rules)
         self.full_runs += 1
@@ -81,11 +107,18 @@ class RunningReport:
             return None
         for fact in added:
             if not self._apply(fact):
-                self.report = None
+                self._forget()
                 return None
         self.extensions += 1
         self.report = self._build()
         return self.report
+
+    def _forget(self) -> None:
+        """Drop the running state (a full compute follows), so that the next one is built while the old
+        one is gone: a long-lived node's heap then holds one copy at its peak, not two."""
+        self.report = None
+        for name in _STATE:
+            self.__dict__.pop(name, None)
 
     # --- the state --------------------------------------------------------------------------------------
 
@@ -193,11 +226,12 @@ class RunningReport:
         account, which did not exist, so crediting it now is what the sweep in order would do."""
         author = fact.author
         item = grant_item(author, fact)
+        named = self.sweep.accounts.get(author)  # an account receipts created before its grant came
         if (
             fact.seq != 1
             or not isinstance(fact.body, Grant)
             or author in self.blocked
-            or author in self.sweep.accounts
+            or (named is not None and (named.entries or named.granted or named.forked_at is not None))
             or fact.hash in self.counted
             or check_link(None, fact) is not None
             or (item[:3] < self.last_key and not self.journal.reaches(item[:3]))
@@ -206,7 +240,10 @@ class RunningReport:
         self.heads[author] = fact
         self.counted.add(fact.hash)
         self.lengths[author] = 1
-        self.sweep.accounts[author] = Account(author, granted=self.rules.starter_grant, entries=1)
+        if named is None:
+            self.sweep.accounts[author] = Account(author, granted=self.rules.starter_grant, entries=1)
+        else:  # set outside the sweep, like a new account's; a rewind keeps them (``SweepJournal``)
+            named.granted, named.entries = self.rules.starter_grant, 1
         if item[:3] > self.last_key:
             self.tail = sorted([*self.tail, item], key=lambda i: i[:3])
         else:
@@ -231,8 +268,6 @@ class RunningReport:
             return False
         if key < self.last_key and not self.journal.reaches(key):
             return False  # before every step the journal keeps: a full compute
-        if r.client not in self.sweep.accounts or r.server not in self.sweep.accounts:
-            return False  # an account the full sweep would create elsewhere in its order
         self.carriers[r.id] = [entry_hash]
         self.receipts[r.id] = r
         self.winners.add(r.id)

@@ -9,7 +9,8 @@ whole ledger. With a ``SweepJournal`` it instead takes back the steps swept afte
 exactly what the sweep in order would have left.
 
 Each journaled step keeps what it may change, read before it ran: the swept fields of the accounts it
-touches (not ``entries`` or ``granted``, which the running report sets outside the sweep), the
+touches (not ``entries`` or ``granted``, which the running report sets outside the sweep: an account a
+step created is taken away again only if neither was set since, else its swept fields go back to 0), the
 settlements it writes, the hour's block-tokens, and the lengths of the lists it appends to (a
 server's served times and totals, a day's receipts). Only the last ``JOURNAL_STEPS`` steps are kept; an
 item older than all of them (``reaches``) still needs a full ``compute``.
@@ -120,9 +121,14 @@ class SweepJournal:
     def _undo(self, step: _Step) -> None:
         sweep = self.sweep
         for peer, fields, deferred in step.accounts:
-            if fields is None:
-                sweep.accounts.pop(peer, None)
-                continue
+            if fields is None:  # the step created it: gone again, unless set outside the sweep since
+                created = sweep.accounts.get(peer)
+                if created is None or not (
+                    created.entries or created.granted or created.forked_at is not None
+                ):
+                    sweep.accounts.pop(peer, None)
+                    continue
+                fields = _UNSWEPT
             account = sweep.accounts[peer]
             for name, value in zip(_SWEPT, fields, strict=True):
                 setattr(account, name, value)
@@ -144,6 +150,9 @@ class SweepJournal:
             del sweep.served_totals[server][totals:]
         if step.day is not None:
             sweep.take_back_day(*step.day)
+
+
+_UNSWEPT = (0,) * len(_SWEPT)  # an account's swept fields before any step touched it
 
 
 def _fields(peer: str, account: Account | None) -> tuple[str, tuple[int, ...] | None, dict[int, int]]:
