@@ -101,7 +101,8 @@ class MergeResult:
 
 
 # SQLite's page cache per connection, in KiB (its default is 2,000). Reads are point lookups by index and
-# balances come from the facts in memory, so a small cache costs little time; the default filled up to
+# balances come from the running report (a full read of the rows is rare), so a small cache costs little
+# time; the default filled up to
 # its 2 MB in every node under load (a client process holding three ledgers grew by 6 MB for it).
 PAGE_CACHE_KIB = 256
 
@@ -134,13 +135,11 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
-        # hash -> fact of each chain row and each evidence row, and the data_version they were read at
-        # (``_facts_of``); None until the first report and after a rollback
-        self._facts: tuple[dict[str, Fact], dict[str, Fact]] | None = None
-        self._facts_version = -1
-        self._receipts: dict[str, Receipt] = {}  # receipt id -> the one Receipt its carriers' facts share
         self._running = RunningReport(rules)
-        self._added: list[Fact] | None = None  # facts written since the last report; None: recompute
+        # facts written since the last report, which extend the running report; None: it is rebuilt from
+        # the rows (before the first report, after a rollback, a dropped chain or new evidence)
+        self._added: list[Fact] | None = None
+        self._seen_version = -1  # ``PRAGMA data_version`` at the last report: another connection's writes
 
     @classmethod
     def open(
@@ -205,17 +204,17 @@ class LedgerStore(ChainStore):
             try:
                 yield
             except sqlite3.Error as exc:
-                self._facts = self._added = None
+                self._added = None
                 self._conn.execute("ROLLBACK")
                 raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
             except BaseException:
-                self._facts = self._added = None
+                self._added = None
                 self._conn.execute("ROLLBACK")
                 raise
             try:
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
-                self._facts = self._added = None
+                self._added = None
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.execute("ROLLBACK")
                 raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
@@ -269,13 +268,8 @@ class LedgerStore(ChainStore):
                 entry.encoded,
             ),
         )
-        if self._facts is not None:
-            chain = self._facts[0]
-            fact = chain[entry.hash] = _linked(Fact(entry, receipts=self._receipts), chain)
-            if self._added is not None:
-                self._added.append(fact)
-        else:
-            self._added = None
+        if self._added is not None:
+            self._added.append(Fact(entry))
 
     def _evidence_of(self, author: str) -> list[Entry]:
         rows = self._conn.execute("SELECT raw FROM evidence WHERE author = ?", (author,)).fetchall()
@@ -288,19 +282,10 @@ class LedgerStore(ChainStore):
                 "INSERT INTO evidence VALUES (?, ?, ?, ?)", (entry.hash, author, seq, entry.encoded)
             )
         self._added = None
-        if self._facts is not None:
-            evidence = self._facts[1]
-            for gone in [h for h, fact in evidence.items() if fact.author == author]:
-                del evidence[gone]
-            evidence.update((entry.hash, Fact(entry, receipts=self._receipts)) for entry in entries)
 
     def _drop_chain(self, author: str, from_seq: int) -> None:
         self._conn.execute("DELETE FROM entries WHERE author = ? AND seq >= ?", (author, from_seq))
         self._added = None
-        if self._facts is not None:
-            chain = self._facts[0]
-            for gone in [h for h, f in chain.items() if f.author == author and f.seq >= from_seq]:
-                del chain[gone]
 
     def _has_grant(self, author: str) -> bool:
         sql = "SELECT 1 FROM entries WHERE author = ? AND kind = 'grant' LIMIT 1"
@@ -415,38 +400,36 @@ class LedgerStore(ChainStore):
 
     def report(self) -> LedgerReport:
         """``core.balances.compute`` over everything held; recomputed only after a write (same input, same
-        output), over the facts kept in memory (``_facts_of``), not the rows."""
+        output). The entries written since the last report extend the running report
+        (``core/running.py``); when they cannot, or another connection wrote, it is rebuilt from the rows
+        (``_facts``), which are not kept in memory: a node's memory grows with what the running report
+        derives, not with a copy of its ledger."""
         with self._lock:
             version = self._version()
             if self._cache is not None and self._cache[0] == version:
                 return self._cache[1]
-            chain, evidence = self._facts_of(version[0])
-            result = self._running.extend(self._added) if self._added is not None else None
+            result = None
+            if self._added is not None and version[0] == self._seen_version:
+                result = self._running.extend(self._added)
+            self._added = None
             if result is None:
                 self._cache = None  # gone before the new report is built (``RunningReport.full``)
-                result = self._running.full([*chain.values(), *evidence.values()])
+                result = self._running.full(self._facts())
             self._added = []
+            self._seen_version = version[0]
             self._cache = (version, result)
             return result
 
-    def _facts_of(self, data_version: int) -> tuple[dict[str, Fact], dict[str, Fact]]:
-        """The facts of every chain row and evidence row. Read from the tables (one row at a time, each
-        entry parsed and dropped) the first time, after a rollback, or when another connection wrote
-        (``data_version`` moved); else the ones this store's writes kept up to date."""
-        if self._facts is None or self._facts_version != data_version:
-            self._receipts = {}
-            self._added = None
-            tables: list[dict[str, Fact]] = []
-            for table in ("entries", "evidence"):
-                facts: dict[str, Fact] = {}
-                for entry_hash, raw in self._conn.execute(f"SELECT hash, raw FROM {table}"):
-                    facts[entry_hash] = Fact(self._decode(raw), entry_hash, self._receipts)
-                for fact in facts.values():
-                    _linked(fact, facts)
-                tables.append(facts)
-            self._facts = (tables[0], tables[1])
-            self._facts_version = data_version
-        return self._facts
+    def _facts(self) -> Iterator[Fact]:
+        """The fact of every chain row and evidence row, read one row at a time; a receipt's two carriers
+        share one ``Receipt``, and a fact's ``prev`` is its predecessor's hash string."""
+        receipts: dict[str, Receipt] = {}
+        for table in ("entries", "evidence"):
+            facts: dict[str, Fact] = {}
+            for entry_hash, raw in self._conn.execute(f"SELECT hash, raw FROM {table}"):
+                facts[entry_hash] = Fact(self._decode(raw), entry_hash, receipts)
+            for fact in facts.values():
+                yield _linked(fact, facts)
 
     # --- integrity --------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ found on open, threads, and the ``ai4all ledger`` commands."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import signal
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from python_peer.core.balances import compute
+from python_peer.core.balances import Fact, compute
 from python_peer.core.economics import format_units
 from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
@@ -215,24 +216,28 @@ def test_balances_kept_in_memory_follow_a_fork_that_drops_a_chains_tail(tmp_path
     )
 
 
-def test_a_fact_kept_in_memory_shares_its_link_with_its_predecessors_hash(tmp_path: Path) -> None:
-    """Memory per entry: each fact's ``prev`` is the very string of its predecessor's hash, whether the
-    facts were read from the rows (on open) or kept up to date by writes; the balances are unchanged."""
+def test_no_fact_of_an_entry_outlives_its_report_but_the_heads(tmp_path: Path) -> None:
+    """Memory per entry: the store keeps no copy of its ledger in memory, only the running report's
+    state, whose facts are its authors' heads (one each), whether the report was extended by writes or
+    rebuilt from the rows (on open); the balances are unchanged."""
     client, server = ids(2, 870)
     path = tmp_path / LEDGER_FILE
     store = LedgerStore.open(path, rules=RULES)
     store.claim_grant(client, T0)
     store.claim_grant(server, T0)
-    store.report()  # the facts are read, then kept up to date by the writes below
-    store.append_many(server, [cosign(client, server, tokens=i + 1, time=T0 + 1_000) for i in range(3)], NOW)
+    store.report()  # the running report is built, then extended by the writes below
+    for i in range(20):
+        store.append(server, cosign(client, server, tokens=i + 1, time=T0 + 1_000 + i), NOW)
+        store.report()
     reopened = LedgerStore.open(path, rules=RULES)
     for kept in (store, reopened):
         assert whole_report(kept.report()) == _recomputed(kept)
-        assert kept._facts is not None
-        chain = kept._facts[0]
-        linked = [fact for fact in chain.values() if fact.seq > 1]
-        assert len(linked) == 3
-        assert all(fact.prev is chain[fact.prev].hash for fact in linked)
+        gc.collect()
+        mine = {client.peer_id, server.peer_id}
+        alive = [o for o in gc.get_objects() if isinstance(o, Fact) and o.author in mine]
+        assert {fact.hash for fact in alive} >= {kept.head(p.peer_id).hash for p in (client, server)}
+        assert len(alive) <= 2 * 2  # each store's two heads
+    assert len(store) == 22
     store.close()
     reopened.close()
 

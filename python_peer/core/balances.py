@@ -26,8 +26,9 @@ from .rules import check_body, check_link
 
 class Fact:
     """What ``compute`` reads of one entry (``EntryFacts``): its hash, place in its chain, time and body,
-    without the signature and the encoded bytes. A store keeps one per entry it holds, updated as it
-    writes, so balances are recomputed without parsing the ledger again (``LedgerStore.report``).
+    without the signature and the encoded bytes. A store makes one for each entry it writes (it extends
+    the running report) and one per row when it rebuilds the report (``LedgerStore.report``); the
+    running report keeps only its authors' heads.
 
     A receipt's body is kept as its bare ``Receipt`` (the two signatures were checked when the entry was
     stored and count for nothing here), and the names that recur in every entry (peer ids, models) are
