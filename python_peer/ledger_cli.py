@@ -113,6 +113,7 @@ def run_show(args: argparse.Namespace) -> int:
         head = store.head(peer_id)
         first = max(1, head.seq - max(0, args.limit) + 1) if head else 1
         entries = store.entries_from(peer_id, first, max(0, args.limit)) if head else []
+        counted = {entry.hash for entry in entries if entry.hash in report.counted}  # read in the store
     console = Console()
     log = Table(title=f"log of {peer_id}", title_justify="left")
     for column in ("seq", "time (UTC)", "kind", "what", "counts", "credited", "hash"):
@@ -143,7 +144,7 @@ def run_show(args: argparse.Namespace) -> int:
         if entry.hash in report.ignored:
             counts = f"no: {report.ignored[entry.hash].reason}"
         else:
-            counts = "yes" if entry.hash in report.counted else "no"
+            counts = "yes" if entry.hash in counted else "no"
         log.add_row(
             str(entry.seq), _when(entry.time), entry.kind, what, counts, credited, entry.hash[:12] + "…"
         )

@@ -35,6 +35,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from python_peer.core.balances import Fact, LedgerReport
 from python_peer.core.chain_store import ChainStore, Quote, Signer, wall_clock_ms
@@ -135,7 +136,7 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
-        self._running = RunningReport(rules)
+        self._running = RunningReport(self._locate, self._chain_hashes, rules)
         # facts written since the last report, which extend the running report; None: it is rebuilt from
         # the rows (before the first report, after a rollback, a dropped chain or new evidence)
         self._added: list[Fact] | None = None
@@ -419,6 +420,26 @@ class LedgerStore(ChainStore):
             self._seen_version = version[0]
             self._cache = (version, result)
             return result
+
+    def _locate(self, entry_hash: str) -> tuple[str, int] | None:
+        rows = self._read("SELECT author, seq FROM entries WHERE hash = ?", (entry_hash,))
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+
+    def _chain_hashes(self, author: str, length: int) -> list[str]:
+        sql = "SELECT hash FROM entries WHERE author = ? AND seq <= ? ORDER BY seq"
+        return [str(h) for (h,) in self._read(sql, (author, length))]
+
+    def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Rows a report reads from the store after it was made (``RunningReport``'s counted hashes)."""
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.ProgrammingError as exc:  # closed: the report outlived its store
+                raise LedgerError(
+                    f"the ledger at {self.path} is closed: read a report's counted entries before "
+                    "closing its store",
+                    code="store",
+                ) from exc
 
     def _facts(self) -> Iterator[Fact]:
         """The fact of every chain row and evidence row, read one row at a time; a receipt's two carriers

@@ -22,6 +22,7 @@ from python_peer.core import sweep_journal
 from python_peer.core.balances import compute
 from python_peer.core.economics import DAY_MS, HOUR_MS
 from python_peer.core.entries import Entry, ForkProof, make_entry
+from python_peer.core.errors import LedgerError
 from python_peer.core.holds import Hold
 from python_peer.core.memory_store import MemoryStore
 from python_peer.core.sweep_journal import JOURNAL_STEPS
@@ -206,6 +207,32 @@ def test_newcomers_grants_extend_the_report_wherever_their_time_falls(kind: str)
     other.entries = list(store.entries_from(PEOPLE[4].peer_id, 1, 10_000))
     _replay_onto(store, [other.add(early_receipt, time=last + 6_500)])
     assert store._running.full_runs == runs
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_a_reports_counted_entries_stay_those_of_its_time(kind: str) -> None:
+    """A running report's ``counted`` is read from the store (``CountedHashes``), not copied for each
+    report: an older report still answers for its own time after later writes; read after its store
+    is closed, it says so instead of answering."""
+    entries = _mesh_history(7, 12)
+    store = _replay(STORES[kind], entries[:-6])
+    before = store.report()
+    then = frozenset(before.counted)
+    assert len(then) == len(before.counted) > 0 and then <= {e.hash for e in entries}
+    store = _replay_rest(store, entries[-6:])
+    assert set(before.counted) == then and not any(e.hash in before.counted for e in entries[-6:])
+    assert all(e.hash in store.report().counted for e in entries[-6:])
+    if isinstance(store, LedgerStore):
+        store.close()
+        with pytest.raises(LedgerError, match="is closed"):
+            _ = entries[0].hash in before.counted
+
+
+def _replay_rest(store: LedgerStore | MemoryStore, entries: list[Entry]) -> LedgerStore | MemoryStore:
+    for entry in entries:
+        assert store.insert_many([entry], NOW)[0].status == "stored"
+        store.report()
+    return store
 
 
 def _replay_onto(store: LedgerStore | MemoryStore, entries: list[Entry]) -> None:

@@ -11,7 +11,7 @@ import bisect
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field, replace
 
 from .canonical import MAX_SAFE_INT
@@ -168,7 +168,7 @@ class LedgerReport:
     accounts: dict[str, Account]
     ignored: dict[str, Rejection]  # entry hash -> why it has no effect
     forks: dict[str, int]  # author -> lowest seq with two entries
-    counted: frozenset[str]  # hashes of entries in counting positions
+    counted: Set[str]  # hashes of entries in counting positions (a running report's: ``CountedHashes``)
     settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
     # holds in counting positions (author -> in seq order) and the (client, server, session) of every
     # counted receipt, which consumes the hold of that session (``holds.py``); holds move no credits

@@ -78,7 +78,7 @@ class MemoryStore(ChainStore):
         self.journal: list[Change] = []  # changes of the open (or last committed) transaction
         self._version = 0
         self._cache: tuple[int, LedgerReport] | None = None
-        self._running = RunningReport(rules)
+        self._running = RunningReport(self._locate, self._chain_hashes, rules)
         self._added: list[Entry] | None = None  # entries written since the last report; None: recompute
         self._heads_cache: tuple[int, dict[str, tuple[int, str]]] | None = None
 
@@ -142,6 +142,16 @@ class MemoryStore(ChainStore):
         self._version += 1
 
     # --- rows -----------------------------------------------------------------------------------------
+
+    def _locate(self, entry_hash: str) -> tuple[str, int] | None:
+        with self._lock:
+            entry = self._hashes.get(entry_hash)
+            return None if entry is None else (entry.author, entry.seq)
+
+    def _chain_hashes(self, author: str, length: int) -> list[str]:
+        with self._lock:
+            chain = self._chains.get(author, {})
+            return [chain[seq].hash for seq in range(1, length + 1) if seq in chain]
 
     def _holds(self, entry_hash: str) -> bool:
         return entry_hash in self._hashes or entry_hash in self._evidence_hashes

@@ -33,7 +33,8 @@ day's rarity bonus, shared by the copies, carries what its last application comp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from dataclasses import replace
 
 from .balances import (
     Account,
@@ -56,14 +57,16 @@ from .receipts import Receipt
 from .rules import check_link
 from .sweep_journal import SweepJournal
 
-__all__ = ["RunningReport"]
+__all__ = ["ChainHashes", "CountedHashes", "Locate", "RunningReport"]
+
+Locate = Callable[[str], "tuple[str, int] | None"]  # a stored chain entry's (author, seq), by its hash
+ChainHashes = Callable[[str, int], list[str]]  # the hashes of an author's stored chain, seq 1 to n
 
 # what ``_rebuild`` derives; dropped before the next full compute
 _STATE = (
     "forks",
     "lengths",
     "heads",
-    "counted",
     "blocked",
     "ignored",
     "holds",
@@ -81,11 +84,43 @@ _STATE = (
 )
 
 
-class RunningReport:
-    """``compute`` over a store's entries, extended entry by entry where it can be (module docstring)."""
+class CountedHashes(Set[str]):
+    """``LedgerReport.counted`` of a running report: the hashes of each author's stored chain up to its
+    counted length as of the report, looked up in the store (``locate``, ``chain_hashes``) rather than
+    kept in a set, which held every entry's hash and was copied for every report. A chain only grows
+    between reports (an entry written later has a higher seq), so the answer stays the report's; after
+    the store drops a chain, an older report's view reads the chain written in its place."""
 
-    def __init__(self, rules: Rules = DEFAULT_RULES) -> None:
+    __slots__ = ("_chain_hashes", "_lengths", "_locate")
+
+    def __init__(self, lengths: dict[str, int], locate: Locate, chain_hashes: ChainHashes) -> None:
+        self._lengths = lengths
+        self._locate = locate
+        self._chain_hashes = chain_hashes
+
+    def __contains__(self, entry_hash: object) -> bool:
+        found = self._locate(entry_hash) if isinstance(entry_hash, str) else None
+        return found is not None and found[1] <= self._lengths.get(found[0], 0)
+
+    def __len__(self) -> int:
+        return sum(self._lengths.values())
+
+    def __iter__(self) -> Iterator[str]:
+        for author, length in self._lengths.items():
+            if length:
+                yield from self._chain_hashes(author, length)
+
+
+class RunningReport:
+    """``compute`` over a store's entries, extended entry by entry where it can be (module docstring).
+
+    ``locate`` and ``chain_hashes`` read the store's chains for the reports' ``counted``
+    (``CountedHashes``)."""
+
+    def __init__(self, locate: Locate, chain_hashes: ChainHashes, rules: Rules = DEFAULT_RULES) -> None:
         self.rules = rules
+        self.locate = locate
+        self.chain_hashes = chain_hashes
         self.report: LedgerReport | None = None
         self.full_runs = 0  # how many times ``compute`` ran (tests and the benchmark read it)
         self.extensions = 0
@@ -97,8 +132,12 @@ class RunningReport:
         report = compute(facts, rules=self.rules)
         self.full_runs += 1
         self._rebuild(facts, report)
-        self.report = report
-        return report
+        del facts
+        self.report = replace(report, counted=self._counted())
+        return self.report
+
+    def _counted(self) -> CountedHashes:
+        return CountedHashes(dict(self.lengths), self.locate, self.chain_hashes)
 
     def extend(self, added: Sequence[EntryFacts]) -> LedgerReport | None:
         """The report after ``added`` (entries the store wrote since the last report, in write order), or
@@ -134,7 +173,6 @@ class RunningReport:
             head = self.heads.get(entry.author)
             if head is None or entry.seq > head.seq:
                 self.heads[entry.author] = entry
-        self.counted = set(report.counted)
         # authors with an entry that does not count (a gap or a fork): a new entry may unblock it
         self.blocked = {pool[h].author for h in ignored if h in pool} | set(forks)
         self.ignored = dict(report.ignored)
@@ -197,12 +235,7 @@ class RunningReport:
         head = self.heads.get(author)
         if head is None:
             return self._newcomer(fact)
-        if (
-            author in self.blocked
-            or fact.seq != head.seq + 1
-            or fact.hash in self.counted
-            or check_link(head, fact) is not None
-        ):
+        if author in self.blocked or fact.seq != head.seq + 1 or check_link(head, fact) is not None:
             return False
         body = fact.body
         receipt = _receipt_of(body)
@@ -214,7 +247,6 @@ class RunningReport:
         else:  # a grant, a fork proof or evidence: a full compute
             return False
         self.heads[author] = fact
-        self.counted.add(fact.hash)
         self.lengths[author] = fact.seq
         self.sweep.accounts[author].entries += 1
         return True
@@ -232,13 +264,11 @@ class RunningReport:
             or not isinstance(fact.body, Grant)
             or author in self.blocked
             or (named is not None and (named.entries or named.granted or named.forked_at is not None))
-            or fact.hash in self.counted
             or check_link(None, fact) is not None
             or (item[:3] < self.last_key and not self.journal.reaches(item[:3]))
         ):
             return False
         self.heads[author] = fact
-        self.counted.add(fact.hash)
         self.lengths[author] = 1
         if named is None:
             self.sweep.accounts[author] = Account(author, granted=self.rules.starter_grant, entries=1)
@@ -307,7 +337,7 @@ class RunningReport:
             sweep.accounts,
             dict(self.ignored),
             dict(self.forks),
-            frozenset(self.counted),
+            self._counted(),
             sweep.settled,
             {author: list(found) for author, found in self.holds.items()},
             frozenset(self.consumed),
