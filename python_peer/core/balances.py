@@ -32,7 +32,8 @@ class Fact:
 
     A receipt's body is kept as its bare ``Receipt`` (the two signatures were checked when the entry was
     stored and count for nothing here), and the names that recur in every entry (peer ids, models) are
-    interned: one string per identity, not one per entry; a store passes ``receipts`` so that the two
+    interned: one string per identity, not one per entry (and a session's id: one string for its hold
+    and its receipt); a store passes ``receipts`` so that the two
     entries carrying one receipt share it (about 600 bytes per entry instead of 1,400)."""
 
     __slots__ = ("author", "body", "hash", "prev", "seq", "time")
@@ -57,7 +58,7 @@ def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
         if receipts is not None and (shared := receipts.get(r.id)) is not None:
             return shared
         slim = Receipt(
-            r.session, sys.intern(r.model), r.start, r.end, r.tokens, sys.intern(r.client),
+            sys.intern(r.session), sys.intern(r.model), r.start, r.end, r.tokens, sys.intern(r.client),
             sys.intern(r.server), r.time,
         )  # fmt: skip
         if r._id is not None:  # the cached id: the same bytes, so the same hash
@@ -67,7 +68,10 @@ def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
         return slim
     if isinstance(body, Hold):
         h = body
-        return Hold(h.session, sys.intern(h.server), sys.intern(h.model), h.start, h.end, h.amount, h.expires)
+        return Hold(
+            sys.intern(h.session), sys.intern(h.server), sys.intern(h.model), h.start, h.end, h.amount,
+            h.expires,
+        )  # fmt: skip
     return body
 
 

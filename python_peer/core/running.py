@@ -3,7 +3,7 @@
 Standard library only. A store used to recompute ``compute`` over every fact after each write (94 ms at
 3,249 entries, and as many short-lived objects per write as the ledger has entries, which fragment a
 long-lived node's heap). ``RunningReport`` keeps what ``compute`` derives (counted chains, receipts by
-id and session span, the sweep's state after its last receipt) and applies each new entry to it, when
+id and by session, the sweep's state after its last receipt) and applies each new entry to it, when
 the entry can only *extend* that derivation:
 
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
@@ -70,13 +70,11 @@ _STATE = (
     "blocked",
     "ignored",
     "holds",
-    "consumed",
+    "sessions",
     "accusations",
     "voided",
     "carriers",
     "receipts",
-    "winners",
-    "spans",
     "sweep",
     "journal",
     "tail",
@@ -177,7 +175,6 @@ class RunningReport:
         self.blocked = {pool[h].author for h in ignored if h in pool} | set(forks)
         self.ignored = dict(report.ignored)
         self.holds = {author: list(found) for author, found in report.holds.items()}
-        self.consumed = set(report.consumed)
         self.accusations = dict(report.accusations)
         self.voided = {
             (a.accused, a.author, a.session) for found in report.accusations.values() for a in found
@@ -191,15 +188,20 @@ class RunningReport:
                 self.receipts.setdefault(r.id, r)
         for copies in self.carriers.values():
             copies.sort()
-        self.winners = set(report.settled)
-        self.spans = {self.receipts[rid].span_key for rid in self.winners}
+        # (client, server, session) -> the receipt that counts for it (``consumed``); a session with
+        # receipts for two spans counting (only liars sign such) leaves one here, so that a copy of the
+        # other, or a receipt for any span of that session, runs ``compute`` again
+        self.sessions: dict[tuple[str, str, str], Receipt] = {}
+        for rid in report.settled:
+            r = self.receipts[rid]
+            self.sessions[(r.client, r.server, r.session)] = r
         # the sweep up to its last receipt; what follows it is applied on a copy for each report
         grants: dict[str, EntryFacts] = {}
         for entry in counted:
             first = grants.get(entry.author)
             if isinstance(entry.body, Grant) and (first is None or entry.seq < first.seq):
                 grants[entry.author] = entry
-        swept = sorted((self.receipts[rid] for rid in self.winners), key=lambda r: (r.time, r.id))
+        swept = sorted((self.receipts[rid] for rid in report.settled), key=lambda r: (r.time, r.id))
         items = [grant_item(author, grant) for author, grant in grants.items()]
         items += [(r.time, 1, r.id, r) for r in swept] + bonus_items(swept)
         items.sort(key=lambda item: item[:3])
@@ -282,8 +284,9 @@ class RunningReport:
 
     def _receipt(self, entry_hash: str, r: Receipt) -> bool:
         copies = self.carriers.get(r.id)
+        session = (r.client, r.server, r.session)
         if copies is not None:  # another carrier of a counted receipt: only which copy is ignored changes
-            if r.id not in self.winners:
+            if self.sessions.get(session) is not self.receipts[r.id]:
                 return False
             copies.append(entry_hash)
             copies.sort()
@@ -294,15 +297,13 @@ class RunningReport:
             self.ignored.pop(copies[0], None)
             return True
         key = (r.time, 1, r.id)
-        if (r.server, r.client, r.session) in self.voided or r.span_key in self.spans:
-            return False
+        if (r.server, r.client, r.session) in self.voided or session in self.sessions:
+            return False  # voided, superseding another receipt, or another span of a counted session
         if key < self.last_key and not self.journal.reaches(key):
             return False  # before every step the journal keeps: a full compute
         self.carriers[r.id] = [entry_hash]
         self.receipts[r.id] = r
-        self.winners.add(r.id)
-        self.spans.add(r.span_key)
-        self.consumed.add((r.client, r.server, r.session))
+        self.sessions[session] = r
         item: SweepItem = (r.time, 1, r.id, r)
         if key < self.last_key:  # late: swept in its place, the steps after it taken back and swept again
             self._sweep_back(item, bonus_items([r]))
@@ -340,6 +341,6 @@ class RunningReport:
             self._counted(),
             sweep.settled,
             {author: list(found) for author, found in self.holds.items()},
-            frozenset(self.consumed),
+            frozenset(self.sessions),
             dict(self.accusations),
         )
