@@ -136,7 +136,7 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
-        self._running = RunningReport(self._locate, self._chain_hashes, rules)
+        self._running = RunningReport(self, rules)
         # facts written since the last report, which extend the running report; None: it is rebuilt from
         # the rows (before the first report, after a rollback, a dropped chain or new evidence)
         self._added: list[Fact] | None = None
@@ -421,16 +421,25 @@ class LedgerStore(ChainStore):
             self._cache = (version, result)
             return result
 
-    def _locate(self, entry_hash: str) -> tuple[str, int] | None:
+    # --- what the running report reads here (``core.running.StoredChains``) ----------------------------
+
+    def locate(self, entry_hash: str) -> tuple[str, int] | None:
+        """A chain entry's (author, seq), by its hash."""
         rows = self._read("SELECT author, seq FROM entries WHERE hash = ?", (entry_hash,))
         return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
-    def _chain_hashes(self, author: str, length: int) -> list[str]:
+    def chain_hashes(self, author: str, length: int) -> list[str]:
+        """The hashes of ``author``'s chain from seq 1 to ``length``, in order."""
         sql = "SELECT hash FROM entries WHERE author = ? AND seq <= ? ORDER BY seq"
         return [str(h) for (h,) in self._read(sql, (author, length))]
 
+    def receipt_carriers(self, receipt_id: str) -> list[tuple[str, str, int]]:
+        """(hash, author, seq) of each chain entry carrying the receipt ``receipt_id``."""
+        sql = "SELECT hash, author, seq FROM entries WHERE receipt_id = ?"
+        return [(str(h), str(a), int(q)) for h, a, q in self._read(sql, (receipt_id,))]
+
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
-        """Rows a report reads from the store after it was made (``RunningReport``'s counted hashes)."""
+        """Rows the running report reads (a report's counted hashes may read them after it was made)."""
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()

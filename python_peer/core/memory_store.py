@@ -71,6 +71,7 @@ class MemoryStore(ChainStore):
         self._evidence_hashes: set[str] = set()
         self._grants: dict[str, int] = {}  # author -> how many grants its chain carries
         self._receipts: dict[str, dict[str, int]] = {}  # author -> receipt id -> copies in its chain
+        self._carriers: dict[str, set[str]] = {}  # receipt id -> hashes of the chain entries carrying it
         self._proofs: dict[str, dict[str, int]] = {}  # author -> forked author -> proofs in its chain
         self._undo: list[Callable[[], None]] = []
         self._depth = 0
@@ -78,7 +79,7 @@ class MemoryStore(ChainStore):
         self.journal: list[Change] = []  # changes of the open (or last committed) transaction
         self._version = 0
         self._cache: tuple[int, LedgerReport] | None = None
-        self._running = RunningReport(self._locate, self._chain_hashes, rules)
+        self._running = RunningReport(self, rules)
         self._added: list[Entry] | None = None  # entries written since the last report; None: recompute
         self._heads_cache: tuple[int, dict[str, tuple[int, str]]] | None = None
 
@@ -143,15 +144,25 @@ class MemoryStore(ChainStore):
 
     # --- rows -----------------------------------------------------------------------------------------
 
-    def _locate(self, entry_hash: str) -> tuple[str, int] | None:
+    # --- what the running report reads here (``running.StoredChains``) -----------------------------------
+
+    def locate(self, entry_hash: str) -> tuple[str, int] | None:
+        """A chain entry's (author, seq), by its hash."""
         with self._lock:
             entry = self._hashes.get(entry_hash)
             return None if entry is None else (entry.author, entry.seq)
 
-    def _chain_hashes(self, author: str, length: int) -> list[str]:
+    def chain_hashes(self, author: str, length: int) -> list[str]:
+        """The hashes of ``author``'s chain from seq 1 to ``length``, in order."""
         with self._lock:
             chain = self._chains.get(author, {})
             return [chain[seq].hash for seq in range(1, length + 1) if seq in chain]
+
+    def receipt_carriers(self, receipt_id: str) -> list[tuple[str, str, int]]:
+        """(hash, author, seq) of each chain entry carrying the receipt ``receipt_id``."""
+        with self._lock:
+            found = [self._hashes[h] for h in self._carriers.get(receipt_id, ())]
+            return [(e.hash, e.author, e.seq) for e in found]
 
     def _holds(self, entry_hash: str) -> bool:
         return entry_hash in self._hashes or entry_hash in self._evidence_hashes
@@ -171,13 +182,20 @@ class MemoryStore(ChainStore):
         return list(held[1]) if held else []
 
     def _index(self, entry: Entry, step: int) -> None:
-        """Add (step 1) or remove (step -1) ``entry`` from the per-author counters."""
+        """Add (step 1) or remove (step -1) ``entry`` from the per-author counters and the carriers."""
         body = entry.body
         if isinstance(body, Grant):
             table: dict[str, int] = self._grants
             key = entry.author
         elif isinstance(body, ReceiptBody):
             table, key = self._receipts.setdefault(entry.author, {}), body.receipt.id
+            carriers = self._carriers.setdefault(key, set())
+            if step > 0:
+                carriers.add(entry.hash)
+            else:
+                carriers.discard(entry.hash)
+                if not carriers:
+                    del self._carriers[key]
         elif isinstance(body, ForkProof):
             table, key = self._proofs.setdefault(entry.author, {}), body.author
         else:  # a hold or evidence: nothing to count

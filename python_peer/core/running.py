@@ -2,8 +2,8 @@
 
 Standard library only. A store used to recompute ``compute`` over every fact after each write (94 ms at
 3,249 entries, and as many short-lived objects per write as the ledger has entries, which fragment a
-long-lived node's heap). ``RunningReport`` keeps what ``compute`` derives (counted chains, receipts by
-id and by session, the sweep's state after its last receipt) and applies each new entry to it, when
+long-lived node's heap). ``RunningReport`` keeps what ``compute`` derives (counted chain lengths, the
+receipt that counts for each session, the sweep's state after its last receipt) and applies each new entry to it, when
 the entry can only *extend* that derivation:
 
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
@@ -33,8 +33,9 @@ day's rarity bonus, shared by the copies, carries what its last application comp
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence, Set
+from collections.abc import Iterable, Iterator, Sequence, Set
 from dataclasses import replace
+from typing import Protocol
 
 from .balances import (
     Account,
@@ -57,10 +58,21 @@ from .receipts import Receipt
 from .rules import check_link
 from .sweep_journal import SweepJournal
 
-__all__ = ["ChainHashes", "CountedHashes", "Locate", "RunningReport"]
+__all__ = ["CountedHashes", "RunningReport", "StoredChains"]
 
-Locate = Callable[[str], "tuple[str, int] | None"]  # a stored chain entry's (author, seq), by its hash
-ChainHashes = Callable[[str, int], list[str]]  # the hashes of an author's stored chain, seq 1 to n
+
+class StoredChains(Protocol):
+    """What a running report reads from its store's chains instead of keeping it (both stores)."""
+
+    def locate(self, entry_hash: str) -> tuple[str, int] | None:
+        """A stored chain entry's (author, seq), by its hash."""
+
+    def chain_hashes(self, author: str, length: int) -> list[str]:
+        """The hashes of ``author``'s stored chain from seq 1 to ``length``, in order."""
+
+    def receipt_carriers(self, receipt_id: str) -> list[tuple[str, str, int]]:
+        """(hash, author, seq) of each stored chain entry carrying the receipt ``receipt_id``."""
+
 
 # what ``_rebuild`` derives; dropped before the next full compute
 _STATE = (
@@ -73,8 +85,6 @@ _STATE = (
     "sessions",
     "accusations",
     "voided",
-    "carriers",
-    "receipts",
     "sweep",
     "journal",
     "tail",
@@ -84,20 +94,19 @@ _STATE = (
 
 class CountedHashes(Set[str]):
     """``LedgerReport.counted`` of a running report: the hashes of each author's stored chain up to its
-    counted length as of the report, looked up in the store (``locate``, ``chain_hashes``) rather than
+    counted length as of the report, looked up in the store (``StoredChains``) rather than
     kept in a set, which held every entry's hash and was copied for every report. A chain only grows
     between reports (an entry written later has a higher seq), so the answer stays the report's; after
     the store drops a chain, an older report's view reads the chain written in its place."""
 
-    __slots__ = ("_chain_hashes", "_lengths", "_locate")
+    __slots__ = ("_chains", "_lengths")
 
-    def __init__(self, lengths: dict[str, int], locate: Locate, chain_hashes: ChainHashes) -> None:
+    def __init__(self, lengths: dict[str, int], chains: StoredChains) -> None:
         self._lengths = lengths
-        self._locate = locate
-        self._chain_hashes = chain_hashes
+        self._chains = chains
 
     def __contains__(self, entry_hash: object) -> bool:
-        found = self._locate(entry_hash) if isinstance(entry_hash, str) else None
+        found = self._chains.locate(entry_hash) if isinstance(entry_hash, str) else None
         return found is not None and found[1] <= self._lengths.get(found[0], 0)
 
     def __len__(self) -> int:
@@ -106,19 +115,18 @@ class CountedHashes(Set[str]):
     def __iter__(self) -> Iterator[str]:
         for author, length in self._lengths.items():
             if length:
-                yield from self._chain_hashes(author, length)
+                yield from self._chains.chain_hashes(author, length)
 
 
 class RunningReport:
     """``compute`` over a store's entries, extended entry by entry where it can be (module docstring).
 
-    ``locate`` and ``chain_hashes`` read the store's chains for the reports' ``counted``
-    (``CountedHashes``)."""
+    ``chains`` is the store's (``StoredChains``): a report's ``counted`` (``CountedHashes``) and the
+    carriers of a receipt are read there."""
 
-    def __init__(self, locate: Locate, chain_hashes: ChainHashes, rules: Rules = DEFAULT_RULES) -> None:
+    def __init__(self, chains: StoredChains, rules: Rules = DEFAULT_RULES) -> None:
         self.rules = rules
-        self.locate = locate
-        self.chain_hashes = chain_hashes
+        self.chains = chains
         self.report: LedgerReport | None = None
         self.full_runs = 0  # how many times ``compute`` ran (tests and the benchmark read it)
         self.extensions = 0
@@ -135,7 +143,7 @@ class RunningReport:
         return self.report
 
     def _counted(self) -> CountedHashes:
-        return CountedHashes(dict(self.lengths), self.locate, self.chain_hashes)
+        return CountedHashes(dict(self.lengths), self.chains)
 
     def extend(self, added: Sequence[EntryFacts]) -> LedgerReport | None:
         """The report after ``added`` (entries the store wrote since the last report, in write order), or
@@ -179,21 +187,17 @@ class RunningReport:
         self.voided = {
             (a.accused, a.author, a.session) for found in report.accusations.values() for a in found
         }
-        self.carriers: dict[str, list[str]] = {}  # receipt id -> hashes of its counted carriers, sorted
-        self.receipts: dict[str, Receipt] = {}
+        receipts: dict[str, Receipt] = {}
         for entry in counted:
             r = _receipt_of(entry.body)
             if r is not None:
-                self.carriers.setdefault(r.id, []).append(entry.hash)
-                self.receipts.setdefault(r.id, r)
-        for copies in self.carriers.values():
-            copies.sort()
+                receipts.setdefault(r.id, r)
         # (client, server, session) -> the receipt that counts for it (``consumed``); a session with
         # receipts for two spans counting (only liars sign such) leaves one here, so that a copy of the
         # other, or a receipt for any span of that session, runs ``compute`` again
         self.sessions: dict[tuple[str, str, str], Receipt] = {}
         for rid in report.settled:
-            r = self.receipts[rid]
+            r = receipts[rid]
             self.sessions[(r.client, r.server, r.session)] = r
         # the sweep up to its last receipt; what follows it is applied on a copy for each report
         grants: dict[str, EntryFacts] = {}
@@ -201,7 +205,7 @@ class RunningReport:
             first = grants.get(entry.author)
             if isinstance(entry.body, Grant) and (first is None or entry.seq < first.seq):
                 grants[entry.author] = entry
-        swept = sorted((self.receipts[rid] for rid in report.settled), key=lambda r: (r.time, r.id))
+        swept = sorted((receipts[rid] for rid in report.settled), key=lambda r: (r.time, r.id))
         items = [grant_item(author, grant) for author, grant in grants.items()]
         items += [(r.time, 1, r.id, r) for r in swept] + bonus_items(swept)
         items.sort(key=lambda item: item[:3])
@@ -283,13 +287,17 @@ class RunningReport:
         return True
 
     def _receipt(self, entry_hash: str, r: Receipt) -> bool:
-        copies = self.carriers.get(r.id)
         session = (r.client, r.server, r.session)
-        if copies is not None:  # another carrier of a counted receipt: only which copy is ignored changes
-            if self.sessions.get(session) is not self.receipts[r.id]:
-                return False
-            copies.append(entry_hash)
-            copies.sort()
+        counted = self.sessions.get(session)
+        if counted is not None and counted.id == r.id:
+            # another carrier of a counted receipt: only which copy is ignored changes; the carriers are
+            # read from the store (this one is stored, its place in its chain not counted yet)
+            lengths = self.lengths
+            copies = sorted(
+                h
+                for h, author, seq in self.chains.receipt_carriers(r.id)
+                if seq <= lengths.get(author, 0) or h == entry_hash
+            )
             for extra in copies[1:]:
                 self.ignored[extra] = Rejection(
                     "duplicate_receipt", f"receipt already counted in entry {copies[0][:12]}…"
@@ -297,12 +305,10 @@ class RunningReport:
             self.ignored.pop(copies[0], None)
             return True
         key = (r.time, 1, r.id)
-        if (r.server, r.client, r.session) in self.voided or session in self.sessions:
+        if (r.server, r.client, r.session) in self.voided or counted is not None:
             return False  # voided, superseding another receipt, or another span of a counted session
         if key < self.last_key and not self.journal.reaches(key):
             return False  # before every step the journal keeps: a full compute
-        self.carriers[r.id] = [entry_hash]
-        self.receipts[r.id] = r
         self.sessions[session] = r
         item: SweepItem = (r.time, 1, r.id, r)
         if key < self.last_key:  # late: swept in its place, the steps after it taken back and swept again
