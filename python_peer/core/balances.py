@@ -75,6 +75,14 @@ def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
     return body
 
 
+# why every copy of a receipt but one does not count: one object for all of them (a copy each of the
+# receipts a ledger holds, so a sentence naming the counted copy cost ~70 bytes per receipt in memory)
+DUPLICATE_RECEIPT = Rejection(
+    "duplicate_receipt",
+    "another entry carries this receipt and counts it (of its copies, the one with the lowest hash)",
+)
+
+
 def _receipt_of(body: object) -> Receipt | None:
     """The receipt an entry carries: its body's (an ``Entry``) or the body itself (a ``Fact``)."""
     if isinstance(body, ReceiptBody):
@@ -593,9 +601,7 @@ def compute(
     for copies in carriers.values():
         copies.sort(key=lambda e: e.hash)
         for extra in copies[1:]:
-            ignored[extra.hash] = Rejection(
-                "duplicate_receipt", f"receipt already counted in entry {copies[0].hash[:12]}…"
-            )
+            ignored[extra.hash] = DUPLICATE_RECEIPT
         r = _receipt_of(copies[0].body)
         if r is None:
             continue

@@ -38,6 +38,7 @@ from dataclasses import replace
 from typing import Protocol
 
 from .balances import (
+    DUPLICATE_RECEIPT,
     Account,
     LedgerReport,
     Sweep,
@@ -299,9 +300,7 @@ class RunningReport:
                 if seq <= lengths.get(author, 0) or h == entry_hash
             )
             for extra in copies[1:]:
-                self.ignored[extra] = Rejection(
-                    "duplicate_receipt", f"receipt already counted in entry {copies[0][:12]}…"
-                )
+                self.ignored[extra] = DUPLICATE_RECEIPT
             self.ignored.pop(copies[0], None)
             return True
         key = (r.time, 1, r.id)
