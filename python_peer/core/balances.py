@@ -182,8 +182,9 @@ class LedgerReport:
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: Set[str]  # hashes of entries in counting positions (a running report's: ``CountedHashes``)
     settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
-    # holds in counting positions (author -> in seq order) and the (client, server, session) of every
-    # counted receipt, which consumes the hold of that session (``holds.py``); holds move no credits
+    # holds in counting positions that no counted receipt consumed (author -> in seq order), and the
+    # (client, server, session) of every counted receipt, which consumes the hold of that session
+    # (``holds.py``); holds move no credits
     holds: dict[str, list[HeldCredits]] = field(default_factory=dict)
     consumed: frozenset[tuple[str, str, str]] = frozenset()
     accusations: dict[str, tuple[Accusation, ...]] = field(default_factory=dict)  # accused -> evidence
@@ -556,8 +557,9 @@ def compute(
       threshold gets the uptime bonus; at the end of each UTC day, the rarity bonus of that day's paid
       receipts (a receipt that paid no more than the base fee counts for no one), in the same proportion;
     - every credit is capped at ``balance_cap``;
-    - holds move no credits: the report lists each author's holds in counting positions (``holds``) and
-      the (client, server, session) of every counted receipt (``consumed``), for ``holds.py``.
+    - holds move no credits: the report lists each author's holds in counting positions that no
+      counted receipt consumed (``holds``) and the (client, server, session) of every counted receipt
+      (``consumed``), for ``holds.py``.
 
     Only grants and bonuses create credits; a receipt moves at most what its client had (docs/trust.md).
     """
@@ -641,7 +643,7 @@ def compute(
         forks,
         frozenset(e.hash for e in counted),
         settled,
-        collect_holds(counted),
+        collect_holds(counted, consumed),
         consumed,
         accusations,
     )

@@ -18,7 +18,7 @@ from .balances import LedgerReport
 from .economics import Rules, can_pay, price
 from .entries import Body, Entry, ForkProof, Grant, next_entry
 from .errors import LedgerError, PaymentRequiredError
-from .holds import admit_hold, own_hold
+from .holds import HeldCredits, Hold, admit_hold, own_hold
 from .ledger_fields import Rejection, Verify
 from .proof_of_work import mine_grant
 from .receipts import ReceiptBody
@@ -146,6 +146,19 @@ class ChainStore(ABC):
 
     @abstractmethod
     def hash_at(self, author: str, seq: int) -> str | None: ...
+
+    @abstractmethod
+    def locate(self, entry_hash: str) -> tuple[str, int] | None:
+        """A chain entry's (author, seq), by its hash."""
+
+    def stored_hold(self, entry_hash: str) -> HeldCredits | None:
+        """The hold entry ``entry_hash`` of a chain held here, consumed or not (a report lists only
+        the open ones)."""
+        found = self.locate(entry_hash)
+        entry = None if found is None else self._row(*found)
+        if entry is None or not isinstance(entry.body, Hold):
+            return None
+        return HeldCredits(entry.hash, entry.author, entry.seq, entry.body)
 
     @abstractmethod
     def entries_from(self, author: str, from_seq: int, limit: int) -> list[Entry]:
@@ -411,6 +424,7 @@ class ChainStore(ABC):
                 end=end,
                 price=cost,
                 now=clock,
+                stored=self.stored_hold,
             )
         except LedgerError as exc:
             raise PaymentRequiredError(str(exc)) from None

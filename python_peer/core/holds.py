@@ -16,6 +16,8 @@ releases it. Holds move no credits: balances (``balances.py``) only count receip
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +110,8 @@ class HeldCredits:
 
 
 def open_holds(report: LedgerReport, client: str, now: int) -> list[HeldCredits]:
-    """``client``'s holds that still bind credits at ``now``: unexpired and not consumed by a receipt."""
+    """``client``'s holds that still bind credits at ``now``: unexpired and not consumed by a receipt
+    (a report lists only unconsumed holds; a report made elsewhere is checked again)."""
     return [
         h
         for h in report.holds.get(client, ())
@@ -133,11 +136,15 @@ def admit_hold(
     end: int,
     price: int,
     now: int,
+    stored: Callable[[str], HeldCredits | None] | None = None,
 ) -> HeldCredits:
     """A server's check at OPEN: the hold ``hold_hash`` of ``client`` is in its counting chain here, is
     for exactly this session on this server, covers ``price``, has at least ``MIN_HOLD_LEFT_MS`` left,
     is not consumed, and the client's open holds (this one included) fit its spendable balance. Raises
-    ``LedgerError`` with code ``payment_required`` and a sentence saying which rule failed."""
+    ``LedgerError`` with code ``payment_required`` and a sentence saying which rule failed.
+
+    A report lists only the holds no receipt consumed; ``stored`` (the store's, by hash) tells a hold
+    its receipt consumed, whose OPEN is refused as such, from one this peer never received."""
 
     def refuse(reason: str) -> LedgerError:
         return LedgerError(f"client {client[:12]}…: {reason}", code="payment_required")
@@ -150,6 +157,10 @@ def admit_hold(
             "it is served nowhere"
         )
     found = next((h for h in report.holds.get(client, ()) if h.hash == hold_hash), None)
+    if found is None and stored is not None:
+        spent = stored(hold_hash)
+        if spent is not None and spent.author == client and (client, *spent.hold.key) in report.consumed:
+            raise refuse("its hold is already consumed by the receipt of that session")
     if found is None:
         raise refuse(
             f"this peer does not hold the hold {hold_hash[:12]}… in the client's log: push the log "
@@ -206,11 +217,14 @@ def own_hold(
     return Hold(session, server, model, start, end, amount, now + HOLD_TTL_MS)
 
 
-def collect_holds(counted: list[EntryFacts]) -> dict[str, list[HeldCredits]]:
-    """Author -> its holds, in seq order, from the entries in counting positions."""
+def collect_holds(
+    counted: list[EntryFacts], consumed: AbstractSet[tuple[str, str, str]]
+) -> dict[str, list[HeldCredits]]:
+    """Author -> its holds no counted receipt consumed, in seq order, from the entries in counting
+    positions (a consumed hold binds nothing: a node keeps only the open ones)."""
     holds: dict[str, list[HeldCredits]] = {}
     for entry in sorted(counted, key=lambda e: (e.author, e.seq)):
-        if isinstance(entry.body, Hold):
+        if isinstance(entry.body, Hold) and (entry.author, *entry.body.key) not in consumed:
             holds.setdefault(entry.author, []).append(
                 HeldCredits(entry.hash, entry.author, entry.seq, entry.body)
             )

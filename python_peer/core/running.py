@@ -247,7 +247,8 @@ class RunningReport:
         body = fact.body
         receipt = _receipt_of(body)
         if isinstance(body, Hold):
-            self.holds.setdefault(author, []).append(HeldCredits(fact.hash, author, fact.seq, body))
+            if (author, *body.key) not in self.sessions:  # else its receipt came first: consumed
+                self.holds.setdefault(author, []).append(HeldCredits(fact.hash, author, fact.seq, body))
         elif receipt is not None:
             if not self._receipt(fact.hash, receipt):
                 return False
@@ -309,6 +310,11 @@ class RunningReport:
         if key < self.last_key and not self.journal.reaches(key):
             return False  # before every step the journal keeps: a full compute
         self.sessions[session] = r
+        held = self.holds.get(r.client)
+        if held is not None:  # the holds it consumes bind nothing now: a report lists open holds only
+            held[:] = [h for h in held if h.hold.key != (r.server, r.session)]
+            if not held:
+                del self.holds[r.client]
         item: SweepItem = (r.time, 1, r.id, r)
         if key < self.last_key:  # late: swept in its place, the steps after it taken back and swept again
             self._sweep_back(item, bonus_items([r]))

@@ -20,7 +20,15 @@ from python_peer.core.balances import compute
 from python_peer.core.economics import price
 from python_peer.core.entries import Entry, make_entry
 from python_peer.core.errors import LedgerError
-from python_peer.core.holds import MAX_HOLD_MS, MIN_HOLD_LEFT_MS, Hold, admit_hold, held_units, open_holds
+from python_peer.core.holds import (
+    MAX_HOLD_MS,
+    MIN_HOLD_LEFT_MS,
+    HeldCredits,
+    Hold,
+    admit_hold,
+    held_units,
+    open_holds,
+)
 from python_peer.core.rules import check_body, check_entry
 from python_peer.ledger_store import native_verify
 from tests.support.holds import hold_vector
@@ -51,7 +59,10 @@ def _admit(
         "end": 10,
     }
     wanted.update(kw)
-    admit_hold(report, CLIENT.peer_id, hold.hash, price=price_, now=now, **wanted)
+    written = {
+        e.hash: HeldCredits(e.hash, e.author, e.seq, e.body) for e in entries if isinstance(e.body, Hold)
+    }
+    admit_hold(report, CLIENT.peer_id, hold.hash, price=price_, now=now, stored=written.get, **wanted)
 
 
 def test_the_golden_hold_entry_is_the_vector_on_disk() -> None:
@@ -175,8 +186,14 @@ def test_a_receipt_of_its_session_consumes_a_hold_whoever_carries_it() -> None:
     assert held_units(report, CLIENT.peer_id, T0 + 130_000) == 0
     cost = price(10, 100, 0, RULES)
     assert report.balance(CLIENT.peer_id) == 200_000 - cost
+    assert report.holds.get(CLIENT.peer_id, []) == []  # a report lists the open holds only
     with pytest.raises(LedgerError, match="already consumed"):
         _admit([*log.entries, carried], hold, now=T0 + 130_000)
+    with pytest.raises(LedgerError, match="does not hold the hold"):  # nothing to read it from
+        admit_hold(
+            report, CLIENT.peer_id, hold.hash, server=SERVER.peer_id, session=SESSION, model=MODEL,
+            start=0, end=10, price=cost, now=T0 + 130_000,
+        )  # fmt: skip
     # another session's receipt with the same server does not consume it
     other = server_log.add(cosign(CLIENT, SERVER, tokens=100, session="cd" * 16, time=T0 + 125_000))
     report = compute([*log.entries, other], rules=RULES)

@@ -32,7 +32,7 @@ from python_peer.rpc import RpcClient
 from python_peer.span_gate import SpanGate
 from python_peer.tensors import to_wire
 from tests.fast.conftest import ToyMesh, greedy
-from tests.support.holds import open_meta, push_frame, write_hold
+from tests.support.holds import open_meta, push_frame, write_hold, written_holds
 
 SPAN = (1, 3)
 ONE_PRICE_TOKENS = 9950  # through 2 blocks: BASE_FEE + 2 x 9950 x 10 = 200 000 units, the starter grant
@@ -198,9 +198,10 @@ async def test_a_generation_writes_one_hold_per_hop_and_its_receipts_consume_the
     client = m.client(ledger)
     await greedy(client, [1, 2, 3], 4)
     report = ledger.store.report()
-    holds = report.holds[ledger.peer_id]
+    holds = written_holds(ledger.store, ledger.peer_id)
     assert sorted((h.hold.start, h.hold.end) for h in holds) == [(0, 1), (1, 3), (3, 4)]
     assert all((ledger.peer_id, *h.hold.key) in report.consumed for h in holds)
+    assert ledger.peer_id not in report.holds  # consumed: no open hold is left
     # and again: the credits the first generation held are free once its receipts consumed the holds
     await greedy(client, [1, 2, 3], 4)
 
@@ -262,8 +263,7 @@ async def test_a_server_forgets_a_hold_once_its_receipt_is_recorded_and_still_re
 
 
 def _first_hold(ledger: LedgerService) -> str:
-    report = ledger.store.report()
-    return report.holds[ledger.peer_id][0].hash
+    return written_holds(ledger.store, ledger.peer_id)[0].hash
 
 
 async def test_a_server_forgets_expired_holds_at_the_next_open(

@@ -26,6 +26,7 @@ from python_peer.mesh_client import MeshError
 from python_peer.server import SpanServer
 from tests.fast.conftest import ToyMesh, greedy
 from tests.support.fakes import MemoryNetwork
+from tests.support.holds import written_holds
 from tests.support.mesh import reference_greedy as local_greedy
 
 PROMPT = [3, 5, 7, 11]
@@ -170,7 +171,7 @@ async def test_a_hop_refusing_open_is_routed_around_and_the_sessions_the_others_
     assert [len(sessions_of(opens, p)) for p in (first, second, spare)] == [1, 1, 1]
     assert opens.opened <= opens.closed
     report = mine.store.report()
-    holds = report.holds[mine.peer_id]
+    holds = written_holds(mine.store, mine.peer_id)
     assert [h.hold.server for h in holds] == [first, second, refusing, spare], "one new hold on the retry"
     assert [h.hold.server for h in open_holds(report, mine.peer_id, now_ms())] == [refusing]
     assert all(not s.sessions for s in m.servers.values()), "no session stays open"
@@ -293,7 +294,7 @@ async def test_a_payment_refusal_with_no_other_peer_for_its_blocks_ends_the_chat
         await greedy(client, PROMPT, NEW_TOKENS)
 
     assert isinstance(caught.value.__cause__, PaymentRequiredError)
-    holds = [h for h in ledger.store.report().holds.get(ledger.peer_id, []) if h.hold.server == refusing]
+    holds = [h for h in written_holds(ledger.store, ledger.peer_id) if h.hold.server == refusing]
     assert len(holds) == 1, "asked once"
     assert len(opens.opened) == 2 and opens.opened <= opens.closed
     assert all(not s.sessions for s in m.servers.values()), "no session stays open"

@@ -2,7 +2,8 @@
 
 ``write_hold`` appends a ``hold`` entry to a ledger's own log through its store, without the honest
 client's own balance check (an attacker writes whatever it likes); ``open_meta`` is OPEN's metadata
-naming it; ``push_frame`` the GOSSIP push of a log's entries; ``hold_vector`` the golden hold entry.
+naming it; ``push_frame`` the GOSSIP push of a log's entries; ``hold_vector`` the golden hold entry;
+``written_holds`` every hold a log carries, consumed or not.
 """
 
 from __future__ import annotations
@@ -10,15 +11,26 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from python_peer.core.chain_store import ChainStore
 from python_peer.core.economics import price
 from python_peer.core.entries import ENTRY_CONTEXT, Entry, make_entry
-from python_peer.core.holds import HOLD_TTL_MS, Hold
+from python_peer.core.holds import HOLD_TTL_MS, HeldCredits, Hold
 from python_peer.core.ledger_fields import context_bytes
 from python_peer.core.wire import Frame, FrameType
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import now_ms
 from tests.support.ledger import GOLDEN, T0
+
+
+def written_holds(store: ChainStore, peer_id: str) -> list[HeldCredits]:
+    """Every hold ``peer_id``'s log holds in ``store``, in order, consumed or not (a report lists only
+    the open ones)."""
+    return [
+        HeldCredits(e.hash, e.author, e.seq, e.body)
+        for e in store.entries_from(peer_id, 1, 1_000_000)
+        if isinstance(e.body, Hold)
+    ]
 
 
 def write_hold(
