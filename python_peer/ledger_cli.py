@@ -113,7 +113,11 @@ def run_show(args: argparse.Namespace) -> int:
         head = store.head(peer_id)
         first = max(1, head.seq - max(0, args.limit) + 1) if head else 1
         entries = store.entries_from(peer_id, first, max(0, args.limit)) if head else []
-        counted = {entry.hash for entry in entries if entry.hash in report.counted}  # read in the store
+        # read in the store, while it is open
+        counted = {entry.hash for entry in entries if entry.hash in report.counted}
+        ignored = {
+            entry.hash: report.ignored[entry.hash] for entry in entries if entry.hash in report.ignored
+        }
     console = Console()
     log = Table(title=f"log of {peer_id}", title_justify="left")
     for column in ("seq", "time (UTC)", "kind", "what", "counts", "credited", "hash"):
@@ -141,8 +145,8 @@ def run_show(args: argparse.Namespace) -> int:
         credited = ""
         if isinstance(body, ReceiptBody) and body.receipt.id in report.settled:
             credited = _credited(report.settled[body.receipt.id], format_units)
-        if entry.hash in report.ignored:
-            counts = f"no: {report.ignored[entry.hash].reason}"
+        if entry.hash in ignored:
+            counts = f"no: {ignored[entry.hash].reason}"
         else:
             counts = "yes" if entry.hash in counted else "no"
         log.add_row(

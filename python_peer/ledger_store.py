@@ -438,6 +438,12 @@ class LedgerStore(ChainStore):
         sql = "SELECT hash, author, seq FROM entries WHERE receipt_id = ?"
         return [(str(h), str(a), int(q)) for h, a, q in self._read(sql, (receipt_id,))]
 
+    def carried(self, entry_hash: str) -> tuple[str, int, str] | None:
+        """(author, seq, receipt id) of a chain entry that carries a receipt, by its hash."""
+        sql = "SELECT author, seq, receipt_id FROM entries WHERE hash = ? AND receipt_id IS NOT NULL"
+        rows = self._read(sql, (entry_hash,))
+        return (str(rows[0][0]), int(rows[0][1]), str(rows[0][2])) if rows else None
+
     def _read(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
         """Rows the running report reads (a report's counted hashes may read them after it was made)."""
         with self._lock:

@@ -213,7 +213,7 @@ def test_newcomers_grants_extend_the_report_wherever_their_time_falls(kind: str)
 def test_a_reports_counted_entries_stay_those_of_its_time(kind: str) -> None:
     """A running report's ``counted`` is read from the store (``CountedHashes``), not copied for each
     report: an older report still answers for its own time after later writes; read after its store
-    is closed, it says so instead of answering."""
+    is closed, it (and ``ignored``'s duplicate receipts) says so instead of answering."""
     entries = _mesh_history(7, 12)
     store = _replay(STORES[kind], entries[:-6])
     before = store.report()
@@ -226,6 +226,8 @@ def test_a_reports_counted_entries_stay_those_of_its_time(kind: str) -> None:
         store.close()
         with pytest.raises(LedgerError, match="is closed"):
             _ = entries[0].hash in before.counted
+        with pytest.raises(LedgerError, match="is closed"):
+            _ = dict(before.ignored)
 
 
 def _replay_rest(store: LedgerStore | MemoryStore, entries: list[Entry]) -> LedgerStore | MemoryStore:

@@ -11,7 +11,7 @@ import bisect
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass, field, replace
 
 from .canonical import MAX_SAFE_INT
@@ -178,7 +178,7 @@ class LedgerReport:
     """The outcome of ``compute``: balances, their breakdown, and why each non-counting entry does not count."""
 
     accounts: dict[str, Account]
-    ignored: dict[str, Rejection]  # entry hash -> why it has no effect
+    ignored: Mapping[str, Rejection]  # entry hash -> why it has no effect (running: ``IgnoredEntries``)
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: Set[str]  # hashes of entries in counting positions (a running report's: ``CountedHashes``)
     settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved

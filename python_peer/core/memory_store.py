@@ -164,6 +164,14 @@ class MemoryStore(ChainStore):
             found = [self._hashes[h] for h in self._carriers.get(receipt_id, ())]
             return [(e.hash, e.author, e.seq) for e in found]
 
+    def carried(self, entry_hash: str) -> tuple[str, int, str] | None:
+        """(author, seq, receipt id) of a chain entry that carries a receipt, by its hash."""
+        with self._lock:
+            entry = self._hashes.get(entry_hash)
+            if entry is None or not isinstance(entry.body, ReceiptBody):
+                return None
+            return (entry.author, entry.seq, entry.body.receipt.id)
+
     def _holds(self, entry_hash: str) -> bool:
         return entry_hash in self._hashes or entry_hash in self._evidence_hashes
 

@@ -33,7 +33,7 @@ day's rarity bonus, shared by the copies, carries what its last application comp
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence, Set
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import replace
 from typing import Protocol
 
@@ -59,7 +59,7 @@ from .receipts import Receipt
 from .rules import check_link
 from .sweep_journal import SweepJournal
 
-__all__ = ["CountedHashes", "RunningReport", "StoredChains"]
+__all__ = ["CountedHashes", "IgnoredEntries", "RunningReport", "StoredChains"]
 
 
 class StoredChains(Protocol):
@@ -74,6 +74,9 @@ class StoredChains(Protocol):
     def receipt_carriers(self, receipt_id: str) -> list[tuple[str, str, int]]:
         """(hash, author, seq) of each stored chain entry carrying the receipt ``receipt_id``."""
 
+    def carried(self, entry_hash: str) -> tuple[str, int, str] | None:
+        """(author, seq, receipt id) of a stored chain entry that carries a receipt, by its hash."""
+
 
 # what ``_rebuild`` derives; dropped before the next full compute
 _STATE = (
@@ -82,6 +85,7 @@ _STATE = (
     "heads",
     "blocked",
     "ignored",
+    "duplicates",
     "holds",
     "sessions",
     "accusations",
@@ -119,11 +123,56 @@ class CountedHashes(Set[str]):
                 yield from self._chains.chain_hashes(author, length)
 
 
+class IgnoredEntries(Mapping[str, Rejection]):
+    """``LedgerReport.ignored`` of a running report: the entries that do not count and why. Every copy
+    of a receipt in counting positions but the one with the lowest hash is a duplicate: those (a third
+    of a busy ledger's entries) are found in the store (``StoredChains``) as of the report's counted
+    lengths, not kept; the other reasons (gaps, forks, claimed grants, superseded or voided receipts:
+    rare, each runs ``compute``) are kept. ``duplicates`` is how many there are, for ``len``."""
+
+    __slots__ = ("_chains", "_duplicates", "_explicit", "_lengths")
+
+    def __init__(
+        self, explicit: dict[str, Rejection], duplicates: int, lengths: dict[str, int], chains: StoredChains
+    ) -> None:
+        self._explicit = explicit
+        self._duplicates = duplicates
+        self._lengths = lengths
+        self._chains = chains
+
+    def __getitem__(self, entry_hash: str) -> Rejection:
+        found = self._explicit.get(entry_hash)
+        if found is not None:
+            return found
+        if isinstance(entry_hash, str) and self._duplicate(entry_hash):
+            return DUPLICATE_RECEIPT
+        raise KeyError(entry_hash)
+
+    def _duplicate(self, entry_hash: str) -> bool:
+        carried = self._chains.carried(entry_hash)
+        if carried is None or carried[1] > self._lengths.get(carried[0], 0):
+            return False
+        lengths = self._lengths
+        copies = [
+            h for h, author, seq in self._chains.receipt_carriers(carried[2]) if seq <= lengths.get(author, 0)
+        ]
+        return entry_hash != min(copies)
+
+    def __len__(self) -> int:
+        return len(self._explicit) + self._duplicates
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._explicit
+        for entry_hash in CountedHashes(self._lengths, self._chains):
+            if entry_hash not in self._explicit and self._duplicate(entry_hash):
+                yield entry_hash
+
+
 class RunningReport:
     """``compute`` over a store's entries, extended entry by entry where it can be (module docstring).
 
-    ``chains`` is the store's (``StoredChains``): a report's ``counted`` (``CountedHashes``) and the
-    carriers of a receipt are read there."""
+    ``chains`` is the store's (``StoredChains``): a report's ``counted`` (``CountedHashes``) and its
+    duplicate receipts (``IgnoredEntries``) are read there."""
 
     def __init__(self, chains: StoredChains, rules: Rules = DEFAULT_RULES) -> None:
         self.rules = rules
@@ -140,11 +189,15 @@ class RunningReport:
         self.full_runs += 1
         self._rebuild(facts, report)
         del facts
-        self.report = replace(report, counted=self._counted())
+        lengths = dict(self.lengths)
+        self.report = replace(report, counted=self._counted(lengths), ignored=self._ignored(lengths))
         return self.report
 
-    def _counted(self) -> CountedHashes:
-        return CountedHashes(dict(self.lengths), self.chains)
+    def _counted(self, lengths: dict[str, int]) -> CountedHashes:
+        return CountedHashes(lengths, self.chains)
+
+    def _ignored(self, lengths: dict[str, int]) -> IgnoredEntries:
+        return IgnoredEntries(dict(self.ignored), self.duplicates, lengths, self.chains)
 
     def extend(self, added: Sequence[EntryFacts]) -> LedgerReport | None:
         """The report after ``added`` (entries the store wrote since the last report, in write order), or
@@ -182,7 +235,9 @@ class RunningReport:
                 self.heads[entry.author] = entry
         # authors with an entry that does not count (a gap or a fork): a new entry may unblock it
         self.blocked = {pool[h].author for h in ignored if h in pool} | set(forks)
-        self.ignored = dict(report.ignored)
+        # why entries do not count, but the duplicate copies of receipts (``IgnoredEntries``): counted
+        self.ignored = {h: r for h, r in report.ignored.items() if r.code != DUPLICATE_RECEIPT.code}
+        self.duplicates = len(report.ignored) - len(self.ignored)
         self.holds = {author: list(found) for author, found in report.holds.items()}
         self.accusations = dict(report.accusations)
         self.voided = {
@@ -292,17 +347,7 @@ class RunningReport:
         session = (r.client, r.server, r.session)
         counted = self.sessions.get(session)
         if counted is not None and counted.id == r.id:
-            # another carrier of a counted receipt: only which copy is ignored changes; the carriers are
-            # read from the store (this one is stored, its place in its chain not counted yet)
-            lengths = self.lengths
-            copies = sorted(
-                h
-                for h, author, seq in self.chains.receipt_carriers(r.id)
-                if seq <= lengths.get(author, 0) or h == entry_hash
-            )
-            for extra in copies[1:]:
-                self.ignored[extra] = DUPLICATE_RECEIPT
-            self.ignored.pop(copies[0], None)
+            self.duplicates += 1  # another copy of a counted receipt: which one counts is read when asked
             return True
         key = (r.time, 1, r.id)
         if (r.server, r.client, r.session) in self.voided or counted is not None:
@@ -345,11 +390,12 @@ class RunningReport:
         sweep = self.sweep.copy()
         for item in self.tail:
             sweep.step(item)
+        lengths = dict(self.lengths)
         return LedgerReport(
             sweep.accounts,
-            dict(self.ignored),
+            self._ignored(lengths),
             dict(self.forks),
-            self._counted(),
+            self._counted(lengths),
             sweep.settled,
             {author: list(found) for author, found in self.holds.items()},
             frozenset(self.sessions),
