@@ -432,7 +432,8 @@ class Sweep:
         self.accounts = accounts
         self.settled: dict[str, Settlement] = {}
         self.served_times: dict[str, list[int]] = defaultdict(list)
-        self.served_totals: dict[str, list[int]] = defaultdict(lambda: [0])
+        # a server's block-tokens served up to each of its served times: 8 bytes each, not an int object
+        self.served_totals: dict[str, array[int]] = defaultdict(lambda: array("q", [0]))
         self.hourly: dict[tuple[str, int], int] = defaultdict(int)
         self.days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)  # receipts swept, per day
         self.rarity: dict[tuple[str, int], _DayRarity] = {}  # a cache, shared by copies

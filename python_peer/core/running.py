@@ -3,11 +3,11 @@
 Standard library only. A store used to recompute ``compute`` over every fact after each write (94 ms at
 3,249 entries, and as many short-lived objects per write as the ledger has entries, which fragment a
 long-lived node's heap). ``RunningReport`` keeps what ``compute`` derives (counted chain lengths, the
-receipt that counts for each session, the sweep's state after its last receipt) and applies each new entry to it, when
-the entry can only *extend* that derivation:
+receipt that counts for each session, open holds, the sweep's state after its last receipt) and applies
+each new entry to it, when the entry can only *extend* that derivation:
 
 - it extends its author's counted chain at the head (the author has no fork, and already has entries);
-- it is a hold, or a receipt for a session span no other receipt covers and not voided by evidence
+- it is a hold, or a receipt for a session no other counted receipt covers and not voided by evidence
   (its client or server may have no account yet: gossip often brings a server's copy before the
   client's log), or another copy of a receipt already counted;
 - it is the first grant of an identity with no entries yet (a newcomer's first entry), even one that
@@ -20,9 +20,11 @@ brings them so all the time) is swept in its place: the steps after it are taken
 Anything else (a second grant, a fork proof, evidence, an item older than the journal's steps, a
 superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
 ``compute`` again, which also rebuilds the running state (the old state is dropped first, so that a
-long-lived node's heap holds one copy of it at the peak, not two). The result is the same ``LedgerReport`` as
-``compute`` over the same entries, field for field (``tests/test_ledger_running.py`` checks it after
-every write of real and adversarial ledgers).
+long-lived node's heap holds one copy of it at the peak, not two). The result is the same
+``LedgerReport`` as ``compute`` over the same entries, field for field (``tests/test_ledger_running.py``
+checks it after every write of real and adversarial ledgers). What is per entry is not kept here but
+read from the store when asked (``StoredChains``): the hashes in counting positions and the duplicate
+copies of receipts.
 
 The bonus items after the last receipt (its hour's uptime bonus, its day's rarity bonus, and any
 later grant) are applied to a copy of the sweep for each report; they become part of the kept state
