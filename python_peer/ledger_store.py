@@ -103,8 +103,8 @@ class MergeResult:
 
 # SQLite's page cache per connection, in KiB (its default is 2,000). Reads are point lookups by index and
 # balances come from the running report (a full read of the rows is rare), so a small cache costs little
-# time; the default filled up to
-# its 2 MB in every node under load (a client process holding three ledgers grew by 6 MB for it).
+# time; the default filled up to its 2 MB in every node under load (a client process holding three
+# ledgers grew by 6 MB for it).
 PAGE_CACHE_KIB = 256
 
 

@@ -154,8 +154,9 @@ class ChainStore(ABC):
     def stored_hold(self, entry_hash: str) -> HeldCredits | None:
         """The hold entry ``entry_hash`` of a chain held here, consumed or not (a report lists only
         the open ones)."""
-        found = self.locate(entry_hash)
-        entry = None if found is None else self._row(*found)
+        with self._lock:
+            found = self.locate(entry_hash)
+            entry = None if found is None else self._row(*found)
         if entry is None or not isinstance(entry.body, Hold):
             return None
         return HeldCredits(entry.hash, entry.author, entry.seq, entry.body)

@@ -142,8 +142,6 @@ class MemoryStore(ChainStore):
         self._undo.append(undo)
         self._version += 1
 
-    # --- rows -----------------------------------------------------------------------------------------
-
     # --- what the running report reads here (``running.StoredChains``) -----------------------------------
 
     def locate(self, entry_hash: str) -> tuple[str, int] | None:
@@ -171,6 +169,8 @@ class MemoryStore(ChainStore):
             if entry is None or not isinstance(entry.body, ReceiptBody):
                 return None
             return (entry.author, entry.seq, entry.body.receipt.id)
+
+    # --- rows -----------------------------------------------------------------------------------------
 
     def _holds(self, entry_hash: str) -> bool:
         return entry_hash in self._hashes or entry_hash in self._evidence_hashes
