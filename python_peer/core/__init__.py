@@ -40,6 +40,7 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``proof_of_work.py``  the starter grant's proof of work: checking and mining it.
 - ``rules.py``     validators of one entry and of its link to the previous one, returning rejections.
 - ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
+- ``rarity.py``    the rarity bonus of one model's UTC day, kept up to date receipt by receipt.
 - ``running.py``   ``compute``'s result kept up to date entry by entry as a store writes (``RunningReport``).
 - ``sweep_journal.py`` the last steps of the balance sweep, undoable: late receipts swept in their place.
 - ``reputation.py``  a peer's reputation (good, suspect, excluded) from the evidence against it.

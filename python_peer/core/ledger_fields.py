@@ -62,6 +62,14 @@ class Rejection:
         return LedgerError(self.reason, code=self.code)
 
 
+# why every copy of a receipt but one does not count: one object for all of them (a copy each of the
+# receipts a ledger holds, so a sentence naming the counted copy cost ~70 bytes per receipt in memory)
+DUPLICATE_RECEIPT = Rejection(
+    "duplicate_receipt",
+    "another entry carries this receipt and counts it (of its copies, the one with the lowest hash)",
+)
+
+
 def int_field(what: str, value: object, low: int, high: int) -> int:
     """``value`` if it is an integer (not a bool) within ``[low, high]``; ``what`` names it in the error."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -30,7 +30,7 @@ The bonus items after the last receipt (its hour's uptime bonus, its day's rarit
 later grant) are applied to a copy of the sweep for each report; they become part of the kept state
 only once a later receipt passes them, after which no entry the fast path accepts can precede them. The
 day's rarity bonus, shared by the copies, carries what its last application computed
-(``balances._DayRarity``), so a report costs the receipts written since, not the day's.
+(``rarity.DayRarity``), so a report costs the receipts written since, not the day's.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from dataclasses import replace
 from typing import Protocol
 
 from .balances import (
-    DUPLICATE_RECEIPT,
     Account,
     LedgerReport,
     Sweep,
@@ -56,7 +55,7 @@ from .balances import (
 from .economics import DEFAULT_RULES, Rules
 from .entries import Grant
 from .holds import HeldCredits, Hold
-from .ledger_fields import EntryFacts, Rejection
+from .ledger_fields import DUPLICATE_RECEIPT, EntryFacts, Rejection
 from .receipts import Receipt
 from .rules import check_link
 from .sweep_journal import SweepJournal

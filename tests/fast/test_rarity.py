@@ -1,7 +1,7 @@
 """The day's rarity bonus as the sweep applies it, against the rule written out receipt by receipt.
 
 ``Sweep`` computes a day's bonus per block span and credits each server the sum of its receipts'
-shares, remembering the last day's coverage for the next report (``balances._DayRarity``). The oracle
+shares, remembering the last day's coverage for the next report (``rarity.DayRarity``). The oracle
 here is the rule of ``compute``'s docstring taken literally: per block, the rate for the number of
 distinct servers whose paying receipts that day cover it; each paying receipt's server credited its
 share of that, one receipt at a time, every credit capped at the balance cap.
