@@ -15,6 +15,7 @@ import random
 from python_peer.core.balances import Account, Sweep, bonus_items, receipt_item
 from python_peer.core.economics import DAY_MS, DEFAULT_RULES, Rules
 from python_peer.core.receipts import Receipt
+from python_peer.core.sweep_journal import SweepJournal
 
 MODEL = "smollm2-135m"
 DAY0 = 20_000 * DAY_MS
@@ -111,11 +112,24 @@ def test_a_report_each_receipt_reuses_the_day_and_still_matches() -> None:
         _same(report, _oracle(rules, balances, receipts))
 
 
+def _day_report(sweep: Sweep, receipts: list[Receipt]) -> Sweep:
+    """A report's sweep: a copy of ``sweep`` with the day items of ``receipts`` applied."""
+    copy = sweep.copy()
+    for item in sorted((i for i in bonus_items(receipts) if i[1] == 3), key=lambda i: i[:3]):
+        copy.step(item)
+    return copy
+
+
+def _sweep_late(journal: SweepJournal, late: Receipt) -> None:
+    """``late`` swept in its place: the steps after it taken back and swept again with it."""
+    for item in sorted([receipt_item(late), *journal.rewind(receipt_item(late)[:3])], key=lambda i: i[:3]):
+        journal.step(item)
+
+
 def test_a_receipt_swept_again_with_another_payment_gets_a_fresh_settlement() -> None:
     """A late receipt taken back into place (``SweepJournal``) changes what a later receipt's client could
     pay; the day's bonus then keeps nothing of the settlement it wrote for the earlier payment, even when
     the bonus itself is the same (here zero: no rarity rate)."""
-    from python_peer.core.sweep_journal import SweepJournal
 
     rng = random.Random(3)
     rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(0,))
@@ -130,16 +144,9 @@ def test_a_receipt_swept_again_with_another_payment_gets_a_fresh_settlement() ->
     journal = SweepJournal(sweep)
     journal.step(receipt_item(first))
 
-    def report(receipts: list[Receipt]) -> Sweep:
-        copy = sweep.copy()
-        for item in sorted((i for i in bonus_items(receipts) if i[1] == 3), key=lambda i: i[:3]):
-            copy.step(item)
-        return copy
-
-    assert report([first]).settled[first.id].status == "full"
-    for item in sorted([receipt_item(late), *journal.rewind(receipt_item(late)[:3])], key=lambda i: i[:3]):
-        journal.step(item)
-    again = report([first, late])
+    assert _day_report(sweep, [first]).settled[first.id].status == "full"
+    _sweep_late(journal, late)
+    again = _day_report(sweep, [first, late])
     assert again.settled[first.id].status == "partial"
     assert again.settled == _oracle(rules, balances, [first, late]).settled
 
@@ -148,7 +155,6 @@ def test_a_receipt_swept_again_in_the_same_place_of_its_day_is_settled_again() -
     """The late receipt is another model's, so the earlier one is swept again at the same place of its own
     model's day (taken back, then appended again) with a smaller payment: its bonus follows the new
     payment. Rarity rates of 0 and 2 units make the bonus differ."""
-    from python_peer.core.sweep_journal import SweepJournal
 
     rng = random.Random(5)
     rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(2,))
@@ -169,17 +175,10 @@ def test_a_receipt_swept_again_in_the_same_place_of_its_day_is_settled_again() -
     journal = SweepJournal(sweep)
     journal.step(receipt_item(first))
 
-    def report(receipts: list[Receipt]) -> Sweep:
-        copy = sweep.copy()
-        for item in sorted((i for i in bonus_items(receipts) if i[1] == 3), key=lambda i: i[:3]):
-            copy.step(item)
-        return copy
-
-    alone = report([first]).settled[first.id]
+    alone = _day_report(sweep, [first]).settled[first.id]
     assert alone.status == "full" and alone.rarity_bonus == 5 * 100 * 2
-    for item in sorted([receipt_item(late), *journal.rewind(receipt_item(late)[:3])], key=lambda i: i[:3]):
-        journal.step(item)
-    again = report([first, late])
+    _sweep_late(journal, late)
+    again = _day_report(sweep, [first, late])
     assert again.settled[first.id].status == "partial"
     assert again.settled[first.id].rarity_bonus < alone.rarity_bonus
     _same(again, _oracle(rules, balances, [first, late]))
