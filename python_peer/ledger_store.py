@@ -136,7 +136,7 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
-        self._running = RunningReport(self, rules)
+        self._running = RunningReport(self, rules, compact=True)
         # facts written since the last report, which extend the running report; None: it is rebuilt from
         # the rows (before the first report, after a rollback, a dropped chain or new evidence)
         self._added: list[Fact] | None = None

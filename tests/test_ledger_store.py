@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from python_peer.core.balances import Fact, compute
-from python_peer.core.economics import format_units
+from python_peer.core.economics import DAY_MS, format_units
 from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
 from python_peer.core.receipts import ReceiptBody
@@ -240,6 +240,46 @@ def test_no_fact_of_an_entry_outlives_its_report_but_the_heads(tmp_path: Path) -
         assert len(alive) <= 2 * 2  # each store's two heads
     assert len(store) == 22
     store.close()
+    reopened.close()
+
+
+def test_a_report_rebuilt_from_the_rows_keeps_a_fresh_copy_of_its_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a full compute the store keeps a copy of the running state made after everything the
+    compute parsed was freed (``RunningReport._compact``: the kept objects are not left scattered among
+    the dropped ones): none of its receipts is one the rows were parsed into, the day's rarity still
+    refers to the sweep's own receipts (it compares them by identity), and the next writes extend it."""
+    client, server = ids(2, 880)
+    path = tmp_path / LEDGER_FILE
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.claim_grant(client, T0)
+        store.claim_grant(server, T0)
+        for i in range(6):  # three on the grants' day, three on the next (its rarity is not swept yet)
+            time = T0 + 1_000 + i + (i // 3) * DAY_MS
+            store.append(server, cosign(client, server, tokens=i + 1, time=time), NOW)
+    reopened = LedgerStore.open(path, rules=RULES)
+    parsed: list[object] = []
+    read_rows = reopened._facts
+
+    def facts() -> Any:
+        for fact in read_rows():
+            parsed.append(fact.body)
+            yield fact
+
+    monkeypatch.setattr(reopened, "_facts", facts)
+    assert whole_report(reopened.report()) == _recomputed(reopened)
+    running = reopened._running
+    assert running.full_runs == 1 and len(running.sessions) == 6
+    kept = list(running.sessions.values())
+    assert not {id(body) for body in parsed} & {id(r) for r in kept}
+    assert [r for swept in running.sweep.days.values() for r in swept] == sorted(kept, key=lambda r: r.time)
+    for day, swept in running.sweep.days.items():  # the first day's rarity was swept before the copy
+        memo = running.sweep.rarity[day]
+        assert len(memo.receipts) == 3 and all(a is b for a, b in zip(memo.receipts, swept, strict=True))
+    reopened.append(server, cosign(client, server, tokens=9, time=T0 + 2_000), NOW)  # late, on the first day
+    assert whole_report(reopened.report()) == _recomputed(reopened)
+    assert running.full_runs == 1
     reopened.close()
 
 

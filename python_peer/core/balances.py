@@ -304,6 +304,10 @@ def sweep_items(grants: dict[str, EntryFacts], receipts: list[Receipt]) -> list[
     return items
 
 
+def _served_from_zero() -> array[int]:
+    return array("q", [0])  # a named function, not a lambda: a running report's state is pickled (running.py)
+
+
 class Sweep:
     """``compute``'s sweep state: items applied in canonical order move credits between ``accounts``.
 
@@ -316,7 +320,7 @@ class Sweep:
         self.settled: dict[str, Settlement] = {}
         self.served_times: dict[str, list[int]] = defaultdict(list)
         # a server's block-tokens served up to each of its served times: 8 bytes each, not an int object
-        self.served_totals: dict[str, array[int]] = defaultdict(lambda: array("q", [0]))
+        self.served_totals: dict[str, array[int]] = defaultdict(_served_from_zero)
         self.hourly: dict[tuple[str, int], int] = defaultdict(int)
         self.days: dict[tuple[str, int], list[Receipt]] = defaultdict(list)  # receipts swept, per day
         self.rarity: dict[tuple[str, int], DayRarity] = {}  # a cache, shared by copies
