@@ -11,7 +11,7 @@ import bisect
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Set
+from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field, replace
 
 from .canonical import MAX_SAFE_INT
@@ -174,7 +174,8 @@ class LedgerReport:
     ignored: Mapping[str, Rejection]  # entry hash -> why it has no effect (running: ``IgnoredEntries``)
     forks: dict[str, int]  # author -> lowest seq with two entries
     counted: Set[str]  # hashes of entries in counting positions (a running report's: ``CountedHashes``)
-    settled: dict[str, Settlement] = field(default_factory=dict)  # receipt id -> what it moved
+    # receipt id -> what it moved (``Settled``: the rarity bonus kept apart)
+    settled: Mapping[str, Settlement] = field(default_factory=dict)
     # holds in counting positions that no counted receipt consumed (author -> in seq order), and the
     # (client, server, session) of every counted receipt, which consumes the hold of that session
     # (``holds.py``); holds move no credits
@@ -304,6 +305,30 @@ def sweep_items(grants: dict[str, EntryFacts], receipts: list[Receipt]) -> list[
     return items
 
 
+class Settled(Mapping[str, Settlement]):
+    """Receipt id -> its ``Settlement``, rarity bonus included: a sweep's ``settlements`` (without the
+    bonus) and its ``rarity_bonuses`` (a number per receipt of a day whose end was swept). The bonus is
+    kept apart so that a receipt has one settlement object, not a second one with the bonus for each day
+    a report applies (``rarity.DayRarity``); the one with the bonus is made when asked."""
+
+    __slots__ = ("_bonuses", "_settlements")
+
+    def __init__(self, settlements: dict[str, Settlement], bonuses: dict[str, int]) -> None:
+        self._settlements = settlements
+        self._bonuses = bonuses
+
+    def __getitem__(self, receipt_id: str) -> Settlement:
+        s = self._settlements[receipt_id]
+        bonus = self._bonuses.get(receipt_id, 0)
+        return replace(s, rarity_bonus=bonus) if bonus else s
+
+    def __len__(self) -> int:
+        return len(self._settlements)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._settlements)
+
+
 def _served_from_zero() -> array[int]:
     return array("q", [0])  # a named function, not a lambda: a running report's state is pickled (running.py)
 
@@ -317,7 +342,9 @@ class Sweep:
     def __init__(self, rules: Rules, accounts: dict[str, Account]) -> None:
         self.rules = rules
         self.accounts = accounts
-        self.settled: dict[str, Settlement] = {}
+        # receipt id -> what it paid (without its rarity bonus), and its rarity bonus once its day ended
+        self.settlements: dict[str, Settlement] = {}
+        self.rarity_bonuses: dict[str, int] = {}
         self.served_times: dict[str, list[int]] = defaultdict(list)
         # a server's block-tokens served up to each of its served times: 8 bytes each, not an int object
         self.served_totals: dict[str, array[int]] = defaultdict(_served_from_zero)
@@ -330,10 +357,15 @@ class Sweep:
         other = Sweep(
             self.rules, {p: replace(a, deferred=dict(a.deferred)) for p, a in self.accounts.items()}
         )
-        other.settled = dict(self.settled)
+        other.settlements, other.rarity_bonuses = dict(self.settlements), dict(self.rarity_bonuses)
         other.served_times, other.served_totals = self.served_times, self.served_totals
         other.hourly, other.days, other.rarity = self.hourly, self.days, self.rarity
         return other
+
+    @property
+    def settled(self) -> Settled:
+        """Receipt id -> its settlement, rarity bonus included (a view of this sweep's, not a copy)."""
+        return Settled(self.settlements, self.rarity_bonuses)
 
     def account(self, peer: str) -> Account:
         found = self.accounts.get(peer)
@@ -368,7 +400,7 @@ class Sweep:
             payer, payee = self.account(r.client), self.account(r.server)
             paid = min(cost, max(0, payer.balance))
             s = settle(r, cost, paid, rules)
-            self.settled[r.id] = s
+            self.settlements[r.id] = s
             payer.balance -= paid
             payer.spent += paid
             payer.receipts_paid += 1
@@ -413,9 +445,9 @@ class Sweep:
         if known > len(swept) or (known and memo.receipts[known - 1] is not swept[known - 1]):
             memo.truncate(0)  # not the receipts it was built from (a sweep that bypassed take_back_day)
             known = 0
-        memo.extend(swept[known:], self.settled)
+        memo.extend(swept[known:], self.settlements)
         memo.settle(known, self.rules)
-        self.settled.update(memo.with_bonus)
+        self.rarity_bonuses.update(memo.bonus_of)
         for server, bonus in memo.due.items():
             if bonus:
                 self.account(server).rarity_bonus += bonus

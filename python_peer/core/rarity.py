@@ -13,7 +13,6 @@ import bisect
 from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .economics import Rules
@@ -73,10 +72,11 @@ class DayRarity:
     For each of the day's receipts swept, in order: ``receipts``, the settlement it was paid with
     (``paid``; None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``: (server,
     start, end) -> paying receipts with it; ``rates``: ``span_rates`` of ``coverage``, the set of those
-    when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``with_bonus``: receipt
-    id -> its settlement with its bonus. Receipts taken back (``truncate``) are taken out of each."""
+    when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``bonus_of``: receipt
+    id -> its bonus, for each paying receipt (the sweep keeps it beside the receipt's settlement:
+    ``balances.Settled``). Receipts taken back (``truncate``) are taken out of each."""
 
-    __slots__ = ("bonuses", "counts", "coverage", "due", "paid", "rates", "receipts", "with_bonus")
+    __slots__ = ("bonus_of", "bonuses", "counts", "coverage", "due", "paid", "rates", "receipts")
 
     def __init__(self) -> None:
         self.receipts: list[Receipt] = []
@@ -86,7 +86,7 @@ class DayRarity:
         self.coverage: frozenset[tuple[str, int, int]] = frozenset()
         self.rates: dict[tuple[int, int], int] = {}
         self.due: dict[str, int] = {}
-        self.with_bonus: dict[str, Settlement] = {}
+        self.bonus_of: dict[str, int] = {}
 
     def truncate(self, length: int) -> None:
         """Forget the receipts from position ``length`` on (the sweep took them back)."""
@@ -100,7 +100,7 @@ class DayRarity:
             if not self.counts[key]:
                 del self.counts[key]
             self.due[r.server] -= bonus
-            del self.with_bonus[r.id]
+            del self.bonus_of[r.id]
         del self.receipts[length:], self.paid[length:], self.bonuses[length:]
 
     def extend(self, receipts: Sequence[Receipt], settled: dict[str, Settlement]) -> None:
@@ -120,8 +120,8 @@ class DayRarity:
         if self.counts.keys() != self.coverage:
             self.coverage = frozenset(self.counts)
             self.rates = span_rates(self.coverage, rules)
-            self.due, self.with_bonus, first = {}, {}, 0
-        rates, due, with_bonus = self.rates, self.due, self.with_bonus
+            self.due, self.bonus_of, first = {}, {}, 0
+        rates, due, bonus_of = self.rates, self.due, self.bonus_of
         for i in range(first, len(self.receipts)):
             r, s = self.receipts[i], self.paid[i]
             if s is None:
@@ -129,7 +129,7 @@ class DayRarity:
             bonus = s.share(rates[(r.start, r.end)] * r.tokens)
             self.bonuses[i] = bonus
             due[r.server] = due.get(r.server, 0) + bonus
-            with_bonus[r.id] = replace(s, rarity_bonus=bonus)
+            bonus_of[r.id] = bonus
 
 
 DAYS_REMEMBERED = 4  # days whose rarity a sweep remembers (a late day's receipts are rare)

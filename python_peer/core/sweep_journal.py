@@ -11,9 +11,10 @@ exactly what the sweep in order would have left.
 Each journaled step keeps what it may change, read before it ran: the swept fields of the accounts it
 touches (not ``entries`` or ``granted``, which the running report sets outside the sweep: an account a
 step created is taken away again only if neither was set since, else its swept fields go back to 0), the
-settlements it writes, the hour's block-tokens, and the lengths of the lists it appends to (a
-server's served times and totals, a day's receipts). Only the last ``JOURNAL_STEPS`` steps are kept; an
-item older than all of them (``reaches``) still needs a full ``compute``.
+settlement a receipt writes and the rarity bonuses a day's end writes, the hour's block-tokens, and the
+lengths of the lists it appends to (a server's served times and totals, a day's receipts). Only the
+last ``JOURNAL_STEPS`` steps are kept; an item older than all of them (``reaches``) still needs a full
+``compute``.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ class _Step:
 
     item: SweepItem
     accounts: list[tuple[str, tuple[int, ...] | None, dict[int, int]]]  # peer, fields (None: absent)
-    settled: list[tuple[str, Settlement | None]]
+    settled: list[tuple[str, Settlement | None]]  # a receipt's settlement (without its rarity bonus)
+    bonuses: list[tuple[str, int | None]]  # the rarity bonus of each receipt of a day whose end it swept
     hourly: tuple[tuple[str, int], int | None] | None
     served: tuple[str, int, int] | None  # server, lengths of its served times and totals
     day: tuple[tuple[str, int], int] | None  # the day's key, the length of its receipts
@@ -87,6 +89,7 @@ class SweepJournal:
         _, kind, _, what = item
         peers: list[str] = []
         receipts: list[str] = []
+        bonused: list[str] = []
         hourly = served = day = None
         if kind == 0 and isinstance(what, str):
             peers = [what]
@@ -108,11 +111,12 @@ class SweepJournal:
         elif kind == 3 and isinstance(what, tuple):
             swept = sweep.days.get(what, ())
             peers = [r.server for r in swept]
-            receipts = [r.id for r in swept]
+            bonused = [r.id for r in swept]
         return _Step(
             item,
             [_fields(p, sweep.accounts.get(p)) for p in dict.fromkeys(peers)],
-            [(rid, sweep.settled.get(rid)) for rid in receipts],
+            [(rid, sweep.settlements.get(rid)) for rid in receipts],
+            [(rid, sweep.rarity_bonuses.get(rid)) for rid in bonused],
             hourly,
             served,
             day,
@@ -135,9 +139,14 @@ class SweepJournal:
             account.deferred = deferred
         for rid, settlement in step.settled:
             if settlement is None:
-                sweep.settled.pop(rid, None)
+                sweep.settlements.pop(rid, None)
             else:
-                sweep.settled[rid] = settlement
+                sweep.settlements[rid] = settlement
+        for rid, bonus in step.bonuses:
+            if bonus is None:
+                sweep.rarity_bonuses.pop(rid, None)
+            else:
+                sweep.rarity_bonuses[rid] = bonus
         if step.hourly is not None:
             hour, blocks = step.hourly
             if blocks is None:

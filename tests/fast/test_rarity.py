@@ -51,9 +51,8 @@ def _oracle(rules: Rules, balances: dict[str, int], receipts: list[Receipt]) -> 
                 len({o.server for o in paying if o.start <= block < o.end}) for block in range(r.start, r.end)
             ]
             total = sum(rules.rarity_rate(count) for count in servers) * r.tokens
-            s = sweep.settled[r.id]
-            bonus = s.share(total)
-            sweep.settled[r.id] = dataclasses.replace(s, rarity_bonus=bonus)
+            bonus = sweep.settled[r.id].share(total)
+            sweep.rarity_bonuses[r.id] = bonus
             sweep.account(r.server).rarity_bonus += bonus
             sweep.defer(r.server, at, bonus)
     return sweep
@@ -182,3 +181,30 @@ def test_a_receipt_swept_again_in_the_same_place_of_its_day_is_settled_again() -
     assert again.settled[first.id].status == "partial"
     assert again.settled[first.id].rarity_bonus < alone.rarity_bonus
     _same(again, _oracle(rules, balances, [first, late]))
+
+
+def test_a_day_already_ended_takes_back_the_bonus_of_a_receipt_that_no_longer_pays() -> None:
+    """The day's end was swept (its bonuses written) when a late receipt of that day comes and leaves the
+    client too little for the earlier one to pay beyond the base fee: the end is taken back with the
+    receipt and swept again, and the earlier receipt keeps no bonus (the journal restores the bonuses a
+    day's end wrote, as it restores settlements)."""
+
+    rng = random.Random(9)
+    rules = dataclasses.replace(DEFAULT_RULES, rarity_bonus=(2,))
+    first = dataclasses.replace(
+        _receipt(rng, 10), client=CLIENTS[0], start=0, end=5, tokens=100, server=SERVERS[0]
+    )
+    late = dataclasses.replace(
+        _receipt(rng, 5), client=CLIENTS[0], start=0, end=3, tokens=800, server=SERVERS[1]
+    )
+    late_price = _swept(rules, {CLIENTS[0]: 10**9}, [late]).settled[late.id].price
+    balances = {peer: 0 for peer in SERVERS} | {CLIENTS[0]: late_price + rules.base_fee}
+    sweep = Sweep(rules, _accounts(rules, balances))
+    journal = SweepJournal(sweep)
+    for item in sorted([receipt_item(first), *bonus_items([first])], key=lambda i: i[:3]):
+        journal.step(item)  # the day's end swept on the kept sweep, not on a report's copy
+    assert sweep.settled[first.id].rarity_bonus == 5 * 100 * 2
+
+    _sweep_late(journal, late)
+    assert sweep.settled[first.id].status == "none" and sweep.settled[first.id].rarity_bonus == 0
+    _same(sweep, _oracle(rules, balances, [first, late]))
