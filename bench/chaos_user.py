@@ -56,6 +56,7 @@ from bench.mesh_processes import BenchError, Child
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import load_manifest
 from python_peer.heap import settle_allocator
+from python_peer.memory_probe import probe_rounds
 
 CLOSE_TIMEOUT_S = 30.0
 
@@ -95,6 +96,7 @@ async def serve(args: argparse.Namespace) -> None:
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
     running: asyncio.Task[None] | None = None
     reading: asyncio.Future[bytes] | None = None
+    probing = asyncio.create_task(probe_rounds(f"user{args.index}"))  # with AI4ALL_MEMORY_PROBE only
     events.write("ready")
     try:
         while True:
@@ -129,7 +131,7 @@ async def serve(args: argparse.Namespace) -> None:
                 raise BenchError(f"user{args.index}: command {line.strip()!r} is not one it takes now")
     finally:
         load.stop.set()
-        for task in (running, reading):
+        for task in (running, reading, probing):
             if task is not None:
                 task.cancel()
         transport.close()

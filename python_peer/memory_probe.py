@@ -2,11 +2,12 @@
 
 With ``AI4ALL_MEMORY_PROBE=DIR`` a process that calls ``Probe.from_env`` (the chaos run's own process, from
 the start of its load; every ``ai4all peer``, from when it serves: ``probe_rounds``) traces Python's
-allocations (``tracemalloc``, 10 frames) and at each sample appends to ``DIR/<label>-<pid>.txt`` the resident set,
-Python's allocated blocks, glibc's in-use and free heap (``mallinfo2``), the live objects by type that
-changed most since the first sample, and the 25 source lines whose live allocations grew most. Tracing
-slows the process and costs memory of its own: a run with the probe on measures where growth goes,
-not how much there is.
+allocations (``tracemalloc``, 10 frames; ``AI4ALL_MEMORY_PROBE_FRAMES=0``: none) and at each sample appends to
+``DIR/<label>-<pid>.txt`` the resident set, Python's allocated blocks, glibc's in-use and free heap and its
+blocks mapped apart (``mallinfo2``), CPython's small-object arenas and the free space in them, the live
+objects by type that changed most since the first sample, and (traced) the source lines whose live
+allocations grew most. Tracing slows the process and costs memory of its own: a run with the probe on
+measures where growth goes, not how much there is.
 """
 
 from __future__ import annotations
@@ -16,12 +17,15 @@ import ctypes
 import gc
 import os
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
 
 PROBE_ENV = "AI4ALL_MEMORY_PROBE"
+FRAMES_ENV = "AI4ALL_MEMORY_PROBE_FRAMES"
+TRACE_FRAMES = 10
 
 
 class _Mallinfo2(ctypes.Structure):
@@ -42,15 +46,16 @@ class _Mallinfo2(ctypes.Structure):
     ]
 
 
-def _mallinfo() -> tuple[int, int] | None:
-    """(bytes in use, bytes free) of glibc's heap, or None elsewhere."""
+def _mallinfo() -> tuple[int, int, int] | None:
+    """(bytes in use, bytes free) of glibc's heap and the bytes of its blocks mapped apart (128 KiB and
+    more), or None elsewhere."""
     try:
         fn = ctypes.CDLL("libc.so.6").mallinfo2
     except (OSError, AttributeError):
         return None
     fn.restype = _Mallinfo2
     info = fn()
-    return int(info.uordblks), int(info.fordblks)
+    return int(info.uordblks), int(info.fordblks), int(info.hblkhd)
 
 
 def _rss() -> int:
@@ -61,6 +66,37 @@ def _rss() -> int:
         return 0
 
 
+def _arenas() -> str:
+    """CPython's small-object allocator: its arenas (1 MiB each, returned to the system only when empty),
+    the bytes in live blocks, and the free bytes it keeps in them (``sys._debugmallocstats``, which
+    prints to the C stderr: read back from a temporary file)."""
+    with tempfile.TemporaryFile(mode="w+") as out:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read()
+    found = dict.fromkeys(
+        ("arenas allocated current", "bytes in allocated blocks", "bytes in available blocks"), 0
+    )
+    unused = 0
+    for line in text.splitlines():
+        for name in found:
+            if line.startswith(f"# {name}"):
+                found[name] = int(line.rsplit("=", 1)[1].replace(",", ""))
+        if "unused pools" in line:
+            unused = int(line.rsplit("=", 1)[1].replace(",", ""))
+    arenas, used, free = found.values()
+    return (
+        f"{arenas} arenas: {used / 2**20:.1f} MiB in blocks, {(free + unused) / 2**20:.1f} MiB free in them"
+    )
+
+
 def _types() -> Counter[str]:
     return Counter(type(o).__name__ for o in gc.get_objects())
 
@@ -68,22 +104,26 @@ def _types() -> Counter[str]:
 class Probe:
     """Samples of this process's memory while a run is under way (see the module's docstring)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, frames: int = TRACE_FRAMES) -> None:
         self.path = path
         self.t0 = time.monotonic()
-        tracemalloc.start(10)
-        self.first = tracemalloc.take_snapshot()
+        self.first: tracemalloc.Snapshot | None = None
+        if frames:
+            tracemalloc.start(frames)
+            self.first = tracemalloc.take_snapshot()
         self.types0 = _types()
         self._write(f"probe of pid {os.getpid()} started\n")
 
     @classmethod
     def from_env(cls, label: str) -> Probe | None:
-        """A probe writing to ``$AI4ALL_MEMORY_PROBE/<label>-<pid>.txt``, or None when the variable is unset."""
+        """A probe writing to ``$AI4ALL_MEMORY_PROBE/<label>-<pid>.txt``, or None when the variable is unset;
+        ``AI4ALL_MEMORY_PROBE_FRAMES`` frames traced (0: no tracing, the other figures only)."""
         folder = os.environ.get(PROBE_ENV)
         if not folder:
             return None
         Path(folder).mkdir(parents=True, exist_ok=True)
-        return cls(Path(folder) / f"{label}-{os.getpid()}.txt")
+        frames = int(os.environ.get(FRAMES_ENV, TRACE_FRAMES))
+        return cls(Path(folder) / f"{label}-{os.getpid()}.txt", frames)
 
     def _write(self, text: str) -> None:
         with self.path.open("a") as f:
@@ -91,23 +131,34 @@ class Probe:
 
     def sample(self, note: str = "") -> None:
         gc.collect()
+        heap = _mallinfo()
+        traced = tracemalloc.get_traced_memory()[0] if self.first is not None else 0
+        lines = [
+            f"\n== {time.monotonic() - self.t0:.0f} s {note}: rss {_rss() / 2**20:.1f} MiB, "
+            f"traced {traced / 2**20:.1f} MiB, blocks {sys.getallocatedblocks()}, heap in use/free "
+            + (
+                f"{heap[0] / 2**20:.1f}/{heap[1] / 2**20:.1f} MiB, mapped apart {heap[2] / 2**20:.1f} MiB"
+                if heap
+                else "-"
+            )
+            + f"; {_arenas()}"
+        ]
+        types = _types()
+        delta = Counter({k: types[k] - self.types0.get(k, 0) for k in types})
+        lines.append("objects: " + ", ".join(f"{k} {v:+d}" for k, v in delta.most_common(15)))
+        if self.first is not None:
+            lines += self._traced()
+        self._write("\n".join(lines) + "\n")
+
+    def _traced(self) -> list[str]:
+        assert self.first is not None
         snap = tracemalloc.take_snapshot().filter_traces(
             [
                 tracemalloc.Filter(False, tracemalloc.__file__),
                 tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
             ]
         )
-        rss = _rss()
-        heap = _mallinfo()
-        traced, _ = tracemalloc.get_traced_memory()
-        lines = [
-            f"\n== {time.monotonic() - self.t0:.0f} s {note}: rss {rss / 2**20:.1f} MiB, traced {traced / 2**20:.1f} MiB, "
-            f"blocks {sys.getallocatedblocks()}, heap in use/free "
-            + (f"{heap[0] / 2**20:.1f}/{heap[1] / 2**20:.1f} MiB" if heap else "-")
-        ]
-        types = _types()
-        delta = Counter({k: types[k] - self.types0.get(k, 0) for k in types})
-        lines.append("objects: " + ", ".join(f"{k} {v:+d}" for k, v in delta.most_common(15)))
+        lines = []
         for group in ("filename", "lineno"):
             lines.append(f"by {group}:")
             for stat in snap.compare_to(self.first, group)[:20]:
@@ -120,7 +171,7 @@ class Probe:
                 f"{Path(f.filename).name}:{f.lineno}" for f in list(stat.traceback)[::-1][:6]
             )
             lines.append(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d}  {frames}")
-        self._write("\n".join(lines) + "\n")
+        return lines
 
     def stop(self) -> None:
         self.sample("end")

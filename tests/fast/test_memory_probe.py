@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from python_peer.memory_probe import PROBE_ENV, Probe, probe_rounds
+from python_peer.memory_probe import FRAMES_ENV, PROBE_ENV, Probe, probe_rounds
 
 
 def test_off_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -35,3 +36,23 @@ def test_samples_what_grew_into_one_file_per_process(monkeypatch: pytest.MonkeyP
     grown = [line for line in text.splitlines() if "test_memory_probe.py" in line and "KiB" in line]
     assert grown and float(grown[0].split()[0]) > 2000, text  # the kept bytes, in KiB, by line
     assert len(kept) == 3000
+
+
+def test_without_tracing_it_still_samples_the_heap_and_the_arenas(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(PROBE_ENV, str(tmp_path / "probe"))
+    monkeypatch.setenv(FRAMES_ENV, "0")
+    probe = Probe.from_env("user0")
+    assert probe is not None and not tracemalloc.is_tracing()
+    kept = [bytes(100 + i % 7) for i in range(30_000)]  # ~3.5 MiB of small objects: in CPython's arenas
+    probe.sample("one")
+    probe.stop()
+    text = (tmp_path / "probe" / f"user0-{os.getpid()}.txt").read_text()
+    [line] = [line for line in text.splitlines() if " one: rss " in line]
+    arenas, in_blocks = re.search(
+        r"; (\d+) arenas: ([\d.]+) MiB in blocks, [\d.]+ MiB free in them", line
+    ).groups()  # type: ignore[union-attr]
+    assert int(arenas) >= 4 and float(in_blocks) >= 3.5, line
+    assert "by lineno" not in text  # nothing traced
+    assert len(kept) == 30_000
