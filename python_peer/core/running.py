@@ -20,7 +20,8 @@ brings them so all the time) is swept in its place: the steps after it are taken
 Anything else (a second grant, a fork proof, evidence, an item older than the journal's steps, a
 superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
 ``compute`` again, which also rebuilds the running state (the old state is dropped first, so that a
-long-lived node's heap holds one copy of it at the peak, not two). The result is the same
+long-lived node's heap holds one copy of it at the peak, not two; a native store then has the new one
+copied into fresh memory: ``_compact``). The result is the same
 ``LedgerReport`` as ``compute`` over the same entries, field for field (``tests/test_ledger_running.py``
 checks it after every write of real and adversarial ledgers). What is per entry is not kept here but
 read from the store when asked (``StoredChains``): the hashes in counting positions and the duplicate
