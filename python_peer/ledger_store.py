@@ -53,6 +53,9 @@ __all__ = ["LEDGER_FILE", "LedgerStore", "MergeResult", "Quote", "Signer", "nati
 LEDGER_FILE = "ledger.sqlite3"
 SCHEMA_VERSION = "1"
 MERGE_CHUNK = 500  # entries per transaction when merging another store
+# a full compute over this many entries or more leaves its running state copied into fresh memory
+# (``RunningReport._compact``); a smaller state fragments little and is not worth the collection
+COMPACT_FROM = 2_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -136,7 +139,7 @@ class LedgerStore(ChainStore):
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
-        self._running = RunningReport(self, rules, compact=True)
+        self._running = RunningReport(self, rules, compact_from=COMPACT_FROM)
         # facts written since the last report, which extend the running report; None: it is rebuilt from
         # the rows (before the first report, after a rollback, a dropped chain or new evidence)
         self._added: list[Fact] | None = None

@@ -177,24 +177,30 @@ class RunningReport:
     ``chains`` is the store's (``StoredChains``): a report's ``counted`` (``CountedHashes``) and its
     duplicate receipts (``IgnoredEntries``) are read there."""
 
-    def __init__(self, chains: StoredChains, rules: Rules = DEFAULT_RULES, *, compact: bool = False) -> None:
+    def __init__(
+        self, chains: StoredChains, rules: Rules = DEFAULT_RULES, *, compact_from: int | None = None
+    ) -> None:
         self.rules = rules
         self.chains = chains
-        self.compact = compact  # ``_compact`` the state after each full compute
+        # ``_compact`` the state after a full compute over at least this many entries (None: never); below
+        # it the state is small and the collection ``_compact`` runs (proportional to all of the process's
+        # objects) would cost more than the arenas it could give back
+        self.compact_from = compact_from
         self.report: LedgerReport | None = None
         self.full_runs = 0  # how many times ``compute`` ran (tests and the benchmark read it)
         self.extensions = 0
 
     def full(self, entries: Iterable[EntryFacts]) -> LedgerReport:
         """``compute`` over ``entries``, keeping the state later entries extend (in fresh memory when
-        ``compact``: ``_compact``)."""
+        there are ``compact_from`` entries or more: ``_compact``)."""
         self._forget()
         facts = list(entries)
         report = compute(facts, rules=self.rules)
         self.full_runs += 1
         self._rebuild(facts, report)
+        big = self.compact_from is not None and len(facts) >= self.compact_from
         del facts, report  # the report is built from the state, like every extended one
-        if self.compact:
+        if big:
             self._compact()
         self.report = self._build()
         return self.report
