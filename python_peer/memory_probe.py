@@ -194,13 +194,14 @@ class Probe:
 
 
 async def probe_rounds(label: str, every_s: float = 60.0) -> None:
-    """Sample this process every ``every_s`` seconds until cancelled, if ``AI4ALL_MEMORY_PROBE`` is set."""
+    """Sample this process now and every ``every_s`` seconds until cancelled, if ``AI4ALL_MEMORY_PROBE`` is
+    set (the first sample is the one the others' object counts are compared with)."""
     probe = Probe.from_env(label)
     if probe is None:
         return
     try:
         while True:
-            await asyncio.sleep(every_s)
             probe.sample()  # blocks the loop for the snapshot: a diagnosis, not a measurement of speed
+            await asyncio.sleep(every_s)
     finally:
         probe.stop()

@@ -39,6 +39,7 @@ with peers, besides ``python_peer/identity.py``. Files:
 - ``holds.py``     holds: credits a client promises a peer for one session, and the check at OPEN.
 - ``proof_of_work.py``  the starter grant's proof of work: checking and mining it.
 - ``rules.py``     validators of one entry and of its link to the previous one, returning rejections.
+- ``counting.py``  which entries and which receipts count, before any credit moves (``count``).
 - ``balances.py``  balances as a pure function of the set of valid entries (``compute``).
 - ``rarity.py``    the rarity bonus of one model's UTC day, kept up to date receipt by receipt.
 - ``running.py``   ``compute``'s result kept up to date entry by entry as a store writes (``RunningReport``).

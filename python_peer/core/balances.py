@@ -14,15 +14,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field, replace
 
-from .canonical import MAX_SAFE_INT
+from .counting import Accusation, Counted, count
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
-from .entries import Entry, ForkProof, Grant
-from .evidence import Evidence
+from .entries import Entry
 from .holds import HeldCredits, Hold, collect_holds
-from .ledger_fields import DUPLICATE_RECEIPT, EntryFacts, Rejection, Verify
+from .ledger_fields import EntryFacts, Rejection, Verify
 from .rarity import DAYS_REMEMBERED, DayRarity
 from .receipts import Receipt, ReceiptBody
-from .rules import check_body, check_link
 
 
 class Fact:
@@ -74,13 +72,6 @@ def _slim(body: object, receipts: dict[str, Receipt] | None) -> object:
             h.expires,
         )  # fmt: skip
     return body
-
-
-def _receipt_of(body: object) -> Receipt | None:
-    """The receipt an entry carries: its body's (an ``Entry``) or the body itself (a ``Fact``)."""
-    if isinstance(body, ReceiptBody):
-        return body.receipt
-    return body if isinstance(body, Receipt) else None
 
 
 @dataclass
@@ -156,17 +147,6 @@ def settle(receipt: Receipt, cost: int, paid: int, rules: Rules) -> Settlement:
 
 
 @dataclass(frozen=True)
-class Accusation:
-    """One counted ``evidence`` entry: ``author`` (a client) proved ``accused`` lied in ``session``."""
-
-    accused: str
-    author: str
-    session: str
-    entry: str  # the evidence entry's hash
-    time: int
-
-
-@dataclass(frozen=True)
 class LedgerReport:
     """The outcome of ``compute``: balances, their breakdown, and why each non-counting entry does not count."""
 
@@ -204,74 +184,6 @@ class LedgerReport:
         """Lifetime block-tokens ``peer_id`` served in paid receipts: what earns a price discount."""
         account = self.accounts.get(peer_id)
         return account.served_block_tokens if account else 0
-
-
-def fork_points(entries: Iterable[EntryFacts]) -> dict[str, int]:
-    """Author -> lowest seq at which two different entries are known (directly or inside fork proofs)."""
-    seen: dict[tuple[str, int], str] = {}
-    forks: dict[str, int] = {}
-
-    def note(e: EntryFacts) -> None:
-        other = seen.setdefault((e.author, e.seq), e.hash)
-        if other != e.hash and e.seq < forks.get(e.author, MAX_SAFE_INT + 1):
-            forks[e.author] = e.seq
-
-    for entry in entries:
-        note(entry)
-        if isinstance(entry.body, ForkProof):
-            note(entry.body.a)
-            note(entry.body.b)
-    return forks
-
-
-def _dedupe(
-    entries: Iterable[EntryFacts], verify: Verify | None, rules: Rules, ignored: dict[str, Rejection]
-) -> dict[str, EntryFacts]:
-    pool: dict[str, EntryFacts] = {}
-    for entry in entries:
-        if entry.hash in pool:
-            continue
-        if verify is not None:
-            if not isinstance(entry, Entry):
-                raise TypeError("compute(verify=...) checks signatures: it needs whole entries, not facts")
-            rejection = check_body(entry, verify, rules)
-            if rejection is not None:
-                ignored.setdefault(entry.hash, rejection)
-                continue
-        ignored.pop(entry.hash, None)  # another copy of the same content was bad; this one is good
-        pool[entry.hash] = entry
-    return pool
-
-
-def _counting_chains(
-    pool: dict[str, EntryFacts], forks: dict[str, int], ignored: dict[str, Rejection]
-) -> tuple[list[EntryFacts], dict[str, int]]:
-    """Each author's linked prefix from seq 1, stopping at a gap, a bad link or the fork."""
-    by_author: dict[str, dict[int, EntryFacts]] = defaultdict(dict)
-    for entry in sorted(pool.values(), key=lambda e: e.hash):
-        by_author[entry.author].setdefault(entry.seq, entry)
-    counted: list[EntryFacts] = []
-    lengths: dict[str, int] = {}
-    for author, seqs in by_author.items():
-        fork = forks.get(author, MAX_SAFE_INT + 1)
-        prev: EntryFacts | None = None
-        seq = 1
-        while seq < fork and seq in seqs and check_link(prev, seqs[seq]) is None:
-            prev = seqs[seq]
-            counted.append(prev)
-            seq += 1
-        lengths[author] = seq - 1
-    for entry in pool.values():
-        length = lengths[entry.author]
-        if entry.seq <= length and entry.seq < forks.get(entry.author, MAX_SAFE_INT + 1):
-            continue
-        if entry.author in forks and entry.seq >= forks[entry.author]:
-            ignored[entry.hash] = Rejection("forked", f"author forked at seq {forks[entry.author]}")
-        else:
-            ignored[entry.hash] = Rejection(
-                "gap", f"entry does not extend the author's chain at seq {length}"
-            )
-    return counted, lengths
 
 
 SweepItem = tuple[int, int, str, object]  # (time, kind, key, what): kind 0 grant, 1 receipt, 2 hour, 3 day
@@ -454,6 +366,16 @@ class Sweep:
                 self.defer(server, at, bonus)
 
 
+def opening_accounts(counted: Counted, rules: Rules) -> dict[str, Account]:
+    """The accounts before the sweep: each author's counted entries, fork and starter grant."""
+    accounts = {author: Account(author, entries=n) for author, n in counted.entries.items()}
+    for author, forked_at in counted.forks.items():
+        accounts.setdefault(author, Account(author)).forked_at = forked_at
+    for author in counted.grants:
+        accounts[author].granted = rules.starter_grant
+    return accounts
+
+
 def compute(
     entries: Iterable[EntryFacts], *, rules: Rules = DEFAULT_RULES, verify: Verify | None = None
 ) -> LedgerReport:
@@ -483,89 +405,26 @@ def compute(
 
     Only grants and bonuses create credits; a receipt moves at most what its client had (docs/trust.md).
     """
-    ignored: dict[str, Rejection] = {}
-    pool = _dedupe(entries, verify, rules, ignored)
-    forks = fork_points(pool.values())
-    counted, _ = _counting_chains(pool, forks, ignored)
-    accounts: dict[str, Account] = {}
-
-    def account(peer: str) -> Account:
-        found = accounts.get(peer)
-        if found is None:
-            found = accounts[peer] = Account(peer)
-        return found
-
-    grants: dict[str, EntryFacts] = {}
-    carriers: dict[str, list[EntryFacts]] = defaultdict(list)
-    for entry in counted:
-        first = grants.get(entry.author)
-        if isinstance(entry.body, Grant) and (first is None or entry.seq < first.seq):
-            grants[entry.author] = entry
-    for entry in counted:
-        account(entry.author).entries += 1
-        if isinstance(entry.body, Grant) and grants[entry.author] is not entry:
-            claimed = grants[entry.author].seq
-            ignored[entry.hash] = Rejection("grant_claimed", f"grant already claimed at seq {claimed}")
-        elif (carried := _receipt_of(entry.body)) is not None:
-            carriers[carried.id].append(entry)
-    for author, forked_at in forks.items():
-        account(author).forked_at = forked_at
-    accused: dict[str, list[Accusation]] = defaultdict(list)
-    for entry in counted:
-        if isinstance(entry.body, Evidence):
-            ev = entry.body
-            accused[ev.accused].append(
-                Accusation(ev.accused, entry.author, ev.session, entry.hash, entry.time)
-            )
-    voided = {(a.accused, a.author, a.session) for found in accused.values() for a in found}
-
-    best: dict[tuple[str, str, str, str, int, int], Receipt] = {}
-    for copies in carriers.values():
-        copies.sort(key=lambda e: e.hash)
-        for extra in copies[1:]:
-            ignored[extra.hash] = DUPLICATE_RECEIPT
-        r = _receipt_of(copies[0].body)
-        if r is None:
-            continue
-        if (r.server, r.client, r.session) in voided:
-            ignored[copies[0].hash] = Rejection(
-                "evidence", "its client holds evidence that the server lied in this session"
-            )
-            continue
-        held = best.get(r.span_key)
-        if held is None or (r.tokens, r.time, held.id) > (held.tokens, held.time, r.id):
-            best[r.span_key] = r
-    receipts = sorted(best.values(), key=lambda r: (r.time, r.id))
-    winners = {r.id for r in receipts}
-    for rid, copies in carriers.items():
-        if rid not in winners and copies[0].hash not in ignored:
-            ignored[copies[0].hash] = Rejection(
-                "superseded", "a receipt with more tokens for the same session span counts"
-            )
+    counted = count(entries, rules, verify)
+    accounts = opening_accounts(counted, rules)
 
     # One sweep in canonical order: (time, kind, key). At one instant grants come first, then receipts,
     # then the hour's uptime bonuses, then the day's rarity bonuses, so a bonus sees every receipt of its
     # hour or day. A receipt debits its client at most what the client holds at that point, and credits
     # its server in proportion to what was paid (see ``settle``).
     sweep = Sweep(rules, accounts)
-    for author in grants:
-        account(author).granted = rules.starter_grant
-    for item in sweep_items(grants, receipts):
+    for item in sweep_items(counted.grants, counted.receipts):
         sweep.step(item)
-    settled = sweep.settled
-    consumed = frozenset((r.client, r.server, r.session) for r in receipts)
-    accusations = {
-        peer: tuple(sorted(found, key=lambda a: (a.time, a.entry))) for peer, found in accused.items()
-    }
+    consumed = frozenset((r.client, r.server, r.session) for r in counted.receipts)
     return LedgerReport(
         accounts,
-        ignored,
-        forks,
-        frozenset(e.hash for e in counted),
-        settled,
-        collect_holds(counted, consumed),
+        counted.ignored,
+        counted.forks,
+        frozenset(e.hash for e in counted.counted),
+        sweep.settled,
+        collect_holds(counted.counted, consumed),
         consumed,
-        accusations,
+        counted.accusations,
     )
 
 

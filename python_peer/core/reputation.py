@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .balances import Accusation, LedgerReport
+from .balances import LedgerReport
+from .counting import Accusation
 
 GOOD = "good"
 SUSPECT = "suspect"

@@ -18,10 +18,11 @@ brings them so all the time) is swept in its place: the steps after it are taken
 (``sweep_journal.py``), as long as the journal still keeps them all.
 
 Anything else (a second grant, a fork proof, evidence, an item older than the journal's steps, a
-superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store runs
-``compute`` again, which also rebuilds the running state (the old state is dropped first, so that a
-long-lived node's heap holds one copy of it at the peak, not two; a native store then has the new one
-copied into fresh memory: ``_compact``). The result is the same
+superseding receipt, a dropped chain, a rollback) makes ``extend`` return None and the store rebuilds
+the running state from every entry (``full``: ``compute``'s first half, ``counting.count``, then the
+state's own sweep; the old state is dropped first, so that a long-lived node's heap holds one copy of it
+at the peak, not two; a native store with a big ledger then has the new one copied into fresh memory:
+``_compact``). The result is the same
 ``LedgerReport`` as ``compute`` over the same entries, field for field (``tests/test_ledger_running.py``
 checks it after every write of real and adversarial ledgers). What is per entry is not kept here but
 read from the store when asked (``StoredChains``): the hashes in counting positions and the duplicate
@@ -41,22 +42,11 @@ import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Protocol
 
-from .balances import (
-    Account,
-    LedgerReport,
-    Sweep,
-    SweepItem,
-    _counting_chains,
-    _dedupe,
-    _receipt_of,
-    bonus_items,
-    compute,
-    fork_points,
-    grant_item,
-)
+from .balances import Account, LedgerReport, Sweep, SweepItem, bonus_items, grant_item, opening_accounts
+from .counting import Counted, count, receipt_of
 from .economics import DEFAULT_RULES, Rules
 from .entries import Grant
-from .holds import HeldCredits, Hold
+from .holds import HeldCredits, Hold, collect_holds
 from .ledger_fields import DUPLICATE_RECEIPT, EntryFacts, Rejection
 from .receipts import Receipt
 from .rules import check_link
@@ -187,19 +177,20 @@ class RunningReport:
         # objects) would cost more than the arenas it could give back
         self.compact_from = compact_from
         self.report: LedgerReport | None = None
-        self.full_runs = 0  # how many times ``compute`` ran (tests and the benchmark read it)
+        self.full_runs = 0  # how many times ``full`` rebuilt the state (tests and the benchmark read it)
         self.extensions = 0
 
     def full(self, entries: Iterable[EntryFacts]) -> LedgerReport:
         """``compute`` over ``entries``, keeping the state later entries extend (in fresh memory when
-        there are ``compact_from`` entries or more: ``_compact``)."""
+        there are ``compact_from`` entries or more: ``_compact``). It runs ``compute``'s first half
+        (``counting.count``) and its own sweep, which it keeps, instead of ``compute`` whole: the report is
+        built from that state, like every extended one."""
         self._forget()
-        facts = list(entries)
-        report = compute(facts, rules=self.rules)
+        counted = count(entries, self.rules)
         self.full_runs += 1
-        self._rebuild(facts, report)
-        big = self.compact_from is not None and len(facts) >= self.compact_from
-        del facts, report  # the report is built from the state, like every extended one
+        big = self.compact_from is not None and len(counted.counted) >= self.compact_from
+        self._rebuild(counted)
+        del counted
         if big:
             self._compact()
         self.report = self._build()
@@ -237,7 +228,7 @@ class RunningReport:
 
         CPython's allocator returns a 1 MiB arena to the system only once no object in it is alive. The
         objects a full compute keeps (receipts, their ids, the sweep's settlements) are made among many
-        times as many it drops (each row's fact, ``compute``'s report and indexes), so they end up spread
+        times as many it drops (each row's fact, ``count``'s indexes), so they end up spread
         over every arena the compute filled, and the process keeps its peak: measured on a 33,677-entry
         ledger, 30 MiB of resident memory after the store opened against 12 MiB of live objects
         (bench/README.md). Pickled to one buffer, the originals freed, then unpickled, the same state
@@ -253,59 +244,37 @@ class RunningReport:
 
     # --- the state --------------------------------------------------------------------------------------
 
-    def _rebuild(self, facts: list[EntryFacts], report: LedgerReport) -> None:
-        ignored: dict[str, Rejection] = {}
-        pool = _dedupe(facts, None, self.rules, ignored)
-        forks = fork_points(pool.values())
-        counted, lengths = _counting_chains(pool, forks, ignored)
-        self.forks = dict(report.forks)
-        self.lengths = lengths
+    def _rebuild(self, counted: Counted) -> None:
+        self.forks = counted.forks
+        self.lengths = counted.lengths
         self.heads: dict[str, EntryFacts] = {}
-        for entry in counted:
+        for entry in counted.counted:
             head = self.heads.get(entry.author)
             if head is None or entry.seq > head.seq:
                 self.heads[entry.author] = entry
         # authors with an entry that does not count (a gap or a fork): a new entry may unblock it
-        self.blocked = {pool[h].author for h in ignored if h in pool} | set(forks)
+        self.blocked = counted.blocked
         # why entries do not count, but the duplicate copies of receipts (``IgnoredEntries``): counted
-        self.ignored = {h: r for h, r in report.ignored.items() if r.code != DUPLICATE_RECEIPT.code}
-        self.duplicates = len(report.ignored) - len(self.ignored)
-        self.holds = {author: list(found) for author, found in report.holds.items()}
-        self.accusations = dict(report.accusations)
+        self.ignored = {h: r for h, r in counted.ignored.items() if r.code != DUPLICATE_RECEIPT.code}
+        self.duplicates = len(counted.ignored) - len(self.ignored)
+        self.accusations = counted.accusations
         self.voided = {
-            (a.accused, a.author, a.session) for found in report.accusations.values() for a in found
+            (a.accused, a.author, a.session) for found in counted.accusations.values() for a in found
         }
-        receipts: dict[str, Receipt] = {}
-        for entry in counted:
-            r = _receipt_of(entry.body)
-            if r is not None:
-                receipts.setdefault(r.id, r)
         # (client, server, session) -> the receipt that counts for it (``consumed``); a session with
         # receipts for two spans counting (only liars sign such) leaves one here, so that a copy of the
         # other, or a receipt for any span of that session, runs ``compute`` again
         self.sessions: dict[tuple[str, str, str], Receipt] = {}
-        for rid in report.settled:
-            r = receipts[rid]
+        for r in counted.receipts:
             self.sessions[(r.client, r.server, r.session)] = r
+        self.holds = collect_holds(counted.counted, self.sessions.keys())
         # the sweep up to its last receipt; what follows it is applied on a copy for each report
-        grants: dict[str, EntryFacts] = {}
-        for entry in counted:
-            first = grants.get(entry.author)
-            if isinstance(entry.body, Grant) and (first is None or entry.seq < first.seq):
-                grants[entry.author] = entry
-        swept = sorted((receipts[rid] for rid in report.settled), key=lambda r: (r.time, r.id))
-        items = [grant_item(author, grant) for author, grant in grants.items()]
+        swept = counted.receipts  # in (time, id) order
+        items = [grant_item(author, grant) for author, grant in counted.grants.items()]
         items += [(r.time, 1, r.id, r) for r in swept] + bonus_items(swept)
         items.sort(key=lambda item: item[:3])
         last = max((i for i, item in enumerate(items) if item[1] == 1), default=-1)
-        accounts: dict[str, Account] = {}
-        for author, fact_count in self._entry_counts(counted).items():
-            accounts[author] = Account(author, entries=fact_count)
-        for author in report.forks:
-            accounts.setdefault(author, Account(author)).forked_at = report.forks[author]
-        for author in grants:
-            accounts[author].granted = self.rules.starter_grant
-        self.sweep = Sweep(self.rules, accounts)
+        self.sweep = Sweep(self.rules, opening_accounts(counted, self.rules))
         self.journal = SweepJournal(self.sweep)
         kept = max(0, last + 1 - self.journal.limit)
         for item in items[:kept]:
@@ -314,13 +283,6 @@ class RunningReport:
             self.journal.step(item)
         self.tail: list[SweepItem] = items[last + 1 :]
         self.last_key: tuple[int, int, str] = items[last][:3] if last >= 0 else (-1, 1, "")
-
-    @staticmethod
-    def _entry_counts(counted: list[EntryFacts]) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for entry in counted:
-            counts[entry.author] = counts.get(entry.author, 0) + 1
-        return counts
 
     # --- one new entry ----------------------------------------------------------------------------------
 
@@ -332,7 +294,7 @@ class RunningReport:
         if author in self.blocked or fact.seq != head.seq + 1 or check_link(head, fact) is not None:
             return False
         body = fact.body
-        receipt = _receipt_of(body)
+        receipt = receipt_of(body)
         if isinstance(body, Hold):
             if (author, *body.key) not in self.sessions:  # else its receipt came first: consumed
                 self.holds.setdefault(author, []).append(HeldCredits(fact.hash, author, fact.seq, body))

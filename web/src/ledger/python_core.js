@@ -23,6 +23,7 @@ export const CORE_FILES = Object.freeze([
   'entries.py',
   'proof_of_work.py',
   'rules.py',
+  'counting.py',
   'rarity.py',
   'balances.py',
   'running.py',
