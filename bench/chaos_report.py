@@ -74,13 +74,16 @@ def recovery(kills: list[KillRecord], outcomes: list[Outcome]) -> list[float | N
     return result
 
 
+WARM_S = 30.0  # a life's memory is taken as its start this long into serving the load (``memory_rows``)
+
+
 def memory_rows(
     procs: list[Proc],
     own: tuple[int | None, int | None],
     t0: float,
     seconds: float,
     *,
-    warm_s: float = 30.0,
+    warm_s: float = WARM_S,
     every_s: float = 60.0,
     own_series: list[tuple[float, int]] | None = None,
 ) -> list[dict[str, Any]]:
@@ -88,21 +91,33 @@ def memory_rows(
     harness's own (``own``: the schedule, the API worker, the figures), then ``procs`` (nodes, peers and
     the native users' processes).
 
-    A life that was there when the load started (``t0``, after the warm-up chats) starts then; a
-    restarted one starts at its first sample ``warm_s`` after it became ready (its first sessions
-    loaded). Growth is judged for lives that span at least half of the load's ``seconds``.
-    ``series_mib``: RSS about every ``every_s`` seconds of the load, to tell a plateau from a leak."""
+    Every life starts at its first sample ``warm_s`` into serving the load: ``warm_s`` after the load
+    started (``t0``, after the warm-up chats) for a life that was there then, after it became ready for a
+    restarted one. The first seconds of load are a one-time cost, not growth: the links between peers
+    that the routes use open, code first run is paged in (cryptography's compiled library alone grew a
+    spared peer's resident set 3.6 MiB during the warm-up and the load's first 13 s, bench/README.md), and
+    a restarted peer loads its ledger. ``load_start_mib``
+    and ``growth_from_load_start`` keep the figures of a life that was there from ``t0`` on. Growth is
+    judged for lives that span at least half of the load's ``seconds``. ``series_mib``: RSS about every
+    ``every_s`` seconds of the load, to tell a plateau from a leak."""
     rows = [_row("chaos (harness)", 1, own[0], own[1], True, own_series or [], t0, every_s)]
     for proc in procs:
         life = proc.lives[-1]
-        start = life.rss_start
-        began = t0
-        if start is None and life.ready is not None:
-            began = life.ready + warm_s
-            start = next((value for at, value in life.series if at >= began), None)
-        judged = start is not None and (t0 + seconds - began) >= seconds / 2
-        rows.append(_row(proc.name, len(proc.lives), start, life.rss_last, judged, life.series, t0, every_s))
+        began = t0 + warm_s if life.rss_start is not None else None
+        if began is None and life.ready is not None:
+            began = max(t0, life.ready) + warm_s
+        start = next((value for at, value in life.series if at >= began), None) if began else None
+        judged = start is not None and began is not None and (t0 + seconds - began) >= seconds / 2
+        row = _row(proc.name, len(proc.lives), start, life.rss_last, judged, life.series, t0, every_s)
+        if life.rss_start is not None:
+            row["load_start_mib"] = _mib(life.rss_start)
+            row["growth_from_load_start"] = _growth(life.rss_start, life.rss_last)
+        rows.append(row)
     return rows
+
+
+def _growth(start: int | None, end: int | None) -> float | None:
+    return round((end - start) / start, 4) if start and end else None
 
 
 def _row(
@@ -120,10 +135,14 @@ def _row(
         "lives": lives,
         "start_mib": _mib(start),
         "end_mib": _mib(end),
-        "growth": round((end - start) / start, 4) if start and end else None,
+        "growth": _growth(start, end),
         "judged": judged,
         "series_mib": _every(series, t0, every_s),
     }
+
+
+def _percent(growth: float | None) -> str:
+    return f"{100 * growth:+.1f} %" if growth is not None else "-"
 
 
 def _every(series: list[tuple[float, int]], t0: float, every_s: float) -> list[float | None]:
@@ -243,17 +262,19 @@ def show(fig: Figures, console: Console) -> None:
         console.print(fails)
     for line in fig.wrong_examples + fig.receipts["lost_examples"]:
         console.print(f"  {line}", markup=False)
-    mem = Table(title="memory (RSS, MiB)", title_justify="left")
-    for column in ("process", "lives", "start", "end", "growth"):
+    mem = Table(title=f"memory (RSS, MiB; start: {WARM_S:.0f} s into serving the load)", title_justify="left")
+    for column in ("process", "lives", "start", "end", "growth", "at the load's start", "growth from it"):
         mem.add_column(column)
     for row in fig.memory:
-        growth = f"{100 * row['growth']:+.1f} %" if row["growth"] is not None else "-"
+        growth = _percent(row["growth"])
         mem.add_row(
             row["process"],
             str(row["lives"]),
             str(row["start_mib"]),
             str(row["end_mib"]),
             growth if row.get("judged") else f"({growth}, short life)",
+            str(row.get("load_start_mib", "-")),
+            _percent(row.get("growth_from_load_start")),
         )
     console.print(mem)
     console.print("goals: " + ", ".join(f"{k} {'ok' if v else 'MISSED'}" for k, v in fig.goals.items()))

@@ -15,7 +15,8 @@ from rich.console import Console
 from bench.chaos import ChaosConfig, run_chaos, tiny_model
 from bench.chaos_ledgers import compare, receipts, snapshot
 from bench.chaos_load import Load, References, copy_ledger
-from bench.chaos_mesh import ChaosMesh
+from bench.chaos_mesh import ChaosMesh, Incarnation, Proc
+from bench.chaos_report import WARM_S, memory_rows
 from bench.chaos_schedule import NODE, PEER, Kill, Limits, Schedule, ScheduleError, Target, check_plan, plan
 from bench.chaos_user import UserProcess
 from bench.mesh_processes import BenchError
@@ -83,6 +84,38 @@ def test_a_schedule_that_breaks_a_rule_is_refused() -> None:
     assert live.blocked("peer-2-4-1", {"peer-0-2-0"}) is None
     # An API peer (protected) keeps its span served: the other two may be down together.
     assert Schedule(TARGETS, max_down=3).blocked("peer-0-2-2", {"peer-0-2-1"}) is None
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+
+
+def test_every_life_s_memory_starts_warm_s_into_serving_the_load() -> None:
+    """A life there when the load started starts at its first sample ``WARM_S`` into the load (its
+    figure at the load's start kept beside), a restarted one at its first sample ``WARM_S`` after it
+    became ready; a life too short to judge is reported, not judged."""
+    mib = 2**20
+    t0, seconds = 1_000.0, 600.0
+    every = [t0 + 5 * i for i in range(121)]
+
+    def proc(name: str, life: Incarnation) -> Proc:
+        return Proc(name, PEER, [], lives=[life])
+
+    spared = Incarnation(1, 11, 900.0, ready=950.0, rss_start=100 * mib, rss_last=130 * mib)
+    spared.series = [(at, (110 + (at >= t0 + WARM_S) * 5) * mib) for at in every]
+    restarted = Incarnation(2, 12, t0 + 100, ready=t0 + 110, rss_last=150 * mib)
+    restarted.series = [(at, (140 if at < t0 + 110 + WARM_S else 145) * mib) for at in every if at > t0 + 110]
+    late = Incarnation(3, 13, t0 + 400, ready=t0 + 410, rss_last=150 * mib)
+    late.series = [(at, 150 * mib) for at in every if at > t0 + 410]
+    rows = memory_rows(
+        [proc("peer-0-2-2", spared), proc("peer-0-2-1", restarted), proc("peer-0-2-0", late)],
+        (50 * mib, 51 * mib), t0, seconds,
+    )  # fmt: skip
+    harness, first, second, third = rows
+    assert harness["start_mib"] == 50.0 and harness["judged"]
+    assert first["start_mib"] == 115.0 and first["growth"] == round(15 / 115, 4) and first["judged"]
+    assert first["load_start_mib"] == 100.0 and first["growth_from_load_start"] == 0.3
+    assert second["start_mib"] == 145.0 and second["judged"] and "load_start_mib" not in second
+    assert third["start_mib"] == 150.0 and not third["judged"]
 
 
 # --- the ledger checks ---------------------------------------------------------------------------------
