@@ -184,8 +184,15 @@ class LedgerStore(ChainStore):
         return store
 
     def close(self) -> None:
+        """Close the connection and drop the running state with it, rather than when the last report
+        made goes: a process that opens another store next (a new identity on a copy of the ledger) then
+        builds that store's state where this one's was, not beside it. Reports already made keep their
+        figures; their counted entries can no longer be read."""
         with self._lock:
             self._conn.close()
+            self._running.forget()
+            self._cache = self._heads_cache = None
+            self._added = None
 
     def __enter__(self) -> LedgerStore:
         return self

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -282,6 +283,25 @@ def test_a_report_rebuilt_from_the_rows_keeps_a_fresh_copy_of_its_state(
     assert whole_report(reopened.report()) == _recomputed(reopened)
     assert running.full_runs == 1
     reopened.close()
+
+
+def test_closing_a_store_drops_its_running_state_and_its_reports_keep_their_figures(tmp_path: Path) -> None:
+    """The running state goes with ``close``, not when the store object does (a process opening a new
+    identity's store next builds it where the old one was); a report made before keeps its balances, and
+    a report asked after is refused."""
+    client, server = ids(2, 881)
+    store = LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES)
+    store.claim_grant(client, T0)
+    store.claim_grant(server, T0)
+    store.append(server, cosign(client, server, tokens=5, time=T0 + 1_000), NOW)
+    report = store.report()
+    balances = dict(report.balances)
+    state = weakref.ref(store._running.sweep)
+    store.close()
+    assert state() is None  # freed at once, though the store object is still referenced here
+    assert report.balances == balances and balances[server.peer_id] > 0
+    with pytest.raises((LedgerError, sqlite3.ProgrammingError)):
+        store.report()
 
 
 def test_balances_kept_in_memory_see_another_connections_writes_and_survive_a_rollback(

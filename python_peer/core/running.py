@@ -185,7 +185,7 @@ class RunningReport:
         there are ``compact_from`` entries or more: ``_compact``). It runs ``compute``'s first half
         (``counting.count``) and its own sweep, which it keeps, instead of ``compute`` whole: the report is
         built from that state, like every extended one."""
-        self._forget()
+        self.forget()
         counted = count(entries, self.rules)
         self.full_runs += 1
         big = self.compact_from is not None and len(counted.counted) >= self.compact_from
@@ -209,13 +209,13 @@ class RunningReport:
             return None
         for fact in added:
             if not self._apply(fact):
-                self._forget()
+                self.forget()
                 return None
         self.extensions += 1
         self.report = self._build()
         return self.report
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
         """Drop the running state (a full compute follows), so that the next one is built while the old
         one is gone: a long-lived node's heap then holds one copy at its peak, not two."""
         self.report = None
