@@ -13,6 +13,7 @@ from array import array
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from .counting import Accusation, Counted, count
 from .economics import DAY_MS, DEFAULT_RULES, HOUR_MS, Rules, earnings, price
@@ -118,7 +119,7 @@ class Settlement:
 
     @property
     def counts(self) -> bool:
-        return self.paid >= self.price or self.paid > self.base_fee
+        return _counts(self.price, self.paid, self.base_fee)
 
     @property
     def status(self) -> str:
@@ -129,21 +130,49 @@ class Settlement:
 
     def share(self, amount: int) -> int:
         """The part of ``amount`` (due for the whole receipt) that its payment covers, rounded down."""
-        if self.paid >= self.price:
-            return amount
-        if self.paid <= self.base_fee:
-            return 0
-        return amount * (self.paid - self.base_fee) // (self.price - self.base_fee)
+        return _share(self.price, self.paid, self.base_fee, amount)
+
+
+def _counts(price: int, paid: int, base_fee: int) -> bool:
+    return paid >= price or paid > base_fee
+
+
+def _share(price: int, paid: int, base_fee: int, amount: int) -> int:
+    if paid >= price:
+        return amount
+    if paid <= base_fee:
+        return 0
+    return amount * (paid - base_fee) // (price - base_fee)
+
+
+class Payment(NamedTuple):
+    """What a counted receipt's client paid, as a sweep keeps it (``Sweep.settlements``): one small tuple
+    a receipt, from which its ``Settlement`` (the earnings and block-tokens its payment covers) is made
+    when asked (``settlement``, ``Settled``); ``counts`` and ``share`` are the settlement's."""
+
+    receipt: Receipt
+    price: int
+    paid: int
+    base_fee: int
+
+    @property
+    def counts(self) -> bool:
+        return _counts(self.price, self.paid, self.base_fee)
+
+    def share(self, amount: int) -> int:
+        return _share(self.price, self.paid, self.base_fee, amount)
+
+    def settlement(self, rules: Rules, rarity_bonus: int = 0) -> Settlement:
+        r = self.receipt
+        return Settlement(
+            r.id, r.client, r.server, self.price, self.paid, self.base_fee,
+            self.share(earnings(r.blocks, r.tokens, rules)), self.share(r.block_tokens), rarity_bonus,
+        )  # fmt: skip
 
 
 def settle(receipt: Receipt, cost: int, paid: int, rules: Rules) -> Settlement:
     """The settlement of ``receipt`` priced ``cost`` of which its client could pay ``paid``."""
-    s = Settlement(receipt.id, receipt.client, receipt.server, cost, paid, min(rules.base_fee, cost))
-    return replace(
-        s,
-        earned=s.share(earnings(receipt.blocks, receipt.tokens, rules)),
-        block_tokens=s.share(receipt.block_tokens),
-    )
+    return Payment(receipt, cost, paid, min(rules.base_fee, cost)).settlement(rules)
 
 
 @dataclass(frozen=True)
@@ -218,27 +247,30 @@ def sweep_items(grants: dict[str, EntryFacts], receipts: list[Receipt]) -> list[
 
 
 class Settled(Mapping[str, Settlement]):
-    """Receipt id -> its ``Settlement``, rarity bonus included: a sweep's ``settlements`` (without the
-    bonus) and its ``rarity_bonuses`` (a number per receipt of a day whose end was swept). The bonus is
-    kept apart so that a receipt has one settlement object, not a second one with the bonus for each day
-    a report applies (``rarity.DayRarity``); the one with the bonus is made when asked."""
+    """Receipt id -> its ``Settlement``, rarity bonus included, made when asked from a sweep's
+    ``settlements`` (a ``Payment`` a receipt) and its ``rarity_bonuses`` (a number per receipt of a day
+    whose end was swept): a node keeps neither a settlement per receipt nor a second one with the bonus
+    for each day a report applies (``rarity.DayRarity``)."""
 
-    __slots__ = ("_bonuses", "_settlements")
+    __slots__ = ("_bonuses", "_rules", "_settlements")
 
-    def __init__(self, settlements: dict[str, Settlement], bonuses: dict[str, int]) -> None:
+    def __init__(self, settlements: dict[str, Payment], bonuses: dict[str, int], rules: Rules) -> None:
         self._settlements = settlements
         self._bonuses = bonuses
+        self._rules = rules
 
     def __getitem__(self, receipt_id: str) -> Settlement:
-        s = self._settlements[receipt_id]
-        bonus = self._bonuses.get(receipt_id, 0)
-        return replace(s, rarity_bonus=bonus) if bonus else s
+        return self._settlements[receipt_id].settlement(self._rules, self._bonuses.get(receipt_id, 0))
 
     def __len__(self) -> int:
         return len(self._settlements)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._settlements)
+
+
+def _no_times() -> array[int]:
+    return array("q")
 
 
 def _served_from_zero() -> array[int]:
@@ -255,9 +287,10 @@ class Sweep:
         self.rules = rules
         self.accounts = accounts
         # receipt id -> what it paid (without its rarity bonus), and its rarity bonus once its day ended
-        self.settlements: dict[str, Settlement] = {}
+        self.settlements: dict[str, Payment] = {}
         self.rarity_bonuses: dict[str, int] = {}
-        self.served_times: dict[str, list[int]] = defaultdict(list)
+        # a server's times of paid receipts, in sweep order: 8 bytes each, not an int object
+        self.served_times: dict[str, array[int]] = defaultdict(_no_times)
         # a server's block-tokens served up to each of its served times: 8 bytes each, not an int object
         self.served_totals: dict[str, array[int]] = defaultdict(_served_from_zero)
         self.hourly: dict[tuple[str, int], int] = defaultdict(int)
@@ -277,7 +310,7 @@ class Sweep:
     @property
     def settled(self) -> Settled:
         """Receipt id -> its settlement, rarity bonus included (a view of this sweep's, not a copy)."""
-        return Settled(self.settlements, self.rarity_bonuses)
+        return Settled(self.settlements, self.rarity_bonuses, self.rules)
 
     def account(self, peer: str) -> Account:
         found = self.accounts.get(peer)
@@ -311,8 +344,8 @@ class Sweep:
             cost = price(r.blocks, r.tokens, standing, rules)
             payer, payee = self.account(r.client), self.account(r.server)
             paid = min(cost, max(0, payer.balance))
-            s = settle(r, cost, paid, rules)
-            self.settlements[r.id] = s
+            payment = self.settlements[r.id] = Payment(r, cost, paid, min(rules.base_fee, cost))
+            s = payment.settlement(rules)
             payer.balance -= paid
             payer.spent += paid
             payer.receipts_paid += 1

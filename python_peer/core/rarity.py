@@ -19,7 +19,7 @@ from .economics import Rules
 from .receipts import Receipt
 
 if TYPE_CHECKING:
-    from .balances import Settlement
+    from .balances import Payment
 
 __all__ = ["DAYS_REMEMBERED", "DayRarity", "span_rates"]
 
@@ -70,7 +70,7 @@ class DayRarity:
     grow one at a time and their servers' coverage rarely changes.
 
     For each of the day's receipts swept, in order: ``receipts``, the settlement it was paid with
-    (``paid``; None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``: (server,
+    (``paid``: its ``Payment``, None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``: (server,
     start, end) -> paying receipts with it; ``rates``: ``span_rates`` of ``coverage``, the set of those
     when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``bonus_of``: receipt
     id -> its bonus, for each paying receipt (the sweep keeps it beside the receipt's settlement:
@@ -80,7 +80,7 @@ class DayRarity:
 
     def __init__(self) -> None:
         self.receipts: list[Receipt] = []
-        self.paid: list[Settlement | None] = []
+        self.paid: list[Payment | None] = []
         self.bonuses = array("q")  # 8 bytes a receipt, not an int object each
         self.counts: dict[tuple[str, int, int], int] = {}
         self.coverage: frozenset[tuple[str, int, int]] = frozenset()
@@ -103,7 +103,7 @@ class DayRarity:
             del self.bonus_of[r.id]
         del self.receipts[length:], self.paid[length:], self.bonuses[length:]
 
-    def extend(self, receipts: Sequence[Receipt], settled: dict[str, Settlement]) -> None:
+    def extend(self, receipts: Sequence[Receipt], settled: dict[str, Payment]) -> None:
         """Add the receipts swept after those applied, paid as ``settled`` says (bonuses still 0)."""
         for r in receipts:
             s = settled[r.id]

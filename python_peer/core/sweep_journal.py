@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .balances import Account, Settlement, Sweep, SweepItem
+from .balances import Account, Payment, Sweep, SweepItem
 from .economics import DAY_MS, HOUR_MS
 from .receipts import Receipt
 
@@ -50,7 +50,9 @@ class _Step:
 
     item: SweepItem
     accounts: list[tuple[str, tuple[int, ...] | None, dict[int, int]]]  # peer, fields (None: absent)
-    settled: list[tuple[str, Settlement | None]]  # a receipt's settlement (without its rarity bonus)
+    settled: list[
+        tuple[str, Payment | None]
+    ]  # what a receipt paid (its settlement, without its rarity bonus)
     bonuses: list[tuple[str, int | None]]  # the rarity bonus of each receipt of a day whose end it swept
     hourly: tuple[tuple[str, int], int | None] | None
     served: tuple[str, int, int] | None  # server, lengths of its served times and totals
