@@ -96,10 +96,10 @@ def memory_rows(
     restarted one. The first seconds of load are a one-time cost, not growth: the links between peers
     that the routes use open, code first run is paged in (cryptography's compiled library alone grew a
     spared peer's resident set 3.6 MiB during the warm-up and the load's first 13 s, bench/README.md), and
-    a restarted peer loads its ledger. ``load_start_mib``
-    and ``growth_from_load_start`` keep the figures of a life that was there from ``t0`` on. Growth is
-    judged for lives that span at least half of the load's ``seconds``. ``series_mib``: RSS about every
-    ``every_s`` seconds of the load, to tell a plateau from a leak."""
+    a restarted peer loads its ledger. ``load_start_mib`` and ``growth_from_load_start`` keep the figures
+    of a life that was there from ``t0`` on. Growth is judged for lives that span at least half of the
+    load's ``seconds``. ``series_mib``: RSS about every ``every_s`` seconds of the load, to tell a plateau
+    from a leak."""
     rows = [_row("chaos (harness)", 1, own[0], own[1], True, own_series or [], t0, every_s)]
     for proc in procs:
         life = proc.lives[-1]

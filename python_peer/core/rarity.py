@@ -69,11 +69,11 @@ class DayRarity:
     report applies the current day's bonus for every report (``running.py``), while the day's receipts
     grow one at a time and their servers' coverage rarely changes.
 
-    For each of the day's receipts swept, in order: ``receipts``, the settlement it was paid with
-    (``paid``: its ``Payment``, None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``: (server,
-    start, end) -> paying receipts with it; ``rates``: ``span_rates`` of ``coverage``, the set of those
-    when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``bonus_of``: receipt
-    id -> its bonus, for each paying receipt (the sweep keeps it beside the receipt's settlement:
+    For each of the day's receipts swept, in order: ``receipts``, what it paid (``paid``: its
+    ``Payment``, None if it did not pay enough to count) and its bonus (``bonuses``). ``counts``:
+    (server, start, end) -> paying receipts with it; ``rates``: ``span_rates`` of ``coverage``, the set
+    of those when they were computed; ``due``: server -> the sum of its receipts' bonuses; ``bonus_of``:
+    receipt id -> its bonus, for each paying receipt (the sweep keeps it beside what the receipt paid:
     ``balances.Settled``). Receipts taken back (``truncate``) are taken out of each."""
 
     __slots__ = ("bonus_of", "bonuses", "counts", "coverage", "due", "paid", "rates", "receipts")

@@ -50,9 +50,8 @@ class _Step:
 
     item: SweepItem
     accounts: list[tuple[str, tuple[int, ...] | None, dict[int, int]]]  # peer, fields (None: absent)
-    settled: list[
-        tuple[str, Payment | None]
-    ]  # what a receipt paid (its settlement, without its rarity bonus)
+    # what each receipt paid (its settlement, without its rarity bonus; None: not swept yet)
+    settled: list[tuple[str, Payment | None]]
     bonuses: list[tuple[str, int | None]]  # the rarity bonus of each receipt of a day whose end it swept
     hourly: tuple[tuple[str, int], int | None] | None
     served: tuple[str, int, int] | None  # server, lengths of its served times and totals
