@@ -42,7 +42,17 @@ import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from typing import Protocol
 
-from .balances import Account, LedgerReport, Sweep, SweepItem, bonus_items, grant_item, opening_accounts
+from .balances import (
+    Account,
+    LedgerReport,
+    Sweep,
+    SweepItem,
+    bonus_items,
+    grant_item,
+    opening_accounts,
+    receipt_item,
+    sweep_items,
+)
 from .counting import Counted, count, receipt_of
 from .economics import DEFAULT_RULES, Rules
 from .entries import Grant
@@ -269,10 +279,7 @@ class RunningReport:
             self.sessions[(r.client, r.server, r.session)] = r
         self.holds = collect_holds(counted.counted, self.sessions.keys())
         # the sweep up to its last receipt; what follows it is applied on a copy for each report
-        swept = counted.receipts  # in (time, id) order
-        items = [grant_item(author, grant) for author, grant in counted.grants.items()]
-        items += [(r.time, 1, r.id, r) for r in swept] + bonus_items(swept)
-        items.sort(key=lambda item: item[:3])
+        items = sweep_items(counted.grants, counted.receipts)
         last = max((i for i, item in enumerate(items) if item[1] == 1), default=-1)
         self.sweep = Sweep(self.rules, opening_accounts(counted, self.rules))
         self.journal = SweepJournal(self.sweep)
@@ -354,7 +361,7 @@ class RunningReport:
             held[:] = [h for h in held if h.hold.key != (r.server, r.session)]
             if not held:
                 del self.holds[r.client]
-        item: SweepItem = (r.time, 1, r.id, r)
+        item = receipt_item(r)
         if key < self.last_key:  # late: swept in its place, the steps after it taken back and swept again
             self._sweep_back(item, bonus_items([r]))
             return True
