@@ -10,11 +10,10 @@ browser's ``core.memory_store.MemoryStore``); this file keeps the rows. Two tabl
   (they no longer count) and refuses later ones, so per-author storage stays bounded.
 
 What the store holds is then a function of the entries it was offered, whatever their order, and
-``report()`` is ``core.balances.compute`` over both tables (cached until the next write). Balances are
-kept incrementally: the store keeps in memory one ``core.balances.Fact`` per row (what ``compute``
-reads: no signature, no encoded bytes), read from the tables once and then updated by every write it
-commits, so ``report()`` after a write re-runs ``compute`` over those facts without parsing the ledger
-again (a write by another connection, or a rolled-back transaction, makes it read them again).
+``report()`` is ``core.balances.compute`` over both tables (cached until the next write): the entries
+a write adds extend the running report (``core/running.py``); a write by another connection, a rolled
+back transaction or a dropped chain makes it rebuild from the rows, a big ledger's in a child process
+(``ledger_rebuild``). No copy of the ledger is kept in memory, only what the running report derives.
 
 Every write is one transaction: a batch (``insert_many``, ``append_many``, ``merge`` chunks) is stored
 whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
@@ -29,7 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import pickle
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -50,12 +53,19 @@ from python_peer.identity import verify as _nacl_verify
 
 __all__ = ["LEDGER_FILE", "LedgerStore", "MergeResult", "Quote", "Signer", "native_verify", "now_ms"]
 
+log = logging.getLogger(__name__)
+
 LEDGER_FILE = "ledger.sqlite3"
 SCHEMA_VERSION = "1"
 MERGE_CHUNK = 500  # entries per transaction when merging another store
-# a full compute over this many entries or more leaves its running state copied into fresh memory
+# a full compute run in this process (a smaller ledger, or when a child could not build it:
+# ``ledger_rebuild``) over this many entries or more leaves its running state copied into fresh memory
 # (``RunningReport._compact``); a smaller state fragments little and is not worth the collection
 COMPACT_FROM = 2_000
+# a full compute over this many entries or more runs in a child process (``ledger_rebuild``): below, it
+# costs less than starting one; a 30k-entry ledger takes ~1 s there, a Raspberry Pi some ten times that
+REBUILD_APART_FROM = 2_000
+REBUILD_TIMEOUT_S = 300.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -116,6 +126,35 @@ class _Link:
     seq: int
     hash: str
     time: int
+
+
+def rebuild_command(path: str) -> list[str]:
+    """The command line of ``ledger_rebuild``'s child for the ledger at ``path``: this interpreter."""
+    return [sys.executable, "-m", "python_peer.ledger_rebuild", path]
+
+
+def rebuild_apart(path: str, rules: Rules) -> bytes:
+    """The running state of the ledger at ``path`` under ``rules``, built by a child process and frozen
+    (``RunningReport.freeze``; ``python_peer/ledger_rebuild.py``); ``LedgerError`` (code ``store``) when
+    the child fails or takes over ``REBUILD_TIMEOUT_S``."""
+    rules_bytes = pickle.dumps(rules, protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        done = subprocess.run(
+            rebuild_command(path),
+            input=rules_bytes,
+            capture_output=True,
+            timeout=REBUILD_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LedgerError(f"the rebuild of {path} in a child process failed: {exc}", code="store") from exc
+    if done.returncode != 0 or not done.stdout:
+        tail = done.stderr.decode(errors="replace")[-600:].strip() or "(no output)"
+        raise LedgerError(
+            f"the rebuild of {path} in a child process ended with status {done.returncode}: {tail}",
+            code="store",
+        )
+    return done.stdout
 
 
 def _linked(fact: Fact, facts: dict[str, Fact]) -> Fact:
@@ -425,11 +464,38 @@ class LedgerStore(ChainStore):
             self._added = None
             if result is None:
                 self._cache = None  # gone before the new report is built (``RunningReport.full``)
-                result = self._running.full(self._facts())
+                result = self._full()
             self._added = []
             self._seen_version = version[0]
             self._cache = (version, result)
             return result
+
+    def _full(self) -> LedgerReport:
+        """The running report rebuilt from the rows: by a child process for a big ledger on disk
+        (``ledger_rebuild``: the node's heap keeps only the state, its event loop runs meanwhile), else
+        here. Never apart inside a transaction: the child would not see its rows."""
+        apart = self.path != ":memory:" and not self._conn.in_transaction and len(self) >= REBUILD_APART_FROM
+        if apart:
+            self._running.forget()  # before the child's state is read in, not beside it
+            try:
+                return self._running.thaw(rebuild_apart(self.path, self.rules))
+            except LedgerError as exc:
+                log.warning("%s; rebuilding in this process", exc)
+        return self._running.full(self._facts())
+
+    @classmethod
+    def reader(cls, conn: sqlite3.Connection, path: str, rules: Rules) -> LedgerStore:
+        """A store over ``conn``, a connection opened read only by ``ledger_rebuild``'s child, which
+        only reads its rows (no schema written, no check: the node that started it opened them)."""
+        return cls(conn, path, rules, native_verify)
+
+    def rebuilt_state(self) -> bytes:
+        """The running state built from every row here, frozen (``RunningReport.freeze``): the child's
+        half of ``ledger_rebuild``. It is not copied in this process, which exits next."""
+        with self._lock:
+            self._running.compact_from = None
+            self._running.full(self._facts())
+            return self._running.freeze()
 
     # --- what the running report reads here (``core.running.StoredChains``) ----------------------------
 

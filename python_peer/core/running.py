@@ -38,9 +38,10 @@ day's rarity bonus, shared by the copies, carries what its last application comp
 from __future__ import annotations
 
 import gc
+import io
 import pickle
 from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
-from typing import Protocol
+from typing import Any, Protocol
 
 from .balances import (
     Account,
@@ -56,6 +57,7 @@ from .balances import (
 from .counting import Counted, count, receipt_of
 from .economics import DEFAULT_RULES, Rules
 from .entries import Grant
+from .errors import LedgerError
 from .holds import HeldCredits, Hold, collect_holds
 from .ledger_fields import DUPLICATE_RECEIPT, EntryFacts, Rejection
 from .receipts import Receipt
@@ -98,6 +100,26 @@ _STATE = (
     "tail",
     "last_key",
 )
+
+
+# what a frozen state may name besides this package's core types: the containers it is made of
+_STATE_GLOBALS = frozenset(
+    [("array", "array"), ("array", "_array_reconstructor"), ("collections", "defaultdict")]
+    + [("collections", "deque"), ("collections", "OrderedDict")]
+    + [("builtins", name) for name in ("int", "list", "tuple", "dict", "set", "frozenset", "bytes", "str")]
+)
+_CORE = __name__.rpartition(".")[0] + "."
+
+
+class _StateUnpickler(pickle.Unpickler):
+    """Reads back ``RunningReport.freeze``'s bytes, refusing every global but the core's types and the
+    containers above: bytes that are not a running state (damaged, or not made by ``freeze``) fail
+    instead of calling whatever they name."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith(_CORE) or (module, name) in _STATE_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a running state")
 
 
 class CountedHashes(Set[str]):
@@ -232,12 +254,39 @@ class RunningReport:
         for name in _STATE:
             self.__dict__.pop(name, None)
 
+    def freeze(self) -> bytes:
+        """The state ``full`` built, pickled, for ``thaw`` in this process (``_compact``) or another
+        (``python_peer/ledger_rebuild.py``: a child builds it, the node thaws it). Only bytes this
+        package's own code made may be thawed, never a ledger's or a peer's: unpickling runs code."""
+        if self.report is None:
+            raise LedgerError("no running state to freeze: run full first")
+        state = {name: self.__dict__[name] for name in _STATE}
+        return pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def thaw(self, frozen: bytes) -> LedgerReport:
+        """The report of the state ``freeze`` made over this store's entries (in another process:
+        ``ledger_rebuild``), which this report keeps and extends from now on, as if ``full`` had run."""
+        self.forget()
+        self._load(frozen)
+        self.full_runs += 1
+        self.report = self._build()
+        return self.report
+
+    def _load(self, frozen: bytes) -> None:
+        try:
+            state = _StateUnpickler(io.BytesIO(frozen)).load()
+        except Exception as exc:  # whatever a truncated or foreign pickle raises (it runs no code here)
+            raise LedgerError(f"a frozen running state that does not read back: {exc}", code="store") from exc
+        if not isinstance(state, dict) or set(state) != set(_STATE):
+            raise LedgerError("a frozen running state without the fields of one", code="store")
+        self.__dict__.update(state)
+
     def _compact(self) -> None:
         """Copy the state into fresh memory and free the original: what a long-lived process should keep
-        after a full compute.
+        after a full compute it ran itself (a native store runs big ones in a child: ``thaw``).
 
         CPython's allocator returns a 1 MiB arena to the system only once no object in it is alive. The
-        objects a full compute keeps (receipts, their ids, the sweep's settlements) are made among many
+        objects a full compute keeps (receipts, their ids, the sweep's payments) are made among many
         times as many it drops (each row's fact, ``count``'s indexes), so they end up spread
         over every arena the compute filled, and the process keeps its peak: measured on a 33,677-entry
         ledger, 30 MiB of resident memory after the store opened against 12 MiB of live objects
@@ -246,11 +295,9 @@ class RunningReport:
         objects stay shared (the sweep's day lists and its rarity refer to the same receipts;
         ``DayRarity`` compares them by identity). The bytes are this process's own, made a line before:
         nothing from outside is unpickled."""
-        state = {name: self.__dict__.pop(name) for name in _STATE}
-        frozen = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
-        del state
+        frozen = pickle.dumps({name: self.__dict__.pop(name) for name in _STATE}, pickle.HIGHEST_PROTOCOL)
         gc.collect()  # also empties the interpreter's free lists, whose spare tuples and dicts pin arenas
-        self.__dict__.update(pickle.loads(frozen))
+        self._load(frozen)
 
     # --- the state --------------------------------------------------------------------------------------
 
