@@ -27,6 +27,7 @@ from __future__ import annotations
 import pickle
 import sqlite3
 import sys
+from pathlib import Path
 
 from python_peer.core.economics import Rules
 from python_peer.core.errors import LedgerError
@@ -40,7 +41,8 @@ def _child(path: str) -> bytes:
     if not isinstance(rules, Rules):
         raise LedgerError(f"expected the rules on stdin, got {type(rules).__name__}")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False, timeout=30)
+        uri = Path(path).resolve().as_uri() + "?mode=ro"  # percent-encoded: a path may hold ? or #
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
     except sqlite3.Error as exc:
         raise LedgerError(f"cannot open the ledger at {path} to read: {exc}", code="store") from exc
     store = LedgerStore.reader(conn, path, rules)

@@ -152,8 +152,12 @@ def test_the_child_s_command_line_refuses_bad_input(ledger: Path, tmp_path: Path
     assert wrong.returncode == 1 and b"expected the rules on stdin, got dict" in wrong.stderr
     missing = child(str(tmp_path / "nowhere.sqlite3"), stdin=pickle.dumps(RULES))
     assert missing.returncode == 1 and b"cannot open the ledger" in missing.stderr
-    good = child(str(ledger), stdin=pickle.dumps(RULES))
-    assert good.returncode == 0 and good.stdout
+    odd = tmp_path / "a dir?with#marks" / LEDGER_FILE  # a path that is not a URI as it stands
+    odd.parent.mkdir()
+    odd.write_bytes(ledger.read_bytes())
+    for path in (ledger, odd):
+        good = child(str(path), stdin=pickle.dumps(RULES))
+        assert good.returncode == 0 and good.stdout
 
 
 def test_rebuild_apart_reports_a_failing_child_as_a_ledger_error(tmp_path: Path) -> None:
