@@ -13,9 +13,14 @@ It signs a synthetic ledger (servers earning co-signed receipts from clients, on
 - **writes in arrival order**: entries written one at a time, the report after each, as a node learns
   them by gossip: each reaches it some seconds after it was dated, so receipts arrive out of their
   sweep order. With the sweep journal (``core/sweep_journal.py``: a late receipt swept in its place)
-  against without it (``JOURNAL_STEPS`` 0: a full ``compute`` for each), side by side.
+  against without it (``JOURNAL_STEPS`` 0: a full ``compute`` for each), side by side;
+- **reopens**: the N-entry ledger reopened again and again in one process (``bench/ledger_reopen.py``),
+  its running state rebuilt in that process against by a child (``python_peer/ledger_rebuild.py``):
+  the resident set after each reopen, the process's CPU and the wall time per reopen, a fresh process
+  per contender.
 
     python -m bench.bench_ledger [--entries N] [--gossip-entries M] [--arrival-entries K] [--repeats R]
+                                 [--reopens T]
 
 Tables on stdout, then one JSON line with every figure (``... | tail -1``).
 """
@@ -28,6 +33,7 @@ import hashlib
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -203,6 +209,19 @@ def gossip_converge(logs: list[list[Entry]], directory: Path) -> dict[str, Any]:
     }
 
 
+def reopened(path: Path, times: int, console: Console) -> dict[str, Any]:
+    """``bench.ledger_reopen`` on ``path`` for each contender, each in a fresh process."""
+    figures: dict[str, Any] = {}
+    for where in ("here", "apart"):
+        console.print(f"reopening the ledger {times} times, the state rebuilt {where} ...")
+        command = [sys.executable, "-m", "bench.ledger_reopen", str(path), where, str(times)]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"bench.ledger_reopen {where} failed: {done.stderr[-2000:]}")
+        figures[where] = json.loads(done.stdout.splitlines()[-1])
+    return figures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -215,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         "--arrival-entries", type=int, default=3_000, help="entries written one at a time in arrival order"
     )
     parser.add_argument("--repeats", type=int, default=3, help="runs per figure (median shown)")
+    parser.add_argument(
+        "--reopens", type=int, default=10, help="times the ledger is reopened in one process (0: skip)"
+    )
     args = parser.parse_args(argv)
     console = Console(stderr=True)
 
@@ -247,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         report_s, report = timed(cold_report, args.repeats)
         cached_s, _ = timed(store.report, args.repeats)
         store.close()
+        reopens = reopened(Path(store.path), args.reopens, console) if args.reopens else {}
         console.print(f"gossip: 10 peers, {args.gossip_entries} entries in all ...")
         gossip = gossip_converge(synthetic_logs(args.gossip_entries, servers=10, seed=2), directory)
         console.print(f"writes in arrival order: {args.arrival_entries} entries, journal on and off ...")
@@ -278,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "accounts": len(report.accounts),
         "gossip_10_peers": gossip,
         "arrival_order": arrival,
+        "reopens": reopens,
     }
     out = Console()
     table = Table(title=f"ledger: {n} entries (receipts co-signed, 3 Ed25519 checks each)")
@@ -310,6 +334,23 @@ def main(argv: list[str] | None = None) -> int:
         a.add_row(label, f"{arrival[name]['seconds']:.2f} s", str(arrival[name]["full_computes"]))
     a.add_row("ratio (a compute for each / swept in place)", f"{arrival['speedup']:.1f}x", "")
     out.print(a)
+    if reopens:
+        r = Table(title=f"the ledger reopened {args.reopens} times in one process (a fresh process each)")
+        r.add_column("running state rebuilt")
+        for column in ("RSS after 1st", "after last", "growth", "node CPU per reopen", "wall per reopen"):
+            r.add_column(column, justify="right")
+        for where, label in (("here", "in the node"), ("apart", "by a child (ledger_rebuild)")):
+            run = reopens[where]
+            first, last = run["rss_mib"][0], run["rss_mib"][-1]
+            r.add_row(
+                label,
+                f"{first:.1f} MiB",
+                f"{last:.1f} MiB",
+                f"{last - first:+.1f} MiB",
+                f"{run['cpu_s']:.2f} s",
+                f"{run['wall_s']:.2f} s",
+            )
+        out.print(r)
     print(json.dumps(figures, sort_keys=True))
     return 0
 
