@@ -11,15 +11,16 @@ same 14.8 MiB of live objects (19 -> 27 arenas), climbing; built in a child, it 
 MiB and the node spent 0.12 s of CPU per rebuild instead of 1.3 s.
 
 So a native store (``LedgerStore.report``) rebuilds a ledger of ``REBUILD_APART_FROM`` entries or more
-in this module's process (``ledger_store.rebuild_apart`` starts it, the store's side: this module
-imports the store, not the other way round): ``python -m python_peer.ledger_rebuild PATH`` with the
-rules pickled on stdin opens the database
-read only (committed rows: WAL lets it read while the node's connection stays open), runs ``full``
-and writes ``RunningReport.freeze``'s bytes to stdout; the node ``thaw``s them. Both ends are this
-package's own code in a process the node started itself, talking over a pipe nobody else holds: the
-bytes unpickled are never a ledger's or a peer's. A child that fails (killed, out of memory, an error)
-or takes over ``REBUILD_TIMEOUT_S`` is a ``LedgerError``; the store then rebuilds in its own process, as
-smaller ledgers always do.
+in this module's process, started by ``ledger_store.rebuild_apart`` (this module imports the store,
+not the other way round): ``python -m python_peer.ledger_rebuild PATH``, the rules pickled on stdin,
+opens the database read only (committed rows: WAL lets it read while the node's connection stays
+open), runs ``full`` and writes ``RunningReport.freeze``'s bytes to stdout; the node ``thaw``s them.
+Both ends are this package's own code in a process the node started itself, talking over a pipe
+nobody else holds: the bytes unpickled are never a ledger's or a peer's (and ``thaw`` reads back only
+the core's types). A child that fails (killed, out of memory, an error) or takes over
+``REBUILD_TIMEOUT_S`` is a ``LedgerError``; the store then rebuilds in its own process, as smaller
+ledgers always do. While it runs the child costs a second interpreter (about 25 MiB beside what it
+builds); the node's own peak is then the state it reads back, not the rebuild's.
 """
 
 from __future__ import annotations
