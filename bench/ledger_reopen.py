@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import re
 import shutil
 import statistics
 import sys
@@ -26,13 +24,8 @@ import time
 from pathlib import Path
 
 from bench.bench_ledger import RULES
-from python_peer import heap, ledger_store
+from python_peer import heap, ledger_store, memory_probe
 from python_peer.ledger_store import LedgerStore
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096 / 2**20
 
 
 def reopen(source: Path, apart: bool, times: int) -> dict[str, object]:
@@ -56,31 +49,15 @@ def reopen(source: Path, apart: bool, times: int) -> dict[str, object]:
             cpu.append(time.process_time() - began_cpu)
             gc.collect()
             heap.trim()
-            rss.append(round(_rss_mib(), 2))
+            rss.append(round(memory_probe.rss() / 2**20, 2))
         if store is not None:
             store.close()
     return {
         "rss_mib": rss,
         "cpu_s": statistics.median(cpu),
         "wall_s": statistics.median(wall),
-        "arenas": _arenas(),
+        "arenas": memory_probe.obmalloc()[0],
     }
-
-
-def _arenas() -> int:
-    """CPython's obmalloc arenas in use now (``sys._debugmallocstats`` writes them to file 2)."""
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as out:
-        os.dup2(out.fileno(), 2)
-        try:
-            sys._debugmallocstats()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        out.seek(0)
-        text = out.read().decode(errors="replace")
-    found = re.search(r"# arenas allocated current\s*=\s*([\d,]+)", text)
-    return int(found.group(1).replace(",", "")) if found else -1
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -476,8 +476,7 @@ class LedgerStore(ChainStore):
         here. Never apart inside a transaction: the child would not see its rows."""
         apart = self.path != ":memory:" and not self._conn.in_transaction and len(self) >= REBUILD_APART_FROM
         if apart:
-            self._running.forget()  # before the child's state is read in, not beside it
-            try:
+            try:  # ``thaw`` drops the old state before it reads the child's in, not beside it
                 return self._running.thaw(rebuild_apart(self.path, self.rules))
             except LedgerError as exc:
                 log.warning("%s; rebuilding in this process", exc)

@@ -58,7 +58,7 @@ def _mallinfo() -> tuple[int, int, int] | None:
     return int(info.uordblks), int(info.fordblks), int(info.hblkhd)
 
 
-def _rss() -> int:
+def rss() -> int:
     """This process's resident set in bytes (Linux ``/proc``; 0 elsewhere)."""
     try:
         return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -66,7 +66,7 @@ def _rss() -> int:
         return 0
 
 
-def _arenas() -> str:
+def obmalloc() -> tuple[int, int, int]:
     """CPython's small-object allocator: its arenas (1 MiB each, returned to the system only when empty),
     the bytes in live blocks, and the free bytes it keeps in them (``sys._debugmallocstats``, which
     prints to the C stderr: read back from a temporary file)."""
@@ -92,9 +92,12 @@ def _arenas() -> str:
         if "unused pools" in line:
             unused = int(line.rsplit("=", 1)[1].replace(",", ""))
     arenas, used, free = found.values()
-    return (
-        f"{arenas} arenas: {used / 2**20:.1f} MiB in blocks, {(free + unused) / 2**20:.1f} MiB free in them"
-    )
+    return arenas, used, free + unused
+
+
+def _arenas() -> str:
+    arenas, used, free = obmalloc()
+    return f"{arenas} arenas: {used / 2**20:.1f} MiB in blocks, {free / 2**20:.1f} MiB free in them"
 
 
 def _types() -> Counter[str]:
@@ -149,7 +152,7 @@ class Probe:
         heap = _mallinfo()
         traced = tracemalloc.get_traced_memory()[0] if self.first is not None else 0
         lines = [
-            f"\n== {time.monotonic() - self.t0:.0f} s {note}: rss {_rss() / 2**20:.1f} MiB, "
+            f"\n== {time.monotonic() - self.t0:.0f} s {note}: rss {rss() / 2**20:.1f} MiB, "
             f"traced {traced / 2**20:.1f} MiB, blocks {sys.getallocatedblocks()}, heap in use/free "
             + (
                 f"{heap[0] / 2**20:.1f}/{heap[1] / 2**20:.1f} MiB, mapped apart {heap[2] / 2**20:.1f} MiB"
