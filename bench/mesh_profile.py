@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from rich.console import Console
 from bench.mesh_concurrency import MeshConnection
 from bench.mesh_contenders import PROMPT
 from bench.mesh_processes import LocalMesh
+from python_peer.core.economics import Rules, format_units, network_rules, price
 from python_peer.core.manifest import load_manifest
 from python_peer.mesh_client import MeshClient
 from python_peer.rpc import RpcClient
@@ -210,6 +212,26 @@ async def one_run(
     return report
 
 
+def unaffordable(spans: Sequence[int], prompt: int, sessions: int, tokens: int, rules: Rules) -> str | None:
+    """Why one identity cannot open ``sessions`` sessions of ``tokens`` steps after a ``prompt``-token
+    prompt through spans of ``spans`` blocks, or None if it can: before each OPEN a client holds the
+    undiscounted price of the session's whole length on every hop (``core/holds.py``), and a fresh
+    identity has only its starter grant. The run would otherwise stop half-way with a payment error."""
+
+    def held(steps: int) -> int:  # the session's length as ``one_run`` opens it
+        return sessions * sum(price(blocks, prompt + steps + 2, 0, rules) for blocks in spans)
+
+    if held(tokens) <= rules.starter_grant:
+        return None
+    fits = tokens
+    while fits > 0 and held(fits) > rules.starter_grant:
+        fits -= 1
+    return (
+        f"{sessions} sessions of {tokens} tokens hold {format_units(held(tokens))} credits, more than a fresh "
+        f"identity's starter grant of {format_units(rules.starter_grant)}: at most {fits} tokens at {sessions} sessions"
+    )
+
+
 async def measure(args: argparse.Namespace, mesh: LocalMesh, prompt: list[int], log: Console) -> list[Any]:
     threads = session_options().intra_op_num_threads
     connection = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
@@ -246,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(model_dir)
     tokenizer = ModelTokenizer(model_dir, manifest)
     prompt = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
+    spans = [s.end - s.start for s in manifest.blocks]
+    for n in args.sessions:
+        if (why := unaffordable(spans, len(prompt), n, args.tokens, network_rules())) is not None:
+            parser.error(why)
     with tempfile.TemporaryDirectory(prefix="ai4all-mesh-profile-") as tmp:
         args.out = args.out or Path(tmp)
         args.out.mkdir(parents=True, exist_ok=True)
