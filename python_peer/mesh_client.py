@@ -32,6 +32,7 @@ this client itself (``local``), a ``LocalHop`` calling its ``FrameHandler`` in-p
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 from collections import OrderedDict
@@ -166,6 +167,11 @@ class RouteHop:
         return out
 
 
+def head_logits(head: ShardRunner, hidden: np.ndarray) -> np.ndarray:
+    """The head shard's logits for ``hidden``."""
+    return head.run({names.HIDDEN_IN: hidden})[names.LOGITS]
+
+
 class MeshClient:
     """Everything a user's machine needs to generate through the mesh."""
 
@@ -189,8 +195,12 @@ class MeshClient:
         self.embed_runner = ShardRunner(self.model_dir, manifest.embed, threads=self.config.threads)
         self.head_runner = ShardRunner(self.model_dir, manifest.head, threads=self.config.threads)
         # Concurrent sessions' heads in one call (batching.py), waiting for those in a step: they stay in
-        # step, so that their decode steps batch on every peer too (docs/mesh.md).
-        self.heads = RowBatcher(self.head, window_s=self.config.head_window_s)
+        # step, so that their decode steps batch on every peer too (docs/mesh.md). It calls the runner, not
+        # ``self.head``: a bound method kept here would make a cycle, and a closed client would keep its
+        # embed and head sessions (the model's largest weights) until the cyclic collector ran.
+        self.heads = RowBatcher(
+            functools.partial(head_logits, self.head_runner), window_s=self.config.head_window_s
+        )
         self.learned_positions = bool(manifest.config.get("learned_positions", False))
         self.bans = BanList(self.config.ban_seconds)
         self.ledger = ledger
@@ -424,7 +434,7 @@ class MeshClient:
         return self.embed_runner.run(feeds)[names.HIDDEN_OUT]
 
     def head(self, hidden: np.ndarray) -> np.ndarray:
-        return self.head_runner.run({names.HIDDEN_IN: hidden})[names.LOGITS]
+        return head_logits(self.head_runner, hidden)
 
 
 class MeshSession:

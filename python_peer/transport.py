@@ -430,3 +430,6 @@ class LinkManager:
                 for task in pending:
                     task.cancel()
                 await asyncio.gather(*pending, return_exceptions=True)
+        # Nothing is handed on any more: the callback (often its owner's bound method: a cycle) is let go,
+        # so that a closed owner is freed when it is dropped, not when the cyclic collector runs.
+        self._on_link = None
