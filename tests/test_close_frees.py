@@ -1,10 +1,10 @@
 """A closed client and node are freed as soon as they are dropped, not when the cyclic collector runs.
 
 A process that replaces a client (a new identity, a reconnect, the chaos run's users) would otherwise hold
-the old client's embed and head sessions, the model's largest weights, beside the new one's until a full
-collection, which in a process with a big ledger state can be minutes away; the new sessions' small
-allocations then land among the old ones' and fragment the heap. Both used to be in a reference cycle:
-the client's head batcher held its bound ``head``, the node's link manager its bound ``_incoming_link``.
+the old client's embed and head sessions, the model's largest weights (216 MiB on SmolLM2, measured in
+bench/README.md's chaos section), beside the new one's until the collector's next full pass. Both used to
+be in a reference cycle: the client's head batcher held its bound ``head``, the node's link manager its
+bound ``_incoming_link``.
 """
 
 from __future__ import annotations
