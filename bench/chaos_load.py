@@ -33,9 +33,9 @@ import httpx
 
 from bench.mesh_concurrency import wait_for_route
 from python_peer.chat import prompt_ids
-from python_peer.core.economics import network_rules, price
+from python_peer.core.economics import network_rules
 from python_peer.core.errors import AI4AllError
-from python_peer.core.holds import held_units
+from python_peer.core.holds import held_units, route_hold
 from python_peer.core.http_limits import KEEP_ALIVE_S
 from python_peer.core.manifest import Manifest
 from python_peer.generate import Generation, SamplingParams, agenerate
@@ -165,8 +165,7 @@ class NativeUser:
         self.data_dir: Path | None = None
         self.client: MeshClient | None = None
         max_length = max(len(ids) for ids in refs.ids) + refs.params.max_tokens
-        rules = network_rules()
-        self.chat_price = sum(price(s.end - s.start, max_length, 0, rules) for s in manifest.blocks)
+        self.chat_price = route_hold([s.end - s.start for s in manifest.blocks], max_length, network_rules())
 
     @property
     def name(self) -> str:

@@ -35,7 +35,8 @@ from rich.console import Console
 from bench.mesh_concurrency import MeshConnection
 from bench.mesh_contenders import PROMPT
 from bench.mesh_processes import LocalMesh
-from python_peer.core.economics import Rules, format_units, network_rules, price
+from python_peer.core.economics import Rules, format_units, network_rules
+from python_peer.core.holds import route_hold
 from python_peer.core.manifest import load_manifest
 from python_peer.mesh_client import MeshClient
 from python_peer.rpc import RpcClient
@@ -137,6 +138,11 @@ def start_spy(py_spy: str, pid: int, out: Path, rate: int) -> subprocess.Popen[b
     )
 
 
+def session_length(prompt: int, steps: int) -> int:
+    """The length ``one_run`` opens each session with: a ``prompt``-token prompt and ``steps`` steps after it."""
+    return prompt + steps + 2
+
+
 async def one_run(
     client: MeshClient,
     prompt: list[int],
@@ -148,8 +154,7 @@ async def one_run(
     rate: int,
 ) -> dict[str, Any]:
     ids = np.array([prompt], dtype=np.int64)
-    max_length = len(prompt) + steps + 2
-    opened = [await client.open(1, max_length) for _ in range(sessions)]
+    opened = [await client.open(1, session_length(len(prompt), steps)) for _ in range(sessions)]
     firsts = []
     for s in opened:
         logits = await s.step(ids, np.ones_like(ids))
@@ -218,8 +223,8 @@ def unaffordable(spans: Sequence[int], prompt: int, sessions: int, tokens: int, 
     undiscounted price of the session's whole length on every hop (``core/holds.py``), and a fresh
     identity has only its starter grant. The run would otherwise stop half-way with a payment error."""
 
-    def held(steps: int) -> int:  # the session's length as ``one_run`` opens it
-        return sessions * sum(price(blocks, prompt + steps + 2, 0, rules) for blocks in spans)
+    def held(steps: int) -> int:
+        return sessions * route_hold(spans, session_length(prompt, steps), rules)
 
     if held(tokens) <= rules.starter_grant:
         return None

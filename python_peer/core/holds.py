@@ -16,7 +16,7 @@ releases it. Holds move no credits: balances (``balances.py``) only count receip
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -188,6 +188,18 @@ def admit_hold(
     return found
 
 
+def hold_amount(blocks: int, tokens: int, rules: Rules = DEFAULT_RULES) -> int:
+    """What an honest client holds before OPEN on a hop of ``blocks`` blocks for a session of ``tokens``
+    token positions: the undiscounted price, so that it covers any peer's quote."""
+    return price(blocks, tokens, 0, rules)
+
+
+def route_hold(spans: Iterable[int], tokens: int, rules: Rules = DEFAULT_RULES) -> int:
+    """What one session of ``tokens`` token positions holds along a whole route whose hops serve
+    ``spans`` blocks each: ``hold_amount`` on every hop (a client that cannot hold it all fails mid-route)."""
+    return sum(hold_amount(blocks, tokens, rules) for blocks in spans)
+
+
 def own_hold(
     report: LedgerReport,
     author: str,
@@ -205,7 +217,7 @@ def own_hold(
     ``[start, end)`` (so it covers any peer's quote), lasting ``HOLD_TTL_MS``. Refused here
     (``PaymentRequiredError``) when the author's open holds and this one would exceed what it can spend:
     every honest peer would refuse it too."""
-    amount = price(end - start, tokens, 0, rules)
+    amount = hold_amount(end - start, tokens, rules)
     held = held_units(report, author, now)
     spendable = report.spendable(author, now)
     if held + amount > spendable:
@@ -241,6 +253,8 @@ __all__ = [
     "check_hold",
     "collect_holds",
     "held_units",
+    "hold_amount",
     "open_holds",
     "own_hold",
+    "route_hold",
 ]
