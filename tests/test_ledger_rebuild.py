@@ -83,6 +83,32 @@ def test_a_child_rebuilds_the_state_which_the_node_keeps_and_extends(
     store.close()
 
 
+def test_a_thawed_sweep_shares_its_payments_ints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pickle writes every int in full: a sweep read back from the child held a price, a paid and a fee
+    object per receipt (34,222 extra ints, ~0.9 MiB, on a 31,376-entry ledger); equal figures are one
+    object again, as in the sweep that froze them."""
+    monkeypatch.setattr(ledger_store, "REBUILD_APART_FROM", 1)
+    client, server = ids(2, 891)
+    path = tmp_path / LEDGER_FILE
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.claim_grant(client, T0)
+        store.claim_grant(server, T0)
+        for i in range(4):
+            store.append(server, cosign(client, server, tokens=300, time=T0 + 1_000 + i), NOW)
+    store = LedgerStore.open(path, rules=RULES)
+    try:
+        assert whole_report(store.report()) == _recomputed(store)
+        running = store._running
+        assert running.full_runs == 1
+        payments = list(running.sweep.settlements.values())
+        assert len(payments) == 4 and len({p.price for p in payments}) == 1 and payments[0].price > 256
+        assert len({id(p.price) for p in payments}) == 1
+        assert len({id(p.base_fee) for p in payments}) == 1
+        assert all(p.paid is p.price for p in payments)  # each paid in full
+    finally:
+        store.close()
+
+
 def test_small_ledgers_in_memory_and_rebuilds_inside_a_transaction_stay_in_the_node(
     ledger: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
