@@ -72,7 +72,7 @@ def test_a_child_rebuilds_the_state_which_the_node_keeps_and_extends(
     assert spy.children == 1 and spy.parsed == 0  # the node read no row: the child did
     running = store._running
     assert running.full_runs == 1 and len(running.sessions) == 6
-    kept = sorted(running.sessions.values(), key=lambda r: r.time)
+    kept = sorted(running.sessions.receipts(), key=lambda r: r.time)
     assert [r for swept in running.sweep.days.values() for r in swept] == kept
     for day, swept in running.sweep.days.items():  # the rarity compares receipts by identity
         memo = running.sweep.rarity[day]

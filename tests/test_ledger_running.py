@@ -25,6 +25,7 @@ from python_peer.core.entries import Entry, ForkProof, make_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.holds import Hold
 from python_peer.core.memory_store import MemoryStore
+from python_peer.core.receipts import Receipt, ReceiptBody
 from python_peer.core.sweep_journal import JOURNAL_STEPS
 from python_peer.ledger_store import LedgerStore, native_verify
 from tests.support.ledger import (
@@ -228,6 +229,37 @@ def test_a_reports_counted_entries_stay_those_of_its_time(kind: str) -> None:
             _ = entries[0].hash in before.counted
         with pytest.raises(LedgerError, match="is closed"):
             _ = dict(before.ignored)
+
+
+@pytest.mark.parametrize("kind", sorted(STORES))
+def test_a_session_id_reused_by_another_pair_and_a_reports_consumed_sessions(kind: str) -> None:
+    """The running state keeps each counted receipt under its session id alone (``CountedSessions``).
+    The attack: a liar pair signs a receipt under a session id another pair's receipt already counts
+    for; both count and both sessions are consumed, as ``compute`` says, and neither hides the other.
+    An older report's ``consumed`` (``ConsumedSessions``, read from the state) stays that of its time."""
+    entries = _mesh_history(8, 12)
+    store = _replay(STORES[kind], entries)
+    before = store.report()
+    then = frozenset(before.consumed)
+    assert then and then == {(r.client, r.server, r.session) for r in _receipts(entries)}
+    taken = _receipts(entries)[0]
+    client, server = [p for p in PEOPLE if p.peer_id not in (taken.client, taken.server)][:2]
+    reused = cosign(client, server, tokens=5, time=NOW - 1_000, session=taken.session)
+    for who in (server, client):
+        log = Log(who)
+        log.entries = list(store.entries_from(who.peer_id, 1, 10_000))
+        assert store.insert_many([log.add(reused, time=NOW - 1_000)], NOW)[0].status == "stored"
+        held = [*store.entries(), *store.evidence()]
+        assert whole_report(store.report()) == whole_report(compute(held, rules=RULES))
+    after = store.report()
+    liar_key = (client.peer_id, server.peer_id, taken.session)
+    assert liar_key in after.consumed and (taken.client, taken.server, taken.session) in after.consumed
+    assert liar_key not in before.consumed and frozenset(before.consumed) == then
+    assert store._running.extensions > 0 and len(store._running.sessions) == len(then) + 1
+
+
+def _receipts(entries: list[Entry]) -> list[Receipt]:
+    return [e.body.receipt for e in entries if isinstance(e.body, ReceiptBody)]
 
 
 def _replay_rest(store: LedgerStore | MemoryStore, entries: list[Entry]) -> LedgerStore | MemoryStore:

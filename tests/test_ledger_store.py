@@ -273,7 +273,7 @@ def test_a_report_rebuilt_from_the_rows_keeps_a_fresh_copy_of_its_state(
     assert whole_report(reopened.report()) == _recomputed(reopened)
     running = reopened._running
     assert running.full_runs == 1 and len(running.sessions) == 6
-    kept = list(running.sessions.values())
+    kept = list(running.sessions.receipts())
     assert not {id(body) for body in parsed} & {id(r) for r in kept}
     assert [r for swept in running.sweep.days.values() for r in swept] == sorted(kept, key=lambda r: r.time)
     for day, swept in running.sweep.days.items():  # the first day's rarity was swept before the copy

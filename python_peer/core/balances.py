@@ -219,7 +219,7 @@ class LedgerReport:
     # (client, server, session) of every counted receipt, which consumes the hold of that session
     # (``holds.py``); holds move no credits
     holds: dict[str, list[HeldCredits]] = field(default_factory=dict)
-    consumed: frozenset[tuple[str, str, str]] = frozenset()
+    consumed: Set[tuple[str, str, str]] = frozenset()  # a running report's: ``ConsumedSessions``
     accusations: dict[str, tuple[Accusation, ...]] = field(default_factory=dict)  # accused -> evidence
 
     @property

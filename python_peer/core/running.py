@@ -64,7 +64,14 @@ from .receipts import Receipt
 from .rules import check_link
 from .sweep_journal import SweepJournal
 
-__all__ = ["CountedHashes", "IgnoredEntries", "RunningReport", "StoredChains"]
+__all__ = [
+    "ConsumedSessions",
+    "CountedHashes",
+    "CountedSessions",
+    "IgnoredEntries",
+    "RunningReport",
+    "StoredChains",
+]
 
 
 class StoredChains(Protocol):
@@ -191,6 +198,75 @@ class IgnoredEntries(Mapping[str, Rejection]):
         for entry_hash in CountedHashes(self._lengths, self._chains):
             if entry_hash not in self._explicit and self._duplicate(entry_hash):
                 yield entry_hash
+
+
+class CountedSessions(Set[tuple[str, str, str]]):
+    """(client, server, session) -> the receipt that counts for it, of a running state: the receipts
+    kept by their session id alone, not under a tuple each (64 bytes a receipt); a session id that
+    another (client, server) already holds (only a liar reuses one: ids are 16 random bytes) is kept
+    under its whole key apart. Only ``add``ed to: a full compute builds a new one."""
+
+    __slots__ = ("_apart", "_by_session")
+
+    def __init__(self) -> None:
+        self._by_session: dict[str, Receipt] = {}
+        self._apart: dict[tuple[str, str, str], Receipt] = {}
+
+    def get(self, key: tuple[str, str, str]) -> Receipt | None:
+        client, server, session = key
+        found = self._by_session.get(session)
+        if found is not None and found.client == client and found.server == server:
+            return found
+        return self._apart.get(key) if self._apart else None
+
+    def add(self, receipt: Receipt) -> None:
+        """``receipt`` counts for its session (one already there for the same key is replaced)."""
+        held = self._by_session.get(receipt.session)
+        if held is None or (held.client == receipt.client and held.server == receipt.server):
+            self._by_session[receipt.session] = receipt
+        else:
+            self._apart[(receipt.client, receipt.server, receipt.session)] = receipt
+
+    def receipts(self) -> Iterator[Receipt]:
+        yield from self._by_session.values()
+        yield from self._apart.values()
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, tuple) and len(key) == 3 and self.get(key) is not None
+
+    def __len__(self) -> int:
+        return len(self._by_session) + len(self._apart)
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        for r in self.receipts():
+            yield (r.client, r.server, r.session)
+
+
+class ConsumedSessions(Set[tuple[str, str, str]]):
+    """``LedgerReport.consumed`` of a running report: the sessions of its counted receipts, read from the
+    state's ``CountedSessions`` instead of a frozenset copied for every report (0.9 ms and ~300 KB at
+    10,000 receipts). Every counted receipt is swept, so a session counts as of the report when its
+    receipt is among the report's settlements (its own copy): one added after the report is not."""
+
+    __slots__ = ("_sessions", "_settled")
+
+    def __init__(self, sessions: CountedSessions, settled: Mapping[str, object]) -> None:
+        self._sessions = sessions
+        self._settled = settled
+
+    def __contains__(self, key: object) -> bool:
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return False
+        found = self._sessions.get(key)
+        return found is not None and found.id in self._settled
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __iter__(self) -> Iterator[tuple[str, str, str]]:
+        for r in self._sessions.receipts():
+            if r.id in self._settled:
+                yield (r.client, r.server, r.session)
 
 
 class RunningReport:
@@ -321,10 +397,10 @@ class RunningReport:
         # (client, server, session) -> the receipt that counts for it (``consumed``); a session with
         # receipts for two spans counting (only liars sign such) leaves one here, so that a copy of the
         # other, or a receipt for any span of that session, runs ``compute`` again
-        self.sessions: dict[tuple[str, str, str], Receipt] = {}
+        self.sessions = CountedSessions()
         for r in counted.receipts:
-            self.sessions[(r.client, r.server, r.session)] = r
-        self.holds = collect_holds(counted.counted, self.sessions.keys())
+            self.sessions.add(r)
+        self.holds = collect_holds(counted.counted, self.sessions)
         # the sweep up to its last receipt; what follows it is applied on a copy for each report
         items = sweep_items(counted.grants, counted.receipts)
         last = max((i for i, item in enumerate(items) if item[1] == 1), default=-1)
@@ -392,8 +468,7 @@ class RunningReport:
         return True
 
     def _receipt(self, entry_hash: str, r: Receipt) -> bool:
-        session = (r.client, r.server, r.session)
-        counted = self.sessions.get(session)
+        counted = self.sessions.get((r.client, r.server, r.session))
         if counted is not None and counted.id == r.id:
             self.duplicates += 1  # another copy of a counted receipt: which one counts is read when asked
             return True
@@ -402,7 +477,7 @@ class RunningReport:
             return False  # voided, superseding another receipt, or another span of a counted session
         if key < self.last_key and not self.journal.reaches(key):
             return False  # before every step the journal keeps: a full compute
-        self.sessions[session] = r
+        self.sessions.add(r)
         held = self.holds.get(r.client)
         if held is not None:  # the holds it consumes bind nothing now: a report lists open holds only
             held[:] = [h for h in held if h.hold.key != (r.server, r.session)]
@@ -446,6 +521,6 @@ class RunningReport:
             self._counted(lengths),
             sweep.settled,
             {author: list(found) for author, found in self.holds.items()},
-            frozenset(self.sessions),
+            ConsumedSessions(self.sessions, sweep.settlements),
             dict(self.accusations),
         )
