@@ -227,9 +227,9 @@ class CountedSessions(Set[tuple[str, str, str]]):
         else:
             self._apart[(receipt.client, receipt.server, receipt.session)] = receipt
 
-    def receipts(self) -> Iterator[Receipt]:
-        yield from self._by_session.values()
-        yield from self._apart.values()
+    def receipts(self) -> list[Receipt]:
+        """Every receipt kept, as a list: a store's writer may add while another thread reads a report."""
+        return [*self._by_session.values(), *self._apart.values()]
 
     def __contains__(self, key: object) -> bool:
         return isinstance(key, tuple) and len(key) == 3 and self.get(key) is not None
