@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import gc
+import itertools
 import os
 import sys
 import tempfile
@@ -100,6 +101,36 @@ def _arenas() -> str:
     return f"{arenas} arenas: {used / 2**20:.1f} MiB in blocks, {free / 2**20:.1f} MiB free in them"
 
 
+_BIG = 128 * 1024  # glibc maps blocks this big apart (``heap.MMAP_THRESHOLD``)
+
+
+def _big_containers(objects: list[object]) -> list[str]:
+    """The objects of ``_BIG`` bytes or more (a dict's, list's or set's table, a big string or array is
+    one block that glibc maps apart), biggest first: type, length, KiB, and a dict's first key and value
+    types. ``objects`` are those the collector tracks; the untracked ones they refer to (a dict of only
+    strings and ints, bytes, arrays) are looked at too."""
+    found = []
+    seen: set[int] = set()
+    for obj in itertools.chain(
+        objects, (r for o in objects for r in gc.get_referents(o) if not gc.is_tracked(r))
+    ):
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        try:
+            size = sys.getsizeof(obj)
+        except TypeError:
+            continue
+        if size >= _BIG:
+            what = type(obj).__name__
+            if isinstance(obj, dict) and obj:
+                key, value = next(iter(obj.items()))
+                what += f"[{type(key).__name__}: {type(value).__name__}]"
+            length = len(obj) if hasattr(obj, "__len__") else 0
+            found.append((size, f"{what} x{length} {size // 1024} KiB"))
+    return [text for _, text in sorted(found, reverse=True)]
+
+
 def _types() -> Counter[str]:
     """Live objects tracked by the collector, by type name. The list of every object holds a reference to
     each, and a tuple another thread is still building from a generator must have no other: that thread
@@ -107,13 +138,21 @@ def _types() -> Counter[str]:
     ledger state while the probe sampled). The count runs with the interpreter's switch interval raised,
     so that another thread takes over only if it was already asking (no failure left in 120 samples
     against a thread unpickling dataclasses, one in 40 before)."""
+    return _census()[0]
+
+
+def _census() -> tuple[Counter[str], list[str]]:
+    """``_types`` and ``_big_containers``, counted while other threads wait (``_types``)."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(_HOLD_S)
     try:
-        by_type = Counter(map(type, gc.get_objects()))
+        objects = gc.get_objects()
+        by_type = Counter(map(type, objects))
+        big = _big_containers(objects)
+        del objects
     finally:
         sys.setswitchinterval(interval)
-    return Counter({kind.__name__: count for kind, count in by_type.items()})
+    return Counter({kind.__name__: count for kind, count in by_type.items()}), big
 
 
 _HOLD_S = 30.0  # longer than counting every object takes
@@ -161,9 +200,10 @@ class Probe:
             )
             + f"; {_arenas()}"
         ]
-        types = _types()
+        types, big = _census()
         delta = Counter({k: types[k] - self.types0.get(k, 0) for k in types})
         lines.append("objects: " + ", ".join(f"{k} {v:+d}" for k, v in delta.most_common(15)))
+        lines.append(f"containers of {_BIG // 1024} KiB and more: " + (", ".join(big) or "none"))
         if self.first is not None:
             lines += self._traced()
         self._write("\n".join(lines) + "\n")

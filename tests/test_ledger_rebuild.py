@@ -25,20 +25,24 @@ def _recomputed(store: LedgerStore) -> tuple[Any, ...]:
     return whole_report(compute([*store.entries(), *store.evidence()], rules=RULES))
 
 
+def _written(path: Path, seed: int, receipts: list[tuple[int, int]]) -> Path:
+    """A ledger at ``path``: two grants, then the server's copies of receipts of (tokens, time)."""
+    client, server = ids(2, seed)
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.claim_grant(client, T0)
+        store.claim_grant(server, T0)
+        for tokens, time in receipts:
+            store.append(server, cosign(client, server, tokens=tokens, time=time), NOW)
+    return path
+
+
 @pytest.fixture
 def ledger(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A ledger of 8 entries over two days (its second day's rarity not swept yet), which the store
     rebuilds apart (``REBUILD_APART_FROM`` lowered: a real one takes 2,000 entries)."""
     monkeypatch.setattr(ledger_store, "REBUILD_APART_FROM", 1)
-    client, server = ids(2, 890)
-    path = tmp_path / LEDGER_FILE
-    with LedgerStore.open(path, rules=RULES) as store:
-        store.claim_grant(client, T0)
-        store.claim_grant(server, T0)
-        for i in range(6):
-            time = T0 + 1_000 + i + (i // 3) * DAY_MS
-            store.append(server, cosign(client, server, tokens=i + 1, time=time), NOW)
-    return path
+    receipts = [(i + 1, T0 + 1_000 + i + (i // 3) * DAY_MS) for i in range(6)]
+    return _written(tmp_path / LEDGER_FILE, 890, receipts)
 
 
 class _Spy:
@@ -88,13 +92,7 @@ def test_a_thawed_sweep_shares_its_payments_ints(tmp_path: Path, monkeypatch: py
     object per receipt (34,222 extra ints, ~0.9 MiB, on a 31,376-entry ledger); equal figures are one
     object again, as in the sweep that froze them."""
     monkeypatch.setattr(ledger_store, "REBUILD_APART_FROM", 1)
-    client, server = ids(2, 891)
-    path = tmp_path / LEDGER_FILE
-    with LedgerStore.open(path, rules=RULES) as store:
-        store.claim_grant(client, T0)
-        store.claim_grant(server, T0)
-        for i in range(4):
-            store.append(server, cosign(client, server, tokens=300, time=T0 + 1_000 + i), NOW)
+    path = _written(tmp_path / LEDGER_FILE, 891, [(300, T0 + 1_000 + i) for i in range(4)])
     store = LedgerStore.open(path, rules=RULES)
     try:
         assert whole_report(store.report()) == _recomputed(store)
