@@ -5,7 +5,8 @@ the start of its load; every ``ai4all peer``, from when it serves: ``probe_round
 allocations (``tracemalloc``, 10 frames; ``AI4ALL_MEMORY_PROBE_FRAMES=0``: none) and at each sample appends to
 ``DIR/<label>-<pid>.txt`` the resident set, Python's allocated blocks, glibc's in-use and free heap and its
 blocks mapped apart (``mallinfo2``), CPython's small-object arenas and the free space in them, the live
-objects by type that changed most since the first sample, and (traced) the source lines whose live
+objects by type that changed most since the first sample, every object of 128 KiB or more (a table
+glibc maps apart: type, length, size), and (traced) the source lines whose live
 allocations grew most. Tracing slows the process and costs memory of its own: a run with the probe on
 measures where growth goes, not how much there is.
 """

@@ -56,3 +56,22 @@ def test_without_tracing_it_still_samples_the_heap_and_the_arenas(
     assert int(arenas) >= 4 and float(in_blocks) >= 3.5, line
     assert "by lineno" not in text  # nothing traced
     assert len(kept) == 30_000
+
+
+def test_it_lists_the_big_tables_tracked_or_not(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A dict of strings to ints is not tracked by the collector; it is found through what refers to it."""
+    monkeypatch.setenv(PROBE_ENV, str(tmp_path / "probe"))
+    monkeypatch.setenv(FRAMES_ENV, "0")
+    probe = Probe.from_env("user1")
+    assert probe is not None
+    held = {"untracked": {f"r{i}": i for i in range(20_000)}, "tracked": [[i] for i in range(20_000)]}
+    small = {f"s{i}": i for i in range(100)}
+    probe.sample("one")
+    probe.stop()
+    text = (tmp_path / "probe" / f"user1-{os.getpid()}.txt").read_text()
+    sample = text.split(" one: rss ")[1].split("\n== ")[0]
+    [line] = [line for line in sample.splitlines() if line.startswith("containers of")]
+    assert re.search(r"dict\[str: int\] x20000 \d+ KiB", line), line
+    assert re.search(r"list x20000 \d+ KiB", line), line
+    assert "x100 " not in line  # too small to list
+    assert len(held) == 2 and len(small) == 100
