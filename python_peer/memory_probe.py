@@ -25,6 +25,8 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+from .heap import MMAP_THRESHOLD
+
 PROBE_ENV = "AI4ALL_MEMORY_PROBE"
 FRAMES_ENV = "AI4ALL_MEMORY_PROBE_FRAMES"
 TRACE_FRAMES = 10
@@ -102,11 +104,8 @@ def _arenas() -> str:
     return f"{arenas} arenas: {used / 2**20:.1f} MiB in blocks, {free / 2**20:.1f} MiB free in them"
 
 
-_BIG = 128 * 1024  # glibc maps blocks this big apart (``heap.MMAP_THRESHOLD``)
-
-
 def _big_containers(objects: list[object]) -> list[str]:
-    """The objects of ``_BIG`` bytes or more (a dict's, list's or set's table, a big string or array is
+    """The objects of ``MMAP_THRESHOLD`` bytes or more (a dict's, list's or set's table, a big string or array is
     one block that glibc maps apart), biggest first: type, length, KiB, and a dict's first key and value
     types. ``objects`` are those the collector tracks; the untracked ones they refer to (a dict of only
     strings and ints, bytes, arrays) are looked at too."""
@@ -122,7 +121,7 @@ def _big_containers(objects: list[object]) -> list[str]:
             size = sys.getsizeof(obj)
         except TypeError:
             continue
-        if size >= _BIG:
+        if size >= MMAP_THRESHOLD:
             what = type(obj).__name__
             if isinstance(obj, dict) and obj:
                 key, value = next(iter(obj.items()))
@@ -139,21 +138,21 @@ def _types() -> Counter[str]:
     ledger state while the probe sampled). The count runs with the interpreter's switch interval raised,
     so that another thread takes over only if it was already asking (no failure left in 120 samples
     against a thread unpickling dataclasses, one in 40 before)."""
-    return _census()[0]
+    return _census(big=False)[0]
 
 
-def _census() -> tuple[Counter[str], list[str]]:
-    """``_types`` and ``_big_containers``, counted while other threads wait (``_types``)."""
+def _census(big: bool = True) -> tuple[Counter[str], list[str]]:
+    """``_types`` and (``big``) ``_big_containers``, counted while other threads wait (``_types``)."""
     interval = sys.getswitchinterval()
     sys.setswitchinterval(_HOLD_S)
     try:
         objects = gc.get_objects()
         by_type = Counter(map(type, objects))
-        big = _big_containers(objects)
+        found = _big_containers(objects) if big else []
         del objects
     finally:
         sys.setswitchinterval(interval)
-    return Counter({kind.__name__: count for kind, count in by_type.items()}), big
+    return Counter({kind.__name__: count for kind, count in by_type.items()}), found
 
 
 _HOLD_S = 30.0  # longer than counting every object takes
@@ -204,7 +203,7 @@ class Probe:
         types, big = _census()
         delta = Counter({k: types[k] - self.types0.get(k, 0) for k in types})
         lines.append("objects: " + ", ".join(f"{k} {v:+d}" for k, v in delta.most_common(15)))
-        lines.append(f"containers of {_BIG // 1024} KiB and more: " + (", ".join(big) or "none"))
+        lines.append(f"containers of {MMAP_THRESHOLD // 1024} KiB and more: " + (", ".join(big) or "none"))
         if self.first is not None:
             lines += self._traced()
         self._write("\n".join(lines) + "\n")
