@@ -19,6 +19,13 @@ The rule, per span server (``DecodeBatcher``):
 - A batch takes the oldest step and then the next ones, in order, while the padded cache stays within
   twice the sessions' own (``padding_fits``): a peer's KV memory is reserved per session, so padding may
   not multiply it. A step left out keeps its place and goes first into the next batch.
+- A lone session's decode step (no other session of the server decoding, nothing queued or running)
+  runs on the event loop itself rather than in a worker thread, while the server's last lone step took at
+  most ``inline_s`` (25 ms): a thread hop there and back costs about half a millisecond on every hop of
+  every token (measured on the mesh, bench/README.md), and a loop blocked that briefly delays nothing
+  else much (pings, other links' frames, signaling wait at most that long). A slower shard (a big model,
+  a Raspberry Pi) runs its steps in a thread as before, so the loop never stalls for long; the first lone
+  step always does, and is timed.
 - Latency bound: a decode step waits at most ``window_s`` plus the batch that was running when it
   arrived, then runs in its own batch; steps queued before it that do not fit one batch (more than
   ``max_batch``, or lengths too far apart) add their batches. With every session of similar length and
@@ -30,7 +37,7 @@ The rule, per span server (``DecodeBatcher``):
 
 ``RowBatcher`` does the same for a stateless shard whose rows are independent: a mesh client stacks the
 heads of its sessions into one call, waiting up to a window for those of its sessions that are in a step
-(a lone session never waits).
+(a lone session never waits, and its head runs on the event loop under the same ``inline_s`` rule).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -53,6 +61,8 @@ log = logging.getLogger(__name__)
 
 RunAlone = Callable[[str, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
+INLINE_S = 0.025  # a lone step runs on the event loop while a lone step takes at most this long (module doc)
+
 
 @dataclass(frozen=True)
 class BatchConfig:
@@ -62,6 +72,7 @@ class BatchConfig:
     max_batch: int = 16  # decode steps in one onnxruntime call
     window_s: float = 0.02  # how long the oldest queued step may wait for others before its batch starts
     gap_s: float = 0.008  # ... or this long after the last step arrived, if sooner: no more are coming
+    inline_s: float = INLINE_S  # a lone session's step runs on the loop while such steps take this at most
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
@@ -70,6 +81,8 @@ class BatchConfig:
             raise ValueError(f"window_s {self.window_s} must be within 0..1 s")
         if not 0 <= self.gap_s <= 1.0:
             raise ValueError(f"gap_s {self.gap_s} must be within 0..1 s")
+        if not 0 <= self.inline_s <= 1.0:
+            raise ValueError(f"inline_s {self.inline_s} must be within 0..1 s (0: never on the loop)")
 
 
 async def _next_arrival(arrived: asyncio.Event, timeout: float) -> bool:
@@ -99,6 +112,7 @@ class BatchStats:
     batches: int = 0
     sizes: Counter[int] = field(default_factory=Counter)
     fallbacks: int = 0  # batched calls that failed and ran again step by step
+    inline: int = 0  # lone steps run on the event loop (``inline_s``)
     longest_wait_s: float = 0.0  # the longest time a step spent queued before its batch started
 
     @property
@@ -139,6 +153,7 @@ class DecodeBatcher:
         self._arrived = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._alone_s = math.inf  # how long the last lone step took (unknown: run it in a thread)
 
     @property
     def queued(self) -> int:
@@ -167,6 +182,10 @@ class DecodeBatcher:
         if not self.is_decode_step(key, hidden, mask, positions):
             self._count(1)
             return await asyncio.to_thread(self._run_alone, key, hidden, mask, positions)
+        if self._alone_s <= self.config.inline_s and self._lone():
+            self._count(1)
+            self.stats.inline += 1
+            return self._timed_alone(key, hidden, mask, positions)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a server may outlive a loop (tests): a fresh event for this one
             self._loop, self._arrived, self._queue = loop, asyncio.Event(), deque()
@@ -189,6 +208,24 @@ class DecodeBatcher:
             if item in self._queue:  # not started: nothing ran for it
                 self._queue.remove(item)
             raise
+
+    def _lone(self) -> bool:
+        """No other session decoding, no step queued, no batch running: a step now would run alone."""
+        return (
+            self._decoding_sessions() <= 1
+            and not self._queue
+            and (self._worker is None or self._worker.done())
+        )
+
+    def _timed_alone(
+        self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray
+    ) -> np.ndarray:
+        """One decode step alone, its duration kept for the ``inline_s`` rule (on the loop or in a thread)."""
+        started = time.perf_counter()
+        try:
+            return self._run_alone(key, hidden, mask, positions)
+        finally:
+            self._alone_s = time.perf_counter() - started
 
     def _decoding_sessions(self) -> int:
         """Sessions that could send a decode step now: open, batch 1, past their prompt."""
@@ -303,7 +340,7 @@ class DecodeBatcher:
             item = batch[i]
             self._count(1)
             try:
-                outcomes[i] = self._run_alone(item.key, item.hidden, item.mask, item.positions)
+                outcomes[i] = self._timed_alone(item.key, item.hidden, item.mask, item.positions)
             except Exception as exc:
                 outcomes[i] = exc
         return [o if o is not None else SessionError("internal: a step got no outcome") for o in outcomes]
@@ -314,7 +351,8 @@ class RowBatcher:
 
     A call that finds the shard idle runs at once unless callers inside ``expecting`` say more rows are on
     their way: then it waits until that many rows are queued, or ``window_s`` after the oldest queued
-    call (a lone session never waits: it expects only its own row). Calls that arrive while one runs are
+    call (a lone session never waits: it expects only its own row, and its call runs on the event loop while
+    a call alone takes at most ``inline_s``). Calls that arrive while one runs are
     stacked into the next call, up to ``max_rows`` rows. Each caller gets its own rows back, equal to a call alone
     within float rounding (a batched GEMM may sum in another order).
     """
@@ -325,10 +363,13 @@ class RowBatcher:
         *,
         max_rows: int = 16,
         window_s: float = 0.0,
+        inline_s: float = INLINE_S,
     ) -> None:
         self._run = run
         self.max_rows = max_rows
         self.window_s = window_s
+        self.inline_s = inline_s
+        self._alone_s = math.inf  # how long the last call alone took (unknown: run it in a thread)
         self.expected = 0  # rows on their way: callers inside ``expecting``
         self.stats = BatchStats()
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray], float]] = deque()
@@ -336,6 +377,17 @@ class RowBatcher:
         self._worker: asyncio.Task[None] | None = None
 
     async def __call__(self, rows: np.ndarray) -> np.ndarray:
+        if (
+            self._alone_s <= self.inline_s
+            and self.expected == rows.shape[0]  # a lone caller: only its own rows are on their way
+            and not self._queue
+            and (self._worker is None or self._worker.done())
+        ):
+            self.stats.steps += 1
+            self.stats.batches += 1
+            self.stats.sizes[1] += 1
+            self.stats.inline += 1
+            return self._timed(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
         self._queue.append((rows, future, loop.time()))
@@ -353,6 +405,14 @@ class RowBatcher:
             yield
         finally:
             self.expected -= rows
+
+    def _timed(self, rows: np.ndarray) -> np.ndarray:
+        """One call alone, its duration kept for the ``inline_s`` rule (on the loop or in a thread)."""
+        started = time.perf_counter()
+        try:
+            return self._run(rows)
+        finally:
+            self._alone_s = time.perf_counter() - started
 
     async def _gather(self) -> None:
         """Wait until the rows ``expected`` are queued, or ``window_s`` after the oldest queued call."""
@@ -386,7 +446,7 @@ class RowBatcher:
             outs: list[np.ndarray | BaseException]
             try:
                 if len(taken) == 1:
-                    outs = [await asyncio.to_thread(self._run, taken[0][0])]
+                    outs = [await asyncio.to_thread(self._timed, taken[0][0])]
                 else:
                     stacked = await asyncio.to_thread(
                         self._run, np.concatenate([r for r, _ in taken], axis=0)

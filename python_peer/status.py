@@ -157,6 +157,7 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
             "batches": batches.batches,
             "sizes": {str(size): count for size, count in sorted(batches.sizes.items())},
             "fallbacks": batches.fallbacks,
+            "inline": batches.inline,
             "longest_wait_ms": round(batches.longest_wait_s * 1e3, 3),
         },
         "signaling": {

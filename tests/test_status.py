@@ -139,7 +139,14 @@ def test_status_reports_what_the_peer_serves(mesh: Mesh) -> None:
     nodes = {n["url"]: n["connected"] for n in body["signaling"]["nodes"]}
     assert nodes[mesh.node.url] is True and nodes[mesh.dead_url] is False
     assert body["kv"]["free_tokens"] > 0 and body["open_sessions"] == 0
-    assert body["batches"] == {"steps": 0, "batches": 0, "sizes": {}, "fallbacks": 0, "longest_wait_ms": 0.0}
+    assert body["batches"] == {
+        "steps": 0,
+        "batches": 0,
+        "sizes": {},
+        "fallbacks": 0,
+        "inline": 0,
+        "longest_wait_ms": 0.0,
+    }
     assert isinstance(body["traffic"], list) and len(body["traffic"]) == body["links"]
 
 

@@ -5,8 +5,10 @@ costs the others nothing; a lone session does not wait for the window."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from python_peer.errors import ShardInputError
 from python_peer.server import ServerConfig, SpanServer
 from tests.fast import toy_model
 from tests.fast.conftest import ToyMesh, greedy
-from tests.support.decode_steps import CLIENT, Decoding, decode_hidden, open_sessions
+from tests.support.decode_steps import CLIENT, Decoding, decode_hidden, open_frame, open_sessions
 from tests.support.waiting import wait_for_async
 
 ALONE = BatchConfig(enabled=False)
@@ -136,6 +138,56 @@ async def test_a_lone_session_does_not_wait_for_the_window(toy: Path) -> None:
     await decode_hidden(server, prompts, steps, together=True)
     assert time.monotonic() - started < 0.9
     assert server.batcher.stats.longest_wait_s < 0.5
+
+
+def record_threads(server: SpanServer, delay_s: float = 0.0) -> list[int]:
+    """The thread each step run alone takes (its id), appended as they run; each takes ``delay_s`` more."""
+    threads: list[int] = []
+    run_alone = server.batcher._run_alone
+
+    def recorded(*args: Any) -> np.ndarray:
+        threads.append(threading.get_ident())
+        time.sleep(delay_s)
+        return run_alone(*args)
+
+    server.batcher._run_alone = recorded
+    return threads
+
+
+async def test_a_lone_session_steps_on_the_event_loop_once_a_step_proved_quick(toy: Path) -> None:
+    """One session decoding: its first step runs in a worker thread and is timed, the next ones on the
+    event loop (no thread hop), with exactly the answers of steps run alone in threads; once a second
+    session decodes too, steps go through the batcher again, in threads."""
+    prompts, steps = plan([5, 4], steps=4)
+    alone = await decode_hidden(span_server(toy, ALONE), prompts[:1], steps[:1], together=False)
+    server = span_server(toy, BatchConfig())
+    loop_thread = threading.get_ident()
+    threads = record_threads(server)
+    (lone,) = await decode_hidden(server, prompts[:1], steps[:1], together=False)
+    assert_same([lone.outputs], [alone[0].outputs])
+    assert threads[0] != loop_thread  # the prompt
+    assert threads[1] != loop_thread  # the first decode step: how long a step takes is not known yet
+    assert threads[2:] == [loop_thread] * 3
+    assert server.batcher.stats.inline == 3
+    other = Decoding(b"\x09" * 16)
+    assert (await server.handle(CLIENT, open_frame(server, other.session))).type is FrameType.RESULT
+    await other.send(server, prompts[1])
+    before = len(threads)
+    await asyncio.gather(lone.send(server, steps[0][0]), other.send(server, steps[1][0]))
+    assert server.batcher.stats.inline == 3
+    assert loop_thread not in threads[before:]
+
+
+async def test_a_lone_step_slower_than_inline_s_stays_in_a_thread(toy: Path) -> None:
+    """A shard whose lone step takes longer than ``inline_s`` (a big model, a small device) never blocks
+    the event loop: every step runs in a worker thread; ``inline_s`` 0 keeps every step there too."""
+    prompts, steps = plan([5], steps=4)
+    for config, delay_s in ((BatchConfig(inline_s=0.01), 0.02), (BatchConfig(inline_s=0.0), 0.0)):
+        server = span_server(toy, config)
+        threads = record_threads(server, delay_s)
+        await decode_hidden(server, prompts, steps, together=False)
+        assert len(threads) == 5 and threading.get_ident() not in threads
+        assert server.batcher.stats.inline == 0
 
 
 async def test_an_idle_session_delays_a_step_by_the_window_at_most(toy: Path) -> None:
@@ -295,3 +347,32 @@ async def test_row_batcher_waits_for_the_rows_its_callers_expect(toy: Path) -> N
         started = time.monotonic()
         await short(rows[0])
         assert 0.04 <= time.monotonic() - started < 0.9
+
+
+async def test_row_batcher_runs_a_lone_callers_rows_on_the_event_loop(toy: Path) -> None:
+    """A lone caller (inside ``expecting`` for its own rows only): its first call runs in a worker thread
+    and is timed, the next ones on the event loop, with the same rows; a caller that did not say its rows
+    were coming (no ``expecting``), or one whose call takes longer than ``inline_s``, runs in a thread."""
+    head = LocalChain(toy, threads=1).head
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def recorded(rows: np.ndarray, delay_s: float = 0.0) -> np.ndarray:
+        threads.append(threading.get_ident())
+        time.sleep(delay_s)
+        return head(rows)
+
+    rows = np.random.default_rng(7).normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32)
+    heads = RowBatcher(recorded, window_s=1.0)
+    for _ in range(3):
+        with heads.expecting(1):
+            np.testing.assert_array_equal(await heads(rows), head(rows))
+    assert threads[0] != loop_thread and threads[1:] == [loop_thread] * 2
+    assert heads.stats.inline == 2 and heads.stats.sizes == {1: 3}
+    await heads(rows)  # nobody said it was coming: not known to be alone
+    assert threads[-1] != loop_thread
+    slow = RowBatcher(lambda r: recorded(r, 0.02), inline_s=0.01)
+    for _ in range(3):
+        with slow.expecting(1):
+            await slow(rows)
+    assert loop_thread not in threads[-3:] and slow.stats.inline == 0
