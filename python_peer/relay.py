@@ -8,8 +8,10 @@ every link to (docs/mesh.md, "Push along the route"):
   output then goes as a FORWARD to the route's next peer, over a link this peer opens on demand and keeps
   (at most ``max_links``, the least recently used closed first), with ``client`` and the rest of the
   route; the client gets its RESULT as today (signed), with ``push_error`` when the push could not be
-  sent. The push leaves before the RESULT: it is the critical path, the RESULT is for the client's
-  replay, spot checks and receipts.
+  sent. The push leaves before the RESULT, as soon as the blocks ran and before the answer is digested
+  and signed (``hop.STEP_OUTPUT``, which the span server calls with its output): it is the critical
+  path, the RESULT is for the client's replay, spot checks and receipts. A handler that does not call
+  the hook has its output pushed from its answer, after it.
 - a FORWARD pushed here by another peer (``client`` set) runs in that client's session, which must be
   open here (the 16-byte session id is the client's secret; anything else is ``unknown_session``), and is
   answered on the client's own link to this peer; refused, its ERROR says ``pushed_by`` so the client
@@ -30,6 +32,8 @@ import logging
 from collections import OrderedDict
 from typing import Protocol
 
+import numpy as np
+
 from python_peer.core import manifest as names
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import AI4AllError, WireError
@@ -42,11 +46,12 @@ from python_peer.core.push_route import (
     parse_route,
 )
 from python_peer.core.spans import Span
-from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
+from python_peer.core.wire import ErrorCode, Frame, FrameType, WireTensor, error_frame
 
 from .errors import LinkClosedError
-from .hop import FrameHandler, FrameLink, LinkConnector
+from .hop import STEP_OUTPUT, FrameHandler, FrameLink, LinkConnector
 from .rpc import RpcClient
+from .tensors import to_wire
 
 log = logging.getLogger(__name__)
 
@@ -154,11 +159,24 @@ class PushRelay:
                     frame, pusher, error_frame(frame.session, frame.step, exc.code, str(exc))
                 )
         meta = {k: v for k, v in frame.meta.items() if k not in (PUSH_KEY, PUSH_CLIENT_KEY)}
-        answer = await self.handler.handle(client, dataclasses.replace(frame, meta=meta))
+        pushed: list[str | None] = []  # what the push said, once it left (None: sent)
+
+        async def push_output(output: np.ndarray) -> None:
+            pushed.append(await self._push(client, route, frame, to_wire(names.HIDDEN_IN, output)))
+
+        hook = STEP_OUTPUT.set(push_output if route else None)
+        try:
+            answer = await self.handler.handle(client, dataclasses.replace(frame, meta=meta))
+        finally:
+            STEP_OUTPUT.reset(hook)
         if answer.type is not FrameType.RESULT:
             return self._refused(frame, pusher, answer)
         if route:
-            problem = await self._push(client, route, frame, answer)
+            if pushed:
+                problem = pushed[0]
+            else:  # a handler that does not call the hook: its output is pushed from its answer
+                output = dataclasses.replace(answer.tensor(names.HIDDEN_OUT), name=names.HIDDEN_IN)
+                problem = await self._push(client, route, frame, output)
             if problem is not None:
                 log.warning("%s", problem)
                 answer = dataclasses.replace(answer, meta={**answer.meta, PUSH_ERROR_KEY: problem[:1024]})
@@ -170,10 +188,11 @@ class PushRelay:
             return answer
         return dataclasses.replace(answer, meta={**answer.meta, PUSHED_BY_KEY: pusher})
 
-    async def _push(self, client: str, route: list[PushTarget], frame: Frame, answer: Frame) -> str | None:
-        """Send the step's output to the route's next peer; None, or why it could not be sent."""
+    async def _push(
+        self, client: str, route: list[PushTarget], frame: Frame, hidden: WireTensor
+    ) -> str | None:
+        """Send the step's output ``hidden`` to the route's next peer; None, or why it could not be sent."""
         target, rest = route[0], route[1:]
-        hidden = dataclasses.replace(answer.tensor(names.HIDDEN_OUT), name=names.HIDDEN_IN)
         meta: dict[str, object] = {PUSH_CLIENT_KEY: client}
         if rest:
             meta[PUSH_KEY] = [t.to_meta() for t in rest]

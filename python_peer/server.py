@@ -46,7 +46,7 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
 from .batching import BatchConfig, DecodeBatcher
 from .errors import PeerError, SessionError, ShardInputError
-from .hop import Refusal
+from .hop import STEP_OUTPUT, Refusal
 from .identity import Identity
 from .ledger_service import LedgerService
 from .link_ledger import ServerExchange
@@ -326,6 +326,10 @@ class SpanServer:
             session.next_step += 1
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
+            sent = np.zeros_like(out) if self.test_lie else out
+            hook = STEP_OUTPUT.get()
+            if hook is not None:  # the next peer's push leaves now; the answer is signed after
+                await hook(sent)
             session.chain = chain_input(
                 session.chain,
                 [
@@ -333,7 +337,7 @@ class SpanServer:
                     for n in (names.HIDDEN_IN, names.ATTENTION_MASK, names.POSITION_IDS)
                 ],
             )
-            result = to_wire(names.HIDDEN_OUT, np.zeros_like(out) if self.test_lie else out)
+            result = to_wire(names.HIDDEN_OUT, sent)
             meta = self._answer(client, frame, session, seq, wire_digest(result))
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta, tensors=(result,))
 

@@ -15,9 +15,9 @@ import pytest
 from python_peer.core import manifest as names
 from python_peer.core.push_route import PUSH_CLIENT_KEY, PUSH_ERROR_KEY, PUSH_KEY, PUSHED_BY_KEY
 from python_peer.core.spans import Span
-from python_peer.core.wire import Frame, FrameType
+from python_peer.core.wire import Frame, FrameType, WireTensor
 from python_peer.errors import LinkClosedError
-from python_peer.hop import FrameHandler
+from python_peer.hop import STEP_OUTPUT, FrameHandler
 from python_peer.identity import Identity
 from python_peer.relay import PushRelay
 from python_peer.server import SpanServer
@@ -44,7 +44,13 @@ class Spanned:
         return self.server.session_span(client, session)
 
     async def handle(self, client: str, frame: Frame) -> Frame:
-        return await self.handler.handle(client, frame)
+        # What the relay pushes is what this faulty peer answers, lie and all: its server behind does not
+        # hand its true output on before the answer (``hop.STEP_OUTPUT``).
+        hook = STEP_OUTPUT.set(None)
+        try:
+            return await self.handler.handle(client, frame)
+        finally:
+            STEP_OUTPUT.reset(hook)
 
     def close_client(self, client: str) -> None:
         self.handler.close_client(client)
@@ -88,6 +94,49 @@ async def test_pushed_route_gives_the_local_tokens_and_each_peer_pushes_every_st
     assert session.failovers == 0 and session.pushing
     # The client kept every hop's output (replay, spot checks, receipts) and signed answers of each.
     assert all(len(h.outputs) == STEPS and all(a is not None for a in h.answers) for h in session.hops)
+
+
+class Recorded:
+    """An identity that notes each signature in ``events`` (the span server signs its answers with it)."""
+
+    def __init__(self, identity: Identity, events: list[str]) -> None:
+        self.identity, self.events, self.peer_id = identity, events, identity.peer_id
+
+    def sign(self, message: bytes) -> str:
+        self.events.append("signed")
+        return self.identity.sign(message)
+
+
+class RecordedPusher(PushRelay):
+    """A pushing peer that notes each push in ``events``."""
+
+    events: list[str]
+
+    async def _push(self, client: str, route: Any, frame: Frame, hidden: WireTensor) -> str | None:
+        self.events.append("pushed")
+        return await super()._push(client, route, frame, hidden)
+
+
+async def test_a_step_is_pushed_on_before_its_answer_is_signed(push: PushMesh) -> None:
+    """The push is the critical path: it leaves once the blocks ran, before the RESULT is digested and
+    signed; what was pushed is what the RESULT says (the client keeps pushing, nobody failed)."""
+    m = push.mesh
+    events: list[str] = []
+
+    def wrap(peer_id: str, server: SpanServer) -> FrameHandler:
+        assert server.identity is not None
+        server.identity = Recorded(server.identity, events)  # type: ignore[assignment]
+        relay = RecordedPusher(server, peer_id, m.network.connector(peer_id))
+        relay.events = events
+        return relay
+
+    first = m.peer((0, 1), wrap=wrap)
+    push.peer((1, 3)), push.peer((3, 4))
+    tokens, session = await greedy(m.client(), PROMPT, NEW_TOKENS)
+    assert tokens == reference_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    assert session.route[0][0] == first and session.pushing and session.failovers == 0
+    steps = [e for e in events if e in ("pushed", "signed")]
+    assert steps == ["pushed", "signed"] * STEPS, steps
 
 
 async def test_hop_by_hop_when_the_client_does_not_push(push: PushMesh) -> None:
@@ -173,10 +222,8 @@ async def test_a_next_peer_too_slow_is_its_own_failure(push: PushMesh) -> None:
 class CorruptPusher(PushRelay):
     """A pushing peer that returns its true output to the client but pushes another one on."""
 
-    async def _push(self, client: str, route: Any, frame: Frame, answer: Frame) -> str | None:
-        out = from_wire(answer.tensor(names.HIDDEN_OUT))
-        bent = dataclasses.replace(answer, tensors=(to_wire(names.HIDDEN_OUT, out + 1.0),))
-        return await super()._push(client, route, frame, bent)
+    async def _push(self, client: str, route: Any, frame: Frame, hidden: WireTensor) -> str | None:
+        return await super()._push(client, route, frame, to_wire(names.HIDDEN_IN, from_wire(hidden) + 1.0))
 
 
 async def test_a_pusher_pushing_other_than_it_returns_stops_pushing_and_bans_no_one(push: PushMesh) -> None:
