@@ -9,12 +9,15 @@ way over a loopback data channel, one at a time, and times each until the other 
 - **libdatachannel**: two ``pylibdatachannel`` peer connections (C++: libjuice, usrsctp, OpenSSL) in one
   process; the same frames encoded and cut with the same chunk size, each chunk one data channel message,
   handed to the event loop, joined by ``Reassembler`` and decoded by ``decode_frame``, as ``Link`` does.
-  ``pylibdatachannel`` is not a dependency (``pip install pylibdatachannel``); without it the bench says
-  so and runs aiortc alone.
+- **aiolibdatachannel**: the same over ``aiolibdatachannel`` (libdatachannel with an asyncio API:
+  ``await channel.send``, ``await channel.recv``, its own back-pressure), which has wheels for Python 3.12
+  and later only.
+  Neither binding is a dependency (``pip install pylibdatachannel``, on 3.11; ``aiolibdatachannel``, on
+  3.12+); a contender whose module does not import is skipped with a line saying so.
 
 Each contender runs in a child process of its own (its CPU time is the whole process's, its own threads
 included, both ends of the link; a crash of one cannot touch the other's figures); the repeats alternate
-the contenders so that the machine's load hits both alike; ratios are per repeat, then the median.
+the contenders so that the machine's load hits all alike; ratios to aiortc are per repeat, then the median.
 
     python -m bench.bench_transport [--repeats R] [--frames N]
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import os
 import resource
@@ -50,7 +54,8 @@ HIDDEN = 576  # SmolLM2-135M's hidden size, the default model's
 SHAPES = {"decode token": 1, "37-token prompt": 37}  # tokens per frame
 ANSWER_META = 624  # bytes of signed answer a RESULT carries besides its hidden states (bench/README.md)
 WARMUP = 5
-CONTENDERS = ("aiortc", "libdatachannel")
+CONTENDERS = ("aiortc", "libdatachannel", "aiolibdatachannel")
+MODULES = {"libdatachannel": "pylibdatachannel", "aiolibdatachannel": "aiolibdatachannel"}
 
 
 def result_frame(tokens: int, step: int) -> Frame:
@@ -157,14 +162,43 @@ async def run_libdatachannel(frames: int) -> dict[str, Any]:
     return await measure(send_recv, frames)
 
 
+async def run_aiolibdatachannel(frames: int) -> dict[str, Any]:
+    import aiolibdatachannel as dc  # not a dependency, Python 3.12+: see the module's docstring
+
+    loop = asyncio.get_running_loop()
+    a, b = dc.PeerConnection(), dc.PeerConnection()
+    channel = await a.create_data_channel("ai4all")
+    offer = await a.create_offer()  # ICE gathered, candidates in the SDP
+    await b.set_remote_description(offer.sdp, offer.type)
+    answer = await b.create_answer()
+    await a.set_remote_description(answer.sdp, answer.type)
+    remote = await asyncio.wait_for(b.accept_data_channel(), 10)
+    await asyncio.wait_for(channel.wait_open(), 10)
+    joiner, ids, chunk_size = Reassembler(), iter(range(2**32)), TransportConfig().chunk_size
+
+    async def send_recv(frame: Frame) -> Frame:
+        for chunk in chunk_message(next(ids), encode_frame(frame), chunk_size):
+            await channel.send(chunk)
+        while True:
+            whole = joiner.feed(await remote.recv(), loop.time())
+            if whole is not None:
+                return decode_frame(whole)
+
+    return await measure(send_recv, frames)
+
+
 def _settle(future: asyncio.Future[Any], value: Any) -> None:
     if not future.done():
         future.set_result(value)
 
 
 def child(name: str, frames: int) -> None:
-    runner = run_aiortc if name == "aiortc" else run_libdatachannel
-    print(json.dumps(asyncio.run(runner(frames))), flush=True)
+    runners = {
+        "aiortc": run_aiortc,
+        "libdatachannel": run_libdatachannel,
+        "aiolibdatachannel": run_aiolibdatachannel,
+    }
+    print(json.dumps(asyncio.run(runners[name](frames))), flush=True)
     # pylibdatachannel 0.2.0 aborts while its threads are torn down at exit ("terminate called without an
     # active exception"); the figures are out by then.
     os._exit(0)
@@ -172,12 +206,13 @@ def child(name: str, frames: int) -> None:
 
 def available(name: str) -> str | None:
     """None if contender ``name`` can run here, else why not."""
-    if name != "libdatachannel":
+    module = MODULES.get(name)
+    if module is None:
         return None
     try:
-        import pylibdatachannel  # noqa: F401
+        importlib.import_module(module)
     except ImportError as exc:
-        return f"pylibdatachannel is not installed ({exc}); `pip install pylibdatachannel` to race it"
+        return f"{module} does not import here ({exc}); `pip install {module}` to race it"
     return None
 
 
@@ -218,7 +253,7 @@ def main() -> None:
             print(f"repeat {repeat + 1}/{args.repeats}: {name}", file=sys.stderr)
             runs[name].append(run_child(name, args.frames))
     report: dict[str, Any] = {"repeats": args.repeats, "frames": args.frames, "contenders": {}}
-    print(f"{'frame':<16} {'contender':<15} {'bytes':>7} {'wall ms/frame':>22} {'CPU ms/frame':>22}")
+    print(f"{'frame':<16} {'contender':<18} {'bytes':>7} {'wall ms/frame':>22} {'CPU ms/frame':>22}")
     for label in SHAPES:
         for name in contenders:
             walls = [r[label]["wall_ms"] for r in runs[name]]
@@ -229,21 +264,22 @@ def main() -> None:
                 "cpu_ms": statistics.median(cpus),
             }
             print(
-                f"{label:<16} {name:<15} {runs[name][0][label]['bytes']:>7} "
+                f"{label:<16} {name:<18} {runs[name][0][label]['bytes']:>7} "
                 f"{statistics.median(walls):>8.3f} ({min(walls):.3f}-{max(walls):.3f}) "
                 f"{statistics.median(cpus):>8.3f} ({min(cpus):.3f}-{max(cpus):.3f})"
             )
-        if len(contenders) == 2:
+        for name in contenders[1:]:
             ratio = {
                 key: statistics.median(
-                    r1[label][key] / r0[label][key] for r0, r1 in zip(*runs.values(), strict=True)
+                    mine[label][key] / base[label][key]
+                    for base, mine in zip(runs["aiortc"], runs[name], strict=True)
                 )
                 for key in ("wall_ms", "cpu_ms")
             }
-            report.setdefault("ratios", {})[label] = ratio
+            report.setdefault("ratios", {}).setdefault(name, {})[label] = ratio
             print(
-                f"{label:<16} libdatachannel / aiortc: wall {ratio['wall_ms']:.2f}, CPU {ratio['cpu_ms']:.2f} "
-                "(median of per-repeat ratios; below 1: libdatachannel costs less)"
+                f"{label:<16} {name} / aiortc: wall {ratio['wall_ms']:.2f}, CPU {ratio['cpu_ms']:.2f} "
+                f"(median of per-repeat ratios; below 1: {name} costs less)"
             )
     print("median (min-max) over repeats; one frame at a time, both ends in one process")
     print(json.dumps(report))
