@@ -8,6 +8,7 @@ to countersign receipts; every node gossips with others through signaling.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from pathlib import Path
@@ -85,11 +86,15 @@ class LedgerService:
         return [e.to_dict() for e in self.store.entries_from(self.peer_id, seq + 1, last - seq)]
 
     def accept_entries(self, entries: object) -> int:
-        """Store valid entries a client pushed; return how many were new. Invalid ones are skipped."""
+        """Store valid entries a client pushed; return how many were new. Invalid ones are skipped.
+        Other nodes' entries are stored without waiting for the disk (``LedgerStore.lazily``): a push
+        precedes every OPEN, and a crash losing one costs only a gossip exchange later."""
         if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:
             raise LedgerError(f"a push carries a list of at most {PUSH_ENTRIES} entries")
         parsed = [p for p in (parse_entry(e) for e in entries) if isinstance(p, Entry)]
-        outcomes = self.store.insert_many(parsed)
+        own = any(e.author == self.peer_id for e in parsed)
+        with contextlib.nullcontext() if own else self.store.lazily():
+            outcomes = self.store.insert_many(parsed)
         return sum(1 for o in outcomes if o.status == "stored")
 
     def reputation(self, peer_id: str) -> Reputation:

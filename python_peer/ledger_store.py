@@ -19,7 +19,9 @@ Every write is one transaction: a batch (``insert_many``, ``append_many``, ``mer
 whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
 invalid entry inside a batch is refused alone and does not abort the others. ``durable=True`` (the
 default) sets ``synchronous=FULL``: an own entry is on disk before ``append`` returns, so a crash can
-never make this node sign a second, different entry for a seq it already gossiped (a self-fork).
+never make this node sign a second, different entry for a seq it already gossiped (a self-fork). Writes
+made inside ``lazily()`` (other nodes' entries, which a crash may lose and gossip brings back) commit
+without waiting for the disk; the next durable commit syncs them too (the WAL is written in order).
 
 Blocking: async callers use ``asyncio.to_thread``; a lock serialises callers from several threads.
 """
@@ -175,6 +177,7 @@ class LedgerStore(ChainStore):
         self.rules = rules
         self.verify = verify
         self._lock = threading.RLock()
+        self.durable = True  # ``synchronous=FULL`` outside ``lazily()`` (``open``'s ``durable``)
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
@@ -215,6 +218,7 @@ class LedgerStore(ChainStore):
             conn.close()
             raise LedgerError(f"ledger {target} has schema {version}, this version reads {SCHEMA_VERSION}")
         store = cls(conn, target, rules, verify)
+        store.durable = durable
         try:
             store.check()
         except LedgerError:
@@ -269,6 +273,22 @@ class LedgerStore(ChainStore):
                     self._conn.execute("ROLLBACK")
                 raise LedgerError(f"cannot write the ledger at {self.path}: {exc}", code="store") from exc
             self._writes += 1
+
+    @contextlib.contextmanager
+    def lazily(self) -> Iterator[None]:
+        """Writes in this block commit without waiting for the disk (``synchronous=NORMAL``): still
+        atomic, but a crash (of the machine, not the process) may lose the last of them. For entries
+        of other nodes only, which gossip brings back: never for this node's own, which a lost write
+        could make it sign twice. Other threads' writes wait for the block to end."""
+        with self._lock:
+            if not self.durable:
+                yield
+                return
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                yield
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
 
     def _version(self) -> tuple[int, int]:
         """Changes whenever any connection commits a write: the key of every cache."""

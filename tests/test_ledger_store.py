@@ -25,6 +25,7 @@ from python_peer.core.entries import Entry, Grant
 from python_peer.core.errors import LedgerError
 from python_peer.core.receipts import ReceiptBody
 from python_peer.identity import IDENTITY_FILE, Identity
+from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import LEDGER_FILE, LedgerStore
 from tests.support.ledger import GOLDEN, GOLDEN_NONCE, NOW, RULES, T0, Log, cosign, grant, ids, whole_report
 from tests.support.procs import ROOT, run_cli
@@ -152,6 +153,72 @@ def test_a_writer_killed_mid_batch_leaves_an_intact_chain(tmp_path: Path) -> Non
             head = store.head(store.entries_from(next(iter(store.heads())), 1, 1)[0].author)
             assert head is not None and head.seq == held
     assert mid_batch >= 1, "no kill landed inside a batch: make the batches bigger"
+
+
+def test_others_entries_are_stored_lazily_and_own_entries_wait_for_the_disk(tmp_path: Path) -> None:
+    """A client's push (``LedgerService.accept_entries``) commits without fsync (``synchronous=NORMAL``);
+    a push carrying an entry of this node's own, and this node's own appends, commit with it (FULL); the
+    setting comes back after a failed write too."""
+    client, server = ids(2, 890)
+    pushed = Log(client)
+    pushed.add(grant(client))
+    pushed.add(cosign(client, server))
+    with LedgerStore.open(tmp_path / LEDGER_FILE, rules=RULES) as store:
+        service = LedgerService(store, server)
+        statements: list[str] = []
+        store._conn.set_trace_callback(statements.append)
+        assert service.accept_entries([e.to_dict() for e in pushed.entries]) == 2
+        assert statements[0] == "PRAGMA synchronous=NORMAL" and statements[-1] == "PRAGMA synchronous=FULL"
+        assert "COMMIT" in statements
+
+        statements.clear()
+        own = store.claim_grant(server, T0)
+        assert not any("synchronous" in s for s in statements)
+        statements.clear()
+        assert service.accept_entries([own.to_dict(), pushed.entries[0].to_dict()]) == 0
+        assert "COMMIT" in statements and not any("synchronous" in s for s in statements)
+
+        with pytest.raises(RuntimeError), store.lazily():
+            store.insert(pushed.add(cosign(client, server)), NOW)
+            raise RuntimeError("a failure inside the block")
+        assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL again
+        assert len(store) == 4  # what committed inside the block stays: it is a setting, not a transaction
+
+
+def test_entries_stored_lazily_survive_the_process_killed(tmp_path: Path) -> None:
+    """Lazily stored entries are committed, only not synced: a killed process (not a machine) keeps them."""
+    path = tmp_path / LEDGER_FILE
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _LAZY_WRITER, str(path)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert writer.stdout is not None
+        line = writer.stdout.readline()
+        assert line.startswith("stored"), line
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=30)
+    with LedgerStore.open(path, rules=RULES) as store:
+        store.check(full=True)
+        assert len(store) == int(line.split()[1]) == 2
+
+
+_LAZY_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from python_peer.ledger_store import LedgerStore
+    from tests.support.ledger import RULES, Log, cosign, grant, ids
+    client, server = ids(2, 891)
+    log = Log(client)
+    log.add(grant(client))
+    log.add(cosign(client, server))
+    store = LedgerStore.open(sys.argv[1], rules=RULES)
+    with store.lazily():
+        stored = store.insert_many(log.entries)
+    print("stored", sum(o.status == "stored" for o in stored), flush=True)
+    time.sleep(60)
+    """
+)
 
 
 def test_a_broken_chain_is_found_on_open(tmp_path: Path) -> None:
