@@ -212,10 +212,13 @@ def breakdown(traces: Sequence[Trace]) -> list[tuple[str, list[float | None]]]:
             [_of(t, "gossip", p) for t, p in zip(traces, peers, strict=True)],
         )
         row(
-            f"{name}: log pushed (read + round trip)",
+            f"{name}: log pushed (read + round trip; '-': carried by OPEN)",
             [_of(t, "push", p) for t, p in zip(traces, peers, strict=True)],
         )
-        row(f"{name}: OPEN round trip", [_of(t, "OPEN", p) for t, p in zip(traces, peers, strict=True)])
+        row(
+            f"{name}: OPEN round trip (with the log, where OPEN carries it)",
+            [_of(t, "OPEN", p) for t, p in zip(traces, peers, strict=True)],
+        )
     row("  log reads (all hops)", [t.total("log read") for t in traces])
     row(f"{STEP} (wall)", [t.total(STEP) for t in traces])
     row("  embed", [t.total("embed") for t in traces])

@@ -31,6 +31,7 @@ from typing import Any
 from python_peer.core.entries import Entry
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.ledger_exchange import (
+    OPEN_LOG,
     ExchangeError,
     PushRequest,
     ReceiptRequest,
@@ -125,6 +126,8 @@ class ClientExchange:
         # peer id -> the seq through which it is known to hold our log (least recently learnt first)
         self.held: OrderedDict[str, int] = OrderedDict()
         self._holds: OrderedDict[str, tuple[str, int]] = OrderedDict()  # hold hash -> (peer id, seq)
+        # peer ids whose last answer to OPEN said they take our log in OPEN itself (``OPEN_LOG``)
+        self.takes_log: OrderedDict[str, None] = OrderedDict()
         self._writing = threading.Lock()  # one route's holds are written together (``write_holds``)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -210,12 +213,18 @@ class ClientExchange:
         with self._writing:
             return [self.ledger.hold(t.server, t.session, t.model, t.start, t.end, t.tokens) for t in terms]
 
-    async def deliver(self, peer_id: str, hop: HopClient, hold: str) -> None:
+    async def deliver(
+        self, peer_id: str, hop: HopClient, hold: str, *, carried: bool = False
+    ) -> list[dict[str, Any]] | None:
         """Push our log to ``peer_id`` up to the hold ``hold`` (written by ``write_holds``). A log longer
         than one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an
         anti-entropy exchange first, unless one ran less than ``gossip_every_s`` ago or the peer is known
         to hold all but the last ``PUSH_ENTRIES`` (the peer then lacks at most the few entries written
-        since, which the push carries)."""
+        since, which the push carries).
+
+        With ``carried``, to a peer that takes our log in OPEN (``takes_log``) and is known to hold it
+        up to a few entries ago, nothing is pushed: the entries it lacks are returned, for OPEN to carry
+        (``OPEN_LOG``; one round trip instead of two). None: pushed (or nothing to carry)."""
         _, seq = self._holds.get(hold, (peer_id, 0))
         now = asyncio.get_running_loop().time()
         last = self.gossiped.get(peer_id)
@@ -232,7 +241,24 @@ class ClientExchange:
                 timeout=self.request_timeout_s,
                 max_requests=self.gossip_max_requests,
             )
+        if carried and peer_id in self.takes_log and known is not None:
+            entries = await asyncio.to_thread(self.ledger.own_entries_after, known)
+            if entries is not None:  # at most PUSH_ENTRIES of them
+                return entries
         await self.push(peer_id, hop)
+        return None
+
+    def opened(self, peer_id: str, answer: dict[str, Any]) -> None:
+        """Note what ``peer_id``'s answer to OPEN says: whether it takes our log in OPEN itself."""
+        self.takes_log.pop(peer_id, None)
+        if answer.get(OPEN_LOG) is True:
+            self.takes_log[peer_id] = None
+            while len(self.takes_log) > MAX_GOSSIPED:
+                self.takes_log.popitem(last=False)
+
+    def forget_held(self, peer_id: str) -> None:
+        """``peer_id`` refused an OPEN whose log was carried on what we thought it held: push from scratch."""
+        self.held.pop(peer_id, None)
 
     async def settle(
         self,
@@ -342,6 +368,12 @@ class ServerExchange:
     @staticmethod
     def _key(client: str, session: bytes) -> str:
         return f"{client}:{session.hex()}"
+
+    async def take_log(self, client: str, entries: list[Any]) -> int:
+        """OPEN's ``log`` (``OPEN_LOG``): ``client``'s entries, stored as its push would be, before the hold
+        is checked; how many were new."""
+        stored, _ = await asyncio.to_thread(self._accept, client, entries)
+        return stored
 
     async def admit(
         self, client: str, session: bytes, hold: object, *, model: str, start: int, end: int, tokens: int

@@ -45,7 +45,8 @@ import numpy as np
 from python_peer.core import manifest as names
 from python_peer.core.answers import INPUT_CHAIN_START, SignedAnswer, chain_input, wire_digest
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import LedgerError, SignalingError
+from python_peer.core.errors import LedgerError, PaymentRequiredError, SignalingError
+from python_peer.core.ledger_exchange import OPEN_LOG
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.push_route import PUSH_KEY
@@ -326,15 +327,17 @@ class MeshClient:
             hashes[i] = entry.hash
         return hashes
 
-    async def hold(self, hop: RouteHop, tokens: int, written: str | None = None) -> str | None:
+    async def hold(
+        self, hop: RouteHop, tokens: int, written: str | None = None
+    ) -> tuple[str | None, list[dict[str, object]] | None]:
         """With a ledger, the hash of the hold paying ``hop``'s peer for its session (``tokens`` token
-        positions at most): ``written`` (by ``write_holds``), else a new one, our log pushed there
-        (``ClientExchange.deliver``); None for this node's own span (reached in process, free)."""
+        positions at most): ``written`` (by ``write_holds``), else a new one, our log delivered there
+        (``ClientExchange.deliver``); None for this node's own span (reached in process, free). Second:
+        the entries OPEN is to carry instead of a push (``OPEN_LOG``), or None when pushed."""
         if self.exchange is None or self._own(hop.peer_id):
-            return None
+            return None, None
         if written is not None:
-            await self.exchange.deliver(hop.peer_id, hop.rpc, written)
-            return written
+            return written, await self.exchange.deliver(hop.peer_id, hop.rpc, written, carried=True)
         return await self.exchange.hold(
             hop.peer_id,
             hop.rpc,
@@ -343,7 +346,7 @@ class MeshClient:
             start=hop.start,
             end=hop.end,
             tokens=tokens,
-        )
+        ), None
 
     def gossip_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
         """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
@@ -482,15 +485,31 @@ class MeshSession:
             "batch": self.batch,
             "max_length": self.max_length,
         }
-        hold = await self.client.hold(hop, self.batch * self.max_length, hold)
+        hold, carried = await self.client.hold(hop, self.batch * self.max_length, hold)
         if hold is not None:
             meta["hold"] = hold
-        answer = await hop.rpc.call(
-            Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
-        )
+        if carried:
+            meta[OPEN_LOG] = carried
+        exchange = self.client.exchange
+        try:
+            answer = await hop.rpc.call(
+                Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
+            )
+        except PaymentRequiredError:
+            if not carried or exchange is None:
+                raise
+            # It may not hold what we thought it held (a crash lost it): our log pushed, OPEN again.
+            log.info("peer %s refused the hold with our log carried: pushing the log", peer_id[:8])
+            exchange.forget_held(peer_id)
+            await exchange.push(peer_id, hop.rpc)
+            del meta[OPEN_LOG]
+            answer = await hop.rpc.call(
+                Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
+            )
         hop.pushes = answer.meta.get(PUSH_KEY) is True and isinstance(hop.rpc, RpcClient)
-        if hold is not None and self.client.exchange is not None:
-            self.client.exchange.admitted(hold)  # the next push there carries only what follows
+        if hold is not None and exchange is not None:
+            exchange.opened(peer_id, answer.meta)
+            exchange.admitted(hold)  # the next push there carries only what follows
         return hop
 
     def note_failure(self, peer_id: str, exc: BaseException) -> None:

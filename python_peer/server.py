@@ -8,8 +8,9 @@ inputs the session received and the output's hash (``core/answers.py``), so a wr
 attributable. Idle sessions are evicted after a timeout. Sessions
 are keyed by the client's peer id too, so one client cannot touch another's session.
 
-With a ledger, OPEN is refused (``payment_required``) unless it names a hold in the client's log that
-pays for the session and fits the client's balance with its other open holds, CLOSE proposes the
+With a ledger, OPEN is refused (``payment_required``) unless it names a hold in the client's log (pushed
+before, or carried by OPEN itself: ``log``) that pays for the session and fits the client's balance with
+its other open holds, CLOSE proposes the
 receipt of the work done, and GOSSIP frames carry the ledger exchange (``link_ledger.ServerExchange``).
 A ``SpanServer`` is a ``hop.FrameHandler``: links (``rpc.serve_link``) and in-process hops call it alike.
 Decode steps of its sessions run batched together (``batching.DecodeBatcher``, docs/mesh.md).
@@ -38,7 +39,7 @@ from python_peer.core.answers import (
 )
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
-from python_peer.core.ledger_exchange import close_answer
+from python_peer.core.ledger_exchange import OPEN_LOG, close_answer, parse_open_log
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_SESSIONS
 from python_peer.core.spans import Span
@@ -253,6 +254,9 @@ class SpanServer:
                     f"peer {client[:12]}… is excluded: this node holds evidence against it from "
                     f"{len(standing.authors)} clients",
                 )
+            entries = parse_open_log(meta)  # the push, carried by OPEN: stored before the hold is checked
+            if entries:
+                await self.exchange.take_log(client, entries)
             # The client pays for what it may use, through a hold in its own log that pays for this session
             # and fits its balance with all its other open holds, at every peer (``core/holds.py``).
             price = await self.exchange.admit(
@@ -283,7 +287,8 @@ class SpanServer:
             FrameType.RESULT,
             frame.session,
             frame.step,
-            meta={"opened": True, "kv_free_tokens": self.kv_free_tokens},
+            meta={"opened": True, "kv_free_tokens": self.kv_free_tokens}
+            | ({OPEN_LOG: True} if self.exchange is not None else {}),
         )
 
     async def _forward(self, client: str, frame: Frame) -> Frame:

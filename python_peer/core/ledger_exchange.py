@@ -16,6 +16,12 @@ and the answer to CLOSE carries the receipt the server proposes: ``{closed: true
 ``PUSH_ENTRIES`` entries) before its first session on a peer, returns the countersigned receipt after
 CLOSE, and runs anti-entropy rounds (``gossip.py`` messages) with the peer.
 
+OPEN may carry the push itself: ``log: [entry, ...]`` (``OPEN_LOG``, at most ``PUSH_ENTRIES``) in its
+metadata, stored as a push would be before the hold it names is checked, which saves the push's round
+trip. A peer that takes it says so in every answer to OPEN (``log: true``); a client sends it only to
+peers that said so (a peer that does not would refuse the hold it has not seen), and only the entries a
+peer lacks past what it is known to hold (``parse_open_log``).
+
 This module builds and parses those dicts, once, for every implementation: the native peer
 (``python_peer/link_ledger.py``) and the browser node, which calls it under Pyodide through
 ``call_json``. The wire bytes are those of canonical JSON (``wire.py``), so key order does not matter.
@@ -52,6 +58,7 @@ log = logging.getLogger(__name__)
 PUSH = "push"
 RECEIPT = "receipt"
 GOSSIP = "gossip"
+OPEN_LOG = "log"  # OPEN's metadata: the entries a push would carry; OPEN's answer: true, this peer takes them
 
 
 class ExchangeError(LedgerError):
@@ -133,6 +140,17 @@ def parse_request(meta: object) -> LedgerRequest:
             raise ExchangeError("a gossip message must be a JSON object")
         return GossipRequest(msg)
     raise ExchangeError(f"unknown ledger request {kind!r:.40}")
+
+
+def parse_open_log(meta: dict[str, Any]) -> list[Any] | None:
+    """The entries an OPEN's metadata carries (``OPEN_LOG``), None when it carries none, or
+    ``ExchangeError``; each entry is parsed and checked where it is stored, as a push's."""
+    entries = meta.get(OPEN_LOG)
+    if entries is None:
+        return None
+    if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:
+        raise ExchangeError(f"OPEN's {OPEN_LOG} carries a list of at most {PUSH_ENTRIES} entries")
+    return entries
 
 
 # --- answers --------------------------------------------------------------------------------------------
@@ -243,6 +261,7 @@ _CALLABLE: dict[str, Callable[..., Any]] = {
         parse_receipt_answer,
         parse_gossip_answer,
         parse_close_answer,
+        parse_open_log,
     )
 }
 
@@ -272,6 +291,7 @@ def call_json(name: str, args_json: str) -> str:
 
 
 __all__ = [
+    "OPEN_LOG",
     "ExchangeError",
     "GossipRequest",
     "LedgerRequest",
@@ -284,6 +304,7 @@ __all__ = [
     "gossip_request",
     "parse_close_answer",
     "parse_gossip_answer",
+    "parse_open_log",
     "parse_push_answer",
     "parse_push_held",
     "parse_receipt_answer",

@@ -22,7 +22,8 @@ from python_peer.core import chain_store
 from python_peer.core import ledger_exchange as lx
 from python_peer.core.economics import price
 from python_peer.core.entries import Entry
-from python_peer.core.errors import PaymentRequiredError
+from python_peer.core.errors import PaymentRequiredError, RemoteBadFrameError, SessionRefusedError
+from python_peer.core.protocol import PUSH_ENTRIES
 from python_peer.core.wire import Frame, FrameType
 from python_peer.identity import Identity
 from python_peer.ledger_service import CHANNEL_GOSSIP, LedgerService
@@ -66,9 +67,17 @@ class Client:
         return lx.parse_push_answer(answer.meta)
 
     async def open(
-        self, session: bytes, hold: str | None, max_length: int = ONE_PRICE_TOKENS, batch: int = 1
+        self,
+        session: bytes,
+        hold: str | None,
+        max_length: int = ONE_PRICE_TOKENS,
+        batch: int = 1,
+        log: object = None,
     ) -> Frame:
+        """OPEN naming ``hold``; ``log``: the entries it carries instead of a push (``lx.OPEN_LOG``)."""
         meta = open_meta(self.mesh.manifest.name, *SPAN, batch, max_length, hold)
+        if log is not None:
+            meta[lx.OPEN_LOG] = log
         return await self.rpc.call(Frame(FrameType.OPEN, session, 0, meta=meta), 5)
 
     async def work(self, session: bytes, length: int = 3, batch: int = 1) -> str:
@@ -401,6 +410,48 @@ async def test_a_hold_naming_another_peer_or_unknown_here_is_refused(
         await at_b.push(victim.own_entries())
         with pytest.raises(PaymentRequiredError, match="does not hold the hold"):
             await at_b.open(b"\x03" * 16, theirs.hash, 100)
+    finally:
+        await at_b.aclose()
+
+
+async def test_open_carries_the_log_instead_of_a_push_and_a_bad_one_is_refused(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService]
+) -> None:
+    """OPEN's ``log`` (docs/ledger.md): the entries a push would carry, stored before the hold is checked.
+    The attacks: a log that is not a list, one longer than a push, a forged hold in it (its amount raised
+    after it was signed), and the same OPEN replayed. Each is refused with a clear error; nothing forged
+    is stored and no session opens on it."""
+    m = toy_mesh
+    b = m.peer(SPAN, ledger=make_ledger())
+    server = m.servers[b].ledger
+    assert server is not None
+    me = make_ledger()
+    at_b = await Client.connect(m, me, b)
+    try:
+        with pytest.raises(RemoteBadFrameError, match="at most"):
+            await at_b.open(b"\x01" * 16, None, 100, log="my entries")
+        hold = at_b.hold(b"\x01" * 16, tokens=100)
+        too_long = me.own_entries() * (PUSH_ENTRIES // 2 + 1)
+        with pytest.raises(RemoteBadFrameError, match="at most"):
+            await at_b.open(b"\x01" * 16, hold.hash, 100, log=too_long)
+        assert server.store.head(me.peer_id) is None  # nothing of a refused log was stored
+
+        # A forged hold: the amount raised after signing. Refused alone; the OPEN on it finds no hold.
+        forged = {**hold.to_dict(), "body": {**hold.to_dict()["body"], "amount": 10**9}}
+        with pytest.raises(PaymentRequiredError, match="does not hold the hold"):
+            await at_b.open(b"\x01" * 16, hold.hash, 100, log=[me.own_entries()[0], forged])
+        head = server.store.head(me.peer_id)
+        assert head is not None and head.seq == 1  # the grant, not the forgery
+
+        # The honest OPEN: the log it carries is stored, the session opens, the answer says it takes logs.
+        answer = await at_b.open(b"\x01" * 16, hold.hash, 100, log=me.own_entries())
+        assert answer.meta["opened"] is True and answer.meta[lx.OPEN_LOG] is True
+        assert server.store.locate(hold.hash) == (me.peer_id, 2)
+        # Replayed: the same session is open already; another session on the same hold is not paid.
+        with pytest.raises(SessionRefusedError, match="already open"):
+            await at_b.open(b"\x01" * 16, hold.hash, 100, log=me.own_entries())
+        with pytest.raises(PaymentRequiredError, match="already opened a session here"):
+            await at_b.open(b"\x02" * 16, hold.hash, 100, log=me.own_entries())
     finally:
         await at_b.aclose()
 

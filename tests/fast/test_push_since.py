@@ -5,12 +5,17 @@ it holds our log through some entry, the next push there carries the entries wri
 new holds) instead of the grant and the latest 63: the push is what a peer parses, checks and stores
 before OPEN. A peer that does not say it holds them all (it lost our log, refused one, or is a peer that
 does not answer ``held``) gets the whole push again, and the chat goes on.
+
+A peer that says in its answers to OPEN that it takes our log in OPEN itself (``log: true``) gets those
+few entries in the next OPEN instead of a push (one round trip, not two); one that then refuses the hold
+(it lost our log, or said so falsely) gets the whole log pushed and the OPEN again, and the chat goes on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from python_peer.core.ledger_exchange import OPEN_LOG
 from python_peer.core.protocol import PUSH_ENTRIES
 from python_peer.core.wire import Frame, FrameType
 from python_peer.ledger_service import LedgerService
@@ -31,10 +36,18 @@ class Pushes:
     def __init__(self, server: SpanServer) -> None:
         self.server = server
         self.sizes: list[int] = []
+        self.carried: list[int] = []  # the entries each OPEN carried (``log``)
         self.drop = 0
+        self.drop_log = 0  # OPENs whose log is dropped unstored, as a peer that lost it
         self.claim: int | None = None  # answers every push saying it holds the pusher's log through this
 
     async def handle(self, client: str, frame: Frame) -> Frame:
+        if frame.type is FrameType.OPEN and OPEN_LOG in frame.meta:
+            self.carried.append(len(frame.meta[OPEN_LOG]))
+            if self.drop_log:
+                self.drop_log -= 1
+                meta = {k: v for k, v in frame.meta.items() if k != OPEN_LOG}
+                frame = Frame(frame.type, frame.session, frame.step, meta=meta)
         if frame.type is FrameType.GOSSIP and frame.meta.get("kind") == "push":
             self.sizes.append(len(frame.meta["entries"]))
             if self.drop:
@@ -80,10 +93,10 @@ async def test_after_a_first_session_a_push_carries_only_the_entries_written_sin
         assert (await greedy(client, PROMPT, NEW_TOKENS))[0] == expected
 
     for peer in peers:
-        # One push per session: first the grant and the latest entries, then what was written since
-        # (the last session's receipts, this session's holds), each admitted by OPEN.
-        assert len(peer.sizes) == 3 and peer.sizes[0] == PUSH_ENTRIES, peer.sizes
-        assert max(peer.sizes[1:]) <= 8, peer.sizes
+        # One push, the grant and the latest entries; then what was written since (the last session's
+        # receipts, this session's holds) carried by each OPEN, which the peer admitted.
+        assert peer.sizes == [PUSH_ENTRIES], peer.sizes
+        assert len(peer.carried) == 2 and 0 < max(peer.carried) <= 8, peer.carried
     assert all(client.exchange.held[p] >= PUSH_ENTRIES + 10 for p in m.servers)
 
 
@@ -97,13 +110,23 @@ async def test_a_peer_that_did_not_store_the_short_push_gets_the_whole_log_and_o
     assert (await greedy(client, PROMPT, NEW_TOKENS))[0] == expected
     first = [len(p.sizes) for p in peers]
 
-    peers[1].drop = 1  # answers the next push without storing it, as a peer that lost our log
+    peers[1].drop_log = 1  # drops the log the next OPEN carries, as a peer that lost our log
     tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
-
     assert tokens == expected and session.failovers == 0, session.last_failure
-    short, whole = peers[1].sizes[first[1] :]
+    # The short log carried by OPEN, refused; then the whole log pushed and OPEN again. Not banned.
+    assert [len(p.sizes) - n for p, n in zip(peers, first, strict=True)] == [0, 1, 0]
+    assert peers[1].sizes[-1] > peers[1].carried[-1] and len(peers[1].carried) == 1, peers[1]
+    assert [len(p.carried) for p in peers] == [1, 1, 1]
+
+    second = [len(p.sizes) for p in peers]
+    peers[1].drop = 1  # answers the next push without storing it (a peer that does not carry logs)
+    assert client.exchange is not None and peers[1].server.identity is not None
+    client.exchange.takes_log.pop(peers[1].server.identity.peer_id)
+    tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+    assert tokens == expected and session.failovers == 0, session.last_failure
+    short, whole = peers[1].sizes[second[1] :]
     assert short < whole, peers[1].sizes  # the short push, then the whole log again
-    assert [len(p.sizes) - n for p, n in zip(peers, first, strict=True)] == [1, 2, 1]
+    assert [len(p.sizes) - n for p, n in zip(peers, second, strict=True)] == [0, 2, 0]
 
 
 async def test_a_push_answer_says_through_which_seq_the_peer_holds_the_pushers_log(
@@ -152,4 +175,5 @@ async def test_a_peer_claiming_to_hold_more_of_our_log_than_we_wrote_is_not_beli
 
     head = client.exchange.ledger.store.head(client.exchange.ledger.peer_id)
     assert head is not None and max(client.exchange.held.values()) <= head.seq, client.exchange.held
-    assert len(peers[1].sizes) >= 3 and min(peers[1].sizes) > 0, peers[1].sizes  # pushes every session
+    delivered = peers[1].sizes + peers[1].carried  # pushed or carried by OPEN, every session
+    assert len(delivered) >= 3 and min(delivered) > 0, (peers[1].sizes, peers[1].carried)
