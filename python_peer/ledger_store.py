@@ -19,9 +19,8 @@ Every write is one transaction: a batch (``insert_many``, ``append_many``, ``mer
 whole or not at all, so a process killed mid-batch leaves the database as it was before the batch. An
 invalid entry inside a batch is refused alone and does not abort the others. ``durable=True`` (the
 default) sets ``synchronous=FULL``: an own entry is on disk before ``append`` returns, so a crash can
-never make this node sign a second, different entry for a seq it already gossiped (a self-fork). Writes
-made inside ``lazily()`` (other nodes' entries, which a crash may lose and gossip brings back) commit
-without waiting for the disk; the next durable commit syncs them too (the WAL is written in order).
+never make this node sign a second, different entry for a seq it already gossiped (a self-fork). Other
+nodes' entries may be written in ``lazily()``: unsynced until the next durable commit (the WAL is in order).
 
 Blocking: async callers use ``asyncio.to_thread``; a lock serialises callers from several threads.
 """
@@ -276,19 +275,14 @@ class LedgerStore(ChainStore):
 
     @contextlib.contextmanager
     def lazily(self) -> Iterator[None]:
-        """Writes in this block commit without waiting for the disk (``synchronous=NORMAL``): still
-        atomic, but a crash (of the machine, not the process) may lose the last of them. For entries
-        of other nodes only, which gossip brings back: never for this node's own, which a lost write
-        could make it sign twice. Other threads' writes wait for the block to end."""
+        """Writes in this block commit atomically but unsynced (a machine crash may lose them): for other
+        nodes' entries only, which gossip brings back. Other threads' writes wait for the block's end."""
         with self._lock:
-            if not self.durable:
-                yield
-                return
             self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
                 yield
             finally:
-                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
 
     def _version(self) -> tuple[int, int]:
         """Changes whenever any connection commits a write: the key of every cache."""

@@ -20,6 +20,7 @@ Ledger calls are synchronous (SQLite) and run in threads.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -248,17 +249,29 @@ class ClientExchange:
         await self.push(peer_id, hop)
         return None
 
-    def opened(self, peer_id: str, answer: dict[str, Any]) -> None:
-        """Note what ``peer_id``'s answer to OPEN says: whether it takes our log in OPEN itself."""
+    async def open(
+        self, peer_id: str, hop: HopClient, frame: Frame, carried: list[dict[str, Any]] | None, timeout: float
+    ) -> Frame:
+        """Send ``frame`` (an OPEN naming our hold) carrying ``carried`` (from ``deliver``) as its log, and
+        return the answer, noting whether the peer takes our log in OPEN (``takes_log``). Refused for
+        payment with our log carried, the peer may not hold what we thought (a crash lost it): our log is
+        pushed from scratch and OPEN sent again without it, once."""
+        carrying = dataclasses.replace(frame, meta={**frame.meta, OPEN_LOG: carried}) if carried else frame
+        try:
+            answer = await hop.call(carrying, timeout)
+        except PaymentRequiredError:
+            if not carried:
+                raise
+            log.info("peer %s refused our hold with our log carried: pushing the log", peer_id[:8])
+            self.held.pop(peer_id, None)
+            await self.push(peer_id, hop)
+            answer = await hop.call(frame, timeout)
         self.takes_log.pop(peer_id, None)
-        if answer.get(OPEN_LOG) is True:
+        if answer.meta.get(OPEN_LOG) is True:
             self.takes_log[peer_id] = None
             while len(self.takes_log) > MAX_GOSSIPED:
                 self.takes_log.popitem(last=False)
-
-    def forget_held(self, peer_id: str) -> None:
-        """``peer_id`` refused an OPEN whose log was carried on what we thought it held: push from scratch."""
-        self.held.pop(peer_id, None)
+        return answer
 
     async def settle(
         self,

@@ -45,8 +45,7 @@ import numpy as np
 from python_peer.core import manifest as names
 from python_peer.core.answers import INPUT_CHAIN_START, SignedAnswer, chain_input, wire_digest
 from python_peer.core.canonical import Announcement
-from python_peer.core.errors import LedgerError, PaymentRequiredError, SignalingError
-from python_peer.core.ledger_exchange import OPEN_LOG
+from python_peer.core.errors import LedgerError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.push_route import PUSH_KEY
@@ -488,28 +487,13 @@ class MeshSession:
         hold, carried = await self.client.hold(hop, self.batch * self.max_length, hold)
         if hold is not None:
             meta["hold"] = hold
-        if carried:
-            meta[OPEN_LOG] = carried
-        exchange = self.client.exchange
-        try:
-            answer = await hop.rpc.call(
-                Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
-            )
-        except PaymentRequiredError:
-            if not carried or exchange is None:
-                raise
-            # It may not hold what we thought it held (a crash lost it): our log pushed, OPEN again.
-            log.info("peer %s refused the hold with our log carried: pushing the log", peer_id[:8])
-            exchange.forget_held(peer_id)
-            await exchange.push(peer_id, hop.rpc)
-            del meta[OPEN_LOG]
-            answer = await hop.rpc.call(
-                Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.open_timeout_s
-            )
-        hop.pushes = answer.meta.get(PUSH_KEY) is True and isinstance(hop.rpc, RpcClient)
-        if hold is not None and exchange is not None:
-            exchange.opened(peer_id, answer.meta)
+        frame, exchange = Frame(FrameType.OPEN, hop.session, 0, meta=meta), self.client.exchange
+        if hold is None or exchange is None:
+            answer = await hop.rpc.call(frame, self.client.open_timeout_s)
+        else:  # our log carried by OPEN where the peer takes it (``deliver``)
+            answer = await exchange.open(peer_id, hop.rpc, frame, carried, self.client.open_timeout_s)
             exchange.admitted(hold)  # the next push there carries only what follows
+        hop.pushes = answer.meta.get(PUSH_KEY) is True and isinstance(hop.rpc, RpcClient)
         return hop
 
     def note_failure(self, peer_id: str, exc: BaseException) -> None:
