@@ -119,6 +119,13 @@ class BatchStats:
     def largest(self) -> int:
         return max(self.sizes, default=0)
 
+    def count(self, size: int, *, inline: bool = False) -> None:
+        """One call of ``size`` steps (1: alone), run on the event loop when ``inline``."""
+        self.steps += size
+        self.batches += 1
+        self.sizes[size] += 1
+        self.inline += inline
+
 
 @dataclass
 class _Queued:
@@ -180,11 +187,10 @@ class DecodeBatcher:
     ) -> np.ndarray:
         """Run one step of session ``key`` through the span: batched with others if it is a decode step."""
         if not self.is_decode_step(key, hidden, mask, positions):
-            self._count(1)
+            self.stats.count(1)
             return await asyncio.to_thread(self._run_alone, key, hidden, mask, positions)
         if self._alone_s <= self.config.inline_s and self._lone():
-            self._count(1)
-            self.stats.inline += 1
+            self.stats.count(1, inline=True)
             return self._timed_alone(key, hidden, mask, positions)
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a server may outlive a loop (tests): a fresh event for this one
@@ -292,11 +298,6 @@ class DecodeBatcher:
         self._queue.extendleft(reversed(left))
         return batch
 
-    def _count(self, size: int) -> None:
-        self.stats.steps += size
-        self.stats.batches += 1
-        self.stats.sizes[size] += 1
-
     def _run(self, batch: list[_Queued]) -> list[np.ndarray | BaseException]:
         """In a worker thread: the batch through every shard, committed only if every shard ran it; on a
         failure, every step again alone, so that each session gets its own outcome."""
@@ -331,14 +332,14 @@ class DecodeBatcher:
                     result.commit()
                 for j, i in enumerate(live):
                     outcomes[i] = hidden[j : j + 1]
-                self._count(len(live))
+                self.stats.count(len(live))
                 log.debug(
                     "batch of %d decode steps in %.1f ms", len(live), 1e3 * (time.perf_counter() - started)
                 )
                 live = []
         for i in live:
             item = batch[i]
-            self._count(1)
+            self.stats.count(1)
             try:
                 outcomes[i] = self._timed_alone(item.key, item.hidden, item.mask, item.positions)
             except Exception as exc:
@@ -383,10 +384,7 @@ class RowBatcher:
             and not self._queue
             and (self._worker is None or self._worker.done())
         ):
-            self.stats.steps += 1
-            self.stats.batches += 1
-            self.stats.sizes[1] += 1
-            self.stats.inline += 1
+            self.stats.count(1, inline=True)
             return self._timed(rows)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[np.ndarray] = loop.create_future()
@@ -440,9 +438,7 @@ class RowBatcher:
                     count += rows.shape[0]
             if not taken:
                 continue
-            self.stats.steps += len(taken)
-            self.stats.batches += 1
-            self.stats.sizes[len(taken)] += 1
+            self.stats.count(len(taken))
             outs: list[np.ndarray | BaseException]
             try:
                 if len(taken) == 1:
