@@ -1,12 +1,13 @@
 """The ledger exchange of a native node, one object per side, over the messages of ``core/ledger_exchange.py``.
 
 ``ClientExchange`` (a mesh client's): before each session on a peer, appends a hold for it to the
-node's own log and pushes the log there (the hold's hash goes in OPEN: ``core/holds.py``); countersigns
+node's own log and pushes the log there, or has OPEN carry it to a peer that takes it (``open``; the
+hold's hash goes in OPEN: ``core/holds.py``); countersigns
 and returns the receipt a peer proposes at CLOSE, then runs an anti-entropy exchange with that peer over
 the same link, in the background, at most once per peer per ``gossip_every_s`` and at most
 ``max_requests`` requests each time.
 
-``ServerExchange`` (a span server's): stores a client's pushed entries, admits a session at OPEN only on
+``ServerExchange`` (a span server's): stores a client's pushed entries (or those its OPEN carries), admits a session at OPEN only on
 a hold that pays for it (once: a hold replayed for a second OPEN is refused), proposes the receipt of a
 closed session, records the countersigned receipt exactly once (a forged or replayed frame is refused
 and the genuine one stays recordable), and answers gossip with the replies of its session with that
