@@ -58,7 +58,7 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType
 from .errors import PeerError
 from .hop import HOP_FAILURES, HopClient, Refusal
 from .ledger_service import CHANNEL_GOSSIP, LedgerService
-from .ledger_store import now_ms
+from .ledger_store import Quote, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -383,19 +383,61 @@ class ServerExchange:
     def _key(client: str, session: bytes) -> str:
         return f"{client}:{session.hex()}"
 
-    async def take_log(self, client: str, entries: list[Any]) -> int:
-        """OPEN's ``log`` (``OPEN_LOG``): ``client``'s entries, stored as its push would be, before the hold
-        is checked; how many were new."""
-        stored, _ = await asyncio.to_thread(self._accept, client, entries)
-        return stored
-
     async def admit(
-        self, client: str, session: bytes, hold: object, *, model: str, start: int, end: int, tokens: int
+        self,
+        client: str,
+        session: bytes,
+        hold: object,
+        *,
+        carried: list[Any] | None,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
     ) -> int:
-        """OPEN's payment check: ``client``'s hold ``hold`` (the entry hash OPEN names) is in its log here,
-        pays for exactly this session on this peer, covers the price, has not opened a session before,
-        and all the client's open holds fit what it can spend (``ChainStore.require_hold``). Returns the
-        price; raises ``PaymentRequiredError`` saying which rule failed."""
+        """OPEN's payment check, in one trip to a worker thread: ``client`` must not be excluded by this
+        node's reputation; its log ``carried`` by OPEN (``OPEN_LOG``) is stored as its push would be; then
+        its hold ``hold`` (the entry hash OPEN names) must be in its log here, pay for exactly this session
+        on this peer, cover the price, not have opened a session before, and fit what the client can spend
+        with all its open holds (``ChainStore.require_hold``). Returns the price; raises ``Refusal`` for
+        an excluded client, ``PaymentRequiredError`` saying which rule failed."""
+        quote = await asyncio.to_thread(
+            self._check_open, client, session, hold, carried, model=model, start=start, end=end, tokens=tokens
+        )
+        if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
+            raise PaymentRequiredError(f"client {client[:12]}…: its hold {str(hold)[:12]}… is already in use")
+        assert isinstance(hold, str)  # _check_open refused any other
+        self._forget_expired(now_ms())
+        self._admitted[hold] = quote.hold_expires
+        self._open[self._key(client, session)] = (hold, quote.hold_expires)
+        while len(self._admitted) > MAX_ADMITTED_HOLDS:
+            self._admitted.popitem(last=False)
+        while len(self._open) > MAX_ADMITTED_HOLDS:  # sessions never closed (their client vanished)
+            self._open.popitem(last=False)
+        return quote.price
+
+    def _check_open(
+        self,
+        client: str,
+        session: bytes,
+        hold: object,
+        carried: list[Any] | None,
+        *,
+        model: str,
+        start: int,
+        end: int,
+        tokens: int,
+    ) -> Quote:
+        """``admit``'s work in the worker thread, in its order: reputation, the carried log, the hold."""
+        standing = self.ledger.reputation(client)
+        if standing.excluded:  # proven to lie by several clients: this peer does not work with it
+            raise Refusal(
+                ErrorCode.SESSION_REFUSED,
+                f"peer {client[:12]}… is excluded: this node holds evidence against it from "
+                f"{len(standing.authors)} clients",
+            )
+        if carried:  # the push, carried by OPEN: stored before the hold is checked
+            self._accept(client, carried)
         if not isinstance(hold, str):
             raise PaymentRequiredError(
                 f"client {client[:12]}…: OPEN must name the hold (its entry hash) that pays for this session"
@@ -405,26 +447,9 @@ class ServerExchange:
                 f"client {client[:12]}…: its hold {hold[:12]}… has already opened a session here; "
                 "each session needs a hold of its own"
             )
-        quote = await asyncio.to_thread(
-            self.ledger.require_hold,
-            client,
-            hold,
-            session=session,
-            model=model,
-            start=start,
-            end=end,
-            tokens=tokens,
+        return self.ledger.require_hold(
+            client, hold, session=session, model=model, start=start, end=end, tokens=tokens
         )
-        if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
-            raise PaymentRequiredError(f"client {client[:12]}…: its hold {hold[:12]}… is already in use")
-        self._forget_expired(now_ms())
-        self._admitted[hold] = quote.hold_expires
-        self._open[self._key(client, session)] = (hold, quote.hold_expires)
-        while len(self._admitted) > MAX_ADMITTED_HOLDS:
-            self._admitted.popitem(last=False)
-        while len(self._open) > MAX_ADMITTED_HOLDS:  # sessions never closed (their client vanished)
-            self._open.popitem(last=False)
-        return quote.price
 
     def _forget_expired(self, now: int) -> None:
         """Forget the oldest admitted holds while they are expired: the ledger refuses them anyway."""

@@ -246,23 +246,15 @@ class SpanServer:
         if key in self.sessions:
             raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         price = 0
-        if self.exchange is not None and self.ledger is not None and is_peer_id(client):
-            standing = await asyncio.to_thread(self.ledger.reputation, client)
-            if standing.excluded:  # proven to lie by several clients: this peer does not work with it
-                raise Refusal(
-                    ErrorCode.SESSION_REFUSED,
-                    f"peer {client[:12]}… is excluded: this node holds evidence against it from "
-                    f"{len(standing.authors)} clients",
-                )
-            entries = parse_open_log(meta)  # the push, carried by OPEN: stored before the hold is checked
-            if entries:
-                await self.exchange.take_log(client, entries)
+        if self.exchange is not None and is_peer_id(client):
             # The client pays for what it may use, through a hold in its own log that pays for this session
-            # and fits its balance with all its other open holds, at every peer (``core/holds.py``).
+            # and fits its balance with all its other open holds, at every peer (``core/holds.py``); its log
+            # may come with OPEN, stored before the hold is checked.
             price = await self.exchange.admit(
                 client,
                 frame.session,
                 meta.get("hold"),
+                carried=parse_open_log(meta),
                 model=self.model,
                 start=self.span.start,
                 end=self.span.end,
