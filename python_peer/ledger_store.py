@@ -170,19 +170,20 @@ def _linked(fact: Fact, facts: dict[str, Fact]) -> Fact:
 class LedgerStore(ChainStore):
     """One node's copy of the ledger in SQLite; every decision is ``ChainStore``'s. Open with ``open``; close, or use ``with``."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, rules: Rules, verify: Verify) -> None:
+    def __init__(
+        self, conn: sqlite3.Connection, path: str, rules: Rules, verify: Verify, durable: bool
+    ) -> None:
         self._conn = conn
         self.path = path
         self.rules = rules
         self.verify = verify
         self._lock = threading.RLock()
-        self.durable = True  # ``synchronous=FULL`` outside ``lazily()`` (``open``'s ``durable``)
+        self.durable = durable  # ``synchronous=FULL`` outside ``lazily()``, else NORMAL (see ``open``)
         self._writes = 0
         self._cache: tuple[tuple[int, int], LedgerReport] | None = None
         self._heads_cache: tuple[tuple[int, int], dict[str, tuple[int, str]]] | None = None
         self._running = RunningReport(self, rules, compact_from=COMPACT_FROM)
-        # facts written since the last report, which extend the running report; None: it is rebuilt from
-        # the rows (before the first report, after a rollback, a dropped chain or new evidence)
+        # facts written since the last report, to extend it; None: rebuilt from the rows (rollback, evidence…)
         self._added: list[Fact] | None = None
         self._seen_version = -1  # ``PRAGMA data_version`` at the last report: another connection's writes
 
@@ -216,8 +217,7 @@ class LedgerStore(ChainStore):
         if version != SCHEMA_VERSION:
             conn.close()
             raise LedgerError(f"ledger {target} has schema {version}, this version reads {SCHEMA_VERSION}")
-        store = cls(conn, target, rules, verify)
-        store.durable = durable
+        store = cls(conn, target, rules, verify, durable=durable)
         try:
             store.check()
         except LedgerError:
@@ -500,7 +500,7 @@ class LedgerStore(ChainStore):
     def reader(cls, conn: sqlite3.Connection, path: str, rules: Rules) -> LedgerStore:
         """A store over ``conn``, a connection opened read only by ``ledger_rebuild``'s child, which
         only reads its rows (no schema written, no check: the node that started it opened them)."""
-        return cls(conn, path, rules, native_verify)
+        return cls(conn, path, rules, native_verify, durable=False)
 
     def rebuilt_state(self) -> bytes:
         """The running state built from every row here, frozen (``RunningReport.freeze``): the child's
