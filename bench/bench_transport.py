@@ -34,7 +34,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -54,8 +55,6 @@ HIDDEN = 576  # SmolLM2-135M's hidden size, the default model's
 SHAPES = {"decode token": 1, "37-token prompt": 37}  # tokens per frame
 ANSWER_META = 624  # bytes of signed answer a RESULT carries besides its hidden states (bench/README.md)
 WARMUP = 5
-CONTENDERS = ("aiortc", "libdatachannel", "aiolibdatachannel")
-MODULES = {"libdatachannel": "pylibdatachannel", "aiolibdatachannel": "aiolibdatachannel"}
 
 
 def result_frame(tokens: int, step: int) -> Frame:
@@ -192,13 +191,21 @@ def _settle(future: asyncio.Future[Any], value: Any) -> None:
         future.set_result(value)
 
 
+@dataclass(frozen=True)
+class Contender:
+    module: str | None  # the binding it needs beyond the project's dependencies, None for none
+    run: Callable[[int], Coroutine[Any, Any, dict[str, Any]]]  # its figures for so many frames of each size
+
+
+CONTENDERS = {
+    "aiortc": Contender(None, run_aiortc),
+    "libdatachannel": Contender("pylibdatachannel", run_libdatachannel),
+    "aiolibdatachannel": Contender("aiolibdatachannel", run_aiolibdatachannel),
+}
+
+
 def child(name: str, frames: int) -> None:
-    runners = {
-        "aiortc": run_aiortc,
-        "libdatachannel": run_libdatachannel,
-        "aiolibdatachannel": run_aiolibdatachannel,
-    }
-    print(json.dumps(asyncio.run(runners[name](frames))), flush=True)
+    print(json.dumps(asyncio.run(CONTENDERS[name].run(frames))), flush=True)
     # pylibdatachannel 0.2.0 aborts while its threads are torn down at exit ("terminate called without an
     # active exception"); the figures are out by then.
     os._exit(0)
@@ -206,7 +213,7 @@ def child(name: str, frames: int) -> None:
 
 def available(name: str) -> str | None:
     """None if contender ``name`` can run here, else why not."""
-    module = MODULES.get(name)
+    module = CONTENDERS[name].module
     if module is None:
         return None
     try:
@@ -237,7 +244,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5, help="alternating runs of each contender")
     parser.add_argument("--frames", type=int, default=100, help="frames of each size per run")
-    parser.add_argument("--child", choices=CONTENDERS, help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=list(CONTENDERS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args.frames)
