@@ -28,7 +28,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from python_peer.core.entries import Entry
 from python_peer.core.errors import LedgerError, PaymentRequiredError
@@ -61,6 +61,7 @@ from .ledger_service import CHANNEL_GOSSIP, LedgerService
 from .ledger_store import Quote, now_ms
 
 log = logging.getLogger(__name__)
+_V = TypeVar("_V")
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,15 @@ async def gossip_exchange(
     return sent
 
 
+def _remember(table: OrderedDict[str, _V], key: str, value: _V) -> None:
+    """Set ``table[key]`` as its newest item, forgetting the oldest items beyond ``MAX_GOSSIPED``: what a
+    client remembers per peer or per hold stays bounded however many it meets."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > MAX_GOSSIPED:
+        table.popitem(last=False)
+
+
 class ClientExchange:
     """A mesh client's side of the ledger exchange with the peers it uses."""
 
@@ -138,20 +148,24 @@ class ClientExchange:
         entries after those it is known to hold (``held``: it said so answering a push, or opened a
         session on a hold of ours), else, or if it then says it does not hold them all, the grant and the
         latest entries (``LedgerService.own_entries``). Returns how many it stored."""
-        known = self.held.get(peer_id)
-        if known is not None:
-            entries = await asyncio.to_thread(self.ledger.own_entries_after, known)
-            if entries == []:
-                return 0
-            if entries is not None:
-                stored, held = await self._push(peer_id, hop, entries)
-                last = int(entries[-1]["seq"])
-                if held is not None and held >= last:
-                    return stored
-                log.info("peer %s holds our log through %s, not %d: pushing the log", peer_id[:8], held, last)
-            self.held.pop(peer_id, None)
+        entries = await self._lacking(peer_id)
+        if entries == []:
+            return 0
+        if entries is not None:
+            stored, held = await self._push(peer_id, hop, entries)
+            last = int(entries[-1]["seq"])
+            if held is not None and held >= last:
+                return stored
+            log.info("peer %s holds our log through %s, not %d: pushing the log", peer_id[:8], held, last)
+        self.held.pop(peer_id, None)
         stored, _ = await self._push(peer_id, hop, await asyncio.to_thread(self.ledger.own_entries))
         return stored
+
+    async def _lacking(self, peer_id: str) -> list[dict[str, Any]] | None:
+        """The entries of ours after those ``peer_id`` is known to hold (``held``); None when not known or
+        more than one push carries (``PUSH_ENTRIES``)."""
+        known = self.held.get(peer_id)
+        return None if known is None else await asyncio.to_thread(self.ledger.own_entries_after, known)
 
     async def _push(
         self, peer_id: str, hop: HopClient, entries: list[dict[str, Any]]
@@ -184,9 +198,7 @@ class ClientExchange:
             self._note_held(*found)
 
     def _note_held(self, peer_id: str, seq: int) -> None:
-        self.held[peer_id] = max(seq, self.held.pop(peer_id, 0))
-        while len(self.held) > MAX_GOSSIPED:
-            self.held.popitem(last=False)
+        _remember(self.held, peer_id, max(seq, self.held.get(peer_id, 0)))
 
     async def hold(
         self, peer_id: str, hop: HopClient, session: bytes, *, model: str, start: int, end: int, tokens: int
@@ -205,10 +217,8 @@ class ClientExchange:
         that do not both fit our balance do not each get part of their holds). A hold refused
         (``PaymentRequiredError``) stops there; the ones before it stay written."""
         entries = await asyncio.to_thread(self._write_holds, terms)
-        for term, entry in zip(terms, entries, strict=True):
-            self._holds[entry.hash] = (term.server, entry.seq)
-        while len(self._holds) > MAX_GOSSIPED:  # holds whose OPEN failed are never admitted
-            self._holds.popitem(last=False)
+        for term, entry in zip(terms, entries, strict=True):  # bounded: holds whose OPEN failed stay
+            _remember(self._holds, entry.hash, (term.server, entry.seq))
         return entries
 
     def _write_holds(self, terms: list[HoldTerms]) -> list[Entry]:
@@ -243,10 +253,8 @@ class ClientExchange:
                 timeout=self.request_timeout_s,
                 max_requests=self.gossip_max_requests,
             )
-        if carried and peer_id in self.takes_log and known is not None:
-            entries = await asyncio.to_thread(self.ledger.own_entries_after, known)
-            if entries is not None:  # at most PUSH_ENTRIES of them
-                return entries
+        if carried and peer_id in self.takes_log and (entries := await self._lacking(peer_id)) is not None:
+            return entries
         await self.push(peer_id, hop)
         return None
 
@@ -269,9 +277,7 @@ class ClientExchange:
             answer = await hop.call(frame, timeout)
         self.takes_log.pop(peer_id, None)
         if answer.meta.get(OPEN_LOG) is True:
-            self.takes_log[peer_id] = None
-            while len(self.takes_log) > MAX_GOSSIPED:
-                self.takes_log.popitem(last=False)
+            _remember(self.takes_log, peer_id, None)
         return answer
 
     async def settle(
