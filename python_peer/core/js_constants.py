@@ -21,6 +21,7 @@ from . import (
     answers,
     canonical,
     chunks,
+    ledger_exchange,
     memory_budget,
     proof_of_work,
     protocol,
@@ -107,6 +108,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
         ),
     ),
     (receipts, ("RECEIPT_CONTEXT",)),
+    (ledger_exchange, ("OPEN_LOG",)),
     (answers, ("ANSWER_CONTEXT", "ANSWER_META_KEY", "INPUT_CHAIN_START")),
     (proof_of_work, ("GRANT_POW_CONTEXT",)),
     (

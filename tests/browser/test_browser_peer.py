@@ -32,6 +32,7 @@ from playwright.sync_api import Browser, Page
 from python_peer.block_selection import least_served_span
 from python_peer.chain import LocalChain
 from python_peer.core.canonical import Announcement, ServedSpan
+from python_peer.core.entries import Entry
 from python_peer.core.errors import (
     OutOfOrderError,
     PaymentRequiredError,
@@ -322,7 +323,8 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
         with pytest.raises(RemoteBadFrameError, match="unknown ledger request"):
             await rpc.call(gossip({"kind": "steal"}), 5)
         opened = await rpc.call(good_open, 5)
-        assert opened.meta == {"opened": True, "kv_free_tokens": 32}
+        # ``log: true``: the browser takes our log in OPEN itself (docs/mesh.md), tried at the end
+        assert opened.meta == {"opened": True, "kv_free_tokens": 32, "log": True}
         hidden = np.random.default_rng(0).standard_normal((1, 3, 64)).astype(np.float32)
         reference = await rpc.call(forward(good, 0, hidden), 5)
 
@@ -398,6 +400,31 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
         assert (await rpc.call(gossip(signed, good), 5)).meta == {"recorded": receipt.id}
         with pytest.raises(RemoteBadFrameError, match="no receipt of this session"):
             await rpc.call(gossip(signed, good), 5)
+
+        # OPEN carrying our log (``log``, docs/ledger.md "Holds"): the entries the browser lacks, stored as
+        # a push before the hold is checked. A malformed log is bad_frame with nothing stored; a forged
+        # hold in it (its amount raised after signing) is refused alone and its OPEN finds no hold.
+        fourth = b"\x04" * 16
+        fourth_open = holding(fourth)  # a new hold, which the browser does not hold yet
+        lacking = ledger.own_entries_after(4)
+        assert lacking is not None and Entry.from_dict(lacking[-1]).hash == fourth_open.meta["hold"]
+        for bad_log in ("my entries", own[:1] * 65):
+            with pytest.raises(RemoteBadFrameError, match="at most 64 entries"):
+                await rpc.call(Frame(FrameType.OPEN, fourth, 0, meta={**fourth_open.meta, "log": bad_log}), 5)
+        forged = {**lacking[-1], "body": {**lacking[-1]["body"], "amount": 10**9}}
+        with pytest.raises(PaymentRequiredError, match="does not hold the hold"):
+            await rpc.call(
+                Frame(FrameType.OPEN, fourth, 0, meta={**fourth_open.meta, "log": [*lacking[:-1], forged]}), 5
+            )
+        carried = await rpc.call(
+            Frame(FrameType.OPEN, fourth, 0, meta={**fourth_open.meta, "log": lacking}), 5
+        )
+        assert carried.meta["opened"] is True and carried.meta["log"] is True
+        with pytest.raises(SessionRefusedError, match="already open"):  # the same OPEN replayed
+            await rpc.call(Frame(FrameType.OPEN, fourth, 0, meta={**fourth_open.meta, "log": lacking}), 5)
+        with pytest.raises(PaymentRequiredError, match="already opened a session here"):  # its hold again
+            await rpc.call(Frame(FrameType.OPEN, third, 0, meta={**fourth_open.meta, "log": lacking}), 5)
+        assert (await rpc.call(Frame(FrameType.CLOSE, fourth, 0), 5)).meta == {"closed": True}
         await rpc.aclose()
 
         # Ledger gossip through signaling: junk is dropped without a word, and rounds we open bring the

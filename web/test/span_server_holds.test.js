@@ -11,7 +11,7 @@ import { test } from 'node:test';
 
 import { SpanServer } from '../src/node/span_server.js';
 import { ErrorCode, FrameType, decodeFrame, encodeFrame, makeFrame } from '../src/protocol/wire.js';
-import { FakeBlocks, HIDDEN, MODEL, fakeManifest } from './support/mesh_fakes.js';
+import { FakeBlocks, HIDDEN, MODEL, fakeManifest, pythonCodec } from './support/mesh_fakes.js';
 
 const CLIENT = 'c'.repeat(64);
 const GOOD = 'a1'.repeat(32);
@@ -34,7 +34,11 @@ function holdingLedger(state) {
       }
       return { client, price: 1640, hold_expires: state.expires };
     },
-    acceptEntries: async () => 0,
+    /** @param {unknown[]} entries */
+    async acceptEntries(entries) {
+      calls.push({ accepted: entries });
+      return entries.length;
+    },
     serverReceipt: async () => ({ receipt: {}, serverSig: '' }),
     recordReceipt: async () => null,
   };
@@ -43,12 +47,16 @@ function holdingLedger(state) {
 /** @param {import('../src/protocol/wire.js').FrameInit} init */
 const wire = (init) => decodeFrame(encodeFrame(makeFrame(init)));
 
-/** @param {Uint8Array} session @param {string | undefined} hold */
-function open(session, hold) {
-  /** @type {{[key: string]: string | number}} */
-  const meta = { model: MODEL, start: 0, end: 2, batch: 1, max_length: 8 };
+/**
+ * @param {Uint8Array} session
+ * @param {string | undefined} hold
+ * @param {{[key: string]: unknown}} [extra]  more metadata (`log`: the entries OPEN carries)
+ */
+function open(session, hold, extra = {}) {
+  /** @type {{[key: string]: unknown}} */
+  const meta = { model: MODEL, start: 0, end: 2, batch: 1, max_length: 8, ...extra };
   if (hold !== undefined) meta.hold = hold;
-  return wire({ type: FrameType.OPEN, session, step: 0, meta });
+  return wire({ type: FrameType.OPEN, session, step: 0, meta: /** @type {any} */ (meta) });
 }
 
 /** @param {Uint8Array} session */
@@ -111,4 +119,39 @@ test('a FORWARD after the hold expired is refused payment_required; before, it r
   assert.match(String(late.meta.message), /hold that pays for this session has expired/);
   held.holdExpires = Date.now() + 60_000;
   assert.equal((await server.handle(CLIENT, forward(session))).type, FrameType.RESULT);
+});
+
+test('OPEN carrying the log stores it as a push before the hold is checked, and says log: true; a malformed log is bad_frame, nothing stored', async () => {
+  const state = { expires: Date.now() + 600_000 };
+  const ledger = { ...holdingLedger(state), codec: pythonCodec() };
+  const server = new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]), {
+    ledger: /** @type {any} */ (ledger),
+  });
+  const entries = [{ seq: 1 }, { seq: 2 }]; // stored by the ledger's acceptEntries, which checks them (faked here)
+  for (const log of ['not a list', Array(65).fill({ seq: 1 })]) {
+    const refused = await server.handle(CLIENT, open(new Uint8Array(16).fill(5), GOOD, { log }));
+    assert.equal(refused.type, FrameType.ERROR);
+    assert.equal(refused.meta.code, ErrorCode.BAD_FRAME);
+    assert.match(String(refused.meta.message), /log.*at most 64 entries/);
+  }
+  assert.deepEqual(ledger.calls, []);
+  assert.equal(server.sessions.size, 0);
+
+  const opened = await server.handle(CLIENT, open(new Uint8Array(16).fill(5), GOOD, { log: entries }));
+  assert.equal(opened.type, FrameType.RESULT, JSON.stringify(opened.meta));
+  assert.equal(opened.meta.log, true);
+  assert.deepEqual(ledger.calls.map((c) => ('accepted' in c ? 'stored' : 'hold')), ['stored', 'hold']);
+  assert.deepEqual(ledger.calls[0].accepted, entries);
+
+  // replayed on another session: the log is stored again (a push is idempotent), the hold refused
+  const replayed = await server.handle(CLIENT, open(new Uint8Array(16).fill(6), GOOD, { log: entries }));
+  assert.equal(replayed.meta.code, ErrorCode.PAYMENT_REQUIRED);
+  assert.equal(server.sessions.size, 1);
+});
+
+test('a peer without a ledger does not say log: true, and ignores a log', async () => {
+  const server = new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]));
+  const opened = await server.handle(CLIENT, open(new Uint8Array(16).fill(7), undefined, { log: 'not a list' }));
+  assert.equal(opened.type, FrameType.RESULT, JSON.stringify(opened.meta));
+  assert.equal(opened.meta.log, undefined);
 });

@@ -17,6 +17,7 @@
  * - `ServerExchange` (used by `SpanServer`): proposes the receipt at CLOSE, keeps it waiting (at most
  *   MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests (a
  *   push with `held`, the seq through which the node now holds the client's log, when the ledger can tell).
+ *   It also stores the log an OPEN carries (`OPEN_LOG`, as Python's `ServerExchange.admit`), as a push.
  *
  * Every message is built and parsed by `python_peer/core/ledger_exchange.py` through an
  * `ExchangeCodec` (the ledger's, under Pyodide, unless one is given). Without a ledger nothing goes
@@ -26,7 +27,7 @@
 
 import { FrameType, canonicalJson } from '../protocol/wire.js';
 import { signingBytes } from '../identity/identity.js';
-import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, PUSH_ENTRIES, RECEIPT_CONTEXT } from '../protocol/constants.js';
+import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, OPEN_LOG, PUSH_ENTRIES, RECEIPT_CONTEXT } from '../protocol/constants.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
 const BAD_FRAME = 'bad_frame';
@@ -464,6 +465,20 @@ export class ServerExchange {
       return codec.gossipAnswer(replies);
     }
     throw new ExchangeRefusal(BAD_FRAME, `unknown ledger request ${JSON.stringify(String(request.kind)).slice(0, 40)}`);
+  }
+
+  /**
+   * OPEN's log (`OPEN_LOG`): `client`'s entries, stored as its push would be, before the hold OPEN names
+   * is checked; how many were new. A malformed log throws `LedgerError` (answered `bad_frame`), with
+   * nothing stored; without a ledger, or from a client without a peer id, the log is ignored.
+   * @param {string} client  the link's remote peer id
+   * @param {{[key: string]: unknown}} meta  OPEN's metadata
+   * @returns {Promise<number>}
+   */
+  async takeLog(client, meta) {
+    if (this.ledger === null || this.codec === null || !PEER_ID_RE.test(client) || !(OPEN_LOG in meta)) return 0;
+    const entries = this.codec.parseOpenLog({ [OPEN_LOG]: meta[OPEN_LOG] });
+    return entries === null ? 0 : this.ledger.acceptEntries(entries);
   }
 
   /**

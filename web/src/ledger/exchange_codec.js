@@ -84,6 +84,16 @@ export class ExchangeCodec {
     return this.call('parse_request', [meta]);
   }
 
+  /**
+   * The entries an OPEN's metadata carries as its log (`OPEN_LOG`), null when it carries none; each entry
+   * is parsed and checked where it is stored, as a push's.
+   * @param {unknown} meta  OPEN's metadata (an object)
+   * @returns {unknown[] | null} LedgerError when malformed
+   */
+  parseOpenLog(meta) {
+    return this.call('parse_open_log', [meta]);
+  }
+
   // --- answers (the server's) -------------------------------------------------------------------------
 
   /**

@@ -38,7 +38,7 @@ import {
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
 import { ExchangeRefusal, ServerExchange } from '../ledger/exchange.js';
-import { MAX_LENGTH_LIMIT, MAX_SESSIONS } from '../protocol/constants.js';
+import { MAX_LENGTH_LIMIT, MAX_SESSIONS, OPEN_LOG } from '../protocol/constants.js';
 import { spanShards } from './span_choice.js';
 import { ANSWER_META_KEY, INPUT_CHAIN_START, chainInput, signAnswer, tensorDigest } from '../protocol/answers.js';
 
@@ -294,6 +294,8 @@ export class SpanServer {
     if (this.ledger !== null && PEER_ID_RE.test(client)) {
       // The client pays through a hold in its own log that pays for this session and fits its balance
       // with all its other open holds, at every peer; each hold opens one session.
+      // Its log may come with OPEN (`OPEN_LOG`): stored as a push, before the hold is checked.
+      await this.exchange.takeLog(client, /** @type {{[key: string]: unknown}} */ (frame.meta));
       const hold = /** @type {{[key: string]: unknown}} */ (frame.meta).hold;
       const used = () => {
         if (typeof hold === 'string' && this.admittedHolds.has(hold)) {
@@ -352,7 +354,7 @@ export class SpanServer {
       type: FrameType.RESULT,
       session: frame.session,
       step: frame.step,
-      meta: { opened: true, kv_free_tokens: this.kvFreeTokens },
+      meta: { opened: true, kv_free_tokens: this.kvFreeTokens, ...(this.ledger !== null ? { [OPEN_LOG]: true } : {}) },
     });
   }
 

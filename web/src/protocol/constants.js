@@ -96,6 +96,9 @@ export const SIGNALING_IDLE_MS = 660000;
 // python_peer.core.receipts
 export const RECEIPT_CONTEXT = "ai4all/ledger/receipt/v1";
 
+// python_peer.core.ledger_exchange
+export const OPEN_LOG = "log";
+
 // python_peer.core.answers
 export const ANSWER_CONTEXT = "ai4all/answer/v1";
 export const ANSWER_META_KEY = "answer";
