@@ -14,9 +14,9 @@ import { test } from 'node:test';
 
 import { ClientExchange, ExchangeRefusal, ServerExchange, receiptId } from '../src/ledger/exchange.js';
 import { SpanServer } from '../src/node/span_server.js';
-import { FrameType, canonicalJson, decodeFrame, encodeFrame, makeFrame } from '../src/protocol/wire.js';
+import { FrameType, PaymentRequiredError, canonicalJson, decodeFrame, encodeFrame, makeFrame, raiseForError } from '../src/protocol/wire.js';
 import { CHANNEL_GOSSIP_BYTES } from '../src/protocol/constants.js';
-import { FakeBlocks, fakeManifest, pythonCodec } from './support/mesh_fakes.js';
+import { FakeBlocks, MODEL, fakeManifest, pythonCodec } from './support/mesh_fakes.js';
 
 const CLIENT = 'c'.repeat(64);
 const SERVER = 'e'.repeat(64);
@@ -197,7 +197,7 @@ test("a server's refusals: Python's messages, answered bad_frame by the span ser
   assert.deepEqual(await server.answer(CLIENT, KEY, { kind: 'gossip', msg: { n: 3 } }), { replies: [{ kind: 'ack', n: 3 }] });
 });
 
-test('before OPEN: a hold for the peer and the session is written, then the log pushed; its hash returned', async () => {
+test('before OPEN: a hold for the peer and the session is written, then the log pushed (deliver); its hash returned', async () => {
   const server = new ServerExchange({ ledger: serverLedger() });
   /** @type {any[]} */
   const sent = [];
@@ -220,20 +220,22 @@ test('before OPEN: a hold for the peer and the session is written, then the log 
   };
   const client = new ClientExchange({ ledger, send: sendTo(server, sent), config: CONFIG, log: quiet });
   const session = new Uint8Array(16).fill(7);
-  const terms = { session, model: 'm', start: 0, end: 2, tokens: 64 };
-  assert.equal(await client.hold({ remoteId: SERVER }, terms), 'ab'.repeat(32));
-  assert.deepEqual(holds, [{ ...terms, server: SERVER }]);
+  const terms = { server: SERVER, session, model: 'm', start: 0, end: 2, tokens: 64 };
+  assert.deepEqual(await client.writeHolds([terms]), ['ab'.repeat(32)]);
+  assert.equal(await client.deliver({ remoteId: SERVER }), null); // pushed: the peer is not known to take logs
+  assert.deepEqual(holds, [terms]);
   assert.deepEqual(order, ['hold', 'push']); // the peer gets the log with the hold in it
   assert.equal(sent.length, 1);
   assert.equal(sent[0].meta.kind, 'push');
   // a refusal of our own ledger (a hold beyond our balance) reaches the caller, and nothing is sent
   const poor = { ...ledger, hold: async () => Promise.reject(Object.assign(new Error('balance 0 does not cover'), { code: 'payment_required' })) };
   const refusing = new ClientExchange({ ledger: poor, send: sendTo(server, sent), config: CONFIG, log: quiet });
-  await assert.rejects(refusing.hold({ remoteId: SERVER }, terms), (err) => /** @type {any} */ (err).code === 'payment_required');
+  await assert.rejects(refusing.writeHolds([terms]), (err) => /** @type {any} */ (err).code === 'payment_required');
   assert.equal(sent.length, 1);
   // without a ledger: no hold, nothing sent
   const none = new ClientExchange({ ledger: null, send: sendTo(server, sent), config: CONFIG, log: quiet });
-  assert.equal(await none.hold({ remoteId: SERVER }, terms), null);
+  assert.deepEqual(await none.writeHolds([terms]), [null]);
+  assert.equal(await none.deliver({ remoteId: SERVER }), null);
   assert.equal(sent.length, 1);
 });
 
@@ -469,4 +471,77 @@ test('holds written together: a second call waits for the first, a refusal stops
   assert.deepEqual(order, ['x1', 'x2', 'y1', 'z1']);
   const none = new ClientExchange({ ledger: null, send: sendTo(new ServerExchange({ ledger: null }), []), config: CONFIG, log: quiet });
   assert.deepEqual(await none.writeHolds([terms('x1')]), [null]);
+});
+
+test("OPEN carries the log to a peer that takes it (log: true) and holds it up to a few entries; a peer that lost it gets the log pushed and OPEN again, once", async () => {
+  let admitting = true;
+  const base = holdingLedger();
+  const ledger = {
+    ...base,
+    // the hold's hash names its seq here; the span server admits it only if it holds our log through it
+    requireHold: async (/** @type {string} */ client, /** @type {unknown} */ hold) => {
+      if (!admitting) throw Object.assign(new Error('balance 0 does not cover the price'), { code: 'payment_required' });
+      if ((base.heads.get(client) ?? 0) < Number(hold)) {
+        throw Object.assign(new Error(`this peer does not hold the hold ${hold}`), { code: 'payment_required' });
+      }
+      return { price: 0, hold_expires: Date.now() + 60_000 };
+    },
+  };
+  const server = spanServer(ledger);
+  const own = { ...ownLog(2), gossipStart: undefined };
+  const withHolds = {
+    ...own,
+    hold: async () => {
+      own.append();
+      return String(own.entries.length).padStart(64, '0');
+    },
+  };
+  /** @type {string[]} what each request was: a push with its seqs, an OPEN with the seqs it carried */
+  const seen = [];
+  let hideTakesLog = false; // the peer's answers to OPEN stop saying log: true
+  const send = async (/** @type {any} */ link, /** @type {any} */ init) => {
+    const frame = decodeFrame(encodeFrame(makeFrame(init)));
+    const meta = /** @type {any} */ (frame.meta);
+    const seqs = (/** @type {any[]} */ entries) => entries.map((e) => e.seq).join(',');
+    if (frame.type === FrameType.OPEN) seen.push(`open ${meta.log === undefined ? '-' : seqs(meta.log)}`);
+    else seen.push(`push ${seqs(meta.entries)}`);
+    const answer = decodeFrame(encodeFrame(await server.handle(CLIENT, frame)));
+    raiseForError(answer);
+    if (hideTakesLog) delete (/** @type {any} */ (answer.meta)).log;
+    return answer;
+  };
+  const client = new ClientExchange({ ledger: withHolds, send, config: CONFIG, log: quiet });
+  const link = { remoteId: SERVER };
+  let n = 0;
+  const openOne = async () => {
+    const [hold] = await client.writeHolds([{ server: SERVER, session: new Uint8Array(16).fill(++n), model: MODEL, start: 0, end: 2, tokens: 8 }]);
+    const carried = await client.deliver(link);
+    const meta = { model: MODEL, start: 0, end: 2, batch: 1, max_length: 8, hold };
+    return client.open(link, { type: FrameType.OPEN, session: new Uint8Array(16).fill(n), step: 0, meta }, carried, 1000);
+  };
+  assert.equal((await openOne()).meta.log, true); // the first: pushed, then OPEN
+  await openOne(); // the next: carried by OPEN, nothing pushed
+  await openOne();
+  assert.deepEqual(seen, ['push 1,2,3', 'open -', 'open 4', 'open 5']);
+  assert.equal(ledger.heads.get(CLIENT), 5);
+
+  ledger.heads.clear(); // the peer lost our log (a crash): the carried entries do not extend its chain
+  seen.length = 0;
+  await openOne();
+  assert.deepEqual(seen, ['open 6', 'push 1,2,3,4,5,6', 'open -']);
+
+  // a peer that does not say log: true (any more) gets our log pushed before each OPEN
+  hideTakesLog = true;
+  seen.length = 0;
+  await openOne();
+  await openOne();
+  assert.deepEqual(seen, ['open 7', 'push 8', 'open -']);
+
+  // a refusal with the log carried is retried once, after a push of the whole log; the second is the caller's
+  hideTakesLog = false;
+  await openOne(); // pushed (the peer is not known to take logs), then OPEN: it says log: true again
+  admitting = false;
+  seen.length = 0;
+  await assert.rejects(openOne(), (err) => err instanceof PaymentRequiredError && /balance 0/.test(err.message));
+  assert.deepEqual(seen, ['open 10', 'push 1,2,3,4,5,6,7,8,9,10', 'open -']);
 });

@@ -68,13 +68,13 @@ export class MeshSession {
     const meta = { model: client.model, start: hop.start, end: hop.end, batch: this.batch, max_length: this.maxLength };
     const tokens = this.batch * this.maxLength;
     if (hold === undefined) {
-      hold = await client.exchange.hold(hop.rpc, { session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens });
-    } else if (hold !== null) {
-      await client.exchange.push(hop.rpc); // the peer holds our log up to the hold (what follows its `held`)
+      [hold] = await client.exchange.writeHolds([{ server: peerId, session: hop.session, model: client.model, start: hop.start, end: hop.end, tokens }]);
     }
+    // the peer gets our log up to the hold: pushed, or carried by OPEN to a peer that takes it
+    const carried = hold === null ? null : await client.exchange.deliver(hop.rpc);
     if (hold !== null) meta.hold = hold;
     const openTimeoutMs = Math.min(client.config.openTimeoutMs, client.config.requestTimeoutMs);
-    await client.call(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, openTimeoutMs);
+    await client.exchange.open(hop.rpc, { type: FrameType.OPEN, session: hop.session, step: 0, meta }, carried, openTimeoutMs);
     return hop;
   }
 

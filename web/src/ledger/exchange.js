@@ -9,7 +9,10 @@
  *   entries written since, and the whole push again if the answer does not say `held` through the last
  *   of them (Python's `ClientExchange.push`); a log longer than one push (the grant and the latest
  *   entries skip some) reaches a peer by an anti-entropy exchange first, unless one ran with it less
- *   than `gossipEveryMs` (30 s when periodic gossip is off) ago (Python's `LinkLedger.deliver`). It
+ *   than `gossipEveryMs` (30 s when periodic gossip is off) ago (Python's `ClientExchange.deliver`). To a
+ *   peer that takes our log in OPEN (its last answer to OPEN said `log: true`) and holds it up to a few
+ *   entries ago, those entries ride in OPEN itself instead (`deliver`, then `open`: one round trip
+ *   instead of two; refused for payment, the whole log is pushed and OPEN sent again, once). It
  *   countersigns the receipt a peer
  *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
  *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
@@ -26,6 +29,7 @@
  */
 
 import { FrameType, canonicalJson } from '../protocol/wire.js';
+import { PaymentRequiredError } from '../protocol/errors.js';
 import { signingBytes } from '../identity/identity.js';
 import { CHANNEL_GOSSIP_BYTES, MAX_PENDING_RECEIPTS, OPEN_LOG, PUSH_ENTRIES, RECEIPT_CONTEXT } from '../protocol/constants.js';
 
@@ -53,6 +57,21 @@ export class ExchangeRefusal extends Error {
     this.name = 'ExchangeRefusal';
     this.code = code;
   }
+}
+
+/**
+ * Set `key` (to `value`, in a map) as the newest item of `table`, forgetting the oldest beyond `MAX_HELD`:
+ * what a client remembers per peer stays bounded however many it meets.
+ * @template V
+ * @param {Map<string, V> | Set<string>} table
+ * @param {string} key
+ * @param {V} [value]
+ */
+function remember(table, key, value) {
+  table.delete(key);
+  if (table instanceof Map) table.set(key, /** @type {V} */ (value));
+  else table.add(key);
+  while (table.size > MAX_HELD) table.delete(/** @type {string} */ (table.keys().next().value));
 }
 
 /** @param {Uint8Array} bytes */
@@ -122,6 +141,8 @@ export class ClientExchange {
   #held = new Map();
   /** @type {Promise<unknown>} the holds being written: another route's wait for them (`writeHolds`) */
   #writing = Promise.resolve();
+  /** @type {Set<string>} peer ids whose last answer to OPEN said they take our log in OPEN (`OPEN_LOG`) */
+  #takesLog = new Set();
 
   /**
    * @param {object} options
@@ -225,27 +246,66 @@ export class ClientExchange {
       this.log.info(`peer ${link.remoteId.slice(0, 8)} says it holds our log through ${held}, past our ${last}: ignored`);
       held = null;
     }
-    if (held !== null) {
-      const before = this.#held.get(link.remoteId) ?? 0;
-      this.#held.delete(link.remoteId);
-      this.#held.set(link.remoteId, Math.max(held, before));
-      while (this.#held.size > MAX_HELD) this.#held.delete(/** @type {string} */ (this.#held.keys().next().value));
-    }
+    if (held !== null) this.#noteHeld(link.remoteId, held);
     return { stored, held };
   }
 
   /**
-   * Before OPEN: append a hold paying `link`'s peer for one session to our own log (refused with
-   * PaymentRequiredError when our open holds and it would exceed what we can spend), push our log so the
-   * peer holds it up to the hold, and resolve to the hold's hash for OPEN's `hold`; null without a ledger.
-   * @param {ExchangeLink} link
-   * @param {{session: Uint8Array, model: string, start: number, end: number, tokens: number}} terms
-   * @returns {Promise<string | null>}
+   * `peerId` holds our log through `seq` (or further, if we knew that already).
+   * @param {string} peerId
+   * @param {number} seq
    */
-  async hold(link, terms) {
-    const [hash] = await this.writeHolds([{ ...terms, server: link.remoteId }]);
-    if (hash !== null) await this.push(link);
-    return hash;
+  #noteHeld(peerId, seq) {
+    const before = this.#held.get(peerId) ?? 0;
+    remember(this.#held, peerId, Math.max(seq, before));
+  }
+
+  /**
+   * Before OPEN naming a hold just written: to a peer that takes our log in OPEN (`log: true` in its
+   * last answer to OPEN) and is known to hold it up to a few entries ago, the entries it lacks, for OPEN
+   * to carry (`OPEN_LOG`: one round trip instead of two); else our log is pushed (`push`) and the
+   * result is null. Python's `ClientExchange.deliver`.
+   * @param {ExchangeLink} link
+   * @returns {Promise<unknown[] | null>}
+   */
+  async deliver(link) {
+    if (this.ledger === null) return null;
+    const known = this.#held.get(link.remoteId);
+    if (known !== undefined && this.#takesLog.has(link.remoteId)) {
+      const entries = await this.#entriesAfter(known);
+      if (entries !== null) return entries;
+    }
+    await this.push(link);
+    return null;
+  }
+
+  /**
+   * Send OPEN (`frame`, naming our hold) carrying `carried` (from `deliver`) as its log, and return the
+   * answer, noting whether the peer takes our log in OPEN. Refused `payment_required` with our log
+   * carried, the peer may not hold what we thought (it lost it, or says `log: true` falsely): our whole
+   * log is pushed and OPEN sent again without it, once; a second refusal is the caller's to count.
+   * @param {ExchangeLink} link
+   * @param {import('../protocol/wire.js').FrameInit} frame
+   * @param {unknown[] | null} carried
+   * @param {number} timeoutMs
+   */
+  async open(link, frame, carried, timeoutMs) {
+    const peerId = link.remoteId;
+    const carrying = carried !== null && carried.length > 0;
+    let answer;
+    try {
+      answer = await this.send(link, carrying ? { ...frame, meta: { ...frame.meta, [OPEN_LOG]: /** @type {any} */ (carried) } } : frame, timeoutMs);
+    } catch (err) {
+      if (!carrying || !(err instanceof PaymentRequiredError)) throw err;
+      this.log.info(`peer ${peerId.slice(0, 8)} refused our hold with our log carried: pushing the log`);
+      this.#held.delete(peerId);
+      await this.push(link);
+      answer = await this.send(link, frame, timeoutMs);
+    }
+    if (carrying) this.#noteHeld(peerId, Math.max(...carried.map(seqOf))); // stored: the hold was admitted
+    this.#takesLog.delete(peerId);
+    if (/** @type {{[key: string]: unknown}} */ (answer.meta)[OPEN_LOG] === true) remember(this.#takesLog, peerId);
+    return answer;
   }
 
   /**
@@ -253,7 +313,7 @@ export class ClientExchange {
    * opened at the same time are written before or after them, never between (so two chats that do not
    * both fit our balance do not each get part of their holds). A hold refused (PaymentRequiredError)
    * stops there; the ones before it stay written. Resolves to the holds' hashes, for OPEN's `hold`
-   * once each peer was pushed our log (`push`); nulls without a ledger.
+   * once each peer was given our log (`deliver`); nulls without a ledger.
    * @param {HoldTerms[]} terms
    * @returns {Promise<(string | null)[]>}
    */
