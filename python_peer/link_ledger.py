@@ -389,51 +389,27 @@ class ServerExchange:
     def _key(client: str, session: bytes) -> str:
         return f"{client}:{session.hex()}"
 
-    async def admit(
-        self,
-        client: str,
-        session: bytes,
-        hold: object,
-        *,
-        carried: list[Any] | None,
-        model: str,
-        start: int,
-        end: int,
-        tokens: int,
-    ) -> int:
+    async def admit(self, client: str, hold: object, terms: HoldTerms, *, carried: list[Any] | None) -> int:
         """OPEN's payment check, in one trip to a worker thread: ``client`` must not be excluded by this
         node's reputation; its log ``carried`` by OPEN (``OPEN_LOG``) is stored as its push would be; then
-        its hold ``hold`` (the entry hash OPEN names) must be in its log here, pay for exactly this session
-        on this peer, cover the price, not have opened a session before, and fit what the client can spend
-        with all its open holds (``ChainStore.require_hold``). Returns the price; raises ``Refusal`` for
-        an excluded client, ``PaymentRequiredError`` saying which rule failed."""
-        quote = await asyncio.to_thread(
-            self._check_open, client, session, hold, carried, model=model, start=start, end=end, tokens=tokens
-        )
+        its hold ``hold`` (the entry hash OPEN names) must be in its log here, pay for exactly ``terms``
+        (this peer's session), cover the price, not have opened a session before, and fit what the client
+        can spend with all its open holds (``ChainStore.require_hold``). Returns the price; raises
+        ``Refusal`` for an excluded client, ``PaymentRequiredError`` saying which rule failed."""
+        quote = await asyncio.to_thread(self._check_open, client, hold, terms, carried)
         if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
             raise PaymentRequiredError(f"client {client[:12]}…: its hold {str(hold)[:12]}… is already in use")
         assert isinstance(hold, str)  # _check_open refused any other
         self._forget_expired(now_ms())
         self._admitted[hold] = quote.hold_expires
-        self._open[self._key(client, session)] = (hold, quote.hold_expires)
+        self._open[self._key(client, terms.session)] = (hold, quote.hold_expires)
         while len(self._admitted) > MAX_ADMITTED_HOLDS:
             self._admitted.popitem(last=False)
         while len(self._open) > MAX_ADMITTED_HOLDS:  # sessions never closed (their client vanished)
             self._open.popitem(last=False)
         return quote.price
 
-    def _check_open(
-        self,
-        client: str,
-        session: bytes,
-        hold: object,
-        carried: list[Any] | None,
-        *,
-        model: str,
-        start: int,
-        end: int,
-        tokens: int,
-    ) -> Quote:
+    def _check_open(self, client: str, hold: object, terms: HoldTerms, carried: list[Any] | None) -> Quote:
         """``admit``'s work in the worker thread, in its order: reputation, the carried log, the hold."""
         standing = self.ledger.reputation(client)
         if standing.excluded:  # proven to lie by several clients: this peer does not work with it
@@ -454,7 +430,13 @@ class ServerExchange:
                 "each session needs a hold of its own"
             )
         return self.ledger.require_hold(
-            client, hold, session=session, model=model, start=start, end=end, tokens=tokens
+            client,
+            hold,
+            session=terms.session,
+            model=terms.model,
+            start=terms.start,
+            end=terms.end,
+            tokens=terms.tokens,
         )
 
     def _forget_expired(self, now: int) -> None:

@@ -50,7 +50,7 @@ from .errors import PeerError, SessionError, ShardInputError
 from .hop import STEP_OUTPUT, Refusal
 from .identity import Identity
 from .ledger_service import LedgerService
-from .link_ledger import ServerExchange
+from .link_ledger import HoldTerms, ServerExchange
 from .runner import BlocksRunner
 from .tensors import expect, to_wire
 
@@ -250,16 +250,15 @@ class SpanServer:
             # The client pays for what it may use, through a hold in its own log that pays for this session
             # and fits its balance with all its other open holds, at every peer (``core/holds.py``); its log
             # may come with OPEN, stored before the hold is checked.
-            price = await self.exchange.admit(
-                client,
+            terms = HoldTerms(
+                self.exchange.ledger.peer_id,
                 frame.session,
-                meta.get("hold"),
-                carried=parse_open_log(meta),
-                model=self.model,
-                start=self.span.start,
-                end=self.span.end,
-                tokens=batch * max_length,
+                self.model,
+                self.span.start,
+                self.span.end,
+                batch * max_length,
             )
+            price = await self.exchange.admit(client, meta.get("hold"), terms, carried=parse_open_log(meta))
             if key in self.sessions:
                 raise Refusal(ErrorCode.SESSION_REFUSED, f"session {frame.session.hex()} is already open")
         self.evict_idle()
