@@ -16,7 +16,9 @@
  * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/exchange.js`); ledger
  * errors (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python
  * does; a push is answered `{stored, held}` (`held`: the seq through which this node now holds the
- * client's own log, so the client's next push carries only what follows). Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
+ * client's own log, so the client's next push carries only what follows). OPEN may carry the entries a
+ * push would (`log`), stored as a push before the hold is checked; its answer says `log: true`, so
+ * clients know they may. Without a ledger sessions are free: OPEN never answers `payment_required`, CLOSE proposes no
  * receipt, a client's push is answered `{stored: 0}` and other GOSSIP with `bad_frame`.
  *
  * `paused` refuses new sessions (`session_refused`, as `python_peer/api/control.py`) while open ones
