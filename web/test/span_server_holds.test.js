@@ -155,3 +155,28 @@ test('a peer without a ledger does not say log: true, and ignores a log', async 
   assert.equal(opened.type, FrameType.RESULT, JSON.stringify(opened.meta));
   assert.equal(opened.meta.log, undefined);
 });
+
+test('a client excluded by the evidence this node holds is refused session_refused before its log or hold is looked at; a suspect one is served', async () => {
+  const state = { expires: Date.now() + 600_000 };
+  /** @type {{[peer: string]: {level: string, authors: string[]}}} */
+  const standings = { [CLIENT]: { level: 'excluded', authors: ['a'.repeat(64), 'b'.repeat(64), 'd'.repeat(64)] } };
+  const ledger = {
+    ...holdingLedger(state),
+    codec: pythonCodec(),
+    /** @param {string} peerId */
+    reputation: async (peerId) => standings[peerId] ?? { level: 'good', authors: [] },
+  };
+  const server = new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]), {
+    ledger: /** @type {any} */ (ledger),
+  });
+  const refused = await server.handle(CLIENT, open(new Uint8Array(16).fill(8), GOOD, { log: [{ seq: 1 }] }));
+  assert.equal(refused.type, FrameType.ERROR);
+  assert.equal(refused.meta.code, ErrorCode.SESSION_REFUSED);
+  assert.match(String(refused.meta.message), /is excluded: this node holds evidence against it from 3 clients/);
+  assert.deepEqual(ledger.calls, []); // neither its log stored nor its hold asked
+  assert.equal(server.sessions.size, 0);
+
+  standings[CLIENT] = { level: 'suspect', authors: ['a'.repeat(64)] };
+  const opened = await server.handle(CLIENT, open(new Uint8Array(16).fill(8), GOOD));
+  assert.equal(opened.type, FrameType.RESULT, JSON.stringify(opened.meta));
+});

@@ -50,9 +50,11 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
  * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`, the
  * exchange's needs (`ServerLedger` of web/src/ledger/exchange.js) and the payment check.
  * `requireHold` throws an error with `code === 'payment_required'` when the hold does not pay for the
- * session; an error named `LedgerError` is the client's bad input (answered `bad_frame`).
+ * session; an error named `LedgerError` is the client's bad input (answered `bad_frame`). `reputation`
+ * (`python_peer/core/reputation.py`) says whether a client is excluded by the evidence this node holds.
  * @typedef {import('../ledger/exchange.js').ServerLedger & {requireHold: (client: string, hold: unknown,
- *   terms: {session: Uint8Array, model: string, start: number, end: number, tokens: number}) => unknown}} ServerLedger
+ *   terms: {session: Uint8Array, model: string, start: number, end: number, tokens: number}) => unknown,
+ *   reputation?: (peerId: string) => Promise<{level: string, authors: string[]}>}} ServerLedger
  *   `requireHold` resolves to the quote (`{price, hold_expires}`)
  */
 
@@ -296,6 +298,14 @@ export class SpanServer {
     if (this.ledger !== null && PEER_ID_RE.test(client)) {
       // The client pays through a hold in its own log that pays for this session and fits its balance
       // with all its other open holds, at every peer; each hold opens one session.
+      // A client proven to lie by several clients is not served, as Python's `ServerExchange.admit`.
+      const standing = this.ledger.reputation === undefined ? null : await this.ledger.reputation(client);
+      if (standing?.level === 'excluded') {
+        throw new Refusal(
+          ErrorCode.SESSION_REFUSED,
+          `peer ${client.slice(0, 12)}… is excluded: this node holds evidence against it from ${standing.authors.length} clients`,
+        );
+      }
       // Its log may come with OPEN (`OPEN_LOG`): stored as a push, before the hold is checked.
       await this.exchange.takeLog(client, /** @type {{[key: string]: unknown}} */ (frame.meta));
       const hold = /** @type {{[key: string]: unknown}} */ (frame.meta).hold;
