@@ -67,7 +67,8 @@ _V = TypeVar("_V")
 @dataclass(frozen=True)
 class HoldTerms:
     """What a hold pays for: ``server``'s session ``session`` over blocks ``[start, end)`` of ``model``, at
-    most ``tokens`` token positions."""
+    most ``tokens`` token positions. A client writes holds from them; a serving peer checks a hold against
+    them at OPEN, where ``server`` is itself (the ledger checks the hold names its own id)."""
 
     server: str
     session: bytes
@@ -110,12 +111,12 @@ async def gossip_exchange(
     return sent
 
 
-def _remember(table: OrderedDict[str, _V], key: str, value: _V) -> None:
-    """Set ``table[key]`` as its newest item, forgetting the oldest items beyond ``MAX_GOSSIPED``: what a
-    client remembers per peer or per hold stays bounded however many it meets."""
+def _remember(table: OrderedDict[str, _V], key: str, value: _V, limit: int = MAX_GOSSIPED) -> None:
+    """Set ``table[key]`` as its newest item, forgetting the oldest items beyond ``limit``: what a client
+    remembers per peer or per hold, and a server per hold or session, stays bounded however many it meets."""
     table.pop(key, None)
     table[key] = value
-    while len(table) > MAX_GOSSIPED:
+    while len(table) > limit:
         table.popitem(last=False)
 
 
@@ -396,35 +397,34 @@ class ServerExchange:
         (this peer's session), cover the price, not have opened a session before, and fit what the client
         can spend with all its open holds (``ChainStore.require_hold``). Returns the price; raises
         ``Refusal`` for an excluded client, ``PaymentRequiredError`` saying which rule failed."""
-        quote = await asyncio.to_thread(self._check_open, client, hold, terms, carried)
+        used = isinstance(hold, str) and hold in self._admitted  # read here: the tables are the loop's
+        quote = await asyncio.to_thread(self._check_open, client, hold, terms, carried, used)
         if hold in self._admitted:  # a concurrent OPEN with the same hold got here first
             raise PaymentRequiredError(f"client {client[:12]}…: its hold {str(hold)[:12]}… is already in use")
         assert isinstance(hold, str)  # _check_open refused any other
         self._forget_expired(now_ms())
-        self._admitted[hold] = quote.hold_expires
-        self._open[self._key(client, terms.session)] = (hold, quote.hold_expires)
-        while len(self._admitted) > MAX_ADMITTED_HOLDS:
-            self._admitted.popitem(last=False)
-        while len(self._open) > MAX_ADMITTED_HOLDS:  # sessions never closed (their client vanished)
-            self._open.popitem(last=False)
+        _remember(self._admitted, hold, quote.hold_expires, MAX_ADMITTED_HOLDS)
+        # sessions never closed (their client vanished) are forgotten the same way
+        _remember(
+            self._open, self._key(client, terms.session), (hold, quote.hold_expires), MAX_ADMITTED_HOLDS
+        )
         return quote.price
 
-    def _check_open(self, client: str, hold: object, terms: HoldTerms, carried: list[Any] | None) -> Quote:
-        """``admit``'s work in the worker thread, in its order: reputation, the carried log, the hold."""
-        standing = self.ledger.reputation(client)
-        if standing.excluded:  # proven to lie by several clients: this peer does not work with it
-            raise Refusal(
-                ErrorCode.SESSION_REFUSED,
-                f"peer {client[:12]}… is excluded: this node holds evidence against it from "
-                f"{len(standing.authors)} clients",
-            )
+    def _check_open(
+        self, client: str, hold: object, terms: HoldTerms, carried: list[Any] | None, used: bool
+    ) -> Quote:
+        """``admit``'s work in the worker thread, in its order: reputation, the carried log, the hold
+        (``used``: it has opened a session here already)."""
+        refusal = self.ledger.reputation(client).refusal
+        if refusal is not None:  # proven to lie by several clients: this peer does not work with it
+            raise Refusal(ErrorCode.SESSION_REFUSED, refusal)
         if carried:  # the push, carried by OPEN: stored before the hold is checked
             self._accept(client, carried)
         if not isinstance(hold, str):
             raise PaymentRequiredError(
                 f"client {client[:12]}…: OPEN must name the hold (its entry hash) that pays for this session"
             )
-        if hold in self._admitted:
+        if used:
             raise PaymentRequiredError(
                 f"client {client[:12]}…: its hold {hold[:12]}… has already opened a session here; "
                 "each session needs a hold of its own"

@@ -386,10 +386,12 @@ class BrowserLedgerCore:
         return {peer: found.level for peer, found in reputations(self.store.report()).items()}
 
     def reputation(self, peer_id: str) -> dict[str, Any]:
-        """``peer_id``'s reputation from the evidence held (``reputation.py``): level, authors, sessions."""
+        """``peer_id``'s reputation from the evidence held (``reputation.py``): level, authors, sessions,
+        and ``refusal``: why a serving peer refuses it a session (None unless excluded)."""
         found = reputation(self.store.report(), peer_id)
         return {
             "level": found.level,
+            "refusal": found.refusal,
             "authors": sorted(found.authors),
             "sessions": sorted([client, session] for client, session in found.sessions),
         }

@@ -61,6 +61,17 @@ class Reputation:
     def suspect(self) -> bool:
         return self.level != GOOD
 
+    @property
+    def refusal(self) -> str | None:
+        """Why a serving peer refuses to open a session for this peer (``session_refused``): it is
+        excluded; None when it is not. Native and browser peers both answer with this message."""
+        if not self.excluded:
+            return None
+        return (
+            f"peer {self.peer_id[:12]}… is excluded: this node holds evidence against it from "
+            f"{len(self.authors)} clients"
+        )
+
 
 def reputation(report: LedgerReport, peer_id: str) -> Reputation:
     """``peer_id``'s reputation in ``report``."""

@@ -604,6 +604,7 @@ def test_evidence_runs_the_same_rules_under_pyodide(page: Harness) -> None:
     found = ledger("reputation", valid.body.accused)
     assert found == {
         "level": "suspect",
+        "refusal": None,  # one author: suspect, not refused
         "authors": [valid.author],
         "sessions": [[valid.author, valid.body.session]],
     }

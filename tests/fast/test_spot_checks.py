@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from python_peer.core.browser_ledger import BrowserLedgerCore
 from python_peer.core.errors import SessionRefusedError
 from python_peer.core.evidence import Evidence
 from python_peer.core.manifest import load_manifest
 from python_peer.core.receipts import ReceiptBody
 from python_peer.core.reputation import SUSPECT, reputation
+from python_peer.core.signature_claims import signature_claims
 from python_peer.core.spans import Span
 from python_peer.core.wire import Frame, FrameType
 from python_peer.identity import Identity
@@ -219,9 +221,12 @@ async def test_a_peer_refuses_to_serve_a_client_excluded_by_evidence(
     pid = m.peer((1, 3), ledger=server)
     excluded = make_ledger()
     witnesses = [Identity.generate() for _ in range(4)]
+    browser = BrowserLedgerCore(Identity.generate().peer_id, 4)  # a browser peer holding the same evidence
     for author, others in ((witnesses[0], witnesses[2:]), (witnesses[1], witnesses[2:])):
         entry = accuse(author, excluded.identity, others, "e" * 32)
         assert server.store.insert(entry, now=entry.time).status == "stored"
+        browser.known.add(signature_claims(entry))  # what the browser checked in JS before it stores
+        assert browser.store.insert(entry, now=entry.time).status == "stored"
     rpc = RpcClient(await m.network.connect(excluded.peer_id, pid))
     try:
         push = Frame(
@@ -231,8 +236,12 @@ async def test_a_peer_refuses_to_serve_a_client_excluded_by_evidence(
         meta = {"model": m.manifest.name, "start": 1, "end": 3, "batch": 1, "max_length": 8}
         with pytest.raises(
             SessionRefusedError, match="is excluded: this node holds evidence against it from 2"
-        ):
+        ) as refused:
             await rpc.call(Frame(FrameType.OPEN, b"\x01" * 16, 0, meta=meta), 5)
+        # the browser peer's refusal (span_server.js) is the core's message too
+        refusal = browser.reputation(excluded.peer_id)["refusal"]
+        assert refusal is not None and refusal in str(refused.value)
+        assert browser.reputation(witnesses[0].peer_id)["refusal"] is None
     finally:
         await rpc.aclose()
 

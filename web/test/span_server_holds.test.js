@@ -158,13 +158,15 @@ test('a peer without a ledger does not say log: true, and ignores a log', async 
 
 test('a client excluded by the evidence this node holds is refused session_refused before its log or hold is looked at; a suspect one is served', async () => {
   const state = { expires: Date.now() + 600_000 };
-  /** @type {{[peer: string]: {level: string, authors: string[]}}} */
-  const standings = { [CLIENT]: { level: 'excluded', authors: ['a'.repeat(64), 'b'.repeat(64), 'd'.repeat(64)] } };
+  // The refusal's message is the core's (`Reputation.refusal`, through `BrowserLedger.reputation`).
+  const refusal = `peer ${CLIENT.slice(0, 12)}… is excluded: this node holds evidence against it from 3 clients`;
+  /** @type {{[peer: string]: {level: string, refusal: string | null}}} */
+  const standings = { [CLIENT]: { level: 'excluded', refusal } };
   const ledger = {
     ...holdingLedger(state),
     codec: pythonCodec(),
     /** @param {string} peerId */
-    reputation: async (peerId) => standings[peerId] ?? { level: 'good', authors: [] },
+    reputation: async (peerId) => standings[peerId] ?? { level: 'good', refusal: null },
   };
   const server = new SpanServer(/** @type {any} */ (fakeManifest()), { start: 0, end: 2 }, /** @type {any} */ ([new FakeBlocks(0, 2)]), {
     ledger: /** @type {any} */ (ledger),
@@ -172,11 +174,11 @@ test('a client excluded by the evidence this node holds is refused session_refus
   const refused = await server.handle(CLIENT, open(new Uint8Array(16).fill(8), GOOD, { log: [{ seq: 1 }] }));
   assert.equal(refused.type, FrameType.ERROR);
   assert.equal(refused.meta.code, ErrorCode.SESSION_REFUSED);
-  assert.match(String(refused.meta.message), /is excluded: this node holds evidence against it from 3 clients/);
+  assert.equal(refused.meta.message, refusal);
   assert.deepEqual(ledger.calls, []); // neither its log stored nor its hold asked
   assert.equal(server.sessions.size, 0);
 
-  standings[CLIENT] = { level: 'suspect', authors: ['a'.repeat(64)] };
+  standings[CLIENT] = { level: 'suspect', refusal: null };
   const opened = await server.handle(CLIENT, open(new Uint8Array(16).fill(8), GOOD));
   assert.equal(opened.type, FrameType.RESULT, JSON.stringify(opened.meta));
 });

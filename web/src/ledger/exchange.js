@@ -60,18 +60,20 @@ export class ExchangeRefusal extends Error {
 }
 
 /**
- * Set `key` (to `value`, in a map) as the newest item of `table`, forgetting the oldest beyond `MAX_HELD`:
- * what a client remembers per peer stays bounded however many it meets.
+ * Set `key` (to `value`, in a map) as the newest item of `table`, forgetting the oldest beyond `limit`:
+ * what a client remembers per peer, and a server per hold, stays bounded however many it meets
+ * (Python's `link_ledger._remember`).
  * @template V
  * @param {Map<string, V> | Set<string>} table
  * @param {string} key
  * @param {V} [value]
+ * @param {number} [limit]
  */
-function remember(table, key, value) {
+export function remember(table, key, value, limit = MAX_HELD) {
   table.delete(key);
   if (table instanceof Map) table.set(key, /** @type {V} */ (value));
   else table.add(key);
-  while (table.size > MAX_HELD) table.delete(/** @type {string} */ (table.keys().next().value));
+  while (table.size > limit) table.delete(/** @type {string} */ (table.keys().next().value));
 }
 
 /** @param {Uint8Array} bytes */

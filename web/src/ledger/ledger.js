@@ -350,7 +350,8 @@ export class BrowserLedger {
   /**
    * `peerId`'s reputation from the evidence this ledger holds (`python_peer/core/reputation.py`).
    * @param {string} peerId
-   * @returns {Promise<{level: 'good' | 'suspect' | 'excluded', authors: string[], sessions: [string, string][]}>}
+   * `refusal` is why a serving peer refuses it a session (null unless it is excluded).
+   * @returns {Promise<{level: 'good' | 'suspect' | 'excluded', refusal: string | null, authors: string[], sessions: [string, string][]}>}
    */
   reputation(peerId) {
     return this.run(async () => this.call('reputation', { peer_id: peerId }));

@@ -39,7 +39,7 @@ import {
   tensorToFloat32,
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
-import { ExchangeRefusal, ServerExchange } from '../ledger/exchange.js';
+import { ExchangeRefusal, ServerExchange, remember } from '../ledger/exchange.js';
 import { MAX_LENGTH_LIMIT, MAX_SESSIONS, OPEN_LOG } from '../protocol/constants.js';
 import { spanShards } from './span_choice.js';
 import { ANSWER_META_KEY, INPUT_CHAIN_START, chainInput, signAnswer, tensorDigest } from '../protocol/answers.js';
@@ -51,10 +51,11 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
  * exchange's needs (`ServerLedger` of web/src/ledger/exchange.js) and the payment check.
  * `requireHold` throws an error with `code === 'payment_required'` when the hold does not pay for the
  * session; an error named `LedgerError` is the client's bad input (answered `bad_frame`). `reputation`
- * (`python_peer/core/reputation.py`) says whether a client is excluded by the evidence this node holds.
+ * (`python_peer/core/reputation.py`) says whether a client is excluded by the evidence this node holds, and
+ * `refusal` the message it is refused with (null unless excluded).
  * @typedef {import('../ledger/exchange.js').ServerLedger & {requireHold: (client: string, hold: unknown,
  *   terms: {session: Uint8Array, model: string, start: number, end: number, tokens: number}) => unknown,
- *   reputation?: (peerId: string) => Promise<{level: string, authors: string[]}>}} ServerLedger
+ *   reputation?: (peerId: string) => Promise<{level: string, refusal: string | null}>}} ServerLedger
  *   `requireHold` resolves to the quote (`{price, hold_expires}`)
  */
 
@@ -300,12 +301,8 @@ export class SpanServer {
       // with all its other open holds, at every peer; each hold opens one session.
       // A client proven to lie by several clients is not served, as Python's `ServerExchange.admit`.
       const standing = this.ledger.reputation === undefined ? null : await this.ledger.reputation(client);
-      if (standing?.level === 'excluded') {
-        throw new Refusal(
-          ErrorCode.SESSION_REFUSED,
-          `peer ${client.slice(0, 12)}… is excluded: this node holds evidence against it from ${standing.authors.length} clients`,
-        );
-      }
+      // The core's `Reputation.refusal` says why (null unless excluded), as the native peer's message.
+      if (standing?.refusal) throw new Refusal(ErrorCode.SESSION_REFUSED, standing.refusal);
       // Its log may come with OPEN (`OPEN_LOG`): stored as a push, before the hold is checked.
       await this.exchange.takeLog(client, /** @type {{[key: string]: unknown}} */ (frame.meta));
       const hold = /** @type {{[key: string]: unknown}} */ (frame.meta).hold;
@@ -325,12 +322,7 @@ export class SpanServer {
       used(); // a concurrent OPEN with the same hold got there first
       price = typeof quote?.price === 'number' ? quote.price : 0;
       holdExpires = typeof quote?.hold_expires === 'number' ? quote.hold_expires : 0;
-      this.admittedHolds.add(/** @type {string} */ (hold));
-      while (this.admittedHolds.size > MAX_ADMITTED_HOLDS) {
-        const oldest = this.admittedHolds.values().next().value;
-        if (oldest === undefined) break;
-        this.admittedHolds.delete(oldest);
-      }
+      remember(this.admittedHolds, /** @type {string} */ (hold), undefined, MAX_ADMITTED_HOLDS);
       if (this.sessions.has(key)) throw new Refusal(ErrorCode.SESSION_REFUSED, `session ${hex(frame.session)} is already open`);
       if (this.paused) throw new Refusal(ErrorCode.SESSION_REFUSED, 'this peer has paused serving; open the session on another peer');
     }
