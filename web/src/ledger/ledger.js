@@ -348,9 +348,9 @@ export class BrowserLedger {
   }
 
   /**
-   * `peerId`'s reputation from the evidence this ledger holds (`python_peer/core/reputation.py`).
-   * @param {string} peerId
+   * `peerId`'s reputation from the evidence this ledger holds (`python_peer/core/reputation.py`);
    * `refusal` is why a serving peer refuses it a session (null unless it is excluded).
+   * @param {string} peerId
    * @returns {Promise<{level: 'good' | 'suspect' | 'excluded', refusal: string | null, authors: string[], sessions: [string, string][]}>}
    */
   reputation(peerId) {
