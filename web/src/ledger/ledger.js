@@ -348,8 +348,7 @@ export class BrowserLedger {
   }
 
   /**
-   * `peerId`'s reputation from the evidence this ledger holds (`python_peer/core/reputation.py`);
-   * `refusal` is why a serving peer refuses it a session (null unless it is excluded).
+   * `peerId`'s reputation from this ledger's evidence (`core/reputation.py`); `refusal`: why it is refused sessions, or null.
    * @param {string} peerId
    * @returns {Promise<{level: 'good' | 'suspect' | 'excluded', refusal: string | null, authors: string[], sessions: [string, string][]}>}
    */
