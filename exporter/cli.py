@@ -1,4 +1,4 @@
-"""``ai4all export [MODEL] --out DIR [--spans A-B,... | --shards N] [--dtype fp32|fp16|q8|q4]``."""
+"""``ai4all export [MODEL] --out DIR [--spans A-B,... | --shards N] [--dtype fp32|fp16|q8|q4] [--hidden-float16]``."""
 
 from __future__ import annotations
 
@@ -40,6 +40,11 @@ def register(subparsers: Any) -> None:
         metavar="MB",
         help="a shard whose weights exceed MB (default 1024) keeps them in one <shard>.onnx.data file",
     )
+    parser.add_argument(
+        "--hidden-float16",
+        action="store_true",
+        help="round the hidden states each shard hands on to float16 values: half the bytes on the wire",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -55,7 +60,12 @@ def run(args: argparse.Namespace) -> int:
     spans = tuple(parse_spans(args.spans)) if args.spans else None
     src = source.resolve(args.model)
     request = pipeline.ExportRequest(
-        source=src, out=args.out, dtype=args.dtype, spans=spans, shards=args.shards
+        source=src,
+        out=args.out,
+        dtype=args.dtype,
+        spans=spans,
+        shards=args.shards,
+        hidden_float16=args.hidden_float16,
     )
     if args.external_data_mb is not None:
         if not args.external_data_mb >= 0:

@@ -149,11 +149,19 @@ def _attend(
     return out.transpose(1, 2).reshape(batch, seq, heads * dim)
 
 
+def to_float16_values(hidden: torch.Tensor) -> torch.Tensor:
+    """``hidden`` rounded to the nearest float16 values, kept float32: what a shard exported with
+    ``hidden_float16`` hands on (two Casts in the graph), so the wire carries it in half the bytes,
+    losslessly (``python_peer/tensors.py``, ``to_wire``), and every route computes the same numbers."""
+    return hidden.to(torch.float16).to(torch.float32)
+
+
 class EmbedShard(nn.Module):
     """Token ids (and learned positions, for GPT-2) -> hidden states."""
 
-    def __init__(self, model: Any, shape: ModelShape) -> None:
+    def __init__(self, model: Any, shape: ModelShape, *, hidden_float16: bool = False) -> None:
         super().__init__()
+        self.hidden_float16 = hidden_float16
         self.learned_positions = shape.learned_positions
         if shape.family == "gpt2":
             self.tokens = model.transformer.wte
@@ -166,7 +174,7 @@ class EmbedShard(nn.Module):
         hidden: torch.Tensor = self.tokens(input_ids)
         if self.positions is not None:
             hidden = hidden + self.positions(position_ids)
-        return hidden
+        return to_float16_values(hidden) if self.hidden_float16 else hidden
 
 
 class HeadShard(nn.Module):
@@ -189,8 +197,11 @@ class BlocksShard(nn.Module):
     is the order of the ONNX inputs.
     """
 
-    def __init__(self, model: Any, shape: ModelShape, start: int, end: int) -> None:
+    def __init__(
+        self, model: Any, shape: ModelShape, start: int, end: int, *, hidden_float16: bool = False
+    ) -> None:
         super().__init__()
+        self.hidden_float16 = hidden_float16
         self.shape = shape
         self.start = start
         self.end = end
@@ -237,6 +248,8 @@ class BlocksShard(nn.Module):
                     layer, hidden_states, mask, cos, sin, past[2 * i], past[2 * i + 1]
                 )
                 presents += [key, value]
+        if self.hidden_float16:
+            hidden_states = to_float16_values(hidden_states)
         return (hidden_states, *presents)
 
     def _split_heads(self, x: torch.Tensor, heads: int) -> torch.Tensor:

@@ -57,13 +57,15 @@ def _export(
         raise ExportFailedError(f"torch.onnx.export of {path.name} failed: {exc}") from exc
 
 
-def export_embed(model: Any, shape: ModelShape, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
+def export_embed(
+    model: Any, shape: ModelShape, path: Path, *, hidden_float16: bool = False
+) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = embed_io(shape.hidden_size, learned_positions=shape.learned_positions)
     ids = torch.randint(0, shape.vocab_size, (_BATCH, _SEQ), dtype=torch.int64)
     args: tuple[torch.Tensor, ...] = (ids,)
     if shape.learned_positions:
         args = (ids, torch.arange(_SEQ, dtype=torch.int64).expand(_BATCH, _SEQ).contiguous())
-    _export(EmbedShard(model, shape), args, inputs, outputs, path)
+    _export(EmbedShard(model, shape, hidden_float16=hidden_float16), args, inputs, outputs, path)
     return inputs, outputs
 
 
@@ -75,7 +77,7 @@ def export_head(model: Any, shape: ModelShape, path: Path) -> tuple[list[TensorS
 
 
 def export_blocks(
-    model: Any, shape: ModelShape, start: int, end: int, path: Path
+    model: Any, shape: ModelShape, start: int, end: int, path: Path, *, hidden_float16: bool = False
 ) -> tuple[list[TensorSpec], list[TensorSpec]]:
     inputs, outputs = blocks_io(start, end, shape.hidden_size, shape.num_kv_heads, shape.head_dim)
     hidden = torch.randn(_BATCH, _SEQ, shape.hidden_size)
@@ -84,5 +86,6 @@ def export_blocks(
     past: list[Any] = []
     for _ in range(start, end):
         past += [torch.randn(_BATCH, shape.num_kv_heads, _PAST, shape.head_dim) for _ in range(2)]
-    _export(BlocksShard(model, shape, start, end), (hidden, mask, positions, *past), inputs, outputs, path)
+    module = BlocksShard(model, shape, start, end, hidden_float16=hidden_float16)
+    _export(module, (hidden, mask, positions, *past), inputs, outputs, path)
     return inputs, outputs

@@ -68,6 +68,8 @@ class ExportRequest:
     shards: int | None = None
     # A shard whose weights exceed this many bytes keeps them in <file>.data (tests force it low).
     external_data_threshold: int = DEFAULT_THRESHOLD
+    # Embed and blocks shards round their hidden states to float16 values (modeling.to_float16_values).
+    hidden_float16: bool = False
 
     def fingerprint(self) -> dict[str, Any]:
         args: dict[str, Any] = {
@@ -78,6 +80,8 @@ class ExportRequest:
         }
         if self.external_data_threshold != DEFAULT_THRESHOLD:  # earlier exports match as they were
             args["external_data_threshold"] = self.external_data_threshold
+        if self.hidden_float16:
+            args["hidden_float16"] = True
         return args
 
 
@@ -341,11 +345,13 @@ def run_export(
                 # Only this shard's tensors are read, and they are released before the next shard.
                 with loaded.skeleton.part(kind, start, end) as model:
                     if kind == "embed":
-                        onnx_export.export_embed(model, shape, tmp)
+                        onnx_export.export_embed(model, shape, tmp, hidden_float16=request.hidden_float16)
                     elif kind == "head":
                         onnx_export.export_head(model, shape, tmp)
                     else:
-                        onnx_export.export_blocks(model, shape, start, end, tmp)
+                        onnx_export.export_blocks(
+                            model, shape, start, end, tmp, hidden_float16=request.hidden_float16
+                        )
 
             _write_shard(path, produce, journal, request)
         fp32_entries.append(_entry(path, journal, kind, start, end, io))

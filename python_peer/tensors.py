@@ -23,11 +23,22 @@ _FROM_NUMPY = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16",
 
 
 def to_wire(name: str, array: np.ndarray) -> WireTensor:
+    """``array`` as a wire tensor; a float32 array whose every value is a float16 is carried as float16.
+
+    Narrowing is lossless (a receiver widens exactly, ``from_wire``), so it changes no number a shard
+    sees, only the bytes carried: half, for hidden states of shards exported with ``--hidden-float16``
+    (or fp16 weights), whose outputs are float16 values (docs/wire.md, "Tensors").
+    """
     dtype = _FROM_NUMPY.get(array.dtype)
     if dtype is None:
         raise TensorError(
             f"tensor {name} has dtype {array.dtype}; the wire carries float32, float16 and int64"
         )
+    if dtype == "float32" and array.size:
+        with np.errstate(over="ignore"):  # a value beyond float16 becomes Inf, and so differs
+            narrow = array.astype(np.float16)
+        if np.array_equal(narrow, array):  # False if float16 rounds or overflows a value, or for NaN
+            dtype, array = "float16", narrow
     data = np.ascontiguousarray(array, dtype=_TO_NUMPY[dtype]).tobytes()
     return WireTensor(name, dtype, tuple(int(d) for d in array.shape), data)
 

@@ -64,6 +64,20 @@ def tiny_llama_export(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_export_h16(tiny_llama: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Llama exported as ``tiny_llama_export``, with ``--hidden-float16``."""
+    from exporter import pipeline, source
+    from python_peer.core.spans import parse_spans
+
+    out = tmp_path_factory.mktemp("tiny-llama-export-h16") / "model"
+    spans = tuple(parse_spans("0-1,1-3,3-4"))
+    pipeline.run_export(
+        pipeline.ExportRequest(source.resolve(str(tiny_llama)), out, spans=spans, hidden_float16=True)
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
 def big_model_factory(tmp_path_factory: pytest.TempPathFactory):
     """Write (once per session) a ``tests/support/big_models.py`` Llama of a shape (``"1.5b"``: 5.8 GB):
     the slow tests of big models share it instead of each writing their own. With ``AI4ALL_BIG_MODELS=DIR``

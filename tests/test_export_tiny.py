@@ -113,3 +113,38 @@ def test_shard_count_cuts_layers_evenly(tiny_model_factory, tmp_path: Path) -> N
     assert [str(s.span) for s in manifest.blocks] == ["0-2", "2-3", "3-4"]
     embed, head = manifest.embed, manifest.head
     assert (embed.start, embed.end, head.start, head.end) == (0, 0, 4, 4)
+
+
+def test_hidden_float16_shards_hand_on_float16_values_carried_in_half_the_bytes(
+    tiny_llama_export: Path, tiny_llama_export_h16: Path
+) -> None:
+    """``--hidden-float16``: onnxruntime keeps the graph's rounding (no Cast pair optimised away), so the
+    embedding's and every blocks shard's output is float16 values, which the wire carries as float16,
+    widened back exactly; the logits stay within float16's rounding of the fp32 export's."""
+    from python_peer.core import manifest as names
+    from python_peer.tensors import from_wire, to_wire
+
+    rounded, plain = LocalChain(tiny_llama_export_h16), LocalChain(tiny_llama_export)
+    assert rounded.manifest.raw["export"]["args"]["hidden_float16"] is True
+    assert "hidden_float16" not in plain.manifest.raw["export"]["args"]
+    ids, mask = left_padded_batch(tiny_llama_export)
+    positions = np.maximum(mask.cumsum(-1) - 1, 0)
+    for chain, narrowed in ((rounded, True), (plain, False)):
+        session = chain.open(ids.shape[0])
+        hidden = chain.embed(ids, positions)
+        outputs = [hidden]
+        for runner in chain.blocks:
+            hidden = runner.forward(session, hidden, mask, positions)
+            outputs.append(hidden)
+        chain.close(session)
+        for out in outputs:
+            assert out.dtype == np.float32
+            carried = to_wire(names.HIDDEN_OUT, out)
+            assert (carried.dtype == "float16") is narrowed
+            assert len(carried.data) == out.size * (2 if narrowed else 4)
+            np.testing.assert_array_equal(from_wire(carried), out)
+    prefill, tokens = chain_greedy(rounded, ids, mask, DECODE_STEPS)
+    reference, expected = chain_greedy(plain, ids, mask, DECODE_STEPS)
+    real = mask.astype(bool)
+    assert 0 < np.abs(prefill - reference)[real].max() < 1e-2 * np.abs(reference).max()
+    np.testing.assert_array_equal(tokens, expected)

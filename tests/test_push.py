@@ -1,6 +1,7 @@
 """Push routing with real processes: ``ai4all peer`` processes push each step's hidden states to the next
 peer over WebRTC, the client sends every step to the first peer only, and the tokens are the local
-chain's, including after a SIGKILL of the middle peer mid-generation (a spare serving its span takes over).
+chain's, including after a SIGKILL of the middle peer mid-generation (a spare serving its span takes over);
+on an fp32 export and on one with ``--hidden-float16``, whose hidden states every hop carries as float16.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from python_peer.chain import LocalChain
+from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
 from python_peer.generate import SamplingParams, generate
 from python_peer.mesh_client import MeshClient, MeshSession
@@ -26,12 +28,24 @@ from tests.support.procs import Node, PeerProc
 pytestmark = pytest.mark.timeout(180)
 
 
+@pytest.fixture(params=["fp32", "hidden_float16"])
+def export(request: pytest.FixtureRequest) -> Path:
+    """The tiny Llama's export, as is or with hidden states rounded to float16 values."""
+    name = "tiny_llama_export" if request.param == "fp32" else "tiny_llama_export_h16"
+    return Path(request.getfixturevalue(name))
+
+
+def carried(model: Path) -> set[str]:
+    """The dtype hidden states of ``model``'s shards travel in (``to_wire`` narrows float16 values)."""
+    return {"float16"} if load_manifest(model).raw["export"]["args"].get("hidden_float16") else {"float32"}
+
+
 @pytest.fixture
-def procs(tmp_path: Path, tiny_llama_export: Path) -> Iterator[dict[str, PeerProc]]:
+def procs(tmp_path: Path, export: Path) -> Iterator[dict[str, PeerProc]]:
     """One signaling node; peers for 0-1, 1-3, 3-4, and a spare 1-3."""
     node = Node("node", tmp_path, ())
     peers = {
-        name: PeerProc(name, tmp_path, tiny_llama_export, [node.url], span=span)
+        name: PeerProc(name, tmp_path, export, [node.url], span=span)
         for name, span in (("p0-1", "0-1"), ("p1-3", "1-3"), ("p3-4", "3-4"), ("spare1-3", "1-3"))
     }
     try:
@@ -64,6 +78,7 @@ class Sent:
 
     def __init__(self) -> None:
         self.forwards: dict[str, int] = {}
+        self.dtypes: set[str] = set()  # of the hidden states the client sent
         self._wrapped: set[int] = set()
 
     def watch(self, session: MeshSession) -> None:
@@ -78,6 +93,7 @@ class Sent:
             async def counted(frame: Frame, send: Any = send, peer: str = peer) -> None:
                 if frame.type is FrameType.FORWARD:
                     self.forwards[peer] = self.forwards.get(peer, 0) + 1
+                    self.dtypes.add(frame.tensor("hidden_states").dtype)
                 await send(frame)
 
             rpc.link.send = counted  # type: ignore[method-assign]
@@ -118,12 +134,12 @@ async def run(
 
 
 async def test_pushed_steps_give_the_local_tokens_and_reach_only_the_first_peer_from_the_client(
-    procs: dict[str, PeerProc], tiny_llama_export: Path
+    procs: dict[str, PeerProc], export: Path
 ) -> None:
-    ids = chat_ids(tiny_llama_export, PROMPTS[0])
-    expected = local_tokens(tiny_llama_export, ids, 16)
+    ids = chat_ids(export, PROMPTS[0])
+    expected = local_tokens(export, ids, 16)
     url = procs["node"].url  # type: ignore[attr-defined]
-    async with client_of(url, tiny_llama_export) as client:
+    async with client_of(url, export) as client:
         session = await client.open(1, len(ids) + 16)
         sent = Sent()
         tokens = await run(session, ids, 16, sent)
@@ -133,15 +149,17 @@ async def test_pushed_steps_give_the_local_tokens_and_reach_only_the_first_peer_
     assert all(h.pushes for h in route) and session.pushing and session.failovers == 0
     assert sent.forwards == {route[0].peer_id: 16}  # every step went to the first peer only; the rest pushed
     assert all(len(h.outputs) == 16 for h in route)  # yet every hop's output came back to the client
+    assert sent.dtypes == carried(export)
+    assert all(a is not None for h in route for a in h.answers)  # signed over what was carried
 
 
 async def test_the_middle_peer_sigkilled_mid_generation_the_spare_takes_over_with_identical_tokens(
-    procs: dict[str, PeerProc], tiny_llama_export: Path
+    procs: dict[str, PeerProc], export: Path
 ) -> None:
-    ids = chat_ids(tiny_llama_export, PROMPTS[1])
-    expected = local_tokens(tiny_llama_export, ids, 20)
+    ids = chat_ids(export, PROMPTS[1])
+    expected = local_tokens(export, ids, 20)
     url = procs["node"].url  # type: ignore[attr-defined]
-    async with client_of(url, tiny_llama_export) as client:
+    async with client_of(url, export) as client:
         session = await client.open(1, len(ids) + 20)
         middle = next(h.peer_id for h in session.hops if (h.start, h.end) == (1, 3))
         victim = next(p for p in procs.values() if isinstance(p, PeerProc) and p.peer_id == middle)
@@ -160,3 +178,4 @@ async def test_the_middle_peer_sigkilled_mid_generation_the_spare_takes_over_wit
     assert all(h.pushes for h in route) and session.pushing  # still pushed after the failover
     # Only the first peer gets steps from the client, but for the replay to the spare (one REPLAY FORWARD).
     assert sent.forwards.get(spare.peer_id, 0) <= 1 and sent.forwards[route[0].peer_id] == 20
+    assert sent.dtypes == carried(export)  # the replay too
