@@ -11,7 +11,11 @@ second. Every process it started is stopped at the end, on errors and on Ctrl-C 
 says what each figure means. This file runs the whole and prints the report; the parts are
 ``mesh_processes``, ``mesh_contenders``, ``mesh_concurrency``, ``mesh_signaling`` and ``mesh_report``.
 
-    python -m bench.bench_mesh [--model DIR] [--tokens N] [--repeats R]
+    python -m bench.bench_mesh [--model DIR | --hidden-float16] [--tokens N] [--repeats R]
+
+``--hidden-float16`` runs it on the default model exported with ``ai4all export --hidden-float16``
+(hidden states rounded to float16 values at every shard boundary, carried in half the bytes; exported
+beside the default model on first use).
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ def whole_model(manifest: Manifest, work: Path, threads: int, log: Console) -> W
     )
 
 
-def ensure_model(model_dir: Path, default: bool, log: Console) -> None:
+def ensure_model(model_dir: Path, default: bool, log: Console, *, hidden_float16: bool = False) -> None:
     if (model_dir / "manifest.json").is_file():
         return
     if not default:
@@ -122,8 +126,9 @@ def ensure_model(model_dir: Path, default: bool, log: Console) -> None:
     from exporter.pipeline import ExportRequest, run_export
     from exporter.source import resolve
 
-    log.log(f"exporting the default model to {model_dir} (spans 0-10, 10-20, 20-30)")
-    run_export(ExportRequest(resolve(None), model_dir, spans=DEFAULT_SPANS))
+    how = ", hidden states rounded to float16 values" if hidden_float16 else ""
+    log.log(f"exporting the default model to {model_dir} (spans 0-10, 10-20, 20-30{how})")
+    run_export(ExportRequest(resolve(None), model_dir, spans=DEFAULT_SPANS, hidden_float16=hidden_float16))
 
 
 @dataclass
@@ -194,6 +199,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=cache_dir() / "models" / DEFAULT_MODEL_NAME,
         help="an exported model directory (default: %(default)s, exported if absent)",
     )
+    parser.add_argument(
+        "--hidden-float16",
+        action="store_true",
+        help=f"the default model exported with --hidden-float16 (in {DEFAULT_MODEL_NAME}-hidden-float16)",
+    )
     parser.add_argument("--tokens", type=int, default=32, help="greedy decode steps per run (default: 32)")
     parser.add_argument(
         "--repeats", type=int, default=3, help="interleaved repeats of every measurement (default: 3)"
@@ -202,6 +212,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tokens < 1 or args.repeats < 1:
         parser.error("--tokens and --repeats must be at least 1")
     args.default_model = args.model == parser.get_default("model")
+    if args.hidden_float16:
+        if not args.default_model:
+            parser.error(
+                "--hidden-float16 exports the default model: give --model a directory or it, not both"
+            )
+        args.model = args.model.with_name(f"{DEFAULT_MODEL_NAME}-hidden-float16")
     return args
 
 
@@ -214,7 +230,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Console(width=None if sys.stdout.isatty() else 120)
     threads = session_options().intra_op_num_threads
     model_dir: Path = args.model.expanduser()
-    ensure_model(model_dir, args.default_model, log)
+    ensure_model(model_dir, args.default_model, log, hidden_float16=args.hidden_float16)
     manifest = load_manifest(model_dir)
     tokenizer = ModelTokenizer(model_dir, manifest)
     prompt = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))

@@ -16,7 +16,7 @@
                    threshold, and always above 2 GB), streamed from torch's loose tensor files.
 - ``quantize.py``  fp16, q8 and q4 weight variants of exported shards.
 - ``gguf_grid.py`` a GGUF's own Q4_0/Q4_1/Q8_0 grid, found by value for each shard weight, for q8/q4.
-- ``quality.py``   measures a variant against fp32 on fixed prompts.
+- ``quality.py``   measures a variant against fp32 on fixed prompts; the hidden states' peak for ``--hidden-float16``.
 - ``pipeline.py``  the whole export: staging, atomic writes, resume, progress, manifest.
 - ``cli.py``       ``ai4all export``.
 """

@@ -321,7 +321,7 @@ def run_export(
     steps: list[tuple[str, str, Span | None]] = [("embed", EMBED_FILE, None)]
     steps += [("blocks", blocks_file(s), s) for s in spans]
     steps.append(("head", HEAD_FILE, None))
-    total = len(steps) * (2 if quantized else 1) + 2 + (1 if quantized else 0)
+    total = len(steps) * (2 if quantized else 1) + 2 + (1 if quantized else 0) + int(request.hidden_float16)
     count = 0
 
     fp32_entries: list[ShardEntry] = []
@@ -360,6 +360,18 @@ def run_export(
     progress("writing tokenizer and chat template", count, total)
     has_template = _write_tokenizer(loaded, request.out)
 
+    if request.hidden_float16:
+        count += 1
+        progress("checking the hidden states stay within float16's range", count, total)
+        plain = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
+        try:
+            _check_float16_range(fp32_dir, plain, request.out)
+        except ExportFailedError:  # these shards are no use: take away everything this export wrote
+            for name in expected_files(spans):
+                shutil.rmtree(request.out / name, ignore_errors=True)
+                (request.out / name).unlink(missing_ok=True)
+            raise
+
     quality: dict[str, Any] | None = None
     entries = fp32_entries
     if quantized:
@@ -396,6 +408,22 @@ def run_export(
     (request.out / JOURNAL).unlink(missing_ok=True)
     shutil.rmtree(request.out / STAGING, ignore_errors=True)
     return load_manifest(request.out)
+
+
+# --hidden-float16 is refused for a model whose hidden states, on the fixed prompts, come within a factor
+# of two of float16's largest value (65504): another prompt could overflow it, an Inf every peer refuses.
+FLOAT16_HEADROOM = 65504.0 / 2
+
+
+def _check_float16_range(model_dir: Path, manifest: Manifest, tokenizer_dir: Path) -> None:
+    from .quality import float16_peak
+
+    peak = float16_peak(model_dir, manifest, tokenizer_dir)
+    if not peak <= FLOAT16_HEADROOM:
+        raise ExportFailedError(
+            f"--hidden-float16: this model's hidden states reach {peak:g} on the exporter's test prompts, "
+            f"beyond half of float16's range ({FLOAT16_HEADROOM:g}); export it without --hidden-float16"
+        )
 
 
 def _allowed_before_load(request: ExportRequest) -> set[str] | None:

@@ -7,7 +7,8 @@ variant's greedy choice agrees with fp32's. The fp32 reference is read one shard
 each shard released before the next is loaded), so measuring a quantized export needs the memory of the
 variant's chain plus one fp32 shard, not of the fp32 model: a 7B model's q4 export measures on the machine
 that exports it. The same shards and prompts give the same numbers, which is what the tests check a
-manifest's figures against.
+manifest's figures against. ``float16_peak`` reads the same prompts through a ``--hidden-float16`` export
+for the largest hidden state it hands on, which the exporter holds within float16's range.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def _logits(chain: LocalChain, ids: list[int]) -> np.ndarray:
         chain.close(session)
 
 
-def streamed_logits(model_dir: Path, manifest: Manifest, sequences: list[list[int]]) -> list[np.ndarray]:
+def streamed_logits(
+    model_dir: Path, manifest: Manifest, sequences: list[list[int]], peaks: list[float] | None = None
+) -> list[np.ndarray]:
     """The logits (``[len, vocab]``) of each sequence read in one pass, as ``LocalChain`` gives them, with one
-    shard of the model loaded at a time: every sequence goes through a shard before the next is loaded."""
+    shard of the model loaded at a time: every sequence goes through a shard before the next is loaded.
+    ``peaks`` gets the largest |value| the embedding and each blocks shard hand on, in order."""
     positions = [np.arange(len(ids), dtype=np.int64)[None, :] for ids in sequences]
     embed = ShardRunner(model_dir, manifest.embed)
     hidden: list[np.ndarray] = []
@@ -68,6 +72,7 @@ def streamed_logits(model_dir: Path, manifest: Manifest, sequences: list[list[in
             feeds[names.POSITION_IDS] = pos
         hidden.append(embed.run(feeds)[names.HIDDEN_OUT])
     del embed
+    _peak(hidden, peaks)
     for entry in manifest.blocks:
         gc.collect()  # the previous shard's session is gone before this one loads
         blocks = BlocksRunner(model_dir, entry, manifest)
@@ -76,9 +81,37 @@ def streamed_logits(model_dir: Path, manifest: Manifest, sequences: list[list[in
             hidden[i] = blocks.forward("quality", hidden[i], np.ones_like(pos), pos)
             blocks.close("quality")
         del blocks
+        _peak(hidden, peaks)
     gc.collect()
     head = ShardRunner(model_dir, manifest.head)
     return [head.run({names.HIDDEN_IN: h})[names.LOGITS][0] for h in hidden]
+
+
+def _peak(hidden: list[np.ndarray], peaks: list[float] | None) -> None:
+    if peaks is not None:
+        peaks.append(max(float(np.abs(h).max()) for h in hidden))
+
+
+def float16_peak(model_dir: Path, manifest: Manifest, tokenizer_dir: Path) -> float:
+    """The largest |hidden state| any shard of a ``--hidden-float16`` export hands on over the fixed
+    prompts (one shard loaded at a time); ``inf`` when one overflowed float16's range."""
+    from python_peer.errors import ShardInputError
+    from python_peer.tokenizer import ModelTokenizer
+
+    tokenizer = ModelTokenizer(tokenizer_dir, manifest)
+    sequences = [tokenizer.encode(text) or [0] for text in PROMPTS]
+    if tokenizer.chat_template is not None:
+        sequences += [
+            tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": p}])) for p in CHAT_PROMPTS
+        ]
+    peaks: list[float] = []
+    try:
+        streamed_logits(model_dir, manifest, sequences, peaks)
+    except ShardInputError:
+        if peaks and not np.isfinite(peaks[-1]):
+            return float("inf")  # an Inf handed on, refused by the next shard
+        raise
+    return max(peaks)
 
 
 def measure(

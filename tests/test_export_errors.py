@@ -177,3 +177,24 @@ def test_unreachable_hub_id(tmp_path: Path) -> None:
     )
     assert_one_line_error(result, "someorg/some-model", "hub")
     assert_nothing_written(tmp_path / "out")
+
+
+def test_hidden_float16_refused_for_hidden_states_beyond_half_of_float16s_range(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    """A model whose hidden states reach past 32752 (embeddings scaled up, as models with massive
+    activations have) is refused ``--hidden-float16`` in one line, and nothing of the export is left; the
+    same model exports without it."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_llama, model)
+    weights = load_file(model / "model.safetensors")
+    weights["model.embed_tokens.weight"] = weights["model.embed_tokens.weight"] * 1e6
+    save_file(weights, model / "model.safetensors", metadata={"format": "pt"})
+    out = tmp_path / "out"
+    result = export(str(model), "--out", str(out), "--hidden-float16")
+    assert_one_line_error(result, "--hidden-float16", "float16's range")
+    assert_nothing_written(out)
+    result = export(str(model), "--out", str(out))
+    assert result.returncode == 0, result.stderr

@@ -168,7 +168,10 @@ def test_golden_chunks_match_and_reassemble(entry: dict[str, Any]) -> None:
 
 
 # Vectors in the same folder written by their own script, checked by their own test.
-OTHER_GENERATORS = {"span_choice.json": "generate_span_choice.py (tests/fast/test_memory_budget.py)"}
+OTHER_GENERATORS = {
+    "span_choice.json": "generate_span_choice.py (tests/fast/test_memory_budget.py)",
+    "narrowing.json": "generate_narrowing.py (tests/fast/test_tensors.py)",
+}
 
 
 def test_vectors_on_disk_are_what_generate_writes(tmp_path: Path) -> None:

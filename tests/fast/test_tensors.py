@@ -3,12 +3,20 @@ else float32 keeps its dtype (docs/wire.md, "Tensor descriptors")."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from python_peer.core.errors import NonFiniteError
 from python_peer.core.wire import Frame, FrameType, decode_frame, encode_frame
 from python_peer.tensors import from_wire, to_wire
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def through_a_frame(array: np.ndarray) -> tuple[str, np.ndarray]:
@@ -57,3 +65,15 @@ def test_non_finite_values_are_refused_whichever_dtype_carries_them(bad: float) 
 def test_int64_and_empty_tensors_keep_their_dtype() -> None:
     assert to_wire("position_ids", np.arange(4, dtype=np.int64)[None]).dtype == "int64"
     assert to_wire("hidden_states", np.zeros((1, 0, 8), np.float32)).dtype == "float32"
+
+
+def test_narrowing_vectors_on_disk_are_what_the_generator_writes(tmp_path: Path) -> None:
+    """tests/vectors/narrowing.json, which web/test/narrowing.test.js holds the browser's encoder to."""
+    out = tmp_path / "narrowing.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "tests" / "vectors" / "generate_narrowing.py"
+    subprocess.run([sys.executable, str(script), "--out", str(out)], check=True, cwd=ROOT, env=env)
+    on_disk = (ROOT / "tests" / "vectors" / "narrowing.json").read_text(encoding="utf-8")
+    assert out.read_text(encoding="utf-8") == on_disk
+    cases = {c["case"]: c["dtype"] for c in json.loads(on_disk)}
+    assert cases["float16 edges"] == "float16" and cases["NaN"] == "float32"

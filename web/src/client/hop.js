@@ -4,7 +4,7 @@
  * inputs sent to it (kept for replay to a replacement); the tensors of a FORWARD and its answer.
  */
 
-import { FrameType, NO_FLAGS, TensorError, canonicalJson, checkFinite, frameTensor, tensorToFloat32 } from '../protocol/wire.js';
+import { FrameType, NO_FLAGS, TensorError, canonicalJson, checkFinite, floatTensor, frameTensor, tensorToFloat32 } from '../protocol/wire.js';
 import { ANSWER_META_KEY, INPUT_CHAIN_START, answerSigningBytes, chainInput, tensorDigest } from '../protocol/answers.js';
 import { verify } from '../identity/identity.js';
 import { BadAnswerError } from './errors.js';
@@ -122,7 +122,7 @@ export class Hop {
       step: this.nextStep,
       flags,
       tensors: [
-        { name: HIDDEN_IN, dtype: /** @type {const} */ ('float32'), shape: hidden.dims, data: hidden.data },
+        floatTensor(HIDDEN_IN, hidden.dims, hidden.data),
         { name: ATTENTION_MASK, dtype: /** @type {const} */ ('int64'), shape: [batch, seq], data: mask },
         { name: POSITION_IDS, dtype: /** @type {const} */ ('int64'), shape: [batch, seq], data: positions },
       ],

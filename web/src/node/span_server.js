@@ -32,6 +32,7 @@ import {
   WireError,
   checkFinite,
   errorFrame,
+  floatTensor,
   frameTensor,
   frameTypeName,
   makeFrame,
@@ -437,7 +438,7 @@ export class SpanServer {
     this.tokensServed += batch * seq;
     const inputs = [hidden, mask, positions].map((t) => tensorDigest(t.dtype, t.shape, t.data));
     session.chain = await chainInput(session.chain, await Promise.all(inputs));
-    const result = { name: HIDDEN_OUT, dtype: /** @type {'float32'} */ ('float32'), shape: out.dims, data: out.data };
+    const result = floatTensor(HIDDEN_OUT, out.dims, out.data); // float16 when it is float16 values
     const meta = await this.#answer(session.client, frame, session, seq, result);
     this.onChange({ type: 'forward', client: session.client, tokens: batch * seq });
     return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta, tensors: [result] });
@@ -450,7 +451,7 @@ export class SpanServer {
    * @param {import('../protocol/wire.js').Frame} frame
    * @param {Session} session
    * @param {number} seq
-   * @param {{dtype: string, shape: readonly number[], data: Float32Array}} result
+   * @param {{dtype: string, shape: readonly number[], data: Float32Array | Uint16Array}} result
    * @returns {Promise<{[key: string]: unknown}>}
    */
   async #answer(client, frame, session, seq, result) {

@@ -83,3 +83,37 @@ export function float32ToFloat16Array(values) {
   for (let i = 0; i < values.length; i++) out[i] = numberToFloat16Bits(values[i]);
   return out;
 }
+
+/**
+ * The float16 bit patterns of `values` when every value is a float16 (Inf counts; NaN does not), else
+ * null: Python's `to_wire` narrowing (python_peer/tensors.py), read from the float32 bits.
+ * @param {Float32Array} values
+ * @returns {Uint16Array | null}
+ */
+export function float32ToFloat16Exact(values) {
+  const words = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  const out = new Uint16Array(values.length);
+  for (let i = 0; i < words.length; i++) {
+    const word = words[i];
+    const sign = (word >>> 16) & 0x8000;
+    const exp = (word >>> 23) & 0xff;
+    const mantissa = word & 0x7fffff;
+    if (exp === 0 && mantissa === 0) {
+      out[i] = sign; // zero, its sign kept
+    } else if (exp === 0xff) {
+      if (mantissa !== 0) return null; // NaN
+      out[i] = sign | 0x7c00;
+    } else if (exp >= 113 && exp <= 142) {
+      if (mantissa & 0x1fff) return null; // more mantissa than float16's 10 bits
+      out[i] = sign | ((exp - 112) << 10) | (mantissa >>> 13);
+    } else if (exp >= 103 && exp < 113) {
+      const full = mantissa | 0x800000; // a float16 subnormal: full * 2**(exp - 150) = m * 2**-24
+      const shift = 126 - exp;
+      if (full & ((1 << shift) - 1)) return null;
+      out[i] = sign | (full >>> shift);
+    } else {
+      return null; // beyond float16's range, or below its smallest subnormal
+    }
+  }
+  return out;
+}

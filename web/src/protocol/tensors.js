@@ -6,7 +6,7 @@
 
 import { DTYPE_SIZES, MAX_DIM, MAX_NAME_BYTES, MAX_RANK } from './constants.js';
 import { LimitExceededError, MetadataError, NonFiniteError, TensorError } from './errors.js';
-import { float16BitsToNumber, float16ToFloat32Array, numberToFloat16Bits } from './float16.js';
+import { float16BitsToNumber, float16ToFloat32Array, float32ToFloat16Exact, numberToFloat16Bits } from './float16.js';
 import { asBytes, hasOwn, isInt, show, utf8ReplaceLength } from './values.js';
 
 /** @typedef {'float32' | 'float16' | 'int64' | 'uint8'} DType */
@@ -205,6 +205,20 @@ export function tensorAsInt64(tensor) {
 export function tensorToFloat32(tensor) {
   if (tensor.dtype === 'float16') return float16ToFloat32Array(tensorAsFloat16Bits(tensor));
   return tensorAsFloat32(tensor);
+}
+
+/**
+ * Float32 values as a tensor to send: as float16 when every value is a float16 (lossless, half the
+ * bytes; Python's `to_wire`, docs/wire.md "Tensor descriptors"), else as float32.
+ * @param {string} name
+ * @param {readonly number[]} shape
+ * @param {Float32Array} values
+ * @returns {{name: string, dtype: 'float32' | 'float16', shape: readonly number[], data: Float32Array | Uint16Array}}
+ */
+export function floatTensor(name, shape, values) {
+  const narrow = values.length ? float32ToFloat16Exact(values) : null;
+  if (narrow) return { name, dtype: 'float16', shape, data: narrow };
+  return { name, dtype: 'float32', shape, data: values };
 }
 
 /**

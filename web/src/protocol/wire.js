@@ -48,6 +48,7 @@ export * from './errors.js';
 export { JSON_MAX_NESTING, canonicalJson } from './canonical.js';
 export {
   checkFinite,
+  floatTensor,
   makeTensor,
   tensorAsFloat16Bits,
   tensorAsFloat32,
