@@ -7,7 +7,8 @@ The harness page runs a ``BrowserNode`` (``web/src/node/node.js``): identity and
 signaling. Native ``ai4all peer`` processes serve the other spans. A Python mesh client, on its own event
 loop in a background thread (Playwright's sync API and asyncio tests do not mix), generates greedy
 tokens: they equal ``LocalChain``'s, with one browser in the route and with two, and the browser earns
-the receipts the client countersigns. Bad frames, bad payments, forged receipts and junk gossip get
+the receipts the client countersigns; on an export with ``--hidden-float16`` the browser's answers are
+float16 values, as native shards' are. Bad frames, bad payments, forged receipts and junk gossip get
 Python's error codes (or are dropped), and the tab's log reaches a Python ledger by gossip through
 signaling. The span a tab picks when not told is Python's ``least_served_span`` over random meshes.
 The last tests take the tab away mid-generation (closed without a word, or paused past its grace)
@@ -48,15 +49,17 @@ from python_peer.core.wire import CHUNK_HEADER, CHUNK_MAGIC, HEADER, MAGIC, Fram
 from python_peer.errors import PeerError
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
-from python_peer.node import MeshNode
+from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig
 from python_peer.tensors import from_wire, to_wire
+from python_peer.tokenizer import ModelTokenizer
 from python_peer.transport import TransportConfig
 from tests.support.browser import Harness, script
 from tests.support.browser_node import (
     FAST,
     MAX_TOKENS,
+    PROMPT,
     browser_peer,
     failover_run,
     local_tokens,
@@ -66,7 +69,7 @@ from tests.support.browser_node import (
 from tests.support.holds import hold_for
 from tests.support.loop_thread import LoopThread
 from tests.support.procs import Node, PeerProc
-from tests.support.static_server import WebServer
+from tests.support.static_server import MODEL_PREFIX, MOUNTS, WebServer
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
@@ -155,6 +158,50 @@ def test_browser_serves_a_span_in_the_mesh(
     opened = stats["answered"]["opened"]
     assert len(opened) == 1 and opened[0]["gathered"], opened
     assert opened[0]["pairRemote"] == "127.0.0.1", opened
+
+
+async def rounded_run(node: Node, model: Path, browser_id: str) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """Greedy tokens through the mesh, and the hidden states the browser's hop answered with."""
+    mesh_node, client = await open_client(NodeConfig(signal_urls=(node.url,)), model, FAST)
+    try:
+        tokenizer = ModelTokenizer(client.model_dir, client.manifest)
+        ids = tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": PROMPT}]))
+        session = await client.open(1, len(ids) + MAX_TOKENS)
+        logits = await session.step(np.array([ids]), np.ones((1, len(ids)), dtype=np.int64))
+        tokens: list[int] = []
+        for step in range(MAX_TOKENS):
+            tokens.append(int(np.argmax(logits[0, -1])))
+            if step < MAX_TOKENS - 1:
+                logits = await session.step(np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
+        outputs = next(h.outputs for h in session.hops if h.peer_id == browser_id)
+        await session.close()
+        return tuple(tokens), outputs
+    finally:
+        await client.aclose()
+        await mesh_node.aclose()
+
+
+def test_browser_serves_a_span_of_a_hidden_float16_export_with_the_same_rounding(
+    browser: Browser, web_server: WebServer, tiny_llama_export_h16: Path, served_core: None, tmp_path: Path
+) -> None:
+    """An export with ``--hidden-float16``: onnxruntime-web keeps the graph's rounding (its answers are
+    float16 values, carried as float16), so a chain with a browser gives the local chain's tokens."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(MOUNTS, MODEL_PREFIX, tiny_llama_export_h16)
+        expected = local_tokens(tiny_llama_export_h16)
+        with (
+            running_mesh(tmp_path, tiny_llama_export_h16, ["0-1", "3-4"]) as mesh,
+            browser_peer(browser, web_server, mesh.node.url, tiny_llama_export_h16) as (page, browser_id),
+        ):
+            wait_listed(mesh.node, browser_id)
+            tokens, outputs = LoopThread(rounded_run(mesh.node, tiny_llama_export_h16, browser_id)).result(
+                180
+            )
+            stats = page.evaluate(STATS_JS)
+    assert tokens == expected, stats
+    assert len(outputs) == MAX_TOKENS and stats["answered"]["errors"] == 0
+    for out in outputs:
+        np.testing.assert_array_equal(out.astype(np.float16).astype(np.float32), out)
 
 
 SPAN_CHOICE_JS = script("browser_peer/span_choice")
