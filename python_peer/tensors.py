@@ -26,8 +26,8 @@ def to_wire(name: str, array: np.ndarray) -> WireTensor:
     """``array`` as a wire tensor; a float32 array whose every value is a float16 is carried as float16.
 
     Narrowing is lossless (a receiver widens exactly, ``from_wire``), so it changes no number a shard
-    sees, only the bytes carried: half, for hidden states of shards exported with ``--hidden-float16``
-    (or fp16 weights), whose outputs are float16 values (docs/wire.md, "Tensors").
+    sees, only the bytes carried: half, for the hidden states of shards exported with
+    ``--hidden-float16``, whose outputs are float16 values (docs/wire.md, "Tensor descriptors").
     """
     dtype = _FROM_NUMPY.get(array.dtype)
     if dtype is None:
