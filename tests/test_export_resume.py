@@ -52,13 +52,13 @@ def test_interrupted_export_resumes_and_skips_finished_shards(
     exported: list[str] = []
     real_blocks, real_embed = onnx_export.export_blocks, onnx_export.export_embed
 
-    def counting_blocks(model, shape, start, end, path):
+    def counting_blocks(model, shape, start, end, path, **options):
         exported.append(f"{start}-{end}")
-        return real_blocks(model, shape, start, end, path)
+        return real_blocks(model, shape, start, end, path, **options)
 
-    def counting_embed(model, shape, path):
+    def counting_embed(model, shape, path, **options):
         exported.append("embed")
-        return real_embed(model, shape, path)
+        return real_embed(model, shape, path, **options)
 
     monkeypatch.setattr(onnx_export, "export_blocks", counting_blocks)
     monkeypatch.setattr(onnx_export, "export_embed", counting_embed)

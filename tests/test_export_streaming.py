@@ -193,10 +193,10 @@ def test_each_shard_is_built_from_its_own_tensors_only(tiny_llama: Path, tmp_pat
     for kind in ("embed", "head", "blocks"):
         real = getattr(onnx_export, f"export_{kind}")
 
-        def spy(model, *args, _real=real, _kind=kind):
+        def spy(model, *args, _real=real, _kind=kind, **options):
             span = f"{args[1]}-{args[2]}" if _kind == "blocks" else _kind
             seen[span] = materialized(model)
-            return _real(model, *args)
+            return _real(model, *args, **options)
 
         monkeypatch.setattr(onnx_export, f"export_{kind}", spy)
 
