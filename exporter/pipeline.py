@@ -359,13 +359,14 @@ def run_export(
     count += 1
     progress("writing tokenizer and chat template", count, total)
     has_template = _write_tokenizer(loaded, request.out)
+    # The fp32 chain: checked for float16's range, and the reference a quantized export is measured against.
+    reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
 
     if request.hidden_float16:
         count += 1
         progress("checking the hidden states stay within float16's range", count, total)
-        plain = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
         try:
-            _check_float16_range(fp32_dir, plain, request.out)
+            _check_float16_range(fp32_dir, reference, request.out)
         except ExportFailedError:  # these shards are no use: take away everything this export wrote
             for name in expected_files(spans):
                 shutil.rmtree(request.out / name, ignore_errors=True)
@@ -394,7 +395,6 @@ def run_export(
         progress(f"measuring {request.dtype} against fp32", count, total)
         from .quality import measure
 
-        reference = Manifest.from_dict(_manifest_dict(loaded, request, fp32_entries, has_template, None))
         candidate = Manifest.from_dict(_manifest_dict(loaded, request, entries, has_template, None))
         quality = measure(fp32_dir, reference, request.out, candidate, grid_source=grid is not None)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from python_peer.chain import LocalChain
 from python_peer.core import manifest as names
 from python_peer.core.manifest import Manifest
 from python_peer.runner import BlocksRunner, ShardRunner
+
+if TYPE_CHECKING:
+    from python_peer.tokenizer import ModelTokenizer
 
 PROMPTS = (
     "What is the capital of France?",
@@ -33,6 +36,14 @@ PROMPTS = (
 # Also measured through the chat template, when the model has one: that is how the model is used.
 CHAT_PROMPTS = ("What is the capital of France?",)
 NEW_TOKENS = 16
+
+
+def _prompt_ids(tokenizer: ModelTokenizer) -> list[list[int]]:
+    """The token ids of the fixed prompts, the chat-rendered ones too when the model has a template."""
+    texts = list(PROMPTS)
+    if tokenizer.chat_template is not None:
+        texts += [tokenizer.render_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
+    return [tokenizer.encode(text) or [0] for text in texts]
 
 
 def _greedy(chain: LocalChain, ids: list[int], steps: int) -> list[int]:
@@ -98,12 +109,7 @@ def float16_peak(model_dir: Path, manifest: Manifest, tokenizer_dir: Path) -> fl
     from python_peer.errors import ShardInputError
     from python_peer.tokenizer import ModelTokenizer
 
-    tokenizer = ModelTokenizer(tokenizer_dir, manifest)
-    sequences = [tokenizer.encode(text) or [0] for text in PROMPTS]
-    if tokenizer.chat_template is not None:
-        sequences += [
-            tokenizer.encode(tokenizer.render_chat([{"role": "user", "content": p}])) for p in CHAT_PROMPTS
-        ]
+    sequences = _prompt_ids(ModelTokenizer(tokenizer_dir, manifest))
     peaks: list[float] = []
     try:
         streamed_logits(model_dir, manifest, sequences, peaks)
@@ -129,15 +135,11 @@ def measure(
     """
     from python_peer.tokenizer import ModelTokenizer
 
-    tokenizer = ModelTokenizer(candidate_dir, candidate)
-    texts = list(PROMPTS)
-    if tokenizer.chat_template is not None:
-        texts += [tokenizer.render_chat([{"role": "user", "content": p}]) for p in CHAT_PROMPTS]
+    prompts = _prompt_ids(ModelTokenizer(candidate_dir, candidate))
     cand_chain = LocalChain(candidate_dir, manifest=candidate)
     sequences: list[list[int]] = []
     cand_logits: list[np.ndarray] = []
-    for text in texts:
-        ids = tokenizer.encode(text) or [0]
+    for ids in prompts:
         sequences.append(ids + _greedy(cand_chain, ids, NEW_TOKENS))
         cand_logits.append(_logits(cand_chain, sequences[-1]))
     del cand_chain
@@ -157,7 +159,7 @@ def measure(
     figures: dict[str, Any] = {
         "reference": "fp32",
         "method": "teacher-forced logits over fixed prompts (plain and chat-templated) plus 16 greedy tokens of the variant each",
-        "prompts": len(texts),
+        "prompts": len(prompts),
         "tokens": total,
         "max_abs_logit_diff": round(max_diff, 6),
         "mean_abs_logit_diff": round(float(np.mean(diffs)), 6),

@@ -15,15 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextvars
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from python_peer.core.errors import RemoteError, WireError
-from python_peer.core.wire import ErrorCode, Frame, raise_for_error
+from python_peer.core.wire import ErrorCode, Frame, WireTensor, raise_for_error
 
 from .errors import LinkClosedError, PeerError
-
-if TYPE_CHECKING:
-    import numpy as np
 
 # What counts as a hop failing: a client routes around these; anything else is a bug and propagates.
 HOP_FAILURES = (LinkClosedError, RemoteError, WireError, TimeoutError, PeerError)
@@ -31,8 +28,8 @@ HOP_FAILURES = (LinkClosedError, RemoteError, WireError, TimeoutError, PeerError
 # A step's output, handed on before its answer is digested and signed: a caller of ``FrameHandler.handle``
 # sets it around the call (``relay.PushRelay``, which pushes the output to the next peer from here: the
 # push is the critical path, the signed RESULT is not), and a handler that runs a FORWARD awaits it once,
-# with the very array its RESULT then carries, after the step is committed. Unset (None) by default.
-OutputHook = Callable[["np.ndarray"], Awaitable[None]]
+# with the very tensor its RESULT then carries (encoded once), after the step is committed. Unset by default.
+OutputHook = Callable[[WireTensor], Awaitable[None]]
 STEP_OUTPUT: contextvars.ContextVar[OutputHook | None] = contextvars.ContextVar("step_output", default=None)
 
 

@@ -9,7 +9,7 @@ every link to (docs/mesh.md, "Push along the route"):
   (at most ``max_links``, the least recently used closed first), with ``client`` and the rest of the
   route; the client gets its RESULT as today (signed), with ``push_error`` when the push could not be
   sent. The push leaves before the RESULT, as soon as the blocks ran and before the answer is digested
-  and signed (``hop.STEP_OUTPUT``, which the span server calls with its output): it is the critical
+  and signed (``hop.STEP_OUTPUT``, which the span server calls with its encoded output): it is the critical
   path, the RESULT is for the client's replay, spot checks and receipts. A handler that does not call
   the hook has its output pushed from its answer, after it.
 - a FORWARD pushed here by another peer (``client`` set) runs in that client's session, which must be
@@ -32,8 +32,6 @@ import logging
 from collections import OrderedDict
 from typing import Protocol
 
-import numpy as np
-
 from python_peer.core import manifest as names
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import AI4AllError, WireError
@@ -51,7 +49,6 @@ from python_peer.core.wire import ErrorCode, Frame, FrameType, WireTensor, error
 from .errors import LinkClosedError
 from .hop import STEP_OUTPUT, FrameHandler, FrameLink, LinkConnector
 from .rpc import RpcClient
-from .tensors import to_wire
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +158,9 @@ class PushRelay:
         meta = {k: v for k, v in frame.meta.items() if k not in (PUSH_KEY, PUSH_CLIENT_KEY)}
         pushed: list[str | None] = []  # what the push said, once it left (None: sent)
 
-        async def push_output(output: np.ndarray) -> None:
-            pushed.append(await self._push(client, route, frame, to_wire(names.HIDDEN_IN, output)))
+        async def push_output(output: WireTensor) -> None:
+            hidden = dataclasses.replace(output, name=names.HIDDEN_IN)
+            pushed.append(await self._push(client, route, frame, hidden))
 
         hook = STEP_OUTPUT.set(push_output if route else None)
         try:

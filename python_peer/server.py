@@ -322,10 +322,10 @@ class SpanServer:
             session.next_step += 1
             session.last_used = time.monotonic()
             self.tokens_served += batch * seq
-            sent = np.zeros_like(out) if self.test_lie else out
+            result = to_wire(names.HIDDEN_OUT, np.zeros_like(out) if self.test_lie else out)
             hook = STEP_OUTPUT.get()
             if hook is not None:  # the next peer's push leaves now; the answer is signed after
-                await hook(sent)
+                await hook(result)
             session.chain = chain_input(
                 session.chain,
                 [
@@ -333,7 +333,6 @@ class SpanServer:
                     for n in (names.HIDDEN_IN, names.ATTENTION_MASK, names.POSITION_IDS)
                 ],
             )
-            result = to_wire(names.HIDDEN_OUT, sent)
             meta = self._answer(client, frame, session, seq, wire_digest(result))
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta, tensors=(result,))
 
