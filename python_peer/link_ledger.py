@@ -5,7 +5,9 @@ node's own log and pushes the log there, or has OPEN carry it to a peer that tak
 hold's hash goes in OPEN: ``core/holds.py``); countersigns
 and returns the receipt a peer proposes at CLOSE, then runs an anti-entropy exchange with that peer over
 the same link, in the background, at most once per peer per ``gossip_every_s`` and at most
-``max_requests`` requests each time.
+``max_requests`` requests each time; once a generation closed, pushes each of its peers what it lacks
+of the log (the receipts and the other hops' holds), in the background, so that the next OPEN there
+carries only its holds.
 
 ``ServerExchange`` (a span server's): stores a client's pushed entries (or those its OPEN carries), admits a session at OPEN only on
 a hold that pays for it (once: a hold replayed for a second OPEN is refused), proposes the receipt of a
@@ -26,7 +28,7 @@ import logging
 import os
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -269,6 +271,8 @@ class ClientExchange:
         carrying = dataclasses.replace(frame, meta={**frame.meta, OPEN_LOG: carried}) if carried else frame
         try:
             answer = await hop.call(carrying, timeout)
+            if carried:  # stored, as the hold it admitted needed: the holds written after it too
+                self._note_held(peer_id, max(int(e["seq"]) for e in carried))
         except PaymentRequiredError:
             if not carried:
                 raise
@@ -320,6 +324,27 @@ class ClientExchange:
         self.gossip_soon(peer_id, hop)
         return receipt
 
+    def push_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
+        """Push the entries of ours ``peer_id`` lacks in the background (``push``): after a generation
+        closed, its receipts and the holds of its other hops, so that our next OPEN there carries only
+        its own holds instead (off the next prompt's path). None, and nothing sent, when the peer is not
+        known to hold our log (a session there pushes as before). Its failures are logged, never raised."""
+        if peer_id not in self.held:
+            return None
+        return self._background(self._push_logged(peer_id, hop), f"push-{peer_id[:8]}")
+
+    async def _push_logged(self, peer_id: str, hop: HopClient) -> None:
+        try:
+            await self.push(peer_id, hop)
+        except (*HOP_FAILURES, LedgerError) as exc:
+            log.info("pushing our log to %s failed: %s: %s", peer_id[:8], type(exc).__name__, exc)
+
+    def _background(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
     def gossip_soon(self, peer_id: str, hop: HopClient) -> asyncio.Task[None] | None:
         """Start a ledger gossip exchange with ``peer_id`` in the background, unless one started less than
         ``gossip_every_s`` ago; the task (or None). Its failures are logged, never raised."""
@@ -331,10 +356,7 @@ class ClientExchange:
         if last is not None and now - last < every:
             return None
         self._note_gossip(peer_id, now)
-        task = asyncio.create_task(self._gossip_logged(peer_id, hop), name=f"gossip-{peer_id[:8]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._background(self._gossip_logged(peer_id, hop), f"gossip-{peer_id[:8]}")
 
     def _note_gossip(self, peer_id: str, now: float) -> None:
         """Remember when an exchange with ``peer_id`` started; times older than the cadence count as
@@ -349,7 +371,7 @@ class ClientExchange:
                 del self.gossiped[next(iter(self.gossiped))]
 
     async def settled(self) -> None:
-        """Wait for the gossip exchanges under way."""
+        """Wait for the gossip exchanges and pushes under way."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 

@@ -576,6 +576,10 @@ class MeshSession:
             return
         self.closed = True
         await asyncio.gather(*(self._finish_hop(h) for h in self.hops), return_exceptions=True)
+        if (exchange := self.client.exchange) is not None:  # the receipts, before the next OPEN there
+            for hop in self.hops:
+                if not hop.rpc.closed:
+                    exchange.push_soon(hop.peer_id, hop.rpc)
 
     async def _finish_hop(self, hop: RouteHop) -> None:
         """Spot-check the hop if drawn (after the last token: no token waits for it), then close it, paying

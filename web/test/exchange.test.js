@@ -338,6 +338,37 @@ test("the span server answers a push with held; the client's next push carries o
   assert.deepEqual(pushed[3], [1, ...Array.from({ length: 63 }, (_, i) => 72 + i)]);
 });
 
+test('pushSoon: a peer known to hold our log gets what it lacks in the background; none is sent to a peer not known', async () => {
+  const server = spanServer(holdingLedger());
+  const own = { ...ownLog(3), gossipStart: undefined };
+  /** @type {(number[] | string)[]} */
+  const pushed = [];
+  const toServer = sendToSpanServer(server, pushed);
+  let broken = false;
+  const send = async (/** @type {any} */ link, /** @type {any} */ init) => {
+    if (broken) throw new Error('link closed');
+    return toServer(link, init);
+  };
+  /** @type {string[]} */
+  const warned = [];
+  const client = new ClientExchange({ ledger: own, send, config: CONFIG, log: { info() {}, warn: (m) => warned.push(m) } });
+  const link = { remoteId: SERVER };
+  assert.equal(client.pushSoon(link), null); // not known to hold our log: nothing sent
+  assert.deepEqual(pushed, []);
+  await client.push(link);
+  own.append(); // a closed generation's receipts
+  own.append();
+  assert.notEqual(client.pushSoon(link), null);
+  await client.gossipSettled();
+  assert.deepEqual(pushed, [[1, 2, 3], [4, 5]]);
+  own.append();
+  broken = true; // a link that closed: the failure is logged, never thrown
+  await client.pushSoon(link);
+  await client.gossipSettled();
+  assert.equal(warned.length, 1);
+  assert.match(warned[0], /pushing our log to .* failed: Error: link closed/);
+});
+
 test('a log longer than one push reaches a new peer by anti-entropy first, so the push reaches the hold', async () => {
   const own = ownLog(100); // the grant and the latest 63 skip entries 2-37
   const ledger = holdingLedger();

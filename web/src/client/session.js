@@ -196,6 +196,8 @@ export class MeshSession {
     await this.queue;
     this.closed = true;
     await Promise.all(this.hops.map((h) => this.#finishHop(h)));
+    // What the peers lack of our log (the receipts), pushed before our next OPEN there.
+    for (const hop of this.hops) if (!hop.rpc.closed) this.client.exchange.pushSoon(hop.rpc);
   }
 
   /**

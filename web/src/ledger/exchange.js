@@ -13,10 +13,10 @@
  *   peer that takes our log in OPEN (its last answer to OPEN said `log: true`) and holds it up to a few
  *   entries ago, those entries ride in OPEN itself instead (`deliver`, then `open`: one round trip
  *   instead of two; refused for payment, the whole log is pushed and OPEN sent again, once). It
- *   countersigns the receipt a peer
- *   proposes at CLOSE and returns it (`{kind: 'receipt', ...}` -> `{recorded}`), and runs anti-entropy
- *   with the peer after a recorded receipt (`{kind: 'gossip', msg}` -> `{replies}`), at most once per
- *   peer per `gossipEveryMs` and at most `gossipMaxRequests` requests per exchange.
+ *   countersigns the receipt a peer proposes at CLOSE and returns it (`{kind: 'receipt', ...}` ->
+ *   `{recorded}`), runs anti-entropy with the peer after a recorded receipt (`{kind: 'gossip', msg}` ->
+ *   `{replies}`; at most once per peer per `gossipEveryMs`, `gossipMaxRequests` requests each), and once
+ *   a generation closed pushes its peers what they lack (`pushSoon`), so the next OPEN carries only holds.
  * - `ServerExchange` (used by `SpanServer`): proposes the receipt at CLOSE, keeps it waiting (at most
  *   MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests (a
  *   push with `held`, the seq through which the node now holds the client's log, when the ledger can tell).
@@ -364,8 +364,7 @@ export class ClientExchange {
   /**
    * Start a gossip exchange with `peerId` in the background, unless one started less than
    * `gossipEveryMs` ago (or the ledger cannot gossip); its promise, or null. Failures are logged, never thrown.
-   * @param {string} peerId
-   * @param {ExchangeLink} link
+   * @param {string} peerId @param {ExchangeLink} link
    * @returns {Promise<void> | null}
    */
   gossipSoon(peerId, link) {
@@ -376,16 +375,29 @@ export class ClientExchange {
     const last = this.#gossiped.get(peerId);
     if (last !== undefined && now - last < every) return null;
     this.#gossiped.set(peerId, now);
-    const run = this.gossipExchange(peerId, link).then(
-      (sent) => this.log.info(`ledger gossip with ${peerId.slice(0, 8)}: ${sent} requests`),
-      (err) => this.log.warn(`ledger gossip with ${peerId.slice(0, 8)} failed: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`),
-    );
-    const tracked = run.finally(() => this.#runs.delete(tracked));
+    const run = this.gossipExchange(peerId, link).then((sent) => this.log.info(`ledger gossip with ${peerId.slice(0, 8)}: ${sent} requests`));
+    return this.#background(run, `ledger gossip with ${peerId.slice(0, 8)}`);
+  }
+
+  /**
+   * Push what `link`'s peer lacks of our log in the background, if it is known to hold it (else null).
+   * Python's `ClientExchange.push_soon`. @param {ExchangeLink} link @returns {Promise<void> | null}
+   */
+  pushSoon(link) {
+    if (this.ledger === null || !this.#held.has(link.remoteId) || this.closed()) return null;
+    return this.#background(this.push(link), `pushing our log to ${link.remoteId.slice(0, 8)}`);
+  }
+
+  /** Track `run` until it settles (`gossipSettled`); a failure is logged, never thrown. @param {Promise<unknown>} run @param {string} what */
+  #background(run, what) {
+    const warn = (/** @type {unknown} */ err) => this.log.warn(`${what} failed: ${err instanceof Error ? `${err.name}: ${err.message}` : err}`);
+    const logged = run.then(() => undefined, warn);
+    const tracked = logged.finally(() => this.#runs.delete(tracked));
     this.#runs.add(tracked);
     return tracked;
   }
 
-  /** Wait for the gossip exchanges under way. */
+  /** Wait for the gossip exchanges and pushes under way. */
   async gossipSettled() {
     while (this.#runs.size) await Promise.all([...this.#runs]);
   }
