@@ -15,12 +15,17 @@ that the next OPEN carries only its holds.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from python_peer.core.ledger_exchange import OPEN_LOG
 from python_peer.core.protocol import PUSH_ENTRIES
 from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import LinkClosedError
 from python_peer.ledger_service import LedgerService
+from python_peer.link_ledger import ClientExchange
 from python_peer.rpc import RpcClient
 from python_peer.server import SpanServer
 from tests.fast.conftest import ToyMesh, greedy
@@ -188,3 +193,30 @@ async def test_a_peer_claiming_to_hold_more_of_our_log_than_we_wrote_is_not_beli
     assert head is not None and max(client.exchange.held.values()) <= head.seq, client.exchange.held
     delivered = peers[1].sizes + peers[1].carried  # pushed or carried by OPEN, every session
     assert len(delivered) >= 3 and min(delivered) > 0, (peers[1].sizes, peers[1].carried)
+
+
+class DeadLink:
+    """A link that closed: every call fails."""
+
+    closed = False
+
+    async def call(self, frame: Frame, timeout: float) -> Frame:
+        raise LinkClosedError("the link closed")
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_the_push_after_a_close_goes_only_to_a_peer_holding_our_log_and_its_failure_is_only_logged(
+    make_ledger: Callable[..., LedgerService], caplog: pytest.LogCaptureFixture
+) -> None:
+    exchange = ClientExchange(make_ledger(), request_timeout_s=1.0)
+    peer = make_ledger().peer_id
+    assert exchange.push_soon(peer, DeadLink()) is None  # not known to hold our log: nothing sent
+    exchange.held[peer] = 0
+    with caplog.at_level(logging.INFO, logger="python_peer.link_ledger"):
+        task = exchange.push_soon(peer, DeadLink())
+        assert task is not None
+        await exchange.settled()
+    assert task.exception() is None
+    assert "pushing our log to" in caplog.text and "LinkClosedError: the link closed" in caplog.text
