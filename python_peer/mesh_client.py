@@ -2,9 +2,10 @@
 
 The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
 finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on every hop
-of it at once (``route_open.py``), and runs each step down the chain: pushed from peer to peer where the hops push (``push_client.py``,
-each hop's signed answer still coming back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error, or it
-does not answer in time) the client bans that peer for a while, routes around it, and replays to the
+of it at once (``route_open.py``; each a ``route_hop.RouteHop``), and runs each step down the chain:
+pushed from peer to peer where the hops push (``push_client.py``, each hop's signed answer still coming
+back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error,
+or it does not answer in time) the client bans that peer for a while, routes around it, and replays to the
 replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
 then goes on, and the tokens come out as if nothing had failed. Reaching a routed peer at all is part of
 the hop: signaling refusing to relay the offer (the peer or its signaling node is gone while its
@@ -34,38 +35,36 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.answers import INPUT_CHAIN_START, SignedAnswer, chain_input, wire_digest
 from python_peer.core.canonical import Announcement
 from python_peer.core.errors import LedgerError, SignalingError
 from python_peer.core.manifest import Manifest
 from python_peer.core.protocol import OPEN_TIMEOUT_MS
 from python_peer.core.push_route import PUSH_KEY
 from python_peer.core.reputation import reputations
-from python_peer.core.wire import NO_FLAGS, Frame, FrameFlags, FrameType
+from python_peer.core.wire import Frame, FrameType
 
 from .batching import RowBatcher
 from .chain import position_ids_for
-from .errors import LinkClosedError, MeshError, PeerError
+from .errors import LinkClosedError, MeshError
 from .hop import HOP_FAILURES, FrameHandler, HopClient, LinkConnector, LocalHop
 from .ledger_service import LedgerService
 from .ledger_store import native_verify
 from .link_ledger import ClientExchange, HoldTerms
 from .push_client import push_run, pushed_step
+from .route_hop import RouteHop
 from .route_open import open_route
 from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
 from .spot_check import DEFAULT_POLICY, AnswerCheck, SpotCheckPolicy, SpotChecks
-from .tensors import expect, to_wire
 
 log = logging.getLogger(__name__)
 
@@ -100,71 +99,6 @@ class ClientConfig:
     push: bool = True  # push steps peer to peer where the hops allow (push_client.py); False: hop by hop
     push_grace_s: float = 2.0  # a pushed answer later than this after the previous one: sent directly
     head_window_s: float = 0.05  # a head waits this long at most for the client's other sessions' heads
-
-
-@dataclass
-class RouteHop:
-    """One peer serving one span within a session, and what we sent it (for replay)."""
-
-    peer_id: str
-    start: int
-    end: int
-    rpc: HopClient
-    session: bytes = field(default_factory=lambda: os.urandom(16))
-    next_step: int = 0
-    history: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)
-    tokens: int = 0  # token positions sent (batch x length), what the receipt may claim
-    check: AnswerCheck | None = None  # None: answers taken unsigned (this node's own span)
-    chain: str = INPUT_CHAIN_START  # the input chain through the last step answered
-    outputs: list[np.ndarray] = field(default_factory=list)  # what each step returned, for spot checks
-    answers: list[SignedAnswer | None] = field(default_factory=list)  # each step's signed answer
-    pushes: bool = False  # the peer said at OPEN it pushes and takes pushes (relay.py)
-
-    def request(
-        self,
-        hidden: np.ndarray,
-        mask: np.ndarray,
-        positions: np.ndarray,
-        flags: FrameFlags = NO_FLAGS,
-        meta: dict[str, object] | None = None,
-    ) -> Frame:
-        """The FORWARD of this hop's next step."""
-        tensors = (
-            to_wire(names.HIDDEN_IN, hidden),
-            to_wire(names.ATTENTION_MASK, mask),
-            to_wire(names.POSITION_IDS, positions),
-        )
-        return Frame(FrameType.FORWARD, self.session, self.next_step, flags, meta=meta or {}, tensors=tensors)
-
-    async def forward(
-        self,
-        hidden: np.ndarray,
-        mask: np.ndarray,
-        positions: np.ndarray,
-        timeout: float,
-        flags: FrameFlags = NO_FLAGS,
-    ) -> np.ndarray:
-        frame = self.request(hidden, mask, positions, flags)
-        return self.accept(frame, await self.rpc.call(frame, timeout))
-
-    def accept(self, frame: Frame, answer: Frame) -> np.ndarray:
-        """The output of ``answer`` to this hop's ``frame`` (sent by us, or pushed by the previous peer),
-        checked (shape, signature over the input chain); the hop moves on to its next step."""
-        hidden = expect(frame, names.HIDDEN_IN, "f", 3)
-        tensors = frame.tensors
-        self.tokens += hidden.shape[0] * hidden.shape[1]
-        out = expect(answer, names.HIDDEN_OUT, "f", 3)
-        if out.shape != hidden.shape:
-            raise PeerError(
-                f"peer {self.peer_id[:16]} returned hidden states {list(out.shape)} for {list(hidden.shape)}"
-            )
-        chain = chain_input(self.chain, [wire_digest(t) for t in tensors])
-        signed = self.check.check(self, answer, chain, hidden.shape[1]) if self.check is not None else None
-        self.chain = chain
-        self.outputs.append(out)
-        self.answers.append(signed)
-        self.next_step += 1
-        return out
 
 
 def head_logits(head: ShardRunner, hidden: np.ndarray) -> np.ndarray:

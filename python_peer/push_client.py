@@ -33,7 +33,8 @@ from .rpc import RpcClient
 from .spot_check import BadAnswerError
 
 if TYPE_CHECKING:
-    from .mesh_client import MeshSession, RouteHop
+    from .mesh_client import MeshSession
+    from .route_hop import RouteHop
 
 log = logging.getLogger(__name__)
 

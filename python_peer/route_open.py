@@ -48,7 +48,8 @@ from .hop import HOP_FAILURES
 from .routing import Candidate, NoRouteError
 
 if TYPE_CHECKING:
-    from .mesh_client import MeshSession, RouteHop
+    from .mesh_client import MeshSession
+    from .route_hop import RouteHop
 
 log = logging.getLogger(__name__)
 

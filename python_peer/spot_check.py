@@ -52,7 +52,8 @@ from .hop import HOP_FAILURES
 if TYPE_CHECKING:
     from python_peer.core.wire import Frame
 
-    from .mesh_client import MeshSession, RouteHop
+    from .mesh_client import MeshSession
+    from .route_hop import RouteHop
 
 log = logging.getLogger(__name__)
 
