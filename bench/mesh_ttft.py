@@ -97,7 +97,7 @@ class TtftProbe:
     def install(self) -> TtftProbe:
         self._wrap_async(MeshClient, "route", "route", None)
         self._wrap_async(MeshClient, "_read_reputations", "reputations", None)
-        self._wrap_async(MeshClient, "candidates", "lookup", None)
+        self._wrap_async(MeshClient, "_lookup", "lookup", None)
         self._wrap_async(MeshClient, "rpc", "link", lambda a, k: a[1])
         self._wrap_async(ClientExchange, "push", "push", lambda a, k: a[1])
         self._wrap_sync(LedgerService, "hold", "hold write", lambda a, k: a[1] if len(a) > 1 else k["server"])

@@ -312,13 +312,18 @@ class MeshClient:
     async def candidates(self, start: int, end: int) -> list[Candidate]:
         """Peers serving blocks in ``[start, end)``, but those this client caught lying or the ledger
         excludes; lookups are cached briefly, as signaling rate-limits them."""
+        return self._candidates(await self._lookup(start, end), start, end)
+
+    async def _lookup(self, start: int, end: int) -> list[Announcement]:
         loop = asyncio.get_running_loop()
         cached = self._lookups.get((start, end))
         if cached is not None and loop.time() - cached[0] < self.config.lookup_cache_s:
-            announcements = cached[1]
-        else:
-            announcements = await self.signal.lookup(self.model, start, end)
-            self._lookups[(start, end)] = (loop.time(), announcements)
+            return cached[1]
+        announcements = await self.signal.lookup(self.model, start, end)
+        self._lookups[(start, end)] = (loop.time(), announcements)
+        return announcements
+
+    def _candidates(self, announcements: list[Announcement], start: int, end: int) -> list[Candidate]:
         found: list[Candidate] = []
         for announcement in announcements:
             if self._excluded(announcement.peer_id):
@@ -342,8 +347,9 @@ class MeshClient:
         """The cheapest route avoiding banned peers; if only banned peers can cover the span, try them again,
         the one that failed longest ago first (a peer that failed once under load, or was restarted, may be
         fine now; a dead one fails again and counts)."""
-        await self._read_reputations()
-        candidates = await self.candidates(start, end)
+        # The ledger's reputations and signaling's lookup at once; the exclusions apply once both are in.
+        _, announcements = await asyncio.gather(self._read_reputations(), self._lookup(start, end))
+        candidates = self._candidates(announcements, start, end)
         trusted = [c for c in candidates if not self.avoided(c.peer_id)]
         try:
             return choose_route(trusted, start, end, banned=self.bans, tokens_needed=tokens)

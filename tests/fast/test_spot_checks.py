@@ -10,6 +10,7 @@ routing avoids it; replies equal the local reference again.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,6 +124,30 @@ async def test_a_liar_on_some_steps_only_is_caught(
     sessions = await run_until_caught(client, liar, limit)
     assert sessions <= limit
     await assert_consequences(m, client, own, liar, honest)
+
+
+async def test_a_new_client_avoids_a_suspect_from_its_ledger_alone_even_when_the_ledger_reads_last(
+    toy_mesh: ToyMesh, make_ledger: Callable[..., LedgerService], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A route reads the ledger's reputations and looks peers up at once: the evidence must still apply
+    when the lookup answers first (here the reputation read is made the slow one)."""
+    m = toy_mesh
+    liar, _, client, own = mesh_with_liar(m, make_ledger, lambda s: Liar(s, "noise"))
+    assert await run_until_caught(client, liar, DETECT_WITHIN) <= DETECT_WITHIN
+    read = own.store.report
+
+    def slow_report() -> object:
+        time.sleep(0.2)  # in the reading thread: the lookup's answer is in long before
+        return read()
+
+    monkeypatch.setattr(own.store, "report", slow_report)
+    fresh = m.client(own, config=CHECKED)  # caught nothing itself: only the ledger says who lied
+    assert fresh.spot_checks is not None and not fresh.spot_checks.caught
+    route = await fresh.route(0, m.manifest.num_layers, 64)
+    assert liar not in [c.peer_id for c in route], "the liar, preferred by throughput, was routed to"
+    tokens, session = await greedy(fresh, prompt(99), NEW_TOKENS)
+    assert liar not in [hop[0] for hop in session.route]
+    assert tokens == local_greedy(m.model_dir, prompt(99), NEW_TOKENS)
 
 
 async def test_a_peer_running_altered_weights_is_caught(
