@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * The ledger exchange on a session link (web/src/ledger/exchange.js): `ClientExchange` against
+ * The ledger exchange on a session link (web/src/ledger/client_exchange.js, server_exchange.js): `ClientExchange` against
  * `ServerExchange` with fake ledgers, every message built and parsed by the real
  * `python_peer/core/ledger_exchange.py` (a Python subprocess standing in for Pyodide). Checks the
  * metadata is byte for byte what was hand-built before, receipts (a forged frame does not discard the
@@ -12,7 +12,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { ClientExchange, ExchangeRefusal, ServerExchange, receiptId } from '../src/ledger/exchange.js';
+import { ClientExchange } from '../src/ledger/client_exchange.js';
+import { ExchangeRefusal, receiptId } from '../src/ledger/exchange.js';
+import { ServerExchange } from '../src/ledger/server_exchange.js';
 import { SpanServer } from '../src/node/span_server.js';
 import { FrameType, PaymentRequiredError, canonicalJson, decodeFrame, encodeFrame, makeFrame, raiseForError } from '../src/protocol/wire.js';
 import { CHANNEL_GOSSIP_BYTES } from '../src/protocol/constants.js';

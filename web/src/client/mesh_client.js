@@ -16,7 +16,7 @@
  * span (one FORWARD with the REPLAY flag), which rebuilds the KV cache there; the step then goes on,
  * and the tokens come out as if nothing had failed.
  *
- * The ledger exchange on the links is `ClientExchange`'s (`web/src/ledger/exchange.js`, its messages
+ * The ledger exchange on the links is `ClientExchange`'s (`web/src/ledger/client_exchange.js`, its messages
  * built and parsed by `python_peer/core/ledger_exchange.py`): the client pushes its own log to a peer
  * when it connects, and before each OPEN writes a hold paying that peer for the session in its log (a
  * route's holds together), pushes the log again (only what follows the `held` the peer last answered)
@@ -49,7 +49,7 @@ import { LinkClosedError, LinkTimeoutError, TransportError } from '../transport/
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute, routeLiftingBans } from './routing.js';
 import { RpcClient } from './rpc.js';
-import { ClientExchange } from '../ledger/exchange.js';
+import { ClientExchange } from '../ledger/client_exchange.js';
 import { BadAnswerError, MeshError, isHopFailure } from './errors.js';
 import { ATTENTION_MASK, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, concatInputs, positionIdsFor } from './hop.js';
 import { MeshSession } from './session.js';
@@ -91,7 +91,7 @@ export const DEFAULT_CLIENT_CONFIG = Object.freeze({
   spotChecks: Object.freeze({}), // the default policy (docs/trust.md)
 });
 
-/** @typedef {import('../ledger/exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
+/** @typedef {import('../ledger/client_exchange.js').ClientLedger} ClientLedger  what the client needs of a ledger: `BrowserLedger` */
 /** @typedef {import('../node/core.js').Logger} Logger */
 /** @typedef {import('../signaling/client.js').SignalClient} SignalClient */
 /** @typedef {import('../transport/peer.js').BrowserTransport} BrowserTransport */

@@ -21,7 +21,7 @@
  *   Lock after taking in what another tab wrote, and an own row is never replaced on disk.
  *
  * - `codec` builds and parses the ledger messages of a session link (`ledger_exchange.py`, for
- *   `ClientExchange` and `ServerExchange` of ./exchange.js) in the same Pyodide.
+ *   `ClientExchange` of ./client_exchange.js and `ServerExchange` of ./server_exchange.js) in the same Pyodide.
  * - The module is split: Pyodide loading in ./python_core.js, the grant's proof of work in ./pow.js, the
  *   errors in ./errors.js (all re-exported here).
  *

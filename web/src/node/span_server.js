@@ -13,7 +13,7 @@
  * that pays for exactly this session here, covers its price, has opened no session before, and fits the
  * client's balance beside all its other open holds, at every peer (`python_peer/core/holds.py`);
  * FORWARD counts token positions and is refused (`payment_required`) once that hold has expired. The ledger exchange on the link (the receipt proposed at CLOSE, the GOSSIP requests: push,
- * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/exchange.js`); ledger
+ * countersigned receipt, gossip message) is `ServerExchange`'s (`web/src/ledger/server_exchange.js`); ledger
  * errors (a malformed push, a bad signature) are answered `bad_frame` with `ledger: ...`, as Python
  * does; a push is answered `{stored, held}` (`held`: the seq through which this node now holds the
  * client's own log, so the client's next push carries only what follows). OPEN may carry the entries a
@@ -40,7 +40,8 @@ import {
   tensorToFloat32,
 } from '../protocol/wire.js';
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
-import { ExchangeRefusal, ServerExchange, remember } from '../ledger/exchange.js';
+import { ExchangeRefusal, remember } from '../ledger/exchange.js';
+import { ServerExchange } from '../ledger/server_exchange.js';
 import { MAX_LENGTH_LIMIT, MAX_SESSIONS, OPEN_LOG } from '../protocol/constants.js';
 import { spanShards } from './span_choice.js';
 import { ANSWER_META_KEY, INPUT_CHAIN_START, chainInput, signAnswer, tensorDigest } from '../protocol/answers.js';
@@ -49,12 +50,12 @@ const PEER_ID_RE = /^[0-9a-f]{64}$/;
 
 /**
  * What a span server needs of the node's ledger: `BrowserLedger` of `web/src/ledger/ledger.js`, the
- * exchange's needs (`ServerLedger` of web/src/ledger/exchange.js) and the payment check.
+ * exchange's needs (`ServerLedger` of web/src/ledger/server_exchange.js) and the payment check.
  * `requireHold` throws an error with `code === 'payment_required'` when the hold does not pay for the
  * session; an error named `LedgerError` is the client's bad input (answered `bad_frame`). `reputation`
  * (`python_peer/core/reputation.py`) says whether a client is excluded by the evidence this node holds, and
  * `refusal` the message it is refused with (null unless excluded).
- * @typedef {import('../ledger/exchange.js').ServerLedger & {requireHold: (client: string, hold: unknown,
+ * @typedef {import('../ledger/server_exchange.js').ServerLedger & {requireHold: (client: string, hold: unknown,
  *   terms: {session: Uint8Array, model: string, start: number, end: number, tokens: number}) => unknown,
  *   reputation?: (peerId: string) => Promise<{level: string, refusal: string | null}>}} ServerLedger
  *   `requireHold` resolves to the quote (`{price, hold_expires}`)
