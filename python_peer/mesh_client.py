@@ -453,11 +453,16 @@ class MeshSession:
         if self.mask.shape[1] + ids.shape[1] > self.max_length:
             raise MeshError(f"the session's max_length {self.max_length} would be exceeded")
         positions = position_ids_for(mask, self.mask)
-        # The client's heads wait for its sessions in a decode step (a prefill takes longer than a window).
-        with self.client.heads.expecting(self.batch if ids.shape[1] == 1 else 0):
-            return await self._step(ids, mask, positions)
+        # The client's heads wait for its sessions in a decode step; a prefill's rows count only once they
+        # reach the head (a prefill takes longer than a window), so that alone they run on the loop too.
+        decode = ids.shape[1] == 1
+        with self.client.heads.expecting(self.batch if decode else 0):
+            hidden = await self._step(ids, mask, positions)
+            with self.client.heads.expecting(0 if decode else self.batch):
+                return await self.client.heads(hidden[:, -1:])
 
     async def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The step through the route: the last hop's output."""
         embed, inline = self.client.embed, ids.size <= INLINE_EMBED_TOKENS
         hidden = embed(ids, positions) if inline else await asyncio.to_thread(embed, ids, positions)
         index = 0
@@ -478,7 +483,7 @@ class MeshSession:
             hidden = out
             index += 1
         self.mask = np.concatenate([self.mask, mask], axis=1)
-        return await self.client.heads(hidden[:, -1:])
+        return hidden
 
     async def replace_hops(self, index: int, count: int) -> None:
         """Close ``hops[index : index + count]`` and open their blocks on a new route, replaying to it what

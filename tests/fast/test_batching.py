@@ -349,6 +349,25 @@ async def test_row_batcher_waits_for_the_rows_its_callers_expect(toy: Path) -> N
         assert 0.04 <= time.monotonic() - started < 0.9
 
 
+async def test_a_lone_sessions_heads_run_on_the_event_loop_the_prompts_too(toy_mesh: ToyMesh) -> None:
+    """A client with one session: once a head call proved quick, every head of its next generation runs on
+    the event loop, the prompt's included (its rows count as on their way only once they reach the head),
+    with the same tokens; with a second session decoding at the same time, heads go through the batcher."""
+    m = toy_mesh
+    for span in ((0, 1), (1, 3), (3, 4)):
+        m.peer(span)
+    client = m.client()
+    prompt = [3, 7, 11, 13]
+    first, _ = await greedy(client, prompt, 4)
+    before = client.heads.stats.inline
+    again, _ = await greedy(client, prompt, 4)
+    assert again == first
+    assert client.heads.stats.inline - before == 4, "a head of the second generation ran in a thread"
+    before = client.heads.stats.inline
+    await asyncio.gather(greedy(client, prompt, 4), greedy(client, [5, 9, 2], 4))
+    assert client.heads.stats.inline - before < 8, "two sessions' heads all ran alone on the loop"
+
+
 async def test_row_batcher_runs_a_lone_callers_rows_on_the_event_loop(toy: Path) -> None:
     """A lone caller (inside ``expecting`` for its own rows only): its first call runs in a worker thread
     and is timed, the next ones on the event loop, with the same rows; a caller that did not say its rows
