@@ -353,9 +353,9 @@ class RowBatcher:
     A call that finds the shard idle runs at once unless callers inside ``expecting`` say more rows are on
     their way: then it waits until that many rows are queued, or ``window_s`` after the oldest queued
     call (a lone session never waits: it expects only its own row, and its call runs on the event loop while
-    a call alone takes at most ``inline_s``). Calls that arrive while one runs are
-    stacked into the next call, up to ``max_rows`` rows. Each caller gets its own rows back, equal to a call alone
-    within float rounding (a batched GEMM may sum in another order).
+    a call alone takes at most ``inline_s``; ``arriving`` does the same for a call no one waited for). Calls
+    that arrive while one runs are stacked into the next call, up to ``max_rows`` rows. Each caller gets its
+    own rows back, equal to a call alone within float rounding (a batched GEMM may sum in another order).
     """
 
     def __init__(
@@ -397,12 +397,22 @@ class RowBatcher:
 
     @contextlib.contextmanager
     def expecting(self, rows: int) -> Iterator[None]:
-        """While inside, ``rows`` more rows are on their way: a call waits for them (``window_s`` at most)."""
+        """While inside, ``rows`` more rows are on their way: a call waits for them (``window_s`` at most).
+        Leaving, they are no longer waited for (a call that waits counts again)."""
         self.expected += rows
         try:
             yield
         finally:
             self.expected -= rows
+            self._arrived.set()
+
+    @contextlib.contextmanager
+    def arriving(self, rows: int) -> Iterator[None]:
+        """Around a call no one waited for (a session's prompt): its ``rows`` count as on their way only
+        while no others are, so that a lone caller's call runs on the event loop as a decode step's does
+        (``inline_s``), while among callers that wait for each other it neither waits nor is waited for."""
+        with self.expecting(rows if self.expected == 0 else 0):
+            yield
 
     def _timed(self, rows: np.ndarray) -> np.ndarray:
         """One call alone, its duration kept for the ``inline_s`` rule (on the loop or in a thread)."""

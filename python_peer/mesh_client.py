@@ -453,13 +453,13 @@ class MeshSession:
         if self.mask.shape[1] + ids.shape[1] > self.max_length:
             raise MeshError(f"the session's max_length {self.max_length} would be exceeded")
         positions = position_ids_for(mask, self.mask)
-        # The client's heads wait for its sessions in a decode step; a prefill's rows count only once they
-        # reach the head (a prefill takes longer than a window), so that alone they run on the loop too.
-        decode = ids.shape[1] == 1
-        with self.client.heads.expecting(self.batch if decode else 0):
-            hidden = await self._step(ids, mask, positions)
-            with self.client.heads.expecting(0 if decode else self.batch):
-                return await self.client.heads(hidden[:, -1:])
+        heads = self.client.heads
+        if ids.shape[1] == 1:  # the client's heads wait for its sessions in a decode step
+            with heads.expecting(self.batch):
+                return await heads((await self._step(ids, mask, positions))[:, -1:])
+        hidden = await self._step(ids, mask, positions)  # a prefill takes longer than a window: unexpected
+        with heads.arriving(self.batch):  # alone, on the event loop as a decode step's head
+            return await heads(hidden[:, -1:])
 
     async def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The step through the route: the last hop's output."""

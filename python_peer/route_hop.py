@@ -3,7 +3,7 @@
 A ``RouteHop`` builds the ``FORWARD`` of its next step and checks the answer (the output's shape, and the
 peer's signature over the input chain: ``spot_check.AnswerCheck``); it keeps what each step was sent
 (``history``, replayed to a replacement after a failover) and returned (``outputs`` and ``answers``, for
-spot checks and the receipt's token count).
+spot checks), and the token positions sent (``tokens``, what the receipt may claim).
 """
 
 from __future__ import annotations

@@ -349,6 +349,37 @@ async def test_row_batcher_waits_for_the_rows_its_callers_expect(toy: Path) -> N
         assert 0.04 <= time.monotonic() - started < 0.9
 
 
+async def test_row_batcher_a_call_no_one_waited_for_neither_waits_nor_holds_others_up(toy: Path) -> None:
+    """``arriving`` (a prompt's head): while another caller's row is expected, the call runs without
+    waiting for it; and a caller that got its rows but is still inside ``expecting`` is no longer waited
+    for once it leaves, so a call waiting for it runs then, not a window later."""
+    head = LocalChain(toy, threads=1).head
+    rows = np.random.default_rng(3).normal(0, 1, (1, 1, toy_model.HIDDEN)).astype(np.float32)
+    heads = RowBatcher(head, window_s=1.0)
+    with heads.expecting(1):  # a decoding session whose head has not come yet
+        started = time.monotonic()
+        with heads.arriving(1):
+            assert np.array_equal(await heads(rows), head(rows))
+        assert time.monotonic() - started < 0.5, "the prompt's head waited for a decode step's"
+
+    left = asyncio.Event()
+
+    async def lingering() -> None:
+        with heads.expecting(1):
+            await heads(rows)
+            await asyncio.sleep(0.1)  # its rows came back; it leaves a little later
+        left.set()
+
+    task = asyncio.create_task(lingering())
+    await asyncio.sleep(0.01)
+    with heads.expecting(1):
+        started = time.monotonic()
+        await heads(rows)  # two rows expected, one queued: waits for the other caller, until it left
+        waited = time.monotonic() - started
+    await task
+    assert left.is_set() and waited < 0.5, f"waited {waited:.2f} s for a caller that had left"
+
+
 async def test_a_lone_sessions_heads_run_on_the_event_loop_the_prompts_too(toy_mesh: ToyMesh) -> None:
     """A client with one session: once a head call proved quick, every head of its next generation runs on
     the event loop, the prompt's included (its rows count as on their way only once they reach the head),
