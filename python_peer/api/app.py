@@ -45,6 +45,7 @@ from .errors import (
 from .hosts import is_loopback
 from .pages import create_pages
 from .service import Job, NodeService
+from .streaming import EventStreamResponse
 from .types import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -300,11 +301,7 @@ async def _first(job: Job) -> tuple[AsyncIterator[str], str | None]:
 
 
 def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStreamResponse(events)  # a client gone mid-stream stops its generation at once
 
 
 async def _answer(

@@ -43,6 +43,7 @@ from .errors import (
 from .node_view import NodeView, event_stream
 from .page_types import Earnings, MeshSnapshot, SettingsRequest, SettingsView
 from .service import MeshNodeService, NodeService
+from .streaming import EventStreamResponse
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 MAX_EVENT_STREAMS = 32
@@ -136,11 +137,7 @@ def create_pages(service: NodeService, *, api_key: str | None = None, web_dir: P
             raise RateLimitedError(
                 f"{node_view.streams} event streams are open on this node; close a page", retry_after=5.0
             )
-        return StreamingResponse(
-            event_stream(node_view, limit),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return EventStreamResponse(event_stream(node_view, limit))  # a closed page frees its stream at once
 
     @router.get("/v1/mesh")
     async def mesh() -> MeshSnapshot:
