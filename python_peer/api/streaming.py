@@ -3,7 +3,7 @@
 Starlette streams an async iterator until it ends or the client disconnects. Under ASGI 2.4 (uvicorn) a
 send to a client that hung up raises and the stream stops there, but the iterator itself is left
 suspended: what its ``finally`` frees (a generation's task and slot, which would otherwise run to its
-last token; a page's event stream) waited for the garbage collector, seconds later when the raised
+last token; a page's event stream) then waits for the garbage collector, seconds later when the raised
 exception's traceback holds the frames in a cycle. ``EventStreamResponse`` closes the iterator when the
 stream stops, however it stops.
 """
