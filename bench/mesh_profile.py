@@ -1,6 +1,7 @@
 """Where a decode token's time and CPU go on the real mesh: messages and bytes per token on every link,
 the steps each peer's batches hold, and (with py-spy) a sampled profile of the client and every peer
-(``--gil``: where each holds the GIL), and the CPU time each process spends per token.
+(``--gil``: where each holds the GIL), and the CPU time each process spends per token (and how many
+cores the four processes keep busy together: fewer than the machine has means they wait for each other).
 
     python -m bench.mesh_profile [--model DIR] [--tokens N] [--sessions 1,8] [--py-spy PATH] [--out DIR]
 
@@ -195,6 +196,7 @@ async def one_run(
         "tok_s": round(total / elapsed, 2),
         "ms_per_token_per_session": round(1e3 * elapsed / steps, 2),
         "cpu_ms_per_token": {n: round(1e3 * c / total, 2) for n, c in cpu.items()},
+        "cores_busy": round(sum(cpu.values()) / elapsed, 2),  # all four processes' CPU a wall second
         "same_tokens": all(r == results[0] for r in results),
         "per_token_traffic": {
             "client": diff(client_traffic(client), client_before, total),
@@ -249,7 +251,7 @@ async def measure(args: argparse.Namespace, mesh: LocalMesh, prompt: list[int], 
             log.log(f"{n} sessions: warmed up, measuring")
             client = await connection.renew()  # the warm-up's holds stay open until their receipts
             report = await one_run(client, prompt, n, args.tokens, mesh, args.py_spy, args.out, args.rate)
-            log.log(f"{n} sessions: {report['tok_s']} tok/s")
+            log.log(f"{n} sessions: {report['tok_s']} tok/s, {report['cores_busy']} cores busy")
             reports.append(report)
     finally:
         await connection.close()
