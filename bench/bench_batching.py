@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from python_peer import event_loop
 from python_peer.batching import BatchConfig, RowBatcher
 from python_peer.core.manifest import load_manifest
 from python_peer.identity import Identity
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(json.dumps(asyncio.run(measure(args.model.expanduser(), args.tokens, args.repeats))))
+    print(json.dumps(event_loop.run(measure(args.model.expanduser(), args.tokens, args.repeats))))
     return 0
 
 

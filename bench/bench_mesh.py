@@ -68,6 +68,7 @@ from bench.mesh_report import (
 )
 from bench.mesh_signaling import SignalingResults, signaling
 from bench.mesh_ttft import Trace, TtftProbe, ttft_json, ttft_table
+from python_peer import event_loop
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
@@ -240,7 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log.log(f"starting 2 federated signaling nodes, a lone node and {len(manifest.blocks)} peers")
         with LocalMesh(Path(tmp), model_dir, manifest, log) as mesh:
             try:
-                results = asyncio.run(measure(args, mesh, prompt, whole, threads, log))
+                results = event_loop.run(measure(args, mesh, prompt, whole, threads, log))
             except AI4AllError as exc:
                 raise BenchError(f"{exc}\n{mesh.failed()}".rstrip()) from exc
             peers = [(p.name, p.span, p.home, p.peer_id) for p in mesh.peers]

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from python_peer import event_loop
 from python_peer.core.wire import (
     Frame,
     FrameType,
@@ -205,7 +206,7 @@ CONTENDERS = {
 
 
 def child(name: str, frames: int) -> None:
-    print(json.dumps(asyncio.run(CONTENDERS[name].run(frames))), flush=True)
+    print(json.dumps(event_loop.run(CONTENDERS[name].run(frames))), flush=True)
     # pylibdatachannel 0.2.0 aborts while its threads are torn down at exit ("terminate called without an
     # active exception"); the figures are out by then.
     os._exit(0)

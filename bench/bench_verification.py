@@ -12,7 +12,6 @@ as the last line, one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import sys
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from python_peer import event_loop
 from python_peer.core.manifest import Manifest, load_manifest
 from python_peer.core.spans import Span
 from python_peer.identity import Identity
@@ -203,7 +203,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=300, help="sessions of the honest runs")
     parser.add_argument("--established", type=int, default=100, help="last sessions measured as established")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main_async(args))))
+    print(json.dumps(event_loop.run(main_async(args))))
 
 
 if __name__ == "__main__":

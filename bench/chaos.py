@@ -42,6 +42,7 @@ from bench.chaos_report import Figures, Goals, KillRecord, figures, memory_rows,
 from bench.chaos_schedule import Kill, Limits, Schedule, plan
 from bench.chaos_user import UserProcess
 from bench.mesh_processes import BenchError
+from python_peer import event_loop
 from python_peer.core.economics import POW_BITS_ENV
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import load_manifest
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 spared=args.spare,
             )
             config.work_dir.mkdir(parents=True, exist_ok=True)
-            fig = asyncio.run(run_chaos(config, log))
+            fig = event_loop.run(run_chaos(config, log))
         except AI4AllError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1

@@ -53,6 +53,7 @@ from typing import Any, NoReturn
 from bench.chaos_load import PROMPTS, Load, NativeUser, Outcome, References
 from bench.chaos_mesh import START_TIMEOUT_S, USER, ChaosMesh, Proc
 from bench.mesh_processes import BenchError, Child
+from python_peer import event_loop
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import load_manifest
 from python_peer.heap import settle_allocator
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     settle_allocator()  # as ``ai4all`` does first (heap.py)
     args = parse_args(argv)
     try:
-        asyncio.run(serve(args))
+        event_loop.run(serve(args))
     except AI4AllError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

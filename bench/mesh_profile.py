@@ -36,6 +36,7 @@ from rich.console import Console
 from bench.mesh_concurrency import MeshConnection
 from bench.mesh_contenders import PROMPT
 from bench.mesh_processes import LocalMesh
+from python_peer import event_loop
 from python_peer.core.economics import Rules, format_units, network_rules
 from python_peer.core.holds import route_hold
 from python_peer.core.manifest import load_manifest
@@ -283,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = args.out or Path(tmp)
         args.out.mkdir(parents=True, exist_ok=True)
         with LocalMesh(Path(tmp), model_dir, manifest, log) as mesh:
-            reports = asyncio.run(measure(args, mesh, prompt, log))
+            reports = event_loop.run(measure(args, mesh, prompt, log))
     for report in reports:
         print(json.dumps(report, indent=1))
     return 0

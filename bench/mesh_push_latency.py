@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from python_peer import event_loop
 from python_peer.core.manifest import load_manifest
 from python_peer.core.spans import Span
 from python_peer.identity import Identity
@@ -118,7 +119,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = toy_model.build(Path(tmp) / "toy")
         rows = [
-            asyncio.run(measure(model, float(d), args.tokens, args.repeats))
+            event_loop.run(measure(model, float(d), args.tokens, args.repeats))
             for d in args.delays_ms.split(",")
         ]
     print(f"{'one-way delay ms':>16} {'push ms/token':>14} {'hop by hop ms/token':>20}")

@@ -77,7 +77,7 @@ async def mesh_reply(options: ChatOptions) -> int:
 def reply(options: ChatOptions) -> int:
     """Answer ``options.prompt``: through the mesh when signaling nodes are given, else locally."""
     if options.signal_urls:
-        import asyncio
+        from . import event_loop
 
-        return asyncio.run(mesh_reply(options))
+        return event_loop.run(mesh_reply(options))
     return local_reply(options)

@@ -101,14 +101,13 @@ def chat_options(args: argparse.Namespace) -> ChatOptions:
 
 def fetch_client_files(name: str, args: argparse.Namespace, ice: IceSettings) -> Path:
     """``ai4all chat --model NAME``: the embedding, head and tokenizer of NAME fetched from its seeders."""
-    import asyncio
-
+    from . import event_loop
     from .model_fetch import fetch_with_node
     from .node import NodeConfig
     from .transport import TransportConfig
 
     config = NodeConfig(tuple(args.signal), args.data_dir, TransportConfig.from_ice(ice))
-    return asyncio.run(fetch_with_node(name, config, trust_policy(args))).model_dir
+    return event_loop.run(fetch_with_node(name, config, trust_policy(args))).model_dir
 
 
 def run_chat(args: argparse.Namespace) -> int:

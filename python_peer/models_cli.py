@@ -11,7 +11,6 @@ is shown beside it, never used. ``--json`` prints the same as one JSON object.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from typing import Any
@@ -79,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     from python_peer.core.errors import SignalClientError, SignalingError
     from python_peer.core.publisher_trust import TrustPolicy
 
+    from . import event_loop
+
     if URL_RE.match(args.signal) is None:
         raise CommandError(f"--signal {args.signal!r} is not a signaling URL: give ws://HOST:PORT")
     if args.model is not None and MODEL_RE.match(args.model) is None:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--timeout {args.timeout} must be within (0, 600] seconds")
     policy = TrustPolicy(frozenset(args.trust_publisher))  # a malformed id is refused, naming the flag
     try:
-        rows = asyncio.run(_collect(args.signal, args.model, args.timeout))
+        rows = event_loop.run(_collect(args.signal, args.model, args.timeout))
     except (SignalClientError, SignalingError) as exc:
         raise CommandError(f"cannot read the registry of {args.signal}: {exc}") from exc
     for row in rows:

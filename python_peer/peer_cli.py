@@ -259,8 +259,7 @@ def peer_options(args: argparse.Namespace) -> PeerOptions:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
-
+    from . import event_loop
     from .serving import serve
 
-    return asyncio.run(serve(peer_options(args)))
+    return event_loop.run(serve(peer_options(args)))

@@ -110,6 +110,7 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
     return {
         "peer_id": peer.node.peer_id,
         "pid": os.getpid(),
+        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
         "started_at": round(peer.started, 3),
         "uptime_s": round(time.time() - peer.started, 1),
         "state": gate.state.value,

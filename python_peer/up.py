@@ -30,6 +30,7 @@ from typing import Any
 from python_peer.core.economics import POW_BITS_ENV
 from python_peer.identity import Identity
 
+from . import event_loop
 from .errors import UpError
 
 DEFAULT_PROMPT = "What is the capital of France?"
@@ -349,4 +350,4 @@ async def up(args: argparse.Namespace) -> int:
 
 def run_up(args: argparse.Namespace) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return asyncio.run(up(args))
+    return event_loop.run(up(args))

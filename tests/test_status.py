@@ -124,6 +124,7 @@ def test_status_reports_what_the_peer_serves(mesh: Mesh) -> None:
     manifest = json.loads((mesh.model / "manifest.json").read_text())
     assert body["peer_id"] == mesh.main.peer_id
     assert body["pid"] == mesh.main.proc.pid
+    assert body["event_loop"] == "uvloop"  # the peer runs on uvloop (python_peer/event_loop.py)
     assert (body["model"], body["span"], body["dtype"], body["blocks"]) == (
         manifest["model"]["name"],
         "0-4",

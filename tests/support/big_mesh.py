@@ -11,7 +11,6 @@ four peers take 0-9, 9-18, 18-27 and 27-30 by themselves.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from python_peer import event_loop
 from python_peer.chain import LocalChain
 from python_peer.core.manifest import Manifest
 from python_peer.core.spans import Span
@@ -177,4 +177,4 @@ async def _mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int)
 
 def mesh_greedy(signal_url: str, model: Path, data_dir: Path, count: int) -> Decoded:
     """Greedy ``count`` tokens after ``PROMPT`` through the mesh (embed and head here, blocks on peers)."""
-    return asyncio.run(_mesh_greedy(signal_url, model, data_dir, count))
+    return event_loop.run(_mesh_greedy(signal_url, model, data_dir, count))

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from python_peer import event_loop
 from python_peer.core.wire import Frame, FrameType, WireTensor
 from python_peer.seeding import Seeder
 from tests.support.procs import ROOT, PeerProc, _env
@@ -105,4 +106,4 @@ class LiarProc(PeerProc):
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(_main(sys.argv[1:])))
+    sys.exit(event_loop.run(_main(sys.argv[1:])))

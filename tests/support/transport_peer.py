@@ -14,6 +14,7 @@ import logging
 import sys
 from typing import Any
 
+from python_peer import event_loop
 from python_peer.core.wire import Frame, FrameType
 from python_peer.errors import TransportError
 from python_peer.transport import LinkManager
@@ -62,4 +63,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="child %(name)s: %(message)s")
-    asyncio.run(main())
+    event_loop.run(main())
