@@ -6,7 +6,8 @@ the DTLS and SCTP tasks, the link's queue, the request's task). uvloop runs the 
 libuv with less CPU per callback, socket read and timer, which is CPU off every hop of every token
 (bench/README.md, "Measured: uvloop"). It is a dependency of the ``peer`` extra on Linux and macOS; where it
 is missing (Windows), or with ``AI4ALL_EVENT_LOOP=asyncio``, the process runs on asyncio's loop, which
-behaves the same, only slower.
+behaves the same, only slower. Signaling nodes stay on asyncio's loop: their traffic is a few small
+messages per session, and they share only the core with peers (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
