@@ -23,6 +23,7 @@ from rich.console import Console
 
 from python_peer.core.errors import AI4AllError
 from python_peer.core.manifest import Manifest
+from python_peer.core.publication import read_publication
 from python_peer.identity import Identity
 
 ROOT = Path(__file__).resolve().parents[1]  # children run from the repository root
@@ -165,6 +166,7 @@ class LocalMesh:
         for child, url, siblings in zip(self.children, [a, b, self.solo_url], [1, 1, 0], strict=True):
             self._wait_node(child, url, siblings)
         peer_children = []
+        signed = read_publication(self.model_dir)
         for i, shard in enumerate(self.manifest.blocks):
             # As ``ai4all up`` places them: 0-10 on A, 10-20 on B, 20-30 on A; the client is on B.
             home, other = self.urls[i % 2], self.urls[(i + 1) % 2]
@@ -172,6 +174,8 @@ class LocalMesh:
             args = ["peer", "--signal", home, "--signal", other, "--model", str(self.model_dir)]
             args += ["--span", info.span, "--data-dir", str(self.log_dir / info.name)]
             args.append("--allow-unsigned")  # a local export
+            if signed is not None:  # signed where it lies (``ai4all up`` signs the default model's export)
+                args += ["--trust-publisher", signed.publisher]
             peer_children.append(Child(info.name, args, self.log_dir))
             self.peers.append(info)
         self.children += peer_children

@@ -33,4 +33,4 @@ class EventStreamResponse(StreamingResponse):
                 await aclose()
 
 
-__all__ = ["EVENT_STREAM_HEADERS", "EventStreamResponse"]
+__all__ = ["EventStreamResponse"]
