@@ -47,6 +47,11 @@ def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
+def running_loop() -> str:
+    """``"uvloop"`` or ``"asyncio"``: the loop running the caller (``ai4all status`` reports it)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
 def run(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run(main)`` on the chosen loop (``chosen_loop``)."""
     try:
@@ -58,4 +63,4 @@ def run(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-__all__ = ["EVENT_LOOP_ENV", "LOOPS", "chosen_loop", "loop_factory", "run"]
+__all__ = ["EVENT_LOOP_ENV", "LOOPS", "chosen_loop", "loop_factory", "run", "running_loop"]

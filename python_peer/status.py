@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from python_peer.core.errors import AI4AllError, CommandError
 
+from .event_loop import running_loop
+
 if TYPE_CHECKING:
     from .node import Peer
 
@@ -110,7 +112,7 @@ async def snapshot(peer: Peer) -> dict[str, Any]:
     return {
         "peer_id": peer.node.peer_id,
         "pid": os.getpid(),
-        "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],  # uvloop or asyncio
+        "event_loop": running_loop(),
         "started_at": round(peer.started, 3),
         "uptime_s": round(time.time() - peer.started, 1),
         "state": gate.state.value,

@@ -15,7 +15,7 @@ from python_peer.errors import PeerError
 
 async def _loop_module() -> str:
     await asyncio.sleep(0)
-    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+    return event_loop.running_loop()
 
 
 def test_uvloop_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,9 +52,8 @@ def test_an_unknown_loop_is_refused_before_anything_runs(monkeypatch: pytest.Mon
     with pytest.raises(PeerError, match=r"AI4ALL_EVENT_LOOP='trio'.*uvloop, asyncio"):
         event_loop.run(coroutine)
     assert ran == []
-    assert (
-        inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
-    )  # closed: no "coroutine was never awaited" on top of the error
+    # closed: no "coroutine was never awaited" on top of the error
+    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED
 
 
 def test_an_exception_comes_out_as_from_asyncio_run(monkeypatch: pytest.MonkeyPatch) -> None:
