@@ -6,7 +6,7 @@ sampling happens here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -159,7 +159,7 @@ async def astream(
     prompt_ids: list[int],
     params: SamplingParams,
     result: Generation | None = None,
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     """``stream`` over a pipeline whose steps are awaited (the mesh)."""
     ids, mask = _prompt_arrays(prompt_ids)
     result = result if result is not None else Generation()

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Coroutine, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -147,13 +147,14 @@ class GenerationJob:
         self.params = params
         self.result = Generation(prompt_tokens=len(prompt_ids))
         self._started = False
+        self._abandoned = False  # its reader is gone: the generation stops at its next piece
 
     async def run(self) -> Generation:
         async for _ in self.pieces():
             pass
         return self.result
 
-    async def pieces(self) -> AsyncIterator[str]:
+    async def pieces(self) -> AsyncGenerator[str, None]:
         """The reply's text pieces; the generation runs in a task of the service, closed on exit."""
         if self._started:
             raise PeerError("this generation has been read already")
@@ -175,17 +176,26 @@ class GenerationJob:
                 yield item
         finally:
             # Cancelled once, the task's own ``finally`` still closes the mesh sessions, whatever
-            # cancellation reaches the reader of this generator (a client gone mid-stream).
+            # cancellation reaches the reader of this generator (a client gone mid-stream). Should an
+            # await below swallow that cancel, the task still stops at its next piece.
+            self._abandoned = True
             task.cancel()
             self.service._release()
 
     async def _produce(self, queue: asyncio.Queue[str | BaseException | None]) -> None:
         counters = self.service.counters
         try:
-            async with self.service._slot():
-                async for piece in astream(
-                    self._entry.client, self._entry.tokenizer, self.prompt_ids, self.params, self.result
-                ):
+            async with (
+                self.service._slot(),
+                contextlib.aclosing(
+                    astream(
+                        self._entry.client, self._entry.tokenizer, self.prompt_ids, self.params, self.result
+                    )
+                ) as pieces,
+            ):
+                async for piece in pieces:
+                    if self._abandoned:
+                        return
                     queue.put_nowait(piece)
             counters.generations += 1
             counters.prompt_tokens += self.result.prompt_tokens
