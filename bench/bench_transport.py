@@ -107,7 +107,8 @@ async def run_aiortc(frames: int) -> dict[str, Any]:
     async with LinkManager(relay("a"), config=config) as a, LinkManager(relay("b"), config=config) as b:
         managers.update(a=a, b=b)
         link_a = await a.connect("b")
-        link_b = await asyncio.wait_for(b.accept(), 10)
+        async with asyncio.timeout(10):
+            link_b = await b.accept()
 
         async def send_recv(frame: Frame) -> Frame:
             await link_a.send(frame)
@@ -146,8 +147,10 @@ async def run_libdatachannel(frames: int) -> dict[str, Any]:
     b.on_data_channel(on_channel)
     channel = a.create_data_channel("ai4all")
     channel.on_open(lambda: loop.call_soon_threadsafe(_settle, opened, None))
-    await asyncio.wait_for(opened, 10)
-    await asyncio.wait_for(accepted, 10)
+    async with asyncio.timeout(10):
+        await opened
+    async with asyncio.timeout(10):
+        await accepted
     joiner = Reassembler()
     ids = iter(range(2**32))
 
@@ -172,8 +175,10 @@ async def run_aiolibdatachannel(frames: int) -> dict[str, Any]:
     await b.set_remote_description(offer.sdp, offer.type)
     answer = await b.create_answer()
     await a.set_remote_description(answer.sdp, answer.type)
-    remote = await asyncio.wait_for(b.accept_data_channel(), 10)
-    await asyncio.wait_for(channel.wait_open(), 10)
+    async with asyncio.timeout(10):
+        remote = await b.accept_data_channel()
+    async with asyncio.timeout(10):
+        await channel.wait_open()
     joiner, ids, chunk_size = Reassembler(), iter(range(2**32)), TransportConfig().chunk_size
 
     async def send_recv(frame: Frame) -> Frame:

@@ -155,7 +155,8 @@ class Chaos:
             for user in self.users:
                 user.stop()
             await chaos
-            await asyncio.wait_for(asyncio.gather(*tasks), config.chat_timeout_s + 30)
+            async with asyncio.timeout(config.chat_timeout_s + 30):
+                await asyncio.gather(*tasks)
             mesh.sample_memory()
             own_end = rss(os.getpid())
             if probe is not None:
@@ -269,7 +270,8 @@ async def _until(load: Load, at: float) -> None:
     rest = at - load.now()
     if rest > 0:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(load.stop.wait(), rest)
+            async with asyncio.timeout(rest):
+                await load.stop.wait()
 
 
 async def run_chaos(config: ChaosConfig, log: Console) -> Figures:

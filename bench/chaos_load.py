@@ -212,9 +212,10 @@ class NativeUser:
                 await self.open(load)
             if self.client is None:
                 raise AI4AllError(f"{self.name} has no mesh client")
-            reply = await asyncio.wait_for(
-                agenerate(self.client, self.refs.tokenizer, self.refs.ids[prompt], self.refs.params), timeout
-            )
+            async with asyncio.timeout(timeout):
+                reply = await agenerate(
+                    self.client, self.refs.tokenizer, self.refs.ids[prompt], self.refs.params
+                )
         except (AI4AllError, OSError, TimeoutError) as exc:
             return Outcome("native", self.name, prompt, start, load.now(), False, error=_describe(exc))
         right = reply.token_ids == self.refs.replies[prompt].token_ids
@@ -302,7 +303,8 @@ class ApiWorker:
                 rest = self.interval_s - (time.monotonic() - began)
                 if rest > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(load.stop.wait(), rest)
+                        async with asyncio.timeout(rest):
+                            await load.stop.wait()
 
 
 async def model_id(api_url: str) -> str:

@@ -210,7 +210,8 @@ class UserProcess:
             lambda: asyncio.StreamReaderProtocol(reader), child.proc.stdout
         )
         try:
-            event = await asyncio.wait_for(self._event(), START_TIMEOUT_S)
+            async with asyncio.timeout(START_TIMEOUT_S):
+                event = await self._event()
         except TimeoutError:
             raise BenchError(
                 f"{self.name} was not ready within {START_TIMEOUT_S:.0f} s:\n{child.tail()}"

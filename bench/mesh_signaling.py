@@ -44,12 +44,14 @@ async def relay_rtts(url_a: str, url_b: str, samples: int) -> list[float]:
                 if exc.code != "unknown_peer" or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        await asyncio.wait_for(a.recv_signal(), 5)
+        async with asyncio.timeout(5):
+            await a.recv_signal()
         rtts: list[float] = []
         for i in range(RELAY_WARMUP + samples):
             start = time.perf_counter()
             await a.send_signal(b.peer_id, {"n": i})
-            reply = await asyncio.wait_for(a.recv_signal(), 5)
+            async with asyncio.timeout(5):
+                reply = await a.recv_signal()
             if reply.payload != {"n": i} or reply.sender != b.peer_id:
                 raise BenchError(f"signal {i} came back as {reply.payload} from {reply.sender[:12]}")
             if i >= RELAY_WARMUP:
@@ -73,7 +75,8 @@ class AnnounceRun:
 
 async def _hello(url: str) -> tuple[ClientConnection, str, str]:
     ws = await connect(url, proxy=None, open_timeout=10, ping_interval=None, max_size=2**20)
-    hello = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    async with asyncio.timeout(10):
+        hello = json.loads(await ws.recv())
     return ws, str(hello["node_id"]), str(hello["nonce"])
 
 

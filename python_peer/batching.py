@@ -89,7 +89,8 @@ async def _next_arrival(arrived: asyncio.Event, timeout: float) -> bool:
     """Wait for the next call to arrive (``arrived`` set); False if ``timeout`` seconds passed first."""
     arrived.clear()
     try:
-        await asyncio.wait_for(arrived.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await arrived.wait()
     except TimeoutError:
         return False
     return True

@@ -376,7 +376,8 @@ class Downloader:
                     if not any(name in source.files for name, _ in (*self._pending, *self._in_flight)):
                         return
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            await self._changed.wait()
                 continue
             outcome = await self._fetch(source, *task)
             if outcome == "retry":

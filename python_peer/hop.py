@@ -123,7 +123,8 @@ class LocalHop:
     async def call(self, frame: Frame, timeout: float) -> Frame:
         if not self._open:
             raise LinkClosedError("the in-process route to this peer's own span is closed")
-        answer = await asyncio.wait_for(self._handler.handle(self._client_id, frame), timeout)
+        async with asyncio.timeout(timeout):
+            answer = await self._handler.handle(self._client_id, frame)
         raise_for_error(answer)
         return answer
 

@@ -197,7 +197,8 @@ class MeshClient:
                 return rpc
             await self._make_room(peer_id)
             try:
-                link = await asyncio.wait_for(self.links.connect(peer_id), self.config.connect_timeout_s)
+                async with asyncio.timeout(self.config.connect_timeout_s):
+                    link = await self.links.connect(peer_id)
             except SignalingError as exc:
                 # Signaling could not relay our offer: the peer (or the node it used) is gone while its
                 # announcement lingers. That is this hop failing, not the chat.
@@ -207,7 +208,9 @@ class MeshClient:
             rpc = RpcClient(link)
             self._rpcs[peer_id] = rpc
             try:
-                self._note_rtt(peer_id, await asyncio.wait_for(link.ping(), self.config.connect_timeout_s))
+                async with asyncio.timeout(self.config.connect_timeout_s):
+                    rtt = await link.ping()
+                self._note_rtt(peer_id, rtt)
             except HOP_FAILURES as exc:
                 log.debug("no round trip measured for %s: %s", peer_id[:8], exc)
             return rpc

@@ -45,7 +45,8 @@ async def register_records(ask: Ask, records: Sequence[RegistryRecord], url: str
     a refusal (a newer version held there, a full table) is logged, and the next announcement retries."""
     for record in records:
         try:
-            await asyncio.wait_for(ask({"type": "register", **record.to_dict()}), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await ask({"type": "register", **record.to_dict()})
         except RemoteSignalingError as exc:
             log.warning("registering %s version %d on %s: %s", record.model, record.version, url, exc)
 

@@ -220,7 +220,8 @@ class PushRelay:
                 await old.aclose()
             for gone in [p for p, lk in self._connecting.items() if p not in self._next and not lk.locked()]:
                 del self._connecting[gone]
-            link = await asyncio.wait_for(self.connector.connect(peer), self.connect_timeout_s)
+            async with asyncio.timeout(self.connect_timeout_s):
+                link = await self.connector.connect(peer)
             rpc = RpcClient(link)  # reads what the next peer sends back (refusals), dropping it
             self._next[peer] = rpc
             return rpc

@@ -222,9 +222,7 @@ class SignalClient:
     ) -> SignalClient:
         """Start connecting; with ``wait``, return once announced or raise ``SignalClientError``."""
         client = cls(identity, config)
-        task = asyncio.get_running_loop().create_task(
-            client._run(), name=f"signal-client-{client.peer_id[:8]}"
-        )
+        task = asyncio.create_task(client._run(), name=f"signal-client-{client.peer_id[:8]}")
         client._tasks.add(task)
         task.add_done_callback(client._manager_done)
         if wait:
@@ -258,8 +256,7 @@ class SignalClient:
 
     @property
     def renew_s(self) -> float | None:
-        """How often this client re-announces on its current node: ``reannounce_s``, or half the idle
-        bound the node advertised in its hello when that is sooner (at least ``MIN_RENEW_S``)."""
+        """How often this client re-announces on its current node (``_read_hello`` says how it is chosen)."""
         return self._link.renew_s if self._link is not None else None
 
     @property
@@ -286,7 +283,8 @@ class SignalClient:
         """Wait until announced on some node; ``SignalClientError`` names the last failure on timeout."""
         self._check_open()
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
             self._check_open()
         except TimeoutError:
             raise SignalClientError(
@@ -383,7 +381,8 @@ class SignalClient:
         self._set_state(SignalClientState.CLOSING)
         if link is not None:
             with contextlib.suppress(_LinkLost, RemoteSignalingError, TimeoutError):
-                await asyncio.wait_for(link.request(self._bye(), next(self._ids)), 1.0)
+                async with asyncio.timeout(1.0):
+                    await link.request(self._bye(), next(self._ids))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -497,7 +496,8 @@ class SignalClient:
         )
         link: _Link | None = None
         try:
-            raw = await asyncio.wait_for(ws.recv(), self._config.connect_timeout_s)
+            async with asyncio.timeout(self._config.connect_timeout_s):
+                raw = await ws.recv()
             node_id, nonce, renew_s = self._read_hello(raw)
             link = _Link(url, ws, node_id, nonce, renew_s)
             link.reader = asyncio.get_running_loop().create_task(self._read(link), name=f"signal-read-{url}")
@@ -546,9 +546,9 @@ class SignalClient:
         drops."""
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(link.closed.wait(), link.renew_s)
-            if link.closed.is_set():
-                return
+                async with asyncio.timeout(link.renew_s):
+                    await link.closed.wait()
+                    return
             try:
                 await self._announce(link)
             except RemoteSignalingError as exc:

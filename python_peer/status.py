@@ -216,7 +216,8 @@ class StatusServer:
                 return
             answer: dict[str, Any]
             try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
+                async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                    line = await reader.readline()
                 request = json.loads(line) if line.endswith(b"\n") else None
             except (TimeoutError, ValueError, RecursionError, asyncio.LimitOverrunError):
                 request = None  # silent, oversized, not JSON or absurdly nested: answered with the error
@@ -225,7 +226,8 @@ class StatusServer:
             else:
                 answer = {"v": PROTOCOL, "status": await snapshot(self.peer)}
             writer.write(json.dumps(answer, sort_keys=True).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                await writer.drain()
         except (OSError, TimeoutError) as exc:
             log.debug("status request failed: %s", exc)
         finally:
@@ -259,7 +261,8 @@ async def _answers(path: Path) -> bool:
     """Whether something listens on the Unix socket at ``path``."""
     try:
         with _reachable(path) as name:
-            _reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(name), 1.0)
+            async with asyncio.timeout(1.0):
+                _reader, writer = await asyncio.open_unix_connection(name)
     except (OSError, TimeoutError):
         return False
     writer.close()

@@ -110,7 +110,8 @@ async def _start(child: Child, ready: str, timeout: float) -> None:
     while True:
         remaining = deadline - time.monotonic()
         try:
-            line = await asyncio.wait_for(child.proc.stderr.readline(), max(remaining, 0.01))
+            async with asyncio.timeout(max(remaining, 0.01)):
+                line = await child.proc.stderr.readline()
         except TimeoutError:
             raise UpError(
                 f"{child.role} {child.what} did not start within {timeout:.0f} s; last output: {' | '.join(child.log[-3:])}"
@@ -154,7 +155,8 @@ async def _stop(children: list[Child]) -> None:
         if child.proc is None:
             continue
         try:
-            await asyncio.wait_for(child.proc.wait(), 10)
+            async with asyncio.timeout(10):
+                await child.proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 child.proc.kill()

@@ -217,7 +217,8 @@ class Connection:
             left, why = deadline
             if left > 0:
                 try:
-                    return await asyncio.wait_for(self.transport.receive(), left)
+                    async with asyncio.timeout(left):
+                        return await self.transport.receive()
                 except TimeoutError:
                     continue  # the bound may have moved (a message taken meanwhile): look again
             log.info("%r: %s; closing it", self, why)
@@ -244,7 +245,8 @@ class Connection:
             return
         if flush and self.state is ConnectionState.OPEN and not self._writer.done():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.outbox.join(), FLUSH_TIMEOUT_S)
+                async with asyncio.timeout(FLUSH_TIMEOUT_S):
+                    await self.outbox.join()
         self._set_state(ConnectionState.CLOSING)
         self._writer.cancel()
         await asyncio.wait({self._writer})  # unlike awaiting it, never swallows our own cancellation

@@ -314,7 +314,8 @@ class Federation:
 
     async def _hello(self, link: Connection, url: str) -> str:
         """Read the sibling's hello; note its node id and URL on ``link`` and return the node id."""
-        raw = await asyncio.wait_for(link.receive(), HELLO_TIMEOUT_S)
+        async with asyncio.timeout(HELLO_TIMEOUT_S):
+            raw = await link.receive()
         if raw is None:
             raise MessageError(f"{url} closed before its hello")
         hello = Hello.model_validate(decode_json(raw))
@@ -340,7 +341,8 @@ class Federation:
                 proof=proof,
             )
         )
-        raw = await asyncio.wait_for(link.receive(), HELLO_TIMEOUT_S)
+        async with asyncio.timeout(HELLO_TIMEOUT_S):
+            raw = await link.receive()
         if raw is None:
             raise MessageError(f"{url} closed before answering federate")
         data = decode_json(raw)

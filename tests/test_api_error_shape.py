@@ -95,7 +95,8 @@ async def test_a_body_that_never_arrives_gets_408_in_openais_shape() -> None:
         writer.write(f'{head}Content-Length: 100\r\n\r\n{{"model"'.encode())
         await writer.drain()
         try:
-            answer = await asyncio.wait_for(reader.read(), BODY_TIMEOUT_S + 5)  # closed after it
+            async with asyncio.timeout(BODY_TIMEOUT_S + 5):
+                answer = await reader.read()  # closed after it
         finally:
             writer.close()
         status_line, _, rest = answer.partition(b"\r\n")

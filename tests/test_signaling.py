@@ -95,10 +95,12 @@ async def test_peers_on_two_nodes_meet_and_signal_both_ways(mesh: tuple[Node, No
 
         assert await wait_for_async(both_seen, 5.0, what="both peers seen on both nodes")
         await a.send_signal(b.peer_id, {"sdp": "offer from a", "kind": "offer"})
-        got = await asyncio.wait_for(b.recv_signal(), 5)
+        async with asyncio.timeout(5):
+            got = await b.recv_signal()
         assert (got.sender, got.payload) == (a.peer_id, {"sdp": "offer from a", "kind": "offer"})
         await b.send_signal(a.peer_id, {"sdp": "answer from b", "kind": "answer"})
-        got = await asyncio.wait_for(a.recv_signal(), 5)
+        async with asyncio.timeout(5):
+            got = await a.recv_signal()
         assert (got.sender, got.payload["kind"]) == (b.peer_id, "answer")
         for i in range(5):  # ICE candidates, in order
             await a.send_signal(b.peer_id, {"candidate": f"c{i}", "sdpMLineIndex": 0})
@@ -311,7 +313,8 @@ async def test_failover_when_a_node_is_killed(tmp_path: Path) -> None:
             assert {p.peer_id for p in found} == {mover.peer_id, stayer.peer_id}
             assert mover.url == second.url and time.monotonic() - started < 5
             await stayer.send_signal(mover.peer_id, {"sdp": "after failover"})
-            assert (await asyncio.wait_for(mover.recv_signal(), 5)).payload == {"sdp": "after failover"}
+            async with asyncio.timeout(5):
+                assert (await mover.recv_signal()).payload == {"sdp": "after failover"}
             assert second.stop(signal.SIGTERM) == 0  # the last node stops cleanly with peers connected
 
             async def backing_off() -> bool:
@@ -358,7 +361,8 @@ async def test_closed_client_refuses_use_and_ends_iteration(mesh: tuple[Node, No
     waiting = asyncio.ensure_future(anext(client.signals(), None))
     await client.close()
     assert client.state is SignalClientState.CLOSED
-    assert await asyncio.wait_for(waiting, 2) is None  # the iterator ends
+    async with asyncio.timeout(2):
+        assert await waiting is None  # the iterator ends
     with pytest.raises(SignalClientError, match="closed"):
         await client.lookup("m", 0, 1)
     await client.close()  # closing twice is harmless
@@ -452,7 +456,11 @@ async def test_gossip_burst_reaches_the_sibling_with_the_latest_state(mutual: tu
                 await ws.send(
                     json.dumps({"type": "announce", "id": i, "body": body, "sig": sig, "proof": proof})
                 )
-            return [json.loads(await asyncio.wait_for(ws.recv(), 20))["type"] for _ in announcements]
+            types: list[str] = []
+            for _ in announcements:
+                async with asyncio.timeout(20):
+                    types.append(json.loads(await ws.recv())["type"])
+            return types
 
     replies = await asyncio.gather(*(announce_all(i, s) for i, s in zip(identities, signed, strict=True)))
     assert all(r == ["announced"] * times for r in replies)

@@ -296,7 +296,8 @@ async def test_a_peer_connection_idle_past_its_bound_is_closed_and_a_sibling_lin
     sibling = Connection(_SilentTransport(), TokenBucket(20, 60), dialed=True)
     sibling.idle_timeout_s = sibling.first_message_timeout_s = 0.1
     with pytest.raises(TimeoutError):
-        await asyncio.wait_for(sibling.receive(), 0.5)
+        async with asyncio.timeout(0.5):
+            await sibling.receive()
     assert isinstance(sibling.transport, _SilentTransport) and sibling.transport.closed is None
     await sibling.close()
     await peer.close()

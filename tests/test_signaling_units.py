@@ -356,7 +356,8 @@ async def test_outbox_bounds_messages_and_states_and_counts_drops() -> None:
     assert not joined.done()
     for _ in range(4):
         box.task_done()
-    await asyncio.wait_for(joined, 1)
+    async with asyncio.timeout(1):
+        await joined
     with pytest.raises(ValueError, match="room"):
         Outbox(max_messages=0, max_keys=1)
 

@@ -79,7 +79,8 @@ async def linked(
     relay = relay or Relay()
     async with relay.add("a", config) as a, relay.add("b", config) as b:
         link_a = await a.connect("b")
-        link_b = await asyncio.wait_for(b.accept(), 5)
+        async with asyncio.timeout(5):
+            link_b = await b.accept()
         yield link_a, link_b
 
 
@@ -199,7 +200,10 @@ async def test_malformed_input_gets_error_frames_and_the_link_survives() -> None
         bad_frame = HEADER.pack(MAGIC, 0, FrameType.FORWARD, 0, session, 42, 0, 0)  # version 0
         raw.send(chunk_message(7, bad_frame)[0])
         raw.send(CHUNK_HEADER.pack(CHUNK_MAGIC, 8, 5, 2) + b"x")  # index outside count
-        errors = [await asyncio.wait_for(link_a.recv(), 5) for _ in range(4)]
+        errors: list[Frame] = []
+        for _ in range(4):
+            async with asyncio.timeout(5):
+                errors.append(await link_a.recv())
         assert [e.type for e in errors] == [FrameType.ERROR] * 4
         assert {e.meta["code"] for e in errors} == {"bad_frame"}
         assert "chunk" in errors[0].meta["message"]
@@ -227,9 +231,11 @@ async def test_remote_close_fails_pending_and_later_calls_promptly() -> None:
         started = time.perf_counter()
         await link_a.aclose()
         with pytest.raises(LinkClosedError, match="'a'"):
-            await asyncio.wait_for(pending, 5)
+            async with asyncio.timeout(5):
+                await pending
         with pytest.raises(LinkClosedError, match="'a'"):
-            await asyncio.wait_for(sending, 5)
+            async with asyncio.timeout(5):
+                await sending
         assert time.perf_counter() - started < 2
         with pytest.raises(LinkClosedError, match="'a'"):
             await link_b.send(Frame(FrameType.CLOSE))
@@ -327,7 +333,8 @@ async def test_on_link_callback_serves_incoming_links() -> None:
         for i, link in enumerate(links):
             await link.send(tensor_frame(i, 100, seed=i))
         for i, link in enumerate(links):
-            reply = await asyncio.wait_for(link.recv(), 5)
+            async with asyncio.timeout(5):
+                reply = await link.recv()
             assert (reply.type, reply.step, reply.tensors) == (
                 FrameType.RESULT,
                 i,
@@ -465,14 +472,18 @@ async def test_link_between_two_processes_over_loopback() -> None:
             frames = [tensor_frame(i, n, seed=i) for i, n in enumerate([10, 300_000, 1])]
             for frame in frames:
                 await link.send(frame)
-            echoed = [await asyncio.wait_for(link.recv(), 10) for _ in frames]
+            echoed: list[Frame] = []
+            for _ in frames:
+                async with asyncio.timeout(10):
+                    echoed.append(await link.recv())
             assert [f.type for f in echoed] == [FrameType.RESULT] * 3
             assert [(f.step, f.meta, f.tensors) for f in echoed] == [
                 (f.step, f.meta, f.tensors) for f in frames
             ]
             assert await link.ping() > 0
             await link.aclose()
-            assert await asyncio.wait_for(proc.wait(), 10) == 0  # the child saw the link close and left
+            async with asyncio.timeout(10):
+                assert await proc.wait() == 0  # the child saw the link close and left
             pump_task.cancel()
             await asyncio.gather(pump_task, return_exceptions=True)
     finally:

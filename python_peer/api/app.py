@@ -469,7 +469,8 @@ class ApiServer:
         self._server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), 10)
+                async with asyncio.timeout(10):
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 self._task.cancel()
                 await asyncio.gather(self._task, return_exceptions=True)

@@ -141,10 +141,10 @@ class NodeView:
         for model in self.service.models_by_name.values():
             blocks = model.manifest.num_layers
             try:
-                found = await asyncio.wait_for(
-                    node.signal.lookup(model.name, 0, blocks, limit=self.service.config.lookup_limit),
-                    LOOKUP_TIMEOUT_S,
-                )
+                async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+                    found = await node.signal.lookup(
+                        model.name, 0, blocks, limit=self.service.config.lookup_limit
+                    )
             except (AI4AllError, TimeoutError) as exc:
                 errors.append(f"lookup of {model.name} failed: {exc or 'timed out'}")
                 found = []

@@ -316,7 +316,10 @@ async def bad_input_run(signal_url: str, browser_id: str, model_dir: Path) -> st
         raw.send("a text message")
         raw.send(chunk_message(7, HEADER.pack(MAGIC, 0, FrameType.FORWARD, 0, session, 42, 0, 0))[0])
         raw.send(CHUNK_HEADER.pack(CHUNK_MAGIC, 8, 5, 2) + b"x")  # index outside count
-        errors = [await asyncio.wait_for(link.recv(), 5) for _ in range(4)]
+        errors: list[Frame] = []
+        for _ in range(4):
+            async with asyncio.timeout(5):
+                errors.append(await link.recv())
         assert [e.type for e in errors] == [FrameType.ERROR] * 4
         assert {e.meta["code"] for e in errors} == {"bad_frame"}
         assert (errors[2].session, errors[2].step) == (session, 42)  # the ERROR names the refused frame

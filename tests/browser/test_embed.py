@@ -534,13 +534,16 @@ async def overload_run(
         meta = {"model": "m", "start": 1, "end": 3, "batch": 1, "max_length": 8}
         for session in sessions:
             await link.send(Frame(FrameType.OPEN, session, 0, meta=meta))
-        answers = [await asyncio.wait_for(link.recv(), 5)]
+        async with asyncio.timeout(5):
+            answers = [await link.recv()]
         with pytest.raises(asyncio.TimeoutError):  # the first two wait for a worker that never takes them
-            answers.append(await asyncio.wait_for(link.recv(), 0.5))
+            async with asyncio.timeout(0.5):
+                answers.append(await link.recv())
         overloaded.set()
         await asyncio.to_thread(silenced.wait, 30)
         with pytest.raises(LinkClosedError):  # the page closes the link once the worker is declared dead
-            answers.append(await asyncio.wait_for(link.recv(), 15))
+            async with asyncio.timeout(15):
+                answers.append(await link.recv())
         return answers
     finally:
         await node.aclose()

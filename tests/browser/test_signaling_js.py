@@ -20,7 +20,7 @@ import pytest
 
 from python_peer.core.canonical import ANNOUNCE_CONTEXT, SIGNAL_CONTEXT, ServedSpan, signing_bytes
 from python_peer.identity import Identity
-from python_peer.signal_client import SignalClient, SignalClientConfig
+from python_peer.signal_client import IncomingSignal, SignalClient, SignalClientConfig
 from tests.support.browser import Harness, script
 from tests.support.procs import Node
 from tests.support.waiting import wait_for
@@ -141,7 +141,12 @@ def test_announce_lookup_and_signals(page: Harness, node: Node) -> None:
             "async ([to, payload]) => { await clients.a.sendSignal(to, payload); }",
             [py.client.peer_id, payload],
         )
-        incoming = py.run(asyncio.wait_for(py.client.recv_signal(), 5))
+
+        async def recv_signal() -> IncomingSignal:
+            async with asyncio.timeout(5):
+                return await py.client.recv_signal()
+
+        incoming = py.run(recv_signal())
         assert incoming.sender == js_id and incoming.payload == payload
 
         # Python -> JS: the JS client verifies before delivering.

@@ -54,7 +54,8 @@ async def test_a_stream_whose_client_hung_up_is_closed_at_once(spec_version: str
         with pytest.raises(ClientDisconnect):
             await response(scope, receive, send)
     else:
-        await asyncio.wait_for(response(scope, receive, send), 5)
+        async with asyncio.timeout(5):
+            await response(scope, receive, send)
     assert closed == ["closed"], "the body was left suspended for the garbage collector"
     assert sent[0]["type"] == "http.response.start"
     assert dict(sent[0]["headers"])[b"content-type"].startswith(b"text/event-stream")

@@ -16,7 +16,12 @@ from python_peer.memory_probe import FRAMES_ENV, PROBE_ENV, Probe, probe_rounds
 def test_off_without_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(PROBE_ENV, raising=False)
     assert Probe.from_env("peer") is None
-    asyncio.run(asyncio.wait_for(probe_rounds("peer", every_s=0.01), 1.0))  # returns at once
+
+    async def rounds() -> None:
+        async with asyncio.timeout(1.0):
+            await probe_rounds("peer", every_s=0.01)  # returns at once
+
+    asyncio.run(rounds())
     assert not tracemalloc.is_tracing()
 
 

@@ -266,7 +266,8 @@ def forward(session: bytes, step: int, hidden: np.ndarray, meta: dict[str, Any] 
 
 async def ask(link: MemoryLink, frame: Frame) -> Frame:
     await link.send(frame)
-    return await asyncio.wait_for(link.recv(), 5)
+    async with asyncio.timeout(5):
+        return await link.recv()
 
 
 class Raw:
@@ -356,7 +357,8 @@ async def test_a_push_to_a_third_party_without_a_session_of_the_client_runs_noth
     answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, nowhere, 1, 3)]}))
     assert answer.type is FrameType.RESULT and PUSH_ERROR_KEY not in answer.meta
     assert push.relays[a].pushed == 1
-    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    async with asyncio.timeout(5):
+        refusal = await client.links[b].recv()
     assert refusal.type is FrameType.ERROR and refusal.session == nowhere
     assert refusal.meta["code"] == "unknown_session" and refusal.meta[PUSHED_BY_KEY] == a
     assert push.mesh.servers[b].tokens_served == 0
@@ -372,7 +374,8 @@ async def test_a_push_into_a_forged_session_is_refused_to_the_client_naming_the_
     forged = os.urandom(16)
     answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, forged, 1, 3)]}))
     assert answer.type is FrameType.RESULT
-    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    async with asyncio.timeout(5):
+        refusal = await client.links[b].recv()
     assert refusal.type is FrameType.ERROR and refusal.session == forged
     assert refusal.meta["code"] == "unknown_session" and refusal.meta[PUSHED_BY_KEY] == a
     assert push.mesh.servers[b].tokens_served == 0
@@ -389,7 +392,8 @@ async def test_a_push_of_the_wrong_shape_is_refused_naming_the_pusher(
     s_b = await client.open(b, 1, 3, batch=2)  # a batch the pushed output does not have
     h = hidden(seq=2)[..., : hidden_size(push)]
     await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, s_b, 1, 3)]}))
-    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    async with asyncio.timeout(5):
+        refusal = await client.links[b].recv()
     assert refusal.type is FrameType.ERROR and refusal.meta["code"] == "bad_shape"
     assert refusal.meta[PUSHED_BY_KEY] == a and push.mesh.servers[b].tokens_served == 0
 
@@ -476,7 +480,8 @@ async def test_a_pushed_route_leading_back_to_its_pusher_is_refused(
     h = hidden(seq=2)[..., : hidden_size(push)]
     loop = {PUSH_CLIENT_KEY: client.id, PUSH_KEY: [entry(rogue, os.urandom(16), 3, 4)]}
     await link.send(forward(s_b, 0, h, loop))
-    refusal = await asyncio.wait_for(client.links[b].recv(), 5)
+    async with asyncio.timeout(5):
+        refusal = await client.links[b].recv()
     assert refusal.type is FrameType.ERROR and refusal.meta["code"] == "bad_frame"
     assert refusal.meta[PUSHED_BY_KEY] == rogue and "loop" in refusal.meta["message"]
     assert push.mesh.servers[b].tokens_served == 0

@@ -96,7 +96,8 @@ class MemoryLink:
         start = time.perf_counter()
         await self.send(Frame(FrameType.PING, bytes(16), step))
         try:
-            await asyncio.wait_for(waiter, timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await waiter
         except TimeoutError:
             raise LinkTimeoutError(f"no PONG from {self.remote_id[:16]} within {timeout_s} s") from None
         finally:

@@ -34,7 +34,8 @@ class RawPeer:
         await self.ws.send(message if isinstance(message, str | bytes) else json.dumps(message))
 
     async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        return dict(json.loads(await asyncio.wait_for(self.ws.recv(), timeout)))
+        async with asyncio.timeout(timeout):
+            return dict(json.loads(await self.ws.recv()))
 
     async def ask(self, message: dict[str, Any]) -> dict[str, Any]:
         self._ids += 1
