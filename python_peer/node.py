@@ -10,7 +10,6 @@ mesh client for generation.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -172,9 +171,8 @@ class MeshNode:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Their outcomes are theirs (a cancel, an error they logged); a cancel of this close still raises.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.links.aclose()
         await self.signal.close()
         if self.ledger is not None:

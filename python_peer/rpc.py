@@ -10,7 +10,6 @@ answer is matched to its request by ``(session, step)``. Many sessions share a l
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Any
 
@@ -155,9 +154,10 @@ class RpcClient:
 
     async def aclose(self) -> None:
         self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-        await self.link.aclose()
+        try:
+            await asyncio.wait({self._reader})  # unlike awaiting it, never swallows our own cancellation
+        finally:
+            await self.link.aclose()
 
 
 async def serve_link(link: FrameLink, handler: FrameHandler) -> None:

@@ -279,9 +279,8 @@ class MeshNodeService:
     async def aclose(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # Their outcomes are theirs (a cancel, an error they logged); a cancel of this close still raises.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for model in self.models_by_name.values():
             await model.client.aclose()
         if self._owns_node:
