@@ -69,11 +69,16 @@ class Decoder(Protocol):
 
 
 class ChainDecoder:
-    """The shards of one export, chained in this process by ``LocalChain``."""
+    """The shards of one export, chained in this process by ``LocalChain``.
 
-    def __init__(self, name: str, model_dir: Path, threads: int) -> None:
+    The head computes logits for every position it is fed, as the whole-model graph and PyTorch do here;
+    ``last_only`` feeds it the last position alone, as the mesh client does (what generation needs).
+    """
+
+    def __init__(self, name: str, model_dir: Path, threads: int, *, last_only: bool = False) -> None:
         self.name = name
         self.chain = LocalChain(model_dir, threads=threads)
+        self.last_only = last_only
         self._session: str | None = None
 
     def begin(self, ids: Sequence[int]) -> np.ndarray:
@@ -86,8 +91,10 @@ class ChainDecoder:
     def _step(self, ids: np.ndarray) -> np.ndarray:
         if self._session is None:
             raise RuntimeError(f"{self.name}: step before begin")
-        logits = self.chain.step(self._session, ids, np.ones_like(ids))
-        return logits[0, -1]
+        if self.last_only:
+            hidden = self.chain.forward(self._session, ids, np.ones_like(ids))
+            return self.chain.head(hidden[:, -1:])[0, -1]
+        return self.chain.step(self._session, ids, np.ones_like(ids))[0, -1]
 
     def end(self) -> None:
         if self._session is not None:

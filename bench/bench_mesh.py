@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -158,7 +159,9 @@ async def measure(
     one_by_one = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
     probe = TtftProbe().install()
     try:
-        chain = InProcess(await asyncio.to_thread(ChainDecoder, CHAIN, mesh.model_dir, threads))
+        # The head over the last position alone, as the mesh client runs it.
+        local = functools.partial(ChainDecoder, CHAIN, mesh.model_dir, threads, last_only=True)
+        chain = InProcess(await asyncio.to_thread(local))
         whole_decoder = InProcess(await asyncio.to_thread(whole.build))
         decoders: list[AsyncDecoder] = [
             MeshDecoder(MESH, client, max_length, probe=probe),

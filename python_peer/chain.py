@@ -80,6 +80,10 @@ class LocalChain:
         return self.head_runner.run({names.HIDDEN_IN: hidden})[names.LOGITS]
 
     def step(self, session_id: str, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.head(self.forward(session_id, input_ids, mask))
+
+    def forward(self, session_id: str, input_ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``step`` up to the head: the last blocks shard's hidden states for the new tokens."""
         mask = mask.astype(np.int64)
         past_mask = self._masks.get(session_id)
         if past_mask is None:
@@ -89,4 +93,4 @@ class LocalChain:
         for runner in self.blocks:
             hidden = runner.forward(session_id, hidden, mask, positions)
         self._masks[session_id] = np.concatenate([past_mask, mask], axis=1)
-        return self.head(hidden)
+        return hidden
