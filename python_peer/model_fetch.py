@@ -278,12 +278,15 @@ async def fetch_for_peer(options: PeerOptions, stop: asyncio.Event) -> PeerOptio
         )
     )
     stopped = asyncio.ensure_future(stop.wait())
-    await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
-    stopped.cancel()
-    if not fetch.done():
-        fetch.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await fetch
+    try:
+        await asyncio.wait({fetch, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:  # when our caller cancels us too: nothing is left running
+        stopped.cancel()
+        stopping = not fetch.done()
+        if stopping:
+            fetch.cancel()
+            await asyncio.wait({fetch})  # its clean-up ends first; unlike `await fetch`, keeps our own cancel
+    if stopping:
         print(
             "download stopped: the verified chunks are kept, run the same command to resume", file=sys.stderr
         )

@@ -467,14 +467,15 @@ class ApiServer:
         if self._server is None or self._task is None:
             return
         self._server.should_exit = True
-        with contextlib.suppress(asyncio.CancelledError):
-            try:
-                async with asyncio.timeout(10):
-                    await asyncio.shield(self._task)
-            except TimeoutError:
-                self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
+        task = self._task
+        # asyncio.wait, not `await task` under suppress(CancelledError): a cancel of our caller propagates
+        done, _ = await asyncio.wait({task}, timeout=10)
+        if not done:
+            task.cancel()
+            await asyncio.wait({task})
         self._server = self._task = None
+        if done and not task.cancelled() and (failure := task.exception()) is not None:
+            raise failure  # the server's own failure, as before
 
     async def __aenter__(self) -> ApiServer:
         await self.start()
