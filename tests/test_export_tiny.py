@@ -148,3 +148,25 @@ def test_hidden_float16_shards_hand_on_float16_values_carried_in_half_the_bytes(
     real = mask.astype(bool)
     assert 0 < np.abs(prefill - reference)[real].max() < 1e-2 * np.abs(reference).max()
     np.testing.assert_array_equal(tokens, expected)
+
+
+def test_the_chain_forward_then_the_head_on_the_last_position_is_step(tiny_llama_export: Path) -> None:
+    """bench_mesh's local chain runs its head over the last position alone, as the mesh client does
+    (``ChainDecoder(last_only=True)``): the same last logits as the head over every position."""
+    from bench.bench_export import ChainDecoder
+
+    every, last = (
+        ChainDecoder("every", tiny_llama_export, 1),
+        ChainDecoder("last", tiny_llama_export, 1, last_only=True),
+    )
+    ids = [5, 6, 7, 8, 9, 10, 11]
+    a, b = every.begin(ids), last.begin(ids)
+    assert a.shape == b.shape == (every.chain.manifest.config["vocab_size"],)
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+    for _ in range(4):
+        token = int(a.argmax())
+        assert int(b.argmax()) == token
+        a, b = every.next(token), last.next(token)
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4)
+    every.end()
+    last.end()
