@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import signal
@@ -160,8 +159,9 @@ async def measure(
     probe = TtftProbe().install()
     try:
         # The head over the last position alone, as the mesh client runs it.
-        local = functools.partial(ChainDecoder, CHAIN, mesh.model_dir, threads, last_only=True)
-        chain = InProcess(await asyncio.to_thread(local))
+        chain = InProcess(
+            await asyncio.to_thread(ChainDecoder, CHAIN, mesh.model_dir, threads, last_only=True)
+        )
         whole_decoder = InProcess(await asyncio.to_thread(whole.build))
         decoders: list[AsyncDecoder] = [
             MeshDecoder(MESH, client, max_length, probe=probe),
