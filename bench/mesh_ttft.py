@@ -26,7 +26,7 @@ from python_peer.core.wire import Frame, FrameType
 from python_peer.ledger_service import LedgerService
 from python_peer.link_ledger import ClientExchange
 from python_peer.mesh_client import MeshClient, MeshSession
-from python_peer.route_hop import RouteHop
+from python_peer.route_hop import RouteHop, StepInputs
 from python_peer.rpc import RpcClient
 
 OPEN = "open"  # from begin to the first step: route and every hop's session
@@ -170,10 +170,10 @@ class TtftProbe:
         probe = self
 
         @functools.wraps(old)
-        def accept(hop: RouteHop, frame: Frame, answer: Frame) -> Any:
+        def accept(hop: RouteHop, inputs: StepInputs, answer: Frame, **kwargs: Any) -> Any:
             now = time.perf_counter()
             probe.note("answer", hop.peer_id, now, now)
-            return old(hop, frame, answer)
+            return old(hop, inputs, answer, **kwargs)
 
         self._patch(RouteHop, "accept", accept)
 

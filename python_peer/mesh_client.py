@@ -59,8 +59,8 @@ from .ledger_service import LedgerService
 from .ledger_store import native_verify
 from .link_ledger import ClientExchange, HoldTerms
 from .push_client import push_run, pushed_step
-from .route_hop import RouteHop
-from .route_open import open_route
+from .route_hop import Inputs, KeptOutputError, ReplayLostError, RouteHop
+from .route_open import concat_inputs, open_route
 from .routing import BanList, Candidate, NoRouteError, choose_route, route_lifting_bans
 from .rpc import RpcClient
 from .runner import ShardRunner
@@ -98,6 +98,7 @@ class ClientConfig:
     spot_checks: SpotCheckPolicy | None = DEFAULT_POLICY  # None: no spot checks
     push: bool = True  # push steps peer to peer where the hops allow (push_client.py); False: hop by hop
     push_grace_s: float = 2.0  # a pushed answer later than this after the previous one: sent directly
+    keep_pushed: bool = True  # pushing peers keep their outputs, answering signed digests (docs/mesh.md)
     head_window_s: float = 0.05  # a head waits this long at most for the client's other sessions' heads
 
 
@@ -403,9 +404,7 @@ class MeshSession:
     async def start(self) -> None:
         self.hops = await self._open_span(0, self.client.manifest.num_layers, [])
 
-    async def _open_span(
-        self, start: int, end: int, replay: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
-    ) -> list[RouteHop]:
+    async def _open_span(self, start: int, end: int, replay: list[Inputs]) -> list[RouteHop]:
         """Open sessions on a route over ``[start, end)``, every hop at once; replay ``replay`` (inputs to
         ``start``) through it (``route_open.py``)."""
         return await open_route(self, start, end, replay)
@@ -467,34 +466,57 @@ class MeshSession:
     async def _step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """The step through the route: the last hop's output."""
         embed, inline = self.client.embed, ids.size <= INLINE_EMBED_TOKENS
-        hidden = embed(ids, positions) if inline else await asyncio.to_thread(embed, ids, positions)
+        hidden = embeddings = (
+            embed(ids, positions) if inline else await asyncio.to_thread(embed, ids, positions)
+        )
         index = 0
         while index < len(self.hops):
-            run = push_run(self, index)
-            if run > 1:
-                done, hidden = await pushed_step(self, index, run, hidden, mask, positions)
-                index += done
-                continue
-            hop = self.hops[index]
             try:
-                out = await hop.forward(hidden, mask, positions, self.client.config.request_timeout_s)
-            except HOP_FAILURES as exc:
-                self.note_failure(hop.peer_id, exc)
-                await self.replace_hops(index, 1)
-                continue
-            hop.history.append((hidden, mask, positions))
-            hidden = out
-            index += 1
+                run = push_run(self, index)
+                if run > 1:
+                    done, hidden = await pushed_step(self, index, run, hidden, mask, positions)
+                    index += done
+                    continue
+                hop = self.hops[index]
+                try:
+                    out = await hop.forward(hidden, mask, positions, self.client.config.request_timeout_s)
+                except HOP_FAILURES as exc:
+                    self.note_failure(hop.peer_id, exc)
+                    await self.replace_hops(index, 1)
+                    continue
+                hop.history.append((hidden, mask, positions))
+                hidden = out
+                index += 1
+            except ReplayLostError as exc:
+                log.warning("replaying the whole route: %s", exc)
+                await self._replay_route()
+                index, hidden = 0, embeddings
         self.mask = np.concatenate([self.mask, mask], axis=1)
         return hidden
+
+    async def _replay_route(self) -> None:
+        """Open the whole route anew and replay to it the embeddings of the tokens before this step, which
+        the first hop was sent (a failover whose own replay inputs, kept by a peer, were lost)."""
+        first = await self.hops[0].fetch_history(self.client.config.request_timeout_s)  # the client's own
+        for hop in self.hops:
+            await self.close_hop(hop)
+        past = concat_inputs(first)
+        tokens = self.mask.shape[1]
+        replay = [(past[0][:, :tokens], past[1][:, :tokens], past[2][:, :tokens])] if past and tokens else []
+        self.hops = await self._open_span(0, self.client.manifest.num_layers, replay)
 
     async def replace_hops(self, index: int, count: int) -> None:
         """Close ``hops[index : index + count]`` and open their blocks on a new route, replaying to it what
         the first of them was sent (the hop that failed is banned by then, the others are not)."""
         old = self.hops[index : index + count]
+        try:  # what the previous peer kept of its outputs, the replay's inputs
+            history = await old[0].fetch_history(self.client.config.request_timeout_s)
+        except KeptOutputError as exc:  # gone, or lying: the whole route is replayed (``_step``)
+            self.note_failure(exc.peer_id, exc)
+            raise ReplayLostError(str(exc)) from exc
         for hop in old:
             await self.close_hop(hop)
-        replacement = await self._open_span(old[0].start, old[-1].end, old[0].history)
+        replacement = await self._open_span(old[0].start, old[-1].end, history)
         self.hops[index : index + count] = replacement
 
     async def close_hop(self, hop: RouteHop, *, pay: bool = True) -> None:
@@ -523,23 +545,53 @@ class MeshSession:
         if self.closed:
             return
         self.closed = True
-        await asyncio.gather(*(self._finish_hop(h) for h in self.hops), return_exceptions=True)
+        drawn = [self._draw(h) for h in self.hops]
+        # A drawn hop's check needs what pushing peers kept: fetched before any hop closes (which frees it).
+        failed = await asyncio.gather(
+            *(self._fetch_kept(h, d) for h, d in zip(self.hops, drawn, strict=True))
+        )
+        liars = {f.peer_id for f in failed if f is not None}
+        for peer_id in liars:
+            self.client.bans.ban(peer_id)
+        await asyncio.gather(
+            *(
+                self._finish_hop(h, d and f is None, h.peer_id not in liars)
+                for h, d, f in zip(self.hops, drawn, failed, strict=True)
+            ),
+            return_exceptions=True,
+        )
         if (exchange := self.client.exchange) is not None:  # the receipts, before the next OPEN there
             for hop in self.hops:
                 if not hop.rpc.closed:
                     exchange.push_soon(hop.peer_id, hop.rpc)
 
-    async def _finish_hop(self, hop: RouteHop) -> None:
-        """Spot-check the hop if drawn (after the last token: no token waits for it), then close it, paying
-        only a peer that was not caught lying in this session."""
+    def _draw(self, hop: RouteHop) -> bool:
+        """Whether to spot-check the hop (counting its block-tokens as used)."""
         checks = self.client.spot_checks
-        pay = True
-        if checks is not None and hop.check is not None and hop.history:
-            checks.stats.used_block_tokens += hop.tokens * (hop.end - hop.start)
-            if checks.draw(hop.peer_id):
-                try:
-                    verdict = await checks.check(self, hop)
-                    pay = verdict.liar != hop.peer_id
-                except (*HOP_FAILURES, LedgerError) as exc:
-                    log.warning("spot check of %s could not finish: %s", hop.peer_id[:8], exc)
+        if checks is None or hop.check is None or not hop.history:
+            return False
+        checks.stats.used_block_tokens += hop.tokens * (hop.end - hop.start)
+        return checks.draw(hop.peer_id)
+
+    async def _fetch_kept(self, hop: RouteHop, drawn: bool) -> KeptOutputError | None:
+        """For a ``drawn`` hop, what pushing peers kept of its inputs and outputs fetched; or the failure,
+        naming the peer that broke its promise to keep them (unpaid, banned)."""
+        try:
+            if drawn:
+                await hop.fetch_kept(self.client.config.request_timeout_s)
+        except KeptOutputError as exc:
+            log.warning("%s", exc)
+            return exc
+        return None
+
+    async def _finish_hop(self, hop: RouteHop, drawn: bool, pay: bool) -> None:
+        """Spot-check the hop if ``drawn`` (after the last token: no token waits for it), then close it,
+        paying only a peer that was not caught lying in this session (``pay``)."""
+        checks = self.client.spot_checks
+        if drawn and checks is not None:
+            try:
+                verdict = await checks.check(self, hop)
+                pay = verdict.liar != hop.peer_id
+            except (*HOP_FAILURES, LedgerError) as exc:
+                log.warning("spot check of %s could not finish: %s", hop.peer_id[:8], exc)
         await self.close_hop(hop, pay=pay)

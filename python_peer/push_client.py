@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from python_peer.core.push_route import PUSH_ERROR_KEY, PUSH_KEY, PUSHED_BY_KEY, PushTarget
+from python_peer.core.push_route import KEEP_KEY, PUSH_ERROR_KEY, PUSH_KEY, PUSHED_BY_KEY, PushTarget
 from python_peer.core.wire import Frame, FrameType, raise_for_error
 
 from .hop import HOP_FAILURES
+from .route_hop import Hidden, KeptOutputError, ReplayLostError, RouteHop, StepInputs, resolve
 from .rpc import RpcClient
 from .spot_check import BadAnswerError
 
 if TYPE_CHECKING:
     from .mesh_client import MeshSession
-    from .route_hop import RouteHop
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ async def pushed_step(
     rpcs = [_rpc(h) for h in hops]
     keys = [(h.session, h.next_step) for h in hops]
     waits = [rpc.expect(*key) for rpc, key in zip(rpcs, keys, strict=True)]
-    inputs = hidden
+    # Pushing peers keep their outputs (the client fetches one when it needs it): signed answers only.
+    keep = session.client.config.keep_pushed and all(h.check is not None for h in hops)
+    inputs: Hidden = hidden
     j, direct, sent = 0, True, True
     loop = asyncio.get_running_loop()
     began = loop.time()
@@ -76,14 +78,17 @@ async def pushed_step(
     try:
         for j, hop in enumerate(hops):
             route = [_target(h).to_meta() for h in hops[j + 1 :]]
-            frame = hop.request(inputs, mask, positions, meta={PUSH_KEY: route} if route else None)
+            meta: dict[str, object] | None = None
+            if route:
+                meta = {PUSH_KEY: route, KEEP_KEY: True} if keep else {PUSH_KEY: route}
             rpc = rpcs[j]
+            request = _Request(hop, (inputs, mask, positions), meta, timeout)
             if direct:
-                await rpc.send(frame)
+                await rpc.send(await request.frame())
                 answer = await rpc.wait(waits[j], timeout, "FORWARD")
                 sent = True
             else:
-                answer, sent = await _pushed_answer(session, rpc, waits[j], frame, grace)
+                answer, sent = await _pushed_answer(session, rpc, waits[j], request, grace)
             if answer.type is FrameType.ERROR and answer.meta.get(PUSHED_BY_KEY) is not None:
                 # The peer refused what was pushed to it: the client sends the step itself (or, having
                 # sent it already, waits for that answer).
@@ -91,11 +96,12 @@ async def pushed_step(
                 rpc.forget(*keys[j])
                 waits[j] = rpc.expect(*keys[j])
                 if not sent:
-                    await rpc.send(frame)
+                    await rpc.send(await request.frame())
                     sent = True
                 answer = await rpc.wait(waits[j], timeout, "FORWARD")
             raise_for_error(answer)
-            out = hop.accept(frame, answer)
+            out = hop.accept((inputs, mask, positions), answer)
+            rpc.forget(*keys[j])  # answered: the key is free for a FETCH of this output
             hop.history.append((inputs, mask, positions))
             inputs = out
             # A long prefill takes long on the next peer too: its grace is twice what this one took.
@@ -104,11 +110,16 @@ async def pushed_step(
             direct = PUSH_ERROR_KEY in answer.meta
             if direct:
                 log.info("peer %s could not push: %s", hop.peer_id[:8], answer.meta[PUSH_ERROR_KEY])
-        return count, inputs
+        # The run's last peer pushes nothing: it answers in full, or keeps it if a pusher asked (fetched).
+        last, _, _ = await resolve((inputs, mask, positions), timeout)
+        return count, last
     except HOP_FAILURES as exc:
         for rpc, key in zip(rpcs, keys, strict=True):
             rpc.forget(*key)  # before CLOSE, which asks on the same key
         failed = hops[j]
+        if isinstance(exc, KeptOutputError):  # the previous peer would not hand over what it kept
+            session.note_failure(exc.peer_id, exc)
+            raise ReplayLostError(str(exc)) from exc
         if isinstance(exc, BadAnswerError) and not sent:
             # Signed over an input other than its predecessor's answer: one of the two lied, and the
             # hop-by-hop steps from now on show which (signed answers, spot checks). No ban.
@@ -118,10 +129,26 @@ async def pushed_step(
         else:
             session.note_failure(failed.peer_id, exc)
         await session.replace_hops(index + j, count - j)
-        return j, inputs
+        try:  # the failed hop's input, which the peer before it may have kept
+            resumed, _, _ = await resolve((inputs, mask, positions), timeout)
+        except KeptOutputError as lost:
+            session.note_failure(lost.peer_id, lost)
+            raise ReplayLostError(str(lost)) from lost
+        return j, resumed
     finally:
         for rpc, key in zip(rpcs, keys, strict=True):
             rpc.forget(*key)
+
+
+class _Request:
+    """A hop's FORWARD for this step, built when the client sends it itself: its input may be an output the
+    previous peer kept, fetched then."""
+
+    def __init__(self, hop: RouteHop, inputs: StepInputs, meta: dict[str, object] | None, timeout: float):
+        self.hop, self.inputs, self.meta, self.timeout = hop, inputs, meta, timeout
+
+    async def frame(self) -> Frame:
+        return self.hop.request(*await resolve(self.inputs, self.timeout), meta=self.meta)
 
 
 def _rpc(hop: RouteHop) -> RpcClient:
@@ -131,7 +158,7 @@ def _rpc(hop: RouteHop) -> RpcClient:
 
 
 async def _pushed_answer(
-    session: MeshSession, rpc: RpcClient, wait: asyncio.Future[Frame], frame: Frame, grace: float
+    session: MeshSession, rpc: RpcClient, wait: asyncio.Future[Frame], request: _Request, grace: float
 ) -> tuple[Frame, bool]:
     """A hop's answer to the step its predecessor pushed, and whether the client sent the step too: it
     does when no answer came within ``grace`` seconds of the predecessor's (``push_grace_s``, or twice
@@ -142,7 +169,7 @@ async def _pushed_answer(
     except TimeoutError:
         pass
     log.info("no pushed answer from %s in %.1f s: sending the step itself", rpc.link.remote_id[:8], grace)
-    await rpc.send(frame)
+    await rpc.send(await request.frame())
     return await rpc.wait(wait, session.client.config.request_timeout_s, "FORWARD"), True
 
 

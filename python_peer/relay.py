@@ -18,9 +18,16 @@ every link to (docs/mesh.md, "Push along the route"):
   resends the step itself instead of blaming this peer. With no link from that client the refusal goes
   back to the pusher.
 
+- a FORWARD with ``keep`` that this peer pushes on is answered with the signed answer alone, its output
+  kept for the client (docs/mesh.md, "Kept outputs") until the session's CLOSE or the client's last link
+  closing; the push carries ``keep`` on. A FETCH of ``(session, step)`` from the client gets that output
+  back as a RESULT. Kept outputs take ``max_kept_bytes`` at most: beyond, and when the push failed or the
+  answer is not signed, the output is answered in full as without ``keep``.
+
 What a client can make a peer send: one push per FORWARD it pays for, of that FORWARD's output size, to the
 peer named next; a route is checked before anything runs (spans chaining to the model's end, no peer
-twice, not the peer itself, the client or the pusher).
+twice, not the peer itself, the client or the pusher). What it can make a peer hold: its kept outputs, at
+most the outputs of the steps it paid for and within the peer's bound.
 """
 
 from __future__ import annotations
@@ -33,9 +40,11 @@ from collections import OrderedDict
 from typing import Protocol
 
 from python_peer.core import manifest as names
+from python_peer.core.answers import ANSWER_META_KEY
 from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import AI4AllError, WireError
 from python_peer.core.push_route import (
+    KEEP_KEY,
     PUSH_CLIENT_KEY,
     PUSH_ERROR_KEY,
     PUSH_KEY,
@@ -53,6 +62,7 @@ from .rpc import RpcClient
 log = logging.getLogger(__name__)
 
 MAX_PUSH_LINKS = 16  # links a peer keeps to the peers it pushes to
+MAX_KEPT_BYTES = 256 * 2**20  # the outputs a peer keeps for its clients to fetch, at most
 PUSH_CONNECT_TIMEOUT_S = 10.0  # a next peer not reached this long: the push fails, the client takes over
 
 
@@ -75,6 +85,7 @@ class PushRelay:
         *,
         max_links: int = MAX_PUSH_LINKS,
         connect_timeout_s: float = PUSH_CONNECT_TIMEOUT_S,
+        max_kept_bytes: int = MAX_KEPT_BYTES,
     ) -> None:
         self.handler = handler
         self.peer_id = peer_id
@@ -85,6 +96,9 @@ class PushRelay:
         self._clients: dict[str, list[FrameLink]] = {}  # remote id -> its links to us, newest last
         self._next: OrderedDict[str, RpcClient] = OrderedDict()  # next peers, least recently used first
         self._connecting: dict[str, asyncio.Lock] = {}
+        self.max_kept_bytes = max_kept_bytes
+        self.kept_bytes = 0
+        self._kept: dict[tuple[str, bytes], dict[int, WireTensor]] = {}  # (client, session) -> step -> output
 
     # --- FrameHandler (in-process hops) ---------------------------------------------------------
 
@@ -92,6 +106,8 @@ class PushRelay:
         return await self.handler.handle(client, frame)
 
     def close_client(self, client: str) -> None:
+        for key in [k for k in self._kept if k[0] == client]:
+            self._drop(*key)
         self.handler.close_client(client)
 
     # --- LinkHandler --------------------------------------------------------------------------------
@@ -109,6 +125,10 @@ class PushRelay:
         return True
 
     async def answer(self, link: FrameLink, frame: Frame) -> Frame | None:
+        if frame.type is FrameType.FETCH:
+            return self._fetch(link.remote_id, frame)
+        if frame.type is FrameType.CLOSE:
+            self._drop(link.remote_id, frame.session)
         if frame.type is FrameType.OPEN:
             answer = await self.handler.handle(link.remote_id, frame)
             if answer.type is FrameType.RESULT:
@@ -155,7 +175,8 @@ class PushRelay:
                 return self._refused(
                     frame, pusher, error_frame(frame.session, frame.step, exc.code, str(exc))
                 )
-        meta = {k: v for k, v in frame.meta.items() if k not in (PUSH_KEY, PUSH_CLIENT_KEY)}
+        keep = frame.meta.get(KEEP_KEY) is True
+        meta = {k: v for k, v in frame.meta.items() if k not in (PUSH_KEY, PUSH_CLIENT_KEY, KEEP_KEY)}
         pushed: list[str | None] = []  # what the push said, once it left (None: sent)
 
         async def push_output(output: WireTensor) -> None:
@@ -178,7 +199,34 @@ class PushRelay:
             if problem is not None:
                 log.warning("%s", problem)
                 answer = dataclasses.replace(answer, meta={**answer.meta, PUSH_ERROR_KEY: problem[:1024]})
+            elif keep:
+                answer = self._keep(client, frame, answer)
         return answer
+
+    def _keep(self, client: str, frame: Frame, answer: Frame) -> Frame:
+        """``answer`` without its output, which is kept for a FETCH; unchanged when not signed or no room."""
+        output = answer.tensor(names.HIDDEN_OUT)
+        if ANSWER_META_KEY not in answer.meta or self.kept_bytes + len(output.data) > self.max_kept_bytes:
+            return answer
+        self._kept.setdefault((client, frame.session), {})[frame.step] = output
+        self.kept_bytes += len(output.data)
+        return dataclasses.replace(answer, tensors=tuple(t for t in answer.tensors if t is not output))
+
+    def _fetch(self, client: str, frame: Frame) -> Frame:
+        """The answer to a FETCH: the output of ``frame.step`` kept in the client's session, or an ERROR."""
+        output = self._kept.get((client, frame.session), {}).get(frame.step)
+        if output is None:
+            return error_frame(
+                frame.session,
+                frame.step,
+                ErrorCode.UNKNOWN_SESSION,
+                f"no output of step {frame.step} kept in this session for this client",
+            )
+        return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(output,))
+
+    def _drop(self, client: str, session: bytes) -> None:
+        for output in self._kept.pop((client, session), {}).values():
+            self.kept_bytes -= len(output.data)
 
     @staticmethod
     def _refused(frame: Frame, pusher: str | None, answer: Frame) -> Frame:
@@ -194,6 +242,8 @@ class PushRelay:
         meta: dict[str, object] = {PUSH_CLIENT_KEY: client}
         if rest:
             meta[PUSH_KEY] = [t.to_meta() for t in rest]
+            if frame.meta.get(KEEP_KEY) is True:
+                meta[KEEP_KEY] = True
         tensors = (hidden, frame.tensor(names.ATTENTION_MASK), frame.tensor(names.POSITION_IDS))
         push = Frame(FrameType.FORWARD, target.session, target.step, frame.flags, meta=meta, tensors=tensors)
         try:
@@ -232,4 +282,4 @@ class PushRelay:
         self._next.clear()
 
 
-__all__ = ["MAX_PUSH_LINKS", "PUSH_CONNECT_TIMEOUT_S", "PushRelay", "SpanHandler"]
+__all__ = ["MAX_KEPT_BYTES", "MAX_PUSH_LINKS", "PUSH_CONNECT_TIMEOUT_S", "PushRelay", "SpanHandler"]

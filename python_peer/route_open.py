@@ -49,11 +49,9 @@ from .routing import Candidate, NoRouteError
 
 if TYPE_CHECKING:
     from .mesh_client import MeshSession
-    from .route_hop import RouteHop
+    from .route_hop import Inputs, RouteHop
 
 log = logging.getLogger(__name__)
-
-Inputs = tuple[np.ndarray, np.ndarray, np.ndarray]  # hidden states, attention mask, position ids
 
 
 async def open_route(session: MeshSession, start: int, end: int, replay: list[Inputs]) -> list[RouteHop]:

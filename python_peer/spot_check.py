@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.answers import Answer, SignedAnswer, check_answer, wire_digest
+from python_peer.core.answers import ANSWER_META_KEY, Answer, SignedAnswer, check_answer, wire_digest
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.evidence import Evidence
 from python_peer.core.ledger_fields import Verify
@@ -48,12 +48,12 @@ from python_peer.core.wire import FrameFlags
 
 from .errors import PeerError
 from .hop import HOP_FAILURES
+from .route_hop import RouteHop, resolve
 
 if TYPE_CHECKING:
     from python_peer.core.wire import Frame
 
     from .mesh_client import MeshSession
-    from .route_hop import RouteHop
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,18 @@ class AnswerCheck:
         self.model = model
         self.verify = verify
 
-    def check(self, hop: RouteHop, answer: Frame, chain: str, tokens: int) -> SignedAnswer:
-        """The answer's signed commitment, or ``BadAnswerError`` (a hop failure)."""
+    def check(
+        self, hop: RouteHop, answer: Frame, chain: str, tokens: int, *, kept: bool = False
+    ) -> SignedAnswer:
+        """The answer's signed commitment, or ``BadAnswerError`` (a hop failure). With ``kept`` the answer
+        carries no output: its signed digest stands for the output the peer kept (``RouteHop.fetch``)."""
+        if kept:
+            try:
+                output = SignedAnswer.from_dict(answer.meta.get(ANSWER_META_KEY)).answer.output
+            except LedgerError as exc:
+                raise BadAnswerError(f"malformed: a kept output's answer: {exc}") from exc
+        else:
+            output = wire_digest(answer.tensor(names.HIDDEN_OUT))
         expected = Answer(
             hop.session.hex(),
             self.model,
@@ -82,7 +92,7 @@ class AnswerCheck:
             hop.next_step,
             tokens,
             chain,
-            wire_digest(answer.tensor(names.HIDDEN_OUT)),
+            output,
             self.client_id,
             hop.peer_id,
         )
@@ -215,17 +225,18 @@ class SpotChecks:
         if not others:
             self.stats.unchecked += 1
             return Verdict("unchecked")
+        # What a pushing peer kept rather than answered, fetched: a KeptOutputError names who broke that
+        # promise (the caller does not pay it). Done before any hop of the session closes (MeshSession.close).
+        outputs = await hop.fetch_kept(client.config.request_timeout_s)
         self.stats.sessions_checked += 1
         checker_id = self.rng.choice(others)
         checker = await self._replay(session, hop, checker_id, len(hop.history))
         if checker is None:
             self.stats.inconclusive += 1
             return Verdict("inconclusive")
-        j = next(
-            (i for i, out in enumerate(checker.outputs) if not agree(out, hop.outputs[i], tolerance)), None
-        )
+        j = next((i for i, out in enumerate(checker.outputs) if not agree(out, outputs[i], tolerance)), None)
         if j is None:
-            diffs = [relative_diff(out, hop.outputs[i]) for i, out in enumerate(checker.outputs)]
+            diffs = [relative_diff(out, outputs[i]) for i, out in enumerate(checker.outputs)]
             self.stats.largest_agreeing_diff = max([self.stats.largest_agreeing_diff, *diffs])
             self._note_pass(hop.peer_id)
             self._note_pass(checker_id)
@@ -237,7 +248,7 @@ class SpotChecks:
         settler = await self._replay(session, hop, self.rng.choice(settlers), j + 1) if settlers else None
         verdict = Verdict("inconclusive")
         if settler is not None:
-            verdict = self._judge(hop, checker, settler, tolerance)
+            verdict = self._judge(hop, outputs, checker, settler, tolerance)
         if verdict.liar is None:
             self.stats.inconclusive += 1
         else:
@@ -257,10 +268,12 @@ class SpotChecks:
                 await session.close_hop(replay.hop, pay=replay.hop.peer_id != verdict.liar)
         return verdict
 
-    def _judge(self, hop: RouteHop, checker: _Replay, settler: _Replay, tolerance: float) -> Verdict:
+    def _judge(
+        self, hop: RouteHop, outputs: list[np.ndarray], checker: _Replay, settler: _Replay, tolerance: float
+    ) -> Verdict:
         """The first step where one of three peers disagrees with two that agree: that one lied."""
         runs = [
-            (hop.peer_id, hop.outputs, hop.answers),
+            (hop.peer_id, outputs, hop.answers),
             (checker.hop.peer_id, checker.outputs, checker.answers),
         ]
         runs.append((settler.hop.peer_id, settler.outputs, settler.answers))
@@ -293,7 +306,8 @@ class SpotChecks:
         try:
             opened = await session.open_hop(peer_id, hop.start, hop.end)
             replay = _Replay(opened)
-            for inputs in hop.history[:steps]:
+            for kept in hop.history[:steps]:
+                inputs = await resolve(kept, client.config.request_timeout_s)  # fetched by check already
                 out = await opened.forward(*inputs, client.config.request_timeout_s, FrameFlags.REPLAY)
                 replay.outputs.append(out)
                 replay.answers.append(opened.answers[-1])

@@ -144,11 +144,14 @@ async def test_pushed_steps_give_the_local_tokens_and_reach_only_the_first_peer_
         sent = Sent()
         tokens = await run(session, ids, 16, sent)
         route = session.hops
+        # The pushing peers kept their outputs (signed answers only came back); a spot check at close may
+        # fetch them.
+        kept = all(o is None for h in route[:-1] for o in h.outputs)
         await session.close()
-    assert tokens == expected
+    assert tokens == expected and kept
     assert all(h.pushes for h in route) and session.pushing and session.failovers == 0
     assert sent.forwards == {route[0].peer_id: 16}  # every step went to the first peer only; the rest pushed
-    assert all(len(h.outputs) == 16 for h in route)  # yet every hop's output came back to the client
+    assert all(len(h.outputs) == 16 for h in route)
     assert sent.dtypes == carried(export)
     assert all(a is not None for h in route for a in h.answers)  # signed over what was carried
 

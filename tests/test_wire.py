@@ -221,7 +221,7 @@ def test_wrong_version(version: int) -> None:
         decode_frame(raw_frame(version=version))
 
 
-@pytest.mark.parametrize("ftype", [0, 10, 255])
+@pytest.mark.parametrize("ftype", [0, 11, 255])
 def test_unknown_frame_type(ftype: int) -> None:
     with pytest.raises(UnknownFrameTypeError):
         decode_frame(raw_frame(ftype=ftype))

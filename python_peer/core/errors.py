@@ -60,6 +60,7 @@ in ``signaling/errors.py``. The whole tree::
     │   ├── SessionError           an unknown, closed or over-budget inference session
     │   ├── Refusal                (python_peer/hop.py) a request a serving side refuses: sent as an ERROR frame
     │   ├── BadAnswerError         (python_peer/spot_check.py) an answer unsigned or signed over something else
+    │   ├── KeptOutputError        (python_peer/route_hop.py) a kept output withheld, or another handed over
     │   ├── DownloadError          (python_peer/download.py) model files no usable seeder could give
     │   ├── TransportError         a WebRTC link that cannot be made or used (transport.py, link.py)
     │   │   ├── LinkClosedError        the link is closed: locally, by the remote, or its connection failed
@@ -70,6 +71,8 @@ in ``signaling/errors.py``. The whole tree::
     ├── UpError                            (python_peer/errors.py) ``ai4all up`` could not start its mesh
     ├── NoRouteError                       (python_peer/routing.py) no reachable peers cover the blocks
     ├── MeshError                          (python_peer/errors.py) generation through the mesh gave up
+    ├── ReplayLostError                    (python_peer/route_hop.py) a failover's replay inputs lost: the
+    │                                      session replays its whole route instead
     ├── ApiError                           (python_peer/api/errors.py) status, type and code of the OpenAI body
     │   ├── InvalidRequestError        400 a request the models cannot refuse alone
     │   │   └── ContextLengthError     400 prompt + max_tokens over the model's context

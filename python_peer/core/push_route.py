@@ -24,6 +24,7 @@ PUSH_KEY = "push"  # FORWARD metadata: the rest of the route; OPEN answer: true 
 PUSH_CLIENT_KEY = "client"  # a pushed FORWARD's metadata: the id of the client whose session it is
 PUSH_ERROR_KEY = "push_error"  # a RESULT's metadata: why this peer could not push its output on
 PUSHED_BY_KEY = "pushed_by"  # an ERROR's metadata: the peer whose pushed FORWARD was refused
+KEEP_KEY = "keep"  # FORWARD metadata: true asks a peer that pushes its output on to keep it (FETCH)
 MAX_PUSH_ROUTE = 64  # entries of a route, at most (and never more than the model's blocks left)
 ROUTE_ENTRY_KEYS = frozenset({"peer", "session", "step", "start", "end"})
 
@@ -101,6 +102,7 @@ def parse_route(raw: object, *, end: int, num_layers: int, excluded: set[str]) -
 
 
 __all__ = [
+    "KEEP_KEY",
     "MAX_PUSH_ROUTE",
     "PUSHED_BY_KEY",
     "PUSH_CLIENT_KEY",

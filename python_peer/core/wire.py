@@ -121,6 +121,7 @@ class FrameType(IntEnum):
     PONG = 7
     GOSSIP = 8  # ledger gossip; metadata opaque to this layer
     CHUNK = 9  # model files between peers: requests and answers of core/chunks.py (docs/chunks.md)
+    FETCH = 10  # a step's output a pushing peer kept instead of answering it (docs/mesh.md, "Kept outputs")
 
 
 class FrameFlags(IntFlag):

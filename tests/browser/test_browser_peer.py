@@ -173,7 +173,10 @@ async def rounded_run(node: Node, model: Path, browser_id: str) -> tuple[tuple[i
             tokens.append(int(np.argmax(logits[0, -1])))
             if step < MAX_TOKENS - 1:
                 logits = await session.step(np.array([[tokens[-1]]]), np.ones((1, 1), dtype=np.int64))
-        outputs = next(h.outputs for h in session.hops if h.peer_id == browser_id)
+        # A browser peer does not push, so it answers every output in full (none kept).
+        outputs = [
+            o for o in next(h.outputs for h in session.hops if h.peer_id == browser_id) if o is not None
+        ]
         await session.close()
         return tuple(tokens), outputs
     finally:

@@ -156,7 +156,7 @@ describe('refusals carry the error code Python gives', () => {
     ['header one byte short', f32.subarray(0, 35), 'TruncatedFrameError bad_frame'],
     ['bad magic', rawFrame('{}', undefined, { magic: 'A4AG' }), 'BadMagicError bad_frame'],
     ['version 2', rawFrame('{}', undefined, { version: 2 }), 'UnsupportedVersionError bad_frame'],
-    ['type 10', rawFrame('{}', undefined, { type: 10 }), 'UnknownFrameTypeError bad_frame'],
+    ['type 11', rawFrame('{}', undefined, { type: 11 }), 'UnknownFrameTypeError bad_frame'],
     ['flags 4', rawFrame('{}', undefined, { flags: 4 }), 'UnknownFlagsError bad_frame'],
     ['metadata over 64 KiB', rawFrame('{}', undefined, { metaLen: wire.MAX_METADATA_BYTES + 1 }), 'LimitExceededError bad_frame'],
     ['declared tensors over the frame limit', rawFrame('{}', undefined, { tensorsLen: wire.MAX_FRAME_BYTES }), 'LimitExceededError bad_frame'],

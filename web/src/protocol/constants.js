@@ -39,6 +39,7 @@ export const FrameType = Object.freeze({
   PONG: 7,
   GOSSIP: 8,
   CHUNK: 9,
+  FETCH: 10,
 });
 export const FrameFlags = Object.freeze({
   PREFILL: 1,
