@@ -42,6 +42,7 @@ from bench.mesh_concurrency import SESSION_COUNTS, Aggregate, MeshConnection, co
 from bench.mesh_contenders import (
     CHAIN,
     MESH,
+    MESH_BACK_COPIES,
     MESH_HOP_BY_HOP,
     MESH_ONE_BY_ONE,
     PROMPT,
@@ -167,6 +168,7 @@ async def measure(
             MeshDecoder(MESH, client, max_length, probe=probe),
             MeshDecoder(MESH_ONE_BY_ONE, await one_by_one.open(), max_length, probe=probe, one_by_one=True),
             MeshDecoder(MESH_HOP_BY_HOP, client, max_length, push=False),
+            MeshDecoder(MESH_BACK_COPIES, client, max_length, keep=False, probe=probe),
             chain,
             whole_decoder,
         ]

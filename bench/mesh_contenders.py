@@ -35,6 +35,7 @@ MESH_HOP_BY_HOP = (
     "mesh, hop by hop (no push)"  # the same client and peers, each step sent to every hop in turn
 )
 MESH_ONE_BY_ONE = "mesh, hops opened one by one"  # the open path before route_open.py (issue 15)
+MESH_BACK_COPIES = "mesh, outputs sent back"  # pushing peers answer their outputs (no keep, issue 15)
 CHAIN = "local chain (same shards)"
 WHOLE_OPTIMUM = "whole model (optimum graph)"
 WHOLE_SHARD = "whole model (one blocks shard)"
@@ -79,16 +80,19 @@ class MeshDecoder:
         max_length: int,
         *,
         push: bool = True,
+        keep: bool = True,
         probe: TtftProbe | None = None,
         one_by_one: bool = False,
     ) -> None:
-        """``push``: steps pushed peer to peer (docs/mesh.md, "Push along the route"), or not; ``probe``:
+        """``push``: steps pushed peer to peer (docs/mesh.md, "Push along the route"), or not; ``keep``:
+        pushing peers keep their outputs (docs/mesh.md, "Kept outputs") or answer them; ``probe``:
         traces each session's open and first step (``mesh_ttft.py``); ``one_by_one``: the route's hops
         are opened one after another, as before ``route_open.py``."""
         self.name = name
         self.client = client
         self.max_length = max_length
         self.push = push
+        self.keep = keep
         self.probe = probe
         self.one_by_one = one_by_one
         self._session: MeshSession | None = None
@@ -103,6 +107,7 @@ class MeshDecoder:
             else:
                 self._session = await self.client.open(1, self.max_length)
             self._session.pushing = self.push and self._session.pushing
+            self._session.keeping = self.keep and self._session.keeping
             return await self._step(np.array([ids], dtype=np.int64))
         finally:
             if self.probe is not None:

@@ -12,7 +12,15 @@ from rich.table import Table
 
 from bench.bench_export import first_difference
 from bench.mesh_concurrency import SESSION_COUNTS, Aggregate
-from bench.mesh_contenders import CHAIN, MESH, MESH_HOP_BY_HOP, MESH_ONE_BY_ONE, PROMPT, Samples
+from bench.mesh_contenders import (
+    CHAIN,
+    MESH,
+    MESH_BACK_COPIES,
+    MESH_HOP_BY_HOP,
+    MESH_ONE_BY_ONE,
+    PROMPT,
+    Samples,
+)
 from bench.mesh_signaling import (
     ANNOUNCE_CONNECTIONS,
     ANNOUNCES_PER_CONNECTION,
@@ -43,6 +51,7 @@ def speed_ratios(samples: dict[str, Samples], whole_name: str) -> dict[str, dict
         whole_name: "whole model",
         MESH_HOP_BY_HOP: "mesh hop by hop",
         MESH_ONE_BY_ONE: "mesh, hops opened one by one",
+        MESH_BACK_COPIES: "mesh, outputs sent back",
     }
     for other, label in others.items():
         if other not in samples:

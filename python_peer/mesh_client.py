@@ -395,6 +395,7 @@ class MeshSession:
         self.failovers = 0
         self.last_failure = ""
         self.pushing = client.config.push  # off after a pushed answer disagreed with its predecessor
+        self.keeping = client.config.keep_pushed  # pushing peers keep their outputs (push_client.py)
         self.closed = False
 
     @property

@@ -69,7 +69,7 @@ async def pushed_step(
     keys = [(h.session, h.next_step) for h in hops]
     waits = [rpc.expect(*key) for rpc, key in zip(rpcs, keys, strict=True)]
     # Pushing peers keep their outputs (the client fetches one when it needs it): signed answers only.
-    keep = session.client.config.keep_pushed and all(h.check is not None for h in hops)
+    keep = session.keeping and all(h.check is not None for h in hops)
     inputs: Hidden = hidden
     j, direct, sent = 0, True, True
     loop = asyncio.get_running_loop()
