@@ -101,7 +101,7 @@ async def test_pushing_peers_keep_their_outputs_until_the_session_closes(mesh: M
     assert all(o is None for h in hops[:2] for o in h.outputs) and all(a is not None for a in hops[1].answers)
     assert all(isinstance(o, np.ndarray) for o in hops[2].outputs)
     positions = len(PROMPT) + NEW_TOKENS - 1
-    each = positions * width(mesh) * 2  # float16 on the wire: the toy's hidden states are exact there
+    each = positions * width(mesh) * 2  # bytes as float16 (float32 carries twice as many)
     assert each // 2 <= mesh.relays[first].kept_bytes <= 2 * each and mesh.relays[last].kept_bytes == 0
     # What the client fetches is what the peers signed (the checks are in RouteHop.fetch) and what the
     # next peer was pushed: the middle hop's history, fetched, is the first hop's outputs.
@@ -130,7 +130,7 @@ class KeepAdder(PushRelay):
         return await super()._push(client, route, forced, hidden)
 
 
-async def test_a_pusher_asking_the_next_peer_to_keep_what_the_client_wanted_bans_no_one(mesh: Mesh) -> None:
+async def test_a_pusher_asking_the_next_peer_to_keep_its_output_unasked_bans_no_one(mesh: Mesh) -> None:
     """The next peer keeps and answers with its signature alone: the client fetches what it needs."""
     m = mesh.mesh
     mesh.peer((0, 1), relay=KeepAdder, throughput=9000)
