@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from python_peer.core import manifest as names
-from python_peer.core.answers import ANSWER_META_KEY, Answer, SignedAnswer, check_answer, wire_digest
+from python_peer.core.answers import Answer, SignedAnswer, check_answer, read_answer, wire_digest
 from python_peer.core.errors import LedgerError, PaymentRequiredError
 from python_peer.core.evidence import Evidence
 from python_peer.core.ledger_fields import Verify
@@ -77,13 +77,10 @@ class AnswerCheck:
     ) -> SignedAnswer:
         """The answer's signed commitment, or ``BadAnswerError`` (a hop failure). With ``kept`` the answer
         carries no output: its signed digest stands for the output the peer kept (``RouteHop.fetch``)."""
-        if kept:
-            try:
-                output = SignedAnswer.from_dict(answer.meta.get(ANSWER_META_KEY)).answer.output
-            except LedgerError as exc:
-                raise BadAnswerError(f"malformed: a kept output's answer: {exc}") from exc
-        else:
-            output = wire_digest(answer.tensor(names.HIDDEN_OUT))
+        signed = read_answer(answer.meta, hop.peer_id)
+        if not isinstance(signed, SignedAnswer):
+            raise BadAnswerError(f"{signed.code}: {signed.reason}")
+        output = signed.answer.output if kept else wire_digest(answer.tensor(names.HIDDEN_OUT))
         expected = Answer(
             hop.session.hex(),
             self.model,
@@ -96,7 +93,7 @@ class AnswerCheck:
             self.client_id,
             hop.peer_id,
         )
-        result = check_answer(answer.meta, expected, self.verify)
+        result = check_answer(signed, expected, self.verify)
         if not isinstance(result, SignedAnswer):
             raise BadAnswerError(f"{result.code}: {result.reason}")
         return result

@@ -181,16 +181,20 @@ def sign_answer(answer: Answer, sign: Sign) -> SignedAnswer:
     return SignedAnswer(answer, sign(answer.signing_bytes()))
 
 
-def check_answer(meta: dict[str, Any], expected: Answer, verify: Verify) -> SignedAnswer | Rejection:
-    """The client's check of a RESULT's metadata: a signed answer whose body is exactly ``expected`` (what
-    the client computed from what it sent and got back) and whose signature is the server's."""
+def read_answer(meta: dict[str, Any], server: str) -> SignedAnswer | Rejection:
+    """The signed answer a RESULT's metadata carries (from ``server``), parsed but not yet checked."""
     raw = meta.get(ANSWER_META_KEY)
     if raw is None:
-        return Rejection("unsigned", f"peer {expected.server[:12]}… returned an answer without a signature")
+        return Rejection("unsigned", f"peer {server[:12]}… returned an answer without a signature")
     try:
-        signed = SignedAnswer.from_dict(raw)
+        return SignedAnswer.from_dict(raw)
     except LedgerError as exc:
-        return Rejection("malformed", f"peer {expected.server[:12]}…'s answer signature is malformed: {exc}")
+        return Rejection("malformed", f"peer {server[:12]}…'s answer signature is malformed: {exc}")
+
+
+def check_answer(signed: SignedAnswer, expected: Answer, verify: Verify) -> SignedAnswer | Rejection:
+    """The client's check of a signed answer (``read_answer``): its body is exactly ``expected`` (what the
+    client computed from what it sent and got back) and its signature is the server's."""
     if signed.answer != expected:
         fields = [k for k, v in signed.answer.to_dict().items() if expected.to_dict()[k] != v]
         return Rejection(
@@ -208,6 +212,7 @@ __all__ = [
     "SignedAnswer",
     "chain_input",
     "check_answer",
+    "read_answer",
     "sign_answer",
     "tensor_digest",
     "wire_digest",
