@@ -170,10 +170,10 @@ class TtftProbe:
         probe = self
 
         @functools.wraps(old)
-        def accept(hop: RouteHop, inputs: StepInputs, answer: Frame, **kwargs: Any) -> Any:
+        def accept(hop: RouteHop, inputs: StepInputs, answer: Frame) -> Any:
             now = time.perf_counter()
             probe.note("answer", hop.peer_id, now, now)
-            return old(hop, inputs, answer, **kwargs)
+            return old(hop, inputs, answer)
 
         self._patch(RouteHop, "accept", accept)
 

@@ -19,15 +19,13 @@ from python_peer.core.answers import ANSWER_META_KEY, wire_digest
 from python_peer.core.push_route import KEEP_KEY, PUSH_KEY
 from python_peer.core.receipts import ReceiptBody
 from python_peer.core.wire import ErrorCode, Frame, FrameType, WireTensor, error_frame
-from python_peer.hop import FrameHandler
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
 from python_peer.relay import PushRelay
-from python_peer.server import SpanServer
 from python_peer.spot_check import SpotCheckPolicy
 from python_peer.tensors import from_wire, to_wire
 from tests.fast.conftest import FAST, ToyMesh, greedy
-from tests.fast.test_push import DiesAt, Raw, Spanned, ask, entry, forward, hidden
+from tests.fast.test_push import DiesAt, PushMesh, Raw, ask, entry, forward, hidden
 from tests.support.fakes import MemoryLink
 from tests.support.mesh import reference_greedy
 
@@ -52,39 +50,16 @@ class Withholder(PushRelay):
         return error_frame(frame.session, frame.step, ErrorCode.UNKNOWN_SESSION, "lost it, sorry")
 
 
-class Mesh:
-    """A ToyMesh whose peers push (through ``relay``, a ``PushRelay`` by default); ``relays`` by id."""
-
-    def __init__(self, mesh: ToyMesh) -> None:
-        self.mesh = mesh
-        self.relays: dict[str, PushRelay] = {}
-
-    def peer(
-        self,
-        span: tuple[int, int],
-        *,
-        relay: type[PushRelay] = PushRelay,
-        handler: Callable[[str, SpanServer], FrameHandler] | None = None,
-        **kwargs: Any,
-    ) -> str:
-        def wrap(peer_id: str, server: SpanServer) -> FrameHandler:
-            inner = Spanned(handler(peer_id, server), server) if handler is not None else server
-            self.relays[peer_id] = relay(inner, peer_id, self.mesh.network.connector(peer_id))
-            return self.relays[peer_id]
-
-        return self.mesh.peer(span, wrap=wrap, **kwargs)
-
-
-def width(mesh: Mesh) -> int:
+def width(mesh: PushMesh) -> int:
     return int(mesh.mesh.manifest.config["hidden_size"])
 
 
 @pytest.fixture
-def mesh(toy_mesh: ToyMesh) -> Mesh:
-    return Mesh(toy_mesh)
+def mesh(toy_mesh: ToyMesh) -> PushMesh:
+    return PushMesh(toy_mesh)
 
 
-async def test_pushing_peers_keep_their_outputs_until_the_session_closes(mesh: Mesh) -> None:
+async def test_pushing_peers_keep_their_outputs_until_the_session_closes(mesh: PushMesh) -> None:
     m = mesh.mesh
     first, middle, last = mesh.peer((0, 1)), mesh.peer((1, 3)), mesh.peer((3, 4))
     client = m.client(config=dataclasses.replace(FAST, spot_checks=None))
@@ -112,7 +87,7 @@ async def test_pushing_peers_keep_their_outputs_until_the_session_closes(mesh: M
     assert all(r.kept_bytes == 0 for r in mesh.relays.values())  # CLOSE frees them
 
 
-async def test_without_keep_every_output_comes_back(mesh: Mesh) -> None:
+async def test_without_keep_every_output_comes_back(mesh: PushMesh) -> None:
     m = mesh.mesh
     mesh.peer((0, 1)), mesh.peer((1, 3)), mesh.peer((3, 4))
     client = m.client(config=dataclasses.replace(FAST, keep_pushed=False))
@@ -130,7 +105,7 @@ class KeepAdder(PushRelay):
         return await super()._push(client, route, forced, hidden)
 
 
-async def test_a_pusher_asking_the_next_peer_to_keep_its_output_unasked_bans_no_one(mesh: Mesh) -> None:
+async def test_a_pusher_asking_the_next_peer_to_keep_its_output_unasked_bans_no_one(mesh: PushMesh) -> None:
     """The next peer keeps and answers with its signature alone: the client fetches what it needs."""
     m = mesh.mesh
     mesh.peer((0, 1), relay=KeepAdder, throughput=9000)
@@ -145,7 +120,7 @@ async def test_a_pusher_asking_the_next_peer_to_keep_its_output_unasked_bans_no_
 
 @pytest.mark.parametrize("swap", [False, True], ids=["refuses", "swaps"])
 async def test_a_peer_that_will_not_hand_over_what_it_kept_for_a_spot_check_is_banned_and_unpaid(
-    mesh: Mesh, make_ledger: Callable[..., LedgerService], swap: bool
+    mesh: PushMesh, make_ledger: Callable[..., LedgerService], swap: bool
 ) -> None:
     m = mesh.mesh
     relay = type("W", (Withholder,), {"swap": swap})
@@ -162,13 +137,13 @@ async def test_a_peer_that_will_not_hand_over_what_it_kept_for_a_spot_check_is_b
     assert {r.server for r in receipts} == {h[0] for h in session.route} - {cheat}  # the others are paid
 
 
-async def test_a_failover_whose_replay_inputs_are_withheld_replays_the_whole_route(mesh: Mesh) -> None:
+async def test_a_failover_whose_replay_inputs_are_withheld_replays_the_whole_route(mesh: PushMesh) -> None:
     """The middle peer dies; the first peer, which kept what the middle peer was pushed (its replay),
     refuses it: both are banned, and the route is replayed from the client's own embeddings."""
     m = mesh.mesh
     cheat = mesh.peer((0, 1), relay=Withholder, throughput=9000)
     mesh.peer((0, 1))
-    doomed = mesh.peer((1, 3), throughput=9000, handler=lambda pid, s: DiesAt(m, pid, s, step=4))
+    doomed = mesh.peer((1, 3), throughput=9000, faulty=lambda pid, s: DiesAt(m, pid, s, step=4))
     mesh.peer((1, 3)), mesh.peer((3, 4))
     client = m.client(config=dataclasses.replace(FAST, spot_checks=None))
     tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
@@ -181,10 +156,10 @@ async def test_a_failover_whose_replay_inputs_are_withheld_replays_the_whole_rou
 
 
 @pytest.fixture
-async def kept(mesh: Mesh) -> tuple[Raw, str, bytes, Frame]:
+async def kept(mesh: PushMesh) -> tuple[Raw, str, bytes, Frame]:
     """A raw client's step pushed from ``a`` to ``b`` with ``keep``: a's session and its signed answer."""
     a, b = mesh.peer((0, 1)), mesh.peer((1, 4))
-    client = Raw(mesh)  # type: ignore[arg-type]
+    client = Raw(mesh)
     s_a, s_b = await client.open(a, 0, 1), await client.open(b, 1, 4)
     h = hidden(seq=3)[..., : width(mesh)]
     answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, s_b, 1, 4)], KEEP_KEY: True}))
@@ -194,7 +169,9 @@ async def kept(mesh: Mesh) -> tuple[Raw, str, bytes, Frame]:
     return client, a, s_a, answer
 
 
-async def test_a_kept_output_is_fetched_as_signed(mesh: Mesh, kept: tuple[Raw, str, bytes, Frame]) -> None:
+async def test_a_kept_output_is_fetched_as_signed(
+    mesh: PushMesh, kept: tuple[Raw, str, bytes, Frame]
+) -> None:
     client, a, s_a, answer = kept
     assert answer.type is FrameType.RESULT and answer.tensors == ()  # the signed answer alone
     signed = answer.meta[ANSWER_META_KEY]["body"]
@@ -210,7 +187,7 @@ async def test_a_kept_output_is_fetched_as_signed(mesh: Mesh, kept: tuple[Raw, s
 
 
 async def test_another_client_cannot_fetch_what_was_kept_for_one(
-    mesh: Mesh, kept: tuple[Raw, str, bytes, Frame]
+    mesh: PushMesh, kept: tuple[Raw, str, bytes, Frame]
 ) -> None:
     """Knowing (or guessing) the session id is not enough: outputs are kept per client link."""
     _, a, s_a, _ = kept
@@ -222,7 +199,7 @@ async def test_another_client_cannot_fetch_what_was_kept_for_one(
 
 
 async def test_a_client_link_closing_frees_what_was_kept_for_it(
-    mesh: Mesh, kept: tuple[Raw, str, bytes, Frame]
+    mesh: PushMesh, kept: tuple[Raw, str, bytes, Frame]
 ) -> None:
     client, a, _, _ = kept
     assert mesh.relays[a].kept_bytes > 0
@@ -232,10 +209,10 @@ async def test_a_client_link_closing_frees_what_was_kept_for_it(
             await asyncio.sleep(0.01)
 
 
-async def test_a_peer_out_of_room_to_keep_answers_in_full(mesh: Mesh) -> None:
+async def test_a_peer_out_of_room_to_keep_answers_in_full(mesh: PushMesh) -> None:
     a, b = mesh.peer((0, 1)), mesh.peer((1, 4))
     mesh.relays[a].max_kept_bytes = 10  # less than one output
-    client = Raw(mesh)  # type: ignore[arg-type]
+    client = Raw(mesh)
     s_a, s_b = await client.open(a, 0, 1), await client.open(b, 1, 4)
     h = hidden(seq=3)[..., : width(mesh)]
     answer = await ask(client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, s_b, 1, 4)], KEEP_KEY: True}))
@@ -247,11 +224,11 @@ async def test_a_peer_out_of_room_to_keep_answers_in_full(mesh: Mesh) -> None:
     assert mesh.relays[a].kept_bytes == 0
 
 
-async def test_keep_without_a_push_keeps_nothing(mesh: Mesh) -> None:
+async def test_keep_without_a_push_keeps_nothing(mesh: PushMesh) -> None:
     """A peer keeps only what it pushes on: the client asked ``keep`` of a step it sent alone."""
     a = mesh.peer((0, 1))
     mesh.peer((1, 4))
-    client = Raw(mesh)  # type: ignore[arg-type]
+    client = Raw(mesh)
     s_a = await client.open(a, 0, 1)
     h = hidden(seq=2)[..., : width(mesh)]
     answer = await ask(client.links[a], forward(s_a, 0, h, {KEEP_KEY: True}))

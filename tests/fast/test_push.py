@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from python_peer.core.wire import Frame, FrameType, WireTensor
 from python_peer.errors import LinkClosedError
 from python_peer.hop import STEP_OUTPUT, FrameHandler
 from python_peer.identity import Identity
+from python_peer.ledger_service import LedgerService
 from python_peer.relay import PushRelay
 from python_peer.server import SpanServer
 from python_peer.spot_check import SpotCheckPolicy
@@ -57,21 +59,30 @@ class Spanned:
 
 
 class PushMesh:
-    """A ToyMesh whose peers push; ``relays`` by peer id."""
+    """A ToyMesh whose peers push (through ``relay``, a ``PushRelay`` by default); ``relays`` by peer id."""
 
     def __init__(self, mesh: ToyMesh) -> None:
         self.mesh = mesh
         self.relays: dict[str, PushRelay] = {}
 
     def peer(
-        self, span: tuple[int, int], *, throughput: float = 1000.0, faulty: Any = None, **relay: Any
+        self,
+        span: tuple[int, int],
+        *,
+        throughput: float = 1000.0,
+        faulty: Callable[[str, SpanServer], FrameHandler] | None = None,
+        relay: type[PushRelay] = PushRelay,
+        ledger: LedgerService | None = None,
+        **options: Any,
     ) -> str:
+        """A pushing peer serving ``span``; ``options`` go to its ``relay``."""
+
         def wrap(peer_id: str, server: SpanServer) -> FrameHandler:
             handler = Spanned(faulty(peer_id, server), server) if faulty is not None else server
-            self.relays[peer_id] = PushRelay(handler, peer_id, self.mesh.network.connector(peer_id), **relay)
+            self.relays[peer_id] = relay(handler, peer_id, self.mesh.network.connector(peer_id), **options)
             return self.relays[peer_id]
 
-        return self.mesh.peer(span, throughput=throughput, wrap=wrap)
+        return self.mesh.peer(span, throughput=throughput, ledger=ledger, wrap=wrap)
 
 
 @pytest.fixture
