@@ -152,12 +152,15 @@ async def measure(
     log: Console,
 ) -> MeshResults:
     max_length = len(prompt) + max(args.tokens, WARMUP_TOKENS) + 1
-    connection = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
+
+    def connect() -> MeshConnection:
+        return MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
+
+    connection = connect()
     client = await connection.open()
-    # The old open path and the back copies run on clients of their own: one client's starter grant pays
-    # for the sessions of two mesh contenders, not three.
-    one_by_one = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
-    back_copies = MeshConnection((mesh.urls[1], mesh.urls[0]), mesh.model_dir, mesh.manifest, threads)
+    # Each mesh contender runs on a client of its own: one client's starter grant pays for the sessions of
+    # two contenders over three repeats, not more.
+    one_by_one, hop_by_hop, back_copies = connect(), connect(), connect()
     probe = TtftProbe().install()
     try:
         # The head over the last position alone, as the mesh client runs it.
@@ -168,7 +171,7 @@ async def measure(
         decoders: list[AsyncDecoder] = [
             MeshDecoder(MESH, client, max_length, probe=probe),
             MeshDecoder(MESH_ONE_BY_ONE, await one_by_one.open(), max_length, probe=probe, one_by_one=True),
-            MeshDecoder(MESH_HOP_BY_HOP, client, max_length, push=False),
+            MeshDecoder(MESH_HOP_BY_HOP, await hop_by_hop.open(), max_length, push=False),
             MeshDecoder(MESH_BACK_COPIES, await back_copies.open(), max_length, keep=False, probe=probe),
             chain,
             whole_decoder,
@@ -179,8 +182,8 @@ async def measure(
         )
         samples = await single_sessions(decoders, prompt, args.tokens, args.repeats, log)
         probe.uninstall()
-        await one_by_one.close()
-        await back_copies.close()
+        for other in (one_by_one, hop_by_hop, back_copies):
+            await other.close()
         session = await client.open(1, max_length)  # only to read the route the client picks
         route = session.route
         await session.close()
@@ -191,9 +194,8 @@ async def measure(
         )
     finally:
         probe.uninstall()
-        await one_by_one.close()
-        await back_copies.close()
-        await connection.close()
+        for other in (one_by_one, hop_by_hop, back_copies, connection):
+            await other.close()
     traces = {name: runs[1:] for name, runs in probe.traces.items()}  # the first is the warm-up's
     return MeshResults(samples, aggregate, route, rtts, await signaling(mesh, args.repeats, log), traces)
 
