@@ -22,7 +22,8 @@ from python_peer.core.errors import PaymentRequiredError
 from python_peer.core.wire import FrameFlags
 from python_peer.errors import MeshError
 from python_peer.hop import HOP_FAILURES
-from python_peer.mesh_client import MeshClient, MeshSession
+from python_peer.mesh_client import MeshClient
+from python_peer.mesh_session import MeshSession
 from python_peer.route_hop import Inputs, RouteHop
 from python_peer.route_open import concat_inputs
 from python_peer.routing import NoRouteError

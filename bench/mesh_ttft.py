@@ -25,7 +25,8 @@ from python_peer import link_ledger
 from python_peer.core.wire import Frame, FrameType
 from python_peer.ledger_service import LedgerService
 from python_peer.link_ledger import ClientExchange
-from python_peer.mesh_client import MeshClient, MeshSession
+from python_peer.mesh_client import MeshClient
+from python_peer.mesh_session import MeshSession
 from python_peer.route_hop import RouteHop, StepInputs
 from python_peer.rpc import RpcClient
 

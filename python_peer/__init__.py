@@ -29,7 +29,8 @@
 - ``routing.py``        choosing the cheapest route over peers; bans after failures.
 - ``block_selection.py`` which span a peer serves when not told (the least-served run that fits its memory
                         budget), one budget shared by several models, and the check that a span fits.
-- ``mesh_client.py``    generation through the mesh, with fail-over and replay.
+- ``mesh_client.py``    the mesh client: routes, links, holds, the embedding and the heads kept local.
+- ``mesh_session.py``   one generation along a route: steps, fail-over and replay, spot checks and receipts at close.
 - ``push_client.py``    push routing, client side: one step pushed peer to peer along a run of hops, every
                         hop's signed answer awaited on its own link, push trouble resent directly.
 - ``spot_check.py``     verifying answers: signatures checked on every hop, spot checks replayed to other

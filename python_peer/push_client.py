@@ -34,7 +34,7 @@ from .rpc import RpcClient
 from .spot_check import BadAnswerError
 
 if TYPE_CHECKING:
-    from .mesh_client import MeshSession
+    from .mesh_session import MeshSession
 
 log = logging.getLogger(__name__)
 

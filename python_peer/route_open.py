@@ -48,7 +48,7 @@ from .hop import HOP_FAILURES
 from .routing import Candidate, NoRouteError
 
 if TYPE_CHECKING:
-    from .mesh_client import MeshSession
+    from .mesh_session import MeshSession
     from .route_hop import Inputs, RouteHop
 
 log = logging.getLogger(__name__)

@@ -53,7 +53,7 @@ from .route_hop import RouteHop, resolve
 if TYPE_CHECKING:
     from python_peer.core.wire import Frame
 
-    from .mesh_client import MeshSession
+    from .mesh_session import MeshSession
 
 log = logging.getLogger(__name__)
 

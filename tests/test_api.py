@@ -37,8 +37,9 @@ from python_peer.api.types import ChatCompletionRequest, CompletionRequest
 from python_peer.chain import LocalChain
 from python_peer.core.errors import PaymentRequiredError, SignalClientError
 from python_peer.core.manifest import load_manifest
+from python_peer.errors import MeshError
 from python_peer.generate import Generation, SamplingParams, generate
-from python_peer.mesh_client import ClientConfig, MeshError
+from python_peer.mesh_client import ClientConfig
 from python_peer.node import NodeConfig
 from python_peer.routing import NoRouteError
 from python_peer.tokenizer import ModelTokenizer

@@ -29,11 +29,11 @@ from python_peer.core.errors import (
 )
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
-from python_peer.errors import LinkClosedError
+from python_peer.errors import LinkClosedError, MeshError
 from python_peer.generate import SamplingParams, generate
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
-from python_peer.mesh_client import ClientConfig, MeshClient, MeshError
+from python_peer.mesh_client import ClientConfig, MeshClient
 from python_peer.node import MeshNode, NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.signal_client import SignalClient, SignalClientConfig

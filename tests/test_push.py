@@ -18,7 +18,8 @@ from python_peer.chain import LocalChain
 from python_peer.core.manifest import load_manifest
 from python_peer.core.wire import Frame, FrameType
 from python_peer.generate import SamplingParams, generate
-from python_peer.mesh_client import MeshClient, MeshSession
+from python_peer.mesh_client import MeshClient
+from python_peer.mesh_session import MeshSession
 from python_peer.node import NodeConfig, open_client
 from python_peer.rpc import RpcClient
 from python_peer.tokenizer import ModelTokenizer

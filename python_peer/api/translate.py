@@ -21,9 +21,8 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from python_peer.core.errors import AI4AllError, PaymentRequiredError, SignalingError
-from python_peer.errors import PeerError
+from python_peer.errors import MeshError, PeerError
 from python_peer.generate import MIN_TEMPERATURE, Generation, SamplingParams
-from python_peer.mesh_client import MeshError
 from python_peer.routing import NoRouteError
 from python_peer.tokenizer import ModelTokenizer, TemplateError
 

@@ -14,7 +14,8 @@ from python_peer.core.spans import Span
 from python_peer.hop import FrameHandler
 from python_peer.identity import Identity
 from python_peer.ledger_service import LedgerService
-from python_peer.mesh_client import ClientConfig, MeshClient, MeshSession
+from python_peer.mesh_client import ClientConfig, MeshClient
+from python_peer.mesh_session import MeshSession
 from python_peer.server import ServerConfig, SpanServer
 from tests.fast import toy_model
 from tests.support.fakes import MemoryNetwork, announcement

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from python_peer.core.wire import Frame, FrameType
-from python_peer.errors import LinkClosedError
-from python_peer.mesh_client import MeshError
+from python_peer.errors import LinkClosedError, MeshError
 from python_peer.server import SpanServer
 from python_peer.span_gate import SpanGate
 from tests.fast.conftest import ToyMesh, greedy

@@ -25,10 +25,10 @@ from python_peer.core.entries import Entry
 from python_peer.core.errors import PaymentRequiredError, RemoteBadFrameError, SessionRefusedError
 from python_peer.core.protocol import PUSH_ENTRIES
 from python_peer.core.wire import Frame, FrameType
+from python_peer.errors import MeshError
 from python_peer.identity import Identity
 from python_peer.ledger_service import CHANNEL_GOSSIP, LedgerService
 from python_peer.ledger_store import now_ms
-from python_peer.mesh_client import MeshError
 from python_peer.rpc import RpcClient
 from python_peer.span_gate import SpanGate
 from python_peer.tensors import to_wire

@@ -9,8 +9,8 @@ import pytest
 
 from python_peer.core.errors import PaymentRequiredError
 from python_peer.core.wire import ErrorCode, Frame, FrameType
+from python_peer.errors import MeshError
 from python_peer.ledger_service import LedgerService
-from python_peer.mesh_client import MeshError
 from python_peer.rpc import RpcClient
 from python_peer.span_gate import SpanGate
 from tests.fast.conftest import ToyMesh, greedy

@@ -20,9 +20,9 @@ import pytest
 from python_peer.core.errors import PaymentRequiredError
 from python_peer.core.holds import open_holds
 from python_peer.core.wire import ErrorCode, Frame, FrameFlags, FrameType, error_frame
+from python_peer.errors import MeshError
 from python_peer.ledger_service import LedgerService
 from python_peer.ledger_store import now_ms
-from python_peer.mesh_client import MeshError
 from python_peer.server import SpanServer
 from tests.fast.conftest import ToyMesh, greedy
 from tests.support.fakes import MemoryNetwork
