@@ -1,20 +1,19 @@
 """The mesh client: routes a generation through peers, keeping the prompt and the logits local.
 
 The client holds the tokenizer, the embed shard and the head shard; only hidden states leave it. It
-finds peers through signaling, picks the cheapest route (``routing.py``), opens a session on every hop
-of it at once (``route_open.py``; each a ``route_hop.RouteHop``), and its sessions (``mesh_session.py``,
-one a generation) run each step down the chain:
-pushed from peer to peer where the hops push (``push_client.py``, each hop's signed answer still coming
-back to the client), hop by hop elsewhere. When a hop fails (its link closes, it answers with an error,
-or it does not answer in time) the client bans that peer for a while, routes around it, and replays to the
-replacement the hidden states it had sent to that span, which rebuilds the KV cache there; the step
-then goes on, and the tokens come out as if nothing had failed. Reaching a routed peer at all is part of
-the hop: signaling refusing to relay the offer (the peer or its signaling node is gone while its
-announcement lingers), a link that never opens, or no answer to OPEN are hop failures too, routed around
-the same way, so a chat started right after a peer's death goes through any other peer serving its span.
-A dead peer costs a client at most ``connect_timeout_s`` (no link) or ``open_timeout_s`` (no answer to
-OPEN; a dead link is noticed sooner, by the pings of ``rpc.RpcClient.call``), and at most
-``max_failovers`` peers are tried per session.
+finds peers through signaling, picks the cheapest route (``routing.py``), and its sessions
+(``mesh_session.py``, one a generation) open a session on every hop of it at once (``route_open.py``; each
+a ``route_hop.RouteHop``) and run each step down the chain: pushed from peer to peer where the hops push
+(``push_client.py``, each hop's signed answer still coming back to the client), hop by hop elsewhere.
+When a hop fails (its link closes, it answers with an error, or it does not answer in time) the session
+bans that peer for a while, routes around it, and replays to the replacement the hidden states it had
+sent to that span, which rebuilds the KV cache there; the step then goes on, and the tokens come out as
+if nothing had failed. Reaching a routed peer at all is part of the hop: signaling refusing to relay the
+offer (the peer or its signaling node is gone while its announcement lingers), a link that never opens,
+or no answer to OPEN are hop failures too, routed around the same way, so a chat started right after a
+peer's death goes through any other peer serving its span. A dead peer costs a client at most
+``connect_timeout_s`` (no link) or ``open_timeout_s`` (no answer to OPEN; a dead link is noticed sooner,
+by the pings of ``rpc.RpcClient.call``), and at most ``max_failovers`` peers are tried per session.
 
 With a ledger, its ``link_ledger.ClientExchange`` writes a hold for each session in the client's own log
 and pushes the log to the peer before OPEN (which names the hold: ``core/holds.py``), and countersigns
