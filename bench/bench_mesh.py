@@ -51,8 +51,11 @@ from bench.mesh_contenders import (
     WHOLE_SHARD,
     AsyncDecoder,
     InProcess,
+    Interleaved,
     MeshDecoder,
     Samples,
+    greedy,
+    interleaved_decode,
     single_sessions,
 )
 from bench.mesh_processes import BenchError, LocalMesh
@@ -141,6 +144,7 @@ class MeshResults:
     hop_rtt_ms: dict[str, float]
     signaling: SignalingResults
     ttft_traces: dict[str, list[Trace]]  # the traced mesh contenders' timed repeats (``mesh_ttft.py``)
+    interleaved: Interleaved  # the mesh's decode steps and the local chain's, taken in turn
 
 
 async def measure(
@@ -160,7 +164,7 @@ async def measure(
     client = await connection.open()
     # Each mesh contender runs on a client of its own: one client's starter grant pays for the sessions of
     # two contenders over three repeats, not more.
-    one_by_one, hop_by_hop, back_copies = connect(), connect(), connect()
+    one_by_one, hop_by_hop, back_copies, paired = connect(), connect(), connect(), connect()
     probe = TtftProbe().install()
     try:
         # The head over the last position alone, as the mesh client runs it.
@@ -184,6 +188,10 @@ async def measure(
         probe.uninstall()
         for other in (one_by_one, hop_by_hop, back_copies):
             await other.close()
+        in_turn = MeshDecoder(MESH, await paired.open(), max_length)
+        await greedy(in_turn, prompt, WARMUP_TOKENS)  # its links
+        interleaved = await interleaved_decode(in_turn, chain, prompt, args.tokens, args.repeats, log)
+        await paired.close()
         session = await client.open(1, max_length)  # only to read the route the client picks
         route = session.route
         await session.close()
@@ -194,10 +202,11 @@ async def measure(
         )
     finally:
         probe.uninstall()
-        for other in (one_by_one, hop_by_hop, back_copies, connection):
+        for other in (one_by_one, hop_by_hop, back_copies, paired, connection):
             await other.close()
     traces = {name: runs[1:] for name, runs in probe.traces.items()}  # the first is the warm-up's
-    return MeshResults(samples, aggregate, route, rtts, await signaling(mesh, args.repeats, log), traces)
+    sig = await signaling(mesh, args.repeats, log)
+    return MeshResults(samples, aggregate, route, rtts, sig, traces, interleaved)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -275,6 +284,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     out.print(single_table(samples, args.tokens, len(prompt)))
     out.print(ratio_table(ratios, overhead_ms))
+    in_turn = results.interleaved
+    out.print(
+        f"decode in turn, token by token (mesh / local chain, tok/s): {statistics.median(in_turn.ratios()):.2f} "
+        f"(per repeat {', '.join(f'{r:.2f}' for r in in_turn.ratios())}; median of every token's ratio "
+        f"{statistics.median(in_turn.token_ratios()):.2f}; same tokens: {in_turn.same_tokens})",
+        highlight=False,
+        soft_wrap=True,
+    )
     out.print(ttft_table(results.ttft_traces))
     table, agreement = agreement_table(samples, tokenizer)
     out.print(table)
@@ -300,6 +317,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ttft_breakdown_ms": ttft_json(results.ttft_traces),
         "ratios": {k: {m: round(v, 3) for m, v in r.items()} for k, r in ratios.items()},
         "mesh_overhead_ms_per_token": round(overhead_ms, 2),
+        "decode_in_turn": {
+            "ratio": round(statistics.median(results.interleaved.ratios()), 3),
+            "per_repeat": [round(r, 3) for r in results.interleaved.ratios()],
+            "token_ratio_median": round(statistics.median(results.interleaved.token_ratios()), 3),
+            "ms_per_token": {
+                name: round(statistics.median(sum(t) / len(t) for t in runs) * 1e3, 2)
+                for name, runs in ((MESH, results.interleaved.first), (CHAIN, results.interleaved.other))
+            },
+            "same_tokens": results.interleaved.same_tokens,
+        },
         "agreement": agreement,
         "concurrent": {
             str(n): {

@@ -216,3 +216,55 @@ async def single_sessions(
         )
         log.log(f"single session, repeat {repeat + 1}/{repeats}: {line}")
     return samples
+
+
+@dataclass
+class Interleaved:
+    """Two contenders' decode steps taken in turn, token by token: each step's wall time, per repeat."""
+
+    first: list[list[float]] = field(default_factory=list)  # seconds of each step, one list per repeat
+    other: list[list[float]] = field(default_factory=list)
+    same_tokens: bool = True
+
+    def ratios(self) -> list[float]:
+        """Per repeat: the other's decode time over the first's (the first's tok/s over the other's)."""
+        return [sum(o) / sum(f) for f, o in zip(self.first, self.other, strict=True)]
+
+    def token_ratios(self) -> list[float]:
+        """Every step's ratio, the other's time over the first's."""
+        return [
+            o / f for fs, os in zip(self.first, self.other, strict=True) for f, o in zip(fs, os, strict=True)
+        ]
+
+
+async def interleaved_decode(
+    first: AsyncDecoder, other: AsyncDecoder, prompt: Sequence[int], steps: int, repeats: int, log: Console
+) -> Interleaved:
+    """Both contenders prefill ``prompt``, then take their decode steps in turn (the order swapped every
+    step), each step timed alone: both meet the machine's load of the same few milliseconds, which
+    back-to-back runs of a second or more do not."""
+    result = Interleaved()
+    for repeat in range(repeats):
+        times: dict[int, list[float]] = {0: [], 1: []}
+        decoders = (first, other)
+        tokens: dict[int, list[int]] = {}
+        try:
+            for i, decoder in enumerate(decoders):
+                tokens[i] = [int(np.argmax(await decoder.begin(prompt)))]
+            for step in range(steps):
+                for i in (0, 1) if step % 2 == 0 else (1, 0):
+                    start = time.perf_counter()
+                    logits = await decoders[i].next(tokens[i][-1])
+                    times[i].append(time.perf_counter() - start)
+                    tokens[i].append(int(np.argmax(logits)))
+        finally:
+            for decoder in decoders:
+                await decoder.end()
+        result.first.append(times[0])
+        result.other.append(times[1])
+        result.same_tokens &= tokens[0] == tokens[1]
+        log.log(
+            f"interleaved decode, repeat {repeat + 1}/{repeats}: {first.name} {sum(times[0]) / steps * 1e3:.1f} "
+            f"ms a token, {other.name} {sum(times[1]) / steps * 1e3:.1f}"
+        )
+    return result
