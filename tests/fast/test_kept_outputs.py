@@ -118,6 +118,27 @@ async def test_a_pusher_asking_the_next_peer_to_keep_its_output_unasked_bans_no_
     assert middle in [h[0] for h in session.route] and mesh.relays[middle].kept_bytes == 0  # closed
 
 
+class Unsigning(PushRelay):
+    """A pushing peer that answers without its output and without signing a digest of it either: a claim
+    to have kept something it never committed to."""
+
+    def _keep(self, client: str, frame: Frame, answer: Frame) -> Frame:
+        lean = super()._keep(client, frame, answer)
+        meta = {k: v for k, v in lean.meta.items() if k != ANSWER_META_KEY}
+        return dataclasses.replace(lean, meta=meta)
+
+
+async def test_an_answer_with_neither_output_nor_signature_is_a_hop_failure(mesh: PushMesh) -> None:
+    m = mesh.mesh
+    cheat = mesh.peer((0, 1), relay=Unsigning, throughput=9000)
+    mesh.peer((0, 1)), mesh.peer((1, 3)), mesh.peer((3, 4))
+    client = m.client(config=dataclasses.replace(FAST, spot_checks=None))
+    tokens, session = await greedy(client, PROMPT, NEW_TOKENS)
+    assert tokens == reference_greedy(m.model_dir, PROMPT, NEW_TOKENS)
+    assert client.bans.banned(cheat) and cheat not in [h[0] for h in session.route]
+    assert "BadAnswerError: unsigned" in session.last_failure
+
+
 @pytest.mark.parametrize("swap", [False, True], ids=["refuses", "swaps"])
 async def test_a_peer_that_will_not_hand_over_what_it_kept_for_a_spot_check_is_banned_and_unpaid(
     mesh: PushMesh, make_ledger: Callable[..., LedgerService], swap: bool
