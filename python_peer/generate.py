@@ -13,6 +13,7 @@ from typing import Protocol
 import numpy as np
 
 from .chain import Pipeline
+from .core.manifest import Manifest
 from .errors import PeerError
 from .tokenizer import ModelTokenizer, StreamDecoder
 
@@ -66,6 +67,8 @@ class AsyncSession(Protocol):
 
 class AsyncPipeline(Protocol):
     """A pipeline whose sessions are awaited: the mesh client."""
+
+    manifest: Manifest
 
     async def open(self, batch: int, max_length: int) -> AsyncSession: ...
 
@@ -123,6 +126,21 @@ def _prompt_arrays(prompt_ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
     return np.array([prompt_ids], dtype=np.int64), np.ones((1, len(prompt_ids)), np.int64)
 
 
+def _budget(manifest: Manifest, prompt_ids: list[int], params: SamplingParams) -> int:
+    """How many tokens to sample: ``max_tokens``, or fewer where the model's context ends (the generation
+    then stops for "length", as it does at ``max_tokens``). A prompt that fills the context is refused."""
+    context = manifest.context
+    if context is None:
+        return params.max_tokens
+    room = context - len(prompt_ids)
+    if room < 1:
+        raise PeerError(
+            f"the prompt is {len(prompt_ids)} tokens; this model's context holds {context}, "
+            "leaving no room for a token"
+        )
+    return min(params.max_tokens, room)
+
+
 def stream(
     pipeline: Pipeline,
     tokenizer: ModelTokenizer,
@@ -136,16 +154,19 @@ def stream(
     result.prompt_tokens = len(prompt_ids)
     rng = np.random.default_rng(params.seed)
     text = _Detokenizer(tokenizer, params, result)
+    tokens = _budget(pipeline.manifest, prompt_ids, params)
     session = pipeline.open(1)
     try:
         logits = pipeline.step(session, ids, mask)
-        for _ in range(params.max_tokens):
+        for i in range(tokens):
             token = sample(logits[0, -1], params, rng)
             piece, done = text.push(token)
             if piece:
                 yield piece
             if done:
                 return
+            if i == tokens - 1:  # the last token's own step would give logits no one samples
+                break
             logits = pipeline.step(session, np.array([[token]], dtype=np.int64), np.ones((1, 1), np.int64))
         if piece := text.flush():
             yield piece
@@ -166,16 +187,19 @@ async def astream(
     result.prompt_tokens = len(prompt_ids)
     rng = np.random.default_rng(params.seed)
     text = _Detokenizer(tokenizer, params, result)
-    session = await pipeline.open(1, len(prompt_ids) + params.max_tokens)
+    tokens = _budget(pipeline.manifest, prompt_ids, params)
+    session = await pipeline.open(1, len(prompt_ids) + tokens)
     try:
         logits = await session.step(ids, mask)
-        for _ in range(params.max_tokens):
+        for i in range(tokens):
             token = sample(logits[0, -1], params, rng)
             piece, done = text.push(token)
             if piece:
                 yield piece
             if done:
                 return
+            if i == tokens - 1:  # the last token's own step would give logits no one samples
+                break
             logits = await session.step(np.array([[token]], dtype=np.int64), np.ones((1, 1), np.int64))
         if piece := text.flush():
             yield piece

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from python_peer.core.errors import LedgerError
+from python_peer.core.protocol import MAX_BATCH, MAX_LENGTH_LIMIT
 from python_peer.core.push_route import PUSH_KEY
 from python_peer.core.wire import Frame, FrameType
 
@@ -38,10 +39,23 @@ log = logging.getLogger(__name__)
 INLINE_EMBED_TOKENS = 64  # embedding lookups up to this many tokens run on the event loop (~10 us)
 
 
+def _check_size(batch: int, max_length: int, context: int | None) -> None:
+    """A session the peers would refuse, or whose last steps they would (positions past the model's
+    context), is the caller's mistake: refused here, before any hold is written or any peer is asked,
+    rather than taken by the client for one peer failing after another (each banned)."""
+    if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+        raise MeshError(f"batch {batch!r} must be an integer in 1..{MAX_BATCH}")
+    limit = MAX_LENGTH_LIMIT if context is None else min(context, MAX_LENGTH_LIMIT)
+    if not isinstance(max_length, int) or not 1 <= max_length <= limit:
+        model = "" if context is None else f"; the model's context holds {context}"
+        raise MeshError(f"max_length {max_length!r} must be an integer in 1..{limit}{model}")
+
+
 class MeshSession:
     """One generation's sessions along a route; ``step`` returns the logits of the last new token."""
 
     def __init__(self, client: MeshClient, batch: int, max_length: int) -> None:
+        _check_size(batch, max_length, client.manifest.context)
         self.client = client
         self.batch = batch
         self.max_length = max_length

@@ -41,7 +41,7 @@ from python_peer.core.canonical import is_peer_id
 from python_peer.core.errors import LedgerError, PaymentRequiredError, WireError
 from python_peer.core.ledger_exchange import OPEN_LOG, close_answer, parse_open_log
 from python_peer.core.manifest import Manifest
-from python_peer.core.protocol import MAX_LENGTH_LIMIT, MAX_SESSIONS
+from python_peer.core.protocol import MAX_BATCH, MAX_LENGTH_LIMIT, MAX_SESSIONS
 from python_peer.core.spans import Span
 from python_peer.core.wire import ErrorCode, Frame, FrameType, error_frame
 
@@ -104,16 +104,6 @@ class _Session:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-def model_context(manifest: Manifest) -> int | None:
-    """The most positions the model takes (``max_position_embeddings``, GPT-2's ``n_positions``), or None
-    when the manifest's config does not say."""
-    for name in ("max_position_embeddings", "n_positions"):
-        value = manifest.config.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
 class SpanServer:
     """The blocks ``[span.start, span.end)`` of one model, served to clients over frames."""
 
@@ -146,7 +136,7 @@ class SpanServer:
         self.batcher = DecodeBatcher(self.runners, self._run, config.batching)
         cfg = manifest.config
         self.hidden_size = int(cfg["hidden_size"])
-        self.context = model_context(manifest)
+        self.context = manifest.context
         # KV bytes per token per sequence: two fp32 tensors per layer.
         self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
         self.sessions: dict[str, _Session] = {}
@@ -236,8 +226,8 @@ class SpanServer:
                 ErrorCode.SESSION_REFUSED,
                 f"this peer serves {self.model} blocks {self.span}, not {model} blocks {start}-{end}",
             )
-        if not isinstance(batch, int) or not 1 <= batch <= 64:
-            raise Refusal(ErrorCode.BAD_FRAME, f"batch {batch!r} must be an integer in 1..64")
+        if not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
+            raise Refusal(ErrorCode.BAD_FRAME, f"batch {batch!r} must be an integer in 1..{MAX_BATCH}")
         if not isinstance(max_length, int) or not 1 <= max_length <= MAX_LENGTH_LIMIT:
             raise Refusal(
                 ErrorCode.BAD_FRAME, f"max_length {max_length!r} must be an integer in 1..{MAX_LENGTH_LIMIT}"

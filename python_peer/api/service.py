@@ -113,8 +113,8 @@ class _Model:
 
     @property
     def context_length(self) -> int:
-        declared = self.manifest.config.get("max_position_embeddings")
-        return min(int(declared) if isinstance(declared, int) and declared > 0 else 2048, MAX_LENGTH_LIMIT)
+        declared = self.manifest.context  # GPT-2's n_positions too
+        return min(2048 if declared is None else declared, MAX_LENGTH_LIMIT)
 
     @property
     def vocab_size(self) -> int:

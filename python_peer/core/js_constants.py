@@ -93,6 +93,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "MAX_SESSIONS",
             "MAX_PENDING_RECEIPTS",
             "MAX_LENGTH_LIMIT",
+            "MAX_BATCH",
             "PUSH_ENTRIES",
             "CHANNEL_GOSSIP_BYTES",
             "SIGNALING_GOSSIP_BYTES",

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeGuard
 
 from .errors import AdmissionError, ManifestError
-from .memory_budget import BlockFigures
+from .memory_budget import BlockFigures, model_context
 from .spans import Span
 
 FORMAT_VERSION = 2
@@ -281,6 +281,12 @@ class Manifest:
     @property
     def num_layers(self) -> int:
         return int(self.config["num_layers"])
+
+    @property
+    def context(self) -> int | None:
+        """The most positions the model takes (``max_position_embeddings``, GPT-2's ``n_positions``), or
+        None when its config does not say: no session may hold more tokens, on a peer or at a client."""
+        return model_context(self.config)
 
     @property
     def memory(self) -> BlockFigures:

@@ -13,6 +13,7 @@ from .canonical import MAX_CLOCK_SKEW_MS, MAX_TTL_MS
 MAX_SESSIONS = 64  # open inference sessions a span server holds at once
 MAX_PENDING_RECEIPTS = 1024  # receipts a server proposed and still waits to see countersigned
 MAX_LENGTH_LIMIT = 32768  # the largest ``max_length`` an OPEN may ask for
+MAX_BATCH = 64  # the most sequences an OPEN may ask for (``batch``)
 
 PUSH_ENTRIES = 64  # own ledger entries a client pushes to a peer before opening sessions there
 CHANNEL_GOSSIP_BYTES = 60 * 1024  # a gossip message on a session link (its frame's metadata holds 64 KiB)

@@ -52,9 +52,16 @@ class DeafSession:
         self.closed = True
 
 
+class NoContext:
+    """A manifest that does not say the model's context: generation is bounded by ``max_tokens`` alone."""
+
+    context = None
+
+
 class DeafPipeline:
     def __init__(self) -> None:
         self.session = DeafSession()
+        self.manifest = cast(Manifest, NoContext())
 
     async def open(self, batch: int, max_length: int) -> DeafSession:
         return self.session

@@ -187,9 +187,9 @@ async def test_an_honest_client_with_one_price_refuses_its_second_concurrent_req
     for span in ((0, 1), (1, 3), (3, 4)):
         m.peer(span, ledger=make_ledger())
     client = m.client(make_ledger())
-    # one price: 4 blocks x length L + base fee, less than the grant; two do not fit
-    length = (200_000 - 1000) // (4 * 10) - 2000
-    opened = await asyncio.gather(*(client.open(1, length) for _ in range(3)), return_exceptions=True)
+    # one price: 4 blocks x 12 rows x 250 tokens x 10 + base fee (121,000), less than the grant (200,000);
+    # two do not fit (a row is at most the toy model's context of 256 tokens)
+    opened = await asyncio.gather(*(client.open(12, 250) for _ in range(3)), return_exceptions=True)
     served = [s for s in opened if not isinstance(s, BaseException)]
     refused = [e for e in opened if isinstance(e, BaseException)]
     assert len(served) == 1, opened

@@ -13,7 +13,6 @@ from python_peer.core import manifest as names
 from python_peer.core.errors import RemoteBadShapeError
 from python_peer.rpc import RpcClient
 from python_peer.runner import BlocksRunner
-from python_peer.server import model_context
 from python_peer.tensors import expect
 from tests.fast.conftest import ToyMesh
 from tests.fast.toy_model import HIDDEN
@@ -27,7 +26,7 @@ async def test_positions_past_the_context_or_max_length_get_bad_shape_and_the_se
     toy_mesh: ToyMesh,
 ) -> None:
     m = toy_mesh
-    assert model_context(m.manifest) == CONTEXT
+    assert m.manifest.context == CONTEXT
     peer = m.peer((1, 3))
     rpc = RpcClient(await m.network.connect("a-client", peer))
     short, long = b"\x01" * 16, b"\x02" * 16

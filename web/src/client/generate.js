@@ -205,10 +205,25 @@ class Detokenizer {
 }
 
 /**
- * Something that opens sessions: `MeshClient`.
- * @typedef {{open(batch: number, maxLength: number): Promise<{step(ids: BigInt64Array, mask: BigInt64Array):
+ * Something that opens sessions: `MeshClient`. `context`: the most positions its model takes (null or
+ * absent: unknown), where a generation stops for "length" if `maxTokens` has not stopped it first.
+ * @typedef {{context?: number | null, open(batch: number, maxLength: number): Promise<{step(ids: BigInt64Array, mask: BigInt64Array):
  *   Promise<{data: Float32Array, dims: number[]}>, close(): Promise<void>}>}} Pipeline
  */
+
+/**
+ * How many tokens to sample: `maxTokens`, or fewer where the model's context ends (the generation then
+ * stops for "length", as at `maxTokens`). A prompt that fills the context is refused.
+ * @param {number | null} context
+ * @param {number} promptLength
+ * @param {number} maxTokens
+ */
+export function tokenBudget(context, promptLength, maxTokens) {
+  if (context === null) return maxTokens;
+  const room = context - promptLength;
+  if (room < 1) throw new GenerationError(`the prompt is ${promptLength} tokens; this model's context holds ${context}, leaving no room for a token`);
+  return Math.min(maxTokens, room);
+}
 
 /**
  * Yield text pieces as they are generated; fill `result` with the whole outcome. `signal` (an
@@ -226,12 +241,13 @@ export async function* stream(pipeline, tokenizer, promptIds, params, { result, 
   outcome.promptTokens = promptIds.length;
   const rng = makeRng(params.seed);
   const text = new Detokenizer(tokenizer, params, outcome);
-  const session = await pipeline.open(1, promptIds.length + params.maxTokens);
+  const tokens = tokenBudget(pipeline.context ?? null, promptIds.length, params.maxTokens);
+  const session = await pipeline.open(1, promptIds.length + tokens);
   try {
     const ids = BigInt64Array.from(promptIds, (i) => BigInt(i));
     let logits = await session.step(ids, new BigInt64Array(ids.length).fill(1n));
     let piece = '';
-    for (let i = 0; i < params.maxTokens; i++) {
+    for (let i = 0; i < tokens; i++) {
       if (signal?.aborted) {
         outcome.finishReason = 'cancelled';
         break;
@@ -242,7 +258,7 @@ export async function* stream(pipeline, tokenizer, promptIds, params, { result, 
       [piece, done] = text.push(token);
       if (piece) yield piece;
       if (done) return;
-      if (i === params.maxTokens - 1) break;
+      if (i === tokens - 1) break; // the last token's own step would give logits no one samples
       logits = await session.step(BigInt64Array.of(BigInt(token)), BigInt64Array.of(1n));
     }
     piece = text.flush();

@@ -45,6 +45,7 @@
 import { AI4AllError, FrameType } from '../protocol/wire.js';
 import { OPEN_TIMEOUT_MS } from '../protocol/constants.js';
 import { BrowserNodeCore } from '../node/core.js';
+import { modelContext } from '../node/span_choice.js';
 import { LinkClosedError, LinkTimeoutError, TransportError } from '../transport/peer.js';
 import { EmbedRunner, HeadRunner, ShardRunner } from '../runtime/shard.js';
 import { BanList, NoRouteError, chooseRoute, routeLiftingBans } from './routing.js';
@@ -177,6 +178,8 @@ export class MeshClient {
     this.log = log;
     this.numLayers = Number(manifest.model.config.num_layers);
     if (!Number.isInteger(this.numLayers) || this.numLayers < 1) throw new MeshError(`manifest num_layers ${manifest.model.config.num_layers} is not a positive integer`);
+    /** the most positions the model takes (a session's `maxLength` at most), or null when unknown */
+    this.context = modelContext(manifest.model.config);
     this.bans = new BanList(this.config.banSeconds);
     /** @type {Map<string, number>} measured round trips in seconds */
     this.rtts = new Map();

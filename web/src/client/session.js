@@ -8,6 +8,7 @@
  */
 
 import { AI4AllError, FrameType } from '../protocol/wire.js';
+import { MAX_BATCH, MAX_LENGTH_LIMIT } from '../protocol/constants.js';
 import { MeshError, isHopFailure } from './errors.js';
 import { Hop, positionIdsFor } from './hop.js';
 import { openRoute } from './route_open.js';
@@ -24,8 +25,15 @@ export class MeshSession {
    * @param {number} maxLength
    */
   constructor(client, batch, maxLength) {
-    if (!Number.isInteger(batch) || batch < 1 || batch > 64) throw new MeshError(`batch ${batch} must be an integer in 1..64`);
-    if (!Number.isInteger(maxLength) || maxLength < 1) throw new MeshError(`max_length ${maxLength} must be a positive integer`);
+    // A session the peers would refuse, or whose last steps they would (positions past the model's
+    // context), is the caller's mistake: refused here, before any hold or OPEN, rather than taken for one
+    // peer failing after another (each banned).
+    if (!Number.isInteger(batch) || batch < 1 || batch > MAX_BATCH) throw new MeshError(`batch ${batch} must be an integer in 1..${MAX_BATCH}`);
+    const context = client.context;
+    const limit = context === null ? MAX_LENGTH_LIMIT : Math.min(context, MAX_LENGTH_LIMIT);
+    if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limit) {
+      throw new MeshError(`max_length ${maxLength} must be an integer in 1..${limit}${context === null ? '' : `; the model's context holds ${context}`}`);
+    }
     this.client = client;
     this.batch = batch;
     this.maxLength = maxLength;

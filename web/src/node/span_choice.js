@@ -41,13 +41,24 @@ function kvBytesPerToken(config) {
   return 2 * Number(heads) * Number(dim) * KV_DTYPE_BYTES;
 }
 
-/** @param {Record<string, unknown>} config */
-function planContext(config) {
+/**
+ * The most positions the model takes (`max_position_embeddings`, GPT-2's `n_positions`), or null when its
+ * config does not say: no session may hold more tokens, on a peer or at a client (`model_context`).
+ * @param {Record<string, unknown>} config
+ * @returns {number | null}
+ */
+export function modelContext(config) {
   for (const name of ['max_position_embeddings', 'n_positions']) {
     const value = config[name];
-    if (Number.isSafeInteger(value) && Number(value) > 0) return Math.min(PLAN_CONTEXT, Number(value));
+    if (Number.isSafeInteger(value) && Number(value) > 0) return Number(value);
   }
-  return PLAN_CONTEXT;
+  return null;
+}
+
+/** @param {Record<string, unknown>} config */
+function planContext(config) {
+  const context = modelContext(config);
+  return context === null ? PLAN_CONTEXT : Math.min(PLAN_CONTEXT, context);
 }
 
 /**

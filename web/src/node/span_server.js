@@ -42,8 +42,8 @@ import {
 import { ATTENTION_MASK, BlocksRunner, HIDDEN_IN, HIDDEN_OUT, POSITION_IDS, SessionError, ShardInputError } from '../runtime/shard.js';
 import { ExchangeRefusal, remember } from '../ledger/exchange.js';
 import { ServerExchange } from '../ledger/server_exchange.js';
-import { MAX_LENGTH_LIMIT, MAX_SESSIONS, OPEN_LOG } from '../protocol/constants.js';
-import { spanShards } from './span_choice.js';
+import { MAX_BATCH, MAX_LENGTH_LIMIT, MAX_SESSIONS, OPEN_LOG } from '../protocol/constants.js';
+import { modelContext, spanShards } from './span_choice.js';
 import { ANSWER_META_KEY, INPUT_CHAIN_START, chainInput, signAnswer, tensorDigest } from '../protocol/answers.js';
 
 const PEER_ID_RE = /^[0-9a-f]{64}$/;
@@ -158,6 +158,8 @@ export class SpanServer {
     this.exchange = new ServerExchange({ ledger, onReceipt: (client) => this.onChange({ type: 'receipt', client }) });
     const cfg = manifest.model.config;
     this.hiddenSize = Number(cfg.hidden_size);
+    /** the most positions the model takes, or null when its config does not say */
+    this.context = modelContext(cfg);
     // KV bytes per token per sequence: two fp32 tensors per layer.
     this.bytesPerToken = (this.end - this.start) * 2 * Number(cfg.num_key_value_heads) * Number(cfg.head_dim) * 4;
     /** @type {Map<string, Session>} */
@@ -288,8 +290,8 @@ export class SpanServer {
         `this peer serves ${this.model} blocks ${this.span}, not ${model} blocks ${start}-${end}`,
       );
     }
-    if (!Number.isInteger(batch) || batch < 1 || batch > 64) {
-      throw new Refusal(ErrorCode.BAD_FRAME, `batch ${JSON.stringify(batch)} must be an integer in 1..64`);
+    if (!Number.isInteger(batch) || batch < 1 || batch > MAX_BATCH) {
+      throw new Refusal(ErrorCode.BAD_FRAME, `batch ${JSON.stringify(batch)} must be an integer in 1..${MAX_BATCH}`);
     }
     if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > MAX_LENGTH_LIMIT) {
       throw new Refusal(ErrorCode.BAD_FRAME, `max_length ${JSON.stringify(maxLength)} must be an integer in 1..${MAX_LENGTH_LIMIT}`);
@@ -413,10 +415,11 @@ export class SpanServer {
         `${session.length} + ${seq} tokens exceed the session's max_length ${session.maxLength}`,
       );
     }
+    const positionValues = tensorAsInt64(positions);
+    this.#checkPositions(positionValues, session);
     /** @type {import('../runtime/shard.js').Float32Tensor} */
     let out = { data: tensorToFloat32(hidden), dims: [batch, seq, width] };
     const maskValues = tensorAsInt64(mask);
-    const positionValues = tensorAsInt64(positions);
     session.busy = true;
     let done = 0;
     try {
@@ -492,6 +495,30 @@ export class SpanServer {
       tokens: session?.tokens ?? 0,
     });
     return makeFrame({ type: FrameType.RESULT, session: frame.session, step: frame.step, meta: /** @type {any} */ (meta) });
+  }
+
+  /**
+   * Positions past the model's context or the session's `max_length` are refused (`bad_shape`, like
+   * tokens past `max_length`) before anything runs: no model was trained for them (as `server.py`).
+   * @param {BigInt64Array} positions
+   * @param {Session} session
+   */
+  #checkPositions(positions, session) {
+    if (!positions.length) return;
+    const limit = this.context === null ? session.maxLength : Math.min(session.maxLength, this.context);
+    let low = positions[0];
+    let high = positions[0];
+    for (const p of positions) {
+      if (p < low) low = p;
+      if (p > high) high = p;
+    }
+    if (low < 0n || high >= BigInt(limit)) {
+      const context = this.context === null ? '' : `, the model's context ${this.context}`;
+      throw new Refusal(
+        ErrorCode.BAD_SHAPE,
+        `position_ids ${low}..${high} are outside 0..${limit - 1} (the session's max_length ${session.maxLength}${context})`,
+      );
+    }
   }
 
   /** @param {string} key */

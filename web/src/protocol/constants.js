@@ -81,6 +81,7 @@ export const MAX_LAYER = 65536;
 export const MAX_SESSIONS = 64;
 export const MAX_PENDING_RECEIPTS = 1024;
 export const MAX_LENGTH_LIMIT = 32768;
+export const MAX_BATCH = 64;
 export const PUSH_ENTRIES = 64;
 export const CHANNEL_GOSSIP_BYTES = 61440;
 export const SIGNALING_GOSSIP_BYTES = 28672;

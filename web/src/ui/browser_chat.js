@@ -387,6 +387,7 @@ class ChatPage {
     let failovers = 0;
     const client = model.client;
     const pipeline = {
+      context: client.context,
       open: async (/** @type {number} */ batch, /** @type {number} */ maxLength) => {
         const session = await client.open(batch, maxLength);
         route = session.route;
