@@ -183,3 +183,30 @@ async def test_the_middle_peer_sigkilled_mid_generation_the_spare_takes_over_wit
     # Only the first peer gets steps from the client, but for the replay to the spare (one REPLAY FORWARD).
     assert sent.forwards.get(spare.peer_id, 0) <= 1 and sent.forwards[route[0].peer_id] == 20
     assert sent.dtypes == carried(export)  # the replay too
+
+
+@pytest.mark.parametrize("export", ["hidden_float16"], indirect=True)
+async def test_a_failover_after_a_long_generation_fetches_every_kept_output_at_once_and_blames_no_one_else(
+    procs: dict[str, PeerProc], export: Path
+) -> None:
+    """190 decode steps, then the middle peer SIGKILLed: the replay to the spare needs every output the
+    first peer kept, 191 FETCHes sent at once on one link (more than a peer answers concurrently, or
+    queues, per link). All are answered; only the dead peer is banned, and the tokens are the local chain's."""
+    ids = chat_ids(export, PROMPTS[1])
+    n = 200
+    expected = local_tokens(export, ids, n)
+    url = procs["node"].url  # type: ignore[attr-defined]
+    async with client_of(url, export) as client:
+        session = await client.open(1, len(ids) + n)
+        first = session.hops[0].peer_id
+        middle = next(h.peer_id for h in session.hops if (h.start, h.end) == (1, 3))
+        victim = next(p for p in procs.values() if isinstance(p, PeerProc) and p.peer_id == middle)
+        sent = Sent()
+        tokens = await run(session, ids, n, sent, kill_at=n - 10, victim=victim)
+        route = session.hops
+        await session.close()
+        assert [p for p in (first, route[-1].peer_id) if client.bans.banned(p)] == []
+    assert tokens == expected
+    assert session.failovers == 1 and route[0].peer_id == first and middle not in [h.peer_id for h in route]
+    spare = route[1].peer_id
+    assert sent.forwards.get(spare, 0) <= 1  # the replay, one FORWARD
