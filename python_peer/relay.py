@@ -21,8 +21,9 @@ every link to (docs/mesh.md, "Push along the route"):
 - a FORWARD with ``keep`` that this peer pushes on is answered with the signed answer alone, its output
   kept for the client (docs/mesh.md, "Kept outputs") until the session's CLOSE or the client's last link
   closing; the push carries ``keep`` on. A FETCH of ``(session, step)`` from the client gets that output
-  back as a RESULT. Kept outputs take ``max_kept_bytes`` at most: beyond, and when the push failed or the
-  answer is not signed, the output is answered in full as without ``keep``.
+  back as a RESULT. Kept outputs take ``max_kept_bytes`` at most: when that is reached, what was kept for
+  sessions no longer open here (evicted idle) goes first; beyond, and when the push failed or the answer
+  is not signed, the output is answered in full as without ``keep``.
 
 What a client can make a peer send: one push per FORWARD it pays for, of that FORWARD's output size, to the
 peer named next; a route is checked before anything runs (spans chaining to the model's end, no peer
@@ -206,8 +207,12 @@ class PushRelay:
     def _keep(self, client: str, frame: Frame, answer: Frame) -> Frame:
         """``answer`` without its output, which is kept for a FETCH; unchanged when not signed or no room."""
         output = answer.tensor(names.HIDDEN_OUT)
-        if ANSWER_META_KEY not in answer.meta or self.kept_bytes + len(output.data) > self.max_kept_bytes:
+        if ANSWER_META_KEY not in answer.meta:
             return answer
+        if self.kept_bytes + len(output.data) > self.max_kept_bytes:
+            self._drop_ended()
+            if self.kept_bytes + len(output.data) > self.max_kept_bytes:
+                return answer
         self._kept.setdefault((client, frame.session), {})[frame.step] = output
         self.kept_bytes += len(output.data)
         return dataclasses.replace(answer, tensors=tuple(t for t in answer.tensors if t is not output))
@@ -223,6 +228,12 @@ class PushRelay:
                 f"no output of step {frame.step} kept in this session for this client",
             )
         return Frame(FrameType.RESULT, frame.session, frame.step, tensors=(output,))
+
+    def _drop_ended(self) -> None:
+        """Forget what was kept for sessions no longer open here: evicted idle, never closed by a client
+        whose link stays open (else kept until that link closed, taking room from every other client)."""
+        for key in [k for k in self._kept if self.handler.session_span(*k) is None]:
+            self._drop(*key)
 
     def _drop(self, client: str, session: bytes) -> None:
         for output in self._kept.pop((client, session), {}).values():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -243,6 +244,41 @@ async def test_a_peer_out_of_room_to_keep_answers_in_full(mesh: PushMesh) -> Non
         width(mesh),
     )
     assert mesh.relays[a].kept_bytes == 0
+
+
+async def test_what_was_kept_for_a_session_evicted_idle_makes_room_for_others(mesh: PushMesh) -> None:
+    """A client that never closes its sessions and keeps its link open: once such a session is evicted
+    idle, its kept outputs give way to another session's when room runs out, not only when the link
+    closes. While it is open, they stay (and the other is answered in full)."""
+    a, b = mesh.peer((0, 1)), mesh.peer((1, 4))
+    client = Raw(mesh)
+    h = hidden(seq=3)[..., : width(mesh)]
+
+    async def pushed_step() -> tuple[bytes, Frame]:
+        s_a, s_b = await client.open(a, 0, 1), await client.open(b, 1, 4)
+        answer = await ask(
+            client.links[a], forward(s_a, 0, h, {PUSH_KEY: [entry(b, s_b, 1, 4)], KEEP_KEY: True})
+        )
+        async with asyncio.timeout(5):
+            assert (await client.links[b].recv()).type is FrameType.RESULT  # b's answer
+        return s_a, answer
+
+    first, answer = await pushed_step()
+    one = mesh.relays[a].kept_bytes
+    assert answer.tensors == () and one > 0
+    mesh.relays[a].max_kept_bytes = one  # room for one output
+    _, answer = await pushed_step()
+    assert answer.tensor(names.HIDDEN_OUT).shape == (1, 3, width(mesh))  # the first session is still open
+    assert mesh.relays[a].kept_bytes == one
+
+    server = mesh.mesh.servers[a]
+    assert server.evict_idle(now=time.monotonic() + 2 * server.config.idle_timeout_s) == 2
+    third, answer = await pushed_step()
+    assert answer.tensors == () and mesh.relays[a].kept_bytes == one  # kept, in the evicted one's room
+    gone = await ask(client.links[a], Frame(FrameType.FETCH, first, 0))
+    assert gone.type is FrameType.ERROR and gone.meta["code"] == "unknown_session"
+    kept = await ask(client.links[a], Frame(FrameType.FETCH, third, 0))
+    assert wire_digest(kept.tensor(names.HIDDEN_OUT)) == answer.meta[ANSWER_META_KEY]["body"]["output"]
 
 
 async def test_keep_without_a_push_keeps_nothing(mesh: PushMesh) -> None:
