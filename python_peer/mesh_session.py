@@ -51,6 +51,28 @@ def _check_size(batch: int, max_length: int, context: int | None) -> None:
         raise MeshError(f"max_length {max_length!r} must be an integer in 1..{limit}{model}")
 
 
+def _check_step(ids: np.ndarray, mask: np.ndarray, batch: int) -> None:
+    """A malformed step is the caller's mistake too: refused before it is embedded or sent (a peer's
+    ``bad_shape`` would read as that peer failing, banned and routed around again and again)."""
+    if (
+        not isinstance(ids, np.ndarray)
+        or not isinstance(mask, np.ndarray)
+        or ids.dtype.kind not in "iu"
+        or mask.dtype.kind not in "iub"
+        or ids.ndim != 2
+        or ids.shape != mask.shape
+        or ids.shape[0] != batch
+        or ids.shape[1] == 0
+    ):
+        raise MeshError(
+            f"ids and mask must be integer arrays of one [{batch}, seq] shape, seq >= 1; got "
+            f"{getattr(ids, 'dtype', type(ids).__name__)} {list(getattr(ids, 'shape', ()))} and "
+            f"{getattr(mask, 'dtype', type(mask).__name__)} {list(getattr(mask, 'shape', ()))}"
+        )
+    if not np.isin(mask, (0, 1)).all():
+        raise MeshError("attention mask values must be 0 or 1")
+
+
 class MeshSession:
     """One generation's sessions along a route; ``step`` returns the logits of the last new token."""
 
@@ -121,6 +143,7 @@ class MeshSession:
     async def step(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         if self.closed:
             raise MeshError("this session is closed")
+        _check_step(ids, mask, self.batch)
         mask = mask.astype(np.int64)
         if self.mask.shape[1] + ids.shape[1] > self.max_length:
             raise MeshError(f"the session's max_length {self.max_length} would be exceeded")

@@ -1,11 +1,12 @@
-"""A session holds at most the model's context, and the caller hears so, not the peers.
+"""A session's bounds are the caller's to keep, and the caller hears when it does not, not the peers.
 
 The toy model's context is 256 positions (``max_position_embeddings``). Peers refuse a step whose positions
 go past it (``test_positions.py``); a client that opened a session longer than that would take each such
 refusal for a peer failing, ban it and route around it, one honest peer after another. So the client
 refuses such a session itself, before any hold is written or any peer is asked; and a generation asked
 for more tokens than the context has room for stops where it ends, for "length", without the step of its
-last token (whose logits no one samples).
+last token (whose logits no one samples). A malformed step (another batch, a mask of another shape or
+with values other than 0 and 1, no tokens) is refused the same way, before it is embedded or sent.
 """
 
 from __future__ import annotations
@@ -125,3 +126,33 @@ def test_the_local_chain_generates_to_the_same_bound(toy_mesh: ToyMesh) -> None:
     assert result.finish_reason == "length" and chain.positions == CONTEXT - 1
     with pytest.raises(PeerError, match="leaving no room for a token"):
         generate(chain, TOKENIZER, prompt(CONTEXT + 5), SamplingParams(max_tokens=1))
+
+
+async def test_a_malformed_step_is_refused_before_it_is_sent_and_the_session_goes_on(
+    toy_mesh: ToyMesh,
+) -> None:
+    m = toy_mesh
+    peers = [m.peer((0, 1)), m.peer((1, 3)), m.peer((3, 4))]
+    client = m.client()
+    session = await client.open(1, 16)
+    ones = np.ones((1, 2), np.int64)
+    for ids, mask, message in (
+        (np.array([[1, 2], [3, 4]]), np.ones((2, 2), np.int64), r"\[1, seq\] shape.*int64 \[2, 2\]"),
+        (np.array([[1, 2]]), np.ones((1, 3), np.int64), r"\[1, 2\] and int64 \[1, 3\]"),
+        (np.zeros((1, 0), np.int64), np.zeros((1, 0), np.int64), r"seq >= 1"),
+        (np.array([1, 2]), np.ones(2, np.int64), r"\[1, seq\] shape"),
+        (np.array([[1.0, 2.0]]), ones, r"float64 \[1, 2\]"),
+        (np.array([[1, 2]]), np.array([[1, 2]]), r"mask values must be 0 or 1"),
+    ):
+        with pytest.raises(MeshError, match=message):
+            await session.step(ids, mask)
+    assert session.failovers == 0 and not any(client.bans.banned(p) for p in peers)
+    assert all(s.length == 0 for p in peers for s in m.servers[p].sessions.values()), "nothing was sent"
+
+    ids = np.array([[1, 2]])
+    logits = await session.step(ids, ones)
+    tokens = [int(np.argmax(logits[0, -1]))]
+    logits = await session.step(np.array([tokens[-1:]]), np.ones((1, 1), np.int64))
+    tokens.append(int(np.argmax(logits[0, -1])))
+    await session.close()
+    assert tokens == reference_greedy(m.model_dir, [1, 2], 2)
