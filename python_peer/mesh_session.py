@@ -69,7 +69,7 @@ def _check_step(ids: np.ndarray, mask: np.ndarray, batch: int) -> None:
             f"{getattr(ids, 'dtype', type(ids).__name__)} {list(getattr(ids, 'shape', ()))} and "
             f"{getattr(mask, 'dtype', type(mask).__name__)} {list(getattr(mask, 'shape', ()))}"
         )
-    if not np.isin(mask, (0, 1)).all():
+    if not ((mask == 0) | (mask == 1)).all():
         raise MeshError("attention mask values must be 0 or 1")
 
 
