@@ -138,7 +138,6 @@ def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
     """The checked flags of ``ai4all benchmark``; ``CommandError`` names the one that is wrong."""
     from python_peer.core.errors import ManifestError
     from python_peer.core.manifest import load_manifest
-    from python_peer.core.memory_budget import model_context
     from python_peer.identity import default_data_dir
 
     from .benchmark import BenchmarkOptions
@@ -147,7 +146,7 @@ def benchmark_options(args: argparse.Namespace) -> BenchmarkOptions:
         manifest = load_manifest(args.model)
     except ManifestError as exc:
         raise CommandError(f"--model {args.model} is not an exported model: {exc}") from None
-    check_counts(args, model_context(manifest.config))
+    check_counts(args, manifest.context)
     return BenchmarkOptions(
         model_dir=args.model,
         span=chosen_span(manifest, args.span, args.memory_budget),

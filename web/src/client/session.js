@@ -29,7 +29,7 @@ export class MeshSession {
     // context), is the caller's mistake: refused here, before any hold or OPEN, rather than taken for one
     // peer failing after another (each banned).
     if (!Number.isInteger(batch) || batch < 1 || batch > MAX_BATCH) throw new MeshError(`batch ${batch} must be an integer in 1..${MAX_BATCH}`);
-    const context = client.context;
+    const context = client.context ?? null;
     const limit = context === null ? MAX_LENGTH_LIMIT : Math.min(context, MAX_LENGTH_LIMIT);
     if (!Number.isInteger(maxLength) || maxLength < 1 || maxLength > limit) {
       throw new MeshError(`max_length ${maxLength} must be an integer in 1..${limit}${context === null ? '' : `; the model's context holds ${context}`}`);
