@@ -55,7 +55,10 @@ def register(subparsers: Any) -> None:
 
 def add_sampling(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--max-tokens", type=int, default=128, help="at most this many new tokens (default 128)"
+        "--max-tokens",
+        type=int,
+        default=128,
+        help="at most this many new tokens (default 128; fewer where the model's context ends)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default 1.0)")
