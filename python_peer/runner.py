@@ -299,6 +299,8 @@ class BlocksRunner:
                 f"attention mask {list(mask.shape)} and position ids {list(position_ids.shape)} "
                 f"must both be [{state.batch}, {seq}]"
             )
+        if not ((mask == 0) | (mask == 1)).all():  # as web/src/runtime/blocks.js
+            raise ShardInputError("attention mask values must be 0 or 1")
         return state
 
     def check_decode_step(

@@ -1,4 +1,5 @@
-"""FORWARD ``position_ids`` are bounded by the model's context and the session's ``max_length``.
+"""FORWARD ``position_ids`` are bounded by the model's context and the session's ``max_length``, and its
+``attention_mask`` holds 0s and 1s.
 
 The frames are raw FORWARD frames built with the wire codec (``core/wire.py``), sent over a link as any
 client would send them; the refusal is a ``bad_shape`` ERROR frame and the session goes on unharmed.
@@ -47,6 +48,11 @@ async def test_positions_past_the_context_or_max_length_get_bad_shape_and_the_se
         await rpc.call(forward(short, 0, three, np.array([[-1, 0, 1]])), 5)
     with pytest.raises(RemoteBadShapeError, match=rf"outside 0\.\.{CONTEXT - 1} .*context {CONTEXT}"):
         await rpc.call(forward(long, 0, one, np.array([[CONTEXT]])), 5)  # max_length allows it; the model not
+    for bad in (2, -1):  # an attention mask is 0 or 1 (the browser peer refuses the same)
+        with pytest.raises(RemoteBadShapeError, match=r"attention mask values must be 0 or 1"):
+            await rpc.call(forward(short, 0, three, np.arange(3)[None], np.array([[1, bad, 1]])), 5)
+        with pytest.raises(RemoteBadShapeError, match=r"attention mask values must be 0 or 1"):
+            await rpc.call(forward(short, 0, one, np.array([[0]]), np.array([[bad]])), 5)  # a decode step
     assert server.tokens_served == 0, "nothing was computed for a refused frame"
 
     # Both sessions are still at step 0 and answer as a fresh run of the same blocks does.

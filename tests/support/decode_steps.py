@@ -28,14 +28,17 @@ def open_frame(server: SpanServer, session: bytes, max_length: int = 128, batch:
     return Frame(FrameType.OPEN, session, 0, meta=meta)
 
 
-def forward_frame(session: bytes, step: int, hidden: np.ndarray, positions: np.ndarray) -> Frame:
+def forward_frame(
+    session: bytes, step: int, hidden: np.ndarray, positions: np.ndarray, mask: np.ndarray | None = None
+) -> Frame:
+    """A FORWARD of ``hidden`` at ``positions``, with ``mask`` (all ones by default)."""
     return Frame(
         FrameType.FORWARD,
         session,
         step,
         tensors=(
             to_wire("hidden_states", hidden.astype(np.float32)),
-            to_wire("attention_mask", np.ones(positions.shape, np.int64)),
+            to_wire("attention_mask", np.ones(positions.shape, np.int64) if mask is None else mask),
             to_wire("position_ids", positions.astype(np.int64)),
         ),
     )
