@@ -38,6 +38,9 @@ from .ratelimit import TokenBucket
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE = 256  # replies and signals waiting to be written, per connection
+# ... and their characters in all: a slow reader holds at most this much of the node's memory, not 256
+# ``peers`` replies of up to MAX_REPLY_BYTES each (64 MiB per connection, times --max-connections)
+OUTBOX_CHARS = 1 << 20
 FLUSH_TIMEOUT_S = 0.5
 DROP_LOG_INTERVAL_S = 10.0  # at most one warning this often per connection, with the count so far
 # A websocket that opens and says nothing useful (a slowloris of websockets) holds a connection slot:
@@ -151,7 +154,7 @@ class Connection:
         self.limited_in_a_row = 0
         self.state = ConnectionState.OPEN
         self.sent = 0  # messages written to the websocket
-        self.outbox = Outbox(OUTBOX_SIZE, max_states)  # max_states: the directory's bound on peers
+        self.outbox = Outbox(OUTBOX_SIZE, max_states, OUTBOX_CHARS)  # max_states: the directory's bound
         self.first_message_timeout_s = FIRST_MESSAGE_TIMEOUT_S
         self.idle_timeout_s = IDLE_TIMEOUT_S
         self.greeted = dialed  # True once the node took a message (a link we dialed is greeted already)

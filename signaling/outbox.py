@@ -1,6 +1,7 @@
 """What a connection still has to send: a bounded FIFO of messages, and the newest state per peer.
 
-Replies and signals (``relay``, delivered ``signal``) go through the FIFO, bounded by count: past the
+Replies and signals (``relay``, delivered ``signal``) go through the FIFO, bounded by count and by
+size (a ``peers`` reply alone may be 256 KiB: a slow reader must not hold 256 of them): past either
 bound a message is dropped and counted (clients retry signals end to end). Gossip and ``gone`` carry
 soft state that only matters in its newest form, so they go into a table keyed by peer id where a
 newer state replaces the one still waiting, in its place in line: a burst of announcements costs one
@@ -18,16 +19,22 @@ Rank = tuple[int, int]
 
 
 class Outbox:
-    """A FIFO of at most ``max_messages`` texts, and at most ``max_keys`` newest states by key."""
+    """A FIFO of at most ``max_messages`` texts of at most ``max_chars`` characters in all (one text
+    alone is always taken), and at most ``max_keys`` newest states by key."""
 
-    def __init__(self, max_messages: int, max_keys: int) -> None:
-        if max_messages < 1 or max_keys < 1:
-            raise ValueError(f"an outbox needs room for messages and keys, not {max_messages} and {max_keys}")
+    def __init__(self, max_messages: int, max_keys: int, max_chars: int = 1 << 20) -> None:
+        if max_messages < 1 or max_keys < 1 or max_chars < 1:
+            raise ValueError(
+                f"an outbox needs room for messages, keys and text, not {max_messages}, {max_keys} "
+                f"and {max_chars}"
+            )
         self.max_messages = max_messages
         self.max_keys = max_keys
+        self.max_chars = max_chars
         self.dropped = 0  # messages refused for want of room, since the connection opened
         self.coalesced = 0  # states replaced by a newer one before they were sent
         self._fifo: deque[str] = deque()
+        self._fifo_chars = 0  # characters of the texts in the FIFO
         self._latest: OrderedDict[str, tuple[Rank, str]] = OrderedDict()
         self._fifo_turn = True
         self._unfinished = 0  # taken or waiting, not yet marked done
@@ -39,11 +46,14 @@ class Outbox:
         return len(self._fifo) + len(self._latest)
 
     def put(self, text: str) -> bool:
-        """Queue ``text`` last; ``False`` (and counted as dropped) when the FIFO is full."""
-        if len(self._fifo) >= self.max_messages:
+        """Queue ``text`` last; ``False`` (and counted as dropped) when the FIFO is full, in messages or
+        in characters."""
+        full = bool(self._fifo) and self._fifo_chars + len(text) > self.max_chars
+        if full or len(self._fifo) >= self.max_messages:
             self.dropped += 1
             return False
         self._fifo.append(text)
+        self._fifo_chars += len(text)
         self._added()
         return True
 
@@ -72,7 +82,9 @@ class Outbox:
             await self._ready.wait()
         if self._fifo and (self._fifo_turn or not self._latest):
             self._fifo_turn = False
-            return self._fifo.popleft()
+            text = self._fifo.popleft()
+            self._fifo_chars -= len(text)
+            return text
         self._fifo_turn = True
         _, (_, text) = self._latest.popitem(last=False)
         return text
