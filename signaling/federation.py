@@ -288,8 +288,13 @@ class Federation:
                     try:
                         node = await self._hello(link, url)
                         if node == self.node_id:
-                            log.error("sibling %s is this node itself; not dialing it", url)
-                            return
+                            # A hello proves no key: whatever answers at ``url`` may say so, and the real
+                            # sibling may be back later. A URL that is really this node costs a dial now
+                            # and then.
+                            raise SignalingError(
+                                f"its hello says it is this node itself ({node}); check the URL. "
+                                "Dialing it again later"
+                            )
                         held = self.links.get(node)
                         if held is not None and not self._better(link, held):
                             reason = self._duplicate(held)
