@@ -419,12 +419,14 @@ async def in_process(
     app = create_app(service, api or ApiConfig(rate_per_s=1000, burst=1000))
     try:
         async with (
-            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as http,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as http,
             openai.AsyncOpenAI(
-                base_url="http://api/v1",
+                base_url="http://127.0.0.1/v1",
                 api_key="x",
                 max_retries=0,
-                http_client=httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api"),
+                http_client=httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1"
+                ),
             ) as client,
         ):
             yield http, client

@@ -79,7 +79,9 @@ def _app() -> Any:
 async def test_refusals_are_in_openais_shape(
     method: str, path: str, body: bytes | None, status: int, code: str | None
 ) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_app()), base_url="http://t") as http:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=_app()), base_url="http://127.0.0.1"
+    ) as http:
         headers = {"content-type": "application/json"} if body is not None else {}
         response = await http.request(method, path, content=body, headers=headers)
         error = assert_openai_error(response, status, code)
@@ -91,7 +93,7 @@ async def test_a_body_that_never_arrives_gets_408_in_openais_shape() -> None:
     await server.start()
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         writer.write(f'{head}Content-Length: 100\r\n\r\n{{"model"'.encode())
         await writer.drain()
         try:

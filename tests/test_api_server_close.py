@@ -25,7 +25,7 @@ async def test_a_close_cancelled_midway_raises_its_cancel_and_the_server_still_s
     await server.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
-        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
         async with asyncio.timeout(10):
             await arrived.wait()

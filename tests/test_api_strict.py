@@ -127,7 +127,7 @@ async def _slowloris(port: int, every_s: float = 2.0) -> float:
     """Send a request line, then one header line every ``every_s``; return when the server cut it off."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     started = time.monotonic()
-    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
 
     async def drip() -> None:
         for i in range(100):
@@ -149,7 +149,7 @@ async def _slowloris(port: int, every_s: float = 2.0) -> float:
 
 async def _short_body(port: int) -> tuple[bytes, float]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head = "POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
     writer.write(f'{head}Content-Length: 100\r\n\r\n{{"model"'.encode())
     await writer.drain()
     try:
@@ -160,7 +160,7 @@ async def _short_body(port: int) -> tuple[bytes, float]:
 
 async def _idle(port: int) -> float:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+    writer.write(b"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     try:
         got, took = await _closed_or_answered(reader, KEEP_ALIVE_S + 5)
     finally:

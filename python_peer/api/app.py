@@ -2,7 +2,8 @@
 
 Thin on purpose: each route parses its request model, asks the service, and hands the outcome to the
 translator. In front of the routes, one ASGI guard applies a per-client token-bucket rate limit, the
-optional API key (``Authorization: Bearer KEY``, on every ``/v1`` route) and a bound on the body size.
+optional API key (``Authorization: Bearer KEY``, on every ``/v1`` route; without one, only requests
+naming the node by an address or ``localhost``, against DNS rebinding) and a bound on the body size.
 Every error, wherever it is raised, leaves in OpenAI's shape.
 """
 
@@ -15,7 +16,8 @@ import logging
 import secrets
 import socket
 import time
-from collections import OrderedDict
+import urllib.parse
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from typing import Any
@@ -38,11 +40,12 @@ from .errors import (
     ApiListenError,
     AuthenticationError,
     BodyTooLargeError,
+    ForbiddenHostError,
     MethodNotAllowedError,
     NotFoundError,
     RateLimitedError,
 )
-from .hosts import is_loopback
+from .hosts import is_address_or_localhost, is_loopback
 from .pages import create_pages
 from .service import Job, NodeService
 from .streaming import EventStreamResponse
@@ -125,6 +128,8 @@ class _Guard:
                 )
             if self.config.api_key is not None and str(scope.get("path", "")).startswith("/v1"):
                 _check_key(scope, self.config.api_key)
+            if self.config.api_key is None:
+                _check_host(scope)
             self._check_length(scope)
             if scope.get("method") != "POST":
                 await self.app(scope, self._bounded(receive), send)
@@ -158,6 +163,8 @@ class _Guard:
         body = b"".join(chunks)
         try:
             json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        except RecursionError:  # a few bytes a level: "[[[[..." within the size bound overflows the parser
+            raise translate.InvalidRequestError("the body nests its JSON too deeply") from None
         except ValueError as exc:
             if isinstance(exc, _DuplicateKey):
                 raise translate.InvalidRequestError(str(exc)) from None
@@ -209,16 +216,21 @@ def _with_csp(send: Send) -> Send:
     return send_with_csp
 
 
+MAX_NAMED_KEYS = 8  # duplicate keys an error message names
+
+
 class _DuplicateKey(ValueError):
     """A JSON object naming one key twice."""
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    if len(set(keys)) != len(keys):
-        twice = sorted({key for key in keys if keys.count(key) > 1})
-        raise _DuplicateKey(f"the body names {', '.join(repr(k) for k in twice)} more than once")
-    return dict(pairs)
+    found = dict(pairs)
+    if len(found) != len(pairs):  # counted in one pass: an object of many keys must not cost their square
+        twice = sorted(key for key, count in Counter(key for key, _ in pairs).items() if count > 1)
+        named = ", ".join(repr(k) for k in twice[:MAX_NAMED_KEYS])
+        more = f" and {len(twice) - MAX_NAMED_KEYS} other keys" if len(twice) > MAX_NAMED_KEYS else ""
+        raise _DuplicateKey(f"the body names {named}{more} more than once")
+    return found
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
@@ -244,6 +256,39 @@ def _check_key(scope: Scope, key: str) -> None:
             if not given
             else "the API key is not valid for this node"
         )
+
+
+def _check_host(scope: Scope) -> None:
+    """Without an API key, the node is reached only through an address or ``localhost``: any other host
+    name may be one that DNS rebinding points at this machine, whose pages would then call the API as
+    their own origin (generate on this node's balance, read its status, receipts and replies). A
+    browser's POST must also come from such a page (``Origin``; ``null`` is refused): clients that are
+    not browsers send no Origin."""
+    headers = dict(scope.get("headers", []))
+    host = _hostname(headers.get(b"host", b""), "//")
+    if not is_address_or_localhost(host):
+        raise ForbiddenHostError(
+            f"this node has no API key: reach it through its address (http://127.0.0.1:PORT), "
+            f"not the host name {host!r}"
+        )
+    origin = headers.get(b"origin")
+    if (
+        scope.get("method") == "POST"
+        and origin is not None
+        and not is_address_or_localhost(_hostname(origin))
+    ):
+        raise ForbiddenHostError(
+            f"this node has no API key, so browser pages call it only from its address "
+            f"(http://127.0.0.1:PORT), not from the origin {origin.decode('latin-1')!r}"
+        )
+
+
+def _hostname(value: bytes, prefix: str = "") -> str:
+    """The host name of a Host (``prefix`` "//") or Origin header; "" when it has none or is malformed."""
+    try:
+        return urllib.parse.urlsplit(prefix + value.decode("latin-1")).hostname or ""
+    except ValueError:  # "http://[oops"
+        return ""
 
 
 def _error(exc: BaseException) -> Response:
@@ -277,6 +322,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (400, "invalid request"),
         (401, "missing or wrong API key"),
         (402, "the balance does not cover the request"),
+        (403, "no API key, and the request names this node by a host name, or comes from a page of one"),
         (404, "unknown model"),
         (429, "rate limited"),
         (503, "no route through the mesh covers the model, or the ledger is disabled"),
@@ -379,7 +425,7 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
     async def status() -> NodeStatus:
         return await service.status()
 
-    app.include_router(create_pages(service, api_key=config.api_key))  # the pages: /chat, /dashboard, ...
+    app.include_router(create_pages(service))  # the pages: /chat, /dashboard, ...
 
     async def on_error(request: Request, exc: Exception) -> Response:
         return _error(exc)

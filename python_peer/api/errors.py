@@ -7,7 +7,7 @@
     │   ├── InvalidRequestError      400 invalid_request_error: a request the models cannot refuse alone
     │   │   └── ContextLengthError   400 context_length_exceeded: prompt + max_tokens over the context
     │   ├── AuthenticationError      401 invalid_api_key: the node wants an API key and got another
-    │   ├── ForbiddenHostError       403 forbidden_host: a settings change from a page of another host
+    │   ├── ForbiddenHostError       403 forbidden_host: no API key, and a host name in Host (or a POST's Origin)
     │   ├── ModelNotFoundError       404 model_not_found: this node has no such model
     │   ├── NotFoundError            404 not_found: no such endpoint
     │   ├── MethodNotAllowedError    405 method_not_allowed
@@ -101,7 +101,7 @@ class UnsupportedMediaTypeError(ApiError):
 
 
 class ForbiddenHostError(ApiError):
-    """A settings change whose Host or Origin is not this node's own page."""
+    """Without an API key: a request naming this node by a host name, or a POST from a page of one."""
 
     status = 403
     type = "permission_error"

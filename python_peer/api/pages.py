@@ -20,8 +20,6 @@ the settings; what the pages read is computed in ``node_view.py`` and typed in `
 
 from __future__ import annotations
 
-import ipaddress
-import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -34,7 +32,6 @@ from python_peer.core.static_files import mime_type, resolve_file
 
 from .control import NodeControl, NotServingError, ServingState, budget_mb
 from .errors import (
-    ForbiddenHostError,
     InvalidRequestError,
     NotFoundError,
     RateLimitedError,
@@ -70,7 +67,7 @@ PAGES = {"chat": "Chat", "dashboard": "Dashboard", "settings": "Contribution set
 # --- the router -------------------------------------------------------------------------------------
 
 
-def create_pages(service: NodeService, *, api_key: str | None = None, web_dir: Path = WEB_DIR) -> APIRouter:
+def create_pages(service: NodeService, *, web_dir: Path = WEB_DIR) -> APIRouter:
     """The pages, their static files and their live endpoints, for ``create_app`` to include."""
     router = APIRouter()
     mesh_service = service if isinstance(service, MeshNodeService) else None
@@ -153,7 +150,7 @@ def create_pages(service: NodeService, *, api_key: str | None = None, web_dir: P
 
     @router.post("/v1/node/settings")
     async def post_settings(request: Request, change: SettingsRequest) -> SettingsView:
-        _check_origin(request, api_key)
+        _check_json(request)
         node_control = need_control()
         if change.serving is None and change.memory_budget_mb is None and change.span is None:
             raise InvalidRequestError("give at least one of serving, memory_budget_mb and span")
@@ -179,27 +176,12 @@ def _settings_view(control: NodeControl, changed: list[str]) -> SettingsView:
     )
 
 
-def _check_origin(request: Request, api_key: str | None) -> None:
-    """Settings change only as JSON (a cross-site form cannot send it without a preflight) and, without
-    an API key, only through an address, never a host name (which DNS rebinding could point here)."""
+def _check_json(request: Request) -> None:
+    """Settings change only as JSON (a cross-site form cannot send it without a preflight). Without an API
+    key, the guard of ``app.py`` already refused any host name, which DNS rebinding could point here."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/json":
         raise UnsupportedMediaTypeError("send the settings as JSON, with Content-Type: application/json")
-    if api_key is not None:
-        return
-    host = urllib.parse.urlsplit("//" + request.headers.get("host", "")).hostname or ""
-    if host != "localhost" and not _is_address(host):
-        raise ForbiddenHostError(
-            f"settings change through this node's address (127.0.0.1:PORT), not the host name {host!r}"
-        )
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _static_file(web_dir: Path, path: str) -> Path | None:

@@ -11,7 +11,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 MAX_MODEL_ID_CHARS = 256
 MAX_MESSAGES = 256
@@ -33,6 +41,13 @@ def _utf8(text: str) -> str:
     except UnicodeEncodeError as exc:
         raise ValueError(f"the text holds a character that is not valid Unicode at {exc.start}") from None
     return text
+
+
+def _null_is_default(model: type[BaseModel], value: object, info: ValidationInfo) -> object:
+    """OpenAI takes null for its optional fields (its clients send ``None`` as null): the default then."""
+    if value is None and info.field_name is not None:
+        return model.model_fields[info.field_name].default
+    return value
 
 
 Text = Annotated[str, AfterValidator(_utf8)]
@@ -61,6 +76,12 @@ class ChatMessage(_Request):
     content: MessageText | Annotated[list[TextPart], Field(max_length=MAX_MESSAGES)]
     name: Text | None = Field(default=None, max_length=64)
 
+    @model_validator(mode="after")
+    def _bounded(self) -> ChatMessage:
+        if isinstance(self.content, list) and len(self.text) > MAX_MESSAGE_CHARS:  # parts, each within it
+            raise ValueError(f"a message holds at most {MAX_MESSAGE_CHARS} characters, its parts together")
+        return self
+
     @property
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -88,6 +109,11 @@ class _Sampling(_Request):
     frequency_penalty: float | None = Field(default=None, allow_inf_nan=False)
     presence_penalty: float | None = Field(default=None, allow_inf_nan=False)
     logit_bias: dict[str, float] | None = None
+
+    @field_validator("temperature", "top_p", "n", "stream", mode="before")
+    @classmethod
+    def _null_sampling(cls, value: object, info: ValidationInfo) -> object:
+        return _null_is_default(cls, value, info)
 
     @field_validator("n")
     @classmethod
@@ -177,6 +203,11 @@ class CompletionRequest(_Sampling):
     suffix: Text | None = None
     best_of: int | None = None
     logprobs: int | None = None
+
+    @field_validator("echo", mode="before")
+    @classmethod
+    def _null_echo(cls, value: object, info: ValidationInfo) -> object:
+        return _null_is_default(cls, value, info)
 
     @field_validator("prompt")
     @classmethod
