@@ -18,7 +18,7 @@ import socket
 import time
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from python_peer.core.errors import AI4AllError
 from python_peer.core.http_limits import BODY_TIMEOUT_S, KEEP_ALIVE_S, with_header_deadline
+from python_peer.generate import Generation
 
 from . import translate
 from .errors import (
@@ -351,6 +352,7 @@ def _sse(events: AsyncIterator[bytes]) -> StreamingResponse:
 
 
 async def _answer(
+    raw: Request,
     job: Job,
     stream: bool,
     include_usage: bool,
@@ -373,7 +375,32 @@ async def _answer(
                 include_usage=include_usage,
             )
         )
-    return final(await job.run(), model=job.model, id=id, created=created)
+    result = await _unless_gone(raw, job.run())
+    if result is None:
+        return Response(status_code=204)  # nobody reads it: the client is gone
+    return final(result, model=job.model, id=id, created=created)
+
+
+async def _unless_gone(request: Request, work: Coroutine[Any, Any, Generation]) -> Generation | None:
+    """``work``'s result; None if the client disconnected first, and then ``work`` is cancelled: a
+    generation nobody waits for stops, its mesh sessions closed (as a stream's does), rather than running
+    to ``max_tokens`` on its slot and its credits (a client that timed out and retries would have both)."""
+    running = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({running, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not running.done():
+            running.cancel()
+            await asyncio.wait({running})  # its sessions closed; unlike awaiting it, keeps our own cancel
+    return running.result() if not running.cancelled() else None
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client has gone: its body was read, so the next message is the disconnect."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI:
@@ -386,9 +413,12 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
     )
 
     @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_STREAMED)
-    async def chat_completions(request: ChatCompletionRequest) -> ChatCompletion | StreamingResponse:
+    async def chat_completions(
+        request: ChatCompletionRequest, raw: Request
+    ) -> ChatCompletion | StreamingResponse:
         job = await service.chat(request)
         return await _answer(
+            raw,
             job,
             request.stream,
             request.include_usage,
@@ -398,9 +428,10 @@ def create_app(service: NodeService, config: ApiConfig | None = None) -> FastAPI
         )
 
     @app.post("/v1/completions", response_model=Completion, responses=_STREAMED)
-    async def completions(request: CompletionRequest) -> Completion | StreamingResponse:
+    async def completions(request: CompletionRequest, raw: Request) -> Completion | StreamingResponse:
         job = await service.complete(request)
         return await _answer(
+            raw,
             job,
             request.stream,
             request.include_usage,
