@@ -76,7 +76,9 @@ def create_app(node: SignalingNode, site: BrowserSite | None = None) -> FastAPI:
     @app.websocket("/")
     async def signaling_socket(websocket: WebSocket) -> None:
         await websocket.accept()
-        await node.serve_incoming(StarletteTransport(websocket))
+        # uvicorn takes the client's address from X-Forwarded-For of a proxy on loopback (FORWARDED_ALLOW_IPS)
+        host = websocket.client.host if websocket.client is not None else None
+        await node.serve_incoming(StarletteTransport(websocket), host)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:

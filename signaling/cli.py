@@ -61,6 +61,16 @@ def register(subparsers: Any) -> None:
         "--max-connections", type=int, default=1024, help="websockets served at once (default: %(default)s)"
     )
     parser.add_argument(
+        "--max-peers-per-address",
+        type=int,
+        default=256,
+        metavar="N",
+        help=(
+            "peers announced here that the directory lists per source address, an IPv4 address or an "
+            "IPv6 /64; a new peer past it is refused with table_full (default: %(default)s)"
+        ),
+    )
+    parser.add_argument(
         "--rate",
         type=float,
         default=20.0,
@@ -130,6 +140,8 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         raise CommandError(f"--node-id {args.node_id!r}: use 1-64 of A-Z a-z 0-9 _ -")
     if args.max_connections < 1 or args.rate <= 0 or args.burst < 1:
         raise CommandError("--max-connections, --rate and --burst must be positive")
+    if args.max_peers_per_address < 1:
+        raise CommandError(f"--max-peers-per-address {args.max_peers_per_address} must be positive")
     ice = ice_settings(args, native=False)  # browsers speak stuns: too
     try:
         identity = Identity.load_or_create(args.data_dir) if args.data_dir else Identity.generate()
@@ -153,6 +165,7 @@ def signal_options(args: argparse.Namespace) -> SignalOptions:
         identity=identity,
         accept=tuple(args.accept_sibling),
         max_connections=args.max_connections,
+        max_peers_per_address=args.max_peers_per_address,
         messages_per_s=args.rate,
         burst=args.burst,
         idle_timeout_s=IDLE_TIMEOUT_S if args.idle_timeout is None else args.idle_timeout,

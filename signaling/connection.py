@@ -151,6 +151,7 @@ class Connection:
         self.peer_id: str | None = None  # bound by the first valid announce
         self.node_id: str | None = None  # the sibling's node id
         self.url: str | None = None  # the sibling's URL, if it told us
+        self.address: str | None = None  # an incoming websocket's source (``directory.address_group``)
         self.limited_in_a_row = 0
         self.state = ConnectionState.OPEN
         self.sent = 0  # messages written to the websocket

@@ -35,7 +35,7 @@ from python_peer.core.registry_record import RegistryRecord
 from python_peer.identity import Identity, verify, verify_body
 
 from .connection import FIRST_MESSAGE_TIMEOUT_S, IDLE_TIMEOUT_S, Connection, Role, Transport
-from .directory import Directory, Entry, PutResult
+from .directory import MAX_PEERS_PER_ADDRESS, Directory, Entry, PutResult, address_group
 from .federation import Federation
 from .messages import (
     MAX_HOPS,
@@ -93,6 +93,7 @@ class NodeConfig:
     accept: tuple[str, ...] = ()  # node keys of siblings that dial this node without being dialed
     max_connections: int = 1024
     max_entries: int = 10_000
+    max_peers_per_address: int = MAX_PEERS_PER_ADDRESS  # directory entries announced from one IPv4 / IPv6 /64
     messages_per_s: float = 20.0  # per peer connection
     burst: int = 60
     sibling_messages_per_s: float = 2_000.0  # per sibling link: gossip of a whole network
@@ -145,7 +146,7 @@ class SignalingNode:
         self.config = config
         self.identity = config.identity or Identity.generate()
         self.node_id = config.node_id or self.identity.peer_id[:16]
-        self.directory = Directory(config.max_entries)
+        self.directory = Directory(config.max_entries, config.max_peers_per_address)
         self.local: dict[str, Connection] = {}  # peer id -> the connection it announced on
         self.connections: set[Connection] = set()
         self._announce_buckets = KeyedBuckets(
@@ -206,13 +207,17 @@ class SignalingNode:
 
     # --- connections ----------------------------------------------------------------------------------
 
-    async def serve_incoming(self, transport: Transport) -> None:
-        """Serve one accepted websocket until it closes: a peer, or a sibling once it sends ``federate``."""
+    async def serve_incoming(self, transport: Transport, host: str | None = None) -> None:
+        """Serve one accepted websocket until it closes: a peer, or a sibling once it sends ``federate``.
+
+        ``host`` is the client's address: the peers announced over this websocket count toward its bound.
+        """
         conn = Connection(
             transport,
             TokenBucket(self.config.messages_per_s, self.config.burst),
             max_states=self.config.max_entries,
         )
+        conn.address = address_group(host)
         conn.first_message_timeout_s = self.config.first_message_timeout_s
         conn.idle_timeout_s = self.config.idle_timeout_s
         if len(self.connections) >= self.config.max_connections:
@@ -344,7 +349,7 @@ class SignalingNode:
         # Charged only once the signatures hold, so forgeries cannot spend a victim's tokens.
         if not self._announce_buckets.take(ann.peer_id):
             raise SignalingError("announcing too often; once a minute is plenty", code="rate_limited")
-        result = self.directory.put(Entry(ann, msg.body, msg.sig, "local"), now)
+        result = self.directory.put(Entry(ann, msg.body, msg.sig, "local", conn.address), now)
         if result is PutResult.STALE:
             held = self.directory.get(ann.peer_id)
             newest = held.announcement.seq if held else "a withdrawn"
