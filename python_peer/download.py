@@ -94,6 +94,7 @@ class ResumeRecord:
         self.root = root
         self.publication = publication
         self.done: dict[str, set[int]] = {}
+        self.whole: set[str] = set()  # files found in place whole, their size and sha256 the signed ones
         self._lock = threading.Lock()  # chunks are written from worker threads
 
     @property
@@ -122,12 +123,13 @@ class ResumeRecord:
                 log.warning("%s is of another publication or format: starting over", self.path)
         except FileNotFoundError:
             pass
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deep
             log.warning("%s is unreadable (%s): starting over", self.path, exc)
         for name in files:
             item = self.publication.file(name)
             if _file_matches(self.root / name, item):
                 self.done[name] = set(range(len(item.chunks)))
+                self.whole.add(name)
                 continue
             indices = claimed.get(name)
             if not isinstance(indices, list):
@@ -287,7 +289,7 @@ class Downloader:
             if missing:
                 await asyncio.to_thread(self._prepare_part, item)
                 self._pending.extend((name, i) for i in missing)
-            elif not (self.root / name).exists():
+            elif name not in self.record.whole:  # all in .FILE.part: it replaces what is in place, if any
                 await asyncio.to_thread(self._finish_file, item)
         if resumed:
             log.info("resuming: %d chunks already verified on disk, %d to fetch", resumed, len(self._pending))

@@ -11,6 +11,7 @@ A node that does not serve the model answers 404: ``not_seeded``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.parse
 
@@ -66,7 +67,13 @@ class HttpSeed:
 
     async def call(self, frame: Frame, timeout: float) -> Frame:
         """The answer a seeder would send to ``frame``; an ERROR answer raises its ``RemoteError``."""
-        answer = await self._answer(frame, timeout)
+        try:  # the whole answer, as over a link: bytes that trickle in keep no read timeout from firing
+            async with asyncio.timeout(timeout):
+                answer = await self._answer(frame, timeout)
+        except TimeoutError:
+            raise TimeoutError(
+                f"{self.origin} did not answer {frame.meta.get('kind')!r:.20} within {timeout:.1f} s"
+            ) from None
         raise_for_error(answer)
         return answer
 
@@ -89,7 +96,7 @@ class HttpSeed:
             return manifest_answer(frame, model, signed, manifest)
         try:
             publication = Publication.from_dict(json.loads(signed))
-        except (ValueError, UnicodeDecodeError, PublicationError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError, PublicationError) as exc:
             return self._not_seeded(frame, f"{self.origin} serves an unreadable signed manifest: {exc}")
         if request.kind is ChunkKind.HAVE:
             files = [f.file for f in publication.files]

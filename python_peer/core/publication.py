@@ -323,8 +323,8 @@ def verified_publication(
     try:
         publication = Publication.from_dict(json.loads(signed))
         manifest = Manifest.from_dict(json.loads(manifest_bytes))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise PublicationError(f"{what} is not JSON: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: "[[[[..." too deep
+        raise PublicationError(f"{what} is not JSON: {exc or type(exc).__name__}") from exc
     publication.verify(verify)
     publication.check_manifest(manifest_bytes, manifest)
     return publication, manifest
