@@ -21,6 +21,7 @@ from python_peer.core.gossip import GossipConfig, GossipSession
 from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersign
 from python_peer.core.reputation import Reputation, reputation
+from python_peer.core.wire import MAX_METADATA_BYTES
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
@@ -32,6 +33,9 @@ MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
 SIGNALING_GOSSIP = GossipConfig(max_message_bytes=SIGNALING_GOSSIP_BYTES)
 # On a session link a GOSSIP frame's metadata holds 64 KiB: a message plus its envelope stays under that.
 CHANNEL_GOSSIP = GossipConfig(max_message_bytes=CHANNEL_GOSSIP_BYTES)
+# The entries of one push (or of an OPEN's log) as canonical JSON: a frame's metadata, less room for the
+# rest of a push's or an OPEN's metadata.
+PUSH_BYTES = MAX_METADATA_BYTES - 1024
 
 
 class LedgerService:
@@ -69,28 +73,57 @@ class LedgerService:
     # --- before a session: the client's log, the price -------------------------------------------------
 
     def own_entries(self, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]]:
-        """The first entry (the grant) and the latest ``limit - 1`` of this node's log, as JSON."""
+        """The first entry (the grant) and the latest ``limit - 1`` of this node's log, as JSON, as many
+        of the latest as fit one push's frame (``PUSH_BYTES``): fork proofs, which gossip can make this
+        node write by the dozen, are ten times a receipt's size."""
         head = self.store.head(self.peer_id)
         if head is None:
             return []
         first = self.store.entries_from(self.peer_id, 1, 1)
         recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
-        return [e.to_dict() for e in [*first, *recent]]
+        room = PUSH_BYTES - sum(len(e.encoded) + 1 for e in first)
+        kept: list[Entry] = []
+        for entry in reversed(recent):
+            room -= len(entry.encoded) + 1
+            if room < 0:
+                break
+            kept.append(entry)
+        return [e.to_dict() for e in [*first, *reversed(kept)]]
 
     def own_entries_after(self, seq: int, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]] | None:
-        """This node's entries after ``seq``, as JSON, oldest first; None if more than ``limit``."""
+        """This node's entries after ``seq``, as JSON, oldest first; None if more than ``limit`` or more
+        than one push's frame holds (``PUSH_BYTES``)."""
         head = self.store.head(self.peer_id)
         last = head.seq if head is not None else 0
         if last - seq > limit:
             return None
-        return [e.to_dict() for e in self.store.entries_from(self.peer_id, seq + 1, last - seq)]
+        entries = self.store.entries_from(self.peer_id, seq + 1, last - seq)
+        if sum(len(e.encoded) + 1 for e in entries) > PUSH_BYTES:
+            return None
+        return [e.to_dict() for e in entries]
 
-    def accept_entries(self, entries: object) -> int:
+    def own_log_fits(self) -> bool:
+        """Whether one push (``own_entries``) carries this node's whole log, from the grant on."""
+        entries = self.own_entries()
+        return not entries or int(entries[-1]["seq"]) == len(entries)
+
+    def accept_entries(self, entries: object, sender: str | None = None) -> int:
         """Store valid entries a client pushed; return how many were new. Invalid ones are skipped.
         Other nodes' entries are stored without waiting for the disk (``LedgerStore.lazily``): a push
-        precedes every OPEN, and a crash losing one costs only a gossip exchange later."""
+        precedes every OPEN, and a crash losing one costs only a gossip exchange later. With ``sender``
+        (the neighbour that pushed them), they are taken from its gossip entry budget first: a push over
+        it is refused whole (``LedgerError``, ``rate_limited``), as a gossip message would be dropped."""
         if not isinstance(entries, list) or len(entries) > PUSH_ENTRIES:
             raise LedgerError(f"a push carries a list of at most {PUSH_ENTRIES} entries")
+        if (
+            sender is not None
+            and entries
+            and not self._session(sender, CHANNEL_GOSSIP).admit_entries(len(entries), now_ms())
+        ):
+            raise LedgerError(
+                f"rate_limited: {sender[:12]}… pushed more entries than its budget; try again later",
+                code="rate_limited",
+            )
         parsed = [p for p in (parse_entry(e) for e in entries) if isinstance(p, Entry)]
         own = any(e.author == self.peer_id for e in parsed)
         with contextlib.nullcontext() if own else self.store.lazily():

@@ -232,10 +232,10 @@ class ClientExchange:
         self, peer_id: str, hop: HopClient, hold: str, *, carried: bool = False
     ) -> list[dict[str, Any]] | None:
         """Push our log to ``peer_id`` up to the hold ``hold`` (written by ``write_holds``). A log longer
-        than one push (``PUSH_ENTRIES``: the grant and the latest entries) reaches the peer by an
-        anti-entropy exchange first, unless one ran less than ``gossip_every_s`` ago or the peer is known
-        to hold all but the last ``PUSH_ENTRIES`` (the peer then lacks at most the few entries written
-        since, which the push carries).
+        than one push (``PUSH_ENTRIES``: the grant and the latest entries, as many as fit a frame:
+        ``LedgerService.own_entries``) reaches the peer by an anti-entropy exchange first, unless one ran
+        less than ``gossip_every_s`` ago or the peer is known to hold all but the entries one push
+        carries (the peer then lacks at most the few entries written since, which the push carries).
 
         With ``carried``, to a peer that takes our log in OPEN (``takes_log``) and is known to hold it
         up to a few entries ago, nothing is pushed: the entries it lacks are returned, for OPEN to carry
@@ -245,9 +245,10 @@ class ClientExchange:
         last = self.gossiped.get(peer_id)
         recent = last is not None and now - last < (self.gossip_every_s or 30.0)
         known = self.held.get(peer_id)
-        if known is not None and seq - known <= PUSH_ENTRIES:
+        lacking = await self._lacking(peer_id) if known is not None and seq - known <= PUSH_ENTRIES else None
+        if lacking is not None:
             recent = True  # one push carries all it lacks
-        if seq > PUSH_ENTRIES and not recent:
+        if not recent and (seq > PUSH_ENTRIES or not await asyncio.to_thread(self.ledger.own_log_fits)):
             self._note_gossip(peer_id, now)
             await gossip_exchange(
                 self.ledger,
@@ -256,8 +257,10 @@ class ClientExchange:
                 timeout=self.request_timeout_s,
                 max_requests=self.gossip_max_requests,
             )
-        if carried and peer_id in self.takes_log and (entries := await self._lacking(peer_id)) is not None:
-            return entries
+        if carried and peer_id in self.takes_log:
+            entries = lacking if lacking is not None else await self._lacking(peer_id)  # after an exchange
+            if entries is not None:
+                return entries
         await self.push(peer_id, hop)
         return None
 
@@ -514,7 +517,7 @@ class ServerExchange:
 
     def _accept(self, client: str, entries: object) -> tuple[int, int]:
         """Store a push; how many entries were new, and the seq through which we hold ``client``'s log."""
-        stored = self.ledger.accept_entries(entries)
+        stored = self.ledger.accept_entries(entries, client)
         head = self.ledger.store.head(client)
         return stored, head.seq if head is not None else 0
 

@@ -303,6 +303,11 @@ class GossipSession:
 
     # --- incoming ---------------------------------------------------------------------------------------
 
+    def admit_entries(self, count: int, now_ms: int) -> bool:
+        """Whether ``count`` entries the neighbour sends outside gossip (a push of its log) fit the entry
+        budget its gossip messages draw on; taken from it if so. Each costs the same checks either way."""
+        return self._entries.take(count, now_ms)
+
     def receive(self, message: object, now_ms: int) -> Received:
         """Handle one message from the neighbour; a bad or rate-limited one is dropped with a reason."""
         result = Received()
