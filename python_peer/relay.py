@@ -19,8 +19,8 @@ every link to (docs/mesh.md, "Push along the route"):
   back to the pusher.
 
 - a FORWARD with ``keep`` that this peer pushes on is answered with the signed answer alone, its output
-  kept for the client (docs/mesh.md, "Kept outputs") until the session's CLOSE or the client's last link
-  closing; the push carries ``keep`` on. A FETCH of ``(session, step)`` from the client gets that output
+  kept for the client (docs/mesh.md, "Kept outputs") until the session's CLOSE, the client's last link
+  closing or the session id opened again; the push carries ``keep`` on. A FETCH of ``(session, step)`` from the client gets that output
   back as a RESULT. Kept outputs take ``max_kept_bytes`` at most: when that is reached, what was kept for
   sessions no longer open here (evicted idle) goes first; beyond, and when the push failed or the answer
   is not signed, the output is answered in full as without ``keep``.
@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 MAX_PUSH_LINKS = 16  # links a peer keeps to the peers it pushes to
 MAX_KEPT_BYTES = 256 * 2**20  # the outputs a peer keeps for its clients to fetch, at most
 PUSH_CONNECT_TIMEOUT_S = 10.0  # a next peer not reached this long: the push fails, the client takes over
+PUSH_SEND_TIMEOUT_S = 30.0  # a push not taken by the next peer this long: the same (below the client's 60 s)
 
 
 class SpanHandler(FrameHandler, Protocol):
@@ -86,6 +87,7 @@ class PushRelay:
         *,
         max_links: int = MAX_PUSH_LINKS,
         connect_timeout_s: float = PUSH_CONNECT_TIMEOUT_S,
+        send_timeout_s: float = PUSH_SEND_TIMEOUT_S,
         max_kept_bytes: int = MAX_KEPT_BYTES,
     ) -> None:
         self.handler = handler
@@ -93,10 +95,12 @@ class PushRelay:
         self.connector = connector
         self.max_links = max_links
         self.connect_timeout_s = connect_timeout_s
+        self.send_timeout_s = send_timeout_s
         self.pushed = 0  # pushes sent, for tests and status
         self._clients: dict[str, list[FrameLink]] = {}  # remote id -> its links to us, newest last
         self._next: OrderedDict[str, RpcClient] = OrderedDict()  # next peers, least recently used first
         self._connecting: dict[str, asyncio.Lock] = {}
+        self._replies: set[asyncio.Future[None]] = set()  # pushed steps answering their clients
         self.max_kept_bytes = max_kept_bytes
         self.kept_bytes = 0
         self._kept: dict[tuple[str, bytes], dict[int, WireTensor]] = {}  # (client, session) -> step -> output
@@ -133,6 +137,7 @@ class PushRelay:
         if frame.type is FrameType.OPEN:
             answer = await self.handler.handle(link.remote_id, frame)
             if answer.type is FrameType.RESULT:
+                self._drop(link.remote_id, frame.session)  # a session id opened again: nothing kept yet
                 answer = dataclasses.replace(answer, meta={**answer.meta, PUSH_KEY: True})
             return answer
         if frame.type is not FrameType.FORWARD or not ({PUSH_KEY, PUSH_CLIENT_KEY} & frame.meta.keys()):
@@ -152,10 +157,19 @@ class PushRelay:
                 ErrorCode.UNKNOWN_SESSION,
                 f"client {client[:16]} has no link to this peer: no session of it to push into",
             )
-        answer = await self._run(client, link.remote_id, frame)
+        # Answered on the client's link even if the pusher's link closes meanwhile (a pusher closes the
+        # least recently used of its links): the step runs on regardless (``SpanServer``), and a client
+        # that got no answer would resend it, to be refused as ``out_of_order``.
+        reply = asyncio.ensure_future(self._answer_pushed(client, link.remote_id, frame, reply_link))
+        self._replies.add(reply)
+        reply.add_done_callback(self._replies.discard)
+        await asyncio.shield(reply)
+        return None
+
+    async def _answer_pushed(self, client: str, pusher: str, frame: Frame, reply_link: FrameLink) -> None:
+        answer = await self._run(client, pusher, frame)
         with contextlib.suppress(LinkClosedError):
             await reply_link.send(answer)
-        return None
 
     def _client_link(self, client: str) -> FrameLink | None:
         links = self._clients.get(client)
@@ -213,8 +227,10 @@ class PushRelay:
             self._drop_ended()
             if self.kept_bytes + len(output.data) > self.max_kept_bytes:
                 return answer
-        self._kept.setdefault((client, frame.session), {})[frame.step] = output
-        self.kept_bytes += len(output.data)
+        kept = self._kept.setdefault((client, frame.session), {})
+        replaced = kept.get(frame.step)
+        kept[frame.step] = output
+        self.kept_bytes += len(output.data) - (len(replaced.data) if replaced is not None else 0)
         return dataclasses.replace(answer, tensors=tuple(t for t in answer.tensors if t is not output))
 
     def _fetch(self, client: str, frame: Frame) -> Frame:
@@ -259,8 +275,17 @@ class PushRelay:
         push = Frame(FrameType.FORWARD, target.session, target.step, frame.flags, meta=meta, tensors=tensors)
         try:
             rpc = await self._link(target.peer)
-            await rpc.send(push)
         except (AI4AllError, TimeoutError) as exc:
+            return f"could not push to {target.peer[:16]}: {type(exc).__name__}: {exc}"
+        try:
+            # A next peer that never takes the frame (its transport stalled) must not hold this step's
+            # answer, and the session, for good: the push fails and the link goes.
+            async with asyncio.timeout(self.send_timeout_s):
+                await rpc.send(push)
+        except (AI4AllError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError) and self._next.get(target.peer) is rpc:
+                del self._next[target.peer]
+                await rpc.aclose()
             return f"could not push to {target.peer[:16]}: {type(exc).__name__}: {exc}"
         self.pushed += 1
         return None
@@ -293,4 +318,11 @@ class PushRelay:
         self._next.clear()
 
 
-__all__ = ["MAX_KEPT_BYTES", "MAX_PUSH_LINKS", "PUSH_CONNECT_TIMEOUT_S", "PushRelay", "SpanHandler"]
+__all__ = [
+    "MAX_KEPT_BYTES",
+    "MAX_PUSH_LINKS",
+    "PUSH_CONNECT_TIMEOUT_S",
+    "PUSH_SEND_TIMEOUT_S",
+    "PushRelay",
+    "SpanHandler",
+]

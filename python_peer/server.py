@@ -102,6 +102,9 @@ class _Session:
     chain: str = INPUT_CHAIN_START  # the input chain through the last step (``core/answers.py``)
     last_used: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The key of its KV caches in the runners: ``key`` and which opening of it this is, so a step of a
+    # session closed while the step runs never reaches the caches of the same id opened again.
+    runs: str = ""
 
 
 class SpanServer:
@@ -140,6 +143,8 @@ class SpanServer:
         # KV bytes per token per sequence: two fp32 tensors per layer.
         self.bytes_per_token = len(span) * 2 * int(cfg["num_key_value_heads"]) * int(cfg["head_dim"]) * 4
         self.sessions: dict[str, _Session] = {}
+        self._steps: set[asyncio.Future[Frame]] = set()  # steps running, their callers gone or not
+        self._openings = itertools.count()
         self.tokens_served = 0
         self.ledger = ledger  # without it sessions are free
         self.exchange = ServerExchange(ledger) if ledger is not None else None
@@ -260,9 +265,10 @@ class SpanServer:
                 f"KV memory budget full: {len(self.sessions)} sessions hold {self.reserved_bytes / 2**20:.2f} MiB "
                 f"of {budget / 2**20:.2f} MiB and this one needs {need / 2**20:.2f} MiB; try another peer",
             )
+        runs = f"{key}#{next(self._openings)}"
         for runner in self.runners:
-            runner.open(key, batch)
-        self.sessions[key] = _Session(key, batch, max_length, need, client=client, price=price)
+            runner.open(runs, batch)
+        self.sessions[key] = _Session(key, batch, max_length, need, client=client, price=price, runs=runs)
         log.info("opened session %s (batch %d, max length %d)", key[-8:], batch, max_length)
         return Frame(
             FrameType.RESULT,
@@ -280,7 +286,26 @@ class SpanServer:
                 ErrorCode.UNKNOWN_SESSION,
                 f"session {frame.session.hex()} is not open here (expired or never opened)",
             )
+        # Once taken, a step runs to its end and is counted even if its caller goes (its link closed, or
+        # the link of the peer that pushed it): blocks that ran in a worker thread extended the KV cache,
+        # and a step not counted would run again on top of it, past what ``max_length`` reserved.
+        step = asyncio.ensure_future(self._step(client, frame, key, session))
+        self._steps.add(step)
+        step.add_done_callback(self._step_done)
+        return await asyncio.shield(step)
+
+    def _step_done(self, step: asyncio.Future[Frame]) -> None:
+        self._steps.discard(step)
+        if not step.cancelled():
+            step.exception()  # retrieved: a refusal nobody waits for any more is not logged as lost
+
+    async def _step(self, client: str, frame: Frame, key: str, session: _Session) -> Frame:
         async with session.lock:
+            if self.sessions.get(key) is not session:  # closed (and maybe opened again) while it waited
+                raise Refusal(
+                    ErrorCode.UNKNOWN_SESSION,
+                    f"session {frame.session.hex()} was closed before step {frame.step} ran",
+                )
             if frame.step != session.next_step:
                 raise Refusal(
                     ErrorCode.OUT_OF_ORDER,
@@ -290,10 +315,11 @@ class SpanServer:
             mask = expect(frame, names.ATTENTION_MASK, "i", 2)
             positions = expect(frame, names.POSITION_IDS, "i", 2)
             batch, seq = hidden.shape[0], hidden.shape[1]
-            if hidden.shape[2] != self.hidden_size or batch != session.batch:
+            if hidden.shape[2] != self.hidden_size or batch != session.batch or seq < 1:
                 raise Refusal(
                     ErrorCode.BAD_SHAPE,
-                    f"hidden states {list(hidden.shape)} do not fit batch {session.batch}, hidden {self.hidden_size}",
+                    f"hidden states {list(hidden.shape)} do not fit batch {session.batch}, hidden {self.hidden_size} "
+                    "with at least one token",
                 )
             if session.length + seq > session.max_length:
                 raise Refusal(
@@ -302,7 +328,7 @@ class SpanServer:
                 )
             self._check_positions(positions, session)
             try:
-                out = await self.batcher.forward(key, hidden, mask, positions)
+                out = await self.batcher.forward(session.runs, hidden, mask, positions)
             except ShardInputError as exc:
                 raise Refusal(ErrorCode.BAD_SHAPE, str(exc)) from exc
             except SessionError as exc:
@@ -361,15 +387,18 @@ class SpanServer:
                 f"{session.max_length}{context})",
             )
 
-    def _run(self, key: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def _run(self, runs: str, hidden: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         done = 0
         try:
             for runner in self.runners:
-                hidden = runner.forward(key, hidden, mask, positions)
+                hidden = runner.forward(runs, hidden, mask, positions)
                 done += 1
         except Exception:
             if done:  # some runners advanced and some did not: the session can no longer be trusted
-                self._close(key)
+                key = runs.rpartition("#")[0]
+                session = self.sessions.get(key)
+                if session is not None and session.runs == runs:
+                    self._close(key)
             raise
         return hidden
 
@@ -402,9 +431,10 @@ class SpanServer:
         return Frame(FrameType.RESULT, frame.session, frame.step, meta=meta)
 
     def _close(self, key: str) -> None:
-        if self.sessions.pop(key, None) is not None:
+        session = self.sessions.pop(key, None)
+        if session is not None:
             for runner in self.runners:
-                runner.close(key)
+                runner.close(session.runs)
 
     def close_client(self, client: str) -> None:
         """Drop every session of a client whose link is gone."""

@@ -4,7 +4,7 @@
  * tests/fast/test_positions.py and test_context.py:
  *
  * - the browser span server refuses a FORWARD whose `position_ids` go past the context or the session's
- *   `max_length` (or below 0) with `bad_shape`, before anything runs, and the session goes on; the frames
+ *   `max_length` (or below 0), or of no token, with `bad_shape`, before anything runs, and the session goes on; the frames
  *   are built with the wire codec, as any client would send them;
  * - the browser client refuses to open a session longer than the context before any peer is asked (a
  *   peer's refusal of its last steps would read as one peer failing after another, each banned);
@@ -68,6 +68,7 @@ test('the span server refuses positions past the context or max_length with bad_
     [short, [8], /outside 0\.\.7 \(the session's max_length 8, the model's context 16\)/],
     [short, [-1, 0, 1], /position_ids -1\.\.1 are outside/],
     [long, [CONTEXT], /outside 0\.\.15 \(the session's max_length 32, the model's context 16\)/], // max_length allows it; the model not
+    [short, [], /with at least one token/], // a step of none is paid for by nothing, yet would run, push and keep
   ];
   for (const [session, positions, message] of refused) {
     const answer = await server.handle(CLIENT, forward(session, 0, positions));

@@ -403,10 +403,10 @@ export class SpanServer {
     const mask = expect(frame, ATTENTION_MASK, 'i', 2);
     const positions = expect(frame, POSITION_IDS, 'i', 2);
     const [batch, seq, width] = hidden.shape;
-    if (width !== this.hiddenSize || batch !== session.batch) {
+    if (width !== this.hiddenSize || batch !== session.batch || seq < 1) {
       throw new Refusal(
         ErrorCode.BAD_SHAPE,
-        `hidden states [${hidden.shape.join(', ')}] do not fit batch ${session.batch}, hidden ${this.hiddenSize}`,
+        `hidden states [${hidden.shape.join(', ')}] do not fit batch ${session.batch}, hidden ${this.hiddenSize} with at least one token`,
       );
     }
     if (session.length + seq > session.maxLength) {
