@@ -18,10 +18,14 @@ from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry, parse_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
-from python_peer.core.protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
+from python_peer.core.protocol import (
+    CHANNEL_GOSSIP_BYTES,
+    PUSH_BYTES,
+    PUSH_ENTRIES,
+    SIGNALING_GOSSIP_BYTES,
+)
 from python_peer.core.receipts import Receipt, ReceiptBody, receipt_to_countersign
 from python_peer.core.reputation import Reputation, reputation
-from python_peer.core.wire import MAX_METADATA_BYTES
 
 from .identity import Identity
 from .ledger_store import LEDGER_FILE, LedgerStore, Quote, now_ms
@@ -33,9 +37,6 @@ MAX_GOSSIP_PEERS = 256  # gossip sessions kept, one per neighbour
 SIGNALING_GOSSIP = GossipConfig(max_message_bytes=SIGNALING_GOSSIP_BYTES)
 # On a session link a GOSSIP frame's metadata holds 64 KiB: a message plus its envelope stays under that.
 CHANNEL_GOSSIP = GossipConfig(max_message_bytes=CHANNEL_GOSSIP_BYTES)
-# The entries of one push (or of an OPEN's log) as canonical JSON: a frame's metadata, less room for the
-# rest of a push's or an OPEN's metadata.
-PUSH_BYTES = MAX_METADATA_BYTES - 1024
 
 
 class LedgerService:

@@ -43,7 +43,7 @@ from .evidence import Evidence, check_evidence
 from .gossip import GossipConfig, GossipSession
 from .memory_store import MemoryStore
 from .proof_of_work import mine_grant
-from .protocol import PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
+from .protocol import CHANNEL_GOSSIP_BYTES, PUSH_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from .receipts import Receipt, receipt_to_countersign
 from .reputation import reputation, reputations
 from .signature_claims import Claim, KnownSignatures
@@ -146,8 +146,23 @@ class BrowserLedgerCore:
 
     # --- others' entries ------------------------------------------------------------------------------
 
+    def admit_push(self, sender: str, count: int) -> int:
+        """The first step of a push from the neighbour ``sender`` (a GOSSIP ``push``, or the ``log`` its
+        OPEN carries), before any of its ``count`` entries is checked: they are taken from ``sender``'s
+        gossip entry budget (``LedgerService.accept_entries``), and a push over it is refused whole
+        (``rate_limited``), as a gossip message would be dropped. Returns ``count``."""
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= PUSH_ENTRIES:
+            raise LedgerError(f"a push carries a list of at most {PUSH_ENTRIES} entries")
+        if count and not self._session(sender, CHANNEL_GOSSIP_BYTES).admit_entries(count, wall_clock_ms()):
+            raise LedgerError(
+                f"rate_limited: {sender[:12]}… pushed more entries than its budget; try again later",
+                code="rate_limited",
+            )
+        return count
+
     def accept_entries(self, entries: object, verified: object) -> dict[str, Any]:
-        """``LedgerService.accept_entries``: store valid pushed entries; ``result`` is how many were new."""
+        """``LedgerService.accept_entries``: store valid pushed entries; ``result`` is how many were new.
+        A neighbour's push is first admitted against its entry budget (``admit_push``)."""
         check_push(entries)
         assert isinstance(entries, list)
 
@@ -295,13 +310,22 @@ class BrowserLedgerCore:
     # --- reads ----------------------------------------------------------------------------------------
 
     def own_entries(self, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]]:
-        """``LedgerService.own_entries``: the first entry and the latest ``limit - 1``."""
+        """``LedgerService.own_entries``: the first entry and the latest ``limit - 1``, as many of the
+        latest as fit one push's frame (``PUSH_BYTES``): fork proofs, which gossip can make this node
+        write by the dozen, are ten times a receipt's size."""
         head = self.store.head(self.peer_id)
         if head is None:
             return []
         first = self.store.entries_from(self.peer_id, 1, 1)
         recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
-        return [e.to_dict() for e in [*first, *recent]]
+        room = PUSH_BYTES - sum(len(e.encoded) + 1 for e in first)
+        kept: list[Entry] = []
+        for entry in reversed(recent):
+            room -= len(entry.encoded) + 1
+            if room < 0:
+                break
+            kept.append(entry)
+        return [e.to_dict() for e in [*first, *reversed(kept)]]
 
     def balance(self, peer_id: str | None = None) -> int:
         return self.store.balance(peer_id or self.peer_id)
@@ -405,6 +429,7 @@ _METHODS = frozenset(
         "catch_up",
         "claims",
         "load",
+        "admit_push",
         "accept_entries",
         "gossip_start",
         "gossip_receive",

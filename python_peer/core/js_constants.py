@@ -95,6 +95,7 @@ EXPORTS: tuple[tuple[ModuleType, tuple[str, ...]], ...] = (
             "MAX_LENGTH_LIMIT",
             "MAX_BATCH",
             "PUSH_ENTRIES",
+            "PUSH_BYTES",
             "CHANNEL_GOSSIP_BYTES",
             "SIGNALING_GOSSIP_BYTES",
             "WEBRTC_SIGNAL",

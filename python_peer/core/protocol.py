@@ -9,6 +9,7 @@ numbers; the browser's copies are generated from this module into ``web/src/prot
 from __future__ import annotations
 
 from .canonical import MAX_CLOCK_SKEW_MS, MAX_TTL_MS
+from .wire import MAX_METADATA_BYTES
 
 MAX_SESSIONS = 64  # open inference sessions a span server holds at once
 MAX_PENDING_RECEIPTS = 1024  # receipts a server proposed and still waits to see countersigned
@@ -16,6 +17,9 @@ MAX_LENGTH_LIMIT = 32768  # the largest ``max_length`` an OPEN may ask for
 MAX_BATCH = 64  # the most sequences an OPEN may ask for (``batch``)
 
 PUSH_ENTRIES = 64  # own ledger entries a client pushes to a peer before opening sessions there
+# The entries of one push (or of an OPEN's log) as canonical JSON, each counted with one byte more (a
+# separator): a frame's metadata, less room for the rest of a push's or an OPEN's metadata.
+PUSH_BYTES = MAX_METADATA_BYTES - 1024
 CHANNEL_GOSSIP_BYTES = 60 * 1024  # a gossip message on a session link (its frame's metadata holds 64 KiB)
 SIGNALING_GOSSIP_BYTES = 28 * 1024  # a gossip message through signaling (a signal payload holds 32 KiB)
 

@@ -19,10 +19,12 @@
  * Shared pieces: `exchange.js`.
  */
 
-import { FrameType } from '../protocol/wire.js';
+import { FrameType, canonicalJson } from '../protocol/wire.js';
 import { PaymentRequiredError } from '../protocol/errors.js';
-import { CHANNEL_GOSSIP_BYTES, OPEN_LOG, PUSH_ENTRIES } from '../protocol/constants.js';
+import { CHANNEL_GOSSIP_BYTES, OPEN_LOG, PUSH_BYTES, PUSH_ENTRIES } from '../protocol/constants.js';
 import { BAD_FRAME, ExchangeRefusal, codecOf, hex, remember, seqOf } from './exchange.js';
+
+const UTF8 = new TextEncoder();
 
 /** @typedef {import('./exchange.js').ExchangeCodec} ExchangeCodec */
 /** @typedef {import('./exchange.js').Logger} Logger */
@@ -144,8 +146,10 @@ export class ClientExchange {
   }
 
   /**
-   * Our own entries after `seq`, oldest first; null when more than one push carries (or the ledger
-   * cannot list its latest entries).
+   * Our own entries after `seq`, oldest first; null when more than one push carries: more than
+   * PUSH_ENTRIES, or more than fit a frame (PUSH_BYTES of canonical JSON: fork proofs, which a
+   * neighbour's gossip can make us write by the dozen, weigh ten times a receipt), as Python's
+   * `own_entries_after` (or when the ledger cannot list its latest entries).
    * @param {number} seq
    * @returns {Promise<unknown[] | null>}
    */
@@ -155,7 +159,10 @@ export class ClientExchange {
     const latest = await ledger.log(ledger.peerId, PUSH_ENTRIES);
     const head = latest.length ? seqOf(latest[0]) : 0;
     if (head - seq > PUSH_ENTRIES) return null;
-    return latest.filter((entry) => seqOf(entry) > seq).reverse();
+    const after = latest.filter((entry) => seqOf(entry) > seq).reverse();
+    let bytes = 0;
+    for (const entry of after) bytes += UTF8.encode(canonicalJson(entry)).length + 1;
+    return bytes > PUSH_BYTES ? null : after;
   }
 
   /**

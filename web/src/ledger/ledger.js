@@ -433,24 +433,24 @@ export class BrowserLedger {
 
   /**
    * Store the valid entries a client pushed; invalid ones are skipped. LedgerError if `entries` is not
-   * a list of at most PUSH_ENTRIES.
-   * @param {unknown} entries
+   * a list of at most PUSH_ENTRIES, or (`rate_limited`) over the gossip entry budget of `sender`, the
+   * neighbour that pushed them, before any is checked (the core's `admit_push`).
+   * @param {unknown} entries @param {string} [sender]
    * @returns {Promise<number>} how many were new
    */
-  async acceptEntries(entries) {
-    return (await this.offerEntries(entries)).stored;
+  async acceptEntries(entries, sender) {
+    return (await this.offerEntries(entries, sender)).stored;
   }
 
   /**
    * `acceptEntries` with the reasons: `refused` lists [hash or null, code, reason] per refused entry.
-   * @param {unknown} entries
+   * @param {unknown} entries @param {string} [sender]
    * @returns {Promise<{stored: number, refused: [string | null, string, string][]}>}
    */
-  offerEntries(entries) {
+  offerEntries(entries, sender) {
     return this.run(async () => {
-      if (!Array.isArray(entries) || entries.length > PUSH_ENTRIES) {
-        throw new LedgerError(`a push carries a list of at most ${PUSH_ENTRIES} entries`);
-      }
+      if (!Array.isArray(entries) || entries.length > PUSH_ENTRIES) throw new LedgerError(`a push carries a list of at most ${PUSH_ENTRIES} entries`);
+      if (sender !== undefined) this.call('admit_push', { sender, count: entries.length });
       const verified = await this.checked('push', entries);
       return this.persist(this.call('accept_entries', { entries, verified }));
     });

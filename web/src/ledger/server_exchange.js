@@ -5,6 +5,8 @@
  * (at most MAX_PENDING_RECEIPTS) until the client returns it countersigned, and answers the three requests (a
  * push with `held`, the seq through which the node now holds the client's log, when the ledger can tell).
  * It also stores the log an OPEN carries (`OPEN_LOG`, as Python's `ServerExchange.admit`), as a push.
+ * Either way the ledger is told which client pushed (`acceptEntries(entries, client)`): the entries
+ * draw on that client's gossip entry budget, and a push over it is refused whole (`rate_limited`).
  * Shared pieces: `exchange.js`.
  */
 
@@ -20,7 +22,8 @@ import { BAD_FRAME, ExchangeRefusal, PEER_ID_RE, codecOf, hex, receiptId, seqOf 
  * the client's bad input (the span server answers `bad_frame` with `ledger: ...`).
  * @typedef {object} ServerLedger
  * @property {ExchangeCodec} [codec]
- * @property {(entries: unknown) => Promise<number> | number} acceptEntries
+ * @property {(entries: unknown, sender: string) => Promise<number> | number} acceptEntries  stores a push from
+ *   `sender` (the client), first taken from its gossip entry budget (LedgerError `rate_limited` over it)
  * @property {(peerId: string, limit?: number) => Promise<unknown[]> | unknown[]} [log]  an author's latest
  *   entries, newest first: a push is answered `held` (the seq of the client's latest entry held) when given
  * @property {(terms: {session: string, model: string, start: number, end: number, tokens: number, client: string}) =>
@@ -83,7 +86,7 @@ export class ServerExchange {
     if (/** @type {{kind?: unknown}} */ (meta)?.kind === 'receipt') return this.#record(client, key, meta);
     const request = codec.parseRequest(meta); // LedgerError: answered bad_frame `ledger: ...`
     if (request.kind === 'push') {
-      const stored = await ledger.acceptEntries(request.entries);
+      const stored = await ledger.acceptEntries(request.entries, client);
       if (ledger.log === undefined) return codec.pushAnswer(stored);
       const [head] = await ledger.log(client, 1); // the seq through which we hold the client's log now
       return codec.pushAnswer(stored, head === undefined ? 0 : seqOf(head));
@@ -106,7 +109,7 @@ export class ServerExchange {
   async takeLog(client, meta) {
     if (this.ledger === null || this.codec === null || !PEER_ID_RE.test(client) || !(OPEN_LOG in meta)) return 0;
     const entries = this.codec.parseOpenLog({ [OPEN_LOG]: meta[OPEN_LOG] });
-    return entries === null ? 0 : this.ledger.acceptEntries(entries);
+    return entries === null ? 0 : this.ledger.acceptEntries(entries, client);
   }
 
   /**

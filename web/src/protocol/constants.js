@@ -83,6 +83,7 @@ export const MAX_PENDING_RECEIPTS = 1024;
 export const MAX_LENGTH_LIMIT = 32768;
 export const MAX_BATCH = 64;
 export const PUSH_ENTRIES = 64;
+export const PUSH_BYTES = 64512;
 export const CHANNEL_GOSSIP_BYTES = 61440;
 export const SIGNALING_GOSSIP_BYTES = 28672;
 export const WEBRTC_SIGNAL = "webrtc";
