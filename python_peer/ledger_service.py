@@ -18,6 +18,7 @@ from python_peer.core.economics import network_rules
 from python_peer.core.entries import Entry, parse_entry
 from python_peer.core.errors import LedgerError
 from python_peer.core.gossip import GossipConfig, GossipSession
+from python_peer.core.ledger_exchange import fit_push, push_bytes
 from python_peer.core.protocol import (
     CHANNEL_GOSSIP_BYTES,
     PUSH_BYTES,
@@ -82,14 +83,7 @@ class LedgerService:
             return []
         first = self.store.entries_from(self.peer_id, 1, 1)
         recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
-        room = PUSH_BYTES - sum(len(e.encoded) + 1 for e in first)
-        kept: list[Entry] = []
-        for entry in reversed(recent):
-            room -= len(entry.encoded) + 1
-            if room < 0:
-                break
-            kept.append(entry)
-        return [e.to_dict() for e in [*first, *reversed(kept)]]
+        return [e.to_dict() for e in fit_push(first, recent)]
 
     def own_entries_after(self, seq: int, limit: int = PUSH_ENTRIES) -> list[dict[str, Any]] | None:
         """This node's entries after ``seq``, as JSON, oldest first; None if more than ``limit`` or more
@@ -99,7 +93,7 @@ class LedgerService:
         if last - seq > limit:
             return None
         entries = self.store.entries_from(self.peer_id, seq + 1, last - seq)
-        if sum(len(e.encoded) + 1 for e in entries) > PUSH_BYTES:
+        if push_bytes(entries) > PUSH_BYTES:
             return None
         return [e.to_dict() for e in entries]
 

@@ -41,9 +41,10 @@ from .entries import Entry, parse_entry
 from .errors import AI4AllError, LedgerError
 from .evidence import Evidence, check_evidence
 from .gossip import GossipConfig, GossipSession
+from .ledger_exchange import fit_push
 from .memory_store import MemoryStore
 from .proof_of_work import mine_grant
-from .protocol import CHANNEL_GOSSIP_BYTES, PUSH_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
+from .protocol import CHANNEL_GOSSIP_BYTES, PUSH_ENTRIES, SIGNALING_GOSSIP_BYTES
 from .receipts import Receipt, receipt_to_countersign
 from .reputation import reputation, reputations
 from .signature_claims import Claim, KnownSignatures
@@ -318,14 +319,7 @@ class BrowserLedgerCore:
             return []
         first = self.store.entries_from(self.peer_id, 1, 1)
         recent = self.store.entries_from(self.peer_id, max(2, head.seq - limit + 2), limit - 1)
-        room = PUSH_BYTES - sum(len(e.encoded) + 1 for e in first)
-        kept: list[Entry] = []
-        for entry in reversed(recent):
-            room -= len(entry.encoded) + 1
-            if room < 0:
-                break
-            kept.append(entry)
-        return [e.to_dict() for e in [*first, *reversed(kept)]]
+        return [e.to_dict() for e in fit_push(first, recent)]
 
     def balance(self, peer_id: str | None = None) -> int:
         return self.store.balance(peer_id or self.peer_id)

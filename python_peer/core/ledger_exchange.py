@@ -49,8 +49,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .canonical import canonical_bytes
+from .entries import Entry
 from .errors import LedgerError
-from .protocol import PUSH_ENTRIES
+from .protocol import PUSH_BYTES, PUSH_ENTRIES
 from .wire import MAX_METADATA_BYTES
 
 log = logging.getLogger(__name__)
@@ -183,6 +184,25 @@ def fit_replies(replies: list[dict[str, Any]], limit: int = MAX_METADATA_BYTES) 
     return kept
 
 
+def push_bytes(entries: list[Entry]) -> int:
+    """What ``entries`` weigh in a push's list, as canonical JSON with their commas."""
+    return sum(len(e.encoded) + 1 for e in entries)
+
+
+def fit_push(first: list[Entry], recent: list[Entry]) -> list[Entry]:
+    """``first`` (a log's grant) and as many of ``recent`` (oldest first), the latest kept, as fit one push
+    beside it (``PUSH_BYTES``): fork proofs, which a neighbour's gossip can make a node write by the dozen,
+    are ten times a receipt's size, and 64 of them would outgrow a frame."""
+    room = PUSH_BYTES - push_bytes(first)
+    kept: list[Entry] = []
+    for entry in reversed(recent):
+        room -= len(entry.encoded) + 1
+        if room < 0:
+            break
+        kept.append(entry)
+    return [*first, *reversed(kept)]
+
+
 def gossip_answer(replies: list[dict[str, Any]]) -> dict[str, Any]:
     """The server's replies to one gossip message, as many as fit one frame."""
     return {"replies": fit_replies(replies)}
@@ -299,6 +319,7 @@ __all__ = [
     "ReceiptRequest",
     "call_json",
     "close_answer",
+    "fit_push",
     "fit_replies",
     "gossip_answer",
     "gossip_request",
@@ -310,6 +331,7 @@ __all__ = [
     "parse_receipt_answer",
     "parse_request",
     "push_answer",
+    "push_bytes",
     "push_request",
     "receipt_answer",
     "receipt_request",
