@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from python_peer.core.ice import add_ice_args
 from python_peer.core.publisher_trust import add_trust_args
 
+from .directory import MAX_PEERS_PER_ADDRESS
+
 if TYPE_CHECKING:
     from .app import SignalOptions
 
@@ -63,7 +65,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-peers-per-address",
         type=int,
-        default=256,
+        default=MAX_PEERS_PER_ADDRESS,
         metavar="N",
         help=(
             "peers announced here that the directory lists per source address, an IPv4 address or an "

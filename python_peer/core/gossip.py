@@ -303,10 +303,15 @@ class GossipSession:
 
     # --- incoming ---------------------------------------------------------------------------------------
 
-    def admit_entries(self, count: int, now_ms: int) -> bool:
-        """Whether ``count`` entries the neighbour sends outside gossip (a push of its log) fit the entry
-        budget its gossip messages draw on; taken from it if so. Each costs the same checks either way."""
-        return self._entries.take(count, now_ms)
+    def admit_entries(self, count: int, now_ms: int) -> None:
+        """Take ``count`` entries the neighbour sends outside gossip (a push of its log) from the entry
+        budget its gossip messages draw on, each costing the same checks either way; a push over it is
+        refused whole (``LedgerError``, ``rate_limited``), as a gossip message would be dropped."""
+        if count and not self._entries.take(count, now_ms):
+            raise LedgerError(
+                f"rate_limited: {self.peer[:12]}… pushed more entries than its budget; try again later",
+                code="rate_limited",
+            )
 
     def receive(self, message: object, now_ms: int) -> Received:
         """Handle one message from the neighbour; a bad or rate-limited one is dropped with a reason."""
